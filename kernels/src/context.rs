@@ -1,0 +1,692 @@
+//! The GPU context: adapter choice, device, error capture, uploads and readbacks, and the
+//! recorder that batches kernel dispatches into as few submits as possible.
+//!
+//! Adapter choice: a discrete GPU first, then an integrated one, then a virtual one, then a CPU
+//! (software) adapter; native backends (Vulkan, Metal, DX12) before GL at equal rank.
+//! `VLSA_ADAPTER=<substring>` picks the first adapter whose name contains it, and wgpu's own
+//! `WGPU_BACKEND` (e.g. `gl`, `vulkan`) restricts the backends searched.
+//!
+//! Errors: wgpu reports most failures asynchronously. vlsa installs an uncaptured-error
+//! handler that stores the first error instead of panicking, and a device-lost callback; both
+//! are turned into [`Error`] values at the next flush, sync or readback. Pipeline and buffer
+//! creation use error scopes so that a bad shader or an out-of-memory allocation is reported
+//! where it happens.
+//!
+//! Batching: dispatches are recorded into one open command encoder and submitted when a
+//! readback needs the results, when [`Gpu::flush`]/[`Gpu::sync`] is called, or every
+//! [`MAX_PENDING`] dispatches, so the queue never holds an unbounded command buffer.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::buffer::{size_class, BufferPool, GpuBuffer, PoolStats, STORAGE_USAGE};
+use crate::pipeline::{BindingKind, PipelineCache, Shader};
+use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
+use crate::{Error, Result};
+
+/// Dispatches recorded before an automatic submit.
+pub const MAX_PENDING: usize = 512;
+/// Timestamp queries per query set (two per dispatch).
+const QUERY_CAPACITY: u32 = 512;
+/// Bytes per uniform block of the uniform arena.
+const UNIFORM_BLOCK: u64 = 64 * 1024;
+
+/// What vlsa needs from every adapter; checked when the device is created.
+const MIN_STORAGE_BUFFERS: u32 = 7;
+const MIN_INVOCATIONS: u32 = 256;
+const MIN_WORKGROUP_MEMORY: u32 = 16 * 1024;
+
+/// Facts about the adapter in use, for `vlsa info` and for reports.
+#[derive(Debug, Clone)]
+pub struct GpuInfo {
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// Backend: Vulkan, Metal, Dx12, Gl.
+    pub backend: String,
+    /// Device type: DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu, Other.
+    pub device_type: String,
+    /// Driver name and version information.
+    pub driver: String,
+    /// Whether GPU timestamp queries are available (precise profiling).
+    pub timestamps: bool,
+    /// Whether 16-bit floats are available in shaders.
+    pub shader_f16: bool,
+    /// The device's limits.
+    pub limits: wgpu::Limits,
+    /// Every adapter found, as "name (backend, type)".
+    pub all_adapters: Vec<String>,
+}
+
+/// One kernel launch: a shader entry point, its parameter block, its storage buffers (bound
+/// at bindings 1, 2, ... in order) and its grid.
+pub struct Dispatch<'a> {
+    /// The WGSL file.
+    pub shader: &'static Shader,
+    /// The entry point.
+    pub entry: &'static str,
+    /// Bytes of the uniform parameter block (binding 0); empty for none.
+    pub params: &'a [u8],
+    /// Storage buffers for bindings 1..=n.
+    pub buffers: &'a [&'a GpuBuffer],
+    /// Workgroup counts in x, y, z.
+    pub workgroups: [u32; 3],
+    /// What to call it in a profile.
+    pub label: KernelLabel,
+}
+
+struct UniformArena {
+    blocks: Vec<wgpu::Buffer>,
+    block: usize,
+    offset: u64,
+}
+
+struct TimestampState {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    used: u32,
+    /// Label and scopes of each dispatch whose timestamps are pending.
+    pending: Vec<(KernelLabel, Vec<String>)>,
+    /// First timestamp seen, in ns: the profile's zero.
+    origin_ns: Option<f64>,
+}
+
+struct ProfilerState {
+    timestamps: Option<TimestampState>,
+    wall_origin: Instant,
+    records: Vec<DispatchRecord>,
+}
+
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pending: usize,
+    uniforms: UniformArena,
+    profiler: Option<ProfilerState>,
+    scopes: Vec<String>,
+    dispatches: u64,
+    submits: u64,
+}
+
+struct GpuInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: GpuInfo,
+    pool: BufferPool,
+    pipelines: PipelineCache,
+    recorder: Mutex<Recorder>,
+    error: Arc<Mutex<Option<Error>>>,
+}
+
+/// A GPU device and everything vlsa keeps with it. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<GpuInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+    (ty, backend)
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+const INSTALL_HINT: &str = "no Vulkan, Metal, DX12 or GL adapter was found; on Linux without a GPU install Mesa's software drivers (`apt-get install mesa-vulkan-drivers`), or install your GPU's driver";
+
+impl Gpu {
+    /// Opens the best adapter, honouring `VLSA_ADAPTER` and `WGPU_BACKEND`.
+    pub fn new() -> Result<Gpu> {
+        let wanted = std::env::var("VLSA_ADAPTER").ok().filter(|s| !s.is_empty());
+        Gpu::with_adapter(wanted.as_deref())
+    }
+
+    /// Opens the first adapter whose name contains `name` (case-insensitive), or the best one.
+    pub fn with_adapter(name: Option<&str>) -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(INSTALL_HINT.into()));
+        }
+        adapters.sort_by_key(|a| rank(&a.get_info()));
+        let all_adapters: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let adapter = match name {
+            Some(n) => {
+                let needle = n.to_lowercase();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                    .ok_or_else(|| Error::NoAdapter(format!("VLSA_ADAPTER={n} matches none of the adapters found: {}", all_adapters.join("; "))))?
+            }
+            None => adapters.into_iter().next().expect("checked non-empty"),
+        };
+        Gpu::from_adapter(adapter, all_adapters)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter, all_adapters: Vec<String>) -> Result<Gpu> {
+        let ainfo = adapter.get_info();
+        let limits = adapter.limits();
+        let who = describe(&ainfo);
+        if !adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+            return Err(Error::Unsupported(format!("{who} cannot run compute shaders")));
+        }
+        for (what, have, need) in [
+            ("max_storage_buffers_per_shader_stage", limits.max_storage_buffers_per_shader_stage, MIN_STORAGE_BUFFERS),
+            ("max_compute_invocations_per_workgroup", limits.max_compute_invocations_per_workgroup, MIN_INVOCATIONS),
+            ("max_compute_workgroup_storage_size", limits.max_compute_workgroup_storage_size, MIN_WORKGROUP_MEMORY),
+        ] {
+            if have < need {
+                return Err(Error::Unsupported(format!("{who} has {what} = {have}, vlsa needs at least {need}")));
+            }
+        }
+        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let features = adapter.features() & optional;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vlsa"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Unsupported(format!("{who} refused to open a device: {e}")))?;
+
+        let error: Arc<Mutex<Option<Error>>> = Arc::default();
+        let slot = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let err = match e {
+                wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+                other => Error::Validation(other.to_string()),
+            };
+            lock(&slot).get_or_insert(err);
+        }));
+        let slot = error.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                lock(&slot).get_or_insert(Error::DeviceLost(format!("{reason:?}: {message}")));
+            }
+        });
+
+        let info = GpuInfo {
+            name: ainfo.name.clone(),
+            backend: format!("{:?}", ainfo.backend),
+            device_type: format!("{:?}", ainfo.device_type),
+            driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            limits,
+            all_adapters,
+        };
+        let recorder = Recorder {
+            encoder: None,
+            pending: 0,
+            uniforms: UniformArena { blocks: Vec::new(), block: 0, offset: 0 },
+            profiler: None,
+            scopes: Vec::new(),
+            dispatches: 0,
+            submits: 0,
+        };
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                pool: BufferPool::default(),
+                pipelines: PipelineCache::default(),
+                recorder: Mutex::new(recorder),
+                error,
+            }),
+        })
+    }
+
+    /// Facts about the adapter.
+    pub fn info(&self) -> &GpuInfo {
+        &self.inner.info
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.info.limits
+    }
+
+    /// Counters of the buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// The buffer pool (to release free buffers, or inspect it).
+    pub fn pool(&self) -> &BufferPool {
+        &self.inner.pool
+    }
+
+    /// Dispatches recorded and submits made since the device was opened.
+    pub fn counters(&self) -> (u64, u64) {
+        let r = lock(&self.inner.recorder);
+        (r.dispatches, r.submits)
+    }
+
+    /// Returns the first asynchronous GPU error since the last check, if any.
+    pub fn check_errors(&self) -> Result<()> {
+        match lock(&self.inner.error).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ----- buffers -----
+
+    /// A buffer of `len` 4-byte elements with unspecified contents.
+    pub fn alloc(&self, len: usize) -> Result<GpuBuffer> {
+        let bytes = (len as u64) * 4;
+        let max = self.limits().max_buffer_size;
+        if bytes > max {
+            return Err(Error::Limit { what: format!("a buffer of {len} elements"), needed: bytes, limit: max });
+        }
+        if let Some((buffer, class)) = self.inner.pool.take(bytes) {
+            return Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()));
+        }
+        let class = size_class(bytes).min(max.max(bytes.div_ceil(4) * 4));
+        let scope = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: class,
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            // Free cached buffers and tell the caller; the allocation itself is not retried.
+            self.inner.pool.release_free();
+            return Err(Error::OutOfMemory(format!("allocating {class} bytes: {e}")));
+        }
+        self.inner.pool.record_new(class);
+        Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()))
+    }
+
+    /// A buffer of `len` zeros (cleared on the GPU, in queue order).
+    pub fn zeros(&self, len: usize) -> Result<GpuBuffer> {
+        let b = self.alloc(len)?;
+        self.clear(&b)?;
+        Ok(b)
+    }
+
+    /// Sets every element of `buffer` to zero, in queue order.
+    pub fn clear(&self, buffer: &GpuBuffer) -> Result<()> {
+        let mut r = lock(&self.inner.recorder);
+        let enc = self.encoder(&mut r);
+        enc.clear_buffer(buffer.raw(), 0, Some(buffer.byte_len().div_ceil(4) * 4).filter(|&s| s > 0));
+        Ok(())
+    }
+
+    /// Copies `src` into the first elements of `dst`, in queue order.
+    pub fn copy(&self, src: &GpuBuffer, dst: &GpuBuffer) -> Result<()> {
+        if src.len() > dst.len() {
+            return Err(Error::Shape(format!("copy of {} elements into a buffer of {}", src.len(), dst.len())));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut r = lock(&self.inner.recorder);
+        let enc = self.encoder(&mut r);
+        enc.copy_buffer_to_buffer(src.raw(), 0, dst.raw(), 0, src.byte_len());
+        Ok(())
+    }
+
+    /// Uploads 4-byte plain values (f32, u32, i32) into a new buffer.
+    pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<GpuBuffer> {
+        assert_eq!(std::mem::size_of::<T>(), 4, "vlsa buffers hold 4-byte elements");
+        let b = self.alloc(data.len())?;
+        self.write(&b, data)?;
+        Ok(b)
+    }
+
+    /// Overwrites the first elements of `buffer` with `data`.
+    pub fn write<T: bytemuck::Pod>(&self, buffer: &GpuBuffer, data: &[T]) -> Result<()> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len() as u64 > buffer.capacity_bytes() {
+            return Err(Error::Shape(format!("writing {} bytes into a buffer of {}", bytes.len(), buffer.byte_len())));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // A queue write lands before every command of the next submit; a recycled buffer may
+        // still be read by commands already recorded, so those go first.
+        {
+            let mut r = lock(&self.inner.recorder);
+            if r.pending > 0 {
+                self.submit(&mut r)?;
+            }
+        }
+        self.inner.queue.write_buffer(buffer.raw(), 0, bytes);
+        Ok(())
+    }
+
+    /// Reads a buffer back as f32 values (submits pending work and waits for it).
+    pub fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
+        self.download_pod(buffer)
+    }
+
+    /// Reads a buffer back as any 4-byte plain type.
+    pub fn download_pod<T: bytemuck::Pod>(&self, buffer: &GpuBuffer) -> Result<Vec<T>> {
+        let bytes = buffer.byte_len();
+        if bytes == 0 {
+            self.sync()?;
+            return Ok(Vec::new());
+        }
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("vlsa readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut r = lock(&self.inner.recorder);
+            let enc = self.encoder(&mut r);
+            enc.copy_buffer_to_buffer(buffer.raw(), 0, &staging, 0, bytes);
+            self.submit(&mut r)?;
+        }
+        let out = self.map_read(&staging, bytes)?;
+        staging.destroy();
+        Ok(out)
+    }
+
+    fn map_read<T: bytemuck::Pod>(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |res| {
+            let _ = tx.send(res);
+        });
+        self.wait()?;
+        match rx.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
+            Err(_) => return Err(Error::Readback("the GPU did not finish the copy".into())),
+        }
+        let out = {
+            let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view[..])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    // ----- dispatch -----
+
+    /// Records one kernel launch (submitted later, in order).
+    pub fn dispatch(&self, d: Dispatch<'_>) -> Result<()> {
+        let limits = self.limits();
+        let max_wg = limits.max_compute_workgroups_per_dimension;
+        for (axis, &n) in ["x", "y", "z"].iter().zip(&d.workgroups) {
+            if n > max_wg {
+                return Err(Error::Limit { what: format!("{} workgroups along {axis}", d.entry), needed: n as u64, limit: max_wg as u64 });
+            }
+        }
+        if d.workgroups.contains(&0) {
+            return Ok(());
+        }
+        let max_bind = limits.max_storage_buffer_binding_size;
+        for (i, b) in d.buffers.iter().enumerate() {
+            if b.byte_len() > max_bind {
+                return Err(Error::Limit { what: format!("{} binding {} ({} elements)", d.entry, i + 1, b.len()), needed: b.byte_len(), limit: max_bind });
+            }
+        }
+        let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
+        let mut r = lock(&self.inner.recorder);
+
+        let uniform = if d.params.is_empty() { None } else { Some(self.push_uniform(&mut r, d.params)?) };
+        let mut entries = Vec::with_capacity(kernel.bindings.len());
+        for &(binding, kind) in &kernel.bindings {
+            let resource = match kind {
+                BindingKind::Uniform => {
+                    let (block, offset, size) = uniform.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &r.uniforms.blocks[block],
+                        offset,
+                        size: std::num::NonZeroU64::new(size),
+                    })
+                }
+                _ => {
+                    let b = d.buffers.get(binding as usize - 1).ok_or_else(|| {
+                        Error::Shape(format!("{} uses binding {binding} but only {} buffers were given", d.entry, d.buffers.len()))
+                    })?;
+                    b.binding()
+                }
+            };
+            entries.push(wgpu::BindGroupEntry { binding, resource });
+        }
+        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor { label: Some(d.entry), layout: &kernel.layout, entries: &entries });
+        drop(entries);
+
+        let wall_clock = r.profiler.as_ref().is_some_and(|p| p.timestamps.is_none());
+        let t0 = if wall_clock {
+            self.submit(&mut r)?;
+            self.wait()?;
+            Some(Instant::now())
+        } else {
+            None
+        };
+        let scopes = r.scopes.clone();
+        let query = match r.profiler.as_mut().and_then(|p| p.timestamps.as_mut()) {
+            Some(ts) => {
+                let i = ts.used;
+                ts.used += 2;
+                ts.pending.push((d.label.clone(), scopes.clone()));
+                Some(i)
+            }
+            None => None,
+        };
+        {
+            let Recorder { encoder, profiler, .. } = &mut *r;
+            let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
+            let timestamp_writes = query.and_then(|i| {
+                profiler.as_ref().and_then(|p| p.timestamps.as_ref()).map(|ts| wgpu::ComputePassTimestampWrites {
+                    query_set: &ts.queries,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                })
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.entry), timestamp_writes });
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+        }
+        r.pending += 1;
+        r.dispatches += 1;
+
+        if wall_clock {
+            // No timestamps: the dispatch ran alone (earlier work was waited for before it
+            // was recorded), so the host clock around its submit-and-wait is its time.
+            self.submit(&mut r)?;
+            self.wait()?;
+            let elapsed = t0.expect("set when profiling by wall clock").elapsed().as_nanos() as f64;
+            let p = r.profiler.as_mut().expect("profiling on");
+            let start = p.wall_origin.elapsed().as_nanos() as f64 - elapsed;
+            p.records.push(DispatchRecord { label: d.label, scopes, start_ns: start, duration_ns: elapsed });
+        } else if r.pending >= MAX_PENDING || query.is_some_and(|i| i + 2 >= QUERY_CAPACITY) {
+            self.submit(&mut r)?;
+        }
+        Ok(())
+    }
+
+    fn push_uniform(&self, r: &mut Recorder, params: &[u8]) -> Result<(usize, u64, u64)> {
+        let align = self.limits().min_uniform_buffer_offset_alignment as u64;
+        let size = (params.len() as u64).div_ceil(16) * 16;
+        if size > UNIFORM_BLOCK {
+            return Err(Error::Limit { what: "a kernel parameter block".into(), needed: size, limit: UNIFORM_BLOCK });
+        }
+        let a = &mut r.uniforms;
+        if a.offset + size > UNIFORM_BLOCK {
+            a.block += 1;
+            a.offset = 0;
+        }
+        if a.block == a.blocks.len() {
+            a.blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("vlsa uniforms"),
+                size: UNIFORM_BLOCK,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let (block, offset) = (a.block, a.offset);
+        let mut padded = params.to_vec();
+        padded.resize(size as usize, 0);
+        self.inner.queue.write_buffer(&a.blocks[block], offset, &padded);
+        a.offset = (offset + size).div_ceil(align) * align;
+        Ok((block, offset, size))
+    }
+
+    fn encoder<'r>(&self, r: &'r mut Recorder) -> &'r mut wgpu::CommandEncoder {
+        r.encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()))
+    }
+
+    /// Submits the open encoder (and, when profiling, resolves its timestamps).
+    fn submit(&self, r: &mut Recorder) -> Result<()> {
+        let Some(mut enc) = r.encoder.take() else { return Ok(()) };
+        let mut timestamps = None;
+        if let Some(ts) = r.profiler.as_mut().and_then(|p| p.timestamps.as_mut()) {
+            if ts.used > 0 {
+                enc.resolve_query_set(&ts.queries, 0..ts.used, &ts.resolve, 0);
+                enc.copy_buffer_to_buffer(&ts.resolve, 0, &ts.readback, 0, ts.used as u64 * 8);
+                timestamps = Some((ts.used, std::mem::take(&mut ts.pending)));
+                ts.used = 0;
+            }
+        }
+        self.inner.queue.submit([enc.finish()]);
+        r.pending = 0;
+        r.submits += 1;
+        // Uniform blocks may be rewritten now: later writes land after this submit's commands.
+        r.uniforms.block = 0;
+        r.uniforms.offset = 0;
+        if let Some((used, labels)) = timestamps {
+            let period = self.inner.queue.get_timestamp_period() as f64;
+            let readback = &r.profiler.as_ref().and_then(|p| p.timestamps.as_ref()).expect("profiling").readback;
+            let ticks: Vec<u64> = {
+                let raw: Vec<u32> = self.map_read(readback, used as u64 * 8)?;
+                raw.chunks(2).map(|c| c[0] as u64 | ((c[1] as u64) << 32)).collect()
+            };
+            let p = r.profiler.as_mut().expect("profiling");
+            let ts = p.timestamps.as_mut().expect("profiling");
+            for (i, (label, scopes)) in labels.into_iter().enumerate() {
+                let (t0, t1) = (ticks[2 * i] as f64 * period, ticks[2 * i + 1] as f64 * period);
+                let origin = *ts.origin_ns.get_or_insert(t0);
+                p.records.push(DispatchRecord { label, scopes, start_ns: t0 - origin, duration_ns: (t1 - t0).max(0.0) });
+            }
+        }
+        self.check_errors()
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device()
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| match e {
+                wgpu::PollError::Timeout => Error::DeviceLost("timed out waiting for the GPU".into()),
+                other => Error::DeviceLost(other.to_string()),
+            })?;
+        self.check_errors()
+    }
+
+    /// Submits every recorded dispatch without waiting for it.
+    pub fn flush(&self) -> Result<()> {
+        let mut r = lock(&self.inner.recorder);
+        self.submit(&mut r)
+    }
+
+    /// Submits every recorded dispatch and waits until the GPU has finished them.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.wait()
+    }
+
+    // ----- profiling -----
+
+    /// Turns per-dispatch profiling on (clearing earlier records) or off.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        let mut r = lock(&self.inner.recorder);
+        self.submit(&mut r)?;
+        if !on {
+            r.profiler = None;
+            return Ok(());
+        }
+        let timestamps = self.info().timestamps.then(|| {
+            let bytes = QUERY_CAPACITY as u64 * 8;
+            TimestampState {
+                queries: self.device().create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("vlsa timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: QUERY_CAPACITY,
+                }),
+                resolve: self.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("vlsa timestamp resolve"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                readback: self.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("vlsa timestamp readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                used: 0,
+                pending: Vec::new(),
+                origin_ns: None,
+            }
+        });
+        r.profiler = Some(ProfilerState { timestamps, wall_origin: Instant::now(), records: Vec::new() });
+        Ok(())
+    }
+
+    /// Finishes pending work and returns the records gathered since profiling was turned on
+    /// (or since the last call); `None` when profiling is off.
+    pub fn take_profile(&self) -> Result<Option<Profile>> {
+        self.sync()?;
+        let mut r = lock(&self.inner.recorder);
+        Ok(r.profiler.as_mut().map(|p| Profile {
+            timing: if p.timestamps.is_some() { Timing::GpuTimestamps } else { Timing::WallClock },
+            records: std::mem::take(&mut p.records),
+        }))
+    }
+
+    /// Opens a named profiling scope (e.g. `iter=2`) that labels every dispatch recorded until
+    /// the returned guard is dropped.
+    pub fn scope(&self, name: impl Into<String>) -> ProfileScope {
+        lock(&self.inner.recorder).scopes.push(name.into());
+        ProfileScope { gpu: self.clone() }
+    }
+}
+
+/// Guard of a profiling scope; closes it when dropped.
+pub struct ProfileScope {
+    gpu: Gpu,
+}
+
+impl Drop for ProfileScope {
+    fn drop(&mut self) {
+        lock(&self.gpu.inner.recorder).scopes.pop();
+    }
+}
+
+/// Splits `workgroups` over x and y so neither exceeds 65535 (the portable limit). Shaders
+/// index workgroups as `wid.x + wid.y * nwg.x` and bounds-check the result.
+pub fn grid(workgroups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if workgroups <= MAX {
+        [workgroups, 1, 1]
+    } else {
+        [MAX, workgroups.div_ceil(MAX), 1]
+    }
+}

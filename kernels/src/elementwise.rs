@@ -1,0 +1,203 @@
+//! Launchers for `shaders/elementwise.wgsl`: broadcast binary ops, scale, bias add, and
+//! activations with their backward.
+
+use crate::context::{grid, Dispatch, Gpu};
+use crate::profiler::KernelLabel;
+use crate::{shader, Error, GpuBuffer, Result};
+
+shader!(SHADER, "elementwise.wgsl");
+
+/// Most axes a broadcast shape may have.
+pub const MAX_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    op: u32,
+    rank: u32,
+    c: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: [u32; 2],
+    shape: [u32; MAX_RANK],
+    a_strides: [u32; MAX_RANK],
+    b_strides: [u32; MAX_RANK],
+}
+
+impl Params {
+    fn flat(n: usize) -> Self {
+        Params { n: n as u32, op: 0, rank: 0, c: 0, alpha: 0.0, beta: 0.0, _pad: [0; 2], shape: [0; MAX_RANK], a_strides: [0; MAX_RANK], b_strides: [0; MAX_RANK] }
+    }
+}
+
+/// A binary operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// a + b
+    Add = 0,
+    /// a - b
+    Sub = 1,
+    /// a * b
+    Mul = 2,
+    /// a / b
+    Div = 3,
+}
+
+/// A unary activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// max(x, 0)
+    Relu = 0,
+    /// x Φ(x), exact erf
+    Gelu = 1,
+    /// x sigmoid(1.702 x)
+    QuickGelu = 2,
+    /// 1 / (1 + e^-x)
+    Sigmoid = 3,
+    /// e^x
+    Exp = 4,
+    /// -x
+    Neg = 5,
+}
+
+impl UnaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::QuickGelu => "quick_gelu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Neg => "neg",
+        }
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// The NumPy broadcast of two shapes, or an error naming both.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for k in 0..rank {
+        let da = if k + a.len() >= rank { a[k + a.len() - rank] } else { 1 };
+        let db = if k + b.len() >= rank { b[k + b.len() - rank] } else { 1 };
+        out[k] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(Error::Shape(format!("shapes {a:?} and {b:?} cannot be broadcast together (axis {k}: {da} vs {db})"))),
+        };
+    }
+    Ok(out)
+}
+
+/// Element strides of `shape` seen through the broadcast `out` shape (0 on broadcast axes).
+pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; out.len()];
+    let mut s = 1;
+    for k in (0..shape.len()).rev() {
+        let ko = k + out.len() - shape.len();
+        strides[ko] = if shape[k] == 1 && out[ko] != 1 { 0 } else { s };
+        s *= shape[k];
+    }
+    strides
+}
+
+fn check_len(what: &str, buf: &GpuBuffer, shape: &[usize]) -> Result<()> {
+    if buf.len() < numel(shape) {
+        return Err(Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {}", buf.len(), numel(shape))));
+    }
+    Ok(())
+}
+
+fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(params),
+        buffers,
+        workgroups: grid((params.n as usize).div_ceil(256) as u32),
+        label,
+    })
+}
+
+/// `out = a op b` with NumPy broadcasting; `out` must hold the broadcast shape.
+pub fn binary(gpu: &Gpu, op: BinaryOp, a: &GpuBuffer, a_shape: &[usize], b: &GpuBuffer, b_shape: &[usize], out: &GpuBuffer) -> Result<Vec<usize>> {
+    let shape = broadcast_shape(a_shape, b_shape)?;
+    if shape.len() > MAX_RANK {
+        return Err(Error::Shape(format!("broadcast shape {shape:?} has more than {MAX_RANK} axes")));
+    }
+    check_len("first operand", a, a_shape)?;
+    check_len("second operand", b, b_shape)?;
+    check_len("output", out, &shape)?;
+    let n = numel(&shape);
+    let mut p = Params::flat(n);
+    p.op = op as u32;
+    p.rank = shape.len() as u32;
+    let (sa, sb) = (broadcast_strides(a_shape, &shape), broadcast_strides(b_shape, &shape));
+    for k in 0..shape.len() {
+        p.shape[k] = shape[k] as u32;
+        p.a_strides[k] = sa[k] as u32;
+        p.b_strides[k] = sb[k] as u32;
+    }
+    let name = match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+    };
+    let label = KernelLabel { kernel: name, shape: format!("{a_shape:?}{b_shape:?}"), flops: n as u64, bytes: 12 * n as u64 };
+    launch(gpu, "binary", &p, &[a, b, out], label)?;
+    Ok(shape)
+}
+
+/// `out = alpha * a + beta` over the first `n` elements.
+pub fn scale(gpu: &Gpu, a: &GpuBuffer, alpha: f32, beta: f32, out: &GpuBuffer, n: usize) -> Result<()> {
+    check_len("input", a, &[n])?;
+    check_len("output", out, &[n])?;
+    let mut p = Params::flat(n);
+    p.alpha = alpha;
+    p.beta = beta;
+    let label = KernelLabel { kernel: "scale", shape: format!("[{n}]"), flops: 2 * n as u64, bytes: 8 * n as u64 };
+    launch(gpu, "scale", &p, &[a, a, out], label)
+}
+
+/// `out[r, c] = a[r, c] + bias[c]` for `rows x c` elements.
+pub fn bias_add(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, rows: usize, c: usize) -> Result<()> {
+    check_len("input", a, &[rows, c])?;
+    check_len("bias", bias, &[c])?;
+    check_len("output", out, &[rows, c])?;
+    if c == 0 {
+        return Ok(());
+    }
+    let n = rows * c;
+    let mut p = Params::flat(n);
+    p.c = c as u32;
+    let label = KernelLabel { kernel: "bias_add", shape: format!("[{rows},{c}]"), flops: n as u64, bytes: 8 * n as u64 + 4 * c as u64 };
+    launch(gpu, "bias_add", &p, &[a, bias, out], label)
+}
+
+/// `out = f(a)` over `n` elements.
+pub fn unary(gpu: &Gpu, op: UnaryOp, a: &GpuBuffer, out: &GpuBuffer, n: usize) -> Result<()> {
+    check_len("input", a, &[n])?;
+    check_len("output", out, &[n])?;
+    let mut p = Params::flat(n);
+    p.op = op as u32;
+    let label = KernelLabel { kernel: op.name(), shape: format!("[{n}]"), flops: 8 * n as u64, bytes: 8 * n as u64 };
+    launch(gpu, "unary", &p, &[a, a, out], label)
+}
+
+/// `dx = dy * f'(x)` over `n` elements.
+pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx: &GpuBuffer, n: usize) -> Result<()> {
+    check_len("input", x, &[n])?;
+    check_len("output gradient", dy, &[n])?;
+    check_len("input gradient", dx, &[n])?;
+    let mut p = Params::flat(n);
+    p.op = op as u32;
+    let label = KernelLabel { kernel: "unary_backward", shape: format!("{}[{n}]", op.name()), flops: 10 * n as u64, bytes: 12 * n as u64 };
+    launch(gpu, "unary_backward", &p, &[x, dy, dx], label)
+}

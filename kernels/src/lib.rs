@@ -1,0 +1,27 @@
+//! vlsa-kernels: the GPU layer of vlsa.
+//!
+//! It holds the GPU context ([`Gpu`]: adapter choice, device, error capture, batching of
+//! dispatches), the buffer pool ([`BufferPool`]), the pipeline cache (each WGSL entry point
+//! compiled once per process), the profiler ([`Profile`]) and one typed launcher per shader
+//! entry point, in a module named after its WGSL file under `shaders/`. A launcher knows
+//! shapes and buffers; it checks that they fit together and returns an [`Error`] naming both
+//! when they do not. There are no tensors, no autograd and no model here: this crate can be
+//! embedded on its own.
+
+pub mod buffer;
+pub mod context;
+pub mod error;
+pub mod pipeline;
+pub mod profiler;
+
+pub mod elementwise;
+
+pub use buffer::{BufferPool, GpuBuffer, PoolStats};
+pub use context::{grid, Dispatch, Gpu, GpuInfo, ProfileScope};
+pub use error::{Error, Result};
+pub use profiler::{DispatchRecord, KernelLabel, KernelSummary, Profile, Timing};
+
+/// Every WGSL file of vlsa, for validation tests and tools.
+pub fn all_shaders() -> Vec<&'static pipeline::Shader> {
+    vec![&elementwise::SHADER]
+}

@@ -1,0 +1,147 @@
+// Elementwise kernels: broadcast binary ops, scale, bias add, activations and their backward.
+//
+// Math (i runs over the output's elements; broadcasting follows NumPy rules: a size-1 axis
+// of an input repeats along the output, which the launcher encodes as stride 0):
+//   binary:           out[i] = a[ia(i)] op b[ib(i)]     op in {+, -, *, /}
+//   scale:            out[i] = alpha * a[i] + beta
+//   bias_add:         out[i] = a[i] + bias[i mod C]     (bias over the last axis)
+//   unary:            out[i] = f(a[i])                  f in {relu, gelu, quick_gelu, ...}
+//   unary_backward:   dx[i]  = dy[i] * f'(x[i])
+//     relu'(x)       = 1 if x > 0 else 0
+//     gelu(x)        = x Phi(x) = x/2 (1 + erf(x/sqrt 2)),   gelu'(x) = Phi(x) + x phi(x)
+//     quick_gelu(x)  = x sigmoid(1.702 x),   quick_gelu'(x) = s + 1.702 x s (1 - s)
+//
+// Grid: one invocation per element, 256 per workgroup; workgroups are laid out over x and y
+// (the launcher's `grid`) so that more than 65535 * 256 elements still fit.
+
+struct Params {
+    n: u32,            // output elements
+    op: u32,           // operation code (see each entry point)
+    rank: u32,         // number of axes of the broadcast shape (<= 8)
+    c: u32,            // bias length for bias_add
+    alpha: f32,
+    beta: f32,
+    _pad0: u32,
+    _pad1: u32,
+    shape: array<vec4<u32>, 2>,     // output shape, 8 axes, innermost last
+    a_strides: array<vec4<u32>, 2>, // a's element strides per output axis (0 = broadcast)
+    b_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+
+@compute @workgroup_size(256)
+fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    var rest = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var k = i32(p.rank) - 1; k >= 0; k--) {
+        let q = u32(k) / 4u;
+        let r = u32(k) % 4u;
+        let size = p.shape[q][r];
+        let coord = rest % size;
+        rest = rest / size;
+        ia += coord * p.a_strides[q][r];
+        ib += coord * p.b_strides[q][r];
+    }
+    let x = a[ia];
+    let y = b[ib];
+    var r: f32;
+    switch p.op {
+        case 0u: { r = x + y; }
+        case 1u: { r = x - y; }
+        case 2u: { r = x * y; }
+        default: { r = x / y; }
+    }
+    out[i] = r;
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = p.alpha * a[i] + p.beta;
+}
+
+@compute @workgroup_size(256)
+fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = a[i] + b[i % p.c];
+}
+
+const SQRT1_2: f32 = 0.7071067811865476;
+const INV_SQRT_2PI: f32 = 0.3989422804014327;
+
+// erf(x) to ~1e-7 absolute (Abramowitz & Stegun 7.1.26 is too coarse for the 1e-4 gradient
+// contract; this is the W. J. Cody style rational fit used by many libm's, in f32).
+fn erf_f32(x: f32) -> f32 {
+    let ax = abs(x);
+    var r: f32;
+    if (ax < 0.5) {
+        // Taylor-like odd polynomial, accurate on [0, 0.5].
+        let t = x * x;
+        r = ax * (1.1283791670955126 + t * (-0.37612638903183754 + t * (0.11283791670955126
+            + t * (-0.026866170645131252 + t * (0.005223977625442188 + t * (-0.0008548327023450852))))));
+    } else {
+        // erfc(ax) = exp(-ax^2) * P(1/(1+p ax)), from Numerical Recipes' erfcc (rel. err < 1.2e-7).
+        let t = 1.0 / (1.0 + 0.5 * ax);
+        let y = t * exp(-ax * ax - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+            + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+            + t * (-0.82215223 + t * 0.17087277)))))))));
+        r = 1.0 - y;
+    }
+    return select(r, -r, x < 0.0);
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// op: 0 relu, 1 gelu (exact erf), 2 quick_gelu, 3 sigmoid, 4 exp, 5 neg
+fn unary_f(op: u32, x: f32) -> f32 {
+    switch op {
+        case 0u: { return max(x, 0.0); }
+        case 1u: { return 0.5 * x * (1.0 + erf_f32(x * SQRT1_2)); }
+        case 2u: { return x * sigmoid(1.702 * x); }
+        case 3u: { return sigmoid(x); }
+        case 4u: { return exp(x); }
+        default: { return -x; }
+    }
+}
+
+fn unary_df(op: u32, x: f32) -> f32 {
+    switch op {
+        case 0u: { return select(0.0, 1.0, x > 0.0); }
+        case 1u: { return 0.5 * (1.0 + erf_f32(x * SQRT1_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x); }
+        case 2u: { let s = sigmoid(1.702 * x); return s + 1.702 * x * s * (1.0 - s); }
+        case 3u: { let s = sigmoid(x); return s * (1.0 - s); }
+        case 4u: { return exp(x); }
+        default: { return -1.0; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = unary_f(p.op, a[i]);
+}
+
+// a = x (the forward input), b = dy; out = dx
+@compute @workgroup_size(256)
+fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = b[i] * unary_df(p.op, a[i]);
+}

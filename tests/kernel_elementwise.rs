@@ -1,0 +1,208 @@
+//! Elementwise kernels (shaders/elementwise.wgsl) against their CPU references.
+
+mod common;
+
+use common::{check, Case, Input, Rng};
+use vlsa_kernels::elementwise::{self, broadcast_shape, broadcast_strides, BinaryOp, UnaryOp};
+
+/// Reference broadcast binary op in f64.
+fn ref_binary(op: BinaryOp, a: &[f64], sa: &[usize], b: &[f64], sb: &[usize]) -> Vec<f64> {
+    let out = broadcast_shape(sa, sb).unwrap();
+    let (ta, tb) = (broadcast_strides(sa, &out), broadcast_strides(sb, &out));
+    let n: usize = out.iter().product();
+    (0..n)
+        .map(|i| {
+            let (mut rest, mut ia, mut ib) = (i, 0, 0);
+            for k in (0..out.len()).rev() {
+                let c = rest % out[k];
+                rest /= out[k];
+                ia += c * ta[k];
+                ib += c * tb[k];
+            }
+            match op {
+                BinaryOp::Add => a[ia] + b[ib],
+                BinaryOp::Sub => a[ia] - b[ib],
+                BinaryOp::Mul => a[ia] * b[ib],
+                BinaryOp::Div => a[ia] / b[ib],
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn broadcast_binary_matches_reference() {
+    let mut rng = Rng::new(1);
+    let shapes: &[(&[usize], &[usize])] = &[
+        (&[1], &[1]),
+        (&[7], &[7]),
+        (&[33, 7], &[7]),
+        (&[2, 130, 3], &[2, 1, 3]),
+        (&[4, 1, 5], &[1, 6, 1]),
+        (&[3, 1], &[1, 33]),
+    ];
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for &(sa, sb) in shapes {
+            let a = Input::random(&mut rng, sa);
+            let mut b = Input::random(&mut rng, sb);
+            if op == BinaryOp::Div {
+                b.data.iter_mut().for_each(|v| *v = 0.5 + v.abs());
+            }
+            let (sa2, sb2) = (sa.to_vec(), sb.to_vec());
+            check(Case::new(
+                format!("{op:?} {sa:?} {sb:?}"),
+                vec![a, b],
+                move |x| ref_binary(op, &x[0], &sa2, &x[1], &sb2),
+                move |gpu, x| {
+                    let out = gpu.alloc(broadcast_shape(sa, sb)?.iter().product())?;
+                    elementwise::binary(gpu, op, &x[0], sa, &x[1], sb, &out)?;
+                    Ok(out)
+                },
+            ));
+        }
+    }
+}
+
+#[test]
+fn binary_rejects_incompatible_shapes_naming_both() {
+    let gpu = common::gpu();
+    let a = gpu.zeros(6).unwrap();
+    let b = gpu.zeros(4).unwrap();
+    let out = gpu.alloc(24).unwrap();
+    let err = elementwise::binary(gpu, BinaryOp::Add, &a, &[2, 3], &b, &[4], &out).unwrap_err().to_string();
+    assert!(err.contains("[2, 3]") && err.contains("[4]"), "{err}");
+}
+
+#[test]
+fn scale_and_bias_add_match_reference() {
+    let mut rng = Rng::new(2);
+    for &(rows, c) in &[(1usize, 1usize), (7, 33), (130, 7), (3, 130)] {
+        let x = Input::random(&mut rng, &[rows, c]);
+        let bias = Input::random(&mut rng, &[c]);
+        check(Case::new(
+            format!("bias_add [{rows},{c}]"),
+            vec![x.clone(), bias],
+            move |x| (0..rows * c).map(|i| x[0][i] + x[1][i % c]).collect(),
+            move |gpu, x| {
+                let out = gpu.alloc(rows * c)?;
+                elementwise::bias_add(gpu, &x[0], &x[1], &out, rows, c)?;
+                Ok(out)
+            },
+        ));
+        check(Case::new(
+            format!("scale [{rows},{c}]"),
+            vec![x],
+            move |x| x[0].iter().map(|v| -1.5 * v + 0.25).collect(),
+            move |gpu, x| {
+                let out = gpu.alloc(rows * c)?;
+                elementwise::scale(gpu, &x[0], -1.5, 0.25, &out, rows * c)?;
+                Ok(out)
+            },
+        ));
+    }
+}
+
+/// erf in f64 (Abramowitz-Stegun 7.1.28 is too coarse; use a series / continued fraction).
+pub fn erf64(x: f64) -> f64 {
+    // Series for |x| < 3, complementary continued fraction beyond.
+    let ax = x.abs();
+    let r = if ax < 3.0 {
+        let mut sum = ax;
+        let mut term = ax;
+        let x2 = ax * ax;
+        for n in 1..200 {
+            term *= -x2 / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc via Lentz continued fraction.
+        let mut f = ax;
+        for k in (1..60).rev() {
+            f = ax + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    if x < 0.0 { -r } else { r }
+}
+
+fn ref_unary(op: UnaryOp, x: f64) -> f64 {
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    match op {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Gelu => 0.5 * x * (1.0 + erf64(x / 2f64.sqrt())),
+        UnaryOp::QuickGelu => x * sig(1.702 * x),
+        UnaryOp::Sigmoid => sig(x),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Neg => -x,
+    }
+}
+
+fn ref_unary_grad(op: UnaryOp, x: f64) -> f64 {
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    match op {
+        UnaryOp::Relu => (x > 0.0) as u8 as f64,
+        UnaryOp::Gelu => 0.5 * (1.0 + erf64(x / 2f64.sqrt())) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+        UnaryOp::QuickGelu => {
+            let s = sig(1.702 * x);
+            s + 1.702 * x * s * (1.0 - s)
+        }
+        UnaryOp::Sigmoid => sig(x) * (1.0 - sig(x)),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Neg => -1.0,
+    }
+}
+
+#[test]
+fn activations_forward_backward_and_finite_differences() {
+    let mut rng = Rng::new(3);
+    for op in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::QuickGelu, UnaryOp::Sigmoid, UnaryOp::Exp, UnaryOp::Neg] {
+        for &n in &[1usize, 7, 33, 130, 4099] {
+            // Spread inputs over [-5, 5] to cover erf's tails; keep relu away from its kink.
+            let mut x = Input::random(&mut rng, &[n]);
+            x.data.iter_mut().for_each(|v| {
+                *v *= 5.0;
+                if op == UnaryOp::Relu && v.abs() < 1e-3 {
+                    *v = 0.5;
+                }
+            });
+            check(
+                Case::new(
+                    format!("{op:?} [{n}]"),
+                    vec![x],
+                    move |x| x[0].iter().map(|&v| ref_unary(op, v)).collect(),
+                    move |gpu, x| {
+                        let out = gpu.alloc(n)?;
+                        elementwise::unary(gpu, op, &x[0], &out, n)?;
+                        Ok(out)
+                    },
+                )
+                .backward(
+                    move |gpu, x, dy| {
+                        let dx = gpu.alloc(n)?;
+                        elementwise::unary_backward(gpu, op, &x[0], dy, &dx, n)?;
+                        Ok(vec![Some(dx)])
+                    },
+                    move |x, dy| vec![Some(x[0].iter().zip(dy).map(|(&v, &g)| g * ref_unary_grad(op, v)).collect())],
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn large_flat_grid_covers_more_than_65535_workgroups() {
+    let gpu = common::gpu();
+    let n = 65536 * 256 + 300; // needs a 2-D grid
+    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    let xb = gpu.upload(&x).unwrap();
+    let out = gpu.alloc(n).unwrap();
+    elementwise::scale(gpu, &xb, 2.0, 1.0, &out, n).unwrap();
+    let y = gpu.download(&out).unwrap();
+    for i in [0, 1, 65535 * 256, 65536 * 256 + 299, n - 1] {
+        assert_eq!(y[i], 2.0 * x[i] + 1.0, "element {i}");
+    }
+}
