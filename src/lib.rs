@@ -1,1 +1,6 @@
+//! vlsa: vision-language semantic aggregation for medical image segmentation, on
+//! hand-written WGSL kernels (see the `vlsa-kernels` crate for the GPU layer).
 
+pub use vlsa_kernels as kernels;
+
+pub mod profile;

@@ -14,14 +14,23 @@ pub mod error;
 pub mod pipeline;
 pub mod profiler;
 
+pub mod adamw;
+pub mod attention;
 pub mod elementwise;
+pub mod em;
+pub mod embedding;
+pub mod l2norm;
+pub mod layer_norm;
+pub mod loss;
+pub mod mask_head;
+pub mod matmul;
+pub mod patch_embed;
+pub mod permute;
+pub mod reduce;
+pub mod softmax;
+pub mod upsample;
 
 pub use buffer::{BufferPool, GpuBuffer, PoolStats};
 pub use context::{grid, Dispatch, Gpu, GpuInfo, ProfileScope};
 pub use error::{Error, Result};
 pub use profiler::{DispatchRecord, KernelLabel, KernelSummary, Profile, Timing};
-
-/// Every WGSL file of vlsa, for validation tests and tools.
-pub fn all_shaders() -> Vec<&'static pipeline::Shader> {
-    vec![&elementwise::SHADER]
-}

@@ -1,0 +1,3 @@
+//! Fused multi-head attention and cross-attention, forward and backward (shaders/attention.wgsl).
+//!
+//! (Not yet implemented.)

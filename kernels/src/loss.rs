@@ -1,0 +1,3 @@
+//! Pixel cross-entropy and Dice losses, forward and backward, and argmax (shaders/loss.wgsl).
+//!
+//! (Not yet implemented.)

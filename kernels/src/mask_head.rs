@@ -1,0 +1,3 @@
+//! Cosine-similarity mask head, forward and backward (shaders/mask_head.wgsl).
+//!
+//! (Not yet implemented.)

@@ -1,0 +1,3 @@
+//! Batched matrix multiply with transpose flags (shaders/matmul.wgsl).
+//!
+//! (Not yet implemented.)

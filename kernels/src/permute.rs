@@ -1,0 +1,3 @@
+//! Axis permutation (transpose) of a tensor (shaders/permute.wgsl).
+//!
+//! (Not yet implemented.)

@@ -1,0 +1,3 @@
+//! Sums over an axis and broadcast-gradient reductions (shaders/reduce.wgsl).
+//!
+//! (Not yet implemented.)

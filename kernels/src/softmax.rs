@@ -1,0 +1,3 @@
+//! Softmax over the last axis, forward and backward (shaders/softmax.wgsl).
+//!
+//! (Not yet implemented.)

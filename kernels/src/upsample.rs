@@ -1,0 +1,3 @@
+//! Bilinear upsampling with align_corners = false, forward and backward (shaders/upsample.wgsl).
+//!
+//! (Not yet implemented.)

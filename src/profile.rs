@@ -1,0 +1,3 @@
+//! Profiling of the EM Aggregation loop (`vlsa profile em`).
+//!
+//! (Not yet implemented.)
