@@ -1,0 +1,103 @@
+//! The GPU context: adapter choice, error reporting, pooling, batching and profiling.
+
+mod common;
+
+use vlsa_kernels::elementwise::{self, UnaryOp};
+use vlsa_kernels::{Error, Gpu, Timing};
+
+#[test]
+fn an_unknown_adapter_name_is_a_clear_error() {
+    let err = Gpu::with_adapter(Some("no-such-adapter-xyz")).err().expect("must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::NoAdapter(_)));
+    assert!(msg.contains("no-such-adapter-xyz") && msg.contains("adapters found"), "{msg}");
+}
+
+#[test]
+fn info_describes_the_adapter() {
+    let gpu = common::gpu();
+    let info = gpu.info();
+    assert!(!info.name.is_empty());
+    assert!(["Vulkan", "Metal", "Dx12", "Gl"].contains(&info.backend.as_str()), "{}", info.backend);
+    assert!(info.limits.max_storage_buffers_per_shader_stage >= 7);
+}
+
+#[test]
+fn pool_reuses_freed_buffers_by_size_class() {
+    let gpu = Gpu::new().unwrap();
+    let a = gpu.alloc(1000).unwrap();
+    let first = gpu.pool_stats();
+    drop(a);
+    assert_eq!(gpu.pool_stats().in_use_bytes, first.in_use_bytes - 4096);
+    let b = gpu.alloc(900).unwrap(); // same class (4096 bytes)
+    let again = gpu.pool_stats();
+    assert_eq!(again.allocations, first.allocations, "a freed buffer of the same class is reused");
+    assert_eq!(again.allocated_bytes, first.allocated_bytes);
+    assert_eq!(b.capacity_bytes(), 4096);
+}
+
+#[test]
+fn too_large_buffer_is_refused_naming_the_limit() {
+    let gpu = common::gpu();
+    let too_many = (gpu.limits().max_buffer_size / 4 + 1) as usize;
+    let msg = gpu.alloc(too_many).unwrap_err().to_string();
+    assert!(msg.contains("allows at most"), "{msg}");
+}
+
+#[test]
+fn dispatches_are_batched_into_few_submits() {
+    let gpu = Gpu::new().unwrap();
+    let x = gpu.upload(&[1.0f32; 1024]).unwrap();
+    let y = gpu.alloc(1024).unwrap();
+    gpu.sync().unwrap();
+    let (d0, s0) = gpu.counters();
+    for _ in 0..100 {
+        elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 1024).unwrap();
+    }
+    gpu.sync().unwrap();
+    let (d1, s1) = gpu.counters();
+    assert_eq!(d1 - d0, 100);
+    assert!(s1 - s0 <= 1, "100 dispatches took {} submits", s1 - s0);
+}
+
+#[test]
+fn profiler_labels_every_dispatch_with_scope_and_work() {
+    let gpu = Gpu::new().unwrap();
+    gpu.set_profiling(true).unwrap();
+    let x = gpu.upload(&vec![0.5f32; 4096]).unwrap();
+    let y = gpu.alloc(4096).unwrap();
+    for t in 0..3 {
+        let _s = gpu.scope(format!("iter={t}"));
+        elementwise::unary(&gpu, UnaryOp::Gelu, &x, &y, 4096).unwrap();
+    }
+    let profile = gpu.take_profile().unwrap().expect("profiling is on");
+    assert_eq!(profile.records.len(), 3);
+    assert_eq!(profile.timing, if gpu.info().timestamps { Timing::GpuTimestamps } else { Timing::WallClock });
+    for (t, r) in profile.records.iter().enumerate() {
+        assert_eq!(r.label.kernel, "gelu");
+        assert_eq!(r.scopes, vec![format!("iter={t}")]);
+        assert!(r.duration_ns > 0.0, "a dispatch took {} ns", r.duration_ns);
+    }
+    let table = profile.table();
+    assert!(table.contains("gelu") && table.contains("GFLOP/s"), "{table}");
+    let trace = profile.chrome_trace();
+    assert!(trace.starts_with("{\"displayTimeUnit\"") && trace.contains("iter=2"), "{trace}");
+    // Off again: no records are kept.
+    gpu.set_profiling(false).unwrap();
+    elementwise::unary(&gpu, UnaryOp::Gelu, &x, &y, 4096).unwrap();
+    assert!(gpu.take_profile().unwrap().is_none());
+}
+
+#[test]
+fn a_gpu_validation_error_becomes_an_error_value() {
+    // Bind the same buffer as input and output of one dispatch: wgpu rejects the usage conflict.
+    let gpu = Gpu::new().unwrap();
+    let x = gpu.upload(&[1.0f32; 64]).unwrap();
+    let r = elementwise::unary(&gpu, UnaryOp::Relu, &x, &x, 64).and_then(|_| gpu.sync());
+    let err = r.expect_err("aliasing input and output must be reported");
+    assert!(matches!(err, Error::Validation(_)), "{err}");
+    // The device stays usable afterwards.
+    let y = gpu.alloc(64).unwrap();
+    elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 64).unwrap();
+    assert_eq!(gpu.download(&y).unwrap()[0], 1.0);
+}
