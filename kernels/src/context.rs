@@ -365,10 +365,10 @@ impl Gpu {
             return Ok(());
         }
         // A queue write lands before every command of the next submit; a recycled buffer may
-        // still be read by commands already recorded, so those go first.
+        // still be used by commands already recorded (dispatches, clears, copies), so those go first.
         {
             let mut r = lock(&self.inner.recorder);
-            if r.pending > 0 {
+            if r.encoder.is_some() {
                 self.submit(&mut r)?;
             }
         }
