@@ -1,3 +1,287 @@
-//! Profiling of the EM Aggregation loop (`vlsa profile em`).
+//! Profiling of the EM Aggregation loop: the library side of `vlsa profile em`.
 //!
-//! (Not yet implemented.)
+//! [`profile_em`] runs the EM loop of `vlsa_kernels::em` on random data with per-dispatch
+//! profiling on, and returns an [`EmProfileReport`]: GPU time, GFLOP/s and GB/s per EM
+//! iteration and per kernel (E-step, column sums, M-step, normalisation, reconstruction and,
+//! with `backward`, their backward kernels), the mean shift of the bases per iteration (how fast
+//! EM converges, from a separate un-profiled pass), and the Chrome trace of the timed run.
+//! Parsing command-line flags and writing files is the CLI's job, not this module's.
+
+use std::fmt;
+
+use crate::kernels::em::{self, EmOutputGrads, EmShape, GradMode};
+use crate::kernels::{Gpu, Profile, Result, Timing};
+
+/// What to profile: the sizes of `vlsa profile em --tokens N --width C --bases M --iters T
+/// [--batch B] [--backward]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmProfileOptions {
+    /// B.
+    pub batch: usize,
+    /// N.
+    pub tokens: usize,
+    /// C.
+    pub width: usize,
+    /// M.
+    pub bases: usize,
+    /// T.
+    pub iters: usize,
+    /// The E-step's inverse temperature.
+    pub lambda: f32,
+    /// Also time the unrolled backward (with a random gradient of R).
+    pub backward: bool,
+    /// Seed of the random tokens and bases.
+    pub seed: u64,
+}
+
+impl Default for EmProfileOptions {
+    /// The default model's EM sizes (DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
+    fn default() -> Self {
+        EmProfileOptions { batch: 1, tokens: 256, width: 128, bases: 16, iters: 3, lambda: 1.0, backward: false, seed: 0 }
+    }
+}
+
+impl EmProfileOptions {
+    /// The kernels' shape for these options.
+    pub fn shape(&self) -> EmShape {
+        EmShape { batch: self.batch, tokens: self.tokens, width: self.width, bases: self.bases, iters: self.iters, lambda: self.lambda }
+    }
+}
+
+/// The time of one kernel within one profiling scope (e.g. `iter=2` / `em_m_step`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmStepTime {
+    /// Scopes joined by `/`: `iter=t`, `recon`, `backward/recon`, `backward/iter=t`.
+    pub scope: String,
+    /// The kernel label, e.g. `em_e_step`.
+    pub kernel: String,
+    /// Dispatches.
+    pub count: usize,
+    /// GPU time in nanoseconds.
+    pub time_ns: f64,
+    /// FLOPs of those dispatches.
+    pub flops: u64,
+    /// Bytes those dispatches read and write at least.
+    pub bytes: u64,
+}
+
+impl EmStepTime {
+    /// Achieved GFLOP/s.
+    pub fn gflops(&self) -> f64 {
+        if self.time_ns > 0.0 { self.flops as f64 / self.time_ns } else { 0.0 }
+    }
+    /// Achieved GB/s.
+    pub fn gbytes_per_s(&self) -> f64 {
+        if self.time_ns > 0.0 { self.bytes as f64 / self.time_ns } else { 0.0 }
+    }
+}
+
+/// What [`profile_em`] measured.
+#[derive(Debug, Clone)]
+pub struct EmProfileReport {
+    /// The shape profiled.
+    pub shape: EmShape,
+    /// The adapter, as "name (backend, type)".
+    pub adapter: String,
+    /// Whether the backward was timed too.
+    pub backward: bool,
+    /// Per scope and kernel, in the order they first ran.
+    pub steps: Vec<EmStepTime>,
+    /// Mean over (b, m) of ||mu_t - mu_{t-1}||_2 for t = 1..T (mu_0 = the bases).
+    pub shifts: Vec<f64>,
+    /// Every timed dispatch (for the Chrome trace).
+    pub profile: Profile,
+}
+
+impl EmProfileReport {
+    /// Chrome trace JSON of the timed run (chrome://tracing or Perfetto).
+    pub fn chrome_trace(&self) -> String {
+        self.profile.chrome_trace()
+    }
+
+    /// Total GPU time of the timed run in nanoseconds.
+    pub fn total_ns(&self) -> f64 {
+        self.profile.total_ns()
+    }
+
+    /// GPU time per scope (e.g. `iter=1`), in the order the scopes first ran.
+    pub fn scope_totals(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for s in &self.steps {
+            match out.iter_mut().find(|(k, _)| *k == s.scope) {
+                Some((_, t)) => *t += s.time_ns,
+                None => out.push((s.scope.clone(), s.time_ns)),
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for EmProfileReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shape;
+        writeln!(f, "EM Aggregation {s} lambda={} on {}", s.lambda, self.adapter)?;
+        writeln!(f, "timing: {}", match self.profile.timing {
+            Timing::GpuTimestamps => "GPU timestamp queries",
+            Timing::WallClock => "wall clock per dispatch (the adapter has no timestamp queries; includes submit overhead)",
+        })?;
+        writeln!(f, "{:<18} {:<22} {:>5} {:>11} {:>9} {:>9}", "scope", "kernel", "count", "time us", "GFLOP/s", "GB/s")?;
+        for r in &self.steps {
+            writeln!(f, "{:<18} {:<22} {:>5} {:>11.1} {:>9.2} {:>9.2}", r.scope, r.kernel, r.count, r.time_ns / 1e3, r.gflops(), r.gbytes_per_s())?;
+        }
+        writeln!(f, "per scope:")?;
+        for (scope, ns) in self.scope_totals() {
+            writeln!(f, "  {scope:<18} {:>11.1} us", ns / 1e3)?;
+        }
+        writeln!(f, "  {:<18} {:>11.1} us", "total", self.total_ns() / 1e3)?;
+        write!(f, "mean shift of the bases ||mu_t - mu_(t-1)||:")?;
+        for (t, shift) in self.shifts.iter().enumerate() {
+            write!(f, "  t={}: {shift:.3e}", t + 1)?;
+        }
+        writeln!(f)
+    }
+}
+
+/// Deterministic values in [-1, 1) (xorshift64*), so profiling needs no extra crate.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+            bits as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Random bases with rows of unit L2 norm, as EMANet initialises them.
+fn random_bases(m: usize, c: usize, seed: u64) -> Vec<f32> {
+    let mut b = random(m * c, seed);
+    for row in b.chunks_mut(c) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= 1e-6 + norm);
+    }
+    b
+}
+
+/// Runs the EM loop (and, with `backward`, its unrolled backward) on random data with
+/// profiling on and returns the timings, the bases' shift per iteration and the trace. A first
+/// un-timed run compiles the pipelines and fills the buffer pool.
+pub fn profile_em(gpu: &Gpu, opts: &EmProfileOptions) -> Result<EmProfileReport> {
+    let s = opts.shape();
+    s.validate()?;
+    let u = gpu.upload(&random(s.tokens_len(), opts.seed))?;
+    let bases_host = random_bases(s.bases, s.width, opts.seed ^ 0xB45E);
+    let bases = gpu.upload(&bases_host)?;
+    let d_recon = gpu.upload(&random(s.tokens_len(), opts.seed ^ 0xD4))?;
+
+    let run = || -> Result<em::EmForward> {
+        let fwd = em::forward(gpu, &u, &bases, &s, opts.backward)?;
+        if opts.backward {
+            let grads = EmOutputGrads { recon: &d_recon, z: None, mu: None };
+            em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads)?;
+        }
+        Ok(fwd)
+    };
+    run()?;
+    gpu.sync()?;
+
+    gpu.set_profiling(true)?;
+    let timed = run().and_then(|_| gpu.take_profile());
+    gpu.set_profiling(false)?;
+    let profile = timed?.expect("profiling was on");
+
+    let mut steps: Vec<EmStepTime> = Vec::new();
+    for r in &profile.records {
+        let scope = r.scopes.join("/");
+        let i = match steps.iter().position(|x| x.scope == scope && x.kernel == r.label.kernel) {
+            Some(i) => i,
+            None => {
+                steps.push(EmStepTime { scope, kernel: r.label.kernel.to_string(), count: 0, time_ns: 0.0, flops: 0, bytes: 0 });
+                steps.len() - 1
+            }
+        };
+        let x = &mut steps[i];
+        x.count += 1;
+        x.time_ns += r.duration_ns;
+        x.flops += r.label.flops;
+        x.bytes += r.label.bytes;
+    }
+
+    let shifts = bases_shift(gpu, &u, &bases, &bases_host, &s)?;
+    let info = gpu.info();
+    Ok(EmProfileReport {
+        shape: s,
+        adapter: format!("{} ({}, {})", info.name, info.backend, info.device_type),
+        backward: opts.backward,
+        steps,
+        shifts,
+        profile,
+    })
+}
+
+/// Mean over (b, m) of ||mu_t - mu_{t-1}|| per iteration, from an un-profiled forward that
+/// keeps every mu_t.
+fn bases_shift(gpu: &Gpu, u: &crate::kernels::GpuBuffer, bases: &crate::kernels::GpuBuffer, bases_host: &[f32], s: &EmShape) -> Result<Vec<f64>> {
+    let fwd = em::forward(gpu, u, bases, s, true)?;
+    let saved = fwd.saved.as_ref().expect("saved for backward");
+    let mut mus: Vec<Vec<f32>> = Vec::with_capacity(s.iters + 1);
+    mus.push(bases_host.iter().cycle().take(s.mu_len()).copied().collect());
+    for m in &saved.mu {
+        mus.push(gpu.download(m)?);
+    }
+    mus.push(gpu.download(&fwd.mu)?);
+    let rows = (s.batch * s.bases) as f64;
+    Ok(mus
+        .windows(2)
+        .map(|w| {
+            let total: f64 = w[1]
+                .chunks(s.width)
+                .zip(w[0].chunks(s.width))
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt())
+                .sum();
+            total / rows
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_profile_reports_every_kernel_per_iteration() {
+        let gpu = Gpu::new().expect("a GPU adapter (lavapipe on CI)");
+        let opts = EmProfileOptions { batch: 2, tokens: 9, width: 5, bases: 3, iters: 2, backward: true, ..Default::default() };
+        let report = profile_em(&gpu, &opts).unwrap();
+        for t in 1..=2 {
+            for kernel in ["em_e_step", "em_colsum", "em_m_step", "em_normalize"] {
+                let row = report.steps.iter().find(|r| r.scope == format!("iter={t}") && r.kernel == kernel);
+                let row = row.unwrap_or_else(|| panic!("no {kernel} in iter={t}:\n{report}"));
+                assert_eq!(row.count, 1);
+                assert!(row.time_ns >= 0.0);
+            }
+            for kernel in ["em_normalize_backward", "em_m_step_backward", "em_e_step_backward"] {
+                assert!(report.steps.iter().any(|r| r.scope == format!("backward/iter={t}") && r.kernel == kernel), "no {kernel}:\n{report}");
+            }
+        }
+        assert!(report.steps.iter().any(|r| r.scope == "recon" && r.kernel == "em_recon"));
+        let e_step = report.steps.iter().find(|r| r.kernel == "em_e_step").unwrap();
+        assert_eq!(e_step.flops, 2 * 2 * 9 * 5 * 3 + 4 * 2 * 9 * 3);
+        assert_eq!(report.shifts.len(), 2);
+        assert!(report.shifts.iter().all(|v| v.is_finite() && *v >= 0.0));
+        let text = report.to_string();
+        assert!(text.contains("iter=2") && text.contains("em_m_step") && text.contains("mean shift"), "{text}");
+        let trace = report.chrome_trace();
+        assert!(trace.starts_with('{') && trace.contains("\"em_e_step\"") && trace.contains("iter=1"));
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        let gpu = Gpu::new().expect("a GPU adapter");
+        let err = profile_em(&gpu, &EmProfileOptions { bases: 100, ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("M=100"), "{err}");
+    }
+}

@@ -1,0 +1,558 @@
+//! The EM Aggregation kernels (shaders/em.wgsl) against f64 CPU references and finite
+//! differences, step by step and as a whole unrolled loop, plus PyTorch autograd fixtures
+//! (tests/fixtures/em_*.json, written by tests/reference/em_ref.py).
+
+mod common;
+
+use common::{assert_close, check, Case, Input, Rng};
+use vlsa_kernels::em::{self, Bases, EmOutputGrads, EmShape, GradMode};
+use vlsa_kernels::{Gpu, GpuBuffer, Result};
+
+const EPS: f64 = 1e-6;
+
+/// The step shapes (B, N, C, M): sizes 1, 7, 33, 130 for N,
+/// odd C, M from 1 to 64, B 1 and 3; N = 300 spans two E-step tiles of 256 tokens.
+const SHAPES: &[(usize, usize, usize, usize)] = &[(1, 1, 3, 1), (3, 7, 5, 4), (1, 33, 9, 7), (3, 130, 7, 16), (1, 70, 3, 64), (2, 300, 3, 5)];
+
+fn shape(b: usize, n: usize, c: usize, m: usize, iters: usize, lambda: f32) -> EmShape {
+    EmShape { batch: b, tokens: n, width: c, bases: m, iters, lambda }
+}
+
+// ----- f64 reference -----
+
+/// Z = softmax_M(lambda u mu^T); `mu` is [B,M,C] or, when `shared`, [M,C].
+fn ref_e_step(u: &[f64], mu: &[f64], shared: bool, s: &EmShape) -> Vec<f64> {
+    let (n, c, m) = (s.tokens, s.width, s.bases);
+    let mut z = vec![0.0; s.z_len()];
+    for b in 0..s.batch {
+        let mb = if shared { 0 } else { b * m * c };
+        for i in 0..n {
+            let row = &u[(b * n + i) * c..][..c];
+            let logits: Vec<f64> = (0..m).map(|k| s.lambda as f64 * (0..c).map(|j| row[j] * mu[mb + k * c + j]).sum::<f64>()).collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            for k in 0..m {
+                z[(b * n + i) * m + k] = e[k] / total;
+            }
+        }
+    }
+    z
+}
+
+fn ref_colsum(z: &[f64], s: &EmShape) -> Vec<f64> {
+    let mut out = vec![0.0; s.batch * s.bases];
+    for b in 0..s.batch {
+        for i in 0..s.tokens {
+            for k in 0..s.bases {
+                out[b * s.bases + k] += z[(b * s.tokens + i) * s.bases + k];
+            }
+        }
+    }
+    out
+}
+
+/// out[b,m,:] = sum_n z[b,n,m] x[b,n,:] (/ (eps + cs[b,m]) when given).
+fn ref_ztx(z: &[f64], x: &[f64], cs: Option<&[f64]>, s: &EmShape) -> Vec<f64> {
+    let (n, c, m) = (s.tokens, s.width, s.bases);
+    let mut out = vec![0.0; s.mu_len()];
+    for b in 0..s.batch {
+        for k in 0..m {
+            let scale = cs.map_or(1.0, |cs| 1.0 / (EPS + cs[b * m + k]));
+            for j in 0..c {
+                let v: f64 = (0..n).map(|i| z[(b * n + i) * m + k] * x[(b * n + i) * c + j]).sum();
+                out[(b * m + k) * c + j] = v * scale;
+            }
+        }
+    }
+    out
+}
+
+/// out[b,n,:] = sum_m z[b,n,m] mu[b,m,:] (mu shared over b when `shared`).
+fn ref_zmu(z: &[f64], mu: &[f64], shared: bool, s: &EmShape) -> Vec<f64> {
+    let (n, c, m) = (s.tokens, s.width, s.bases);
+    let mut out = vec![0.0; s.tokens_len()];
+    for b in 0..s.batch {
+        let mb = if shared { 0 } else { b * m * c };
+        for i in 0..n {
+            for j in 0..c {
+                out[(b * n + i) * c + j] = (0..m).map(|k| z[(b * n + i) * m + k] * mu[mb + k * c + j]).sum();
+            }
+        }
+    }
+    out
+}
+
+/// out[b,n,m] = x[b,n,:] . y[b,m,:]
+fn ref_xyt(x: &[f64], y: &[f64], s: &EmShape) -> Vec<f64> {
+    let (n, c, m) = (s.tokens, s.width, s.bases);
+    let mut out = vec![0.0; s.z_len()];
+    for b in 0..s.batch {
+        for i in 0..n {
+            for k in 0..m {
+                out[(b * n + i) * m + k] = (0..c).map(|j| x[(b * n + i) * c + j] * y[(b * m + k) * c + j]).sum();
+            }
+        }
+    }
+    out
+}
+
+fn ref_l2norm_rows(x: &[f64], c: usize) -> Vec<f64> {
+    x.chunks(c)
+        .flat_map(|row| {
+            let r = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            row.iter().map(move |v| v / (EPS + r)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// mu = l2norm(z^T u / (eps + cs)).
+fn ref_m_step_normalized(z: &[f64], u: &[f64], cs: &[f64], s: &EmShape) -> Vec<f64> {
+    ref_l2norm_rows(&ref_ztx(z, u, Some(cs), s), s.width)
+}
+
+/// The whole loop: returns (Z_T, mu_T, R).
+fn ref_loop(u: &[f64], bases: &[f64], s: &EmShape) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut z = ref_e_step(u, bases, true, s);
+    let mut mu = ref_m_step_normalized(&z, u, &ref_colsum(&z, s), s);
+    for _ in 1..s.iters {
+        z = ref_e_step(u, &mu, false, s);
+        mu = ref_m_step_normalized(&z, u, &ref_colsum(&z, s), s);
+    }
+    let r = ref_zmu(&z, &mu, false, s);
+    (z, mu, r)
+}
+
+/// Random normalised bases [M,C].
+fn random_bases(rng: &mut Rng, m: usize, c: usize) -> Vec<f32> {
+    let raw: Vec<f64> = rng.vec(m * c).iter().map(|&v| v as f64).collect();
+    ref_l2norm_rows(&raw, c).iter().map(|&v| v as f32).collect()
+}
+
+/// Random responsibilities: rows of positive values summing to 1.
+fn random_z(rng: &mut Rng, rows: usize, m: usize) -> Vec<f32> {
+    let mut z: Vec<f32> = (0..rows * m).map(|_| rng.range(0.05, 1.0)).collect();
+    for row in z.chunks_mut(m) {
+        let t: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= t);
+    }
+    z
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+// ----- step kernels -----
+
+#[test]
+fn e_step_forward_and_backward() {
+    let mut rng = Rng::new(11);
+    for &(b, n, c, m) in SHAPES {
+        for lambda in [1.0f32, 2.5] {
+            let s = shape(b, n, c, m, 1, lambda);
+            let u = Input::random(&mut rng, &[b, n, c]);
+            let mu = Input::random(&mut rng, &[b, m, c]);
+            check(
+                Case::new(
+                    format!("e_step {s} lambda={lambda}"),
+                    vec![u, mu],
+                    move |x| ref_e_step(&x[0], &x[1], false, &s),
+                    move |gpu, x| {
+                        let z = gpu.alloc(s.z_len())?;
+                        let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                        em::e_step(gpu, &x[0], &x[1], Bases::PerBatch, &s, &z, &partial)?;
+                        Ok(z)
+                    },
+                )
+                .backward(
+                    move |gpu, x, dz| {
+                        let d_logits = gpu.alloc(s.z_len())?;
+                        em::e_step_backward_softmax(gpu, &fwd_z(gpu, &x[0], &x[1], &s)?, dz, &s, &d_logits)?;
+                        let du = gpu.alloc(s.tokens_len())?;
+                        let dmu = gpu.alloc(s.mu_len())?;
+                        em::e_step_backward(gpu, &x[0], &x[1], Bases::PerBatch, &d_logits, None, &s, &du, Some(&dmu))?;
+                        Ok(vec![Some(du), Some(dmu)])
+                    },
+                    move |x, dz| {
+                        let z = ref_e_step(&x[0], &x[1], false, &s);
+                        let mut ds = vec![0.0; z.len()];
+                        for (row, (zr, gr)) in ds.chunks_mut(m).zip(z.chunks(m).zip(dz.chunks(m))) {
+                            let inner: f64 = zr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                            for k in 0..m {
+                                row[k] = lambda as f64 * zr[k] * (gr[k] - inner);
+                            }
+                        }
+                        vec![Some(ref_zmu(&ds, &x[1], false, &s)), Some(ref_ztx(&ds, &x[0], None, &s))]
+                    },
+                ),
+            );
+        }
+    }
+}
+
+fn fwd_z(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, s: &EmShape) -> Result<GpuBuffer> {
+    let z = gpu.alloc(s.z_len())?;
+    let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+    em::e_step(gpu, u, mu, Bases::PerBatch, s, &z, &partial)?;
+    Ok(z)
+}
+
+#[test]
+fn e_step_with_shared_bases_and_column_sums() {
+    let mut rng = Rng::new(12);
+    for &(b, n, c, m) in SHAPES {
+        let s = shape(b, n, c, m, 1, 1.0);
+        let u = Input::random(&mut rng, &[b, n, c]);
+        let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
+        check(Case::new(
+            format!("e_step shared bases {s}"),
+            vec![u.clone(), bases.clone()],
+            move |x| ref_e_step(&x[0], &x[1], true, &s),
+            move |gpu, x| {
+                let z = gpu.alloc(s.z_len())?;
+                let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                em::e_step(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial)?;
+                Ok(z)
+            },
+        ));
+        check(Case::new(
+            format!("colsum {s}"),
+            vec![u, bases],
+            move |x| ref_colsum(&ref_e_step(&x[0], &x[1], true, &s), &s),
+            move |gpu, x| {
+                let z = gpu.alloc(s.z_len())?;
+                let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                em::e_step(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial)?;
+                let cs = gpu.alloc(s.batch * s.bases)?;
+                em::colsum(gpu, &partial, &s, &cs)?;
+                Ok(cs)
+            },
+        ));
+    }
+}
+
+/// s = sum over n of z [B,M], on the GPU: the M-step product with a column of ones (C = 1).
+fn gpu_colsum(gpu: &Gpu, z: &GpuBuffer, s: &EmShape) -> Result<GpuBuffer> {
+    let one_wide = EmShape { width: 1, ..*s };
+    let ones = gpu.upload(&vec![1.0f32; s.batch * s.tokens])?;
+    let cs = gpu.alloc(s.batch * s.bases)?;
+    em::m_step_product(gpu, "test_colsum", z, &ones, None, None, &one_wide, &cs)?;
+    Ok(cs)
+}
+
+#[test]
+fn m_step_and_normalize_forward_and_backward() {
+    let mut rng = Rng::new(13);
+    for &(b, n, c, m) in SHAPES {
+        let s = shape(b, n, c, m, 1, 1.0);
+        let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
+        let u = Input::random(&mut rng, &[b, n, c]);
+        // mu = l2norm(z^T u / (eps + colsum(z))): the gradient of z includes the column sums'.
+        let forward = move |x: &[Vec<f64>]| ref_m_step_normalized(&x[0], &x[1], &ref_colsum(&x[0], &s), &s);
+        check(
+            Case::new(format!("m_step+normalize {s}"), vec![z, u], forward, move |gpu, x| {
+                let cs = gpu_colsum(gpu, &x[0], &s)?;
+                let raw = gpu.alloc(s.mu_len())?;
+                em::m_step(gpu, &x[0], &x[1], &cs, &s, &raw)?;
+                let mu = gpu.alloc(s.mu_len())?;
+                em::normalize(gpu, &raw, &s, &mu)?;
+                Ok(mu)
+            })
+            .backward(
+                move |gpu, x, dmu| {
+                    let cs = gpu_colsum(gpu, &x[0], &s)?;
+                    let raw = gpu.alloc(s.mu_len())?;
+                    em::m_step(gpu, &x[0], &x[1], &cs, &s, &raw)?;
+                    let (da, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
+                    em::normalize_backward(gpu, &raw, dmu, &cs, &s, &da, &dcs)?;
+                    let (dz, du) = (gpu.alloc(s.z_len())?, gpu.alloc(s.tokens_len())?);
+                    em::m_step_backward(gpu, &x[1], &x[0], &da, &dcs, None, None, &s, &dz, &du)?;
+                    Ok(vec![Some(dz), Some(du)])
+                },
+                move |x, dmu| {
+                    let (z, u) = (&x[0], &x[1]);
+                    let cs = ref_colsum(z, &s);
+                    let raw = ref_ztx(z, u, Some(&cs), &s);
+                    // L2 norm backward per row, then the division by (eps + cs).
+                    let mut da = vec![0.0; raw.len()];
+                    let mut dcs = vec![0.0; cs.len()];
+                    for r in 0..b * m {
+                        let xr = &raw[r * c..][..c];
+                        let gy = &dmu[r * c..][..c];
+                        let nr = xr.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        let gdx: f64 = gy.iter().zip(xr).map(|(a, b)| a * b).sum();
+                        let inv_s = 1.0 / (EPS + cs[r]);
+                        for j in 0..c {
+                            let gx = gy[j] / (EPS + nr) - xr[j] * gdx / ((EPS + nr).powi(2) * nr);
+                            da[r * c + j] = gx * inv_s;
+                            dcs[r] -= gx * xr[j] * inv_s;
+                        }
+                    }
+                    let mut dz = ref_xyt(u, &da, &s);
+                    for (i, v) in dz.iter_mut().enumerate() {
+                        *v += dcs[(i / (n * m)) * m + i % m];
+                    }
+                    vec![Some(dz), Some(ref_zmu(z, &da, false, &s))]
+                },
+            ),
+        );
+    }
+}
+
+#[test]
+fn normalize_alone_forward_and_backward() {
+    let mut rng = Rng::new(14);
+    for &(b, _n, c, m) in SHAPES {
+        let s = shape(b, 1, c, m, 1, 1.0);
+        let x = Input::random(&mut rng, &[b, m, c]);
+        check(
+            Case::new(
+                format!("normalize {s}"),
+                vec![x],
+                move |x| ref_l2norm_rows(&x[0], c),
+                move |gpu, x| {
+                    let out = gpu.alloc(s.mu_len())?;
+                    em::normalize(gpu, &x[0], &s, &out)?;
+                    Ok(out)
+                },
+            )
+            .backward(
+                move |gpu, x, dy| {
+                    // Column sums of 1 - eps make the M-step division a no-op: d_a is then dx.
+                    let ones = gpu.upload(&vec![1.0f32 - 1e-6; s.batch * s.bases])?;
+                    let (dx, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
+                    em::normalize_backward(gpu, &x[0], dy, &ones, &s, &dx, &dcs)?;
+                    Ok(vec![Some(dx)])
+                },
+                move |x, dy| {
+                    let mut dx = vec![0.0; x[0].len()];
+                    for (r, (xr, gy)) in x[0].chunks(c).zip(dy.chunks(c)).enumerate() {
+                        let nr = xr.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        let gdx: f64 = gy.iter().zip(xr).map(|(a, b)| a * b).sum();
+                        for j in 0..c {
+                            dx[r * c + j] = gy[j] / (EPS + nr) - xr[j] * gdx / ((EPS + nr).powi(2) * nr);
+                        }
+                    }
+                    vec![Some(dx)]
+                },
+            ),
+        );
+    }
+}
+
+#[test]
+fn reconstruct_forward_and_backward() {
+    let mut rng = Rng::new(15);
+    for &(b, n, c, m) in SHAPES {
+        let s = shape(b, n, c, m, 1, 1.0);
+        let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
+        let mu = Input::random(&mut rng, &[b, m, c]);
+        check(
+            Case::new(
+                format!("reconstruct {s}"),
+                vec![z, mu],
+                move |x| ref_zmu(&x[0], &x[1], false, &s),
+                move |gpu, x| {
+                    let out = gpu.alloc(s.tokens_len())?;
+                    em::reconstruct(gpu, &x[0], &x[1], &s, &out)?;
+                    Ok(out)
+                },
+            )
+            .backward(
+                move |gpu, x, dr| {
+                    let (dz, dmu) = (gpu.alloc(s.z_len())?, gpu.alloc(s.mu_len())?);
+                    em::reconstruct_backward(gpu, &x[0], &x[1], dr, None, None, &s, &dz, &dmu)?;
+                    Ok(vec![Some(dz), Some(dmu)])
+                },
+                move |x, dr| vec![Some(ref_xyt(dr, &x[1], &s)), Some(ref_ztx(&x[0], dr, None, &s))],
+            ),
+        );
+    }
+}
+
+// ----- the whole loop -----
+
+/// Central differences of `loss(u)` at every coordinate of u.
+fn fd_gradient(u: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-5;
+    (0..u.len())
+        .map(|i| {
+            let (mut up, mut um) = (u.to_vec(), u.to_vec());
+            up[i] += h;
+            um[i] -= h;
+            (loss(&up) - loss(&um)) / (2.0 * h)
+        })
+        .collect()
+}
+
+#[test]
+fn unrolled_loop_matches_reference_and_finite_differences() {
+    let mut rng = Rng::new(16);
+    for &(b, n, c, m, lambda) in &[(1usize, 7usize, 5usize, 4usize, 1.0f32), (3, 33, 3, 7, 2.0), (1, 70, 5, 3, 1.0)] {
+        let s = shape(b, n, c, m, 3, lambda);
+        let u = Input::random(&mut rng, &[b, n, c]);
+        let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
+        let reference = move |x: &[Vec<f64>]| ref_loop(&x[0], &x[1], &s).2;
+        check(
+            Case::new(format!("unrolled EM loop {s} lambda={lambda}"), vec![u, bases], reference, move |gpu, x| Ok(em::forward(gpu, &x[0], &x[1], &s, false)?.recon))
+                .backward(
+                    move |gpu, x, dr| {
+                        let fwd = em::forward(gpu, &x[0], &x[1], &s, true)?;
+                        Ok(vec![Some(em::backward_unrolled(gpu, &x[0], &x[1], &fwd, &s, dr)?), None])
+                    },
+                    move |x, dr| {
+                        let g = fd_gradient(&x[0], |u| ref_loop(u, &x[1], &s).2.iter().zip(dr).map(|(a, b)| a * b).sum());
+                        vec![Some(g), None]
+                    },
+                ),
+        );
+    }
+}
+
+#[test]
+fn unrolled_loop_with_gradients_of_z_and_mu() {
+    let gpu = common::gpu();
+    let mut rng = Rng::new(17);
+    let s = shape(3, 7, 5, 4, 3, 1.5);
+    let u = rng.vec(s.tokens_len());
+    let bases = random_bases(&mut rng, s.bases, s.width);
+    let (dr, dz, dmu) = (rng.vec(s.tokens_len()), rng.vec(s.z_len()), rng.vec(s.mu_len()));
+    let (ub, bb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap());
+    let (drb, dzb, dmub) = (gpu.upload(&dr).unwrap(), gpu.upload(&dz).unwrap(), gpu.upload(&dmu).unwrap());
+    let fwd = em::forward(gpu, &ub, &bb, &s, true).unwrap();
+    let (want_z, want_mu, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
+    assert_close("Z_T", &gpu.download(&fwd.z).unwrap(), &want_z, 1e-4, 1e-5);
+    assert_close("mu_T", &gpu.download(&fwd.mu).unwrap(), &want_mu, 1e-4, 1e-5);
+    assert_close("R", &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
+    let grads = EmOutputGrads { recon: &drb, z: Some(&dzb), mu: Some(&dmub) };
+    let du = gpu.download(&em::backward(gpu, GradMode::Unrolled, &ub, &bb, &fwd, &s, &grads).unwrap()).unwrap();
+    let (dr, dz, dmu, b64) = (f64s(&dr), f64s(&dz), f64s(&dmu), f64s(&bases));
+    let want = fd_gradient(&f64s(&u), |u| {
+        let (z, mu, r) = ref_loop(u, &b64, &s);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        dot(&r, &dr) + dot(&z, &dz) + dot(&mu, &dmu)
+    });
+    assert_close("du with dR, dZ_T and dmu_T", &du, &want, 1e-3, 1e-4);
+}
+
+#[test]
+fn detached_mode_gives_no_gradient_to_u() {
+    let gpu = common::gpu();
+    let mut rng = Rng::new(18);
+    let s = shape(3, 33, 5, 7, 3, 1.0);
+    let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+    let bases = gpu.upload(&random_bases(&mut rng, s.bases, s.width)).unwrap();
+    let dr = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+    // Detached needs nothing saved.
+    let fwd = em::forward(gpu, &u, &bases, &s, false).unwrap();
+    let grads = EmOutputGrads { recon: &dr, z: None, mu: None };
+    let du = gpu.download(&em::backward(gpu, GradMode::Detached, &u, &bases, &fwd, &s, &grads).unwrap()).unwrap();
+    assert_eq!(du.len(), s.tokens_len());
+    assert!(du.iter().all(|&v| v == 0.0), "detached backward must give du = 0");
+    // The unrolled backward of the same forward is refused: nothing was saved.
+    let err = em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads).err().expect("refused").to_string();
+    assert!(err.contains("save_for_backward"), "{err}");
+}
+
+#[test]
+fn bases_moving_average_update() {
+    let gpu = common::gpu();
+    let mut rng = Rng::new(19);
+    for &(b, c, m) in &[(1usize, 3usize, 1usize), (3, 7, 16), (3, 33, 64)] {
+        let s = shape(b, 1, c, m, 1, 1.0);
+        let bases = random_bases(&mut rng, m, c);
+        let mu = rng.vec(s.mu_len());
+        let (bases_buf, mu_buf) = (gpu.upload(&bases).unwrap(), gpu.upload(&mu).unwrap());
+        let out = em::update_bases(gpu, &bases_buf, &mu_buf, &s, 0.9).unwrap();
+        let mut v = vec![0.0f64; m * c];
+        for k in 0..m * c {
+            let mean: f64 = (0..b).map(|bb| mu[bb * m * c + k] as f64).sum::<f64>() / b as f64;
+            v[k] = 0.9 * bases[k] as f64 + 0.1 * mean;
+        }
+        assert_close(&format!("bases update {s}"), &gpu.download(&out).unwrap(), &ref_l2norm_rows(&v, c), 1e-4, 1e-5);
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_the_shapes() {
+    let gpu = common::gpu();
+    // `alloc`, not `zeros`: these buffers never reach a kernel (the launchers refuse them).
+    let u = gpu.alloc(2 * 7 * 5).unwrap();
+    let bases = gpu.alloc(4 * 5).unwrap();
+    // u too short for B=3.
+    let s = shape(3, 7, 5, 4, 3, 1.0);
+    let err = em::forward(gpu, &u, &bases, &s, false).err().expect("error").to_string();
+    assert!(err.contains("[B=3,N=7,C=5,M=4,T=3]") && err.contains("70") && err.contains("105"), "{err}");
+    // Too many bases.
+    let s = shape(1, 7, 5, 65, 1, 1.0);
+    let err = em::forward(gpu, &u, &gpu.alloc(65 * 5).unwrap(), &s, false).err().expect("error").to_string();
+    assert!(err.contains("M=65") && err.contains("64"), "{err}");
+    // No iterations, empty axes.
+    for s in [shape(1, 7, 5, 4, 0, 1.0), shape(1, 0, 5, 4, 1, 1.0)] {
+        let err = em::forward(gpu, &u, &bases, &s, false).err().expect("error").to_string();
+        assert!(err.contains(&s.to_string()), "{err}");
+    }
+    // Bases of the wrong size.
+    let s = shape(1, 7, 5, 4, 1, 1.0);
+    let err = em::forward(gpu, &u, &gpu.alloc(3).unwrap(), &s, false).err().expect("error").to_string();
+    assert!(err.contains("bases") && err.contains("[M,C]"), "{err}");
+    let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).err().expect("error").to_string();
+    assert!(err.contains("mu_T") && err.contains("[B,M,C]"), "{err}");
+}
+
+// ----- PyTorch fixtures -----
+
+/// Reads the number arrays of a fixture: a flat JSON object of `"name": [numbers]` (and a
+/// few scalars), as written by tests/reference/em_ref.py.
+fn parse_fixture(text: &str) -> std::collections::HashMap<String, Vec<f64>> {
+    let mut out = std::collections::HashMap::new();
+    let mut rest = text;
+    while let Some(q) = rest.find('"') {
+        let after = &rest[q + 1..];
+        let end = after.find('"').expect("closing quote");
+        let key = after[..end].to_string();
+        let value = after[end + 1..].trim_start().strip_prefix(':').expect("colon").trim_start();
+        let (body, tail) = if let Some(v) = value.strip_prefix('[') {
+            let close = v.find(']').expect("closing bracket");
+            (&v[..close], &v[close + 1..])
+        } else {
+            let stop = value.find([',', '}']).unwrap_or(value.len());
+            (&value[..stop], &value[stop..])
+        };
+        let nums = body.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| t.parse::<f64>().unwrap_or_else(|_| panic!("{key}: {t}"))).collect();
+        out.insert(key, nums);
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn matches_pytorch_autograd_fixtures() {
+    let gpu = common::gpu();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("tests/fixtures") {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("em_") && name.ends_with(".json")) {
+            continue;
+        }
+        seen += 1;
+        let f = parse_fixture(&std::fs::read_to_string(&path).unwrap());
+        let dims = &f["shape"];
+        let s = shape(dims[0] as usize, dims[1] as usize, dims[2] as usize, dims[3] as usize, dims[4] as usize, f["lambda"][0] as f32);
+        let up = |k: &str| gpu.upload(&f[k].iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
+        let (u, bases, dr) = (up("u"), up("bases"), up("d_recon"));
+        let fwd = em::forward(gpu, &u, &bases, &s, true).unwrap();
+        let (rtol, atol) = (1e-3, 1e-4);
+        assert_close(&format!("{name} Z_T"), &gpu.download(&fwd.z).unwrap(), &f["z"], rtol, atol);
+        assert_close(&format!("{name} mu_T"), &gpu.download(&fwd.mu).unwrap(), &f["mu"], rtol, atol);
+        assert_close(&format!("{name} R"), &gpu.download(&fwd.recon).unwrap(), &f["recon"], rtol, atol);
+        let du = em::backward_unrolled(gpu, &u, &bases, &fwd, &s, &dr).unwrap();
+        assert_close(&format!("{name} du"), &gpu.download(&du).unwrap(), &f["d_u"], rtol, atol);
+        let nb = em::update_bases(gpu, &bases, &fwd.mu, &s, f["momentum"][0] as f32).unwrap();
+        assert_close(&format!("{name} new bases"), &gpu.download(&nb).unwrap(), &f["new_bases"], rtol, atol);
+    }
+    assert!(seen >= 2, "expected the PyTorch fixtures tests/fixtures/em_*.json (run tests/reference/em_ref.py)");
+}
