@@ -1,0 +1,255 @@
+//! The batched matmul (shaders/matmul.wgsl) against an f64 CPU reference: both implementations
+//! (register-blocked and shared-memory tiled) on whatever adapter runs the tests, every
+//! transpose combination, broadcasts, accumulation, edge sizes and zero sizes; its backward
+//! (the same kernel with transpose flags) against the reference and finite differences.
+
+mod common;
+
+use common::{check, Case, Input, Rng};
+use vlsa_kernels::matmul::{matmul, matmul_with, Matmul, MatmulPath};
+use vlsa_kernels::{Gpu, GpuBuffer, Result};
+
+const PATHS: [MatmulPath; 2] = [MatmulPath::Registers, MatmulPath::Tiled];
+
+/// Reference product in f64 with the same storage conventions as the kernel.
+fn reference(op: &Matmul, a: &[f64], b: &[f64]) -> Vec<f64> {
+    let (m, n, k) = (op.m, op.n, op.k);
+    let mut out = vec![0.0; op.out_len()];
+    for bi in 0..op.batch {
+        let ab = if op.broadcast_a { 0 } else { bi * m * k };
+        let bb = if op.broadcast_b { 0 } else { bi * k * n };
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0;
+                for kk in 0..k {
+                    let x = if op.trans_a { a[ab + kk * m + i] } else { a[ab + i * k + kk] };
+                    let y = if op.trans_b { b[bb + j * k + kk] } else { b[bb + kk * n + j] };
+                    s += x * y;
+                }
+                out[(bi * m + i) * n + j] = s;
+            }
+        }
+    }
+    out
+}
+
+fn run(gpu: &Gpu, path: MatmulPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer) -> Result<GpuBuffer> {
+    let out = gpu.alloc(op.out_len())?;
+    matmul_with(gpu, a, b, &out, op, path)?;
+    Ok(out)
+}
+
+fn forward_case(rng: &mut Rng, op: Matmul, path: MatmulPath) {
+    let a = Input::random(rng, &[op.a_len()]);
+    let b = Input::random(rng, &[op.b_len()]);
+    check(Case::new(
+        format!("{path:?} {}", op.describe()),
+        vec![a, b],
+        move |x| reference(&op, &x[0], &x[1]),
+        move |gpu, x| run(gpu, path, &op, &x[0], &x[1]),
+    ));
+}
+
+#[test]
+fn forward_matches_reference_over_shapes_and_transposes() {
+    let mut rng = Rng::new(1);
+    // (batch, m, n, k): edges of every tile size, 1, 7, 33, 130, batch > 1, and shapes the
+    // vec4 register kernel takes (n and the contiguous axes multiples of 4) with row and
+    // column edges and, for trans_a, a K tail.
+    let shapes = [
+        (1, 1, 1, 1),
+        (1, 7, 33, 130),
+        (2, 33, 7, 1),
+        (3, 130, 33, 7),
+        (1, 1, 130, 33),
+        (2, 33, 36, 20),
+        (1, 130, 68, 132),
+        (2, 36, 40, 7),
+        (1, 4, 4, 4),
+    ];
+    for path in PATHS {
+        for &(batch, m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                forward_case(&mut rng, Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb), path);
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_matches_reference_on_model_shapes() {
+    // Linear forward, input gradient and weight gradient at default-model-like sizes: 257 rows
+    // (class token + 256 patches), several register blocks, the K tail of the weight gradient.
+    let mut rng = Rng::new(2);
+    for path in PATHS {
+        for (m, n, k, ta, tb) in [(257, 192, 64, false, true), (257, 64, 192, false, false), (192, 64, 257, true, false)] {
+            forward_case(&mut rng, Matmul::new(1, m, n, k).trans_a(ta).trans_b(tb), path);
+        }
+    }
+}
+
+#[test]
+fn broadcasts_match_reference() {
+    let mut rng = Rng::new(3);
+    for path in PATHS {
+        for &(batch, m, n, k) in &[(3, 7, 33, 5), (2, 33, 36, 20), (4, 1, 8, 130)] {
+            for (ba, bb) in [(true, false), (false, true), (true, true)] {
+                for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                    forward_case(&mut rng, Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_a(ba).broadcast_b(bb), path);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn accumulate_adds_to_the_output() {
+    let mut rng = Rng::new(4);
+    for path in PATHS {
+        for &(batch, m, n, k, ta, tb) in &[(2, 7, 33, 130, false, true), (1, 33, 36, 20, false, false), (2, 36, 40, 7, true, false)] {
+            let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).accumulate(true);
+            let a = Input::random(&mut rng, &[op.a_len()]);
+            let b = Input::random(&mut rng, &[op.b_len()]);
+            let c = Input::random(&mut rng, &[op.out_len()]);
+            check(Case::new(
+                format!("{path:?} {}", op.describe()),
+                vec![a, b, c],
+                move |x| reference(&op, &x[0], &x[1]).iter().zip(&x[2]).map(|(p, c)| p + c).collect(),
+                move |gpu, x| {
+                    let out = gpu.alloc(op.out_len())?;
+                    gpu.copy(&x[2], &out)?;
+                    matmul_with(gpu, &x[0], &x[1], &out, &op, path)?;
+                    Ok(out)
+                },
+            ));
+        }
+    }
+}
+
+#[test]
+fn zero_sizes() {
+    let gpu = common::gpu();
+    let junk = vec![7.0f32; 12];
+    for path in PATHS {
+        // K = 0: the product is zero; it overwrites the output, or leaves it when accumulating.
+        for accumulate in [false, true] {
+            let op = Matmul::new(2, 2, 3, 0).accumulate(accumulate);
+            let (a, b) = (gpu.alloc(0).unwrap(), gpu.alloc(0).unwrap());
+            let out = gpu.upload(&junk).unwrap();
+            matmul_with(gpu, &a, &b, &out, &op, path).unwrap();
+            let want = if accumulate { 7.0 } else { 0.0 };
+            assert_eq!(gpu.download(&out).unwrap(), vec![want; 12], "{path:?} {}", op.describe());
+        }
+        // M, N or batch = 0: nothing to write, and no error.
+        for op in [Matmul::new(2, 0, 3, 4), Matmul::new(2, 3, 0, 4), Matmul::new(0, 3, 3, 4)] {
+            let a = gpu.alloc(op.a_len()).unwrap();
+            let b = gpu.alloc(op.b_len()).unwrap();
+            let out = gpu.alloc(op.out_len()).unwrap();
+            matmul_with(gpu, &a, &b, &out, &op, path).unwrap();
+        }
+    }
+    gpu.sync().unwrap();
+}
+
+#[test]
+fn default_path_matches_the_adapter() {
+    // matmul() runs the path MatmulPath::for_gpu picks; check it gives the same answer.
+    let gpu = common::gpu();
+    let op = Matmul::new(2, 33, 36, 20).trans_b(true);
+    let mut rng = Rng::new(5);
+    let a = gpu.upload(&rng.vec(op.a_len())).unwrap();
+    let b = gpu.upload(&rng.vec(op.b_len())).unwrap();
+    let out = gpu.alloc(op.out_len()).unwrap();
+    matmul(gpu, &a, &b, &out, &op).unwrap();
+    let want = run(gpu, MatmulPath::for_gpu(gpu), &op, &a, &b).unwrap();
+    assert_eq!(gpu.download(&out).unwrap(), gpu.download(&want).unwrap());
+}
+
+/// dA and dB of C = op(A)·op(B) as products of the same kernel, in A's and B's storage layouts.
+/// With a shared B (a Linear weight), dB sums over the batch: the batch folds into the K axis.
+fn gradients(gpu: &Gpu, path: MatmulPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer, dc: &GpuBuffer) -> Result<Vec<Option<GpuBuffer>>> {
+    let (m, n, k, batch) = (op.m, op.n, op.k, op.batch);
+    assert!(!op.broadcast_a && !(op.broadcast_b && op.trans_a), "not expressible as one product");
+    let da = if op.trans_a {
+        // A stored [K, M]: dA = (dC·Bᵀ)ᵀ = B·dCᵀ
+        run(gpu, path, &Matmul::new(batch, k, m, n).trans_a(op.trans_b).trans_b(true).broadcast_a(op.broadcast_b), b, dc)?
+    } else {
+        // dA = dC·Bᵀ
+        run(gpu, path, &Matmul::new(batch, m, k, n).trans_b(!op.trans_b).broadcast_b(op.broadcast_b), dc, b)?
+    };
+    let (rows, fold) = if op.broadcast_b { (batch * m, 1) } else { (m, batch) };
+    let db = if op.trans_b {
+        // B stored [N, K]: dB = dCᵀ·A
+        run(gpu, path, &Matmul::new(fold, n, k, rows).trans_a(true).trans_b(op.trans_a), dc, a)?
+    } else {
+        // dB = Aᵀ·dC
+        run(gpu, path, &Matmul::new(fold, k, n, rows).trans_a(!op.trans_a), a, dc)?
+    };
+    Ok(vec![Some(da), Some(db)])
+}
+
+fn reference_gradients(op: &Matmul, x: &[Vec<f64>], dc: &[f64]) -> Vec<Option<Vec<f64>>> {
+    let (m, n, k) = (op.m, op.n, op.k);
+    let mut da = vec![0.0; x[0].len()];
+    let mut db = vec![0.0; x[1].len()];
+    for bi in 0..op.batch {
+        let ab = if op.broadcast_a { 0 } else { bi * m * k };
+        let bb = if op.broadcast_b { 0 } else { bi * k * n };
+        for i in 0..m {
+            for j in 0..n {
+                let g = dc[(bi * m + i) * n + j];
+                for kk in 0..k {
+                    let ia = if op.trans_a { ab + kk * m + i } else { ab + i * k + kk };
+                    let ib = if op.trans_b { bb + j * k + kk } else { bb + kk * n + j };
+                    da[ia] += g * x[1][ib];
+                    db[ib] += g * x[0][ia];
+                }
+            }
+        }
+    }
+    vec![Some(da), Some(db)]
+}
+
+#[test]
+fn backward_matches_reference_and_finite_differences() {
+    let mut rng = Rng::new(6);
+    let mut ops = Vec::new();
+    for &(batch, m, n, k) in &[(1, 7, 5, 3), (2, 1, 9, 4), (2, 33, 8, 7)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            ops.push(Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb));
+        }
+    }
+    // A Linear layer: x [2, 7, 5] · Wᵀ with W [6, 5] shared by the batch; and a shared B [K, N].
+    ops.push(Matmul::new(2, 7, 6, 5).trans_b(true).broadcast_b(true));
+    ops.push(Matmul::new(3, 4, 8, 12).broadcast_b(true));
+    for path in PATHS {
+        for &op in &ops {
+            let a = Input::random(&mut rng, &[op.a_len()]);
+            let b = Input::random(&mut rng, &[op.b_len()]);
+            check(
+                Case::new(
+                    format!("{path:?} backward {}", op.describe()),
+                    vec![a, b],
+                    move |x| reference(&op, &x[0], &x[1]),
+                    move |gpu, x| run(gpu, path, &op, &x[0], &x[1]),
+                )
+                .backward(move |gpu, x, dc| gradients(gpu, path, &op, &x[0], &x[1], dc), move |x, dc| reference_gradients(&op, x, dc)),
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_the_shapes() {
+    let gpu = common::gpu();
+    let op = Matmul::new(2, 7, 5, 3).trans_b(true);
+    let a = gpu.alloc(2 * 7 * 3).unwrap();
+    let b = gpu.alloc(2 * 5 * 3).unwrap();
+    let out = gpu.alloc(2 * 7 * 5).unwrap();
+    let short = gpu.alloc(10).unwrap();
+    for (a, b, out, what) in [(&short, &b, &out, "A"), (&a, &short, &out, "B"), (&a, &b, &short, "output")] {
+        let err = matmul(gpu, a, b, out, &op).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains("has 10 elements"), "{err}");
+        assert!(err.contains("[2, 7, 3]") && err.contains("[2, 5, 3]") && err.contains("[2, 7, 5]"), "{err}");
+    }
+}
