@@ -1,3 +1,190 @@
-//! LayerNorm over the last axis, forward and backward (shaders/layer_norm.wgsl).
+//! LayerNorm over the last axis of `[rows, cols]`, forward and backward
+//! (shaders/layer_norm.wgsl).
 //!
-//! (Not yet implemented.)
+//! The forward saves each row's mean and reciprocal standard deviation (`rstd`) for the
+//! backward. Mean and variance are two passes over the row in f32. The row kernels come in two
+//! schedules ([`RowSchedule`]): the plain launchers pick one for the adapter, the `*_with`
+//! launchers take one explicitly. The weight and bias gradients sum over rows in a fixed
+//! order (per-chunk partial sums, then a per-column pass over the chunks): deterministic.
+
+use crate::context::{grid, Dispatch, Gpu};
+use crate::profiler::KernelLabel;
+use crate::reduce::{check_len, check_u32, RowSchedule, MAX_LOOP};
+use crate::{shader, Error, GpuBuffer, Result};
+
+shader!(SHADER, "layer_norm.wgsl");
+
+/// Invocations the weight/bias gradient pass aims for (chunks x cols).
+const PARAM_INVOCATIONS: usize = 8192;
+/// Fewest rows per chunk of the weight/bias gradient pass.
+const MIN_CHUNK_ROWS: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    chunk: u32,
+    chunks: u32,
+    n: u32,
+    _pad: [u32; 2],
+}
+
+impl Params {
+    fn new(rows: usize, cols: usize, eps: f32) -> Self {
+        Params { rows: rows as u32, cols: cols as u32, eps, chunk: 0, chunks: 0, n: 0, _pad: [0; 2] }
+    }
+}
+
+fn check_shape(rows: usize, cols: usize) -> Result<bool> {
+    if cols == 0 && rows > 0 {
+        return Err(Error::Shape(format!("layer_norm over the last axis of [{rows}, {cols}] needs at least one column")));
+    }
+    check_u32("layer_norm input", &[rows, cols])?;
+    Ok(rows > 0)
+}
+
+/// LayerNorm forward: `out = (x - mean) * rstd * weight + bias` per row, saving `mean` and
+/// `rstd` ([rows] each) for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(gpu: &Gpu, x: &GpuBuffer, weight: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, mean: &GpuBuffer, rstd: &GpuBuffer, rows: usize, cols: usize, eps: f32) -> Result<()> {
+    forward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, weight, bias, out, mean, rstd, rows, cols, eps)
+}
+
+/// [`forward`] in a given schedule.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    bias: &GpuBuffer,
+    out: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<()> {
+    check_len("layer_norm input", x, &[rows, cols])?;
+    check_len("layer_norm weight", weight, &[cols])?;
+    check_len("layer_norm bias", bias, &[cols])?;
+    check_len("layer_norm output", out, &[rows, cols])?;
+    check_len("layer_norm saved mean", mean, &[rows])?;
+    check_len("layer_norm saved rstd", rstd, &[rows])?;
+    if !check_shape(rows, cols)? {
+        return Ok(());
+    }
+    let (entry, workgroups) = schedule.pick(rows, cols, "forward_rows", "forward_workgroup");
+    let n = (rows * cols) as u64;
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(&Params::new(rows, cols, eps)),
+        buffers: &[x, weight, bias, out, mean, rstd],
+        workgroups,
+        label: KernelLabel { kernel: "layer_norm", shape: format!("[{rows},{cols}]"), flops: 8 * n, bytes: 8 * n + 8 * (rows + cols) as u64 },
+    })
+}
+
+/// LayerNorm backward: `dx` ([rows, cols]) and, summed over rows, `dweight` and `dbias`
+/// ([cols]); `mean` and `rstd` are the forward's saved rows statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &GpuBuffer,
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    backward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, weight, mean, rstd, dy, dx, dweight, dbias, rows, cols)
+}
+
+/// [`backward`] in a given schedule (of the dx kernel; the weight/bias pass has one form).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &GpuBuffer,
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    check_len("layer_norm input", x, &[rows, cols])?;
+    check_len("layer_norm weight", weight, &[cols])?;
+    check_len("layer_norm saved mean", mean, &[rows])?;
+    check_len("layer_norm saved rstd", rstd, &[rows])?;
+    check_len("layer_norm output gradient", dy, &[rows, cols])?;
+    check_len("layer_norm input gradient", dx, &[rows, cols])?;
+    check_len("layer_norm weight gradient", dweight, &[cols])?;
+    check_len("layer_norm bias gradient", dbias, &[cols])?;
+    if cols > 0 && rows == 0 {
+        // No rows: the parameter gradients are empty sums.
+        gpu.clear(dweight)?;
+        return gpu.clear(dbias);
+    }
+    if !check_shape(rows, cols)? {
+        return Ok(());
+    }
+    let n = (rows * cols) as u64;
+    let (entry, workgroups) = schedule.pick(rows, cols, "backward_rows", "backward_workgroup");
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(&Params::new(rows, cols, 0.0)),
+        buffers: &[x, weight, dy, dx, mean, rstd],
+        workgroups,
+        label: KernelLabel { kernel: "layer_norm_backward", shape: format!("[{rows},{cols}]"), flops: 11 * n, bytes: 12 * n + 8 * (rows + cols) as u64 },
+    })?;
+
+    // dweight, dbias: chunks of rows per invocation, then the chunks per column.
+    let chunks = PARAM_INVOCATIONS.div_ceil(cols).min(rows.div_ceil(MIN_CHUNK_ROWS)).max(rows.div_ceil(MAX_LOOP)).max(1);
+    let chunk = rows.div_ceil(chunks);
+    let chunks = rows.div_ceil(chunk);
+    let mut p = Params::new(rows, cols, 0.0);
+    p.chunk = chunk as u32;
+    p.chunks = chunks as u32;
+    p.n = (chunks * cols) as u32;
+    let partials = if chunks > 1 { Some((gpu.alloc(chunks * cols)?, gpu.alloc(chunks * cols)?)) } else { None };
+    let (pw, pb) = match &partials {
+        Some((w, b)) => (w, b),
+        None => (dweight, dbias),
+    };
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry: "backward_params",
+        params: bytemuck::bytes_of(&p),
+        buffers: &[x, pw, dy, pb, mean, rstd],
+        workgroups: grid((chunks * cols).div_ceil(256) as u32),
+        label: KernelLabel { kernel: "layer_norm_backward_params", shape: format!("[{rows},{cols}]/{chunks}"), flops: 4 * n, bytes: 8 * n + 8 * (rows + chunks * cols) as u64 },
+    })?;
+    if let Some((pw, pb)) = &partials {
+        gpu.dispatch(Dispatch {
+            shader: &SHADER,
+            entry: "backward_params_finish",
+            params: bytemuck::bytes_of(&p),
+            buffers: &[pw, dweight, pb, dbias],
+            workgroups: grid(cols.div_ceil(256) as u32),
+            label: KernelLabel {
+                kernel: "layer_norm_backward_params_finish",
+                shape: format!("[{chunks},{cols}]"),
+                flops: 2 * (chunks * cols) as u64,
+                bytes: 8 * (chunks * cols + cols) as u64,
+            },
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+// LayerNorm over the last axis of [rows, cols], forward and backward.
+//
+// Math, per row r (N = cols, j over the row):
+//   forward:   mean = sum_j x[j] / N;  var = sum_j (x[j] - mean)^2 / N   (two passes, biased;
+//              both passes work on x - x[0], so a row far from zero, e.g. 1000 +- 0.1, keeps
+//              its digits: the shift is exact for nearby values and the sums stay small)
+//              rstd = 1 / sqrt(var + eps);  xhat[j] = (x[j] - mean) * rstd
+//              y[j] = xhat[j] * weight[j] + bias[j];   mean and rstd are saved per row
+//   backward:  g[j] = dy[j] * weight[j]
+//              dx[j] = rstd * (g[j] - sum_k g[k] / N - xhat[j] * sum_k g[k] xhat[k] / N)
+//              dweight[j] = sum_r dy[r, j] xhat[r, j];   dbias[j] = sum_r dy[r, j]
+//
+// Row kernels (forward, dx) come in two schedules, picked per adapter by the launcher:
+//   *_rows:       one invocation per row, 64 rows per workgroup, no barriers (CPU adapters);
+//   *_workgroup:  one 256-invocation workgroup per row, tree reductions in workgroup memory.
+// dweight/dbias reduce over rows deterministically: `backward_params` sums a chunk of rows per
+// (chunk, column) invocation into partials, `backward_params_finish` adds the chunks per
+// column (skipped when there is one chunk: the first pass then writes dweight/dbias).
+//
+// Bindings: forward [x, weight, bias, out, mean, rstd]; backward [x, weight, dy, dx, mean,
+// rstd]; backward_params [x, dweight, dy, dbias, mean, rstd]; finish [partial_dweight,
+// dweight, partial_dbias, dbias]. Globals sharing a binding number are never used by the same
+// entry point.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    chunk: u32,   // rows per chunk (backward_params)
+    chunks: u32,  // number of row chunks (backward_params)
+    n: u32,       // invocations of backward_params: chunks * cols
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> rstd_out: array<f32>;
+// Backward views of the same slots.
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> saved_mean: array<f32>;
+@group(0) @binding(6) var<storage, read> saved_rstd: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dbias: array<f32>;
+// backward_params_finish: partials in, sums out.
+@group(0) @binding(1) var<storage, read> partial_dweight: array<f32>;
+@group(0) @binding(3) var<storage, read> partial_dbias: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> scratch: array<f32, 256>;
+
+// Sum of `v` over the workgroup; every invocation gets the result. Call from uniform control flow.
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { scratch[lid] += scratch[lid + s]; }
+        workgroupBarrier();
+    }
+    let r = scratch[0];
+    workgroupBarrier(); // scratch is reused by the next reduction
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    let shift = x[base];
+    var s = 0.0;
+    for (var j = 0u; j < p.cols; j++) { s += x[base + j] - shift; }
+    let m = s / n; // mean - shift
+    var v = 0.0;
+    for (var j = 0u; j < p.cols; j++) { let d = (x[base + j] - shift) - m; v += d * d; }
+    let rstd = inverseSqrt(v / n + p.eps);
+    for (var j = 0u; j < p.cols; j++) {
+        out[base + j] = ((x[base + j] - shift) - m) * rstd * weight[j] + bias[j];
+    }
+    mean_out[row] = shift + m;
+    rstd_out[row] = rstd;
+}
+
+@compute @workgroup_size(256)
+fn forward_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    let shift = x[base];
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += WG) { s += x[base + j] - shift; }
+    let m = workgroup_sum(s, lid) / n; // mean - shift
+    var v = 0.0;
+    for (var j = lid; j < p.cols; j += WG) { let d = (x[base + j] - shift) - m; v += d * d; }
+    let rstd = inverseSqrt(workgroup_sum(v, lid) / n + p.eps);
+    for (var j = lid; j < p.cols; j += WG) {
+        out[base + j] = ((x[base + j] - shift) - m) * rstd * weight[j] + bias[j];
+    }
+    if (lid == 0u) {
+        mean_out[row] = shift + m;
+        rstd_out[row] = rstd;
+    }
+}
+
+@compute @workgroup_size(64)
+fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let mean = saved_mean[row];
+    let rstd = saved_rstd[row];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = 0u; j < p.cols; j++) {
+        let g = dy[base + j] * weight[j];
+        sg += g;
+        sgx += g * (x[base + j] - mean) * rstd;
+    }
+    let inv_n = 1.0 / f32(p.cols);
+    sg *= inv_n;
+    sgx *= inv_n;
+    for (var j = 0u; j < p.cols; j++) {
+        let xhat = (x[base + j] - mean) * rstd;
+        out[base + j] = rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let mean = saved_mean[row];
+    let rstd = saved_rstd[row];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = lid; j < p.cols; j += WG) {
+        let g = dy[base + j] * weight[j];
+        sg += g;
+        sgx += g * (x[base + j] - mean) * rstd;
+    }
+    let inv_n = 1.0 / f32(p.cols);
+    sg = workgroup_sum(sg, lid) * inv_n;
+    sgx = workgroup_sum(sgx, lid) * inv_n;
+    for (var j = lid; j < p.cols; j += WG) {
+        let xhat = (x[base + j] - mean) * rstd;
+        out[base + j] = rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
+    }
+}
+
+// One invocation per (chunk, column), column fastest: sums dy * xhat and dy over the chunk's rows.
+@compute @workgroup_size(256)
+fn backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (g >= p.n) { return; }
+    let col = g % p.cols;
+    let start = (g / p.cols) * p.chunk;
+    let end = min(start + p.chunk, p.rows);
+    var dw = 0.0;
+    var db = 0.0;
+    for (var r = start; r < end; r++) {
+        let d = dy[r * p.cols + col];
+        dw += d * (x[r * p.cols + col] - saved_mean[r]) * saved_rstd[r];
+        db += d;
+    }
+    dweight[g] = dw;
+    dbias[g] = db;
+}
+
+// One invocation per column: adds the chunks' partial sums in chunk order.
+@compute @workgroup_size(256)
+fn backward_params_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (col >= p.cols) { return; }
+    var dw = 0.0;
+    var db = 0.0;
+    for (var c = 0u; c < p.chunks; c++) {
+        dw += partial_dweight[c * p.cols + col];
+        db += partial_dbias[c * p.cols + col];
+    }
+    dweight[col] = dw;
+    dbias[col] = db;
+}
