@@ -3,4 +3,5 @@
 
 pub use vlsa_kernels as kernels;
 
+pub mod io;
 pub mod profile;

@@ -17,6 +17,56 @@ struct Cli {
 enum Command {
     /// Print the GPU adapter vlsa uses: backend, driver, device type, features and key limits.
     Info,
+    /// Profile kernels on the GPU, per dispatch.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Run the EM Aggregation loop on random data and time every kernel of every iteration.
+    Em {
+        /// Pixel tokens N per image.
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        /// Feature width C.
+        #[arg(long, default_value_t = 128)]
+        width: usize,
+        /// EM bases M (at most 64).
+        #[arg(long, default_value_t = 16)]
+        bases: usize,
+        /// EM iterations T.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Batch size B.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Softmax temperature lambda of the E-step.
+        #[arg(long, default_value_t = 1.0)]
+        lambda: f32,
+        /// Also profile the unrolled backward through all iterations.
+        #[arg(long)]
+        backward: bool,
+        /// Write a Chrome trace (chrome://tracing, Perfetto) to this file.
+        #[arg(long, value_name = "OUT.json")]
+        trace: Option<std::path::PathBuf>,
+        /// Seed of the random data.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn profile_em(tokens: usize, width: usize, bases: usize, iters: usize, batch: usize, lambda: f32, backward: bool, trace: Option<std::path::PathBuf>, seed: u64) -> Result<(), String> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let opts = vlsa::profile::EmProfileOptions { batch, tokens, width, bases, iters, lambda, backward, seed };
+    let report = vlsa::profile::profile_em(&gpu, &opts).map_err(|e| e.to_string())?;
+    print!("{report}");
+    if let Some(path) = trace {
+        vlsa::io::write_atomic(&path, report.chrome_trace().as_bytes()).map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+        println!("trace written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn info() -> Result<(), String> {
@@ -52,6 +102,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
+        Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
+            profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
