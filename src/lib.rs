@@ -5,3 +5,10 @@ pub use vlsa_kernels as kernels;
 
 pub mod io;
 pub mod profile;
+pub mod autograd;
+pub mod ops;
+pub mod tensor;
+
+pub use autograd::{backward, no_grad};
+pub use kernels::{Error, Gpu, Result};
+pub use tensor::Tensor;

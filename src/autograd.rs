@@ -1,0 +1,327 @@
+//! Reverse-mode automatic differentiation.
+//!
+//! Every recorded op is an [`Op`] variant that names the state its backward needs (the
+//! `saved` tensors and sizes), kept with its inputs in a [`Node`] on the output tensor. The
+//! backward rules of all ops are in one place: [`backward_rule`], one `match` over [`Op`].
+//!
+//! [`backward`] orders the graph under a loss topologically (the tape), walks it from the loss
+//! back, and accumulates each parameter's gradient into [`Tensor::grad`] (adding to what is
+//! already there, so several backward passes sum up until [`Tensor::zero_grad`]).
+//!
+//! [`no_grad`] runs a closure without recording: ops then make plain tensors, and the
+//! backward state they would have saved is never kept alive.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
+use crate::kernels::l2norm::L2Mode;
+use crate::kernels::matmul::Matmul;
+use crate::kernels::{embedding, layer_norm, l2norm, permute, reduce, softmax, GpuBuffer};
+use crate::tensor::{numel, Tensor};
+use crate::Result;
+
+/// How a tensor was made: the op (with its saved state) and its inputs.
+pub struct Node {
+    pub(crate) op: Op,
+    pub(crate) inputs: Vec<Tensor>,
+}
+
+/// A recorded op and what its backward needs. Tensors named here are *saved*: kept alive
+/// until the graph is dropped.
+pub(crate) enum Op {
+    /// a op b with broadcasting; saved operands for mul/div.
+    Binary { op: BinaryOp, a: Tensor, b: Tensor },
+    /// alpha * x + beta.
+    Scale { alpha: f32 },
+    /// x[rows, c] + bias[c].
+    BiasAdd { rows: usize, c: usize },
+    /// f(x) elementwise.
+    Unary { op: UnaryOp, x: Tensor },
+    /// Batched matmul of a and b.
+    Matmul { a: Tensor, b: Tensor, spec: Matmul },
+    /// Same data, new shape.
+    Reshape { from: Vec<usize> },
+    /// Axis permutation; `perm[i]` is the input axis of output axis i.
+    Permute { input_shape: Vec<usize>, perm: Vec<usize> },
+    /// Sum over one axis of a [outer, len, inner] view.
+    SumAxis { outer: usize, len: usize, inner: usize },
+    /// Softmax over the last axis; saved output.
+    Softmax { y: Tensor, rows: usize, cols: usize },
+    /// LayerNorm over the last axis; saved input, weight and statistics.
+    LayerNorm { x: Tensor, weight: Tensor, mean: Arc<GpuBuffer>, rstd: Arc<GpuBuffer>, rows: usize, cols: usize },
+    /// L2 normalisation over the last axis; saved input and norms.
+    L2Norm { x: Tensor, norms: Arc<GpuBuffer>, rows: usize, cols: usize, mode: L2Mode },
+    /// Row gather from a table; saved indices.
+    Embedding { indices: Arc<GpuBuffer>, count: usize, dim: usize, vocab: usize },
+}
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether ops record history on this thread right now.
+pub fn is_recording() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+/// Runs `f` without recording history (inference, optimiser updates, EM bases updates).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+    let _guard = Guard;
+    f()
+}
+
+/// Makes the output tensor of an op, recording a node when any input needs a gradient.
+pub(crate) fn record(out: GpuBuffer, shape: Vec<usize>, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
+    let gpu = inputs[0].gpu().clone();
+    let needs = is_recording() && inputs.iter().any(|t| t.requires_grad());
+    let node = needs.then(|| Node { op: op(), inputs: inputs.iter().map(|&t| t.clone()).collect() });
+    Tensor::build(&gpu, shape, Arc::new(out), node, needs)
+}
+
+/// Tensors under `root` in an order where every tensor comes after all tensors it was made from.
+fn tape(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // Iterative DFS (graphs of a deep model must not overflow the stack).
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(node) = &t.0.node {
+            for input in &node.inputs {
+                if input.requires_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Back-propagates from `loss` (any shape; its gradient is seeded with ones) and accumulates
+/// gradients into every parameter it depends on.
+pub fn backward(loss: &Tensor) -> Result<()> {
+    backward_with(loss, &Tensor::full(loss.gpu(), loss.shape(), 1.0)?)
+}
+
+/// Back-propagates with an explicit gradient of `output`.
+pub fn backward_with(output: &Tensor, grad_output: &Tensor) -> Result<()> {
+    if !output.requires_grad() {
+        return Ok(());
+    }
+    let mut grads: HashMap<u64, Tensor> = HashMap::new();
+    grads.insert(output.id(), grad_output.clone());
+    for t in tape(output).iter().rev() {
+        let Some(g) = grads.remove(&t.id()) else { continue };
+        match &t.0.node {
+            None => {
+                // A parameter: accumulate.
+                let total = match t.grad() {
+                    Some(prev) => add_raw(&prev, &g)?,
+                    None => g,
+                };
+                t.set_grad(Some(total));
+            }
+            Some(node) => {
+                let input_grads = backward_rule(&node.op, &node.inputs, t, &g)?;
+                for (input, ig) in node.inputs.iter().zip(input_grads) {
+                    let Some(ig) = ig else { continue };
+                    if !input.requires_grad() {
+                        continue;
+                    }
+                    let total = match grads.remove(&input.id()) {
+                        Some(prev) => add_raw(&prev, &ig)?,
+                        None => ig,
+                    };
+                    grads.insert(input.id(), total);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ----- plain (unrecorded) helpers used by backward rules -----
+
+fn constant(like: &Tensor, buf: GpuBuffer, shape: &[usize]) -> Tensor {
+    Tensor::build(like.gpu(), shape.to_vec(), Arc::new(buf), None, false)
+}
+
+fn add_raw(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let gpu = a.gpu();
+    let out = gpu.alloc(a.numel())?;
+    elementwise::binary(gpu, BinaryOp::Add, a.buffer(), a.shape(), b.buffer(), b.shape(), &out)?;
+    Ok(constant(a, out, a.shape()))
+}
+
+fn binary_raw(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let gpu = a.gpu();
+    let shape = elementwise::broadcast_shape(a.shape(), b.shape())?;
+    let out = gpu.alloc(numel(&shape))?;
+    elementwise::binary(gpu, op, a.buffer(), a.shape(), b.buffer(), b.shape(), &out)?;
+    Ok(constant(a, out, &shape))
+}
+
+fn scale_raw(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    let out = x.gpu().alloc(x.numel())?;
+    elementwise::scale(x.gpu(), x.buffer(), alpha, 0.0, &out, x.numel())?;
+    Ok(constant(x, out, x.shape()))
+}
+
+/// Sums a broadcast gradient back down to `shape`.
+fn reduce_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape() == shape {
+        return Ok(g.clone());
+    }
+    let out = g.gpu().alloc(numel(shape))?;
+    reduce::sum_to_shape(g.gpu(), g.buffer(), g.shape(), shape, &out)?;
+    Ok(constant(g, out, shape))
+}
+
+fn matmul_raw(a: &Tensor, b: &Tensor, spec: Matmul, out_shape: &[usize]) -> Result<Tensor> {
+    let out = a.gpu().alloc(numel(out_shape))?;
+    crate::kernels::matmul::matmul(a.gpu(), a.buffer(), b.buffer(), &out, &spec)?;
+    Ok(constant(a, out, out_shape))
+}
+
+/// The backward rule of every op: given the op's saved state, its inputs, its output and the
+/// gradient of the output, returns the gradient of each input (None where none flows).
+fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let gpu = g.gpu();
+    let wants = |i: usize| inputs[i].requires_grad();
+    Ok(match op {
+        Op::Binary { op, a, b } => {
+            // d(a+b) = g, g;  d(a-b) = g, -g;  d(a*b) = g b, g a;  d(a/b) = g / b, -g a / b^2
+            let (ga, gb) = match op {
+                BinaryOp::Add => (g.clone(), g.clone()),
+                BinaryOp::Sub => (g.clone(), scale_raw(g, -1.0)?),
+                BinaryOp::Mul => (binary_raw(BinaryOp::Mul, g, b)?, binary_raw(BinaryOp::Mul, g, a)?),
+                BinaryOp::Div => {
+                    let ga = binary_raw(BinaryOp::Div, g, b)?;
+                    // -g a / b^2 = -(g / b) * (a / b) = -ga * out
+                    let gb = scale_raw(&binary_raw(BinaryOp::Mul, &ga, out)?, -1.0)?;
+                    (ga, gb)
+                }
+            };
+            vec![
+                if wants(0) { Some(reduce_to(&ga, a.shape())?) } else { None },
+                if wants(1) { Some(reduce_to(&gb, b.shape())?) } else { None },
+            ]
+        }
+        Op::Scale { alpha } => vec![Some(scale_raw(g, *alpha)?)],
+        Op::BiasAdd { rows, c } => {
+            // d x = g;  d bias = sum over rows of g
+            let db = if wants(1) {
+                let out = gpu.alloc(*c)?;
+                reduce::sum_axis(gpu, g.buffer(), 1, *rows, *c, &out)?;
+                Some(constant(g, out, &[*c]))
+            } else {
+                None
+            };
+            vec![Some(g.clone()), db]
+        }
+        Op::Unary { op, x } => {
+            let dx = gpu.alloc(x.numel())?;
+            elementwise::unary_backward(gpu, *op, x.buffer(), g.buffer(), &dx, x.numel())?;
+            vec![Some(constant(g, dx, x.shape()))]
+        }
+        Op::Matmul { a, b, spec } => {
+            // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).
+            let da = if wants(0) {
+                // A stored [M,K] (or [K,M] when trans_a): dA = dC B^T (or its transpose B dC^T).
+                let s = if spec.trans_a {
+                    Matmul { batch: spec.batch, m: spec.k, n: spec.m, k: spec.n, trans_a: spec.trans_b, trans_b: true, broadcast_a: spec.broadcast_b, broadcast_b: false, accumulate: false }
+                } else {
+                    Matmul { batch: spec.batch, m: spec.m, n: spec.k, k: spec.n, trans_a: false, trans_b: !spec.trans_b, broadcast_a: false, broadcast_b: spec.broadcast_b, accumulate: false }
+                };
+                let (l, r) = if spec.trans_a { (b, g) } else { (g, b) };
+                let per = spec.m * spec.k;
+                let d = matmul_raw(l, r, s, &[spec.batch, per])?;
+                // A shared over the batch: its gradient is the sum over the batch.
+                Some(if spec.broadcast_a { sum_batches(&d, spec.batch, per, a.shape())? } else { reshape_raw(&d, a.shape()) })
+            } else {
+                None
+            };
+            let db = if wants(1) {
+                let s = if spec.trans_b {
+                    // B stored [N,K]: dB = dC^T A  ([N,M] x [M,K])
+                    Matmul { batch: spec.batch, m: spec.n, n: spec.k, k: spec.m, trans_a: true, trans_b: spec.trans_a, broadcast_a: false, broadcast_b: spec.broadcast_a, accumulate: false }
+                } else {
+                    // B stored [K,N]: dB = A^T dC  ([K,M] x [M,N])
+                    Matmul { batch: spec.batch, m: spec.k, n: spec.n, k: spec.m, trans_a: !spec.trans_a, trans_b: false, broadcast_a: spec.broadcast_a, broadcast_b: false, accumulate: false }
+                };
+                let (l, r) = if spec.trans_b { (g, a) } else { (a, g) };
+                let per = spec.k * spec.n;
+                let d = matmul_raw(l, r, s, &[spec.batch, per])?;
+                Some(if spec.broadcast_b { sum_batches(&d, spec.batch, per, b.shape())? } else { reshape_raw(&d, b.shape()) })
+            } else {
+                None
+            };
+            vec![da, db]
+        }
+        Op::Reshape { from } => vec![Some(reshape_raw(g, from))],
+        Op::Permute { input_shape, perm } => {
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            let dx = gpu.alloc(g.numel())?;
+            permute::permute(gpu, g.buffer(), g.shape(), &inverse, &dx)?;
+            vec![Some(constant(g, dx, input_shape))]
+        }
+        Op::SumAxis { outer, len, inner } => {
+            // Broadcast g [outer, 1, inner] back over the summed axis.
+            let zeros = Tensor::zeros(gpu, &[*outer, *len, *inner])?;
+            let dx = binary_raw(BinaryOp::Add, &zeros, &reshape_raw(g, &[*outer, 1, *inner]))?;
+            vec![Some(reshape_raw(&dx, inputs[0].shape()))]
+        }
+        Op::Softmax { y, rows, cols } => {
+            let dx = gpu.alloc(y.numel())?;
+            softmax::backward(gpu, y.buffer(), g.buffer(), &dx, *rows, *cols)?;
+            vec![Some(constant(g, dx, y.shape()))]
+        }
+        Op::LayerNorm { x, weight, mean, rstd, rows, cols } => {
+            let dx = gpu.alloc(x.numel())?;
+            let dw = gpu.alloc(*cols)?;
+            let db = gpu.alloc(*cols)?;
+            layer_norm::backward(gpu, x.buffer(), weight.buffer(), mean, rstd, g.buffer(), &dx, &dw, &db, *rows, *cols)?;
+            vec![Some(constant(g, dx, x.shape())), Some(constant(g, dw, &[*cols])), Some(constant(g, db, &[*cols]))]
+        }
+        Op::L2Norm { x, norms, rows, cols, mode } => {
+            let dx = gpu.alloc(x.numel())?;
+            l2norm::backward(gpu, x.buffer(), norms, g.buffer(), &dx, *rows, *cols, *mode)?;
+            vec![Some(constant(g, dx, x.shape()))]
+        }
+        Op::Embedding { indices, count, dim, vocab } => {
+            let dt = gpu.alloc(vocab * dim)?;
+            embedding::scatter_add_backward(gpu, indices, g.buffer(), &dt, *count, *dim, *vocab)?;
+            vec![Some(constant(g, dt, &[*vocab, *dim]))]
+        }
+    })
+}
+
+fn reshape_raw(t: &Tensor, shape: &[usize]) -> Tensor {
+    Tensor::build(t.gpu(), shape.to_vec(), t.0.data.clone(), None, false)
+}
+
+/// Sums `[batch, per]` over the batch into `shape` (numel = per).
+fn sum_batches(d: &Tensor, batch: usize, per: usize, shape: &[usize]) -> Result<Tensor> {
+    let out = d.gpu().alloc(per)?;
+    reduce::sum_axis(d.gpu(), d.buffer(), 1, batch, per, &out)?;
+    Ok(constant(d, out, shape))
+}

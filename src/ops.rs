@@ -1,0 +1,280 @@
+//! Differentiable ops on [`Tensor`]s: each checks shapes, launches its forward kernel and
+//! records a node with the state its backward needs (rules in `autograd`).
+
+use std::sync::Arc;
+
+use crate::autograd::{record, Op};
+use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
+use crate::kernels::l2norm::{self, L2Mode};
+use crate::kernels::matmul::{self, Matmul};
+use crate::kernels::{embedding, layer_norm, permute, reduce, softmax, GpuBuffer};
+use crate::tensor::{numel, Tensor};
+use crate::{Error, Result};
+
+/// Splits a shape into (rows, last axis).
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let cols = shape.last().copied().unwrap_or(1);
+    (numel(shape) / cols.max(1), cols)
+}
+
+impl Tensor {
+    fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        let gpu = self.gpu();
+        let shape = elementwise::broadcast_shape(self.shape(), other.shape())?;
+        let out = gpu.alloc(numel(&shape))?;
+        elementwise::binary(gpu, op, self.buffer(), self.shape(), other.buffer(), other.shape(), &out)?;
+        Ok(record(out, shape, || Op::Binary { op, a: self.clone(), b: other.clone() }, &[self, other]))
+    }
+
+    /// Elementwise sum with NumPy broadcasting.
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, other)
+    }
+
+    /// Elementwise difference with broadcasting.
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, other)
+    }
+
+    /// Elementwise product with broadcasting.
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, other)
+    }
+
+    /// Elementwise quotient with broadcasting.
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, other)
+    }
+
+    /// `alpha * self + beta`.
+    pub fn affine(&self, alpha: f32, beta: f32) -> Result<Tensor> {
+        let out = self.gpu().alloc(self.numel())?;
+        elementwise::scale(self.gpu(), self.buffer(), alpha, beta, &out, self.numel())?;
+        Ok(record(out, self.shape().to_vec(), || Op::Scale { alpha }, &[self]))
+    }
+
+    /// `alpha * self`.
+    pub fn scale(&self, alpha: f32) -> Result<Tensor> {
+        self.affine(alpha, 0.0)
+    }
+
+    /// Adds `bias` (shape `[C]`) along the last axis (of size C).
+    pub fn bias_add(&self, bias: &Tensor) -> Result<Tensor> {
+        let (rows, c) = rows_cols(self.shape());
+        if bias.shape() != [c] {
+            return Err(Error::Shape(format!("bias of shape {:?} does not match the last axis of {:?}", bias.shape(), self.shape())));
+        }
+        let out = self.gpu().alloc(self.numel())?;
+        elementwise::bias_add(self.gpu(), self.buffer(), bias.buffer(), &out, rows, c)?;
+        Ok(record(out, self.shape().to_vec(), || Op::BiasAdd { rows, c }, &[self, bias]))
+    }
+
+    /// Applies an elementwise activation.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let out = self.gpu().alloc(self.numel())?;
+        elementwise::unary(self.gpu(), op, self.buffer(), &out, self.numel())?;
+        Ok(record(out, self.shape().to_vec(), || Op::Unary { op, x: self.clone() }, &[self]))
+    }
+
+    /// max(x, 0).
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// Exact (erf) GELU.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// x * sigmoid(1.702 x), CLIP's activation.
+    pub fn quick_gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::QuickGelu)
+    }
+
+    /// Batched matrix product `self · other` of `[..., M, K]` and `[..., K, N]`. Batch axes
+    /// must match, or one side may be a plain matrix shared by every batch.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        self.matmul_with(other, false, false)
+    }
+
+    /// `self · otherᵀ` where `other` is `[..., N, K]`.
+    pub fn matmul_t(&self, other: &Tensor) -> Result<Tensor> {
+        self.matmul_with(other, false, true)
+    }
+
+    /// Batched matmul with transpose flags (`trans_a`: self is stored `[..., K, M]`;
+    /// `trans_b`: other is stored `[..., N, K]`).
+    pub fn matmul_with(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+        let (sa, sb) = (self.shape(), other.shape());
+        let bad = || Error::Shape(format!("cannot multiply matrices of shapes {sa:?} and {sb:?}{}{}", if trans_a { " (first transposed)" } else { "" }, if trans_b { " (second transposed)" } else { "" }));
+        if sa.len() < 2 || sb.len() < 2 {
+            return Err(bad());
+        }
+        let (ra, rb) = (&sa[sa.len() - 2..], &sb[sb.len() - 2..]);
+        let (m, ka) = if trans_a { (ra[1], ra[0]) } else { (ra[0], ra[1]) };
+        let (kb, n) = if trans_b { (rb[1], rb[0]) } else { (rb[0], rb[1]) };
+        if ka != kb {
+            return Err(bad());
+        }
+        let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+        let (batch_shape, broadcast_a, broadcast_b) = if ba == bb {
+            (ba.to_vec(), false, false)
+        } else if ba.is_empty() {
+            (bb.to_vec(), true, false)
+        } else if bb.is_empty() {
+            (ba.to_vec(), false, true)
+        } else {
+            return Err(bad());
+        };
+        let batch = numel(&batch_shape);
+        let spec = Matmul { batch, m, n, k: ka, trans_a, trans_b, broadcast_a, broadcast_b, accumulate: false };
+        let mut shape = batch_shape;
+        shape.extend([m, n]);
+        let out = self.gpu().alloc(numel(&shape))?;
+        matmul::matmul(self.gpu(), self.buffer(), other.buffer(), &out, &spec)?;
+        Ok(record(out, shape, || Op::Matmul { a: self.clone(), b: other.clone(), spec }, &[self, other]))
+    }
+
+    /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (rows, cols) = rows_cols(self.shape());
+        if weight.shape().len() != 2 || weight.shape()[1] != cols {
+            return Err(Error::Shape(format!("a linear layer with weight {:?} cannot take input of shape {:?}", weight.shape(), self.shape())));
+        }
+        let out_features = weight.shape()[0];
+        let y = self.reshape(&[rows, cols])?.matmul_t(weight)?;
+        let y = match bias {
+            Some(b) => y.bias_add(b)?,
+            None => y,
+        };
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("rows_cols checked") = out_features;
+        y.reshape(&shape)
+    }
+
+    /// The same data with another shape of the same size (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {:?} ({} elements) to {shape:?} ({} elements)", self.shape(), self.numel(), numel(shape))));
+        }
+        let node = crate::autograd::is_recording() && self.requires_grad();
+        let t = Tensor::build(
+            self.gpu(),
+            shape.to_vec(),
+            self.0.data.clone(),
+            node.then(|| crate::autograd::Node { op: Op::Reshape { from: self.shape().to_vec() }, inputs: vec![self.clone()] }),
+            node,
+        );
+        Ok(t)
+    }
+
+    /// Reorders axes: output axis i is input axis `perm[i]` (copies the data).
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let mut seen = vec![false; self.shape().len()];
+        if perm.len() != seen.len() || perm.iter().any(|&p| p >= seen.len() || std::mem::replace(&mut seen[p], true)) {
+            return Err(Error::Shape(format!("{perm:?} is not a permutation of the axes of {:?}", self.shape())));
+        }
+        let shape: Vec<usize> = perm.iter().map(|&p| self.shape()[p]).collect();
+        let out = self.gpu().alloc(self.numel())?;
+        permute::permute(self.gpu(), self.buffer(), self.shape(), perm, &out)?;
+        Ok(record(out, shape, || Op::Permute { input_shape: self.shape().to_vec(), perm: perm.to_vec() }, &[self]))
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        let rank = self.shape().len();
+        if a >= rank || b >= rank {
+            return Err(Error::Shape(format!("cannot swap axes {a} and {b} of a tensor of shape {:?}", self.shape())));
+        }
+        let mut perm: Vec<usize> = (0..rank).collect();
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Sums over `axis`, removing it.
+    pub fn sum_axis(&self, axis: usize) -> Result<Tensor> {
+        let s = self.shape();
+        if axis >= s.len() {
+            return Err(Error::Shape(format!("axis {axis} is out of range for shape {s:?}")));
+        }
+        let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+        let out = self.gpu().alloc(outer * inner)?;
+        reduce::sum_axis(self.gpu(), self.buffer(), outer, len, inner, &out)?;
+        let mut shape = s.to_vec();
+        shape.remove(axis);
+        Ok(record(out, shape, || Op::SumAxis { outer, len, inner }, &[self]))
+    }
+
+    /// Sum of all elements, shape `[1]`.
+    pub fn sum(&self) -> Result<Tensor> {
+        self.reshape(&[self.numel()])?.sum_axis(0)?.reshape(&[1])
+    }
+
+    /// Mean of all elements, shape `[1]`.
+    pub fn mean(&self) -> Result<Tensor> {
+        self.sum()?.scale(1.0 / self.numel().max(1) as f32)
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&self) -> Result<Tensor> {
+        let (rows, cols) = rows_cols(self.shape());
+        let out = self.gpu().alloc(self.numel())?;
+        softmax::forward(self.gpu(), self.buffer(), &out, rows, cols)?;
+        let out = Arc::new(out);
+        let y = Tensor::build(self.gpu(), self.shape().to_vec(), out.clone(), None, false);
+        let needs = crate::autograd::is_recording() && self.requires_grad();
+        Ok(Tensor::build(
+            self.gpu(),
+            self.shape().to_vec(),
+            out,
+            needs.then(|| crate::autograd::Node { op: Op::Softmax { y, rows, cols }, inputs: vec![self.clone()] }),
+            needs,
+        ))
+    }
+
+    /// LayerNorm over the last axis with `weight` and `bias` of that axis's size.
+    pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        let (rows, cols) = rows_cols(self.shape());
+        if weight.shape() != [cols] || bias.shape() != [cols] {
+            return Err(Error::Shape(format!(
+                "layer norm weight {:?} and bias {:?} do not match the last axis of {:?}",
+                weight.shape(),
+                bias.shape(),
+                self.shape()
+            )));
+        }
+        let gpu = self.gpu();
+        let out = gpu.alloc(self.numel())?;
+        let mean = Arc::new(gpu.alloc(rows)?);
+        let rstd = Arc::new(gpu.alloc(rows)?);
+        layer_norm::forward(gpu, self.buffer(), weight.buffer(), bias.buffer(), &out, &mean, &rstd, rows, cols, eps)?;
+        Ok(record(out, self.shape().to_vec(), || Op::LayerNorm { x: self.clone(), weight: weight.clone(), mean, rstd, rows, cols }, &[self, weight, bias]))
+    }
+
+    /// L2 normalisation over the last axis.
+    pub fn l2_normalize(&self, mode: L2Mode) -> Result<Tensor> {
+        let (rows, cols) = rows_cols(self.shape());
+        let out = self.gpu().alloc(self.numel())?;
+        let norms = Arc::new(self.gpu().alloc(rows)?);
+        l2norm::forward(self.gpu(), self.buffer(), &out, &norms, rows, cols, mode)?;
+        Ok(record(out, self.shape().to_vec(), || Op::L2Norm { x: self.clone(), norms, rows, cols, mode }, &[self]))
+    }
+
+    /// Gathers rows of `self` (a `[vocab, dim]` table) at `indices`; output `[indices.len(), dim]`.
+    /// Indices past the table are an error.
+    pub fn embedding(&self, indices: &[u32]) -> Result<Tensor> {
+        let s = self.shape();
+        if s.len() != 2 {
+            return Err(Error::Shape(format!("an embedding table must be [vocab, dim], not {s:?}")));
+        }
+        let (vocab, dim) = (s[0], s[1]);
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::Shape(format!("index {bad} is out of range for an embedding table of {vocab} rows")));
+        }
+        let count = indices.len();
+        let idx: Arc<GpuBuffer> = Arc::new(self.gpu().upload(indices)?);
+        let out = self.gpu().alloc(count * dim)?;
+        embedding::gather(self.gpu(), self.buffer(), &idx, &out, count, dim, vocab)?;
+        Ok(record(out, vec![count, dim], || Op::Embedding { indices: idx, count, dim, vocab }, &[self]))
+    }
+}
