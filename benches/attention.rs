@@ -1,2 +1,47 @@
-//! (Not yet implemented.)
-fn main() {}
+//! Fused attention: FLOP/s of forward and backward at the model's shapes (ViT self-attention,
+//! decoder pixel self-attention, decoder cross-attention over 3 classes) and at N = 1024.
+//! Forward counts 4*B*H*Nq*Nk*dh FLOPs, backward 2.5x that (see `Attention::backward_flops`).
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vlsa_kernels::attention::{self, Attention, ForwardPath};
+
+/// The bench shapes: name, shape, forward paths to time.
+pub fn shapes() -> Vec<(&'static str, Attention, Vec<ForwardPath>)> {
+    vec![
+        ("vit_self_n257_d192_h3_b8", Attention::new(8, 257, 257, 3, 64), vec![ForwardPath::Auto]),
+        ("decoder_self_n256_c128_h4_b8", Attention::new(8, 256, 256, 4, 32), vec![ForwardPath::Auto]),
+        ("decoder_cross_n256_k3_c128_h4_b8", Attention::new(8, 256, 3, 4, 32).shared_kv(), vec![ForwardPath::FewKeys, ForwardPath::Blocked]),
+        ("self_n1024_dh64_h4_b1", Attention::new(1, 1024, 1024, 4, 64), vec![ForwardPath::Auto]),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let gpu = common::gpu();
+    let mut group = c.benchmark_group("attention");
+    common::configure(&mut group);
+    for (name, s, paths) in shapes() {
+        let q = gpu.upload(&common::data(s.q_elements(), 1)).unwrap();
+        let k = gpu.upload(&common::data(s.kv_elements(), 2)).unwrap();
+        let v = gpu.upload(&common::data(s.kv_elements(), 3)).unwrap();
+        let d_out = gpu.upload(&common::data(s.q_elements(), 4)).unwrap();
+        let out = gpu.alloc(s.q_elements()).unwrap();
+        let lse = gpu.alloc(s.lse_elements()).unwrap();
+        let (dq, dk, dv) = (gpu.alloc(s.q_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
+        for path in paths {
+            let label = if path == ForwardPath::Auto { format!("forward/{name}") } else { format!("forward_{path:?}/{name}") };
+            common::bench_gpu(&mut group, &label, &gpu, Throughput::Elements(s.forward_flops()), || {
+                attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, path).unwrap();
+            });
+        }
+        attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
+        common::bench_gpu(&mut group, &format!("backward/{name}"), &gpu, Throughput::Elements(s.backward_flops()), || {
+            attention::backward(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,3 +1,342 @@
-//! Fused multi-head attention and cross-attention, forward and backward (shaders/attention.wgsl).
+//! Launchers for `shaders/attention.wgsl`: fused multi-head attention (self- and
+//! cross-attention), forward and backward, with an optional causal mask and key-padding mask.
 //!
-//! (Not yet implemented.)
+//! Layouts are those of the q/k/v projections, heads interleaved per token:
+//! q [B, Nq, H*dh], k and v [Bk, Nk, H*dh] with Bk = B or Bk = 1 (keys and values shared by
+//! the whole batch, as the decoder's cross-attention over class text embeddings), out
+//! [B, Nq, H*dh], lse [B, H, Nq], key mask u32 [Bk, Nk] (1 = attend, 0 = ignore).
+//!
+//! The forward never stores the Nq x Nk score matrix: it runs an online softmax per query row
+//! and saves the row's log-sum-exp. The backward recomputes the probabilities from q, k and
+//! that saved lse. A row that sees no key (fully masked) gets zeros, lse = -inf and zero
+//! gradients. With Bk = 1 the key and value gradients sum over the batch in a fixed order
+//! (no atomics), so results are bit-for-bit repeatable.
+
+use crate::context::{grid, Dispatch, Gpu};
+use crate::profiler::KernelLabel;
+use crate::{shader, Error, GpuBuffer, Result};
+
+shader!(SHADER, "attention.wgsl");
+
+/// Largest head dimension (the kernels keep a row of each operand in 32 vec4 registers).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Most keys the few-keys forward path takes.
+pub const FEW_KEYS: usize = 16;
+/// Rows (queries, keys or vec4 elements) per workgroup.
+const WG: usize = 64;
+/// Query rows per backward partial at least, and the invocations the key-gradient pass aims
+/// for before it splits the query rows (enough to fill a GPU and lavapipe's threads).
+const MIN_SPLIT_ROWS: usize = 64;
+const TARGET_KEY_INVOCATIONS: usize = 4096;
+
+/// The shape and options of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attention {
+    /// B: batch of the queries (and of the output).
+    pub batch: usize,
+    /// Bk: batch of the keys and values, `batch` or 1 (shared by every batch element).
+    pub kv_batch: usize,
+    /// Nq: query tokens.
+    pub q_len: usize,
+    /// Nk: key/value tokens.
+    pub kv_len: usize,
+    /// H: heads.
+    pub heads: usize,
+    /// dh: width of one head; a multiple of 4 from 4 to 128.
+    pub head_dim: usize,
+    /// Multiplies q.k before the softmax; 1/sqrt(dh) by default.
+    pub scale: f32,
+    /// Query i sees key j only when j <= i (top-left aligned, as PyTorch's `is_causal`).
+    pub causal: bool,
+}
+
+impl Attention {
+    /// Self-attention shape with per-batch keys, scale 1/sqrt(dh) and no causal mask.
+    pub fn new(batch: usize, q_len: usize, kv_len: usize, heads: usize, head_dim: usize) -> Self {
+        Attention { batch, kv_batch: batch, q_len, kv_len, heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal: false }
+    }
+
+    /// The same with keys and values shared by the whole batch (Bk = 1).
+    pub fn shared_kv(self) -> Self {
+        Attention { kv_batch: 1, ..self }
+    }
+
+    /// The same with the causal mask on or off.
+    pub fn with_causal(self, causal: bool) -> Self {
+        Attention { causal, ..self }
+    }
+
+    /// Elements of q, out and d_out: B * Nq * H * dh.
+    pub fn q_elements(&self) -> usize {
+        self.batch * self.q_len * self.heads * self.head_dim
+    }
+
+    /// Elements of k, v, dk and dv: Bk * Nk * H * dh.
+    pub fn kv_elements(&self) -> usize {
+        self.kv_batch * self.kv_len * self.heads * self.head_dim
+    }
+
+    /// Elements of lse: B * H * Nq.
+    pub fn lse_elements(&self) -> usize {
+        self.batch * self.heads * self.q_len
+    }
+
+    /// Multiply-adds of the forward, counted as FLOPs: 4 * B * H * Nq * Nk * dh
+    /// (q k^T and P v; the causal mask's skipped half is not subtracted).
+    pub fn forward_flops(&self) -> u64 {
+        4 * (self.batch * self.heads * self.q_len * self.kv_len * self.head_dim) as u64
+    }
+
+    /// FLOPs of the backward in the usual count, 2.5x the forward (q k^T recomputed, dP, dq,
+    /// dk, dv). The kernels do 3.5x: dq and dk/dv passes each recompute q k^T and dP.
+    pub fn backward_flops(&self) -> u64 {
+        self.forward_flops() * 5 / 2
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "q [{}, {}, {}x{}], k/v [{}, {}, {}x{}]{}",
+            self.batch,
+            self.q_len,
+            self.heads,
+            self.head_dim,
+            self.kv_batch,
+            self.kv_len,
+            self.heads,
+            self.head_dim,
+            if self.causal { ", causal" } else { "" }
+        )
+    }
+
+    /// Checks the shape itself (not the buffers).
+    pub fn validate(&self) -> Result<()> {
+        let d = self.describe();
+        if self.batch == 0 || self.heads == 0 || self.kv_len == 0 {
+            return Err(Error::Shape(format!("attention with {d}: batch, heads and key length must be at least 1")));
+        }
+        if self.kv_batch != self.batch && self.kv_batch != 1 {
+            return Err(Error::Shape(format!("attention with {d}: the key/value batch {} must equal the query batch {} or be 1", self.kv_batch, self.batch)));
+        }
+        if self.head_dim == 0 || self.head_dim % 4 != 0 || self.head_dim > MAX_HEAD_DIM {
+            return Err(Error::Shape(format!(
+                "attention with {d}: head dimension {} is not supported; it must be a multiple of 4 from 4 to {MAX_HEAD_DIM}",
+                self.head_dim
+            )));
+        }
+        if !self.scale.is_finite() {
+            return Err(Error::Shape(format!("attention with {d}: scale {} is not finite", self.scale)));
+        }
+        let big = [self.q_elements(), self.kv_elements(), self.batch * self.q_len * self.heads, self.kv_batch * self.kv_len];
+        if big.iter().any(|&n| n > u32::MAX as usize / 4) {
+            return Err(Error::Shape(format!("attention with {d} is too large for 32-bit indexing")));
+        }
+        Ok(())
+    }
+}
+
+/// Which forward kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardPath {
+    /// `FewKeys` when Nk <= 16, else `Blocked`.
+    Auto,
+    /// Online softmax over blocks of 8 keys; any Nk.
+    Blocked,
+    /// Exact softmax with every score in registers; Nk <= 16 only.
+    FewKeys,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    kv_batch: u32,
+    q_len: u32,
+    kv_len: u32,
+    heads: u32,
+    head_dim: u32,
+    causal: u32,
+    has_mask: u32,
+    scale: f32,
+    tiles: u32,
+    splits: u32,
+    split_rows: u32,
+}
+
+impl Params {
+    fn new(s: &Attention, has_mask: bool) -> Self {
+        Params {
+            batch: s.batch as u32,
+            kv_batch: s.kv_batch as u32,
+            q_len: s.q_len as u32,
+            kv_len: s.kv_len as u32,
+            heads: s.heads as u32,
+            head_dim: s.head_dim as u32,
+            causal: s.causal as u32,
+            has_mask: has_mask as u32,
+            scale: s.scale,
+            tiles: 0,
+            splits: 1,
+            split_rows: 0,
+        }
+    }
+}
+
+fn check_len(s: &Attention, what: &str, buf: &GpuBuffer, layout: &str, needed: usize) -> Result<()> {
+    if buf.len() < needed {
+        return Err(Error::Shape(format!(
+            "attention with {}: {what} has {} elements but {layout} needs {needed}",
+            s.describe(),
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_common(s: &Attention, q: &GpuBuffer, k: &GpuBuffer, v: &GpuBuffer, key_mask: Option<&GpuBuffer>) -> Result<()> {
+    s.validate()?;
+    let (qd, kd) = (
+        format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim),
+        format!("[{}, {}, {}]", s.kv_batch, s.kv_len, s.heads * s.head_dim),
+    );
+    check_len(s, "q", q, &qd, s.q_elements())?;
+    check_len(s, "k", k, &kd, s.kv_elements())?;
+    check_len(s, "v", v, &kd, s.kv_elements())?;
+    if let Some(m) = key_mask {
+        check_len(s, "the key mask", m, &format!("[{}, {}]", s.kv_batch, s.kv_len), s.kv_batch * s.kv_len)?;
+    }
+    Ok(())
+}
+
+fn dispatch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], workgroups: usize, label: KernelLabel) -> Result<()> {
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(params),
+        buffers,
+        workgroups: grid(workgroups as u32),
+        label,
+    })
+}
+
+/// Attention forward: `out = softmax(scale q k^T + masks) v` per head, and `lse` [B, H, Nq],
+/// the log-sum-exp of each row's scores, for [`backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward(gpu: &Gpu, q: &GpuBuffer, k: &GpuBuffer, v: &GpuBuffer, key_mask: Option<&GpuBuffer>, out: &GpuBuffer, lse: &GpuBuffer, shape: &Attention) -> Result<()> {
+    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto)
+}
+
+/// [`forward`] with the kernel chosen by the caller (tests and benches compare the paths).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_path(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    shape: &Attention,
+    path: ForwardPath,
+) -> Result<()> {
+    let s = shape;
+    check_common(s, q, k, v, key_mask)?;
+    check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
+    check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
+    let few = match path {
+        ForwardPath::Auto => s.kv_len <= FEW_KEYS,
+        ForwardPath::Blocked => false,
+        ForwardPath::FewKeys if s.kv_len <= FEW_KEYS => true,
+        ForwardPath::FewKeys => {
+            return Err(Error::Shape(format!("attention with {}: the few-keys path takes at most {FEW_KEYS} keys", s.describe())));
+        }
+    };
+    if s.q_len == 0 {
+        return Ok(());
+    }
+    let tiles = s.q_len.div_ceil(WG);
+    let mut p = Params::new(s, key_mask.is_some());
+    p.tiles = tiles as u32;
+    let mask = key_mask.unwrap_or(k);
+    let bytes = 4 * (2 * s.q_elements() + 2 * s.kv_elements() + s.lse_elements()) as u64;
+    let entry = if few { "forward_few_keys" } else { "forward" };
+    let label = KernelLabel { kernel: if few { "attention_few_keys" } else { "attention" }, shape: s.describe(), flops: s.forward_flops(), bytes };
+    dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)
+}
+
+/// Attention backward: `dq`, `dk`, `dv` from the forward's inputs, its `out` and `lse`, and
+/// `d_out`. The probabilities are recomputed from q, k and the saved lse (nothing of size
+/// Nq x Nk was kept). With Bk = 1, dk and dv are summed over the batch deterministically.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    d_out: &GpuBuffer,
+    dq: &GpuBuffer,
+    dk: &GpuBuffer,
+    dv: &GpuBuffer,
+    shape: &Attention,
+) -> Result<()> {
+    let s = shape;
+    check_common(s, q, k, v, key_mask)?;
+    let qd = format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim);
+    let kd = format!("[{}, {}, {}]", s.kv_batch, s.kv_len, s.heads * s.head_dim);
+    check_len(s, "out", out, &qd, s.q_elements())?;
+    check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
+    check_len(s, "d_out", d_out, &qd, s.q_elements())?;
+    check_len(s, "dq", dq, &qd, s.q_elements())?;
+    check_len(s, "dk", dk, &kd, s.kv_elements())?;
+    check_len(s, "dv", dv, &kd, s.kv_elements())?;
+
+    let rows = s.lse_elements();
+    let keys = s.kv_batch * s.kv_len;
+    let mut p = Params::new(s, key_mask.is_some());
+    let mask = key_mask.unwrap_or(k);
+    let stats = gpu.alloc(2 * rows + keys)?;
+    let f = s.forward_flops();
+    let qe = 4 * s.q_elements() as u64;
+    let ke = 4 * s.kv_elements() as u64;
+
+    // 1. Per-row lse and delta = dout . out, and the key mask as floats.
+    let label = KernelLabel { kernel: "attention_backward_prepare", shape: s.describe(), flops: 2 * s.q_elements() as u64, bytes: 2 * qe + 8 * rows as u64 };
+    dispatch(gpu, "backward_prepare", &p, &[q, k, v, mask, out, lse, d_out, &stats], rows.max(keys).div_ceil(WG), label)?;
+
+    // 2. dq, one query row per invocation.
+    if s.q_len > 0 {
+        let tiles = s.q_len.div_ceil(WG);
+        p.tiles = tiles as u32;
+        let label = KernelLabel { kernel: "attention_backward_dq", shape: s.describe(), flops: f * 3 / 2, bytes: 3 * qe + 2 * ke };
+        dispatch(gpu, "backward_dq", &p, &[q, k, v, mask, out, lse, d_out, &stats, dq], s.batch * s.heads * tiles, label)?;
+    }
+
+    // 3. dk, dv, one key row per invocation, over `splits` ranges of the query rows.
+    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
+    let invocations = s.kv_batch * s.heads * s.kv_len;
+    let splits = TARGET_KEY_INVOCATIONS.div_ceil(invocations).clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1));
+    let split_rows = total_rows.div_ceil(splits).max(1);
+    let splits = total_rows.div_ceil(split_rows).max(1);
+    let tiles = s.kv_len.div_ceil(WG);
+    p.tiles = tiles as u32;
+    p.splits = splits as u32;
+    p.split_rows = split_rows as u32;
+    let label = KernelLabel { kernel: "attention_backward_dkdv", shape: s.describe(), flops: f * 2, bytes: 2 * qe + 4 * ke * splits as u64 };
+    let workgroups = s.kv_batch * s.heads * splits * tiles;
+    if splits == 1 {
+        return dispatch(gpu, "backward_dkdv", &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
+    }
+    let part_k = gpu.alloc(splits * s.kv_elements())?;
+    let part_v = gpu.alloc(splits * s.kv_elements())?;
+    dispatch(gpu, "backward_dkdv", &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
+    let n4 = s.kv_elements() / 4;
+    let label = KernelLabel {
+        kernel: "attention_backward_reduce",
+        shape: format!("{} splits of {}", splits, s.describe()),
+        flops: 2 * (splits * s.kv_elements()) as u64,
+        bytes: 2 * ke * (splits as u64 + 1),
+    };
+    dispatch(gpu, "backward_reduce", &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv], n4.div_ceil(WG), label)
+}

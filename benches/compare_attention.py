@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""vlsa's fused attention next to PyTorch's on the CPU, at the bench shapes, in one run.
+
+Runs `cargo run --release --example attention_time` for vlsa's times (forward, and backward
+of dq/dk/dv) and torch.nn.functional.scaled_dot_product_attention for PyTorch's, with the same
+layouts ([B, N, H*dh] projected per head), and prints both with their ratio.
+
+Usage: python3 benches/compare_attention.py [--iters N] [--threads T]
+Needs torch (`pip install torch`). Set CARGO_TARGET_DIR as usual; WGPU_BACKEND and
+VLSA_ADAPTER choose vlsa's adapter.
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+# name, B, Bk, Nq, Nk, H, dh (the shapes of benches/attention.rs)
+SHAPES = [
+    ("vit self-attention N=257 D=192 H=3 B=8", 8, 8, 257, 257, 3, 64),
+    ("decoder self-attention N=256 C=128 H=4 B=8", 8, 8, 256, 256, 4, 32),
+    ("decoder cross-attention Nq=256 K=3 C=128 H=4 B=8", 8, 1, 256, 3, 4, 32),
+    ("self-attention N=1024 dh=64 H=4 B=1", 1, 1, 1024, 1024, 4, 64),
+]
+
+
+def vlsa_times(iters):
+    specs = [f"{b},{bk},{nq},{nk},{h},{dh}" for _, b, bk, nq, nk, h, dh in SHAPES]
+    cmd = ["cargo", "run", "--quiet", "--release", "--example", "attention_time", "--", "--iters", str(iters)] + specs
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"attention_time failed:\n{res.stderr}")
+    sys.stderr.write(res.stderr)
+    times = {}
+    for line in res.stdout.splitlines():
+        spec, fwd, bwd = line.split()
+        times[spec] = (float(fwd), float(bwd))
+    return [times[s] for s in specs]
+
+
+def torch_times(torch, iters):
+    F = torch.nn.functional
+    out = []
+    for _, b, bk, nq, nk, h, dh in SHAPES:
+        g = torch.Generator().manual_seed(0)
+        q = (torch.rand(b, nq, h * dh, generator=g) * 2 - 1).requires_grad_()
+        k = (torch.rand(bk, nk, h * dh, generator=g) * 2 - 1).requires_grad_()
+        v = (torch.rand(bk, nk, h * dh, generator=g) * 2 - 1).requires_grad_()
+        d_out = torch.rand(b, nq, h * dh, generator=g) * 2 - 1
+
+        def fwd():
+            # [B, N, H*dh] -> [B, H, N, dh]; shared keys broadcast over the batch (expand, no copy).
+            qh = q.view(b, nq, h, dh).transpose(1, 2)
+            kh = k.view(bk, nk, h, dh).transpose(1, 2).expand(b, h, nk, dh)
+            vh = v.view(bk, nk, h, dh).transpose(1, 2).expand(b, h, nk, dh)
+            return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, nq, h * dh)
+
+        def timed(f):
+            f()
+            ts = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                f()
+                ts.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(ts)
+
+        with torch.no_grad():
+            t_fwd = timed(fwd)
+
+        def fwd_bwd():
+            o = fwd()
+            torch.autograd.grad(o, (q, k, v), d_out)
+
+        t_both = timed(fwd_bwd)
+        out.append((t_fwd, max(t_both - t_fwd, 1e-6)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    try:
+        import torch
+    except ImportError:
+        sys.exit("PyTorch is not installed (pip install torch); no comparison made")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    ours = vlsa_times(args.iters)
+    theirs = torch_times(torch, args.iters)
+    head = f"{'shape':52} {'pass':9} {'vlsa ms':>9} {'torch ms':>9} {'vlsa/torch':>10} {'vlsa GFLOP/s':>12}"
+    print(head)
+    print("-" * len(head))
+    for (name, b, bk, nq, nk, h, dh), (vf, vb), (tf, tb) in zip(SHAPES, ours, theirs):
+        flops = 4 * b * h * nq * nk * dh
+        for pass_name, v, t, f in (("forward", vf, tf, flops), ("backward", vb, tb, 2.5 * flops)):
+            print(f"{name:52} {pass_name:9} {v:9.3f} {t:9.3f} {v / t:10.2f} {f / v / 1e6:12.2f}")
+    print("torch backward = time(forward + autograd.grad) - time(forward without grad)")
+
+
+if __name__ == "__main__":
+    main()

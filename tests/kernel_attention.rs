@@ -1,0 +1,369 @@
+//! Fused attention (shaders/attention.wgsl) against an f64 CPU reference: forward, lse,
+//! backward and finite differences, over self-attention, shared-key cross-attention, causal
+//! and key-padding masks, both forward paths, and bad shapes.
+
+mod common;
+
+use common::{check, Case, Input, Rng};
+use vlsa_kernels::attention::{self, Attention, ForwardPath};
+use vlsa_kernels::{Gpu, GpuBuffer};
+
+/// Whether query i of batch b may see key j.
+fn visible(s: &Attention, mask: Option<&[f64]>, b: usize, i: usize, j: usize) -> bool {
+    let kb = if s.kv_batch == 1 { 0 } else { b };
+    (!s.causal || j <= i) && mask.is_none_or(|m| m[kb * s.kv_len + j] != 0.0)
+}
+
+/// Reference probabilities P[b][h][i][j] (zero rows for rows that see no key) and lse.
+fn reference_probs(s: &Attention, q: &[f64], k: &[f64], mask: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+    let (w, dh, nq, nk) = (s.heads * s.head_dim, s.head_dim, s.q_len, s.kv_len);
+    let mut probs = vec![0.0; s.batch * s.heads * nq * nk];
+    let mut lse = vec![f64::NEG_INFINITY; s.batch * s.heads * nq];
+    for b in 0..s.batch {
+        let kb = if s.kv_batch == 1 { 0 } else { b };
+        for h in 0..s.heads {
+            for i in 0..nq {
+                let qi = &q[(b * nq + i) * w + h * dh..][..dh];
+                let scores: Vec<Option<f64>> = (0..nk)
+                    .map(|j| {
+                        visible(s, mask, b, i, j).then(|| {
+                            let kj = &k[(kb * nk + j) * w + h * dh..][..dh];
+                            s.scale as f64 * qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f64>()
+                        })
+                    })
+                    .collect();
+                let m = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let sum: f64 = scores.iter().flatten().map(|x| (x - m).exp()).sum();
+                let row = ((b * s.heads + h) * nq + i) * nk;
+                for (j, sc) in scores.iter().enumerate() {
+                    if let Some(x) = sc {
+                        probs[row + j] = (x - m).exp() / sum;
+                    }
+                }
+                lse[(b * s.heads + h) * nq + i] = m + sum.ln();
+            }
+        }
+    }
+    (probs, lse)
+}
+
+fn reference_forward(s: &Attention, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>) -> Vec<f64> {
+    let (w, dh, nq, nk) = (s.heads * s.head_dim, s.head_dim, s.q_len, s.kv_len);
+    let (probs, _) = reference_probs(s, q, k, mask);
+    let mut out = vec![0.0; s.batch * nq * w];
+    for b in 0..s.batch {
+        let kb = if s.kv_batch == 1 { 0 } else { b };
+        for h in 0..s.heads {
+            for i in 0..nq {
+                let row = ((b * s.heads + h) * nq + i) * nk;
+                let o = &mut out[(b * nq + i) * w + h * dh..][..dh];
+                for j in 0..nk {
+                    let pj = probs[row + j];
+                    let vj = &v[(kb * nk + j) * w + h * dh..][..dh];
+                    o.iter_mut().zip(vj).for_each(|(o, x)| *o += pj * x);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// dq, dk, dv of L = sum(d_out * out).
+fn reference_backward(s: &Attention, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, d_out: &[f64]) -> [Vec<f64>; 3] {
+    let (w, dh, nq, nk) = (s.heads * s.head_dim, s.head_dim, s.q_len, s.kv_len);
+    let (probs, _) = reference_probs(s, q, k, mask);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for b in 0..s.batch {
+        let kb = if s.kv_batch == 1 { 0 } else { b };
+        for h in 0..s.heads {
+            for i in 0..nq {
+                let row = ((b * s.heads + h) * nq + i) * nk;
+                let qo = (b * nq + i) * w + h * dh;
+                let g = &d_out[qo..][..dh];
+                let dp: Vec<f64> = (0..nk).map(|j| dot(g, &v[(kb * nk + j) * w + h * dh..][..dh])).collect();
+                let delta: f64 = (0..nk).map(|j| probs[row + j] * dp[j]).sum();
+                for j in 0..nk {
+                    let pj = probs[row + j];
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let ds = pj * (dp[j] - delta) * s.scale as f64;
+                    let ko = (kb * nk + j) * w + h * dh;
+                    for c in 0..dh {
+                        dq[qo + c] += ds * k[ko + c];
+                        dk[ko + c] += ds * q[qo + c];
+                        dv[ko + c] += pj * g[c];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dv]
+}
+
+/// Runs forward (and returns out and lse) on the GPU.
+fn gpu_forward(gpu: &Gpu, x: &[GpuBuffer], s: &Attention, path: ForwardPath) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
+    let out = gpu.alloc(s.q_elements())?;
+    let lse = gpu.alloc(s.lse_elements())?;
+    attention::forward_path(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, s, path)?;
+    Ok((out, lse))
+}
+
+/// A key mask [Bk, Nk] with some keys off; with `blank_batch`, kv batch 1 (or 0 if Bk = 1)
+/// has every key off, so its rows are fully masked.
+fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
+    let mut m: Vec<usize> = (0..s.kv_batch * s.kv_len).map(|_| (rng.uniform() > 0.3) as usize).collect();
+    for kb in 0..s.kv_batch {
+        m[kb * s.kv_len] = 1; // at least one key on per batch
+    }
+    if blank_batch {
+        let kb = s.kv_batch.min(2) - 1;
+        m[kb * s.kv_len..(kb + 1) * s.kv_len].iter_mut().for_each(|x| *x = 0);
+    }
+    m
+}
+
+/// Forward + lse + backward + finite differences of one shape through `check`.
+fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let w = s.heads * s.head_dim;
+    let mut inputs = vec![
+        Input::random(&mut rng, &[s.batch, s.q_len, w]),
+        Input::random(&mut rng, &[s.kv_batch, s.kv_len, w]),
+        Input::random(&mut rng, &[s.kv_batch, s.kv_len, w]),
+    ];
+    // Larger q spreads the softmax so that it is not nearly uniform.
+    inputs[0].data.iter_mut().for_each(|x| *x *= 2.0);
+    if let Some(m) = &mask {
+        inputs.push(Input::index(&[s.kv_batch, s.kv_len], m.clone()));
+    }
+    let has_mask = mask.is_some();
+    let name = format!("{name} ({s:?}, {path:?})");
+
+    // lse against the reference (fully masked rows: -inf on both sides).
+    {
+        let gpu = common::gpu();
+        let bufs = common::upload(gpu, &inputs);
+        let (_, lse) = gpu_forward(gpu, &bufs, &s, path).unwrap();
+        let got = gpu.download(&lse).unwrap();
+        let host: Vec<Vec<f64>> = inputs.iter().map(|i| i.data.iter().map(|&x| x as f64).collect()).collect();
+        let (_, want) = reference_probs(&s, &host[0], &host[1], host.get(3).map(|m| m.as_slice()));
+        for (r, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            if w == f64::NEG_INFINITY {
+                assert!(g == f32::NEG_INFINITY, "{name}: lse of fully masked row {r} is {g}, expected -inf");
+            } else {
+                assert!((g as f64 - w).abs() <= 1e-5 + 1e-4 * w.abs(), "{name}: lse row {r} is {g}, reference {w}");
+            }
+        }
+    }
+
+    let probes = if s.batch * s.q_len * s.kv_len * s.heads * s.head_dim > 2_000_000 { 8 } else { 24 };
+    let mut case = Case::new(
+        name,
+        inputs,
+        move |x| reference_forward(&s, &x[0], &x[1], &x[2], x.get(3).map(|m| m.as_slice())),
+        move |gpu, x| Ok(gpu_forward(gpu, x, &s, path)?.0),
+    )
+    .backward(
+        move |gpu, x, d_out| {
+            let (out, lse) = gpu_forward(gpu, x, &s, path)?;
+            let dq = gpu.alloc(s.q_elements())?;
+            let dk = gpu.alloc(s.kv_elements())?;
+            let dv = gpu.alloc(s.kv_elements())?;
+            attention::backward(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, d_out, &dq, &dk, &dv, &s)?;
+            let mut grads = vec![Some(dq), Some(dk), Some(dv)];
+            if has_mask {
+                grads.push(None);
+            }
+            Ok(grads)
+        },
+        move |x, d_out| {
+            let [dq, dk, dv] = reference_backward(&s, &x[0], &x[1], &x[2], x.get(3).map(|m| m.as_slice()), d_out);
+            let mut grads = vec![Some(dq), Some(dk), Some(dv)];
+            if has_mask {
+                grads.push(None);
+            }
+            grads
+        },
+    );
+    case.fd_probes = probes;
+    check(case);
+}
+
+#[test]
+fn self_attention_matches_reference() {
+    let shapes = [
+        Attention::new(1, 1, 1, 1, 16),
+        Attention::new(3, 7, 7, 2, 32),
+        Attention::new(3, 33, 33, 3, 64),
+        Attention::new(1, 130, 130, 2, 32),
+        Attention::new(1, 33, 33, 1, 128),
+        Attention::new(2, 7, 33, 4, 4),
+        Attention::new(1, 33, 7, 1, 20),
+    ];
+    for (n, s) in shapes.into_iter().enumerate() {
+        check_attention("self-attention", s, None, ForwardPath::Auto, 10 + n as u64);
+    }
+    // A custom scale, and the full ViT head layout at small N.
+    let mut s = Attention::new(1, 17, 17, 3, 64);
+    s.scale = 0.37;
+    check_attention("custom scale", s, None, ForwardPath::Blocked, 20);
+}
+
+#[test]
+fn head_dim_128_at_130_tokens() {
+    check_attention("dh 128", Attention::new(1, 130, 130, 1, 128), None, ForwardPath::Auto, 21);
+}
+
+#[test]
+fn causal_matches_reference() {
+    for (n, s) in [Attention::new(1, 1, 1, 1, 16), Attention::new(3, 7, 7, 2, 16), Attention::new(1, 130, 130, 2, 32), Attention::new(2, 33, 7, 1, 16), Attention::new(1, 7, 33, 3, 32)]
+        .into_iter()
+        .enumerate()
+    {
+        check_attention("causal", s.with_causal(true), None, ForwardPath::Auto, 30 + n as u64);
+    }
+}
+
+#[test]
+fn key_padding_mask_with_fully_masked_rows() {
+    let mut rng = Rng::new(40);
+    for (n, s) in [Attention::new(3, 7, 7, 2, 16), Attention::new(3, 33, 33, 1, 32), Attention::new(1, 130, 130, 2, 16)].into_iter().enumerate() {
+        let m = key_mask(&mut rng, &s, n != 2);
+        check_attention("key mask", s, Some(m), ForwardPath::Auto, 41 + n as u64);
+    }
+    // Causal and padding together: key 0 off makes query 0 see nothing.
+    let s = Attention::new(3, 33, 33, 2, 16).with_causal(true);
+    let mut m = key_mask(&mut rng, &s, false);
+    m[0] = 0;
+    check_attention("causal + key mask", s, Some(m), ForwardPath::Auto, 45);
+}
+
+#[test]
+fn shared_keys_cross_attention_on_both_paths() {
+    let mut rng = Rng::new(50);
+    // Decoder cross-attention: pixel queries over K class embeddings shared by the batch.
+    for (n, s) in [Attention::new(3, 33, 3, 4, 32), Attention::new(1, 1, 2, 1, 16), Attention::new(3, 130, 16, 2, 16), Attention::new(3, 7, 5, 3, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let s = s.shared_kv();
+        for path in [ForwardPath::FewKeys, ForwardPath::Blocked] {
+            check_attention("cross-attention", s, None, path, 51 + n as u64);
+        }
+    }
+    // Shared keys, many of them (blocked path only), and a shared mask.
+    check_attention("shared keys, Nk 33", Attention::new(3, 7, 33, 2, 32).shared_kv(), None, ForwardPath::Auto, 56);
+    let s = Attention::new(3, 33, 7, 2, 16).shared_kv();
+    let m = key_mask(&mut rng, &s, false);
+    for path in [ForwardPath::FewKeys, ForwardPath::Blocked] {
+        check_attention("cross-attention + mask", s, Some(m.clone()), path, 57);
+    }
+    // Fully masked: every row sees nothing.
+    let m = vec![0; s.kv_len];
+    check_attention("cross-attention, all keys off", s, Some(m), ForwardPath::FewKeys, 58);
+}
+
+#[test]
+fn shared_key_gradients_are_deterministic_and_split_evenly() {
+    // B * Nq = 3 * 300 rows over 4 keys: the key-gradient pass splits the rows into ranges.
+    let gpu = common::gpu();
+    let s = Attention::new(3, 300, 4, 2, 16).shared_kv();
+    let mut rng = Rng::new(60);
+    let qh = rng.vec(s.q_elements());
+    let kh = rng.vec(s.kv_elements());
+    let vh = rng.vec(s.kv_elements());
+    let dh = rng.vec(s.q_elements());
+    let (q, k, v, d_out) = (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap(), gpu.upload(&dh).unwrap());
+    let out = gpu.alloc(s.q_elements()).unwrap();
+    let lse = gpu.alloc(s.lse_elements()).unwrap();
+    attention::forward(gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
+    let grads = || {
+        let dq = gpu.alloc(s.q_elements()).unwrap();
+        let dk = gpu.alloc(s.kv_elements()).unwrap();
+        let dv = gpu.alloc(s.kv_elements()).unwrap();
+        attention::backward(gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
+        (gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap())
+    };
+    let (dk1, dv1) = grads();
+    let (dk2, dv2) = grads();
+    assert_eq!(dk1, dk2, "dk differs between two identical runs");
+    assert_eq!(dv1, dv2, "dv differs between two identical runs");
+    let f = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let [_, rdk, rdv] = reference_backward(&s, &f(&qh), &f(&kh), &f(&vh), None, &f(&dh));
+    common::assert_close("split dk", &dk1, &rdk, 1e-3, 1e-4);
+    common::assert_close("split dv", &dv1, &rdv, 1e-3, 1e-4);
+}
+
+#[test]
+fn long_sequence_4096_sampled_rows() {
+    // N = 4096 forward, checked on sampled rows (a full f64 reference would be slow). Each
+    // dispatch is kept well under a second: GL's context lock times out after 6 s, and other
+    // tests wait on it.
+    let gpu = common::gpu();
+    for (causal, nq, dh) in [(true, 4096, 16), (false, 130, 64)] {
+        let s = Attention::new(1, nq, 4096, 1, dh).with_causal(causal);
+        let mut rng = Rng::new(70 + dh as u64);
+        let qh: Vec<f32> = rng.vec(s.q_elements()).into_iter().map(|x| 2.0 * x).collect();
+        let kh = rng.vec(s.kv_elements());
+        let vh = rng.vec(s.kv_elements());
+        let (q, k, v) = (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap());
+        let (out, lse) = gpu_forward(gpu, &[q, k, v], &s, ForwardPath::Auto).unwrap();
+        let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
+        let f = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let (kd, vd) = (f(&kh), f(&vh));
+        for i in [0usize, 1, 63, 64, 129, 2047, 4000, 4095].into_iter().filter(|&i| i < nq) {
+            // One query row against every key: a reference with Nq = 1 and the same keys; for
+            // the causal case only keys 0..=i are visible.
+            let nk = if causal { i + 1 } else { 4096 };
+            let one = Attention { batch: 1, kv_batch: 1, q_len: 1, kv_len: nk, heads: 1, head_dim: dh, scale: s.scale, causal: false };
+            let qi = f(&qh[i * dh..(i + 1) * dh]);
+            let want = reference_forward(&one, &qi, &kd[..nk * dh], &vd[..nk * dh], None);
+            common::assert_close(&format!("N=4096 causal={causal} row {i}"), &out[i * dh..(i + 1) * dh], &want, 1e-4, 1e-5);
+            let (_, wl) = reference_probs(&one, &qi, &kd[..nk * dh], None);
+            assert!((lse[i] as f64 - wl[0]).abs() < 1e-4 * (1.0 + wl[0].abs()), "lse row {i}: {} vs {}", lse[i], wl[0]);
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_naming_the_shapes() {
+    let gpu = common::gpu();
+    let s = Attention::new(2, 7, 7, 2, 16);
+    let q = gpu.zeros(s.q_elements()).unwrap();
+    let k = gpu.zeros(s.kv_elements()).unwrap();
+    let short = gpu.zeros(s.kv_elements() - 1).unwrap();
+    let out = gpu.alloc(s.q_elements()).unwrap();
+    let lse = gpu.alloc(s.lse_elements()).unwrap();
+
+    let err = attention::forward(gpu, &q, &short, &k, None, &out, &lse, &s).unwrap_err().to_string();
+    assert!(err.contains("k has 447 elements") && err.contains("[2, 7, 32]") && err.contains("448"), "{err}");
+
+    for dh in [0, 6, 130, 132] {
+        let bad = Attention::new(1, 7, 7, 1, dh);
+        let err = attention::forward(gpu, &q, &k, &k, None, &out, &lse, &bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("head dimension {dh} is not supported")) && err.contains("multiple of 4"), "{err}");
+    }
+
+    let bad = Attention { kv_batch: 2, ..Attention::new(3, 7, 7, 1, 16) };
+    let err = attention::forward(gpu, &q, &k, &k, None, &out, &lse, &bad).unwrap_err().to_string();
+    assert!(err.contains("key/value batch 2") && err.contains("query batch 3"), "{err}");
+
+    let many = Attention::new(1, 7, 17, 1, 16);
+    let (kk, oo) = (gpu.zeros(many.kv_elements()).unwrap(), gpu.alloc(many.q_elements()).unwrap());
+    let err = attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys).unwrap_err().to_string();
+    assert!(err.contains("at most 16 keys") && err.contains("[1, 17, 1x16]"), "{err}");
+
+    let small_mask = gpu.zeros(13).unwrap();
+    let err = attention::forward(gpu, &q, &k, &k, Some(&small_mask), &out, &lse, &s).unwrap_err().to_string();
+    assert!(err.contains("key mask has 13 elements") && err.contains("[2, 7]"), "{err}");
+
+    let short_dq = gpu.alloc(s.q_elements() - 4).unwrap();
+    let (dk, dv) = (gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
+    let err = attention::backward(gpu, &q, &k, &k, None, &out, &lse, &q, &short_dq, &dk, &dv, &s).unwrap_err().to_string();
+    assert!(err.contains("dq has 444 elements") && err.contains("[2, 7, 32]"), "{err}");
+}
