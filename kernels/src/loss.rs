@@ -1,3 +1,175 @@
-//! Pixel cross-entropy and Dice losses, forward and backward, and argmax (shaders/loss.wgsl).
+//! Pixel cross-entropy and Dice losses, forward and backward, and the per-pixel argmax
+//! (shaders/loss.wgsl).
 //!
-//! (Not yet implemented.)
+//! Logits are [B, K, P] (P = pixels per image, S*S for the model's [B, K, S, S]) and targets
+//! [B, P] u32 class indices. Losses are scalars in a 1-element buffer, reduced in two
+//! deterministic passes; backward launchers take the upstream gradient as a 1-element buffer
+//! so a training step needs no readback.
+//!
+//! A target value >= K names no class: the pixel adds 0 to the cross-entropy sum (the mean
+//! still divides by all B*P pixels) and gets a zero cross-entropy gradient; for Dice its one-hot
+//! row is all zeros. It is never used as an index.
+
+use crate::context::{grid, Dispatch, Gpu};
+use crate::profiler::KernelLabel;
+use crate::{shader, Error, GpuBuffer, Result};
+
+shader!(SHADER, "loss.wgsl");
+
+/// Most partial-sum workgroups of a reduction (each invocation then sums several pixels).
+const MAX_GROUPS: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    classes: u32,
+    pixels: u32,
+    n: u32,
+    groups: u32,
+    _pad: [u32; 3],
+}
+
+struct Shape {
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+}
+
+impl Shape {
+    fn new(what: &str, batch: usize, classes: usize, pixels: usize) -> Result<Shape> {
+        if batch * pixels == 0 || classes == 0 {
+            return Err(Error::Shape(format!("{what} of logits [{batch}, {classes}, {pixels}]: needs at least one class and one pixel")));
+        }
+        Ok(Shape { batch, classes, pixels })
+    }
+    fn n(&self) -> usize {
+        self.batch * self.pixels
+    }
+    fn logits_desc(&self) -> String {
+        format!("[{}, {}, {}]", self.batch, self.classes, self.pixels)
+    }
+    fn check(&self, what: &str, buf: &GpuBuffer, need: usize, desc: &str) -> Result<()> {
+        if buf.len() < need {
+            return Err(Error::Shape(format!(
+                "loss over logits {} and targets [{}, {}]: {what} has {} elements but {desc} needs {need}",
+                self.logits_desc(),
+                self.batch,
+                self.pixels,
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+    fn check_inputs(&self, logits: &GpuBuffer, target: &GpuBuffer) -> Result<()> {
+        self.check("the logits", logits, self.n() * self.classes, &self.logits_desc())?;
+        self.check("the targets", target, self.n(), &format!("[{}, {}]", self.batch, self.pixels))
+    }
+    fn groups(&self) -> usize {
+        self.n().div_ceil(256).clamp(1, MAX_GROUPS)
+    }
+    fn params(&self) -> Params {
+        Params {
+            batch: self.batch as u32,
+            classes: self.classes as u32,
+            pixels: self.pixels as u32,
+            n: self.n() as u32,
+            groups: self.groups() as u32,
+            _pad: [0; 3],
+        }
+    }
+    fn label(&self, kernel: &'static str, flops_per_logit: usize) -> KernelLabel {
+        let logits = self.n() * self.classes;
+        KernelLabel { kernel, shape: self.logits_desc(), flops: (flops_per_logit * logits) as u64, bytes: 4 * (logits + self.n()) as u64 }
+    }
+}
+
+/// Binds `used` at their binding numbers (1-based) and `filler` everywhere else.
+fn launch(gpu: &Gpu, entry: &'static str, params: &Params, used: &[(usize, &GpuBuffer)], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
+    let filler = used[0].1;
+    let count = used.iter().map(|&(b, _)| b).max().unwrap_or(0);
+    let mut buffers = vec![filler; count];
+    for &(binding, buf) in used {
+        buffers[binding - 1] = buf;
+    }
+    gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers: &buffers, workgroups, label })
+}
+
+fn per_pixel(s: &Shape) -> [u32; 3] {
+    grid(s.n().div_ceil(256) as u32)
+}
+
+/// Mean pixel cross-entropy of `logits` [B, K, P] against `target` [B, P] into `loss` [1].
+pub fn cross_entropy(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, loss: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+    let s = Shape::new("cross entropy", batch, classes, pixels)?;
+    s.check_inputs(logits, target)?;
+    s.check("the loss", loss, 1, "a scalar")?;
+    let p = s.params();
+    let partials = gpu.alloc(s.groups())?;
+    launch(gpu, "cross_entropy_partial", &p, &[(1, logits), (2, target), (4, &partials)], [p.groups, 1, 1], s.label("cross_entropy", 4))?;
+    let label = KernelLabel { kernel: "cross_entropy_finish", shape: s.logits_desc(), flops: p.groups as u64, bytes: 4 * p.groups as u64 };
+    launch(gpu, "cross_entropy_finish", &p, &[(4, &partials), (5, loss)], [1, 1, 1], label)
+}
+
+/// `d_logits = d_loss[0] / (B P) * (softmax(logits) - onehot(target))` (zero rows where the
+/// target names no class).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, d_loss: &GpuBuffer, d_logits: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+    let s = Shape::new("cross entropy backward", batch, classes, pixels)?;
+    s.check_inputs(logits, target)?;
+    s.check("the loss gradient", d_loss, 1, "a scalar")?;
+    s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
+    launch(gpu, "cross_entropy_backward", &s.params(), &[(1, logits), (2, target), (7, d_loss), (8, d_logits)], per_pixel(&s), s.label("cross_entropy_backward", 6))
+}
+
+/// Elements of the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per foreground class.
+pub fn dice_stats_len(classes: usize) -> usize {
+    3 * classes.saturating_sub(1)
+}
+
+/// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least
+/// [`dice_stats_len`] elements, may be 1 when K = 1) receives the per-class sums that
+/// [`dice_backward`] needs. With K = 1 the loss is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn dice(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, stats: &GpuBuffer, loss: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+    let s = Shape::new("dice", batch, classes, pixels)?;
+    s.check_inputs(logits, target)?;
+    s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
+    s.check("the loss", loss, 1, "a scalar")?;
+    let p = s.params();
+    let foreground = (classes - 1) as u32;
+    let partials = gpu.alloc((s.groups() * dice_stats_len(classes)).max(1))?;
+    launch(gpu, "dice_partial", &p, &[(1, logits), (2, target), (4, &partials)], [p.groups, foreground, 1], s.label("dice", 3 + 2 * classes))?;
+    let label = KernelLabel { kernel: "dice_finish", shape: s.logits_desc(), flops: partials.len() as u64, bytes: 4 * partials.len() as u64 };
+    launch(gpu, "dice_finish", &p, &[(4, &partials), (5, loss), (6, stats)], [1, 1, 1], label)
+}
+
+/// Gradient of [`dice`] scaled by `d_loss[0]`, from the `stats` its forward wrote.
+#[allow(clippy::too_many_arguments)]
+pub fn dice_backward(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    target: &GpuBuffer,
+    stats: &GpuBuffer,
+    d_loss: &GpuBuffer,
+    d_logits: &GpuBuffer,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+) -> Result<()> {
+    let s = Shape::new("dice backward", batch, classes, pixels)?;
+    s.check_inputs(logits, target)?;
+    s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
+    s.check("the loss gradient", d_loss, 1, "a scalar")?;
+    s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
+    let used = [(1, logits), (2, target), (6, stats), (7, d_loss), (8, d_logits)];
+    launch(gpu, "dice_backward", &s.params(), &used, per_pixel(&s), s.label("dice_backward", 8 + 2 * classes))
+}
+
+/// `labels[b, i]` = the first class with the largest logit at pixel i; labels [B, P] u32.
+pub fn argmax(gpu: &Gpu, logits: &GpuBuffer, labels: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+    let s = Shape::new("argmax", batch, classes, pixels)?;
+    s.check("the logits", logits, s.n() * classes, &s.logits_desc())?;
+    s.check("the labels", labels, s.n(), &format!("[{batch}, {pixels}]"))?;
+    launch(gpu, "argmax", &s.params(), &[(1, logits), (3, labels)], per_pixel(&s), s.label("argmax", 1))
+}

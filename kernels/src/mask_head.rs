@@ -1,3 +1,113 @@
 //! Cosine-similarity mask head, forward and backward (shaders/mask_head.wgsl).
 //!
-//! (Not yet implemented.)
+//! `out[b, k, n] = s * cos(X[b, n], T[k])` with `s = min(exp(logit_scale), 100)` and the cosine
+//! taken as `x / max(||x||, 1e-6) . t / max(||t||, 1e-6)`; X is [B, N, C], T is [K, C],
+//! `logit_scale` a 1-element buffer and out [B, K, N] (reshaped by the model to [B, K, h, w]).
+//! The backward gives dX, dT (summed over the batch in a fixed order) and d logit_scale, which
+//! is 0 while the clamp at 100 is active (as PyTorch's clamp).
+
+use crate::context::{grid, Dispatch, Gpu};
+use crate::profiler::KernelLabel;
+use crate::{shader, Error, GpuBuffer, Result};
+
+shader!(SHADER, "mask_head.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    tokens: u32,
+    width: u32,
+    classes: u32,
+    rows: u32,
+    _pad: [u32; 3],
+}
+
+struct Shape {
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    classes: usize,
+}
+
+impl Shape {
+    fn rows(&self) -> usize {
+        self.batch * self.tokens
+    }
+    fn desc(&self) -> String {
+        format!("features [{}, {}, {}] and text [{}, {}]", self.batch, self.tokens, self.width, self.classes, self.width)
+    }
+    fn check(&self, what: &str, buf: &GpuBuffer, need: usize, desc: String) -> Result<()> {
+        if buf.len() < need {
+            return Err(Error::Shape(format!("mask head of {}: {what} has {} elements but {desc} needs {need}", self.desc(), buf.len())));
+        }
+        Ok(())
+    }
+    fn check_inputs(&self, x: &GpuBuffer, text: &GpuBuffer, logit_scale: &GpuBuffer) -> Result<()> {
+        self.check("the features", x, self.rows() * self.width, format!("[{}, {}, {}]", self.batch, self.tokens, self.width))?;
+        self.check("the text embeddings", text, self.classes * self.width, format!("[{}, {}]", self.classes, self.width))?;
+        self.check("the logit scale", logit_scale, 1, "[1]".into())
+    }
+    fn out_desc(&self) -> String {
+        format!("[{}, {}, {}]", self.batch, self.classes, self.tokens)
+    }
+    fn params(&self) -> Params {
+        Params { batch: self.batch as u32, tokens: self.tokens as u32, width: self.width as u32, classes: self.classes as u32, rows: self.rows() as u32, _pad: [0; 3] }
+    }
+    fn label(&self, kernel: &'static str, flops_per_mac: usize) -> KernelLabel {
+        let macs = self.rows() * self.classes * self.width;
+        let bytes = 4 * (self.rows() * self.width + self.classes * self.width + self.rows() * self.classes);
+        KernelLabel { kernel, shape: self.desc(), flops: (flops_per_mac * macs) as u64, bytes: bytes as u64 }
+    }
+}
+
+fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
+    gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers, workgroups, label })
+}
+
+/// Logits `out` [B, K, N] of features `x` [B, N, C] against text embeddings `text` [K, C].
+#[allow(clippy::too_many_arguments)]
+pub fn forward(gpu: &Gpu, x: &GpuBuffer, text: &GpuBuffer, logit_scale: &GpuBuffer, out: &GpuBuffer, batch: usize, tokens: usize, width: usize, classes: usize) -> Result<()> {
+    let s = Shape { batch, tokens, width, classes };
+    s.check_inputs(x, text, logit_scale)?;
+    s.check("the output", out, s.rows() * classes, s.out_desc())?;
+    let rows = grid(s.rows().div_ceil(64) as u32);
+    launch(gpu, "forward", &s.params(), &[x, text, logit_scale, out], rows, s.label("mask_head", 4))
+}
+
+/// Gradients of [`forward`] from `d_out` [B, K, N]: `d_x` [B, N, C], `d_text` [K, C] and
+/// `d_logit_scale` [1].
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    text: &GpuBuffer,
+    logit_scale: &GpuBuffer,
+    d_out: &GpuBuffer,
+    d_x: &GpuBuffer,
+    d_text: &GpuBuffer,
+    d_logit_scale: &GpuBuffer,
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    classes: usize,
+) -> Result<()> {
+    let s = Shape { batch, tokens, width, classes };
+    s.check_inputs(x, text, logit_scale)?;
+    s.check("the output gradient", d_out, s.rows() * classes, s.out_desc())?;
+    s.check("the features gradient", d_x, s.rows() * width, format!("[{batch}, {tokens}, {width}]"))?;
+    s.check("the text gradient", d_text, classes * width, format!("[{classes}, {width}]"))?;
+    s.check("the logit scale gradient", d_logit_scale, 1, "[1]".into())?;
+    // Scratch: t^ [K, C] and the clamped norms [K]; per row 1/a and r.
+    let text_hat = gpu.alloc(classes * width + classes)?;
+    let row_stats = gpu.alloc((2 * s.rows()).max(1))?;
+    let p = s.params();
+    // Buffers in binding order 1..=10 (each entry point binds only those it uses).
+    let all = [x, text, logit_scale, x, d_out, d_x, &text_hat, &row_stats, d_text, d_logit_scale];
+    let classes_grid = [classes as u32, 1, 1];
+    launch(gpu, "text_normalize", &p, &all, classes_grid, s.label("mask_head_text_normalize", 0))?;
+    launch(gpu, "backward_x", &p, &all, grid(s.rows().div_ceil(64) as u32), s.label("mask_head_backward_x", 4))?;
+    launch(gpu, "backward_text", &p, &all, classes_grid, s.label("mask_head_backward_text", 3))?;
+    let label = KernelLabel { kernel: "mask_head_backward_scale", shape: s.desc(), flops: s.rows() as u64, bytes: 4 * s.rows() as u64 };
+    launch(gpu, "backward_scale", &p, &all, [1, 1, 1], label)
+}
