@@ -410,11 +410,17 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, 0..bytes, move |res| {
             let _ = tx.send(res);
         });
-        self.wait()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
-            Err(_) => return Err(Error::Readback("the GPU did not finish the copy".into())),
+        // The map callback runs inside whichever thread polls the device next; when several
+        // threads share the device it may fire in another thread's poll, so poll until it has.
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            self.wait()?;
+            match rx.recv_timeout(std::time::Duration::from_millis(5)) {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                Err(_) => return Err(Error::Readback("the GPU did not finish copying the data back within 120 s".into())),
+            }
         }
         let out = {
             let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?;
