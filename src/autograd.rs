@@ -18,7 +18,9 @@ use std::sync::Arc;
 use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
 use crate::kernels::l2norm::L2Mode;
 use crate::kernels::matmul::Matmul;
-use crate::kernels::{embedding, layer_norm, l2norm, permute, reduce, softmax, GpuBuffer};
+use crate::kernels::attention::{self, Attention};
+use crate::kernels::upsample::{self, Resize};
+use crate::kernels::{em, embedding, layer_norm, l2norm, loss, mask_head, patch_embed, permute, reduce, softmax, GpuBuffer};
 use crate::tensor::{numel, Tensor};
 use crate::Result;
 
@@ -55,6 +57,20 @@ pub(crate) enum Op {
     L2Norm { x: Tensor, norms: Arc<GpuBuffer>, rows: usize, cols: usize, mode: L2Mode },
     /// Row gather from a table; saved indices.
     Embedding { indices: Arc<GpuBuffer>, count: usize, dim: usize, vocab: usize },
+    /// Fused attention; saved inputs, output and log-sum-exp (P is recomputed).
+    Attention { q: Tensor, k: Tensor, v: Tensor, out: Arc<GpuBuffer>, lse: Arc<GpuBuffer>, mask: Option<Arc<GpuBuffer>>, spec: Attention },
+    /// The unrolled EM loop; saved input, bases and every iteration's Z and mu.
+    Em { u: Tensor, bases: Tensor, fwd: Arc<em::EmForward>, spec: em::EmShape },
+    /// Patch embedding; saved image and weight.
+    PatchEmbed { image: Tensor, weight: Tensor, batch: usize, channels: usize, size: usize, patch: usize, dim: usize },
+    /// Bilinear resize.
+    Bilinear { spec: Resize },
+    /// Cosine mask head; saved features, text and scale.
+    MaskHead { x: Tensor, text: Tensor, scale: Tensor, batch: usize, tokens: usize, width: usize, classes: usize },
+    /// Mean pixel cross-entropy; saved logits and targets.
+    CrossEntropy { logits: Tensor, target: Arc<GpuBuffer>, batch: usize, classes: usize, pixels: usize },
+    /// Dice loss; saved logits, targets and the per-class sums.
+    Dice { logits: Tensor, target: Arc<GpuBuffer>, stats: Arc<GpuBuffer>, batch: usize, classes: usize, pixels: usize },
 }
 
 thread_local! {
@@ -81,10 +97,15 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
 
 /// Makes the output tensor of an op, recording a node when any input needs a gradient.
 pub(crate) fn record(out: GpuBuffer, shape: Vec<usize>, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
+    record_arc(Arc::new(out), shape, op, inputs)
+}
+
+/// [`record`] for an output buffer that is shared (e.g. also saved for backward).
+pub(crate) fn record_arc(out: Arc<GpuBuffer>, shape: Vec<usize>, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
     let gpu = inputs[0].gpu().clone();
     let needs = is_recording() && inputs.iter().any(|t| t.requires_grad());
     let node = needs.then(|| Node { op: op(), inputs: inputs.iter().map(|&t| t.clone()).collect() });
-    Tensor::build(&gpu, shape, Arc::new(out), node, needs)
+    Tensor::build(&gpu, shape, out, node, needs)
 }
 
 /// Tensors under `root` in an order where every tensor comes after all tensors it was made from.
@@ -311,6 +332,42 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             let dt = gpu.alloc(vocab * dim)?;
             embedding::scatter_add_backward(gpu, indices, g.buffer(), &dt, *count, *dim, *vocab)?;
             vec![Some(constant(g, dt, &[*vocab, *dim]))]
+        }
+        Op::Attention { q, k, v, out, lse, mask, spec } => {
+            let (dq, dk, dv) = (gpu.alloc(q.numel())?, gpu.alloc(k.numel())?, gpu.alloc(v.numel())?);
+            attention::backward(gpu, q.buffer(), k.buffer(), v.buffer(), mask.as_deref(), out, lse, g.buffer(), &dq, &dk, &dv, spec)?;
+            vec![Some(constant(g, dq, q.shape())), Some(constant(g, dk, k.shape())), Some(constant(g, dv, v.shape()))]
+        }
+        Op::Em { u, bases, fwd, spec } => {
+            let grads = em::EmOutputGrads { recon: g.buffer(), z: None, mu: None };
+            let du = em::backward(gpu, em::GradMode::Unrolled, u.buffer(), bases.buffer(), fwd, spec, &grads)?;
+            vec![Some(constant(g, du, u.shape()))]
+        }
+        Op::PatchEmbed { image, weight, batch, channels, size, patch, dim } => {
+            let dw = gpu.alloc(weight.numel())?;
+            let di = if wants(0) { Some(gpu.alloc(image.numel())?) } else { None };
+            patch_embed::backward(gpu, image.buffer(), weight.buffer(), g.buffer(), di.as_ref(), &dw, *batch, *channels, *size, *patch, *dim)?;
+            vec![di.map(|d| constant(g, d, image.shape())), Some(constant(g, dw, weight.shape()))]
+        }
+        Op::Bilinear { spec } => {
+            let dx = gpu.alloc(inputs[0].numel())?;
+            upsample::bilinear_backward(gpu, g.buffer(), &dx, spec)?;
+            vec![Some(constant(g, dx, inputs[0].shape()))]
+        }
+        Op::MaskHead { x, text, scale, batch, tokens, width, classes } => {
+            let (dx, dt, ds) = (gpu.alloc(x.numel())?, gpu.alloc(text.numel())?, gpu.alloc(1)?);
+            mask_head::backward(gpu, x.buffer(), text.buffer(), scale.buffer(), g.buffer(), &dx, &dt, &ds, *batch, *tokens, *width, *classes)?;
+            vec![Some(constant(g, dx, x.shape())), Some(constant(g, dt, text.shape())), Some(constant(g, ds, scale.shape()))]
+        }
+        Op::CrossEntropy { logits, target, batch, classes, pixels } => {
+            let dl = gpu.alloc(logits.numel())?;
+            loss::cross_entropy_backward(gpu, logits.buffer(), target, g.buffer(), &dl, *batch, *classes, *pixels)?;
+            vec![Some(constant(g, dl, logits.shape()))]
+        }
+        Op::Dice { logits, target, stats, batch, classes, pixels } => {
+            let dl = gpu.alloc(logits.numel())?;
+            loss::dice_backward(gpu, logits.buffer(), target, stats, g.buffer(), &dl, *batch, *classes, *pixels)?;
+            vec![Some(constant(g, dl, logits.shape()))]
         }
     })
 }

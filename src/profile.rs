@@ -2,10 +2,18 @@
 //!
 //! [`profile_em`] runs the EM loop of `vlsa_kernels::em` on random data with per-dispatch
 //! profiling on, and returns an [`EmProfileReport`]: GPU time, GFLOP/s and GB/s per EM
-//! iteration and per kernel (E-step, column sums, M-step, normalisation, reconstruction and,
-//! with `backward`, their backward kernels), the mean shift of the bases per iteration (how fast
+//! iteration and per step (E-step, column sums, M-step, normalisation, reconstruction and,
+//! with `backward`, their backward steps), the mean shift of the bases per iteration (how fast
 //! EM converges, from a separate un-profiled pass), and the Chrome trace of the timed run.
 //! Parsing command-line flags and writing files is the CLI's job, not this module's.
+//!
+//! A step's row sums all its dispatches: the EM products run on the matmul kernel (label
+//! `matmul`, inside the step's scope, see kernels/src/em.rs), the rest in fused EM kernels. So
+//! `em_e_step` = logits matmul + softmax with column sums (2 dispatches), `em_m_step` = the
+//! Z^T u matmul, `em_normalize` = division by the column sums + L2 normalisation, `em_recon` =
+//! the Z mu matmul; in the backward `em_m_step_backward` = 2 matmuls, `em_e_step_backward` =
+//! softmax backward + 1 or 2 matmuls. The Chrome trace keeps every dispatch, with the step in
+//! its scope path.
 
 use std::fmt;
 
@@ -48,14 +56,15 @@ impl EmProfileOptions {
     }
 }
 
-/// The time of one kernel within one profiling scope (e.g. `iter=2` / `em_m_step`).
+/// The time of one EM step within one profiling scope (e.g. `iter=2` / `em_m_step`): the sum
+/// over its dispatches (a step is a matmul plus a fused kernel, or either alone).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmStepTime {
     /// Scopes joined by `/`: `iter=t`, `recon`, `backward/recon`, `backward/iter=t`.
     pub scope: String,
-    /// The kernel label, e.g. `em_e_step`.
+    /// The step, e.g. `em_e_step`.
     pub kernel: String,
-    /// Dispatches.
+    /// Dispatches (matmuls and fused kernels together).
     pub count: usize,
     /// GPU time in nanoseconds.
     pub time_ns: f64,
@@ -195,11 +204,11 @@ pub fn profile_em(gpu: &Gpu, opts: &EmProfileOptions) -> Result<EmProfileReport>
 
     let mut steps: Vec<EmStepTime> = Vec::new();
     for r in &profile.records {
-        let scope = r.scopes.join("/");
-        let i = match steps.iter().position(|x| x.scope == scope && x.kernel == r.label.kernel) {
+        let (scope, kernel) = step_of(&r.scopes, r.label.kernel);
+        let i = match steps.iter().position(|x| x.scope == scope && x.kernel == kernel) {
             Some(i) => i,
             None => {
-                steps.push(EmStepTime { scope, kernel: r.label.kernel.to_string(), count: 0, time_ns: 0.0, flops: 0, bytes: 0 });
+                steps.push(EmStepTime { scope, kernel, count: 0, time_ns: 0.0, flops: 0, bytes: 0 });
                 steps.len() - 1
             }
         };
@@ -220,6 +229,17 @@ pub fn profile_em(gpu: &Gpu, opts: &EmProfileOptions) -> Result<EmProfileReport>
         shifts,
         profile,
     })
+}
+
+/// The report row of one dispatch: em.rs puts each EM step's dispatches (its matmuls, labelled
+/// `matmul`, and its fused kernel, labelled with the step's name) in a scope named after the
+/// step, e.g. `iter=2/em_e_step`; that innermost `em_*` scope becomes the row's kernel and the
+/// scopes above it the row's scope, so a step is one row whatever dispatches it took.
+fn step_of(scopes: &[String], kernel: &str) -> (String, String) {
+    match scopes.split_last() {
+        Some((last, outer)) if last.starts_with("em_") => (outer.join("/"), last.clone()),
+        _ => (scopes.join("/"), kernel.to_string()),
+    }
 }
 
 /// Mean over (b, m) of ||mu_t - mu_{t-1}|| per iteration, from an un-profiled forward that
@@ -257,10 +277,12 @@ mod tests {
         let opts = EmProfileOptions { batch: 2, tokens: 9, width: 5, bases: 3, iters: 2, backward: true, ..Default::default() };
         let report = profile_em(&gpu, &opts).unwrap();
         for t in 1..=2 {
-            for kernel in ["em_e_step", "em_colsum", "em_m_step", "em_normalize"] {
+            // The E-step is the logits matmul and the softmax; the M-step its matmul alone (its
+            // division is fused into the normalisation).
+            for (kernel, dispatches) in [("em_e_step", 2), ("em_colsum", 1), ("em_m_step", 1), ("em_normalize", 1)] {
                 let row = report.steps.iter().find(|r| r.scope == format!("iter={t}") && r.kernel == kernel);
                 let row = row.unwrap_or_else(|| panic!("no {kernel} in iter={t}:\n{report}"));
-                assert_eq!(row.count, 1);
+                assert_eq!(row.count, dispatches, "{kernel}:\n{report}");
                 assert!(row.time_ns >= 0.0);
             }
             for kernel in ["em_normalize_backward", "em_m_step_backward", "em_e_step_backward"] {
@@ -268,6 +290,8 @@ mod tests {
             }
         }
         assert!(report.steps.iter().any(|r| r.scope == "recon" && r.kernel == "em_recon"));
+        assert!(report.steps.iter().any(|r| r.scope == "backward/recon" && r.kernel == "em_recon_backward"));
+        assert!(report.steps.iter().all(|r| r.kernel.starts_with("em_")), "a dispatch outside the EM steps:\n{report}");
         let e_step = report.steps.iter().find(|r| r.kernel == "em_e_step").unwrap();
         assert_eq!(e_step.flops, 2 * 2 * 9 * 5 * 3 + 4 * 2 * 9 * 3);
         assert_eq!(report.shifts.len(), 2);

@@ -13,11 +13,11 @@ use common::Rng;
 use vlsa::kernels::l2norm::L2Mode;
 use vlsa::{backward, no_grad, Tensor};
 
-type Graph = dyn Fn(&[Tensor]) -> vlsa::Result<Tensor>;
+type Graph<'a> = dyn Fn(&[Tensor]) -> vlsa::Result<Tensor> + 'a;
 
 /// Checks autograd gradients of every parameter against central differences of `f` (which must
 /// return a scalar) at up to `probes` coordinates per parameter.
-fn check_graph(name: &str, shapes: &[&[usize]], f: &Graph, seed: u64) {
+fn check_graph(name: &str, shapes: &[&[usize]], f: &Graph<'_>, seed: u64) {
     let gpu = common::gpu();
     let mut rng = Rng::new(seed);
     let data: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s.iter().product())).collect();
@@ -170,4 +170,51 @@ fn pool_stays_flat_over_100_mlp_training_steps() {
         // Only the live tensors remain in use: parameters, x and target.
         gpu.pool_stats().in_use_bytes
     });
+}
+
+#[test]
+fn model_ops_wire_gradients() {
+    use std::sync::Arc;
+    use vlsa::kernels::em::GradMode;
+    let gpu = common::gpu();
+    check_graph("self-attention", &[&[2, 5, 8], &[2, 6, 8], &[2, 6, 8]], &|p| {
+        let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
+        o.mul(&o)?.sum()
+    }, 11);
+    check_graph("cross-attention over shared keys", &[&[2, 5, 8], &[1, 3, 8], &[1, 3, 8]], &|p| {
+        let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
+        o.mul(&o)?.sum()
+    }, 12);
+    let bases = Tensor::from_vec(gpu, &[0.6, 0.8, 0.0, 0.0, 0.0, 0.6, 0.8, 0.0, 0.5, 0.5, 0.5, 0.5], &[3, 4]).unwrap();
+    check_graph("EM unrolled", &[&[2, 7, 4], &[2, 7, 4]], &|p| {
+        let em = p[0].em_aggregate(&bases, 3, 1.0, GradMode::Unrolled)?;
+        em.recon.mul(&p[1])?.sum()
+    }, 13);
+    check_graph("patch embedding", &[&[2, 3, 8, 8], &[5, 3, 4, 4]], &|p| {
+        let t = p[0].patch_embed(&p[1])?;
+        t.mul(&t)?.sum()
+    }, 14);
+    check_graph("bilinear resize", &[&[2, 3, 4, 4], &[2, 3, 7, 9]], &|p| p[0].resize_bilinear(7, 9)?.mul(&p[1])?.sum(), 15);
+    check_graph("mask head", &[&[2, 5, 6], &[3, 6], &[1]], &|p| {
+        let l = p[0].mask_head(&p[1], &p[2])?;
+        l.mul(&l)?.mean()
+    }, 16);
+    let target: Vec<u32> = (0..2 * 16).map(|i| (i * 7 % 3) as u32).collect();
+    let target = Arc::new(gpu.upload(&target).unwrap());
+    check_graph("cross-entropy + dice", &[&[2, 3, 4, 4]], &|p| p[0].scale(3.0)?.cross_entropy(&target)?.add(&p[0].dice_loss(&target)?), 17);
+}
+
+#[test]
+fn detached_em_gives_no_gradient_to_its_input() {
+    use vlsa::kernels::em::GradMode;
+    let gpu = common::gpu();
+    let u = Tensor::param(gpu, &Rng::new(5).vec(2 * 7 * 4), &[2, 7, 4]).unwrap();
+    let bases = Tensor::from_vec(gpu, &[0.6, 0.8, 0.0, 0.0, 0.0, 0.6, 0.8, 0.0], &[2, 4]).unwrap();
+    let em = u.em_aggregate(&bases, 3, 1.0, GradMode::Detached).unwrap();
+    assert!(!em.recon.requires_grad(), "detached EM output is a constant");
+    assert_eq!(em.z.shape(), &[2, 7, 2]);
+    assert_eq!(em.mu.shape(), &[2, 2, 4]);
+    // A residual keeps u in the graph; only that path contributes.
+    backward(&u.add(&em.recon).unwrap().sum().unwrap()).unwrap();
+    assert!(u.grad().unwrap().to_vec().unwrap().iter().all(|&g| g == 1.0));
 }

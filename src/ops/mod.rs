@@ -1,5 +1,11 @@
 //! Differentiable ops on [`Tensor`]s: each checks shapes, launches its forward kernel and
-//! records a node with the state its backward needs (rules in `autograd`).
+//! records a node with the state its backward needs (rules in `autograd`). The ops of the
+//! model's own kernels (attention, EM, patch embedding, resize, losses, mask head) are in
+//! `model`.
+
+mod model;
+
+pub use model::EmOutput;
 
 use std::sync::Arc;
 
