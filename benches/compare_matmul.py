@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """vlsa's matmul against numpy (OpenBLAS sgemm, float32) on the same shapes, in the same run.
 
-Runs `cargo run --release --example matmul_gflops` (one line per shape: M N K GFLOPS LAYOUT),
+Runs `cargo run --example matmul_gflops` (dev profile: the kernel speed is set by the adapter,
+not by Rust's optimisation level) (one line per shape: M N K GFLOPS LAYOUT),
 then times numpy on each shape (best of a few repetitions) and prints a table with the ratio.
 Usage: python3 benches/compare_matmul.py [--quick]. Needs numpy (`pip install numpy`).
 """
@@ -40,7 +41,7 @@ def numpy_gflops(m, n, k, layout):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = ["cargo", "run", "--release", "--quiet", "--example", "matmul_gflops", "--"] + sys.argv[1:]
+    cmd = ["cargo", "run", "--quiet", "--example", "matmul_gflops", "--"] + sys.argv[1:]
     t = time.time()
     load0 = os.getloadavg()[0]
     lines = subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout.split("\n")

@@ -3,7 +3,8 @@
 //! weight, tn = A stored transposed). Each figure is the best of a few timed repetitions with
 //! a device sync inside the timing. benches/compare_matmul.py runs numpy on the same lines.
 //!
-//! Run: `cargo run --release --example matmul_gflops [-- --quick]`.
+//! Run: `cargo run --example matmul_gflops [-- --quick]` (the dev profile is enough: the kernel
+//! speed is set by the adapter's shader compiler, not by Rust's optimisation level).
 
 use std::time::Instant;
 

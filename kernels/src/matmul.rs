@@ -13,10 +13,13 @@ use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "matmul.wgsl");
 
-/// Output rows and columns one workgroup of the register kernel covers (matmul.wgsl:
-/// LANE_ROWS x BLOCK and LANE_COLS x BLOCK).
-const REGISTER_ROWS: usize = 32;
-const REGISTER_COLS: usize = 64;
+/// Output rows and columns one workgroup of the vec4 register kernels covers (matmul.wgsl:
+/// LANE_ROWS x BLOCK_ROWS and LANE_COLS x BLOCK_COLS).
+const REGISTER_ROWS: usize = 64;
+const REGISTER_COLS: usize = 128;
+/// The same for `registers_general` (LANE_ROWS x BLOCK and LANE_COLS x BLOCK).
+const GENERAL_ROWS: usize = 32;
+const GENERAL_COLS: usize = 64;
 /// Output tile of one workgroup of the tiled kernel.
 const TILE: usize = 64;
 
@@ -222,7 +225,7 @@ pub fn matmul_with(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer, op:
             };
             (entry, REGISTER_ROWS, REGISTER_COLS)
         }
-        MatmulPath::Registers => ("registers_general", REGISTER_ROWS, REGISTER_COLS),
+        MatmulPath::Registers => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
     };
     let label = KernelLabel {
         kernel: "matmul",
