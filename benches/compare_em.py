@@ -99,7 +99,7 @@ def main():
             f"{pt['fwd_bwd_ms']:>10.3f} {vb:>10.3f} {vb / pt['fwd_bwd_ms']:>6.2f}"
         )
         kernels = {k: v for k, v in vl.items() if k.startswith("em_")}
-        print(f"{'':<18} vlsa per kernel (GPU ms per dispatch): " + " ".join(f"{k[3:-3]}={v}" for k, v in kernels.items()))
+        print(f"{'':<18} vlsa per step (GPU ms, matmul + fused kernel): " + " ".join(f"{k[3:-3]}={v}" for k, v in kernels.items()))
     print("ratio = vlsa time / torch time (below 1: vlsa faster). fwd = T iterations + reconstruction (wall,")
     print("vlsa with a device sync); iter = one E-step + M-step + normalise (vlsa: profiled GPU time, mean of T);")
     print("f+b = forward + unrolled backward (vlsa: forward + backward_unrolled, timed separately).")

@@ -3,7 +3,8 @@
 //! `cargo run --release --example em_time -- N C M T B REPS` prints one line of
 //! `key=value` pairs: the median wall time (ms, with a device sync) of the forward loop and of
 //! the unrolled backward, and, from one profiled run, the GPU time of one EM iteration (E-step,
-//! column sums, M-step, normalisation) and of each kernel.
+//! column sums, M-step, normalisation) and of each step per run of it (a step's matmul and
+//! fused kernel together).
 
 use std::time::Instant;
 
@@ -52,10 +53,13 @@ fn main() {
     let iter_ns: f64 = report.steps.iter().filter(|r| r.scope.starts_with("iter=")).map(|r| r.time_ns).sum::<f64>() / t as f64;
     let mut line = format!("adapter={:?} forward_ms={forward_ms:.3} backward_ms={backward_ms:.3} iter_gpu_ms={:.3}", gpu.info().name, iter_ns / 1e6);
     for kernel in ["em_e_step", "em_colsum", "em_m_step", "em_normalize", "em_recon"] {
-        let ns: f64 = report.steps.iter().filter(|r| r.kernel == kernel).map(|r| r.time_ns).sum();
-        let count = report.steps.iter().filter(|r| r.kernel == kernel).map(|r| r.count).sum::<usize>().max(1);
-        line += &format!(" {kernel}_ms={:.3}", ns / count as f64 / 1e6);
+        // One report row per scope the step ran in (its matmul and fused kernel together).
+        let rows: Vec<_> = report.steps.iter().filter(|r| r.kernel == kernel).collect();
+        let ns: f64 = rows.iter().map(|r| r.time_ns).sum();
+        line += &format!(" {kernel}_ms={:.3}", ns / rows.len().max(1) as f64 / 1e6);
     }
     eprintln!("{report}");
+    // Per dispatch label: the matmuls apart from the fused EM kernels.
+    eprintln!("{}", report.profile.table());
     println!("{line}");
 }

@@ -9,10 +9,11 @@
 //!
 //! A step's row sums all its dispatches: the EM products run on the matmul kernel (label
 //! `matmul`, inside the step's scope, see kernels/src/em.rs), the rest in fused EM kernels. So
-//! `em_e_step` = logits matmul + softmax with column sums (2 dispatches), `em_m_step` = the
-//! Z^T u matmul, `em_normalize` = division by the column sums + L2 normalisation, `em_recon` =
-//! the Z mu matmul; in the backward `em_m_step_backward` = 2 matmuls, `em_e_step_backward` =
-//! softmax backward + 1 or 2 matmuls. The Chrome trace keeps every dispatch, with the step in
+//! `em_e_step` = logits matmul + softmax + per-tile column sums (3 dispatches), `em_m_step` =
+//! the Z^T u matmul split over tokens + the sum of the splits divided by the column sums (2),
+//! `em_normalize` = the L2 normalisation, `em_recon` = the Z mu matmul; in the backward
+//! `em_m_step_backward` = 2 matmuls, `em_e_step_backward` = softmax backward + 1 or 2 matmuls
+//! (+ the sum of the splits). The Chrome trace keeps every dispatch, with the step in
 //! its scope path.
 
 use std::fmt;
@@ -277,9 +278,9 @@ mod tests {
         let opts = EmProfileOptions { batch: 2, tokens: 9, width: 5, bases: 3, iters: 2, backward: true, ..Default::default() };
         let report = profile_em(&gpu, &opts).unwrap();
         for t in 1..=2 {
-            // The E-step is the logits matmul and the softmax; the M-step its matmul alone (its
-            // division is fused into the normalisation).
-            for (kernel, dispatches) in [("em_e_step", 2), ("em_colsum", 1), ("em_m_step", 1), ("em_normalize", 1)] {
+            // The E-step is the logits matmul, the softmax and the tile column sums; the M-step
+            // its split matmul and the sum of the splits with the division.
+            for (kernel, dispatches) in [("em_e_step", 3), ("em_colsum", 1), ("em_m_step", 2), ("em_normalize", 1)] {
                 let row = report.steps.iter().find(|r| r.scope == format!("iter={t}") && r.kernel == kernel);
                 let row = row.unwrap_or_else(|| panic!("no {kernel} in iter={t}:\n{report}"));
                 assert_eq!(row.count, dispatches, "{kernel}:\n{report}");

@@ -436,6 +436,63 @@ fn unrolled_loop_with_gradients_of_z_and_mu() {
     assert_close("du with dR, dZ_T and dmu_T", &du, &want, 1e-3, 1e-4);
 }
 
+/// The accumulating forms of the step launchers (`out = acc + product`, also with the bias or
+/// the column-sum division), with an accumulator longer than the output and one that is the
+/// output itself; both matmul paths (vec4: C and M multiples of 4; scalar: odd sizes).
+#[test]
+fn accumulating_products_add_to_their_accumulator() {
+    let gpu = common::gpu();
+    let mut rng = Rng::new(18);
+    for &(b, n, c, m) in &[(2usize, 33usize, 8usize, 4usize), (3, 7, 5, 7)] {
+        let s = shape(b, n, c, m, 1, 1.0);
+        let (x, y, bias) = (rng.vec(s.tokens_len()), rng.vec(s.mu_len()), rng.vec(b * m));
+        let (acc_z, acc_mu, acc_u) = (rng.vec(s.z_len() + 5), rng.vec(s.mu_len()), rng.vec(s.tokens_len()));
+        let z: Vec<f32> = rng.vec(s.z_len()).iter().map(|v| v.abs()).collect();
+        let cs: Vec<f32> = (0..b * m).map(|i| 1.0 + i as f32).collect();
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let (xb, yb, biasb, zb, csb) = (up(&x), up(&y), up(&bias), up(&z), up(&cs));
+        let (x, y, z, cs) = (f64s(&x), f64s(&y), f64s(&z), f64s(&cs));
+
+        // token_dots with bias and an accumulator 5 elements longer than the output.
+        let out = gpu.alloc(s.z_len()).unwrap();
+        em::token_dots(gpu, "test", &xb, &yb, Bases::PerBatch, Some(&biasb), Some(&up(&acc_z)), &s, &out).unwrap();
+        let want: Vec<f64> = ref_xyt(&x, &y, &s).iter().enumerate().map(|(i, v)| v + bias[(i / (n * m)) * m + i % m] as f64 + acc_z[i] as f64).collect();
+        assert_close(&format!("token_dots + bias + acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+
+        // The M-step product divided by the column sums, plus an accumulator.
+        let out = gpu.alloc(s.mu_len()).unwrap();
+        em::m_step_product(gpu, "test", &zb, &xb, Some(&csb), Some(&up(&acc_mu)), &s, &out).unwrap();
+        let want: Vec<f64> = ref_ztx(&z, &x, Some(&cs), &s).iter().zip(&acc_mu).map(|(v, a)| v + *a as f64).collect();
+        assert_close(&format!("m_step_product / colsum + acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+
+        // The reconstruction product accumulating into its own accumulator.
+        let out = up(&acc_u);
+        em::reconstruct_product(gpu, "test", &zb, &yb, Bases::PerBatch, Some(&out), &s, &out).unwrap();
+        let want: Vec<f64> = ref_zmu(&z, &y, false, &s).iter().zip(&acc_u).map(|(v, a)| v + *a as f64).collect();
+        assert_close(&format!("reconstruct_product into acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+    }
+}
+
+/// T = 1: the backward's first iteration is also its last (no saved Z or mu in between).
+#[test]
+fn single_iteration_loop_gradient() {
+    let gpu = common::gpu();
+    let mut rng = Rng::new(19);
+    for &(b, n, c, m) in &[(2usize, 9usize, 4usize, 8usize), (1, 5, 3, 3)] {
+        let s = shape(b, n, c, m, 1, 1.0);
+        let (u, dr) = (rng.vec(s.tokens_len()), rng.vec(s.tokens_len()));
+        let bases = random_bases(&mut rng, m, c);
+        let (ub, bb, drb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap(), gpu.upload(&dr).unwrap());
+        let fwd = em::forward(gpu, &ub, &bb, &s, true).unwrap();
+        let (_, _, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
+        assert_close(&format!("R {s}"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
+        let du = gpu.download(&em::backward_unrolled(gpu, &ub, &bb, &fwd, &s, &drb).unwrap()).unwrap();
+        let (b64, dr) = (f64s(&bases), f64s(&dr));
+        let want = fd_gradient(&f64s(&u), |u| ref_loop(u, &b64, &s).2.iter().zip(&dr).map(|(a, b)| a * b).sum());
+        assert_close(&format!("du {s}"), &du, &want, 1e-3, 1e-4);
+    }
+}
+
 #[test]
 fn detached_mode_gives_no_gradient_to_u() {
     let gpu = common::gpu();

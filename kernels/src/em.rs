@@ -6,13 +6,34 @@
 //! all row-major f32. The step launchers are public so that each kernel can be tested and
 //! profiled alone; [`forward`], [`backward`] and [`update_bases`] chain them. Everything is
 //! recorded into the GPU's open command stream: the T iterations run back to back with no
-//! readback. With profiling on, each iteration's dispatches sit in the scope `iter=t`
-//! (backward: `backward` then `iter=t`), so `vlsa profile em` can attribute time per iteration.
+//! readback.
+//!
+//! Design: every product of the loop (E-step logits u mu^T, M-step Z^T u, reconstruction Z mu
+//! and the backward's transposed products) runs on the batched matmul launcher
+//! ([`crate::matmul::matmul`], register-blocked on CPU adapters, shared-memory tiled on GPUs),
+//! with transposes and a broadcast B for the shared bases instead of copies. em.wgsl keeps only
+//! what a matmul cannot do: the E-step softmax (lambda, in place over the logits), per-tile and
+//! final column sums, the M-step's division by 1e-6 + colsum, the L2 normalisation, and the
+//! backward's normalisation and softmax kernels (the latter also adds
+//! the M-step's per-basis bias gs, which saves a pass over gZ). The Z^T X products have a small
+//! output [M,C] and a long sum over N, so they run split over tokens (S <= 16 splits, one
+//! matmul of batch B*S, see `EmShape::splits`) and the pass after them sums the S partials. Accumulating products
+//! (`out = acc + ...`) copy `acc` into `out` and let the matmul accumulate; inside
+//! [`backward`] the gradient of u is one buffer every product accumulates into.
+//!
+//! No kernel here uses a workgroup barrier (on lavapipe one costs more than an extra dispatch).
+//!
+//! Profiling: each iteration's dispatches sit in the scope `iter=t` (backward: `backward`, then
+//! `recon` or `iter=t`). The dispatches of one step sit in a further scope named after the
+//! step (`em_e_step`, `em_m_step`, `em_recon`, `em_m_step_backward`, ...): the matmul
+//! dispatches carry the kernel label `matmul`, the fused kernels the step's name, and
+//! `vlsa profile em` (src/profile.rs) folds both into one row per step.
 //!
 //! What the forward saves for the backward is [`EmSaved`]: per iteration Z_t, the column sums
 //! s_t, the un-normalised mu_raw_t and the normalised mu_t.
 
 use crate::context::{grid, Dispatch, Gpu};
+use crate::matmul::{matmul, Matmul};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
@@ -20,14 +41,18 @@ shader!(SHADER, "em.wgsl");
 
 /// The epsilon of the M-step's division and of the L2 normalisation (EMANet's 1e-6).
 pub const EPS: f32 = 1e-6;
-/// Most bases M the kernels support (each of the 64 lanes of an E-step workgroup sums one column of Z).
+/// Most bases M the EM loop supports (EMANet uses 64; the limit keeps Z and its per-row
+/// softmax loops small).
 pub const MAX_BASES: usize = 64;
-/// Tokens per E-step workgroup (64 invocations of 4 tokens), i.e. per partial column sum.
+/// Tokens per partial column sum of the E-step.
 pub const TILE: usize = 256;
 
 const ACCUMULATE: u32 = 1;
 const SCALE_BY_COLSUM: u32 = 2;
 const ADD_BIAS: u32 = 4;
+/// Most token splits of a Z^T X product, and the fewest tokens per split.
+const MAX_SPLITS: usize = 16;
+const MIN_SPLIT_TOKENS: usize = 32;
 
 /// Sizes of one EM Aggregation call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,6 +97,14 @@ impl EmShape {
     fn tiles(&self) -> usize {
         self.tokens.div_ceil(TILE)
     }
+    /// S, the token splits of the Z^T X products: the largest divisor of N that is at most 16
+    /// and leaves at least 32 tokens per split (1 when N has none). The output [M,C] of these
+    /// products is small and their K = N long; split, they are a batch of B*S matmuls that fill
+    /// the workgroups, and a cheap pass sums the S partial products.
+    fn splits(&self) -> usize {
+        let most = MAX_SPLITS.min(self.tokens / MIN_SPLIT_TOKENS).max(1);
+        (1..=most).rev().find(|sp| self.tokens % sp == 0).unwrap_or(1)
+    }
     /// Elements of u and R: B*N*C.
     pub fn tokens_len(&self) -> usize {
         self.batch * self.tokens * self.width
@@ -110,9 +143,10 @@ struct Params {
     lambda: f32,
     momentum: f32,
     flags: u32,
-    shared_stride: u32,
+    count: u32,
     tiles: u32,
-    _pad: [u32; 3],
+    splits: u32,
+    _pad: [u32; 2],
 }
 
 impl Params {
@@ -125,9 +159,10 @@ impl Params {
             lambda: s.lambda,
             momentum: 0.0,
             flags: 0,
-            shared_stride: (s.bases * s.width) as u32,
+            count: 0,
             tiles: s.tiles() as u32,
-            _pad: [0; 3],
+            splits: 1,
+            _pad: [0; 2],
         }
     }
 }
@@ -158,13 +193,6 @@ fn check_mu(what: &str, buf: &GpuBuffer, layout: Bases, s: &EmShape) -> Result<(
     }
 }
 
-fn stride(layout: Bases, s: &EmShape) -> u32 {
-    match layout {
-        Bases::PerBatch => (s.bases * s.width) as u32,
-        Bases::Shared => 0,
-    }
-}
-
 fn launch(gpu: &Gpu, entry: &'static str, p: &Params, buffers: &[&GpuBuffer], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
     gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(p), buffers, workgroups, label })
 }
@@ -177,23 +205,97 @@ fn label(kernel: &'static str, s: &EmShape, flops: u64, floats: usize) -> Kernel
     KernelLabel { kernel, shape: s.to_string(), flops, bytes: 4 * floats as u64 }
 }
 
+// ----- the three products, on the matmul launcher -----
+
+/// Token rows times basis rows: `out[b] (+)= x[b] y[b]^T`, x [B,N,C], y [B,M,C] or shared
+/// [M,C], out [B,N,M]. (E-step logits; gradient of Z from R and from the M-step.)
+fn product_xyt(gpu: &Gpu, x: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, accumulate: bool, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+    let op = Matmul::new(s.batch, s.tokens, s.bases, s.width).trans_b(true).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
+    matmul(gpu, x, y, out, &op)
+}
+
+/// Responsibilities transposed times tokens, per token split: `out[b,sp] = z[b,sp]^T x[b,sp]`
+/// for the S = `s.splits()` splits of N/S tokens, z [B,N,M], x [B,N,C], out [B,S,M,C]
+/// (M-step; gradients of mu). Consecutive token splits are consecutive in both operands, so
+/// this is one matmul of batch B*S.
+fn product_ztx_split(gpu: &Gpu, z: &GpuBuffer, x: &GpuBuffer, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+    let sp = s.splits();
+    let op = Matmul::new(s.batch * sp, s.bases, s.width, s.tokens / sp).trans_a(true);
+    matmul(gpu, z, x, out, &op)
+}
+
+/// `out = (acc +) (z^T x) (/ (1e-6 + colsum))`, [B,M,C]: the split product, then one pass that
+/// sums the splits and applies the options. With one split and no division, the matmul alone
+/// (accumulating onto a copy of `acc`).
+#[allow(clippy::too_many_arguments)]
+fn product_ztx(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuffer, colsum: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+    let sp = s.splits();
+    if sp == 1 && colsum.is_none() {
+        if let Some(a) = acc {
+            init_from(gpu, a, s.mu_len(), s, out)?;
+        }
+        let op = Matmul::new(s.batch, s.bases, s.width, s.tokens).trans_a(true).accumulate(acc.is_some());
+        return matmul(gpu, z, x, out, &op);
+    }
+    let partial = gpu.alloc(s.mu_len() * sp)?;
+    product_ztx_split(gpu, z, x, s, &partial)?;
+    let mut p = Params::new(s);
+    p.splits = sp as u32;
+    if colsum.is_some() {
+        p.flags |= SCALE_BY_COLSUM;
+    }
+    if acc.is_some() {
+        p.flags |= ACCUMULATE;
+    }
+    let l = label(kernel, s, (sp + 1) as u64 * s.mu_len() as u64, (sp + 2) * s.mu_len());
+    launch(gpu, "reduce_splits", &p, &[&partial, acc.unwrap_or(&partial), colsum.unwrap_or(&partial), &partial, out], groups(s.mu_len()), l)
+}
+
+/// Responsibilities times basis rows: `out[b] (+)= z[b] y[b]`, z [B,N,M], y [B,M,C] or shared
+/// [M,C], out [B,N,C]. (Reconstruction; gradients of u.)
+fn product_zy(gpu: &Gpu, z: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, accumulate: bool, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+    let op = Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
+    matmul(gpu, z, y, out, &op)
+}
+
+/// Starts `out` as a copy of the first `len` elements of `acc` (nothing when they are the same
+/// buffer), so that an accumulating matmul gives `out = acc + product`.
+fn init_from(gpu: &Gpu, acc: &GpuBuffer, len: usize, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+    if std::ptr::eq(acc, out) || std::ptr::eq(acc.raw(), out.raw()) {
+        return Ok(());
+    }
+    if acc.len() <= out.len() {
+        return gpu.copy(acc, out);
+    }
+    let mut p = Params::new(s);
+    p.count = len as u32;
+    launch(gpu, "copy_prefix", &p, &[acc, acc, acc, acc, out], groups(len), label("em_copy", s, 0, 2 * len))
+}
+
 // ----- forward steps -----
 
 /// E-step: `z = softmax_M(lambda u mu^T)` [B,N,M] and the per-tile partial column sums
-/// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C].
+/// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C]. Three dispatches
+/// in the profiling scope `em_e_step`: the logits matmul (written into `z`), the softmax in
+/// place and the per-tile column sums.
 pub fn e_step(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, mu_layout: Bases, s: &EmShape, z: &GpuBuffer, partial: &GpuBuffer) -> Result<()> {
     s.validate()?;
     check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("the partial column sums", partial, s.batch * s.tiles() * s.bases, "[B,ceil(N/256),M]", s)?;
-    let mut p = Params::new(s);
-    p.shared_stride = stride(mu_layout, s);
-    let flops = s.product_flops() + 4 * s.z_len() as u64;
-    let l = label("em_e_step", s, flops, s.tokens_len() + s.mu_len() + 2 * s.z_len());
-    launch(gpu, "e_step", &p, &[u, mu, u, u, z, partial], [s.tiles() as u32, s.batch as u32, 1], l)
+    let _scope = gpu.scope("em_e_step");
+    product_xyt(gpu, u, mu, mu_layout, false, s, z)?;
+    // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
+    let vec4 = s.bases % 4 == 0;
+    let p = Params::new(s);
+    let parts = s.batch * s.tiles() * s.bases;
+    let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
+    launch(gpu, if vec4 { "softmax4" } else { "softmax" }, &p, &[z, z, z, z, z], groups(s.batch * s.tokens), l)?;
+    let l = label("em_e_step", s, s.z_len() as u64, s.z_len() + parts);
+    let (entry, invocations) = if vec4 { ("tile_colsum4", parts / 4) } else { ("tile_colsum", parts) };
+    launch(gpu, entry, &p, &[z, z, z, z, z, partial], groups(invocations), l)
 }
-
 
 /// Finishes the column sums: `colsum[b,m] = sum over tiles of partial[b,tile,m]` [B,M].
 pub fn colsum(gpu: &Gpu, partial: &GpuBuffer, s: &EmShape, colsum: &GpuBuffer) -> Result<()> {
@@ -208,26 +310,21 @@ pub fn colsum(gpu: &Gpu, partial: &GpuBuffer, s: &EmShape, colsum: &GpuBuffer) -
 /// The M-step product and its transposed uses in the backward:
 /// `out[b,m,:] = acc[b,m,:] + (sum_n z[b,n,m] x[b,n,:]) / (1e-6 + colsum[b,m])`, where the
 /// accumulator and the division are each optional. `z` [B,N,M], `x` [B,N,C], `colsum` [B,M],
-/// `acc` and `out` [B,M,C]. `kernel` is the profiler's name for this use.
+/// `acc` and `out` [B,M,C]. `kernel` names the profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
 pub fn m_step_product(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuffer, colsum: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
     check_len("the M-step output", out, s.mu_len(), "[B,M,C]", s)?;
-    let mut p = Params::new(s);
     if let Some(cs) = colsum {
         check_len("the column sums", cs, s.batch * s.bases, "[B,M]", s)?;
-        p.flags |= SCALE_BY_COLSUM;
     }
     if let Some(a) = acc {
         check_len("the accumulator", a, s.mu_len(), "[B,M,C]", s)?;
-        p.flags |= ACCUMULATE;
     }
-    let l = label(kernel, s, s.product_flops(), s.z_len() + s.tokens_len() + 2 * s.mu_len());
-    // One invocation per 4 bases x 8 channels.
-    let invocations = s.batch * s.bases.div_ceil(4) * s.width.div_ceil(8);
-    launch(gpu, "m_step", &p, &[z, x, colsum.unwrap_or(z), acc.unwrap_or(z), out], groups(invocations), l)
+    let _scope = gpu.scope(kernel);
+    product_ztx(gpu, kernel, z, x, colsum, acc, s, out)
 }
 
 /// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
@@ -246,23 +343,22 @@ pub fn normalize(gpu: &Gpu, mu_raw: &GpuBuffer, s: &EmShape, mu: &GpuBuffer) -> 
 
 /// The reconstruction product and its uses in the backward:
 /// `out[b,n,:] = acc[b,n,:] + sum_m z[b,n,m] mu[b,m,:]`, the accumulator optional.
-/// `z` [B,N,M], `mu` [B,M,C] or shared [M,C], `acc` and `out` [B,N,C].
+/// `z` [B,N,M], `mu` [B,M,C] or shared [M,C], `acc` and `out` [B,N,C]. `kernel` names the
+/// profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
 pub fn reconstruct_product(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, mu: &GpuBuffer, mu_layout: Bases, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
     check_len("the reconstruction output", out, s.tokens_len(), "[B,N,C]", s)?;
-    let mut p = Params::new(s);
-    p.shared_stride = stride(mu_layout, s);
     if let Some(a) = acc {
         check_len("the accumulator", a, s.tokens_len(), "[B,N,C]", s)?;
-        p.flags |= ACCUMULATE;
     }
-    let l = label(kernel, s, s.product_flops(), s.z_len() + s.mu_len() + 2 * s.tokens_len());
-    // One invocation per 4 tokens x 8 channels.
-    let invocations = s.batch * s.tokens.div_ceil(4) * s.width.div_ceil(8);
-    launch(gpu, "reconstruct", &p, &[z, mu, z, acc.unwrap_or(z), out], groups(invocations), l)
+    let _scope = gpu.scope(kernel);
+    if let Some(a) = acc {
+        init_from(gpu, a, s.tokens_len(), s, out)?;
+    }
+    product_zy(gpu, z, mu, mu_layout, acc.is_some(), s, out)
 }
 
 /// Reconstruction: `recon = z mu` [B,N,C].
@@ -274,25 +370,29 @@ pub fn reconstruct(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, recon:
 
 /// Token-by-basis products: `out[b,n,m] = acc[b,n,m] + x[b,n,:] . y[b,m,:] + bias[b,m]`,
 /// accumulator and bias optional. `x` [B,N,C], `y` [B,M,C] or shared [M,C], `bias` [B,M],
-/// `acc` and `out` [B,N,M].
+/// `acc` and `out` [B,N,M]. `kernel` names the profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
 pub fn token_dots(gpu: &Gpu, kernel: &'static str, x: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, bias: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
     s.validate()?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("the basis operand", y, y_layout, s)?;
     check_len("the output", out, s.z_len(), "[B,N,M]", s)?;
-    let mut p = Params::new(s);
-    p.shared_stride = stride(y_layout, s);
     if let Some(b) = bias {
         check_len("the bias", b, s.batch * s.bases, "[B,M]", s)?;
-        p.flags |= ADD_BIAS;
     }
     if let Some(a) = acc {
         check_len("the accumulator", a, s.z_len(), "[B,N,M]", s)?;
-        p.flags |= ACCUMULATE;
     }
-    let l = label(kernel, s, s.product_flops(), s.tokens_len() + s.mu_len() + 2 * s.z_len());
-    launch(gpu, "token_dots", &p, &[x, y, bias.unwrap_or(x), acc.unwrap_or(x), out], groups(s.batch * s.tokens.div_ceil(4)), l)
+    let _scope = gpu.scope(kernel);
+    if let Some(a) = acc {
+        init_from(gpu, a, s.z_len(), s, out)?;
+    }
+    product_xyt(gpu, x, y, y_layout, acc.is_some(), s, out)?;
+    if let Some(b) = bias {
+        let l = label(kernel, s, s.z_len() as u64, 2 * s.z_len());
+        launch(gpu, "add_bias", &Params::new(s), &[b, b, b, b, out], groups(s.z_len()), l)?;
+    }
+    Ok(())
 }
 
 /// Reconstruction backward: `d_z = d_recon mu^T (+ d_z_in)` [B,N,M] and
@@ -326,6 +426,15 @@ pub fn m_step_backward(gpu: &Gpu, u: &GpuBuffer, z: &GpuBuffer, d_a: &GpuBuffer,
     reconstruct_product(gpu, "em_m_step_backward", z, d_a, Bases::PerBatch, d_u_in, s, d_u_out)
 }
 
+fn softmax_backward_with(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, bias: Option<&GpuBuffer>, s: &EmShape, d_logits: &GpuBuffer) -> Result<()> {
+    let mut p = Params::new(s);
+    if bias.is_some() {
+        p.flags |= ADD_BIAS;
+    }
+    let l = label("em_e_step_backward", s, 5 * s.z_len() as u64, 3 * s.z_len());
+    launch(gpu, "softmax_backward", &p, &[z, d_z, bias.unwrap_or(z), z, d_logits], groups(s.batch * s.tokens), l)
+}
+
 /// Softmax backward of the E-step with lambda folded in:
 /// `d_logits = lambda z (d_z - sum_m z d_z)` [B,N,M], the gradient of the product u mu^T.
 pub fn e_step_backward_softmax(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, s: &EmShape, d_logits: &GpuBuffer) -> Result<()> {
@@ -333,8 +442,7 @@ pub fn e_step_backward_softmax(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, s: &Em
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("d_z", d_z, s.z_len(), "[B,N,M]", s)?;
     check_len("d_logits", d_logits, s.z_len(), "[B,N,M]", s)?;
-    let l = label("em_e_step_backward", s, 5 * s.z_len() as u64, 3 * s.z_len());
-    launch(gpu, "softmax_backward", &Params::new(s), &[z, d_z, z, z, d_logits], groups(s.batch * s.tokens), l)
+    softmax_backward_with(gpu, z, d_z, None, s, d_logits)
 }
 
 /// E-step backward, given `d_logits` from [`e_step_backward_softmax`]:
@@ -393,7 +501,9 @@ fn check_loop_inputs(u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape) -> Result<()
 
 /// Runs the T EM iterations from the shared `bases` [M,C] on `u` [B,N,C] and the
 /// reconstruction, recorded back to back (no readback). Each iteration's dispatches sit in the
-/// profiling scope `iter=t`; the reconstruction in `recon`.
+/// profiling scope `iter=t` (E-step: logits matmul, softmax, tile column sums; column sums;
+/// M-step: split matmul, sum of the splits with the division by 1e-6 + colsum; normalisation);
+/// the reconstruction in `recon`.
 pub fn forward(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape, save_for_backward: bool) -> Result<EmForward> {
     check_loop_inputs(u, bases, s)?;
     let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
@@ -462,7 +572,7 @@ pub fn backward(gpu: &Gpu, mode: GradMode, u: &GpuBuffer, bases: &GpuBuffer, fwd
         return Err(Error::Shape(format!("the EM forward saved {} iterations but shape {s} has T = {}", saved.colsum.len(), s.iters)));
     }
     let _scope = gpu.scope("backward");
-    let mut d_z = gpu.alloc(s.z_len())?;
+    let d_z = gpu.alloc(s.z_len())?;
     let mut d_mu = gpu.alloc(s.mu_len())?;
     {
         let _scope = gpu.scope("recon");
@@ -471,32 +581,36 @@ pub fn backward(gpu: &Gpu, mode: GradMode, u: &GpuBuffer, bases: &GpuBuffer, fwd
     let d_a = gpu.alloc(s.mu_len())?;
     let d_colsum = gpu.alloc(s.batch * s.bases)?;
     let d_logits = gpu.alloc(s.z_len())?;
-    let mut d_u: Option<GpuBuffer> = None;
+    let d_z_scratch = if s.iters > 1 { Some(gpu.alloc(s.z_len())?) } else { None };
+    // Every product into the gradient of u accumulates into this one buffer; the first writes it.
+    let d_u = gpu.alloc(s.tokens_len())?;
+    let mut d_u_written = false;
     for t in (1..=s.iters).rev() {
         let _scope = gpu.scope(format!("iter={t}"));
         let i = t - 1;
         let z_t = if t == s.iters { &fwd.z } else { &saved.z[i] };
         normalize_backward(gpu, &saved.mu_raw[i], &d_mu, &saved.colsum[i], s, &d_a, &d_colsum)?;
-        // Z_t gets gradient from the M-step t, plus dR mu_T^T (already in d_z) when t = T.
-        let d_z_total = gpu.alloc(s.z_len())?;
-        let d_u_mid = gpu.alloc(s.tokens_len())?;
-        let d_z_in = (t == s.iters).then_some(&d_z);
-        m_step_backward(gpu, u, z_t, &d_a, &d_colsum, d_z_in, d_u.as_ref(), s, &d_z_total, &d_u_mid)?;
-        e_step_backward_softmax(gpu, z_t, &d_z_total, s, &d_logits)?;
-        let d_u_out = gpu.alloc(s.tokens_len())?;
-        let d_mu_prev = (t > 1).then(|| gpu.alloc(s.mu_len())).transpose()?;
+        // The gradient of Z_t without its per-basis bias d_colsum (softmax_backward adds that):
+        // u d_a^T, plus dR mu_T^T (already in d_z) when t = T.
+        let d_z_t = if t == s.iters { &d_z } else { d_z_scratch.as_ref().expect("T > 1") };
+        {
+            let _scope = gpu.scope("em_m_step_backward");
+            product_xyt(gpu, u, &d_a, Bases::PerBatch, t == s.iters, s, d_z_t)?;
+            product_zy(gpu, z_t, &d_a, Bases::PerBatch, d_u_written, s, &d_u)?;
+            d_u_written = true;
+        }
+        let _scope = gpu.scope("em_e_step_backward");
+        softmax_backward_with(gpu, z_t, d_z_t, Some(&d_colsum), s, &d_logits)?;
         if t == 1 {
-            e_step_backward(gpu, u, bases, Bases::Shared, &d_logits, Some(&d_u_mid), s, &d_u_out, None)?;
+            product_zy(gpu, &d_logits, bases, Bases::Shared, true, s, &d_u)?;
         } else {
-            e_step_backward(gpu, u, &saved.mu[i - 1], Bases::PerBatch, &d_logits, Some(&d_u_mid), s, &d_u_out, d_mu_prev.as_ref())?;
+            product_zy(gpu, &d_logits, &saved.mu[i - 1], Bases::PerBatch, true, s, &d_u)?;
+            let d_mu_prev = gpu.alloc(s.mu_len())?;
+            product_ztx(gpu, "em_e_step_backward", &d_logits, u, None, None, s, &d_mu_prev)?;
+            d_mu = d_mu_prev;
         }
-        d_u = Some(d_u_out);
-        if let Some(m) = d_mu_prev {
-            d_mu = m;
-        }
-        d_z = d_z_total;
     }
-    Ok(d_u.expect("T >= 1"))
+    Ok(d_u)
 }
 
 /// The unrolled gradient of `u` given only dLoss/dR (see [`backward`]).
