@@ -22,7 +22,7 @@ use crate::kernels::attention::{self, Attention};
 use crate::kernels::upsample::{self, Resize};
 use crate::kernels::{em, embedding, layer_norm, l2norm, loss, mask_head, patch_embed, permute, reduce, softmax, GpuBuffer};
 use crate::tensor::{numel, Tensor};
-use crate::Result;
+use crate::kernels::Result;
 
 /// How a tensor was made: the op (with its saved state) and its inputs.
 pub struct Node {
@@ -65,6 +65,10 @@ pub(crate) enum Op {
     PatchEmbed { image: Tensor, weight: Tensor, batch: usize, channels: usize, size: usize, patch: usize, dim: usize },
     /// Bilinear resize.
     Bilinear { spec: Resize },
+    /// Concatenation along the middle axis of [outer, len_i, inner] views.
+    Concat { outer: usize, lens: Vec<usize>, inner: usize },
+    /// The slice [start, start + len) of the middle axis of an [outer, total, inner] view.
+    Narrow { outer: usize, total: usize, start: usize, len: usize, inner: usize },
     /// Cosine mask head; saved features, text and scale.
     MaskHead { x: Tensor, text: Tensor, scale: Tensor, batch: usize, tokens: usize, width: usize, classes: usize },
     /// Mean pixel cross-entropy; saved logits and targets.
@@ -349,6 +353,23 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             patch_embed::backward(gpu, image.buffer(), weight.buffer(), g.buffer(), di.as_ref(), &dw, *batch, *channels, *size, *patch, *dim)?;
             vec![di.map(|d| constant(g, d, image.shape())), Some(constant(g, dw, weight.shape()))]
         }
+        Op::Concat { outer, lens, inner } => {
+            let total: usize = lens.iter().sum();
+            let mut start = 0;
+            let mut grads = Vec::new();
+            for (i, &len) in lens.iter().enumerate() {
+                grads.push(if wants(i) { Some(constant(g, narrow_buffer(gpu, g.buffer(), *outer, total, start, len, *inner)?, inputs[i].shape())) } else { None });
+                start += len;
+            }
+            grads
+        }
+        Op::Narrow { outer, total, start, len, inner } => {
+            let dx = gpu.zeros(outer * total * inner)?;
+            for o in 0..*outer {
+                gpu.copy_region(g.buffer(), o * len * inner, &dx, (o * total + start) * inner, len * inner)?;
+            }
+            vec![Some(constant(g, dx, inputs[0].shape()))]
+        }
         Op::Bilinear { spec } => {
             let dx = gpu.alloc(inputs[0].numel())?;
             upsample::bilinear_backward(gpu, g.buffer(), &dx, spec)?;
@@ -370,6 +391,15 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             vec![Some(constant(g, dl, logits.shape()))]
         }
     })
+}
+
+/// The slice [start, start + len) of the middle axis of `buf` viewed as [outer, total, inner].
+pub(crate) fn narrow_buffer(gpu: &crate::kernels::Gpu, buf: &GpuBuffer, outer: usize, total: usize, start: usize, len: usize, inner: usize) -> Result<GpuBuffer> {
+    let out = gpu.alloc(outer * len * inner)?;
+    for o in 0..outer {
+        gpu.copy_region(buf, (o * total + start) * inner, &out, o * len * inner, len * inner)?;
+    }
+    Ok(out)
 }
 
 fn reshape_raw(t: &Tensor, shape: &[usize]) -> Tensor {

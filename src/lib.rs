@@ -4,11 +4,16 @@
 pub use vlsa_kernels as kernels;
 
 pub mod io;
+pub mod model;
 pub mod profile;
 pub mod autograd;
+pub mod config;
+pub mod error;
+pub mod weights;
 pub mod ops;
 pub mod tensor;
 
 pub use autograd::{backward, no_grad};
-pub use kernels::{Error, Gpu, Result};
+pub use error::{Error, Result};
+pub use kernels::Gpu;
 pub use tensor::Tensor;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::autograd::Node;
 use crate::kernels::{Gpu, GpuBuffer};
-use crate::{Error, Result};
+use crate::kernels::{Error, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -347,6 +347,24 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copies `len` elements from `src[src_offset..]` to `dst[dst_offset..]`, in queue order.
+    pub fn copy_region(&self, src: &GpuBuffer, src_offset: usize, dst: &GpuBuffer, dst_offset: usize, len: usize) -> Result<()> {
+        if src_offset + len > src.len() || dst_offset + len > dst.len() {
+            return Err(Error::Shape(format!(
+                "copying {len} elements from offset {src_offset} of a buffer of {} to offset {dst_offset} of a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mut r = lock(&self.inner.recorder);
+        let enc = self.encoder(&mut r);
+        enc.copy_buffer_to_buffer(src.raw(), src_offset as u64 * 4, dst.raw(), dst_offset as u64 * 4, len as u64 * 4);
+        Ok(())
+    }
+
     /// Uploads 4-byte plain values (f32, u32, i32) into a new buffer.
     pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<GpuBuffer> {
         assert_eq!(std::mem::size_of::<T>(), 4, "vlsa buffers hold 4-byte elements");

@@ -15,7 +15,7 @@ use crate::kernels::l2norm::{self, L2Mode};
 use crate::kernels::matmul::{self, Matmul};
 use crate::kernels::{embedding, layer_norm, permute, reduce, softmax, GpuBuffer};
 use crate::tensor::{numel, Tensor};
-use crate::{Error, Result};
+use crate::kernels::{Error, Result};
 
 /// Splits a shape into (rows, last axis).
 fn rows_cols(shape: &[usize]) -> (usize, usize) {
@@ -282,5 +282,48 @@ impl Tensor {
         let out = self.gpu().alloc(count * dim)?;
         embedding::gather(self.gpu(), self.buffer(), &idx, &out, count, dim, vocab)?;
         Ok(record(out, vec![count, dim], || Op::Embedding { indices: idx, count, dim, vocab }, &[self]))
+    }
+
+    /// Concatenates tensors along `axis` (all other axes equal).
+    pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = parts.first().ok_or_else(|| Error::Shape("nothing to concatenate".into()))?;
+        let s0 = first.shape();
+        if axis >= s0.len() {
+            return Err(Error::Shape(format!("axis {axis} is out of range for shape {s0:?}")));
+        }
+        for p in parts {
+            let s = p.shape();
+            if s.len() != s0.len() || s.iter().zip(s0).enumerate().any(|(i, (a, b))| i != axis && a != b) {
+                return Err(Error::Shape(format!("cannot concatenate shapes {s0:?} and {s:?} along axis {axis}")));
+            }
+        }
+        let (outer, inner) = (numel(&s0[..axis]), numel(&s0[axis + 1..]));
+        let lens: Vec<usize> = parts.iter().map(|p| p.shape()[axis]).collect();
+        let total: usize = lens.iter().sum();
+        let gpu = first.gpu();
+        let out = gpu.alloc(outer * total * inner)?;
+        let mut start = 0;
+        for (p, &len) in parts.iter().zip(&lens) {
+            for o in 0..outer {
+                gpu.copy_region(p.buffer(), o * len * inner, &out, (o * total + start) * inner, len * inner)?;
+            }
+            start += len;
+        }
+        let mut shape = s0.to_vec();
+        shape[axis] = total;
+        Ok(record(out, shape, || Op::Concat { outer, lens, inner }, parts))
+    }
+
+    /// The slice `[start, start + len)` of `axis`.
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        let s = self.shape();
+        if axis >= s.len() || start + len > s[axis] {
+            return Err(Error::Shape(format!("cannot take [{start}, {}) of axis {axis} of shape {s:?}", start + len)));
+        }
+        let (outer, total, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+        let mut shape = s.to_vec();
+        shape[axis] = len;
+        let out = crate::autograd::narrow_buffer(self.gpu(), self.buffer(), outer, total, start, len, inner)?;
+        Ok(record(out, shape, || Op::Narrow { outer, total, start, len, inner }, &[self]))
     }
 }

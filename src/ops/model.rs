@@ -9,7 +9,7 @@ use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::upsample::{self, Resize};
 use crate::kernels::{loss, mask_head, patch_embed, GpuBuffer};
 use crate::tensor::Tensor;
-use crate::{Error, Result};
+use crate::kernels::{Error, Result};
 
 /// What the EM Aggregation op returns.
 pub struct EmOutput {

@@ -1,0 +1,290 @@
+//! The model configuration: the JSON stored under `vlsa.config` in a model's safetensors
+//! metadata (DESIGN.md, "Configuration"). Unknown keys are errors that name the key; optional
+//! keys take DESIGN.md's defaults; sizes are checked to fit together.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// CLIP's per-channel mean.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel standard deviation.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// The whole model configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Side S of the square input the model sees.
+    pub image_size: usize,
+    /// Patch size p; must divide `image_size`.
+    pub patch_size: usize,
+    #[serde(default = "clip_mean")]
+    pub pixel_mean: [f32; 3],
+    #[serde(default = "clip_std")]
+    pub pixel_std: [f32; 3],
+    /// The ViT image encoder.
+    pub vision: VisionConfig,
+    /// Width Dt of the class text embeddings.
+    pub text_dim: usize,
+    /// Class names; class 0 is the background.
+    pub classes: Vec<String>,
+    /// Prompt per class; defaults to the class names.
+    #[serde(default)]
+    pub prompts: Option<Vec<String>>,
+    /// The text-guided pixel decoder.
+    pub decoder: DecoderConfig,
+    /// EM Aggregation.
+    pub em: EmConfig,
+    #[serde(default = "default_eps")]
+    pub ln_eps: f32,
+}
+
+/// The ViT encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: usize,
+    #[serde(default = "default_act")]
+    pub act: Activation,
+}
+
+/// The MLP activation of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// x * sigmoid(1.702 x)
+    QuickGelu,
+    /// exact erf GELU
+    Gelu,
+}
+
+/// The text-guided pixel decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: usize,
+}
+
+/// EM Aggregation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmConfig {
+    /// Number of bases M.
+    pub bases: usize,
+    #[serde(default = "default_iters")]
+    pub iters: usize,
+    #[serde(default = "default_lambda")]
+    pub lambda: f32,
+    #[serde(default = "default_momentum")]
+    pub momentum: f32,
+    #[serde(default)]
+    pub grad: EmGrad,
+}
+
+/// How gradients pass the EM loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmGrad {
+    /// EMANet: Z and mu are constants in backward.
+    #[default]
+    Detached,
+    /// Exact gradient through all iterations.
+    Unrolled,
+}
+
+fn clip_mean() -> [f32; 3] {
+    CLIP_MEAN
+}
+fn clip_std() -> [f32; 3] {
+    CLIP_STD
+}
+fn default_eps() -> f32 {
+    1e-5
+}
+fn default_mlp_ratio() -> usize {
+    4
+}
+fn default_act() -> Activation {
+    Activation::QuickGelu
+}
+fn default_iters() -> usize {
+    3
+}
+fn default_lambda() -> f32 {
+    1.0
+}
+fn default_momentum() -> f32 {
+    0.9
+}
+
+/// Largest sizes accepted, so that a corrupt or hostile config fails here, not in the GPU.
+const MAX_IMAGE: usize = 4096;
+const MAX_WIDTH: usize = 8192;
+const MAX_LAYERS: usize = 256;
+const MAX_CLASSES: usize = 256;
+
+impl Config {
+    /// Parses and validates a config from JSON text; `source` names the file in errors.
+    pub fn from_json(text: &str, source: &str) -> Result<Config> {
+        let config: Config = serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        config.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{source}: {m}")),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// The config as compact JSON (what goes into the safetensors metadata).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a config always serializes")
+    }
+
+    /// Checks that the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let p = self.patch_size;
+        if self.image_size == 0 || self.image_size > MAX_IMAGE {
+            return bad(format!("image_size {} is not between 1 and {MAX_IMAGE}", self.image_size));
+        }
+        if p == 0 || self.image_size % p != 0 {
+            return bad(format!("patch_size {p} does not divide image_size {}", self.image_size));
+        }
+        for (what, width, heads, layers) in [
+            ("vision", self.vision.width, self.vision.heads, self.vision.layers),
+            ("decoder", self.decoder.width, self.decoder.heads, self.decoder.layers),
+        ] {
+            if width == 0 || width > MAX_WIDTH {
+                return bad(format!("{what}.width {width} is not between 1 and {MAX_WIDTH}"));
+            }
+            if heads == 0 || width % heads != 0 {
+                return bad(format!("{what}.heads {heads} does not divide {what}.width {width}"));
+            }
+            let head_dim = width / heads;
+            if head_dim % 4 != 0 || head_dim > 128 {
+                return bad(format!("{what} head width {head_dim} (width {width} / heads {heads}) must be a multiple of 4 up to 128"));
+            }
+            if layers > MAX_LAYERS {
+                return bad(format!("{what}.layers {layers} is more than {MAX_LAYERS}"));
+            }
+        }
+        if self.vision.mlp_ratio == 0 || self.decoder.mlp_ratio == 0 || self.vision.mlp_ratio > 16 || self.decoder.mlp_ratio > 16 {
+            return bad("mlp_ratio must be between 1 and 16".into());
+        }
+        if self.text_dim == 0 || self.text_dim > MAX_WIDTH {
+            return bad(format!("text_dim {} is not between 1 and {MAX_WIDTH}", self.text_dim));
+        }
+        if self.classes.len() < 2 || self.classes.len() > MAX_CLASSES {
+            return bad(format!("{} classes given; a model needs between 2 and {MAX_CLASSES} (class 0 is the background)", self.classes.len()));
+        }
+        if let Some(p) = &self.prompts {
+            if p.len() != self.classes.len() {
+                return bad(format!("{} prompts given for {} classes", p.len(), self.classes.len()));
+            }
+        }
+        if self.em.bases > 64 {
+            return bad(format!("em.bases {} is more than 64", self.em.bases));
+        }
+        if self.em.bases > 0 && self.em.iters == 0 {
+            return bad("em.iters must be at least 1".into());
+        }
+        if !(self.em.lambda.is_finite() && self.em.lambda > 0.0) {
+            return bad(format!("em.lambda {} must be a positive number", self.em.lambda));
+        }
+        if !(0.0..=1.0).contains(&self.em.momentum) {
+            return bad(format!("em.momentum {} must be between 0 and 1", self.em.momentum));
+        }
+        if !(self.ln_eps > 0.0 && self.ln_eps < 1.0) {
+            return bad(format!("ln_eps {} must be between 0 and 1", self.ln_eps));
+        }
+        if self.pixel_std.iter().any(|&s| !(s > 0.0)) {
+            return bad("pixel_std values must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Patches per side, h = w = S / p.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Patch tokens N = h * w.
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Number of classes K.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// The prompt of each class (the class names when none are given).
+    pub fn prompt_texts(&self) -> Vec<String> {
+        self.prompts.clone().unwrap_or_else(|| self.classes.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN: &str = r#"{
+      "image_size": 128, "patch_size": 8,
+      "pixel_mean": [0.48145466, 0.4578275, 0.40821073],
+      "pixel_std":  [0.26862954, 0.26130258, 0.27577711],
+      "vision":  {"width": 192, "layers": 4, "heads": 3, "mlp_ratio": 4, "act": "quick_gelu"},
+      "text_dim": 384,
+      "classes": ["background", "optic disc", "optic cup"],
+      "prompts": ["background of a retinal fundus photograph", "the optic disc", "the optic cup"],
+      "decoder": {"width": 128, "layers": 2, "heads": 4, "mlp_ratio": 4},
+      "em":      {"bases": 16, "iters": 3, "lambda": 1.0, "momentum": 0.9, "grad": "detached"},
+      "ln_eps": 1e-5
+    }"#;
+
+    #[test]
+    fn design_config_parses_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert_eq!(c.tokens(), 256);
+        assert_eq!(c.vision.act, Activation::QuickGelu);
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn optional_keys_take_defaults() {
+        let minimal = r#"{"image_size": 32, "patch_size": 8, "vision": {"width": 32, "layers": 1, "heads": 2},
+            "text_dim": 8, "classes": ["bg", "a"], "decoder": {"width": 16, "layers": 1, "heads": 2}, "em": {"bases": 4}}"#;
+        let c = Config::from_json(minimal, "m").unwrap();
+        assert_eq!(c.pixel_mean, CLIP_MEAN);
+        assert_eq!(c.em.iters, 3);
+        assert_eq!(c.em.grad, EmGrad::Detached);
+        assert_eq!(c.prompt_texts(), vec!["bg", "a"]);
+        assert_eq!(c.ln_eps, 1e-5);
+    }
+
+    #[test]
+    fn errors_name_the_key_or_value() {
+        let unknown = DESIGN.replace("\"ln_eps\"", "\"ln_epsilon\"");
+        let e = Config::from_json(&unknown, "cfg.json").unwrap_err().to_string();
+        assert!(e.contains("ln_epsilon") && e.contains("cfg.json"), "{e}");
+        let missing = DESIGN.replace("\"text_dim\": 384,", "");
+        let e = Config::from_json(&missing, "cfg.json").unwrap_err().to_string();
+        assert!(e.contains("text_dim"), "{e}");
+        let patch = DESIGN.replace("\"patch_size\": 8", "\"patch_size\": 7");
+        let e = Config::from_json(&patch, "cfg.json").unwrap_err().to_string();
+        assert!(e.contains("patch_size 7") && e.contains("128"), "{e}");
+        let heads = DESIGN.replace("\"heads\": 3", "\"heads\": 5");
+        assert!(Config::from_json(&heads, "c").unwrap_err().to_string().contains("vision.heads 5"));
+        let absurd = DESIGN.replace("\"width\": 192", "\"width\": 1000000000");
+        assert!(Config::from_json(&absurd, "c").unwrap_err().to_string().contains("vision.width"));
+        let grad = DESIGN.replace("\"detached\"", "\"sideways\"");
+        assert!(Config::from_json(&grad, "c").unwrap_err().to_string().contains("sideways"));
+    }
+}

@@ -1,0 +1,346 @@
+//! The VLSA model of DESIGN.md, steps 1–12: a CLIP-style ViT encoder, text projection, EM
+//! Aggregation, the text-guided pixel decoder and the cosine mask head, over vlsa's ops.
+//!
+//! Weights are kept by their DESIGN.md (Hugging Face) names, so a model file written by vlsa
+//! and one written by the PyTorch reference are the same thing. The model knows ops, never
+//! kernels.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Activation, Config, EmGrad};
+use crate::error::{Error, Result};
+use crate::kernels::em::{self, EmShape, GradMode};
+use crate::kernels::{Gpu, GpuBuffer};
+use crate::tensor::Tensor;
+use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+
+/// Names of tensors that are buffers or frozen inputs, not trained.
+pub const FROZEN: [&str; 2] = ["text.class_embeddings", "head.em.bases"];
+
+/// Every tensor a model of `config` has: (name, shape), in DESIGN.md order.
+pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
+    let (d, p, n) = (c.vision.width, c.patch_size, c.tokens());
+    let dm = d * c.vision.mlp_ratio;
+    let (w, wm) = (c.decoder.width, c.decoder.width * c.decoder.mlp_ratio);
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut push = |name: String, shape: &[usize]| v.push((name, shape.to_vec()));
+    let vm = "vision_model";
+    push(format!("{vm}.embeddings.patch_embedding.weight"), &[d, 3, p, p]);
+    push(format!("{vm}.embeddings.class_embedding"), &[d]);
+    push(format!("{vm}.embeddings.position_embedding.weight"), &[1 + n, d]);
+    for part in ["weight", "bias"] {
+        push(format!("{vm}.pre_layrnorm.{part}"), &[d]);
+    }
+    let linear = |push: &mut dyn FnMut(String, &[usize]), name: String, out: usize, inp: usize| {
+        push(format!("{name}.weight"), &[out, inp]);
+        push(format!("{name}.bias"), &[out]);
+    };
+    let norm = |push: &mut dyn FnMut(String, &[usize]), name: String, width: usize| {
+        push(format!("{name}.weight"), &[width]);
+        push(format!("{name}.bias"), &[width]);
+    };
+    for i in 0..c.vision.layers {
+        let l = format!("{vm}.encoder.layers.{i}");
+        norm(&mut push, format!("{l}.layer_norm1"), d);
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            linear(&mut push, format!("{l}.self_attn.{proj}"), d, d);
+        }
+        norm(&mut push, format!("{l}.layer_norm2"), d);
+        linear(&mut push, format!("{l}.mlp.fc1"), dm, d);
+        linear(&mut push, format!("{l}.mlp.fc2"), d, dm);
+    }
+    norm(&mut push, format!("{vm}.post_layernorm"), d);
+    push("text.class_embeddings".into(), &[c.num_classes(), c.text_dim]);
+    linear(&mut push, "head.visual_proj".into(), w, d);
+    linear(&mut push, "head.text_proj".into(), w, c.text_dim);
+    if c.em.bases > 0 {
+        push("head.em.bases".into(), &[c.em.bases, w]);
+        linear(&mut push, "head.em.in_proj".into(), w, w);
+        linear(&mut push, "head.em.out_proj".into(), w, w);
+        norm(&mut push, "head.em.norm".into(), w);
+    }
+    for j in 0..c.decoder.layers {
+        let l = format!("head.decoder.layers.{j}");
+        for n in ["norm1", "norm2", "norm3"] {
+            norm(&mut push, format!("{l}.{n}"), w);
+        }
+        for attn in ["self_attn", "cross_attn"] {
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                linear(&mut push, format!("{l}.{attn}.{proj}"), w, w);
+            }
+        }
+        linear(&mut push, format!("{l}.mlp.fc1"), wm, w);
+        linear(&mut push, format!("{l}.mlp.fc2"), w, wm);
+    }
+    norm(&mut push, "head.decoder.norm".into(), w);
+    push("head.logit_scale".into(), &[1]);
+    v
+}
+
+/// The intermediate tensors of one forward pass (the `forward --dump` names).
+pub struct ForwardOutputs {
+    /// `vision.features` [B,N,D]
+    pub vision_features: Tensor,
+    /// `head.visual` [B,N,C]
+    pub visual: Tensor,
+    /// `head.text` [K,C]
+    pub text: Tensor,
+    /// `em.z` [B,N,M] (absent without EM)
+    pub em_z: Option<Tensor>,
+    /// `em.mu` [B,M,C] (absent without EM)
+    pub em_mu: Option<Tensor>,
+    /// `head.aggregated` [B,N,C]
+    pub aggregated: Tensor,
+    /// `decoder.out` [B,N,C]
+    pub decoder_out: Tensor,
+    /// `logits` [B,K,h,w]
+    pub logits: Tensor,
+    /// `logits_up` [B,K,S,S]
+    pub logits_up: Tensor,
+}
+
+impl ForwardOutputs {
+    /// (dump name, tensor) pairs, as DESIGN.md lists them.
+    pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut v = vec![("vision.features", &self.vision_features), ("head.visual", &self.visual), ("head.text", &self.text)];
+        if let (Some(z), Some(mu)) = (&self.em_z, &self.em_mu) {
+            v.push(("em.z", z));
+            v.push(("em.mu", mu));
+        }
+        v.extend([("head.aggregated", &self.aggregated), ("decoder.out", &self.decoder_out), ("logits", &self.logits), ("logits_up", &self.logits_up)]);
+        v
+    }
+}
+
+/// A VLSA model on the GPU.
+pub struct Model {
+    /// Its configuration.
+    pub config: Config,
+    /// Every tensor by its DESIGN.md name; trainable ones are parameters.
+    pub tensors: BTreeMap<String, Tensor>,
+    gpu: Gpu,
+}
+
+impl Model {
+    /// Builds a model from host tensors, checking names, shapes and the config.
+    pub fn from_host(gpu: &Gpu, config: Config, mut host: BTreeMap<String, HostTensor>, source: &str) -> Result<Model> {
+        config.validate()?;
+        let expected = expected_tensors(&config);
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in &expected {
+            let t = host.remove(name).ok_or_else(|| Error::Weights(format!("{source}: tensor {name} {shape:?} is missing")))?;
+            if &t.shape != shape {
+                return Err(Error::Weights(format!("{source}: tensor {name} has shape {:?} but the config needs {shape:?}", t.shape)));
+            }
+            if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Weights(format!("{source}: tensor {name} holds a non-finite value at element {bad}")));
+            }
+            let tensor = if FROZEN.contains(&name.as_str()) { Tensor::from_vec(gpu, &t.data, shape)? } else { Tensor::param(gpu, &t.data, shape)? };
+            tensors.insert(name.clone(), tensor);
+        }
+        if let Some(extra) = host.keys().next() {
+            return Err(Error::Weights(format!("{source}: unexpected tensor {extra} (not part of a model with this config)")));
+        }
+        Ok(Model { config, tensors, gpu: gpu.clone() })
+    }
+
+    /// Loads a model file (safetensors with `vlsa.config` metadata).
+    pub fn load(gpu: &Gpu, path: &Path) -> Result<Model> {
+        let file = TensorFile::read(path)?;
+        let source = path.display().to_string();
+        let config = file.config(&source)?;
+        Model::from_host(gpu, config, file.tensors, &source)
+    }
+
+    /// Writes the model (f32, or f16 storage) atomically.
+    pub fn save(&self, path: &Path, f16: bool) -> Result<()> {
+        let mut file = TensorFile::default();
+        file.metadata.insert(CONFIG_KEY.into(), self.config.to_json());
+        for (name, t) in &self.tensors {
+            file.tensors.insert(name.clone(), HostTensor::new(t.shape(), t.to_vec()?));
+        }
+        file.write(path, f16)
+    }
+
+    /// A freshly initialised model: weights N(0, 1/fan_in) scaled down for residual outputs,
+    /// zero biases, unit norms, L2-normalised bases and class embeddings, logit scale ln(1/0.07).
+    pub fn init(gpu: &Gpu, config: Config, seed: u64) -> Result<Model> {
+        config.validate()?;
+        let mut rng = Normal::new(seed);
+        let mut host = BTreeMap::new();
+        for (name, shape) in expected_tensors(&config) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("logit_scale") {
+                vec![(1.0f32 / 0.07).ln()]
+            } else if name.contains("norm") || name.contains("layrnorm") {
+                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else if name == "head.em.bases" || name == "text.class_embeddings" {
+                let mut v: Vec<f32> = (0..n).map(|_| rng.sample()).collect();
+                for row in v.chunks_mut(*shape.last().expect("2-D")) {
+                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    row.iter_mut().for_each(|x| *x /= norm);
+                }
+                v
+            } else if name.ends_with("class_embedding") || name.contains("position_embedding") {
+                (0..n).map(|_| 0.02 * rng.sample()).collect()
+            } else {
+                let fan_in: usize = shape[1..].iter().product();
+                let std = 1.0 / (fan_in as f32).sqrt();
+                (0..n).map(|_| std * rng.sample()).collect()
+            };
+            host.insert(name, HostTensor::new(&shape, data));
+        }
+        Model::from_host(gpu, config, host, "init")
+    }
+
+    /// The tensor named `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| Error::Weights(format!("the model has no tensor {name}")))
+    }
+
+    /// Trainable parameters (all but the frozen class embeddings and the EM bases).
+    pub fn parameters(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.tensors.iter().filter(|(n, _)| !FROZEN.contains(&n.as_str()))
+    }
+
+    /// The GPU the model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        Ok(x.linear(self.get(&format!("{name}.weight"))?, Some(self.get(&format!("{name}.bias"))?))?)
+    }
+
+    fn norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        Ok(x.layer_norm(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, self.config.ln_eps)?)
+    }
+
+    /// Multi-head attention block: out_proj(attention(q_proj(x), k_proj(kv), v_proj(kv))).
+    fn attention(&self, x: &Tensor, kv: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
+        let q = self.linear(x, &format!("{name}.q_proj"))?;
+        let k = self.linear(kv, &format!("{name}.k_proj"))?;
+        let v = self.linear(kv, &format!("{name}.v_proj"))?;
+        let o = q.attention(&k, &v, heads, false, None)?;
+        self.linear(&o, &format!("{name}.out_proj"))
+    }
+
+    /// Steps 2–12 on a normalised input [B,3,S,S].
+    pub fn forward(&self, input: &Tensor) -> Result<ForwardOutputs> {
+        let c = &self.config;
+        let s = input.shape();
+        if s.len() != 4 || s[1] != 3 || s[2] != c.image_size || s[3] != c.image_size {
+            return Err(Error::Invalid(format!("the model takes input [B, 3, {0}, {0}], not {s:?}", c.image_size)));
+        }
+        let b = s[0];
+        let (d, n, k) = (c.vision.width, c.tokens(), c.num_classes());
+        let vm = "vision_model";
+        // 2-3: patch tokens, class token, position embeddings, pre-norm.
+        let patches = input.patch_embed(self.get(&format!("{vm}.embeddings.patch_embedding.weight"))?)?;
+        let cls = self.get(&format!("{vm}.embeddings.class_embedding"))?.reshape(&[1, 1, d])?;
+        let cls = Tensor::zeros(&self.gpu, &[b, 1, d])?.add(&cls)?;
+        let mut t = Tensor::concat(&[&cls, &patches], 1)?.add(self.get(&format!("{vm}.embeddings.position_embedding.weight"))?)?;
+        t = self.norm(&t, &format!("{vm}.pre_layrnorm"))?;
+        // 4: pre-norm transformer blocks.
+        for i in 0..c.vision.layers {
+            let l = format!("{vm}.encoder.layers.{i}");
+            let h = self.norm(&t, &format!("{l}.layer_norm1"))?;
+            t = t.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.vision.heads)?)?;
+            let h = self.norm(&t, &format!("{l}.layer_norm2"))?;
+            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?;
+            let h = match c.vision.act {
+                Activation::QuickGelu => h.quick_gelu()?,
+                Activation::Gelu => h.gelu()?,
+            };
+            t = t.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+        }
+        // 5-7: dense features, visual and text projections.
+        let vision_features = self.norm(&t.narrow(1, 1, n)?, &format!("{vm}.post_layernorm"))?;
+        let visual = self.linear(&vision_features, "head.visual_proj")?;
+        let text = self.linear(self.get("text.class_embeddings")?, "head.text_proj")?;
+        // 8: EM Aggregation (skipped when em.bases is 0).
+        let (aggregated, em_z, em_mu) = if c.em.bases > 0 {
+            let u = self.linear(&visual, "head.em.in_proj")?;
+            let mode = match c.em.grad {
+                EmGrad::Detached => GradMode::Detached,
+                EmGrad::Unrolled => GradMode::Unrolled,
+            };
+            let em = u.em_aggregate(self.get("head.em.bases")?, c.em.iters, c.em.lambda, mode)?;
+            let r = self.linear(&em.recon.relu()?, "head.em.out_proj")?;
+            (visual.add(&self.norm(&r, "head.em.norm")?)?, Some(em.z), Some(em.mu))
+        } else {
+            (visual.clone(), None, None)
+        };
+        // 9: text-guided pixel decoder; keys and values are the class embeddings, shared by the batch.
+        let text_kv = text.reshape(&[1, k, c.decoder.width])?;
+        let mut x = aggregated.clone();
+        for j in 0..c.decoder.layers {
+            let l = format!("head.decoder.layers.{j}");
+            let h = self.norm(&x, &format!("{l}.norm1"))?;
+            x = x.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads)?)?;
+            let h = self.norm(&x, &format!("{l}.norm2"))?;
+            x = x.add(&self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads)?)?;
+            let h = self.norm(&x, &format!("{l}.norm3"))?;
+            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?.gelu()?;
+            x = x.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+        }
+        let decoder_out = self.norm(&x, "head.decoder.norm")?;
+        // 10: cosine mask head, then bilinear upsampling to the input size.
+        let g = c.grid();
+        let logits = decoder_out.mask_head(&text, self.get("head.logit_scale")?)?.reshape(&[b, k, g, g])?;
+        let logits_up = logits.resize_bilinear(c.image_size, c.image_size)?;
+        Ok(ForwardOutputs { vision_features, visual, text, em_z, em_mu, aggregated, decoder_out, logits, logits_up })
+    }
+
+    /// Step 11: mean pixel cross-entropy plus Dice loss of upsampled logits against class
+    /// indices [B,S,S] (u32).
+    pub fn loss(&self, logits_up: &Tensor, target: &Arc<GpuBuffer>) -> Result<Tensor> {
+        Ok(logits_up.cross_entropy(target)?.add(&logits_up.dice_loss(target)?)?)
+    }
+
+    /// The EM bases moving average (training only, no gradient):
+    /// bases <- l2norm(momentum * bases + (1 - momentum) * mean_B(mu_T)).
+    pub fn update_bases(&self, mu: &Tensor) -> Result<()> {
+        let c = &self.config;
+        if c.em.bases == 0 {
+            return Ok(());
+        }
+        let bases = self.get("head.em.bases")?;
+        let spec = EmShape { batch: mu.shape()[0], tokens: 1, width: c.decoder.width, bases: c.em.bases, iters: c.em.iters, lambda: c.em.lambda };
+        let next = em::update_bases(&self.gpu, bases.buffer(), mu.buffer(), &spec, c.em.momentum)?;
+        bases.assign(&Tensor::from_buffer(&self.gpu, next, bases.shape())?)?;
+        Ok(())
+    }
+}
+
+/// A seeded standard-normal generator (xorshift64* and Box-Muller), so init is reproducible.
+struct Normal {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn new(seed: u64) -> Normal {
+        Normal { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03 | 1, spare: None }
+    }
+    fn uniform(&mut self) -> f64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        ((self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let (u1, u2) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = std::f64::consts::TAU * u2;
+        self.spare = Some((r * th.sin()) as f32);
+        (r * th.cos()) as f32
+    }
+}
