@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """vlsa's fused attention next to PyTorch's on the CPU, at the bench shapes, in one run.
 
-Runs `cargo run --release --example attention_time` for vlsa's times (forward, and backward
-of dq/dk/dv) and torch.nn.functional.scaled_dot_product_attention for PyTorch's, with the same
-layouts ([B, N, H*dh] projected per head), and prints both with their ratio.
+Runs `cargo run --profile PROFILE --example attention_time` (release by default) for vlsa's
+times (forward, and backward of dq/dk/dv) and torch.nn.functional.scaled_dot_product_attention
+for PyTorch's, with the same layouts ([B, N, H*dh] projected per head), and prints both with their ratio.
 
-Usage: python3 benches/compare_attention.py [--iters N] [--threads T]
+Usage: python3 benches/compare_attention.py [--iters N] [--threads T] [--profile dev]
 Needs torch (`pip install torch`). Set CARGO_TARGET_DIR as usual; WGPU_BACKEND and
 VLSA_ADAPTER choose vlsa's adapter.
 """
@@ -25,9 +25,10 @@ SHAPES = [
 ]
 
 
-def vlsa_times(iters):
+def vlsa_times(iters, profile):
     specs = [f"{b},{bk},{nq},{nk},{h},{dh}" for _, b, bk, nq, nk, h, dh in SHAPES]
-    cmd = ["cargo", "run", "--quiet", "--release", "--example", "attention_time", "--", "--iters", str(iters)] + specs
+    # Shader speed is lavapipe's LLVM, not Rust's opt level: the dev profile times the same.
+    cmd = ["cargo", "run", "--quiet", "--profile", profile, "--example", "attention_time", "--", "--iters", str(iters)] + specs
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"attention_time failed:\n{res.stderr}")
@@ -81,6 +82,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--profile", default="release", help="cargo profile for vlsa's timing run (dev builds faster)")
     args = ap.parse_args()
     try:
         import torch
@@ -89,7 +91,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    ours = vlsa_times(args.iters)
+    ours = vlsa_times(args.iters, args.profile)
     theirs = torch_times(torch, args.iters)
     head = f"{'shape':52} {'pass':9} {'vlsa ms':>9} {'torch ms':>9} {'vlsa/torch':>10} {'vlsa GFLOP/s':>12}"
     print(head)

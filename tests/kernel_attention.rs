@@ -4,9 +4,20 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
+
 use common::{check, Case, Input, Rng};
 use vlsa_kernels::attention::{self, Attention, ForwardPath};
 use vlsa_kernels::{Gpu, GpuBuffer};
+
+/// On GL, one test at a time: the first use of a large register-blocked pipeline compiles for
+/// seconds while holding the GL context, and wgpu's GL backend fails any other thread that
+/// waits on that context for more than about 6 s ("Could not lock adapter context").
+fn serial_on_gl() -> Option<MutexGuard<'static, ()>> {
+    static GL_TESTS: Mutex<()> = Mutex::new(());
+    let gl = common::gpu().info().backend.to_lowercase().contains("gl");
+    gl.then(|| GL_TESTS.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// Whether query i of batch b may see key j.
 fn visible(s: &Attention, mask: Option<&[f64]>, b: usize, i: usize, j: usize) -> bool {
@@ -196,6 +207,7 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
 
 #[test]
 fn self_attention_matches_reference() {
+    let _serial = serial_on_gl();
     let shapes = [
         Attention::new(1, 1, 1, 1, 16),
         Attention::new(3, 7, 7, 2, 32),
@@ -216,11 +228,13 @@ fn self_attention_matches_reference() {
 
 #[test]
 fn head_dim_128_at_130_tokens() {
+    let _serial = serial_on_gl();
     check_attention("dh 128", Attention::new(1, 130, 130, 1, 128), None, ForwardPath::Auto, 21);
 }
 
 #[test]
 fn causal_matches_reference() {
+    let _serial = serial_on_gl();
     for (n, s) in [Attention::new(1, 1, 1, 1, 16), Attention::new(3, 7, 7, 2, 16), Attention::new(1, 130, 130, 2, 32), Attention::new(2, 33, 7, 1, 16), Attention::new(1, 7, 33, 3, 32)]
         .into_iter()
         .enumerate()
@@ -231,6 +245,7 @@ fn causal_matches_reference() {
 
 #[test]
 fn key_padding_mask_with_fully_masked_rows() {
+    let _serial = serial_on_gl();
     let mut rng = Rng::new(40);
     for (n, s) in [Attention::new(3, 7, 7, 2, 16), Attention::new(3, 33, 33, 1, 32), Attention::new(1, 130, 130, 2, 16)].into_iter().enumerate() {
         let m = key_mask(&mut rng, &s, n != 2);
@@ -245,6 +260,7 @@ fn key_padding_mask_with_fully_masked_rows() {
 
 #[test]
 fn shared_keys_cross_attention_on_both_paths() {
+    let _serial = serial_on_gl();
     let mut rng = Rng::new(50);
     // Decoder cross-attention: pixel queries over K class embeddings shared by the batch.
     for (n, s) in [Attention::new(3, 33, 3, 4, 32), Attention::new(1, 1, 2, 1, 16), Attention::new(3, 130, 16, 2, 16), Attention::new(3, 7, 5, 3, 64)]
@@ -270,6 +286,7 @@ fn shared_keys_cross_attention_on_both_paths() {
 
 #[test]
 fn shared_key_gradients_are_deterministic_and_split_evenly() {
+    let _serial = serial_on_gl();
     // B * Nq = 3 * 300 rows over 4 keys: the key-gradient pass splits the rows into ranges.
     let gpu = common::gpu();
     let s = Attention::new(3, 300, 4, 2, 16).shared_kv();
@@ -301,6 +318,7 @@ fn shared_key_gradients_are_deterministic_and_split_evenly() {
 
 #[test]
 fn long_sequence_4096_sampled_rows() {
+    let _serial = serial_on_gl();
     // N = 4096 forward, checked on sampled rows (a full f64 reference would be slow). Each
     // dispatch is kept well under a second: GL's context lock times out after 6 s, and other
     // tests wait on it.
@@ -332,6 +350,7 @@ fn long_sequence_4096_sampled_rows() {
 
 #[test]
 fn bad_shapes_are_errors_naming_the_shapes() {
+    let _serial = serial_on_gl();
     let gpu = common::gpu();
     let s = Attention::new(2, 7, 7, 2, 16);
     let q = gpu.zeros(s.q_elements()).unwrap();

@@ -18,16 +18,22 @@ use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "attention.wgsl");
 
-/// Largest head dimension (the kernels keep a row of each operand in 32 vec4 registers).
+/// Largest head dimension (the register-blocked kernels hold rows of up to 8 chunks of 16).
 pub const MAX_HEAD_DIM: usize = 128;
 /// Most keys the few-keys forward path takes.
 pub const FEW_KEYS: usize = 16;
-/// Rows (queries, keys or vec4 elements) per workgroup.
+/// Rows (queries or vec4 elements) per workgroup of the one-row-per-invocation kernels
+/// (few keys, backward prepare and reduce).
 const WG: usize = 64;
+/// Rows (queries or keys) per workgroup of the register-blocked kernels: 8 invocations of 4.
+const TILE: usize = 32;
 /// Query rows per backward partial at least, and the invocations the key-gradient pass aims
 /// for before it splits the query rows (enough to fill a GPU and lavapipe's threads).
 const MIN_SPLIT_ROWS: usize = 64;
 const TARGET_KEY_INVOCATIONS: usize = 4096;
+/// Most query rows per backward partial: lavapipe stops an invocation's loops after about
+/// 65535 iterations, and the key-gradient pass takes 8 rows per iteration.
+const MAX_SPLIT_ROWS: usize = 8 * 4096;
 
 /// The shape and options of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,7 +145,7 @@ impl Attention {
 pub enum ForwardPath {
     /// `FewKeys` when Nk <= 16, else `Blocked`.
     Auto,
-    /// Online softmax over blocks of 8 keys; any Nk.
+    /// Online softmax over blocks of 8 keys, 4 query rows per invocation; any Nk.
     Blocked,
     /// Exact softmax with every score in registers; Nk <= 16 only.
     FewKeys,
@@ -207,6 +213,21 @@ fn check_common(s: &Attention, q: &GpuBuffer, k: &GpuBuffer, v: &GpuBuffer, key_
     Ok(())
 }
 
+/// The register-blocked entry points, compiled for head rows of 1, 2, 4 and 8 chunks of 16.
+const FORWARD_ENTRIES: [&str; 4] = ["forward_c1", "forward_c2", "forward_c4", "forward_c8"];
+const DQ_ENTRIES: [&str; 4] = ["backward_dq_c1", "backward_dq_c2", "backward_dq_c4", "backward_dq_c8"];
+const DKDV_ENTRIES: [&str; 4] = ["backward_dkdv_c1", "backward_dkdv_c2", "backward_dkdv_c4", "backward_dkdv_c8"];
+
+/// The entry point of `entries` whose chunks (16 elements each) just hold a head row.
+fn chunked_entry(s: &Attention, entries: [&'static str; 4]) -> &'static str {
+    match s.head_dim.div_ceil(16) {
+        0 | 1 => entries[0],
+        2 => entries[1],
+        3 | 4 => entries[2],
+        _ => entries[3],
+    }
+}
+
 fn dispatch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], workgroups: usize, label: KernelLabel) -> Result<()> {
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -253,12 +274,12 @@ pub fn forward_path(
     if s.q_len == 0 {
         return Ok(());
     }
-    let tiles = s.q_len.div_ceil(WG);
+    let tiles = s.q_len.div_ceil(if few { WG } else { TILE });
     let mut p = Params::new(s, key_mask.is_some());
     p.tiles = tiles as u32;
     let mask = key_mask.unwrap_or(k);
     let bytes = 4 * (2 * s.q_elements() + 2 * s.kv_elements() + s.lse_elements()) as u64;
-    let entry = if few { "forward_few_keys" } else { "forward" };
+    let entry = if few { "forward_few_keys" } else { chunked_entry(s, FORWARD_ENTRIES) };
     let label = KernelLabel { kernel: if few { "attention_few_keys" } else { "attention" }, shape: s.describe(), flops: s.forward_flops(), bytes };
     dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)
 }
@@ -307,30 +328,33 @@ pub fn backward(
 
     // 2. dq, one query row per invocation.
     if s.q_len > 0 {
-        let tiles = s.q_len.div_ceil(WG);
+        let tiles = s.q_len.div_ceil(TILE);
         p.tiles = tiles as u32;
         let label = KernelLabel { kernel: "attention_backward_dq", shape: s.describe(), flops: f * 3 / 2, bytes: 3 * qe + 2 * ke };
-        dispatch(gpu, "backward_dq", &p, &[q, k, v, mask, out, lse, d_out, &stats, dq], s.batch * s.heads * tiles, label)?;
+        dispatch(gpu, chunked_entry(s, DQ_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, dq], s.batch * s.heads * tiles, label)?;
     }
 
     // 3. dk, dv, one key row per invocation, over `splits` ranges of the query rows.
     let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
     let invocations = s.kv_batch * s.heads * s.kv_len;
-    let splits = TARGET_KEY_INVOCATIONS.div_ceil(invocations).clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1));
+    let splits = TARGET_KEY_INVOCATIONS
+        .div_ceil(invocations)
+        .clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1))
+        .max(total_rows.div_ceil(MAX_SPLIT_ROWS));
     let split_rows = total_rows.div_ceil(splits).max(1);
     let splits = total_rows.div_ceil(split_rows).max(1);
-    let tiles = s.kv_len.div_ceil(WG);
+    let tiles = s.kv_len.div_ceil(TILE);
     p.tiles = tiles as u32;
     p.splits = splits as u32;
     p.split_rows = split_rows as u32;
     let label = KernelLabel { kernel: "attention_backward_dkdv", shape: s.describe(), flops: f * 2, bytes: 2 * qe + 4 * ke * splits as u64 };
     let workgroups = s.kv_batch * s.heads * splits * tiles;
     if splits == 1 {
-        return dispatch(gpu, "backward_dkdv", &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
+        return dispatch(gpu, chunked_entry(s, DKDV_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(gpu, "backward_dkdv", &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
+    dispatch(gpu, chunked_entry(s, DKDV_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",
