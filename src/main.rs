@@ -17,6 +17,18 @@ struct Cli {
 enum Command {
     /// Print the GPU adapter vlsa uses: backend, driver, device type, features and key limits.
     Info,
+    /// Create a randomly initialised model from a configuration (DESIGN.md "Configuration").
+    Init {
+        /// The configuration JSON.
+        #[arg(long, value_name = "CFG.json")]
+        config: std::path::PathBuf,
+        /// Where to write the model (safetensors, config in its metadata).
+        #[arg(long, value_name = "MODEL.safetensors")]
+        out: std::path::PathBuf,
+        /// Seed of the initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -69,6 +81,17 @@ fn profile_em(tokens: usize, width: usize, bases: usize, iters: usize, batch: us
     Ok(())
 }
 
+fn init(config: &std::path::Path, out: &std::path::Path, seed: u64) -> Result<(), String> {
+    let text = std::fs::read_to_string(config).map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
+    let config = vlsa::config::Config::from_json(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let model = vlsa::model::Model::init(&gpu, config, seed).map_err(|e| e.to_string())?;
+    model.save(out, false).map_err(|e| e.to_string())?;
+    let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
+    println!("wrote {} ({params} trainable parameters)", out.display());
+    Ok(())
+}
+
 fn info() -> Result<(), String> {
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let i = gpu.info();
@@ -102,6 +125,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
+        Command::Init { config, out, seed } => init(&config, &out, seed),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }

@@ -13,7 +13,7 @@ use common::Rng;
 use vlsa::kernels::l2norm::L2Mode;
 use vlsa::{backward, no_grad, Tensor};
 
-type Graph<'a> = dyn Fn(&[Tensor]) -> vlsa::Result<Tensor> + 'a;
+type Graph<'a> = dyn Fn(&[Tensor]) -> vlsa::kernels::Result<Tensor> + 'a;
 
 /// Checks autograd gradients of every parameter against central differences of `f` (which must
 /// return a scalar) at up to `probes` coordinates per parameter.
