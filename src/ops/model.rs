@@ -53,7 +53,7 @@ impl Tensor {
         let lse = Arc::new(gpu.alloc(spec.lse_elements())?);
         attention::forward(gpu, self.buffer(), k.buffer(), v.buffer(), key_mask.as_deref(), &out, &lse, &spec)?;
         let saved_out = out.clone();
-        Ok(record_shared(out, self.shape().to_vec(), || Op::Attention { q: self.clone(), k: k.clone(), v: v.clone(), out: saved_out, lse, mask: key_mask, spec }, &[self, k, v]))
+        Ok(crate::autograd::record_arc(out, self.shape().to_vec(), || Op::Attention { q: self.clone(), k: k.clone(), v: v.clone(), out: saved_out, lse, mask: key_mask, spec }, &[self, k, v]))
     }
 
     /// The EM Aggregation loop on `self` = u [B,N,C] from bases [M,C] (DESIGN.md step 8).
@@ -169,9 +169,4 @@ fn loss_dims(logits: &Tensor, target: &GpuBuffer) -> Result<(usize, usize, usize
         return Err(Error::Shape(format!("a target of {} pixels does not cover logits {s:?} ({} pixels)", target.len(), b * p)));
     }
     Ok((b, k, p))
-}
-
-/// Like `record`, for an output buffer that the op also keeps as saved state.
-fn record_shared(out: Arc<GpuBuffer>, shape: Vec<usize>, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
-    crate::autograd::record_arc(out, shape, op, inputs)
 }
