@@ -149,6 +149,16 @@ impl GpuBuffer {
     }
 }
 
+/// Checks that `buf` holds at least the elements of `shape`; the error names what, the
+/// buffer's length and the shape. Every launcher validates its buffers with this.
+pub(crate) fn check_len(what: &str, buf: &GpuBuffer, shape: &[usize]) -> crate::Result<()> {
+    let needed: usize = shape.iter().product();
+    if buf.len() < needed {
+        return Err(crate::Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {needed}", buf.len())));
+    }
+    Ok(())
+}
+
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {

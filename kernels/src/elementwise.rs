@@ -1,6 +1,7 @@
 //! Launchers for `shaders/elementwise.wgsl`: broadcast binary ops, scale, bias add, and
 //! activations with their backward.
 
+use crate::buffer::check_len;
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
@@ -107,12 +108,6 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
-fn check_len(what: &str, buf: &GpuBuffer, shape: &[usize]) -> Result<()> {
-    if buf.len() < numel(shape) {
-        return Err(Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {}", buf.len(), numel(shape))));
-    }
-    Ok(())
-}
 
 fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
     gpu.dispatch(Dispatch {

@@ -7,7 +7,8 @@
 
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::reduce::{check_len, check_u32, MAX_LOOP};
+use crate::buffer::check_len;
+use crate::reduce::{check_u32, MAX_LOOP};
 use crate::{shader, GpuBuffer, Result};
 
 shader!(SHADER, "embedding.wgsl");

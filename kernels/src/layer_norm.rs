@@ -9,7 +9,8 @@
 
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::reduce::{check_len, check_u32, RowSchedule, MAX_LOOP};
+use crate::buffer::check_len;
+use crate::reduce::{check_u32, RowSchedule, MAX_LOOP};
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "layer_norm.wgsl");

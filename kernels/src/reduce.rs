@@ -6,6 +6,7 @@
 //! deterministic run to run; long axes are split into chunks whose partial sums a second
 //! dispatch adds up.
 
+use crate::buffer::check_len;
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
@@ -76,12 +77,6 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-pub(crate) fn check_len(what: &str, buf: &GpuBuffer, shape: &[usize]) -> Result<()> {
-    if buf.len() < numel(shape) {
-        return Err(Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {}", buf.len(), numel(shape))));
-    }
-    Ok(())
-}
 
 /// Checks that every dimension fits the u32 index arithmetic of the shaders.
 pub(crate) fn check_u32(what: &str, shape: &[usize]) -> Result<()> {

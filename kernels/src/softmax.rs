@@ -6,7 +6,8 @@
 
 use crate::context::{Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::reduce::{check_len, check_u32, RowSchedule};
+use crate::buffer::check_len;
+use crate::reduce::{check_u32, RowSchedule};
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "softmax.wgsl");
