@@ -3,6 +3,8 @@
 
 pub use vlsa_kernels as kernels;
 
+pub mod data;
+pub mod image_io;
 pub mod io;
 pub mod model;
 pub mod profile;

@@ -1,0 +1,299 @@
+//! Images and masks on the host: decoding PNG/JPEG (grey, grey+alpha, RGB, RGBA; 8 or 16 bits),
+//! the model's input preprocessing (DESIGN.md step 1), nearest resizing of masks and PNG output.
+//!
+//! An [`Image`] is RGB in [0, 1], row-major, channels interleaved ([H, W, 3]). Grey images are
+//! replicated to three channels; alpha is dropped (not composited). A [`Mask`] holds one class
+//! index per pixel. Every problem is an [`Error::Format`] or [`Error::Io`] naming the file.
+
+use std::path::Path;
+
+use image::{DynamicImage, ImageFormat};
+
+use crate::error::{Error, Result};
+
+/// An RGB image with values in [0, 1], [H, W, 3] interleaved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height * width * 3` values in [0, 1].
+    pub rgb: Vec<f32>,
+}
+
+/// Images larger than this many pixels are refused before decoding (a 16k x 16k photo).
+pub const MAX_PIXELS: u64 = 1 << 28;
+
+fn format_error(source: &str, message: String) -> Error {
+    Error::Format { path: source.to_string(), message }
+}
+
+fn decode_dynamic(bytes: &[u8], source: &str) -> Result<DynamicImage> {
+    let format = image::guess_format(bytes).map_err(|_| format_error(source, "is not a PNG or JPEG image (unrecognised file signature)".into()))?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
+        return Err(format_error(source, format!("is a {format:?} image; vlsa reads PNG and JPEG")));
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| format_error(source, format!("cannot be decoded as {format:?} ({e})")))?;
+    let (w, h) = (img.width() as u64, img.height() as u64);
+    if w == 0 || h == 0 {
+        return Err(format_error(source, "is an empty image (zero width or height)".into()));
+    }
+    if w * h > MAX_PIXELS {
+        return Err(format_error(source, format!("is {w}x{h} pixels, more than vlsa's limit of {MAX_PIXELS}")));
+    }
+    Ok(img)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+impl Image {
+    /// Reads and decodes an image file.
+    pub fn load(path: &Path) -> Result<Image> {
+        Image::decode(&read_file(path)?, &path.display().to_string())
+    }
+
+    /// Decodes PNG or JPEG bytes; `source` names them in errors.
+    pub fn decode(bytes: &[u8], source: &str) -> Result<Image> {
+        let img = decode_dynamic(bytes, source)?;
+        let rgb = img.to_rgb32f();
+        Ok(Image { width: rgb.width() as usize, height: rgb.height() as usize, rgb: rgb.into_raw() })
+    }
+
+    /// An image from 8-bit RGB bytes [H, W, 3].
+    pub fn from_rgb8(width: usize, height: usize, bytes: &[u8]) -> Result<Image> {
+        if width == 0 || height == 0 || bytes.len() != width * height * 3 {
+            return Err(Error::Invalid(format!("an RGB image of {width}x{height} needs {} bytes, not {}", width * height * 3, bytes.len())));
+        }
+        Ok(Image { width, height, rgb: bytes.iter().map(|&b| b as f32 / 255.0).collect() })
+    }
+
+    /// The image as 8-bit RGB bytes (rounded, clamped).
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        self.rgb.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    }
+
+    /// Writes the image as an 8-bit RGB PNG, atomically.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        save_png(path, self.width, self.height, image::ExtendedColorType::Rgb8, &self.to_rgb8())
+    }
+
+    /// Bilinear resize (align_corners = false, no antialiasing: PyTorch's
+    /// `F.interpolate(mode="bilinear")`).
+    pub fn resize(&self, width: usize, height: usize) -> Image {
+        Image { width, height, rgb: resize_bilinear(&self.rgb, self.width, self.height, 3, width, height) }
+    }
+}
+
+/// The model input for a batch of images (DESIGN.md step 1): each resized to `size` x `size`
+/// (bilinear), then normalized per channel, as a planar [B, 3, S, S] tensor's data.
+pub fn preprocess(images: &[&Image], size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let plane = size * size;
+    let mut out = vec![0.0f32; images.len() * 3 * plane];
+    for (b, img) in images.iter().enumerate() {
+        let resized = resize_bilinear(&img.rgb, img.width, img.height, 3, size, size);
+        for p in 0..plane {
+            for c in 0..3 {
+                out[(b * 3 + c) * plane + p] = (resized[p * 3 + c] - mean[c]) / std[c];
+            }
+        }
+    }
+    out
+}
+
+/// Source coordinate and weights of one output index for align_corners = false.
+fn bilinear_taps(dst: usize, dst_len: usize, src_len: usize) -> (usize, usize, f32) {
+    let scale = src_len as f32 / dst_len as f32;
+    let x = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+    let x0 = (x.floor() as usize).min(src_len - 1);
+    let x1 = (x0 + 1).min(src_len - 1);
+    (x0, x1, x - x0 as f32)
+}
+
+/// Bilinear resize of interleaved [H, W, C] data, PyTorch semantics (align_corners = false).
+pub fn resize_bilinear(src: &[f32], sw: usize, sh: usize, channels: usize, dw: usize, dh: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; dw * dh * channels];
+    let cols: Vec<_> = (0..dw).map(|x| bilinear_taps(x, dw, sw)).collect();
+    for y in 0..dh {
+        let (y0, y1, fy) = bilinear_taps(y, dh, sh);
+        for (x, &(x0, x1, fx)) in cols.iter().enumerate() {
+            for c in 0..channels {
+                let at = |yy: usize, xx: usize| src[(yy * sw + xx) * channels + c];
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                out[(y * dw + x) * channels + c] = top * (1.0 - fy) + bottom * fy;
+            }
+        }
+    }
+    out
+}
+
+/// A segmentation mask: one class index per pixel, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height * width` class indices.
+    pub labels: Vec<u8>,
+}
+
+impl Mask {
+    /// Reads a mask PNG: 8- or 16-bit grey (pixel value = class index), or grey stored as RGB
+    /// with equal channels. With `classes`, values must be below it.
+    pub fn load(path: &Path, classes: Option<usize>) -> Result<Mask> {
+        Mask::decode(&read_file(path)?, &path.display().to_string(), classes)
+    }
+
+    /// Decodes mask bytes; `source` names them in errors.
+    pub fn decode(bytes: &[u8], source: &str, classes: Option<usize>) -> Result<Mask> {
+        let img = decode_dynamic(bytes, source)?;
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        let values: Vec<u32> = match &img {
+            DynamicImage::ImageLuma8(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
+            DynamicImage::ImageLuma16(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
+            DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => img.to_luma16().as_raw().iter().map(|&v| v as u32).collect(),
+            _ => {
+                let rgb = img.to_rgb16();
+                let mut v = Vec::with_capacity(width * height);
+                for (i, px) in rgb.pixels().enumerate() {
+                    if px[0] != px[1] || px[1] != px[2] {
+                        let (x, y) = (i % width, i / width);
+                        return Err(format_error(source, format!("is a colour image, not a mask: pixel ({x}, {y}) is {:?}; a mask stores one class index per pixel as grey", px.0)));
+                    }
+                    v.push(px[0] as u32);
+                }
+                v
+            }
+        };
+        // 16-bit greys written from 8-bit values are scaled by 257 by some tools; vlsa reads values as is.
+        let limit = classes.unwrap_or(256);
+        if let Some(i) = values.iter().position(|&v| v as usize >= limit) {
+            let (x, y) = (i % width, i / width);
+            return Err(format_error(source, format!("pixel ({x}, {y}) has class value {}, but there are only {limit} classes (0..={})", values[i], limit - 1)));
+        }
+        Ok(Mask { width, height, labels: values.into_iter().map(|v| v as u8).collect() })
+    }
+
+    /// Nearest-neighbour resize (PyTorch `mode="nearest"`: source index floor(dst * in / out)).
+    pub fn resize_nearest(&self, width: usize, height: usize) -> Mask {
+        Mask { width, height, labels: resize_nearest(&self.labels, self.width, self.height, width, height) }
+    }
+
+    /// Writes the mask as an 8-bit grey PNG (pixel value = class index), atomically.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        save_png(path, self.width, self.height, image::ExtendedColorType::L8, &self.labels)
+    }
+}
+
+/// Nearest-neighbour resize of one value per pixel, PyTorch `mode="nearest"` semantics.
+pub fn resize_nearest<T: Copy>(src: &[T], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(dw * dh);
+    for y in 0..dh {
+        let sy = ((y as f64 * sh as f64 / dh as f64).floor() as usize).min(sh - 1);
+        for x in 0..dw {
+            let sx = ((x as f64 * sw as f64 / dw as f64).floor() as usize).min(sw - 1);
+            out.push(src[sy * sw + sx]);
+        }
+    }
+    out
+}
+
+/// Encodes 8-bit pixels as PNG and writes them atomically.
+pub fn save_png(path: &Path, width: usize, height: usize, color: image::ExtendedColorType, pixels: &[u8]) -> Result<()> {
+    let mut bytes = Vec::new();
+    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut bytes), pixels, width as u32, height as u32, color)
+        .map_err(|e| Error::Io { path: path.display().to_string(), message: format!("cannot encode the PNG ({e})") })?;
+    crate::io::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn grey_rgba_and_16_bit_decode_to_rgb() {
+        let grey = image::GrayImage::from_raw(2, 1, vec![0, 255]).unwrap();
+        let img = Image::decode(&png(DynamicImage::ImageLuma8(grey)), "g.png").unwrap();
+        assert_eq!((img.width, img.height), (2, 1));
+        assert_eq!(img.rgb, vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        let rgba = image::RgbaImage::from_raw(1, 1, vec![255, 0, 51, 7]).unwrap();
+        let img = Image::decode(&png(DynamicImage::ImageRgba8(rgba)), "a.png").unwrap();
+        assert_eq!(img.rgb, vec![1.0, 0.0, 0.2]);
+        let g16 = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(1, 1, vec![65535u16]).unwrap();
+        let img = Image::decode(&png(DynamicImage::ImageLuma16(g16)), "g16.png").unwrap();
+        assert_eq!(img.rgb, vec![1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_naming_the_source() {
+        let e = Image::decode(b"not an image at all", "notes.txt").unwrap_err().to_string();
+        assert!(e.starts_with("notes.txt: is not a PNG or JPEG image"), "{e}");
+        let mut bytes = png(DynamicImage::ImageLuma8(image::GrayImage::new(8, 8)));
+        bytes.truncate(bytes.len() / 2);
+        let e = Image::decode(&bytes, "cut.png").unwrap_err().to_string();
+        assert!(e.starts_with("cut.png: cannot be decoded as Png"), "{e}");
+    }
+
+    #[test]
+    fn masks_check_classes_and_colour() {
+        let m = image::GrayImage::from_raw(3, 1, vec![0, 1, 2]).unwrap();
+        let bytes = png(DynamicImage::ImageLuma8(m));
+        assert_eq!(Mask::decode(&bytes, "m.png", Some(3)).unwrap().labels, vec![0, 1, 2]);
+        let e = Mask::decode(&bytes, "m.png", Some(2)).unwrap_err().to_string();
+        assert!(e.contains("pixel (2, 0) has class value 2"), "{e}");
+        let rgb = image::RgbImage::from_raw(1, 1, vec![1, 2, 3]).unwrap();
+        let e = Mask::decode(&png(DynamicImage::ImageRgb8(rgb)), "c.png", None).unwrap_err().to_string();
+        assert!(e.contains("is a colour image, not a mask"), "{e}");
+    }
+
+    #[test]
+    fn bilinear_matches_pytorch_half_pixel_rule() {
+        // 2 -> 4 upsampling of [0, 1]: PyTorch gives [0, 0.25, 0.75, 1].
+        let out = resize_bilinear(&[0.0, 1.0], 2, 1, 1, 4, 1);
+        assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
+        // 4 -> 2 downsampling averages pairs (no antialiasing needed at exactly 2x).
+        let out = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 4, 1, 1, 2, 1);
+        assert_eq!(out, vec![0.5, 2.5]);
+        assert_eq!(resize_nearest(&[1u8, 2, 3], 3, 1, 6, 1), vec![1, 1, 2, 2, 3, 3]);
+        assert_eq!(resize_nearest(&[1u8, 2, 3, 4], 4, 1, 2, 1), vec![1, 3]);
+    }
+
+    #[test]
+    fn preprocess_is_planar_and_normalized() {
+        let img = Image::from_rgb8(1, 1, &[255, 0, 51]).unwrap();
+        let out = preprocess(&[&img], 2, [0.5; 3], [0.5; 3]);
+        assert_eq!(out.len(), 12);
+        assert!(out[..4].iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        assert!(out[4..8].iter().all(|&v| (v + 1.0).abs() < 1e-6));
+        assert!(out[8..].iter().all(|&v| (v + 0.6).abs() < 1e-6));
+    }
+
+    #[test]
+    fn png_round_trip() {
+        let dir = std::env::temp_dir().join(format!("vlsa-img-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mask = Mask { width: 2, height: 2, labels: vec![0, 1, 2, 1] };
+        mask.save_png(&dir.join("m.png")).unwrap();
+        assert_eq!(Mask::load(&dir.join("m.png"), Some(3)).unwrap(), mask);
+        let img = Image::from_rgb8(2, 1, &[1, 2, 3, 4, 5, 6]).unwrap();
+        img.save_png(&dir.join("i.png")).unwrap();
+        assert_eq!(Image::load(&dir.join("i.png")).unwrap(), img);
+        let e = Image::load(&dir.join("missing.png")).unwrap_err().to_string();
+        assert!(e.contains("missing.png"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
