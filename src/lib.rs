@@ -3,7 +3,10 @@
 
 pub use vlsa_kernels as kernels;
 
+pub mod clip;
 pub mod data;
+pub mod font;
+pub mod infer;
 pub mod image_io;
 pub mod io;
 pub mod model;

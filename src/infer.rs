@@ -1,0 +1,229 @@
+//! Inference on images: segmentation masks at the original size (DESIGN.md step 12), tinted
+//! overlays with a legend, and the `forward --dump` / `grad --dump` tensor files.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::font;
+use crate::image_io::{preprocess, resize_nearest, Image, Mask};
+use crate::kernels::loss;
+use crate::model::Model;
+use crate::tensor::Tensor;
+use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+
+/// Images per forward pass when segmenting many images.
+pub const SEGMENT_BATCH: usize = 8;
+
+impl Model {
+    /// The normalized model input [B,3,S,S] for `images` (DESIGN.md step 1).
+    pub fn input(&self, images: &[&Image]) -> Result<Tensor> {
+        if images.is_empty() {
+            return Err(Error::Invalid("no images were given".into()));
+        }
+        let c = &self.config;
+        let data = preprocess(images, c.image_size, c.pixel_mean, c.pixel_std);
+        Ok(Tensor::from_vec(self.gpu(), &data, &[images.len(), 3, c.image_size, c.image_size])?)
+    }
+
+    /// Class index per pixel of the model's upsampled logits [B,K,S,S]: B masks of S x S.
+    pub fn predict(&self, logits_up: &Tensor) -> Result<Vec<Vec<u32>>> {
+        let s = logits_up.shape();
+        let (b, k, pixels) = (s[0], s[1], s[2] * s[3]);
+        let gpu = self.gpu();
+        let labels = gpu.alloc(b * pixels)?;
+        loss::argmax(gpu, logits_up.buffer(), &labels, b, k, pixels)?;
+        let all: Vec<u32> = gpu.download_pod(&labels)?;
+        Ok(all.chunks(pixels).map(|c| c.to_vec()).collect())
+    }
+
+    /// Segments images of any size: a mask per image at its own size (argmax at S x S, then
+    /// nearest-resized back), in batches of [`SEGMENT_BATCH`].
+    pub fn segment(&self, images: &[&Image]) -> Result<Vec<Mask>> {
+        let s = self.config.image_size;
+        let mut masks = Vec::with_capacity(images.len());
+        for chunk in images.chunks(SEGMENT_BATCH) {
+            let input = self.input(chunk)?;
+            let out = crate::no_grad(|| self.forward(&input))?;
+            for (img, labels) in chunk.iter().zip(self.predict(&out.logits_up)?) {
+                let labels: Vec<u8> = labels.into_iter().map(|l| l as u8).collect();
+                masks.push(Mask { width: img.width, height: img.height, labels: resize_nearest(&labels, s, s, img.width, img.height) });
+            }
+        }
+        Ok(masks)
+    }
+
+    /// The `forward --dump` tensors for `images`: `input` and every DESIGN.md intermediate.
+    pub fn forward_dump(&self, images: &[&Image]) -> Result<TensorFile> {
+        let input = self.input(images)?;
+        let out = crate::no_grad(|| self.forward(&input))?;
+        let mut file = self.dump_file();
+        file.tensors.insert("input".into(), host(&input)?);
+        for (name, t) in out.named() {
+            file.tensors.insert(name.into(), host(t)?);
+        }
+        Ok(file)
+    }
+
+    /// The `grad --dump` tensors for images and their masks: `input`, `target` (class indices
+    /// nearest-resized to S x S, stored as f32), `loss` and `grad.<name>` of every trainable
+    /// parameter (zeros where no gradient flows). Gradients are left on the parameters.
+    pub fn grad_dump(&self, images: &[&Image], masks: &[&Mask]) -> Result<TensorFile> {
+        let (s, k) = (self.config.image_size, self.config.num_classes());
+        if images.len() != masks.len() {
+            return Err(Error::Invalid(format!("{} images but {} masks were given; each image needs its mask", images.len(), masks.len())));
+        }
+        let mut target = Vec::with_capacity(masks.len() * s * s);
+        for (i, (img, mask)) in images.iter().zip(masks).enumerate() {
+            if (img.width, img.height) != (mask.width, mask.height) {
+                return Err(Error::Invalid(format!("mask {} is {}x{} but its image is {}x{}", i + 1, mask.width, mask.height, img.width, img.height)));
+            }
+            if let Some(&bad) = mask.labels.iter().find(|&&l| l as usize >= k) {
+                return Err(Error::Invalid(format!("mask {} holds class {bad}, but the model has {k} classes", i + 1)));
+            }
+            target.extend(mask.resize_nearest(s, s).labels.into_iter().map(u32::from));
+        }
+        let input = self.input(images)?;
+        for (_, p) in self.parameters() {
+            p.zero_grad();
+        }
+        let out = self.forward(&input)?;
+        let gpu_target = Arc::new(self.gpu().upload(&target)?);
+        let loss = self.loss(&out.logits_up, &gpu_target)?;
+        crate::backward(&loss)?;
+        let mut file = self.dump_file();
+        file.tensors.insert("input".into(), host(&input)?);
+        file.tensors.insert("target".into(), HostTensor::new(&[images.len(), s, s], target.iter().map(|&t| t as f32).collect()));
+        file.tensors.insert("loss".into(), host(&loss)?);
+        for (name, p) in self.parameters() {
+            let data = match p.grad() {
+                Some(g) => g.to_vec()?,
+                None => vec![0.0; p.numel()],
+            };
+            file.tensors.insert(format!("grad.{name}"), HostTensor::new(p.shape(), data));
+        }
+        Ok(file)
+    }
+
+    fn dump_file(&self) -> TensorFile {
+        let mut file = TensorFile::default();
+        file.metadata.insert(CONFIG_KEY.into(), self.config.to_json());
+        file
+    }
+}
+
+fn host(t: &Tensor) -> Result<HostTensor> {
+    Ok(HostTensor::new(t.shape(), t.to_vec()?))
+}
+
+/// Colour of class `k` in overlays and legends (class 0, the background, is not tinted).
+pub fn class_color(k: usize) -> [u8; 3] {
+    const PALETTE: [[u8; 3]; 10] = [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [255, 225, 25],
+        [145, 30, 180],
+        [70, 240, 240],
+        [245, 130, 48],
+        [240, 50, 230],
+        [210, 245, 60],
+    ];
+    if k < PALETTE.len() {
+        PALETTE[k]
+    } else {
+        // Further classes: a deterministic hue walk.
+        let h = (k as f32 * 0.618_034).fract() * 6.0;
+        let x = (1.0 - (h % 2.0 - 1.0).abs()) * 255.0;
+        let (r, g, b) = match h as u32 {
+            0 => (255.0, x, 0.0),
+            1 => (x, 255.0, 0.0),
+            2 => (0.0, 255.0, x),
+            3 => (0.0, x, 255.0),
+            4 => (x, 0.0, 255.0),
+            _ => (255.0, 0.0, x),
+        };
+        [r as u8, g as u8, b as u8]
+    }
+}
+
+/// The image with every foreground class tinted (45 % class colour), class borders drawn in
+/// full colour, and a legend strip below naming each class: an RGB8 image of the original
+/// width and a few rows taller.
+pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> {
+    if (image.width, image.height) != (mask.width, mask.height) {
+        return Err(Error::Invalid(format!("the mask is {}x{} but the image is {}x{}", mask.width, mask.height, image.width, image.height)));
+    }
+    let (w, h) = (image.width, image.height);
+    let base = image.to_rgb8();
+    let scale = (w / 320).clamp(1, 4);
+    let line = (font::GLYPH_H + 4) * scale;
+    // Lay the legend out in rows of (swatch, name) entries that fit the width.
+    let mut entries: Vec<(usize, usize, usize)> = Vec::new(); // (class, x, row)
+    let (mut x, mut row) = (2 * scale, 0);
+    for k in 1..classes.len() {
+        let entry = line + font::text_width(&classes[k], scale) + 3 * scale;
+        if x + entry > w && x > 2 * scale {
+            x = 2 * scale;
+            row += 1;
+        }
+        entries.push((k, x, row));
+        x += entry;
+    }
+    let legend_h = if entries.is_empty() { 0 } else { (row + 1) * line + 2 * scale };
+    let mut out = vec![24u8; w * (h + legend_h) * 3];
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let k = mask.labels[i] as usize;
+            let px = &base[i * 3..i * 3 + 3];
+            let o = &mut out[i * 3..i * 3 + 3];
+            if k == 0 {
+                o.copy_from_slice(px);
+                continue;
+            }
+            let c = class_color(k);
+            let border = [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
+                .iter()
+                .any(|&(ok, j)| ok && mask.labels[j] as usize != k);
+            for ch in 0..3 {
+                o[ch] = if border { c[ch] } else { (0.55 * px[ch] as f32 + 0.45 * c[ch] as f32).round() as u8 };
+            }
+        }
+    }
+    for (k, x, row) in entries {
+        let y = h + scale + row * line;
+        let side = font::GLYPH_H * scale;
+        for dy in 0..side {
+            for dx in 0..side {
+                if x + dx < w {
+                    out[((y + dy) * w + x + dx) * 3..][..3].copy_from_slice(&class_color(k));
+                }
+            }
+        }
+        font::draw_text(&mut out, w, x + side + 2 * scale, y, &classes[k], scale, [235, 235, 235]);
+    }
+    Image::from_rgb8(w, h + legend_h, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_tints_foreground_and_adds_a_legend() {
+        let image = Image::from_rgb8(40, 4, &vec![100; 40 * 4 * 3]).unwrap();
+        let mut labels = vec![0u8; 160];
+        labels[40 + 5..40 + 8].fill(1);
+        let mask = Mask { width: 40, height: 4, labels };
+        let classes = vec!["background".to_string(), "disc".to_string(), "cup".to_string()];
+        let out = overlay(&image, &mask, &classes).unwrap();
+        assert_eq!(out.width, 40);
+        assert!(out.height > 4, "a legend strip is added below");
+        let rgb = out.to_rgb8();
+        assert_eq!(&rgb[..3], &[100, 100, 100], "background pixels are unchanged");
+        assert_eq!(&rgb[(40 + 5) * 3..][..3], &class_color(1), "a class border is drawn in the class colour");
+        assert!(overlay(&image, &Mask { width: 1, height: 1, labels: vec![0] }, &classes).is_err());
+        assert_ne!(class_color(12), class_color(13));
+    }
+}
