@@ -3,8 +3,12 @@
 
 use std::process::ExitCode;
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
+use vlsa::image_io::{Image, Mask};
 use vlsa::kernels::Gpu;
+use vlsa::model::Model;
 
 #[derive(Parser)]
 #[command(name = "vlsa", version, about = "Vision-language semantic aggregation for medical image segmentation, on hand-written WGSL kernels")]
@@ -28,6 +32,50 @@ enum Command {
         /// Seed of the initialisation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Take the vision encoder from a Hugging Face CLIP checkpoint folder (config.json and
+        /// model.safetensors); the config's vision settings must match it.
+        #[arg(long, value_name = "DIR")]
+        clip: Option<PathBuf>,
+    },
+    /// Segment images: writes <stem>_mask.png (class index per pixel, original size) and
+    /// <stem>_overlay.png (classes tinted, with a legend) for each image.
+    Segment {
+        /// The model file.
+        #[arg(long, value_name = "MODEL.safetensors")]
+        model: PathBuf,
+        /// Images to segment (PNG or JPEG); repeat for several.
+        #[arg(long = "image", value_name = "IMG", required = true)]
+        images: Vec<PathBuf>,
+        /// Output folder (created if missing); default: beside each image.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Run the model on images and dump the input and every intermediate tensor (DESIGN.md names).
+    Forward {
+        /// The model file.
+        #[arg(long, value_name = "MODEL.safetensors")]
+        model: PathBuf,
+        /// Images (a batch; repeat for several).
+        #[arg(long = "image", value_name = "IMG", required = true)]
+        images: Vec<PathBuf>,
+        /// The safetensors file to write.
+        #[arg(long, value_name = "OUT.safetensors")]
+        dump: PathBuf,
+    },
+    /// Compute the loss of images against masks and dump every parameter gradient.
+    Grad {
+        /// The model file.
+        #[arg(long, value_name = "MODEL.safetensors")]
+        model: PathBuf,
+        /// Images (a batch; repeat for several).
+        #[arg(long = "image", value_name = "IMG", required = true)]
+        images: Vec<PathBuf>,
+        /// Masks, one per image in the same order (grey PNG, pixel value = class index).
+        #[arg(long = "mask", value_name = "MASK", required = true)]
+        masks: Vec<PathBuf>,
+        /// The safetensors file to write.
+        #[arg(long, value_name = "OUT.safetensors")]
+        dump: PathBuf,
     },
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
@@ -81,15 +129,89 @@ fn profile_em(tokens: usize, width: usize, bases: usize, iters: usize, batch: us
     Ok(())
 }
 
-fn init(config: &std::path::Path, out: &std::path::Path, seed: u64) -> Result<(), String> {
+fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>) -> Result<(), String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
     let config = vlsa::config::Config::from_json(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let model = vlsa::model::Model::init(&gpu, config, seed).map_err(|e| e.to_string())?;
+    let model = match clip {
+        Some(dir) => {
+            let clip = vlsa::clip::ClipVision::load(dir).map_err(|e| e.to_string())?;
+            vlsa::model::Model::init_with_clip(&gpu, config, &clip, seed).map_err(|e| e.to_string())?
+        }
+        None => vlsa::model::Model::init(&gpu, config, seed).map_err(|e| e.to_string())?,
+    };
     model.save(out, false).map_err(|e| e.to_string())?;
     let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
     println!("wrote {} ({params} trainable parameters)", out.display());
     Ok(())
+}
+
+fn load_model(path: &Path) -> Result<(Gpu, Model), String> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let model = Model::load(&gpu, path).map_err(|e| e.to_string())?;
+    Ok((gpu, model))
+}
+
+fn load_images(paths: &[PathBuf]) -> Result<Vec<Image>, String> {
+    paths.iter().map(|p| Image::load(p).map_err(|e| e.to_string())).collect()
+}
+
+fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>) -> Result<(), String> {
+    let (_gpu, model) = load_model(model)?;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))?;
+    }
+    let classes = model.config.classes.clone();
+    // One image at a time from disk, batched on the GPU.
+    for chunk in images.chunks(vlsa::infer::SEGMENT_BATCH) {
+        let loaded = load_images(chunk)?;
+        let refs: Vec<&Image> = loaded.iter().collect();
+        let masks = model.segment(&refs).map_err(|e| e.to_string())?;
+        for ((path, image), mask) in chunk.iter().zip(&loaded).zip(&masks) {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            let dir = out.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+            let mask_path = dir.join(format!("{stem}_mask.png"));
+            let overlay_path = dir.join(format!("{stem}_overlay.png"));
+            mask.save_png(&mask_path).map_err(|e| e.to_string())?;
+            vlsa::infer::overlay(image, mask, &classes).and_then(|o| o.save_png(&overlay_path)).map_err(|e| e.to_string())?;
+            let total = mask.labels.len() as f64;
+            let shares: Vec<String> = (1..classes.len())
+                .map(|k| format!("{} {:.1}%", classes[k], 100.0 * mask.labels.iter().filter(|&&l| l as usize == k).count() as f64 / total))
+                .collect();
+            println!("{}: {}x{}, {} -> {}, {}", path.display(), image.width, image.height, shares.join(", "), mask_path.display(), overlay_path.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_dump(file: &vlsa::weights::TensorFile, path: &Path) -> Result<(), String> {
+    file.write(path, false).map_err(|e| e.to_string())?;
+    println!("wrote {} ({} tensors)", path.display(), file.tensors.len());
+    Ok(())
+}
+
+fn forward(model: &Path, images: &[PathBuf], dump: &Path) -> Result<(), String> {
+    let (_gpu, model) = load_model(model)?;
+    let loaded = load_images(images)?;
+    let file = model.forward_dump(&loaded.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    write_dump(&file, dump)
+}
+
+fn grad(model: &Path, images: &[PathBuf], mask_paths: &[PathBuf], dump: &Path) -> Result<(), String> {
+    if images.len() != mask_paths.len() {
+        return Err(format!("{} images but {} masks were given; pass one --mask per --image, in the same order", images.len(), mask_paths.len()));
+    }
+    let (_gpu, model) = load_model(model)?;
+    let loaded = load_images(images)?;
+    let k = model.config.num_classes();
+    let masks: Vec<Mask> = mask_paths.iter().map(|p| Mask::load(p, Some(k)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    for ((ip, img), (mp, m)) in images.iter().zip(&loaded).zip(mask_paths.iter().zip(&masks)) {
+        if (img.width, img.height) != (m.width, m.height) {
+            return Err(format!("{} is {}x{} but its image {} is {}x{}; a mask must have its image's size", mp.display(), m.width, m.height, ip.display(), img.width, img.height));
+        }
+    }
+    let file = model.grad_dump(&loaded.iter().collect::<Vec<_>>(), &masks.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    write_dump(&file, dump)
 }
 
 fn info() -> Result<(), String> {
@@ -125,7 +247,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
-        Command::Init { config, out, seed } => init(&config, &out, seed),
+        Command::Init { config, out, seed, clip } => init(&config, &out, seed, clip.as_deref()),
+        Command::Segment { model, images, out } => segment(&model, &images, out.as_deref()),
+        Command::Forward { model, images, dump } => forward(&model, &images, &dump),
+        Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }
