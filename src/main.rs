@@ -114,6 +114,25 @@ enum ProfileCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time every dispatch of one forward (and with --backward, loss and backward) of a model
+    /// on a random batch: per-kernel table, dispatch counts, optional Chrome trace.
+    Model {
+        /// The model file.
+        #[arg(long, value_name = "MODEL.safetensors")]
+        model: PathBuf,
+        /// Batch size B.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Also profile the loss and the backward pass.
+        #[arg(long)]
+        backward: bool,
+        /// Write a Chrome trace (chrome://tracing, Perfetto) to this file.
+        #[arg(long, value_name = "OUT.json")]
+        trace: Option<PathBuf>,
+        /// Seed of the random batch.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -143,6 +162,20 @@ fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>) -> Result<(),
     model.save(out, false).map_err(|e| e.to_string())?;
     let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
     println!("wrote {} ({params} trainable parameters)", out.display());
+    Ok(())
+}
+
+fn profile_model(model: &Path, batch: usize, backward: bool, trace: Option<&Path>, seed: u64) -> Result<(), String> {
+    if batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let (_gpu, model) = load_model(model)?;
+    let report = vlsa::profile::profile_model(&model, batch, backward, seed).map_err(|e| e.to_string())?;
+    print!("{report}");
+    if let Some(path) = trace {
+        vlsa::io::write_atomic(path, report.profile.chrome_trace().as_bytes()).map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+        println!("trace written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -254,6 +287,7 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }
+        Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => profile_model(&model, batch, backward, trace.as_deref(), seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

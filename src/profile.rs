@@ -310,3 +310,75 @@ mod tests {
         assert!(err.contains("M=100"), "{err}");
     }
 }
+
+/// What [`profile_model`] measured: every dispatch of one forward (and, with `backward`, the
+/// loss and the backward) of a whole model on random data.
+#[derive(Debug, Clone)]
+pub struct ModelProfile {
+    /// Batch size profiled.
+    pub batch: usize,
+    /// Whether the loss and backward were profiled too.
+    pub backward: bool,
+    /// The adapter, as "name (backend, type)".
+    pub adapter: String,
+    /// Every timed dispatch, scoped `forward`, `loss` and `backward`.
+    pub profile: Profile,
+}
+
+/// Profiles one forward (and optionally loss + backward) of `model` on a random batch, after
+/// one untimed warm-up pass that compiles the pipelines.
+pub fn profile_model(model: &crate::model::Model, batch: usize, backward: bool, seed: u64) -> crate::Result<ModelProfile> {
+    let gpu = model.gpu();
+    let c = &model.config;
+    let (s, k) = (c.image_size, c.num_classes());
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let input: Vec<f32> = (0..batch * 3 * s * s).map(|_| next() as f32 / (1u64 << 31) as f32 * 4.0 - 2.0).collect();
+    let target: Vec<u32> = (0..batch * s * s).map(|_| next() % k as u32).collect();
+    let input = crate::Tensor::from_vec(gpu, &input, &[batch, 3, s, s])?;
+    let target = std::sync::Arc::new(gpu.upload(&target)?);
+    let run = |profiled: bool| -> crate::Result<()> {
+        let out = {
+            let _scope = profiled.then(|| gpu.scope("forward"));
+            if backward { model.forward(&input)? } else { crate::no_grad(|| model.forward(&input))? }
+        };
+        if backward {
+            let loss = {
+                let _scope = profiled.then(|| gpu.scope("loss"));
+                model.loss(&out.logits_up, &target)?
+            };
+            let _scope = profiled.then(|| gpu.scope("backward"));
+            crate::backward(&loss)?;
+            for (_, p) in model.parameters() {
+                p.zero_grad();
+            }
+        }
+        gpu.sync()?;
+        Ok(())
+    };
+    run(false)?;
+    gpu.set_profiling(true)?;
+    let result = run(true);
+    let profile = gpu.take_profile();
+    gpu.set_profiling(false)?;
+    result?;
+    let profile = profile?.ok_or_else(|| crate::Error::Invalid("the profiler returned no records".into()))?;
+    let i = gpu.info();
+    Ok(ModelProfile { batch, backward, adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type), profile })
+}
+
+impl fmt::Display for ModelProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.backward { "forward + loss + backward" } else { "forward" };
+        writeln!(f, "model {what}, batch {}, on {}", self.batch, self.adapter)?;
+        let by_scope = self.profile.summarize(|r| r.scopes.first().cloned().unwrap_or_default());
+        for (scope, s) in &by_scope {
+            writeln!(f, "{scope:<10} {:>6} dispatches {:>10.2} ms", s.count, s.total_ns / 1e6)?;
+        }
+        writeln!(f, "{:<10} {:>6} dispatches {:>10.2} ms", "total", self.profile.records.len(), self.profile.total_ns() / 1e6)?;
+        write!(f, "{}", self.profile.table())
+    }
+}
