@@ -293,10 +293,10 @@ impl Gpu {
 
     /// A buffer of `len` 4-byte elements with unspecified contents.
     pub fn alloc(&self, len: usize) -> Result<GpuBuffer> {
-        let bytes = (len as u64) * 4;
+        let bytes = (len as u64).saturating_mul(4);
         let max = self.limits().max_buffer_size;
         if bytes > max {
-            return Err(Error::Limit { what: format!("a buffer of {len} elements"), needed: bytes, limit: max });
+            return Err(Error::Limit { what: format!("a buffer of {len} elements (max_buffer_size, in bytes)"), needed: bytes, limit: max });
         }
         if let Some((buffer, class)) = self.inner.pool.take(bytes) {
             return Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()));
@@ -456,7 +456,8 @@ impl Gpu {
         let max_wg = limits.max_compute_workgroups_per_dimension;
         for (axis, &n) in ["x", "y", "z"].iter().zip(&d.workgroups) {
             if n > max_wg {
-                return Err(Error::Limit { what: format!("{} workgroups along {axis}", d.entry), needed: n as u64, limit: max_wg as u64 });
+                let what = format!("kernel `{}` with {n} workgroups along {axis} (max_compute_workgroups_per_dimension)", d.entry);
+                return Err(Error::Limit { what, needed: n as u64, limit: max_wg as u64 });
             }
         }
         if d.workgroups.contains(&0) {
@@ -465,7 +466,8 @@ impl Gpu {
         let max_bind = limits.max_storage_buffer_binding_size;
         for (i, b) in d.buffers.iter().enumerate() {
             if b.byte_len() > max_bind {
-                return Err(Error::Limit { what: format!("{} binding {} ({} elements)", d.entry, i + 1, b.len()), needed: b.byte_len(), limit: max_bind });
+                let what = format!("kernel `{}` binding {} ({} elements; max_storage_buffer_binding_size, in bytes)", d.entry, i + 1, b.len());
+                return Err(Error::Limit { what, needed: b.byte_len(), limit: max_bind });
             }
         }
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
