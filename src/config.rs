@@ -251,7 +251,7 @@ impl Config {
         if largest.bytes() <= binding_limit {
             return Ok(());
         }
-        let per_image = self.largest_tensor(1).bytes().max(1);
+        let per_image = self.largest_activation(1).bytes().max(1);
         Err(Error::Invalid(format!(
             "a batch of {batch} images needs {} of {} bytes, over this GPU's max_storage_buffer_binding_size of {binding_limit} bytes by {}; use batches of at most {} images",
             largest.describe(),
@@ -264,24 +264,31 @@ impl Config {
     /// The largest tensor a forward and backward pass over `batch` images binds to one kernel:
     /// a weight, or an activation (these grow with the batch).
     pub fn largest_tensor(&self, batch: usize) -> TensorSize {
+        let keys = "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio";
+        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize { name: format!("weight {name}"), shape, keys });
+        let activation = self.largest_activation(batch);
+        weights.fold(activation, |a, w| if w.elements() > a.elements() { w } else { a })
+    }
+
+    /// The largest activation of a pass over `batch` images.
+    pub fn largest_activation(&self, batch: usize) -> TensorSize {
         let (s, d, n, k) = (self.image_size, self.vision.width, self.tokens(), self.num_classes());
         let c = self.decoder.width;
-        let mut largest = TensorSize { name: "the input".into(), shape: vec![batch, 3, s, s], keys: "image_size" };
-        let mut consider = |t: TensorSize| {
-            if t.elements() > largest.elements() {
-                largest = t;
-            }
-        };
-        for (name, shape) in crate::model::expected_tensors(self) {
-            consider(TensorSize { name: format!("weight {name}"), shape, keys: "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio" });
-        }
         let tokens = "image_size (or raise patch_size)";
-        consider(TensorSize { name: "the encoder activations".into(), shape: vec![batch, 1 + n, d], keys: tokens });
-        consider(TensorSize { name: "the encoder MLP activations".into(), shape: vec![batch, 1 + n, d * self.vision.mlp_ratio], keys: "image_size or vision.mlp_ratio" });
-        consider(TensorSize { name: "the decoder MLP activations".into(), shape: vec![batch, n, c * self.decoder.mlp_ratio], keys: "image_size or decoder.mlp_ratio" });
-        consider(TensorSize { name: "the EM responsibilities".into(), shape: vec![batch, n, self.em.bases], keys: tokens });
-        consider(TensorSize { name: "the upsampled logits".into(), shape: vec![batch, k, s, s], keys: "image_size or the number of classes" });
-        largest
+        [
+            TensorSize { name: "the input".into(), shape: vec![batch, 3, s, s], keys: "image_size" },
+            TensorSize { name: "the encoder activations".into(), shape: vec![batch, 1 + n, d], keys: tokens },
+            TensorSize { name: "the encoder MLP activations".into(), shape: vec![batch, 1 + n, d * self.vision.mlp_ratio], keys: "image_size or vision.mlp_ratio" },
+            TensorSize { name: "the decoder MLP activations".into(), shape: vec![batch, n, c * self.decoder.mlp_ratio], keys: "image_size or decoder.mlp_ratio" },
+            TensorSize { name: "the EM responsibilities".into(), shape: vec![batch, n, self.em.bases], keys: tokens },
+            TensorSize { name: "the upsampled logits".into(), shape: vec![batch, k, s, s], keys: "image_size or the number of classes" },
+        ]
+        .into_iter()
+        .fold(None::<TensorSize>, |a, t| match a {
+            Some(a) if a.elements() >= t.elements() => Some(a),
+            _ => Some(t),
+        })
+        .expect("the list is not empty")
     }
 
     /// Patches per side, h = w = S / p.

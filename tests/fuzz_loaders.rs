@@ -418,7 +418,7 @@ fn a_batch_over_the_binding_limit_is_refused_before_any_kernel_runs() {
     // One image's largest tensor is [1, 3, 16, 16] upsampled logits (768 floats); find the
     // batch that just exceeds the adapter's binding limit without allocating it.
     let limit = gpu.limits().max_storage_buffer_binding_size;
-    let per_image = config.largest_tensor(1).bytes();
+    let per_image = config.largest_activation(1).bytes();
     let batch = (limit / per_image + 1) as usize;
     let e = config.check_batch(batch, limit).unwrap_err().to_string();
     assert!(e.contains("max_storage_buffer_binding_size") && e.contains(&format!("at most {} images", limit / per_image)), "{e}");

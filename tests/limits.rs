@@ -168,3 +168,30 @@ fn a_lost_device_ends_each_call_with_an_error() {
     // A validation error (not a loss) is reported once, in one line, and the device goes on:
     // tests/gpu_context.rs checks that.
 }
+
+#[test]
+fn a_model_batch_over_the_binding_limit_is_refused_before_any_kernel_runs() {
+    let gpu = common::gpu();
+    let Some(limit) = binding_limit(gpu) else { return };
+    let config = vlsa::config::Config::from_json(
+        r#"{"image_size": 16, "patch_size": 8, "vision": {"width": 8, "layers": 1, "heads": 2},
+            "text_dim": 6, "classes": ["bg", "a", "b"], "decoder": {"width": 8, "layers": 1, "heads": 2}, "em": {"bases": 3}}"#,
+        "tiny",
+    )
+    .unwrap();
+    let model = vlsa::model::Model::init(gpu, config, 1).unwrap();
+    // One image's largest tensors are the input and the upsampled logits, 3 x 16 x 16 floats.
+    let per_image = 3 * 16 * 16 * 4;
+    let batch = (limit / per_image) as usize + 1;
+    // The input buffer is allocated, never written: the refusal comes before anything reads it.
+    let input = Tensor::from_buffer(gpu, gpu.alloc(batch * 3 * 16 * 16).unwrap(), &[batch, 3, 16, 16]).unwrap();
+    gpu.sync().unwrap();
+    let (dispatches, _) = gpu.counters();
+    let err = vlsa::no_grad(|| model.forward(&input)).err().expect("the batch is over the limit");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("a batch of {batch} images")) && msg.contains("max_storage_buffer_binding_size"), "{msg}");
+    assert!(msg.contains(&format!("at most {} images", batch - 1)), "{msg}");
+    assert_eq!(gpu.counters().0, dispatches, "no kernel ran");
+    drop(input);
+    gpu.pool().release_free();
+}
