@@ -131,11 +131,20 @@ const MAX_IMAGE: usize = 4096;
 const MAX_WIDTH: usize = 8192;
 const MAX_LAYERS: usize = 256;
 const MAX_CLASSES: usize = 256;
+const MAX_MLP_RATIO: usize = 16;
+const MAX_EM_ITERS: usize = 100;
+const MAX_PARAMETERS: usize = 1 << 30;
+/// The storage-buffer binding size every WebGPU adapter offers (128 MiB): a model must fit one
+/// image's largest tensor in it, so that it runs on any GPU at batch size 1.
+pub const PORTABLE_BINDING_BYTES: u64 = 128 << 20;
 
 impl Config {
     /// Parses and validates a config from JSON text; `source` names the file in errors.
     pub fn from_json(text: &str, source: &str) -> Result<Config> {
-        let config: Config = serde_json::from_str(text).map_err(|e| Error::Config(format!("{source}: {e}")))?;
+        let config: Config = serde_json::from_str(text).map_err(|e| match key_path_at(text, e.line(), e.column()) {
+            Some(key) => Error::Config(format!("{source}: key `{key}`: {e}")),
+            None => Error::Config(format!("{source}: {e}")),
+        })?;
         config.validate().map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{source}: {m}")),
             other => other,
@@ -176,8 +185,10 @@ impl Config {
                 return bad(format!("{what}.layers {layers} is more than {MAX_LAYERS}"));
             }
         }
-        if self.vision.mlp_ratio == 0 || self.decoder.mlp_ratio == 0 || self.vision.mlp_ratio > 16 || self.decoder.mlp_ratio > 16 {
-            return bad("mlp_ratio must be between 1 and 16".into());
+        for (key, ratio) in [("vision.mlp_ratio", self.vision.mlp_ratio), ("decoder.mlp_ratio", self.decoder.mlp_ratio)] {
+            if ratio == 0 || ratio > MAX_MLP_RATIO {
+                return bad(format!("{key} {ratio} is not between 1 and {MAX_MLP_RATIO}"));
+            }
         }
         if self.text_dim == 0 || self.text_dim > MAX_WIDTH {
             return bad(format!("text_dim {} is not between 1 and {MAX_WIDTH}", self.text_dim));
@@ -196,6 +207,9 @@ impl Config {
         if self.em.bases > 0 && self.em.iters == 0 {
             return bad("em.iters must be at least 1".into());
         }
+        if self.em.iters > MAX_EM_ITERS {
+            return bad(format!("em.iters {} is more than {MAX_EM_ITERS}", self.em.iters));
+        }
         if !(self.em.lambda.is_finite() && self.em.lambda > 0.0) {
             return bad(format!("em.lambda {} must be a positive number", self.em.lambda));
         }
@@ -205,10 +219,76 @@ impl Config {
         if !(self.ln_eps > 0.0 && self.ln_eps < 1.0) {
             return bad(format!("ln_eps {} must be between 0 and 1", self.ln_eps));
         }
-        if self.pixel_std.iter().any(|&s| !(s > 0.0)) {
+        if self.pixel_std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
             return bad("pixel_std values must be positive".into());
         }
+        if self.pixel_mean.iter().any(|m| !m.is_finite()) {
+            return bad("pixel_mean values must be finite numbers".into());
+        }
+        // Sizes are bounded above, so these products cannot overflow.
+        let parameters: usize = crate::model::expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+        if parameters > MAX_PARAMETERS {
+            return bad(format!("the sizes give {parameters} parameters, more than vlsa's limit of {MAX_PARAMETERS}; lower vision.width, vision.layers, decoder.width or decoder.layers"));
+        }
+        let largest = self.largest_tensor(1);
+        if largest.bytes() > PORTABLE_BINDING_BYTES {
+            return bad(format!(
+                "{} would be {} MiB for one image, over the {} MiB a GPU storage binding is guaranteed to hold; lower {}",
+                largest.describe(),
+                largest.bytes() >> 20,
+                PORTABLE_BINDING_BYTES >> 20,
+                largest.keys
+            ));
+        }
         Ok(())
+    }
+
+    /// Refuses a batch whose largest tensor would not fit in one storage binding of
+    /// `binding_limit` bytes (the adapter's `max_storage_buffer_binding_size`), before any
+    /// kernel runs; the error says by how much and the largest batch that fits.
+    pub fn check_batch(&self, batch: usize, binding_limit: u64) -> Result<()> {
+        let largest = self.largest_tensor(batch);
+        if largest.bytes() <= binding_limit {
+            return Ok(());
+        }
+        let per_image = self.largest_activation(1).bytes().max(1);
+        Err(Error::Invalid(format!(
+            "a batch of {batch} images needs {} of {} bytes, over this GPU's max_storage_buffer_binding_size of {binding_limit} bytes by {}; use batches of at most {} images",
+            largest.describe(),
+            largest.bytes(),
+            largest.bytes() - binding_limit,
+            binding_limit / per_image
+        )))
+    }
+
+    /// The largest tensor a forward and backward pass over `batch` images binds to one kernel:
+    /// a weight, or an activation (these grow with the batch).
+    pub fn largest_tensor(&self, batch: usize) -> TensorSize {
+        let keys = "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio";
+        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize { name: format!("weight {name}"), shape, keys });
+        let activation = self.largest_activation(batch);
+        weights.fold(activation, |a, w| if w.elements() > a.elements() { w } else { a })
+    }
+
+    /// The largest activation of a pass over `batch` images.
+    pub fn largest_activation(&self, batch: usize) -> TensorSize {
+        let (s, d, n, k) = (self.image_size, self.vision.width, self.tokens(), self.num_classes());
+        let c = self.decoder.width;
+        let tokens = "image_size (or raise patch_size)";
+        [
+            TensorSize { name: "the input".into(), shape: vec![batch, 3, s, s], keys: "image_size" },
+            TensorSize { name: "the encoder activations".into(), shape: vec![batch, 1 + n, d], keys: tokens },
+            TensorSize { name: "the encoder MLP activations".into(), shape: vec![batch, 1 + n, d * self.vision.mlp_ratio], keys: "image_size or vision.mlp_ratio" },
+            TensorSize { name: "the decoder MLP activations".into(), shape: vec![batch, n, c * self.decoder.mlp_ratio], keys: "image_size or decoder.mlp_ratio" },
+            TensorSize { name: "the EM responsibilities".into(), shape: vec![batch, n, self.em.bases], keys: tokens },
+            TensorSize { name: "the upsampled logits".into(), shape: vec![batch, k, s, s], keys: "image_size or the number of classes" },
+        ]
+        .into_iter()
+        .fold(None::<TensorSize>, |a, t| match a {
+            Some(a) if a.elements() >= t.elements() => Some(a),
+            _ => Some(t),
+        })
+        .expect("the list is not empty")
     }
 
     /// Patches per side, h = w = S / p.
@@ -230,6 +310,79 @@ impl Config {
     pub fn prompt_texts(&self) -> Vec<String> {
         self.prompts.clone().unwrap_or_else(|| self.classes.clone())
     }
+}
+
+/// A tensor's name, shape and the config keys that set its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSize {
+    /// What the tensor is.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// The config keys to change to make it smaller.
+    pub keys: &'static str,
+}
+
+impl TensorSize {
+    /// Number of elements.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
+    }
+    /// Bytes in f32.
+    pub fn bytes(&self) -> u64 {
+        (self.elements() as u64).saturating_mul(4)
+    }
+    /// "name [shape]".
+    pub fn describe(&self) -> String {
+        format!("{} {:?}", self.name, self.shape)
+    }
+}
+
+/// The dotted path of the JSON key at (1-based) `line` and `column` of `text`, e.g.
+/// `vision.width`, so a type error from serde names the key it is about.
+fn key_path_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let start: usize = text.split('\n').take(line.checked_sub(1)?).map(|l| l.len() + 1).sum();
+    let end = (start + column).min(text.len());
+    // Each open container: an object with the key being read, or an array.
+    let mut open: Vec<Option<String>> = Vec::new();
+    let mut in_object: Vec<bool> = Vec::new();
+    let mut last_string = None;
+    let bytes = &text.as_bytes()[..end];
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let from = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                last_string = Some(String::from_utf8_lossy(&bytes[from..i.min(bytes.len())]).into_owned());
+            }
+            b':' => {
+                if let Some(key) = open.last_mut() {
+                    *key = last_string.take();
+                }
+            }
+            b'{' | b'[' => {
+                open.push(None);
+                in_object.push(bytes[i] == b'{');
+            }
+            b'}' | b']' => {
+                open.pop();
+                in_object.pop();
+            }
+            b',' if in_object.last() == Some(&true) => {
+                if let Some(key) = open.last_mut() {
+                    *key = None;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let path: Vec<String> = open.into_iter().flatten().collect();
+    (!path.is_empty()).then(|| path.join("."))
 }
 
 #[cfg(test)]

@@ -237,6 +237,7 @@ impl Model {
             return Err(Error::Invalid(format!("the model takes input [B, 3, {0}, {0}], not {s:?}", c.image_size)));
         }
         let b = s[0];
+        c.check_batch(b, self.gpu.limits().max_storage_buffer_binding_size)?;
         let (d, n, k) = (c.vision.width, c.tokens(), c.num_classes());
         let vm = "vision_model";
         // 2-3: patch tokens, class token, position embeddings, pre-norm.

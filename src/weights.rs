@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -49,8 +49,9 @@ impl TensorFile {
     /// Parses safetensors bytes; `source` names them in errors.
     pub fn parse(bytes: &[u8], source: &str) -> Result<TensorFile> {
         let format = |message: String| Error::Format { path: source.to_string(), message };
-        let st = SafeTensors::deserialize(bytes).map_err(|e| format(format!("not a valid safetensors file ({e})")))?;
-        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format(format!("not a valid safetensors file ({e})")))?;
+        check_header_length(bytes).map_err(format)?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| format(explain(bytes, e)))?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format(explain(bytes, e)))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
@@ -105,6 +106,90 @@ impl TensorFile {
         let bytes = self.to_bytes(f16)?;
         crate::io::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
     }
+}
+
+/// Bytes of the little-endian u64 header length that opens a safetensors file.
+const LENGTH_BYTES: usize = 8;
+/// The largest JSON header the safetensors format allows (100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Checks the 8-byte header length against the file before anything is parsed, so a truncated
+/// file or a garbage length (huge, or negative read as signed) gets a sentence that says which.
+fn check_header_length(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(head) = bytes.get(..LENGTH_BYTES) else {
+        return Err(format!("the file is {} bytes long, too short for a safetensors header (an 8-byte length, then JSON)", bytes.len()));
+    };
+    let length = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+    let rest = (bytes.len() - LENGTH_BYTES) as u64;
+    if length as i64 <= 0 {
+        return Err(format!("the header length is {} (read as a signed number), not a positive size; this is not a safetensors file", length as i64));
+    }
+    if length > MAX_HEADER {
+        return Err(format!("the header length is {length} bytes, over the {MAX_HEADER}-byte limit of the safetensors format; the file is corrupt"));
+    }
+    if length > rest {
+        return Err(format!("the header length is {length} bytes but only {rest} bytes follow it; the file is truncated or corrupt"));
+    }
+    Ok(())
+}
+
+/// Turns a safetensors parse error into one sentence, naming the tensor at fault where the
+/// error concerns one (the safetensors crate leaves some of them unnamed).
+fn explain(bytes: &[u8], e: SafeTensorError) -> String {
+    match e {
+        SafeTensorError::InvalidHeader(e) => format!("the header is not UTF-8 text ({e})"),
+        SafeTensorError::InvalidHeaderDeserialization(e) | SafeTensorError::JsonError(e) => {
+            format!("the header is not a valid safetensors JSON table ({e})")
+        }
+        SafeTensorError::InvalidOffset(name) => {
+            format!("tensor {name} does not start where the previous tensor ends (overlapping, out-of-order or gapped data offsets)")
+        }
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow | SafeTensorError::MisalignedSlice => {
+            match first_inconsistent_tensor(bytes) {
+                Some(why) => why,
+                None => format!("a tensor's data offsets do not match its shape and dtype ({e})"),
+            }
+        }
+        SafeTensorError::MetadataIncompleteBuffer => match data_extent(bytes) {
+            Some((end, have)) if end > have => format!("the tensors' data ends at byte {end} of the data section but the file holds only {have} bytes there; the file is truncated"),
+            Some((end, have)) => format!("the tensors' data ends at byte {end} of the data section but the file holds {have} bytes there; the file has {} trailing bytes", have - end),
+            None => "the tensors' data offsets do not end at the end of the file; the file is truncated or has trailing bytes".to_string(),
+        },
+        other => format!("not a valid safetensors file ({other})"),
+    }
+}
+
+/// Where the header says the tensor data ends, and how many bytes follow the header.
+fn data_extent(bytes: &[u8]) -> Option<(u64, u64)> {
+    let length = u64::from_le_bytes(bytes.get(..LENGTH_BYTES)?.try_into().ok()?) as usize;
+    let text = std::str::from_utf8(bytes.get(LENGTH_BYTES..LENGTH_BYTES.checked_add(length)?)?).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    let end = header.values().filter_map(|info| info.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
+    Some((end, (bytes.len() - LENGTH_BYTES - length) as u64))
+}
+
+/// Finds the first tensor of the header whose byte range disagrees with shape x dtype and says
+/// why, or `None` when the header cannot be read that far.
+fn first_inconsistent_tensor(bytes: &[u8]) -> Option<String> {
+    let length = u64::from_le_bytes(bytes.get(..LENGTH_BYTES)?.try_into().ok()?) as usize;
+    let text = std::str::from_utf8(bytes.get(LENGTH_BYTES..LENGTH_BYTES.checked_add(length)?)?).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    for (name, info) in header.iter().filter(|(name, _)| name.as_str() != "__metadata__") {
+        let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
+        let shape: Vec<usize> = serde_json::from_value(info.get("shape")?.clone()).ok()?;
+        let offsets: (usize, usize) = serde_json::from_value(info.get("data_offsets")?.clone()).ok()?;
+        let Some(bits) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.bitsize())) else {
+            return Some(format!("tensor {name} has shape {shape:?}, whose size overflows"));
+        };
+        let declared = offsets.1.checked_sub(offsets.0);
+        if bits % 8 != 0 || declared != Some(bits / 8) {
+            return Some(format!(
+                "tensor {name} has shape {shape:?} of {dtype:?} ({} bytes) but data offsets {offsets:?}",
+                bits as f64 / 8.0
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -139,6 +139,12 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (ty, backend)
 }
 
+/// wgpu's error reports span several indented lines ("Caused by: ..."); vlsa's errors are one
+/// sentence, so the lines are joined with ": ".
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").collect::<Vec<_>>().join(": ")
+}
+
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
@@ -206,16 +212,17 @@ impl Gpu {
         let slot = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let err = match e {
-                wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
-                other => Error::Validation(other.to_string()),
+                wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(one_line(&e.to_string())),
+                other => Error::Validation(one_line(&other.to_string())),
             };
             lock(&slot).get_or_insert(err);
         }));
         let slot = error.clone();
         device.set_device_lost_callback(move |reason, message| {
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                lock(&slot).get_or_insert(Error::DeviceLost(format!("{reason:?}: {message}")));
-            }
+            // The loss is the cause of whatever fails after it, so it replaces an earlier error;
+            // it also fires when the device is dropped, when nobody reads it any more.
+            let why = if reason == wgpu::DeviceLostReason::Destroyed { "the device was destroyed".to_string() } else { one_line(&format!("{reason:?}: {message}")) };
+            *lock(&slot) = Some(Error::DeviceLost(why));
         });
 
         let info = GpuInfo {
@@ -283,7 +290,16 @@ impl Gpu {
 
     /// Returns the first asynchronous GPU error since the last check, if any.
     pub fn check_errors(&self) -> Result<()> {
-        match lock(&self.inner.error).take() {
+        // A non-blocking poll runs a pending device-lost callback first, so a loss is reported
+        // as the loss rather than as the validation error it caused.
+        let _ = self.device().poll(wgpu::PollType::Poll);
+        let mut slot = lock(&self.inner.error);
+        match slot.take() {
+            // A lost device stays lost: every later call reports it again.
+            Some(e @ Error::DeviceLost(_)) => {
+                *slot = Some(e.clone());
+                Err(e)
+            }
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -293,10 +309,10 @@ impl Gpu {
 
     /// A buffer of `len` 4-byte elements with unspecified contents.
     pub fn alloc(&self, len: usize) -> Result<GpuBuffer> {
-        let bytes = (len as u64) * 4;
+        let bytes = (len as u64).saturating_mul(4);
         let max = self.limits().max_buffer_size;
         if bytes > max {
-            return Err(Error::Limit { what: format!("a buffer of {len} elements"), needed: bytes, limit: max });
+            return Err(Error::Limit { what: format!("a buffer of {len} elements (max_buffer_size, in bytes)"), needed: bytes, limit: max });
         }
         if let Some((buffer, class)) = self.inner.pool.take(bytes) {
             return Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()));
@@ -312,7 +328,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             // Free cached buffers and tell the caller; the allocation itself is not retried.
             self.inner.pool.release_free();
-            return Err(Error::OutOfMemory(format!("allocating {class} bytes: {e}")));
+            return Err(Error::OutOfMemory(one_line(&format!("allocating {class} bytes: {e}"))));
         }
         self.inner.pool.record_new(class);
         Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()))
@@ -435,13 +451,13 @@ impl Gpu {
             self.wait()?;
             match rx.recv_timeout(std::time::Duration::from_millis(5)) {
                 Ok(Ok(())) => break,
-                Ok(Err(e)) => return Err(Error::Readback(e.to_string())),
+                Ok(Err(e)) => return Err(Error::Readback(one_line(&e.to_string()))),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
                 Err(_) => return Err(Error::Readback("the GPU did not finish copying the data back within 120 s".into())),
             }
         }
         let out = {
-            let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?;
+            let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(one_line(&e.to_string())))?;
             bytemuck::pod_collect_to_vec(&view[..])
         };
         staging.unmap();
@@ -456,7 +472,8 @@ impl Gpu {
         let max_wg = limits.max_compute_workgroups_per_dimension;
         for (axis, &n) in ["x", "y", "z"].iter().zip(&d.workgroups) {
             if n > max_wg {
-                return Err(Error::Limit { what: format!("{} workgroups along {axis}", d.entry), needed: n as u64, limit: max_wg as u64 });
+                let what = format!("kernel `{}` of {} with {n} workgroups along {axis} (max_compute_workgroups_per_dimension)", d.entry, d.shader.file);
+                return Err(Error::Limit { what, needed: n as u64, limit: max_wg as u64 });
             }
         }
         if d.workgroups.contains(&0) {
@@ -465,7 +482,8 @@ impl Gpu {
         let max_bind = limits.max_storage_buffer_binding_size;
         for (i, b) in d.buffers.iter().enumerate() {
             if b.byte_len() > max_bind {
-                return Err(Error::Limit { what: format!("{} binding {} ({} elements)", d.entry, i + 1, b.len()), needed: b.byte_len(), limit: max_bind });
+                let what = format!("kernel `{}` of {} binding {} ({} elements; max_storage_buffer_binding_size, in bytes)", d.entry, d.shader.file, i + 1, b.len());
+                return Err(Error::Limit { what, needed: b.byte_len(), limit: max_bind });
             }
         }
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
@@ -618,7 +636,7 @@ impl Gpu {
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
             .map_err(|e| match e {
                 wgpu::PollError::Timeout => Error::DeviceLost("timed out waiting for the GPU".into()),
-                other => Error::DeviceLost(other.to_string()),
+                other => Error::DeviceLost(one_line(&other.to_string())),
             })?;
         self.check_errors()
     }
