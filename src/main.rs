@@ -172,21 +172,26 @@ fn train(a: TrainArgs) -> Result<(), String> {
         trainer.options.steps,
         gpu.info().name
     );
-    let summary = run(&mut trainer, val.as_ref(), &opts).map_err(err)?;
-    let (log, curve) = vlsa::train::report::side_paths(&a.out);
-    println!("steps {}..{} of {} in {:.1} s", summary.first_step, summary.last_step, trainer.options.steps, summary.seconds);
-    if let Some(l) = summary.last_loss {
-        println!("last loss:          {l:.4}");
+    let stop = a.stop_at.unwrap_or(trainer.options.steps).min(trainer.options.steps);
+    if trainer.step >= stop {
+        println!("nothing to do: {} is at step {} and the run stops at step {stop}", a.out.display(), trainer.step);
+    } else {
+        let summary = run(&mut trainer, val.as_ref(), &opts).map_err(err)?;
+        let (log, curve) = vlsa::train::report::side_paths(&a.out);
+        println!("steps {}..{} of {} in {:.1} s", summary.first_step, summary.last_step, trainer.options.steps, summary.seconds);
+        if let Some(l) = summary.last_loss {
+            println!("last loss:          {l:.4}");
+        }
+        if let Some(d) = summary.val_dice {
+            println!("validation Dice:    {d:.4}");
+        }
+        if let Some(r) = summary.images_per_second {
+            println!("throughput:         {r:.2} images/s (after the first step)");
+        }
+        println!("dispatches/step:    {:.0}", summary.dispatches_per_step);
+        println!("checkpoint:         {}", a.out.display());
+        println!("log, curve:         {}, {}", log.display(), curve.display());
     }
-    if let Some(d) = summary.val_dice {
-        println!("validation Dice:    {d:.4}");
-    }
-    if let Some(r) = summary.images_per_second {
-        println!("throughput:         {r:.2} images/s (after the first step)");
-    }
-    println!("dispatches/step:    {:.0}", summary.dispatches_per_step);
-    println!("checkpoint:         {}", a.out.display());
-    println!("log, curve:         {}, {}", log.display(), curve.display());
     if let Some(path) = &a.export {
         trainer.model.save(path, false).map_err(err)?;
         println!("model:              {}", path.display());

@@ -467,7 +467,7 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
     let total = trainer.options.steps;
     let stop = opts.stop_at.unwrap_or(total).min(total);
     let first = trainer.step;
-    let mut progress = report::Progress::new(first, total, trainer.options.batch, opts.log_every, opts.quiet);
+    let mut progress = report::Progress::new(first, stop, total, trainer.options.batch, opts.log_every, opts.quiet);
     let gpu = trainer.model.gpu().clone();
     let mut dispatches = 0u64;
     let mut val_dice = None;
@@ -488,7 +488,10 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
         dispatches += gpu.counters().0 - before;
         if let Some(v) = val {
             if step % opts.val_every.max(1) == 0 || step == stop {
-                let d = validation_dice(&trainer.model, v, trainer.options.batch).map_err(|e| stopped(trainer, e, step))?;
+                let d = validation_dice(&trainer.model, v, trainer.options.batch).map_err(|e| {
+                    progress.finish();
+                    stopped(trainer, e, step)
+                })?;
                 entry.val_dice = Some(d);
                 if let Some(last) = trainer.log.last_mut() {
                     last.val_dice = Some(d);

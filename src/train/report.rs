@@ -95,6 +95,7 @@ pub struct Progress {
     terminal: bool,
     every: usize,
     total: usize,
+    stop: usize,
     first: usize,
     batch: usize,
     start: Instant,
@@ -106,9 +107,9 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A display for steps `first + 1 ..= total` of `batch` images each.
-    pub fn new(first: usize, total: usize, batch: usize, every: usize, quiet: bool) -> Progress {
-        Progress { terminal: std::io::stderr().is_terminal(), every: every.max(1), total, first, batch, start: Instant::now(), train_seconds: 0.0, timed_steps: 0, quiet }
+    /// A display for steps `first + 1 ..= stop` of a run of `total` steps of `batch` images each.
+    pub fn new(first: usize, stop: usize, total: usize, batch: usize, every: usize, quiet: bool) -> Progress {
+        Progress { terminal: std::io::stderr().is_terminal(), every: every.max(1), total, stop, first, batch, start: Instant::now(), train_seconds: 0.0, timed_steps: 0, quiet }
     }
 
     /// Training images per second over this run's steps but the first (None before two steps).
@@ -127,11 +128,11 @@ impl Progress {
         }
         let rate = self.images_per_second();
         let eta = match rate {
-            Some(r) if r > 0.0 => format_duration((self.total - step) as f64 * self.batch as f64 / r),
+            Some(r) if r > 0.0 => format_duration(self.stop.saturating_sub(step) as f64 * self.batch as f64 / r),
             _ => "--:--".into(),
         };
         let rate = rate.map_or("-".into(), |r| format!("{r:.2}"));
-        let done = (step - self.first) as f64 / (self.total - self.first).max(1) as f64;
+        let done = step as f64 / self.total.max(1) as f64;
         let filled = (done * 24.0).round() as usize;
         let dice = entry.val_dice.map(|d| format!("  val Dice {d:.4}")).unwrap_or_default();
         let line = format!(
@@ -145,16 +146,16 @@ impl Progress {
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r{line}\x1b[K");
-            if entry.val_dice.is_some() || step == self.total {
+            if entry.val_dice.is_some() || step == self.stop {
                 let _ = writeln!(err);
             }
-        } else if step % self.every == 0 || entry.val_dice.is_some() || step == self.total {
+        } else if step % self.every == 0 || entry.val_dice.is_some() || step == self.stop {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();
     }
 
-    /// Ends the in-place line (before other output).
+    /// Ends the in-place line (before an error message).
     pub fn finish(&self) {
         if self.terminal && !self.quiet {
             eprintln!();
