@@ -33,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Profile(ProfileCommand),
     /// Train a model on a data set (images/NAME.png + masks/NAME.png), with checkpoints that resume exactly.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
 }
 
 /// `vlsa train`. Options left out take their defaults on a new run; with --resume they come
@@ -291,7 +291,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info => info(),
         Command::Init { config, out, seed } => init(&config, &out, seed),
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }

@@ -117,9 +117,9 @@ impl Augmentation {
             for x in 0..cw {
                 let sx = x0 + if flip_x { cw - 1 - x } else { x };
                 let at = sy * w + sx;
-                for c in 0..3 {
+                for (c, g) in gain.iter().enumerate() {
                     let v = (image.rgb[at * 3 + c] - 0.5) * contrast + 0.5 + brightness;
-                    rgb.push((v * gain[c]).clamp(0.0, 1.0));
+                    rgb.push((v * g).clamp(0.0, 1.0));
                 }
                 labels.push(mask.labels[at]);
             }
