@@ -72,6 +72,11 @@ pub struct DecoderConfig {
     pub heads: usize,
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: usize,
+    /// Whether each layer cross-attends to the class text embeddings (DESIGN.md step 9); false
+    /// is the "no text cross-attention" ablation, whose layers have no `norm2`/`cross_attn`.
+    /// Left out of the JSON when true, so full models' metadata is unchanged.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub cross_attn: bool,
 }
 
 /// EM Aggregation settings.
@@ -115,6 +120,12 @@ fn default_mlp_ratio() -> usize {
 }
 fn default_act() -> Activation {
     Activation::QuickGelu
+}
+fn default_true() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
 }
 fn default_iters() -> usize {
     3
@@ -420,6 +431,16 @@ mod tests {
         assert_eq!(c.em.grad, EmGrad::Detached);
         assert_eq!(c.prompt_texts(), vec!["bg", "a"]);
         assert_eq!(c.ln_eps, 1e-5);
+        assert!(c.decoder.cross_attn);
+        assert!(!c.to_json().contains("cross_attn"), "the default is not written");
+    }
+
+    #[test]
+    fn decoder_cross_attention_can_be_turned_off() {
+        let off = DESIGN.replace("\"mlp_ratio\": 4}", "\"mlp_ratio\": 4, \"cross_attn\": false}");
+        let c = Config::from_json(&off, "off").unwrap();
+        assert!(!c.decoder.cross_attn);
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
     }
 
     #[test]

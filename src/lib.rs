@@ -17,6 +17,7 @@ pub mod error;
 pub mod weights;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{backward, no_grad};
 pub use error::{Error, Result};

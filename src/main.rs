@@ -80,6 +80,171 @@ enum Command {
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Train a model on a data set (images/NAME.png + masks/NAME.png), with checkpoints that resume exactly.
+    Train(Box<TrainArgs>),
+}
+
+/// `vlsa train`. Options left out take their defaults on a new run; with --resume they come
+/// from the checkpoint, and any given must agree with it.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Start from a random model of this configuration (seeded by --seed).
+    #[arg(long, value_name = "CFG.json", conflicts_with = "model", required_unless_present_any = ["model", "resume"])]
+    config: Option<std::path::PathBuf>,
+    /// Start from this model file (e.g. a pretrained one).
+    #[arg(long, value_name = "MODEL.safetensors")]
+    model: Option<std::path::PathBuf>,
+    /// The training data set.
+    #[arg(long, value_name = "DIR")]
+    data: std::path::PathBuf,
+    /// Total training steps (the length of the learning-rate schedule).
+    #[arg(long, required_unless_present = "resume")]
+    steps: Option<usize>,
+    /// The checkpoint to write (and to resume from with --resume); the log
+    /// (<out>.log.csv) and the curve (<out>.curve.svg) go beside it.
+    #[arg(long, value_name = "CKPT.safetensors")]
+    out: std::path::PathBuf,
+    /// Validation data set: mean foreground Dice every --val-every steps.
+    #[arg(long, value_name = "DIR")]
+    val: Option<std::path::PathBuf>,
+    /// Continue exactly from the checkpoint at --out (starts from step 0 when there is none yet).
+    #[arg(long)]
+    resume: bool,
+    /// Images per step [default: 8].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Peak learning rate [default: 1e-3].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Warmup steps [default: min(100, steps / 10)].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Decoupled weight decay [default: 0.05].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate multiplier of the vision encoder [default: 1 with --config, 0.1 with --model].
+    #[arg(long)]
+    vision_lr_mult: Option<f32>,
+    /// Seed of the initialisation, data order and augmentation [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train without augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Text encoder for new class prompts (not used yet: the model's class embeddings are kept).
+    #[arg(long, value_name = "DIR")]
+    text_encoder: Option<std::path::PathBuf>,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 100)]
+    val_every: usize,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// When stderr is not a terminal, print a progress line every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Stop after this step (writing a checkpoint) without changing the schedule; --resume continues.
+    #[arg(long)]
+    stop_at: Option<usize>,
+    /// Also write the final model, without optimizer state, to this file.
+    #[arg(long, value_name = "MODEL.safetensors")]
+    export: Option<std::path::PathBuf>,
+}
+
+fn train(a: TrainArgs) -> Result<(), String> {
+    use vlsa::train::{run, RunOptions, TrainOptions, Trainer};
+    let err = |e: vlsa::Error| e.to_string();
+    if a.text_encoder.is_some() {
+        eprintln!("vlsa: note: --text-encoder is not used yet; the model's class embeddings are kept");
+    }
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let mut trainer = if a.resume && a.out.exists() {
+        let trainer = Trainer::resume(&gpu, &a.out, &a.data).map_err(err)?;
+        if let Some(path) = &a.config {
+            if vlsa::train::read_config(path).map_err(err)? != trainer.model.config {
+                return Err(format!("{} is not the configuration of the checkpoint {}; resume without --config or with the same one", path.display(), a.out.display()));
+            }
+        }
+        let o = &trainer.options;
+        let differs = [
+            ("--steps", a.steps.is_some_and(|v| v != o.steps)),
+            ("--batch", a.batch.is_some_and(|v| v != o.batch)),
+            ("--lr", a.lr.is_some_and(|v| v != o.lr)),
+            ("--warmup", a.warmup.is_some_and(|v| v != o.warmup)),
+            ("--weight-decay", a.weight_decay.is_some_and(|v| v != o.weight_decay)),
+            ("--vision-lr-mult", a.vision_lr_mult.is_some_and(|v| v != o.vision_lr_mult)),
+            ("--seed", a.seed.is_some_and(|v| v != o.seed)),
+            ("--no-augment", a.no_augment == o.augment),
+        ];
+        if let Some((flag, _)) = differs.iter().find(|(_, d)| *d) {
+            return Err(format!("{flag} differs from the value the checkpoint {} was trained with; resuming exactly needs the same options (see its log)", a.out.display()));
+        }
+        eprintln!("vlsa: resuming {} at step {} of {}", a.out.display(), trainer.step, o.steps);
+        trainer
+    } else {
+        if a.resume {
+            eprintln!("vlsa: no checkpoint at {} yet; starting from step 0", a.out.display());
+        }
+        let steps = a.steps.ok_or("--steps is required for a new run")?;
+        let seed = a.seed.unwrap_or(0);
+        let (model, pretrained) = match (&a.config, &a.model) {
+            (Some(c), _) => (vlsa::model::Model::init(&gpu, vlsa::train::read_config(c).map_err(err)?, seed).map_err(err)?, false),
+            (None, Some(m)) => (vlsa::model::Model::load(&gpu, m).map_err(err)?, true),
+            (None, None) => return Err("a new run needs --config or --model".into()),
+        };
+        let defaults = TrainOptions::new(steps);
+        let options = TrainOptions {
+            batch: a.batch.unwrap_or(defaults.batch),
+            lr: a.lr.unwrap_or(defaults.lr),
+            warmup: a.warmup.unwrap_or(defaults.warmup),
+            weight_decay: a.weight_decay.unwrap_or(defaults.weight_decay),
+            vision_lr_mult: a.vision_lr_mult.unwrap_or(if pretrained { 0.1 } else { 1.0 }),
+            seed,
+            augment: !a.no_augment,
+            ..defaults
+        };
+        let data = vlsa::data::Dataset::load(&a.data, model.config.num_classes()).map_err(err)?;
+        Trainer::new(model, options, data).map_err(err)?
+    };
+    let val = match &a.val {
+        Some(dir) => Some(vlsa::data::Dataset::load(dir, trainer.model.config.num_classes()).map_err(err)?),
+        None => None,
+    };
+    let opts = RunOptions { out: a.out.clone(), val_every: a.val_every, checkpoint_every: a.checkpoint_every, log_every: a.log_every, stop_at: a.stop_at, quiet: false };
+    let params: usize = trainer.model.parameters().map(|(_, t)| t.numel()).sum();
+    eprintln!(
+        "vlsa: training {params} parameters on {} images ({}), batch {}, {} steps, on {}",
+        trainer.data().len(),
+        a.data.display(),
+        trainer.options.batch,
+        trainer.options.steps,
+        gpu.info().name
+    );
+    let stop = a.stop_at.unwrap_or(trainer.options.steps).min(trainer.options.steps);
+    if trainer.step >= stop {
+        println!("nothing to do: {} is at step {} and the run stops at step {stop}", a.out.display(), trainer.step);
+    } else {
+        let summary = run(&mut trainer, val.as_ref(), &opts).map_err(err)?;
+        let (log, curve) = vlsa::train::report::side_paths(&a.out);
+        println!("steps {}..{} of {} in {:.1} s", summary.first_step, summary.last_step, trainer.options.steps, summary.seconds);
+        if let Some(l) = summary.last_loss {
+            println!("last loss:          {l:.4}");
+        }
+        if let Some(d) = summary.val_dice {
+            println!("validation Dice:    {d:.4}");
+        }
+        if let Some(r) = summary.images_per_second {
+            println!("throughput:         {r:.2} images/s (after the first step)");
+        }
+        println!("dispatches/step:    {:.0}", summary.dispatches_per_step);
+        println!("checkpoint:         {}", a.out.display());
+        println!("log, curve:         {}, {}", log.display(), curve.display());
+    }
+    if let Some(path) = &a.export {
+        trainer.model.save(path, false).map_err(err)?;
+        println!("model:              {}", path.display());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -284,6 +449,7 @@ fn main() -> ExitCode {
         Command::Segment { model, images, out } => segment(&model, &images, out.as_deref()),
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
+        Command::Train(args) => train(*args),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }

@@ -16,6 +16,13 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
 
+/// Metadata key that marks a training checkpoint (its value is the training state as JSON).
+/// Only files carrying it may hold [`OPTIMIZER_PREFIX`] tensors.
+pub const CHECKPOINT_KEY: &str = "vlsa.checkpoint";
+
+/// Name prefix of a checkpoint's optimizer tensors (`optim.m.<name>`, `optim.v.<name>`).
+pub const OPTIMIZER_PREFIX: &str = "optim.";
+
 /// Names of tensors that are buffers or frozen inputs, not trained.
 pub const FROZEN: [&str; 2] = ["text.class_embeddings", "head.em.bases"];
 
@@ -63,10 +70,13 @@ pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
     }
     for j in 0..c.decoder.layers {
         let l = format!("head.decoder.layers.{j}");
-        for n in ["norm1", "norm2", "norm3"] {
+        // Without text cross-attention (an ablation) its norm and projections do not exist.
+        let (norms, attns): (&[&str], &[&str]) =
+            if c.decoder.cross_attn { (&["norm1", "norm2", "norm3"], &["self_attn", "cross_attn"]) } else { (&["norm1", "norm3"], &["self_attn"]) };
+        for n in norms {
             norm(&mut push, format!("{l}.{n}"), w);
         }
-        for attn in ["self_attn", "cross_attn"] {
+        for attn in attns {
             for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
                 linear(&mut push, format!("{l}.{attn}.{proj}"), w, w);
             }
@@ -146,12 +156,27 @@ impl Model {
         Ok(Model { config, tensors, gpu: gpu.clone() })
     }
 
-    /// Loads a model file (safetensors with `vlsa.config` metadata).
+    /// Loads a model file (safetensors with `vlsa.config` metadata), or the model inside a
+    /// training checkpoint (its optimizer state is ignored).
     pub fn load(gpu: &Gpu, path: &Path) -> Result<Model> {
-        let file = TensorFile::read(path)?;
+        Ok(Model::load_checkpoint(gpu, path)?.0)
+    }
+
+    /// Loads a model file or a training checkpoint. Returns the model and what else the file
+    /// holds: its metadata and, for a checkpoint (metadata key [`CHECKPOINT_KEY`]), the
+    /// optimizer tensors ([`OPTIMIZER_PREFIX`]). A plain model file gets the strict check: an
+    /// `optim.*` tensor in it is an unexpected tensor.
+    pub fn load_checkpoint(gpu: &Gpu, path: &Path) -> Result<(Model, TensorFile)> {
+        let mut file = TensorFile::read(path)?;
         let source = path.display().to_string();
         let config = file.config(&source)?;
-        Model::from_host(gpu, config, file.tensors, &source)
+        let mut rest = TensorFile { tensors: BTreeMap::new(), metadata: std::mem::take(&mut file.metadata) };
+        if rest.metadata.contains_key(CHECKPOINT_KEY) {
+            let (optim, model) = std::mem::take(&mut file.tensors).into_iter().partition(|(name, _)| name.starts_with(OPTIMIZER_PREFIX));
+            rest.tensors = optim;
+            file.tensors = model;
+        }
+        Ok((Model::from_host(gpu, config, file.tensors, &source)?, rest))
     }
 
     /// Writes the model (f32, or f16 storage) atomically.
@@ -283,8 +308,10 @@ impl Model {
             let l = format!("head.decoder.layers.{j}");
             let h = self.norm(&x, &format!("{l}.norm1"))?;
             x = x.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads)?)?;
-            let h = self.norm(&x, &format!("{l}.norm2"))?;
-            x = x.add(&self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads)?)?;
+            if c.decoder.cross_attn {
+                let h = self.norm(&x, &format!("{l}.norm2"))?;
+                x = x.add(&self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads)?)?;
+            }
             let h = self.norm(&x, &format!("{l}.norm3"))?;
             let h = self.linear(&h, &format!("{l}.mlp.fc1"))?.gelu()?;
             x = x.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;

@@ -1,0 +1,571 @@
+//! Training: AdamW with decoupled weight decay, warmup then cosine learning rate, a learning-rate
+//! multiplier for the vision encoder, seeded mini-batches with augmentation, the EM bases moving
+//! average after each step, validation Dice, and checkpoints that resume bit for bit.
+//!
+//! A [`Trainer`] owns the model, the optimizer moments and the training data; [`Trainer::step`]
+//! runs one step. [`run`] is the loop of `vlsa train`: progress, validation, checkpoints, the
+//! log and the curve. The data order and the augmentation are pure functions of the seed and the
+//! step ([`augment`]), so a checkpoint holds all the state a run has: the model (with the EM
+//! bases), the optimizer moments, the step, the options and the log.
+//!
+//! A checkpoint is a model file (loadable by [`Model::load`]) plus `optim.m.<name>` and
+//! `optim.v.<name>` for each trainable tensor, with the training state as JSON under the
+//! metadata key [`CHECKPOINT_KEY`].
+
+pub mod augment;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::image_io::{preprocess, Image};
+use crate::kernels::adamw::{self, AdamW};
+use crate::kernels::{Gpu, GpuBuffer};
+use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
+use crate::tensor::Tensor;
+use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+use augment::{augment_rng, epoch_order, Augmentation};
+pub use report::LogEntry;
+
+/// The options that decide a run's trajectory: a resumed run must use the same ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Total optimizer steps (the length of the learning-rate schedule).
+    pub steps: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Steps of linear warmup from 0 to `lr`.
+    pub warmup: usize,
+    /// The cosine decay ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f32,
+    /// Decoupled weight decay (not applied to norms, biases, embeddings and the logit scale).
+    pub weight_decay: f32,
+    /// Learning-rate multiplier of the vision encoder (`vision_model.*`).
+    pub vision_lr_mult: f32,
+    /// AdamW first-moment decay.
+    pub beta1: f32,
+    /// AdamW second-moment decay.
+    pub beta2: f32,
+    /// AdamW denominator epsilon.
+    pub eps: f32,
+    /// Seed of the data order and the augmentation.
+    pub seed: u64,
+    /// Whether to augment (flips, scale/crop, intensity and colour jitter).
+    pub augment: bool,
+}
+
+impl TrainOptions {
+    /// The defaults for a run of `steps` steps: batch 8, lr 1e-3, warmup min(100, steps/10),
+    /// cosine to 1% of lr, weight decay 0.05, vision multiplier 1, betas (0.9, 0.999), eps 1e-8,
+    /// seed 0, augmentation on.
+    pub fn new(steps: usize) -> TrainOptions {
+        TrainOptions {
+            steps,
+            batch: 8,
+            lr: 1e-3,
+            warmup: (steps / 10).min(100),
+            min_lr_ratio: 0.01,
+            weight_decay: 0.05,
+            vision_lr_mult: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            seed: 0,
+            augment: true,
+        }
+    }
+
+    /// Checks that the values make sense.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if self.steps == 0 || self.steps > u32::MAX as usize {
+            return bad(format!("--steps {} must be at least 1", self.steps));
+        }
+        if self.batch == 0 || self.batch > 4096 {
+            return bad(format!("--batch {} must be between 1 and 4096", self.batch));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {} must be a positive number", self.lr));
+        }
+        if self.warmup > self.steps {
+            return bad(format!("--warmup {} is longer than the {} steps of the run", self.warmup, self.steps));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(format!("min_lr_ratio {} must be between 0 and 1", self.min_lr_ratio));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("--weight-decay {} must be zero or positive", self.weight_decay));
+        }
+        if !(self.vision_lr_mult.is_finite() && self.vision_lr_mult >= 0.0) {
+            return bad(format!("--vision-lr-mult {} must be zero or positive", self.vision_lr_mult));
+        }
+        if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2) && self.eps > 0.0) {
+            return bad("AdamW needs betas in [0, 1) and a positive eps".into());
+        }
+        Ok(())
+    }
+}
+
+/// The learning rate of step `step` (from 1): linear warmup over `warmup` steps, then a cosine
+/// from `lr` down to `lr * min_lr_ratio` at the last step.
+pub fn learning_rate(o: &TrainOptions, step: usize) -> f32 {
+    let lr = o.lr as f64;
+    if step <= o.warmup {
+        return (lr * step as f64 / o.warmup.max(1) as f64) as f32;
+    }
+    let span = (o.steps - o.warmup).max(1) as f64;
+    let progress = ((step - o.warmup) as f64 / span).min(1.0);
+    let floor = lr * o.min_lr_ratio as f64;
+    (floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
+}
+
+/// Whether weight decay applies to the tensor `name`: not to norms, biases, the class and
+/// position embeddings, or the logit scale.
+pub fn decays(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    !(last == "bias"
+        || name.contains("norm")
+        || name.contains("layrnorm")
+        || name.contains("class_embedding")
+        || name.contains("position_embedding")
+        || name.ends_with("logit_scale"))
+}
+
+/// The learning-rate multiplier of the tensor `name` (the vision encoder has its own).
+pub fn lr_multiplier(name: &str, o: &TrainOptions) -> f32 {
+    if name.starts_with("vision_model.") {
+        o.vision_lr_mult
+    } else {
+        1.0
+    }
+}
+
+/// Identifies a data set by its sample names and sizes, so a resumed run can check it trains on
+/// the same one (the data order depends on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    /// Number of samples.
+    pub count: usize,
+    /// FNV-1a hash of the names and image sizes, in order.
+    pub hash: u64,
+}
+
+impl DataFingerprint {
+    /// The fingerprint of `data`.
+    pub fn of(data: &Dataset) -> DataFingerprint {
+        let mut hash = 0xCBF2_9CE4_8422_2325u64;
+        for s in &data.samples {
+            for byte in s.name.bytes().chain((s.image.width as u64).to_le_bytes()).chain((s.image.height as u64).to_le_bytes()).chain([0]) {
+                hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01B3);
+            }
+        }
+        DataFingerprint { count: data.len(), hash }
+    }
+}
+
+/// The training state stored as JSON under [`CHECKPOINT_KEY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointState {
+    /// Steps done.
+    step: usize,
+    options: TrainOptions,
+    data: DataFingerprint,
+    log: Vec<LogEntry>,
+}
+
+/// A model being trained, with its optimizer state and training data.
+pub struct Trainer {
+    /// The model (parameters and EM bases are updated in place).
+    pub model: Model,
+    /// The run's options.
+    pub options: TrainOptions,
+    /// Steps done so far.
+    pub step: usize,
+    /// One entry per step done.
+    pub log: Vec<LogEntry>,
+    /// The step of the last checkpoint written or resumed from, if any.
+    pub saved_step: Option<usize>,
+    data: Dataset,
+    fingerprint: DataFingerprint,
+    /// AdamW first and second moments of each trainable tensor.
+    moments: BTreeMap<String, (GpuBuffer, GpuBuffer)>,
+    /// The order of the current epoch (epoch number, sample indices).
+    order: (u64, Vec<usize>),
+    augmentation: Augmentation,
+}
+
+impl Trainer {
+    /// Starts training `model` on `data` from step 0.
+    pub fn new(model: Model, options: TrainOptions, data: Dataset) -> Result<Trainer> {
+        options.validate()?;
+        let gpu = model.gpu().clone();
+        let mut moments = BTreeMap::new();
+        for (name, t) in model.parameters() {
+            moments.insert(name.clone(), (gpu.zeros(t.numel())?, gpu.zeros(t.numel())?));
+        }
+        let order = (0, epoch_order(options.seed, 0, data.len()));
+        let fingerprint = DataFingerprint::of(&data);
+        Ok(Trainer { model, options, step: 0, log: Vec::new(), saved_step: None, data, fingerprint, moments, order, augmentation: Augmentation::default() })
+    }
+
+    /// Continues from the checkpoint `path`, training on the data set in `data_dir`, which must
+    /// be the one the checkpoint was trained on.
+    pub fn resume(gpu: &Gpu, path: &Path, data_dir: &Path) -> Result<Trainer> {
+        let source = path.display().to_string();
+        let (model, mut rest) = Model::load_checkpoint(gpu, path)?;
+        let state = rest.metadata.get(CHECKPOINT_KEY).ok_or_else(|| {
+            Error::Invalid(format!("{source} is a model file, not a training checkpoint; start a new run from it with --model instead of --resume"))
+        })?;
+        let state: CheckpointState =
+            serde_json::from_str(state).map_err(|e| Error::Format { path: source.clone(), message: format!("the training state under `{CHECKPOINT_KEY}` is not valid ({e})") })?;
+        state.options.validate()?;
+        if state.step > state.options.steps || state.log.len() != state.step {
+            return Err(Error::Format { path: source, message: format!("the training state is inconsistent (step {}, {} log entries, {} steps)", state.step, state.log.len(), state.options.steps) });
+        }
+        let data = Dataset::load(data_dir, model.config.num_classes())?;
+        let fingerprint = DataFingerprint::of(&data);
+        if fingerprint != state.data {
+            return Err(Error::Invalid(format!(
+                "{} is not the data set {source} was trained on ({} images now, {} then, or different names or sizes); resuming exactly needs the same data",
+                data_dir.display(),
+                fingerprint.count,
+                state.data.count
+            )));
+        }
+        let mut moments = BTreeMap::new();
+        for (name, t) in model.parameters() {
+            let mut take = |which: &str| -> Result<GpuBuffer> {
+                let key = format!("{OPTIMIZER_PREFIX}{which}.{name}");
+                let host = rest.tensors.remove(&key).ok_or_else(|| Error::Weights(format!("{source}: optimizer tensor {key} is missing")))?;
+                if host.shape != t.shape() {
+                    return Err(Error::Weights(format!("{source}: optimizer tensor {key} has shape {:?} but {name} has {:?}", host.shape, t.shape())));
+                }
+                if let Some(bad) = host.data.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Weights(format!("{source}: optimizer tensor {key} holds a non-finite value at element {bad}")));
+                }
+                Ok(gpu.upload(&host.data)?)
+            };
+            let m = take("m")?;
+            let v = take("v")?;
+            moments.insert(name.clone(), (m, v));
+        }
+        if let Some(extra) = rest.tensors.keys().next() {
+            return Err(Error::Weights(format!("{source}: unexpected optimizer tensor {extra}")));
+        }
+        let epoch = (state.step * state.options.batch / data.len()) as u64;
+        let order = (epoch, epoch_order(state.options.seed, epoch, data.len()));
+        Ok(Trainer {
+            model,
+            options: state.options,
+            step: state.step,
+            log: state.log,
+            saved_step: Some(state.step),
+            data,
+            fingerprint,
+            moments,
+            order,
+            augmentation: Augmentation::default(),
+        })
+    }
+
+    /// The training data.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    /// Sample indices and augmentation of step `step` (from 1): item i is the sample at stream
+    /// position (step - 1) * batch + i of the concatenated per-epoch orders.
+    fn batch(&mut self, step: usize) -> (Vec<f32>, Vec<u32>) {
+        let (b, len, c) = (self.options.batch, self.data.len(), &self.model.config);
+        let size = c.image_size;
+        let (mean, std) = (c.pixel_mean, c.pixel_std);
+        let mut images: Vec<Image> = Vec::with_capacity(b);
+        let mut target: Vec<u32> = Vec::with_capacity(b * size * size);
+        for item in 0..b {
+            let position = (step - 1) * b + item;
+            let epoch = (position / len) as u64;
+            if self.order.0 != epoch {
+                self.order = (epoch, epoch_order(self.options.seed, epoch, len));
+            }
+            let sample = &self.data.samples[self.order.1[position % len]];
+            let (image, mask) = if self.options.augment {
+                self.augmentation.apply(&sample.image, &sample.mask, &mut augment_rng(self.options.seed, step as u64, item as u64))
+            } else {
+                (sample.image.clone(), sample.mask.clone())
+            };
+            target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
+            images.push(image);
+        }
+        let refs: Vec<&Image> = images.iter().collect();
+        (preprocess(&refs, size, mean, std), target)
+    }
+
+    /// Runs the next step: forward, loss, backward, AdamW, EM bases update. Returns its log
+    /// entry. A non-finite loss is an error naming the step, raised before any weight changes.
+    pub fn step(&mut self) -> Result<LogEntry> {
+        let step = self.step + 1;
+        if step > self.options.steps {
+            return Err(Error::Invalid(format!("the run is complete: all {} steps are done", self.options.steps)));
+        }
+        let gpu = self.model.gpu().clone();
+        let (input, target) = self.batch(step);
+        let size = self.model.config.image_size;
+        let input = Tensor::from_vec(&gpu, &input, &[self.options.batch, 3, size, size])?;
+        let target = Arc::new(gpu.upload(&target)?);
+        let out = self.model.forward(&input)?;
+        let loss = self.model.loss(&out.logits_up, &target)?;
+        let value = loss.to_vec()?[0];
+        if !value.is_finite() {
+            return Err(Error::Invalid(format!("the loss is not finite ({value}) at step {step}; the weights of step {} were not updated (try a lower --lr)", step - 1)));
+        }
+        crate::backward(&loss)?;
+        let lr = learning_rate(&self.options, step);
+        crate::no_grad(|| -> Result<()> {
+            for (name, p) in self.model.parameters() {
+                // A tensor no gradient reaches this step (e.g. the EM input projection in
+                // detached mode) is left alone, weight decay included, as torch.optim.AdamW does.
+                let Some(grad) = p.grad() else { continue };
+                let (m, v) = &self.moments[name];
+                let cfg = AdamW {
+                    lr: lr * lr_multiplier(name, &self.options),
+                    beta1: self.options.beta1,
+                    beta2: self.options.beta2,
+                    eps: self.options.eps,
+                    weight_decay: if decays(name) { self.options.weight_decay } else { 0.0 },
+                };
+                adamw::step(&gpu, p.buffer(), grad.buffer(), m, v, p.numel(), step as u32, &cfg)?;
+                p.zero_grad();
+            }
+            if let Some(mu) = &out.em_mu {
+                self.model.update_bases(mu)?;
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        let entry = LogEntry { step, loss: value, lr, val_dice: None };
+        self.log.push(entry);
+        Ok(entry)
+    }
+
+    /// Writes a checkpoint atomically: the model, the optimizer moments and the training state.
+    /// Refuses (and leaves the file as it was) when any tensor is not finite.
+    pub fn save_checkpoint(&mut self, path: &Path) -> Result<()> {
+        let gpu = self.model.gpu().clone();
+        let mut file = TensorFile::default();
+        file.metadata.insert(CONFIG_KEY.into(), self.model.config.to_json());
+        let state = CheckpointState { step: self.step, options: self.options.clone(), data: self.fingerprint, log: self.log.clone() };
+        file.metadata.insert(CHECKPOINT_KEY.into(), serde_json::to_string(&state).map_err(|e| Error::Invalid(format!("cannot encode the training state: {e}")))?);
+        let step = self.step;
+        let mut add = |name: String, shape: &[usize], mut data: Vec<f32>| -> Result<()> {
+            data.truncate(shape.iter().product());
+            if data.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Invalid(format!("the weights are not finite after step {step} (tensor {name}); {} was not overwritten (try a lower --lr)", path.display())));
+            }
+            file.tensors.insert(name, HostTensor::new(shape, data));
+            Ok(())
+        };
+        for (name, t) in &self.model.tensors {
+            add(name.clone(), t.shape(), t.to_vec()?)?;
+        }
+        for (name, (m, v)) in &self.moments {
+            let shape = self.model.tensors[name].shape().to_vec();
+            add(format!("{OPTIMIZER_PREFIX}m.{name}"), &shape, gpu.download(m)?)?;
+            add(format!("{OPTIMIZER_PREFIX}v.{name}"), &shape, gpu.download(v)?)?;
+        }
+        file.write(path, false)?;
+        self.saved_step = Some(self.step);
+        Ok(())
+    }
+}
+
+// ----- Validation Dice -------------------------------------------------------------------------
+// A private stand-in for `vlsa::eval::evaluate` (written on another branch); replace this one
+// function with it once merged. Dice per foreground class over the whole set (pixel counts summed
+// over images) at the model's input size, then the mean over classes present in the prediction or
+// the ground truth.
+
+/// Mean foreground Dice of `model` on `data`, in batches of `batch`.
+pub fn validation_dice(model: &Model, data: &Dataset, batch: usize) -> Result<f32> {
+    let c = &model.config;
+    let (size, k) = (c.image_size, c.num_classes());
+    let plane = size * size;
+    let (mut inter, mut pred, mut truth) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch.max(1)) {
+        let (input, target) = data.batch(chunk, size, c.pixel_mean, c.pixel_std);
+        let input = Tensor::from_vec(model.gpu(), &input, &[chunk.len(), 3, size, size])?;
+        let logits = crate::no_grad(|| model.forward(&input))?.logits_up.to_vec()?;
+        for b in 0..chunk.len() {
+            for p in 0..plane {
+                let at = |class: usize| logits[(b * k + class) * plane + p];
+                let best = (1..k).fold(0, |best, class| if at(class) > at(best) { class } else { best });
+                let t = target[b * plane + p] as usize;
+                pred[best] += 1;
+                truth[t] += 1;
+                if best == t {
+                    inter[t] += 1;
+                }
+            }
+        }
+    }
+    let dice: Vec<f64> = (1..k).filter(|&j| pred[j] + truth[j] > 0).map(|j| 2.0 * inter[j] as f64 / (pred[j] + truth[j]) as f64).collect();
+    Ok(if dice.is_empty() { 1.0 } else { (dice.iter().sum::<f64>() / dice.len() as f64) as f32 })
+}
+// ----- end of the validation Dice stand-in -----------------------------------------------------
+
+/// How [`run`] reports and saves, without effect on the trajectory.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The checkpoint file (the log and curve go beside it).
+    pub out: PathBuf,
+    /// Validate every this many steps (and at the last step) when a validation set is given.
+    pub val_every: usize,
+    /// Write a checkpoint every this many steps (and always at the last step).
+    pub checkpoint_every: usize,
+    /// Without a terminal, print a progress line every this many steps.
+    pub log_every: usize,
+    /// Stop after this step (checkpointing) without changing the schedule; None runs to the end.
+    pub stop_at: Option<usize>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What a [`run`] did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The first step this run made (steps before it came from the checkpoint).
+    pub first_step: usize,
+    /// The last step done.
+    pub last_step: usize,
+    /// Loss of the last step.
+    pub last_loss: Option<f32>,
+    /// The last validation Dice measured, if any.
+    pub val_dice: Option<f32>,
+    /// Training images per second over this run's steps but the first (which compiles the
+    /// pipelines), validation and checkpoints excluded; None for a run of one step.
+    pub images_per_second: Option<f64>,
+    /// GPU dispatches per training step (mean over the run, validation excluded).
+    pub dispatches_per_step: f64,
+    /// Wall time of the run in seconds.
+    pub seconds: f64,
+}
+
+/// Trains until the last step (or `stop_at`): validation, checkpoints, the log and the curve
+/// beside the checkpoint, and a progress display. On any error the last good checkpoint is left
+/// untouched and the error says which step stopped and which checkpoint is kept.
+pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> Result<RunSummary> {
+    let total = trainer.options.steps;
+    let stop = opts.stop_at.unwrap_or(total).min(total);
+    let first = trainer.step;
+    let mut progress = report::Progress::new(first, stop, total, trainer.options.batch, opts.log_every, opts.quiet);
+    let gpu = trainer.model.gpu().clone();
+    let mut dispatches = 0u64;
+    let mut val_dice = None;
+    let stopped = |trainer: &Trainer, e: Error, step: usize| {
+        let kept = match trainer.saved_step {
+            Some(s) => format!("the last good checkpoint {} (step {s}) is kept", opts.out.display()),
+            None => format!("no checkpoint had been written yet (the first is due at step {})", opts.checkpoint_every.min(stop)),
+        };
+        Error::Invalid(format!("training stopped at step {step}: {e}; {kept}"))
+    };
+    for step in first + 1..=stop {
+        let (before, clock) = (gpu.counters().0, std::time::Instant::now());
+        let mut entry = trainer.step().map_err(|e| {
+            progress.finish();
+            stopped(trainer, e, step)
+        })?;
+        let seconds = clock.elapsed().as_secs_f64();
+        dispatches += gpu.counters().0 - before;
+        if let Some(v) = val {
+            if step % opts.val_every.max(1) == 0 || step == stop {
+                let d = validation_dice(&trainer.model, v, trainer.options.batch).map_err(|e| {
+                    progress.finish();
+                    stopped(trainer, e, step)
+                })?;
+                entry.val_dice = Some(d);
+                if let Some(last) = trainer.log.last_mut() {
+                    last.val_dice = Some(d);
+                }
+                val_dice = Some(d);
+            }
+        }
+        progress.update(step, seconds, &entry);
+        if step % opts.checkpoint_every.max(1) == 0 || step == stop {
+            trainer.save_checkpoint(&opts.out).map_err(|e| {
+                progress.finish();
+                stopped(trainer, e, step)
+            })?;
+            report::write_side_files(&opts.out, &trainer.log)?;
+        }
+    }
+    let steps_run = trainer.step - first;
+    Ok(RunSummary {
+        first_step: first + 1,
+        last_step: trainer.step,
+        last_loss: trainer.log.last().map(|e| e.loss),
+        val_dice,
+        images_per_second: progress.images_per_second(),
+        dispatches_per_step: if steps_run > 0 { dispatches as f64 / steps_run as f64 } else { 0.0 },
+        seconds: progress.elapsed(),
+    })
+}
+
+/// Reads a configuration file (for `vlsa train --config`).
+pub fn read_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Config::from_json(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_follows_the_cosine() {
+        let o = TrainOptions { warmup: 10, ..TrainOptions::new(110) };
+        assert!((learning_rate(&o, 1) - 1e-4).abs() < 1e-9);
+        assert!((learning_rate(&o, 10) - 1e-3).abs() < 1e-9);
+        assert!((learning_rate(&o, 60) - (1e-5 + (1e-3 - 1e-5) * 0.5)).abs() < 1e-9, "half way down at mid-decay");
+        assert!((learning_rate(&o, 110) - 1e-5).abs() < 1e-9);
+        let mut prev = f32::INFINITY;
+        for s in 10..=110 {
+            let lr = learning_rate(&o, s);
+            assert!(lr <= prev);
+            prev = lr;
+        }
+    }
+
+    #[test]
+    fn decay_groups() {
+        for name in ["vision_model.encoder.layers.0.mlp.fc1.weight", "head.decoder.layers.1.cross_attn.q_proj.weight", "vision_model.embeddings.patch_embedding.weight"] {
+            assert!(decays(name), "{name}");
+        }
+        for name in [
+            "vision_model.embeddings.class_embedding",
+            "vision_model.embeddings.position_embedding.weight",
+            "vision_model.pre_layrnorm.weight",
+            "vision_model.encoder.layers.0.layer_norm1.weight",
+            "vision_model.post_layernorm.bias",
+            "head.em.norm.weight",
+            "head.decoder.layers.0.norm2.weight",
+            "head.decoder.norm.weight",
+            "head.visual_proj.bias",
+            "head.logit_scale",
+        ] {
+            assert!(!decays(name), "{name}");
+        }
+        let o = TrainOptions { vision_lr_mult: 0.1, ..TrainOptions::new(1) };
+        assert_eq!(lr_multiplier("vision_model.post_layernorm.bias", &o), 0.1);
+        assert_eq!(lr_multiplier("head.text_proj.weight", &o), 1.0);
+    }
+}
