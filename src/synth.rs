@@ -109,7 +109,7 @@ impl Domain {
             // strong coil bias, C a noisy high-contrast low-resolution one, D washed out.
             (Task::Cardiac, "A") => (1.0, 1.0, 0.0, 0.02, 0.0, 0.0, 0.15, [1.0; 3], 1.0),
             (Task::Cardiac, "B") => (0.7, 0.85, 0.06, 0.045, 0.0, 0.004, 0.45, [1.0; 3], 0.75),
-            (Task::Cardiac, "C") => (1.5, 1.3, -0.03, 0.07, 0.0, 0.008, 0.3, [1.0; 3], 0.5),
+            (Task::Cardiac, "C") => (1.5, 1.15, 0.0, 0.07, 0.0, 0.008, 0.3, [1.0; 3], 0.5),
             (Task::Cardiac, "D") => (1.2, 0.65, 0.15, 0.035, 0.0, 0.002, 0.25, [1.0; 3], 0.625),
             // Fundus cameras: A neutral, B cool and soft, C warm, dark-cornered and coarse,
             // D green-tinted and washed out.

@@ -3,9 +3,10 @@
 //! Image coordinates are [0, 1]², x to the right, y down. A circular field of view (black outside)
 //! shows the reddish-orange retina with choroidal texture, the darker macula with the fovea at its
 //! centre, the yellowish optic disc to one side (left or right eye) with a brighter cup inside it
-//! (cup-to-disc ratio 0.3–0.8), a pale peripapillary halo on some eyes, and vessels: arcades that
-//! leave the disc, bend around the macula and branch, drawn over everything. The cup class is the
-//! cup region intersected with the disc, so a cup pixel is always inside the disc.
+//! (cup-to-disc ratio 0.3–0.8, always leaving a rim of disc), a pale peripapillary halo on some
+//! eyes, and vessels: arcades that leave the disc, bend around the macula and branch, drawn over
+//! everything. The cup class is the cup region intersected with the disc shrunk by the narrowest
+//! rim, so cup pixels are always surrounded by disc pixels.
 
 use std::f32::consts::{FRAC_PI_2, PI};
 
@@ -30,6 +31,8 @@ struct Segment {
 pub(super) struct Eye {
     disc: Blob,
     cup: Blob,
+    /// Narrowest neuroretinal rim: the cup stays this far inside the disc's edge.
+    rim: f32,
     fovea: (f32, f32),
     macula_radius: f32,
     macula_darkening: f32,
@@ -99,6 +102,7 @@ impl Eye {
         Eye {
             disc,
             cup,
+            rim: 0.15 * disc_radius,
             fovea,
             macula_radius: rng.range(0.05, 0.07),
             macula_darkening: rng.range(0.3, 0.5),
@@ -117,8 +121,9 @@ impl Eye {
         for py in 0..size {
             for px in 0..size {
                 let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
-                let in_disc = self.disc.depth(x, y) > 0.0;
-                labels.push(if in_disc && self.cup.depth(x, y) > 0.0 {
+                let disc_depth = self.disc.depth(x, y);
+                let in_disc = disc_depth > 0.0;
+                labels.push(if disc_depth > self.rim && self.cup.depth(x, y) > 0.0 {
                     CUP
                 } else if in_disc {
                     DISC
@@ -199,7 +204,7 @@ impl Eye {
                 let shade = 0.9 + 0.1 * (disc_depth / self.disc.radius_at(FRAC_PI_2)).clamp(0.0, 1.0);
                 blend(&mut c, disc_colour.map(|v| v * shade * texture.sqrt()), disc_alpha);
                 let cup_edge = (0.15 * self.cup.radius_at(0.0)).max(pixel);
-                blend(&mut c, cup_colour, disc_alpha * coverage(self.cup.depth(x, y), cup_edge));
+                blend(&mut c, cup_colour, coverage(disc_depth - self.rim, pixel) * coverage(self.cup.depth(x, y), cup_edge));
                 let i = py * size + px;
                 blend(&mut c, artery_colour, 0.85 * arteries[i]);
                 blend(&mut c, vein_colour, 0.9 * veins[i]);
