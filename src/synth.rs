@@ -142,7 +142,7 @@ fn splitmix(mut z: u64) -> u64 {
 impl Rng {
     /// A stream from a seed and a path of stream identifiers (image index, purpose, ...).
     pub fn new(seed: u64, stream: &[u64]) -> Rng {
-        let mut s = splitmix(seed ^ 0x5EED_0F_51A7);
+        let mut s = splitmix(seed ^ 0x05EE_D0F5_1A70);
         for &p in stream {
             s = splitmix(s ^ splitmix(p.wrapping_add(0x9E37_79B9_7F4A_7C15)));
         }

@@ -219,3 +219,23 @@ fn command_line_writes_a_data_set_and_rejects_bad_names() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn shipped_samples_match_the_generator() {
+    // samples/README.md names the command that made them; libm may round differently on other
+    // platforms, so images get one 8-bit level of slack (masks are exact).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    for task in [Task::Cardiac, Task::Fundus] {
+        for domain in ["A", "C"] {
+            for index in 0..2 {
+                let d = Domain::of(task, domain).unwrap();
+                let (img, mask) = generate(task, &d, 128, 0, index);
+                let name = vlsa::synth::sample_name(task, &d, index as usize);
+                assert_eq!(Mask::load(&root.join(format!("{name}_mask.png")), None).unwrap(), mask, "{name}");
+                let shipped = Image::load(&root.join(format!("{name}.png"))).unwrap().to_rgb8();
+                let diff = shipped.iter().zip(img.to_rgb8()).map(|(&a, b)| a.abs_diff(b)).max().unwrap();
+                assert!(diff <= 1, "{name}: differs by {diff} levels from the generator");
+            }
+        }
+    }
+}
