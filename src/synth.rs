@@ -419,6 +419,21 @@ pub struct SynthOptions {
     pub seed: u64,
 }
 
+/// What `domain.json` holds.
+#[derive(Serialize)]
+struct DomainFile<'a> {
+    task: &'static str,
+    classes: &'static [&'static str],
+    seed: u64,
+    count: usize,
+    size: usize,
+    render_size: usize,
+    domain: &'a Domain,
+    gain_jitter: f32,
+    offset_jitter: f32,
+    generator: String,
+}
+
 /// Largest accepted output side.
 pub const MAX_SIZE: usize = 4096;
 
@@ -471,18 +486,19 @@ pub fn write_dataset(options: &SynthOptions, out: &Path) -> Result<()> {
         workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(Error::Invalid("a synth worker thread panicked".into())))).collect()
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
-    let description = serde_json::json!({
-        "task": task.name(),
-        "classes": task.classes(),
-        "domain": domain,
-        "seed": seed,
-        "count": count,
-        "size": size,
-        "render_size": domain.render_size(*size),
-        "gain_jitter": GAIN_JITTER,
-        "offset_jitter": OFFSET_JITTER,
-        "generator": format!("vlsa {} synth", env!("CARGO_PKG_VERSION")),
-    });
+    // Serialized from a struct, not a json! value, so that f32 parameters print as written.
+    let description = DomainFile {
+        task: task.name(),
+        classes: task.classes(),
+        seed: *seed,
+        count: *count,
+        size: *size,
+        render_size: domain.render_size(*size),
+        domain,
+        gain_jitter: GAIN_JITTER,
+        offset_jitter: OFFSET_JITTER,
+        generator: format!("vlsa {} synth", env!("CARGO_PKG_VERSION")),
+    };
     let path = out.join("domain.json");
     let text = serde_json::to_string_pretty(&description).expect("a domain description always serializes") + "\n";
     crate::io::write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))
