@@ -11,6 +11,8 @@ pub mod image_io;
 pub mod io;
 pub mod model;
 pub mod profile;
+pub mod synth;
+pub mod eval;
 pub mod autograd;
 pub mod config;
 pub mod error;

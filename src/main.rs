@@ -77,6 +77,42 @@ enum Command {
         #[arg(long, value_name = "OUT.safetensors")]
         dump: PathBuf,
     },
+    /// Write a synthetic data set (images/NAME.png, masks/NAME.png, domain.json) for one domain.
+    Synth {
+        /// cardiac (short-axis MRI: LV, myocardium, RV) or fundus (photo: optic disc, optic cup).
+        #[arg(long)]
+        task: String,
+        /// Acquisition domain: A, B, C or D (scanner or camera; see the README's domain table).
+        #[arg(long)]
+        domain: String,
+        /// Number of images.
+        #[arg(long)]
+        count: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// The output folder (its images/ and masks/ must be new or empty).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Seed of every random choice; the same seed gives the same files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Dice per class of a model on one or more data sets (domains), and the mean over them.
+    Eval {
+        /// The model (safetensors with its configuration).
+        #[arg(long, value_name = "MODEL.safetensors")]
+        model: std::path::PathBuf,
+        /// A data set folder (images/, masks/); repeat for several domains.
+        #[arg(long, value_name = "DIR", required = true)]
+        data: Vec<std::path::PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "OUT.json")]
+        json: Option<std::path::PathBuf>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -382,6 +418,30 @@ fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>) -> Result<(), S
     Ok(())
 }
 
+fn synth(task: &str, domain: &str, count: usize, size: usize, out: &std::path::Path, seed: u64) -> Result<(), String> {
+    let task = vlsa::synth::Task::parse(task).map_err(|e| e.to_string())?;
+    let domain = vlsa::synth::Domain::of(task, domain).map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let options = vlsa::synth::SynthOptions { task, domain, count, size, seed };
+    vlsa::synth::write_dataset(&options, out).map_err(|e| e.to_string())?;
+    println!("wrote {count} {} images of domain {} ({size}x{size}) to {} in {:.2} s", task.name(), options.domain.name, out.display(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn eval(model: &std::path::Path, data: &[std::path::PathBuf], json: Option<&std::path::Path>, batch: usize) -> Result<(), String> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let loaded = vlsa::model::Model::load(&gpu, model).map_err(|e| e.to_string())?;
+    let mut report = vlsa::eval::evaluate_folders(&loaded, data, batch).map_err(|e| e.to_string())?;
+    report.model = model.display().to_string();
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report.to_json()).expect("an evaluation report always serializes") + "\n";
+        vlsa::io::write_atomic(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
 fn write_dump(file: &vlsa::weights::TensorFile, path: &Path) -> Result<(), String> {
     file.write(path, false).map_err(|e| e.to_string())?;
     println!("wrote {} ({} tensors)", path.display(), file.tensors.len());
@@ -450,6 +510,8 @@ fn main() -> ExitCode {
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
+        Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
+        Command::Eval { model, data, json, batch } => eval(&model, &data, json.as_deref(), batch),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }

@@ -1,0 +1,217 @@
+//! Anatomy of a synthetic colour fundus photo (macula-centred, 45° field).
+//!
+//! Image coordinates are [0, 1]², x to the right, y down. A circular field of view (black outside)
+//! shows the reddish-orange retina with choroidal texture, the darker macula with the fovea at its
+//! centre, the yellowish optic disc to one side (left or right eye) with a brighter cup inside it
+//! (cup-to-disc ratio 0.3–0.8, always leaving a rim of disc), a pale peripapillary halo on some
+//! eyes, and vessels: arcades that leave the disc, bend around the macula and branch, drawn over
+//! everything. The cup class is the cup region intersected with the disc shrunk by the narrowest
+//! rim, so cup pixels are always surrounded by disc pixels.
+
+use std::f32::consts::{FRAC_PI_2, PI};
+
+use super::{coverage, Blob, Rng, Texture};
+
+/// Class indices of the fundus task.
+const DISC: u8 = 1;
+const CUP: u8 = 2;
+
+/// Radius of the field of view.
+const FOV_RADIUS: f32 = 0.47;
+
+/// One straight piece of a vessel's centre line.
+struct Segment {
+    from: (f32, f32),
+    to: (f32, f32),
+    width: f32,
+    vein: bool,
+}
+
+/// One random eye.
+pub(super) struct Eye {
+    disc: Blob,
+    cup: Blob,
+    /// Narrowest neuroretinal rim: the cup stays this far inside the disc's edge.
+    rim: f32,
+    fovea: (f32, f32),
+    macula_radius: f32,
+    macula_darkening: f32,
+    halo: f32,
+    vessels: Vec<Segment>,
+    retina: [f32; 3],
+    choroid: Texture,
+    fine: Texture,
+}
+
+/// Grows one vessel from `start` in direction `heading`, relaxing toward `target` at rate `bend`
+/// (radians per unit length per radian of difference), branching as it goes.
+#[allow(clippy::too_many_arguments)]
+fn grow(out: &mut Vec<Segment>, start: (f32, f32), mut heading: f32, target: f32, bend: f32, width: f32, length: f32, vein: bool, depth: u32, rng: &mut Rng) {
+    const STEP: f32 = 0.012;
+    let steps = (length / STEP) as usize;
+    let mut p = start;
+    for i in 0..steps {
+        heading += STEP * bend * (target - heading).sin() + 0.12 * rng.normal();
+        let w = width * (1.0 - 0.6 * i as f32 / steps as f32);
+        let q = (p.0 + STEP * heading.cos(), p.1 + STEP * heading.sin());
+        out.push(Segment { from: p, to: q, width: w, vein });
+        p = q;
+        if ((p.0 - 0.5).powi(2) + (p.1 - 0.5).powi(2)).sqrt() > FOV_RADIUS + 0.02 {
+            return;
+        }
+        if depth < 3 && i > 3 && w > 0.004 && rng.chance(0.05) {
+            let side = if rng.chance(0.5) { 1.0 } else { -1.0 };
+            let branch_heading = heading + side * rng.range(0.4, 0.9);
+            let rest = length * (1.0 - i as f32 / steps as f32);
+            grow(out, p, branch_heading, branch_heading, 0.0, w * rng.range(0.5, 0.7), rest * rng.range(0.4, 0.8), vein, depth + 1, rng);
+        }
+    }
+}
+
+impl Eye {
+    /// Draws an eye from the anatomy distribution (the same for every domain).
+    pub(super) fn sample(rng: &mut Rng) -> Eye {
+        // +1: disc on the right (a right eye seen from the front), -1: on the left.
+        let side = if rng.chance(0.5) { 1.0f32 } else { -1.0 };
+        let disc_centre = (0.5 + side * rng.range(0.17, 0.23), 0.5 + rng.range(-0.05, 0.05));
+        let disc_radius = rng.range(0.065, 0.095);
+        let disc = Blob::new(disc_centre, disc_radius, rng.range(1.0, 1.15), rng.range(-0.2, 0.2), 0.03, rng);
+        let cup_to_disc = rng.range(0.3, 0.8);
+        let shift = rng.range(0.0, 0.1) * disc_radius;
+        let cup_centre = (disc_centre.0 - side * shift, disc_centre.1 + rng.range(-0.03, 0.03) * disc_radius);
+        let cup = Blob::new(cup_centre, cup_to_disc * disc_radius, rng.range(0.95, 1.2), rng.range(-0.2, 0.2), 0.04, rng);
+        let fovea = (disc_centre.0 - side * rng.range(0.36, 0.42), disc_centre.1 + rng.range(0.0, 0.06));
+        // Vessels: four arcades around the macula and nasal, then a few small ones.
+        let to_fovea = (fovea.1 - disc_centre.1).atan2(fovea.0 - disc_centre.0);
+        let mut vessels = Vec::new();
+        for (i, turn) in [-1.0f32, 1.0].into_iter().enumerate() {
+            for vein in [false, true] {
+                let start = to_fovea + turn * rng.range(1.0, 1.4);
+                let target = to_fovea + turn * rng.range(0.3, 0.45);
+                let width = if vein { rng.range(0.011, 0.014) } else { rng.range(0.008, 0.011) };
+                grow(&mut vessels, disc_centre, start + rng.range(-0.1, 0.1), target, rng.range(4.0, 6.0), width, rng.range(0.55, 0.8), vein, 0, rng);
+                let nasal = to_fovea + PI - turn * rng.range(0.4, 0.9);
+                grow(&mut vessels, disc_centre, nasal, nasal - turn * 0.3, 1.0, width * 0.8, rng.range(0.25, 0.4), vein ^ (i == 1), 0, rng);
+            }
+        }
+        for _ in 0..rng.range(2.0, 5.0) as usize {
+            let heading = rng.range(-PI, PI);
+            grow(&mut vessels, disc_centre, heading, heading, 0.0, rng.range(0.004, 0.007), rng.range(0.15, 0.3), rng.chance(0.5), 1, rng);
+        }
+        let tint = rng.range(0.85, 1.1);
+        Eye {
+            disc,
+            cup,
+            rim: 0.15 * disc_radius,
+            fovea,
+            macula_radius: rng.range(0.05, 0.07),
+            macula_darkening: rng.range(0.3, 0.5),
+            halo: if rng.chance(0.5) { rng.range(0.1, 0.5) } else { 0.0 },
+            vessels,
+            retina: [0.78 * tint, 0.36 * rng.range(0.85, 1.15), 0.16 * rng.range(0.8, 1.2)],
+            choroid: Texture::new(rng, 5, 3),
+            fine: Texture::new(rng, 24, 1),
+        }
+    }
+
+    /// The mask at `size` × `size`: labels at pixel centres.
+    pub(super) fn labels(&self, size: usize) -> Vec<u8> {
+        let pixel = 1.0 / size as f32;
+        let mut labels = Vec::with_capacity(size * size);
+        for py in 0..size {
+            for px in 0..size {
+                let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
+                let disc_depth = self.disc.depth(x, y);
+                let in_disc = disc_depth > 0.0;
+                labels.push(if disc_depth > self.rim && self.cup.depth(x, y) > 0.0 {
+                    CUP
+                } else if in_disc {
+                    DISC
+                } else {
+                    0
+                });
+            }
+        }
+        labels
+    }
+
+    /// Vessel opacity per pixel (arteries, veins) at `size` × `size`.
+    fn vessel_maps(&self, size: usize) -> (Vec<f32>, Vec<f32>) {
+        let pixel = 1.0 / size as f32;
+        let mut arteries = vec![0.0f32; size * size];
+        let mut veins = vec![0.0f32; size * size];
+        for s in &self.vessels {
+            let half = 0.5 * s.width;
+            let (lo_x, hi_x) = (s.from.0.min(s.to.0) - half - pixel, s.from.0.max(s.to.0) + half + pixel);
+            let (lo_y, hi_y) = (s.from.1.min(s.to.1) - half - pixel, s.from.1.max(s.to.1) + half + pixel);
+            let cell = |v: f32| ((v * size as f32).floor().max(0.0) as usize).min(size);
+            let (dx, dy) = (s.to.0 - s.from.0, s.to.1 - s.from.1);
+            let len2 = (dx * dx + dy * dy).max(1e-12);
+            let map = if s.vein { &mut veins } else { &mut arteries };
+            for py in cell(lo_y)..cell(hi_y + pixel).min(size) {
+                for px in cell(lo_x)..cell(hi_x + pixel).min(size) {
+                    let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
+                    let t = (((x - s.from.0) * dx + (y - s.from.1) * dy) / len2).clamp(0.0, 1.0);
+                    let d = ((x - s.from.0 - t * dx).powi(2) + (y - s.from.1 - t * dy).powi(2)).sqrt();
+                    // Thin vessels cover part of a pixel: their opacity falls with their width.
+                    let a = coverage(half - d, pixel) * (s.width / pixel).min(1.0);
+                    let m = &mut map[py * size + px];
+                    *m = m.max(a);
+                }
+            }
+        }
+        (arteries, veins)
+    }
+
+    /// The clean photo at `size` × `size` (RGB interleaved) and the field-of-view coverage.
+    pub(super) fn render(&self, size: usize) -> (Vec<f32>, Vec<f32>) {
+        let pixel = 1.0 / size as f32;
+        let (arteries, veins) = self.vessel_maps(size);
+        let mut rgb = Vec::with_capacity(size * size * 3);
+        let mut fov = Vec::with_capacity(size * size);
+        let disc_colour = [0.96, 0.8, 0.52];
+        let cup_colour = [1.0, 0.94, 0.76];
+        let halo_colour = [0.92, 0.62, 0.36];
+        let artery_colour = [0.62, 0.14, 0.07];
+        let vein_colour = [0.4, 0.06, 0.04];
+        for py in 0..size {
+            for px in 0..size {
+                let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
+                let rho = ((x - 0.5).powi(2) + (y - 0.5).powi(2)).sqrt();
+                let inside = coverage(FOV_RADIUS - rho, pixel);
+                // Retina: choroidal texture, brighter toward the centre of the illumination.
+                let texture = 1.0 + 0.12 * self.choroid.at(x, y) + 0.04 * self.fine.at(x, y);
+                let light = 1.0 - 0.25 * (rho / FOV_RADIUS).powi(2);
+                let f2 = (x - self.fovea.0).powi(2) + (y - self.fovea.1).powi(2);
+                let macula = self.macula_darkening * (-f2 / (2.0 * self.macula_radius.powi(2))).exp();
+                let reflex = 0.15 * (-f2 / (2.0 * (0.1 * self.macula_radius).powi(2))).exp();
+                let mut c = [0usize, 1, 2].map(|k| {
+                    // Macular pigment absorbs more of green and blue.
+                    let absorb = macula * [1.0, 1.3, 1.3][k];
+                    self.retina[k] * texture * light * (1.0 - absorb).max(0.0) + reflex
+                });
+                let blend = |c: &mut [f32; 3], target: [f32; 3], alpha: f32| {
+                    for k in 0..3 {
+                        c[k] += (target[k] - c[k]) * alpha;
+                    }
+                };
+                let disc_depth = self.disc.depth(x, y);
+                let halo_width = 0.35 * self.disc.radius_at(0.0);
+                blend(&mut c, halo_colour, self.halo * coverage(-disc_depth, pixel) * coverage(halo_width + disc_depth, pixel) * (1.0 + disc_depth / halo_width).max(0.0));
+                // The disc brightens toward its centre; the cup's pale edge is soft (about 15% of
+                // its radius), as the cup margin is in real photos.
+                let disc_alpha = coverage(disc_depth, pixel);
+                let shade = 0.9 + 0.1 * (disc_depth / self.disc.radius_at(FRAC_PI_2)).clamp(0.0, 1.0);
+                blend(&mut c, disc_colour.map(|v| v * shade * texture.sqrt()), disc_alpha);
+                let cup_edge = (0.15 * self.cup.radius_at(0.0)).max(pixel);
+                blend(&mut c, cup_colour, coverage(disc_depth - self.rim, pixel) * coverage(self.cup.depth(x, y), cup_edge));
+                let i = py * size + px;
+                blend(&mut c, artery_colour, 0.85 * arteries[i]);
+                blend(&mut c, vein_colour, 0.9 * veins[i]);
+                rgb.extend(c.map(|v| v * inside));
+                fov.push(inside);
+            }
+        }
+        (rgb, fov)
+    }
+}

@@ -1,0 +1,165 @@
+//! `vlsa eval`: Dice on hand-made masks with known answers, predictions against a host argmax of
+//! the model's logits, the command end to end on a tiny model and synthetic domains, and the
+//! class-count mismatch errors.
+
+mod common;
+
+use std::path::PathBuf;
+
+use vlsa::config::Config;
+use vlsa::data::Dataset;
+use vlsa::eval::{evaluate, evaluate_predictions, overlaps, predict, EvalReport, Overlap};
+use vlsa::image_io::{preprocess, resize_nearest, Image, Mask};
+use vlsa::model::Model;
+use vlsa::synth::{write_dataset, Domain, SynthOptions, Task};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vlsa-eval-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn mask(width: usize, labels: &[u8]) -> Mask {
+    Mask { width, height: labels.len() / width, labels: labels.to_vec() }
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-12)
+}
+
+#[test]
+fn dice_of_hand_made_masks() {
+    let predicted = [0, 1, 1, 2, 0, 0, 2, 2];
+    let truth = [0, 1, 2, 2, 1, 0, 2, 0];
+    let o = overlaps(&predicted, &truth, 3);
+    assert_eq!(o[1], Overlap { intersection: 1, predicted: 2, truth: 2 });
+    assert_eq!(o[2], Overlap { intersection: 2, predicted: 3, truth: 3 });
+    assert!(close(o[1].dice(), 0.5) && close(o[2].dice(), 2.0 / 3.0));
+    assert_eq!(Overlap::default().dice(), None);
+    let classes = names(&["background", "disc", "cup"]);
+    // Image 2: class 1 perfect, class 2 in neither (skipped). Image 3: class 2 predicted but
+    // absent from the truth (Dice 0), class 1 missed entirely (Dice 0).
+    let preds = [mask(4, &predicted), mask(2, &[0, 1, 1, 0]), mask(2, &[2, 0, 0, 0])];
+    let truths = [mask(4, &truth), mask(2, &[0, 1, 1, 0]), mask(2, &[1, 0, 0, 0])];
+    let r = evaluate_predictions("hand", &classes, &preds, &truths).unwrap();
+    assert_eq!(r.images, 3);
+    assert_eq!(r.counted, vec![3, 2]);
+    assert!(close(r.dice[0], (0.5 + 1.0 + 0.0) / 3.0), "{:?}", r.dice);
+    assert!(close(r.dice[1], (2.0 / 3.0 + 0.0) / 2.0), "{:?}", r.dice);
+    assert!(close(r.mean, (0.5 + 1.0 / 3.0) / 2.0));
+    // Mean over data sets: per class over the data sets where it is defined.
+    let other = evaluate_predictions("other", &classes, &[mask(2, &[1, 1, 0, 0])], &[mask(2, &[1, 0, 0, 0])]).unwrap();
+    assert!(close(other.dice[0], 2.0 / 3.0) && other.dice[1].is_none() && close(other.mean, 2.0 / 3.0));
+    let report = EvalReport::new("m", &classes, vec![r.clone(), other]);
+    assert!(close(report.mean_dice[0], (0.5 + 2.0 / 3.0) / 2.0));
+    assert!(close(report.mean_dice[1], 1.0 / 3.0));
+    assert!(close(report.mean, ((0.5 + 1.0 / 3.0) / 2.0 + 2.0 / 3.0) / 2.0));
+    let table = report.table();
+    assert!(table.contains("mean over 2 data sets") && table.contains("0.5000") && table.contains("     -"), "{table}");
+    let json = report.to_json();
+    assert_eq!(json["datasets"][1]["dice"]["cup"], serde_json::Value::Null);
+    assert_eq!(json["datasets"][0]["counted"]["disc"], 3);
+    // Mismatched inputs are errors, not panics.
+    assert!(evaluate_predictions("x", &classes, &preds[..1], &truths).is_err());
+    assert!(evaluate_predictions("x", &classes, &preds[1..2], &truths[..1]).unwrap_err().to_string().contains("2x2"));
+}
+
+fn tiny(classes: &[&str]) -> Config {
+    let list = classes.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    Config::from_json(
+        &format!(
+            r#"{{"image_size": 16, "patch_size": 8, "vision": {{"width": 8, "layers": 1, "heads": 2}},
+                "text_dim": 6, "classes": [{list}], "decoder": {{"width": 8, "layers": 1, "heads": 2}}, "em": {{"bases": 3}}}}"#
+        ),
+        "tiny",
+    )
+    .unwrap()
+}
+
+fn synth(task: Task, domain: &str, dir: &std::path::Path) {
+    write_dataset(&SynthOptions { task, domain: Domain::of(task, domain).unwrap(), count: 3, size: 24, seed: 1 }, dir).unwrap();
+}
+
+#[test]
+fn predictions_are_the_argmax_resized_to_each_image() {
+    let gpu = common::gpu();
+    let model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 3).unwrap();
+    let mut rng = common::Rng::new(5);
+    let images: Vec<Image> = [(24, 24), (16, 40)]
+        .iter()
+        .map(|&(w, h)| Image { width: w, height: h, rgb: (0..w * h * 3).map(|_| rng.uniform()).collect() })
+        .collect();
+    let refs: Vec<&Image> = images.iter().collect();
+    let got = predict(&model, &refs).unwrap();
+    let c = &model.config;
+    let input = vlsa::Tensor::from_vec(gpu, &preprocess(&refs, 16, c.pixel_mean, c.pixel_std), &[2, 3, 16, 16]).unwrap();
+    let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
+    for (b, img) in images.iter().enumerate() {
+        let labels: Vec<u8> = (0..256)
+            .map(|p| {
+                let v: Vec<f32> = (0..3).map(|k| logits[(b * 3 + k) * 256 + p]).collect();
+                (0..3).fold(0, |best, k| if v[k] > v[best] { k } else { best }) as u8
+            })
+            .collect();
+        assert_eq!((got[b].width, got[b].height), (img.width, img.height));
+        assert_eq!(got[b].labels, resize_nearest(&labels, 16, 16, img.width, img.height));
+    }
+}
+
+#[test]
+fn eval_command_end_to_end_and_class_mismatches() {
+    let gpu = common::gpu();
+    let root = temp("e2e");
+    let (a, c, heart) = (root.join("fundus-A"), root.join("fundus-C"), root.join("cardiac-A"));
+    synth(Task::Fundus, "A", &a);
+    synth(Task::Fundus, "C", &c);
+    synth(Task::Cardiac, "A", &heart);
+    let model_path = root.join("tiny.safetensors");
+    let model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 11).unwrap();
+    model.save(&model_path, false).unwrap();
+    let json_path = root.join("eval.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    };
+    let (m, a_s, c_s, j) = (model_path.to_str().unwrap(), a.to_str().unwrap(), c.to_str().unwrap(), json_path.to_str().unwrap());
+    let out = run(&["eval", "--model", m, "--data", a_s, "--data", c_s, "--json", j, "--batch", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("optic disc") && stdout.contains("optic cup") && stdout.contains("mean over 2 data sets"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    // The command's numbers are the library's, batch size notwithstanding.
+    let expected: Vec<_> = [&a, &c].iter().map(|d| evaluate(&model, &Dataset::load(d, 3).unwrap(), 3).unwrap()).collect();
+    for (i, r) in expected.iter().enumerate() {
+        let d = &json["datasets"][i];
+        assert_eq!(d["images"], 3);
+        for (k, name) in ["optic disc", "optic cup"].iter().enumerate() {
+            // JSON keeps the value to within serde_json's float parsing (last digit).
+            let same = match (d["dice"][name].as_f64(), r.dice[k]) {
+                (Some(x), Some(y)) => (x - y).abs() < 1e-12,
+                (x, y) => x.is_none() && y.is_none(),
+            };
+            assert!(same, "{name} of data set {i}: {} vs {:?}", d["dice"][name], r.dice[k]);
+            if let Some(v) = r.dice[k] {
+                assert!((0.0..=1.0).contains(&v));
+            }
+        }
+    }
+    let report = EvalReport::new(m, &model.config.classes, expected);
+    assert!((json["mean_over_datasets"]["mean"].as_f64().unwrap() - report.mean.unwrap()).abs() < 1e-12);
+    // A cardiac data set (4 classes, declared in domain.json) against a 3-class model.
+    let h = heart.to_str().unwrap();
+    let out = run(&["eval", "--model", m, "--data", h]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("vlsa: the data set") && stderr.contains("has 4 classes") && stderr.contains("the model has 3"), "{stderr}");
+    // Without domain.json the masks themselves give the mismatch away.
+    std::fs::remove_file(heart.join("domain.json")).unwrap();
+    let e = vlsa::eval::evaluate_folders(&model, std::slice::from_ref(&heart), 4).unwrap_err().to_string();
+    assert!(e.contains("has class 3, but the model has 3 classes (background, optic disc, optic cup)"), "{e}");
+    assert!(evaluate(&model, &Dataset::load(&a, 3).unwrap(), 0).unwrap_err().to_string().contains("batch"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
