@@ -12,6 +12,7 @@ pub mod error;
 pub mod weights;
 pub mod ops;
 pub mod tensor;
+pub mod text;
 
 pub use autograd::{backward, no_grad};
 pub use error::{Error, Result};
