@@ -197,7 +197,7 @@ impl TextEncoder {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(Error::Io { path: path.display().to_string(), message: format!("missing; a text encoder folder holds config.json, model.safetensors and tokenizer.json (scripts/fetch-minilm.sh fetches all-MiniLM-L6-v2)") })
+                Err(Error::Io { path: path.display().to_string(), message: "missing; a text encoder folder holds config.json, model.safetensors and tokenizer.json (scripts/fetch-minilm.sh fetches all-MiniLM-L6-v2)".into() })
             }
         };
         let (config_path, weights_path, tokenizer_path) = (file("config.json")?, file("model.safetensors")?, file("tokenizer.json")?);

@@ -11,6 +11,7 @@
 //! 4. each word becomes the longest vocabulary pieces from its start (`##` marks a piece that
 //!    continues a word); a word with a piece not in the vocabulary, or longer than
 //!    `max_input_chars_per_word`, becomes `[UNK]`.
+//!
 //! The ids are then wrapped in `[CLS] ... [SEP]` and cut to the model's maximum length.
 //!
 //! The character classes (what counts as punctuation, control or a non-spacing mark) are those
@@ -127,7 +128,7 @@ impl Tokenizer {
                 }
             }
         }
-        special.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        special.sort_by_key(|(content, _)| std::cmp::Reverse(content.len()));
         let max_length = json.get("truncation").and_then(|t| t.get("max_length")).and_then(Value::as_u64).unwrap_or(512) as usize;
         let mut tokenizer = Tokenizer {
             vocab,
