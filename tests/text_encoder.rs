@@ -108,6 +108,10 @@ fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
     let norm: f32 = batch[384..].iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
     assert!(encoder.embed(&[]).unwrap().is_empty());
+    let e = encoder.embed_ids(&[vec![101, 102], vec![]]).unwrap_err().to_string();
+    assert!(e.contains("at least one token"), "{e}");
+    let e = encoder.embed_ids(&[vec![101, 40000, 102]]).unwrap_err().to_string();
+    assert!(e.contains("40000") && e.contains("vocabulary"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! (all-MiniLM-L6-v2), loaded from a Hugging Face model folder and run for inference only.
 //!
 //! The computation, as Hugging Face `BertModel` plus sentence-transformers' mean pooling and
-//! normalisation do it, for a batch padded to its longest text:
+//! normalisation do it, for a batch of texts (the attention sees it padded to the longest
+//! text; every other step works on the real tokens only):
 //!   x = LN(word[ids] + position[0..L] + token_type[0])                       [B, L, D]
 //!   per layer: x = LN(x + out(attention(q(x), k(x), v(x), key padding mask)))
 //!              x = LN(x + down(gelu(up(x))))                                  (post-norm)
@@ -274,7 +275,7 @@ impl TextEncoder {
     }
 
     /// Sentence embeddings of already tokenized texts (each `[CLS] ... [SEP]`), run as one
-    /// batch padded to the longest; `[ids.len(), dim]` row-major.
+    /// batch; `[ids.len(), dim]` row-major.
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -282,7 +283,7 @@ impl TextEncoder {
         crate::no_grad(|| self.forward(ids))?.to_vec().map_err(Error::from)
     }
 
-    /// The pooled, normalised embeddings `[B, D]` of one padded batch, as a tensor.
+    /// The pooled, normalised embeddings `[B, D]` of one batch, as a tensor.
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let (b, d) = (ids.len(), self.dim());
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
@@ -295,24 +296,39 @@ impl TextEncoder {
         if let Some(&bad) = ids.iter().flatten().find(|&&i| i as usize >= self.config.vocab_size) {
             return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {} entries", self.config.vocab_size)));
         }
-        let pad = self.tokenizer.pad_id();
-        let mut flat = Vec::with_capacity(b * len);
+        if ids.iter().any(Vec::is_empty) {
+            return Err(Error::Invalid("every text to encode needs at least one token".into()));
+        }
+        // Tokens are kept packed, [T, D] with T the real tokens of all texts, so no linear layer
+        // works on padding; only attention sees the padded [B, L, D] layout. `to_padded` maps
+        // each padded slot to a packed row (a padding slot to its text's first token: it is
+        // masked as a key and never read as a query), `to_packed` maps back.
+        let mut packed_ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut to_padded = Vec::with_capacity(b * len);
+        let mut to_packed = Vec::new();
         let mut mask = Vec::with_capacity(b * len);
-        for row in ids {
-            flat.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(len));
+        for (i, row) in ids.iter().enumerate() {
+            let first = packed_ids.len() as u32;
+            packed_ids.extend_from_slice(row);
+            positions.extend(0..row.len() as u32);
+            to_padded.extend((0..len).map(|j| first + if j < row.len() { j as u32 } else { 0 }));
+            to_packed.extend((0..row.len()).map(|j| (i * len + j) as u32));
             mask.extend((0..len).map(|j| u32::from(j < row.len())));
         }
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..len as u32).collect();
+        let tokens = packed_ids.len();
 
-        let x = self.word.embedding(&flat)?.add(&self.position.embedding(&positions)?)?.add(&self.token_type)?;
+        let x = self.word.embedding(&packed_ids)?.add(&self.position.embedding(&positions)?)?.add(&self.token_type)?;
         let eps = self.config.layer_norm_eps;
-        let mut x = x.layer_norm(&self.embedding_norm.0, &self.embedding_norm.1, eps)?.reshape(&[b, len, d])?;
+        let mut x = x.layer_norm(&self.embedding_norm.0, &self.embedding_norm.1, eps)?;
         let key_mask = std::sync::Arc::new(self.gpu.upload(&mask)?);
+        let padded = |t: Tensor| -> Result<Tensor> { Ok(t.embedding(&to_padded)?.reshape(&[b, len, d])?) };
         for layer in &self.layers {
-            let q = x.linear(&layer.query.0, Some(&layer.query.1))?;
-            let k = x.linear(&layer.key.0, Some(&layer.key.1))?;
-            let v = x.linear(&layer.value.0, Some(&layer.value.1))?;
+            let q = padded(x.linear(&layer.query.0, Some(&layer.query.1))?)?;
+            let k = padded(x.linear(&layer.key.0, Some(&layer.key.1))?)?;
+            let v = padded(x.linear(&layer.value.0, Some(&layer.value.1))?)?;
             let a = q.attention(&k, &v, self.config.heads, false, Some(key_mask.clone()))?;
+            let a = a.reshape(&[b * len, d])?.embedding(&to_packed)?;
             let a = a.linear(&layer.attention_out.0, Some(&layer.attention_out.1))?;
             x = a.add(&x)?.layer_norm(&layer.attention_norm.0, &layer.attention_norm.1, eps)?;
             let h = x.linear(&layer.up.0, Some(&layer.up.1))?.gelu()?;
@@ -320,17 +336,18 @@ impl TextEncoder {
             x = h.add(&x)?.layer_norm(&layer.out_norm.0, &layer.out_norm.1, eps)?;
         }
 
-        // Mean over each text's real tokens as one product: pool [B, B*L] has 1/n_b where row
-        // b meets its own n_b real tokens, zeros elsewhere.
-        let mut pool = vec![0.0f32; b * b * len];
+        // Mean over each text's tokens as one product: pool [B, T] holds 1/n_b where row b
+        // meets its own n_b tokens, zeros elsewhere.
+        let mut pool = vec![0.0f32; b * tokens];
+        let mut first = 0;
         for (i, row) in ids.iter().enumerate() {
-            let n = row.len().max(1);
             for j in 0..row.len() {
-                pool[i * b * len + i * len + j] = 1.0 / n as f32;
+                pool[i * tokens + first + j] = 1.0 / row.len() as f32;
             }
+            first += row.len();
         }
-        let pool = Tensor::from_vec(&self.gpu, &pool, &[b, b * len])?;
-        let pooled = pool.matmul(&x.reshape(&[b * len, d])?)?;
+        let pool = Tensor::from_vec(&self.gpu, &pool, &[b, tokens])?;
+        let pooled = pool.matmul(&x)?;
         Ok(pooled.l2_normalize(L2Mode::ClampMin(1e-12))?)
     }
 }
