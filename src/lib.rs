@@ -20,6 +20,7 @@ pub mod weights;
 pub mod ops;
 pub mod tensor;
 pub mod train;
+pub mod text;
 
 pub use autograd::{backward, no_grad};
 pub use error::{Error, Result};

@@ -36,6 +36,10 @@ enum Command {
         /// model.safetensors); the config's vision settings must match it.
         #[arg(long, value_name = "DIR")]
         clip: Option<PathBuf>,
+        /// Fill the class embeddings with this text encoder's embeddings of the config's
+        /// prompts (a Hugging Face BERT folder, e.g. from scripts/fetch-minilm.sh).
+        #[arg(long, value_name = "DIR")]
+        text_encoder: Option<std::path::PathBuf>,
     },
     /// Segment images: writes <stem>_mask.png (class index per pixel, original size) and
     /// <stem>_overlay.png (classes tinted, with a legend) for each image.
@@ -112,6 +116,18 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+    },
+    /// Embed texts with a sentence encoder (all-MiniLM-L6-v2): print a summary or dump them.
+    Embed {
+        /// The text encoder: a Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, value_name = "DIR")]
+        text_encoder: std::path::PathBuf,
+        /// A text to embed; repeat for more.
+        #[arg(long, required = true)]
+        text: Vec<String>,
+        /// Write `text.embeddings` [K, D] and `text.token_ids` [K, L] (f32) to this safetensors file.
+        #[arg(long, value_name = "OUT.safetensors")]
+        dump: Option<std::path::PathBuf>,
     },
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
@@ -349,17 +365,21 @@ fn profile_em(tokens: usize, width: usize, bases: usize, iters: usize, batch: us
     Ok(())
 }
 
-fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>) -> Result<(), String> {
+fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder: Option<&Path>) -> Result<(), String> {
     let text = std::fs::read_to_string(config).map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
     let config = vlsa::config::Config::from_json(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let model = match clip {
+    let mut model = match clip {
         Some(dir) => {
             let clip = vlsa::clip::ClipVision::load(dir).map_err(|e| e.to_string())?;
             vlsa::model::Model::init_with_clip(&gpu, config, &clip, seed).map_err(|e| e.to_string())?
         }
         None => vlsa::model::Model::init(&gpu, config, seed).map_err(|e| e.to_string())?,
     };
+    if let Some(dir) = text_encoder {
+        let prompts = model.config.prompt_texts();
+        embed_prompts(&gpu, &mut model, dir, &prompts)?;
+    }
     model.save(out, false).map_err(|e| e.to_string())?;
     let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
     println!("wrote {} ({params} trainable parameters)", out.display());
@@ -414,6 +434,46 @@ fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>) -> Result<(), S
                 .collect();
             println!("{}: {}x{}, {} -> {}, {}", path.display(), image.width, image.height, shares.join(", "), mask_path.display(), overlay_path.display());
         }
+    }
+    Ok(())
+}
+
+/// Replaces the model's class embeddings by the text encoder's embeddings of `prompts`.
+fn embed_prompts(gpu: &Gpu, model: &mut Model, dir: &Path, prompts: &[String]) -> Result<(), String> {
+    let encoder = vlsa::text::TextEncoder::load(gpu, dir).map_err(|e| e.to_string())?;
+    let text_dim = model.config.text_dim;
+    if encoder.dim() != text_dim {
+        return Err(format!("the text encoder {} embeds into {} dimensions but the model's text_dim is {text_dim}", dir.display(), encoder.dim()));
+    }
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let embeddings = encoder.embed(&texts).map_err(|e| e.to_string())?;
+    model.set_class_embeddings(&vlsa::weights::HostTensor::new(&[texts.len(), text_dim], embeddings)).map_err(|e| e.to_string())?;
+    println!("class embeddings: {} prompts embedded by {}", texts.len(), dir.display());
+    Ok(())
+}
+
+fn embed(dir: &std::path::Path, texts: &[String], dump: Option<&std::path::Path>) -> Result<(), String> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let encoder = vlsa::text::TextEncoder::load(&gpu, dir).map_err(|e| e.to_string())?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let embeddings = encoder.embed(&refs).map_err(|e| e.to_string())?;
+    let ids: Vec<Vec<u32>> = refs.iter().map(|t| encoder.tokenizer().encode(t)).collect();
+    let d = encoder.dim();
+    for ((text, row), ids) in texts.iter().zip(embeddings.chunks_exact(d)).zip(&ids) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let first: Vec<String> = row.iter().take(4).map(|v| format!("{v:+.5}")).collect();
+        println!("{:>3} tokens  [{} ...]  norm {norm:.4}  {text:?}", ids.len(), first.join(", "));
+    }
+    if let Some(path) = dump {
+        let len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = encoder.tokenizer().pad_id();
+        let id_table: Vec<f32> = ids.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat(pad)).take(len).map(|i| i as f32)).collect();
+        let mut file = vlsa::weights::TensorFile::default();
+        file.tensors.insert("text.embeddings".into(), vlsa::weights::HostTensor::new(&[texts.len(), d], embeddings));
+        file.tensors.insert("text.token_ids".into(), vlsa::weights::HostTensor::new(&[texts.len(), len], id_table));
+        file.metadata.insert("vlsa.texts".into(), serde_json::to_string(texts).map_err(|e| e.to_string())?);
+        file.write(path, false).map_err(|e| e.to_string())?;
+        println!("wrote {} (text.embeddings [{}, {d}], text.token_ids [{}, {len}])", path.display(), texts.len(), texts.len());
     }
     Ok(())
 }
@@ -505,13 +565,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
-        Command::Init { config, out, seed, clip } => init(&config, &out, seed, clip.as_deref()),
+        Command::Init { config, out, seed, clip, text_encoder } => init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref()),
         Command::Segment { model, images, out } => segment(&model, &images, out.as_deref()),
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
         Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
         Command::Eval { model, data, json, batch } => eval(&model, &data, json.as_deref(), batch),
+        Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }

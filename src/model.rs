@@ -227,6 +227,24 @@ impl Model {
         self.tensors.get(name).ok_or_else(|| Error::Weights(format!("the model has no tensor {name}")))
     }
 
+    /// Replaces the frozen class text embeddings `text.class_embeddings` with `embeddings`
+    /// [K, text_dim] (e.g. from `text::TextEncoder::embed` of the prompts).
+    pub fn set_class_embeddings(&mut self, embeddings: &HostTensor) -> Result<()> {
+        let want = [self.config.num_classes(), self.config.text_dim];
+        if embeddings.shape != want {
+            return Err(Error::Invalid(format!(
+                "class embeddings of shape {:?} do not fit a model of {} classes and text_dim {} (the text encoder's width must equal text_dim)",
+                embeddings.shape, want[0], want[1]
+            )));
+        }
+        if embeddings.data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Invalid("the class embeddings hold a non-finite value".into()));
+        }
+        let tensor = Tensor::from_vec(&self.gpu, &embeddings.data, &want)?;
+        self.tensors.insert("text.class_embeddings".into(), tensor);
+        Ok(())
+    }
+
     /// Trainable parameters (all but the frozen class embeddings and the EM bases).
     pub fn parameters(&self) -> impl Iterator<Item = (&String, &Tensor)> {
         self.tensors.iter().filter(|(n, _)| !FROZEN.contains(&n.as_str()))
