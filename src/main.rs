@@ -53,6 +53,13 @@ enum Command {
         /// Output folder (created if missing); default: beside each image.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// New class prompts, one per class in the model's order (background first); they are
+        /// embedded by --text-encoder and replace the model's class embeddings for this run.
+        #[arg(long = "prompt", value_name = "TEXT", requires = "text_encoder")]
+        prompts: Vec<String>,
+        /// The text encoder for --prompt (a Hugging Face BERT folder, e.g. from scripts/fetch-minilm.sh).
+        #[arg(long, value_name = "DIR")]
+        text_encoder: Option<PathBuf>,
     },
     /// Run the model on images and dump the input and every intermediate tensor (DESIGN.md names).
     Forward {
@@ -410,8 +417,18 @@ fn load_images(paths: &[PathBuf]) -> Result<Vec<Image>, String> {
     paths.iter().map(|p| Image::load(p).map_err(|e| e.to_string())).collect()
 }
 
-fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>) -> Result<(), String> {
-    let (_gpu, model) = load_model(model)?;
+fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>, prompts: &[String], text_encoder: Option<&Path>) -> Result<(), String> {
+    let (gpu, mut model) = load_model(model)?;
+    if let Some(dir) = text_encoder {
+        let k = model.config.num_classes();
+        if prompts.is_empty() {
+            return Err("--text-encoder is only used with --prompt; give one --prompt per class".into());
+        }
+        if prompts.len() != k {
+            return Err(format!("{} prompts were given but the model has {k} classes ({}); give one --prompt per class, background first", prompts.len(), model.config.classes.join(", ")));
+        }
+        embed_prompts(&gpu, &mut model, dir, prompts)?;
+    }
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))?;
     }
@@ -566,7 +583,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info => info(),
         Command::Init { config, out, seed, clip, text_encoder } => init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref()),
-        Command::Segment { model, images, out } => segment(&model, &images, out.as_deref()),
+        Command::Segment { model, images, out, prompts, text_encoder } => segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref()),
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),

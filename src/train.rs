@@ -388,40 +388,11 @@ impl Trainer {
     }
 }
 
-// ----- Validation Dice -------------------------------------------------------------------------
-// A private stand-in for `vlsa::eval::evaluate` (written on another branch); replace this one
-// function with it once merged. Dice per foreground class over the whole set (pixel counts summed
-// over images) at the model's input size, then the mean over classes present in the prediction or
-// the ground truth.
-
-/// Mean foreground Dice of `model` on `data`, in batches of `batch`.
+/// Mean foreground Dice of `model` on `data` (`vlsa eval`'s measure: per image at its own size,
+/// averaged over images, then over classes), in batches of `batch`.
 pub fn validation_dice(model: &Model, data: &Dataset, batch: usize) -> Result<f32> {
-    let c = &model.config;
-    let (size, k) = (c.image_size, c.num_classes());
-    let plane = size * size;
-    let (mut inter, mut pred, mut truth) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(batch.max(1)) {
-        let (input, target) = data.batch(chunk, size, c.pixel_mean, c.pixel_std);
-        let input = Tensor::from_vec(model.gpu(), &input, &[chunk.len(), 3, size, size])?;
-        let logits = crate::no_grad(|| model.forward(&input))?.logits_up.to_vec()?;
-        for b in 0..chunk.len() {
-            for p in 0..plane {
-                let at = |class: usize| logits[(b * k + class) * plane + p];
-                let best = (1..k).fold(0, |best, class| if at(class) > at(best) { class } else { best });
-                let t = target[b * plane + p] as usize;
-                pred[best] += 1;
-                truth[t] += 1;
-                if best == t {
-                    inter[t] += 1;
-                }
-            }
-        }
-    }
-    let dice: Vec<f64> = (1..k).filter(|&j| pred[j] + truth[j] > 0).map(|j| 2.0 * inter[j] as f64 / (pred[j] + truth[j]) as f64).collect();
-    Ok(if dice.is_empty() { 1.0 } else { (dice.iter().sum::<f64>() / dice.len() as f64) as f32 })
+    Ok(crate::eval::evaluate(model, data, batch.max(1))?.mean.unwrap_or(1.0) as f32)
 }
-// ----- end of the validation Dice stand-in -----------------------------------------------------
 
 /// How [`run`] reports and saves, without effect on the trajectory.
 #[derive(Debug, Clone)]

@@ -203,3 +203,45 @@ fn a_model_carries_the_embeddings_of_its_prompts() {
     let e = model.set_class_embeddings(&vlsa::weights::HostTensor::new(&[3, 8], vec![0.0; 24])).unwrap_err().to_string();
     assert!(e.contains("text_dim 384") && e.contains("[3, 8]"), "{e}");
 }
+
+#[test]
+fn init_and_segment_take_prompts_from_the_command_line() {
+    let Some(dir) = model_dir() else { return };
+    let tmp = std::env::temp_dir().join(format!("vlsa-text-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(
+        tmp.join("cfg.json"),
+        r#"{"image_size": 16, "patch_size": 8, "vision": {"width": 8, "layers": 1, "heads": 2}, "text_dim": 384,
+            "classes": ["background", "optic disc", "optic cup"], "prompts": ["background of a retinal fundus photograph", "the optic disc", "the optic cup"],
+            "decoder": {"width": 8, "layers": 1, "heads": 2}, "em": {"bases": 3}}"#,
+    )
+    .unwrap();
+    let vlsa = |args: &[&std::ffi::OsStr]| std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).output().unwrap();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let model = tmp.join("m.safetensors");
+    let out = vlsa(&[&os("init"), &os("--config"), tmp.join("cfg.json").as_os_str(), &os("--out"), model.as_os_str(), &os("--text-encoder"), dir.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The model file carries the fixture embeddings of its prompts.
+    let file = vlsa::weights::TensorFile::read(&model).unwrap();
+    let stored = &file.tensors["text.class_embeddings"].data;
+    let fixture = reference();
+    let case = fixture.iter().find(|c| c.text == "the optic cup").unwrap();
+    compare("init --text-encoder, class 2", &stored[2 * 384..3 * 384], &case.embedding);
+
+    let image = tmp.join("i.png");
+    vlsa::image_io::Image::from_rgb8(20, 12, &vec![120; 20 * 12 * 3]).unwrap().save_png(&image).unwrap();
+    let prompt = |t: &str| [os("--prompt"), os(t)];
+    let mut args = vec![os("segment"), os("--model"), model.clone().into(), os("--image"), image.clone().into(), os("--text-encoder"), dir.clone().into()];
+    args.extend(prompt("background"));
+    args.extend(prompt("the rim of the optic nerve head"));
+    let two: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let out = vlsa(&two);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("2 prompts were given but the model has 3 classes"), "{err}");
+    args.extend(prompt("a pale cup"));
+    let three: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let out = vlsa(&three);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tmp.join("i_mask.png").is_file() && tmp.join("i_overlay.png").is_file());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Reproduces the shipped models (weights/) and the ablation table of the README, from nothing
+# but this repository: synthetic data (vlsa synth), MiniLM prompt embeddings (vlsa init
+# --text-encoder), training on domain A (vlsa train) and evaluation on domains A-D (vlsa eval).
+#
+#   scripts/train-models.sh data      # synthetic train/val/test sets under $DATA (default data/)
+#   scripts/train-models.sh ship      # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
+#   scripts/train-models.sh ablate    # full / no-em / no-text / plain, same budget, eval JSON
+#
+# Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+V=${VLSA:-target/release/vlsa}
+DATA=${DATA:-data}
+RUNS=${RUNS:-runs}
+ENC=${VLSA_MINILM_DIR:-.cache/minilm}
+# Training budgets (steps of 8 images). The shipped models: cardiac at 64 px, fundus at 128 px
+# (the optic disc is ~1/8 of the photo's width, too small for 64 px).
+SHIP_STEPS_CARDIAC=${SHIP_STEPS_CARDIAC:-500}
+SHIP_STEPS_FUNDUS=${SHIP_STEPS_FUNDUS:-300}
+ABLATE_STEPS_CARDIAC=${ABLATE_STEPS_CARDIAC:-200}
+ABLATE_STEPS_FUNDUS=${ABLATE_STEPS_FUNDUS:-100}
+
+config_of() { # task variant -> config path
+  local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
+  if [ "$2" = full ]; then echo "$base"; else echo "configs/ablations/$1-$2.json"; fi
+}
+
+train_one() { # task variant steps out-model
+  local task=$1 variant=$2 steps=$3 out=$4 dir="$RUNS/$1-$2"
+  mkdir -p "$dir" "$(dirname "$out")"
+  "$V" init --config "$(config_of "$task" "$variant")" --text-encoder "$ENC" --seed 0 --out "$dir/init.safetensors"
+  "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 --seed 0 \
+    --data "$DATA/$task-A-train" --val "$DATA/$task-A-val" --steps "$steps" \
+    --val-every 50 --checkpoint-every 50 --log-every 25 \
+    --out "$dir/checkpoint.safetensors" --export "$out"
+  "$V" eval --model "$out" --data "$DATA/$task-A-test" --data "$DATA/$task-B-test" \
+    --data "$DATA/$task-C-test" --data "$DATA/$task-D-test" --json "$dir/eval.json"
+}
+
+case "${1:-}" in
+  data)
+    for task in cardiac fundus; do
+      "$V" synth --task $task --domain A --count 400 --size 128 --seed 1 --out "$DATA/$task-A-train"
+      "$V" synth --task $task --domain A --count 32 --size 128 --seed 2 --out "$DATA/$task-A-val"
+      for d in A B C D; do
+        "$V" synth --task $task --domain $d --count 48 --size 128 --seed 3 --out "$DATA/$task-$d-test"
+      done
+    done ;;
+  ship)
+    train_one cardiac full "$SHIP_STEPS_CARDIAC" weights/vlsa-cardiac-tiny.safetensors
+    train_one fundus full "$SHIP_STEPS_FUNDUS" weights/vlsa-fundus-tiny.safetensors ;;
+  ablate)
+    for task in cardiac fundus; do
+      if [ $task = cardiac ]; then steps=$ABLATE_STEPS_CARDIAC; else steps=$ABLATE_STEPS_FUNDUS; fi
+      for variant in full no-em no-text plain; do
+        RUNS="$RUNS/ablate" train_one $task $variant "$steps" "$RUNS/ablate/$task-$variant/model.safetensors"
+      done
+    done ;;
+  *) echo "usage: $0 data|ship|ablate" >&2; exit 1 ;;
+esac
