@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::image_io::{preprocess, resize_nearest, Image, Mask};
+use crate::image_io::{Image, Mask};
 use crate::model::Model;
-use crate::tensor::Tensor;
 
 /// Pixel counts of one class in one image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,35 +101,13 @@ pub fn evaluate_predictions(name: &str, classes: &[String], predicted: &[Mask], 
     Ok(EvalResult { name: name.to_string(), classes: classes.to_vec(), images: truth.len(), dice, counted, mean })
 }
 
-/// Class per pixel (argmax over K, lowest index on ties) of logits [B, K, S, S], each resized
-/// (nearest) to its image's size.
+/// Class per pixel (argmax over K of the upsampled logits, on the GPU) of each image, resized
+/// (nearest) to its image's size: [`Model::segment`].
 pub fn predict(model: &Model, images: &[&Image]) -> Result<Vec<Mask>> {
-    let c = &model.config;
-    let (s, k) = (c.image_size, c.num_classes());
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let input = Tensor::from_vec(model.gpu(), &preprocess(images, s, c.pixel_mean, c.pixel_std), &[images.len(), 3, s, s])?;
-    let logits = crate::no_grad(|| model.forward(&input))?.logits_up.to_vec()?;
-    let plane = s * s;
-    Ok(images
-        .iter()
-        .enumerate()
-        .map(|(b, img)| {
-            let labels: Vec<u8> = (0..plane)
-                .map(|p| {
-                    let mut best = 0;
-                    for class in 1..k {
-                        if logits[(b * k + class) * plane + p] > logits[(b * k + best) * plane + p] {
-                            best = class;
-                        }
-                    }
-                    best as u8
-                })
-                .collect();
-            Mask { width: img.width, height: img.height, labels: resize_nearest(&labels, s, s, img.width, img.height) }
-        })
-        .collect())
+    model.segment(images)
 }
 
 /// Dice of `model` on a data set, running `batch` images per forward pass. The data set's masks
