@@ -140,6 +140,23 @@ fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
 
 /// Forward + lse + backward + finite differences of one shape through `check`.
 fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
+    let gpu = common::gpu();
+    let few = matches!(path, ForwardPath::FewKeys) || (matches!(path, ForwardPath::Auto) && s.kv_len <= vlsa_kernels::attention::FEW_KEYS);
+    if s.head_dim > vlsa_kernels::attention::GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
+        // Refused with a clear error on GPUs (see GPU_MAX_BLOCKED_HEAD_DIM), not a lost device:
+        // the blocked forward and every backward.
+        if few {
+            eprintln!("{name}: the backward of head width {} is refused on {}; checked on CPU adapters", s.head_dim, gpu.info().name);
+            return;
+        }
+        let w = s.heads * s.head_dim;
+        let (q, kv) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.kv_batch * s.kv_len * w).unwrap());
+        let (out, lse) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.batch * s.heads * s.q_len).unwrap());
+        let e = vlsa_kernels::attention::forward(gpu, &q, &kv, &kv, None, &out, &lse, &s).unwrap_err().to_string();
+        assert!(e.contains("head widths above"), "{name}: {e}");
+        eprintln!("{name}: refused on {} as designed: {e}", gpu.info().name);
+        return;
+    }
     let mut rng = Rng::new(seed);
     let w = s.heads * s.head_dim;
     let mut inputs = vec![

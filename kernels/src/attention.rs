@@ -218,6 +218,24 @@ const FORWARD_ENTRIES: [&str; 4] = ["forward_c1", "forward_c2", "forward_c4", "f
 const DQ_ENTRIES: [&str; 4] = ["backward_dq_c1", "backward_dq_c2", "backward_dq_c4", "backward_dq_c8"];
 const DKDV_ENTRIES: [&str; 4] = ["backward_dkdv_c1", "backward_dkdv_c2", "backward_dkdv_c4", "backward_dkdv_c8"];
 
+/// Widest head the blocked kernels run on adapters other than CPU ones. Above 64 they use the
+/// `_c8` entry points (four rows of 128 floats per invocation), which lost the device on
+/// NVIDIA's Vulkan driver (H200, driver 580.159, measured); until a one-row variant exists such
+/// adapters get a clear error instead. Vision heads of 64 (CLIP ViT-B, the default config) and
+/// MiniLM's 32 are unaffected, and the few-keys cross-attention path takes any width.
+pub const GPU_MAX_BLOCKED_HEAD_DIM: usize = 64;
+
+fn check_blocked_head(gpu: &Gpu, s: &Attention) -> Result<()> {
+    if s.head_dim > GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
+        return Err(Error::Unsupported(format!(
+            "attention with {} on {}: head widths above {GPU_MAX_BLOCKED_HEAD_DIM} run only on CPU adapters for now (their kernel loses the device on NVIDIA's driver); use more heads",
+            s.describe(),
+            gpu.info().name
+        )));
+    }
+    Ok(())
+}
+
 /// The entry point of `entries` whose chunks (16 elements each) just hold a head row.
 fn chunked_entry(s: &Attention, entries: [&'static str; 4]) -> &'static str {
     match s.head_dim.div_ceil(16) {
@@ -274,6 +292,9 @@ pub fn forward_path(
     if s.q_len == 0 {
         return Ok(());
     }
+    if !few {
+        check_blocked_head(gpu, s)?;
+    }
     let tiles = s.q_len.div_ceil(if few { WG } else { TILE });
     let mut p = Params::new(s, key_mask.is_some());
     p.tiles = tiles as u32;
@@ -304,6 +325,7 @@ pub fn backward(
 ) -> Result<()> {
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
+    check_blocked_head(gpu, s)?;
     let qd = format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim);
     let kd = format!("[{}, {}, {}]", s.kv_batch, s.kv_len, s.heads * s.head_dim);
     check_len(s, "out", out, &qd, s.q_elements())?;
