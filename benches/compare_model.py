@@ -10,15 +10,14 @@ Both sides run on this machine's CPU cores (vlsa through lavapipe when there is 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "reference"))
 import vlsa_ref  # noqa: E402
+from compare_em import median_ms  # noqa: E402  (same timing rule as the EM comparison)
 
 
 def with_defaults(cfg):
@@ -30,16 +29,6 @@ def with_defaults(cfg):
     for key, value in {"iters": 3, "lambda": 1.0, "momentum": 0.9, "grad": "detached"}.items():
         cfg["em"].setdefault(key, value)
     return cfg
-
-
-def median_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def torch_times(cfg, b, reps):

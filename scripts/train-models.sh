@@ -5,7 +5,8 @@
 #
 #   scripts/train-models.sh data      # synthetic train/val/test sets under $DATA (default data/)
 #   scripts/train-models.sh ship      # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
-#   scripts/train-models.sh ablate    # full / no-em / no-text / plain, same budget, eval JSON
+#   scripts/train-models.sh ablate [cardiac|fundus]
+#                                     # full / no-em / no-text / plain, same budget, eval JSON
 #
 # Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
 set -euo pipefail
@@ -52,7 +53,7 @@ case "${1:-}" in
     train_one cardiac full "$SHIP_STEPS_CARDIAC" weights/vlsa-cardiac-tiny.safetensors
     train_one fundus full "$SHIP_STEPS_FUNDUS" weights/vlsa-fundus-tiny.safetensors ;;
   ablate)
-    for task in cardiac fundus; do
+    for task in ${2:-cardiac fundus}; do
       if [ $task = cardiac ]; then steps=$ABLATE_STEPS_CARDIAC; else steps=$ABLATE_STEPS_FUNDUS; fi
       for variant in full no-em no-text plain; do
         RUNS="$RUNS/ablate" train_one $task $variant "$steps" "$RUNS/ablate/$task-$variant/model.safetensors"

@@ -283,31 +283,8 @@ fn blur(data: &mut [f32], size: usize, channels: usize, sigma: f32) {
     kernel.iter_mut().for_each(|k| *k /= total);
     let mut tmp = vec![0.0f32; data.len()];
     // Horizontal pass into tmp, vertical pass back into data.
-    let n = size as isize;
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..channels {
-                let mut s = 0.0;
-                for (k, w) in kernel.iter().enumerate() {
-                    let xx = (x as isize + k as isize - radius).clamp(0, n - 1) as usize;
-                    s += w * data[(y * size + xx) * channels + c];
-                }
-                tmp[(y * size + x) * channels + c] = s;
-            }
-        }
-    }
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..channels {
-                let mut s = 0.0;
-                for (k, w) in kernel.iter().enumerate() {
-                    let yy = (y as isize + k as isize - radius).clamp(0, n - 1) as usize;
-                    s += w * tmp[(yy * size + x) * channels + c];
-                }
-                data[(y * size + x) * channels + c] = s;
-            }
-        }
-    }
+    blur_pass(data, &mut tmp, size, channels, &kernel, radius, true);
+    blur_pass(&tmp, data, size, channels, &kernel, radius, false);
 }
 
 /// The acquisition of domain `d` applied to a clean rendering [size, size, channels] in place.
@@ -369,6 +346,27 @@ fn acquire(d: &Domain, data: &mut [f32], size: usize, channels: usize, mri: bool
             out = inside * out + (1.0 - inside) * v.max(0.0);
         }
         *v = out.clamp(0.0, 1.0);
+    }
+}
+
+/// One 1-D pass of a separable blur (along x when `horizontal`, else y), edges clamped.
+fn blur_pass(src: &[f32], dst: &mut [f32], size: usize, channels: usize, kernel: &[f32], radius: isize, horizontal: bool) {
+    let n = size as isize;
+    for y in 0..size {
+        for x in 0..size {
+            for c in 0..channels {
+                let mut s = 0.0;
+                for (k, w) in kernel.iter().enumerate() {
+                    let (xx, yy) = if horizontal {
+                        ((x as isize + k as isize - radius).clamp(0, n - 1) as usize, y)
+                    } else {
+                        (x, (y as isize + k as isize - radius).clamp(0, n - 1) as usize)
+                    };
+                    s += w * src[(yy * size + xx) * channels + c];
+                }
+                dst[(y * size + x) * channels + c] = s;
+            }
+        }
     }
 }
 
