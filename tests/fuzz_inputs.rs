@@ -14,7 +14,9 @@
 //! special-token fragments, very long words and a 1 MB text.
 //!
 //! Every call runs under `catch_unwind`; a panic fails the test with the seed and the case
-//! number. Every rejection must be one line naming the file (or folder).
+//! number. Every rejection must be one line naming the file (or folder). The image seeds and the
+//! inputs that found bugs are kept in `tests/fuzz_corpus/images/` (regenerate with
+//! `cargo test --test fuzz_inputs -- --ignored write_corpus`), each with what it must give.
 //! `VLSA_FUZZ_CASES=N` scales the number of inputs (default 10 000 images, N/20 data sets, N
 //! tokenizer inputs), `VLSA_FUZZ_SEED=S` the seed (default 1).
 
@@ -266,6 +268,61 @@ fn check_mask(source: &str, classes: Option<usize>, result: vlsa::Result<Mask>) 
         }
         Err(e) if is_one_sentence(&e.to_string(), source) => Ok(false),
         Err(e) => Err(format!("{source}: unclear error `{e}`")),
+    }
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_corpus/images")
+}
+
+/// The image corpus: the valid seeds and the inputs that found bugs, each with what its
+/// rejection must say (`None`: it decodes).
+fn image_corpus() -> Vec<(String, Vec<u8>, Option<&'static str>)> {
+    let seeds = image_seeds();
+    let grey = &seeds[0].1;
+    let jpeg = &seeds.iter().find(|(n, _)| *n == "grey.jpg").unwrap().1;
+    let mut out: Vec<(String, Vec<u8>, Option<&'static str>)> = seeds.iter().map(|(n, b)| (n.to_string(), b.clone(), None)).collect();
+    out.extend([
+        // Made the decoder allocate 512 MiB up front before the size check.
+        ("ihdr_16384x16384.png".to_string(), with_png_size(grey, 16_384, 16_384), Some("more than its")),
+        ("ihdr_100000x100000.png".to_string(), with_png_size(grey, 100_000, 100_000), Some("more than vlsa's limit")),
+        ("ihdr_zero_width.png".to_string(), with_png_size(grey, 0, 5), Some("cannot be decoded")),
+        ("sof_16000x16000.jpg".to_string(), with_jpeg_size(jpeg, 16_000, 16_000), Some("more than its")),
+        // zune-jpeg's errors for truncated files may span lines; vlsa's are one line.
+        ("truncated.jpg".to_string(), jpeg[..jpeg.len() * 2 / 3].to_vec(), Some("cannot be decoded as Jpeg")),
+        ("truncated.png".to_string(), grey[..grey.len() / 2].to_vec(), Some("cannot be decoded as Png")),
+        ("bad_crc.png".to_string(), { let mut b = grey.clone(); b[30] ^= 1; b }, Some("cannot be decoded as Png")),
+        ("gif_signature.gif".to_string(), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), Some("vlsa reads PNG and JPEG")),
+    ]);
+    out
+}
+
+/// Writes the image corpus (run after changing the seeds).
+#[test]
+#[ignore]
+fn write_corpus() {
+    std::fs::create_dir_all(corpus_dir()).unwrap();
+    for (name, bytes, _) in image_corpus() {
+        std::fs::write(corpus_dir().join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn image_corpus_decodes_or_is_refused_as_expected() {
+    for (name, bytes, expected) in image_corpus() {
+        let stored = std::fs::read(corpus_dir().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}; regenerate with --ignored write_corpus"));
+        assert_eq!(stored, bytes, "{name} differs from the generated seed; regenerate with --ignored write_corpus");
+        let source = format!("corpus/{name}");
+        let result = guarded(&name, &bytes, || Image::decode(&bytes, &source)).unwrap_or_else(|f| panic!("{f}"));
+        match (expected, result) {
+            (None, Ok(img)) => assert!(img.width > 0 && img.rgb.len() == img.width * img.height * 3, "{name}"),
+            (None, Err(e)) => panic!("{name} must decode: {e}"),
+            (Some(want), Ok(_)) => panic!("{name} must be refused ({want})"),
+            (Some(want), Err(e)) => {
+                let e = e.to_string();
+                assert!(is_one_sentence(&e, &source) && e.contains(want), "{name}: `{e}` should say `{want}`");
+            }
+        }
     }
 }
 
