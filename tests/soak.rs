@@ -20,10 +20,10 @@ use vlsa::train::{validation_dice, TrainOptions, Trainer};
 const WARM_UP: usize = 20;
 const EVERY: usize = 5;
 /// Resident memory may move by allocator noise (glibc keeps freed chunks in per-thread arenas,
-/// and lavapipe's worker threads allocate on their own), measured between the
-/// halves of 60- and 1000-step runs: under 0.1 MiB. 4 MiB lets that noise pass and still catches a leak of
-/// 4 MiB / (N / 2) per step: 140 KiB a step at 60 steps (a leaked batch is 70 KiB here, a leaked
-/// checkpoint download 70 KiB), 8 KiB a step at 1000 steps.
+/// and lavapipe's worker threads allocate on their own); between the halves of a 60- and a
+/// 1000-step run it moved by less than 0.1 MiB. 4 MiB lets such noise pass and still catches a
+/// leak of 4 MiB / (N / 2) per step: 140 KiB a step at 60 steps (one batch's host input and
+/// target are 64 KiB here), 8 KiB a step at 1000 steps.
 const RSS_TOLERANCE: u64 = 4 << 20;
 
 fn resident_bytes() -> u64 {
