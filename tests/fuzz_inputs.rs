@@ -184,7 +184,7 @@ fn with_png_size(bytes: &[u8], width: u32, height: u32) -> Vec<u8> {
 /// Sets the height and width of a JPEG's first start-of-frame segment.
 fn with_jpeg_size(bytes: &[u8], width: u16, height: u16) -> Vec<u8> {
     let mut b = bytes.to_vec();
-    if let Some(at) = b.windows(2).position(|w| w[0] == 0xFF && matches!(w[1], 0xC0 | 0xC1 | 0xC2)) {
+    if let Some(at) = b.windows(2).position(|w| w[0] == 0xFF && matches!(w[1], 0xC0..=0xC2)) {
         b[at + 5..at + 7].copy_from_slice(&height.to_be_bytes());
         b[at + 7..at + 9].copy_from_slice(&width.to_be_bytes());
     }
@@ -478,7 +478,7 @@ fn random_dataset(rng: &mut Rng, dir: &Path, classes: usize) -> Option<usize> {
             _ => (["png", "PNG"][rng.below(2)], image),
         };
         if variant == Variant::Ignored {
-            let file = [format!(".{name}.png"), format!("{name}.txt"), format!("{name}"), format!(".{name}.png.tmp-1")][rng.below(4)].clone();
+            let file = [format!(".{name}.png"), format!("{name}.txt"), name.clone(), format!(".{name}.png.tmp-1")][rng.below(4)].clone();
             std::fs::write(images.join(file), &image).unwrap();
             continue;
         }
@@ -502,11 +502,9 @@ fn random_dataset(rng: &mut Rng, dir: &Path, classes: usize) -> Option<usize> {
             Variant::MaskIsADirectory => std::fs::create_dir_all(&mask_path).unwrap(),
             Variant::Ignored => unreachable!(),
         }
-        // A corrupt mask may still decode (a mutation that keeps it valid); only the
-        // always-invalid variants decide the outcome.
+        // Any other variant makes the outcome open (a mutated mask may still decode) or an error.
         valid = match (valid, variant) {
             (Some(n), Variant::Valid | Variant::ValidJpeg) => Some(n + 1),
-            (Some(_), Variant::CorruptMask | Variant::CorruptImage) => None,
             _ => None,
         };
     }
