@@ -34,19 +34,35 @@ fn decode_dynamic(bytes: &[u8], source: &str) -> Result<DynamicImage> {
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
         return Err(format_error(source, format!("is a {format:?} image; vlsa reads PNG and JPEG")));
     }
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 8);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| format_error(source, format!("cannot be decoded as {format:?} ({e})")))?;
-    let (w, h) = (img.width() as u64, img.height() as u64);
+    // The decoder's messages may span lines (zune-jpeg's I/O errors do): one line here.
+    let cannot = |e: image::ImageError| format_error(source, format!("cannot be decoded as {format:?} ({})", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")));
+    // The declared size is checked before any pixel is decoded, since the decoder allocates
+    // the whole image up front: a few hundred bytes must not make it ask for gigabytes.
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_dimensions().map_err(cannot)?;
+    let (w, h) = (w as u64, h as u64);
     if w == 0 || h == 0 {
         return Err(format_error(source, "is an empty image (zero width or height)".into()));
     }
     if w * h > MAX_PIXELS {
         return Err(format_error(source, format!("is {w}x{h} pixels, more than vlsa's limit of {MAX_PIXELS}")));
     }
-    Ok(img)
+    let most = most_pixels(format, bytes.len() as u64);
+    if w * h > most {
+        return Err(format_error(source, format!("declares {w}x{h} pixels, more than its {} bytes can hold (at most {most}); the file is corrupt", bytes.len())));
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    reader.decode().map_err(cannot)
+}
+
+/// The most pixels a file of `len` bytes can encode. PNG: deflate expands at most 1032:1 and
+/// a pixel takes at least one bit. JPEG (Huffman-coded, all the decoder reads): every 8x8 block
+/// spends at least one bit on its DC coefficient. Plus a margin for tiny files.
+fn most_pixels(format: ImageFormat, len: u64) -> u64 {
+    let per_byte = if format == ImageFormat::Png { 8 * 1032 } else { 8 * 64 };
+    len.saturating_mul(per_byte).saturating_add(1 << 16)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
