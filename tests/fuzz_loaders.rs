@@ -222,12 +222,12 @@ fn write_corpus() {
 }
 
 fn read_corpus() -> Vec<(String, Vec<u8>)> {
+    // The model-file seeds; subfolders hold other fuzzers' corpora (images/ for fuzz_inputs.rs).
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(corpus_dir())
         .expect("tests/fuzz_corpus exists")
-        .map(|e| {
-            let path = e.unwrap().path();
-            (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap())
-        })
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|x| x == "safetensors"))
+        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()))
         .collect();
     files.sort();
     files
