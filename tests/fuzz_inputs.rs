@@ -20,12 +20,13 @@
 //! `VLSA_FUZZ_CASES=N` scales the number of inputs (default 10 000 images, N/20 data sets, N
 //! tokenizer inputs), `VLSA_FUZZ_SEED=S` the seed (default 1).
 
+mod alloc_count;
 mod common;
 #[allow(dead_code)]
 mod mutate;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use alloc_count::largest_allocation;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -37,40 +38,6 @@ use vlsa::data::Dataset;
 use vlsa::image_io::{Image, Mask};
 use vlsa::text::Tokenizer;
 
-// ----- the largest allocation of each thread -----
-
-struct CountingAllocator;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(new_size)));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    (out, LARGEST.with(|l| l.get()))
-}
 
 /// The most one image decode may allocate at once: far above what the seeds need (a few KiB)
 /// and far below what a huge declared size would ask for.

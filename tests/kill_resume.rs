@@ -27,28 +27,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Four 20x20 images of a bright square on a dark background, with their masks.
-fn squares(dir: &Path) {
-    let mut rng = common::Rng::new(5);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::create_dir_all(dir.join("masks")).unwrap();
-    let size = 20;
-    for i in 0..4 {
-        let (x0, y0, side) = (rng.below(8), rng.below(8), 5 + rng.below(6));
-        let mut rgb = Vec::new();
-        let mut labels = Vec::new();
-        for y in 0..size {
-            for x in 0..size {
-                let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-                rgb.extend([if inside { 0.8 } else { 0.2 } + rng.range(-0.1, 0.1); 3]);
-                labels.push(inside as u8);
-            }
-        }
-        vlsa::image_io::Image { width: size, height: size, rgb }.save_png(&dir.join(format!("images/{i}.png"))).unwrap();
-        vlsa::image_io::Mask { width: size, height: size, labels }.save_png(&dir.join(format!("masks/{i}.png"))).unwrap();
-    }
-}
-
 /// `vlsa train ... --resume` on the tiny config, writing a checkpoint after every step.
 fn train(dir: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vlsa"));
@@ -90,7 +68,7 @@ fn killed_training_resumes_to_the_same_weights() {
     let seed: u64 = std::env::var("VLSA_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let rounds: usize = std::env::var("VLSA_KILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
     let dir = temp_dir("run");
-    squares(&dir.join("data"));
+    common::squares(&dir.join("data"), 4, 20, 5);
     std::fs::write(
         dir.join("tiny.json"),
         r#"{"image_size": 16, "patch_size": 8, "vision": {"width": 8, "layers": 1, "heads": 1}, "text_dim": 4,

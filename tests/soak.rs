@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use vlsa::config::Config;
-use vlsa::data::Dataset;
-use vlsa::image_io::{Image, Mask};
 use vlsa::model::Model;
 use vlsa::train::{validation_dice, TrainOptions, Trainer};
 
@@ -39,27 +37,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn squares(dir: &Path, count: usize, size: usize) -> Dataset {
-    let mut rng = common::Rng::new(11);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::create_dir_all(dir.join("masks")).unwrap();
-    for i in 0..count {
-        let (x0, y0, side) = (rng.below(size / 2), rng.below(size / 2), size / 4 + rng.below(size / 4));
-        let mut rgb = Vec::new();
-        let mut labels = Vec::new();
-        for y in 0..size {
-            for x in 0..size {
-                let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-                rgb.extend([if inside { 0.8 } else { 0.2 } + rng.range(-0.1, 0.1); 3]);
-                labels.push(inside as u8);
-            }
-        }
-        Image { width: size, height: size, rgb }.save_png(&dir.join(format!("images/{i}.png"))).unwrap();
-        Mask { width: size, height: size, labels }.save_png(&dir.join(format!("masks/{i}.png"))).unwrap();
-    }
-    Dataset::load(dir, 2).unwrap()
-}
-
 fn max(v: &[u64]) -> u64 {
     v.iter().copied().max().unwrap_or(0)
 }
@@ -69,7 +46,7 @@ fn gpu_pool_and_resident_memory_stay_flat_while_training() {
     let steps: usize = std::env::var("VLSA_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60).max(2 * WARM_UP);
     let gpu = common::gpu();
     let dir = temp_dir("run");
-    let data = squares(&dir.join("data"), 8, 32);
+    let data = common::squares(&dir.join("data"), 8, 32, 11);
     let config = Config::from_json(
         r#"{"image_size": 32, "patch_size": 8, "vision": {"width": 16, "layers": 1, "heads": 2}, "text_dim": 8,
             "classes": ["background", "square"], "decoder": {"width": 16, "layers": 1, "heads": 2}, "em": {"bases": 4}}"#,

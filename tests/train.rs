@@ -7,8 +7,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use vlsa::config::Config;
-use vlsa::data::Dataset;
-use vlsa::image_io::{Image, Mask};
 use vlsa::model::{expected_tensors, Model, CHECKPOINT_KEY};
 use vlsa::train::{run, RunOptions, TrainOptions, Trainer};
 use vlsa::weights::{HostTensor, TensorFile};
@@ -33,32 +31,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A data set of `count` noisy dark images of `size` with one bright square each (class 1).
-fn squares(dir: &Path, count: usize, size: usize, seed: u64) -> Dataset {
-    let mut rng = common::Rng::new(seed);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::create_dir_all(dir.join("masks")).unwrap();
-    for i in 0..count {
-        let side = size / 4 + rng.below(size / 3);
-        let (x0, y0) = (rng.below(size - side), rng.below(size - side));
-        let mut rgb = Vec::with_capacity(size * size * 3);
-        let mut labels = Vec::with_capacity(size * size);
-        for y in 0..size {
-            for x in 0..size {
-                let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
-                let base = if inside { 0.8 } else { 0.2 };
-                for _ in 0..3 {
-                    rgb.push((base + rng.range(-0.1, 0.1)).clamp(0.0, 1.0));
-                }
-                labels.push(inside as u8);
-            }
-        }
-        Image { width: size, height: size, rgb }.save_png(&dir.join(format!("images/{i:03}.png"))).unwrap();
-        Mask { width: size, height: size, labels }.save_png(&dir.join(format!("masks/{i:03}.png"))).unwrap();
-    }
-    Dataset::load(dir, 2).unwrap()
-}
-
 fn run_options(out: &Path, checkpoint_every: usize, stop_at: Option<usize>) -> RunOptions {
     RunOptions { out: out.to_path_buf(), val_every: 1000, checkpoint_every, log_every: 1000, stop_at, quiet: true }
 }
@@ -71,7 +43,7 @@ fn mean(v: &[f32]) -> f32 {
 fn loss_goes_down_on_bright_squares() {
     let gpu = common::gpu();
     let dir = temp_dir("down");
-    let data = squares(&dir.join("data"), 8, 32, 1);
+    let data = common::squares(&dir.join("data"), 8, 32, 1);
     let val = data.clone();
     let model = Model::init(gpu, tiny(4, true), 1).unwrap();
     let options = TrainOptions { batch: 4, lr: 1e-2, warmup: 2, augment: false, ..TrainOptions::new(24) };
@@ -92,7 +64,7 @@ fn resumed_run_is_bit_for_bit_the_uninterrupted_one() {
     let gpu = common::gpu();
     let dir = temp_dir("resume");
     // 5 images in batches of 3: batches straddle epochs, and augmentation is on.
-    let data = squares(&dir.join("data"), 5, 24, 2);
+    let data = common::squares(&dir.join("data"), 5, 24, 2);
     let options = TrainOptions { batch: 3, lr: 3e-3, warmup: 2, seed: 9, ..TrainOptions::new(6) };
     let whole = dir.join("whole.safetensors");
     let mut a = Trainer::new(Model::init(gpu, tiny(4, true), 3).unwrap(), options.clone(), data.clone()).unwrap();
@@ -124,7 +96,7 @@ fn resumed_run_is_bit_for_bit_the_uninterrupted_one() {
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let gpu = common::gpu();
     let dir = temp_dir("nan");
-    let data = squares(&dir.join("data"), 4, 24, 3);
+    let data = common::squares(&dir.join("data"), 4, 24, 3);
     let out = dir.join("m.safetensors");
     let options = TrainOptions { batch: 2, lr: 1e-3, warmup: 0, ..TrainOptions::new(20) };
     let mut trainer = Trainer::new(Model::init(gpu, tiny(4, true), 4).unwrap(), options, data).unwrap();
@@ -146,7 +118,7 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 fn checkpoints_load_as_models_and_plain_models_stay_strict() {
     let gpu = common::gpu();
     let dir = temp_dir("ckpt");
-    let data = squares(&dir.join("data"), 3, 16, 4);
+    let data = common::squares(&dir.join("data"), 3, 16, 4);
     let out = dir.join("c.safetensors");
     let mut trainer = Trainer::new(Model::init(gpu, tiny(4, true), 5).unwrap(), TrainOptions { batch: 2, ..TrainOptions::new(2) }, data).unwrap();
     run(&mut trainer, None, &run_options(&out, 1, None)).unwrap();
@@ -176,7 +148,7 @@ fn checkpoints_load_as_models_and_plain_models_stay_strict() {
     trainer.model.save(&plain, false).unwrap();
     let e = Trainer::resume(gpu, &plain, &dir.join("data")).err().unwrap().to_string();
     assert!(e.contains("not a training checkpoint"), "{e}");
-    squares(&dir.join("other"), 4, 16, 5);
+    common::squares(&dir.join("other"), 4, 16, 5);
     let e = Trainer::resume(gpu, &out, &dir.join("other")).err().unwrap().to_string();
     assert!(e.contains("is not the data set") && e.contains("4 images now, 3 then"), "{e}");
 }
@@ -185,7 +157,7 @@ fn checkpoints_load_as_models_and_plain_models_stay_strict() {
 fn ablation_configs_init_save_load_and_train() {
     let gpu = common::gpu();
     let dir = temp_dir("ablation");
-    let data = squares(&dir.join("data"), 2, 16, 6);
+    let data = common::squares(&dir.join("data"), 2, 16, 6);
     let full = expected_tensors(&tiny(4, true)).len();
     for (bases, cross_attn, missing) in [(0, true, 7), (4, false, 10), (0, false, 17)] {
         let config = tiny(bases, cross_attn);
@@ -210,7 +182,7 @@ fn ablation_configs_init_save_load_and_train() {
 #[test]
 fn the_train_command_checkpoints_stops_and_resumes() {
     let dir = temp_dir("cli");
-    squares(&dir.join("data"), 4, 24, 7);
+    common::squares(&dir.join("data"), 4, 24, 7);
     let config = dir.join("tiny.json");
     std::fs::write(&config, tiny(4, true).to_json()).unwrap();
     let out = dir.join("ckpt.safetensors");

@@ -248,3 +248,29 @@ pub fn check(case: Case<'_>) {
         }
     }
 }
+
+/// A data set of `count` noisy dark images of `size` with one bright square each (class 1).
+pub fn squares(dir: &std::path::Path, count: usize, size: usize, seed: u64) -> vlsa::data::Dataset {
+    let mut rng = Rng::new(seed);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    for i in 0..count {
+        let side = size / 4 + rng.below(size / 3);
+        let (x0, y0) = (rng.below(size - side), rng.below(size - side));
+        let mut rgb = Vec::with_capacity(size * size * 3);
+        let mut labels = Vec::with_capacity(size * size);
+        for y in 0..size {
+            for x in 0..size {
+                let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+                let base = if inside { 0.8 } else { 0.2 };
+                for _ in 0..3 {
+                    rgb.push((base + rng.range(-0.1, 0.1)).clamp(0.0, 1.0));
+                }
+                labels.push(inside as u8);
+            }
+        }
+        vlsa::image_io::Image { width: size, height: size, rgb }.save_png(&dir.join(format!("images/{i:03}.png"))).unwrap();
+        vlsa::image_io::Mask { width: size, height: size, labels }.save_png(&dir.join(format!("masks/{i:03}.png"))).unwrap();
+    }
+    vlsa::data::Dataset::load(dir, 2).unwrap()
+}
