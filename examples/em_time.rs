@@ -6,26 +6,14 @@
 //! column sums, M-step, normalisation) and of each step per run of it (a step's matmul and
 //! fused kernel together).
 
-use std::time::Instant;
 
 use vlsa::kernels::em::{self, EmShape};
 use vlsa::kernels::Gpu;
 use vlsa::profile::{profile_em, EmProfileOptions};
 
-fn median_ms(mut run: impl FnMut(), gpu: &Gpu, reps: usize) -> f64 {
-    run();
-    gpu.sync().unwrap();
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            gpu.sync().unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
+
+mod timing;
+use timing::median_ms;
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("usage: em_time N C M T B REPS")).collect();

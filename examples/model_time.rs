@@ -6,26 +6,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use vlsa::config::Config;
 use vlsa::model::Model;
 use vlsa::{Gpu, Tensor};
 
-fn median_ms(mut run: impl FnMut(), gpu: &Gpu, reps: usize) -> f64 {
-    run();
-    gpu.sync().unwrap();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            gpu.sync().unwrap();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
+
+mod timing;
+use timing::median_ms;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -104,9 +104,6 @@ pub fn evaluate_predictions(name: &str, classes: &[String], predicted: &[Mask], 
 /// Class per pixel (argmax over K of the upsampled logits, on the GPU) of each image, resized
 /// (nearest) to its image's size: [`Model::segment`].
 pub fn predict(model: &Model, images: &[&Image]) -> Result<Vec<Mask>> {
-    if images.is_empty() {
-        return Ok(Vec::new());
-    }
     model.segment(images)
 }
 
