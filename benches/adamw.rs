@@ -24,15 +24,28 @@ fn adamw(c: &mut Criterion) {
     let block = 192 * 768;
     let blocks = n / block;
     let tensors: Vec<_> = (0..blocks)
-        .map(|i| (gpu.upload(&common::data(block, 10 + i as u64)).unwrap(), gpu.upload(&common::data(block, 100 + i as u64)).unwrap(), gpu.zeros(block).unwrap(), gpu.zeros(block).unwrap()))
+        .map(|i| {
+            (
+                gpu.upload(&common::data(block, 10 + i as u64)).unwrap(),
+                gpu.upload(&common::data(block, 100 + i as u64)).unwrap(),
+                gpu.zeros(block).unwrap(),
+                gpu.zeros(block).unwrap(),
+            )
+        })
         .collect();
     let mut t = 0;
-    common::bench_gpu(&mut group, &format!("step/{blocks}x192x768"), &gpu, Throughput::Bytes(28 * (blocks * block) as u64), || {
-        t += 1;
-        for (p, g, m, v) in &tensors {
-            adamw::step(&gpu, p, g, m, v, block, t, &cfg).unwrap();
-        }
-    });
+    common::bench_gpu(
+        &mut group,
+        &format!("step/{blocks}x192x768"),
+        &gpu,
+        Throughput::Bytes(28 * (blocks * block) as u64),
+        || {
+            t += 1;
+            for (p, g, m, v) in &tensors {
+                adamw::step(&gpu, p, g, m, v, block, t, &cfg).unwrap();
+            }
+        },
+    );
     group.finish();
 }
 

@@ -12,7 +12,11 @@ pub fn shapes() -> Vec<(&'static str, Attention, Vec<ForwardPath>)> {
     vec![
         ("vit_self_n257_d192_h3_b8", Attention::new(8, 257, 257, 3, 64), vec![ForwardPath::Auto]),
         ("decoder_self_n256_c128_h4_b8", Attention::new(8, 256, 256, 4, 32), vec![ForwardPath::Auto]),
-        ("decoder_cross_n256_k3_c128_h4_b8", Attention::new(8, 256, 3, 4, 32).shared_kv(), vec![ForwardPath::FewKeys, ForwardPath::Blocked]),
+        (
+            "decoder_cross_n256_k3_c128_h4_b8",
+            Attention::new(8, 256, 3, 4, 32).shared_kv(),
+            vec![ForwardPath::FewKeys, ForwardPath::Blocked],
+        ),
         ("self_n1024_dh64_h4_b1", Attention::new(1, 1024, 1024, 4, 64), vec![ForwardPath::Auto]),
     ]
 }
@@ -28,17 +32,28 @@ fn bench(c: &mut Criterion) {
         let d_out = gpu.upload(&common::data(s.q_elements(), 4)).unwrap();
         let out = gpu.alloc(s.q_elements()).unwrap();
         let lse = gpu.alloc(s.lse_elements()).unwrap();
-        let (dq, dk, dv) = (gpu.alloc(s.q_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
+        let (dq, dk, dv) = (
+            gpu.alloc(s.q_elements()).unwrap(),
+            gpu.alloc(s.kv_elements()).unwrap(),
+            gpu.alloc(s.kv_elements()).unwrap(),
+        );
         for path in paths {
-            let label = if path == ForwardPath::Auto { format!("forward/{name}") } else { format!("forward_{path:?}/{name}") };
+            let label =
+                if path == ForwardPath::Auto { format!("forward/{name}") } else { format!("forward_{path:?}/{name}") };
             common::bench_gpu(&mut group, &label, &gpu, Throughput::Elements(s.forward_flops()), || {
                 attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, path).unwrap();
             });
         }
         attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
-        common::bench_gpu(&mut group, &format!("backward/{name}"), &gpu, Throughput::Elements(s.backward_flops()), || {
-            attention::backward(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
-        });
+        common::bench_gpu(
+            &mut group,
+            &format!("backward/{name}"),
+            &gpu,
+            Throughput::Elements(s.backward_flops()),
+            || {
+                attention::backward(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
+            },
+        );
     }
     group.finish();
 }

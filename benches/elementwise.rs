@@ -16,9 +16,15 @@ fn elementwise(c: &mut Criterion) {
         let b = gpu.upload(&common::data(cols, 2)).unwrap();
         let out = gpu.alloc(n).unwrap();
         let bytes = Throughput::Bytes(8 * n as u64);
-        common::bench_gpu(&mut group, &format!("add_broadcast/{rows}x{cols}"), &gpu, Throughput::Bytes(8 * n as u64 + 4 * cols as u64), || {
-            elementwise::binary(&gpu, BinaryOp::Add, &a, &[rows, cols], &b, &[cols], &out).unwrap();
-        });
+        common::bench_gpu(
+            &mut group,
+            &format!("add_broadcast/{rows}x{cols}"),
+            &gpu,
+            Throughput::Bytes(8 * n as u64 + 4 * cols as u64),
+            || {
+                elementwise::binary(&gpu, BinaryOp::Add, &a, &[rows, cols], &b, &[cols], &out).unwrap();
+            },
+        );
         common::bench_gpu(&mut group, &format!("bias_add/{rows}x{cols}"), &gpu, bytes.clone(), || {
             elementwise::bias_add(&gpu, &a, &b, &out, rows, cols).unwrap();
         });

@@ -12,7 +12,9 @@ fn em(c: &mut Criterion) {
     let gpu = common::gpu();
     let mut group = c.benchmark_group("em");
     common::configure(&mut group);
-    for &(b, n, ch, m) in &[(1usize, 256usize, 128usize, 16usize), (8, 256, 128, 16), (1, 4096, 256, 64), (1, 4096, 512, 64)] {
+    for &(b, n, ch, m) in
+        &[(1usize, 256usize, 128usize, 16usize), (8, 256, 128, 16), (1, 4096, 256, 64), (1, 4096, 512, 64)]
+    {
         let s = EmShape { batch: b, tokens: n, width: ch, bases: m, iters: 3, lambda: 1.0 };
         let tag = format!("B{b}_N{n}_C{ch}_M{m}");
         let u = gpu.upload(&common::data(s.tokens_len(), 1)).unwrap();

@@ -23,13 +23,30 @@ fn layer_norm_bench(c: &mut Criterion) {
         let (dw, db) = (gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
         // Forward reads x and writes y; backward reads x and dy (twice) and writes dx.
         let (fwd_bytes, bwd_bytes) = (8 * n as u64, 12 * n as u64);
-        for (name, schedule) in [("auto", RowSchedule::choose(&gpu, rows, cols)), ("invocation", RowSchedule::Invocation), ("workgroup", RowSchedule::Workgroup)] {
-            common::bench_gpu(&mut group, &format!("forward/{name}/{rows}x{cols}"), &gpu, Throughput::Bytes(fwd_bytes), || {
-                layer_norm::forward_with(&gpu, schedule, &x, &w, &b, &y, &mean, &rstd, rows, cols, 1e-5).unwrap();
-            });
-            common::bench_gpu(&mut group, &format!("backward/{name}/{rows}x{cols}"), &gpu, Throughput::Bytes(bwd_bytes), || {
-                layer_norm::backward_with(&gpu, schedule, &x, &w, &mean, &rstd, &dy, &dx, &dw, &db, rows, cols).unwrap();
-            });
+        for (name, schedule) in [
+            ("auto", RowSchedule::choose(&gpu, rows, cols)),
+            ("invocation", RowSchedule::Invocation),
+            ("workgroup", RowSchedule::Workgroup),
+        ] {
+            common::bench_gpu(
+                &mut group,
+                &format!("forward/{name}/{rows}x{cols}"),
+                &gpu,
+                Throughput::Bytes(fwd_bytes),
+                || {
+                    layer_norm::forward_with(&gpu, schedule, &x, &w, &b, &y, &mean, &rstd, rows, cols, 1e-5).unwrap();
+                },
+            );
+            common::bench_gpu(
+                &mut group,
+                &format!("backward/{name}/{rows}x{cols}"),
+                &gpu,
+                Throughput::Bytes(bwd_bytes),
+                || {
+                    layer_norm::backward_with(&gpu, schedule, &x, &w, &mean, &rstd, &dy, &dx, &dw, &db, rows, cols)
+                        .unwrap();
+                },
+            );
         }
     }
     group.finish();

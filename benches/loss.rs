@@ -35,9 +35,15 @@ fn losses(c: &mut Criterion) {
         common::bench_gpu(&mut group, &format!("dice_backward/b{batch}"), &gpu, read_write.clone(), || {
             loss::dice_backward(&gpu, &logits, &target, &stats, &d_loss, &d_logits, batch, classes, pixels).unwrap();
         });
-        common::bench_gpu(&mut group, &format!("argmax/b{batch}"), &gpu, Throughput::Bytes(4 * (n * classes + n) as u64), || {
-            loss::argmax(&gpu, &logits, &labels, batch, classes, pixels).unwrap();
-        });
+        common::bench_gpu(
+            &mut group,
+            &format!("argmax/b{batch}"),
+            &gpu,
+            Throughput::Bytes(4 * (n * classes + n) as u64),
+            || {
+                loss::argmax(&gpu, &logits, &labels, batch, classes, pixels).unwrap();
+            },
+        );
     }
     group.finish();
 }

@@ -17,7 +17,8 @@ fn mask_head(c: &mut Criterion) {
         let scale = gpu.upload(&[(1.0f32 / 0.07).ln()]).unwrap();
         let out = gpu.alloc(batch * classes * tokens).unwrap();
         let d_out = gpu.upload(&common::data(batch * classes * tokens, 3)).unwrap();
-        let (dx, dt, ds) = (gpu.alloc(batch * tokens * width).unwrap(), gpu.alloc(classes * width).unwrap(), gpu.alloc(1).unwrap());
+        let (dx, dt, ds) =
+            (gpu.alloc(batch * tokens * width).unwrap(), gpu.alloc(classes * width).unwrap(), gpu.alloc(1).unwrap());
         let macs = (batch * tokens * width * classes) as u64;
         // Forward: a dot product and a text norm per (row, class, channel), plus the row norm.
         common::bench_gpu(&mut group, &format!("forward/b{batch}"), &gpu, Throughput::Elements(4 * macs), || {

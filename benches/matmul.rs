@@ -8,7 +8,8 @@ use vlsa_kernels::matmul::{matmul, Matmul};
 
 /// (M, N, K, trans_a, trans_b) of the shapes benchmarked.
 fn shapes() -> Vec<(usize, usize, usize, bool, bool)> {
-    let mut s: Vec<(usize, usize, usize, bool, bool)> = [256, 512, 1024, 2048].iter().map(|&n| (n, n, n, false, false)).collect();
+    let mut s: Vec<(usize, usize, usize, bool, bool)> =
+        [256, 512, 1024, 2048].iter().map(|&n| (n, n, n, false, false)).collect();
     for batch in [1usize, 8] {
         let (encoder, decoder) = (batch * 257, batch * 256);
         // (tokens, in, out) of the encoder's attention and MLP, visual_proj, the decoder's layers.

@@ -18,13 +18,29 @@ fn softmax_bench(c: &mut Criterion) {
         let dy = gpu.upload(&common::data(n, 2)).unwrap();
         let (y, dx) = (gpu.alloc(n).unwrap(), gpu.alloc(n).unwrap());
         softmax::forward(&gpu, &x, &y, rows, cols).unwrap();
-        for (name, schedule) in [("auto", RowSchedule::choose(&gpu, rows, cols)), ("invocation", RowSchedule::Invocation), ("workgroup", RowSchedule::Workgroup)] {
-            common::bench_gpu(&mut group, &format!("forward/{name}/{rows}x{cols}"), &gpu, Throughput::Bytes(8 * n as u64), || {
-                softmax::forward_with(&gpu, schedule, &x, &y, rows, cols).unwrap();
-            });
-            common::bench_gpu(&mut group, &format!("backward/{name}/{rows}x{cols}"), &gpu, Throughput::Bytes(12 * n as u64), || {
-                softmax::backward_with(&gpu, schedule, &y, &dy, &dx, rows, cols).unwrap();
-            });
+        for (name, schedule) in [
+            ("auto", RowSchedule::choose(&gpu, rows, cols)),
+            ("invocation", RowSchedule::Invocation),
+            ("workgroup", RowSchedule::Workgroup),
+        ] {
+            common::bench_gpu(
+                &mut group,
+                &format!("forward/{name}/{rows}x{cols}"),
+                &gpu,
+                Throughput::Bytes(8 * n as u64),
+                || {
+                    softmax::forward_with(&gpu, schedule, &x, &y, rows, cols).unwrap();
+                },
+            );
+            common::bench_gpu(
+                &mut group,
+                &format!("backward/{name}/{rows}x{cols}"),
+                &gpu,
+                Throughput::Bytes(12 * n as u64),
+                || {
+                    softmax::backward_with(&gpu, schedule, &y, &dy, &dx, rows, cols).unwrap();
+                },
+            );
         }
     }
     group.finish();

@@ -15,9 +15,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlsa::text::TextEncoder;
 
 fn bench(c: &mut Criterion) {
-    let dir = std::env::var_os("VLSA_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm"));
+    let dir = std::env::var_os("VLSA_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm"));
     if !dir.join("model.safetensors").is_file() {
-        eprintln!("text bench skipped: no MiniLM model folder at {} (run scripts/fetch-minilm.sh or set VLSA_MINILM_DIR)", dir.display());
+        eprintln!(
+            "text bench skipped: no MiniLM model folder at {} (run scripts/fetch-minilm.sh or set VLSA_MINILM_DIR)",
+            dir.display()
+        );
         return;
     }
     let prompts_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/text_prompts.txt");

@@ -27,9 +27,15 @@ fn upsample(c: &mut Criterion) {
     let r = Resize { batch: 1, channels: 1, in_h: 128, in_w: 128, out_h: 384, out_w: 512 };
     let labels = gpu.upload(&vec![1u32; r.in_len()]).unwrap();
     let out = gpu.alloc(r.out_len()).unwrap();
-    common::bench_gpu(&mut group, "nearest_u32/128to384x512", &gpu, Throughput::Bytes(4 * (r.in_len() + r.out_len()) as u64), || {
-        upsample::nearest_u32(&gpu, &labels, &out, &r).unwrap();
-    });
+    common::bench_gpu(
+        &mut group,
+        "nearest_u32/128to384x512",
+        &gpu,
+        Throughput::Bytes(4 * (r.in_len() + r.out_len()) as u64),
+        || {
+            upsample::nearest_u32(&gpu, &labels, &out, &r).unwrap();
+        },
+    );
     group.finish();
 }
 

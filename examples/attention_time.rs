@@ -12,7 +12,12 @@ use vlsa_kernels::Gpu;
 
 fn parse(spec: &str) -> Result<Attention, String> {
     let parts: Vec<&str> = spec.split(',').collect();
-    let n: Vec<usize> = parts.iter().take(6).map(|p| p.parse::<usize>()).collect::<Result<_, _>>().map_err(|e| format!("shape `{spec}`: {e}"))?;
+    let n: Vec<usize> = parts
+        .iter()
+        .take(6)
+        .map(|p| p.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("shape `{spec}`: {e}"))?;
     if n.len() != 6 {
         return Err(format!("shape `{spec}` must be B,Bk,Nq,Nk,H,dh[,causal]"));
     }
@@ -57,7 +62,11 @@ fn run() -> Result<(), String> {
         let d_out = gpu.upload(&data(s.q_elements(), 4)).map_err(e)?;
         let out = gpu.alloc(s.q_elements()).map_err(e)?;
         let lse = gpu.alloc(s.lse_elements()).map_err(e)?;
-        let (dq, dk, dv) = (gpu.alloc(s.q_elements()).map_err(e)?, gpu.alloc(s.kv_elements()).map_err(e)?, gpu.alloc(s.kv_elements()).map_err(e)?);
+        let (dq, dk, dv) = (
+            gpu.alloc(s.q_elements()).map_err(e)?,
+            gpu.alloc(s.kv_elements()).map_err(e)?,
+            gpu.alloc(s.kv_elements()).map_err(e)?,
+        );
         let time = |f: &dyn Fn() -> vlsa_kernels::Result<()>| -> Result<f64, String> {
             f().map_err(e)?;
             gpu.sync().map_err(e)?;

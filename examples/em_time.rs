@@ -6,22 +6,24 @@
 //! column sums, M-step, normalisation) and of each step per run of it (a step's matmul and
 //! fused kernel together).
 
-
 use vlsa::kernels::em::{self, EmShape};
 use vlsa::kernels::Gpu;
 use vlsa::profile::{profile_em, EmProfileOptions};
-
 
 mod timing;
 use timing::median_ms;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("usage: em_time N C M T B REPS")).collect();
+    let args: Vec<usize> =
+        std::env::args().skip(1).map(|a| a.parse().expect("usage: em_time N C M T B REPS")).collect();
     let [n, c, m, t, b, reps] = args[..] else { panic!("usage: em_time N C M T B REPS") };
     let gpu = Gpu::new().expect("a GPU adapter");
-    let opts = EmProfileOptions { batch: b, tokens: n, width: c, bases: m, iters: t, backward: false, ..Default::default() };
+    let opts =
+        EmProfileOptions { batch: b, tokens: n, width: c, bases: m, iters: t, backward: false, ..Default::default() };
     let s: EmShape = opts.shape();
-    let data = |len: usize, seed: u64| -> Vec<f32> { (0..len).map(|i| (((i as u64 + 1) * (seed * 2654435761 + 97)) % 2000) as f32 / 1000.0 - 1.0).collect() };
+    let data = |len: usize, seed: u64| -> Vec<f32> {
+        (0..len).map(|i| (((i as u64 + 1) * (seed * 2654435761 + 97)) % 2000) as f32 / 1000.0 - 1.0).collect()
+    };
     let u = gpu.upload(&data(s.tokens_len(), 1)).unwrap();
     let bases_host: Vec<f32> = data(s.bases_len(), 2)
         .chunks(c)
@@ -35,11 +37,17 @@ fn main() {
 
     let forward_ms = median_ms(|| drop(em::forward(&gpu, &u, &bases, &s, false).unwrap()), &gpu, reps);
     let fwd = em::forward(&gpu, &u, &bases, &s, true).unwrap();
-    let backward_ms = median_ms(|| drop(em::backward_unrolled(&gpu, &u, &bases, &fwd, &s, &d_recon).unwrap()), &gpu, reps);
+    let backward_ms =
+        median_ms(|| drop(em::backward_unrolled(&gpu, &u, &bases, &fwd, &s, &d_recon).unwrap()), &gpu, reps);
 
     let report = profile_em(&gpu, &opts).unwrap();
-    let iter_ns: f64 = report.steps.iter().filter(|r| r.scope.starts_with("iter=")).map(|r| r.time_ns).sum::<f64>() / t as f64;
-    let mut line = format!("adapter={:?} forward_ms={forward_ms:.3} backward_ms={backward_ms:.3} iter_gpu_ms={:.3}", gpu.info().name, iter_ns / 1e6);
+    let iter_ns: f64 =
+        report.steps.iter().filter(|r| r.scope.starts_with("iter=")).map(|r| r.time_ns).sum::<f64>() / t as f64;
+    let mut line = format!(
+        "adapter={:?} forward_ms={forward_ms:.3} backward_ms={backward_ms:.3} iter_gpu_ms={:.3}",
+        gpu.info().name,
+        iter_ns / 1e6
+    );
     for kernel in ["em_e_step", "em_colsum", "em_m_step", "em_normalize", "em_recon"] {
         // One report row per scope the step ran in (its matmul and fused kernel together).
         let rows: Vec<_> = report.steps.iter().filter(|r| r.kernel == kernel).collect();

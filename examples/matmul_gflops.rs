@@ -14,7 +14,8 @@ use vlsa_kernels::Gpu;
 /// (M, N, K, trans_a, trans_b) of square products and of the default model's linear layers,
 /// forward (x·Wᵀ), input gradient (dY·W) and weight gradient (dYᵀ·X), for batch 1 and 8.
 fn shapes(quick: bool) -> Vec<(usize, usize, usize, bool, bool)> {
-    let mut s: Vec<(usize, usize, usize, bool, bool)> = [256, 512, 1024, 2048].iter().map(|&n| (n, n, n, false, false)).collect();
+    let mut s: Vec<(usize, usize, usize, bool, bool)> =
+        [256, 512, 1024, 2048].iter().map(|&n| (n, n, n, false, false)).collect();
     if quick {
         s.truncate(3);
     }

@@ -11,7 +11,6 @@ use vlsa::config::Config;
 use vlsa::model::Model;
 use vlsa::{Gpu, Tensor};
 
-
 mod timing;
 use timing::median_ms;
 

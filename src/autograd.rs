@@ -15,14 +15,16 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::kernels::attention::{self, Attention};
 use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
 use crate::kernels::l2norm::L2Mode;
 use crate::kernels::matmul::Matmul;
-use crate::kernels::attention::{self, Attention};
 use crate::kernels::upsample::{self, Resize};
-use crate::kernels::{em, embedding, layer_norm, l2norm, loss, mask_head, patch_embed, permute, reduce, softmax, GpuBuffer};
-use crate::tensor::{numel, Tensor};
 use crate::kernels::Result;
+use crate::kernels::{
+    em, embedding, l2norm, layer_norm, loss, mask_head, patch_embed, permute, reduce, softmax, GpuBuffer,
+};
+use crate::tensor::{numel, Tensor};
 
 /// How a tensor was made: the op (with its saved state) and its inputs.
 pub struct Node {
@@ -58,7 +60,15 @@ pub(crate) enum Op {
     /// Row gather from a table; saved indices.
     Embedding { indices: Arc<GpuBuffer>, count: usize, dim: usize, vocab: usize },
     /// Fused attention; saved inputs, output and log-sum-exp (P is recomputed).
-    Attention { q: Tensor, k: Tensor, v: Tensor, out: Arc<GpuBuffer>, lse: Arc<GpuBuffer>, mask: Option<Arc<GpuBuffer>>, spec: Attention },
+    Attention {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Arc<GpuBuffer>,
+        lse: Arc<GpuBuffer>,
+        mask: Option<Arc<GpuBuffer>>,
+        spec: Attention,
+    },
     /// The unrolled EM loop; saved input, bases and every iteration's Z and mu.
     Em { u: Tensor, bases: Tensor, fwd: Arc<em::EmForward>, spec: em::EmShape },
     /// Patch embedding; saved image and weight.
@@ -105,7 +115,12 @@ pub(crate) fn record(out: GpuBuffer, shape: Vec<usize>, op: impl FnOnce() -> Op,
 }
 
 /// [`record`] for an output buffer that is shared (e.g. also saved for backward).
-pub(crate) fn record_arc(out: Arc<GpuBuffer>, shape: Vec<usize>, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
+pub(crate) fn record_arc(
+    out: Arc<GpuBuffer>,
+    shape: Vec<usize>,
+    op: impl FnOnce() -> Op,
+    inputs: &[&Tensor],
+) -> Tensor {
     let gpu = inputs[0].gpu().clone();
     let needs = is_recording() && inputs.iter().any(|t| t.requires_grad());
     let node = needs.then(|| Node { op: op(), inputs: inputs.iter().map(|&t| t.clone()).collect() });
@@ -270,30 +285,78 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             let da = if wants(0) {
                 // A stored [M,K] (or [K,M] when trans_a): dA = dC B^T (or its transpose B dC^T).
                 let s = if spec.trans_a {
-                    Matmul { batch: spec.batch, m: spec.k, n: spec.m, k: spec.n, trans_a: spec.trans_b, trans_b: true, broadcast_a: spec.broadcast_b, broadcast_b: false, accumulate: false }
+                    Matmul {
+                        batch: spec.batch,
+                        m: spec.k,
+                        n: spec.m,
+                        k: spec.n,
+                        trans_a: spec.trans_b,
+                        trans_b: true,
+                        broadcast_a: spec.broadcast_b,
+                        broadcast_b: false,
+                        accumulate: false,
+                    }
                 } else {
-                    Matmul { batch: spec.batch, m: spec.m, n: spec.k, k: spec.n, trans_a: false, trans_b: !spec.trans_b, broadcast_a: false, broadcast_b: spec.broadcast_b, accumulate: false }
+                    Matmul {
+                        batch: spec.batch,
+                        m: spec.m,
+                        n: spec.k,
+                        k: spec.n,
+                        trans_a: false,
+                        trans_b: !spec.trans_b,
+                        broadcast_a: false,
+                        broadcast_b: spec.broadcast_b,
+                        accumulate: false,
+                    }
                 };
                 let (l, r) = if spec.trans_a { (b, g) } else { (g, b) };
                 let per = spec.m * spec.k;
                 let d = matmul_raw(l, r, s, &[spec.batch, per])?;
                 // A shared over the batch: its gradient is the sum over the batch.
-                Some(if spec.broadcast_a { sum_batches(&d, spec.batch, per, a.shape())? } else { reshape_raw(&d, a.shape()) })
+                Some(if spec.broadcast_a {
+                    sum_batches(&d, spec.batch, per, a.shape())?
+                } else {
+                    reshape_raw(&d, a.shape())
+                })
             } else {
                 None
             };
             let db = if wants(1) {
                 let s = if spec.trans_b {
                     // B stored [N,K]: dB = dC^T A  ([N,M] x [M,K])
-                    Matmul { batch: spec.batch, m: spec.n, n: spec.k, k: spec.m, trans_a: true, trans_b: spec.trans_a, broadcast_a: false, broadcast_b: spec.broadcast_a, accumulate: false }
+                    Matmul {
+                        batch: spec.batch,
+                        m: spec.n,
+                        n: spec.k,
+                        k: spec.m,
+                        trans_a: true,
+                        trans_b: spec.trans_a,
+                        broadcast_a: false,
+                        broadcast_b: spec.broadcast_a,
+                        accumulate: false,
+                    }
                 } else {
                     // B stored [K,N]: dB = A^T dC  ([K,M] x [M,N])
-                    Matmul { batch: spec.batch, m: spec.k, n: spec.n, k: spec.m, trans_a: !spec.trans_a, trans_b: false, broadcast_a: spec.broadcast_a, broadcast_b: false, accumulate: false }
+                    Matmul {
+                        batch: spec.batch,
+                        m: spec.k,
+                        n: spec.n,
+                        k: spec.m,
+                        trans_a: !spec.trans_a,
+                        trans_b: false,
+                        broadcast_a: spec.broadcast_a,
+                        broadcast_b: false,
+                        accumulate: false,
+                    }
                 };
                 let (l, r) = if spec.trans_b { (g, a) } else { (a, g) };
                 let per = spec.k * spec.n;
                 let d = matmul_raw(l, r, s, &[spec.batch, per])?;
-                Some(if spec.broadcast_b { sum_batches(&d, spec.batch, per, b.shape())? } else { reshape_raw(&d, b.shape()) })
+                Some(if spec.broadcast_b {
+                    sum_batches(&d, spec.batch, per, b.shape())?
+                } else {
+                    reshape_raw(&d, b.shape())
+                })
             } else {
                 None
             };
@@ -324,7 +387,19 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             let dx = gpu.alloc(x.numel())?;
             let dw = gpu.alloc(*cols)?;
             let db = gpu.alloc(*cols)?;
-            layer_norm::backward(gpu, x.buffer(), weight.buffer(), mean, rstd, g.buffer(), &dx, &dw, &db, *rows, *cols)?;
+            layer_norm::backward(
+                gpu,
+                x.buffer(),
+                weight.buffer(),
+                mean,
+                rstd,
+                g.buffer(),
+                &dx,
+                &dw,
+                &db,
+                *rows,
+                *cols,
+            )?;
             vec![Some(constant(g, dx, x.shape())), Some(constant(g, dw, &[*cols])), Some(constant(g, db, &[*cols]))]
         }
         Op::L2Norm { x, norms, rows, cols, mode } => {
@@ -339,7 +414,20 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
         }
         Op::Attention { q, k, v, out, lse, mask, spec } => {
             let (dq, dk, dv) = (gpu.alloc(q.numel())?, gpu.alloc(k.numel())?, gpu.alloc(v.numel())?);
-            attention::backward(gpu, q.buffer(), k.buffer(), v.buffer(), mask.as_deref(), out, lse, g.buffer(), &dq, &dk, &dv, spec)?;
+            attention::backward(
+                gpu,
+                q.buffer(),
+                k.buffer(),
+                v.buffer(),
+                mask.as_deref(),
+                out,
+                lse,
+                g.buffer(),
+                &dq,
+                &dk,
+                &dv,
+                spec,
+            )?;
             vec![Some(constant(g, dq, q.shape())), Some(constant(g, dk, k.shape())), Some(constant(g, dv, v.shape()))]
         }
         Op::Em { u, bases, fwd, spec } => {
@@ -350,7 +438,19 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
         Op::PatchEmbed { image, weight, batch, channels, size, patch, dim } => {
             let dw = gpu.alloc(weight.numel())?;
             let di = if wants(0) { Some(gpu.alloc(image.numel())?) } else { None };
-            patch_embed::backward(gpu, image.buffer(), weight.buffer(), g.buffer(), di.as_ref(), &dw, *batch, *channels, *size, *patch, *dim)?;
+            patch_embed::backward(
+                gpu,
+                image.buffer(),
+                weight.buffer(),
+                g.buffer(),
+                di.as_ref(),
+                &dw,
+                *batch,
+                *channels,
+                *size,
+                *patch,
+                *dim,
+            )?;
             vec![di.map(|d| constant(g, d, image.shape())), Some(constant(g, dw, weight.shape()))]
         }
         Op::Concat { outer, lens, inner } => {
@@ -358,7 +458,15 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             let mut start = 0;
             let mut grads = Vec::new();
             for (i, &len) in lens.iter().enumerate() {
-                grads.push(if wants(i) { Some(constant(g, narrow_buffer(gpu, g.buffer(), *outer, total, start, len, *inner)?, inputs[i].shape())) } else { None });
+                grads.push(if wants(i) {
+                    Some(constant(
+                        g,
+                        narrow_buffer(gpu, g.buffer(), *outer, total, start, len, *inner)?,
+                        inputs[i].shape(),
+                    ))
+                } else {
+                    None
+                });
                 start += len;
             }
             grads
@@ -377,8 +485,25 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
         }
         Op::MaskHead { x, text, scale, batch, tokens, width, classes } => {
             let (dx, dt, ds) = (gpu.alloc(x.numel())?, gpu.alloc(text.numel())?, gpu.alloc(1)?);
-            mask_head::backward(gpu, x.buffer(), text.buffer(), scale.buffer(), g.buffer(), &dx, &dt, &ds, *batch, *tokens, *width, *classes)?;
-            vec![Some(constant(g, dx, x.shape())), Some(constant(g, dt, text.shape())), Some(constant(g, ds, scale.shape()))]
+            mask_head::backward(
+                gpu,
+                x.buffer(),
+                text.buffer(),
+                scale.buffer(),
+                g.buffer(),
+                &dx,
+                &dt,
+                &ds,
+                *batch,
+                *tokens,
+                *width,
+                *classes,
+            )?;
+            vec![
+                Some(constant(g, dx, x.shape())),
+                Some(constant(g, dt, text.shape())),
+                Some(constant(g, ds, scale.shape())),
+            ]
         }
         Op::CrossEntropy { logits, target, batch, classes, pixels } => {
             let dl = gpu.alloc(logits.numel())?;
@@ -394,7 +519,15 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
 }
 
 /// The slice [start, start + len) of the middle axis of `buf` viewed as [outer, total, inner].
-pub(crate) fn narrow_buffer(gpu: &crate::kernels::Gpu, buf: &GpuBuffer, outer: usize, total: usize, start: usize, len: usize, inner: usize) -> Result<GpuBuffer> {
+pub(crate) fn narrow_buffer(
+    gpu: &crate::kernels::Gpu,
+    buf: &GpuBuffer,
+    outer: usize,
+    total: usize,
+    start: usize,
+    len: usize,
+    inner: usize,
+) -> Result<GpuBuffer> {
     let out = gpu.alloc(outer * len * inner)?;
     for o in 0..outer {
         gpu.copy_region(buf, (o * total + start) * inner, &out, o * len * inner, len * inner)?;

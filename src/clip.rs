@@ -68,7 +68,8 @@ impl ClipVision {
         let (config_path, weights_path) = paths(path);
         let cfg_source = config_path.display().to_string();
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| Error::Format { path: cfg_source.clone(), message: format!("is not valid JSON ({e})") })?;
+        let cfg: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Format { path: cfg_source.clone(), message: format!("is not valid JSON ({e})") })?;
         // A CLIPModel config nests the vision tower's settings.
         let cfg = cfg.get("vision_config").cloned().unwrap_or(cfg);
         let width = field(&cfg, "hidden_size", &cfg_source)?;
@@ -79,7 +80,12 @@ impl ClipVision {
         let act = match cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu") {
             "quick_gelu" => Activation::QuickGelu,
             "gelu" => Activation::Gelu,
-            other => return Err(Error::Format { path: cfg_source, message: format!("hidden_act \"{other}\" is not supported (quick_gelu or gelu)") }),
+            other => {
+                return Err(Error::Format {
+                    path: cfg_source,
+                    message: format!("hidden_act \"{other}\" is not supported (quick_gelu or gelu)"),
+                })
+            }
         };
         let ln_eps = cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5);
         let file = TensorFile::read(&weights_path)?;
@@ -87,16 +93,21 @@ impl ClipVision {
         let mut tensors = BTreeMap::new();
         for (name, t) in file.tensors {
             let stem = name.strip_prefix(PREFIX).unwrap_or(&name);
-            let vision = ["embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."].iter().any(|p| stem.starts_with(p));
+            let vision =
+                ["embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."].iter().any(|p| stem.starts_with(p));
             if !vision || stem.ends_with("position_ids") || (name.starts_with("text_model.")) {
                 continue;
             }
             if tensors.insert(format!("{PREFIX}{stem}"), t).is_some() {
-                return Err(Error::Weights(format!("{source}: tensor {stem} appears both with and without the {PREFIX} prefix")));
+                return Err(Error::Weights(format!(
+                    "{source}: tensor {stem} appears both with and without the {PREFIX} prefix"
+                )));
             }
         }
         if tensors.is_empty() {
-            return Err(Error::Weights(format!("{source}: holds no CLIP vision tensors (vision_model.* or embeddings.*/encoder.*)")));
+            return Err(Error::Weights(format!(
+                "{source}: holds no CLIP vision tensors (vision_model.* or embeddings.*/encoder.*)"
+            )));
         }
         Ok(ClipVision {
             image_size: field(&cfg, "image_size", &cfg_source)?,
@@ -120,17 +131,28 @@ impl ClipVision {
             ("vision.width", v.width.to_string(), "hidden_size", self.width.to_string()),
             ("vision.layers", v.layers.to_string(), "num_hidden_layers", self.layers.to_string()),
             ("vision.heads", v.heads.to_string(), "num_attention_heads", self.heads.to_string()),
-            ("vision.mlp_ratio", v.mlp_ratio.to_string(), "intermediate_size / hidden_size", self.mlp_ratio.to_string()),
+            (
+                "vision.mlp_ratio",
+                v.mlp_ratio.to_string(),
+                "intermediate_size / hidden_size",
+                self.mlp_ratio.to_string(),
+            ),
             ("vision.act", format!("{:?}", v.act), "hidden_act", format!("{:?}", self.act)),
             ("patch_size", config.patch_size.to_string(), "patch_size", self.patch_size.to_string()),
         ];
         for (key, ours, their_key, theirs) in pairs {
             if ours != theirs {
-                return Err(Error::Config(format!("{key} is {ours} but the CLIP checkpoint {} has {their_key} {theirs}", self.source)));
+                return Err(Error::Config(format!(
+                    "{key} is {ours} but the CLIP checkpoint {} has {their_key} {theirs}",
+                    self.source
+                )));
             }
         }
         if (config.ln_eps as f64 - self.ln_eps).abs() > 1e-6 * self.ln_eps {
-            return Err(Error::Config(format!("ln_eps is {} but the CLIP checkpoint {} has layer_norm_eps {}", config.ln_eps, self.source, self.ln_eps)));
+            return Err(Error::Config(format!(
+                "ln_eps is {} but the CLIP checkpoint {} has layer_norm_eps {}",
+                config.ln_eps, self.source, self.ln_eps
+            )));
         }
         Ok(())
     }
@@ -144,9 +166,19 @@ impl ClipVision {
         let from = self.image_size / self.patch_size;
         let to = config.grid();
         if from != to {
-            let pos = out.get(&pos_name).ok_or_else(|| Error::Weights(format!("{}: tensor {pos_name} is missing", self.source)))?;
+            let pos = out
+                .get(&pos_name)
+                .ok_or_else(|| Error::Weights(format!("{}: tensor {pos_name} is missing", self.source)))?;
             if pos.shape != [1 + from * from, self.width] {
-                return Err(Error::Weights(format!("{}: tensor {pos_name} has shape {:?} but image_size {} and patch_size {} need [{}, {}]", self.source, pos.shape, self.image_size, self.patch_size, 1 + from * from, self.width)));
+                return Err(Error::Weights(format!(
+                    "{}: tensor {pos_name} has shape {:?} but image_size {} and patch_size {} need [{}, {}]",
+                    self.source,
+                    pos.shape,
+                    self.image_size,
+                    self.patch_size,
+                    1 + from * from,
+                    self.width
+                )));
             }
             let resized = interpolate_position_embedding(pos, from, to);
             out.insert(pos_name, resized);
@@ -154,7 +186,12 @@ impl ClipVision {
         for (name, shape) in expected_tensors(config).into_iter().filter(|(n, _)| n.starts_with(PREFIX)) {
             match out.get(&name) {
                 None => return Err(Error::Weights(format!("{}: tensor {name} {shape:?} is missing", self.source))),
-                Some(t) if t.shape != shape => return Err(Error::Weights(format!("{}: tensor {name} has shape {:?} but the config needs {shape:?}", self.source, t.shape))),
+                Some(t) if t.shape != shape => {
+                    return Err(Error::Weights(format!(
+                        "{}: tensor {name} has shape {:?} but the config needs {shape:?}",
+                        self.source, t.shape
+                    )))
+                }
                 Some(_) => {}
             }
         }
@@ -173,7 +210,10 @@ impl Model {
         let model = Model::init(gpu, config, seed)?;
         for (name, t) in vision {
             if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Weights(format!("{}: tensor {name} holds a non-finite value at element {bad}", clip.source)));
+                return Err(Error::Weights(format!(
+                    "{}: tensor {name} holds a non-finite value at element {bad}",
+                    clip.source
+                )));
             }
             model.get(&name)?.write(&t.data)?;
         }

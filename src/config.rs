@@ -190,13 +190,16 @@ impl Config {
             }
             let head_dim = width / heads;
             if head_dim % 4 != 0 || head_dim > 128 {
-                return bad(format!("{what} head width {head_dim} (width {width} / heads {heads}) must be a multiple of 4 up to 128"));
+                return bad(format!(
+                    "{what} head width {head_dim} (width {width} / heads {heads}) must be a multiple of 4 up to 128"
+                ));
             }
             if layers > MAX_LAYERS {
                 return bad(format!("{what}.layers {layers} is more than {MAX_LAYERS}"));
             }
         }
-        for (key, ratio) in [("vision.mlp_ratio", self.vision.mlp_ratio), ("decoder.mlp_ratio", self.decoder.mlp_ratio)] {
+        for (key, ratio) in [("vision.mlp_ratio", self.vision.mlp_ratio), ("decoder.mlp_ratio", self.decoder.mlp_ratio)]
+        {
             if ratio == 0 || ratio > MAX_MLP_RATIO {
                 return bad(format!("{key} {ratio} is not between 1 and {MAX_MLP_RATIO}"));
             }
@@ -205,7 +208,10 @@ impl Config {
             return bad(format!("text_dim {} is not between 1 and {MAX_WIDTH}", self.text_dim));
         }
         if self.classes.len() < 2 || self.classes.len() > MAX_CLASSES {
-            return bad(format!("{} classes given; a model needs between 2 and {MAX_CLASSES} (class 0 is the background)", self.classes.len()));
+            return bad(format!(
+                "{} classes given; a model needs between 2 and {MAX_CLASSES} (class 0 is the background)",
+                self.classes.len()
+            ));
         }
         if let Some(p) = &self.prompts {
             if p.len() != self.classes.len() {
@@ -237,7 +243,8 @@ impl Config {
             return bad("pixel_mean values must be finite numbers".into());
         }
         // Sizes are bounded above, so these products cannot overflow.
-        let parameters: usize = crate::model::expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+        let parameters: usize =
+            crate::model::expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
         if parameters > MAX_PARAMETERS {
             return bad(format!("the sizes give {parameters} parameters, more than vlsa's limit of {MAX_PARAMETERS}; lower vision.width, vision.layers, decoder.width or decoder.layers"));
         }
@@ -276,7 +283,11 @@ impl Config {
     /// a weight, or an activation (these grow with the batch).
     pub fn largest_tensor(&self, batch: usize) -> TensorSize {
         let keys = "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio";
-        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize { name: format!("weight {name}"), shape, keys });
+        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize {
+            name: format!("weight {name}"),
+            shape,
+            keys,
+        });
         let activation = self.largest_activation(batch);
         weights.fold(activation, |a, w| if w.elements() > a.elements() { w } else { a })
     }
@@ -289,10 +300,22 @@ impl Config {
         [
             TensorSize { name: "the input".into(), shape: vec![batch, 3, s, s], keys: "image_size" },
             TensorSize { name: "the encoder activations".into(), shape: vec![batch, 1 + n, d], keys: tokens },
-            TensorSize { name: "the encoder MLP activations".into(), shape: vec![batch, 1 + n, d * self.vision.mlp_ratio], keys: "image_size or vision.mlp_ratio" },
-            TensorSize { name: "the decoder MLP activations".into(), shape: vec![batch, n, c * self.decoder.mlp_ratio], keys: "image_size or decoder.mlp_ratio" },
+            TensorSize {
+                name: "the encoder MLP activations".into(),
+                shape: vec![batch, 1 + n, d * self.vision.mlp_ratio],
+                keys: "image_size or vision.mlp_ratio",
+            },
+            TensorSize {
+                name: "the decoder MLP activations".into(),
+                shape: vec![batch, n, c * self.decoder.mlp_ratio],
+                keys: "image_size or decoder.mlp_ratio",
+            },
             TensorSize { name: "the EM responsibilities".into(), shape: vec![batch, n, self.em.bases], keys: tokens },
-            TensorSize { name: "the upsampled logits".into(), shape: vec![batch, k, s, s], keys: "image_size or the number of classes" },
+            TensorSize {
+                name: "the upsampled logits".into(),
+                shape: vec![batch, k, s, s],
+                keys: "image_size or the number of classes",
+            },
         ]
         .into_iter()
         .fold(None::<TensorSize>, |a, t| match a {

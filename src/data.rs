@@ -37,18 +37,33 @@ impl Dataset {
         let masks_dir = dir.join("masks");
         for d in [&images_dir, &masks_dir] {
             if !d.is_dir() {
-                return Err(Error::Invalid(format!("{} is not a data set: the folder {} is missing (expected images/NAME.png and masks/NAME.png)", dir.display(), d.display())));
+                return Err(Error::Invalid(format!(
+                    "{} is not a data set: the folder {} is missing (expected images/NAME.png and masks/NAME.png)",
+                    dir.display(),
+                    d.display()
+                )));
             }
         }
         let mut images: Vec<(String, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(&images_dir).map_err(|e| Error::io(&images_dir, e))? {
             let path = entry.map_err(|e| Error::io(&images_dir, e))?.path();
-            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str())) else { continue };
-            if stem.starts_with('.') || !IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) || !path.is_file() {
+            let (Some(stem), Some(ext)) =
+                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
+            else {
+                continue;
+            };
+            if stem.starts_with('.')
+                || !IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+                || !path.is_file()
+            {
                 continue;
             }
             if let Some((_, other)) = images.iter().find(|(n, _)| n == stem) {
-                return Err(Error::Invalid(format!("{} and {} share the name {stem}; each image needs a unique name", other.display(), path.display())));
+                return Err(Error::Invalid(format!(
+                    "{} and {} share the name {stem}; each image needs a unique name",
+                    other.display(),
+                    path.display()
+                )));
             }
             images.push((stem.to_string(), path));
         }
@@ -60,14 +75,23 @@ impl Dataset {
         for (name, path) in images {
             let mask_path = masks_dir.join(format!("{name}.png"));
             if !mask_path.is_file() {
-                return Err(Error::Invalid(format!("{} has no mask: {} is missing", path.display(), mask_path.display())));
+                return Err(Error::Invalid(format!(
+                    "{} has no mask: {} is missing",
+                    path.display(),
+                    mask_path.display()
+                )));
             }
             let image = Image::load(&path)?;
             let mask = Mask::load(&mask_path, Some(classes))?;
             if (mask.width, mask.height) != (image.width, image.height) {
                 return Err(Error::Invalid(format!(
                     "{} is {}x{} but its image {} is {}x{}; a mask must have its image's size",
-                    mask_path.display(), mask.width, mask.height, path.display(), image.width, image.height
+                    mask_path.display(),
+                    mask.width,
+                    mask.height,
+                    path.display(),
+                    image.width,
+                    image.height
                 )));
             }
             samples.push(Sample { name, image, mask });
@@ -90,7 +114,10 @@ impl Dataset {
     pub fn batch(&self, indices: &[usize], size: usize, mean: [f32; 3], std: [f32; 3]) -> (Vec<f32>, Vec<u32>) {
         let images: Vec<&Image> = indices.iter().map(|&i| &self.samples[i].image).collect();
         let input = preprocess(&images, size, mean, std);
-        let target = indices.iter().flat_map(|&i| self.samples[i].mask.resize_nearest(size, size).labels.into_iter().map(u32::from)).collect();
+        let target = indices
+            .iter()
+            .flat_map(|&i| self.samples[i].mask.resize_nearest(size, size).labels.into_iter().map(u32::from))
+            .collect();
         (input, target)
     }
 }

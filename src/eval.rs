@@ -87,7 +87,10 @@ pub fn evaluate_predictions(name: &str, classes: &[String], predicted: &[Mask], 
     let mut counted = vec![0usize; k.saturating_sub(1)];
     for (i, (p, t)) in predicted.iter().zip(truth).enumerate() {
         if (p.width, p.height) != (t.width, t.height) {
-            return Err(Error::Invalid(format!("{name}: prediction {i} is {}x{} but its mask is {}x{}", p.width, p.height, t.width, t.height)));
+            return Err(Error::Invalid(format!(
+                "{name}: prediction {i} is {}x{} but its mask is {}x{}",
+                p.width, p.height, t.width, t.height
+            )));
         }
         for (c, o) in overlaps(&p.labels, &t.labels, k).iter().enumerate().skip(1) {
             if let Some(d) = o.dice() {
@@ -161,7 +164,10 @@ impl EvalReport {
         let names: Vec<&str> = self.results.iter().map(|r| r.name.as_str()).collect();
         let first = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(24);
         let widths: Vec<usize> = self.classes[1..].iter().map(|c| c.chars().count().max(8)).collect();
-        let mut out = format!("Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped)\n", self.model);
+        let mut out = format!(
+            "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped)\n",
+            self.model
+        );
         out += &format!("{:<first$}  {:>6}", "data set", "images");
         for (c, w) in self.classes[1..].iter().zip(&widths) {
             out += &format!("  {c:>w$}");
@@ -211,8 +217,12 @@ fn declared_classes(dir: &Path) -> Result<Option<Vec<String>>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format { path: path.display().to_string(), message: format!("is not valid JSON ({e})") })?;
-    Ok(value.get("classes").and_then(|c| c.as_array()).map(|c| c.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect()))
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Format { path: path.display().to_string(), message: format!("is not valid JSON ({e})") })?;
+    Ok(value
+        .get("classes")
+        .and_then(|c| c.as_array())
+        .map(|c| c.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect()))
 }
 
 /// Loads each folder and evaluates `model` on it (what `vlsa eval` runs).
@@ -224,7 +234,11 @@ pub fn evaluate_folders(model: &Model, dirs: &[PathBuf], batch: usize) -> Result
             if declared.len() != classes.len() {
                 return Err(Error::Invalid(format!(
                     "the data set {} has {} classes ({}) but the model has {} ({})",
-                    dir.display(), declared.len(), declared.join(", "), classes.len(), classes.join(", ")
+                    dir.display(),
+                    declared.len(),
+                    declared.join(", "),
+                    classes.len(),
+                    classes.join(", ")
                 )));
             }
         }

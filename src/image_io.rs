@@ -30,15 +30,25 @@ fn format_error(source: &str, message: String) -> Error {
 }
 
 fn decode_dynamic(bytes: &[u8], source: &str) -> Result<DynamicImage> {
-    let format = image::guess_format(bytes).map_err(|_| format_error(source, "is not a PNG or JPEG image (unrecognised file signature)".into()))?;
+    let format = image::guess_format(bytes)
+        .map_err(|_| format_error(source, "is not a PNG or JPEG image (unrecognised file signature)".into()))?;
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
         return Err(format_error(source, format!("is a {format:?} image; vlsa reads PNG and JPEG")));
     }
     // The decoder's messages may span lines (zune-jpeg's I/O errors do): one line here.
-    let cannot = |e: image::ImageError| format_error(source, format!("cannot be decoded as {format:?} ({})", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")));
+    let cannot = |e: image::ImageError| {
+        format_error(
+            source,
+            format!(
+                "cannot be decoded as {format:?} ({})",
+                e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+        )
+    };
     // The declared size is checked before any pixel is decoded, since the decoder allocates
     // the whole image up front: a few hundred bytes must not make it ask for gigabytes.
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_dimensions().map_err(cannot)?;
+    let (w, h) =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_dimensions().map_err(cannot)?;
     let (w, h) = (w as u64, h as u64);
     if w == 0 || h == 0 {
         return Err(format_error(source, "is an empty image (zero width or height)".into()));
@@ -48,7 +58,13 @@ fn decode_dynamic(bytes: &[u8], source: &str) -> Result<DynamicImage> {
     }
     let most = most_pixels(format, bytes.len() as u64);
     if w * h > most {
-        return Err(format_error(source, format!("declares {w}x{h} pixels, more than its {} bytes can hold (at most {most}); the file is corrupt", bytes.len())));
+        return Err(format_error(
+            source,
+            format!(
+                "declares {w}x{h} pixels, more than its {} bytes can hold (at most {most}); the file is corrupt",
+                bytes.len()
+            ),
+        ));
     }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -85,7 +101,11 @@ impl Image {
     /// An image from 8-bit RGB bytes [H, W, 3].
     pub fn from_rgb8(width: usize, height: usize, bytes: &[u8]) -> Result<Image> {
         if width == 0 || height == 0 || bytes.len() != width * height * 3 {
-            return Err(Error::Invalid(format!("an RGB image of {width}x{height} needs {} bytes, not {}", width * height * 3, bytes.len())));
+            return Err(Error::Invalid(format!(
+                "an RGB image of {width}x{height} needs {} bytes, not {}",
+                width * height * 3,
+                bytes.len()
+            )));
         }
         Ok(Image { width, height, rgb: bytes.iter().map(|&b| b as f32 / 255.0).collect() })
     }
@@ -175,7 +195,9 @@ impl Mask {
         let values: Vec<u32> = match &img {
             DynamicImage::ImageLuma8(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
             DynamicImage::ImageLuma16(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
-            DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => img.to_luma16().as_raw().iter().map(|&v| v as u32).collect(),
+            DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
+                img.to_luma16().as_raw().iter().map(|&v| v as u32).collect()
+            }
             _ => {
                 let rgb = img.to_rgb16();
                 let mut v = Vec::with_capacity(width * height);
@@ -193,7 +215,14 @@ impl Mask {
         let limit = classes.unwrap_or(256);
         if let Some(i) = values.iter().position(|&v| v as usize >= limit) {
             let (x, y) = (i % width, i / width);
-            return Err(format_error(source, format!("pixel ({x}, {y}) has class value {}, but there are only {limit} classes (0..={})", values[i], limit - 1)));
+            return Err(format_error(
+                source,
+                format!(
+                    "pixel ({x}, {y}) has class value {}, but there are only {limit} classes (0..={})",
+                    values[i],
+                    limit - 1
+                ),
+            ));
         }
         Ok(Mask { width, height, labels: values.into_iter().map(|v| v as u8).collect() })
     }
@@ -223,10 +252,22 @@ pub fn resize_nearest<T: Copy>(src: &[T], sw: usize, sh: usize, dw: usize, dh: u
 }
 
 /// Encodes 8-bit pixels as PNG and writes them atomically.
-pub fn save_png(path: &Path, width: usize, height: usize, color: image::ExtendedColorType, pixels: &[u8]) -> Result<()> {
+pub fn save_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    color: image::ExtendedColorType,
+    pixels: &[u8],
+) -> Result<()> {
     let mut bytes = Vec::new();
-    image::ImageEncoder::write_image(image::codecs::png::PngEncoder::new(&mut bytes), pixels, width as u32, height as u32, color)
-        .map_err(|e| Error::Io { path: path.display().to_string(), message: format!("cannot encode the PNG ({e})") })?;
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut bytes),
+        pixels,
+        width as u32,
+        height as u32,
+        color,
+    )
+    .map_err(|e| Error::Io { path: path.display().to_string(), message: format!("cannot encode the PNG ({e})") })?;
     crate::io::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 

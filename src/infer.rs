@@ -46,7 +46,11 @@ impl Model {
             let out = crate::no_grad(|| self.forward(&input))?;
             for (img, labels) in chunk.iter().zip(self.predict(&out.logits_up)?) {
                 let labels: Vec<u8> = labels.into_iter().map(|l| l as u8).collect();
-                masks.push(Mask { width: img.width, height: img.height, labels: resize_nearest(&labels, s, s, img.width, img.height) });
+                masks.push(Mask {
+                    width: img.width,
+                    height: img.height,
+                    labels: resize_nearest(&labels, s, s, img.width, img.height),
+                });
             }
         }
         Ok(masks)
@@ -70,12 +74,23 @@ impl Model {
     pub fn grad_dump(&self, images: &[&Image], masks: &[&Mask]) -> Result<TensorFile> {
         let (s, k) = (self.config.image_size, self.config.num_classes());
         if images.len() != masks.len() {
-            return Err(Error::Invalid(format!("{} images but {} masks were given; each image needs its mask", images.len(), masks.len())));
+            return Err(Error::Invalid(format!(
+                "{} images but {} masks were given; each image needs its mask",
+                images.len(),
+                masks.len()
+            )));
         }
         let mut target = Vec::with_capacity(masks.len() * s * s);
         for (i, (img, mask)) in images.iter().zip(masks).enumerate() {
             if (img.width, img.height) != (mask.width, mask.height) {
-                return Err(Error::Invalid(format!("mask {} is {}x{} but its image is {}x{}", i + 1, mask.width, mask.height, img.width, img.height)));
+                return Err(Error::Invalid(format!(
+                    "mask {} is {}x{} but its image is {}x{}",
+                    i + 1,
+                    mask.width,
+                    mask.height,
+                    img.width,
+                    img.height
+                )));
             }
             if let Some(&bad) = mask.labels.iter().find(|&&l| l as usize >= k) {
                 return Err(Error::Invalid(format!("mask {} holds class {bad}, but the model has {k} classes", i + 1)));
@@ -92,7 +107,10 @@ impl Model {
         crate::backward(&loss)?;
         let mut file = self.dump_file();
         file.tensors.insert("input".into(), host(&input)?);
-        file.tensors.insert("target".into(), HostTensor::new(&[images.len(), s, s], target.iter().map(|&t| t as f32).collect()));
+        file.tensors.insert(
+            "target".into(),
+            HostTensor::new(&[images.len(), s, s], target.iter().map(|&t| t as f32).collect()),
+        );
         file.tensors.insert("loss".into(), host(&loss)?);
         for (name, p) in self.parameters() {
             let data = match p.grad() {
@@ -152,7 +170,10 @@ pub fn class_color(k: usize) -> [u8; 3] {
 /// width and a few rows taller.
 pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> {
     if (image.width, image.height) != (mask.width, mask.height) {
-        return Err(Error::Invalid(format!("the mask is {}x{} but the image is {}x{}", mask.width, mask.height, image.width, image.height)));
+        return Err(Error::Invalid(format!(
+            "the mask is {}x{} but the image is {}x{}",
+            mask.width, mask.height, image.width, image.height
+        )));
     }
     let (w, h) = (image.width, image.height);
     let base = image.to_rgb8();
@@ -183,9 +204,10 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
                 continue;
             }
             let c = class_color(k);
-            let border = [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
-                .iter()
-                .any(|&(ok, j)| ok && mask.labels[j] as usize != k);
+            let border =
+                [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
+                    .iter()
+                    .any(|&(ok, j)| ok && mask.labels[j] as usize != k);
             for ch in 0..3 {
                 o[ch] = if border { c[ch] } else { (0.55 * px[ch] as f32 + 0.45 * c[ch] as f32).round() as u8 };
             }

@@ -7,7 +7,9 @@ use std::path::Path;
 /// renamed into place, so a crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
     let prefix = format!(".{}.tmp-", name.to_string_lossy());
     remove_stale_temporaries(dir, &prefix);
     let tmp = dir.join(format!("{prefix}{}", std::process::id()));
@@ -56,13 +58,21 @@ mod tests {
         // A dead writer of out.json (no process has pid 4294967295), a live one (this process's
         // parent), and names that only look alike.
         let live = std::os::unix::process::parent_id();
-        let keep = [format!(".out.json.tmp-{live}"), ".other.json.tmp-4294967295".into(), "out.json.tmp-4294967295".into(), ".out.json.tmp-12ab".into(), ".out.json.tmp-".into(), ".out.jsonx.tmp-4294967295".into()];
+        let keep = [
+            format!(".out.json.tmp-{live}"),
+            ".other.json.tmp-4294967295".into(),
+            "out.json.tmp-4294967295".into(),
+            ".out.json.tmp-12ab".into(),
+            ".out.json.tmp-".into(),
+            ".out.jsonx.tmp-4294967295".into(),
+        ];
         for name in &keep {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
         std::fs::write(dir.join(".out.json.tmp-4294967295"), b"half").unwrap();
         write_atomic(&dir.join("out.json"), b"new").unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         let mut want: Vec<String> = keep.iter().cloned().chain(["out.json".to_string()]).collect();
         want.sort();

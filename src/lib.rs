@@ -3,24 +3,24 @@
 
 pub use vlsa_kernels as kernels;
 
+pub mod autograd;
 pub mod clip;
+pub mod config;
 pub mod data;
+pub mod error;
+pub mod eval;
 pub mod font;
-pub mod infer;
 pub mod image_io;
+pub mod infer;
 pub mod io;
 pub mod model;
+pub mod ops;
 pub mod profile;
 pub mod synth;
-pub mod eval;
-pub mod autograd;
-pub mod config;
-pub mod error;
-pub mod weights;
-pub mod ops;
 pub mod tensor;
-pub mod train;
 pub mod text;
+pub mod train;
+pub mod weights;
 
 pub use autograd::{backward, no_grad};
 pub use error::{Error, Result};

@@ -11,7 +11,11 @@ use vlsa::kernels::Gpu;
 use vlsa::model::Model;
 
 #[derive(Parser)]
-#[command(name = "vlsa", version, about = "Vision-language semantic aggregation for medical image segmentation, on hand-written WGSL kernels")]
+#[command(
+    name = "vlsa",
+    version,
+    about = "Vision-language semantic aggregation for medical image segmentation, on hand-written WGSL kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -221,7 +225,11 @@ fn train(a: TrainArgs) -> Result<(), String> {
         let trainer = Trainer::resume(&gpu, &a.out, &a.data).map_err(err)?;
         if let Some(path) = &a.config {
             if vlsa::train::read_config(path).map_err(err)? != trainer.model.config {
-                return Err(format!("{} is not the configuration of the checkpoint {}; resume without --config or with the same one", path.display(), a.out.display()));
+                return Err(format!(
+                    "{} is not the configuration of the checkpoint {}; resume without --config or with the same one",
+                    path.display(),
+                    a.out.display()
+                ));
             }
         }
         let o = &trainer.options;
@@ -247,7 +255,9 @@ fn train(a: TrainArgs) -> Result<(), String> {
         let steps = a.steps.ok_or("--steps is required for a new run")?;
         let seed = a.seed.unwrap_or(0);
         let (model, pretrained) = match (&a.config, &a.model) {
-            (Some(c), _) => (vlsa::model::Model::init(&gpu, vlsa::train::read_config(c).map_err(err)?, seed).map_err(err)?, false),
+            (Some(c), _) => {
+                (vlsa::model::Model::init(&gpu, vlsa::train::read_config(c).map_err(err)?, seed).map_err(err)?, false)
+            }
             (None, Some(m)) => (vlsa::model::Model::load(&gpu, m).map_err(err)?, true),
             (None, None) => return Err("a new run needs --config or --model".into()),
         };
@@ -269,7 +279,14 @@ fn train(a: TrainArgs) -> Result<(), String> {
         Some(dir) => Some(vlsa::data::Dataset::load(dir, trainer.model.config.num_classes()).map_err(err)?),
         None => None,
     };
-    let opts = RunOptions { out: a.out.clone(), val_every: a.val_every, checkpoint_every: a.checkpoint_every, log_every: a.log_every, stop_at: a.stop_at, quiet: false };
+    let opts = RunOptions {
+        out: a.out.clone(),
+        val_every: a.val_every,
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        stop_at: a.stop_at,
+        quiet: false,
+    };
     let params: usize = trainer.model.parameters().map(|(_, t)| t.numel()).sum();
     eprintln!(
         "vlsa: training {params} parameters on {} images ({}), batch {}, {} steps, on {}",
@@ -285,7 +302,10 @@ fn train(a: TrainArgs) -> Result<(), String> {
     } else {
         let summary = run(&mut trainer, val.as_ref(), &opts).map_err(err)?;
         let (log, curve) = vlsa::train::report::side_paths(&a.out);
-        println!("steps {}..{} of {} in {:.1} s", summary.first_step, summary.last_step, trainer.options.steps, summary.seconds);
+        println!(
+            "steps {}..{} of {} in {:.1} s",
+            summary.first_step, summary.last_step, trainer.options.steps, summary.seconds
+        );
         if let Some(l) = summary.last_loss {
             println!("last loss:          {l:.4}");
         }
@@ -360,20 +380,32 @@ enum ProfileCommand {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn profile_em(tokens: usize, width: usize, bases: usize, iters: usize, batch: usize, lambda: f32, backward: bool, trace: Option<std::path::PathBuf>, seed: u64) -> Result<(), String> {
+fn profile_em(
+    tokens: usize,
+    width: usize,
+    bases: usize,
+    iters: usize,
+    batch: usize,
+    lambda: f32,
+    backward: bool,
+    trace: Option<std::path::PathBuf>,
+    seed: u64,
+) -> Result<(), String> {
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let opts = vlsa::profile::EmProfileOptions { batch, tokens, width, bases, iters, lambda, backward, seed };
     let report = vlsa::profile::profile_em(&gpu, &opts).map_err(|e| e.to_string())?;
     print!("{report}");
     if let Some(path) = trace {
-        vlsa::io::write_atomic(&path, report.chrome_trace().as_bytes()).map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+        vlsa::io::write_atomic(&path, report.chrome_trace().as_bytes())
+            .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
         println!("trace written to {}", path.display());
     }
     Ok(())
 }
 
 fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder: Option<&Path>) -> Result<(), String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
     let config = vlsa::config::Config::from_json(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let mut model = match clip {
@@ -401,7 +433,8 @@ fn profile_model(model: &Path, batch: usize, backward: bool, trace: Option<&Path
     let report = vlsa::profile::profile_model(&model, batch, backward, seed).map_err(|e| e.to_string())?;
     print!("{report}");
     if let Some(path) = trace {
-        vlsa::io::write_atomic(path, report.profile.chrome_trace().as_bytes()).map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+        vlsa::io::write_atomic(path, report.profile.chrome_trace().as_bytes())
+            .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
         println!("trace written to {}", path.display());
     }
     Ok(())
@@ -417,7 +450,13 @@ fn load_images(paths: &[PathBuf]) -> Result<Vec<Image>, String> {
     paths.iter().map(|p| Image::load(p).map_err(|e| e.to_string())).collect()
 }
 
-fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>, prompts: &[String], text_encoder: Option<&Path>) -> Result<(), String> {
+fn segment(
+    model: &Path,
+    images: &[PathBuf],
+    out: Option<&Path>,
+    prompts: &[String],
+    text_encoder: Option<&Path>,
+) -> Result<(), String> {
     let (gpu, mut model) = load_model(model)?;
     if let Some(dir) = text_encoder {
         let k = model.config.num_classes();
@@ -440,16 +479,33 @@ fn segment(model: &Path, images: &[PathBuf], out: Option<&Path>, prompts: &[Stri
         let masks = model.segment(&refs).map_err(|e| e.to_string())?;
         for ((path, image), mask) in chunk.iter().zip(&loaded).zip(&masks) {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-            let dir = out.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+            let dir =
+                out.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
             let mask_path = dir.join(format!("{stem}_mask.png"));
             let overlay_path = dir.join(format!("{stem}_overlay.png"));
             mask.save_png(&mask_path).map_err(|e| e.to_string())?;
-            vlsa::infer::overlay(image, mask, &classes).and_then(|o| o.save_png(&overlay_path)).map_err(|e| e.to_string())?;
+            vlsa::infer::overlay(image, mask, &classes)
+                .and_then(|o| o.save_png(&overlay_path))
+                .map_err(|e| e.to_string())?;
             let total = mask.labels.len() as f64;
             let shares: Vec<String> = (1..classes.len())
-                .map(|k| format!("{} {:.1}%", classes[k], 100.0 * mask.labels.iter().filter(|&&l| l as usize == k).count() as f64 / total))
+                .map(|k| {
+                    format!(
+                        "{} {:.1}%",
+                        classes[k],
+                        100.0 * mask.labels.iter().filter(|&&l| l as usize == k).count() as f64 / total
+                    )
+                })
                 .collect();
-            println!("{}: {}x{}, {} -> {}, {}", path.display(), image.width, image.height, shares.join(", "), mask_path.display(), overlay_path.display());
+            println!(
+                "{}: {}x{}, {} -> {}, {}",
+                path.display(),
+                image.width,
+                image.height,
+                shares.join(", "),
+                mask_path.display(),
+                overlay_path.display()
+            );
         }
     }
     Ok(())
@@ -460,11 +516,17 @@ fn embed_prompts(gpu: &Gpu, model: &mut Model, dir: &Path, prompts: &[String]) -
     let encoder = vlsa::text::TextEncoder::load(gpu, dir).map_err(|e| e.to_string())?;
     let text_dim = model.config.text_dim;
     if encoder.dim() != text_dim {
-        return Err(format!("the text encoder {} embeds into {} dimensions but the model's text_dim is {text_dim}", dir.display(), encoder.dim()));
+        return Err(format!(
+            "the text encoder {} embeds into {} dimensions but the model's text_dim is {text_dim}",
+            dir.display(),
+            encoder.dim()
+        ));
     }
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let embeddings = encoder.embed(&texts).map_err(|e| e.to_string())?;
-    model.set_class_embeddings(&vlsa::weights::HostTensor::new(&[texts.len(), text_dim], embeddings)).map_err(|e| e.to_string())?;
+    model
+        .set_class_embeddings(&vlsa::weights::HostTensor::new(&[texts.len(), text_dim], embeddings))
+        .map_err(|e| e.to_string())?;
     println!("class embeddings: {} prompts embedded by {}", texts.len(), dir.display());
     Ok(())
 }
@@ -484,13 +546,21 @@ fn embed(dir: &std::path::Path, texts: &[String], dump: Option<&std::path::Path>
     if let Some(path) = dump {
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
         let pad = encoder.tokenizer().pad_id();
-        let id_table: Vec<f32> = ids.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat(pad)).take(len).map(|i| i as f32)).collect();
+        let id_table: Vec<f32> = ids
+            .iter()
+            .flat_map(|row| row.iter().copied().chain(std::iter::repeat(pad)).take(len).map(|i| i as f32))
+            .collect();
         let mut file = vlsa::weights::TensorFile::default();
         file.tensors.insert("text.embeddings".into(), vlsa::weights::HostTensor::new(&[texts.len(), d], embeddings));
         file.tensors.insert("text.token_ids".into(), vlsa::weights::HostTensor::new(&[texts.len(), len], id_table));
         file.metadata.insert("vlsa.texts".into(), serde_json::to_string(texts).map_err(|e| e.to_string())?);
         file.write(path, false).map_err(|e| e.to_string())?;
-        println!("wrote {} (text.embeddings [{}, {d}], text.token_ids [{}, {len}])", path.display(), texts.len(), texts.len());
+        println!(
+            "wrote {} (text.embeddings [{}, {d}], text.token_ids [{}, {len}])",
+            path.display(),
+            texts.len(),
+            texts.len()
+        );
     }
     Ok(())
 }
@@ -501,18 +571,30 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &std::path::P
     let start = std::time::Instant::now();
     let options = vlsa::synth::SynthOptions { task, domain, count, size, seed };
     vlsa::synth::write_dataset(&options, out).map_err(|e| e.to_string())?;
-    println!("wrote {count} {} images of domain {} ({size}x{size}) to {} in {:.2} s", task.name(), options.domain.name, out.display(), start.elapsed().as_secs_f64());
+    println!(
+        "wrote {count} {} images of domain {} ({size}x{size}) to {} in {:.2} s",
+        task.name(),
+        options.domain.name,
+        out.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-fn eval(model: &std::path::Path, data: &[std::path::PathBuf], json: Option<&std::path::Path>, batch: usize) -> Result<(), String> {
+fn eval(
+    model: &std::path::Path,
+    data: &[std::path::PathBuf],
+    json: Option<&std::path::Path>,
+    batch: usize,
+) -> Result<(), String> {
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     let loaded = vlsa::model::Model::load(&gpu, model).map_err(|e| e.to_string())?;
     let mut report = vlsa::eval::evaluate_folders(&loaded, data, batch).map_err(|e| e.to_string())?;
     report.model = model.display().to_string();
     print!("{}", report.table());
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report.to_json()).expect("an evaluation report always serializes") + "\n";
+        let text =
+            serde_json::to_string_pretty(&report.to_json()).expect("an evaluation report always serializes") + "\n";
         vlsa::io::write_atomic(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("results written to {}", path.display());
     }
@@ -534,18 +616,33 @@ fn forward(model: &Path, images: &[PathBuf], dump: &Path) -> Result<(), String> 
 
 fn grad(model: &Path, images: &[PathBuf], mask_paths: &[PathBuf], dump: &Path) -> Result<(), String> {
     if images.len() != mask_paths.len() {
-        return Err(format!("{} images but {} masks were given; pass one --mask per --image, in the same order", images.len(), mask_paths.len()));
+        return Err(format!(
+            "{} images but {} masks were given; pass one --mask per --image, in the same order",
+            images.len(),
+            mask_paths.len()
+        ));
     }
     let (_gpu, model) = load_model(model)?;
     let loaded = load_images(images)?;
     let k = model.config.num_classes();
-    let masks: Vec<Mask> = mask_paths.iter().map(|p| Mask::load(p, Some(k)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let masks: Vec<Mask> =
+        mask_paths.iter().map(|p| Mask::load(p, Some(k)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     for ((ip, img), (mp, m)) in images.iter().zip(&loaded).zip(mask_paths.iter().zip(&masks)) {
         if (img.width, img.height) != (m.width, m.height) {
-            return Err(format!("{} is {}x{} but its image {} is {}x{}; a mask must have its image's size", mp.display(), m.width, m.height, ip.display(), img.width, img.height));
+            return Err(format!(
+                "{} is {}x{} but its image {} is {}x{}; a mask must have its image's size",
+                mp.display(),
+                m.width,
+                m.height,
+                ip.display(),
+                img.width,
+                img.height
+            ));
         }
     }
-    let file = model.grad_dump(&loaded.iter().collect::<Vec<_>>(), &masks.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    let file = model
+        .grad_dump(&loaded.iter().collect::<Vec<_>>(), &masks.iter().collect::<Vec<_>>())
+        .map_err(|e| e.to_string())?;
     write_dump(&file, dump)
 }
 
@@ -557,7 +654,10 @@ fn info() -> Result<(), String> {
     println!("backend:      {}", i.backend);
     println!("device type:  {}", i.device_type);
     println!("driver:       {}", i.driver);
-    println!("timestamps:   {}", if i.timestamps { "yes (GPU-timed profiles)" } else { "no (profiles fall back to wall clock)" });
+    println!(
+        "timestamps:   {}",
+        if i.timestamps { "yes (GPU-timed profiles)" } else { "no (profiles fall back to wall clock)" }
+    );
     println!("shader f16:   {}", if i.shader_f16 { "yes" } else { "no" });
     println!("limits:");
     println!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
@@ -582,8 +682,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
-        Command::Init { config, out, seed, clip, text_encoder } => init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref()),
-        Command::Segment { model, images, out, prompts, text_encoder } => segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref()),
+        Command::Init { config, out, seed, clip, text_encoder } => {
+            init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref())
+        }
+        Command::Segment { model, images, out, prompts, text_encoder } => {
+            segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref())
+        }
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
@@ -593,7 +697,9 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
             profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
         }
-        Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => profile_model(&model, batch, backward, trace.as_deref(), seed),
+        Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => {
+            profile_model(&model, batch, backward, trace.as_deref(), seed)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,8 +71,11 @@ pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
     for j in 0..c.decoder.layers {
         let l = format!("head.decoder.layers.{j}");
         // Without text cross-attention (an ablation) its norm and projections do not exist.
-        let (norms, attns): (&[&str], &[&str]) =
-            if c.decoder.cross_attn { (&["norm1", "norm2", "norm3"], &["self_attn", "cross_attn"]) } else { (&["norm1", "norm3"], &["self_attn"]) };
+        let (norms, attns): (&[&str], &[&str]) = if c.decoder.cross_attn {
+            (&["norm1", "norm2", "norm3"], &["self_attn", "cross_attn"])
+        } else {
+            (&["norm1", "norm3"], &["self_attn"])
+        };
         for n in norms {
             norm(&mut push, format!("{l}.{n}"), w);
         }
@@ -114,12 +117,18 @@ pub struct ForwardOutputs {
 impl ForwardOutputs {
     /// (dump name, tensor) pairs, as DESIGN.md lists them.
     pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
-        let mut v = vec![("vision.features", &self.vision_features), ("head.visual", &self.visual), ("head.text", &self.text)];
+        let mut v =
+            vec![("vision.features", &self.vision_features), ("head.visual", &self.visual), ("head.text", &self.text)];
         if let (Some(z), Some(mu)) = (&self.em_z, &self.em_mu) {
             v.push(("em.z", z));
             v.push(("em.mu", mu));
         }
-        v.extend([("head.aggregated", &self.aggregated), ("decoder.out", &self.decoder_out), ("logits", &self.logits), ("logits_up", &self.logits_up)]);
+        v.extend([
+            ("head.aggregated", &self.aggregated),
+            ("decoder.out", &self.decoder_out),
+            ("logits", &self.logits),
+            ("logits_up", &self.logits_up),
+        ]);
         v
     }
 }
@@ -140,18 +149,31 @@ impl Model {
         let expected = expected_tensors(&config);
         let mut tensors = BTreeMap::new();
         for (name, shape) in &expected {
-            let t = host.remove(name).ok_or_else(|| Error::Weights(format!("{source}: tensor {name} {shape:?} is missing")))?;
+            let t = host
+                .remove(name)
+                .ok_or_else(|| Error::Weights(format!("{source}: tensor {name} {shape:?} is missing")))?;
             if &t.shape != shape {
-                return Err(Error::Weights(format!("{source}: tensor {name} has shape {:?} but the config needs {shape:?}", t.shape)));
+                return Err(Error::Weights(format!(
+                    "{source}: tensor {name} has shape {:?} but the config needs {shape:?}",
+                    t.shape
+                )));
             }
             if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Weights(format!("{source}: tensor {name} holds a non-finite value at element {bad}")));
+                return Err(Error::Weights(format!(
+                    "{source}: tensor {name} holds a non-finite value at element {bad}"
+                )));
             }
-            let tensor = if FROZEN.contains(&name.as_str()) { Tensor::from_vec(gpu, &t.data, shape)? } else { Tensor::param(gpu, &t.data, shape)? };
+            let tensor = if FROZEN.contains(&name.as_str()) {
+                Tensor::from_vec(gpu, &t.data, shape)?
+            } else {
+                Tensor::param(gpu, &t.data, shape)?
+            };
             tensors.insert(name.clone(), tensor);
         }
         if let Some(extra) = host.keys().next() {
-            return Err(Error::Weights(format!("{source}: unexpected tensor {extra} (not part of a model with this config)")));
+            return Err(Error::Weights(format!(
+                "{source}: unexpected tensor {extra} (not part of a model with this config)"
+            )));
         }
         Ok(Model { config, tensors, gpu: gpu.clone() })
     }
@@ -172,7 +194,8 @@ impl Model {
         let config = file.config(&source)?;
         let mut rest = TensorFile { tensors: BTreeMap::new(), metadata: std::mem::take(&mut file.metadata) };
         if rest.metadata.contains_key(CHECKPOINT_KEY) {
-            let (optim, model) = std::mem::take(&mut file.tensors).into_iter().partition(|(name, _)| name.starts_with(OPTIMIZER_PREFIX));
+            let (optim, model) =
+                std::mem::take(&mut file.tensors).into_iter().partition(|(name, _)| name.starts_with(OPTIMIZER_PREFIX));
             rest.tensors = optim;
             file.tensors = model;
         }
@@ -287,7 +310,8 @@ impl Model {
         let patches = input.patch_embed(self.get(&format!("{vm}.embeddings.patch_embedding.weight"))?)?;
         let cls = self.get(&format!("{vm}.embeddings.class_embedding"))?.reshape(&[1, 1, d])?;
         let cls = Tensor::zeros(&self.gpu, &[b, 1, d])?.add(&cls)?;
-        let mut t = Tensor::concat(&[&cls, &patches], 1)?.add(self.get(&format!("{vm}.embeddings.position_embedding.weight"))?)?;
+        let mut t = Tensor::concat(&[&cls, &patches], 1)?
+            .add(self.get(&format!("{vm}.embeddings.position_embedding.weight"))?)?;
         t = self.norm(&t, &format!("{vm}.pre_layrnorm"))?;
         // 4: pre-norm transformer blocks.
         for i in 0..c.vision.layers {
@@ -356,7 +380,14 @@ impl Model {
             return Ok(());
         }
         let bases = self.get("head.em.bases")?;
-        let spec = EmShape { batch: mu.shape()[0], tokens: 1, width: c.decoder.width, bases: c.em.bases, iters: c.em.iters, lambda: c.em.lambda };
+        let spec = EmShape {
+            batch: mu.shape()[0],
+            tokens: 1,
+            width: c.decoder.width,
+            bases: c.em.bases,
+            iters: c.em.iters,
+            lambda: c.em.lambda,
+        };
         let next = em::update_bases(&self.gpu, bases.buffer(), mu.buffer(), &spec, c.em.momentum)?;
         bases.assign(&Tensor::from_buffer(&self.gpu, next, bases.shape())?)?;
         Ok(())

@@ -46,14 +46,30 @@ pub struct EmProfileOptions {
 impl Default for EmProfileOptions {
     /// The default model's EM sizes (DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
     fn default() -> Self {
-        EmProfileOptions { batch: 1, tokens: 256, width: 128, bases: 16, iters: 3, lambda: 1.0, backward: false, seed: 0 }
+        EmProfileOptions {
+            batch: 1,
+            tokens: 256,
+            width: 128,
+            bases: 16,
+            iters: 3,
+            lambda: 1.0,
+            backward: false,
+            seed: 0,
+        }
     }
 }
 
 impl EmProfileOptions {
     /// The kernels' shape for these options.
     pub fn shape(&self) -> EmShape {
-        EmShape { batch: self.batch, tokens: self.tokens, width: self.width, bases: self.bases, iters: self.iters, lambda: self.lambda }
+        EmShape {
+            batch: self.batch,
+            tokens: self.tokens,
+            width: self.width,
+            bases: self.bases,
+            iters: self.iters,
+            lambda: self.lambda,
+        }
     }
 }
 
@@ -78,11 +94,19 @@ pub struct EmStepTime {
 impl EmStepTime {
     /// Achieved GFLOP/s.
     pub fn gflops(&self) -> f64 {
-        if self.time_ns > 0.0 { self.flops as f64 / self.time_ns } else { 0.0 }
+        if self.time_ns > 0.0 {
+            self.flops as f64 / self.time_ns
+        } else {
+            0.0
+        }
     }
     /// Achieved GB/s.
     pub fn gbytes_per_s(&self) -> f64 {
-        if self.time_ns > 0.0 { self.bytes as f64 / self.time_ns } else { 0.0 }
+        if self.time_ns > 0.0 {
+            self.bytes as f64 / self.time_ns
+        } else {
+            0.0
+        }
     }
 }
 
@@ -131,13 +155,31 @@ impl fmt::Display for EmProfileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.shape;
         writeln!(f, "EM Aggregation {s} lambda={} on {}", s.lambda, self.adapter)?;
-        writeln!(f, "timing: {}", match self.profile.timing {
-            Timing::GpuTimestamps => "GPU timestamp queries",
-            Timing::WallClock => "wall clock per dispatch (the adapter has no timestamp queries; includes submit overhead)",
-        })?;
-        writeln!(f, "{:<18} {:<22} {:>5} {:>11} {:>9} {:>9}", "scope", "kernel", "count", "time us", "GFLOP/s", "GB/s")?;
+        writeln!(
+            f,
+            "timing: {}",
+            match self.profile.timing {
+                Timing::GpuTimestamps => "GPU timestamp queries",
+                Timing::WallClock =>
+                    "wall clock per dispatch (the adapter has no timestamp queries; includes submit overhead)",
+            }
+        )?;
+        writeln!(
+            f,
+            "{:<18} {:<22} {:>5} {:>11} {:>9} {:>9}",
+            "scope", "kernel", "count", "time us", "GFLOP/s", "GB/s"
+        )?;
         for r in &self.steps {
-            writeln!(f, "{:<18} {:<22} {:>5} {:>11.1} {:>9.2} {:>9.2}", r.scope, r.kernel, r.count, r.time_ns / 1e3, r.gflops(), r.gbytes_per_s())?;
+            writeln!(
+                f,
+                "{:<18} {:<22} {:>5} {:>11.1} {:>9.2} {:>9.2}",
+                r.scope,
+                r.kernel,
+                r.count,
+                r.time_ns / 1e3,
+                r.gflops(),
+                r.gbytes_per_s()
+            )?;
         }
         writeln!(f, "per scope:")?;
         for (scope, ns) in self.scope_totals() {
@@ -245,7 +287,13 @@ fn step_of(scopes: &[String], kernel: &str) -> (String, String) {
 
 /// Mean over (b, m) of ||mu_t - mu_{t-1}|| per iteration, from an un-profiled forward that
 /// keeps every mu_t.
-fn bases_shift(gpu: &Gpu, u: &crate::kernels::GpuBuffer, bases: &crate::kernels::GpuBuffer, bases_host: &[f32], s: &EmShape) -> Result<Vec<f64>> {
+fn bases_shift(
+    gpu: &Gpu,
+    u: &crate::kernels::GpuBuffer,
+    bases: &crate::kernels::GpuBuffer,
+    bases_host: &[f32],
+    s: &EmShape,
+) -> Result<Vec<f64>> {
     let fwd = em::forward(gpu, u, bases, s, true)?;
     let saved = fwd.saved.as_ref().expect("saved for backward");
     let mut mus: Vec<Vec<f32>> = Vec::with_capacity(s.iters + 1);
@@ -275,7 +323,15 @@ mod tests {
     #[test]
     fn tiny_profile_reports_every_kernel_per_iteration() {
         let gpu = Gpu::new().expect("a GPU adapter (lavapipe on CI)");
-        let opts = EmProfileOptions { batch: 2, tokens: 9, width: 5, bases: 3, iters: 2, backward: true, ..Default::default() };
+        let opts = EmProfileOptions {
+            batch: 2,
+            tokens: 9,
+            width: 5,
+            bases: 3,
+            iters: 2,
+            backward: true,
+            ..Default::default()
+        };
         let report = profile_em(&gpu, &opts).unwrap();
         for t in 1..=2 {
             // The E-step is the logits matmul, the softmax and the tile column sums; the M-step
@@ -287,7 +343,10 @@ mod tests {
                 assert!(row.time_ns >= 0.0);
             }
             for kernel in ["em_normalize_backward", "em_m_step_backward", "em_e_step_backward"] {
-                assert!(report.steps.iter().any(|r| r.scope == format!("backward/iter={t}") && r.kernel == kernel), "no {kernel}:\n{report}");
+                assert!(
+                    report.steps.iter().any(|r| r.scope == format!("backward/iter={t}") && r.kernel == kernel),
+                    "no {kernel}:\n{report}"
+                );
             }
         }
         assert!(report.steps.iter().any(|r| r.scope == "recon" && r.kernel == "em_recon"));
@@ -327,7 +386,12 @@ pub struct ModelProfile {
 
 /// Profiles one forward (and optionally loss + backward) of `model` on a random batch, after
 /// one untimed warm-up pass that compiles the pipelines.
-pub fn profile_model(model: &crate::model::Model, batch: usize, backward: bool, seed: u64) -> crate::Result<ModelProfile> {
+pub fn profile_model(
+    model: &crate::model::Model,
+    batch: usize,
+    backward: bool,
+    seed: u64,
+) -> crate::Result<ModelProfile> {
     let gpu = model.gpu();
     let c = &model.config;
     let (s, k) = (c.image_size, c.num_classes());
@@ -343,7 +407,11 @@ pub fn profile_model(model: &crate::model::Model, batch: usize, backward: bool, 
     let run = |profiled: bool| -> crate::Result<()> {
         let out = {
             let _scope = profiled.then(|| gpu.scope("forward"));
-            if backward { model.forward(&input)? } else { crate::no_grad(|| model.forward(&input))? }
+            if backward {
+                model.forward(&input)?
+            } else {
+                crate::no_grad(|| model.forward(&input))?
+            }
         };
         if backward {
             let loss = {
@@ -378,7 +446,13 @@ impl fmt::Display for ModelProfile {
         for (scope, s) in &by_scope {
             writeln!(f, "{scope:<10} {:>6} dispatches {:>10.2} ms", s.count, s.total_ns / 1e6)?;
         }
-        writeln!(f, "{:<10} {:>6} dispatches {:>10.2} ms", "total", self.profile.records.len(), self.profile.total_ns() / 1e6)?;
+        writeln!(
+            f,
+            "{:<10} {:>6} dispatches {:>10.2} ms",
+            "total",
+            self.profile.records.len(),
+            self.profile.total_ns() / 1e6
+        )?;
         write!(f, "{}", self.profile.table())
     }
 }

@@ -117,7 +117,9 @@ impl Domain {
             (Task::Fundus, "B") => (0.8, 0.9, 0.03, 0.015, 800.0, 0.004, 0.35, [0.9, 1.05, 1.35], 0.75),
             (Task::Fundus, "C") => (1.4, 1.2, -0.03, 0.02, 300.0, 0.008, 0.55, [1.1, 0.8, 0.6], 0.5),
             (Task::Fundus, "D") => (1.15, 0.75, 0.1, 0.012, 1500.0, 0.003, 0.25, [0.8, 1.15, 1.0], 0.625),
-            (_, other) => return Err(Error::Invalid(format!("unknown domain '{other}'; the domains are A, B, C and D"))),
+            (_, other) => {
+                return Err(Error::Invalid(format!("unknown domain '{other}'; the domains are A, B, C and D")))
+            }
         };
         let (gamma, gain, offset, noise, photons, blur, shading, cast, resolution) = p;
         Ok(Domain { name: name.to_string(), gamma, gain, offset, noise, photons, blur, shading, cast, resolution })
@@ -350,7 +352,15 @@ fn acquire(d: &Domain, data: &mut [f32], size: usize, channels: usize, mri: bool
 }
 
 /// One 1-D pass of a separable blur (along x when `horizontal`, else y), edges clamped.
-fn blur_pass(src: &[f32], dst: &mut [f32], size: usize, channels: usize, kernel: &[f32], radius: isize, horizontal: bool) {
+fn blur_pass(
+    src: &[f32],
+    dst: &mut [f32],
+    size: usize,
+    channels: usize,
+    kernel: &[f32],
+    radius: isize,
+    horizontal: bool,
+) {
     let n = size as isize;
     for y in 0..size {
         for x in 0..size {
@@ -481,7 +491,10 @@ pub fn write_dataset(options: &SynthOptions, out: &Path) -> Result<()> {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(Error::Invalid("a synth worker thread panicked".into())))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(Error::Invalid("a synth worker thread panicked".into()))))
+            .collect()
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
     // Serialized from a struct, not a json! value, so that f32 parameters print as written.

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::autograd::Node;
-use crate::kernels::{Gpu, GpuBuffer};
 use crate::kernels::{Error, Result};
+use crate::kernels::{Gpu, GpuBuffer};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,7 +39,13 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    pub(crate) fn build(gpu: &Gpu, shape: Vec<usize>, data: Arc<GpuBuffer>, node: Option<Node>, requires_grad: bool) -> Tensor {
+    pub(crate) fn build(
+        gpu: &Gpu,
+        shape: Vec<usize>,
+        data: Arc<GpuBuffer>,
+        node: Option<Node>,
+        requires_grad: bool,
+    ) -> Tensor {
         debug_assert!(data.len() >= numel(&shape));
         Tensor(Arc::new(TensorInner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -63,7 +69,11 @@ impl Tensor {
     /// Uploads host data as a constant tensor.
     pub fn from_vec(gpu: &Gpu, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel(shape) {
-            return Err(Error::Shape(format!("{} values given for shape {shape:?} ({} elements)", data.len(), numel(shape))));
+            return Err(Error::Shape(format!(
+                "{} values given for shape {shape:?} ({} elements)",
+                data.len(),
+                numel(shape)
+            )));
         }
         Tensor::from_buffer(gpu, gpu.upload(data)?, shape)
     }
@@ -150,7 +160,11 @@ impl Tensor {
     /// optimisers and weight loading. Not recorded.
     pub fn assign(&self, values: &Tensor) -> Result<()> {
         if values.numel() != self.numel() {
-            return Err(Error::Shape(format!("cannot assign a tensor of shape {:?} to one of shape {:?}", values.shape(), self.shape())));
+            return Err(Error::Shape(format!(
+                "cannot assign a tensor of shape {:?} to one of shape {:?}",
+                values.shape(),
+                self.shape()
+            )));
         }
         self.0.gpu.copy(values.buffer(), &self.0.data)
     }
@@ -158,7 +172,11 @@ impl Tensor {
     /// Overwrites the data from host values.
     pub fn write(&self, values: &[f32]) -> Result<()> {
         if values.len() != self.numel() {
-            return Err(Error::Shape(format!("{} values given for a tensor of shape {:?}", values.len(), self.shape())));
+            return Err(Error::Shape(format!(
+                "{} values given for a tensor of shape {:?}",
+                values.len(),
+                self.shape()
+            )));
         }
         self.0.gpu.write(&self.0.data, values)
     }
@@ -166,6 +184,12 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor(id {}, shape {:?}{})", self.0.id, self.0.shape, if self.0.requires_grad { ", grad" } else { "" })
+        write!(
+            f,
+            "Tensor(id {}, shape {:?}{})",
+            self.0.id,
+            self.0.shape,
+            if self.0.requires_grad { ", grad" } else { "" }
+        )
     }
 }

@@ -164,7 +164,13 @@ impl DataFingerprint {
     pub fn of(data: &Dataset) -> DataFingerprint {
         let mut hash = 0xCBF2_9CE4_8422_2325u64;
         for s in &data.samples {
-            for byte in s.name.bytes().chain((s.image.width as u64).to_le_bytes()).chain((s.image.height as u64).to_le_bytes()).chain([0]) {
+            for byte in s
+                .name
+                .bytes()
+                .chain((s.image.width as u64).to_le_bytes())
+                .chain((s.image.height as u64).to_le_bytes())
+                .chain([0])
+            {
                 hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01B3);
             }
         }
@@ -215,7 +221,18 @@ impl Trainer {
         }
         let order = (0, epoch_order(options.seed, 0, data.len()));
         let fingerprint = DataFingerprint::of(&data);
-        Ok(Trainer { model, options, step: 0, log: Vec::new(), saved_step: None, data, fingerprint, moments, order, augmentation: Augmentation::default() })
+        Ok(Trainer {
+            model,
+            options,
+            step: 0,
+            log: Vec::new(),
+            saved_step: None,
+            data,
+            fingerprint,
+            moments,
+            order,
+            augmentation: Augmentation::default(),
+        })
     }
 
     /// Continues from the checkpoint `path`, training on the data set in `data_dir`, which must
@@ -226,11 +243,21 @@ impl Trainer {
         let state = rest.metadata.get(CHECKPOINT_KEY).ok_or_else(|| {
             Error::Invalid(format!("{source} is a model file, not a training checkpoint; start a new run from it with --model instead of --resume"))
         })?;
-        let state: CheckpointState =
-            serde_json::from_str(state).map_err(|e| Error::Format { path: source.clone(), message: format!("the training state under `{CHECKPOINT_KEY}` is not valid ({e})") })?;
+        let state: CheckpointState = serde_json::from_str(state).map_err(|e| Error::Format {
+            path: source.clone(),
+            message: format!("the training state under `{CHECKPOINT_KEY}` is not valid ({e})"),
+        })?;
         state.options.validate()?;
         if state.step > state.options.steps || state.log.len() != state.step {
-            return Err(Error::Format { path: source, message: format!("the training state is inconsistent (step {}, {} log entries, {} steps)", state.step, state.log.len(), state.options.steps) });
+            return Err(Error::Format {
+                path: source,
+                message: format!(
+                    "the training state is inconsistent (step {}, {} log entries, {} steps)",
+                    state.step,
+                    state.log.len(),
+                    state.options.steps
+                ),
+            });
         }
         let data = Dataset::load(data_dir, model.config.num_classes())?;
         let fingerprint = DataFingerprint::of(&data);
@@ -246,12 +273,21 @@ impl Trainer {
         for (name, t) in model.parameters() {
             let mut take = |which: &str| -> Result<GpuBuffer> {
                 let key = format!("{OPTIMIZER_PREFIX}{which}.{name}");
-                let host = rest.tensors.remove(&key).ok_or_else(|| Error::Weights(format!("{source}: optimizer tensor {key} is missing")))?;
+                let host = rest
+                    .tensors
+                    .remove(&key)
+                    .ok_or_else(|| Error::Weights(format!("{source}: optimizer tensor {key} is missing")))?;
                 if host.shape != t.shape() {
-                    return Err(Error::Weights(format!("{source}: optimizer tensor {key} has shape {:?} but {name} has {:?}", host.shape, t.shape())));
+                    return Err(Error::Weights(format!(
+                        "{source}: optimizer tensor {key} has shape {:?} but {name} has {:?}",
+                        host.shape,
+                        t.shape()
+                    )));
                 }
                 if let Some(bad) = host.data.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::Weights(format!("{source}: optimizer tensor {key} holds a non-finite value at element {bad}")));
+                    return Err(Error::Weights(format!(
+                        "{source}: optimizer tensor {key} holds a non-finite value at element {bad}"
+                    )));
                 }
                 Ok(gpu.upload(&host.data)?)
             };
@@ -299,7 +335,11 @@ impl Trainer {
             }
             let sample = &self.data.samples[self.order.1[position % len]];
             let (image, mask) = if self.options.augment {
-                self.augmentation.apply(&sample.image, &sample.mask, &mut augment_rng(self.options.seed, step as u64, item as u64))
+                self.augmentation.apply(
+                    &sample.image,
+                    &sample.mask,
+                    &mut augment_rng(self.options.seed, step as u64, item as u64),
+                )
             } else {
                 (sample.image.clone(), sample.mask.clone())
             };
@@ -363,8 +403,17 @@ impl Trainer {
         let gpu = self.model.gpu().clone();
         let mut file = TensorFile::default();
         file.metadata.insert(CONFIG_KEY.into(), self.model.config.to_json());
-        let state = CheckpointState { step: self.step, options: self.options.clone(), data: self.fingerprint, log: self.log.clone() };
-        file.metadata.insert(CHECKPOINT_KEY.into(), serde_json::to_string(&state).map_err(|e| Error::Invalid(format!("cannot encode the training state: {e}")))?);
+        let state = CheckpointState {
+            step: self.step,
+            options: self.options.clone(),
+            data: self.fingerprint,
+            log: self.log.clone(),
+        };
+        file.metadata.insert(
+            CHECKPOINT_KEY.into(),
+            serde_json::to_string(&state)
+                .map_err(|e| Error::Invalid(format!("cannot encode the training state: {e}")))?,
+        );
         let step = self.step;
         let mut add = |name: String, shape: &[usize], mut data: Vec<f32>| -> Result<()> {
             data.truncate(shape.iter().product());
@@ -445,7 +494,10 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
     let stopped = |trainer: &Trainer, e: Error, step: usize| {
         let kept = match trainer.saved_step {
             Some(s) => format!("the last good checkpoint {} (step {s}) is kept", opts.out.display()),
-            None => format!("no checkpoint had been written yet (the first is due at step {})", opts.checkpoint_every.min(stop)),
+            None => format!(
+                "no checkpoint had been written yet (the first is due at step {})",
+                opts.checkpoint_every.min(stop)
+            ),
         };
         Error::Invalid(format!("training stopped at step {step}: {e}; {kept}"))
     };
@@ -518,7 +570,11 @@ mod tests {
 
     #[test]
     fn decay_groups() {
-        for name in ["vision_model.encoder.layers.0.mlp.fc1.weight", "head.decoder.layers.1.cross_attn.q_proj.weight", "vision_model.embeddings.patch_embedding.weight"] {
+        for name in [
+            "vision_model.encoder.layers.0.mlp.fc1.weight",
+            "head.decoder.layers.1.cross_attn.q_proj.weight",
+            "vision_model.embeddings.patch_embedding.weight",
+        ] {
             assert!(decays(name), "{name}");
         }
         for name in [

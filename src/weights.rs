@@ -59,8 +59,12 @@ impl TensorFile {
                 Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                 Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                Dtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
-                other => return Err(format(format!("tensor {name} has dtype {other:?}; vlsa reads F32, F16, BF16 and F64"))),
+                Dtype::F64 => {
+                    raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+                }
+                other => {
+                    return Err(format(format!("tensor {name} has dtype {other:?}; vlsa reads F32, F16, BF16 and F64")))
+                }
             };
             tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
         }
@@ -69,10 +73,10 @@ impl TensorFile {
 
     /// The configuration stored in the metadata.
     pub fn config(&self, source: &str) -> Result<Config> {
-        let text = self
-            .metadata
-            .get(CONFIG_KEY)
-            .ok_or_else(|| Error::Format { path: source.to_string(), message: format!("no `{CONFIG_KEY}` entry in the metadata; this is not a vlsa model") })?;
+        let text = self.metadata.get(CONFIG_KEY).ok_or_else(|| Error::Format {
+            path: source.to_string(),
+            message: format!("no `{CONFIG_KEY}` entry in the metadata; this is not a vlsa model"),
+        })?;
         Config::from_json(text, source)
     }
 
@@ -94,7 +98,9 @@ impl TensorFile {
         let views = encoded
             .iter()
             .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map(|v| (name.as_str(), v)).map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let meta = if self.metadata.is_empty() { None } else { Some(self.metadata.clone()) };
@@ -117,18 +123,26 @@ const MAX_HEADER: u64 = 100_000_000;
 /// file or a garbage length (huge, or negative read as signed) gets a sentence that says which.
 fn check_header_length(bytes: &[u8]) -> std::result::Result<(), String> {
     let Some(head) = bytes.get(..LENGTH_BYTES) else {
-        return Err(format!("the file is {} bytes long, too short for a safetensors header (an 8-byte length, then JSON)", bytes.len()));
+        return Err(format!(
+            "the file is {} bytes long, too short for a safetensors header (an 8-byte length, then JSON)",
+            bytes.len()
+        ));
     };
     let length = u64::from_le_bytes(head.try_into().expect("8 bytes"));
     let rest = (bytes.len() - LENGTH_BYTES) as u64;
     if length as i64 <= 0 {
-        return Err(format!("the header length is {} (read as a signed number), not a positive size; this is not a safetensors file", length as i64));
+        return Err(format!(
+            "the header length is {} (read as a signed number), not a positive size; this is not a safetensors file",
+            length as i64
+        ));
     }
     if length > MAX_HEADER {
         return Err(format!("the header length is {length} bytes, over the {MAX_HEADER}-byte limit of the safetensors format; the file is corrupt"));
     }
     if length > rest {
-        return Err(format!("the header length is {length} bytes but only {rest} bytes follow it; the file is truncated or corrupt"));
+        return Err(format!(
+            "the header length is {length} bytes but only {rest} bytes follow it; the file is truncated or corrupt"
+        ));
     }
     Ok(())
 }
@@ -178,7 +192,9 @@ fn first_inconsistent_tensor(bytes: &[u8]) -> Option<String> {
         let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
         let shape: Vec<usize> = serde_json::from_value(info.get("shape")?.clone()).ok()?;
         let offsets: (usize, usize) = serde_json::from_value(info.get("data_offsets")?.clone()).ok()?;
-        let Some(bits) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.bitsize())) else {
+        let Some(bits) =
+            shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.bitsize()))
+        else {
             return Some(format!("tensor {name} has shape {shape:?}, whose size overflows"));
         };
         let declared = offsets.1.checked_sub(offsets.0);
@@ -211,7 +227,12 @@ mod tests {
 
     #[test]
     fn corrupt_files_are_errors_naming_the_source() {
-        for bytes in [&b""[..], &b"\x05\x00\x00\x00\x00\x00\x00\x00{}"[..], &[0xffu8; 8][..], &b"\x02\x00\x00\x00\x00\x00\x00\x00{x"[..]] {
+        for bytes in [
+            &b""[..],
+            &b"\x05\x00\x00\x00\x00\x00\x00\x00{}"[..],
+            &[0xffu8; 8][..],
+            &b"\x02\x00\x00\x00\x00\x00\x00\x00{x"[..],
+        ] {
             let e = TensorFile::parse(bytes, "bad.safetensors").unwrap_err().to_string();
             assert!(e.starts_with("bad.safetensors:"), "{e}");
         }

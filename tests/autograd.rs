@@ -44,53 +44,92 @@ fn check_graph(name: &str, shapes: &[&[usize]], f: &Graph<'_>, seed: u64) {
             let h = 1e-2f32;
             let fd = (eval(k, i, h) - eval(k, i, -h)) / (2.0 * h as f64);
             let err = (g[i] as f64 - fd).abs();
-            assert!(err <= 2e-2 + 2e-2 * fd.abs(), "{name}: d/dparam{k}[{i}] autograd {} vs finite differences {fd}", g[i]);
+            assert!(
+                err <= 2e-2 + 2e-2 * fd.abs(),
+                "{name}: d/dparam{k}[{i}] autograd {} vs finite differences {fd}",
+                g[i]
+            );
         }
     }
 }
 
 #[test]
 fn broadcast_binary_ops_reduce_gradients_to_each_shape() {
-    check_graph("add/mul/sub/div", &[&[3, 4, 5], &[4, 1], &[5]], &|p| {
-        let b = p[1].affine(0.1, 2.0)?; // keep the divisor away from zero
-        p[0].add(&p[1])?.mul(&p[2])?.sub(&p[0])?.div(&b)?.mean()
-    }, 1);
+    check_graph(
+        "add/mul/sub/div",
+        &[&[3, 4, 5], &[4, 1], &[5]],
+        &|p| {
+            let b = p[1].affine(0.1, 2.0)?; // keep the divisor away from zero
+            p[0].add(&p[1])?.mul(&p[2])?.sub(&p[0])?.div(&b)?.mean()
+        },
+        1,
+    );
 }
 
 #[test]
 fn linear_matmul_and_activations() {
-    check_graph("mlp", &[&[2, 7, 6], &[5, 6], &[5], &[3, 5], &[3]], &|p| {
-        let h = p[0].linear(&p[1], Some(&p[2]))?.gelu()?;
-        let y = h.linear(&p[3], Some(&p[4]))?.quick_gelu()?.relu()?;
-        y.mul(&y)?.sum()
-    }, 2);
-    check_graph("batched matmul with shared right side, transposed", &[&[3, 4, 5], &[6, 5], &[3, 5, 4]], &|p| {
-        let a = p[0].matmul_t(&p[1])?; // [3,4,6]
-        let b = p[2].matmul_with(&p[0], true, true)?; // [3,4,5]^T-ish: p2^T [3,4,5] x p0^T [3,5,4] -> [3,4,4]
-        a.sum()?.add(&b.mul(&b)?.sum()?)
-    }, 3);
+    check_graph(
+        "mlp",
+        &[&[2, 7, 6], &[5, 6], &[5], &[3, 5], &[3]],
+        &|p| {
+            let h = p[0].linear(&p[1], Some(&p[2]))?.gelu()?;
+            let y = h.linear(&p[3], Some(&p[4]))?.quick_gelu()?.relu()?;
+            y.mul(&y)?.sum()
+        },
+        2,
+    );
+    check_graph(
+        "batched matmul with shared right side, transposed",
+        &[&[3, 4, 5], &[6, 5], &[3, 5, 4]],
+        &|p| {
+            let a = p[0].matmul_t(&p[1])?; // [3,4,6]
+            let b = p[2].matmul_with(&p[0], true, true)?; // [3,4,5]^T-ish: p2^T [3,4,5] x p0^T [3,5,4] -> [3,4,4]
+            a.sum()?.add(&b.mul(&b)?.sum()?)
+        },
+        3,
+    );
 }
 
 #[test]
 fn shape_ops_and_normalisations() {
-    check_graph("permute/reshape/sum_axis/softmax", &[&[2, 3, 4]], &|p| {
-        let t = p[0].permute(&[2, 0, 1])?.reshape(&[4, 6])?.softmax()?; // [4,6]
-        let w = t.transpose(0, 1)?.sum_axis(1)?; // [6]
-        w.mul(&w)?.sum()
-    }, 4);
-    check_graph("layer_norm", &[&[5, 8], &[8], &[8]], &|p| {
-        let y = p[0].layer_norm(&p[1], &p[2], 1e-5)?;
-        y.mul(&y)?.mean()
-    }, 5);
-    check_graph("l2 normalize both modes", &[&[4, 6], &[6]], &|p| {
-        let a = p[0].l2_normalize(L2Mode::AddEps(1e-6))?;
-        let b = p[0].l2_normalize(L2Mode::ClampMin(1e-6))?;
-        a.add(&b)?.mul(&p[1])?.sum()
-    }, 6);
-    check_graph("embedding", &[&[5, 3]], &|p| {
-        let e = p[0].embedding(&[4, 0, 4, 2])?;
-        e.mul(&e)?.sum()
-    }, 7);
+    check_graph(
+        "permute/reshape/sum_axis/softmax",
+        &[&[2, 3, 4]],
+        &|p| {
+            let t = p[0].permute(&[2, 0, 1])?.reshape(&[4, 6])?.softmax()?; // [4,6]
+            let w = t.transpose(0, 1)?.sum_axis(1)?; // [6]
+            w.mul(&w)?.sum()
+        },
+        4,
+    );
+    check_graph(
+        "layer_norm",
+        &[&[5, 8], &[8], &[8]],
+        &|p| {
+            let y = p[0].layer_norm(&p[1], &p[2], 1e-5)?;
+            y.mul(&y)?.mean()
+        },
+        5,
+    );
+    check_graph(
+        "l2 normalize both modes",
+        &[&[4, 6], &[6]],
+        &|p| {
+            let a = p[0].l2_normalize(L2Mode::AddEps(1e-6))?;
+            let b = p[0].l2_normalize(L2Mode::ClampMin(1e-6))?;
+            a.add(&b)?.mul(&p[1])?.sum()
+        },
+        6,
+    );
+    check_graph(
+        "embedding",
+        &[&[5, 3]],
+        &|p| {
+            let e = p[0].embedding(&[4, 0, 4, 2])?;
+            e.mul(&e)?.sum()
+        },
+        7,
+    );
 }
 
 #[test]
@@ -178,31 +217,66 @@ fn model_ops_wire_gradients() {
     use std::sync::Arc;
     use vlsa::kernels::em::GradMode;
     let gpu = common::gpu();
-    check_graph("self-attention", &[&[2, 5, 8], &[2, 6, 8], &[2, 6, 8]], &|p| {
-        let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
-        o.mul(&o)?.sum()
-    }, 11);
-    check_graph("cross-attention over shared keys", &[&[2, 5, 8], &[1, 3, 8], &[1, 3, 8]], &|p| {
-        let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
-        o.mul(&o)?.sum()
-    }, 12);
+    check_graph(
+        "self-attention",
+        &[&[2, 5, 8], &[2, 6, 8], &[2, 6, 8]],
+        &|p| {
+            let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
+            o.mul(&o)?.sum()
+        },
+        11,
+    );
+    check_graph(
+        "cross-attention over shared keys",
+        &[&[2, 5, 8], &[1, 3, 8], &[1, 3, 8]],
+        &|p| {
+            let o = p[0].attention(&p[1], &p[2], 2, false, None)?;
+            o.mul(&o)?.sum()
+        },
+        12,
+    );
     let bases = Tensor::from_vec(gpu, &[0.6, 0.8, 0.0, 0.0, 0.0, 0.6, 0.8, 0.0, 0.5, 0.5, 0.5, 0.5], &[3, 4]).unwrap();
-    check_graph("EM unrolled", &[&[2, 7, 4], &[2, 7, 4]], &|p| {
-        let em = p[0].em_aggregate(&bases, 3, 1.0, GradMode::Unrolled)?;
-        em.recon.mul(&p[1])?.sum()
-    }, 13);
-    check_graph("patch embedding", &[&[2, 3, 8, 8], &[5, 3, 4, 4]], &|p| {
-        let t = p[0].patch_embed(&p[1])?;
-        t.mul(&t)?.sum()
-    }, 14);
-    check_graph("bilinear resize", &[&[2, 3, 4, 4], &[2, 3, 7, 9]], &|p| p[0].resize_bilinear(7, 9)?.mul(&p[1])?.sum(), 15);
-    check_graph("mask head", &[&[2, 5, 6], &[3, 6], &[1]], &|p| {
-        let l = p[0].mask_head(&p[1], &p[2])?;
-        l.mul(&l)?.mean()
-    }, 16);
+    check_graph(
+        "EM unrolled",
+        &[&[2, 7, 4], &[2, 7, 4]],
+        &|p| {
+            let em = p[0].em_aggregate(&bases, 3, 1.0, GradMode::Unrolled)?;
+            em.recon.mul(&p[1])?.sum()
+        },
+        13,
+    );
+    check_graph(
+        "patch embedding",
+        &[&[2, 3, 8, 8], &[5, 3, 4, 4]],
+        &|p| {
+            let t = p[0].patch_embed(&p[1])?;
+            t.mul(&t)?.sum()
+        },
+        14,
+    );
+    check_graph(
+        "bilinear resize",
+        &[&[2, 3, 4, 4], &[2, 3, 7, 9]],
+        &|p| p[0].resize_bilinear(7, 9)?.mul(&p[1])?.sum(),
+        15,
+    );
+    check_graph(
+        "mask head",
+        &[&[2, 5, 6], &[3, 6], &[1]],
+        &|p| {
+            let l = p[0].mask_head(&p[1], &p[2])?;
+            l.mul(&l)?.mean()
+        },
+        16,
+    );
     let target: Vec<u32> = (0..2 * 16).map(|i| (i * 7 % 3) as u32).collect();
     let target = Arc::new(gpu.upload(&target).unwrap());
-    check_graph("cross-entropy + dice", &[&[2, 3, 4, 4]], &|p| p[0].scale(3.0)?.cross_entropy(&target)?.add(&p[0].dice_loss(&target)?), 17);
+    check_graph(
+        "cross-entropy + dice",
+        &[&[2, 3, 4, 4]],
+        &|p| p[0].scale(3.0)?.cross_entropy(&target)?.add(&p[0].dice_loss(&target)?),
+        17,
+    );
 }
 
 #[test]

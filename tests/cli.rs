@@ -15,7 +15,11 @@ const CONFIG: &str = r#"{"image_size": 32, "patch_size": 8,
 
 fn vlsa(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -61,7 +65,8 @@ fn model(dir: &Dir) -> String {
 fn write_images(dir: &Path) {
     let rgb: Vec<u8> = (0..45 * 30 * 3).map(|i| (i * 13 % 251) as u8).collect();
     Image::from_rgb8(45, 30, &rgb).unwrap().save_png(&dir.join("a.png")).unwrap();
-    let grey = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(20, 64, |x, y| image::Luma([(x * 3000 + y * 200) as u16]));
+    let grey =
+        image::ImageBuffer::<image::Luma<u16>, _>::from_fn(20, 64, |x, y| image::Luma([(x * 3000 + y * 200) as u16]));
     grey.save(dir.join("b.png")).unwrap();
     let rgba = image::RgbaImage::from_fn(33, 33, |x, y| image::Rgba([x as u8 * 7, y as u8 * 7, 90, 128]));
     image::DynamicImage::ImageRgba8(rgba).to_rgb8().save(dir.join("c.jpg")).unwrap();
@@ -73,7 +78,19 @@ fn segment_writes_masks_at_original_size_and_overlays() {
     let m = model(&dir);
     write_images(&dir.0);
     let out = dir.path("out");
-    let stdout = ok(&["segment", "--model", &m, "--image", &dir.path("a.png"), "--image", &dir.path("b.png"), "--image", &dir.path("c.jpg"), "--out", &out]);
+    let stdout = ok(&[
+        "segment",
+        "--model",
+        &m,
+        "--image",
+        &dir.path("a.png"),
+        "--image",
+        &dir.path("b.png"),
+        "--image",
+        &dir.path("c.jpg"),
+        "--out",
+        &out,
+    ]);
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
     for (stem, w, h) in [("a", 45, 30), ("b", 20, 64), ("c", 33, 33)] {
         let mask = Mask::load(&Path::new(&out).join(format!("{stem}_mask.png")), Some(3)).unwrap();
@@ -95,7 +112,17 @@ fn forward_and_grad_dump_design_names() {
     let dir = Dir::new("dump");
     let m = model(&dir);
     write_images(&dir.0);
-    ok(&["forward", "--model", &m, "--image", &dir.path("a.png"), "--image", &dir.path("c.jpg"), "--dump", &dir.path("f.safetensors")]);
+    ok(&[
+        "forward",
+        "--model",
+        &m,
+        "--image",
+        &dir.path("a.png"),
+        "--image",
+        &dir.path("c.jpg"),
+        "--dump",
+        &dir.path("f.safetensors"),
+    ]);
     let f = TensorFile::read(&dir.0.join("f.safetensors")).unwrap();
     let shapes: Vec<(&str, Vec<usize>)> = vec![
         ("input", vec![2, 3, 32, 32]),
@@ -113,8 +140,20 @@ fn forward_and_grad_dump_design_names() {
     for (name, shape) in &shapes {
         assert_eq!(&f.tensors[*name].shape, shape, "{name}");
     }
-    Mask { width: 45, height: 30, labels: (0..45 * 30).map(|i| (i % 3) as u8).collect() }.save_png(&dir.0.join("a_gt.png")).unwrap();
-    ok(&["grad", "--model", &m, "--image", &dir.path("a.png"), "--mask", &dir.path("a_gt.png"), "--dump", &dir.path("g.safetensors")]);
+    Mask { width: 45, height: 30, labels: (0..45 * 30).map(|i| (i % 3) as u8).collect() }
+        .save_png(&dir.0.join("a_gt.png"))
+        .unwrap();
+    ok(&[
+        "grad",
+        "--model",
+        &m,
+        "--image",
+        &dir.path("a.png"),
+        "--mask",
+        &dir.path("a_gt.png"),
+        "--dump",
+        &dir.path("g.safetensors"),
+    ]);
     let g = TensorFile::read(&dir.0.join("g.safetensors")).unwrap();
     let file = TensorFile::read(Path::new(&m)).unwrap();
     let trainable: Vec<&String> = file.tensors.keys().filter(|n| !vlsa::model::FROZEN.contains(&n.as_str())).collect();
@@ -141,9 +180,29 @@ fn bad_input_is_one_clear_sentence() {
     assert!(e.contains("cfg.json"), "{e}");
     write_images(&dir.0);
     Mask { width: 45, height: 30, labels: vec![7; 45 * 30] }.save_png(&dir.0.join("bad_gt.png")).unwrap();
-    let e = fails(&["grad", "--model", &m, "--image", &dir.path("a.png"), "--mask", &dir.path("bad_gt.png"), "--dump", &dir.path("g.safetensors")]);
+    let e = fails(&[
+        "grad",
+        "--model",
+        &m,
+        "--image",
+        &dir.path("a.png"),
+        "--mask",
+        &dir.path("bad_gt.png"),
+        "--dump",
+        &dir.path("g.safetensors"),
+    ]);
     assert!(e.contains("bad_gt.png") && e.contains("class value 7"), "{e}");
-    let e = fails(&["grad", "--model", &m, "--image", &dir.path("a.png"), "--mask", &dir.path("b.png"), "--dump", &dir.path("g.safetensors")]);
+    let e = fails(&[
+        "grad",
+        "--model",
+        &m,
+        "--image",
+        &dir.path("a.png"),
+        "--mask",
+        &dir.path("b.png"),
+        "--dump",
+        &dir.path("g.safetensors"),
+    ]);
     assert!(e.contains("b.png"), "{e}");
     assert!(!dir.0.join("g.safetensors").exists(), "nothing is written on failure");
 }

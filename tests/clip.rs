@@ -37,7 +37,13 @@ fn features_match(image_size: usize, input: &str, want: &str) {
     let want = &reference.tensors[want];
     assert_eq!(out.vision_features.shape(), &want.shape[..]);
     let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
-    common::assert_close(&format!("CLIP features at {image_size}"), &out.vision_features.to_vec().unwrap(), &want, 0.0, 1e-4);
+    common::assert_close(
+        &format!("CLIP features at {image_size}"),
+        &out.vision_features.to_vec().unwrap(),
+        &want,
+        0.0,
+        1e-4,
+    );
 }
 
 #[test]
@@ -57,7 +63,8 @@ fn unprefixed_names_and_mismatches() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
     let mut file = TensorFile::read(&fixture().join("model.safetensors")).unwrap();
-    file.tensors = file.tensors.into_iter().map(|(n, t)| (n.trim_start_matches("vision_model.").to_string(), t)).collect();
+    file.tensors =
+        file.tensors.into_iter().map(|(n, t)| (n.trim_start_matches("vision_model.").to_string(), t)).collect();
     file.write(&dir.join("model.safetensors"), false).unwrap();
     let a = ClipVision::load(&fixture()).unwrap();
     let b = ClipVision::load(&dir).unwrap();

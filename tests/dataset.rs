@@ -16,7 +16,9 @@ fn folder(name: &str) -> PathBuf {
 fn write_pair(dir: &Path, name: &str, w: usize, h: usize, mask_w: usize, label: u8) {
     let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
     Image::from_rgb8(w, h, &rgb).unwrap().save_png(&dir.join(format!("images/{name}.png"))).unwrap();
-    Mask { width: mask_w, height: h, labels: vec![label; mask_w * h] }.save_png(&dir.join(format!("masks/{name}.png"))).unwrap();
+    Mask { width: mask_w, height: h, labels: vec![label; mask_w * h] }
+        .save_png(&dir.join(format!("masks/{name}.png")))
+        .unwrap();
 }
 
 #[test]
@@ -65,6 +67,7 @@ fn broken_folders_are_one_clear_error() {
     let e = error_of(&dir, 3);
     assert!(e.contains("is not a data set") && e.contains("masks"), "{e}");
     for name in ["missing-mask", "size", "range", "empty"] {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("vlsa-dataset-{name}-{}", std::process::id())));
+        let _ =
+            std::fs::remove_dir_all(std::env::temp_dir().join(format!("vlsa-dataset-{name}-{}", std::process::id())));
     }
 }

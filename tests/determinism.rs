@@ -33,7 +33,8 @@ fn step(gpu: &Gpu, grad: &str, seed: u64) -> Vec<(String, Vec<u32>)> {
     let loss = model.loss(&out.logits_up, &target).unwrap();
     backward(&loss).unwrap();
     let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    let mut results: Vec<(String, Vec<u32>)> = out.named().into_iter().map(|(name, t)| (name.to_string(), bits(t))).collect();
+    let mut results: Vec<(String, Vec<u32>)> =
+        out.named().into_iter().map(|(name, t)| (name.to_string(), bits(t))).collect();
     results.push(("loss".into(), bits(&loss)));
     for (name, p) in model.parameters() {
         // No gradient (in_proj in detached mode) is recorded as an empty list.
@@ -58,7 +59,10 @@ fn same_seed_same_adapter_gives_bit_identical_results() {
     for grad in ["detached", "unrolled"] {
         let first = step(common::gpu(), grad, 42);
         // Every gradient is non-trivial, so the comparison means something.
-        assert!(first.iter().filter(|(n, _)| n.starts_with("grad.")).any(|(_, g)| g.iter().any(|&b| f32::from_bits(b) != 0.0)));
+        assert!(first
+            .iter()
+            .filter(|(n, _)| n.starts_with("grad."))
+            .any(|(_, g)| g.iter().any(|&b| f32::from_bits(b) != 0.0)));
         // A second device, with an empty pool.
         let fresh = Gpu::new().unwrap();
         assert_identical(&format!("{grad}, fresh device"), &first, &step(&fresh, grad, 42));

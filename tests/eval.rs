@@ -81,7 +81,8 @@ fn tiny(classes: &[&str]) -> Config {
 }
 
 fn synth(task: Task, domain: &str, dir: &std::path::Path) {
-    write_dataset(&SynthOptions { task, domain: Domain::of(task, domain).unwrap(), count: 3, size: 24, seed: 1 }, dir).unwrap();
+    write_dataset(&SynthOptions { task, domain: Domain::of(task, domain).unwrap(), count: 3, size: 24, seed: 1 }, dir)
+        .unwrap();
 }
 
 #[test]
@@ -96,7 +97,8 @@ fn predictions_are_the_argmax_resized_to_each_image() {
     let refs: Vec<&Image> = images.iter().collect();
     let got = predict(&model, &refs).unwrap();
     let c = &model.config;
-    let input = vlsa::Tensor::from_vec(gpu, &preprocess(&refs, 16, c.pixel_mean, c.pixel_std), &[2, 3, 16, 16]).unwrap();
+    let input =
+        vlsa::Tensor::from_vec(gpu, &preprocess(&refs, 16, c.pixel_mean, c.pixel_std), &[2, 3, 16, 16]).unwrap();
     let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
     for (b, img) in images.iter().enumerate() {
         let labels: Vec<u8> = (0..256)
@@ -123,16 +125,25 @@ fn eval_command_end_to_end_and_class_mismatches() {
     model.save(&model_path, false).unwrap();
     let json_path = root.join("eval.json");
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+        std::process::Command::new(env!("CARGO_BIN_EXE_vlsa"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap()
     };
-    let (m, a_s, c_s, j) = (model_path.to_str().unwrap(), a.to_str().unwrap(), c.to_str().unwrap(), json_path.to_str().unwrap());
+    let (m, a_s, c_s, j) =
+        (model_path.to_str().unwrap(), a.to_str().unwrap(), c.to_str().unwrap(), json_path.to_str().unwrap());
     let out = run(&["eval", "--model", m, "--data", a_s, "--data", c_s, "--json", j, "--batch", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("optic disc") && stdout.contains("optic cup") && stdout.contains("mean over 2 data sets"), "{stdout}");
+    assert!(
+        stdout.contains("optic disc") && stdout.contains("optic cup") && stdout.contains("mean over 2 data sets"),
+        "{stdout}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     // The command's numbers are the library's, batch size notwithstanding.
-    let expected: Vec<_> = [&a, &c].iter().map(|d| evaluate(&model, &Dataset::load(d, 3).unwrap(), 3).unwrap()).collect();
+    let expected: Vec<_> =
+        [&a, &c].iter().map(|d| evaluate(&model, &Dataset::load(d, 3).unwrap(), 3).unwrap()).collect();
     for (i, r) in expected.iter().enumerate() {
         let d = &json["datasets"][i];
         assert_eq!(d["images"], 3);
@@ -155,7 +166,12 @@ fn eval_command_end_to_end_and_class_mismatches() {
     let out = run(&["eval", "--model", m, "--data", h]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("vlsa: the data set") && stderr.contains("has 4 classes") && stderr.contains("the model has 3"), "{stderr}");
+    assert!(
+        stderr.starts_with("vlsa: the data set")
+            && stderr.contains("has 4 classes")
+            && stderr.contains("the model has 3"),
+        "{stderr}"
+    );
     // Without domain.json the masks themselves give the mismatch away.
     std::fs::remove_file(heart.join("domain.json")).unwrap();
     let e = vlsa::eval::evaluate_folders(&model, std::slice::from_ref(&heart), 4).unwrap_err().to_string();

@@ -38,7 +38,6 @@ use vlsa::data::Dataset;
 use vlsa::image_io::{Image, Mask};
 use vlsa::text::Tokenizer;
 
-
 /// The most one image decode may allocate at once: far above what the seeds need (a few KiB)
 /// and far below what a huge declared size would ask for.
 const ALLOCATION_BOUND: usize = 64 << 20;
@@ -52,7 +51,11 @@ fn cases_from_env(default: usize) -> (usize, u64) {
 /// Runs `f` under `catch_unwind`; a panic becomes a failure description (and the input is saved).
 fn guarded<T>(what: &str, input: &[u8], f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
         let path = std::env::temp_dir().join(format!("vlsa-fuzz-failure-{}.bin", what.replace([' ', '/', '='], "_")));
         let _ = std::fs::write(&path, input);
         format!("{what}: PANIC `{message}` (input saved to {})", path.display())
@@ -65,7 +68,12 @@ fn is_one_sentence(msg: &str, source: &str) -> bool {
 }
 
 fn report(failures: &[String]) {
-    assert!(failures.is_empty(), "{} failures, first ones:\n{}", failures.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures, first ones:\n{}",
+        failures.len(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 // ----- PNG and JPEG seeds -----
@@ -97,7 +105,15 @@ fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 
 /// A PNG written by hand (zlib "stored" blocks, filter 0), for colour types the encoder of the
 /// `image` crate does not write: palette and 1-bit grey.
-fn handmade_png(width: u32, height: u32, bit_depth: u8, color_type: u8, row_bytes: usize, palette: Option<&[u8]>, fill: impl Fn(usize) -> u8) -> Vec<u8> {
+fn handmade_png(
+    width: u32,
+    height: u32,
+    bit_depth: u8,
+    color_type: u8,
+    row_bytes: usize,
+    palette: Option<&[u8]>,
+    fill: impl Fn(usize) -> u8,
+) -> Vec<u8> {
     let mut raw = Vec::new();
     for y in 0..height as usize {
         raw.push(0);
@@ -167,7 +183,9 @@ fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let rgb = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 30) as u8, (y * 40) as u8, 99]));
     let rgba = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x * 30) as u8, (y * 40) as u8, 7, (x * y) as u8]));
     let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(w, h, |x, _| image::Luma([(x % 2) as u16]));
-    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(w, h, |x, y| image::Rgb([x as u16 * 9000, y as u16 * 300, 65535]));
+    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(w, h, |x, y| {
+        image::Rgb([x as u16 * 9000, y as u16 * 300, 65535])
+    });
     let grey_rgb = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([(x % 2) as u8; 3]));
     let palette: Vec<u8> = vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 250, 10, 10];
     vec![
@@ -181,8 +199,22 @@ fn image_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("rgb8.png", encode(&DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png)),
         ("rgba8.png", encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png)),
         ("rgb16.png", encode(&DynamicImage::ImageRgb16(rgb16), ImageFormat::Png)),
-        ("grey.jpg", encode(&DynamicImage::ImageLuma8(image::GrayImage::from_fn(16, 9, |x, y| image::Luma([(x * 16 + y) as u8]))), ImageFormat::Jpeg)),
-        ("rgb.jpg", encode(&DynamicImage::ImageRgb8(image::RgbImage::from_fn(17, 8, |x, y| image::Rgb([(x * 15) as u8, (y * 30) as u8, 60]))), ImageFormat::Jpeg)),
+        (
+            "grey.jpg",
+            encode(
+                &DynamicImage::ImageLuma8(image::GrayImage::from_fn(16, 9, |x, y| image::Luma([(x * 16 + y) as u8]))),
+                ImageFormat::Jpeg,
+            ),
+        ),
+        (
+            "rgb.jpg",
+            encode(
+                &DynamicImage::ImageRgb8(image::RgbImage::from_fn(17, 8, |x, y| {
+                    image::Rgb([(x * 15) as u8, (y * 30) as u8, 60])
+                })),
+                ImageFormat::Jpeg,
+            ),
+        ),
     ]
     .into_iter()
     .inspect(|(name, bytes)| assert!(Image::decode(bytes, name).is_ok() && n > 0, "seed {name} must decode"))
@@ -196,7 +228,11 @@ fn mutate_image(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let sizes = [0u32, 1, 65_535, 65_536, 100_000, 1 << 20, 1 << 28, 0x7FFF_FFFF, 0x8000_0000, u32::MAX];
     match rng.below(8) {
         0 if is_png => with_png_size(seed, sizes[rng.below(sizes.len())], sizes[rng.below(sizes.len())]),
-        0 => with_jpeg_size(seed, sizes[rng.below(sizes.len())].min(65_535) as u16, sizes[rng.below(sizes.len())].min(65_535) as u16),
+        0 => with_jpeg_size(
+            seed,
+            sizes[rng.below(sizes.len())].min(65_535) as u16,
+            sizes[rng.below(sizes.len())].min(65_535) as u16,
+        ),
         _ => {
             let mut b = seed.to_vec();
             for _ in 0..1 + rng.below(3) {
@@ -214,8 +250,17 @@ fn mutate_image(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 fn check_image(source: &str, result: vlsa::Result<Image>) -> Result<bool, String> {
     match result {
         Ok(img) => {
-            if img.width == 0 || img.height == 0 || img.rgb.len() != img.width * img.height * 3 || !img.rgb.iter().all(|v| (0.0..=1.0).contains(v)) {
-                return Err(format!("{source}: decoded to an inconsistent image {}x{} with {} values", img.width, img.height, img.rgb.len()));
+            if img.width == 0
+                || img.height == 0
+                || img.rgb.len() != img.width * img.height * 3
+                || !img.rgb.iter().all(|v| (0.0..=1.0).contains(v))
+            {
+                return Err(format!(
+                    "{source}: decoded to an inconsistent image {}x{} with {} values",
+                    img.width,
+                    img.height,
+                    img.rgb.len()
+                ));
             }
             Ok(true)
         }
@@ -228,8 +273,17 @@ fn check_mask(source: &str, classes: Option<usize>, result: vlsa::Result<Mask>) 
     match result {
         Ok(m) => {
             let limit = classes.unwrap_or(256);
-            if m.width == 0 || m.height == 0 || m.labels.len() != m.width * m.height || m.labels.iter().any(|&v| v as usize >= limit) {
-                return Err(format!("{source}: decoded to an inconsistent mask {}x{} with {} labels", m.width, m.height, m.labels.len()));
+            if m.width == 0
+                || m.height == 0
+                || m.labels.len() != m.width * m.height
+                || m.labels.iter().any(|&v| v as usize >= limit)
+            {
+                return Err(format!(
+                    "{source}: decoded to an inconsistent mask {}x{} with {} labels",
+                    m.width,
+                    m.height,
+                    m.labels.len()
+                ));
             }
             Ok(true)
         }
@@ -248,7 +302,8 @@ fn image_corpus() -> Vec<(String, Vec<u8>, Option<&'static str>)> {
     let seeds = image_seeds();
     let grey = &seeds[0].1;
     let jpeg = &seeds.iter().find(|(n, _)| *n == "grey.jpg").unwrap().1;
-    let mut out: Vec<(String, Vec<u8>, Option<&'static str>)> = seeds.iter().map(|(n, b)| (n.to_string(), b.clone(), None)).collect();
+    let mut out: Vec<(String, Vec<u8>, Option<&'static str>)> =
+        seeds.iter().map(|(n, b)| (n.to_string(), b.clone(), None)).collect();
     out.extend([
         // Made the decoder allocate 512 MiB up front before the size check.
         ("ihdr_16384x16384.png".to_string(), with_png_size(grey, 16_384, 16_384), Some("more than its")),
@@ -258,8 +313,20 @@ fn image_corpus() -> Vec<(String, Vec<u8>, Option<&'static str>)> {
         // zune-jpeg's errors for truncated files may span lines; vlsa's are one line.
         ("truncated.jpg".to_string(), jpeg[..jpeg.len() * 2 / 3].to_vec(), Some("cannot be decoded as Jpeg")),
         ("truncated.png".to_string(), grey[..grey.len() / 2].to_vec(), Some("cannot be decoded as Png")),
-        ("bad_crc.png".to_string(), { let mut b = grey.clone(); b[30] ^= 1; b }, Some("cannot be decoded as Png")),
-        ("gif_signature.gif".to_string(), b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(), Some("vlsa reads PNG and JPEG")),
+        (
+            "bad_crc.png".to_string(),
+            {
+                let mut b = grey.clone();
+                b[30] ^= 1;
+                b
+            },
+            Some("cannot be decoded as Png"),
+        ),
+        (
+            "gif_signature.gif".to_string(),
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(),
+            Some("vlsa reads PNG and JPEG"),
+        ),
     ]);
     out
 }
@@ -277,7 +344,8 @@ fn write_corpus() {
 #[test]
 fn image_corpus_decodes_or_is_refused_as_expected() {
     for (name, bytes, expected) in image_corpus() {
-        let stored = std::fs::read(corpus_dir().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}; regenerate with --ignored write_corpus"));
+        let stored = std::fs::read(corpus_dir().join(&name))
+            .unwrap_or_else(|e| panic!("{name}: {e}; regenerate with --ignored write_corpus"));
         assert_eq!(stored, bytes, "{name} differs from the generated seed; regenerate with --ignored write_corpus");
         let source = format!("corpus/{name}");
         let result = guarded(&name, &bytes, || Image::decode(&bytes, &source)).unwrap_or_else(|f| panic!("{f}"));
@@ -299,9 +367,24 @@ fn huge_declared_image_sizes_are_refused_without_large_allocations() {
     let mut failures = Vec::new();
     let mut tried = 0;
     for (name, bytes) in &seeds {
-        let sizes: &[(u32, u32)] = &[(65_535, 65_535), (100_000, 100_000), (16_384, 16_384), (1 << 20, 1), (1, 1 << 20), (u32::MAX, u32::MAX), (0x7FFF_FFFF, 2), (20_000, 13_000), (0, 5), (7, 0)];
+        let sizes: &[(u32, u32)] = &[
+            (65_535, 65_535),
+            (100_000, 100_000),
+            (16_384, 16_384),
+            (1 << 20, 1),
+            (1, 1 << 20),
+            (u32::MAX, u32::MAX),
+            (0x7FFF_FFFF, 2),
+            (20_000, 13_000),
+            (0, 5),
+            (7, 0),
+        ];
         for &(w, h) in sizes {
-            let input = if name.ends_with(".png") { with_png_size(bytes, w, h) } else { with_jpeg_size(bytes, w.min(65_535) as u16, h.min(65_535) as u16) };
+            let input = if name.ends_with(".png") {
+                with_png_size(bytes, w, h)
+            } else {
+                with_jpeg_size(bytes, w.min(65_535) as u16, h.min(65_535) as u16)
+            };
             let what = format!("{name} declared {w}x{h}");
             tried += 2;
             let outcome = guarded(&what, &input, || {
@@ -383,7 +466,21 @@ fn png_of(w: u32, h: u32, f: impl Fn(u32, u32) -> u8) -> Vec<u8> {
     encode(&DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]))), ImageFormat::Png)
 }
 
-const ODD_NAMES: &[&str] = &["a", "b c", "ünïcødé", "x.y", "日本語", "UPPER", "-dash", "tab\there", "emoji😀", "semi;colon", "quote'\"", "dots..", "a%20b"];
+const ODD_NAMES: &[&str] = &[
+    "a",
+    "b c",
+    "ünïcødé",
+    "x.y",
+    "日本語",
+    "UPPER",
+    "-dash",
+    "tab\there",
+    "emoji😀",
+    "semi;colon",
+    "quote'\"",
+    "dots..",
+    "a%20b",
+];
 
 /// What one sample in a random data set is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -403,8 +500,19 @@ enum Variant {
 }
 
 const VARIANTS: &[Variant] = &[
-    Variant::Valid, Variant::Valid, Variant::Valid, Variant::ValidJpeg, Variant::MissingMask, Variant::CorruptMask, Variant::CorruptImage,
-    Variant::MisSizedMask, Variant::OutOfRangeMask, Variant::ColourMask, Variant::EmptyMask, Variant::MaskIsADirectory, Variant::Ignored,
+    Variant::Valid,
+    Variant::Valid,
+    Variant::Valid,
+    Variant::ValidJpeg,
+    Variant::MissingMask,
+    Variant::CorruptMask,
+    Variant::CorruptImage,
+    Variant::MisSizedMask,
+    Variant::OutOfRangeMask,
+    Variant::ColourMask,
+    Variant::EmptyMask,
+    Variant::MaskIsADirectory,
+    Variant::Ignored,
 ];
 
 /// Writes a random data set into `dir`; returns the samples the loader must accept (when
@@ -434,9 +542,19 @@ fn random_dataset(rng: &mut Rng, dir: &Path, classes: usize) -> Option<usize> {
         let (w, h) = (1 + rng.below(12) as u32, 1 + rng.below(12) as u32);
         let variant = VARIANTS[rng.below(VARIANTS.len())];
         let image = if variant == Variant::ValidJpeg {
-            encode(&DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 20) as u8, (y * 20) as u8, 3]))), ImageFormat::Jpeg)
+            encode(
+                &DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([(x * 20) as u8, (y * 20) as u8, 3])
+                })),
+                ImageFormat::Jpeg,
+            )
         } else {
-            encode(&DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 20) as u8, (y * 20) as u8, 3]))), ImageFormat::Png)
+            encode(
+                &DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([(x * 20) as u8, (y * 20) as u8, 3])
+                })),
+                ImageFormat::Png,
+            )
         };
         let good_mask = png_of(w, h, |x, y| ((x + y) as usize % classes) as u8);
         let (ext, image) = match variant {
@@ -445,7 +563,9 @@ fn random_dataset(rng: &mut Rng, dir: &Path, classes: usize) -> Option<usize> {
             _ => (["png", "PNG"][rng.below(2)], image),
         };
         if variant == Variant::Ignored {
-            let file = [format!(".{name}.png"), format!("{name}.txt"), name.clone(), format!(".{name}.png.tmp-1")][rng.below(4)].clone();
+            let file = [format!(".{name}.png"), format!("{name}.txt"), name.clone(), format!(".{name}.png.tmp-1")]
+                [rng.below(4)]
+            .clone();
             std::fs::write(images.join(file), &image).unwrap();
             continue;
         }
@@ -463,8 +583,18 @@ fn random_dataset(rng: &mut Rng, dir: &Path, classes: usize) -> Option<usize> {
             }
             Variant::CorruptImage => std::fs::write(&mask_path, &good_mask).unwrap(),
             Variant::MisSizedMask => std::fs::write(&mask_path, png_of(w + 1, h, |_, _| 0)).unwrap(),
-            Variant::OutOfRangeMask => std::fs::write(&mask_path, png_of(w, h, |x, y| if (x, y) == (0, 0) { classes as u8 } else { 0 })).unwrap(),
-            Variant::ColourMask => std::fs::write(&mask_path, encode(&DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([0, 1, 0]))), ImageFormat::Png)).unwrap(),
+            Variant::OutOfRangeMask => {
+                std::fs::write(&mask_path, png_of(w, h, |x, y| if (x, y) == (0, 0) { classes as u8 } else { 0 }))
+                    .unwrap()
+            }
+            Variant::ColourMask => std::fs::write(
+                &mask_path,
+                encode(
+                    &DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([0, 1, 0]))),
+                    ImageFormat::Png,
+                ),
+            )
+            .unwrap(),
             Variant::EmptyMask => std::fs::write(&mask_path, b"").unwrap(),
             Variant::MaskIsADirectory => std::fs::create_dir_all(&mask_path).unwrap(),
             Variant::Ignored => unreachable!(),
@@ -516,7 +646,9 @@ fn random_data_set_folders_never_panic() {
                     }
                 }
                 for s in &data.samples {
-                    if (s.mask.width, s.mask.height) != (s.image.width, s.image.height) || s.mask.labels.iter().any(|&v| v as usize >= classes) {
+                    if (s.mask.width, s.mask.height) != (s.image.width, s.image.height)
+                        || s.mask.labels.iter().any(|&v| v as usize >= classes)
+                    {
                         failures.push(format!("{what}: sample {} has a mask that does not fit", s.name));
                     }
                 }
@@ -535,15 +667,22 @@ fn random_data_set_folders_never_panic() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(&root);
-    println!("data sets: {cases} random folders (seed {seed}): {loaded} loaded, {refused} refused, {} failures", failures.len());
+    println!(
+        "data sets: {cases} random folders (seed {seed}): {loaded} loaded, {refused} refused, {} failures",
+        failures.len()
+    );
     report(&failures);
 }
 
 // ----- the tokenizer -----
 
 fn tiny_tokenizer_json() -> Value {
-    let pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "optic", "disc", "cup", "##s", "a", "é", "##é", ",", "肝", "##ing"];
-    let vocab: serde_json::Map<String, Value> = pieces.iter().enumerate().map(|(i, p)| (p.to_string(), json!(i))).collect();
+    let pieces = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "optic", "disc", "cup", "##s", "a", "é", "##é", ",", "肝",
+        "##ing",
+    ];
+    let vocab: serde_json::Map<String, Value> =
+        pieces.iter().enumerate().map(|(i, p)| (p.to_string(), json!(i))).collect();
     json!({
         "truncation": {"max_length": 16},
         "added_tokens": [
@@ -565,16 +704,34 @@ fn minilm_tokenizer() -> Option<String> {
 fn random_text(rng: &mut Rng, len: usize) -> String {
     let pools: &[&[char]] = &[
         &['a', 'Z', ' ', '\t', '\n', '\r', ',', '.', '!', '#', '[', ']', '-'],
-        &['\0', '\u{1}', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{a0}', '\u{ad}', '\u{200b}', '\u{200d}', '\u{2028}', '\u{feff}', '\u{fffd}'],
+        &[
+            '\0', '\u{1}', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\u{a0}', '\u{ad}', '\u{200b}', '\u{200d}',
+            '\u{2028}', '\u{feff}', '\u{fffd}',
+        ],
         &['\u{300}', '\u{301}', '\u{308}', '\u{327}', '\u{36f}', '\u{20dd}', '\u{1ab0}', '\u{fe0f}'],
         &['가', '힣', 'ﬃ', 'İ', 'ẞ', 'ǅ', 'Σ', 'ς', 'ß', 'Å', 'é', 'ñ', 'ﷺ', '㌀'],
-        &['\u{d7ff}', '\u{e000}', '\u{f8ff}', '\u{fdd0}', '\u{fffe}', '\u{ffff}', '\u{10000}', '\u{10ffff}', '\u{e0001}', '\u{1f600}', '\u{1f468}'],
+        &[
+            '\u{d7ff}',
+            '\u{e000}',
+            '\u{f8ff}',
+            '\u{fdd0}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{10000}',
+            '\u{10ffff}',
+            '\u{e0001}',
+            '\u{1f600}',
+            '\u{1f468}',
+        ],
         &['肝', '中', '\u{3400}', '\u{20000}', '\u{2f800}', 'ア', 'ー', '、', '。', '\u{202e}', '\u{200f}', 'ا', 'ש'],
     ];
     let mut s = String::new();
     for _ in 0..len {
         match rng.below(12) {
-            0 => s.push_str(["[MASK]", "[SEP]", "[CLS]", "[PAD]", "[UNK]", "[mask]", "[MAS", "##", "##s", "optic disc", "the cup"][rng.below(11)]),
+            0 => s.push_str(
+                ["[MASK]", "[SEP]", "[CLS]", "[PAD]", "[UNK]", "[mask]", "[MAS", "##", "##s", "optic disc", "the cup"]
+                    [rng.below(11)],
+            ),
             1 => s.push(char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('\u{fffd}')),
             _ => {
                 let pool = pools[rng.below(pools.len())];

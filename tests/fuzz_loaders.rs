@@ -34,7 +34,6 @@ use vlsa::config::Config;
 use vlsa::model::{expected_tensors, Model};
 use vlsa::weights::{HostTensor, TensorFile, CONFIG_KEY};
 
-
 // ----- the model under test -----
 
 const SOURCE: &str = "fuzz.safetensors";
@@ -88,10 +87,16 @@ fn run_case(what: &str, input: &[u8], f: impl FnOnce(&[u8]) -> Outcome) -> Resul
     };
     match outcome {
         Err(panic) => {
-            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             Err(format!("{what}: PANIC `{message}` (input saved to {})", saved()))
         }
-        Ok(Outcome::Rejected(msg)) if !is_one_sentence(&msg) => Err(format!("{what}: unclear error `{msg}` (input saved to {})", saved())),
+        Ok(Outcome::Rejected(msg)) if !is_one_sentence(&msg) => {
+            Err(format!("{what}: unclear error `{msg}` (input saved to {})", saved()))
+        }
         Ok(outcome) => Ok(outcome),
     }
 }
@@ -112,7 +117,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
     let valid = tiny_model_file();
     let bytes = valid.to_bytes(false).unwrap();
     let (header, data) = disassemble(&bytes).unwrap();
-    let first_two: Vec<String> = header.as_object().unwrap().iter().filter(|(k, _)| k.as_str() != "__metadata__").map(|(k, _)| k.clone()).take(2).collect();
+    let first_two: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .map(|(k, _)| k.clone())
+        .take(2)
+        .collect();
     let edit_header = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut h = header.clone();
         f(h.as_object_mut().unwrap());
@@ -148,35 +160,105 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
         ("header_length_zero.safetensors", with_header_length(&bytes, 0), Some("not a positive size")),
         ("header_not_utf8.safetensors", non_utf8, Some("UTF-8")),
         ("header_bad_json.safetensors", [&5u64.to_le_bytes()[..], b"{\"a\":"].concat(), Some("JSON")),
-        ("offsets_past_end.safetensors", edit_header(&|h| h.get_mut(&t0).unwrap()["data_offsets"] = json!([0, 1 << 30])), Some("data offsets")),
-        ("offsets_overlapping.safetensors", edit_header(&|h| {
-            let start = h[&t1]["data_offsets"][0].as_u64().unwrap();
-            let end = h[&t1]["data_offsets"][1].as_u64().unwrap();
-            h.get_mut(&t1).unwrap()["data_offsets"] = json!([start - 4, end - 4]);
-        }), Some("overlapping")),
-        ("shape_overflow.safetensors", edit_header(&|h| h.get_mut(&t0).unwrap()["shape"] = json!([1u64 << 62, 1u64 << 62])), Some("overflows")),
+        (
+            "offsets_past_end.safetensors",
+            edit_header(&|h| h.get_mut(&t0).unwrap()["data_offsets"] = json!([0, 1 << 30])),
+            Some("data offsets"),
+        ),
+        (
+            "offsets_overlapping.safetensors",
+            edit_header(&|h| {
+                let start = h[&t1]["data_offsets"][0].as_u64().unwrap();
+                let end = h[&t1]["data_offsets"][1].as_u64().unwrap();
+                h.get_mut(&t1).unwrap()["data_offsets"] = json!([start - 4, end - 4]);
+            }),
+            Some("overlapping"),
+        ),
+        (
+            "shape_overflow.safetensors",
+            edit_header(&|h| h.get_mut(&t0).unwrap()["shape"] = json!([1u64 << 62, 1u64 << 62])),
+            Some("overflows"),
+        ),
         ("dtype_int.safetensors", edit_header(&|h| h.get_mut(&t0).unwrap()["dtype"] = json!("I32")), Some("dtype I32")),
-        ("dtype_size_mismatch.safetensors", edit_header(&|h| h.get_mut(&t0).unwrap()["dtype"] = json!("F64")), Some("data offsets")),
-        ("metadata_not_string.safetensors", edit_header(&|h| { h.insert("__metadata__".into(), json!({CONFIG_KEY: 5})); }), Some("JSON")),
-        ("no_config.safetensors", edit_header(&|h| { h.remove("__metadata__"); }), Some(CONFIG_KEY)),
-        ("config_not_json.safetensors", edit_header(&|h| { h.insert("__metadata__".into(), json!({CONFIG_KEY: "{\"image_size\": "})); }), Some("invalid configuration")),
-        ("config_image_size_1e9.safetensors", with_config(&|c| c["image_size"] = json!(1_000_000_000u64)), Some("image_size 1000000000")),
-        ("config_layers_1e6.safetensors", with_config(&|c| c["vision"]["layers"] = json!(1_000_000)), Some("vision.layers 1000000")),
+        (
+            "dtype_size_mismatch.safetensors",
+            edit_header(&|h| h.get_mut(&t0).unwrap()["dtype"] = json!("F64")),
+            Some("data offsets"),
+        ),
+        (
+            "metadata_not_string.safetensors",
+            edit_header(&|h| {
+                h.insert("__metadata__".into(), json!({CONFIG_KEY: 5}));
+            }),
+            Some("JSON"),
+        ),
+        (
+            "no_config.safetensors",
+            edit_header(&|h| {
+                h.remove("__metadata__");
+            }),
+            Some(CONFIG_KEY),
+        ),
+        (
+            "config_not_json.safetensors",
+            edit_header(&|h| {
+                h.insert("__metadata__".into(), json!({CONFIG_KEY: "{\"image_size\": "}));
+            }),
+            Some("invalid configuration"),
+        ),
+        (
+            "config_image_size_1e9.safetensors",
+            with_config(&|c| c["image_size"] = json!(1_000_000_000u64)),
+            Some("image_size 1000000000"),
+        ),
+        (
+            "config_layers_1e6.safetensors",
+            with_config(&|c| c["vision"]["layers"] = json!(1_000_000)),
+            Some("vision.layers 1000000"),
+        ),
         ("config_patch_zero.safetensors", with_config(&|c| c["patch_size"] = json!(0)), Some("patch_size 0")),
-        ("config_heads_not_dividing.safetensors", with_config(&|c| c["decoder"]["heads"] = json!(3)), Some("decoder.heads 3")),
+        (
+            "config_heads_not_dividing.safetensors",
+            with_config(&|c| c["decoder"]["heads"] = json!(3)),
+            Some("decoder.heads 3"),
+        ),
         ("config_width_negative.safetensors", with_config(&|c| c["vision"]["width"] = json!(-1)), Some("vision.width")),
-        ("config_iters_huge.safetensors", with_config(&|c| c["em"]["iters"] = json!(1_000_000)), Some("em.iters 1000000")),
-        ("config_activation_too_large.safetensors", with_config(&|c| {
-            c["image_size"] = json!(4096);
-            c["patch_size"] = json!(4);
-            c["vision"] = json!({"width": 512, "layers": 1, "heads": 8});
-        }), Some("128 MiB")),
-        ("config_too_many_parameters.safetensors", with_config(&|c| c["vision"] = json!({"width": 8192, "layers": 256, "heads": 64})), Some("parameters")),
+        (
+            "config_iters_huge.safetensors",
+            with_config(&|c| c["em"]["iters"] = json!(1_000_000)),
+            Some("em.iters 1000000"),
+        ),
+        (
+            "config_activation_too_large.safetensors",
+            with_config(&|c| {
+                c["image_size"] = json!(4096);
+                c["patch_size"] = json!(4);
+                c["vision"] = json!({"width": 512, "layers": 1, "heads": 8});
+            }),
+            Some("128 MiB"),
+        ),
+        (
+            "config_too_many_parameters.safetensors",
+            with_config(&|c| c["vision"] = json!({"width": 8192, "layers": 256, "heads": 64})),
+            Some("parameters"),
+        ),
         ("config_unknown_key.safetensors", with_config(&|c| c["em"]["temperature"] = json!(2.0)), Some("temperature")),
-        ("tensor_nan.safetensors", with_tensor("head.logit_scale", Some(HostTensor::new(&[1], vec![f32::NAN]))), Some("non-finite")),
-        ("tensor_wrong_shape.safetensors", with_tensor("head.logit_scale", Some(HostTensor::new(&[2], vec![1.0; 2]))), Some("head.logit_scale has shape [2]")),
+        (
+            "tensor_nan.safetensors",
+            with_tensor("head.logit_scale", Some(HostTensor::new(&[1], vec![f32::NAN]))),
+            Some("non-finite"),
+        ),
+        (
+            "tensor_wrong_shape.safetensors",
+            with_tensor("head.logit_scale", Some(HostTensor::new(&[2], vec![1.0; 2]))),
+            Some("head.logit_scale has shape [2]"),
+        ),
         ("tensor_missing.safetensors", with_tensor("head.em.bases", None), Some("head.em.bases [2, 4] is missing")),
-        ("tensor_unexpected.safetensors", with_tensor("head.extra", Some(HostTensor::new(&[1], vec![1.0]))), Some("unexpected tensor head.extra")),
+        (
+            "tensor_unexpected.safetensors",
+            with_tensor("head.extra", Some(HostTensor::new(&[1], vec![1.0]))),
+            Some("unexpected tensor head.extra"),
+        ),
     ]
 }
 
@@ -212,7 +294,8 @@ fn every_corpus_seed_loads_or_is_refused_with_its_reason() {
     assert_eq!(corpus.len(), expected.len(), "tests/fuzz_corpus is out of date: run the ignored test write_corpus");
     let mut failures = Vec::new();
     for (name, bytes, want) in expected {
-        let committed = corpus.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("tests/fuzz_corpus lacks {name}"));
+        let committed =
+            corpus.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("tests/fuzz_corpus lacks {name}"));
         assert_eq!(committed.1, bytes, "tests/fuzz_corpus/{name} is out of date: run the ignored test write_corpus");
         match (run_case(name, &bytes, load), want) {
             (Err(f), _) => failures.push(f),
@@ -257,7 +340,8 @@ fn mutated_model_files_never_panic() {
     let start = std::time::Instant::now();
     for case in 0..cases {
         // Half the inputs start from a valid file, so mutations also reach the later checks.
-        let (name, base) = if rng.below(2) == 0 { &valid[rng.below(valid.len())] } else { &corpus[rng.below(corpus.len())] };
+        let (name, base) =
+            if rng.below(2) == 0 { &valid[rng.below(valid.len())] } else { &corpus[rng.below(corpus.len())] };
         let mut input = base.clone();
         for _ in 0..1 + rng.below(2) * rng.below(3) {
             input = match rng.below(2) {
@@ -268,11 +352,16 @@ fn mutated_model_files_never_panic() {
         // Parsing and validating never allocate more than a few times the file (the GPU
         // upload of an accepted model is separate and bounded by the config's limits).
         let ((parsed, _), largest) = largest_allocation(|| {
-            let parsed = catch_unwind(AssertUnwindSafe(|| TensorFile::parse(&input, SOURCE).and_then(|f| f.config(SOURCE).map(|c| (f, c)))));
+            let parsed = catch_unwind(AssertUnwindSafe(|| {
+                TensorFile::parse(&input, SOURCE).and_then(|f| f.config(SOURCE).map(|c| (f, c)))
+            }));
             (parsed.is_ok(), ())
         });
         if parsed && largest > 4 * input.len() + (16 << 20) {
-            failures.push(format!("seed {seed} case {case} (from {name}): parsing a {}-byte file allocated {largest} bytes at once", input.len()));
+            failures.push(format!(
+                "seed {seed} case {case} (from {name}): parsing a {}-byte file allocated {largest} bytes at once",
+                input.len()
+            ));
         }
         match run_case(&format!("seed={seed} case={case} from {name}"), &input, load) {
             Ok(Outcome::Accepted) => accepted += 1,
@@ -289,7 +378,10 @@ fn mutated_model_files_never_panic() {
         }
     }
     common::gpu().check_errors().expect("no GPU error is left behind by the loader");
-    println!("fuzz: {cases} mutated model files (seed {seed}): {accepted} loaded, {rejected} refused, in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "fuzz: {cases} mutated model files (seed {seed}): {accepted} loaded, {rejected} refused, in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(accepted > 0 && rejected > 0, "the mutations reach both outcomes ({accepted} loaded, {rejected} refused)");
 }
@@ -330,7 +422,11 @@ fn mutated_configurations_never_panic_and_accepted_ones_are_bounded() {
                 accepted += 1;
                 let largest = c.largest_tensor(1);
                 if largest.bytes() > vlsa::config::PORTABLE_BINDING_BYTES || c.tokens() > 1 << 20 {
-                    failures.push(format!("seed {seed} case {case}: accepted a config whose {} is {} bytes", largest.describe(), largest.bytes()));
+                    failures.push(format!(
+                        "seed {seed} case {case}: accepted a config whose {} is {} bytes",
+                        largest.describe(),
+                        largest.bytes()
+                    ));
                 }
             }
             Ok((Err(e), _)) => {
@@ -361,15 +457,21 @@ fn absurd_sizes_are_refused_before_anything_large_is_allocated() {
         (Box::new(|c| c.vision.mlp_ratio = 1_000_000), "vision.mlp_ratio 1000000 is not between 1 and 16"),
         (Box::new(|c| c.em.iters = usize::MAX), "em.iters"),
         (Box::new(|c| c.text_dim = usize::MAX), "text_dim"),
-        (Box::new(|c| {
-            c.image_size = 4096;
-            c.patch_size = 1;
-        }), "over the 128 MiB"),
-        (Box::new(|c| {
-            c.vision.width = 8192;
-            c.vision.heads = 64;
-            c.vision.layers = 256;
-        }), "more than vlsa's limit of 1073741824"),
+        (
+            Box::new(|c| {
+                c.image_size = 4096;
+                c.patch_size = 1;
+            }),
+            "over the 128 MiB",
+        ),
+        (
+            Box::new(|c| {
+                c.vision.width = 8192;
+                c.vision.heads = 64;
+                c.vision.layers = 256;
+            }),
+            "more than vlsa's limit of 1073741824",
+        ),
     ];
     for (edit, want) in cases {
         let mut c = base.clone();
@@ -391,6 +493,9 @@ fn a_batch_over_the_binding_limit_is_refused_before_any_kernel_runs() {
     let per_image = config.largest_activation(1).bytes();
     let batch = (limit / per_image + 1) as usize;
     let e = config.check_batch(batch, limit).unwrap_err().to_string();
-    assert!(e.contains("max_storage_buffer_binding_size") && e.contains(&format!("at most {} images", limit / per_image)), "{e}");
+    assert!(
+        e.contains("max_storage_buffer_binding_size") && e.contains(&format!("at most {} images", limit / per_image)),
+        "{e}"
+    );
     assert!(config.check_batch(batch - 1, limit).is_ok());
 }

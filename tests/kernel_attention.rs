@@ -83,7 +83,14 @@ fn reference_forward(s: &Attention, q: &[f64], k: &[f64], v: &[f64], mask: Optio
 }
 
 /// dq, dk, dv of L = sum(d_out * out).
-fn reference_backward(s: &Attention, q: &[f64], k: &[f64], v: &[f64], mask: Option<&[f64]>, d_out: &[f64]) -> [Vec<f64>; 3] {
+fn reference_backward(
+    s: &Attention,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: Option<&[f64]>,
+    d_out: &[f64],
+) -> [Vec<f64>; 3] {
     let (w, dh, nq, nk) = (s.heads * s.head_dim, s.head_dim, s.q_len, s.kv_len);
     let (probs, _) = reference_probs(s, q, k, mask);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
@@ -117,7 +124,12 @@ fn reference_backward(s: &Attention, q: &[f64], k: &[f64], v: &[f64], mask: Opti
 }
 
 /// Runs forward (and returns out and lse) on the GPU.
-fn gpu_forward(gpu: &Gpu, x: &[GpuBuffer], s: &Attention, path: ForwardPath) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
+fn gpu_forward(
+    gpu: &Gpu,
+    x: &[GpuBuffer],
+    s: &Attention,
+    path: ForwardPath,
+) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
     let out = gpu.alloc(s.q_elements())?;
     let lse = gpu.alloc(s.lse_elements())?;
     attention::forward_path(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, s, path)?;
@@ -141,12 +153,17 @@ fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
 /// Forward + lse + backward + finite differences of one shape through `check`.
 fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
     let gpu = common::gpu();
-    let few = matches!(path, ForwardPath::FewKeys) || (matches!(path, ForwardPath::Auto) && s.kv_len <= vlsa_kernels::attention::FEW_KEYS);
+    let few = matches!(path, ForwardPath::FewKeys)
+        || (matches!(path, ForwardPath::Auto) && s.kv_len <= vlsa_kernels::attention::FEW_KEYS);
     if s.head_dim > vlsa_kernels::attention::GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
         // Refused with a clear error on GPUs (see GPU_MAX_BLOCKED_HEAD_DIM), not a lost device:
         // the blocked forward and every backward.
         if few {
-            eprintln!("{name}: the backward of head width {} is refused on {}; checked on CPU adapters", s.head_dim, gpu.info().name);
+            eprintln!(
+                "{name}: the backward of head width {} is refused on {}; checked on CPU adapters",
+                s.head_dim,
+                gpu.info().name
+            );
             return;
         }
         let w = s.heads * s.head_dim;
@@ -252,9 +269,15 @@ fn head_dim_128_at_130_tokens() {
 #[test]
 fn causal_matches_reference() {
     let _serial = serial_on_gl();
-    for (n, s) in [Attention::new(1, 1, 1, 1, 16), Attention::new(3, 7, 7, 2, 16), Attention::new(1, 130, 130, 2, 32), Attention::new(2, 33, 7, 1, 16), Attention::new(1, 7, 33, 3, 32)]
-        .into_iter()
-        .enumerate()
+    for (n, s) in [
+        Attention::new(1, 1, 1, 1, 16),
+        Attention::new(3, 7, 7, 2, 16),
+        Attention::new(1, 130, 130, 2, 32),
+        Attention::new(2, 33, 7, 1, 16),
+        Attention::new(1, 7, 33, 3, 32),
+    ]
+    .into_iter()
+    .enumerate()
     {
         check_attention("causal", s.with_causal(true), None, ForwardPath::Auto, 30 + n as u64);
     }
@@ -264,7 +287,10 @@ fn causal_matches_reference() {
 fn key_padding_mask_with_fully_masked_rows() {
     let _serial = serial_on_gl();
     let mut rng = Rng::new(40);
-    for (n, s) in [Attention::new(3, 7, 7, 2, 16), Attention::new(3, 33, 33, 1, 32), Attention::new(1, 130, 130, 2, 16)].into_iter().enumerate() {
+    for (n, s) in [Attention::new(3, 7, 7, 2, 16), Attention::new(3, 33, 33, 1, 32), Attention::new(1, 130, 130, 2, 16)]
+        .into_iter()
+        .enumerate()
+    {
         let m = key_mask(&mut rng, &s, n != 2);
         check_attention("key mask", s, Some(m), ForwardPath::Auto, 41 + n as u64);
     }
@@ -280,9 +306,14 @@ fn shared_keys_cross_attention_on_both_paths() {
     let _serial = serial_on_gl();
     let mut rng = Rng::new(50);
     // Decoder cross-attention: pixel queries over K class embeddings shared by the batch.
-    for (n, s) in [Attention::new(3, 33, 3, 4, 32), Attention::new(1, 1, 2, 1, 16), Attention::new(3, 130, 16, 2, 16), Attention::new(3, 7, 5, 3, 64)]
-        .into_iter()
-        .enumerate()
+    for (n, s) in [
+        Attention::new(3, 33, 3, 4, 32),
+        Attention::new(1, 1, 2, 1, 16),
+        Attention::new(3, 130, 16, 2, 16),
+        Attention::new(3, 7, 5, 3, 64),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let s = s.shared_kv();
         for path in [ForwardPath::FewKeys, ForwardPath::Blocked] {
@@ -312,7 +343,8 @@ fn shared_key_gradients_are_deterministic_and_split_evenly() {
     let kh = rng.vec(s.kv_elements());
     let vh = rng.vec(s.kv_elements());
     let dh = rng.vec(s.q_elements());
-    let (q, k, v, d_out) = (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap(), gpu.upload(&dh).unwrap());
+    let (q, k, v, d_out) =
+        (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap(), gpu.upload(&dh).unwrap());
     let out = gpu.alloc(s.q_elements()).unwrap();
     let lse = gpu.alloc(s.lse_elements()).unwrap();
     attention::forward(gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
@@ -355,10 +387,25 @@ fn long_sequence_4096_sampled_rows() {
             // One query row against every key: a reference with Nq = 1 and the same keys; for
             // the causal case only keys 0..=i are visible.
             let nk = if causal { i + 1 } else { 4096 };
-            let one = Attention { batch: 1, kv_batch: 1, q_len: 1, kv_len: nk, heads: 1, head_dim: dh, scale: s.scale, causal: false };
+            let one = Attention {
+                batch: 1,
+                kv_batch: 1,
+                q_len: 1,
+                kv_len: nk,
+                heads: 1,
+                head_dim: dh,
+                scale: s.scale,
+                causal: false,
+            };
             let qi = f(&qh[i * dh..(i + 1) * dh]);
             let want = reference_forward(&one, &qi, &kd[..nk * dh], &vd[..nk * dh], None);
-            common::assert_close(&format!("N=4096 causal={causal} row {i}"), &out[i * dh..(i + 1) * dh], &want, 1e-4, 1e-5);
+            common::assert_close(
+                &format!("N=4096 causal={causal} row {i}"),
+                &out[i * dh..(i + 1) * dh],
+                &want,
+                1e-4,
+                1e-5,
+            );
             let (_, wl) = reference_probs(&one, &qi, &kd[..nk * dh], None);
             assert!((lse[i] as f64 - wl[0]).abs() < 1e-4 * (1.0 + wl[0].abs()), "lse row {i}: {} vs {}", lse[i], wl[0]);
         }
@@ -382,7 +429,10 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     for dh in [0, 6, 130, 132] {
         let bad = Attention::new(1, 7, 7, 1, dh);
         let err = attention::forward(gpu, &q, &k, &k, None, &out, &lse, &bad).unwrap_err().to_string();
-        assert!(err.contains(&format!("head dimension {dh} is not supported")) && err.contains("multiple of 4"), "{err}");
+        assert!(
+            err.contains(&format!("head dimension {dh} is not supported")) && err.contains("multiple of 4"),
+            "{err}"
+        );
     }
 
     let bad = Attention { kv_batch: 2, ..Attention::new(3, 7, 7, 1, 16) };
@@ -391,7 +441,9 @@ fn bad_shapes_are_errors_naming_the_shapes() {
 
     let many = Attention::new(1, 7, 17, 1, 16);
     let (kk, oo) = (gpu.zeros(many.kv_elements()).unwrap(), gpu.alloc(many.q_elements()).unwrap());
-    let err = attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys).unwrap_err().to_string();
+    let err = attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at most 16 keys") && err.contains("[1, 17, 1x16]"), "{err}");
 
     let small_mask = gpu.zeros(13).unwrap();
@@ -400,6 +452,7 @@ fn bad_shapes_are_errors_naming_the_shapes() {
 
     let short_dq = gpu.alloc(s.q_elements() - 4).unwrap();
     let (dk, dv) = (gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
-    let err = attention::backward(gpu, &q, &k, &k, None, &out, &lse, &q, &short_dq, &dk, &dv, &s).unwrap_err().to_string();
+    let err =
+        attention::backward(gpu, &q, &k, &k, None, &out, &lse, &q, &short_dq, &dk, &dv, &s).unwrap_err().to_string();
     assert!(err.contains("dq has 444 elements") && err.contains("[2, 7, 32]"), "{err}");
 }

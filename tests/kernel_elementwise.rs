@@ -126,7 +126,11 @@ pub fn erf64(x: f64) -> f64 {
         }
         1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
     };
-    if x < 0.0 { -r } else { r }
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
 }
 
 fn ref_unary(op: UnaryOp, x: f64) -> f64 {
@@ -145,7 +149,9 @@ fn ref_unary_grad(op: UnaryOp, x: f64) -> f64 {
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
     match op {
         UnaryOp::Relu => (x > 0.0) as u8 as f64,
-        UnaryOp::Gelu => 0.5 * (1.0 + erf64(x / 2f64.sqrt())) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+        UnaryOp::Gelu => {
+            0.5 * (1.0 + erf64(x / 2f64.sqrt())) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+        }
         UnaryOp::QuickGelu => {
             let s = sig(1.702 * x);
             s + 1.702 * x * s * (1.0 - s)

@@ -12,7 +12,8 @@ const EPS: f64 = 1e-6;
 
 /// The step shapes (B, N, C, M): sizes 1, 7, 33, 130 for N,
 /// odd C, M from 1 to 64, B 1 and 3; N = 300 spans two E-step tiles of 256 tokens.
-const SHAPES: &[(usize, usize, usize, usize)] = &[(1, 1, 3, 1), (3, 7, 5, 4), (1, 33, 9, 7), (3, 130, 7, 16), (1, 70, 3, 64), (2, 300, 3, 5)];
+const SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 1, 3, 1), (3, 7, 5, 4), (1, 33, 9, 7), (3, 130, 7, 16), (1, 70, 3, 64), (2, 300, 3, 5)];
 
 fn shape(b: usize, n: usize, c: usize, m: usize, iters: usize, lambda: f32) -> EmShape {
     EmShape { batch: b, tokens: n, width: c, bases: m, iters, lambda }
@@ -28,7 +29,8 @@ fn ref_e_step(u: &[f64], mu: &[f64], shared: bool, s: &EmShape) -> Vec<f64> {
         let mb = if shared { 0 } else { b * m * c };
         for i in 0..n {
             let row = &u[(b * n + i) * c..][..c];
-            let logits: Vec<f64> = (0..m).map(|k| s.lambda as f64 * (0..c).map(|j| row[j] * mu[mb + k * c + j]).sum::<f64>()).collect();
+            let logits: Vec<f64> =
+                (0..m).map(|k| s.lambda as f64 * (0..c).map(|j| row[j] * mu[mb + k * c + j]).sum::<f64>()).collect();
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let total: f64 = e.iter().sum();
@@ -395,17 +397,19 @@ fn unrolled_loop_matches_reference_and_finite_differences() {
         let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
         let reference = move |x: &[Vec<f64>]| ref_loop(&x[0], &x[1], &s).2;
         check(
-            Case::new(format!("unrolled EM loop {s} lambda={lambda}"), vec![u, bases], reference, move |gpu, x| Ok(em::forward(gpu, &x[0], &x[1], &s, false)?.recon))
-                .backward(
-                    move |gpu, x, dr| {
-                        let fwd = em::forward(gpu, &x[0], &x[1], &s, true)?;
-                        Ok(vec![Some(em::backward_unrolled(gpu, &x[0], &x[1], &fwd, &s, dr)?), None])
-                    },
-                    move |x, dr| {
-                        let g = fd_gradient(&x[0], |u| ref_loop(u, &x[1], &s).2.iter().zip(dr).map(|(a, b)| a * b).sum());
-                        vec![Some(g), None]
-                    },
-                ),
+            Case::new(format!("unrolled EM loop {s} lambda={lambda}"), vec![u, bases], reference, move |gpu, x| {
+                Ok(em::forward(gpu, &x[0], &x[1], &s, false)?.recon)
+            })
+            .backward(
+                move |gpu, x, dr| {
+                    let fwd = em::forward(gpu, &x[0], &x[1], &s, true)?;
+                    Ok(vec![Some(em::backward_unrolled(gpu, &x[0], &x[1], &fwd, &s, dr)?), None])
+                },
+                move |x, dr| {
+                    let g = fd_gradient(&x[0], |u| ref_loop(u, &x[1], &s).2.iter().zip(dr).map(|(a, b)| a * b).sum());
+                    vec![Some(g), None]
+                },
+            ),
         );
     }
 }
@@ -456,7 +460,11 @@ fn accumulating_products_add_to_their_accumulator() {
         // token_dots with bias and an accumulator 5 elements longer than the output.
         let out = gpu.alloc(s.z_len()).unwrap();
         em::token_dots(gpu, "test", &xb, &yb, Bases::PerBatch, Some(&biasb), Some(&up(&acc_z)), &s, &out).unwrap();
-        let want: Vec<f64> = ref_xyt(&x, &y, &s).iter().enumerate().map(|(i, v)| v + bias[(i / (n * m)) * m + i % m] as f64 + acc_z[i] as f64).collect();
+        let want: Vec<f64> = ref_xyt(&x, &y, &s)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + bias[(i / (n * m)) * m + i % m] as f64 + acc_z[i] as f64)
+            .collect();
         assert_close(&format!("token_dots + bias + acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
 
         // The M-step product divided by the column sums, plus an accumulator.
@@ -577,7 +585,12 @@ fn parse_fixture(text: &str) -> std::collections::HashMap<String, Vec<f64>> {
             let stop = value.find([',', '}']).unwrap_or(value.len());
             (&value[..stop], &value[stop..])
         };
-        let nums = body.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| t.parse::<f64>().unwrap_or_else(|_| panic!("{key}: {t}"))).collect();
+        let nums = body
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse::<f64>().unwrap_or_else(|_| panic!("{key}: {t}")))
+            .collect();
         out.insert(key, nums);
         rest = tail;
     }
@@ -598,7 +611,14 @@ fn matches_pytorch_autograd_fixtures() {
         seen += 1;
         let f = parse_fixture(&std::fs::read_to_string(&path).unwrap());
         let dims = &f["shape"];
-        let s = shape(dims[0] as usize, dims[1] as usize, dims[2] as usize, dims[3] as usize, dims[4] as usize, f["lambda"][0] as f32);
+        let s = shape(
+            dims[0] as usize,
+            dims[1] as usize,
+            dims[2] as usize,
+            dims[3] as usize,
+            dims[4] as usize,
+            f["lambda"][0] as f32,
+        );
         let up = |k: &str| gpu.upload(&f[k].iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
         let (u, bases, dr) = (up("u"), up("bases"), up("d_recon"));
         let fwd = em::forward(gpu, &u, &bases, &s, true).unwrap();

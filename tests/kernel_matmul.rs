@@ -82,7 +82,9 @@ fn forward_matches_reference_on_model_shapes() {
     // (class token + 256 patches), several register blocks, the K tail of the weight gradient.
     let mut rng = Rng::new(2);
     for path in PATHS {
-        for (m, n, k, ta, tb) in [(257, 192, 64, false, true), (257, 64, 192, false, false), (192, 64, 257, true, false)] {
+        for (m, n, k, ta, tb) in
+            [(257, 192, 64, false, true), (257, 64, 192, false, false), (192, 64, 257, true, false)]
+        {
             forward_case(&mut rng, Matmul::new(1, m, n, k).trans_a(ta).trans_b(tb), path);
         }
     }
@@ -95,7 +97,11 @@ fn broadcasts_match_reference() {
         for &(batch, m, n, k) in &[(3, 7, 33, 5), (2, 33, 36, 20), (4, 1, 8, 130)] {
             for (ba, bb) in [(true, false), (false, true), (true, true)] {
                 for (ta, tb) in [(false, false), (true, true), (false, true)] {
-                    forward_case(&mut rng, Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_a(ba).broadcast_b(bb), path);
+                    forward_case(
+                        &mut rng,
+                        Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_a(ba).broadcast_b(bb),
+                        path,
+                    );
                 }
             }
         }
@@ -106,7 +112,9 @@ fn broadcasts_match_reference() {
 fn accumulate_adds_to_the_output() {
     let mut rng = Rng::new(4);
     for path in PATHS {
-        for &(batch, m, n, k, ta, tb) in &[(2, 7, 33, 130, false, true), (1, 33, 36, 20, false, false), (2, 36, 40, 7, true, false)] {
+        for &(batch, m, n, k, ta, tb) in
+            &[(2, 7, 33, 130, false, true), (1, 33, 36, 20, false, false), (2, 36, 40, 7, true, false)]
+        {
             let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).accumulate(true);
             let a = Input::random(&mut rng, &[op.a_len()]);
             let b = Input::random(&mut rng, &[op.b_len()]);
@@ -167,12 +175,25 @@ fn default_path_matches_the_adapter() {
 
 /// dA and dB of C = op(A)·op(B) as products of the same kernel, in A's and B's storage layouts.
 /// With a shared B (a Linear weight), dB sums over the batch: the batch folds into the K axis.
-fn gradients(gpu: &Gpu, path: MatmulPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer, dc: &GpuBuffer) -> Result<Vec<Option<GpuBuffer>>> {
+fn gradients(
+    gpu: &Gpu,
+    path: MatmulPath,
+    op: &Matmul,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    dc: &GpuBuffer,
+) -> Result<Vec<Option<GpuBuffer>>> {
     let (m, n, k, batch) = (op.m, op.n, op.k, op.batch);
     assert!(!op.broadcast_a && !(op.broadcast_b && op.trans_a), "not expressible as one product");
     let da = if op.trans_a {
         // A stored [K, M]: dA = (dC·Bᵀ)ᵀ = B·dCᵀ
-        run(gpu, path, &Matmul::new(batch, k, m, n).trans_a(op.trans_b).trans_b(true).broadcast_a(op.broadcast_b), b, dc)?
+        run(
+            gpu,
+            path,
+            &Matmul::new(batch, k, m, n).trans_a(op.trans_b).trans_b(true).broadcast_a(op.broadcast_b),
+            b,
+            dc,
+        )?
     } else {
         // dA = dC·Bᵀ
         run(gpu, path, &Matmul::new(batch, m, k, n).trans_b(!op.trans_b).broadcast_b(op.broadcast_b), dc, b)?
@@ -233,7 +254,10 @@ fn backward_matches_reference_and_finite_differences() {
                     move |x| reference(&op, &x[0], &x[1]),
                     move |gpu, x| run(gpu, path, &op, &x[0], &x[1]),
                 )
-                .backward(move |gpu, x, dc| gradients(gpu, path, &op, &x[0], &x[1], dc), move |x, dc| reference_gradients(&op, x, dc)),
+                .backward(
+                    move |gpu, x, dc| gradients(gpu, path, &op, &x[0], &x[1], dc),
+                    move |x, dc| reference_gradients(&op, x, dc),
+                ),
             );
         }
     }

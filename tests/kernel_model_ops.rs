@@ -101,7 +101,19 @@ fn patch_embed_matches_reference_with_gradients() {
                 move |gpu, x, dy| {
                     let d_image = gpu.alloc(x[0].len())?;
                     let d_weight = gpu.alloc(x[1].len())?;
-                    patch_embed::backward(gpu, &x[0], &x[1], dy, Some(&d_image), &d_weight, s.batch, s.channels, s.size, s.patch, s.dim)?;
+                    patch_embed::backward(
+                        gpu,
+                        &x[0],
+                        &x[1],
+                        dy,
+                        Some(&d_image),
+                        &d_weight,
+                        s.batch,
+                        s.channels,
+                        s.size,
+                        s.patch,
+                        s.dim,
+                    )?;
                     Ok(vec![Some(d_image), Some(d_weight)])
                 },
                 move |x, dy| {
@@ -125,7 +137,8 @@ fn patch_embed_rejects_bad_shapes() {
     let err = patch_embed::forward(gpu, &image, &weight, &out, 1, 3, 16, 4, 4).unwrap_err().to_string();
     assert!(err.contains("[4, 3, 4, 4]") && err.contains("[1, 3, 16, 16]") && err.contains("10 elements"), "{err}");
     let d_out = zeros(gpu, 5).unwrap();
-    let err = patch_embed::backward(gpu, &image, &weight, &d_out, None, &weight, 1, 3, 16, 4, 4).unwrap_err().to_string();
+    let err =
+        patch_embed::backward(gpu, &image, &weight, &d_out, None, &weight, 1, 3, 16, 4, 4).unwrap_err().to_string();
     assert!(err.contains("[1, 3, 16, 16]"), "{err}");
 }
 
@@ -258,7 +271,9 @@ fn nearest_resize_of_class_maps_matches_pytorch_rule() {
         upsample::nearest_u32(gpu, &gpu.upload(&input).unwrap(), &out, &r).unwrap();
         let got: Vec<u32> = gpu.download_pod(&out).unwrap();
         // PyTorch: scale = in / out in f32, src = min(floor(dst * scale), in - 1).
-        let src = |d: usize, n_in: usize, n_out: usize| (((d as f32) * (n_in as f32 / n_out as f32)).floor() as usize).min(n_in - 1);
+        let src = |d: usize, n_in: usize, n_out: usize| {
+            (((d as f32) * (n_in as f32 / n_out as f32)).floor() as usize).min(n_in - 1)
+        };
         let mut i = 0;
         for plane in 0..r.batch * r.channels {
             for y in 0..r.out_h {
@@ -394,7 +409,13 @@ fn seg_inputs(rng: &mut Rng, s: Seg, out_of_range: bool) -> Vec<Input> {
     let mut z = Input::random(rng, &[s.batch, s.classes, s.pixels]);
     z.data.iter_mut().for_each(|v| *v *= 3.0);
     let t: Vec<usize> = (0..s.n())
-        .map(|i| if out_of_range && i % 5 == 2 { [s.classes, 1000, u32::MAX as usize][i % 3] } else { rng.below(s.classes) })
+        .map(|i| {
+            if out_of_range && i % 5 == 2 {
+                [s.classes, 1000, u32::MAX as usize][i % 3]
+            } else {
+                rng.below(s.classes)
+            }
+        })
         .collect();
     vec![z, Input::index(&[s.batch, s.pixels], t)]
 }
@@ -443,12 +464,13 @@ fn dice_matches_reference_with_gradients() {
     let mut rng = Rng::new(15);
     for (j, s) in SEG_SHAPES.into_iter().enumerate() {
         let out_of_range = j % 2 == 0;
-        let dice_on_gpu = move |gpu: &vlsa_kernels::Gpu, x: &[GpuBuffer]| -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
-            let stats = gpu.alloc(loss::dice_stats_len(s.classes).max(1))?;
-            let out = gpu.alloc(1)?;
-            loss::dice(gpu, &x[0], &x[1], &stats, &out, s.batch, s.classes, s.pixels)?;
-            Ok((stats, out))
-        };
+        let dice_on_gpu =
+            move |gpu: &vlsa_kernels::Gpu, x: &[GpuBuffer]| -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
+                let stats = gpu.alloc(loss::dice_stats_len(s.classes).max(1))?;
+                let out = gpu.alloc(1)?;
+                loss::dice(gpu, &x[0], &x[1], &stats, &out, s.batch, s.classes, s.pixels)?;
+                Ok((stats, out))
+            };
         check(
             Case::new(
                 format!("dice {s:?} out_of_range={out_of_range}"),
@@ -501,7 +523,11 @@ fn single_class_dice_is_zero_and_losses_are_deterministic() {
 fn argmax_picks_the_first_largest_class() {
     let gpu = common::gpu();
     let mut rng = Rng::new(16);
-    for s in [Seg { batch: 1, classes: 1, pixels: 7 }, Seg { batch: 2, classes: 3, pixels: 33 * 33 }, Seg { batch: 3, classes: 16, pixels: 130 }] {
+    for s in [
+        Seg { batch: 1, classes: 1, pixels: 7 },
+        Seg { batch: 2, classes: 3, pixels: 33 * 33 },
+        Seg { batch: 3, classes: 16, pixels: 130 },
+    ] {
         // Few distinct values, so ties are common.
         let z: Vec<f32> = (0..s.n() * s.classes).map(|_| rng.below(4) as f32).collect();
         let labels = gpu.alloc(s.n()).unwrap();
@@ -555,7 +581,12 @@ fn adamw_first_step_matches_reference() {
     let mut rng = Rng::new(17);
     let cfg = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 };
     for n in [1usize, 7, 33, 130, 4099] {
-        let inputs = vec![Input::random(&mut rng, &[n]), Input::random(&mut rng, &[n]), Input::random(&mut rng, &[n]), Input::float(&[n], (0..n).map(|_| rng.uniform()).collect())];
+        let inputs = vec![
+            Input::random(&mut rng, &[n]),
+            Input::random(&mut rng, &[n]),
+            Input::random(&mut rng, &[n]),
+            Input::float(&[n], (0..n).map(|_| rng.uniform()).collect()),
+        ];
         check(Case::new(
             format!("adamw step 3 [{n}]"),
             inputs,
@@ -589,7 +620,8 @@ fn adamw_several_steps_match_reference() {
         let (mb, vb) = (zeros(gpu, n).unwrap(), zeros(gpu, n).unwrap());
         for t in 1..=6 {
             // Every 7th gradient is zero (the denominator is then eps alone at step 1).
-            let g: Vec<f32> = rng.vec(n).into_iter().enumerate().map(|(i, x)| if i % 7 == 3 { 0.0 } else { x * t as f32 }).collect();
+            let g: Vec<f32> =
+                rng.vec(n).into_iter().enumerate().map(|(i, x)| if i % 7 == 3 { 0.0 } else { x * t as f32 }).collect();
             adamw::step(gpu, &pb, &gpu.upload(&g).unwrap(), &mb, &vb, n, t, &cfg).unwrap();
             ref_adamw(&mut p, &mut m, &mut v, &g.iter().map(|&x| x as f64).collect::<Vec<_>>(), t, &cfg);
         }
@@ -726,12 +758,20 @@ fn mask_head_matches_reference_with_gradients() {
     let scales = [(1.0f32 / 0.07).ln(), -0.5, 150f32.ln()];
     for (j, h) in shapes.into_iter().enumerate() {
         let ls = scales[j % scales.len()];
-        let inputs = vec![Input::random(&mut rng, &[h.batch, h.tokens, h.width]), Input::random(&mut rng, &[h.classes, h.width]), Input::float(&[1], vec![ls])];
+        let inputs = vec![
+            Input::random(&mut rng, &[h.batch, h.tokens, h.width]),
+            Input::random(&mut rng, &[h.classes, h.width]),
+            Input::float(&[1], vec![ls]),
+        ];
         check(head_case(format!("mask_head {h:?} logit_scale {ls}"), h, inputs).grad_tol(1e-3, 2e-4));
     }
     // The clamped scale at the default shape too.
     let h = Head { batch: 1, tokens: 33, width: 128, classes: 3 };
-    let inputs = vec![Input::random(&mut rng, &[1, 33, 128]), Input::random(&mut rng, &[3, 128]), Input::float(&[1], vec![150f32.ln()])];
+    let inputs = vec![
+        Input::random(&mut rng, &[1, 33, 128]),
+        Input::random(&mut rng, &[3, 128]),
+        Input::float(&[1], vec![150f32.ln()]),
+    ];
     check(head_case(format!("mask_head {h:?} clamped"), h, inputs));
 }
 
@@ -743,9 +783,25 @@ fn mask_head_zero_feature_rows_give_zero_logits() {
     x[5..10].iter_mut().for_each(|v| *v = 0.0);
     let t = Rng::new(21).vec(10);
     let out = gpu.alloc(6).unwrap();
-    mask_head::forward(gpu, &gpu.upload(&x).unwrap(), &gpu.upload(&t).unwrap(), &gpu.upload(&[2.0f32]).unwrap(), &out, h.batch, h.tokens, h.width, h.classes).unwrap();
+    mask_head::forward(
+        gpu,
+        &gpu.upload(&x).unwrap(),
+        &gpu.upload(&t).unwrap(),
+        &gpu.upload(&[2.0f32]).unwrap(),
+        &out,
+        h.batch,
+        h.tokens,
+        h.width,
+        h.classes,
+    )
+    .unwrap();
     let got = gpu.download(&out).unwrap();
-    let want = ref_mask_head(h, &x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &t.iter().map(|&v| v as f64).collect::<Vec<_>>(), 2.0);
+    let want = ref_mask_head(
+        h,
+        &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &t.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        2.0,
+    );
     assert_close("mask head with a zero row", &got, &want, 1e-4, 1e-5);
     assert_eq!((got[1], got[4]), (0.0, 0.0));
 }

@@ -206,7 +206,13 @@ fn softmax_survives_large_logits_and_long_rows() {
         for schedule in SCHEDULES {
             let out = gpu.alloc(rows * cols).unwrap();
             softmax::forward_with(gpu, schedule, &xb, &out, rows, cols).unwrap();
-            common::assert_close(&format!("softmax {schedule:?} [{rows},{cols}] +{offset}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-6);
+            common::assert_close(
+                &format!("softmax {schedule:?} [{rows},{cols}] +{offset}"),
+                &gpu.download(&out).unwrap(),
+                &want,
+                1e-4,
+                1e-6,
+            );
         }
     }
 }
@@ -222,7 +228,13 @@ fn row_kernels_cover_more_than_65535_workgroups() {
     for schedule in SCHEDULES {
         let out = gpu.alloc(rows * cols).unwrap();
         softmax::forward_with(gpu, schedule, &xb, &out, rows, cols).unwrap();
-        common::assert_close(&format!("softmax {schedule:?} [{rows},{cols}]"), &gpu.download(&out).unwrap(), &want, 1e-5, 1e-6);
+        common::assert_close(
+            &format!("softmax {schedule:?} [{rows},{cols}]"),
+            &gpu.download(&out).unwrap(),
+            &want,
+            1e-5,
+            1e-6,
+        );
     }
 }
 
@@ -256,7 +268,9 @@ fn layer_norm_forward_backward_both_schedules() {
                 move |gpu, x, dy| {
                     let (_, mean, rstd) = forward(gpu, x)?;
                     let (dx, dw, db) = (gpu.alloc(rows * cols)?, gpu.alloc(cols)?, gpu.alloc(cols)?);
-                    layer_norm::backward_with(gpu, schedule, &x[0], &x[1], &mean, &rstd, dy, &dx, &dw, &db, rows, cols)?;
+                    layer_norm::backward_with(
+                        gpu, schedule, &x[0], &x[1], &mean, &rstd, dy, &dx, &dw, &db, rows, cols,
+                    )?;
                     Ok(vec![Some(dx), Some(dw), Some(db)])
                 },
                 move |x, dy| {
@@ -279,17 +293,36 @@ fn layer_norm_saves_statistics_and_handles_large_offsets() {
     let w: Vec<f32> = rng.vec(cols);
     let b: Vec<f32> = rng.vec(cols);
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let (w64, b64): (Vec<f64>, Vec<f64>) = (w.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
+    let (w64, b64): (Vec<f64>, Vec<f64>) =
+        (w.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
     let want = ref_layer_norm(&x64, &w64, &b64, cols, eps as f64);
     let stats: Vec<(f64, f64)> = x64.chunks(cols).map(|r| row_stats(r, eps as f64)).collect();
     let (xb, wb, bb) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
     for schedule in SCHEDULES {
         let (out, mean, rstd) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
         layer_norm::forward_with(gpu, schedule, &xb, &wb, &bb, &out, &mean, &rstd, rows, cols, eps).unwrap();
-        common::assert_close(&format!("layer_norm {schedule:?} offset output"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-4);
+        common::assert_close(
+            &format!("layer_norm {schedule:?} offset output"),
+            &gpu.download(&out).unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
         // The saved mean is rounded to f32 (steps of 6e-5 near 1000).
-        common::assert_close("saved mean", &gpu.download(&mean).unwrap(), &stats.iter().map(|s| s.0).collect::<Vec<_>>(), 1e-7, 0.0);
-        common::assert_close("saved rstd", &gpu.download(&rstd).unwrap(), &stats.iter().map(|s| s.1).collect::<Vec<_>>(), 1e-4, 0.0);
+        common::assert_close(
+            "saved mean",
+            &gpu.download(&mean).unwrap(),
+            &stats.iter().map(|s| s.0).collect::<Vec<_>>(),
+            1e-7,
+            0.0,
+        );
+        common::assert_close(
+            "saved rstd",
+            &gpu.download(&rstd).unwrap(),
+            &stats.iter().map(|s| s.1).collect::<Vec<_>>(),
+            1e-4,
+            0.0,
+        );
     }
 }
 
@@ -328,16 +361,21 @@ fn l2norm_both_modes_forward_backward_both_schedules() {
                     Ok((out, norms))
                 };
                 check(
-                    Case::new(format!("l2norm {schedule:?} {mode:?} [{rows},{cols}]"), vec![x], move |x| ref_l2norm(&x[0], cols, mode), move |gpu, x| Ok(forward(gpu, x)?.0))
-                        .backward(
-                            move |gpu, x, dy| {
-                                let (_, norms) = forward(gpu, x)?;
-                                let dx = gpu.alloc(rows * cols)?;
-                                l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, rows, cols, mode)?;
-                                Ok(vec![Some(dx)])
-                            },
-                            move |x, dy| vec![Some(ref_l2norm_backward(&x[0], dy, cols, mode))],
-                        ),
+                    Case::new(
+                        format!("l2norm {schedule:?} {mode:?} [{rows},{cols}]"),
+                        vec![x],
+                        move |x| ref_l2norm(&x[0], cols, mode),
+                        move |gpu, x| Ok(forward(gpu, x)?.0),
+                    )
+                    .backward(
+                        move |gpu, x, dy| {
+                            let (_, norms) = forward(gpu, x)?;
+                            let dx = gpu.alloc(rows * cols)?;
+                            l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, rows, cols, mode)?;
+                            Ok(vec![Some(dx)])
+                        },
+                        move |x, dy| vec![Some(ref_l2norm_backward(&x[0], dy, cols, mode))],
+                    ),
                 );
             }
         }
@@ -363,7 +401,13 @@ fn l2norm_clamped_rows_and_zero_rows() {
                 Ok((out, norms))
             };
             check(
-                Case::new(format!("l2norm {schedule:?} {mode:?} small rows"), vec![x.clone()], move |x| ref_l2norm(&x[0], cols, mode), move |gpu, x| Ok(forward(gpu, x)?.0)).backward(
+                Case::new(
+                    format!("l2norm {schedule:?} {mode:?} small rows"),
+                    vec![x.clone()],
+                    move |x| ref_l2norm(&x[0], cols, mode),
+                    move |gpu, x| Ok(forward(gpu, x)?.0),
+                )
+                .backward(
                     move |gpu, x, dy| {
                         let (_, norms) = forward(gpu, x)?;
                         let dx = gpu.alloc(rows * cols)?;
@@ -384,7 +428,13 @@ fn l2norm_clamped_rows_and_zero_rows() {
         l2norm::forward(gpu, &x, &out, &norms, 1, 4, mode).unwrap();
         l2norm::backward(gpu, &x, &norms, &dy, &dx, 1, 4, mode).unwrap();
         assert_eq!(gpu.download(&out).unwrap(), vec![0.0; 4], "{mode:?}");
-        common::assert_close(&format!("{mode:?} zero-row gradient"), &gpu.download(&dx).unwrap(), &[1e6, -2e6, 0.5e6, 0.0], 1e-5, 0.0);
+        common::assert_close(
+            &format!("{mode:?} zero-row gradient"),
+            &gpu.download(&dx).unwrap(),
+            &[1e6, -2e6, 0.5e6, 0.0],
+            1e-5,
+            0.0,
+        );
     }
 }
 
@@ -403,17 +453,28 @@ fn embedding_gather_and_backward() {
         }
         let indices = Input::index(&[count], idx);
         let gather_ref = move |x: &[Vec<f64>]| -> Vec<f64> {
-            (0..count * dim).map(|g| {
-                let v = x[1][g / dim] as usize;
-                if v < vocab { x[0][v * dim + g % dim] } else { 0.0 }
-            }).collect()
+            (0..count * dim)
+                .map(|g| {
+                    let v = x[1][g / dim] as usize;
+                    if v < vocab {
+                        x[0][v * dim + g % dim]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
         };
         check(
-            Case::new(format!("embedding [{vocab},{dim}] x {count}"), vec![table, indices], gather_ref, move |gpu, x| {
-                let out = gpu.alloc(count * dim)?;
-                embedding::gather(gpu, &x[0], &x[1], &out, count, dim, vocab)?;
-                Ok(out)
-            })
+            Case::new(
+                format!("embedding [{vocab},{dim}] x {count}"),
+                vec![table, indices],
+                gather_ref,
+                move |gpu, x| {
+                    let out = gpu.alloc(count * dim)?;
+                    embedding::gather(gpu, &x[0], &x[1], &out, count, dim, vocab)?;
+                    Ok(out)
+                },
+            )
             .backward(
                 move |gpu, x, dy| {
                     let dtable = gpu.alloc(vocab * dim)?;
@@ -441,7 +502,16 @@ fn embedding_gather_and_backward() {
 fn sum_axis_matches_reference_with_broadcast_backward() {
     let mut rng = Rng::new(50);
     // (1, 1000, 1) and (2, 300, 3) are split into chunks and summed in two passes.
-    for &(outer, len, inner) in &[(1usize, 1usize, 1usize), (1, 7, 1), (7, 33, 1), (1, 33, 130), (3, 130, 7), (1, 1000, 1), (2, 300, 3), (5, 1, 4)] {
+    for &(outer, len, inner) in &[
+        (1usize, 1usize, 1usize),
+        (1, 7, 1),
+        (7, 33, 1),
+        (1, 33, 130),
+        (3, 130, 7),
+        (1, 1000, 1),
+        (2, 300, 3),
+        (5, 1, 4),
+    ] {
         let x = Input::random(&mut rng, &[outer, len, inner]);
         check(
             Case::new(
@@ -463,7 +533,9 @@ fn sum_axis_matches_reference_with_broadcast_backward() {
                     elementwise::binary(gpu, BinaryOp::Add, &zeros, &[outer, len, inner], dy, &[outer, 1, inner], &dx)?;
                     Ok(vec![Some(dx)])
                 },
-                move |_x, dy| vec![Some((0..outer * len * inner).map(|g| dy[(g / (len * inner)) * inner + g % inner]).collect())],
+                move |_x, dy| {
+                    vec![Some((0..outer * len * inner).map(|g| dy[(g / (len * inner)) * inner + g % inner]).collect())]
+                },
             ),
         );
     }
@@ -492,11 +564,16 @@ fn sum_to_shape_matches_reference() {
         let x = Input::random(&mut rng, xs);
         let n_out: usize = ts.iter().product();
         check(
-            Case::new(format!("sum_to_shape {xs:?} -> {ts:?}"), vec![x], move |x| ref_sum_to_shape(&x[0], xs, ts), move |gpu, x| {
-                let out = gpu.alloc(n_out)?;
-                reduce::sum_to_shape(gpu, &x[0], xs, ts, &out)?;
-                Ok(out)
-            })
+            Case::new(
+                format!("sum_to_shape {xs:?} -> {ts:?}"),
+                vec![x],
+                move |x| ref_sum_to_shape(&x[0], xs, ts),
+                move |gpu, x| {
+                    let out = gpu.alloc(n_out)?;
+                    reduce::sum_to_shape(gpu, &x[0], xs, ts, &out)?;
+                    Ok(out)
+                },
+            )
             .fwd_tol(1e-4, 2e-5),
         );
     }
@@ -544,11 +621,16 @@ fn permute_matches_reference_2d_to_5d() {
     for &(shape, perm) in cases {
         let x = Input::random(&mut rng, shape);
         let n: usize = shape.iter().product();
-        check(Case::new(format!("permute {shape:?} by {perm:?}"), vec![x], move |x| ref_permute(&x[0], shape, perm), move |gpu, x| {
-            let out = gpu.alloc(n)?;
-            permute::permute(gpu, &x[0], shape, perm, &out)?;
-            Ok(out)
-        }));
+        check(Case::new(
+            format!("permute {shape:?} by {perm:?}"),
+            vec![x],
+            move |x| ref_permute(&x[0], shape, perm),
+            move |gpu, x| {
+                let out = gpu.alloc(n)?;
+                permute::permute(gpu, &x[0], shape, perm, &out)?;
+                Ok(out)
+            },
+        ));
     }
 }
 
@@ -616,6 +698,15 @@ fn long_loops_are_split_for_llvmpipe() {
         }
     }
     let dtable = gpu.alloc(vocab * dim).unwrap();
-    embedding::scatter_add_backward(gpu, &gpu.upload(&idx).unwrap(), &gpu.upload(&dy).unwrap(), &dtable, count, dim, vocab).unwrap();
+    embedding::scatter_add_backward(
+        gpu,
+        &gpu.upload(&idx).unwrap(),
+        &gpu.upload(&dy).unwrap(),
+        &dtable,
+        count,
+        dim,
+        vocab,
+    )
+    .unwrap();
     common::assert_close("embedding backward 40000 indices", &gpu.download(&dtable).unwrap(), &want, 1e-6, 0.0);
 }

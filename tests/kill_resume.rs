@@ -31,7 +31,19 @@ fn temp_dir(name: &str) -> PathBuf {
 fn train(dir: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vlsa"));
     c.args(["train", "--config"]).arg(dir.join("tiny.json")).arg("--data").arg(dir.join("data"));
-    c.args(["--steps", &STEPS.to_string(), "--batch", "2", "--seed", "3", "--checkpoint-every", "1", "--resume", "--out"]).arg(out);
+    c.args([
+        "--steps",
+        &STEPS.to_string(),
+        "--batch",
+        "2",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "--out",
+    ])
+    .arg(out);
     c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
@@ -41,7 +53,8 @@ fn check_checkpoint(path: &Path, what: &str) -> usize {
     let gpu = common::gpu();
     let file = TensorFile::read(path).unwrap_or_else(|e| panic!("{what}: the checkpoint does not parse: {e}"));
     Model::load(gpu, path).unwrap_or_else(|e| panic!("{what}: the checkpoint does not load as a model: {e}"));
-    Model::load_checkpoint(gpu, path).unwrap_or_else(|e| panic!("{what}: the checkpoint does not load as a checkpoint: {e}"));
+    Model::load_checkpoint(gpu, path)
+        .unwrap_or_else(|e| panic!("{what}: the checkpoint does not load as a checkpoint: {e}"));
     let state: serde_json::Value = serde_json::from_str(&file.metadata[CHECKPOINT_KEY]).unwrap();
     state["step"].as_u64().unwrap() as usize
 }
@@ -56,7 +69,9 @@ fn temporaries(dir: &Path, out_name: &str) -> Vec<String> {
         if outputs.contains(&name) {
             continue;
         }
-        let own = outputs.iter().any(|o| name.strip_prefix(&format!(".{o}.tmp-")).is_some_and(|pid| pid.parse::<u32>().is_ok()));
+        let own = outputs
+            .iter()
+            .any(|o| name.strip_prefix(&format!(".{o}.tmp-")).is_some_and(|pid| pid.parse::<u32>().is_ok()));
         assert!(own, "unexpected file {name} next to the checkpoint");
         temps.push(name);
     }
@@ -155,7 +170,11 @@ fn killed_training_resumes_to_the_same_weights() {
     let rest = train(&dir, &out).output().unwrap();
     assert!(rest.status.success(), "{}", String::from_utf8_lossy(&rest.stderr));
     assert_eq!(check_checkpoint(&out, "resumed"), STEPS);
-    assert_eq!(temporaries(&killed_dir, "ckpt.safetensors"), Vec::<String>::new(), "a finished run leaves no temporary file");
+    assert_eq!(
+        temporaries(&killed_dir, "ckpt.safetensors"),
+        Vec::<String>::new(),
+        "a finished run leaves no temporary file"
+    );
 
     // Bit for bit: every tensor (weights and optimizer moments) and the training state.
     let (a, b) = (TensorFile::read(&reference).unwrap(), TensorFile::read(&out).unwrap());

@@ -33,7 +33,13 @@ fn binding_limit(gpu: &Gpu) -> Option<u64> {
 fn assert_binding_refusal(gpu: &Gpu, err: &Error, kernel: &str, needed: u64, limit: u64) {
     let msg = err.to_string();
     assert!(matches!(err, Error::Limit { .. }), "{msg}");
-    for want in ["max_storage_buffer_binding_size", kernel, &format!("needs {needed}"), &format!("at most {limit}"), &format!("over by {}", needed - limit)] {
+    for want in [
+        "max_storage_buffer_binding_size",
+        kernel,
+        &format!("needs {needed}"),
+        &format!("at most {limit}"),
+        &format!("over by {}", needed - limit),
+    ] {
         assert!(msg.contains(want), "`{want}` missing from: {msg}");
     }
     gpu.sync().expect("the device is unaffected by a refused dispatch");
@@ -80,7 +86,8 @@ fn attention_over_the_binding_limit_is_refused_naming_kernel_and_limit() {
     let kv2 = gpu.upload(&vec![0.2f32; 4 * heads * dh]).unwrap();
     let out = gpu.alloc(spec.q_elements()).unwrap();
     let lse = gpu.alloc(spec.lse_elements()).unwrap();
-    let err = attention::forward(gpu, &q, &kv, &kv2, None, &out, &lse, &spec).err().expect("q is over the binding limit");
+    let err =
+        attention::forward(gpu, &q, &kv, &kv2, None, &out, &lse, &spec).err().expect("q is over the binding limit");
     assert_binding_refusal(gpu, &err, "of attention.wgsl binding 1", needed, limit);
     // Through the op layer.
     let q = Tensor::from_buffer(gpu, q, &[1, q_len, heads * dh]).unwrap();
@@ -103,7 +110,14 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 };
 
 fn fill(gpu: &Gpu, out: &vlsa_kernels::GpuBuffer, workgroups: [u32; 3]) -> vlsa_kernels::Result<()> {
-    gpu.dispatch(Dispatch { shader: &FILL, entry: "fill", params: &[], buffers: &[out], workgroups, label: KernelLabel { kernel: "fill", shape: String::new(), flops: 0, bytes: 0 } })
+    gpu.dispatch(Dispatch {
+        shader: &FILL,
+        entry: "fill",
+        params: &[],
+        buffers: &[out],
+        workgroups,
+        label: KernelLabel { kernel: "fill", shape: String::new(), flops: 0, bytes: 0 },
+    })
 }
 
 #[test]
@@ -120,7 +134,10 @@ fn grids_fold_over_y_and_workgroup_counts_over_the_limit_are_refused() {
     let err = fill(gpu, &out, [max + 1, 1, 1]).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Limit { .. }), "{msg}");
-    assert!(msg.contains("max_compute_workgroups_per_dimension") && msg.contains("`fill`") && msg.contains("over by 1"), "{msg}");
+    assert!(
+        msg.contains("max_compute_workgroups_per_dimension") && msg.contains("`fill`") && msg.contains("over by 1"),
+        "{msg}"
+    );
     // The largest 32-bit count folds to 65538 rows, over the limit too: refused, not wrapped.
     let folded = grid(u32::MAX);
     assert!(folded[1] > max);
@@ -152,7 +169,13 @@ fn a_lost_device_ends_each_call_with_an_error() {
     gpu.device().destroy();
     let mut messages = Vec::new();
     let attempts: Vec<(&str, Box<dyn Fn() -> vlsa_kernels::Result<()>>)> = vec![
-        ("dispatch and sync", Box::new(|| vlsa_kernels::elementwise::unary(&gpu, vlsa_kernels::elementwise::UnaryOp::Relu, &x, &y, 64).and_then(|_| gpu.sync()))),
+        (
+            "dispatch and sync",
+            Box::new(|| {
+                vlsa_kernels::elementwise::unary(&gpu, vlsa_kernels::elementwise::UnaryOp::Relu, &x, &y, 64)
+                    .and_then(|_| gpu.sync())
+            }),
+        ),
         ("download", Box::new(|| gpu.download(&y).map(|_| ()))),
         ("upload and download", Box::new(|| gpu.upload(&[2.0f32; 8]).and_then(|b| gpu.download(&b)).map(|_| ()))),
     ];
@@ -189,7 +212,10 @@ fn a_model_batch_over_the_binding_limit_is_refused_before_any_kernel_runs() {
     let (dispatches, _) = gpu.counters();
     let err = vlsa::no_grad(|| model.forward(&input)).err().expect("the batch is over the limit");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("a batch of {batch} images")) && msg.contains("max_storage_buffer_binding_size"), "{msg}");
+    assert!(
+        msg.contains(&format!("a batch of {batch} images")) && msg.contains("max_storage_buffer_binding_size"),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("at most {} images", batch - 1)), "{msg}");
     assert_eq!(gpu.counters().0, dispatches, "no kernel ran");
     drop(input);

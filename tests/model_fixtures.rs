@@ -56,7 +56,11 @@ fn check_fixture(file: &str) {
     }
     assert_eq!(checked, 104, "every trainable parameter's gradient is compared");
     model.update_bases(out.em_mu.as_ref().unwrap()).unwrap();
-    compare(&format!("{file} em.bases_next"), &model.get("head.em.bases").unwrap().to_vec().unwrap(), &dump["em.bases_next"].data);
+    compare(
+        &format!("{file} em.bases_next"),
+        &model.get("head.em.bases").unwrap().to_vec().unwrap(),
+        &dump["em.bases_next"].data,
+    );
 }
 
 #[test]

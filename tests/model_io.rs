@@ -50,8 +50,10 @@ fn init_save_load_round_trip_in_f32_and_f16() {
 fn loading_problems_name_the_tensor() {
     let gpu = common::gpu();
     let config = tiny();
-    let full: BTreeMap<String, HostTensor> =
-        expected_tensors(&config).into_iter().map(|(n, s)| (n, HostTensor::new(&s, vec![0.1; s.iter().product()]))).collect();
+    let full: BTreeMap<String, HostTensor> = expected_tensors(&config)
+        .into_iter()
+        .map(|(n, s)| (n, HostTensor::new(&s, vec![0.1; s.iter().product()])))
+        .collect();
     let mut missing = full.clone();
     missing.remove("head.em.norm.bias");
     let e = Model::from_host(gpu, config.clone(), missing, "f").err().unwrap().to_string();

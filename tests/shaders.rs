@@ -29,7 +29,9 @@ fn every_shader_parses_and_validates() {
                     continue;
                 }
                 match var.space {
-                    naga::AddressSpace::Uniform => assert_eq!(b.binding, 0, "{name}: the uniform block must be binding 0"),
+                    naga::AddressSpace::Uniform => {
+                        assert_eq!(b.binding, 0, "{name}: the uniform block must be binding 0")
+                    }
                     naga::AddressSpace::Storage { .. } => {
                         assert!(b.binding >= 1, "{name}: storage buffers start at binding 1");
                         storage += 1;

@@ -43,7 +43,8 @@ fn max(v: &[u64]) -> u64 {
 
 #[test]
 fn gpu_pool_and_resident_memory_stay_flat_while_training() {
-    let steps: usize = std::env::var("VLSA_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60).max(2 * WARM_UP);
+    let steps: usize =
+        std::env::var("VLSA_SOAK_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60).max(2 * WARM_UP);
     let gpu = common::gpu();
     let dir = temp_dir("run");
     let data = common::squares(&dir.join("data"), 8, 32, 11);
@@ -82,6 +83,10 @@ fn gpu_pool_and_resident_memory_stay_flat_while_training() {
     );
     assert!(pool.iter().all(|&p| p == pool[0]), "the GPU pool grew after warm-up: {pool:?}");
     assert!(in_use.iter().all(|&b| b == in_use[0]), "buffers in use after a step changed after warm-up: {in_use:?}");
-    assert!(max(&rss[half..]) <= max(&rss[..half]) + RSS_TOLERANCE, "resident memory grew: {:?} MiB", rss.iter().map(|&r| mib(r)).collect::<Vec<_>>());
+    assert!(
+        max(&rss[half..]) <= max(&rss[..half]) + RSS_TOLERANCE,
+        "resident memory grew: {:?} MiB",
+        rss.iter().map(|&r| mib(r)).collect::<Vec<_>>()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

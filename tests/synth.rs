@@ -33,7 +33,11 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn same_seed_same_bytes_other_seed_other_images() {
     for task in [Task::Cardiac, Task::Fundus] {
-        let (a, b, c) = (temp(&format!("{}-a", task.name())), temp(&format!("{}-b", task.name())), temp(&format!("{}-c", task.name())));
+        let (a, b, c) = (
+            temp(&format!("{}-a", task.name())),
+            temp(&format!("{}-b", task.name())),
+            temp(&format!("{}-c", task.name())),
+        );
         write_dataset(&options(task, "B", 4, 48, 7), &a).unwrap();
         write_dataset(&options(task, "B", 4, 48, 7), &b).unwrap();
         write_dataset(&options(task, "B", 4, 48, 8), &c).unwrap();
@@ -129,14 +133,18 @@ fn fundus_cup_lies_inside_the_disc_with_varying_ratio() {
 /// Mean over a few images of a statistic of (image, mask).
 fn mean_stat(task: Task, domain: &str, stat: impl Fn(&Image, &Mask) -> f64) -> f64 {
     let d = Domain::of(task, domain).unwrap();
-    (0..10).map(|i| {
-        let (img, mask) = generate(task, &d, 64, 11, i);
-        stat(&img, &mask)
-    }).sum::<f64>() / 10.0
+    (0..10)
+        .map(|i| {
+            let (img, mask) = generate(task, &d, 64, 11, i);
+            stat(&img, &mask)
+        })
+        .sum::<f64>()
+        / 10.0
 }
 
 fn class_mean(img: &Image, mask: &Mask, k: u8) -> f64 {
-    let v: Vec<f64> = mask.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| img.rgb[i * 3] as f64).collect();
+    let v: Vec<f64> =
+        mask.labels.iter().enumerate().filter(|(_, &l)| l == k).map(|(i, _)| img.rgb[i * 3] as f64).collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
@@ -144,7 +152,8 @@ fn class_mean(img: &Image, mask: &Mask, k: u8) -> f64 {
 fn domains_differ_measurably_and_anatomy_does_not() {
     let mean = |img: &Image, _: &Mask| img.rgb.iter().map(|&v| v as f64).sum::<f64>() / img.rgb.len() as f64;
     let contrast = |img: &Image, mask: &Mask| class_mean(img, mask, 1) - class_mean(img, mask, 2);
-    let (a, b, d) = (mean_stat(Task::Cardiac, "A", mean), mean_stat(Task::Cardiac, "B", mean), mean_stat(Task::Cardiac, "D", mean));
+    let (a, b, d) =
+        (mean_stat(Task::Cardiac, "A", mean), mean_stat(Task::Cardiac, "B", mean), mean_stat(Task::Cardiac, "D", mean));
     assert!(b - a > 0.05 && d - a > 0.03, "cardiac mean intensity A {a:.3}, B {b:.3}, D {d:.3}");
     let (ca, cd) = (mean_stat(Task::Cardiac, "A", contrast), mean_stat(Task::Cardiac, "D", contrast));
     assert!(ca - cd > 0.1, "blood-myocardium contrast A {ca:.3}, D {cd:.3}");
@@ -157,7 +166,11 @@ fn domains_differ_measurably_and_anatomy_does_not() {
         }
         b / r
     };
-    let (fa, fb, fc) = (mean_stat(Task::Fundus, "A", blue_over_red), mean_stat(Task::Fundus, "B", blue_over_red), mean_stat(Task::Fundus, "C", blue_over_red));
+    let (fa, fb, fc) = (
+        mean_stat(Task::Fundus, "A", blue_over_red),
+        mean_stat(Task::Fundus, "B", blue_over_red),
+        mean_stat(Task::Fundus, "C", blue_over_red),
+    );
     assert!(fb > 1.5 * fa && fc < 0.5 * fa, "fundus blue/red A {fa:.3}, B {fb:.3}, C {fc:.3}");
     let (ma, mc) = (mean_stat(Task::Fundus, "A", mean), mean_stat(Task::Fundus, "C", mean));
     assert!(ma - mc > 0.05, "fundus mean intensity A {ma:.3}, C {mc:.3}");
@@ -199,8 +212,24 @@ fn domain_parameters_differ_and_bad_names_are_errors() {
 fn command_line_writes_a_data_set_and_rejects_bad_names() {
     let vlsa = env!("CARGO_BIN_EXE_vlsa");
     let dir = temp("cli");
-    let run = |args: &[&str]| std::process::Command::new(vlsa).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
-    let out = run(&["synth", "--task", "cardiac", "--domain", "C", "--count", "2", "--size", "32", "--out", dir.to_str().unwrap(), "--seed", "3"]);
+    let run = |args: &[&str]| {
+        std::process::Command::new(vlsa).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    };
+    let out = run(&[
+        "synth",
+        "--task",
+        "cardiac",
+        "--domain",
+        "C",
+        "--count",
+        "2",
+        "--size",
+        "32",
+        "--out",
+        dir.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("images/cardiac_C_00001.png").is_file() && dir.join("masks/cardiac_C_00001.png").is_file());
     // Same files as the library makes.

@@ -13,11 +13,16 @@ use serde_json::Value;
 use vlsa::text::{TextEncoder, Tokenizer};
 
 fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("VLSA_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm"));
+    let dir = std::env::var_os("VLSA_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/minilm"));
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {
-        eprintln!("skipped: no MiniLM model folder at {} (run scripts/fetch-minilm.sh or set VLSA_MINILM_DIR)", dir.display());
+        eprintln!(
+            "skipped: no MiniLM model folder at {} (run scripts/fetch-minilm.sh or set VLSA_MINILM_DIR)",
+            dir.display()
+        );
         None
     }
 }
@@ -132,16 +137,31 @@ fn model_folder_problems_are_one_clear_error() {
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     std::fs::copy(dir.join("tokenizer.json"), scratch.join("tokenizer.json")).unwrap();
     std::os::unix::fs::symlink(dir.join("model.safetensors"), scratch.join("model.safetensors")).unwrap();
-    std::fs::write(scratch.join("config.json"), config.replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 7")).unwrap();
+    std::fs::write(scratch.join("config.json"), config.replace("\"num_hidden_layers\": 6", "\"num_hidden_layers\": 7"))
+        .unwrap();
     let e = err(&scratch);
     assert!(e.contains("encoder.layer.6.attention.self.query.weight") && e.contains("missing"), "{e}");
-    std::fs::write(scratch.join("config.json"), config.replace("\"intermediate_size\": 1536", "\"intermediate_size\": 1024")).unwrap();
+    std::fs::write(
+        scratch.join("config.json"),
+        config.replace("\"intermediate_size\": 1536", "\"intermediate_size\": 1024"),
+    )
+    .unwrap();
     let e = err(&scratch);
-    assert!(e.contains("encoder.layer.0.intermediate.dense.weight") && e.contains("[1536, 384]") && e.contains("[1024, 384]"), "{e}");
-    std::fs::write(scratch.join("config.json"), config.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"relu\"")).unwrap();
+    assert!(
+        e.contains("encoder.layer.0.intermediate.dense.weight")
+            && e.contains("[1536, 384]")
+            && e.contains("[1024, 384]"),
+        "{e}"
+    );
+    std::fs::write(scratch.join("config.json"), config.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"relu\""))
+        .unwrap();
     let e = err(&scratch);
     assert!(e.contains("config.json") && e.contains("relu"), "{e}");
-    std::fs::write(scratch.join("config.json"), config.replace("\"num_attention_heads\": 12", "\"num_attention_heads\": 7")).unwrap();
+    std::fs::write(
+        scratch.join("config.json"),
+        config.replace("\"num_attention_heads\": 12", "\"num_attention_heads\": 7"),
+    )
+    .unwrap();
     let e = err(&scratch);
     assert!(e.contains("7 heads"), "{e}");
     std::fs::write(scratch.join("config.json"), "{").unwrap();
@@ -200,7 +220,8 @@ fn a_model_carries_the_embeddings_of_its_prompts() {
         let case = fixture.iter().find(|c| c.text == *prompt).expect("prompt in the fixture");
         compare(&format!("class embedding {k}"), &stored[k * 384..(k + 1) * 384], &case.embedding);
     }
-    let e = model.set_class_embeddings(&vlsa::weights::HostTensor::new(&[3, 8], vec![0.0; 24])).unwrap_err().to_string();
+    let e =
+        model.set_class_embeddings(&vlsa::weights::HostTensor::new(&[3, 8], vec![0.0; 24])).unwrap_err().to_string();
     assert!(e.contains("text_dim 384") && e.contains("[3, 8]"), "{e}");
 }
 
@@ -216,10 +237,19 @@ fn init_and_segment_take_prompts_from_the_command_line() {
             "decoder": {"width": 8, "layers": 1, "heads": 2}, "em": {"bases": 3}}"#,
     )
     .unwrap();
-    let vlsa = |args: &[&std::ffi::OsStr]| std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).output().unwrap();
+    let vlsa =
+        |args: &[&std::ffi::OsStr]| std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(args).output().unwrap();
     let os = |s: &str| std::ffi::OsString::from(s);
     let model = tmp.join("m.safetensors");
-    let out = vlsa(&[&os("init"), &os("--config"), tmp.join("cfg.json").as_os_str(), &os("--out"), model.as_os_str(), &os("--text-encoder"), dir.as_os_str()]);
+    let out = vlsa(&[
+        &os("init"),
+        &os("--config"),
+        tmp.join("cfg.json").as_os_str(),
+        &os("--out"),
+        model.as_os_str(),
+        &os("--text-encoder"),
+        dir.as_os_str(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The model file carries the fixture embeddings of its prompts.
     let file = vlsa::weights::TensorFile::read(&model).unwrap();
@@ -231,7 +261,15 @@ fn init_and_segment_take_prompts_from_the_command_line() {
     let image = tmp.join("i.png");
     vlsa::image_io::Image::from_rgb8(20, 12, &vec![120; 20 * 12 * 3]).unwrap().save_png(&image).unwrap();
     let prompt = |t: &str| [os("--prompt"), os(t)];
-    let mut args = vec![os("segment"), os("--model"), model.clone().into(), os("--image"), image.clone().into(), os("--text-encoder"), dir.clone().into()];
+    let mut args = vec![
+        os("segment"),
+        os("--model"),
+        model.clone().into(),
+        os("--image"),
+        image.clone().into(),
+        os("--text-encoder"),
+        dir.clone().into(),
+    ];
     args.extend(prompt("background"));
     args.extend(prompt("the rim of the optic nerve head"));
     let two: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();

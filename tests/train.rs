@@ -120,7 +120,12 @@ fn checkpoints_load_as_models_and_plain_models_stay_strict() {
     let dir = temp_dir("ckpt");
     let data = common::squares(&dir.join("data"), 3, 16, 4);
     let out = dir.join("c.safetensors");
-    let mut trainer = Trainer::new(Model::init(gpu, tiny(4, true), 5).unwrap(), TrainOptions { batch: 2, ..TrainOptions::new(2) }, data).unwrap();
+    let mut trainer = Trainer::new(
+        Model::init(gpu, tiny(4, true), 5).unwrap(),
+        TrainOptions { batch: 2, ..TrainOptions::new(2) },
+        data,
+    )
+    .unwrap();
     run(&mut trainer, None, &run_options(&out, 1, None)).unwrap();
     // The checkpoint is a model: the same tensors, optimizer state aside.
     let model = Model::load(gpu, &out).unwrap();
@@ -173,7 +178,11 @@ fn ablation_configs_init_save_load_and_train() {
         let before = trainer.model.get("head.decoder.layers.0.mlp.fc1.weight").unwrap().to_vec().unwrap();
         let e = trainer.step().unwrap();
         assert!(e.loss.is_finite());
-        assert_ne!(trainer.model.get("head.decoder.layers.0.mlp.fc1.weight").unwrap().to_vec().unwrap(), before, "a step changes the weights");
+        assert_ne!(
+            trainer.model.get("head.decoder.layers.0.mlp.fc1.weight").unwrap().to_vec().unwrap(),
+            before,
+            "a step changes the weights"
+        );
         trainer.save_checkpoint(&path).unwrap();
         assert_eq!(Trainer::resume(gpu, &path, &dir.join("data")).unwrap().step, 1);
     }
@@ -187,10 +196,26 @@ fn the_train_command_checkpoints_stops_and_resumes() {
     std::fs::write(&config, tiny(4, true).to_json()).unwrap();
     let out = dir.join("ckpt.safetensors");
     let vlsa = |extra: &[&str]| {
-        let mut args: Vec<String> = ["train", "--config", config.to_str().unwrap(), "--data", dir.join("data").to_str().unwrap(), "--steps", "4", "--batch", "2", "--out", out.to_str().unwrap(), "--val", dir.join("data").to_str().unwrap(), "--val-every", "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> = [
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            dir.join("data").to_str().unwrap(),
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--val",
+            dir.join("data").to_str().unwrap(),
+            "--val-every",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         std::process::Command::new(env!("CARGO_BIN_EXE_vlsa")).args(&args).output().unwrap()
     };
@@ -211,9 +236,21 @@ fn the_train_command_checkpoints_stops_and_resumes() {
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert_eq!(csv.lines().filter(|l| !l.ends_with(',')).count(), 3, "header and two validations: {csv}");
     let exported = TensorFile::read(&export).unwrap();
-    assert!(!exported.metadata.contains_key(CHECKPOINT_KEY) && !exported.tensors.keys().any(|n| n.starts_with("optim.")));
+    assert!(
+        !exported.metadata.contains_key(CHECKPOINT_KEY) && !exported.tensors.keys().any(|n| n.starts_with("optim."))
+    );
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_vlsa"))
-        .args(["train", "--config", config.to_str().unwrap(), "--data", dir.join("nowhere").to_str().unwrap(), "--steps", "2", "--out", out.to_str().unwrap()])
+        .args([
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            dir.join("nowhere").to_str().unwrap(),
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));

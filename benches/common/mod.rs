@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Throughput, measurement::WallTime};
+use criterion::{measurement::WallTime, BenchmarkGroup, Throughput};
 use vlsa_kernels::Gpu;
 
 /// Opens the GPU (honours VLSA_ADAPTER and WGPU_BACKEND) and prints which one runs the bench.
@@ -16,7 +16,13 @@ pub fn gpu() -> Gpu {
 
 /// Benchmarks `launch` (which records one or more dispatches) with a device sync inside the
 /// timing. `work` is the FLOPs (as criterion "elements") or bytes per call.
-pub fn bench_gpu(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, gpu: &Gpu, work: Throughput, mut launch: impl FnMut()) {
+pub fn bench_gpu(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    gpu: &Gpu,
+    work: Throughput,
+    mut launch: impl FnMut(),
+) {
     // Warm up: compile pipelines and fill the buffer pool outside the measurement.
     launch();
     gpu.sync().expect("GPU failed during warm-up");

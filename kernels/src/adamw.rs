@@ -50,13 +50,27 @@ struct Params {
 /// One AdamW step (`step` counts from 1) over the first `len` elements of `param`, with its
 /// gradient `grad` and moments `m`, `v` (four distinct buffers; `param`, `m`, `v` are updated).
 #[allow(clippy::too_many_arguments)]
-pub fn step(gpu: &Gpu, param: &GpuBuffer, grad: &GpuBuffer, m: &GpuBuffer, v: &GpuBuffer, len: usize, step: u32, cfg: &AdamW) -> Result<()> {
+pub fn step(
+    gpu: &Gpu,
+    param: &GpuBuffer,
+    grad: &GpuBuffer,
+    m: &GpuBuffer,
+    v: &GpuBuffer,
+    len: usize,
+    step: u32,
+    cfg: &AdamW,
+) -> Result<()> {
     if step == 0 {
-        return Err(Error::Shape(format!("AdamW step of a tensor of {len} elements: the step count starts at 1, got 0")));
+        return Err(Error::Shape(format!(
+            "AdamW step of a tensor of {len} elements: the step count starts at 1, got 0"
+        )));
     }
     for (what, buf) in [("parameter", param), ("gradient", grad), ("first moment", m), ("second moment", v)] {
         if buf.len() < len {
-            return Err(Error::Shape(format!("AdamW step of a tensor of {len} elements: the {what} buffer has only {} elements", buf.len())));
+            return Err(Error::Shape(format!(
+                "AdamW step of a tensor of {len} elements: the {what} buffer has only {} elements",
+                buf.len()
+            )));
         }
     }
     let bufs = [param, grad, m, v];
@@ -82,7 +96,8 @@ pub fn step(gpu: &Gpu, param: &GpuBuffer, grad: &GpuBuffer, m: &GpuBuffer, v: &G
         eps: cfg.eps,
         _pad: [0; 3],
     };
-    let label = KernelLabel { kernel: "adamw", shape: format!("[{len}]"), flops: 16 * len as u64, bytes: 28 * len as u64 };
+    let label =
+        KernelLabel { kernel: "adamw", shape: format!("[{len}]"), flops: 16 * len as u64, bytes: 28 * len as u64 };
     gpu.dispatch(Dispatch {
         shader: &SHADER,
         entry: "adamw",

@@ -59,7 +59,16 @@ pub struct Attention {
 impl Attention {
     /// Self-attention shape with per-batch keys, scale 1/sqrt(dh) and no causal mask.
     pub fn new(batch: usize, q_len: usize, kv_len: usize, heads: usize, head_dim: usize) -> Self {
-        Attention { batch, kv_batch: batch, q_len, kv_len, heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal: false }
+        Attention {
+            batch,
+            kv_batch: batch,
+            q_len,
+            kv_len,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            causal: false,
+        }
     }
 
     /// The same with keys and values shared by the whole batch (Bk = 1).
@@ -121,7 +130,10 @@ impl Attention {
             return Err(Error::Shape(format!("attention with {d}: batch, heads and key length must be at least 1")));
         }
         if self.kv_batch != self.batch && self.kv_batch != 1 {
-            return Err(Error::Shape(format!("attention with {d}: the key/value batch {} must equal the query batch {} or be 1", self.kv_batch, self.batch)));
+            return Err(Error::Shape(format!(
+                "attention with {d}: the key/value batch {} must equal the query batch {} or be 1",
+                self.kv_batch, self.batch
+            )));
         }
         if self.head_dim == 0 || self.head_dim % 4 != 0 || self.head_dim > MAX_HEAD_DIM {
             return Err(Error::Shape(format!(
@@ -132,7 +144,8 @@ impl Attention {
         if !self.scale.is_finite() {
             return Err(Error::Shape(format!("attention with {d}: scale {} is not finite", self.scale)));
         }
-        let big = [self.q_elements(), self.kv_elements(), self.batch * self.q_len * self.heads, self.kv_batch * self.kv_len];
+        let big =
+            [self.q_elements(), self.kv_elements(), self.batch * self.q_len * self.heads, self.kv_batch * self.kv_len];
         if big.iter().any(|&n| n > u32::MAX as usize / 4) {
             return Err(Error::Shape(format!("attention with {d} is too large for 32-bit indexing")));
         }
@@ -198,7 +211,13 @@ fn check_len(s: &Attention, what: &str, buf: &GpuBuffer, layout: &str, needed: u
     Ok(())
 }
 
-fn check_common(s: &Attention, q: &GpuBuffer, k: &GpuBuffer, v: &GpuBuffer, key_mask: Option<&GpuBuffer>) -> Result<()> {
+fn check_common(
+    s: &Attention,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+) -> Result<()> {
     s.validate()?;
     let (qd, kd) = (
         format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim),
@@ -246,7 +265,14 @@ fn chunked_entry(s: &Attention, entries: [&'static str; 4]) -> &'static str {
     }
 }
 
-fn dispatch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], workgroups: usize, label: KernelLabel) -> Result<()> {
+fn dispatch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    buffers: &[&GpuBuffer],
+    workgroups: usize,
+    label: KernelLabel,
+) -> Result<()> {
     gpu.dispatch(Dispatch {
         shader: &SHADER,
         entry,
@@ -260,7 +286,16 @@ fn dispatch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuff
 /// Attention forward: `out = softmax(scale q k^T + masks) v` per head, and `lse` [B, H, Nq],
 /// the log-sum-exp of each row's scores, for [`backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn forward(gpu: &Gpu, q: &GpuBuffer, k: &GpuBuffer, v: &GpuBuffer, key_mask: Option<&GpuBuffer>, out: &GpuBuffer, lse: &GpuBuffer, shape: &Attention) -> Result<()> {
+pub fn forward(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    shape: &Attention,
+) -> Result<()> {
     forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto)
 }
 
@@ -286,7 +321,10 @@ pub fn forward_path(
         ForwardPath::Blocked => false,
         ForwardPath::FewKeys if s.kv_len <= FEW_KEYS => true,
         ForwardPath::FewKeys => {
-            return Err(Error::Shape(format!("attention with {}: the few-keys path takes at most {FEW_KEYS} keys", s.describe())));
+            return Err(Error::Shape(format!(
+                "attention with {}: the few-keys path takes at most {FEW_KEYS} keys",
+                s.describe()
+            )));
         }
     };
     if s.q_len == 0 {
@@ -301,7 +339,12 @@ pub fn forward_path(
     let mask = key_mask.unwrap_or(k);
     let bytes = 4 * (2 * s.q_elements() + 2 * s.kv_elements() + s.lse_elements()) as u64;
     let entry = if few { "forward_few_keys" } else { chunked_entry(s, FORWARD_ENTRIES) };
-    let label = KernelLabel { kernel: if few { "attention_few_keys" } else { "attention" }, shape: s.describe(), flops: s.forward_flops(), bytes };
+    let label = KernelLabel {
+        kernel: if few { "attention_few_keys" } else { "attention" },
+        shape: s.describe(),
+        flops: s.forward_flops(),
+        bytes,
+    };
     dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)
 }
 
@@ -345,15 +388,39 @@ pub fn backward(
     let ke = 4 * s.kv_elements() as u64;
 
     // 1. Per-row lse and delta = dout . out, and the key mask as floats.
-    let label = KernelLabel { kernel: "attention_backward_prepare", shape: s.describe(), flops: 2 * s.q_elements() as u64, bytes: 2 * qe + 8 * rows as u64 };
-    dispatch(gpu, "backward_prepare", &p, &[q, k, v, mask, out, lse, d_out, &stats], rows.max(keys).div_ceil(WG), label)?;
+    let label = KernelLabel {
+        kernel: "attention_backward_prepare",
+        shape: s.describe(),
+        flops: 2 * s.q_elements() as u64,
+        bytes: 2 * qe + 8 * rows as u64,
+    };
+    dispatch(
+        gpu,
+        "backward_prepare",
+        &p,
+        &[q, k, v, mask, out, lse, d_out, &stats],
+        rows.max(keys).div_ceil(WG),
+        label,
+    )?;
 
     // 2. dq, one query row per invocation.
     if s.q_len > 0 {
         let tiles = s.q_len.div_ceil(TILE);
         p.tiles = tiles as u32;
-        let label = KernelLabel { kernel: "attention_backward_dq", shape: s.describe(), flops: f * 3 / 2, bytes: 3 * qe + 2 * ke };
-        dispatch(gpu, chunked_entry(s, DQ_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, dq], s.batch * s.heads * tiles, label)?;
+        let label = KernelLabel {
+            kernel: "attention_backward_dq",
+            shape: s.describe(),
+            flops: f * 3 / 2,
+            bytes: 3 * qe + 2 * ke,
+        };
+        dispatch(
+            gpu,
+            chunked_entry(s, DQ_ENTRIES),
+            &p,
+            &[q, k, v, mask, out, lse, d_out, &stats, dq],
+            s.batch * s.heads * tiles,
+            label,
+        )?;
     }
 
     // 3. dk, dv, one key row per invocation, over `splits` ranges of the query rows.
@@ -369,14 +436,33 @@ pub fn backward(
     p.tiles = tiles as u32;
     p.splits = splits as u32;
     p.split_rows = split_rows as u32;
-    let label = KernelLabel { kernel: "attention_backward_dkdv", shape: s.describe(), flops: f * 2, bytes: 2 * qe + 4 * ke * splits as u64 };
+    let label = KernelLabel {
+        kernel: "attention_backward_dkdv",
+        shape: s.describe(),
+        flops: f * 2,
+        bytes: 2 * qe + 4 * ke * splits as u64,
+    };
     let workgroups = s.kv_batch * s.heads * splits * tiles;
     if splits == 1 {
-        return dispatch(gpu, chunked_entry(s, DKDV_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
+        return dispatch(
+            gpu,
+            chunked_entry(s, DKDV_ENTRIES),
+            &p,
+            &[q, k, v, mask, out, lse, d_out, &stats, dk, dv],
+            workgroups,
+            label,
+        );
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(gpu, chunked_entry(s, DKDV_ENTRIES), &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
+    dispatch(
+        gpu,
+        chunked_entry(s, DKDV_ENTRIES),
+        &p,
+        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v],
+        workgroups,
+        label,
+    )?;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",
@@ -384,5 +470,12 @@ pub fn backward(
         flops: 2 * (splits * s.kv_elements()) as u64,
         bytes: 2 * ke * (splits as u64 + 1),
     };
-    dispatch(gpu, "backward_reduce", &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv], n4.div_ceil(WG), label)
+    dispatch(
+        gpu,
+        "backward_reduce",
+        &p,
+        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv],
+        n4.div_ceil(WG),
+        label,
+    )
 }

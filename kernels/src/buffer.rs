@@ -16,9 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Usage every pooled storage buffer has: bound to shaders, copied to and from, cleared.
-pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Smallest buffer the pool hands out, in bytes.
 const MIN_CLASS: u64 = 256;
@@ -28,7 +27,11 @@ pub fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(MIN_CLASS);
     let pow = bytes.next_power_of_two();
     let mid = pow / 2 + pow / 4;
-    if bytes <= mid { mid } else { pow }
+    if bytes <= mid {
+        mid
+    } else {
+        pow
+    }
 }
 
 #[derive(Default)]
@@ -154,7 +157,10 @@ impl GpuBuffer {
 pub(crate) fn check_len(what: &str, buf: &GpuBuffer, shape: &[usize]) -> crate::Result<()> {
     let needed: usize = shape.iter().product();
     if buf.len() < needed {
-        return Err(crate::Error::Shape(format!("{what} has {} elements but shape {shape:?} needs {needed}", buf.len())));
+        return Err(crate::Error::Shape(format!(
+            "{what} has {} elements but shape {shape:?} needs {needed}",
+            buf.len()
+        )));
     }
     Ok(())
 }

@@ -170,10 +170,12 @@ impl Gpu {
         let adapter = match name {
             Some(n) => {
                 let needle = n.to_lowercase();
-                adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&needle))
-                    .ok_or_else(|| Error::NoAdapter(format!("VLSA_ADAPTER={n} matches none of the adapters found: {}", all_adapters.join("; "))))?
+                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&needle)).ok_or_else(|| {
+                    Error::NoAdapter(format!(
+                        "VLSA_ADAPTER={n} matches none of the adapters found: {}",
+                        all_adapters.join("; ")
+                    ))
+                })?
             }
             None => adapters.into_iter().next().expect("checked non-empty"),
         };
@@ -221,7 +223,11 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             // The loss is the cause of whatever fails after it, so it replaces an earlier error;
             // it also fires when the device is dropped, when nobody reads it any more.
-            let why = if reason == wgpu::DeviceLostReason::Destroyed { "the device was destroyed".to_string() } else { one_line(&format!("{reason:?}: {message}")) };
+            let why = if reason == wgpu::DeviceLostReason::Destroyed {
+                "the device was destroyed".to_string()
+            } else {
+                one_line(&format!("{reason:?}: {message}"))
+            };
             *lock(&slot) = Some(Error::DeviceLost(why));
         });
 
@@ -312,7 +318,11 @@ impl Gpu {
         let bytes = (len as u64).saturating_mul(4);
         let max = self.limits().max_buffer_size;
         if bytes > max {
-            return Err(Error::Limit { what: format!("a buffer of {len} elements (max_buffer_size, in bytes)"), needed: bytes, limit: max });
+            return Err(Error::Limit {
+                what: format!("a buffer of {len} elements (max_buffer_size, in bytes)"),
+                needed: bytes,
+                limit: max,
+            });
         }
         if let Some((buffer, class)) = self.inner.pool.take(bytes) {
             return Ok(GpuBuffer::new(buffer, class, len, self.inner.pool.clone()));
@@ -364,7 +374,14 @@ impl Gpu {
     }
 
     /// Copies `len` elements from `src[src_offset..]` to `dst[dst_offset..]`, in queue order.
-    pub fn copy_region(&self, src: &GpuBuffer, src_offset: usize, dst: &GpuBuffer, dst_offset: usize, len: usize) -> Result<()> {
+    pub fn copy_region(
+        &self,
+        src: &GpuBuffer,
+        src_offset: usize,
+        dst: &GpuBuffer,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
         if src_offset + len > src.len() || dst_offset + len > dst.len() {
             return Err(Error::Shape(format!(
                 "copying {len} elements from offset {src_offset} of a buffer of {} to offset {dst_offset} of a buffer of {}",
@@ -453,7 +470,9 @@ impl Gpu {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => return Err(Error::Readback(one_line(&e.to_string()))),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
-                Err(_) => return Err(Error::Readback("the GPU did not finish copying the data back within 120 s".into())),
+                Err(_) => {
+                    return Err(Error::Readback("the GPU did not finish copying the data back within 120 s".into()))
+                }
             }
         }
         let out = {
@@ -472,7 +491,10 @@ impl Gpu {
         let max_wg = limits.max_compute_workgroups_per_dimension;
         for (axis, &n) in ["x", "y", "z"].iter().zip(&d.workgroups) {
             if n > max_wg {
-                let what = format!("kernel `{}` of {} with {n} workgroups along {axis} (max_compute_workgroups_per_dimension)", d.entry, d.shader.file);
+                let what = format!(
+                    "kernel `{}` of {} with {n} workgroups along {axis} (max_compute_workgroups_per_dimension)",
+                    d.entry, d.shader.file
+                );
                 return Err(Error::Limit { what, needed: n as u64, limit: max_wg as u64 });
             }
         }
@@ -482,7 +504,13 @@ impl Gpu {
         let max_bind = limits.max_storage_buffer_binding_size;
         for (i, b) in d.buffers.iter().enumerate() {
             if b.byte_len() > max_bind {
-                let what = format!("kernel `{}` of {} binding {} ({} elements; max_storage_buffer_binding_size, in bytes)", d.entry, d.shader.file, i + 1, b.len());
+                let what = format!(
+                    "kernel `{}` of {} binding {} ({} elements; max_storage_buffer_binding_size, in bytes)",
+                    d.entry,
+                    d.shader.file,
+                    i + 1,
+                    b.len()
+                );
                 return Err(Error::Limit { what, needed: b.byte_len(), limit: max_bind });
             }
         }
@@ -494,7 +522,8 @@ impl Gpu {
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
                 BindingKind::Uniform => {
-                    let (block, offset, size) = uniform.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
+                    let (block, offset, size) =
+                        uniform.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
                     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &r.uniforms.blocks[block],
                         offset,
@@ -503,14 +532,22 @@ impl Gpu {
                 }
                 _ => {
                     let b = d.buffers.get(binding as usize - 1).ok_or_else(|| {
-                        Error::Shape(format!("{} uses binding {binding} but only {} buffers were given", d.entry, d.buffers.len()))
+                        Error::Shape(format!(
+                            "{} uses binding {binding} but only {} buffers were given",
+                            d.entry,
+                            d.buffers.len()
+                        ))
                     })?;
                     b.binding()
                 }
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
-        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor { label: Some(d.entry), layout: &kernel.layout, entries: &entries });
+        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(d.entry),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
         drop(entries);
 
         let wall_clock = r.profiler.as_ref().is_some_and(|p| p.timestamps.is_none());
@@ -541,7 +578,8 @@ impl Gpu {
                     end_of_pass_write_index: Some(i + 1),
                 })
             });
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.entry), timestamp_writes });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.entry), timestamp_writes });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
@@ -625,19 +663,22 @@ impl Gpu {
             for (i, (label, scopes)) in labels.into_iter().enumerate() {
                 let (t0, t1) = (ticks[2 * i] as f64 * period, ticks[2 * i + 1] as f64 * period);
                 let origin = *ts.origin_ns.get_or_insert(t0);
-                p.records.push(DispatchRecord { label, scopes, start_ns: t0 - origin, duration_ns: (t1 - t0).max(0.0) });
+                p.records.push(DispatchRecord {
+                    label,
+                    scopes,
+                    start_ns: t0 - origin,
+                    duration_ns: (t1 - t0).max(0.0),
+                });
             }
         }
         self.check_errors()
     }
 
     fn wait(&self) -> Result<()> {
-        self.device()
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| match e {
-                wgpu::PollError::Timeout => Error::DeviceLost("timed out waiting for the GPU".into()),
-                other => Error::DeviceLost(one_line(&other.to_string())),
-            })?;
+        self.device().poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).map_err(|e| match e {
+            wgpu::PollError::Timeout => Error::DeviceLost("timed out waiting for the GPU".into()),
+            other => Error::DeviceLost(one_line(&other.to_string())),
+        })?;
         self.check_errors()
     }
 

@@ -28,7 +28,18 @@ struct Params {
 
 impl Params {
     fn flat(n: usize) -> Self {
-        Params { n: n as u32, op: 0, rank: 0, c: 0, alpha: 0.0, beta: 0.0, _pad: [0; 2], shape: [0; MAX_RANK], a_strides: [0; MAX_RANK], b_strides: [0; MAX_RANK] }
+        Params {
+            n: n as u32,
+            op: 0,
+            rank: 0,
+            c: 0,
+            alpha: 0.0,
+            beta: 0.0,
+            _pad: [0; 2],
+            shape: [0; MAX_RANK],
+            a_strides: [0; MAX_RANK],
+            b_strides: [0; MAX_RANK],
+        }
     }
 }
 
@@ -90,7 +101,11 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(Error::Shape(format!("shapes {a:?} and {b:?} cannot be broadcast together (axis {k}: {da} vs {db})"))),
+            _ => {
+                return Err(Error::Shape(format!(
+                    "shapes {a:?} and {b:?} cannot be broadcast together (axis {k}: {da} vs {db})"
+                )))
+            }
         };
     }
     Ok(out)
@@ -108,7 +123,6 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
-
 fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -121,7 +135,15 @@ fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer
 }
 
 /// `out = a op b` with NumPy broadcasting; `out` must hold the broadcast shape.
-pub fn binary(gpu: &Gpu, op: BinaryOp, a: &GpuBuffer, a_shape: &[usize], b: &GpuBuffer, b_shape: &[usize], out: &GpuBuffer) -> Result<Vec<usize>> {
+pub fn binary(
+    gpu: &Gpu,
+    op: BinaryOp,
+    a: &GpuBuffer,
+    a_shape: &[usize],
+    b: &GpuBuffer,
+    b_shape: &[usize],
+    out: &GpuBuffer,
+) -> Result<Vec<usize>> {
     let shape = broadcast_shape(a_shape, b_shape)?;
     if shape.len() > MAX_RANK {
         return Err(Error::Shape(format!("broadcast shape {shape:?} has more than {MAX_RANK} axes")));
@@ -145,7 +167,8 @@ pub fn binary(gpu: &Gpu, op: BinaryOp, a: &GpuBuffer, a_shape: &[usize], b: &Gpu
         BinaryOp::Mul => "mul",
         BinaryOp::Div => "div",
     };
-    let label = KernelLabel { kernel: name, shape: format!("{a_shape:?}{b_shape:?}"), flops: n as u64, bytes: 12 * n as u64 };
+    let label =
+        KernelLabel { kernel: name, shape: format!("{a_shape:?}{b_shape:?}"), flops: n as u64, bytes: 12 * n as u64 };
     launch(gpu, "binary", &p, &[a, b, out], label)?;
     Ok(shape)
 }
@@ -172,7 +195,12 @@ pub fn bias_add(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, row
     let n = rows * c;
     let mut p = Params::flat(n);
     p.c = c as u32;
-    let label = KernelLabel { kernel: "bias_add", shape: format!("[{rows},{c}]"), flops: n as u64, bytes: 8 * n as u64 + 4 * c as u64 };
+    let label = KernelLabel {
+        kernel: "bias_add",
+        shape: format!("[{rows},{c}]"),
+        flops: n as u64,
+        bytes: 8 * n as u64 + 4 * c as u64,
+    };
     launch(gpu, "bias_add", &p, &[a, bias, out], label)
 }
 
@@ -193,6 +221,11 @@ pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx:
     check_len("input gradient", dx, &[n])?;
     let mut p = Params::flat(n);
     p.op = op as u32;
-    let label = KernelLabel { kernel: "unary_backward", shape: format!("{}[{n}]", op.name()), flops: 10 * n as u64, bytes: 12 * n as u64 };
+    let label = KernelLabel {
+        kernel: "unary_backward",
+        shape: format!("{}[{n}]", op.name()),
+        flops: 10 * n as u64,
+        bytes: 12 * n as u64,
+    };
     launch(gpu, "unary_backward", &p, &[x, dy, dx], label)
 }

@@ -193,7 +193,14 @@ fn check_mu(what: &str, buf: &GpuBuffer, layout: Bases, s: &EmShape) -> Result<(
     }
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, p: &Params, buffers: &[&GpuBuffer], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    p: &Params,
+    buffers: &[&GpuBuffer],
+    workgroups: [u32; 3],
+    label: KernelLabel,
+) -> Result<()> {
     gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(p), buffers, workgroups, label })
 }
 
@@ -209,8 +216,19 @@ fn label(kernel: &'static str, s: &EmShape, flops: u64, floats: usize) -> Kernel
 
 /// Token rows times basis rows: `out[b] (+)= x[b] y[b]^T`, x [B,N,C], y [B,M,C] or shared
 /// [M,C], out [B,N,M]. (E-step logits; gradient of Z from R and from the M-step.)
-fn product_xyt(gpu: &Gpu, x: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, accumulate: bool, s: &EmShape, out: &GpuBuffer) -> Result<()> {
-    let op = Matmul::new(s.batch, s.tokens, s.bases, s.width).trans_b(true).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
+fn product_xyt(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    y_layout: Bases,
+    accumulate: bool,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
+    let op = Matmul::new(s.batch, s.tokens, s.bases, s.width)
+        .trans_b(true)
+        .broadcast_b(y_layout == Bases::Shared)
+        .accumulate(accumulate);
     matmul(gpu, x, y, out, &op)
 }
 
@@ -228,7 +246,16 @@ fn product_ztx_split(gpu: &Gpu, z: &GpuBuffer, x: &GpuBuffer, s: &EmShape, out: 
 /// sums the splits and applies the options. With one split and no division, the matmul alone
 /// (accumulating onto a copy of `acc`).
 #[allow(clippy::too_many_arguments)]
-fn product_ztx(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuffer, colsum: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+fn product_ztx(
+    gpu: &Gpu,
+    kernel: &'static str,
+    z: &GpuBuffer,
+    x: &GpuBuffer,
+    colsum: Option<&GpuBuffer>,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
     let sp = s.splits();
     if sp == 1 && colsum.is_none() {
         if let Some(a) = acc {
@@ -248,13 +275,29 @@ fn product_ztx(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuffer, co
         p.flags |= ACCUMULATE;
     }
     let l = label(kernel, s, (sp + 1) as u64 * s.mu_len() as u64, (sp + 2) * s.mu_len());
-    launch(gpu, "reduce_splits", &p, &[&partial, acc.unwrap_or(&partial), colsum.unwrap_or(&partial), &partial, out], groups(s.mu_len()), l)
+    launch(
+        gpu,
+        "reduce_splits",
+        &p,
+        &[&partial, acc.unwrap_or(&partial), colsum.unwrap_or(&partial), &partial, out],
+        groups(s.mu_len()),
+        l,
+    )
 }
 
 /// Responsibilities times basis rows: `out[b] (+)= z[b] y[b]`, z [B,N,M], y [B,M,C] or shared
 /// [M,C], out [B,N,C]. (Reconstruction; gradients of u.)
-fn product_zy(gpu: &Gpu, z: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, accumulate: bool, s: &EmShape, out: &GpuBuffer) -> Result<()> {
-    let op = Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
+fn product_zy(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    y: &GpuBuffer,
+    y_layout: Bases,
+    accumulate: bool,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
+    let op =
+        Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
     matmul(gpu, z, y, out, &op)
 }
 
@@ -278,7 +321,15 @@ fn init_from(gpu: &Gpu, acc: &GpuBuffer, len: usize, s: &EmShape, out: &GpuBuffe
 /// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C]. Three dispatches
 /// in the profiling scope `em_e_step`: the logits matmul (written into `z`), the softmax in
 /// place and the per-tile column sums.
-pub fn e_step(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, mu_layout: Bases, s: &EmShape, z: &GpuBuffer, partial: &GpuBuffer) -> Result<()> {
+pub fn e_step(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    s: &EmShape,
+    z: &GpuBuffer,
+    partial: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
@@ -312,7 +363,16 @@ pub fn colsum(gpu: &Gpu, partial: &GpuBuffer, s: &EmShape, colsum: &GpuBuffer) -
 /// accumulator and the division are each optional. `z` [B,N,M], `x` [B,N,C], `colsum` [B,M],
 /// `acc` and `out` [B,M,C]. `kernel` names the profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
-pub fn m_step_product(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuffer, colsum: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+pub fn m_step_product(
+    gpu: &Gpu,
+    kernel: &'static str,
+    z: &GpuBuffer,
+    x: &GpuBuffer,
+    colsum: Option<&GpuBuffer>,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
@@ -328,7 +388,14 @@ pub fn m_step_product(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, x: &GpuBuf
 }
 
 /// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
-pub fn m_step(gpu: &Gpu, z: &GpuBuffer, u: &GpuBuffer, colsum: &GpuBuffer, s: &EmShape, mu_raw: &GpuBuffer) -> Result<()> {
+pub fn m_step(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    u: &GpuBuffer,
+    colsum: &GpuBuffer,
+    s: &EmShape,
+    mu_raw: &GpuBuffer,
+) -> Result<()> {
     m_step_product(gpu, "em_m_step", z, u, Some(colsum), None, s, mu_raw)
 }
 
@@ -346,7 +413,16 @@ pub fn normalize(gpu: &Gpu, mu_raw: &GpuBuffer, s: &EmShape, mu: &GpuBuffer) -> 
 /// `z` [B,N,M], `mu` [B,M,C] or shared [M,C], `acc` and `out` [B,N,C]. `kernel` names the
 /// profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
-pub fn reconstruct_product(gpu: &Gpu, kernel: &'static str, z: &GpuBuffer, mu: &GpuBuffer, mu_layout: Bases, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+pub fn reconstruct_product(
+    gpu: &Gpu,
+    kernel: &'static str,
+    z: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
@@ -372,7 +448,17 @@ pub fn reconstruct(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, recon:
 /// accumulator and bias optional. `x` [B,N,C], `y` [B,M,C] or shared [M,C], `bias` [B,M],
 /// `acc` and `out` [B,N,M]. `kernel` names the profiling scope of this use.
 #[allow(clippy::too_many_arguments)]
-pub fn token_dots(gpu: &Gpu, kernel: &'static str, x: &GpuBuffer, y: &GpuBuffer, y_layout: Bases, bias: Option<&GpuBuffer>, acc: Option<&GpuBuffer>, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+pub fn token_dots(
+    gpu: &Gpu,
+    kernel: &'static str,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    y_layout: Bases,
+    bias: Option<&GpuBuffer>,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("the basis operand", y, y_layout, s)?;
@@ -398,7 +484,17 @@ pub fn token_dots(gpu: &Gpu, kernel: &'static str, x: &GpuBuffer, y: &GpuBuffer,
 /// Reconstruction backward: `d_z = d_recon mu^T (+ d_z_in)` [B,N,M] and
 /// `d_mu = z^T d_recon (+ d_mu_in)` [B,M,C].
 #[allow(clippy::too_many_arguments)]
-pub fn reconstruct_backward(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, d_recon: &GpuBuffer, d_z_in: Option<&GpuBuffer>, d_mu_in: Option<&GpuBuffer>, s: &EmShape, d_z: &GpuBuffer, d_mu: &GpuBuffer) -> Result<()> {
+pub fn reconstruct_backward(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    mu: &GpuBuffer,
+    d_recon: &GpuBuffer,
+    d_z_in: Option<&GpuBuffer>,
+    d_mu_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_z: &GpuBuffer,
+    d_mu: &GpuBuffer,
+) -> Result<()> {
     token_dots(gpu, "em_recon_backward", d_recon, mu, Bases::PerBatch, None, d_z_in, s, d_z)?;
     m_step_product(gpu, "em_recon_backward", z, d_recon, None, d_mu_in, s, d_mu)
 }
@@ -407,7 +503,15 @@ pub fn reconstruct_backward(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, d_recon: &
 /// basis: from `d_mu` (gradient of the normalised mu) gives `d_a` = gradient of A = Z^T u
 /// [B,M,C] and `d_colsum` [B,M].
 #[allow(clippy::too_many_arguments)]
-pub fn normalize_backward(gpu: &Gpu, mu_raw: &GpuBuffer, d_mu: &GpuBuffer, colsum: &GpuBuffer, s: &EmShape, d_a: &GpuBuffer, d_colsum: &GpuBuffer) -> Result<()> {
+pub fn normalize_backward(
+    gpu: &Gpu,
+    mu_raw: &GpuBuffer,
+    d_mu: &GpuBuffer,
+    colsum: &GpuBuffer,
+    s: &EmShape,
+    d_a: &GpuBuffer,
+    d_colsum: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
     check_len("d_mu", d_mu, s.mu_len(), "[B,M,C]", s)?;
@@ -415,18 +519,43 @@ pub fn normalize_backward(gpu: &Gpu, mu_raw: &GpuBuffer, d_mu: &GpuBuffer, colsu
     check_len("d_a", d_a, s.mu_len(), "[B,M,C]", s)?;
     check_len("d_colsum", d_colsum, s.batch * s.bases, "[B,M]", s)?;
     let l = label("em_normalize_backward", s, 8 * s.mu_len() as u64, 3 * s.mu_len());
-    launch(gpu, "normalize_backward", &Params::new(s), &[mu_raw, d_mu, colsum, mu_raw, d_a, d_colsum], groups(s.batch * s.bases), l)
+    launch(
+        gpu,
+        "normalize_backward",
+        &Params::new(s),
+        &[mu_raw, d_mu, colsum, mu_raw, d_a, d_colsum],
+        groups(s.batch * s.bases),
+        l,
+    )
 }
 
 /// M-step backward, given `d_a` and `d_colsum` from [`normalize_backward`]:
 /// `d_z = u d_a^T + d_colsum (+ d_z_in)` [B,N,M] and `d_u_out = d_u_in + z d_a` [B,N,C].
 #[allow(clippy::too_many_arguments)]
-pub fn m_step_backward(gpu: &Gpu, u: &GpuBuffer, z: &GpuBuffer, d_a: &GpuBuffer, d_colsum: &GpuBuffer, d_z_in: Option<&GpuBuffer>, d_u_in: Option<&GpuBuffer>, s: &EmShape, d_z: &GpuBuffer, d_u_out: &GpuBuffer) -> Result<()> {
+pub fn m_step_backward(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    z: &GpuBuffer,
+    d_a: &GpuBuffer,
+    d_colsum: &GpuBuffer,
+    d_z_in: Option<&GpuBuffer>,
+    d_u_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_z: &GpuBuffer,
+    d_u_out: &GpuBuffer,
+) -> Result<()> {
     token_dots(gpu, "em_m_step_backward", u, d_a, Bases::PerBatch, Some(d_colsum), d_z_in, s, d_z)?;
     reconstruct_product(gpu, "em_m_step_backward", z, d_a, Bases::PerBatch, d_u_in, s, d_u_out)
 }
 
-fn softmax_backward_with(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, bias: Option<&GpuBuffer>, s: &EmShape, d_logits: &GpuBuffer) -> Result<()> {
+fn softmax_backward_with(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    d_z: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_logits: &GpuBuffer,
+) -> Result<()> {
     let mut p = Params::new(s);
     if bias.is_some() {
         p.flags |= ADD_BIAS;
@@ -437,7 +566,13 @@ fn softmax_backward_with(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, bias: Option
 
 /// Softmax backward of the E-step with lambda folded in:
 /// `d_logits = lambda z (d_z - sum_m z d_z)` [B,N,M], the gradient of the product u mu^T.
-pub fn e_step_backward_softmax(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, s: &EmShape, d_logits: &GpuBuffer) -> Result<()> {
+pub fn e_step_backward_softmax(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    d_z: &GpuBuffer,
+    s: &EmShape,
+    d_logits: &GpuBuffer,
+) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("d_z", d_z, s.z_len(), "[B,N,M]", s)?;
@@ -450,7 +585,17 @@ pub fn e_step_backward_softmax(gpu: &Gpu, z: &GpuBuffer, d_z: &GpuBuffer, s: &Em
 /// `d_mu = d_logits^T u` [B,M,C] (the gradient of mu_{t-1} per batch element, also when
 /// mu_{t-1} is the shared bases).
 #[allow(clippy::too_many_arguments)]
-pub fn e_step_backward(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, mu_layout: Bases, d_logits: &GpuBuffer, d_u_in: Option<&GpuBuffer>, s: &EmShape, d_u_out: &GpuBuffer, d_mu: Option<&GpuBuffer>) -> Result<()> {
+pub fn e_step_backward(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    d_logits: &GpuBuffer,
+    d_u_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_u_out: &GpuBuffer,
+    d_mu: Option<&GpuBuffer>,
+) -> Result<()> {
     reconstruct_product(gpu, "em_e_step_backward", d_logits, mu, mu_layout, d_u_in, s, d_u_out)?;
     if let Some(d_mu) = d_mu {
         m_step_product(gpu, "em_e_step_backward", d_logits, u, None, None, s, d_mu)?;
@@ -561,15 +706,29 @@ pub struct EmOutputGrads<'a> {
 /// The gradient of the loss with respect to `u` [B,N,C]. `Detached` returns zeros (Z and mu
 /// are constants); `Unrolled` backpropagates through all T iterations and needs a forward run
 /// with `save_for_backward`. Dispatches sit in the profiling scopes `backward` / `iter=t`.
-pub fn backward(gpu: &Gpu, mode: GradMode, u: &GpuBuffer, bases: &GpuBuffer, fwd: &EmForward, s: &EmShape, grads: &EmOutputGrads<'_>) -> Result<GpuBuffer> {
+pub fn backward(
+    gpu: &Gpu,
+    mode: GradMode,
+    u: &GpuBuffer,
+    bases: &GpuBuffer,
+    fwd: &EmForward,
+    s: &EmShape,
+    grads: &EmOutputGrads<'_>,
+) -> Result<GpuBuffer> {
     check_loop_inputs(u, bases, s)?;
     check_len("dR", grads.recon, s.tokens_len(), "[B,N,C]", s)?;
     if mode == GradMode::Detached {
         return gpu.zeros(s.tokens_len());
     }
-    let saved = fwd.saved.as_ref().ok_or_else(|| Error::Shape(format!("the unrolled EM backward of shape {s} needs a forward run with save_for_backward")))?;
+    let saved = fwd.saved.as_ref().ok_or_else(|| {
+        Error::Shape(format!("the unrolled EM backward of shape {s} needs a forward run with save_for_backward"))
+    })?;
     if saved.colsum.len() != s.iters {
-        return Err(Error::Shape(format!("the EM forward saved {} iterations but shape {s} has T = {}", saved.colsum.len(), s.iters)));
+        return Err(Error::Shape(format!(
+            "the EM forward saved {} iterations but shape {s} has T = {}",
+            saved.colsum.len(),
+            s.iters
+        )));
     }
     let _scope = gpu.scope("backward");
     let d_z = gpu.alloc(s.z_len())?;
@@ -614,7 +773,14 @@ pub fn backward(gpu: &Gpu, mode: GradMode, u: &GpuBuffer, bases: &GpuBuffer, fwd
 }
 
 /// The unrolled gradient of `u` given only dLoss/dR (see [`backward`]).
-pub fn backward_unrolled(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, fwd: &EmForward, s: &EmShape, d_recon: &GpuBuffer) -> Result<GpuBuffer> {
+pub fn backward_unrolled(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    bases: &GpuBuffer,
+    fwd: &EmForward,
+    s: &EmShape,
+    d_recon: &GpuBuffer,
+) -> Result<GpuBuffer> {
     backward(gpu, GradMode::Unrolled, u, bases, fwd, s, &EmOutputGrads { recon: d_recon, z: None, mu: None })
 }
 

@@ -5,9 +5,9 @@
 //! schedules ([`RowSchedule`]): the plain launchers pick one for the adapter, the `*_with`
 //! launchers take one explicitly.
 
+use crate::buffer::check_len;
 use crate::context::{Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::buffer::check_len;
 use crate::reduce::{check_u32, RowSchedule};
 use crate::{shader, Error, GpuBuffer, Result};
 
@@ -51,13 +51,30 @@ fn params(rows: usize, cols: usize, mode: L2Mode) -> Result<Option<Params>> {
 }
 
 /// y = x / denominator(||x||) per row of `[rows, cols]`; `norms` ([rows]) receives ||x||.
-pub fn forward(gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, norms: &GpuBuffer, rows: usize, cols: usize, mode: L2Mode) -> Result<()> {
+pub fn forward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    out: &GpuBuffer,
+    norms: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    mode: L2Mode,
+) -> Result<()> {
     forward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, out, norms, rows, cols, mode)
 }
 
 /// [`forward`] in a given schedule.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_with(gpu: &Gpu, schedule: RowSchedule, x: &GpuBuffer, out: &GpuBuffer, norms: &GpuBuffer, rows: usize, cols: usize, mode: L2Mode) -> Result<()> {
+pub fn forward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    out: &GpuBuffer,
+    norms: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    mode: L2Mode,
+) -> Result<()> {
     check_len("l2norm input", x, &[rows, cols])?;
     check_len("l2norm output", out, &[rows, cols])?;
     check_len("l2norm saved norms", norms, &[rows])?;
@@ -70,19 +87,43 @@ pub fn forward_with(gpu: &Gpu, schedule: RowSchedule, x: &GpuBuffer, out: &GpuBu
         params: bytemuck::bytes_of(&p),
         buffers: &[x, x, out, norms],
         workgroups,
-        label: KernelLabel { kernel: "l2norm", shape: format!("[{rows},{cols}]"), flops: 3 * n, bytes: 8 * n + 4 * rows as u64 },
+        label: KernelLabel {
+            kernel: "l2norm",
+            shape: format!("[{rows},{cols}]"),
+            flops: 3 * n,
+            bytes: 8 * n + 4 * rows as u64,
+        },
     })
 }
 
 /// dx from dy, with `x` and `norms` from the forward.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(gpu: &Gpu, x: &GpuBuffer, norms: &GpuBuffer, dy: &GpuBuffer, dx: &GpuBuffer, rows: usize, cols: usize, mode: L2Mode) -> Result<()> {
+pub fn backward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    norms: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    mode: L2Mode,
+) -> Result<()> {
     backward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, norms, dy, dx, rows, cols, mode)
 }
 
 /// [`backward`] in a given schedule.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_with(gpu: &Gpu, schedule: RowSchedule, x: &GpuBuffer, norms: &GpuBuffer, dy: &GpuBuffer, dx: &GpuBuffer, rows: usize, cols: usize, mode: L2Mode) -> Result<()> {
+pub fn backward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    norms: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    mode: L2Mode,
+) -> Result<()> {
     check_len("l2norm input", x, &[rows, cols])?;
     check_len("l2norm saved norms", norms, &[rows])?;
     check_len("l2norm output gradient", dy, &[rows, cols])?;
@@ -96,6 +137,11 @@ pub fn backward_with(gpu: &Gpu, schedule: RowSchedule, x: &GpuBuffer, norms: &Gp
         params: bytemuck::bytes_of(&p),
         buffers: &[x, dy, dx, norms],
         workgroups,
-        label: KernelLabel { kernel: "l2norm_backward", shape: format!("[{rows},{cols}]"), flops: 5 * n, bytes: 12 * n + 4 * rows as u64 },
+        label: KernelLabel {
+            kernel: "l2norm_backward",
+            shape: format!("[{rows},{cols}]"),
+            flops: 5 * n,
+            bytes: 12 * n + 4 * rows as u64,
+        },
     })
 }

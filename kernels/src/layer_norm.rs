@@ -7,9 +7,9 @@
 //! launchers take one explicitly. The weight and bias gradients sum over rows in a fixed
 //! order (per-chunk partial sums, then a per-column pass over the chunks): deterministic.
 
+use crate::buffer::check_len;
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::buffer::check_len;
 use crate::reduce::{check_u32, RowSchedule, MAX_LOOP};
 use crate::{shader, Error, GpuBuffer, Result};
 
@@ -40,7 +40,9 @@ impl Params {
 
 fn check_shape(rows: usize, cols: usize) -> Result<bool> {
     if cols == 0 && rows > 0 {
-        return Err(Error::Shape(format!("layer_norm over the last axis of [{rows}, {cols}] needs at least one column")));
+        return Err(Error::Shape(format!(
+            "layer_norm over the last axis of [{rows}, {cols}] needs at least one column"
+        )));
     }
     check_u32("layer_norm input", &[rows, cols])?;
     Ok(rows > 0)
@@ -49,7 +51,18 @@ fn check_shape(rows: usize, cols: usize) -> Result<bool> {
 /// LayerNorm forward: `out = (x - mean) * rstd * weight + bias` per row, saving `mean` and
 /// `rstd` ([rows] each) for the backward.
 #[allow(clippy::too_many_arguments)]
-pub fn forward(gpu: &Gpu, x: &GpuBuffer, weight: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, mean: &GpuBuffer, rstd: &GpuBuffer, rows: usize, cols: usize, eps: f32) -> Result<()> {
+pub fn forward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    bias: &GpuBuffer,
+    out: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<()> {
     forward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, weight, bias, out, mean, rstd, rows, cols, eps)
 }
 
@@ -85,7 +98,12 @@ pub fn forward_with(
         params: bytemuck::bytes_of(&Params::new(rows, cols, eps)),
         buffers: &[x, weight, bias, out, mean, rstd],
         workgroups,
-        label: KernelLabel { kernel: "layer_norm", shape: format!("[{rows},{cols}]"), flops: 8 * n, bytes: 8 * n + 8 * (rows + cols) as u64 },
+        label: KernelLabel {
+            kernel: "layer_norm",
+            shape: format!("[{rows},{cols}]"),
+            flops: 8 * n,
+            bytes: 8 * n + 8 * (rows + cols) as u64,
+        },
     })
 }
 
@@ -148,11 +166,17 @@ pub fn backward_with(
         params: bytemuck::bytes_of(&Params::new(rows, cols, 0.0)),
         buffers: &[x, weight, dy, dx, mean, rstd],
         workgroups,
-        label: KernelLabel { kernel: "layer_norm_backward", shape: format!("[{rows},{cols}]"), flops: 11 * n, bytes: 12 * n + 8 * (rows + cols) as u64 },
+        label: KernelLabel {
+            kernel: "layer_norm_backward",
+            shape: format!("[{rows},{cols}]"),
+            flops: 11 * n,
+            bytes: 12 * n + 8 * (rows + cols) as u64,
+        },
     })?;
 
     // dweight, dbias: chunks of rows per invocation, then the chunks per column.
-    let chunks = PARAM_INVOCATIONS.div_ceil(cols).min(rows.div_ceil(MIN_CHUNK_ROWS)).max(rows.div_ceil(MAX_LOOP)).max(1);
+    let chunks =
+        PARAM_INVOCATIONS.div_ceil(cols).min(rows.div_ceil(MIN_CHUNK_ROWS)).max(rows.div_ceil(MAX_LOOP)).max(1);
     let chunk = rows.div_ceil(chunks);
     let chunks = rows.div_ceil(chunk);
     let mut p = Params::new(rows, cols, 0.0);
@@ -170,7 +194,12 @@ pub fn backward_with(
         params: bytemuck::bytes_of(&p),
         buffers: &[x, pw, dy, pb, mean, rstd],
         workgroups: grid((chunks * cols).div_ceil(256) as u32),
-        label: KernelLabel { kernel: "layer_norm_backward_params", shape: format!("[{rows},{cols}]/{chunks}"), flops: 4 * n, bytes: 8 * n + 8 * (rows + chunks * cols) as u64 },
+        label: KernelLabel {
+            kernel: "layer_norm_backward_params",
+            shape: format!("[{rows},{cols}]/{chunks}"),
+            flops: 4 * n,
+            bytes: 8 * n + 8 * (rows + chunks * cols) as u64,
+        },
     })?;
     if let Some((pw, pb)) = &partials {
         gpu.dispatch(Dispatch {

@@ -39,7 +39,9 @@ struct Shape {
 impl Shape {
     fn new(what: &str, batch: usize, classes: usize, pixels: usize) -> Result<Shape> {
         if batch * pixels == 0 || classes == 0 {
-            return Err(Error::Shape(format!("{what} of logits [{batch}, {classes}, {pixels}]: needs at least one class and one pixel")));
+            return Err(Error::Shape(format!(
+                "{what} of logits [{batch}, {classes}, {pixels}]: needs at least one class and one pixel"
+            )));
         }
         Ok(Shape { batch, classes, pixels })
     }
@@ -80,19 +82,38 @@ impl Shape {
     }
     fn label(&self, kernel: &'static str, flops_per_logit: usize) -> KernelLabel {
         let logits = self.n() * self.classes;
-        KernelLabel { kernel, shape: self.logits_desc(), flops: (flops_per_logit * logits) as u64, bytes: 4 * (logits + self.n()) as u64 }
+        KernelLabel {
+            kernel,
+            shape: self.logits_desc(),
+            flops: (flops_per_logit * logits) as u64,
+            bytes: 4 * (logits + self.n()) as u64,
+        }
     }
 }
 
 /// Binds `used` at their binding numbers (1-based) and `filler` everywhere else.
-fn launch(gpu: &Gpu, entry: &'static str, params: &Params, used: &[(usize, &GpuBuffer)], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    used: &[(usize, &GpuBuffer)],
+    workgroups: [u32; 3],
+    label: KernelLabel,
+) -> Result<()> {
     let filler = used[0].1;
     let count = used.iter().map(|&(b, _)| b).max().unwrap_or(0);
     let mut buffers = vec![filler; count];
     for &(binding, buf) in used {
         buffers[binding - 1] = buf;
     }
-    gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers: &buffers, workgroups, label })
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(params),
+        buffers: &buffers,
+        workgroups,
+        label,
+    })
 }
 
 fn per_pixel(s: &Shape) -> [u32; 3] {
@@ -100,26 +121,62 @@ fn per_pixel(s: &Shape) -> [u32; 3] {
 }
 
 /// Mean pixel cross-entropy of `logits` [B, K, P] against `target` [B, P] into `loss` [1].
-pub fn cross_entropy(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, loss: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+pub fn cross_entropy(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    target: &GpuBuffer,
+    loss: &GpuBuffer,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+) -> Result<()> {
     let s = Shape::new("cross entropy", batch, classes, pixels)?;
     s.check_inputs(logits, target)?;
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params();
     let partials = gpu.alloc(s.groups())?;
-    launch(gpu, "cross_entropy_partial", &p, &[(1, logits), (2, target), (4, &partials)], [p.groups, 1, 1], s.label("cross_entropy", 4))?;
-    let label = KernelLabel { kernel: "cross_entropy_finish", shape: s.logits_desc(), flops: p.groups as u64, bytes: 4 * p.groups as u64 };
+    launch(
+        gpu,
+        "cross_entropy_partial",
+        &p,
+        &[(1, logits), (2, target), (4, &partials)],
+        [p.groups, 1, 1],
+        s.label("cross_entropy", 4),
+    )?;
+    let label = KernelLabel {
+        kernel: "cross_entropy_finish",
+        shape: s.logits_desc(),
+        flops: p.groups as u64,
+        bytes: 4 * p.groups as u64,
+    };
     launch(gpu, "cross_entropy_finish", &p, &[(4, &partials), (5, loss)], [1, 1, 1], label)
 }
 
 /// `d_logits = d_loss[0] / (B P) * (softmax(logits) - onehot(target))` (zero rows where the
 /// target names no class).
 #[allow(clippy::too_many_arguments)]
-pub fn cross_entropy_backward(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, d_loss: &GpuBuffer, d_logits: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+pub fn cross_entropy_backward(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    target: &GpuBuffer,
+    d_loss: &GpuBuffer,
+    d_logits: &GpuBuffer,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+) -> Result<()> {
     let s = Shape::new("cross entropy backward", batch, classes, pixels)?;
     s.check_inputs(logits, target)?;
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
     s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
-    launch(gpu, "cross_entropy_backward", &s.params(), &[(1, logits), (2, target), (7, d_loss), (8, d_logits)], per_pixel(&s), s.label("cross_entropy_backward", 6))
+    launch(
+        gpu,
+        "cross_entropy_backward",
+        &s.params(),
+        &[(1, logits), (2, target), (7, d_loss), (8, d_logits)],
+        per_pixel(&s),
+        s.label("cross_entropy_backward", 6),
+    )
 }
 
 /// Elements of the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per foreground class.
@@ -131,7 +188,16 @@ pub fn dice_stats_len(classes: usize) -> usize {
 /// [`dice_stats_len`] elements, may be 1 when K = 1) receives the per-class sums that
 /// [`dice_backward`] needs. With K = 1 the loss is 0.
 #[allow(clippy::too_many_arguments)]
-pub fn dice(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, stats: &GpuBuffer, loss: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+pub fn dice(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    target: &GpuBuffer,
+    stats: &GpuBuffer,
+    loss: &GpuBuffer,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+) -> Result<()> {
     let s = Shape::new("dice", batch, classes, pixels)?;
     s.check_inputs(logits, target)?;
     s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
@@ -139,8 +205,20 @@ pub fn dice(gpu: &Gpu, logits: &GpuBuffer, target: &GpuBuffer, stats: &GpuBuffer
     let p = s.params();
     let foreground = (classes - 1) as u32;
     let partials = gpu.alloc((s.groups() * dice_stats_len(classes)).max(1))?;
-    launch(gpu, "dice_partial", &p, &[(1, logits), (2, target), (4, &partials)], [p.groups, foreground, 1], s.label("dice", 3 + 2 * classes))?;
-    let label = KernelLabel { kernel: "dice_finish", shape: s.logits_desc(), flops: partials.len() as u64, bytes: 4 * partials.len() as u64 };
+    launch(
+        gpu,
+        "dice_partial",
+        &p,
+        &[(1, logits), (2, target), (4, &partials)],
+        [p.groups, foreground, 1],
+        s.label("dice", 3 + 2 * classes),
+    )?;
+    let label = KernelLabel {
+        kernel: "dice_finish",
+        shape: s.logits_desc(),
+        flops: partials.len() as u64,
+        bytes: 4 * partials.len() as u64,
+    };
     launch(gpu, "dice_finish", &p, &[(4, &partials), (5, loss), (6, stats)], [1, 1, 1], label)
 }
 
@@ -167,7 +245,14 @@ pub fn dice_backward(
 }
 
 /// `labels[b, i]` = the first class with the largest logit at pixel i; labels [B, P] u32.
-pub fn argmax(gpu: &Gpu, logits: &GpuBuffer, labels: &GpuBuffer, batch: usize, classes: usize, pixels: usize) -> Result<()> {
+pub fn argmax(
+    gpu: &Gpu,
+    logits: &GpuBuffer,
+    labels: &GpuBuffer,
+    batch: usize,
+    classes: usize,
+    pixels: usize,
+) -> Result<()> {
     let s = Shape::new("argmax", batch, classes, pixels)?;
     s.check("the logits", logits, s.n() * classes, &s.logits_desc())?;
     s.check("the labels", labels, s.n(), &format!("[{batch}, {pixels}]"))?;

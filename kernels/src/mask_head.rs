@@ -35,24 +35,48 @@ impl Shape {
         self.batch * self.tokens
     }
     fn desc(&self) -> String {
-        format!("features [{}, {}, {}] and text [{}, {}]", self.batch, self.tokens, self.width, self.classes, self.width)
+        format!(
+            "features [{}, {}, {}] and text [{}, {}]",
+            self.batch, self.tokens, self.width, self.classes, self.width
+        )
     }
     fn check(&self, what: &str, buf: &GpuBuffer, need: usize, desc: String) -> Result<()> {
         if buf.len() < need {
-            return Err(Error::Shape(format!("mask head of {}: {what} has {} elements but {desc} needs {need}", self.desc(), buf.len())));
+            return Err(Error::Shape(format!(
+                "mask head of {}: {what} has {} elements but {desc} needs {need}",
+                self.desc(),
+                buf.len()
+            )));
         }
         Ok(())
     }
     fn check_inputs(&self, x: &GpuBuffer, text: &GpuBuffer, logit_scale: &GpuBuffer) -> Result<()> {
-        self.check("the features", x, self.rows() * self.width, format!("[{}, {}, {}]", self.batch, self.tokens, self.width))?;
-        self.check("the text embeddings", text, self.classes * self.width, format!("[{}, {}]", self.classes, self.width))?;
+        self.check(
+            "the features",
+            x,
+            self.rows() * self.width,
+            format!("[{}, {}, {}]", self.batch, self.tokens, self.width),
+        )?;
+        self.check(
+            "the text embeddings",
+            text,
+            self.classes * self.width,
+            format!("[{}, {}]", self.classes, self.width),
+        )?;
         self.check("the logit scale", logit_scale, 1, "[1]".into())
     }
     fn out_desc(&self) -> String {
         format!("[{}, {}, {}]", self.batch, self.classes, self.tokens)
     }
     fn params(&self) -> Params {
-        Params { batch: self.batch as u32, tokens: self.tokens as u32, width: self.width as u32, classes: self.classes as u32, rows: self.rows() as u32, _pad: [0; 3] }
+        Params {
+            batch: self.batch as u32,
+            tokens: self.tokens as u32,
+            width: self.width as u32,
+            classes: self.classes as u32,
+            rows: self.rows() as u32,
+            _pad: [0; 3],
+        }
     }
     fn label(&self, kernel: &'static str, flops_per_mac: usize) -> KernelLabel {
         let macs = self.rows() * self.classes * self.width;
@@ -61,13 +85,30 @@ impl Shape {
     }
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], workgroups: [u32; 3], label: KernelLabel) -> Result<()> {
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    buffers: &[&GpuBuffer],
+    workgroups: [u32; 3],
+    label: KernelLabel,
+) -> Result<()> {
     gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers, workgroups, label })
 }
 
 /// Logits `out` [B, K, N] of features `x` [B, N, C] against text embeddings `text` [K, C].
 #[allow(clippy::too_many_arguments)]
-pub fn forward(gpu: &Gpu, x: &GpuBuffer, text: &GpuBuffer, logit_scale: &GpuBuffer, out: &GpuBuffer, batch: usize, tokens: usize, width: usize, classes: usize) -> Result<()> {
+pub fn forward(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    text: &GpuBuffer,
+    logit_scale: &GpuBuffer,
+    out: &GpuBuffer,
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    classes: usize,
+) -> Result<()> {
     let s = Shape { batch, tokens, width, classes };
     s.check_inputs(x, text, logit_scale)?;
     s.check("the output", out, s.rows() * classes, s.out_desc())?;
@@ -108,6 +149,11 @@ pub fn backward(
     launch(gpu, "text_normalize", &p, &all, classes_grid, s.label("mask_head_text_normalize", 0))?;
     launch(gpu, "backward_x", &p, &all, grid(s.rows().div_ceil(64) as u32), s.label("mask_head_backward_x", 4))?;
     launch(gpu, "backward_text", &p, &all, classes_grid, s.label("mask_head_backward_text", 3))?;
-    let label = KernelLabel { kernel: "mask_head_backward_scale", shape: s.desc(), flops: s.rows() as u64, bytes: 4 * s.rows() as u64 };
+    let label = KernelLabel {
+        kernel: "mask_head_backward_scale",
+        shape: s.desc(),
+        flops: s.rows() as u64,
+        bytes: 4 * s.rows() as u64,
+    };
     launch(gpu, "backward_scale", &p, &all, [1, 1, 1], label)
 }

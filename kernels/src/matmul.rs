@@ -49,7 +49,17 @@ pub struct Matmul {
 impl Matmul {
     /// `batch` products of [m, k] · [k, n], no transposes, broadcasts or accumulation.
     pub fn new(batch: usize, m: usize, n: usize, k: usize) -> Self {
-        Matmul { batch, m, n, k, trans_a: false, trans_b: false, broadcast_a: false, broadcast_b: false, accumulate: false }
+        Matmul {
+            batch,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            broadcast_a: false,
+            broadcast_b: false,
+            accumulate: false,
+        }
     }
 
     /// Sets whether A is stored [K, M].
@@ -105,12 +115,20 @@ impl Matmul {
     /// A's stored shape, e.g. `[8, 192, 257]` for trans_a or `[192, 257]` when broadcast.
     fn a_shape(&self) -> String {
         let (r, c) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
-        if self.broadcast_a { format!("[{r}, {c}]") } else { format!("[{}, {r}, {c}]", self.batch) }
+        if self.broadcast_a {
+            format!("[{r}, {c}]")
+        } else {
+            format!("[{}, {r}, {c}]", self.batch)
+        }
     }
 
     fn b_shape(&self) -> String {
         let (r, c) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
-        if self.broadcast_b { format!("[{r}, {c}]") } else { format!("[{}, {r}, {c}]", self.batch) }
+        if self.broadcast_b {
+            format!("[{r}, {c}]")
+        } else {
+            format!("[{}, {r}, {c}]", self.batch)
+        }
     }
 
     /// Human-readable description for errors and profiles, e.g.
@@ -180,7 +198,14 @@ pub fn matmul(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer, op: &Mat
 }
 
 /// [`matmul`] on an explicitly chosen implementation.
-pub fn matmul_with(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer, op: &Matmul, path: MatmulPath) -> Result<()> {
+pub fn matmul_with(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+    op: &Matmul,
+    path: MatmulPath,
+) -> Result<()> {
     for (what, buf, need, shape) in [
         ("A", a, op.a_len(), op.a_shape()),
         ("B", b, op.b_len(), op.b_shape()),
@@ -198,7 +223,8 @@ pub fn matmul_with(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer, op:
         return Ok(());
     }
     let u32_of = |v: usize, what: &str| {
-        u32::try_from(v).map_err(|_| Error::Shape(format!("matmul {}: {what} = {v} does not fit in 32 bits", op.describe())))
+        u32::try_from(v)
+            .map_err(|_| Error::Shape(format!("matmul {}: {what} = {v} does not fit in 32 bits", op.describe())))
     };
     // Every element index must fit the shader's u32 arithmetic.
     u32_of(op.a_len().max(op.b_len()).max(op.out_len()), "the largest operand")?;

@@ -119,7 +119,17 @@ fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer
 /// `out[b, n, d] = sum_{c,i,j} image[b, c, py p + i, px p + j] weight[d, c, i, j]` for the
 /// token n = py (S/p) + px; image [B, C, S, S], weight [D, C, p, p], out [B, N, D].
 #[allow(clippy::too_many_arguments)]
-pub fn forward(gpu: &Gpu, image: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer, batch: usize, channels: usize, size: usize, patch: usize, dim: usize) -> Result<()> {
+pub fn forward(
+    gpu: &Gpu,
+    image: &GpuBuffer,
+    weight: &GpuBuffer,
+    out: &GpuBuffer,
+    batch: usize,
+    channels: usize,
+    size: usize,
+    patch: usize,
+    dim: usize,
+) -> Result<()> {
     let s = Shape::new(batch, channels, size, patch, dim)?;
     s.check("the image", image, s.image_len(), &s.image_desc())?;
     s.check("the weight", weight, s.weight_len(), &s.weight_desc())?;
@@ -130,7 +140,17 @@ pub fn forward(gpu: &Gpu, image: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer
 
 /// The image gradient `d_image` [B, C, S, S] from `d_out` [B, N, D].
 #[allow(clippy::too_many_arguments)]
-pub fn backward_image(gpu: &Gpu, weight: &GpuBuffer, d_out: &GpuBuffer, d_image: &GpuBuffer, batch: usize, channels: usize, size: usize, patch: usize, dim: usize) -> Result<()> {
+pub fn backward_image(
+    gpu: &Gpu,
+    weight: &GpuBuffer,
+    d_out: &GpuBuffer,
+    d_image: &GpuBuffer,
+    batch: usize,
+    channels: usize,
+    size: usize,
+    patch: usize,
+    dim: usize,
+) -> Result<()> {
     let s = Shape::new(batch, channels, size, patch, dim)?;
     s.check("the weight", weight, s.weight_len(), &s.weight_desc())?;
     s.check("the output gradient", d_out, s.out_len(), &s.out_desc())?;
@@ -142,7 +162,17 @@ pub fn backward_image(gpu: &Gpu, weight: &GpuBuffer, d_out: &GpuBuffer, d_image:
 /// The weight gradient `d_weight` [D, C, p, p] from `d_out` [B, N, D], summed over batch and
 /// tokens in a fixed order (deterministic).
 #[allow(clippy::too_many_arguments)]
-pub fn backward_weight(gpu: &Gpu, image: &GpuBuffer, d_out: &GpuBuffer, d_weight: &GpuBuffer, batch: usize, channels: usize, size: usize, patch: usize, dim: usize) -> Result<()> {
+pub fn backward_weight(
+    gpu: &Gpu,
+    image: &GpuBuffer,
+    d_out: &GpuBuffer,
+    d_weight: &GpuBuffer,
+    batch: usize,
+    channels: usize,
+    size: usize,
+    patch: usize,
+    dim: usize,
+) -> Result<()> {
     let s = Shape::new(batch, channels, size, patch, dim)?;
     s.check("the image", image, s.image_len(), &s.image_desc())?;
     s.check("the output gradient", d_out, s.out_len(), &s.out_desc())?;

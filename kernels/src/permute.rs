@@ -4,10 +4,10 @@
 //! that stay neighbours in the output are merged, so a `[B, N, H, Dh] -> [B, H, N, Dh]` head
 //! split runs as a 3-axis copy and an identity permutation as a 1-axis copy.
 
+use crate::buffer::check_len;
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::buffer::check_len;
-use crate::reduce::{check_u32};
+use crate::reduce::check_u32;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "permute.wgsl");
@@ -29,9 +29,14 @@ struct Params {
 /// permutation of `0..shape.len()`.
 pub fn permuted_shape(shape: &[usize], perm: &[usize]) -> Result<Vec<usize>> {
     let mut seen = [false; MAX_RANK];
-    let valid = shape.len() == perm.len() && perm.len() <= MAX_RANK && perm.iter().all(|&a| a < perm.len() && !std::mem::replace(&mut seen[a], true));
+    let valid = shape.len() == perm.len()
+        && perm.len() <= MAX_RANK
+        && perm.iter().all(|&a| a < perm.len() && !std::mem::replace(&mut seen[a], true));
     if !valid {
-        return Err(Error::Shape(format!("permutation {perm:?} is not a permutation of the {} axes of shape {shape:?} (at most {MAX_RANK})", shape.len())));
+        return Err(Error::Shape(format!(
+            "permutation {perm:?} is not a permutation of the {} axes of shape {shape:?} (at most {MAX_RANK})",
+            shape.len()
+        )));
     }
     Ok(perm.iter().map(|&a| shape[a]).collect())
 }
@@ -59,7 +64,9 @@ pub fn permute(gpu: &Gpu, x: &GpuBuffer, shape: &[usize], perm: &[usize], out: &
             continue;
         }
         match axes.last_mut() {
-            Some((size, stride)) if last_input_axis.is_some_and(|l| l < a && shape[l + 1..a].iter().all(|&s| s == 1)) => {
+            Some((size, stride))
+                if last_input_axis.is_some_and(|l| l < a && shape[l + 1..a].iter().all(|&s| s == 1)) =>
+            {
                 *size *= shape[a];
                 *stride = strides[a];
             }
@@ -67,7 +74,13 @@ pub fn permute(gpu: &Gpu, x: &GpuBuffer, shape: &[usize], perm: &[usize], out: &
         }
         last_input_axis = Some(a);
     }
-    let mut p = Params { n: n as u32, rank: axes.len() as u32, _pad: [0; 2], out_shape: [1; MAX_RANK], in_strides: [0; MAX_RANK] };
+    let mut p = Params {
+        n: n as u32,
+        rank: axes.len() as u32,
+        _pad: [0; 2],
+        out_shape: [1; MAX_RANK],
+        in_strides: [0; MAX_RANK],
+    };
     for (k, &(size, stride)) in axes.iter().enumerate() {
         p.out_shape[k] = size as u32;
         p.in_strides[k] = stride as u32;

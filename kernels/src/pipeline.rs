@@ -55,10 +55,8 @@ pub struct Kernel {
 
 /// Parses and validates a WGSL file with naga; returns the module and its analysis.
 pub fn validate_wgsl(file: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| Error::Shader {
-        file: file.to_string(),
-        message: e.emit_to_string(source),
-    })?;
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| Error::Shader { file: file.to_string(), message: e.emit_to_string(source) })?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16,
@@ -69,7 +67,12 @@ pub fn validate_wgsl(file: &str, source: &str) -> Result<(naga::Module, naga::va
 }
 
 /// The bindings of group 0 that `entry` uses, from naga's analysis.
-fn entry_bindings(file: &str, module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str) -> Result<Vec<(u32, BindingKind)>> {
+fn entry_bindings(
+    file: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> Result<Vec<(u32, BindingKind)>> {
     let index = module
         .entry_points
         .iter()
@@ -83,14 +86,22 @@ fn entry_bindings(file: &str, module: &naga::Module, info: &naga::valid::ModuleI
             continue;
         }
         if binding.group != 0 {
-            return Err(Error::Shader { file: file.into(), message: format!("binding group {} used; vlsa shaders use group 0 only", binding.group) });
+            return Err(Error::Shader {
+                file: file.into(),
+                message: format!("binding group {} used; vlsa shaders use group 0 only", binding.group),
+            });
         }
         let kind = match var.space {
             naga::AddressSpace::Uniform => BindingKind::Uniform,
-            naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => BindingKind::StorageReadWrite,
+            naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
+                BindingKind::StorageReadWrite
+            }
             naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
             other => {
-                return Err(Error::Shader { file: file.into(), message: format!("binding {} in unsupported address space {other:?}", binding.binding) })
+                return Err(Error::Shader {
+                    file: file.into(),
+                    message: format!("binding {} in unsupported address space {other:?}", binding.binding),
+                })
             }
         };
         out.push((binding.binding, kind));
@@ -108,7 +119,12 @@ pub(crate) struct PipelineCache {
 
 impl PipelineCache {
     /// Returns the kernel for `entry` of `shader`, compiling it on first use.
-    pub(crate) fn get(&self, device: &wgpu::Device, shader: &'static Shader, entry: &'static str) -> Result<Arc<Kernel>> {
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        shader: &'static Shader,
+        entry: &'static str,
+    ) -> Result<Arc<Kernel>> {
         if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&(shader.file, entry)) {
             return Ok(k.clone());
         }
@@ -132,7 +148,8 @@ impl PipelineCache {
             })
             .collect();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(entry),
             bind_group_layouts: &[Some(&layout)],
@@ -155,7 +172,11 @@ impl PipelineCache {
     }
 
     #[allow(clippy::type_complexity)]
-    fn module(&self, device: &wgpu::Device, shader: &'static Shader) -> Result<(Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::ModuleInfo)>)> {
+    fn module(
+        &self,
+        device: &wgpu::Device,
+        shader: &'static Shader,
+    ) -> Result<(Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::ModuleInfo)>)> {
         if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(shader.file) {
             return Ok(m.clone());
         }

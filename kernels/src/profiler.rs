@@ -73,15 +73,27 @@ pub struct KernelSummary {
 impl KernelSummary {
     /// Mean duration per dispatch in nanoseconds.
     pub fn mean_ns(&self) -> f64 {
-        if self.count == 0 { 0.0 } else { self.total_ns / self.count as f64 }
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ns / self.count as f64
+        }
     }
     /// Achieved GFLOP/s (0 when the kernel does no arithmetic or took no time).
     pub fn gflops(&self) -> f64 {
-        if self.total_ns > 0.0 { self.flops as f64 / self.total_ns } else { 0.0 }
+        if self.total_ns > 0.0 {
+            self.flops as f64 / self.total_ns
+        } else {
+            0.0
+        }
     }
     /// Achieved GB/s.
     pub fn gbytes_per_s(&self) -> f64 {
-        if self.total_ns > 0.0 { self.bytes as f64 / self.total_ns } else { 0.0 }
+        if self.total_ns > 0.0 {
+            self.bytes as f64 / self.total_ns
+        } else {
+            0.0
+        }
     }
 }
 
@@ -114,16 +126,30 @@ impl Profile {
         let mut rows: Vec<(String, KernelSummary)> = self.by_kernel().into_iter().collect();
         rows.sort_by(|a, b| b.1.total_ns.total_cmp(&a.1.total_ns));
         let mut out = String::new();
-        let _ = writeln!(out, "timing: {}", match self.timing {
-            Timing::GpuTimestamps => "GPU timestamp queries",
-            Timing::WallClock => "wall clock per dispatch (adapter has no timestamp queries; includes submit overhead)",
-        });
-        let _ = writeln!(out, "{:<28} {:>7} {:>11} {:>11} {:>9} {:>9}", "kernel", "count", "total ms", "mean us", "GFLOP/s", "GB/s");
+        let _ = writeln!(
+            out,
+            "timing: {}",
+            match self.timing {
+                Timing::GpuTimestamps => "GPU timestamp queries",
+                Timing::WallClock =>
+                    "wall clock per dispatch (adapter has no timestamp queries; includes submit overhead)",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:>7} {:>11} {:>11} {:>9} {:>9}",
+            "kernel", "count", "total ms", "mean us", "GFLOP/s", "GB/s"
+        );
         for (name, s) in &rows {
             let _ = writeln!(
                 out,
                 "{:<28} {:>7} {:>11.3} {:>11.1} {:>9.2} {:>9.2}",
-                name, s.count, s.total_ns / 1e6, s.mean_ns() / 1e3, s.gflops(), s.gbytes_per_s()
+                name,
+                s.count,
+                s.total_ns / 1e6,
+                s.mean_ns() / 1e3,
+                s.gflops(),
+                s.gbytes_per_s()
             );
         }
         let _ = writeln!(out, "{:<28} {:>7} {:>11.3}", "total", self.records.len(), self.total_ns() / 1e6);
@@ -188,7 +214,10 @@ mod tests {
 
     #[test]
     fn summary_and_trace() {
-        let p = Profile { timing: Timing::GpuTimestamps, records: vec![record("a", 1000.0, 2000), record("a", 3000.0, 2000), record("b", 10.0, 0)] };
+        let p = Profile {
+            timing: Timing::GpuTimestamps,
+            records: vec![record("a", 1000.0, 2000), record("a", 3000.0, 2000), record("b", 10.0, 0)],
+        };
         let s = &p.by_kernel()["a"];
         assert_eq!(s.count, 2);
         assert_eq!(s.mean_ns(), 2000.0);

@@ -53,9 +53,17 @@ impl RowSchedule {
 
     /// Picks the entry point of this schedule (`per_invocation` or `per_workgroup`) and its grid
     /// for `rows` rows of `cols`; rows longer than [`MAX_ROW_INVOCATION`] always run per workgroup.
-    pub(crate) fn pick(self, rows: usize, cols: usize, per_invocation: &'static str, per_workgroup: &'static str) -> (&'static str, [u32; 3]) {
+    pub(crate) fn pick(
+        self,
+        rows: usize,
+        cols: usize,
+        per_invocation: &'static str,
+        per_workgroup: &'static str,
+    ) -> (&'static str, [u32; 3]) {
         match self {
-            RowSchedule::Invocation if cols <= MAX_ROW_INVOCATION => (per_invocation, grid(rows.div_ceil(ROWS_PER_WORKGROUP) as u32)),
+            RowSchedule::Invocation if cols <= MAX_ROW_INVOCATION => {
+                (per_invocation, grid(rows.div_ceil(ROWS_PER_WORKGROUP) as u32))
+            }
             _ => (per_workgroup, grid(rows as u32)),
         }
     }
@@ -77,7 +85,6 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-
 /// Checks that every dimension fits the u32 index arithmetic of the shaders.
 pub(crate) fn check_u32(what: &str, shape: &[usize]) -> Result<()> {
     if numel(shape) > u32::MAX as usize {
@@ -87,9 +94,26 @@ pub(crate) fn check_u32(what: &str, shape: &[usize]) -> Result<()> {
 }
 
 /// One dispatch of the chunked axis sum: `out[o, c, i]` for `chunks` chunks of `chunk`.
-fn dispatch_sum(gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, outer: usize, len: usize, inner: usize, chunk: usize, chunks: usize) -> Result<()> {
+fn dispatch_sum(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    out: &GpuBuffer,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    chunk: usize,
+    chunks: usize,
+) -> Result<()> {
     let n = outer * chunks * inner;
-    let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, chunk: chunk as u32, chunks: chunks as u32, n: n as u32, _pad: [0; 2] };
+    let p = Params {
+        outer: outer as u32,
+        len: len as u32,
+        inner: inner as u32,
+        chunk: chunk as u32,
+        chunks: chunks as u32,
+        n: n as u32,
+        _pad: [0; 2],
+    };
     let read = outer * len * inner;
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -97,7 +121,12 @@ fn dispatch_sum(gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, outer: usize, len: us
         params: bytemuck::bytes_of(&p),
         buffers: &[x, out],
         workgroups: grid(n.div_ceil(256) as u32),
-        label: KernelLabel { kernel: "sum_axis", shape: format!("[{outer},{len},{inner}]/{chunks}"), flops: read as u64, bytes: 4 * (read + n) as u64 },
+        label: KernelLabel {
+            kernel: "sum_axis",
+            shape: format!("[{outer},{len},{inner}]/{chunks}"),
+            flops: read as u64,
+            bytes: 4 * (read + n) as u64,
+        },
     })
 }
 
@@ -129,13 +158,24 @@ pub fn sum_axis(gpu: &Gpu, x: &GpuBuffer, outer: usize, len: usize, inner: usize
 /// Sums x (shape x_shape) down to target_shape (NumPy broadcast rules in reverse: axes that are 1
 /// in target, or missing in front, are summed). The backward of a broadcast. Error if target does
 /// not broadcast to x_shape.
-pub fn sum_to_shape(gpu: &Gpu, x: &GpuBuffer, x_shape: &[usize], target_shape: &[usize], out: &GpuBuffer) -> Result<()> {
-    let mismatch = || Error::Shape(format!("cannot sum shape {x_shape:?} down to {target_shape:?}: {target_shape:?} does not broadcast to {x_shape:?}"));
+pub fn sum_to_shape(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    x_shape: &[usize],
+    target_shape: &[usize],
+    out: &GpuBuffer,
+) -> Result<()> {
+    let mismatch = || {
+        Error::Shape(format!(
+            "cannot sum shape {x_shape:?} down to {target_shape:?}: {target_shape:?} does not broadcast to {x_shape:?}"
+        ))
+    };
     if target_shape.len() > x_shape.len() {
         return Err(mismatch());
     }
     let front = x_shape.len() - target_shape.len();
-    let summed: Vec<bool> = (0..x_shape.len()).map(|k| k < front || (target_shape[k - front] == 1 && x_shape[k] != 1)).collect();
+    let summed: Vec<bool> =
+        (0..x_shape.len()).map(|k| k < front || (target_shape[k - front] == 1 && x_shape[k] != 1)).collect();
     for (k, &t) in target_shape.iter().enumerate() {
         if t != x_shape[k + front] && t != 1 {
             return Err(mismatch());

@@ -4,9 +4,9 @@
 //! ([`RowSchedule`]): the plain launchers pick one for the adapter, the `*_with` launchers take
 //! one explicitly (for tests and benches).
 
+use crate::buffer::check_len;
 use crate::context::{Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::buffer::check_len;
 use crate::reduce::{check_u32, RowSchedule};
 use crate::{shader, Error, GpuBuffer, Result};
 
@@ -34,7 +34,14 @@ pub fn forward(gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, rows: usize, cols: usi
 }
 
 /// [`forward`] in a given schedule.
-pub fn forward_with(gpu: &Gpu, schedule: RowSchedule, x: &GpuBuffer, out: &GpuBuffer, rows: usize, cols: usize) -> Result<()> {
+pub fn forward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     check_len("softmax input", x, &[rows, cols])?;
     check_len("softmax output", out, &[rows, cols])?;
     if !check_rows(rows, cols)? {
@@ -59,7 +66,15 @@ pub fn backward(gpu: &Gpu, y: &GpuBuffer, dy: &GpuBuffer, dx: &GpuBuffer, rows: 
 }
 
 /// [`backward`] in a given schedule.
-pub fn backward_with(gpu: &Gpu, schedule: RowSchedule, y: &GpuBuffer, dy: &GpuBuffer, dx: &GpuBuffer, rows: usize, cols: usize) -> Result<()> {
+pub fn backward_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    y: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     check_len("softmax output", y, &[rows, cols])?;
     check_len("softmax output gradient", dy, &[rows, cols])?;
     check_len("softmax input gradient", dx, &[rows, cols])?;
@@ -75,6 +90,11 @@ pub fn backward_with(gpu: &Gpu, schedule: RowSchedule, y: &GpuBuffer, dy: &GpuBu
         params: bytemuck::bytes_of(&p),
         buffers: &[y, dy, dx],
         workgroups,
-        label: KernelLabel { kernel: "softmax_backward", shape: format!("[{rows},{cols}]"), flops: 4 * n, bytes: 12 * n },
+        label: KernelLabel {
+            kernel: "softmax_backward",
+            shape: format!("[{rows},{cols}]"),
+            flops: 4 * n,
+            bytes: 12 * n,
+        },
     })
 }

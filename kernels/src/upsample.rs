@@ -63,14 +63,22 @@ impl Resize {
         let empty_in = self.in_h == 0 || self.in_w == 0;
         let empty_out = self.out_h == 0 || self.out_w == 0;
         if empty_in && !empty_out {
-            return Err(Error::Shape(format!("{what} from {} to {}: an empty image cannot be resized to a non-empty one", self.in_desc(), self.out_desc())));
+            return Err(Error::Shape(format!(
+                "{what} from {} to {}: an empty image cannot be resized to a non-empty one",
+                self.in_desc(),
+                self.out_desc()
+            )));
         }
         Ok(())
     }
 
     fn check(&self, what: &str, buf: &GpuBuffer, need: usize, desc: &str) -> Result<()> {
         if buf.len() < need {
-            return Err(Error::Shape(format!("resize {}: {what} has {} elements but {desc} needs {need}", self.desc(), buf.len())));
+            return Err(Error::Shape(format!(
+                "resize {}: {what} has {} elements but {desc} needs {need}",
+                self.desc(),
+                buf.len()
+            )));
         }
         Ok(())
     }
@@ -111,7 +119,12 @@ pub fn bilinear(gpu: &Gpu, input: &GpuBuffer, output: &GpuBuffer, shape: &Resize
     shape.check("the input", input, shape.in_len(), &shape.in_desc())?;
     shape.check("the output", output, shape.out_len(), &shape.out_desc())?;
     let n = shape.out_len();
-    let label = KernelLabel { kernel: "bilinear", shape: shape.desc(), flops: 11 * n as u64, bytes: 4 * (n + shape.in_len()) as u64 };
+    let label = KernelLabel {
+        kernel: "bilinear",
+        shape: shape.desc(),
+        flops: 11 * n as u64,
+        bytes: 4 * (n + shape.in_len()) as u64,
+    };
     launch(gpu, "bilinear", &shape.params(n), &[input, output], label)
 }
 
@@ -123,7 +136,12 @@ pub fn bilinear_backward(gpu: &Gpu, d_output: &GpuBuffer, d_input: &GpuBuffer, s
     shape.check("the input gradient", d_input, shape.in_len(), &shape.in_desc())?;
     let n = shape.in_len();
     // Each output element is read by at most 2 x 2 input pixels.
-    let label = KernelLabel { kernel: "bilinear_backward", shape: shape.desc(), flops: 8 * shape.out_len() as u64, bytes: 4 * (n + shape.out_len()) as u64 };
+    let label = KernelLabel {
+        kernel: "bilinear_backward",
+        shape: shape.desc(),
+        flops: 8 * shape.out_len() as u64,
+        bytes: 4 * (n + shape.out_len()) as u64,
+    };
     launch(gpu, "bilinear_backward", &shape.params(n), &[d_output, d_input], label)
 }
 

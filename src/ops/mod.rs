@@ -14,8 +14,8 @@ use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
 use crate::kernels::l2norm::{self, L2Mode};
 use crate::kernels::matmul::{self, Matmul};
 use crate::kernels::{embedding, layer_norm, permute, reduce, softmax, GpuBuffer};
-use crate::tensor::{numel, Tensor};
 use crate::kernels::{Error, Result};
+use crate::tensor::{numel, Tensor};
 
 /// Splits a shape into (rows, last axis).
 fn rows_cols(shape: &[usize]) -> (usize, usize) {
@@ -68,7 +68,11 @@ impl Tensor {
     pub fn bias_add(&self, bias: &Tensor) -> Result<Tensor> {
         let (rows, c) = rows_cols(self.shape());
         if bias.shape() != [c] {
-            return Err(Error::Shape(format!("bias of shape {:?} does not match the last axis of {:?}", bias.shape(), self.shape())));
+            return Err(Error::Shape(format!(
+                "bias of shape {:?} does not match the last axis of {:?}",
+                bias.shape(),
+                self.shape()
+            )));
         }
         let out = self.gpu().alloc(self.numel())?;
         elementwise::bias_add(self.gpu(), self.buffer(), bias.buffer(), &out, rows, c)?;
@@ -112,7 +116,13 @@ impl Tensor {
     /// `trans_b`: other is stored `[..., N, K]`).
     pub fn matmul_with(&self, other: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         let (sa, sb) = (self.shape(), other.shape());
-        let bad = || Error::Shape(format!("cannot multiply matrices of shapes {sa:?} and {sb:?}{}{}", if trans_a { " (first transposed)" } else { "" }, if trans_b { " (second transposed)" } else { "" }));
+        let bad = || {
+            Error::Shape(format!(
+                "cannot multiply matrices of shapes {sa:?} and {sb:?}{}{}",
+                if trans_a { " (first transposed)" } else { "" },
+                if trans_b { " (second transposed)" } else { "" }
+            ))
+        };
         if sa.len() < 2 || sb.len() < 2 {
             return Err(bad());
         }
@@ -145,7 +155,11 @@ impl Tensor {
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
-            return Err(Error::Shape(format!("a linear layer with weight {:?} cannot take input of shape {:?}", weight.shape(), self.shape())));
+            return Err(Error::Shape(format!(
+                "a linear layer with weight {:?} cannot take input of shape {:?}",
+                weight.shape(),
+                self.shape()
+            )));
         }
         let out_features = weight.shape()[0];
         let y = self.reshape(&[rows, cols])?.matmul_t(weight)?;
@@ -161,14 +175,22 @@ impl Tensor {
     /// The same data with another shape of the same size (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::Shape(format!("cannot reshape {:?} ({} elements) to {shape:?} ({} elements)", self.shape(), self.numel(), numel(shape))));
+            return Err(Error::Shape(format!(
+                "cannot reshape {:?} ({} elements) to {shape:?} ({} elements)",
+                self.shape(),
+                self.numel(),
+                numel(shape)
+            )));
         }
         let node = crate::autograd::is_recording() && self.requires_grad();
         let t = Tensor::build(
             self.gpu(),
             shape.to_vec(),
             self.0.data.clone(),
-            node.then(|| crate::autograd::Node { op: Op::Reshape { from: self.shape().to_vec() }, inputs: vec![self.clone()] }),
+            node.then(|| crate::autograd::Node {
+                op: Op::Reshape { from: self.shape().to_vec() },
+                inputs: vec![self.clone()],
+            }),
             node,
         );
         Ok(t)
@@ -254,7 +276,12 @@ impl Tensor {
         let mean = Arc::new(gpu.alloc(rows)?);
         let rstd = Arc::new(gpu.alloc(rows)?);
         layer_norm::forward(gpu, self.buffer(), weight.buffer(), bias.buffer(), &out, &mean, &rstd, rows, cols, eps)?;
-        Ok(record(out, self.shape().to_vec(), || Op::LayerNorm { x: self.clone(), weight: weight.clone(), mean, rstd, rows, cols }, &[self, weight, bias]))
+        Ok(record(
+            out,
+            self.shape().to_vec(),
+            || Op::LayerNorm { x: self.clone(), weight: weight.clone(), mean, rstd, rows, cols },
+            &[self, weight, bias],
+        ))
     }
 
     /// L2 normalisation over the last axis.

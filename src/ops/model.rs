@@ -8,8 +8,8 @@ use crate::kernels::attention::{self, Attention};
 use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::upsample::{self, Resize};
 use crate::kernels::{loss, mask_head, patch_embed, GpuBuffer};
-use crate::tensor::Tensor;
 use crate::kernels::{Error, Result};
+use crate::tensor::Tensor;
 
 /// What the EM Aggregation op returns.
 pub struct EmOutput {
@@ -32,7 +32,14 @@ impl Tensor {
     /// Multi-head attention of queries `self` [B,Nq,H*dh] over keys/values [Bk,Nk,H*dh]
     /// (Bk = B, or 1 for keys shared by the batch), with an optional u32 key mask [Bk,Nk]
     /// (1 = attend).
-    pub fn attention(&self, k: &Tensor, v: &Tensor, heads: usize, causal: bool, key_mask: Option<Arc<GpuBuffer>>) -> Result<Tensor> {
+    pub fn attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        causal: bool,
+        key_mask: Option<Arc<GpuBuffer>>,
+    ) -> Result<Tensor> {
         for (name, t) in [("queries", self), ("keys", k), ("values", v)] {
             expect_shape(name, t, 3)?;
         }
@@ -53,7 +60,12 @@ impl Tensor {
         let lse = Arc::new(gpu.alloc(spec.lse_elements())?);
         attention::forward(gpu, self.buffer(), k.buffer(), v.buffer(), key_mask.as_deref(), &out, &lse, &spec)?;
         let saved_out = out.clone();
-        Ok(crate::autograd::record_arc(out, self.shape().to_vec(), || Op::Attention { q: self.clone(), k: k.clone(), v: v.clone(), out: saved_out, lse, mask: key_mask, spec }, &[self, k, v]))
+        Ok(crate::autograd::record_arc(
+            out,
+            self.shape().to_vec(),
+            || Op::Attention { q: self.clone(), k: k.clone(), v: v.clone(), out: saved_out, lse, mask: key_mask, spec },
+            &[self, k, v],
+        ))
     }
 
     /// The EM Aggregation loop on `self` = u [B,N,C] from bases [M,C] (DESIGN.md step 8).
@@ -97,12 +109,29 @@ impl Tensor {
         let (b, ch, size) = (self.shape()[0], self.shape()[1], self.shape()[2]);
         let (dim, wch, p) = (weight.shape()[0], weight.shape()[1], weight.shape()[2]);
         if self.shape()[3] != size || wch != ch || weight.shape()[3] != p || p == 0 || size % p != 0 {
-            return Err(Error::Shape(format!("patch embedding weight {:?} cannot embed images {:?}", weight.shape(), self.shape())));
+            return Err(Error::Shape(format!(
+                "patch embedding weight {:?} cannot embed images {:?}",
+                weight.shape(),
+                self.shape()
+            )));
         }
         let n = (size / p) * (size / p);
         let out = self.gpu().alloc(b * n * dim)?;
         patch_embed::forward(self.gpu(), self.buffer(), weight.buffer(), &out, b, ch, size, p, dim)?;
-        Ok(record(out, vec![b, n, dim], || Op::PatchEmbed { image: self.clone(), weight: weight.clone(), batch: b, channels: ch, size, patch: p, dim }, &[self, weight]))
+        Ok(record(
+            out,
+            vec![b, n, dim],
+            || Op::PatchEmbed {
+                image: self.clone(),
+                weight: weight.clone(),
+                batch: b,
+                channels: ch,
+                size,
+                patch: p,
+                dim,
+            },
+            &[self, weight],
+        ))
     }
 
     /// Bilinear resize (align_corners = false) of `self` [B,K,h,w] to [B,K,H,W].
@@ -134,7 +163,15 @@ impl Tensor {
         Ok(record(
             out,
             vec![b, k, n],
-            || Op::MaskHead { x: self.clone(), text: text.clone(), scale: logit_scale.clone(), batch: b, tokens: n, width: c, classes: k },
+            || Op::MaskHead {
+                x: self.clone(),
+                text: text.clone(),
+                scale: logit_scale.clone(),
+                batch: b,
+                tokens: n,
+                width: c,
+                classes: k,
+            },
             &[self, text, logit_scale],
         ))
     }
@@ -145,7 +182,12 @@ impl Tensor {
         let (b, k, p) = loss_dims(self, target)?;
         let out = self.gpu().alloc(1)?;
         loss::cross_entropy(self.gpu(), self.buffer(), target, &out, b, k, p)?;
-        Ok(record(out, vec![1], || Op::CrossEntropy { logits: self.clone(), target: target.clone(), batch: b, classes: k, pixels: p }, &[self]))
+        Ok(record(
+            out,
+            vec![1],
+            || Op::CrossEntropy { logits: self.clone(), target: target.clone(), batch: b, classes: k, pixels: p },
+            &[self],
+        ))
     }
 
     /// Dice loss on softmax probabilities over foreground classes (DESIGN.md step 11); shape [1].
@@ -154,7 +196,12 @@ impl Tensor {
         let out = self.gpu().alloc(1)?;
         let stats = Arc::new(self.gpu().alloc(loss::dice_stats_len(k).max(1))?);
         loss::dice(self.gpu(), self.buffer(), target, &stats, &out, b, k, p)?;
-        Ok(record(out, vec![1], || Op::Dice { logits: self.clone(), target: target.clone(), stats, batch: b, classes: k, pixels: p }, &[self]))
+        Ok(record(
+            out,
+            vec![1],
+            || Op::Dice { logits: self.clone(), target: target.clone(), stats, batch: b, classes: k, pixels: p },
+            &[self],
+        ))
     }
 }
 
@@ -166,7 +213,11 @@ fn loss_dims(logits: &Tensor, target: &GpuBuffer) -> Result<(usize, usize, usize
     let (b, k) = (s[0], s[1]);
     let p = logits.numel() / (b * k).max(1);
     if target.len() < b * p {
-        return Err(Error::Shape(format!("a target of {} pixels does not cover logits {s:?} ({} pixels)", target.len(), b * p)));
+        return Err(Error::Shape(format!(
+            "a target of {} pixels does not cover logits {s:?} ({} pixels)",
+            target.len(),
+            b * p
+        )));
     }
     Ok((b, k, p))
 }

@@ -54,14 +54,38 @@ impl Chest {
     /// Draws a slice from the anatomy distribution (the same for every domain).
     pub(super) fn sample(rng: &mut Rng) -> Chest {
         let body_centre = (0.5 + rng.range(-0.03, 0.03), 0.52 + rng.range(-0.03, 0.03));
-        let body = Blob::new(body_centre, rng.range(0.40, 0.46), rng.range(0.72, 0.85), rng.range(-0.1, 0.1), 0.03, rng);
+        let body =
+            Blob::new(body_centre, rng.range(0.40, 0.46), rng.range(0.72, 0.85), rng.range(-0.1, 0.1), 0.03, rng);
         let lungs = [-1.0f32, 1.0].map(|side| {
             let centre = (0.5 + side * rng.range(0.2, 0.26), 0.45 + rng.range(-0.04, 0.04));
             Blob::new(centre, rng.range(0.1, 0.14), rng.range(1.3, 1.6), side * rng.range(0.0, 0.25), 0.08, rng)
         });
-        let liver = rng.chance(0.6).then(|| Blob::new((0.3 + rng.range(-0.04, 0.04), 0.74), rng.range(0.14, 0.2), rng.range(0.5, 0.7), rng.range(-0.3, 0.1), 0.05, rng));
-        let spine = Blob::new((0.5 + rng.range(-0.02, 0.02), 0.82 + rng.range(-0.02, 0.02)), rng.range(0.04, 0.05), rng.range(0.8, 1.0), 0.0, 0.05, rng);
-        let aorta = Blob::new((spine.cx + rng.range(0.05, 0.08), spine.cy - rng.range(0.07, 0.1)), rng.range(0.022, 0.032), 1.0, 0.0, 0.03, rng);
+        let liver = rng.chance(0.6).then(|| {
+            Blob::new(
+                (0.3 + rng.range(-0.04, 0.04), 0.74),
+                rng.range(0.14, 0.2),
+                rng.range(0.5, 0.7),
+                rng.range(-0.3, 0.1),
+                0.05,
+                rng,
+            )
+        });
+        let spine = Blob::new(
+            (0.5 + rng.range(-0.02, 0.02), 0.82 + rng.range(-0.02, 0.02)),
+            rng.range(0.04, 0.05),
+            rng.range(0.8, 1.0),
+            0.0,
+            0.05,
+            rng,
+        );
+        let aorta = Blob::new(
+            (spine.cx + rng.range(0.05, 0.08), spine.cy - rng.range(0.07, 0.1)),
+            rng.range(0.022, 0.032),
+            1.0,
+            0.0,
+            0.03,
+            rng,
+        );
         // The heart: left ventricle, wall, right ventricle beside it on the image's left.
         let lv_centre = (0.53 + rng.range(-0.07, 0.07), 0.48 + rng.range(-0.07, 0.07));
         let lv_radius = rng.range(0.07, 0.12);
@@ -76,7 +100,14 @@ impl Chest {
         let papillary = [0.8f32, -0.8].map(|turn| {
             let a = toward_rv + PI + turn + rng.range(-0.3, 0.3);
             let d = 0.72 * lv_radius;
-            Blob::new((lv_centre.0 + d * a.cos(), lv_centre.1 + d * a.sin()), rng.range(0.1, 0.18) * lv_radius, rng.range(0.7, 1.0), a, 0.05, rng)
+            Blob::new(
+                (lv_centre.0 + d * a.cos(), lv_centre.1 + d * a.sin()),
+                rng.range(0.1, 0.18) * lv_radius,
+                rng.range(0.7, 1.0),
+                a,
+                0.05,
+                rng,
+            )
         });
         Chest {
             body,
@@ -150,7 +181,11 @@ impl Chest {
                 let fat_band = self.subcutaneous_fat * (1.0 + 0.5 * self.fat_texture.at(x, y));
                 blend(&mut v, self.fat, in_body * coverage(fat_band - body_depth, pixel));
                 if let Some(liver) = &self.liver {
-                    blend(&mut v, self.liver_signal * (1.0 + 0.1 * texture), in_body * coverage(liver.depth(x, y), pixel));
+                    blend(
+                        &mut v,
+                        self.liver_signal * (1.0 + 0.1 * texture),
+                        in_body * coverage(liver.depth(x, y), pixel),
+                    );
                 }
                 for lung in &self.lungs {
                     blend(&mut v, self.lung * (1.0 + 0.5 * texture), in_body * coverage(lung.depth(x, y), pixel));
@@ -161,7 +196,11 @@ impl Chest {
                 // Epicardial fat in patches just outside the heart.
                 let outside_heart = -h.myocardium_outer.max(h.rv);
                 let patches = (self.fat_texture.at(y, x) + 0.3).clamp(0.0, 1.0);
-                blend(&mut v, self.fat, patches * coverage(outside_heart, pixel) * coverage(self.epicardial_fat - outside_heart, pixel));
+                blend(
+                    &mut v,
+                    self.fat,
+                    patches * coverage(outside_heart, pixel) * coverage(self.epicardial_fat - outside_heart, pixel),
+                );
                 let blood = self.blood * (1.0 + 0.05 * texture);
                 blend(&mut v, self.muscle * (1.0 + 0.08 * texture), coverage(h.myocardium_outer, pixel));
                 blend(&mut v, blood * 0.95, coverage(h.rv, pixel) * (1.0 - coverage(h.myocardium_outer, pixel)));

@@ -46,7 +46,18 @@ pub(super) struct Eye {
 /// Grows one vessel from `start` in direction `heading`, relaxing toward `target` at rate `bend`
 /// (radians per unit length per radian of difference), branching as it goes.
 #[allow(clippy::too_many_arguments)]
-fn grow(out: &mut Vec<Segment>, start: (f32, f32), mut heading: f32, target: f32, bend: f32, width: f32, length: f32, vein: bool, depth: u32, rng: &mut Rng) {
+fn grow(
+    out: &mut Vec<Segment>,
+    start: (f32, f32),
+    mut heading: f32,
+    target: f32,
+    bend: f32,
+    width: f32,
+    length: f32,
+    vein: bool,
+    depth: u32,
+    rng: &mut Rng,
+) {
     const STEP: f32 = 0.012;
     let steps = (length / STEP) as usize;
     let mut p = start;
@@ -63,7 +74,18 @@ fn grow(out: &mut Vec<Segment>, start: (f32, f32), mut heading: f32, target: f32
             let side = if rng.chance(0.5) { 1.0 } else { -1.0 };
             let branch_heading = heading + side * rng.range(0.4, 0.9);
             let rest = length * (1.0 - i as f32 / steps as f32);
-            grow(out, p, branch_heading, branch_heading, 0.0, w * rng.range(0.5, 0.7), rest * rng.range(0.4, 0.8), vein, depth + 1, rng);
+            grow(
+                out,
+                p,
+                branch_heading,
+                branch_heading,
+                0.0,
+                w * rng.range(0.5, 0.7),
+                rest * rng.range(0.4, 0.8),
+                vein,
+                depth + 1,
+                rng,
+            );
         }
     }
 }
@@ -79,7 +101,8 @@ impl Eye {
         let cup_to_disc = rng.range(0.3, 0.8);
         let shift = rng.range(0.0, 0.1) * disc_radius;
         let cup_centre = (disc_centre.0 - side * shift, disc_centre.1 + rng.range(-0.03, 0.03) * disc_radius);
-        let cup = Blob::new(cup_centre, cup_to_disc * disc_radius, rng.range(0.95, 1.2), rng.range(-0.2, 0.2), 0.04, rng);
+        let cup =
+            Blob::new(cup_centre, cup_to_disc * disc_radius, rng.range(0.95, 1.2), rng.range(-0.2, 0.2), 0.04, rng);
         let fovea = (disc_centre.0 - side * rng.range(0.36, 0.42), disc_centre.1 + rng.range(0.0, 0.06));
         // Vessels: four arcades around the macula and nasal, then a few small ones.
         let to_fovea = (fovea.1 - disc_centre.1).atan2(fovea.0 - disc_centre.0);
@@ -89,14 +112,47 @@ impl Eye {
                 let start = to_fovea + turn * rng.range(1.0, 1.4);
                 let target = to_fovea + turn * rng.range(0.3, 0.45);
                 let width = if vein { rng.range(0.011, 0.014) } else { rng.range(0.008, 0.011) };
-                grow(&mut vessels, disc_centre, start + rng.range(-0.1, 0.1), target, rng.range(4.0, 6.0), width, rng.range(0.55, 0.8), vein, 0, rng);
+                grow(
+                    &mut vessels,
+                    disc_centre,
+                    start + rng.range(-0.1, 0.1),
+                    target,
+                    rng.range(4.0, 6.0),
+                    width,
+                    rng.range(0.55, 0.8),
+                    vein,
+                    0,
+                    rng,
+                );
                 let nasal = to_fovea + PI - turn * rng.range(0.4, 0.9);
-                grow(&mut vessels, disc_centre, nasal, nasal - turn * 0.3, 1.0, width * 0.8, rng.range(0.25, 0.4), vein ^ (i == 1), 0, rng);
+                grow(
+                    &mut vessels,
+                    disc_centre,
+                    nasal,
+                    nasal - turn * 0.3,
+                    1.0,
+                    width * 0.8,
+                    rng.range(0.25, 0.4),
+                    vein ^ (i == 1),
+                    0,
+                    rng,
+                );
             }
         }
         for _ in 0..rng.range(2.0, 5.0) as usize {
             let heading = rng.range(-PI, PI);
-            grow(&mut vessels, disc_centre, heading, heading, 0.0, rng.range(0.004, 0.007), rng.range(0.15, 0.3), rng.chance(0.5), 1, rng);
+            grow(
+                &mut vessels,
+                disc_centre,
+                heading,
+                heading,
+                0.0,
+                rng.range(0.004, 0.007),
+                rng.range(0.15, 0.3),
+                rng.chance(0.5),
+                1,
+                rng,
+            );
         }
         let tint = rng.range(0.85, 1.1);
         Eye {
@@ -197,14 +253,25 @@ impl Eye {
                 };
                 let disc_depth = self.disc.depth(x, y);
                 let halo_width = 0.35 * self.disc.radius_at(0.0);
-                blend(&mut c, halo_colour, self.halo * coverage(-disc_depth, pixel) * coverage(halo_width + disc_depth, pixel) * (1.0 + disc_depth / halo_width).max(0.0));
+                blend(
+                    &mut c,
+                    halo_colour,
+                    self.halo
+                        * coverage(-disc_depth, pixel)
+                        * coverage(halo_width + disc_depth, pixel)
+                        * (1.0 + disc_depth / halo_width).max(0.0),
+                );
                 // The disc brightens toward its centre; the cup's pale edge is soft (about 15% of
                 // its radius), as the cup margin is in real photos.
                 let disc_alpha = coverage(disc_depth, pixel);
                 let shade = 0.9 + 0.1 * (disc_depth / self.disc.radius_at(FRAC_PI_2)).clamp(0.0, 1.0);
                 blend(&mut c, disc_colour.map(|v| v * shade * texture.sqrt()), disc_alpha);
                 let cup_edge = (0.15 * self.cup.radius_at(0.0)).max(pixel);
-                blend(&mut c, cup_colour, coverage(disc_depth - self.rim, pixel) * coverage(self.cup.depth(x, y), cup_edge));
+                blend(
+                    &mut c,
+                    cup_colour,
+                    coverage(disc_depth - self.rim, pixel) * coverage(self.cup.depth(x, y), cup_edge),
+                );
                 let i = py * size + px;
                 blend(&mut c, artery_colour, 0.85 * arteries[i]);
                 blend(&mut c, vein_colour, 0.9 * veins[i]);

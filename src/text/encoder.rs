@@ -53,7 +53,11 @@ impl BertConfig {
         let bad = |message: String| Error::Format { path: source.to_string(), message };
         let json: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
         let size = |key: &str| -> Result<usize> {
-            json.get(key).and_then(Value::as_u64).filter(|&v| v > 0).map(|v| v as usize).ok_or_else(|| bad(format!("`{key}` is missing or not a positive integer")))
+            json.get(key)
+                .and_then(Value::as_u64)
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad(format!("`{key}` is missing or not a positive integer")))
         };
         let text_of = |key: &str, default: &str| json.get(key).and_then(Value::as_str).unwrap_or(default).to_string();
         let act = text_of("hidden_act", "gelu");
@@ -127,19 +131,34 @@ struct Weights<'a> {
 impl Weights<'_> {
     fn take(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
-        let view = self.file.tensor(&full).map_err(|_| Error::Weights(format!("{}: tensor {full} {shape:?} is missing", self.source)))?;
+        let view = self
+            .file
+            .tensor(&full)
+            .map_err(|_| Error::Weights(format!("{}: tensor {full} {shape:?} is missing", self.source)))?;
         if view.shape() != shape {
-            return Err(Error::Weights(format!("{}: tensor {full} has shape {:?} but config.json needs {shape:?}", self.source, view.shape())));
+            return Err(Error::Weights(format!(
+                "{}: tensor {full} has shape {:?} but config.json needs {shape:?}",
+                self.source,
+                view.shape()
+            )));
         }
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(Error::Weights(format!("{}: tensor {full} has dtype {other:?}; vlsa reads F32, F16 and BF16", self.source))),
+            other => {
+                return Err(Error::Weights(format!(
+                    "{}: tensor {full} has dtype {other:?}; vlsa reads F32, F16 and BF16",
+                    self.source
+                )))
+            }
         };
         if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Weights(format!("{}: tensor {full} holds a non-finite value at element {bad}", self.source)));
+            return Err(Error::Weights(format!(
+                "{}: tensor {full} holds a non-finite value at element {bad}",
+                self.source
+            )));
         }
         Ok(Tensor::from_vec(&self.gpu, &data, shape)?)
     }
@@ -164,7 +183,10 @@ fn read_text(path: &Path) -> Result<String> {
 fn max_length(dir: &Path, tokenizer: &Tokenizer, config: &BertConfig) -> Result<usize> {
     let path = dir.join("sentence_bert_config.json");
     let from_sentence_config = if path.exists() {
-        let json: Value = serde_json::from_str(&read_text(&path)?).map_err(|e| Error::Format { path: path.display().to_string(), message: format!("not valid JSON ({e})") })?;
+        let json: Value = serde_json::from_str(&read_text(&path)?).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            message: format!("not valid JSON ({e})"),
+        })?;
         json.get("max_seq_length").and_then(Value::as_u64).map(|v| v as usize)
     } else {
         None
@@ -178,9 +200,13 @@ fn check_pooling(dir: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let json: Value = serde_json::from_str(&read_text(&path)?).map_err(|e| Error::Format { path: path.display().to_string(), message: format!("not valid JSON ({e})") })?;
+    let json: Value = serde_json::from_str(&read_text(&path)?)
+        .map_err(|e| Error::Format { path: path.display().to_string(), message: format!("not valid JSON ({e})") })?;
     if json.get("pooling_mode_mean_tokens").and_then(Value::as_bool) == Some(false) {
-        return Err(Error::Format { path: path.display().to_string(), message: "the model pools without mean_tokens; vlsa's text encoder mean-pools".into() });
+        return Err(Error::Format {
+            path: path.display().to_string(),
+            message: "the model pools without mean_tokens; vlsa's text encoder mean-pools".into(),
+        });
     }
     Ok(())
 }
@@ -201,28 +227,43 @@ impl TextEncoder {
                 Err(Error::Io { path: path.display().to_string(), message: "missing; a text encoder folder holds config.json, model.safetensors and tokenizer.json (scripts/fetch-minilm.sh fetches all-MiniLM-L6-v2)".into() })
             }
         };
-        let (config_path, weights_path, tokenizer_path) = (file("config.json")?, file("model.safetensors")?, file("tokenizer.json")?);
+        let (config_path, weights_path, tokenizer_path) =
+            (file("config.json")?, file("model.safetensors")?, file("tokenizer.json")?);
         let config = BertConfig::from_json(&read_text(&config_path)?, &config_path.display().to_string())?;
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         tokenizer.set_max_length(max_length(dir, &tokenizer, &config)?)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::Format {
                 path: tokenizer_path.display().to_string(),
-                message: format!("the vocabulary has {} entries but the model's word embeddings only {}", tokenizer.vocab_size(), config.vocab_size),
+                message: format!(
+                    "the vocabulary has {} entries but the model's word embeddings only {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
             });
         }
         check_pooling(dir)?;
 
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
         let source = weights_path.display().to_string();
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format { path: source.clone(), message: format!("not a valid safetensors file ({e})") })?;
-        let prefix = if st.tensor("embeddings.word_embeddings.weight").is_err() && st.tensor("bert.embeddings.word_embeddings.weight").is_ok() { "bert." } else { "" };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+            path: source.clone(),
+            message: format!("not a valid safetensors file ({e})"),
+        })?;
+        let prefix = if st.tensor("embeddings.word_embeddings.weight").is_err()
+            && st.tensor("bert.embeddings.word_embeddings.weight").is_ok()
+        {
+            "bert."
+        } else {
+            ""
+        };
         let w = Weights { file: st, prefix, source, gpu: gpu.clone() };
         let (d, m) = (config.hidden_size, config.intermediate_size);
         let word = w.take("embeddings.word_embeddings.weight", &[config.vocab_size, d])?;
         let position = w.take("embeddings.position_embeddings.weight", &[config.max_positions, d])?;
         // Every token has type 0 (one text per input), so only that row is kept, as [1, D].
-        let token_type = w.take("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, d])?.narrow(0, 0, 1)?;
+        let token_type =
+            w.take("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, d])?.narrow(0, 0, 1)?;
         let embedding_norm = w.norm("embeddings.LayerNorm", d)?;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -291,10 +332,16 @@ impl TextEncoder {
             return Err(Error::Invalid("nothing to encode: the batch has no tokens".into()));
         }
         if len > self.config.max_positions {
-            return Err(Error::Invalid(format!("a text of {len} tokens is longer than the model's {} positions", self.config.max_positions)));
+            return Err(Error::Invalid(format!(
+                "a text of {len} tokens is longer than the model's {} positions",
+                self.config.max_positions
+            )));
         }
         if let Some(&bad) = ids.iter().flatten().find(|&&i| i as usize >= self.config.vocab_size) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {} entries", self.config.vocab_size)));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {} entries",
+                self.config.vocab_size
+            )));
         }
         if ids.iter().any(Vec::is_empty) {
             return Err(Error::Invalid("every text to encode needs at least one token".into()));

@@ -47,7 +47,17 @@ pub struct Tokenizer {
 
 fn in_table(table: &[(u32, u32)], c: char) -> bool {
     let c = c as u32;
-    table.binary_search_by(|&(lo, hi)| if hi < c { std::cmp::Ordering::Less } else if lo > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+    table
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
 }
 
 /// Whether the pre-tokenizer splits `c` off as a token of its own.
@@ -92,13 +102,20 @@ impl Tokenizer {
         if kind != "WordPiece" {
             return Err(bad(format!("the tokenizer model is `{kind}`; vlsa reads WordPiece (BERT) tokenizers")));
         }
-        let vocab_json = model.get("vocab").and_then(Value::as_object).ok_or_else(|| bad("the WordPiece model has no `vocab` object".into()))?;
+        let vocab_json = model
+            .get("vocab")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("the WordPiece model has no `vocab` object".into()))?;
         let mut vocab = HashMap::with_capacity(vocab_json.len());
         for (piece, id) in vocab_json {
-            let id = id.as_u64().filter(|&i| i <= u32::MAX as u64).ok_or_else(|| bad(format!("vocabulary entry {piece:?} has no valid id")))?;
+            let id = id
+                .as_u64()
+                .filter(|&i| i <= u32::MAX as u64)
+                .ok_or_else(|| bad(format!("vocabulary entry {piece:?} has no valid id")))?;
             vocab.insert(piece.clone(), id as u32);
         }
-        let lookup = |name: &str| vocab.get(name).copied().ok_or_else(|| bad(format!("the vocabulary has no {name} token")));
+        let lookup =
+            |name: &str| vocab.get(name).copied().ok_or_else(|| bad(format!("the vocabulary has no {name} token")));
         let unk_name = model.get("unk_token").and_then(Value::as_str).unwrap_or("[UNK]");
         let unk = lookup(unk_name)?;
         let (cls, sep) = (lookup("[CLS]")?, lookup("[SEP]")?);
@@ -106,7 +123,10 @@ impl Tokenizer {
         let prefix = model.get("continuing_subword_prefix").and_then(Value::as_str).unwrap_or("##").to_string();
         let max_chars_per_word = model.get("max_input_chars_per_word").and_then(Value::as_u64).unwrap_or(100) as usize;
 
-        let normalizer = json.get("normalizer").filter(|v| !v.is_null()).ok_or_else(|| bad("no `normalizer`; vlsa reads BERT tokenizers (BertNormalizer)".into()))?;
+        let normalizer = json
+            .get("normalizer")
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| bad("no `normalizer`; vlsa reads BERT tokenizers (BertNormalizer)".into()))?;
         let ntype = normalizer.get("type").and_then(Value::as_str).unwrap_or("");
         if ntype != "BertNormalizer" {
             return Err(bad(format!("the normalizer is `{ntype}`; vlsa reads BertNormalizer")));
@@ -122,14 +142,17 @@ impl Tokenizer {
         let mut special = Vec::new();
         for token in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
             let normalized = token.get("normalized").and_then(Value::as_bool).unwrap_or(true);
-            if let (Some(content), Some(id), false) = (token.get("content").and_then(Value::as_str), token.get("id").and_then(Value::as_u64), normalized) {
+            if let (Some(content), Some(id), false) =
+                (token.get("content").and_then(Value::as_str), token.get("id").and_then(Value::as_u64), normalized)
+            {
                 if !content.is_empty() {
                     special.push((content.to_string(), id as u32));
                 }
             }
         }
         special.sort_by_key(|(content, _)| std::cmp::Reverse(content.len()));
-        let max_length = json.get("truncation").and_then(|t| t.get("max_length")).and_then(Value::as_u64).unwrap_or(512) as usize;
+        let max_length =
+            json.get("truncation").and_then(|t| t.get("max_length")).and_then(Value::as_u64).unwrap_or(512) as usize;
         let mut tokenizer = Tokenizer {
             vocab,
             unk,
@@ -157,7 +180,9 @@ impl Tokenizer {
     /// Sets the most ids per text (at least 2, for `[CLS]` and `[SEP]`).
     pub fn set_max_length(&mut self, max_length: usize) -> Result<()> {
         if max_length < 2 {
-            return Err(Error::Invalid(format!("a maximum length of {max_length} tokens leaves no room for [CLS] and [SEP]")));
+            return Err(Error::Invalid(format!(
+                "a maximum length of {max_length} tokens leaves no room for [CLS] and [SEP]"
+            )));
         }
         self.max_length = max_length;
         Ok(())
@@ -188,7 +213,9 @@ impl Tokenizer {
         let mut rest = text;
         while !rest.is_empty() {
             // The next special token written in the text, earliest first and longest there.
-            let next = rest.char_indices().find_map(|(at, _)| self.special.iter().find(|(s, _)| rest[at..].starts_with(s.as_str())).map(|(s, id)| (at, s.len(), *id)));
+            let next = rest.char_indices().find_map(|(at, _)| {
+                self.special.iter().find(|(s, _)| rest[at..].starts_with(s.as_str())).map(|(s, id)| (at, s.len(), *id))
+            });
             let (plain, special) = match next {
                 Some((at, len, id)) => (&rest[..at], Some((len, id, at))),
                 None => (rest, None),
@@ -296,7 +323,8 @@ mod tests {
 
     /// A tiny BERT tokenizer.json: the vocabulary is its list of pieces, ids in order.
     fn tokenizer(pieces: &[&str]) -> Tokenizer {
-        let vocab: serde_json::Map<String, Value> = pieces.iter().enumerate().map(|(i, p)| (p.to_string(), Value::from(i))).collect();
+        let vocab: serde_json::Map<String, Value> =
+            pieces.iter().enumerate().map(|(i, p)| (p.to_string(), Value::from(i))).collect();
         let json = serde_json::json!({
             "truncation": {"max_length": 8},
             "added_tokens": [
@@ -313,7 +341,10 @@ mod tests {
         Tokenizer::from_json(&json.to_string(), "test").unwrap()
     }
 
-    const PIECES: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "optic", "disc", "##s", "cafe", "un", "##aff", "##able", "a", ",", "!", "肝", "-", "’", "##ffable", "€", "ab"];
+    const PIECES: &[&str] = &[
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "optic", "disc", "##s", "cafe", "un", "##aff", "##able", "a",
+        ",", "!", "肝", "-", "’", "##ffable", "€", "ab",
+    ];
 
     fn ids(pieces: &[&str]) -> Vec<u32> {
         pieces.iter().map(|p| PIECES.iter().position(|q| q == p).unwrap() as u32).collect()

@@ -60,28 +60,60 @@ pub fn curve_svg(log: &[LogEntry]) -> String {
     let y_loss = |l: f32| top + ph * (1.0 - (l as f64 / max_loss).clamp(0.0, 1.0));
     let y_dice = |d: f32| top + ph * (1.0 - (d as f64).clamp(0.0, 1.0));
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="20" text-anchor="middle" font-size="14">vlsa training: loss and validation Dice</text>"#, w / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">vlsa training: loss and validation Dice</text>"#,
+        w / 2.0
+    );
     // Axes, ticks and grid.
     let _ = writeln!(s, r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
     for i in 0..=4 {
         let f = i as f64 / 4.0;
         let yy = top + ph * (1.0 - f);
         let _ = writeln!(s, r##"<line x1="{left}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/>"##, left + pw);
-        let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#1f4e9c">{:.3}</text>"##, left - 6.0, yy + 4.0, max_loss * f);
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#1f4e9c">{:.3}</text>"##,
+            left - 6.0,
+            yy + 4.0,
+            max_loss * f
+        );
         let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#b8420f">{:.2}</text>"##, left + pw + 6.0, yy + 4.0, f);
         let xx = left + pw * f;
-        let _ = writeln!(s, r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{:.0}</text>"#, top + ph + 16.0, last_step * f);
+        let _ = writeln!(
+            s,
+            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{:.0}</text>"#,
+            top + ph + 16.0,
+            last_step * f
+        );
     }
     let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">step</text>"#, left + pw / 2.0, h - 8.0);
-    let _ = writeln!(s, r##"<text x="14" y="{:.1}" fill="#1f4e9c" transform="rotate(-90 14 {:.1})" text-anchor="middle">training loss</text>"##, top + ph / 2.0, top + ph / 2.0);
-    let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#b8420f" transform="rotate(90 {:.1} {:.1})" text-anchor="middle">validation Dice</text>"##, w - 12.0, top + ph / 2.0, w - 12.0, top + ph / 2.0);
+    let _ = writeln!(
+        s,
+        r##"<text x="14" y="{:.1}" fill="#1f4e9c" transform="rotate(-90 14 {:.1})" text-anchor="middle">training loss</text>"##,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" fill="#b8420f" transform="rotate(90 {:.1} {:.1})" text-anchor="middle">validation Dice</text>"##,
+        w - 12.0,
+        top + ph / 2.0,
+        w - 12.0,
+        top + ph / 2.0
+    );
     let points = |pts: Vec<(f64, f64)>| pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ");
-    let loss: Vec<(f64, f64)> = log.iter().filter(|e| e.loss.is_finite()).map(|e| (x(e.step), y_loss(e.loss))).collect();
+    let loss: Vec<(f64, f64)> =
+        log.iter().filter(|e| e.loss.is_finite()).map(|e| (x(e.step), y_loss(e.loss))).collect();
     let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f4e9c" stroke-width="1.2" points="{}"/>"##, points(loss));
     let dice: Vec<(f64, f64)> = log.iter().filter_map(|e| e.val_dice.map(|d| (x(e.step), y_dice(d)))).collect();
-    let _ = writeln!(s, r##"<polyline fill="none" stroke="#b8420f" stroke-width="2" points="{}"/>"##, points(dice.clone()));
+    let _ =
+        writeln!(s, r##"<polyline fill="none" stroke="#b8420f" stroke-width="2" points="{}"/>"##, points(dice.clone()));
     for (a, b) in dice {
         let _ = writeln!(s, r##"<circle cx="{a:.1}" cy="{b:.1}" r="3" fill="#b8420f"/>"##);
     }
@@ -109,12 +141,24 @@ pub struct Progress {
 impl Progress {
     /// A display for steps `first + 1 ..= stop` of a run of `total` steps of `batch` images each.
     pub fn new(first: usize, stop: usize, total: usize, batch: usize, every: usize, quiet: bool) -> Progress {
-        Progress { terminal: std::io::stderr().is_terminal(), every: every.max(1), total, stop, first, batch, start: Instant::now(), train_seconds: 0.0, timed_steps: 0, quiet }
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            every: every.max(1),
+            total,
+            stop,
+            first,
+            batch,
+            start: Instant::now(),
+            train_seconds: 0.0,
+            timed_steps: 0,
+            quiet,
+        }
     }
 
     /// Training images per second over this run's steps but the first (None before two steps).
     pub fn images_per_second(&self) -> Option<f64> {
-        (self.timed_steps > 0 && self.train_seconds > 0.0).then(|| self.timed_steps as f64 * self.batch as f64 / self.train_seconds)
+        (self.timed_steps > 0 && self.train_seconds > 0.0)
+            .then(|| self.timed_steps as f64 * self.batch as f64 / self.train_seconds)
     }
 
     /// Shows step `step` (done, its training part having taken `seconds`) with its log entry.

@@ -230,7 +230,8 @@ pub fn check(case: Case<'_>) {
             continue;
         }
         let n = host[k].len();
-        let probes: Vec<usize> = if n <= case.fd_probes { (0..n).collect() } else { (0..case.fd_probes).map(|_| rng.below(n)).collect() };
+        let probes: Vec<usize> =
+            if n <= case.fd_probes { (0..n).collect() } else { (0..case.fd_probes).map(|_| rng.below(n)).collect() };
         let loss = |x: &[Vec<f64>]| -> f64 { (case.reference)(x).iter().zip(&dy64).map(|(a, b)| a * b).sum() };
         for &i in &probes {
             let h = case.fd_step;
@@ -269,8 +270,12 @@ pub fn squares(dir: &std::path::Path, count: usize, size: usize, seed: u64) -> v
                 labels.push(inside as u8);
             }
         }
-        vlsa::image_io::Image { width: size, height: size, rgb }.save_png(&dir.join(format!("images/{i:03}.png"))).unwrap();
-        vlsa::image_io::Mask { width: size, height: size, labels }.save_png(&dir.join(format!("masks/{i:03}.png"))).unwrap();
+        vlsa::image_io::Image { width: size, height: size, rgb }
+            .save_png(&dir.join(format!("images/{i:03}.png")))
+            .unwrap();
+        vlsa::image_io::Mask { width: size, height: size, labels }
+            .save_png(&dir.join(format!("masks/{i:03}.png")))
+            .unwrap();
     }
     vlsa::data::Dataset::load(dir, 2).unwrap()
 }

@@ -35,9 +35,29 @@ pub fn with_header_length(bytes: &[u8], length: u64) -> Vec<u8> {
 /// Interesting values for sizes, offsets and counts.
 fn interesting_number(rng: &mut Rng) -> Value {
     let choices = [
-        json!(0), json!(1), json!(-1), json!(2), json!(3), json!(7), json!(64), json!(65), json!(4097), json!(1_000_000),
-        json!(1_000_000_000u64), json!(4_294_967_296u64), json!(1u64 << 62), json!(u64::MAX), json!(i64::MIN), json!(0.5),
-        json!(1e300), json!(-1e300), json!("8"), json!(null), json!([]), json!({}), json!(true),
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(2),
+        json!(3),
+        json!(7),
+        json!(64),
+        json!(65),
+        json!(4097),
+        json!(1_000_000),
+        json!(1_000_000_000u64),
+        json!(4_294_967_296u64),
+        json!(1u64 << 62),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(0.5),
+        json!(1e300),
+        json!(-1e300),
+        json!("8"),
+        json!(null),
+        json!([]),
+        json!({}),
+        json!(true),
     ];
     choices[rng.below(choices.len())].clone()
 }
@@ -178,7 +198,8 @@ pub fn mutate_structure(rng: &mut Rng, bytes: &[u8]) -> Option<Vec<u8>> {
         }
         // The metadata table: not strings, missing, or not an object.
         6 => {
-            let choices = [json!({CONFIG_KEY: 5}), json!({}), json!("text"), json!({CONFIG_KEY: "{not json"}), json!(null)];
+            let choices =
+                [json!({CONFIG_KEY: 5}), json!({}), json!("text"), json!({CONFIG_KEY: "{not json"}), json!(null)];
             map.insert("__metadata__".into(), choices[rng.below(choices.len())].clone());
         }
         // A tensor renamed, removed, or added.
@@ -195,7 +216,10 @@ pub fn mutate_structure(rng: &mut Rng, bytes: &[u8]) -> Option<Vec<u8>> {
                 _ => {
                     map.insert(name.clone(), entry.clone());
                     let end = data.len() as u64;
-                    map.insert(format!("{name}.copy"), json!({"dtype": entry["dtype"], "shape": entry["shape"], "data_offsets": [end, end + 4]}));
+                    map.insert(
+                        format!("{name}.copy"),
+                        json!({"dtype": entry["dtype"], "shape": entry["shape"], "data_offsets": [end, end + 4]}),
+                    );
                     data.extend_from_slice(&[0, 0, 0x80, 0x7f]);
                 }
             }
@@ -238,7 +262,21 @@ pub fn mutate_bytes(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
         }
         5 => {
             let real = u64::from_le_bytes(b.get(..8).and_then(|h| h.try_into().ok()).unwrap_or([0; 8]));
-            let lengths = [0, 1, 7, 8, real.wrapping_sub(1), real.wrapping_add(1), len as u64, (len as u64).wrapping_sub(8), 100_000_001, u64::MAX, i64::MIN as u64, 1 << 32, rng.next_u64()];
+            let lengths = [
+                0,
+                1,
+                7,
+                8,
+                real.wrapping_sub(1),
+                real.wrapping_add(1),
+                len as u64,
+                (len as u64).wrapping_sub(8),
+                100_000_001,
+                u64::MAX,
+                i64::MIN as u64,
+                1 << 32,
+                rng.next_u64(),
+            ];
             b = with_header_length(&b, lengths[rng.below(lengths.len())]);
         }
         _ => {
