@@ -18,7 +18,7 @@ fn reduce_bench(c: &mut Criterion) {
     common::bench_gpu(&mut group, &format!("sum_axis/{rows}x{cols}->{cols}"), &gpu, bytes.clone(), || {
         reduce::sum_axis(&gpu, &x, 1, rows, cols, &out).unwrap();
     });
-    common::bench_gpu(&mut group, &format!("sum_to_shape/[8,256,768]->[768]"), &gpu, bytes, || {
+    common::bench_gpu(&mut group, "sum_to_shape/[8,256,768]->[768]", &gpu, bytes, || {
         reduce::sum_to_shape(&gpu, &x, &[8, 256, cols], &[cols], &out).unwrap();
     });
     let total = gpu.alloc(1).unwrap();

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 /// CLIP's per-channel mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// The whole model configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,7 +175,7 @@ impl Config {
         if self.image_size == 0 || self.image_size > MAX_IMAGE {
             return bad(format!("image_size {} is not between 1 and {MAX_IMAGE}", self.image_size));
         }
-        if p == 0 || self.image_size % p != 0 {
+        if p == 0 || !self.image_size.is_multiple_of(p) {
             return bad(format!("patch_size {p} does not divide image_size {}", self.image_size));
         }
         for (what, width, heads, layers) in [

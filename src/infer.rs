@@ -182,8 +182,8 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
     // Lay the legend out in rows of (swatch, name) entries that fit the width.
     let mut entries: Vec<(usize, usize, usize)> = Vec::new(); // (class, x, row)
     let (mut x, mut row) = (2 * scale, 0);
-    for k in 1..classes.len() {
-        let entry = line + font::text_width(&classes[k], scale) + 3 * scale;
+    for (k, name) in classes.iter().enumerate().skip(1) {
+        let entry = line + font::text_width(name, scale) + 3 * scale;
         if x + entry > w && x > 2 * scale {
             x = 2 * scale;
             row += 1;

@@ -659,6 +659,12 @@ fn info() -> Result<(), String> {
         if i.timestamps { "yes (GPU-timed profiles)" } else { "no (profiles fall back to wall clock)" }
     );
     println!("shader f16:   {}", if i.shader_f16 { "yes" } else { "no" });
+    if i.subgroups {
+        println!("subgroups:    yes (size {}..{})", i.subgroup_size.0, i.subgroup_size.1);
+    } else {
+        println!("subgroups:    no");
+    }
+    println!("kernel path:  {} (override with VLSA_KERNEL_PATH=registers|subgroup|tiled)", gpu.kernel_path());
     println!("limits:");
     println!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
     println!("  max_storage_buffer_binding_size      {} MiB", l.max_storage_buffer_binding_size >> 20);

@@ -445,11 +445,14 @@ fn mutated_configurations_never_panic_and_accepted_ones_are_bounded() {
     assert!(accepted > 0, "some mutations keep the config valid");
 }
 
+/// A change to a valid config and the error it must give.
+type ConfigBreak = (Box<dyn Fn(&mut Config)>, &'static str);
+
 #[test]
 fn absurd_sizes_are_refused_before_anything_large_is_allocated() {
     let base = Config::from_json(&tiny_config_json().to_string(), "tiny").unwrap();
     let gpu = common::gpu();
-    let cases: Vec<(Box<dyn Fn(&mut Config)>, &str)> = vec![
+    let cases: Vec<ConfigBreak> = vec![
         (Box::new(|c| c.image_size = 1_000_000_000), "image_size 1000000000 is not between 1 and 4096"),
         (Box::new(|c| c.vision.layers = 1_000_000), "vision.layers 1000000 is more than 256"),
         (Box::new(|c| c.patch_size = 0), "patch_size 0"),

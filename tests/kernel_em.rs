@@ -516,7 +516,7 @@ fn detached_mode_gives_no_gradient_to_u() {
     assert_eq!(du.len(), s.tokens_len());
     assert!(du.iter().all(|&v| v == 0.0), "detached backward must give du = 0");
     // The unrolled backward of the same forward is refused: nothing was saved.
-    let err = em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads).err().expect("refused").to_string();
+    let err = em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads).expect_err("refused").to_string();
     assert!(err.contains("save_for_backward"), "{err}");
 }
 
@@ -562,7 +562,7 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     let s = shape(1, 7, 5, 4, 1, 1.0);
     let err = em::forward(gpu, &u, &gpu.alloc(3).unwrap(), &s, false).err().expect("error").to_string();
     assert!(err.contains("bases") && err.contains("[M,C]"), "{err}");
-    let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).err().expect("error").to_string();
+    let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).expect_err("error").to_string();
     assert!(err.contains("mu_T") && err.contains("[B,M,C]"), "{err}");
 }
 

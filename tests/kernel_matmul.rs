@@ -1,15 +1,18 @@
-//! The batched matmul (shaders/matmul.wgsl) against an f64 CPU reference: both implementations
-//! (register-blocked and shared-memory tiled) on whatever adapter runs the tests, every
+//! The batched matmul (shaders/matmul.wgsl) against an f64 CPU reference: every kernel path the
+//! adapter can run (registers, subgroup, tiled) on whatever adapter runs the tests, every
 //! transpose combination, broadcasts, accumulation, edge sizes and zero sizes; its backward
 //! (the same kernel with transpose flags) against the reference and finite differences.
 
 mod common;
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::matmul::{matmul, matmul_with, Matmul, MatmulPath};
-use vlsa_kernels::{Gpu, GpuBuffer, Result};
+use vlsa_kernels::matmul::{matmul, matmul_with, Matmul};
+use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
-const PATHS: [MatmulPath; 2] = [MatmulPath::Registers, MatmulPath::Tiled];
+/// Every kernel path the adapter can run: each is tested here whatever the default is.
+fn paths() -> Vec<KernelPath> {
+    common::gpu().kernel_paths()
+}
 
 /// Reference product in f64 with the same storage conventions as the kernel.
 fn reference(op: &Matmul, a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -33,13 +36,13 @@ fn reference(op: &Matmul, a: &[f64], b: &[f64]) -> Vec<f64> {
     out
 }
 
-fn run(gpu: &Gpu, path: MatmulPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer) -> Result<GpuBuffer> {
+fn run(gpu: &Gpu, path: KernelPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer) -> Result<GpuBuffer> {
     let out = gpu.alloc(op.out_len())?;
     matmul_with(gpu, a, b, &out, op, path)?;
     Ok(out)
 }
 
-fn forward_case(rng: &mut Rng, op: Matmul, path: MatmulPath) {
+fn forward_case(rng: &mut Rng, op: Matmul, path: KernelPath) {
     let a = Input::random(rng, &[op.a_len()]);
     let b = Input::random(rng, &[op.b_len()]);
     check(Case::new(
@@ -67,7 +70,7 @@ fn forward_matches_reference_over_shapes_and_transposes() {
         (2, 36, 40, 7),
         (1, 4, 4, 4),
     ];
-    for path in PATHS {
+    for path in paths() {
         for &(batch, m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 forward_case(&mut rng, Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb), path);
@@ -81,7 +84,7 @@ fn forward_matches_reference_on_model_shapes() {
     // Linear forward, input gradient and weight gradient at default-model-like sizes: 257 rows
     // (class token + 256 patches), several register blocks, the K tail of the weight gradient.
     let mut rng = Rng::new(2);
-    for path in PATHS {
+    for path in paths() {
         for (m, n, k, ta, tb) in
             [(257, 192, 64, false, true), (257, 64, 192, false, false), (192, 64, 257, true, false)]
         {
@@ -93,7 +96,7 @@ fn forward_matches_reference_on_model_shapes() {
 #[test]
 fn broadcasts_match_reference() {
     let mut rng = Rng::new(3);
-    for path in PATHS {
+    for path in paths() {
         for &(batch, m, n, k) in &[(3, 7, 33, 5), (2, 33, 36, 20), (4, 1, 8, 130)] {
             for (ba, bb) in [(true, false), (false, true), (true, true)] {
                 for (ta, tb) in [(false, false), (true, true), (false, true)] {
@@ -111,7 +114,7 @@ fn broadcasts_match_reference() {
 #[test]
 fn accumulate_adds_to_the_output() {
     let mut rng = Rng::new(4);
-    for path in PATHS {
+    for path in paths() {
         for &(batch, m, n, k, ta, tb) in
             &[(2, 7, 33, 130, false, true), (1, 33, 36, 20, false, false), (2, 36, 40, 7, true, false)]
         {
@@ -138,7 +141,7 @@ fn accumulate_adds_to_the_output() {
 fn zero_sizes() {
     let gpu = common::gpu();
     let junk = vec![7.0f32; 12];
-    for path in PATHS {
+    for path in paths() {
         // K = 0: the product is zero; it overwrites the output, or leaves it when accumulating.
         for accumulate in [false, true] {
             let op = Matmul::new(2, 2, 3, 0).accumulate(accumulate);
@@ -161,7 +164,7 @@ fn zero_sizes() {
 
 #[test]
 fn default_path_matches_the_adapter() {
-    // matmul() runs the path MatmulPath::for_gpu picks; check it gives the same answer.
+    // matmul() runs the path Gpu::kernel_path picks; check it gives the same answer.
     let gpu = common::gpu();
     let op = Matmul::new(2, 33, 36, 20).trans_b(true);
     let mut rng = Rng::new(5);
@@ -169,7 +172,7 @@ fn default_path_matches_the_adapter() {
     let b = gpu.upload(&rng.vec(op.b_len())).unwrap();
     let out = gpu.alloc(op.out_len()).unwrap();
     matmul(gpu, &a, &b, &out, &op).unwrap();
-    let want = run(gpu, MatmulPath::for_gpu(gpu), &op, &a, &b).unwrap();
+    let want = run(gpu, gpu.kernel_path(), &op, &a, &b).unwrap();
     assert_eq!(gpu.download(&out).unwrap(), gpu.download(&want).unwrap());
 }
 
@@ -177,14 +180,14 @@ fn default_path_matches_the_adapter() {
 /// With a shared B (a Linear weight), dB sums over the batch: the batch folds into the K axis.
 fn gradients(
     gpu: &Gpu,
-    path: MatmulPath,
+    path: KernelPath,
     op: &Matmul,
     a: &GpuBuffer,
     b: &GpuBuffer,
     dc: &GpuBuffer,
 ) -> Result<Vec<Option<GpuBuffer>>> {
     let (m, n, k, batch) = (op.m, op.n, op.k, op.batch);
-    assert!(!op.broadcast_a && !(op.broadcast_b && op.trans_a), "not expressible as one product");
+    assert!(!op.broadcast_a && (!op.broadcast_b || !op.trans_a), "not expressible as one product");
     let da = if op.trans_a {
         // A stored [K, M]: dA = (dC·Bᵀ)ᵀ = B·dCᵀ
         run(
@@ -243,7 +246,7 @@ fn backward_matches_reference_and_finite_differences() {
     // A Linear layer: x [2, 7, 5] · Wᵀ with W [6, 5] shared by the batch; and a shared B [K, N].
     ops.push(Matmul::new(2, 7, 6, 5).trans_b(true).broadcast_b(true));
     ops.push(Matmul::new(3, 4, 8, 12).broadcast_b(true));
-    for path in PATHS {
+    for path in paths() {
         for &op in &ops {
             let a = Input::random(&mut rng, &[op.a_len()]);
             let b = Input::random(&mut rng, &[op.b_len()]);

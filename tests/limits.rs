@@ -86,13 +86,12 @@ fn attention_over_the_binding_limit_is_refused_naming_kernel_and_limit() {
     let kv2 = gpu.upload(&vec![0.2f32; 4 * heads * dh]).unwrap();
     let out = gpu.alloc(spec.q_elements()).unwrap();
     let lse = gpu.alloc(spec.lse_elements()).unwrap();
-    let err =
-        attention::forward(gpu, &q, &kv, &kv2, None, &out, &lse, &spec).err().expect("q is over the binding limit");
+    let err = attention::forward(gpu, &q, &kv, &kv2, None, &out, &lse, &spec).expect_err("q is over the binding limit");
     assert_binding_refusal(gpu, &err, "of attention.wgsl binding 1", needed, limit);
     // Through the op layer.
     let q = Tensor::from_buffer(gpu, q, &[1, q_len, heads * dh]).unwrap();
     let k = Tensor::from_vec(gpu, &vec![0.1f32; 4 * heads * dh], &[1, 4, heads * dh]).unwrap();
-    let err = q.attention(&k, &k.clone(), heads, false, None).err().expect("refused");
+    let err = q.attention(&k, &k.clone(), heads, false, None).expect_err("refused");
     assert_binding_refusal(gpu, &err, "max_storage_buffer_binding_size", needed, limit);
     drop((q, out, lse));
     gpu.pool().release_free();
@@ -155,7 +154,7 @@ fn impossible_allocations_are_refused_naming_max_buffer_size() {
     }
     // A tensor op asking for one fails the same way, with the device intact.
     let huge = Tensor::zeros(gpu, &[1 << 20, 1 << 20, 1 << 10]);
-    assert!(huge.err().expect("refused").to_string().contains("max_buffer_size"));
+    assert!(huge.expect_err("refused").to_string().contains("max_buffer_size"));
     gpu.sync().unwrap();
 }
 
@@ -168,7 +167,8 @@ fn a_lost_device_ends_each_call_with_an_error() {
     gpu.sync().unwrap();
     gpu.device().destroy();
     let mut messages = Vec::new();
-    let attempts: Vec<(&str, Box<dyn Fn() -> vlsa_kernels::Result<()>>)> = vec![
+    type Attempt<'a> = (&'static str, Box<dyn Fn() -> vlsa_kernels::Result<()> + 'a>);
+    let attempts: Vec<Attempt> = vec![
         (
             "dispatch and sync",
             Box::new(|| {

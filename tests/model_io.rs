@@ -70,8 +70,7 @@ fn loading_problems_name_the_tensor() {
     nan.insert("head.logit_scale".into(), HostTensor::new(&[1], vec![f32::NAN]));
     assert!(Model::from_host(gpu, config.clone(), nan, "f").err().unwrap().to_string().contains("non-finite"));
     // A file without a config, and a truncated file.
-    let mut file = TensorFile::default();
-    file.tensors = full;
+    let file = TensorFile { tensors: full, ..TensorFile::default() };
     let path = temp("noconfig.safetensors");
     file.write(&path, false).unwrap();
     let e = Model::load(gpu, &path).err().unwrap().to_string();

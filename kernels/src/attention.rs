@@ -135,7 +135,7 @@ impl Attention {
                 self.kv_batch, self.batch
             )));
         }
-        if self.head_dim == 0 || self.head_dim % 4 != 0 || self.head_dim > MAX_HEAD_DIM {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(4) || self.head_dim > MAX_HEAD_DIM {
             return Err(Error::Shape(format!(
                 "attention with {d}: head dimension {} is not supported; it must be a multiple of 4 from 4 to {MAX_HEAD_DIM}",
                 self.head_dim

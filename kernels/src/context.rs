@@ -16,10 +16,12 @@
 //! readback needs the results, when [`Gpu::flush`]/[`Gpu::sync`] is called, or every
 //! [`MAX_PENDING`] dispatches, so the queue never holds an unbounded command buffer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::buffer::{size_class, BufferPool, GpuBuffer, PoolStats, STORAGE_USAGE};
+use crate::path::KernelPath;
 use crate::pipeline::{BindingKind, PipelineCache, Shader};
 use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
 use crate::{Error, Result};
@@ -51,6 +53,10 @@ pub struct GpuInfo {
     pub timestamps: bool,
     /// Whether 16-bit floats are available in shaders.
     pub shader_f16: bool,
+    /// Whether subgroup operations (`subgroupBroadcast`, ...) are available in compute shaders.
+    pub subgroups: bool,
+    /// Smallest and largest subgroup size the adapter reports (lavapipe: 8 and 8).
+    pub subgroup_size: (u32, u32),
     /// The device's limits.
     pub limits: wgpu::Limits,
     /// Every adapter found, as "name (backend, type)".
@@ -115,6 +121,8 @@ struct GpuInner {
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
     error: Arc<Mutex<Option<Error>>>,
+    /// The [`KernelPath`] launchers use, as an index into [`KernelPath::ALL`].
+    kernel_path: AtomicUsize,
 }
 
 /// A GPU device and everything vlsa keeps with it. Cheap to clone (shared handle).
@@ -198,7 +206,7 @@ impl Gpu {
                 return Err(Error::Unsupported(format!("{who} has {what} = {have}, vlsa needs at least {need}")));
             }
         }
-        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16;
+        let optional = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let features = adapter.features() & optional;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("vlsa"),
@@ -238,9 +246,26 @@ impl Gpu {
             driver: format!("{} {}", ainfo.driver, ainfo.driver_info).trim().to_string(),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_size: (ainfo.subgroup_min_size, ainfo.subgroup_max_size),
             limits,
             all_adapters,
         };
+        let path = match std::env::var("VLSA_KERNEL_PATH").ok().filter(|s| !s.trim().is_empty()) {
+            None => KernelPath::default_for(&info.device_type, info.subgroups),
+            Some(name) => KernelPath::parse(&name).ok_or_else(|| {
+                let names: Vec<_> = KernelPath::ALL.iter().map(|p| p.name()).collect();
+                Error::Unsupported(format!(
+                    "VLSA_KERNEL_PATH={name} is not a kernel path; use one of {}",
+                    names.join(", ")
+                ))
+            })?,
+        };
+        if path == KernelPath::Subgroup && !info.subgroups {
+            return Err(Error::Unsupported(format!(
+                "VLSA_KERNEL_PATH=subgroup, but {who} has no subgroup operations; use registers or tiled"
+            )));
+        }
         let recorder = Recorder {
             encoder: None,
             pending: 0,
@@ -259,6 +284,7 @@ impl Gpu {
                 pipelines: PipelineCache::default(),
                 recorder: Mutex::new(recorder),
                 error,
+                kernel_path: AtomicUsize::new(KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0)),
             }),
         })
     }
@@ -266,6 +292,30 @@ impl Gpu {
     /// Facts about the adapter.
     pub fn info(&self) -> &GpuInfo {
         &self.inner.info
+    }
+
+    /// The kernel path launchers use (see [`crate::path`]).
+    pub fn kernel_path(&self) -> KernelPath {
+        KernelPath::ALL[self.inner.kernel_path.load(Ordering::Relaxed)]
+    }
+
+    /// The kernel paths this adapter can run: all but [`KernelPath::Subgroup`] without subgroups.
+    pub fn kernel_paths(&self) -> Vec<KernelPath> {
+        KernelPath::ALL.into_iter().filter(|&p| p != KernelPath::Subgroup || self.inner.info.subgroups).collect()
+    }
+
+    /// Makes every later launch on this context (and its clones) use `path`; for tests, benches
+    /// and `vlsa profile`. Refuses a path the adapter cannot run.
+    pub fn set_kernel_path(&self, path: KernelPath) -> Result<()> {
+        if !self.kernel_paths().contains(&path) {
+            return Err(Error::Unsupported(format!(
+                "kernel path {path} needs subgroup operations, which {} lacks",
+                self.inner.info.name
+            )));
+        }
+        let index = KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0);
+        self.inner.kernel_path.store(index, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The wgpu device.

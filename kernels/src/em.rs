@@ -103,7 +103,7 @@ impl EmShape {
     /// the workgroups, and a cheap pass sums the S partial products.
     fn splits(&self) -> usize {
         let most = MAX_SPLITS.min(self.tokens / MIN_SPLIT_TOKENS).max(1);
-        (1..=most).rev().find(|sp| self.tokens % sp == 0).unwrap_or(1)
+        (1..=most).rev().find(|sp| self.tokens.is_multiple_of(*sp)).unwrap_or(1)
     }
     /// Elements of u and R: B*N*C.
     pub fn tokens_len(&self) -> usize {
@@ -338,7 +338,7 @@ pub fn e_step(
     let _scope = gpu.scope("em_e_step");
     product_xyt(gpu, u, mu, mu_layout, false, s, z)?;
     // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
-    let vec4 = s.bases % 4 == 0;
+    let vec4 = s.bases.is_multiple_of(4);
     let p = Params::new(s);
     let parts = s.batch * s.tiles() * s.bases;
     let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());

@@ -11,6 +11,7 @@
 pub mod buffer;
 pub mod context;
 pub mod error;
+pub mod path;
 pub mod pipeline;
 pub mod profiler;
 
@@ -33,4 +34,5 @@ pub mod upsample;
 pub use buffer::{BufferPool, GpuBuffer, PoolStats};
 pub use context::{grid, Dispatch, Gpu, GpuInfo, ProfileScope};
 pub use error::{Error, Result};
+pub use path::KernelPath;
 pub use profiler::{DispatchRecord, KernelLabel, KernelSummary, Profile, Timing};

@@ -9,7 +9,7 @@
 
 use crate::context::{Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::{shader, Error, GpuBuffer, Result};
+use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "matmul.wgsl");
 
@@ -150,29 +150,9 @@ impl Matmul {
     /// True when the vec4 register kernel applies: every axis read or written four at a time
     /// is a multiple of 4 (so are batch offsets), and K > 0.
     fn aligned(&self) -> bool {
-        let a_ok = if self.trans_a { self.m % 4 == 0 } else { self.k % 4 == 0 };
-        let b_ok = if self.trans_b { self.k % 4 == 0 } else { true };
-        self.k > 0 && self.n % 4 == 0 && a_ok && b_ok
-    }
-}
-
-/// Which implementation runs a matmul.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatmulPath {
-    /// Register-blocked, no workgroup memory: best on CPU adapters (lavapipe, llvmpipe).
-    Registers,
-    /// Shared-memory tiling: best on discrete and integrated GPUs.
-    Tiled,
-}
-
-impl MatmulPath {
-    /// The path [`matmul`] uses on this adapter.
-    pub fn for_gpu(gpu: &Gpu) -> MatmulPath {
-        if gpu.info().device_type == "Cpu" {
-            MatmulPath::Registers
-        } else {
-            MatmulPath::Tiled
-        }
+        let a_ok = if self.trans_a { self.m.is_multiple_of(4) } else { self.k.is_multiple_of(4) };
+        let b_ok = if self.trans_b { self.k.is_multiple_of(4) } else { true };
+        self.k > 0 && self.n.is_multiple_of(4) && a_ok && b_ok
     }
 }
 
@@ -194,7 +174,7 @@ struct Params {
 /// out[b] = A[b] · B[b] (or += when `op.accumulate`), out stored [batch, M, N] row-major, on the
 /// path that suits the adapter.
 pub fn matmul(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, out: &GpuBuffer, op: &Matmul) -> Result<()> {
-    matmul_with(gpu, a, b, out, op, MatmulPath::for_gpu(gpu))
+    matmul_with(gpu, a, b, out, op, gpu.kernel_path())
 }
 
 /// [`matmul`] on an explicitly chosen implementation.
@@ -204,7 +184,7 @@ pub fn matmul_with(
     b: &GpuBuffer,
     out: &GpuBuffer,
     op: &Matmul,
-    path: MatmulPath,
+    path: KernelPath,
 ) -> Result<()> {
     for (what, buf, need, shape) in [
         ("A", a, op.a_len(), op.a_shape()),
@@ -241,8 +221,9 @@ pub fn matmul_with(
         _pad: [0; 3],
     };
     let (entry, rows, cols) = match path {
-        MatmulPath::Tiled => ("tiled", TILE, TILE),
-        MatmulPath::Registers if op.aligned() => {
+        KernelPath::Tiled => ("tiled", TILE, TILE),
+        // No subgroup kernel yet: the subgroup path uses the register kernels.
+        KernelPath::Registers | KernelPath::Subgroup if op.aligned() => {
             let entry = match (op.trans_a, op.trans_b) {
                 (false, false) => "registers_nn",
                 (false, true) => "registers_nt",
@@ -251,7 +232,7 @@ pub fn matmul_with(
             };
             (entry, REGISTER_ROWS, REGISTER_COLS)
         }
-        MatmulPath::Registers => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
+        KernelPath::Registers | KernelPath::Subgroup => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
     };
     let label = KernelLabel {
         kernel: "matmul",

@@ -59,8 +59,12 @@ pub fn validate_wgsl(file: &str, source: &str) -> Result<(naga::Module, naga::va
         .map_err(|e| Error::Shader { file: file.to_string(), message: e.emit_to_string(source) })?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16,
+        naga::valid::Capabilities::default()
+            | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::SUBGROUP,
     )
+    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)
     .map_err(|e| Error::Shader { file: file.to_string(), message: e.emit_to_string(source) })?;
     Ok((module, info))
@@ -110,11 +114,17 @@ fn entry_bindings(
     Ok(out)
 }
 
+/// A compiled shader module with naga's parse and analysis of it (for binding reflection).
+type CompiledModule = (Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::ModuleInfo)>);
+
+/// Pipelines by (file, entry point).
+type KernelMap = HashMap<(&'static str, &'static str), Arc<Kernel>>;
+
 /// Compiled pipelines keyed by (file, entry point); each is built once per process.
 #[derive(Default, Clone)]
 pub(crate) struct PipelineCache {
-    modules: Arc<Mutex<HashMap<&'static str, (Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::ModuleInfo)>)>>>,
-    kernels: Arc<Mutex<HashMap<(&'static str, &'static str), Arc<Kernel>>>>,
+    modules: Arc<Mutex<HashMap<&'static str, CompiledModule>>>,
+    kernels: Arc<Mutex<KernelMap>>,
 }
 
 impl PipelineCache {

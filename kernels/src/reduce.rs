@@ -93,14 +93,13 @@ pub(crate) fn check_u32(what: &str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// One dispatch of the chunked axis sum: `out[o, c, i]` for `chunks` chunks of `chunk`.
+/// One dispatch of the chunked axis sum over x viewed as `[outer, len, inner]`: `out[o, c, i]`
+/// for `chunks` chunks of `chunk` along `len`.
 fn dispatch_sum(
     gpu: &Gpu,
     x: &GpuBuffer,
     out: &GpuBuffer,
-    outer: usize,
-    len: usize,
-    inner: usize,
+    [outer, len, inner]: [usize; 3],
     chunk: usize,
     chunks: usize,
 ) -> Result<()> {
@@ -137,14 +136,14 @@ fn sum_axis_unchecked(gpu: &Gpu, x: &GpuBuffer, outer: usize, len: usize, inner:
         return Ok(());
     }
     if (outputs >= TARGET_OUTPUTS || len < 2 * MIN_CHUNK) && len <= MAX_LOOP {
-        return dispatch_sum(gpu, x, out, outer, len, inner, len.max(1), 1);
+        return dispatch_sum(gpu, x, out, [outer, len, inner], len.max(1), 1);
     }
     let chunks = TARGET_OUTPUTS.div_ceil(outputs).min(len / MIN_CHUNK).max(len.div_ceil(MAX_LOOP)).max(1);
     let chunk = len.div_ceil(chunks);
     let chunks = len.div_ceil(chunk);
     let partial = gpu.alloc(outer * chunks * inner)?;
-    dispatch_sum(gpu, x, &partial, outer, len, inner, chunk, chunks)?;
-    dispatch_sum(gpu, &partial, out, outer, chunks, inner, chunks, 1)
+    dispatch_sum(gpu, x, &partial, [outer, len, inner], chunk, chunks)?;
+    dispatch_sum(gpu, &partial, out, [outer, chunks, inner], chunks, 1)
 }
 
 /// out[o, i] = sum_j x[o, j, i] for x viewed as [outer, len, inner].
@@ -206,7 +205,7 @@ pub fn sum_to_shape(
     if !runs.iter().any(|r| r.1) {
         // Nothing to sum: a copy, as a sum over an axis of length 1.
         let n = numel(x_shape);
-        return dispatch_sum(gpu, x, out, 1, 1, n, 1, 1);
+        return dispatch_sum(gpu, x, out, [1, 1, n], 1, 1);
     }
 
     // Sum one run of summed axes per pass, innermost first, through temporary buffers.

@@ -83,7 +83,10 @@ impl BertConfig {
             layer_norm_eps: layer_norm_eps as f32,
         };
         let head_dim = c.hidden_size / c.heads;
-        if c.hidden_size % c.heads != 0 || head_dim % 4 != 0 || head_dim > crate::kernels::attention::MAX_HEAD_DIM {
+        if !c.hidden_size.is_multiple_of(c.heads)
+            || !head_dim.is_multiple_of(4)
+            || head_dim > crate::kernels::attention::MAX_HEAD_DIM
+        {
             return Err(bad(format!(
                 "hidden_size {} over {} heads gives heads of width {}; vlsa's attention takes a whole multiple of 4 up to {}",
                 c.hidden_size,

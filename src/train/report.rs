@@ -193,7 +193,7 @@ impl Progress {
             if entry.val_dice.is_some() || step == self.stop {
                 let _ = writeln!(err);
             }
-        } else if step % self.every == 0 || entry.val_dice.is_some() || step == self.stop {
+        } else if step.is_multiple_of(self.every) || entry.val_dice.is_some() || step == self.stop {
             let _ = writeln!(err, "{line}");
         }
         let _ = err.flush();
