@@ -23,6 +23,18 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
     (numel(shape) / cols.max(1), cols)
 }
 
+/// A bias must be `[C]` for a tensor whose last axis is C.
+fn check_bias(bias: &Tensor, shape: &[usize]) -> Result<()> {
+    let (_, c) = rows_cols(shape);
+    if bias.shape() != [c] {
+        return Err(Error::Shape(format!(
+            "bias of shape {:?} does not match the last axis of {shape:?}",
+            bias.shape()
+        )));
+    }
+    Ok(())
+}
+
 impl Tensor {
     fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let gpu = self.gpu();
@@ -67,13 +79,7 @@ impl Tensor {
     /// Adds `bias` (shape `[C]`) along the last axis (of size C).
     pub fn bias_add(&self, bias: &Tensor) -> Result<Tensor> {
         let (rows, c) = rows_cols(self.shape());
-        if bias.shape() != [c] {
-            return Err(Error::Shape(format!(
-                "bias of shape {:?} does not match the last axis of {:?}",
-                bias.shape(),
-                self.shape()
-            )));
-        }
+        check_bias(bias, self.shape())?;
         let out = self.gpu().alloc(self.numel())?;
         elementwise::bias_add(self.gpu(), self.buffer(), bias.buffer(), &out, rows, c)?;
         Ok(record(out, self.shape().to_vec(), || Op::BiasAdd { rows, c }, &[self, bias]))
@@ -153,6 +159,53 @@ impl Tensor {
 
     /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let y = match bias {
+            Some(b) => y.bias_add(b)?,
+            None => y,
+        };
+        y.reshape(&shape)
+    }
+
+    /// `act(self · weightᵀ + bias)`: a Linear and its activation, the bias and the activation
+    /// in one pass over the product (a transformer's first MLP layer).
+    pub fn linear_act(&self, weight: &Tensor, bias: &Tensor, act: UnaryOp) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let (rows, c) = rows_cols(y.shape());
+        check_bias(bias, y.shape())?;
+        let out = self.gpu().alloc(y.numel())?;
+        elementwise::bias_act(self.gpu(), act, y.buffer(), bias.buffer(), &out, rows, c)?;
+        let saved = (y.clone(), bias.clone());
+        let t = record(
+            out,
+            y.shape().to_vec(),
+            || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c },
+            &[&y, bias],
+        );
+        t.reshape(&shape)
+    }
+
+    /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
+    /// transformer block's output projections), the bias and the sum in one pass.
+    pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let (rows, c) = rows_cols(y.shape());
+        check_bias(bias, y.shape())?;
+        if residual.shape() != shape.as_slice() {
+            return Err(Error::Shape(format!(
+                "a residual of shape {:?} cannot be added to a linear layer's output of shape {shape:?}",
+                residual.shape()
+            )));
+        }
+        let out = self.gpu().alloc(y.numel())?;
+        elementwise::bias_residual(self.gpu(), y.buffer(), bias.buffer(), residual.buffer(), &out, rows, c)?;
+        let residual = residual.reshape(y.shape())?;
+        let t = record(out, y.shape().to_vec(), || Op::BiasResidual { rows, c }, &[&y, bias, &residual]);
+        t.reshape(&shape)
+    }
+
+    /// The product of a Linear, `[rows, out]`, and the shape of its output.
+    fn linear_product(&self, weight: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
             return Err(Error::Shape(format!(
@@ -161,15 +214,10 @@ impl Tensor {
                 self.shape()
             )));
         }
-        let out_features = weight.shape()[0];
         let y = self.reshape(&[rows, cols])?.matmul_t(weight)?;
-        let y = match bias {
-            Some(b) => y.bias_add(b)?,
-            None => y,
-        };
         let mut shape = self.shape().to_vec();
-        *shape.last_mut().expect("rows_cols checked") = out_features;
-        y.reshape(&shape)
+        *shape.last_mut().expect("rows_cols checked") = weight.shape()[0];
+        Ok((y, shape))
     }
 
     /// The same data with another shape of the same size (no copy).
