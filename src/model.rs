@@ -13,6 +13,7 @@ use crate::config::{Activation, Config, EmGrad};
 use crate::error::{Error, Result};
 use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::{Gpu, GpuBuffer};
+use crate::random::{Rng, XorShift64Star};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
 
@@ -394,27 +395,23 @@ impl Model {
     }
 }
 
-/// A seeded standard-normal generator (xorshift64* and Box-Muller), so init is reproducible.
+/// A seeded standard-normal generator (xorshift64* and Box-Muller in f64, both values of each
+/// pair used), so init is reproducible.
 struct Normal {
-    state: u64,
+    rng: Rng,
     spare: Option<f32>,
 }
 
 impl Normal {
     fn new(seed: u64) -> Normal {
-        Normal { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03 | 1, spare: None }
-    }
-    fn uniform(&mut self) -> f64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        ((self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        let state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        Normal { rng: Rng::from_source(XorShift64Star::from_state(state)), spare: None }
     }
     fn sample(&mut self) -> f32 {
         if let Some(s) = self.spare.take() {
             return s;
         }
-        let (u1, u2) = (self.uniform(), self.uniform());
+        let (u1, u2) = (self.rng.uniform_open_f64(), self.rng.uniform_open_f64());
         let r = (-2.0 * u1.ln()).sqrt();
         let th = std::f64::consts::TAU * u2;
         self.spare = Some((r * th.sin()) as f32);
