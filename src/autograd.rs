@@ -324,7 +324,7 @@ fn backward_rule(
         Op::BiasResidual { rows, c } => {
             // y = x + bias + r:  dx = g;  dbias = sum over rows of g;  dr = g
             let db = if wants(1) { Some(sum_rows(g, *rows, *c)?) } else { None };
-            vec![Some(g.clone()), db, Some(g.clone())]
+            vec![Some(reshape_raw(g, inputs[0].shape())), db, Some(reshape_raw(g, inputs[2].shape()))]
         }
         Op::Matmul { a, b, spec } => {
             // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).

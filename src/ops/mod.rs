@@ -176,13 +176,7 @@ impl Tensor {
         let out = self.gpu().alloc(y.numel())?;
         elementwise::bias_act(self.gpu(), act, y.buffer(), bias.buffer(), &out, rows, c)?;
         let saved = (y.clone(), bias.clone());
-        let t = record(
-            out,
-            y.shape().to_vec(),
-            || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c },
-            &[&y, bias],
-        );
-        t.reshape(&shape)
+        Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
     }
 
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
@@ -199,9 +193,7 @@ impl Tensor {
         }
         let out = self.gpu().alloc(y.numel())?;
         elementwise::bias_residual(self.gpu(), y.buffer(), bias.buffer(), residual.buffer(), &out, rows, c)?;
-        let residual = residual.reshape(y.shape())?;
-        let t = record(out, y.shape().to_vec(), || Op::BiasResidual { rows, c }, &[&y, bias, &residual]);
-        t.reshape(&shape)
+        Ok(record(out, shape, || Op::BiasResidual { rows, c }, &[&y, bias, residual]))
     }
 
     /// The product of a Linear, `[rows, out]`, and the shape of its output.
@@ -214,9 +206,31 @@ impl Tensor {
                 self.shape()
             )));
         }
-        let y = self.reshape(&[rows, cols])?.matmul_t(weight)?;
+        let out_features = weight.shape()[0];
+        // Recorded on `self` itself (its buffer is the [rows, cols] matrix), not on a reshaped
+        // view: then every consumer of `self` sends its gradient to one tensor, and the
+        // backward can fold them together (see `autograd::backward_rule`).
+        let spec = Matmul {
+            batch: 1,
+            m: rows,
+            n: out_features,
+            k: cols,
+            trans_a: false,
+            trans_b: true,
+            broadcast_a: false,
+            broadcast_b: false,
+            accumulate: false,
+        };
+        let out = self.gpu().alloc(rows * out_features)?;
+        matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?;
+        let y = record(
+            out,
+            vec![rows, out_features],
+            || Op::Matmul { a: self.clone(), b: weight.clone(), spec },
+            &[self, weight],
+        );
         let mut shape = self.shape().to_vec();
-        *shape.last_mut().expect("rows_cols checked") = weight.shape()[0];
+        *shape.last_mut().expect("rows_cols checked") = out_features;
         Ok((y, shape))
     }
 
