@@ -199,6 +199,15 @@ impl Progress {
         let _ = err.flush();
     }
 
+    /// Shows that validation is under way (on a terminal only: a log gets the Dice line after).
+    pub fn validating(&mut self, done: usize, total: usize) {
+        if self.terminal && !self.quiet {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\rvalidating: {done}/{total} images\x1b[K");
+            let _ = err.flush();
+        }
+    }
+
     /// Ends the in-place line (before an error message).
     pub fn finish(&self) {
         if self.terminal && !self.quiet {
