@@ -64,13 +64,13 @@ fn tick_label(value: f64, step: f64) -> String {
     format!("{value:.decimals$}")
 }
 
-/// The top of the loss axis: the largest loss, unless the first steps' spike (the first tenth
-/// of the run, at least one step) is over 1.5 times the rest's largest, in which case the axis
+/// The top of the loss axis: the largest loss, unless the first steps' spike (the first 2 % of
+/// the run, at least one step) is over 1.5 times the rest's largest, in which case the axis
 /// is clipped just above the rest so that the spike does not flatten the curve. Returns the top
 /// and whether it clips.
 fn loss_axis_top(losses: &[f64]) -> (f64, bool) {
     let all = losses.iter().copied().fold(0.0f64, f64::max).max(1e-6);
-    let head = (losses.len() / 10).max(1);
+    let head = (losses.len() / 50).max(1);
     if losses.len() < 4 {
         return (all, false);
     }
