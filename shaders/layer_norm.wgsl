@@ -50,21 +50,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> partial_dweight: array<f32>;
 @group(0) @binding(3) var<storage, read> partial_dbias: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, 256>;
-
-// Sum of `v` over the workgroup; every invocation gets the result. Call from uniform control flow.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { scratch[lid] += scratch[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = scratch[0];
-    workgroupBarrier(); // scratch is reused by the next reduction
-    return r;
-}
+const WG: u32 = 256u; // workgroup size of the row-per-workgroup entry points
+#include "workgroup_reduce.wgsl"
 
 @compute @workgroup_size(64)
 fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

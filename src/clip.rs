@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::expected_tensors;
 use crate::config::{Activation, Config};
 use crate::error::{Error, Result};
-use crate::model::{expected_tensors, Model};
+use crate::model::Model;
 use crate::weights::{HostTensor, TensorFile};
 use crate::Gpu;
 

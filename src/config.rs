@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod tensors;
+pub use tensors::expected_tensors;
+
 /// CLIP's per-channel mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation.
@@ -243,8 +246,7 @@ impl Config {
             return bad("pixel_mean values must be finite numbers".into());
         }
         // Sizes are bounded above, so these products cannot overflow.
-        let parameters: usize =
-            crate::model::expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+        let parameters: usize = expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
         if parameters > MAX_PARAMETERS {
             return bad(format!("the sizes give {parameters} parameters, more than vlsa's limit of {MAX_PARAMETERS}; lower vision.width, vision.layers, decoder.width or decoder.layers"));
         }
@@ -283,7 +285,7 @@ impl Config {
     /// a weight, or an activation (these grow with the batch).
     pub fn largest_tensor(&self, batch: usize) -> TensorSize {
         let keys = "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio";
-        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize {
+        let weights = expected_tensors(self).into_iter().map(|(name, shape)| TensorSize {
             name: format!("weight {name}"),
             shape,
             keys,

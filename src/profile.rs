@@ -194,18 +194,9 @@ impl fmt::Display for EmProfileReport {
     }
 }
 
-/// Deterministic values in [-1, 1) (xorshift64*), so profiling needs no extra crate.
+/// Deterministic values in [-1, 1) from an xorshift64* stream.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            bits as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    crate::random::Rng::new(seed).vec(n)
 }
 
 /// Random bases with rows of unit L2 norm, as EMANet initialises them.
@@ -395,13 +386,9 @@ pub fn profile_model(
     let gpu = model.gpu();
     let c = &model.config;
     let (s, k) = (c.image_size, c.num_classes());
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    let input: Vec<f32> = (0..batch * 3 * s * s).map(|_| next() as f32 / (1u64 << 31) as f32 * 4.0 - 2.0).collect();
-    let target: Vec<u32> = (0..batch * s * s).map(|_| next() % k as u32).collect();
+    let mut rng = crate::random::Rng::new(seed);
+    let input: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.range(-2.0, 2.0)).collect();
+    let target: Vec<u32> = (0..batch * s * s).map(|_| rng.below(k) as u32).collect();
     let input = crate::Tensor::from_vec(gpu, &input, &[batch, 3, s, s])?;
     let target = std::sync::Arc::new(gpu.upload(&target)?);
     let run = |profiled: bool| -> crate::Result<()> {
