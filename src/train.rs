@@ -365,11 +365,17 @@ impl Trainer {
         let target = Arc::new(gpu.upload(&target)?);
         let out = self.model.forward(&input)?;
         let loss = self.model.loss(&out.logits_up, &target)?;
+        // The backward is recorded before the loss is read back, so forward, loss and backward
+        // reach the GPU as one stream of work with no wait in the middle; the check still comes
+        // before the optimizer touches a weight.
+        crate::backward(&loss)?;
         let value = loss.to_vec()?[0];
         if !value.is_finite() {
+            for (_, p) in self.model.parameters() {
+                p.zero_grad();
+            }
             return Err(Error::Invalid(format!("the loss is not finite ({value}) at step {step}; the weights of step {} were not updated (try a lower --lr)", step - 1)));
         }
-        crate::backward(&loss)?;
         let lr = learning_rate(&self.options, step);
         crate::no_grad(|| -> Result<()> {
             for (name, p) in self.model.parameters() {

@@ -89,6 +89,48 @@ fn layer_norm_forward_backward_both_schedules() {
 }
 
 #[test]
+fn layer_norm_backward_adds_an_earlier_gradient_in_the_same_pass() {
+    // A pre-norm block: x feeds the norm and the residual stream, whose gradient dx_in joins
+    // dx inside the norm's backward. dx must equal dx_in + the plain backward's dx (checked
+    // against the f64 reference, whose finite differences the plain test covers), and the
+    // weight and bias gradients must not change.
+    let gpu = common::gpu();
+    let mut rng = Rng::new(22);
+    let eps = 1e-5f32;
+    for schedule in SCHEDULES {
+        for &(rows, cols) in &[(1usize, 1usize), (5, 7), (33, 64), (300, 7), (3, 513)] {
+            let (x, w, dy, dx_in) = (rng.vec(rows * cols), rng.vec(cols), rng.vec(rows * cols), rng.vec(rows * cols));
+            let b = rng.vec(cols);
+            let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let (rdx, rdw, rdb) = ref_layer_norm_backward(&f64s(&x), &f64s(&w), &f64s(&dy), cols, eps as f64);
+            let want_dx: Vec<f64> = rdx.iter().zip(&dx_in).map(|(a, &e)| a + e as f64).collect();
+            let up = |v: &[f32]| gpu.upload(v).unwrap();
+            let (xb, wb, bb, dyb, dinb) = (up(&x), up(&w), up(&b), up(&dy), up(&dx_in));
+            let (out, mean, rstd) =
+                (gpu.alloc(rows * cols).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
+            layer_norm::forward_with(gpu, schedule, &xb, &wb, &bb, &out, &mean, &rstd, rows, cols, eps).unwrap();
+            let (dx, dw, db) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
+            layer_norm::backward_accumulate_with(
+                gpu, schedule, &xb, &wb, &mean, &rstd, &dyb, &dinb, &dx, &dw, &db, rows, cols,
+            )
+            .unwrap();
+            let name = format!("layer_norm backward_accumulate {schedule:?} [{rows},{cols}]");
+            common::assert_close(&format!("{name} dx"), &gpu.download(&dx).unwrap(), &want_dx, 1e-3, 1e-4);
+            common::assert_close(&format!("{name} dweight"), &gpu.download(&dw).unwrap(), &rdw, 1e-3, 1e-4);
+            common::assert_close(&format!("{name} dbias"), &gpu.download(&db).unwrap(), &rdb, 1e-3, 1e-4);
+        }
+    }
+    // Adding in place would read dx while other rows write it: refused with one sentence.
+    let (rows, cols) = (4usize, 8usize);
+    let big = || gpu.alloc(rows * cols).unwrap();
+    let (x, w, mean, rstd, dy, dx) = (big(), big(), big(), big(), big(), big());
+    let err = layer_norm::backward_accumulate(gpu, &x, &w, &mean, &rstd, &dy, &dx, &dx, &w, &w, rows, cols)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in place"), "{err}");
+}
+
+#[test]
 fn layer_norm_saves_statistics_and_handles_large_offsets() {
     // Rows with mean 1000 and spread 0.1: a one-pass E[x^2] - E[x]^2 in f32 loses it all.
     let gpu = common::gpu();
