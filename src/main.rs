@@ -194,6 +194,9 @@ struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Train without domain randomization (random gamma, colour, blur, noise, resolution, shading).
+    #[arg(long)]
+    no_randomize: bool,
     /// Text encoder for new class prompts (not used yet: the model's class embeddings are kept).
     #[arg(long, value_name = "DIR")]
     text_encoder: Option<std::path::PathBuf>,
@@ -242,6 +245,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
             ("--vision-lr-mult", a.vision_lr_mult.is_some_and(|v| v != o.vision_lr_mult)),
             ("--seed", a.seed.is_some_and(|v| v != o.seed)),
             ("--no-augment", a.no_augment == o.augment),
+            ("--no-randomize", a.no_randomize == o.randomize),
         ];
         if let Some((flag, _)) = differs.iter().find(|(_, d)| *d) {
             return Err(format!("{flag} differs from the value the checkpoint {} was trained with; resuming exactly needs the same options (see its log)", a.out.display()));
@@ -270,6 +274,7 @@ fn train(a: TrainArgs) -> Result<(), String> {
             vision_lr_mult: a.vision_lr_mult.unwrap_or(if pretrained { 0.1 } else { 1.0 }),
             seed,
             augment: !a.no_augment,
+            randomize: !a.no_randomize,
             ..defaults
         };
         let data = vlsa::data::Dataset::load(&a.data, model.config.num_classes()).map_err(err)?;

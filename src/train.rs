@@ -30,7 +30,7 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
-use augment::{augment_rng, epoch_order, Augmentation};
+use augment::{augment_rng, epoch_order, randomize_rng, Augmentation, Randomization};
 pub use report::LogEntry;
 
 /// The options that decide a run's trajectory: a resumed run must use the same ones.
@@ -61,12 +61,16 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Whether to augment (flips, scale/crop, intensity and colour jitter).
     pub augment: bool,
+    /// Whether to randomize the acquisition of each sample ([`augment::Randomization`]); false in
+    /// checkpoints written before it existed.
+    #[serde(default)]
+    pub randomize: bool,
 }
 
 impl TrainOptions {
     /// The defaults for a run of `steps` steps: batch 8, lr 1e-3, warmup min(100, steps/10),
     /// cosine to 1% of lr, weight decay 0.05, vision multiplier 1, betas (0.9, 0.999), eps 1e-8,
-    /// seed 0, augmentation on.
+    /// seed 0, augmentation and domain randomization on.
     pub fn new(steps: usize) -> TrainOptions {
         TrainOptions {
             steps,
@@ -81,6 +85,7 @@ impl TrainOptions {
             eps: 1e-8,
             seed: 0,
             augment: true,
+            randomize: true,
         }
     }
 
@@ -334,7 +339,7 @@ impl Trainer {
                 self.order = (epoch, epoch_order(self.options.seed, epoch, len));
             }
             let sample = &self.data.samples[self.order.1[position % len]];
-            let (image, mask) = if self.options.augment {
+            let (mut image, mask) = if self.options.augment {
                 self.augmentation.apply(
                     &sample.image,
                     &sample.mask,
@@ -343,6 +348,10 @@ impl Trainer {
             } else {
                 (sample.image.clone(), sample.mask.clone())
             };
+            if self.options.randomize {
+                Randomization::default()
+                    .apply(&mut image, &mut randomize_rng(self.options.seed, step as u64, item as u64));
+            }
             target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
             images.push(image);
         }
