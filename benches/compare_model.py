@@ -21,7 +21,7 @@ from compare_em import median_ms  # noqa: E402  (same timing rule as the EM comp
 
 
 def with_defaults(cfg):
-    """The optional keys of DESIGN.md's configuration, filled in as vlsa does."""
+    """The optional keys of docs/DESIGN.md's configuration, filled in as vlsa does."""
     cfg.setdefault("ln_eps", 1e-5)
     cfg["vision"].setdefault("mlp_ratio", 4)
     cfg["vision"].setdefault("act", "quick_gelu")

@@ -44,7 +44,7 @@ pub struct EmProfileOptions {
 }
 
 impl Default for EmProfileOptions {
-    /// The default model's EM sizes (DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
+    /// The default model's EM sizes (docs/DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
     fn default() -> Self {
         EmProfileOptions {
             batch: 1,
