@@ -4,7 +4,7 @@
 use vlsa::image_io::Image;
 use vlsa::train::augment::{
     bias_field, blur, colour_cast, contrast_brightness, gamma_curve, gaussian_noise, is_grey, randomize_rng,
-    resolution_loss, rician_noise, shot_noise, Randomization, SplitMix,
+    resolution_loss, rician_noise, shot_noise, Randomization, Rng,
 };
 
 /// A colour test card: smooth gradients, a bright disc and fine stripes (odd size on purpose).
@@ -34,7 +34,7 @@ fn mean(img: &Image) -> f32 {
     img.rgb.iter().sum::<f32>() / img.rgb.len() as f32
 }
 
-fn rng(n: u64) -> SplitMix {
+fn rng(n: u64) -> Rng {
     randomize_rng(7, n, 0)
 }
 
