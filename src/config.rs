@@ -1,6 +1,6 @@
 //! The model configuration: the JSON stored under `vlsa.config` in a model's safetensors
-//! metadata (DESIGN.md, "Configuration"). Unknown keys are errors that name the key; optional
-//! keys take DESIGN.md's defaults; sizes are checked to fit together.
+//! metadata (docs/DESIGN.md, "Configuration"). Unknown keys are errors that name the key; optional
+//! keys take docs/DESIGN.md's defaults; sizes are checked to fit together.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,7 @@ pub struct DecoderConfig {
     pub heads: usize,
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: usize,
-    /// Whether each layer cross-attends to the class text embeddings (DESIGN.md step 9); false
+    /// Whether each layer cross-attends to the class text embeddings (docs/DESIGN.md step 9); false
     /// is the "no text cross-attention" ablation, whose layers have no `norm2`/`cross_attn`.
     /// Left out of the JSON when true, so full models' metadata is unchanged.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]

@@ -1,5 +1,5 @@
 //! Images and masks on the host: decoding PNG/JPEG (grey, grey+alpha, RGB, RGBA; 8 or 16 bits),
-//! the model's input preprocessing (DESIGN.md step 1), nearest resizing of masks and PNG output.
+//! the model's input preprocessing (docs/DESIGN.md step 1), nearest resizing of masks and PNG output.
 //!
 //! An [`Image`] is RGB in [0, 1], row-major, channels interleaved ([H, W, 3]). Grey images are
 //! replicated to three channels; alpha is dropped (not composited). A [`Mask`] holds one class
@@ -127,7 +127,7 @@ impl Image {
     }
 }
 
-/// The model input for a batch of images (DESIGN.md step 1): each resized to `size` x `size`
+/// The model input for a batch of images (docs/DESIGN.md step 1): each resized to `size` x `size`
 /// (bilinear), then normalized per channel, as a planar [B, 3, S, S] tensor's data.
 pub fn preprocess(images: &[&Image], size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let plane = size * size;

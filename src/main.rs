@@ -408,6 +408,9 @@ struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Train without domain randomization (random gamma, colour, blur, noise, resolution, shading).
+    #[arg(long)]
+    no_randomize: bool,
     /// At the start of a new run, replace the class embeddings by this text encoder's embeddings
     /// of the configuration's prompts (as `init --text-encoder` does; a Hugging Face BERT folder).
     /// A resumed run keeps the checkpoint's.
@@ -459,6 +462,7 @@ fn train(a: TrainArgs) -> CliResult {
         vision_lr_mult: a.vision_lr_mult,
         seed: a.seed,
         augment: a.no_augment.then_some(false),
+        randomize: a.no_randomize.then_some(false),
     };
     let setup = Setup { out: &a.out, data: &a.data, start, resume: a.resume, force: a.force, choices: &choices };
     let (mut trainer, begun) = prepare(&gpu, &setup)?;

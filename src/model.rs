@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::config::{Activation, Config, EmGrad};
 use crate::error::{Error, Result};
+use crate::kernels::elementwise::UnaryOp;
 use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::{Gpu, GpuBuffer};
 use crate::random::{Rng, XorShift64Star};
@@ -225,13 +226,23 @@ impl Model {
         Ok(x.layer_norm(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, self.config.ln_eps)?)
     }
 
-    /// Multi-head attention block: out_proj(attention(q_proj(x), k_proj(kv), v_proj(kv))).
-    fn attention(&self, x: &Tensor, kv: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
+    /// `act(linear(x))`, bias and activation in one pass.
+    fn linear_act(&self, x: &Tensor, name: &str, act: UnaryOp) -> Result<Tensor> {
+        Ok(x.linear_act(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, act)?)
+    }
+
+    /// `residual + linear(x)`, bias and residual add in one pass.
+    fn linear_residual(&self, x: &Tensor, name: &str, residual: &Tensor) -> Result<Tensor> {
+        Ok(x.linear_residual(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, residual)?)
+    }
+
+    /// `residual + attention(x, kv)` (the output projection's bias and the residual add fused).
+    fn attention(&self, x: &Tensor, kv: &Tensor, name: &str, heads: usize, residual: &Tensor) -> Result<Tensor> {
         let q = self.linear(x, &format!("{name}.q_proj"))?;
         let k = self.linear(kv, &format!("{name}.k_proj"))?;
         let v = self.linear(kv, &format!("{name}.v_proj"))?;
         let o = q.attention(&k, &v, heads, false, None)?;
-        self.linear(&o, &format!("{name}.out_proj"))
+        self.linear_residual(&o, &format!("{name}.out_proj"), residual)
     }
 
     /// Steps 2–12 on a normalised input [B,3,S,S].
@@ -256,14 +267,14 @@ impl Model {
         for i in 0..c.vision.layers {
             let l = format!("{vm}.encoder.layers.{i}");
             let h = self.norm(&t, &format!("{l}.layer_norm1"))?;
-            t = t.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.vision.heads)?)?;
+            t = self.attention(&h, &h, &format!("{l}.self_attn"), c.vision.heads, &t)?;
             let h = self.norm(&t, &format!("{l}.layer_norm2"))?;
-            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?;
-            let h = match c.vision.act {
-                Activation::QuickGelu => h.quick_gelu()?,
-                Activation::Gelu => h.gelu()?,
+            let act = match c.vision.act {
+                Activation::QuickGelu => UnaryOp::QuickGelu,
+                Activation::Gelu => UnaryOp::Gelu,
             };
-            t = t.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+            let h = self.linear_act(&h, &format!("{l}.mlp.fc1"), act)?;
+            t = self.linear_residual(&h, &format!("{l}.mlp.fc2"), &t)?;
         }
         // 5-7: dense features, visual and text projections.
         let vision_features = self.norm(&t.narrow(1, 1, n)?, &format!("{vm}.post_layernorm"))?;
@@ -288,14 +299,14 @@ impl Model {
         for j in 0..c.decoder.layers {
             let l = format!("head.decoder.layers.{j}");
             let h = self.norm(&x, &format!("{l}.norm1"))?;
-            x = x.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads)?)?;
+            x = self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads, &x)?;
             if c.decoder.cross_attn {
                 let h = self.norm(&x, &format!("{l}.norm2"))?;
-                x = x.add(&self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads)?)?;
+                x = self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads, &x)?;
             }
             let h = self.norm(&x, &format!("{l}.norm3"))?;
-            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?.gelu()?;
-            x = x.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+            let h = self.linear_act(&h, &format!("{l}.mlp.fc1"), UnaryOp::Gelu)?;
+            x = self.linear_residual(&h, &format!("{l}.mlp.fc2"), &x)?;
         }
         let decoder_out = self.norm(&x, "head.decoder.norm")?;
         // 10: cosine mask head, then bilinear upsampling to the input size.

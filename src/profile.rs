@@ -44,7 +44,7 @@ pub struct EmProfileOptions {
 }
 
 impl Default for EmProfileOptions {
-    /// The default model's EM sizes (DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
+    /// The default model's EM sizes (docs/DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
     fn default() -> Self {
         EmProfileOptions {
             batch: 1,
@@ -373,6 +373,12 @@ pub struct ModelProfile {
     pub adapter: String,
     /// Every timed dispatch, scoped `forward`, `loss` and `backward`.
     pub profile: Profile,
+    /// Dispatches recorded by one unprofiled pass.
+    pub dispatches: u64,
+    /// Submits made by one unprofiled pass (its final sync included).
+    pub submits: u64,
+    /// Host wall time of one unprofiled pass, synced at its end, in ms.
+    pub wall_ms: f64,
 }
 
 /// Profiles one forward (and optionally loss + backward) of `model` on a random batch, after
@@ -415,6 +421,12 @@ pub fn profile_model(
         Ok(())
     };
     run(false)?;
+    // One unprofiled pass, counted and timed as training runs it.
+    let (d0, s0) = gpu.counters();
+    let start = std::time::Instant::now();
+    run(false)?;
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (d1, s1) = gpu.counters();
     gpu.set_profiling(true)?;
     let result = run(true);
     let profile = gpu.take_profile();
@@ -422,7 +434,15 @@ pub fn profile_model(
     result?;
     let profile = profile?.ok_or_else(|| crate::Error::Invalid("the profiler returned no records".into()))?;
     let i = gpu.info();
-    Ok(ModelProfile { batch, backward, adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type), profile })
+    Ok(ModelProfile {
+        batch,
+        backward,
+        adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type),
+        profile,
+        dispatches: d1 - d0,
+        submits: s1 - s0,
+        wall_ms,
+    })
 }
 
 impl fmt::Display for ModelProfile {
@@ -439,6 +459,11 @@ impl fmt::Display for ModelProfile {
             "total",
             self.profile.records.len(),
             self.profile.total_ns() / 1e6
+        )?;
+        writeln!(
+            f,
+            "unprofiled pass: {} dispatches, {} submits, {:.2} ms wall (synced)",
+            self.dispatches, self.submits, self.wall_ms
         )?;
         write!(f, "{}", self.profile.table())
     }

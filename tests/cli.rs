@@ -1,5 +1,5 @@
 //! The `vlsa` binary end to end on a model made by `vlsa init`: `segment` (masks at the original
-//! size, overlays with a legend), `forward --dump` and `grad --dump` with DESIGN.md's names, and
+//! size, overlays with a legend), `forward --dump` and `grad --dump` with docs/DESIGN.md's names, and
 //! bad input ending in one clear sentence with exit code 1. `cli_train.rs` and `cli_outputs.rs`
 //! test training from the command line and the inputs and outputs of every command.
 

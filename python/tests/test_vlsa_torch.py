@@ -133,12 +133,12 @@ class WithVlsaTest(unittest.TestCase):
 
     def test_ddp_two_processes_trains_a_model_vlsa_loads(self):
         out = os.path.join(self.tmp, "ddp2.safetensors")
-        common = ["--config", self.config, "--data", self.data, "--steps", "10", "--batch", "4", "--lr", "3e-3",
-                  "--warmup", "1", "--seed", "1", "--log-every", "5"]
-        run(train_cmd(2, *common, "--out", out, "--val", self.data, "--val-every", "10"), timeout=600)
+        common = ["--config", self.config, "--data", self.data, "--steps", "24", "--batch", "4", "--lr", "3e-3",
+                  "--warmup", "4", "--seed", "1", "--log-every", "8"]
+        run(train_cmd(2, *common, "--out", out, "--val", self.data, "--val-every", "24"), timeout=600)
         log = checkpoint_log(out)
-        self.assertEqual([e["step"] for e in log], list(range(1, 11)))
-        first, last = sum(e["loss"] for e in log[:3]) / 3, sum(e["loss"] for e in log[-3:]) / 3
+        self.assertEqual([e["step"] for e in log], list(range(1, 25)))
+        first, last = sum(e["loss"] for e in log[:4]) / 4, sum(e["loss"] for e in log[-4:]) / 4
         self.assertLess(last, first - 0.05, f"the loss falls: {[round(e['loss'], 4) for e in log]}")
         self.assertIsNotNone(log[-1]["val_dice"])
 
@@ -164,6 +164,11 @@ class WithVlsaTest(unittest.TestCase):
         a, b = read_file(out)[0], read_file(single)[0]
         self.assertEqual(set(a), set(b))
         for name in a:
+            # The k_proj biases get gradients that are zero up to round-off (softmax ignores a
+            # shift shared by every key), which AdamW turns into lr-sized steps of either sign:
+            # their values are noise in any run, and they are left out of the comparison.
+            if name.endswith("k_proj.bias"):
+                continue
             self.assertLessEqual(ratio(a[name], b[name], 1e-5, 1e-4), 1.0, f"2 vs 1 process: {name}")
         for ea, eb in zip(checkpoint_log(out), checkpoint_log(single)):
             self.assertAlmostEqual(ea["loss"], eb["loss"], delta=1e-5)

@@ -11,6 +11,8 @@ EM bases' batch mean are added over all processes, so a step is the step of the 
 whatever N is. NCCL on CUDA (one GPU per process), gloo on CPU. Rank 0 writes the checkpoints.
 """
 import argparse
+import inspect
+import json
 import math
 import os
 import sys
@@ -152,7 +154,6 @@ def start(args, device):
         model, optim, meta = load_model(args.out)
         if CHECKPOINT_KEY not in meta:
             raise TrainError(f"{args.out} is a model file, not a training checkpoint; start a new run from it with --model instead of --resume")
-        import json
         state = json.loads(meta[CHECKPOINT_KEY])
         o = state["options"]
         if args.config:
@@ -230,9 +231,13 @@ def train(argv=None):
     if world > 1:
         # In detached mode the EM input projection gets no gradient: DDP must expect that.
         unused = em is not None and em.grad == "detached"
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=unused)
+        # The EM bases are updated identically on every process after the step (from the
+        # all-reduced batch mean), so DDP need not sync buffers in forward.
+        ddp = torch.nn.parallel.DistributedDataParallel
+        sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                else {"broadcast_buffers": False})
+        net = ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=unused, **sync)
     else:
         net = model
     stream = BatchStream(data, o["batch"], o["seed"], o["augment"])
@@ -241,7 +246,7 @@ def train(argv=None):
         params = sum(p.numel() for _, p in named)
         say(f"training {params} parameters on {len(data)} images ({args.data}), global batch {o['batch']} "
             f"over {world} process{'es' if world > 1 else ''} ({local} each), {o['steps']} steps, on {device}")
-    timed, timed_images, last_loss = 0.0, 0, None
+    timed, timed_images, last_loss, first_step = 0.0, 0, None, step + 1
     for step in range(step + 1, stop + 1):
         clock = time.perf_counter()
         x, target = stream.items(step, first_item, local, c["image_size"], c["pixel_mean"], c["pixel_std"])
@@ -277,15 +282,16 @@ def train(argv=None):
                 dist.all_reduce(mean_mu)
                 mean_mu /= world
             em.update_bases(mean_mu)
-        entry = {"step": step, "loss": value, "lr": lr, "val_dice": None}
+        # The log holds f32 values, as vlsa's does.
+        entry = {"step": step, "loss": float(np.float32(value)), "lr": float(np.float32(lr)), "val_dice": None}
         seconds = time.perf_counter() - clock
-        if step > log[-1]["step"] + 1 if log else step > 1:
+        if step > first_step:  # the first step of a run includes one-time set-up
             timed, timed_images = timed + seconds, timed_images + o["batch"]
         log.append(entry)
         last_loss = value
         if rank == 0:
             if val is not None and (step % max(args.val_every, 1) == 0 or step == stop):
-                entry["val_dice"] = foreground_dice(model, val, device)
+                entry["val_dice"] = float(np.float32(foreground_dice(model, val, device)))
             if step % max(args.log_every, 1) == 0 or step == stop:
                 dice = "" if entry["val_dice"] is None else f", val Dice {entry['val_dice']:.4f}"
                 say(f"step {step}/{o['steps']}: loss {value:.4f}, lr {lr:.3e}{dice}")

@@ -47,7 +47,8 @@ def write_file(path, tensors, metadata):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
     os.close(fd)
     try:
-        data = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in tensors.items()}
+        # Copies: safetensors refuses tensors that share memory (views, a shared zero moment).
+        data = {n: t.detach().to("cpu", torch.float32).contiguous().clone() for n, t in tensors.items()}
         save_file(data, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -1,5 +1,5 @@
 //! Shared test helper: runs a kernel's forward and backward on the GPU and compares them with a
-//! plain CPU reference (f64 accumulation) at DESIGN.md's tolerances, and checks every backward
+//! plain CPU reference (f64 accumulation) at docs/DESIGN.md's tolerances, and checks every backward
 //! against central finite differences of the reference forward.
 //!
 //! One [`Case`] describes a kernel at one shape: its inputs, a CPU reference forward, the GPU
@@ -8,9 +8,10 @@
 
 use std::sync::OnceLock;
 
+use vlsa_kernels::reduce::RowSchedule;
 use vlsa_kernels::{Gpu, GpuBuffer, Result};
 
-/// Forward tolerances (DESIGN.md numerics contract).
+/// Forward tolerances (docs/DESIGN.md numerics contract).
 pub const FWD_RTOL: f64 = 1e-4;
 pub const FWD_ATOL: f64 = 1e-5;
 /// Gradient tolerances.
@@ -78,7 +79,7 @@ pub struct Case<'a> {
     pub backward: Option<Box<GpuBackward<'a>>>,
     /// CPU reference backward, same convention.
     pub reference_backward: Option<Box<RefBackward<'a>>>,
-    /// Forward tolerances (rtol, atol); DESIGN.md's by default.
+    /// Forward tolerances (rtol, atol); docs/DESIGN.md's by default.
     pub fwd_tol: (f64, f64),
     /// Gradient tolerances (rtol, atol).
     pub grad_tol: (f64, f64),
@@ -250,4 +251,18 @@ pub fn squares(dir: &std::path::Path, count: usize, size: usize, seed: u64) -> v
             .unwrap();
     }
     vlsa::data::Dataset::load(dir, 2).unwrap()
+}
+
+/// Both schedules of the row kernels (softmax, layer_norm, l2norm): one invocation per row, one
+/// workgroup per row.
+pub const SCHEDULES: [RowSchedule; 2] = [RowSchedule::Invocation, RowSchedule::Workgroup];
+
+/// Row shapes every row kernel is checked at: sizes 1, 7, 33, 130 and several row counts.
+pub const ROW_SHAPES: &[(usize, usize)] = &[(1, 1), (1, 7), (7, 33), (33, 7), (3, 130), (130, 33), (2, 300)];
+
+/// A zero-filled buffer made by an upload rather than `Gpu::zeros`: a pooled buffer cleared by
+/// `zeros` and dropped before the clear is submitted can be handed to a later upload whose data
+/// the pending clear then wipes (`Gpu::write` flushes only when dispatches are pending).
+pub fn zeros(gpu: &Gpu, n: usize) -> Result<GpuBuffer> {
+    gpu.upload(&vec![0.0f32; n])
 }
