@@ -443,10 +443,7 @@ fn train(a: TrainArgs) -> CliResult {
     if let Some(path) = &a.export {
         check_output("--export", path)?;
     }
-    check_input_dir("--data", "the training data set", &a.data)?;
-    if let Some(dir) = &a.val {
-        check_input_dir("--val", "the validation data set", dir)?;
-    }
+    // The data sets are read (and any problem named) before the first step too.
     if let Some(dir) = &a.text_encoder {
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
     }
@@ -848,8 +845,11 @@ fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet
     if let Some(path) = json {
         check_output("--json", path)?;
     }
+    // Every data set must exist before the first is evaluated.
     for dir in data {
-        check_input_dir("--data", "the data set folder", dir)?;
+        if !dir.is_dir() {
+            return Err(format!("{} is not a data set: there is no such folder (--data)", dir.display()).into());
+        }
     }
     let (_gpu, loaded) = load_model(model)?;
     // A progress line on a terminal only: a log or a pipe gets the table alone.
