@@ -7,55 +7,19 @@
 //! only the seed and the step count to draw exactly the batches an uninterrupted run would.
 
 use crate::image_io::{Image, Mask};
+use crate::random::SplitMix64;
 
-/// SplitMix64: a tiny, well-mixed 64-bit generator; one per purpose, seeded by [`stream`].
-#[derive(Debug, Clone)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> SplitMix {
-        SplitMix(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    /// Uniform integer in [0, n) (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 11) % n as u64) as usize
-    }
-
-    /// True with probability one half.
-    pub fn coin(&mut self) -> bool {
-        self.next_u64() >> 63 == 1
-    }
-}
+/// Every stream here is SplitMix64 (see [`crate::random`]).
+type Rng = crate::random::Rng<SplitMix64>;
 
 /// A generator for one purpose (`tag`) and position (`a`, `b`) of a run seeded with `seed`.
-pub fn stream(seed: u64, tag: u64, a: u64, b: u64) -> SplitMix {
-    let mut g = SplitMix::new(seed);
+pub fn stream(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
+    let mut g = Rng::splitmix(seed);
     let mut h = g.next_u64();
     for v in [tag, a, b] {
-        h = SplitMix::new(h ^ v.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64();
+        h = Rng::splitmix(h ^ v.wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64();
     }
-    SplitMix::new(h)
+    Rng::splitmix(h)
 }
 
 const ORDER: u64 = 1;
@@ -72,7 +36,7 @@ pub fn epoch_order(seed: u64, epoch: u64, len: usize) -> Vec<usize> {
 }
 
 /// The generator of the augmentation of item `item` of step `step`.
-pub fn augment_rng(seed: u64, step: u64, item: u64) -> SplitMix {
+pub fn augment_rng(seed: u64, step: u64, item: u64) -> Rng {
     stream(seed, AUGMENT, step, item)
 }
 
@@ -98,7 +62,7 @@ impl Default for Augmentation {
 impl Augmentation {
     /// A randomly augmented copy of `image` and `mask` (same size as each other, possibly
     /// smaller than the input: the crop is resized to the model's input later).
-    pub fn apply(&self, image: &Image, mask: &Mask, rng: &mut SplitMix) -> (Image, Mask) {
+    pub fn apply(&self, image: &Image, mask: &Mask, rng: &mut Rng) -> (Image, Mask) {
         let (w, h) = (image.width, image.height);
         // Random scale and crop: a window of the same aspect ratio, scale in [min_scale, 1].
         let scale = rng.range(self.min_scale, 1.0);
