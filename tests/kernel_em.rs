@@ -6,9 +6,15 @@ mod common;
 
 use common::{assert_close, check, Case, Input, Rng};
 use vlsa_kernels::em::{self, Bases, EmOutputGrads, EmShape, GradMode};
-use vlsa_kernels::{Gpu, GpuBuffer, Result};
+use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
 const EPS: f64 = 1e-6;
+
+/// Every kernel path this adapter runs: each test checks each of them (the EM products run on
+/// the path's matmul).
+fn paths() -> Vec<KernelPath> {
+    common::gpu().kernel_paths()
+}
 
 /// The step shapes (B, N, C, M): sizes 1, 7, 33, 130 for N,
 /// odd C, M from 1 to 64, B 1 and 3; N = 300 spans two E-step tiles of 256 tokens.
@@ -149,156 +155,173 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 
 #[test]
 fn e_step_forward_and_backward() {
-    let mut rng = Rng::new(11);
-    for &(b, n, c, m) in SHAPES {
-        for lambda in [1.0f32, 2.5] {
-            let s = shape(b, n, c, m, 1, lambda);
-            let u = Input::random(&mut rng, &[b, n, c]);
-            let mu = Input::random(&mut rng, &[b, m, c]);
-            check(
-                Case::new(
-                    format!("e_step {s} lambda={lambda}"),
-                    vec![u, mu],
-                    move |x| ref_e_step(&x[0], &x[1], false, &s),
-                    move |gpu, x| {
-                        let z = gpu.alloc(s.z_len())?;
-                        let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                        em::e_step(gpu, &x[0], &x[1], Bases::PerBatch, &s, &z, &partial)?;
-                        Ok(z)
-                    },
-                )
-                .backward(
-                    move |gpu, x, dz| {
-                        let d_logits = gpu.alloc(s.z_len())?;
-                        em::e_step_backward_softmax(gpu, &fwd_z(gpu, &x[0], &x[1], &s)?, dz, &s, &d_logits)?;
-                        let du = gpu.alloc(s.tokens_len())?;
-                        let dmu = gpu.alloc(s.mu_len())?;
-                        em::e_step_backward(gpu, &x[0], &x[1], Bases::PerBatch, &d_logits, None, &s, &du, Some(&dmu))?;
-                        Ok(vec![Some(du), Some(dmu)])
-                    },
-                    move |x, dz| {
-                        let z = ref_e_step(&x[0], &x[1], false, &s);
-                        let mut ds = vec![0.0; z.len()];
-                        for (row, (zr, gr)) in ds.chunks_mut(m).zip(z.chunks(m).zip(dz.chunks(m))) {
-                            let inner: f64 = zr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                            for k in 0..m {
-                                row[k] = lambda as f64 * zr[k] * (gr[k] - inner);
+    for path in paths() {
+        let mut rng = Rng::new(11);
+        for &(b, n, c, m) in SHAPES {
+            for lambda in [1.0f32, 2.5] {
+                let s = shape(b, n, c, m, 1, lambda);
+                let u = Input::random(&mut rng, &[b, n, c]);
+                let mu = Input::random(&mut rng, &[b, m, c]);
+                check(
+                    Case::new(
+                        format!("[{path}] e_step {s} lambda={lambda}"),
+                        vec![u, mu],
+                        move |x| ref_e_step(&x[0], &x[1], false, &s),
+                        move |gpu, x| {
+                            let z = gpu.alloc(s.z_len())?;
+                            let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                            em::e_step_with(gpu, &x[0], &x[1], Bases::PerBatch, &s, &z, &partial, path)?;
+                            Ok(z)
+                        },
+                    )
+                    .backward(
+                        move |gpu, x, dz| {
+                            let d_logits = gpu.alloc(s.z_len())?;
+                            em::e_step_backward_softmax(gpu, &fwd_z(gpu, &x[0], &x[1], &s, path)?, dz, &s, &d_logits)?;
+                            let du = gpu.alloc(s.tokens_len())?;
+                            let dmu = gpu.alloc(s.mu_len())?;
+                            em::e_step_backward_with(
+                                gpu,
+                                &x[0],
+                                &x[1],
+                                Bases::PerBatch,
+                                &d_logits,
+                                None,
+                                &s,
+                                &du,
+                                Some(&dmu),
+                                path,
+                            )?;
+                            Ok(vec![Some(du), Some(dmu)])
+                        },
+                        move |x, dz| {
+                            let z = ref_e_step(&x[0], &x[1], false, &s);
+                            let mut ds = vec![0.0; z.len()];
+                            for (row, (zr, gr)) in ds.chunks_mut(m).zip(z.chunks(m).zip(dz.chunks(m))) {
+                                let inner: f64 = zr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                                for k in 0..m {
+                                    row[k] = lambda as f64 * zr[k] * (gr[k] - inner);
+                                }
                             }
-                        }
-                        vec![Some(ref_zmu(&ds, &x[1], false, &s)), Some(ref_ztx(&ds, &x[0], None, &s))]
-                    },
-                ),
-            );
+                            vec![Some(ref_zmu(&ds, &x[1], false, &s)), Some(ref_ztx(&ds, &x[0], None, &s))]
+                        },
+                    ),
+                );
+            }
         }
     }
 }
 
-fn fwd_z(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, s: &EmShape) -> Result<GpuBuffer> {
+fn fwd_z(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, path: KernelPath) -> Result<GpuBuffer> {
     let z = gpu.alloc(s.z_len())?;
     let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-    em::e_step(gpu, u, mu, Bases::PerBatch, s, &z, &partial)?;
+    em::e_step_with(gpu, u, mu, Bases::PerBatch, s, &z, &partial, path)?;
     Ok(z)
 }
 
 #[test]
 fn e_step_with_shared_bases_and_column_sums() {
-    let mut rng = Rng::new(12);
-    for &(b, n, c, m) in SHAPES {
-        let s = shape(b, n, c, m, 1, 1.0);
-        let u = Input::random(&mut rng, &[b, n, c]);
-        let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
-        check(Case::new(
-            format!("e_step shared bases {s}"),
-            vec![u.clone(), bases.clone()],
-            move |x| ref_e_step(&x[0], &x[1], true, &s),
-            move |gpu, x| {
-                let z = gpu.alloc(s.z_len())?;
-                let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                em::e_step(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial)?;
-                Ok(z)
-            },
-        ));
-        check(Case::new(
-            format!("colsum {s}"),
-            vec![u, bases],
-            move |x| ref_colsum(&ref_e_step(&x[0], &x[1], true, &s), &s),
-            move |gpu, x| {
-                let z = gpu.alloc(s.z_len())?;
-                let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                em::e_step(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial)?;
-                let cs = gpu.alloc(s.batch * s.bases)?;
-                em::colsum(gpu, &partial, &s, &cs)?;
-                Ok(cs)
-            },
-        ));
+    for path in paths() {
+        let mut rng = Rng::new(12);
+        for &(b, n, c, m) in SHAPES {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let u = Input::random(&mut rng, &[b, n, c]);
+            let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
+            check(Case::new(
+                format!("[{path}] e_step shared bases {s}"),
+                vec![u.clone(), bases.clone()],
+                move |x| ref_e_step(&x[0], &x[1], true, &s),
+                move |gpu, x| {
+                    let z = gpu.alloc(s.z_len())?;
+                    let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                    em::e_step_with(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial, path)?;
+                    Ok(z)
+                },
+            ));
+            check(Case::new(
+                format!("[{path}] colsum {s}"),
+                vec![u, bases],
+                move |x| ref_colsum(&ref_e_step(&x[0], &x[1], true, &s), &s),
+                move |gpu, x| {
+                    let z = gpu.alloc(s.z_len())?;
+                    let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
+                    em::e_step_with(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial, path)?;
+                    let cs = gpu.alloc(s.batch * s.bases)?;
+                    em::colsum(gpu, &partial, &s, &cs)?;
+                    Ok(cs)
+                },
+            ));
+        }
     }
 }
 
 /// s = sum over n of z [B,M], on the GPU: the M-step product with a column of ones (C = 1).
-fn gpu_colsum(gpu: &Gpu, z: &GpuBuffer, s: &EmShape) -> Result<GpuBuffer> {
+fn gpu_colsum(gpu: &Gpu, z: &GpuBuffer, s: &EmShape, path: KernelPath) -> Result<GpuBuffer> {
     let one_wide = EmShape { width: 1, ..*s };
     let ones = gpu.upload(&vec![1.0f32; s.batch * s.tokens])?;
     let cs = gpu.alloc(s.batch * s.bases)?;
-    em::m_step_product(gpu, "test_colsum", z, &ones, None, None, &one_wide, &cs)?;
+    em::m_step_product_with(gpu, "test_colsum", z, &ones, None, None, &one_wide, &cs, path)?;
     Ok(cs)
 }
 
 #[test]
 fn m_step_and_normalize_forward_and_backward() {
-    let mut rng = Rng::new(13);
-    for &(b, n, c, m) in SHAPES {
-        let s = shape(b, n, c, m, 1, 1.0);
-        let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
-        let u = Input::random(&mut rng, &[b, n, c]);
-        // mu = l2norm(z^T u / (eps + colsum(z))): the gradient of z includes the column sums'.
-        let forward = move |x: &[Vec<f64>]| ref_m_step_normalized(&x[0], &x[1], &ref_colsum(&x[0], &s), &s);
-        check(
-            Case::new(format!("m_step+normalize {s}"), vec![z, u], forward, move |gpu, x| {
-                let cs = gpu_colsum(gpu, &x[0], &s)?;
-                let raw = gpu.alloc(s.mu_len())?;
-                em::m_step(gpu, &x[0], &x[1], &cs, &s, &raw)?;
-                let mu = gpu.alloc(s.mu_len())?;
-                em::normalize(gpu, &raw, &s, &mu)?;
-                Ok(mu)
-            })
-            .backward(
-                move |gpu, x, dmu| {
-                    let cs = gpu_colsum(gpu, &x[0], &s)?;
+    for path in paths() {
+        let mut rng = Rng::new(13);
+        for &(b, n, c, m) in SHAPES {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
+            let u = Input::random(&mut rng, &[b, n, c]);
+            // mu = l2norm(z^T u / (eps + colsum(z))): the gradient of z includes the column sums'.
+            let forward = move |x: &[Vec<f64>]| ref_m_step_normalized(&x[0], &x[1], &ref_colsum(&x[0], &s), &s);
+            check(
+                Case::new(format!("[{path}] m_step+normalize {s}"), vec![z, u], forward, move |gpu, x| {
+                    let cs = gpu_colsum(gpu, &x[0], &s, path)?;
                     let raw = gpu.alloc(s.mu_len())?;
-                    em::m_step(gpu, &x[0], &x[1], &cs, &s, &raw)?;
-                    let (da, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
-                    em::normalize_backward(gpu, &raw, dmu, &cs, &s, &da, &dcs)?;
-                    let (dz, du) = (gpu.alloc(s.z_len())?, gpu.alloc(s.tokens_len())?);
-                    em::m_step_backward(gpu, &x[1], &x[0], &da, &dcs, None, None, &s, &dz, &du)?;
-                    Ok(vec![Some(dz), Some(du)])
-                },
-                move |x, dmu| {
-                    let (z, u) = (&x[0], &x[1]);
-                    let cs = ref_colsum(z, &s);
-                    let raw = ref_ztx(z, u, Some(&cs), &s);
-                    // L2 norm backward per row, then the division by (eps + cs).
-                    let mut da = vec![0.0; raw.len()];
-                    let mut dcs = vec![0.0; cs.len()];
-                    for r in 0..b * m {
-                        let xr = &raw[r * c..][..c];
-                        let gy = &dmu[r * c..][..c];
-                        let nr = xr.iter().map(|v| v * v).sum::<f64>().sqrt();
-                        let gdx: f64 = gy.iter().zip(xr).map(|(a, b)| a * b).sum();
-                        let inv_s = 1.0 / (EPS + cs[r]);
-                        for j in 0..c {
-                            let gx = gy[j] / (EPS + nr) - xr[j] * gdx / ((EPS + nr).powi(2) * nr);
-                            da[r * c + j] = gx * inv_s;
-                            dcs[r] -= gx * xr[j] * inv_s;
+                    em::m_step_with(gpu, &x[0], &x[1], &cs, &s, &raw, path)?;
+                    let mu = gpu.alloc(s.mu_len())?;
+                    em::normalize(gpu, &raw, &s, &mu)?;
+                    Ok(mu)
+                })
+                .backward(
+                    move |gpu, x, dmu| {
+                        let cs = gpu_colsum(gpu, &x[0], &s, path)?;
+                        let raw = gpu.alloc(s.mu_len())?;
+                        em::m_step_with(gpu, &x[0], &x[1], &cs, &s, &raw, path)?;
+                        let (da, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
+                        em::normalize_backward(gpu, &raw, dmu, &cs, &s, &da, &dcs)?;
+                        let (dz, du) = (gpu.alloc(s.z_len())?, gpu.alloc(s.tokens_len())?);
+                        em::m_step_backward_with(gpu, &x[1], &x[0], &da, &dcs, None, None, &s, &dz, &du, path)?;
+                        Ok(vec![Some(dz), Some(du)])
+                    },
+                    move |x, dmu| {
+                        let (z, u) = (&x[0], &x[1]);
+                        let cs = ref_colsum(z, &s);
+                        let raw = ref_ztx(z, u, Some(&cs), &s);
+                        // L2 norm backward per row, then the division by (eps + cs).
+                        let mut da = vec![0.0; raw.len()];
+                        let mut dcs = vec![0.0; cs.len()];
+                        for r in 0..b * m {
+                            let xr = &raw[r * c..][..c];
+                            let gy = &dmu[r * c..][..c];
+                            let nr = xr.iter().map(|v| v * v).sum::<f64>().sqrt();
+                            let gdx: f64 = gy.iter().zip(xr).map(|(a, b)| a * b).sum();
+                            let inv_s = 1.0 / (EPS + cs[r]);
+                            for j in 0..c {
+                                let gx = gy[j] / (EPS + nr) - xr[j] * gdx / ((EPS + nr).powi(2) * nr);
+                                da[r * c + j] = gx * inv_s;
+                                dcs[r] -= gx * xr[j] * inv_s;
+                            }
                         }
-                    }
-                    let mut dz = ref_xyt(u, &da, &s);
-                    for (i, v) in dz.iter_mut().enumerate() {
-                        *v += dcs[(i / (n * m)) * m + i % m];
-                    }
-                    vec![Some(dz), Some(ref_zmu(z, &da, false, &s))]
-                },
-            ),
-        );
+                        let mut dz = ref_xyt(u, &da, &s);
+                        for (i, v) in dz.iter_mut().enumerate() {
+                            *v += dcs[(i / (n * m)) * m + i % m];
+                        }
+                        vec![Some(dz), Some(ref_zmu(z, &da, false, &s))]
+                    },
+                ),
+            );
+        }
     }
 }
 
@@ -345,31 +368,33 @@ fn normalize_alone_forward_and_backward() {
 
 #[test]
 fn reconstruct_forward_and_backward() {
-    let mut rng = Rng::new(15);
-    for &(b, n, c, m) in SHAPES {
-        let s = shape(b, n, c, m, 1, 1.0);
-        let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
-        let mu = Input::random(&mut rng, &[b, m, c]);
-        check(
-            Case::new(
-                format!("reconstruct {s}"),
-                vec![z, mu],
-                move |x| ref_zmu(&x[0], &x[1], false, &s),
-                move |gpu, x| {
-                    let out = gpu.alloc(s.tokens_len())?;
-                    em::reconstruct(gpu, &x[0], &x[1], &s, &out)?;
-                    Ok(out)
-                },
-            )
-            .backward(
-                move |gpu, x, dr| {
-                    let (dz, dmu) = (gpu.alloc(s.z_len())?, gpu.alloc(s.mu_len())?);
-                    em::reconstruct_backward(gpu, &x[0], &x[1], dr, None, None, &s, &dz, &dmu)?;
-                    Ok(vec![Some(dz), Some(dmu)])
-                },
-                move |x, dr| vec![Some(ref_xyt(dr, &x[1], &s)), Some(ref_ztx(&x[0], dr, None, &s))],
-            ),
-        );
+    for path in paths() {
+        let mut rng = Rng::new(15);
+        for &(b, n, c, m) in SHAPES {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
+            let mu = Input::random(&mut rng, &[b, m, c]);
+            check(
+                Case::new(
+                    format!("[{path}] reconstruct {s}"),
+                    vec![z, mu],
+                    move |x| ref_zmu(&x[0], &x[1], false, &s),
+                    move |gpu, x| {
+                        let out = gpu.alloc(s.tokens_len())?;
+                        em::reconstruct_with(gpu, &x[0], &x[1], &s, &out, path)?;
+                        Ok(out)
+                    },
+                )
+                .backward(
+                    move |gpu, x, dr| {
+                        let (dz, dmu) = (gpu.alloc(s.z_len())?, gpu.alloc(s.mu_len())?);
+                        em::reconstruct_backward_with(gpu, &x[0], &x[1], dr, None, None, &s, &dz, &dmu, path)?;
+                        Ok(vec![Some(dz), Some(dmu)])
+                    },
+                    move |x, dr| vec![Some(ref_xyt(dr, &x[1], &s)), Some(ref_ztx(&x[0], dr, None, &s))],
+                ),
+            );
+        }
     }
 }
 
@@ -390,54 +415,65 @@ fn fd_gradient(u: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 
 #[test]
 fn unrolled_loop_matches_reference_and_finite_differences() {
-    let mut rng = Rng::new(16);
-    for &(b, n, c, m, lambda) in &[(1usize, 7usize, 5usize, 4usize, 1.0f32), (3, 33, 3, 7, 2.0), (1, 70, 5, 3, 1.0)] {
-        let s = shape(b, n, c, m, 3, lambda);
-        let u = Input::random(&mut rng, &[b, n, c]);
-        let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
-        let reference = move |x: &[Vec<f64>]| ref_loop(&x[0], &x[1], &s).2;
-        check(
-            Case::new(format!("unrolled EM loop {s} lambda={lambda}"), vec![u, bases], reference, move |gpu, x| {
-                Ok(em::forward(gpu, &x[0], &x[1], &s, false)?.recon)
-            })
-            .backward(
-                move |gpu, x, dr| {
-                    let fwd = em::forward(gpu, &x[0], &x[1], &s, true)?;
-                    Ok(vec![Some(em::backward_unrolled(gpu, &x[0], &x[1], &fwd, &s, dr)?), None])
-                },
-                move |x, dr| {
-                    let g = fd_gradient(&x[0], |u| ref_loop(u, &x[1], &s).2.iter().zip(dr).map(|(a, b)| a * b).sum());
-                    vec![Some(g), None]
-                },
-            ),
-        );
+    for path in paths() {
+        let mut rng = Rng::new(16);
+        for &(b, n, c, m, lambda) in &[(1usize, 7usize, 5usize, 4usize, 1.0f32), (3, 33, 3, 7, 2.0), (1, 70, 5, 3, 1.0)]
+        {
+            let s = shape(b, n, c, m, 3, lambda);
+            let u = Input::random(&mut rng, &[b, n, c]);
+            let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
+            let reference = move |x: &[Vec<f64>]| ref_loop(&x[0], &x[1], &s).2;
+            check(
+                Case::new(
+                    format!("[{path}] unrolled EM loop {s} lambda={lambda}"),
+                    vec![u, bases],
+                    reference,
+                    move |gpu, x| Ok(em::forward_with(gpu, &x[0], &x[1], &s, false, path)?.recon),
+                )
+                .backward(
+                    move |gpu, x, dr| {
+                        let fwd = em::forward_with(gpu, &x[0], &x[1], &s, true, path)?;
+                        Ok(vec![Some(em::backward_unrolled_with(gpu, &x[0], &x[1], &fwd, &s, dr, path)?), None])
+                    },
+                    move |x, dr| {
+                        let g =
+                            fd_gradient(&x[0], |u| ref_loop(u, &x[1], &s).2.iter().zip(dr).map(|(a, b)| a * b).sum());
+                        vec![Some(g), None]
+                    },
+                ),
+            );
+        }
     }
 }
 
 #[test]
 fn unrolled_loop_with_gradients_of_z_and_mu() {
-    let gpu = common::gpu();
-    let mut rng = Rng::new(17);
-    let s = shape(3, 7, 5, 4, 3, 1.5);
-    let u = rng.vec(s.tokens_len());
-    let bases = random_bases(&mut rng, s.bases, s.width);
-    let (dr, dz, dmu) = (rng.vec(s.tokens_len()), rng.vec(s.z_len()), rng.vec(s.mu_len()));
-    let (ub, bb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap());
-    let (drb, dzb, dmub) = (gpu.upload(&dr).unwrap(), gpu.upload(&dz).unwrap(), gpu.upload(&dmu).unwrap());
-    let fwd = em::forward(gpu, &ub, &bb, &s, true).unwrap();
-    let (want_z, want_mu, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
-    assert_close("Z_T", &gpu.download(&fwd.z).unwrap(), &want_z, 1e-4, 1e-5);
-    assert_close("mu_T", &gpu.download(&fwd.mu).unwrap(), &want_mu, 1e-4, 1e-5);
-    assert_close("R", &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
-    let grads = EmOutputGrads { recon: &drb, z: Some(&dzb), mu: Some(&dmub) };
-    let du = gpu.download(&em::backward(gpu, GradMode::Unrolled, &ub, &bb, &fwd, &s, &grads).unwrap()).unwrap();
-    let (dr, dz, dmu, b64) = (f64s(&dr), f64s(&dz), f64s(&dmu), f64s(&bases));
-    let want = fd_gradient(&f64s(&u), |u| {
-        let (z, mu, r) = ref_loop(u, &b64, &s);
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        dot(&r, &dr) + dot(&z, &dz) + dot(&mu, &dmu)
-    });
-    assert_close("du with dR, dZ_T and dmu_T", &du, &want, 1e-3, 1e-4);
+    for path in paths() {
+        let gpu = common::gpu();
+        let mut rng = Rng::new(17);
+        let s = shape(3, 7, 5, 4, 3, 1.5);
+        let u = rng.vec(s.tokens_len());
+        let bases = random_bases(&mut rng, s.bases, s.width);
+        let (dr, dz, dmu) = (rng.vec(s.tokens_len()), rng.vec(s.z_len()), rng.vec(s.mu_len()));
+        let (ub, bb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap());
+        let (drb, dzb, dmub) = (gpu.upload(&dr).unwrap(), gpu.upload(&dz).unwrap(), gpu.upload(&dmu).unwrap());
+        let fwd = em::forward_with(gpu, &ub, &bb, &s, true, path).unwrap();
+        let (want_z, want_mu, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
+        assert_close(&format!("[{path}] Z_T"), &gpu.download(&fwd.z).unwrap(), &want_z, 1e-4, 1e-5);
+        assert_close(&format!("[{path}] mu_T"), &gpu.download(&fwd.mu).unwrap(), &want_mu, 1e-4, 1e-5);
+        assert_close(&format!("[{path}] R"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
+        let grads = EmOutputGrads { recon: &drb, z: Some(&dzb), mu: Some(&dmub) };
+        let du = gpu
+            .download(&em::backward_with(gpu, GradMode::Unrolled, &ub, &bb, &fwd, &s, &grads, path).unwrap())
+            .unwrap();
+        let (dr, dz, dmu, b64) = (f64s(&dr), f64s(&dz), f64s(&dmu), f64s(&bases));
+        let want = fd_gradient(&f64s(&u), |u| {
+            let (z, mu, r) = ref_loop(u, &b64, &s);
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+            dot(&r, &dr) + dot(&z, &dz) + dot(&mu, &dmu)
+        });
+        assert_close(&format!("[{path}] du with dR, dZ_T and dmu_T"), &du, &want, 1e-3, 1e-4);
+    }
 }
 
 /// The accumulating forms of the step launchers (`out = acc + product`, also with the bias or
@@ -445,79 +481,120 @@ fn unrolled_loop_with_gradients_of_z_and_mu() {
 /// output itself; both matmul paths (vec4: C and M multiples of 4; scalar: odd sizes).
 #[test]
 fn accumulating_products_add_to_their_accumulator() {
-    let gpu = common::gpu();
-    let mut rng = Rng::new(18);
-    for &(b, n, c, m) in &[(2usize, 33usize, 8usize, 4usize), (3, 7, 5, 7)] {
-        let s = shape(b, n, c, m, 1, 1.0);
-        let (x, y, bias) = (rng.vec(s.tokens_len()), rng.vec(s.mu_len()), rng.vec(b * m));
-        let (acc_z, acc_mu, acc_u) = (rng.vec(s.z_len() + 5), rng.vec(s.mu_len()), rng.vec(s.tokens_len()));
-        let z: Vec<f32> = rng.vec(s.z_len()).iter().map(|v| v.abs()).collect();
-        let cs: Vec<f32> = (0..b * m).map(|i| 1.0 + i as f32).collect();
-        let up = |v: &[f32]| gpu.upload(v).unwrap();
-        let (xb, yb, biasb, zb, csb) = (up(&x), up(&y), up(&bias), up(&z), up(&cs));
-        let (x, y, z, cs) = (f64s(&x), f64s(&y), f64s(&z), f64s(&cs));
+    for path in paths() {
+        let gpu = common::gpu();
+        let mut rng = Rng::new(18);
+        for &(b, n, c, m) in &[(2usize, 33usize, 8usize, 4usize), (3, 7, 5, 7)] {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let (x, y, bias) = (rng.vec(s.tokens_len()), rng.vec(s.mu_len()), rng.vec(b * m));
+            let (acc_z, acc_mu, acc_u) = (rng.vec(s.z_len() + 5), rng.vec(s.mu_len()), rng.vec(s.tokens_len()));
+            let z: Vec<f32> = rng.vec(s.z_len()).iter().map(|v| v.abs()).collect();
+            let cs: Vec<f32> = (0..b * m).map(|i| 1.0 + i as f32).collect();
+            let up = |v: &[f32]| gpu.upload(v).unwrap();
+            let (xb, yb, biasb, zb, csb) = (up(&x), up(&y), up(&bias), up(&z), up(&cs));
+            let (x, y, z, cs) = (f64s(&x), f64s(&y), f64s(&z), f64s(&cs));
 
-        // token_dots with bias and an accumulator 5 elements longer than the output.
-        let out = gpu.alloc(s.z_len()).unwrap();
-        em::token_dots(gpu, "test", &xb, &yb, Bases::PerBatch, Some(&biasb), Some(&up(&acc_z)), &s, &out).unwrap();
-        let want: Vec<f64> = ref_xyt(&x, &y, &s)
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v + bias[(i / (n * m)) * m + i % m] as f64 + acc_z[i] as f64)
-            .collect();
-        assert_close(&format!("token_dots + bias + acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+            // token_dots with bias and an accumulator 5 elements longer than the output.
+            let out = gpu.alloc(s.z_len()).unwrap();
+            em::token_dots_with(
+                gpu,
+                "test",
+                &xb,
+                &yb,
+                Bases::PerBatch,
+                Some(&biasb),
+                Some(&up(&acc_z)),
+                &s,
+                &out,
+                path,
+            )
+            .unwrap();
+            let want: Vec<f64> = ref_xyt(&x, &y, &s)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + bias[(i / (n * m)) * m + i % m] as f64 + acc_z[i] as f64)
+                .collect();
+            assert_close(
+                &format!("[{path}] token_dots + bias + acc {s}"),
+                &gpu.download(&out).unwrap(),
+                &want,
+                1e-4,
+                1e-5,
+            );
 
-        // The M-step product divided by the column sums, plus an accumulator.
-        let out = gpu.alloc(s.mu_len()).unwrap();
-        em::m_step_product(gpu, "test", &zb, &xb, Some(&csb), Some(&up(&acc_mu)), &s, &out).unwrap();
-        let want: Vec<f64> = ref_ztx(&z, &x, Some(&cs), &s).iter().zip(&acc_mu).map(|(v, a)| v + *a as f64).collect();
-        assert_close(&format!("m_step_product / colsum + acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+            // The M-step product divided by the column sums, plus an accumulator.
+            let out = gpu.alloc(s.mu_len()).unwrap();
+            em::m_step_product_with(gpu, "test", &zb, &xb, Some(&csb), Some(&up(&acc_mu)), &s, &out, path).unwrap();
+            let want: Vec<f64> =
+                ref_ztx(&z, &x, Some(&cs), &s).iter().zip(&acc_mu).map(|(v, a)| v + *a as f64).collect();
+            assert_close(
+                &format!("[{path}] m_step_product / colsum + acc {s}"),
+                &gpu.download(&out).unwrap(),
+                &want,
+                1e-4,
+                1e-5,
+            );
 
-        // The reconstruction product accumulating into its own accumulator.
-        let out = up(&acc_u);
-        em::reconstruct_product(gpu, "test", &zb, &yb, Bases::PerBatch, Some(&out), &s, &out).unwrap();
-        let want: Vec<f64> = ref_zmu(&z, &y, false, &s).iter().zip(&acc_u).map(|(v, a)| v + *a as f64).collect();
-        assert_close(&format!("reconstruct_product into acc {s}"), &gpu.download(&out).unwrap(), &want, 1e-4, 1e-5);
+            // The reconstruction product accumulating into its own accumulator.
+            let out = up(&acc_u);
+            em::reconstruct_product_with(gpu, "test", &zb, &yb, Bases::PerBatch, Some(&out), &s, &out, path).unwrap();
+            let want: Vec<f64> = ref_zmu(&z, &y, false, &s).iter().zip(&acc_u).map(|(v, a)| v + *a as f64).collect();
+            assert_close(
+                &format!("[{path}] reconstruct_product into acc {s}"),
+                &gpu.download(&out).unwrap(),
+                &want,
+                1e-4,
+                1e-5,
+            );
+        }
     }
 }
 
 /// T = 1: the backward's first iteration is also its last (no saved Z or mu in between).
 #[test]
 fn single_iteration_loop_gradient() {
-    let gpu = common::gpu();
-    let mut rng = Rng::new(19);
-    for &(b, n, c, m) in &[(2usize, 9usize, 4usize, 8usize), (1, 5, 3, 3)] {
-        let s = shape(b, n, c, m, 1, 1.0);
-        let (u, dr) = (rng.vec(s.tokens_len()), rng.vec(s.tokens_len()));
-        let bases = random_bases(&mut rng, m, c);
-        let (ub, bb, drb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap(), gpu.upload(&dr).unwrap());
-        let fwd = em::forward(gpu, &ub, &bb, &s, true).unwrap();
-        let (_, _, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
-        assert_close(&format!("R {s}"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
-        let du = gpu.download(&em::backward_unrolled(gpu, &ub, &bb, &fwd, &s, &drb).unwrap()).unwrap();
-        let (b64, dr) = (f64s(&bases), f64s(&dr));
-        let want = fd_gradient(&f64s(&u), |u| ref_loop(u, &b64, &s).2.iter().zip(&dr).map(|(a, b)| a * b).sum());
-        assert_close(&format!("du {s}"), &du, &want, 1e-3, 1e-4);
+    for path in paths() {
+        let gpu = common::gpu();
+        let mut rng = Rng::new(19);
+        for &(b, n, c, m) in &[(2usize, 9usize, 4usize, 8usize), (1, 5, 3, 3)] {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let (u, dr) = (rng.vec(s.tokens_len()), rng.vec(s.tokens_len()));
+            let bases = random_bases(&mut rng, m, c);
+            let (ub, bb, drb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap(), gpu.upload(&dr).unwrap());
+            let fwd = em::forward_with(gpu, &ub, &bb, &s, true, path).unwrap();
+            let (_, _, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
+            assert_close(&format!("[{path}] R {s}"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
+            let du = gpu.download(&em::backward_unrolled_with(gpu, &ub, &bb, &fwd, &s, &drb, path).unwrap()).unwrap();
+            let (b64, dr) = (f64s(&bases), f64s(&dr));
+            let want = fd_gradient(&f64s(&u), |u| ref_loop(u, &b64, &s).2.iter().zip(&dr).map(|(a, b)| a * b).sum());
+            assert_close(&format!("[{path}] du {s}"), &du, &want, 1e-3, 1e-4);
+        }
     }
 }
 
 #[test]
 fn detached_mode_gives_no_gradient_to_u() {
-    let gpu = common::gpu();
-    let mut rng = Rng::new(18);
-    let s = shape(3, 33, 5, 7, 3, 1.0);
-    let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
-    let bases = gpu.upload(&random_bases(&mut rng, s.bases, s.width)).unwrap();
-    let dr = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
-    // Detached needs nothing saved.
-    let fwd = em::forward(gpu, &u, &bases, &s, false).unwrap();
-    let grads = EmOutputGrads { recon: &dr, z: None, mu: None };
-    let du = gpu.download(&em::backward(gpu, GradMode::Detached, &u, &bases, &fwd, &s, &grads).unwrap()).unwrap();
-    assert_eq!(du.len(), s.tokens_len());
-    assert!(du.iter().all(|&v| v == 0.0), "detached backward must give du = 0");
-    // The unrolled backward of the same forward is refused: nothing was saved.
-    let err = em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads).expect_err("refused").to_string();
-    assert!(err.contains("save_for_backward"), "{err}");
+    for path in paths() {
+        let gpu = common::gpu();
+        let mut rng = Rng::new(18);
+        let s = shape(3, 33, 5, 7, 3, 1.0);
+        let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+        let bases = gpu.upload(&random_bases(&mut rng, s.bases, s.width)).unwrap();
+        let dr = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+        // Detached needs nothing saved.
+        let fwd = em::forward_with(gpu, &u, &bases, &s, false, path).unwrap();
+        let grads = EmOutputGrads { recon: &dr, z: None, mu: None };
+        let du = gpu
+            .download(&em::backward_with(gpu, GradMode::Detached, &u, &bases, &fwd, &s, &grads, path).unwrap())
+            .unwrap();
+        assert_eq!(du.len(), s.tokens_len());
+        assert!(du.iter().all(|&v| v == 0.0), "detached backward must give du = 0");
+        // The unrolled backward of the same forward is refused: nothing was saved.
+        let err = em::backward_with(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads, path)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("save_for_backward"), "{err}");
+    }
 }
 
 #[test]
@@ -541,29 +618,32 @@ fn bases_moving_average_update() {
 
 #[test]
 fn bad_shapes_are_errors_naming_the_shapes() {
-    let gpu = common::gpu();
-    // `alloc`, not `zeros`: these buffers never reach a kernel (the launchers refuse them).
-    let u = gpu.alloc(2 * 7 * 5).unwrap();
-    let bases = gpu.alloc(4 * 5).unwrap();
-    // u too short for B=3.
-    let s = shape(3, 7, 5, 4, 3, 1.0);
-    let err = em::forward(gpu, &u, &bases, &s, false).err().expect("error").to_string();
-    assert!(err.contains("[B=3,N=7,C=5,M=4,T=3]") && err.contains("70") && err.contains("105"), "{err}");
-    // Too many bases.
-    let s = shape(1, 7, 5, 65, 1, 1.0);
-    let err = em::forward(gpu, &u, &gpu.alloc(65 * 5).unwrap(), &s, false).err().expect("error").to_string();
-    assert!(err.contains("M=65") && err.contains("64"), "{err}");
-    // No iterations, empty axes.
-    for s in [shape(1, 7, 5, 4, 0, 1.0), shape(1, 0, 5, 4, 1, 1.0)] {
-        let err = em::forward(gpu, &u, &bases, &s, false).err().expect("error").to_string();
-        assert!(err.contains(&s.to_string()), "{err}");
+    for path in paths() {
+        let gpu = common::gpu();
+        // `alloc`, not `zeros`: these buffers never reach a kernel (the launchers refuse them).
+        let u = gpu.alloc(2 * 7 * 5).unwrap();
+        let bases = gpu.alloc(4 * 5).unwrap();
+        // u too short for B=3.
+        let s = shape(3, 7, 5, 4, 3, 1.0);
+        let err = em::forward_with(gpu, &u, &bases, &s, false, path).err().expect("error").to_string();
+        assert!(err.contains("[B=3,N=7,C=5,M=4,T=3]") && err.contains("70") && err.contains("105"), "{err}");
+        // Too many bases.
+        let s = shape(1, 7, 5, 65, 1, 1.0);
+        let err =
+            em::forward_with(gpu, &u, &gpu.alloc(65 * 5).unwrap(), &s, false, path).err().expect("error").to_string();
+        assert!(err.contains("M=65") && err.contains("64"), "{err}");
+        // No iterations, empty axes.
+        for s in [shape(1, 7, 5, 4, 0, 1.0), shape(1, 0, 5, 4, 1, 1.0)] {
+            let err = em::forward_with(gpu, &u, &bases, &s, false, path).err().expect("error").to_string();
+            assert!(err.contains(&s.to_string()), "{err}");
+        }
+        // Bases of the wrong size.
+        let s = shape(1, 7, 5, 4, 1, 1.0);
+        let err = em::forward_with(gpu, &u, &gpu.alloc(3).unwrap(), &s, false, path).err().expect("error").to_string();
+        assert!(err.contains("bases") && err.contains("[M,C]"), "{err}");
+        let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).expect_err("error").to_string();
+        assert!(err.contains("mu_T") && err.contains("[B,M,C]"), "{err}");
     }
-    // Bases of the wrong size.
-    let s = shape(1, 7, 5, 4, 1, 1.0);
-    let err = em::forward(gpu, &u, &gpu.alloc(3).unwrap(), &s, false).err().expect("error").to_string();
-    assert!(err.contains("bases") && err.contains("[M,C]"), "{err}");
-    let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).expect_err("error").to_string();
-    assert!(err.contains("mu_T") && err.contains("[B,M,C]"), "{err}");
 }
 
 // ----- PyTorch fixtures -----
@@ -599,37 +679,45 @@ fn parse_fixture(text: &str) -> std::collections::HashMap<String, Vec<f64>> {
 
 #[test]
 fn matches_pytorch_autograd_fixtures() {
-    let gpu = common::gpu();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(dir).expect("tests/fixtures") {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if !(name.starts_with("em_") && name.ends_with(".json")) {
-            continue;
+    for path in paths() {
+        let gpu = common::gpu();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("tests/fixtures") {
+            let file = entry.unwrap().path();
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            if !(name.starts_with("em_") && name.ends_with(".json")) {
+                continue;
+            }
+            seen += 1;
+            let f = parse_fixture(&std::fs::read_to_string(&file).unwrap());
+            let dims = &f["shape"];
+            let s = shape(
+                dims[0] as usize,
+                dims[1] as usize,
+                dims[2] as usize,
+                dims[3] as usize,
+                dims[4] as usize,
+                f["lambda"][0] as f32,
+            );
+            let up = |k: &str| gpu.upload(&f[k].iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
+            let (u, bases, dr) = (up("u"), up("bases"), up("d_recon"));
+            let fwd = em::forward_with(gpu, &u, &bases, &s, true, path).unwrap();
+            let (rtol, atol) = (1e-3, 1e-4);
+            assert_close(&format!("[{path}] {name} Z_T"), &gpu.download(&fwd.z).unwrap(), &f["z"], rtol, atol);
+            assert_close(&format!("[{path}] {name} mu_T"), &gpu.download(&fwd.mu).unwrap(), &f["mu"], rtol, atol);
+            assert_close(&format!("[{path}] {name} R"), &gpu.download(&fwd.recon).unwrap(), &f["recon"], rtol, atol);
+            let du = em::backward_unrolled_with(gpu, &u, &bases, &fwd, &s, &dr, path).unwrap();
+            assert_close(&format!("[{path}] {name} du"), &gpu.download(&du).unwrap(), &f["d_u"], rtol, atol);
+            let nb = em::update_bases(gpu, &bases, &fwd.mu, &s, f["momentum"][0] as f32).unwrap();
+            assert_close(
+                &format!("[{path}] {name} new bases"),
+                &gpu.download(&nb).unwrap(),
+                &f["new_bases"],
+                rtol,
+                atol,
+            );
         }
-        seen += 1;
-        let f = parse_fixture(&std::fs::read_to_string(&path).unwrap());
-        let dims = &f["shape"];
-        let s = shape(
-            dims[0] as usize,
-            dims[1] as usize,
-            dims[2] as usize,
-            dims[3] as usize,
-            dims[4] as usize,
-            f["lambda"][0] as f32,
-        );
-        let up = |k: &str| gpu.upload(&f[k].iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
-        let (u, bases, dr) = (up("u"), up("bases"), up("d_recon"));
-        let fwd = em::forward(gpu, &u, &bases, &s, true).unwrap();
-        let (rtol, atol) = (1e-3, 1e-4);
-        assert_close(&format!("{name} Z_T"), &gpu.download(&fwd.z).unwrap(), &f["z"], rtol, atol);
-        assert_close(&format!("{name} mu_T"), &gpu.download(&fwd.mu).unwrap(), &f["mu"], rtol, atol);
-        assert_close(&format!("{name} R"), &gpu.download(&fwd.recon).unwrap(), &f["recon"], rtol, atol);
-        let du = em::backward_unrolled(gpu, &u, &bases, &fwd, &s, &dr).unwrap();
-        assert_close(&format!("{name} du"), &gpu.download(&du).unwrap(), &f["d_u"], rtol, atol);
-        let nb = em::update_bases(gpu, &bases, &fwd.mu, &s, f["momentum"][0] as f32).unwrap();
-        assert_close(&format!("{name} new bases"), &gpu.download(&nb).unwrap(), &f["new_bases"], rtol, atol);
+        assert!(seen >= 2, "expected the PyTorch fixtures tests/fixtures/em_*.json (run tests/reference/em_ref.py)");
     }
-    assert!(seen >= 2, "expected the PyTorch fixtures tests/fixtures/em_*.json (run tests/reference/em_ref.py)");
 }

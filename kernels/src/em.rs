@@ -23,6 +23,12 @@
 //!
 //! No kernel here uses a workgroup barrier (on lavapipe one costs more than an extra dispatch).
 //!
+//! Kernel paths: the products are where the time goes (about 90 % of an iteration on lavapipe,
+//! profiled), so each launcher's `_with` form takes the [`KernelPath`] its matmuls run on
+//! (subgroup-shared operands on lavapipe, register-blocked without subgroups, shared-memory
+//! tiles on GPUs); the plain form uses the context's path. The fused kernels of em.wgsl are
+//! the same on every path.
+//!
 //! Profiling: each iteration's dispatches sit in the scope `iter=t` (backward: `backward`, then
 //! `recon` or `iter=t`). The dispatches of one step sit in a further scope named after the
 //! step (`em_e_step`, `em_m_step`, `em_recon`, `em_m_step_backward`, ...): the matmul
@@ -33,9 +39,9 @@
 //! s_t, the un-normalised mu_raw_t and the normalised mu_t.
 
 use crate::context::{grid, Dispatch, Gpu};
-use crate::matmul::{matmul, Matmul};
+use crate::matmul::{matmul_with, Matmul};
 use crate::profiler::KernelLabel;
-use crate::{shader, Error, GpuBuffer, Result};
+use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "em.wgsl");
 
@@ -216,6 +222,7 @@ fn label(kernel: &'static str, s: &EmShape, flops: u64, floats: usize) -> Kernel
 
 /// Token rows times basis rows: `out[b] (+)= x[b] y[b]^T`, x [B,N,C], y [B,M,C] or shared
 /// [M,C], out [B,N,M]. (E-step logits; gradient of Z from R and from the M-step.)
+#[allow(clippy::too_many_arguments)]
 fn product_xyt(
     gpu: &Gpu,
     x: &GpuBuffer,
@@ -224,22 +231,30 @@ fn product_xyt(
     accumulate: bool,
     s: &EmShape,
     out: &GpuBuffer,
+    path: KernelPath,
 ) -> Result<()> {
     let op = Matmul::new(s.batch, s.tokens, s.bases, s.width)
         .trans_b(true)
         .broadcast_b(y_layout == Bases::Shared)
         .accumulate(accumulate);
-    matmul(gpu, x, y, out, &op)
+    matmul_with(gpu, x, y, out, &op, path)
 }
 
 /// Responsibilities transposed times tokens, per token split: `out[b,sp] = z[b,sp]^T x[b,sp]`
 /// for the S = `s.splits()` splits of N/S tokens, z [B,N,M], x [B,N,C], out [B,S,M,C]
 /// (M-step; gradients of mu). Consecutive token splits are consecutive in both operands, so
 /// this is one matmul of batch B*S.
-fn product_ztx_split(gpu: &Gpu, z: &GpuBuffer, x: &GpuBuffer, s: &EmShape, out: &GpuBuffer) -> Result<()> {
+fn product_ztx_split(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    x: &GpuBuffer,
+    s: &EmShape,
+    out: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
     let sp = s.splits();
     let op = Matmul::new(s.batch * sp, s.bases, s.width, s.tokens / sp).trans_a(true);
-    matmul(gpu, z, x, out, &op)
+    matmul_with(gpu, z, x, out, &op, path)
 }
 
 /// `out = (acc +) (z^T x) (/ (1e-6 + colsum))`, [B,M,C]: the split product, then one pass that
@@ -255,6 +270,7 @@ fn product_ztx(
     acc: Option<&GpuBuffer>,
     s: &EmShape,
     out: &GpuBuffer,
+    path: KernelPath,
 ) -> Result<()> {
     let sp = s.splits();
     if sp == 1 && colsum.is_none() {
@@ -262,10 +278,10 @@ fn product_ztx(
             init_from(gpu, a, s.mu_len(), s, out)?;
         }
         let op = Matmul::new(s.batch, s.bases, s.width, s.tokens).trans_a(true).accumulate(acc.is_some());
-        return matmul(gpu, z, x, out, &op);
+        return matmul_with(gpu, z, x, out, &op, path);
     }
     let partial = gpu.alloc(s.mu_len() * sp)?;
-    product_ztx_split(gpu, z, x, s, &partial)?;
+    product_ztx_split(gpu, z, x, s, &partial, path)?;
     let mut p = Params::new(s);
     p.splits = sp as u32;
     if colsum.is_some() {
@@ -287,6 +303,7 @@ fn product_ztx(
 
 /// Responsibilities times basis rows: `out[b] (+)= z[b] y[b]`, z [B,N,M], y [B,M,C] or shared
 /// [M,C], out [B,N,C]. (Reconstruction; gradients of u.)
+#[allow(clippy::too_many_arguments)]
 fn product_zy(
     gpu: &Gpu,
     z: &GpuBuffer,
@@ -295,10 +312,11 @@ fn product_zy(
     accumulate: bool,
     s: &EmShape,
     out: &GpuBuffer,
+    path: KernelPath,
 ) -> Result<()> {
     let op =
         Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
-    matmul(gpu, z, y, out, &op)
+    matmul_with(gpu, z, y, out, &op, path)
 }
 
 /// Starts `out` as a copy of the first `len` elements of `acc` (nothing when they are the same
@@ -330,13 +348,28 @@ pub fn e_step(
     z: &GpuBuffer,
     partial: &GpuBuffer,
 ) -> Result<()> {
+    e_step_with(gpu, u, mu, mu_layout, s, z, partial, gpu.kernel_path())
+}
+
+/// [`e_step`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn e_step_with(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    s: &EmShape,
+    z: &GpuBuffer,
+    partial: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
     s.validate()?;
     check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("the partial column sums", partial, s.batch * s.tiles() * s.bases, "[B,ceil(N/256),M]", s)?;
     let _scope = gpu.scope("em_e_step");
-    product_xyt(gpu, u, mu, mu_layout, false, s, z)?;
+    product_xyt(gpu, u, mu, mu_layout, false, s, z, path)?;
     // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
     let vec4 = s.bases.is_multiple_of(4);
     let p = Params::new(s);
@@ -373,6 +406,22 @@ pub fn m_step_product(
     s: &EmShape,
     out: &GpuBuffer,
 ) -> Result<()> {
+    m_step_product_with(gpu, kernel, z, x, colsum, acc, s, out, gpu.kernel_path())
+}
+
+/// [`m_step_product`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn m_step_product_with(
+    gpu: &Gpu,
+    kernel: &'static str,
+    z: &GpuBuffer,
+    x: &GpuBuffer,
+    colsum: Option<&GpuBuffer>,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
@@ -384,7 +433,7 @@ pub fn m_step_product(
         check_len("the accumulator", a, s.mu_len(), "[B,M,C]", s)?;
     }
     let _scope = gpu.scope(kernel);
-    product_ztx(gpu, kernel, z, x, colsum, acc, s, out)
+    product_ztx(gpu, kernel, z, x, colsum, acc, s, out, path)
 }
 
 /// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
@@ -396,7 +445,20 @@ pub fn m_step(
     s: &EmShape,
     mu_raw: &GpuBuffer,
 ) -> Result<()> {
-    m_step_product(gpu, "em_m_step", z, u, Some(colsum), None, s, mu_raw)
+    m_step_with(gpu, z, u, colsum, s, mu_raw, gpu.kernel_path())
+}
+
+/// [`m_step`] with the kernel path of its products chosen by the caller.
+pub fn m_step_with(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    u: &GpuBuffer,
+    colsum: &GpuBuffer,
+    s: &EmShape,
+    mu_raw: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
+    m_step_product_with(gpu, "em_m_step", z, u, Some(colsum), None, s, mu_raw, path)
 }
 
 /// L2 normalisation over C: `mu = mu_raw / (1e-6 + ||mu_raw||)`, both [B,M,C].
@@ -423,6 +485,22 @@ pub fn reconstruct_product(
     s: &EmShape,
     out: &GpuBuffer,
 ) -> Result<()> {
+    reconstruct_product_with(gpu, kernel, z, mu, mu_layout, acc, s, out, gpu.kernel_path())
+}
+
+/// [`reconstruct_product`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn reconstruct_product_with(
+    gpu: &Gpu,
+    kernel: &'static str,
+    z: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
     s.validate()?;
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_mu("mu", mu, mu_layout, s)?;
@@ -434,12 +512,24 @@ pub fn reconstruct_product(
     if let Some(a) = acc {
         init_from(gpu, a, s.tokens_len(), s, out)?;
     }
-    product_zy(gpu, z, mu, mu_layout, acc.is_some(), s, out)
+    product_zy(gpu, z, mu, mu_layout, acc.is_some(), s, out, path)
 }
 
 /// Reconstruction: `recon = z mu` [B,N,C].
 pub fn reconstruct(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, recon: &GpuBuffer) -> Result<()> {
-    reconstruct_product(gpu, "em_recon", z, mu, Bases::PerBatch, None, s, recon)
+    reconstruct_with(gpu, z, mu, s, recon, gpu.kernel_path())
+}
+
+/// [`reconstruct`] with the kernel path of its products chosen by the caller.
+pub fn reconstruct_with(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    mu: &GpuBuffer,
+    s: &EmShape,
+    recon: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
+    reconstruct_product_with(gpu, "em_recon", z, mu, Bases::PerBatch, None, s, recon, path)
 }
 
 // ----- backward steps -----
@@ -459,6 +549,23 @@ pub fn token_dots(
     s: &EmShape,
     out: &GpuBuffer,
 ) -> Result<()> {
+    token_dots_with(gpu, kernel, x, y, y_layout, bias, acc, s, out, gpu.kernel_path())
+}
+
+/// [`token_dots`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn token_dots_with(
+    gpu: &Gpu,
+    kernel: &'static str,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    y_layout: Bases,
+    bias: Option<&GpuBuffer>,
+    acc: Option<&GpuBuffer>,
+    s: &EmShape,
+    out: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
     s.validate()?;
     check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
     check_mu("the basis operand", y, y_layout, s)?;
@@ -473,7 +580,7 @@ pub fn token_dots(
     if let Some(a) = acc {
         init_from(gpu, a, s.z_len(), s, out)?;
     }
-    product_xyt(gpu, x, y, y_layout, acc.is_some(), s, out)?;
+    product_xyt(gpu, x, y, y_layout, acc.is_some(), s, out, path)?;
     if let Some(b) = bias {
         let l = label(kernel, s, s.z_len() as u64, 2 * s.z_len());
         launch(gpu, "add_bias", &Params::new(s), &[b, b, b, b, out], groups(s.z_len()), l)?;
@@ -495,8 +602,25 @@ pub fn reconstruct_backward(
     d_z: &GpuBuffer,
     d_mu: &GpuBuffer,
 ) -> Result<()> {
-    token_dots(gpu, "em_recon_backward", d_recon, mu, Bases::PerBatch, None, d_z_in, s, d_z)?;
-    m_step_product(gpu, "em_recon_backward", z, d_recon, None, d_mu_in, s, d_mu)
+    reconstruct_backward_with(gpu, z, mu, d_recon, d_z_in, d_mu_in, s, d_z, d_mu, gpu.kernel_path())
+}
+
+/// [`reconstruct_backward`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn reconstruct_backward_with(
+    gpu: &Gpu,
+    z: &GpuBuffer,
+    mu: &GpuBuffer,
+    d_recon: &GpuBuffer,
+    d_z_in: Option<&GpuBuffer>,
+    d_mu_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_z: &GpuBuffer,
+    d_mu: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
+    token_dots_with(gpu, "em_recon_backward", d_recon, mu, Bases::PerBatch, None, d_z_in, s, d_z, path)?;
+    m_step_product_with(gpu, "em_recon_backward", z, d_recon, None, d_mu_in, s, d_mu, path)
 }
 
 /// Backward of the L2 normalisation and of the M-step's division by (1e-6 + colsum), per
@@ -544,11 +668,29 @@ pub fn m_step_backward(
     d_z: &GpuBuffer,
     d_u_out: &GpuBuffer,
 ) -> Result<()> {
-    token_dots(gpu, "em_m_step_backward", u, d_a, Bases::PerBatch, Some(d_colsum), d_z_in, s, d_z)?;
-    reconstruct_product(gpu, "em_m_step_backward", z, d_a, Bases::PerBatch, d_u_in, s, d_u_out)
+    m_step_backward_with(gpu, u, z, d_a, d_colsum, d_z_in, d_u_in, s, d_z, d_u_out, gpu.kernel_path())
 }
 
-fn softmax_backward_with(
+/// [`m_step_backward`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn m_step_backward_with(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    z: &GpuBuffer,
+    d_a: &GpuBuffer,
+    d_colsum: &GpuBuffer,
+    d_z_in: Option<&GpuBuffer>,
+    d_u_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_z: &GpuBuffer,
+    d_u_out: &GpuBuffer,
+    path: KernelPath,
+) -> Result<()> {
+    token_dots_with(gpu, "em_m_step_backward", u, d_a, Bases::PerBatch, Some(d_colsum), d_z_in, s, d_z, path)?;
+    reconstruct_product_with(gpu, "em_m_step_backward", z, d_a, Bases::PerBatch, d_u_in, s, d_u_out, path)
+}
+
+fn softmax_backward_biased(
     gpu: &Gpu,
     z: &GpuBuffer,
     d_z: &GpuBuffer,
@@ -577,7 +719,7 @@ pub fn e_step_backward_softmax(
     check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
     check_len("d_z", d_z, s.z_len(), "[B,N,M]", s)?;
     check_len("d_logits", d_logits, s.z_len(), "[B,N,M]", s)?;
-    softmax_backward_with(gpu, z, d_z, None, s, d_logits)
+    softmax_backward_biased(gpu, z, d_z, None, s, d_logits)
 }
 
 /// E-step backward, given `d_logits` from [`e_step_backward_softmax`]:
@@ -596,9 +738,26 @@ pub fn e_step_backward(
     d_u_out: &GpuBuffer,
     d_mu: Option<&GpuBuffer>,
 ) -> Result<()> {
-    reconstruct_product(gpu, "em_e_step_backward", d_logits, mu, mu_layout, d_u_in, s, d_u_out)?;
+    e_step_backward_with(gpu, u, mu, mu_layout, d_logits, d_u_in, s, d_u_out, d_mu, gpu.kernel_path())
+}
+
+/// [`e_step_backward`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn e_step_backward_with(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    mu: &GpuBuffer,
+    mu_layout: Bases,
+    d_logits: &GpuBuffer,
+    d_u_in: Option<&GpuBuffer>,
+    s: &EmShape,
+    d_u_out: &GpuBuffer,
+    d_mu: Option<&GpuBuffer>,
+    path: KernelPath,
+) -> Result<()> {
+    reconstruct_product_with(gpu, "em_e_step_backward", d_logits, mu, mu_layout, d_u_in, s, d_u_out, path)?;
     if let Some(d_mu) = d_mu {
-        m_step_product(gpu, "em_e_step_backward", d_logits, u, None, None, s, d_mu)?;
+        m_step_product_with(gpu, "em_e_step_backward", d_logits, u, None, None, s, d_mu, path)?;
     }
     Ok(())
 }
@@ -650,6 +809,18 @@ fn check_loop_inputs(u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape) -> Result<()
 /// M-step: split matmul, sum of the splits with the division by 1e-6 + colsum; normalisation);
 /// the reconstruction in `recon`.
 pub fn forward(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape, save_for_backward: bool) -> Result<EmForward> {
+    forward_with(gpu, u, bases, s, save_for_backward, gpu.kernel_path())
+}
+
+/// [`forward`] with the kernel path of its products chosen by the caller.
+pub fn forward_with(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    bases: &GpuBuffer,
+    s: &EmShape,
+    save_for_backward: bool,
+    path: KernelPath,
+) -> Result<EmForward> {
     check_loop_inputs(u, bases, s)?;
     let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
     let partial = gpu.alloc(s.batch * s.tiles() * s.bases)?;
@@ -662,11 +833,11 @@ pub fn forward(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape, save_fo
         let mu_raw = gpu.alloc(s.mu_len())?;
         let mu = gpu.alloc(s.mu_len())?;
         match &mu_prev {
-            None => e_step(gpu, u, bases, Bases::Shared, s, &z, &partial)?,
-            Some(m) => e_step(gpu, u, m, Bases::PerBatch, s, &z, &partial)?,
+            None => e_step_with(gpu, u, bases, Bases::Shared, s, &z, &partial, path)?,
+            Some(m) => e_step_with(gpu, u, m, Bases::PerBatch, s, &z, &partial, path)?,
         }
         colsum(gpu, &partial, s, &colsum_t)?;
-        m_step(gpu, &z, u, &colsum_t, s, &mu_raw)?;
+        m_step_with(gpu, &z, u, &colsum_t, s, &mu_raw, path)?;
         normalize(gpu, &mu_raw, s, &mu)?;
         if let Some(m) = mu_prev.take() {
             if save_for_backward {
@@ -688,7 +859,7 @@ pub fn forward(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape, save_fo
     let recon = gpu.alloc(s.tokens_len())?;
     {
         let _scope = gpu.scope("recon");
-        reconstruct(gpu, &z, &mu, s, &recon)?;
+        reconstruct_with(gpu, &z, &mu, s, &recon, path)?;
     }
     Ok(EmForward { z, mu, recon, saved: save_for_backward.then_some(saved) })
 }
@@ -715,6 +886,21 @@ pub fn backward(
     s: &EmShape,
     grads: &EmOutputGrads<'_>,
 ) -> Result<GpuBuffer> {
+    backward_with(gpu, mode, u, bases, fwd, s, grads, gpu.kernel_path())
+}
+
+/// [`backward`] with the kernel path of its products chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    gpu: &Gpu,
+    mode: GradMode,
+    u: &GpuBuffer,
+    bases: &GpuBuffer,
+    fwd: &EmForward,
+    s: &EmShape,
+    grads: &EmOutputGrads<'_>,
+    path: KernelPath,
+) -> Result<GpuBuffer> {
     check_loop_inputs(u, bases, s)?;
     check_len("dR", grads.recon, s.tokens_len(), "[B,N,C]", s)?;
     if mode == GradMode::Detached {
@@ -735,7 +921,7 @@ pub fn backward(
     let mut d_mu = gpu.alloc(s.mu_len())?;
     {
         let _scope = gpu.scope("recon");
-        reconstruct_backward(gpu, &fwd.z, &fwd.mu, grads.recon, grads.z, grads.mu, s, &d_z, &d_mu)?;
+        reconstruct_backward_with(gpu, &fwd.z, &fwd.mu, grads.recon, grads.z, grads.mu, s, &d_z, &d_mu, path)?;
     }
     let d_a = gpu.alloc(s.mu_len())?;
     let d_colsum = gpu.alloc(s.batch * s.bases)?;
@@ -754,18 +940,18 @@ pub fn backward(
         let d_z_t = if t == s.iters { &d_z } else { d_z_scratch.as_ref().expect("T > 1") };
         {
             let _scope = gpu.scope("em_m_step_backward");
-            product_xyt(gpu, u, &d_a, Bases::PerBatch, t == s.iters, s, d_z_t)?;
-            product_zy(gpu, z_t, &d_a, Bases::PerBatch, d_u_written, s, &d_u)?;
+            product_xyt(gpu, u, &d_a, Bases::PerBatch, t == s.iters, s, d_z_t, path)?;
+            product_zy(gpu, z_t, &d_a, Bases::PerBatch, d_u_written, s, &d_u, path)?;
             d_u_written = true;
         }
         let _scope = gpu.scope("em_e_step_backward");
-        softmax_backward_with(gpu, z_t, d_z_t, Some(&d_colsum), s, &d_logits)?;
+        softmax_backward_biased(gpu, z_t, d_z_t, Some(&d_colsum), s, &d_logits)?;
         if t == 1 {
-            product_zy(gpu, &d_logits, bases, Bases::Shared, true, s, &d_u)?;
+            product_zy(gpu, &d_logits, bases, Bases::Shared, true, s, &d_u, path)?;
         } else {
-            product_zy(gpu, &d_logits, &saved.mu[i - 1], Bases::PerBatch, true, s, &d_u)?;
+            product_zy(gpu, &d_logits, &saved.mu[i - 1], Bases::PerBatch, true, s, &d_u, path)?;
             let d_mu_prev = gpu.alloc(s.mu_len())?;
-            product_ztx(gpu, "em_e_step_backward", &d_logits, u, None, None, s, &d_mu_prev)?;
+            product_ztx(gpu, "em_e_step_backward", &d_logits, u, None, None, s, &d_mu_prev, path)?;
             d_mu = d_mu_prev;
         }
     }
@@ -781,7 +967,20 @@ pub fn backward_unrolled(
     s: &EmShape,
     d_recon: &GpuBuffer,
 ) -> Result<GpuBuffer> {
-    backward(gpu, GradMode::Unrolled, u, bases, fwd, s, &EmOutputGrads { recon: d_recon, z: None, mu: None })
+    backward_unrolled_with(gpu, u, bases, fwd, s, d_recon, gpu.kernel_path())
+}
+
+/// [`backward_unrolled`] with the kernel path of its products chosen by the caller.
+pub fn backward_unrolled_with(
+    gpu: &Gpu,
+    u: &GpuBuffer,
+    bases: &GpuBuffer,
+    fwd: &EmForward,
+    s: &EmShape,
+    d_recon: &GpuBuffer,
+    path: KernelPath,
+) -> Result<GpuBuffer> {
+    backward_with(gpu, GradMode::Unrolled, u, bases, fwd, s, &EmOutputGrads { recon: d_recon, z: None, mu: None }, path)
 }
 
 /// Moving average of the bases (training, no gradient):
