@@ -583,6 +583,31 @@ enum ProfileCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time one matrix product on each kernel path: the entry point that ran, GPU time and
+    /// GFLOP/s, one line per path.
+    Matmul {
+        /// Rows of A and of the output.
+        #[arg(long)]
+        m: usize,
+        /// Columns of B and of the output.
+        #[arg(long)]
+        n: usize,
+        /// The summed axis.
+        #[arg(long)]
+        k: usize,
+        /// Storage of A and B: n = as written ([M, K], [K, N]), t = transposed.
+        #[arg(long, default_value = "nn")]
+        layout: String,
+        /// Products in the batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Kernel path (registers, subgroup, tiled) or all the adapter can run.
+        #[arg(long, default_value = "all")]
+        path: String,
+        /// Timed products per path.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
     /// Time every dispatch of one forward (and with --backward, loss and backward) of a model
     /// on a random batch: per-kernel table, dispatch counts, optional Chrome trace.
     Model {
@@ -985,6 +1010,14 @@ fn main() -> ExitCode {
         }
         Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
+        }
+        Command::Profile(ProfileCommand::Matmul { m, n, k, layout, batch, path, iters }) => {
+            Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
+                let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, &layout, batch, &path, iters)?;
+                let report = vlsa::profile::profile_matmul(&gpu, &opts).map_err(|e| e.to_string())?;
+                print!("{report}");
+                Ok(())
+            })
         }
     };
     match result {
