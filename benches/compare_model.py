@@ -21,7 +21,7 @@ from compare_em import median_ms  # noqa: E402  (same timing rule as the EM comp
 
 
 def with_defaults(cfg):
-    """The optional keys of DESIGN.md's configuration, filled in as vlsa does."""
+    """The optional keys of docs/DESIGN.md's configuration, filled in as vlsa does."""
     cfg.setdefault("ln_eps", 1e-5)
     cfg["vision"].setdefault("mlp_ratio", 4)
     cfg["vision"].setdefault("act", "quick_gelu")
@@ -69,14 +69,14 @@ def main():
         cfg = with_defaults(json.load(f))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; config {args.config}")
     print(f"{'batch':>5} {'torch fwd ms':>12} {'vlsa fwd ms':>12} {'ratio':>6} | {'torch step ms':>13} {'vlsa step ms':>12} {'ratio':>6} | "
-          f"{'img/s fwd t/v':>14} {'img/s step t/v':>15} | dispatches fwd/step")
+          f"{'img/s fwd t/v':>14} {'img/s step t/v':>15} | dispatches fwd/step | submits fwd/step")
     for b in args.batches:
         tf, tt = torch_times(cfg, b, args.reps)
         v = vlsa_times(args.config, b, args.reps, args.release)
         ips = lambda ms: 1000.0 * b / ms
         print(f"{b:>5} {tf:>12.1f} {v['forward_ms']:>12.1f} {v['forward_ms'] / tf:>6.2f} | {tt:>13.1f} {v['train_ms']:>12.1f} {v['train_ms'] / tt:>6.2f} | "
               f"{ips(tf):>6.2f}/{ips(v['forward_ms']):<7.2f} {ips(tt):>6.2f}/{ips(v['train_ms']):<8.2f} | "
-              f"{int(v['forward_dispatches'])}/{int(v['train_dispatches'])}")
+              f"{int(v['forward_dispatches'])}/{int(v['train_dispatches'])} | {int(v['forward_submits'])}/{int(v['train_submits'])}")
     print("ratio = vlsa time / torch time (below 1: vlsa faster). step = forward + loss + backward (no optimizer).")
     print("img/s t/v = images per second of torch / of vlsa.")
 

@@ -1,7 +1,7 @@
 //! The whole VLSA model at the default configuration (configs/fundus-tiny.json: image 128,
 //! patch 8, width 192, 4 layers, decoder 128 x 2, M = 16): forward without gradient and a
 //! training step's forward + loss + backward, at batch 1 and 8. Throughput is images/s
-//! (criterion "elements"); the dispatches per pass are printed before each group.
+//! (criterion "elements"); the dispatches and submits per pass are printed before each group.
 
 mod common;
 
@@ -25,9 +25,9 @@ fn model(c: &mut Criterion) {
         let target: Vec<u32> = (0..b * s * s).map(|i| (i / 97 % k) as u32).collect();
         let target = Arc::new(gpu.upload(&target).unwrap());
         for backward in [false, true] {
-            let dispatches = vlsa::profile::profile_model(&model, b, backward, 0).unwrap().profile.records.len();
+            let counted = vlsa::profile::profile_model(&model, b, backward, 0).unwrap();
             let name = if backward { "train_step" } else { "forward" };
-            eprintln!("model/{name}/b{b}: {dispatches} dispatches per pass");
+            eprintln!("model/{name}/b{b}: {} dispatches and {} submits per pass", counted.dispatches, counted.submits);
             common::bench_gpu(&mut group, &format!("{name}/b{b}"), &gpu, Throughput::Elements(b as u64), || {
                 if backward {
                     let out = model.forward(&input).unwrap();

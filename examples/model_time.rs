@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release --example model_time -- CONFIG.json BATCH REPS` prints one line of
 //! `key=value` pairs: median wall time (ms, device synced) of a forward pass without gradient
-//! and of a training step's forward + loss + backward, and the dispatches of each.
+//! and of a training step's forward + loss + backward, and the dispatches and submits of each.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,7 +37,10 @@ fn main() {
     };
     let forward_ms = median_ms(forward, &gpu, reps);
     let train_ms = median_ms(train, &gpu, reps);
-    let fwd = vlsa::profile::profile_model(&model, b, false, 0).unwrap().profile.records.len();
-    let step = vlsa::profile::profile_model(&model, b, true, 0).unwrap().profile.records.len();
-    println!("forward_ms={forward_ms:.2} train_ms={train_ms:.2} forward_dispatches={fwd} train_dispatches={step}");
+    let fwd = vlsa::profile::profile_model(&model, b, false, 0).unwrap();
+    let step = vlsa::profile::profile_model(&model, b, true, 0).unwrap();
+    println!(
+        "forward_ms={forward_ms:.2} train_ms={train_ms:.2} forward_dispatches={} train_dispatches={} forward_submits={} train_submits={}",
+        fwd.dispatches, step.dispatches, fwd.submits, step.submits
+    );
 }

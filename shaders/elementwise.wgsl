@@ -7,6 +7,11 @@
 //   bias_add:         out[i] = a[i] + bias[i mod C]     (bias over the last axis)
 //   unary:            out[i] = f(a[i])                  f in {relu, gelu, quick_gelu, ...}
 //   unary_backward:   dx[i]  = dy[i] * f'(x[i])
+//   bias_act:         out[i] = f(a[i] + bias[i mod C])  (a Linear's bias and activation, one pass)
+//   bias_act_backward: dz[i] = dy[i] * f'(a[i] + bias[i mod C])   (dbias = sum over rows of dz,
+//                     by the launcher's caller; the pre-activation is recomputed, not stored)
+//   bias_residual:    out[i] = a[i] + bias[i mod C] + r[i]  (a Linear's bias and the residual
+//                     add after it, one pass; its backward is the identity and a row sum)
 //     relu'(x)       = 1 if x > 0 else 0
 //     gelu(x)        = x Phi(x) = x/2 (1 + erf(x/sqrt 2)),   gelu'(x) = Phi(x) + x phi(x)
 //     quick_gelu(x)  = x sigmoid(1.702 x),   quick_gelu'(x) = s + 1.702 x s (1 - s)
@@ -32,6 +37,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// The third operand of the fused entry points: dy (bias_act_backward) or the residual
+// (bias_residual).
+@group(0) @binding(4) var<storage, read> c3: array<f32>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;
@@ -144,4 +152,28 @@ fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     out[i] = b[i] * unary_df(p.op, a[i]);
+}
+
+// a = the product (before bias), b = bias; out = f(a + bias)
+@compute @workgroup_size(256)
+fn bias_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = unary_f(p.op, a[i] + b[i % p.c]);
+}
+
+// a = the product (before bias), b = bias, c3 = dy; out = dz, the gradient of the product
+@compute @workgroup_size(256)
+fn bias_act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = c3[i] * unary_df(p.op, a[i] + b[i % p.c]);
+}
+
+// a = the product, b = bias, c3 = the residual
+@compute @workgroup_size(256)
+fn bias_residual(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = a[i] + b[i % p.c] + c3[i];
 }

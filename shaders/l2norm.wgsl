@@ -30,21 +30,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> norms: array<f32>;
 @group(0) @binding(4) var<storage, read> saved_norms: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, 256>;
-
-// Sum of `v` over the workgroup; every invocation gets the result. Call from uniform control flow.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { scratch[lid] += scratch[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = scratch[0];
-    workgroupBarrier(); // scratch is reused by the next reduction
-    return r;
-}
+const WG: u32 = 256u; // workgroup size of the row-per-workgroup entry points
+#include "workgroup_reduce.wgsl"
 
 fn denominator(n: f32) -> f32 {
     return select(max(n, p.eps), p.eps + n, p.mode == 0u);

@@ -9,6 +9,9 @@
 //   backward:  g[j] = dy[j] * weight[j]
 //              dx[j] = rstd * (g[j] - sum_k g[k] / N - xhat[j] * sum_k g[k] xhat[k] / N)
 //              dweight[j] = sum_r dy[r, j] xhat[r, j];   dbias[j] = sum_r dy[r, j]
+//   backward with accumulate: dx[j] = dx_in[j] + (the above), where dx_in is the gradient that
+//              already reached x by another path (the residual stream of a pre-norm block),
+//              so the sum of the two costs no separate pass.
 //
 // Row kernels (forward, dx) come in two schedules, picked per adapter by the launcher:
 //   *_rows:       one invocation per row, 64 rows per workgroup, no barriers (CPU adapters);
@@ -18,7 +21,7 @@
 // column (skipped when there is one chunk: the first pass then writes dweight/dbias).
 //
 // Bindings: forward [x, weight, bias, out, mean, rstd]; backward [x, weight, dy, dx, mean,
-// rstd]; backward_params [x, dweight, dy, dbias, mean, rstd]; finish [partial_dweight,
+// rstd, dx_in]; backward_params [x, dweight, dy, dbias, mean, rstd]; finish [partial_dweight,
 // dweight, partial_dbias, dbias]. Globals sharing a binding number are never used by the same
 // entry point.
 
@@ -29,7 +32,7 @@ struct Params {
     chunk: u32,   // rows per chunk (backward_params)
     chunks: u32,  // number of row chunks (backward_params)
     n: u32,       // invocations of backward_params: chunks * cols
-    _pad0: u32,
+    accumulate: u32, // backward: 1 adds dx_in to dx
     _pad1: u32,
 }
 
@@ -46,25 +49,13 @@ struct Params {
 @group(0) @binding(6) var<storage, read> saved_rstd: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(7) var<storage, read> dx_in: array<f32>;
 // backward_params_finish: partials in, sums out.
 @group(0) @binding(1) var<storage, read> partial_dweight: array<f32>;
 @group(0) @binding(3) var<storage, read> partial_dbias: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, 256>;
-
-// Sum of `v` over the workgroup; every invocation gets the result. Call from uniform control flow.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { scratch[lid] += scratch[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = scratch[0];
-    workgroupBarrier(); // scratch is reused by the next reduction
-    return r;
-}
+const WG: u32 = 256u; // workgroup size of the row-per-workgroup entry points
+#include "workgroup_reduce.wgsl"
 
 @compute @workgroup_size(64)
 fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -127,7 +118,8 @@ fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     sgx *= inv_n;
     for (var j = 0u; j < p.cols; j++) {
         let xhat = (x[base + j] - mean) * rstd;
-        out[base + j] = rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
+        let earlier = select(0.0, dx_in[base + j], p.accumulate != 0u);
+        out[base + j] = earlier + rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
     }
 }
 
@@ -150,7 +142,8 @@ fn backward_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     sgx = workgroup_sum(sgx, lid) * inv_n;
     for (var j = lid; j < p.cols; j += WG) {
         let xhat = (x[base + j] - mean) * rstd;
-        out[base + j] = rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
+        let earlier = select(0.0, dx_in[base + j], p.accumulate != 0u);
+        out[base + j] = earlier + rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
     }
 }
 

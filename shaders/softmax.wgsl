@@ -24,34 +24,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> dy: array<f32>;         // backward only
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;  // y (forward) or dx (backward)
 
-const WG: u32 = 256u;
-var<workgroup> scratch: array<f32, 256>;
-
-// Sum of `v` over the workgroup; every invocation gets the result. Must be called from
-// uniform control flow.
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { scratch[lid] += scratch[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = scratch[0];
-    workgroupBarrier(); // scratch is reused by the next reduction
-    return r;
-}
-
-fn workgroup_max(v: f32, lid: u32) -> f32 {
-    scratch[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { scratch[lid] = max(scratch[lid], scratch[lid + s]); }
-        workgroupBarrier();
-    }
-    let r = scratch[0];
-    workgroupBarrier();
-    return r;
-}
+const WG: u32 = 256u; // workgroup size of the row-per-workgroup entry points
+#include "workgroup_reduce.wgsl"
 
 @compute @workgroup_size(64)
 fn forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -43,6 +43,10 @@ pub(crate) enum Op {
     BiasAdd { rows: usize, c: usize },
     /// f(x) elementwise.
     Unary { op: UnaryOp, x: Tensor },
+    /// f(x[rows, c] + bias[c]); saved product and bias (the pre-activation is recomputed).
+    BiasAct { op: UnaryOp, x: Tensor, bias: Tensor, rows: usize, c: usize },
+    /// x[rows, c] + bias[c] + residual[rows, c].
+    BiasResidual { rows: usize, c: usize },
     /// Batched matmul of a and b.
     Matmul { a: Tensor, b: Tensor, spec: Matmul },
     /// Same data, new shape.
@@ -178,8 +182,26 @@ pub fn backward_with(output: &Tensor, grad_output: &Tensor) -> Result<()> {
                 t.set_grad(Some(total));
             }
             Some(node) => {
-                let input_grads = backward_rule(&node.op, &node.inputs, t, &g)?;
-                for (input, ig) in node.inputs.iter().zip(input_grads) {
+                // The gradient already gathered for each input: a rule may fold it into its
+                // own kernel (and take it), saving the separate add below.
+                let mut earlier: Vec<Option<Tensor>> = node
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| {
+                        let first = node.inputs[..i].iter().all(|o| o.id() != input.id());
+                        if first && input.requires_grad() {
+                            grads.remove(&input.id())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                let input_grads = backward_rule(&node.op, &node.inputs, t, &g, &mut earlier)?;
+                for ((input, ig), prev) in node.inputs.iter().zip(input_grads).zip(earlier) {
+                    if let Some(prev) = prev {
+                        grads.insert(input.id(), prev);
+                    }
                     let Some(ig) = ig else { continue };
                     if !input.requires_grad() {
                         continue;
@@ -239,9 +261,26 @@ fn matmul_raw(a: &Tensor, b: &Tensor, spec: Matmul, out_shape: &[usize]) -> Resu
     Ok(constant(a, out, out_shape))
 }
 
+/// Whether `t` is the only handle on its buffer, so a kernel may add into it in place.
+fn sole_owner(t: &Tensor) -> bool {
+    Arc::strong_count(&t.0) == 1 && Arc::strong_count(&t.0.data) == 1
+}
+
 /// The backward rule of every op: given the op's saved state, its inputs, its output and the
 /// gradient of the output, returns the gradient of each input (None where none flows).
-fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+///
+/// `earlier[i]` is the gradient that already reached input i by other paths. A rule whose
+/// kernel can add it in the same pass takes it (`earlier[i].take()`) and returns the sum;
+/// otherwise the caller adds the two. LayerNorm does so (a pre-norm block's residual stream)
+/// and so do matmuls whose earlier gradient they can accumulate into (q, k and v projections
+/// of one input).
+fn backward_rule(
+    op: &Op,
+    inputs: &[Tensor],
+    out: &Tensor,
+    g: &Tensor,
+    earlier: &mut [Option<Tensor>],
+) -> Result<Vec<Option<Tensor>>> {
     let gpu = g.gpu();
     let wants = |i: usize| inputs[i].requires_grad();
     Ok(match op {
@@ -266,19 +305,26 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
         Op::Scale { alpha } => vec![Some(scale_raw(g, *alpha)?)],
         Op::BiasAdd { rows, c } => {
             // d x = g;  d bias = sum over rows of g
-            let db = if wants(1) {
-                let out = gpu.alloc(*c)?;
-                reduce::sum_axis(gpu, g.buffer(), 1, *rows, *c, &out)?;
-                Some(constant(g, out, &[*c]))
-            } else {
-                None
-            };
+            let db = if wants(1) { Some(sum_rows(g, *rows, *c)?) } else { None };
             vec![Some(g.clone()), db]
         }
         Op::Unary { op, x } => {
             let dx = gpu.alloc(x.numel())?;
             elementwise::unary_backward(gpu, *op, x.buffer(), g.buffer(), &dx, x.numel())?;
             vec![Some(constant(g, dx, x.shape()))]
+        }
+        Op::BiasAct { op, x, bias, rows, c } => {
+            // z = x + bias, y = f(z):  dz = g f'(z);  dx = dz;  dbias = sum over rows of dz
+            let dz = gpu.alloc(x.numel())?;
+            elementwise::bias_act_backward(gpu, *op, x.buffer(), bias.buffer(), g.buffer(), &dz, *rows, *c)?;
+            let dz = constant(g, dz, x.shape());
+            let db = if wants(1) { Some(sum_rows(&dz, *rows, *c)?) } else { None };
+            vec![Some(dz), db]
+        }
+        Op::BiasResidual { rows, c } => {
+            // y = x + bias + r:  dx = g;  dbias = sum over rows of g;  dr = g
+            let db = if wants(1) { Some(sum_rows(g, *rows, *c)?) } else { None };
+            vec![Some(reshape_raw(g, inputs[0].shape())), db, Some(reshape_raw(g, inputs[2].shape()))]
         }
         Op::Matmul { a, b, spec } => {
             // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).
@@ -311,7 +357,24 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
                 };
                 let (l, r) = if spec.trans_a { (b, g) } else { (g, b) };
                 let per = spec.m * spec.k;
-                let d = matmul_raw(l, r, s, &[spec.batch, per])?;
+                let mut folded = None;
+                if !spec.broadcast_a {
+                    if let Some(prev) = earlier[0].take_if(|p| sole_owner(p)) {
+                        // Accumulate into the gradient that already reached A (one pass, no add).
+                        crate::kernels::matmul::matmul(
+                            gpu,
+                            l.buffer(),
+                            r.buffer(),
+                            prev.buffer(),
+                            &Matmul { accumulate: true, ..s },
+                        )?;
+                        folded = Some(prev);
+                    }
+                }
+                let d = match folded {
+                    Some(sum) => sum,
+                    None => matmul_raw(l, r, s, &[spec.batch, per])?,
+                };
                 // A shared over the batch: its gradient is the sum over the batch.
                 Some(if spec.broadcast_a {
                     sum_batches(&d, spec.batch, per, a.shape())?
@@ -351,7 +414,23 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
                 };
                 let (l, r) = if spec.trans_b { (g, a) } else { (a, g) };
                 let per = spec.k * spec.n;
-                let d = matmul_raw(l, r, s, &[spec.batch, per])?;
+                let mut folded = None;
+                if !spec.broadcast_b {
+                    if let Some(prev) = earlier[1].take_if(|p| sole_owner(p)) {
+                        crate::kernels::matmul::matmul(
+                            gpu,
+                            l.buffer(),
+                            r.buffer(),
+                            prev.buffer(),
+                            &Matmul { accumulate: true, ..s },
+                        )?;
+                        folded = Some(prev);
+                    }
+                }
+                let d = match folded {
+                    Some(sum) => sum,
+                    None => matmul_raw(l, r, s, &[spec.batch, per])?,
+                };
                 Some(if spec.broadcast_b {
                     sum_batches(&d, spec.batch, per, b.shape())?
                 } else {
@@ -387,19 +466,25 @@ fn backward_rule(op: &Op, inputs: &[Tensor], out: &Tensor, g: &Tensor) -> Result
             let dx = gpu.alloc(x.numel())?;
             let dw = gpu.alloc(*cols)?;
             let db = gpu.alloc(*cols)?;
-            layer_norm::backward(
-                gpu,
-                x.buffer(),
-                weight.buffer(),
-                mean,
-                rstd,
-                g.buffer(),
-                &dx,
-                &dw,
-                &db,
-                *rows,
-                *cols,
-            )?;
+            let (xb, wb) = (x.buffer(), weight.buffer());
+            match earlier[0].take() {
+                // The residual stream's gradient joins dx in the same pass.
+                Some(prev) => layer_norm::backward_accumulate(
+                    gpu,
+                    xb,
+                    wb,
+                    mean,
+                    rstd,
+                    g.buffer(),
+                    prev.buffer(),
+                    &dx,
+                    &dw,
+                    &db,
+                    *rows,
+                    *cols,
+                )?,
+                None => layer_norm::backward(gpu, xb, wb, mean, rstd, g.buffer(), &dx, &dw, &db, *rows, *cols)?,
+            }
             vec![Some(constant(g, dx, x.shape())), Some(constant(g, dw, &[*cols])), Some(constant(g, db, &[*cols]))]
         }
         Op::L2Norm { x, norms, rows, cols, mode } => {
@@ -537,6 +622,13 @@ pub(crate) fn narrow_buffer(
 
 fn reshape_raw(t: &Tensor, shape: &[usize]) -> Tensor {
     Tensor::build(t.gpu(), shape.to_vec(), t.0.data.clone(), None, false)
+}
+
+/// Sums a `[rows, c]` gradient over its rows: a bias's gradient.
+fn sum_rows(g: &Tensor, rows: usize, c: usize) -> Result<Tensor> {
+    let out = g.gpu().alloc(c)?;
+    reduce::sum_axis(g.gpu(), g.buffer(), 1, rows, c, &out)?;
+    Ok(constant(g, out, &[c]))
 }
 
 /// Sums `[batch, per]` over the batch into `shape` (numel = per).

@@ -1,7 +1,7 @@
 //! Hugging Face CLIP vision checkpoints as vlsa's image encoder.
 //!
 //! A `CLIPVisionModel` (or a whole `CLIPModel`) saved by `save_pretrained` is a folder with
-//! `config.json` and `model.safetensors`. Its vision tensors are DESIGN.md's `vision_model.*`
+//! `config.json` and `model.safetensors`. Its vision tensors are docs/DESIGN.md's `vision_model.*`
 //! names; transformers 5 writes a `CLIPVisionModel` without the `vision_model.` prefix, so both
 //! spellings are accepted. Text tower tensors, projections and `position_ids` buffers are ignored.
 //! When the model's image size differs from the checkpoint's, the patch position embeddings
@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::expected_tensors;
 use crate::config::{Activation, Config};
 use crate::error::{Error, Result};
-use crate::model::{expected_tensors, Model};
+use crate::model::Model;
 use crate::weights::{HostTensor, TensorFile};
 use crate::Gpu;
 
@@ -40,7 +41,7 @@ pub struct ClipVision {
     pub act: Activation,
     /// LayerNorm epsilon.
     pub ln_eps: f64,
-    /// Tensors under DESIGN.md's `vision_model.*` names.
+    /// Tensors under docs/DESIGN.md's `vision_model.*` names.
     pub tensors: BTreeMap<String, HostTensor>,
     /// Where it was read from (for messages).
     pub source: String,

@@ -1,10 +1,13 @@
 //! The model configuration: the JSON stored under `vlsa.config` in a model's safetensors
-//! metadata (DESIGN.md, "Configuration"). Unknown keys are errors that name the key; optional
-//! keys take DESIGN.md's defaults; sizes are checked to fit together.
+//! metadata (docs/DESIGN.md, "Configuration"). Unknown keys are errors that name the key; optional
+//! keys take docs/DESIGN.md's defaults; sizes are checked to fit together.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod tensors;
+pub use tensors::expected_tensors;
 
 /// CLIP's per-channel mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -72,7 +75,7 @@ pub struct DecoderConfig {
     pub heads: usize,
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: usize,
-    /// Whether each layer cross-attends to the class text embeddings (DESIGN.md step 9); false
+    /// Whether each layer cross-attends to the class text embeddings (docs/DESIGN.md step 9); false
     /// is the "no text cross-attention" ablation, whose layers have no `norm2`/`cross_attn`.
     /// Left out of the JSON when true, so full models' metadata is unchanged.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
@@ -243,8 +246,7 @@ impl Config {
             return bad("pixel_mean values must be finite numbers".into());
         }
         // Sizes are bounded above, so these products cannot overflow.
-        let parameters: usize =
-            crate::model::expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+        let parameters: usize = expected_tensors(self).iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
         if parameters > MAX_PARAMETERS {
             return bad(format!("the sizes give {parameters} parameters, more than vlsa's limit of {MAX_PARAMETERS}; lower vision.width, vision.layers, decoder.width or decoder.layers"));
         }
@@ -283,7 +285,7 @@ impl Config {
     /// a weight, or an activation (these grow with the batch).
     pub fn largest_tensor(&self, batch: usize) -> TensorSize {
         let keys = "image_size, vision.width, vision.mlp_ratio, decoder.width or decoder.mlp_ratio";
-        let weights = crate::model::expected_tensors(self).into_iter().map(|(name, shape)| TensorSize {
+        let weights = expected_tensors(self).into_iter().map(|(name, shape)| TensorSize {
             name: format!("weight {name}"),
             shape,
             keys,

@@ -1,4 +1,4 @@
-//! Data sets in the layout of DESIGN.md: a folder with `images/NAME.{png,jpg,jpeg}` and
+//! Data sets in the layout of docs/DESIGN.md: a folder with `images/NAME.{png,jpg,jpeg}` and
 //! `masks/NAME.png` (same NAME; mask pixel value = class index). Real data (e.g. M&Ms or RIGA+
 //! slices exported as PNG) and `vlsa synth` output load the same way.
 

@@ -113,6 +113,16 @@ pub fn predict(model: &Model, images: &[&Image]) -> Result<Vec<Mask>> {
 /// Dice of `model` on a data set, running `batch` images per forward pass. The data set's masks
 /// must use the model's classes.
 pub fn evaluate(model: &Model, dataset: &Dataset, batch: usize) -> Result<EvalResult> {
+    evaluate_with_progress(model, dataset, batch, &mut |_| {})
+}
+
+/// [`evaluate`], calling `progress` with the number of images predicted after each batch.
+pub fn evaluate_with_progress(
+    model: &Model,
+    dataset: &Dataset,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<EvalResult> {
     if batch == 0 {
         return Err(Error::Invalid("the evaluation batch size must be at least 1".into()));
     }
@@ -129,6 +139,7 @@ pub fn evaluate(model: &Model, dataset: &Dataset, batch: usize) -> Result<EvalRe
     for chunk in dataset.samples.chunks(batch) {
         let images: Vec<&Image> = chunk.iter().map(|s| &s.image).collect();
         predicted.extend(predict(model, &images)?);
+        progress(predicted.len());
     }
     let truth: Vec<Mask> = dataset.samples.iter().map(|s| s.mask.clone()).collect();
     evaluate_predictions(&dataset.root.display().to_string(), &model.config.classes, &predicted, &truth)
@@ -227,6 +238,17 @@ fn declared_classes(dir: &Path) -> Result<Option<Vec<String>>> {
 
 /// Loads each folder and evaluates `model` on it (what `vlsa eval` runs).
 pub fn evaluate_folders(model: &Model, dirs: &[PathBuf], batch: usize) -> Result<EvalReport> {
+    evaluate_folders_with_progress(model, dirs, batch, &mut |_, _, _| {})
+}
+
+/// [`evaluate_folders`], calling `progress(folder, images done, images in the folder)` after
+/// each batch.
+pub fn evaluate_folders_with_progress(
+    model: &Model,
+    dirs: &[PathBuf],
+    batch: usize,
+    progress: &mut dyn FnMut(&Path, usize, usize),
+) -> Result<EvalReport> {
     let classes = &model.config.classes;
     let mut results = Vec::with_capacity(dirs.len());
     for dir in dirs {
@@ -244,7 +266,8 @@ pub fn evaluate_folders(model: &Model, dirs: &[PathBuf], batch: usize) -> Result
         }
         // Masks are read without a class limit so that a mismatch is reported against the model.
         let dataset = Dataset::load(dir, 256)?;
-        results.push(evaluate(model, &dataset, batch)?);
+        let total = dataset.len();
+        results.push(evaluate_with_progress(model, &dataset, batch, &mut |done| progress(dir, done, total))?);
     }
     Ok(EvalReport::new("model", classes, results))
 }

@@ -1,5 +1,5 @@
 //! Images and masks on the host: decoding PNG/JPEG (grey, grey+alpha, RGB, RGBA; 8 or 16 bits),
-//! the model's input preprocessing (DESIGN.md step 1), nearest resizing of masks and PNG output.
+//! the model's input preprocessing (docs/DESIGN.md step 1), nearest resizing of masks and PNG output.
 //!
 //! An [`Image`] is RGB in [0, 1], row-major, channels interleaved ([H, W, 3]). Grey images are
 //! replicated to three channels; alpha is dropped (not composited). A [`Mask`] holds one class
@@ -127,7 +127,7 @@ impl Image {
     }
 }
 
-/// The model input for a batch of images (DESIGN.md step 1): each resized to `size` x `size`
+/// The model input for a batch of images (docs/DESIGN.md step 1): each resized to `size` x `size`
 /// (bilinear), then normalized per channel, as a planar [B, 3, S, S] tensor's data.
 pub fn preprocess(images: &[&Image], size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let plane = size * size;
@@ -195,21 +195,13 @@ impl Mask {
         let values: Vec<u32> = match &img {
             DynamicImage::ImageLuma8(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
             DynamicImage::ImageLuma16(g) => g.as_raw().iter().map(|&v| v as u32).collect(),
-            DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLumaA16(_) => {
-                img.to_luma16().as_raw().iter().map(|&v| v as u32).collect()
+            // Converting keeps the bit depth, so values stay the class indices as stored.
+            DynamicImage::ImageLumaA8(_) => img.to_luma8().as_raw().iter().map(|&v| v as u32).collect(),
+            DynamicImage::ImageLumaA16(_) => img.to_luma16().as_raw().iter().map(|&v| v as u32).collect(),
+            DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => {
+                grey_of_rgb(img.to_rgb16().pixels().map(|p| p.0.map(u32::from)), width, source)?
             }
-            _ => {
-                let rgb = img.to_rgb16();
-                let mut v = Vec::with_capacity(width * height);
-                for (i, px) in rgb.pixels().enumerate() {
-                    if px[0] != px[1] || px[1] != px[2] {
-                        let (x, y) = (i % width, i / width);
-                        return Err(format_error(source, format!("is a colour image, not a mask: pixel ({x}, {y}) is {:?}; a mask stores one class index per pixel as grey", px.0)));
-                    }
-                    v.push(px[0] as u32);
-                }
-                v
-            }
+            _ => grey_of_rgb(img.to_rgb8().pixels().map(|p| p.0.map(u32::from)), width, source)?,
         };
         // 16-bit greys written from 8-bit values are scaled by 257 by some tools; vlsa reads values as is.
         let limit = classes.unwrap_or(256);
@@ -249,6 +241,23 @@ pub fn resize_nearest<T: Copy>(src: &[T], sw: usize, sh: usize, dw: usize, dh: u
         }
     }
     out
+}
+
+/// The class indices of a mask stored as RGB with equal channels, at its own bit depth; a pixel
+/// whose channels differ makes it a colour image, which is an error naming the pixel.
+fn grey_of_rgb(pixels: impl Iterator<Item = [u32; 3]>, width: usize, source: &str) -> Result<Vec<u32>> {
+    let mut v = Vec::new();
+    for (i, px) in pixels.enumerate() {
+        if px[0] != px[1] || px[1] != px[2] {
+            let (x, y) = (i % width, i / width);
+            return Err(format_error(
+                source,
+                format!("is a colour image, not a mask: pixel ({x}, {y}) is {px:?}; a mask stores one class index per pixel as grey"),
+            ));
+        }
+        v.push(px[0]);
+    }
+    Ok(v)
 }
 
 /// Encodes 8-bit pixels as PNG and writes them atomically.
@@ -314,7 +323,12 @@ mod tests {
         assert!(e.contains("pixel (2, 0) has class value 2"), "{e}");
         let rgb = image::RgbImage::from_raw(1, 1, vec![1, 2, 3]).unwrap();
         let e = Mask::decode(&png(DynamicImage::ImageRgb8(rgb)), "c.png", None).unwrap_err().to_string();
-        assert!(e.contains("is a colour image, not a mask"), "{e}");
+        assert!(e.contains("is a colour image, not a mask") && e.contains("[1, 2, 3]"), "8-bit values: {e}");
+        // Grey stored as 8-bit RGB, or grey with alpha, reads as the class indices stored.
+        let rgb = image::RgbImage::from_raw(2, 1, vec![1, 1, 1, 2, 2, 2]).unwrap();
+        assert_eq!(Mask::decode(&png(DynamicImage::ImageRgb8(rgb)), "g.png", Some(3)).unwrap().labels, vec![1, 2]);
+        let la = image::GrayAlphaImage::from_raw(2, 1, vec![2, 255, 0, 255]).unwrap();
+        assert_eq!(Mask::decode(&png(DynamicImage::ImageLumaA8(la)), "la.png", Some(3)).unwrap().labels, vec![2, 0]);
     }
 
     #[test]

@@ -129,23 +129,43 @@ impl Model {
     }
 }
 
+/// Replaces the model's class embeddings by the embeddings of `prompts` (one per class,
+/// background first) made by the text encoder in `dir` (a Hugging Face BERT folder).
+pub fn embed_prompts(model: &mut Model, dir: &std::path::Path, prompts: &[String]) -> Result<()> {
+    let encoder = crate::text::TextEncoder::load(model.gpu(), dir)?;
+    let text_dim = model.config.text_dim;
+    if encoder.dim() != text_dim {
+        return Err(Error::Invalid(format!(
+            "the text encoder {} embeds into {} dimensions but the model's text_dim is {text_dim}; use a configuration with text_dim {}",
+            dir.display(),
+            encoder.dim(),
+            encoder.dim()
+        )));
+    }
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let embeddings = encoder.embed(&texts)?;
+    model.set_class_embeddings(&HostTensor::new(&[texts.len(), text_dim], embeddings))
+}
+
 fn host(t: &Tensor) -> Result<HostTensor> {
     Ok(HostTensor::new(t.shape(), t.to_vec()?))
 }
 
-/// Colour of class `k` in overlays and legends (class 0, the background, is not tinted).
+/// Colour of class `k` in overlays and legends (class 0, the background, is not drawn). Bright,
+/// saturated colours first (cyan, yellow, magenta, green, orange), which stand out on grey MRI and
+/// on red-orange fundus photographs alike; the contours get a black edge besides.
 pub fn class_color(k: usize) -> [u8; 3] {
     const PALETTE: [[u8; 3]; 10] = [
         [0, 0, 0],
-        [230, 25, 75],
-        [60, 180, 75],
-        [0, 130, 200],
-        [255, 225, 25],
-        [145, 30, 180],
-        [70, 240, 240],
-        [245, 130, 48],
-        [240, 50, 230],
-        [210, 245, 60],
+        [0, 229, 255],
+        [255, 235, 0],
+        [255, 64, 255],
+        [64, 255, 64],
+        [255, 140, 0],
+        [90, 140, 255],
+        [255, 255, 255],
+        [255, 120, 160],
+        [160, 255, 220],
     ];
     if k < PALETTE.len() {
         PALETTE[k]
@@ -165,9 +185,18 @@ pub fn class_color(k: usize) -> [u8; 3] {
     }
 }
 
-/// The image with every foreground class tinted (45 % class colour), class borders drawn in
-/// full colour, and a legend strip below naming each class: an RGB8 image of the original
-/// width and a few rows taller.
+/// Overlays narrower than this many pixels are enlarged by a whole factor (nearest neighbour)
+/// so that the contours and the legend's class names are legible.
+pub const OVERLAY_MIN_WIDTH: usize = 320;
+
+/// Share of the class colour in the light fill of a class's pixels.
+const FILL: f32 = 0.25;
+
+/// The image with every foreground class drawn as a contour (class colour with a black outer
+/// edge, so it stands out on any image) around a light fill (25 % class colour), and a legend
+/// below naming each class. An image narrower than [`OVERLAY_MIN_WIDTH`] is enlarged by
+/// `ceil(OVERLAY_MIN_WIDTH / width)` first; the result is RGB8, `zoom * width` wide, `zoom *
+/// height` tall plus the legend rows.
 pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> {
     if (image.width, image.height) != (mask.width, mask.height) {
         return Err(Error::Invalid(format!(
@@ -175,15 +204,19 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
             mask.width, mask.height, image.width, image.height
         )));
     }
-    let (w, h) = (image.width, image.height);
+    let zoom = OVERLAY_MIN_WIDTH.div_ceil(image.width.max(1)).max(1);
+    let (w, h) = (image.width * zoom, image.height * zoom);
     let base = image.to_rgb8();
-    let scale = (w / 320).clamp(1, 4);
+    let label = |x: usize, y: usize| mask.labels[(y / zoom) * image.width + x / zoom] as usize;
+    // Font scale: 2 at the minimum width, up to 4 on large images.
+    let scale = (w / 160).clamp(1, 4);
     let line = (font::GLYPH_H + 4) * scale;
+    let side = font::GLYPH_H * scale;
     // Lay the legend out in rows of (swatch, name) entries that fit the width.
     let mut entries: Vec<(usize, usize, usize)> = Vec::new(); // (class, x, row)
     let (mut x, mut row) = (2 * scale, 0);
     for (k, name) in classes.iter().enumerate().skip(1) {
-        let entry = line + font::text_width(name, scale) + 3 * scale;
+        let entry = side + 2 * scale + font::text_width(name, scale) + 4 * scale;
         if x + entry > w && x > 2 * scale {
             x = 2 * scale;
             row += 1;
@@ -192,34 +225,57 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
         x += entry;
     }
     let legend_h = if entries.is_empty() { 0 } else { (row + 1) * line + 2 * scale };
+    // The contour is `thick` pixels of class colour inside the class's edge plus one black pixel
+    // at the edge itself, measured at the output resolution.
+    let thick = scale.max(zoom.min(3));
     let mut out = vec![24u8; w * (h + legend_h) * 3];
     for y in 0..h {
         for x in 0..w {
-            let i = y * w + x;
-            let k = mask.labels[i] as usize;
+            let k = label(x, y);
+            let i = (y / zoom) * image.width + x / zoom;
             let px = &base[i * 3..i * 3 + 3];
-            let o = &mut out[i * 3..i * 3 + 3];
+            let o = &mut out[(y * w + x) * 3..][..3];
             if k == 0 {
                 o.copy_from_slice(px);
                 continue;
             }
+            // Distance (in pixels, 4 directions) to the nearest pixel of another class, up to
+            // thick + 1; the image border counts as an edge.
+            let mut edge = usize::MAX;
+            for d in 1..=thick + 1 {
+                let differs = |xx: Option<usize>, yy: Option<usize>| match (xx, yy) {
+                    (Some(xx), Some(yy)) if xx < w && yy < h => label(xx, yy) != k,
+                    _ => true,
+                };
+                if differs(x.checked_sub(d), Some(y))
+                    || differs(Some(x + d), Some(y))
+                    || differs(Some(x), y.checked_sub(d))
+                    || differs(Some(x), Some(y + d))
+                {
+                    edge = d;
+                    break;
+                }
+            }
             let c = class_color(k);
-            let border =
-                [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
-                    .iter()
-                    .any(|&(ok, j)| ok && mask.labels[j] as usize != k);
-            for ch in 0..3 {
-                o[ch] = if border { c[ch] } else { (0.55 * px[ch] as f32 + 0.45 * c[ch] as f32).round() as u8 };
+            if edge == 1 {
+                o.copy_from_slice(&[0, 0, 0]);
+            } else if edge <= thick + 1 {
+                o.copy_from_slice(&c);
+            } else {
+                for ch in 0..3 {
+                    o[ch] = ((1.0 - FILL) * px[ch] as f32 + FILL * c[ch] as f32).round() as u8;
+                }
             }
         }
     }
     for (k, x, row) in entries {
-        let y = h + scale + row * line;
-        let side = font::GLYPH_H * scale;
+        let y = h + 2 * scale + row * line;
         for dy in 0..side {
             for dx in 0..side {
                 if x + dx < w {
-                    out[((y + dy) * w + x + dx) * 3..][..3].copy_from_slice(&class_color(k));
+                    let edge = dx == 0 || dy == 0 || dx + 1 == side || dy + 1 == side;
+                    let c = if edge { [0, 0, 0] } else { class_color(k) };
+                    out[((y + dy) * w + x + dx) * 3..][..3].copy_from_slice(&c);
                 }
             }
         }
@@ -233,18 +289,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overlay_tints_foreground_and_adds_a_legend() {
-        let image = Image::from_rgb8(40, 4, &vec![100; 40 * 4 * 3]).unwrap();
-        let mut labels = vec![0u8; 160];
-        labels[40 + 5..40 + 8].fill(1);
-        let mask = Mask { width: 40, height: 4, labels };
+    fn overlay_draws_contours_fills_and_a_legend_that_fits() {
+        // A 40x8 grey image (enlarged 8 times to 320 wide) with a 4x4 square of class 1.
+        let image = Image::from_rgb8(40, 8, &vec![100; 40 * 8 * 3]).unwrap();
+        let mut labels = vec![0u8; 320];
+        for y in 2..6 {
+            labels[y * 40 + 10..y * 40 + 14].fill(1);
+        }
+        let mask = Mask { width: 40, height: 8, labels };
         let classes = vec!["background".to_string(), "disc".to_string(), "cup".to_string()];
         let out = overlay(&image, &mask, &classes).unwrap();
-        assert_eq!(out.width, 40);
-        assert!(out.height > 4, "a legend strip is added below");
+        let zoom = OVERLAY_MIN_WIDTH / 40;
+        assert_eq!(out.width, 40 * zoom);
+        let legend = out.height - 8 * zoom;
+        assert!(legend > 0 && legend < 8 * zoom, "a legend strip below, shorter than the image: {legend}");
         let rgb = out.to_rgb8();
-        assert_eq!(&rgb[..3], &[100, 100, 100], "background pixels are unchanged");
-        assert_eq!(&rgb[(40 + 5) * 3..][..3], &class_color(1), "a class border is drawn in the class colour");
+        let at = |x: usize, y: usize| &rgb[(y * out.width + x) * 3..][..3];
+        assert_eq!(at(0, 0), &[100, 100, 100], "background pixels are unchanged");
+        let (x0, y0) = (10 * zoom, 2 * zoom);
+        assert_eq!(at(x0, y0 + 2 * zoom), &[0, 0, 0], "a black edge on the class's outline");
+        assert_eq!(at(x0 + 1, y0 + 2 * zoom), &class_color(1), "then the class colour");
+        let centre = at(12 * zoom, 4 * zoom);
+        let c = class_color(1);
+        for ch in 0..3 {
+            let want = (0.75 * 100.0 + 0.25 * c[ch] as f32).round() as u8;
+            assert_eq!(centre[ch], want, "a light fill inside");
+        }
+        // The legend's text is drawn (light pixels) and stays inside the picture.
+        assert!(rgb[8 * zoom * out.width * 3..].chunks(3).any(|p| p == [235, 235, 235]));
         assert!(overlay(&image, &Mask { width: 1, height: 1, labels: vec![0] }, &classes).is_err());
         assert_ne!(class_color(12), class_color(13));
     }

@@ -16,6 +16,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod profile;
+pub mod random;
 pub mod synth;
 pub mod tensor;
 pub mod text;

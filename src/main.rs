@@ -1,14 +1,126 @@
 //! The `vlsa` command-line tool: thin wrappers over the library (DESIGN.md, "Command line").
-//! Errors go to stderr as one sentence, with exit code 1.
+//! Errors go to stderr as one sentence, with exit code 1 (clap's usage errors: 2; a training
+//! run stopped by Ctrl-C or SIGTERM after writing its checkpoint: 130). A closed stdout ends the
+//! program quietly. Every output path is checked (and its folders made) before any work.
 
-use std::process::ExitCode;
-
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::{Parser, Subcommand};
 use vlsa::image_io::{Image, Mask};
 use vlsa::kernels::Gpu;
 use vlsa::model::Model;
+
+/// An error of the command line: one sentence for stderr, and the exit code.
+#[derive(Debug)]
+struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    fn new(message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), code: 1 }
+    }
+}
+
+impl From<vlsa::Error> for CliError {
+    fn from(e: vlsa::Error) -> CliError {
+        CliError::new(e.to_string())
+    }
+}
+
+impl From<vlsa::kernels::Error> for CliError {
+    fn from(e: vlsa::kernels::Error) -> CliError {
+        CliError::new(e.to_string())
+    }
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> CliError {
+        CliError::new(message)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> CliError {
+        CliError::new(message)
+    }
+}
+
+type CliResult = Result<(), CliError>;
+
+/// Prints a line on stdout (see [`write_stdout`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout. When the reader has gone (`vlsa info | head -1`) the program ends quietly
+/// with exit code 0, as the work asked for is done or cannot be seen anyway; any other write
+/// error (a full disk) is one sentence and exit code 1.
+fn write_stdout(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "vlsa: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM during training: the first sets a flag that `vlsa train` reads
+/// after each step (it writes a checkpoint and exits 130); a second ends the program at once.
+/// Uses the C library's `signal` directly (std links it already) rather than a crate: the
+/// handler only swaps an atomic flag and calls async-signal-safe `write` and `_exit`.
+#[cfg(unix)]
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    pub static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15;
+
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+        fn write(fd: i32, buf: *const u8, count: usize) -> isize;
+        fn _exit(status: i32) -> !;
+    }
+
+    extern "C" fn on_signal(_: i32) {
+        const MESSAGE: &[u8] =
+            b"\nvlsa: stopping after this step to write a checkpoint; press Ctrl-C again to quit at once\n";
+        if REQUESTED.swap(true, Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe and takes no pointers.
+            unsafe { _exit(130) }
+        }
+        // SAFETY: write is async-signal-safe; the buffer is a static of the given length.
+        unsafe {
+            write(2, MESSAGE.as_ptr(), MESSAGE.len());
+        }
+    }
+
+    /// Installs the handler for SIGINT and SIGTERM.
+    pub fn install() {
+        // SAFETY: `on_signal` has the C signature of a signal handler and only touches an
+        // atomic and async-signal-safe functions; SIGINT and SIGTERM are 2 and 15 on every Unix.
+        unsafe {
+            signal(SIGINT, on_signal as extern "C" fn(i32) as usize);
+            signal(SIGTERM, on_signal as extern "C" fn(i32) as usize);
+        }
+    }
+}
+
+/// Elsewhere Ctrl-C ends the program as usual (the last checkpoint is kept).
+#[cfg(not(unix))]
+mod interrupt {
+    pub static REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    pub fn install() {}
+}
 
 #[derive(Parser)]
 #[command(
@@ -17,8 +129,101 @@ use vlsa::model::Model;
     about = "Vision-language semantic aggregation for medical image segmentation, on hand-written WGSL kernels"
 )]
 struct Cli {
+    /// Use the first GPU adapter whose name contains NAME (case-insensitive; `vlsa info` lists
+    /// them). Without it: VLSA_ADAPTER, else the best adapter found. WGPU_BACKEND
+    /// (vulkan, metal, dx12, gl; comma-separated) restricts the backends searched.
+    #[arg(long, global = true, value_name = "NAME")]
+    adapter: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The adapter asked for with --adapter, for [`open_gpu`].
+static ADAPTER: OnceLock<Option<String>> = OnceLock::new();
+
+/// The backend names wgpu reads from WGPU_BACKEND (it ignores others with a log line nobody
+/// sees, and then finds no adapter).
+const BACKENDS: [&str; 10] = ["vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "gles", "opengl", "webgpu"];
+
+/// Opens the GPU: --adapter, else VLSA_ADAPTER, else the best adapter; WGPU_BACKEND is checked
+/// first so that a misspelt backend is named instead of reported as no adapter at all.
+fn open_gpu() -> Result<Gpu, CliError> {
+    if let Some(value) = std::env::var_os("WGPU_BACKEND") {
+        let value = value.to_string_lossy().into_owned();
+        if let Some(bad) = value.split(',').map(str::trim).find(|b| !BACKENDS.contains(&b.to_lowercase().as_str())) {
+            return Err(CliError::new(format!(
+                "WGPU_BACKEND={value}: the backend name {bad:?} is unknown; use vulkan, metal, dx12 or gl (several separated by commas), or unset it to search all"
+            )));
+        }
+    }
+    match ADAPTER.get().and_then(Option::as_deref) {
+        Some(name) => Gpu::with_adapter(Some(name)).map_err(|e| match e {
+            vlsa::kernels::Error::NoAdapter(m) => {
+                CliError::new(m.replacen(&format!("VLSA_ADAPTER={name}"), &format!("--adapter {name}"), 1))
+            }
+            other => other.into(),
+        }),
+        None => Ok(Gpu::new()?),
+    }
+}
+
+/// Checks before any work that `path`, given with `flag`, can be written (its folders are made).
+fn check_output(flag: &str, path: &Path) -> CliResult {
+    vlsa::io::prepare_output(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::IsADirectory {
+            CliError::new(format!("{flag} {} is a folder; give a file name", path.display()))
+        } else {
+            CliError::new(format!("cannot write {flag} {}: {e}", path.display()))
+        }
+    })
+}
+
+/// Checks that an output folder given with `flag` is a folder or can be made.
+fn check_output_dir(flag: &str, dir: &Path) -> CliResult {
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!("{flag} {} is a file, but a folder is needed here; give a folder", dir.display()).into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the folder {flag} {}: {e}", dir.display()))?;
+    Ok(())
+}
+
+/// Checks that an input folder given with `flag` exists.
+fn check_input_dir(flag: &str, what: &str, dir: &Path) -> CliResult {
+    if !dir.is_dir() {
+        let state = if dir.exists() { "is not a folder" } else { "does not exist" };
+        return Err(format!("{flag} {}: {what} {state}", dir.display()).into());
+    }
+    Ok(())
+}
+
+/// The images named by `paths`: files as given, and for each folder its PNG and JPEG files,
+/// sorted by name. The same file named twice is kept once.
+fn expand_images(flag: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("cannot list {flag} {}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension()
+                            .and_then(|x| x.to_str())
+                            .is_some_and(|x| ["png", "jpg", "jpeg"].contains(&x.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(format!("{flag} {} is a folder with no PNG or JPEG files", p.display()).into());
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    Ok(out)
 }
 
 #[derive(Subcommand)]
@@ -51,10 +256,12 @@ enum Command {
         /// The model file.
         #[arg(long, value_name = "MODEL.safetensors")]
         model: PathBuf,
-        /// Images to segment (PNG or JPEG); repeat for several.
-        #[arg(long = "image", value_name = "IMG", required = true)]
+        /// Images to segment (PNG or JPEG), several after one flag (a shell glob works) or the
+        /// flag repeated; a folder stands for its PNG and JPEG files, sorted by name.
+        #[arg(long = "image", value_name = "IMG", required = true, num_args = 1..)]
         images: Vec<PathBuf>,
-        /// Output folder (created if missing); default: beside each image.
+        /// Output folder (created if missing); default: beside each image. Two images whose
+        /// outputs would have the same name are refused before any work.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// New class prompts, one per class in the model's order (background first); they are
@@ -118,15 +325,19 @@ enum Command {
         /// The model (safetensors with its configuration).
         #[arg(long, value_name = "MODEL.safetensors")]
         model: std::path::PathBuf,
-        /// A data set folder (images/, masks/); repeat for several domains.
-        #[arg(long, value_name = "DIR", required = true)]
+        /// Data set folders (images/, masks/), one per domain: several after one flag or the
+        /// flag repeated.
+        #[arg(long, value_name = "DIR", required = true, num_args = 1..)]
         data: Vec<std::path::PathBuf>,
         /// Also write the results as JSON to this file.
         #[arg(long, value_name = "OUT.json")]
         json: Option<std::path::PathBuf>,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        /// No progress line (one is shown only when stderr is a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Embed texts with a sentence encoder (all-MiniLM-L6-v2): print a summary or dump them.
     Embed {
@@ -173,20 +384,23 @@ struct TrainArgs {
     /// Continue exactly from the checkpoint at --out (starts from step 0 when there is none yet).
     #[arg(long)]
     resume: bool,
+    /// Start a new run even though --out (or its log or curve) exists, replacing them.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Images per step [default: 8].
     #[arg(long)]
     batch: Option<usize>,
     /// Peak learning rate [default: 1e-3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Warmup steps [default: min(100, steps / 10)].
     #[arg(long)]
     warmup: Option<usize>,
     /// Decoupled weight decay [default: 0.05].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f32>,
     /// Learning-rate multiplier of the vision encoder [default: 1 with --config, 0.1 with --model].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     vision_lr_mult: Option<f32>,
     /// Seed of the initialisation, data order and augmentation [default: 0].
     #[arg(long)]
@@ -194,134 +408,148 @@ struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     no_augment: bool,
-    /// Text encoder for new class prompts (not used yet: the model's class embeddings are kept).
+    /// Train without domain randomization (random gamma, colour, blur, noise, resolution, shading).
+    #[arg(long)]
+    no_randomize: bool,
+    /// At the start of a new run, replace the class embeddings by this text encoder's embeddings
+    /// of the configuration's prompts (as `init --text-encoder` does; a Hugging Face BERT folder).
+    /// A resumed run keeps the checkpoint's.
     #[arg(long, value_name = "DIR")]
     text_encoder: Option<std::path::PathBuf>,
     /// Validate every N steps.
-    #[arg(long, default_value_t = 100)]
-    val_every: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    val_every: u64,
     /// Write a checkpoint every N steps (and at the end).
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
     /// When stderr is not a terminal, print a progress line every N steps.
-    #[arg(long, default_value_t = 10)]
-    log_every: usize,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    log_every: u64,
     /// Stop after this step (writing a checkpoint) without changing the schedule; --resume continues.
-    #[arg(long)]
-    stop_at: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    stop_at: Option<u64>,
+    /// No progress output on stderr (neither the bar nor the plain lines).
+    #[arg(long, short)]
+    quiet: bool,
     /// Also write the final model, without optimizer state, to this file.
     #[arg(long, value_name = "MODEL.safetensors")]
     export: Option<std::path::PathBuf>,
 }
 
-fn train(a: TrainArgs) -> Result<(), String> {
-    use vlsa::train::{run, RunOptions, TrainOptions, Trainer};
-    let err = |e: vlsa::Error| e.to_string();
-    if a.text_encoder.is_some() {
-        eprintln!("vlsa: note: --text-encoder is not used yet; the model's class embeddings are kept");
+fn train(a: TrainArgs) -> CliResult {
+    use vlsa::train::{prepare, run, Begun, OptionChoices, RunOptions, Setup, Start};
+    // Every output is checked before the first step, so no step is lost to a bad path.
+    check_output("--out", &a.out)?;
+    if let Some(path) = &a.export {
+        check_output("--export", path)?;
     }
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let mut trainer = if a.resume && a.out.exists() {
-        let trainer = Trainer::resume(&gpu, &a.out, &a.data).map_err(err)?;
-        if let Some(path) = &a.config {
-            if vlsa::train::read_config(path).map_err(err)? != trainer.model.config {
-                return Err(format!(
-                    "{} is not the configuration of the checkpoint {}; resume without --config or with the same one",
-                    path.display(),
-                    a.out.display()
-                ));
-            }
-        }
-        let o = &trainer.options;
-        let differs = [
-            ("--steps", a.steps.is_some_and(|v| v != o.steps)),
-            ("--batch", a.batch.is_some_and(|v| v != o.batch)),
-            ("--lr", a.lr.is_some_and(|v| v != o.lr)),
-            ("--warmup", a.warmup.is_some_and(|v| v != o.warmup)),
-            ("--weight-decay", a.weight_decay.is_some_and(|v| v != o.weight_decay)),
-            ("--vision-lr-mult", a.vision_lr_mult.is_some_and(|v| v != o.vision_lr_mult)),
-            ("--seed", a.seed.is_some_and(|v| v != o.seed)),
-            ("--no-augment", a.no_augment == o.augment),
-        ];
-        if let Some((flag, _)) = differs.iter().find(|(_, d)| *d) {
-            return Err(format!("{flag} differs from the value the checkpoint {} was trained with; resuming exactly needs the same options (see its log)", a.out.display()));
-        }
-        eprintln!("vlsa: resuming {} at step {} of {}", a.out.display(), trainer.step, o.steps);
-        trainer
-    } else {
-        if a.resume {
-            eprintln!("vlsa: no checkpoint at {} yet; starting from step 0", a.out.display());
-        }
-        let steps = a.steps.ok_or("--steps is required for a new run")?;
-        let seed = a.seed.unwrap_or(0);
-        let (model, pretrained) = match (&a.config, &a.model) {
-            (Some(c), _) => {
-                (vlsa::model::Model::init(&gpu, vlsa::train::read_config(c).map_err(err)?, seed).map_err(err)?, false)
-            }
-            (None, Some(m)) => (vlsa::model::Model::load(&gpu, m).map_err(err)?, true),
-            (None, None) => return Err("a new run needs --config or --model".into()),
-        };
-        let defaults = TrainOptions::new(steps);
-        let options = TrainOptions {
-            batch: a.batch.unwrap_or(defaults.batch),
-            lr: a.lr.unwrap_or(defaults.lr),
-            warmup: a.warmup.unwrap_or(defaults.warmup),
-            weight_decay: a.weight_decay.unwrap_or(defaults.weight_decay),
-            vision_lr_mult: a.vision_lr_mult.unwrap_or(if pretrained { 0.1 } else { 1.0 }),
-            seed,
-            augment: !a.no_augment,
-            ..defaults
-        };
-        let data = vlsa::data::Dataset::load(&a.data, model.config.num_classes()).map_err(err)?;
-        Trainer::new(model, options, data).map_err(err)?
+    check_input_dir("--data", "the training data set", &a.data)?;
+    if let Some(dir) = &a.val {
+        check_input_dir("--val", "the validation data set", dir)?;
+    }
+    if let Some(dir) = &a.text_encoder {
+        check_input_dir("--text-encoder", "the text encoder folder", dir)?;
+    }
+    let gpu = open_gpu()?;
+    let start = match (&a.config, &a.model) {
+        (Some(c), _) => Some(Start::Config(c)),
+        (None, Some(m)) => Some(Start::Model(m)),
+        (None, None) => None,
     };
+    let choices = OptionChoices {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        vision_lr_mult: a.vision_lr_mult,
+        seed: a.seed,
+        augment: a.no_augment.then_some(false),
+        randomize: a.no_randomize.then_some(false),
+    };
+    let setup = Setup { out: &a.out, data: &a.data, start, resume: a.resume, force: a.force, choices: &choices };
+    let (mut trainer, begun) = prepare(&gpu, &setup)?;
+    let steps = trainer.options.steps;
+    match begun {
+        Begun::Resumed => eprintln!("vlsa: resuming {} at step {} of {steps}", a.out.display(), trainer.step),
+        Begun::NoCheckpointYet => eprintln!("vlsa: no checkpoint at {} yet; starting from step 0", a.out.display()),
+        Begun::New => {}
+    }
+    if let Some(stop) = a.stop_at.map(|s| s as usize) {
+        if stop > steps {
+            return Err(format!("--stop-at {stop} is beyond the {steps} steps of the run; give at most {steps}").into());
+        }
+    }
+    if let Some(dir) = &a.text_encoder {
+        if begun == Begun::Resumed {
+            eprintln!("vlsa: the class embeddings come from the checkpoint; --text-encoder is used when a run starts");
+        } else {
+            let prompts = trainer.model.config.prompt_texts();
+            vlsa::infer::embed_prompts(&mut trainer.model, dir, &prompts)?;
+            eprintln!("vlsa: class embeddings: {} prompts embedded by {}", prompts.len(), dir.display());
+        }
+    }
     let val = match &a.val {
-        Some(dir) => Some(vlsa::data::Dataset::load(dir, trainer.model.config.num_classes()).map_err(err)?),
+        Some(dir) => {
+            let data = vlsa::data::Dataset::load(dir, trainer.model.config.num_classes())?;
+            vlsa::train::check_validation_set(&data)?;
+            Some(data)
+        }
         None => None,
     };
+    interrupt::install();
     let opts = RunOptions {
         out: a.out.clone(),
-        val_every: a.val_every,
-        checkpoint_every: a.checkpoint_every,
-        log_every: a.log_every,
-        stop_at: a.stop_at,
-        quiet: false,
+        val_every: a.val_every as usize,
+        checkpoint_every: a.checkpoint_every as usize,
+        log_every: a.log_every as usize,
+        stop_at: a.stop_at.map(|s| s as usize),
+        quiet: a.quiet,
+        interrupt: Some(&interrupt::REQUESTED),
     };
     let params: usize = trainer.model.parameters().map(|(_, t)| t.numel()).sum();
-    eprintln!(
-        "vlsa: training {params} parameters on {} images ({}), batch {}, {} steps, on {}",
-        trainer.data().len(),
-        a.data.display(),
-        trainer.options.batch,
-        trainer.options.steps,
-        gpu.info().name
-    );
-    let stop = a.stop_at.unwrap_or(trainer.options.steps).min(trainer.options.steps);
-    if trainer.step >= stop {
-        println!("nothing to do: {} is at step {} and the run stops at step {stop}", a.out.display(), trainer.step);
-    } else {
-        let summary = run(&mut trainer, val.as_ref(), &opts).map_err(err)?;
-        let (log, curve) = vlsa::train::report::side_paths(&a.out);
-        println!(
-            "steps {}..{} of {} in {:.1} s",
-            summary.first_step, summary.last_step, trainer.options.steps, summary.seconds
+    if !a.quiet {
+        eprintln!(
+            "vlsa: training {params} parameters on {} images ({}), batch {}, {steps} steps, on {}",
+            trainer.data().len(),
+            a.data.display(),
+            trainer.options.batch,
+            gpu.info().name
         );
+    }
+    let stop = opts.stop_at.unwrap_or(steps).min(steps);
+    if trainer.step >= stop {
+        outln!("nothing to do: {} is at step {} and the run stops at step {stop}", a.out.display(), trainer.step);
+    } else {
+        let summary = run(&mut trainer, val.as_ref(), &opts)?;
+        if summary.interrupted {
+            return Err(CliError {
+                message: format!(
+                    "interrupted: the checkpoint {} holds step {} of {steps}; rerun the same command with --resume to continue",
+                    a.out.display(),
+                    trainer.step
+                ),
+                code: 130,
+            });
+        }
+        let (log, curve) = vlsa::train::report::side_paths(&a.out);
+        outln!("steps {}..{} of {steps} in {:.1} s", summary.first_step, summary.last_step, summary.seconds);
         if let Some(l) = summary.last_loss {
-            println!("last loss:          {l:.4}");
+            outln!("last loss:          {l:.4}");
         }
         if let Some(d) = summary.val_dice {
-            println!("validation Dice:    {d:.4}");
+            outln!("validation Dice:    {d:.4}");
         }
         if let Some(r) = summary.images_per_second {
-            println!("throughput:         {r:.2} images/s (after the first step)");
+            outln!("throughput:         {r:.2} images/s (after the first step)");
         }
-        println!("dispatches/step:    {:.0}", summary.dispatches_per_step);
-        println!("checkpoint:         {}", a.out.display());
-        println!("log, curve:         {}, {}", log.display(), curve.display());
+        outln!("dispatches/step:    {:.0}", summary.dispatches_per_step);
+        outln!("checkpoint:         {}", a.out.display());
+        outln!("log, curve:         {}, {}", log.display(), curve.display());
     }
     if let Some(path) = &a.export {
-        trainer.model.save(path, false).map_err(err)?;
-        println!("model:              {}", path.display());
+        trainer.model.save(path, false)?;
+        outln!("model:              {}", path.display());
     }
     Ok(())
 }
@@ -346,7 +574,7 @@ enum ProfileCommand {
         #[arg(long, default_value_t = 1)]
         batch: usize,
         /// Softmax temperature lambda of the E-step.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         lambda: f32,
         /// Also profile the unrolled backward through all iterations.
         #[arg(long)]
@@ -379,8 +607,8 @@ enum ProfileCommand {
     },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn profile_em(
+/// `vlsa profile em`'s options.
+struct EmArgs {
     tokens: usize,
     width: usize,
     bases: usize,
@@ -388,66 +616,92 @@ fn profile_em(
     batch: usize,
     lambda: f32,
     backward: bool,
-    trace: Option<std::path::PathBuf>,
+    trace: Option<PathBuf>,
     seed: u64,
-) -> Result<(), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let opts = vlsa::profile::EmProfileOptions { batch, tokens, width, bases, iters, lambda, backward, seed };
-    let report = vlsa::profile::profile_em(&gpu, &opts).map_err(|e| e.to_string())?;
-    print!("{report}");
-    if let Some(path) = trace {
-        vlsa::io::write_atomic(&path, report.chrome_trace().as_bytes())
-            .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
-        println!("trace written to {}", path.display());
+}
+
+fn profile_em(a: EmArgs) -> CliResult {
+    if let Some(path) = &a.trace {
+        check_output("--trace", path)?;
+    }
+    let gpu = open_gpu()?;
+    let opts = vlsa::profile::EmProfileOptions {
+        batch: a.batch,
+        tokens: a.tokens,
+        width: a.width,
+        bases: a.bases,
+        iters: a.iters,
+        lambda: a.lambda,
+        backward: a.backward,
+        seed: a.seed,
+    };
+    let report = vlsa::profile::profile_em(&gpu, &opts)?;
+    write_stdout(format_args!("{report}"));
+    if let Some(path) = &a.trace {
+        write_trace(path, &report.chrome_trace())?;
     }
     Ok(())
 }
 
-fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder: Option<&Path>) -> Result<(), String> {
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| format!("cannot read the configuration {}: {e}", config.display()))?;
-    let config = vlsa::config::Config::from_json(&text, &config.display().to_string()).map_err(|e| e.to_string())?;
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+fn write_trace(path: &Path, trace: &str) -> CliResult {
+    vlsa::io::write_atomic(path, trace.as_bytes())
+        .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+    outln!("trace written to {}", path.display());
+    Ok(())
+}
+
+fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder: Option<&Path>) -> CliResult {
+    check_output("--out", out)?;
+    if let Some(dir) = clip {
+        check_input_dir("--clip", "the CLIP checkpoint folder", dir)?;
+    }
+    if let Some(dir) = text_encoder {
+        check_input_dir("--text-encoder", "the text encoder folder", dir)?;
+    }
+    let config = vlsa::train::read_config(config)?;
+    let gpu = open_gpu()?;
     let mut model = match clip {
         Some(dir) => {
-            let clip = vlsa::clip::ClipVision::load(dir).map_err(|e| e.to_string())?;
-            vlsa::model::Model::init_with_clip(&gpu, config, &clip, seed).map_err(|e| e.to_string())?
+            let clip = vlsa::clip::ClipVision::load(dir)?;
+            Model::init_with_clip(&gpu, config, &clip, seed)?
         }
-        None => vlsa::model::Model::init(&gpu, config, seed).map_err(|e| e.to_string())?,
+        None => Model::init(&gpu, config, seed)?,
     };
     if let Some(dir) = text_encoder {
         let prompts = model.config.prompt_texts();
-        embed_prompts(&gpu, &mut model, dir, &prompts)?;
+        vlsa::infer::embed_prompts(&mut model, dir, &prompts)?;
+        outln!("class embeddings: {} prompts embedded by {}", prompts.len(), dir.display());
     }
-    model.save(out, false).map_err(|e| e.to_string())?;
+    model.save(out, false)?;
     let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
-    println!("wrote {} ({params} trainable parameters)", out.display());
+    outln!("wrote {} ({params} trainable parameters)", out.display());
     Ok(())
 }
 
-fn profile_model(model: &Path, batch: usize, backward: bool, trace: Option<&Path>, seed: u64) -> Result<(), String> {
+fn profile_model(model: &Path, batch: usize, backward: bool, trace: Option<&Path>, seed: u64) -> CliResult {
     if batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let (_gpu, model) = load_model(model)?;
-    let report = vlsa::profile::profile_model(&model, batch, backward, seed).map_err(|e| e.to_string())?;
-    print!("{report}");
     if let Some(path) = trace {
-        vlsa::io::write_atomic(path, report.profile.chrome_trace().as_bytes())
-            .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
-        println!("trace written to {}", path.display());
+        check_output("--trace", path)?;
+    }
+    let (_gpu, model) = load_model(model)?;
+    let report = vlsa::profile::profile_model(&model, batch, backward, seed)?;
+    write_stdout(format_args!("{report}"));
+    if let Some(path) = trace {
+        write_trace(path, &report.profile.chrome_trace())?;
     }
     Ok(())
 }
 
-fn load_model(path: &Path) -> Result<(Gpu, Model), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let model = Model::load(&gpu, path).map_err(|e| e.to_string())?;
+fn load_model(path: &Path) -> Result<(Gpu, Model), CliError> {
+    let gpu = open_gpu()?;
+    let model = Model::load(&gpu, path)?;
     Ok((gpu, model))
 }
 
-fn load_images(paths: &[PathBuf]) -> Result<Vec<Image>, String> {
-    paths.iter().map(|p| Image::load(p).map_err(|e| e.to_string())).collect()
+fn load_images(paths: &[PathBuf]) -> Result<Vec<Image>, CliError> {
+    Ok(paths.iter().map(|p| Image::load(p)).collect::<vlsa::Result<_>>()?)
 }
 
 fn segment(
@@ -456,37 +710,60 @@ fn segment(
     out: Option<&Path>,
     prompts: &[String],
     text_encoder: Option<&Path>,
-) -> Result<(), String> {
-    let (gpu, mut model) = load_model(model)?;
+) -> CliResult {
+    let images = expand_images("--image", images)?;
+    // Where each image's files go; two images that would write the same files are refused
+    // before any work (e.g. a/x.png and b/x.png into one --out, or x.png and x.jpg).
+    let mut targets: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(images.len());
+    let mut owner: HashMap<PathBuf, &Path> = HashMap::new();
+    for path in &images {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        let dir =
+            out.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+        let mask_path = dir.join(format!("{stem}_mask.png"));
+        if let Some(first) = owner.insert(mask_path.clone(), path) {
+            return Err(format!(
+                "{} and {} would both be written to {}; segment them into different --out folders or rename one",
+                first.display(),
+                path.display(),
+                mask_path.display()
+            )
+            .into());
+        }
+        targets.push((mask_path, dir.join(format!("{stem}_overlay.png"))));
+    }
+    if let Some(dir) = out {
+        check_output_dir("--out", dir)?;
+    }
+    if let Some(dir) = text_encoder {
+        check_input_dir("--text-encoder", "the text encoder folder", dir)?;
+    }
+    let (_gpu, mut model) = load_model(model)?;
     if let Some(dir) = text_encoder {
         let k = model.config.num_classes();
         if prompts.is_empty() {
             return Err("--text-encoder is only used with --prompt; give one --prompt per class".into());
         }
         if prompts.len() != k {
-            return Err(format!("{} prompts were given but the model has {k} classes ({}); give one --prompt per class, background first", prompts.len(), model.config.classes.join(", ")));
+            return Err(format!(
+                "{} prompts were given but the model has {k} classes ({}); give one --prompt per class, background first",
+                prompts.len(),
+                model.config.classes.join(", ")
+            )
+            .into());
         }
-        embed_prompts(&gpu, &mut model, dir, prompts)?;
-    }
-    if let Some(dir) = out {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the output folder {}: {e}", dir.display()))?;
+        vlsa::infer::embed_prompts(&mut model, dir, prompts)?;
+        outln!("class embeddings: {} prompts embedded by {}", prompts.len(), dir.display());
     }
     let classes = model.config.classes.clone();
     // One image at a time from disk, batched on the GPU.
-    for chunk in images.chunks(vlsa::infer::SEGMENT_BATCH) {
+    for (chunk, targets) in images.chunks(vlsa::infer::SEGMENT_BATCH).zip(targets.chunks(vlsa::infer::SEGMENT_BATCH)) {
         let loaded = load_images(chunk)?;
         let refs: Vec<&Image> = loaded.iter().collect();
-        let masks = model.segment(&refs).map_err(|e| e.to_string())?;
-        for ((path, image), mask) in chunk.iter().zip(&loaded).zip(&masks) {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-            let dir =
-                out.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
-            let mask_path = dir.join(format!("{stem}_mask.png"));
-            let overlay_path = dir.join(format!("{stem}_overlay.png"));
-            mask.save_png(&mask_path).map_err(|e| e.to_string())?;
-            vlsa::infer::overlay(image, mask, &classes)
-                .and_then(|o| o.save_png(&overlay_path))
-                .map_err(|e| e.to_string())?;
+        let masks = model.segment(&refs)?;
+        for (((path, image), mask), (mask_path, overlay_path)) in chunk.iter().zip(&loaded).zip(&masks).zip(targets) {
+            mask.save_png(mask_path)?;
+            vlsa::infer::overlay(image, mask, &classes)?.save_png(overlay_path)?;
             let total = mask.labels.len() as f64;
             let shares: Vec<String> = (1..classes.len())
                 .map(|k| {
@@ -497,7 +774,7 @@ fn segment(
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}: {}x{}, {} -> {}, {}",
                 path.display(),
                 image.width,
@@ -511,37 +788,21 @@ fn segment(
     Ok(())
 }
 
-/// Replaces the model's class embeddings by the text encoder's embeddings of `prompts`.
-fn embed_prompts(gpu: &Gpu, model: &mut Model, dir: &Path, prompts: &[String]) -> Result<(), String> {
-    let encoder = vlsa::text::TextEncoder::load(gpu, dir).map_err(|e| e.to_string())?;
-    let text_dim = model.config.text_dim;
-    if encoder.dim() != text_dim {
-        return Err(format!(
-            "the text encoder {} embeds into {} dimensions but the model's text_dim is {text_dim}",
-            dir.display(),
-            encoder.dim()
-        ));
+fn embed(dir: &Path, texts: &[String], dump: Option<&Path>) -> CliResult {
+    if let Some(path) = dump {
+        check_output("--dump", path)?;
     }
-    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let embeddings = encoder.embed(&texts).map_err(|e| e.to_string())?;
-    model
-        .set_class_embeddings(&vlsa::weights::HostTensor::new(&[texts.len(), text_dim], embeddings))
-        .map_err(|e| e.to_string())?;
-    println!("class embeddings: {} prompts embedded by {}", texts.len(), dir.display());
-    Ok(())
-}
-
-fn embed(dir: &std::path::Path, texts: &[String], dump: Option<&std::path::Path>) -> Result<(), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let encoder = vlsa::text::TextEncoder::load(&gpu, dir).map_err(|e| e.to_string())?;
+    check_input_dir("--text-encoder", "the text encoder folder", dir)?;
+    let gpu = open_gpu()?;
+    let encoder = vlsa::text::TextEncoder::load(&gpu, dir)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let embeddings = encoder.embed(&refs).map_err(|e| e.to_string())?;
+    let embeddings = encoder.embed(&refs)?;
     let ids: Vec<Vec<u32>> = refs.iter().map(|t| encoder.tokenizer().encode(t)).collect();
     let d = encoder.dim();
     for ((text, row), ids) in texts.iter().zip(embeddings.chunks_exact(d)).zip(&ids) {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         let first: Vec<String> = row.iter().take(4).map(|v| format!("{v:+.5}")).collect();
-        println!("{:>3} tokens  [{} ...]  norm {norm:.4}  {text:?}", ids.len(), first.join(", "));
+        outln!("{:>3} tokens  [{} ...]  norm {norm:.4}  {text:?}", ids.len(), first.join(", "));
     }
     if let Some(path) = dump {
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
@@ -553,9 +814,10 @@ fn embed(dir: &std::path::Path, texts: &[String], dump: Option<&std::path::Path>
         let mut file = vlsa::weights::TensorFile::default();
         file.tensors.insert("text.embeddings".into(), vlsa::weights::HostTensor::new(&[texts.len(), d], embeddings));
         file.tensors.insert("text.token_ids".into(), vlsa::weights::HostTensor::new(&[texts.len(), len], id_table));
-        file.metadata.insert("vlsa.texts".into(), serde_json::to_string(texts).map_err(|e| e.to_string())?);
-        file.write(path, false).map_err(|e| e.to_string())?;
-        println!(
+        let texts_json = serde_json::to_string(texts).expect("a list of strings always serializes");
+        file.metadata.insert("vlsa.texts".into(), texts_json);
+        file.write(path, false)?;
+        outln!(
             "wrote {} (text.embeddings [{}, {d}], text.token_ids [{}, {len}])",
             path.display(),
             texts.len(),
@@ -565,13 +827,14 @@ fn embed(dir: &std::path::Path, texts: &[String], dump: Option<&std::path::Path>
     Ok(())
 }
 
-fn synth(task: &str, domain: &str, count: usize, size: usize, out: &std::path::Path, seed: u64) -> Result<(), String> {
-    let task = vlsa::synth::Task::parse(task).map_err(|e| e.to_string())?;
-    let domain = vlsa::synth::Domain::of(task, domain).map_err(|e| e.to_string())?;
+fn synth(task: &str, domain: &str, count: usize, size: usize, out: &Path, seed: u64) -> CliResult {
+    let task = vlsa::synth::Task::parse(task)?;
+    let domain = vlsa::synth::Domain::of(task, domain)?;
+    check_output_dir("--out", out)?;
     let start = std::time::Instant::now();
     let options = vlsa::synth::SynthOptions { task, domain, count, size, seed };
-    vlsa::synth::write_dataset(&options, out).map_err(|e| e.to_string())?;
-    println!(
+    vlsa::synth::write_dataset(&options, out)?;
+    outln!(
         "wrote {count} {} images of domain {} ({size}x{size}) to {} in {:.2} s",
         task.name(),
         options.domain.name,
@@ -581,52 +844,67 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &std::path::P
     Ok(())
 }
 
-fn eval(
-    model: &std::path::Path,
-    data: &[std::path::PathBuf],
-    json: Option<&std::path::Path>,
-    batch: usize,
-) -> Result<(), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
-    let loaded = vlsa::model::Model::load(&gpu, model).map_err(|e| e.to_string())?;
-    let mut report = vlsa::eval::evaluate_folders(&loaded, data, batch).map_err(|e| e.to_string())?;
+fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet: bool) -> CliResult {
+    if let Some(path) = json {
+        check_output("--json", path)?;
+    }
+    for dir in data {
+        check_input_dir("--data", "the data set folder", dir)?;
+    }
+    let (_gpu, loaded) = load_model(model)?;
+    // A progress line on a terminal only: a log or a pipe gets the table alone.
+    let terminal = !quiet && std::io::stderr().is_terminal();
+    let mut progress = |dir: &Path, done: usize, total: usize| {
+        if terminal {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\revaluating {}: {done}/{total} images\x1b[K", dir.display());
+            let _ = err.flush();
+        }
+    };
+    let result = vlsa::eval::evaluate_folders_with_progress(&loaded, data, batch, &mut progress);
+    if terminal {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    }
+    let mut report = result?;
     report.model = model.display().to_string();
-    print!("{}", report.table());
+    write_stdout(format_args!("{}", report.table()));
     if let Some(path) = json {
         let text =
             serde_json::to_string_pretty(&report.to_json()).expect("an evaluation report always serializes") + "\n";
         vlsa::io::write_atomic(path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("results written to {}", path.display());
+        outln!("results written to {}", path.display());
     }
     Ok(())
 }
 
-fn write_dump(file: &vlsa::weights::TensorFile, path: &Path) -> Result<(), String> {
-    file.write(path, false).map_err(|e| e.to_string())?;
-    println!("wrote {} ({} tensors)", path.display(), file.tensors.len());
+fn write_dump(file: &vlsa::weights::TensorFile, path: &Path) -> CliResult {
+    file.write(path, false)?;
+    outln!("wrote {} ({} tensors)", path.display(), file.tensors.len());
     Ok(())
 }
 
-fn forward(model: &Path, images: &[PathBuf], dump: &Path) -> Result<(), String> {
+fn forward(model: &Path, images: &[PathBuf], dump: &Path) -> CliResult {
+    check_output("--dump", dump)?;
     let (_gpu, model) = load_model(model)?;
     let loaded = load_images(images)?;
-    let file = model.forward_dump(&loaded.iter().collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    let file = model.forward_dump(&loaded.iter().collect::<Vec<_>>())?;
     write_dump(&file, dump)
 }
 
-fn grad(model: &Path, images: &[PathBuf], mask_paths: &[PathBuf], dump: &Path) -> Result<(), String> {
+fn grad(model: &Path, images: &[PathBuf], mask_paths: &[PathBuf], dump: &Path) -> CliResult {
     if images.len() != mask_paths.len() {
         return Err(format!(
             "{} images but {} masks were given; pass one --mask per --image, in the same order",
             images.len(),
             mask_paths.len()
-        ));
+        )
+        .into());
     }
+    check_output("--dump", dump)?;
     let (_gpu, model) = load_model(model)?;
     let loaded = load_images(images)?;
     let k = model.config.num_classes();
-    let masks: Vec<Mask> =
-        mask_paths.iter().map(|p| Mask::load(p, Some(k)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let masks: Vec<Mask> = mask_paths.iter().map(|p| Mask::load(p, Some(k))).collect::<vlsa::Result<_>>()?;
     for ((ip, img), (mp, m)) in images.iter().zip(&loaded).zip(mask_paths.iter().zip(&masks)) {
         if (img.width, img.height) != (m.width, m.height) {
             return Err(format!(
@@ -637,44 +915,43 @@ fn grad(model: &Path, images: &[PathBuf], mask_paths: &[PathBuf], dump: &Path) -
                 ip.display(),
                 img.width,
                 img.height
-            ));
+            )
+            .into());
         }
     }
-    let file = model
-        .grad_dump(&loaded.iter().collect::<Vec<_>>(), &masks.iter().collect::<Vec<_>>())
-        .map_err(|e| e.to_string())?;
+    let file = model.grad_dump(&loaded.iter().collect::<Vec<_>>(), &masks.iter().collect::<Vec<_>>())?;
     write_dump(&file, dump)
 }
 
-fn info() -> Result<(), String> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+fn info() -> CliResult {
+    let gpu = open_gpu()?;
     let i = gpu.info();
     let l = &i.limits;
-    println!("adapter:      {}", i.name);
-    println!("backend:      {}", i.backend);
-    println!("device type:  {}", i.device_type);
-    println!("driver:       {}", i.driver);
-    println!(
+    outln!("adapter:      {}", i.name);
+    outln!("backend:      {}", i.backend);
+    outln!("device type:  {}", i.device_type);
+    outln!("driver:       {}", i.driver);
+    outln!(
         "timestamps:   {}",
         if i.timestamps { "yes (GPU-timed profiles)" } else { "no (profiles fall back to wall clock)" }
     );
-    println!("shader f16:   {}", if i.shader_f16 { "yes" } else { "no" });
+    outln!("shader f16:   {}", if i.shader_f16 { "yes" } else { "no" });
     if i.subgroups {
-        println!("subgroups:    yes (size {}..{})", i.subgroup_size.0, i.subgroup_size.1);
+        outln!("subgroups:    yes (size {}..{})", i.subgroup_size.0, i.subgroup_size.1);
     } else {
-        println!("subgroups:    no");
+        outln!("subgroups:    no");
     }
-    println!("kernel path:  {} (override with VLSA_KERNEL_PATH=registers|subgroup|tiled)", gpu.kernel_path());
-    println!("limits:");
-    println!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
-    println!("  max_storage_buffer_binding_size      {} MiB", l.max_storage_buffer_binding_size >> 20);
-    println!("  max_storage_buffers_per_shader_stage {}", l.max_storage_buffers_per_shader_stage);
-    println!("  max_compute_invocations_per_workgroup {}", l.max_compute_invocations_per_workgroup);
-    println!("  max_compute_workgroup_storage_size   {} KiB", l.max_compute_workgroup_storage_size >> 10);
-    println!("  max_compute_workgroups_per_dimension {}", l.max_compute_workgroups_per_dimension);
-    println!("adapters found:");
+    outln!("kernel path:  {} (override with VLSA_KERNEL_PATH=registers|subgroup|tiled)", gpu.kernel_path());
+    outln!("limits:");
+    outln!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
+    outln!("  max_storage_buffer_binding_size      {} MiB", l.max_storage_buffer_binding_size >> 20);
+    outln!("  max_storage_buffers_per_shader_stage {}", l.max_storage_buffers_per_shader_stage);
+    outln!("  max_compute_invocations_per_workgroup {}", l.max_compute_invocations_per_workgroup);
+    outln!("  max_compute_workgroup_storage_size   {} KiB", l.max_compute_workgroup_storage_size >> 10);
+    outln!("  max_compute_workgroups_per_dimension {}", l.max_compute_workgroups_per_dimension);
+    outln!("adapters found (choose with --adapter NAME):");
     for a in &i.all_adapters {
-        println!("  {a}");
+        outln!("  {a}");
     }
     Ok(())
 }
@@ -686,6 +963,7 @@ fn main() -> ExitCode {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     let cli = Cli::parse();
+    ADAPTER.set(cli.adapter).expect("set once, before any GPU is opened");
     let result = match cli.command {
         Command::Info => info(),
         Command::Init { config, out, seed, clip, text_encoder } => {
@@ -698,10 +976,12 @@ fn main() -> ExitCode {
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
         Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
-        Command::Eval { model, data, json, batch } => eval(&model, &data, json.as_deref(), batch),
+        Command::Eval { model, data, json, batch, quiet } => {
+            eval(&model, &data, json.as_deref(), batch as usize, quiet)
+        }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
         Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
-            profile_em(tokens, width, bases, iters, batch, lambda, backward, trace, seed)
+            profile_em(EmArgs { tokens, width, bases, iters, batch, lambda, backward, trace, seed })
         }
         Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
@@ -709,9 +989,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("vlsa: {message}");
-            ExitCode::FAILURE
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "vlsa: {}", e.message);
+            ExitCode::from(e.code)
         }
     }
 }

@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use crate::config::{Activation, Config, EmGrad};
 use crate::error::{Error, Result};
+use crate::kernels::elementwise::UnaryOp;
 use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::{Gpu, GpuBuffer};
+use crate::random::{Rng, XorShift64Star};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
 
@@ -26,71 +28,9 @@ pub const OPTIMIZER_PREFIX: &str = "optim.";
 /// Names of tensors that are buffers or frozen inputs, not trained.
 pub const FROZEN: [&str; 2] = ["text.class_embeddings", "head.em.bases"];
 
-/// Every tensor a model of `config` has: (name, shape), in DESIGN.md order.
-pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
-    let (d, p, n) = (c.vision.width, c.patch_size, c.tokens());
-    let dm = d * c.vision.mlp_ratio;
-    let (w, wm) = (c.decoder.width, c.decoder.width * c.decoder.mlp_ratio);
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut push = |name: String, shape: &[usize]| v.push((name, shape.to_vec()));
-    let vm = "vision_model";
-    push(format!("{vm}.embeddings.patch_embedding.weight"), &[d, 3, p, p]);
-    push(format!("{vm}.embeddings.class_embedding"), &[d]);
-    push(format!("{vm}.embeddings.position_embedding.weight"), &[1 + n, d]);
-    for part in ["weight", "bias"] {
-        push(format!("{vm}.pre_layrnorm.{part}"), &[d]);
-    }
-    let linear = |push: &mut dyn FnMut(String, &[usize]), name: String, out: usize, inp: usize| {
-        push(format!("{name}.weight"), &[out, inp]);
-        push(format!("{name}.bias"), &[out]);
-    };
-    let norm = |push: &mut dyn FnMut(String, &[usize]), name: String, width: usize| {
-        push(format!("{name}.weight"), &[width]);
-        push(format!("{name}.bias"), &[width]);
-    };
-    for i in 0..c.vision.layers {
-        let l = format!("{vm}.encoder.layers.{i}");
-        norm(&mut push, format!("{l}.layer_norm1"), d);
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            linear(&mut push, format!("{l}.self_attn.{proj}"), d, d);
-        }
-        norm(&mut push, format!("{l}.layer_norm2"), d);
-        linear(&mut push, format!("{l}.mlp.fc1"), dm, d);
-        linear(&mut push, format!("{l}.mlp.fc2"), d, dm);
-    }
-    norm(&mut push, format!("{vm}.post_layernorm"), d);
-    push("text.class_embeddings".into(), &[c.num_classes(), c.text_dim]);
-    linear(&mut push, "head.visual_proj".into(), w, d);
-    linear(&mut push, "head.text_proj".into(), w, c.text_dim);
-    if c.em.bases > 0 {
-        push("head.em.bases".into(), &[c.em.bases, w]);
-        linear(&mut push, "head.em.in_proj".into(), w, w);
-        linear(&mut push, "head.em.out_proj".into(), w, w);
-        norm(&mut push, "head.em.norm".into(), w);
-    }
-    for j in 0..c.decoder.layers {
-        let l = format!("head.decoder.layers.{j}");
-        // Without text cross-attention (an ablation) its norm and projections do not exist.
-        let (norms, attns): (&[&str], &[&str]) = if c.decoder.cross_attn {
-            (&["norm1", "norm2", "norm3"], &["self_attn", "cross_attn"])
-        } else {
-            (&["norm1", "norm3"], &["self_attn"])
-        };
-        for n in norms {
-            norm(&mut push, format!("{l}.{n}"), w);
-        }
-        for attn in attns {
-            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                linear(&mut push, format!("{l}.{attn}.{proj}"), w, w);
-            }
-        }
-        linear(&mut push, format!("{l}.mlp.fc1"), wm, w);
-        linear(&mut push, format!("{l}.mlp.fc2"), w, wm);
-    }
-    norm(&mut push, "head.decoder.norm".into(), w);
-    push("head.logit_scale".into(), &[1]);
-    v
-}
+/// The tensor list lives with the configuration it is a function of; re-exported here, where
+/// model users look for it.
+pub use crate::config::expected_tensors;
 
 /// The intermediate tensors of one forward pass (the `forward --dump` names).
 pub struct ForwardOutputs {
@@ -286,13 +226,23 @@ impl Model {
         Ok(x.layer_norm(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, self.config.ln_eps)?)
     }
 
-    /// Multi-head attention block: out_proj(attention(q_proj(x), k_proj(kv), v_proj(kv))).
-    fn attention(&self, x: &Tensor, kv: &Tensor, name: &str, heads: usize) -> Result<Tensor> {
+    /// `act(linear(x))`, bias and activation in one pass.
+    fn linear_act(&self, x: &Tensor, name: &str, act: UnaryOp) -> Result<Tensor> {
+        Ok(x.linear_act(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, act)?)
+    }
+
+    /// `residual + linear(x)`, bias and residual add in one pass.
+    fn linear_residual(&self, x: &Tensor, name: &str, residual: &Tensor) -> Result<Tensor> {
+        Ok(x.linear_residual(self.get(&format!("{name}.weight"))?, self.get(&format!("{name}.bias"))?, residual)?)
+    }
+
+    /// `residual + attention(x, kv)` (the output projection's bias and the residual add fused).
+    fn attention(&self, x: &Tensor, kv: &Tensor, name: &str, heads: usize, residual: &Tensor) -> Result<Tensor> {
         let q = self.linear(x, &format!("{name}.q_proj"))?;
         let k = self.linear(kv, &format!("{name}.k_proj"))?;
         let v = self.linear(kv, &format!("{name}.v_proj"))?;
         let o = q.attention(&k, &v, heads, false, None)?;
-        self.linear(&o, &format!("{name}.out_proj"))
+        self.linear_residual(&o, &format!("{name}.out_proj"), residual)
     }
 
     /// Steps 2–12 on a normalised input [B,3,S,S].
@@ -317,14 +267,14 @@ impl Model {
         for i in 0..c.vision.layers {
             let l = format!("{vm}.encoder.layers.{i}");
             let h = self.norm(&t, &format!("{l}.layer_norm1"))?;
-            t = t.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.vision.heads)?)?;
+            t = self.attention(&h, &h, &format!("{l}.self_attn"), c.vision.heads, &t)?;
             let h = self.norm(&t, &format!("{l}.layer_norm2"))?;
-            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?;
-            let h = match c.vision.act {
-                Activation::QuickGelu => h.quick_gelu()?,
-                Activation::Gelu => h.gelu()?,
+            let act = match c.vision.act {
+                Activation::QuickGelu => UnaryOp::QuickGelu,
+                Activation::Gelu => UnaryOp::Gelu,
             };
-            t = t.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+            let h = self.linear_act(&h, &format!("{l}.mlp.fc1"), act)?;
+            t = self.linear_residual(&h, &format!("{l}.mlp.fc2"), &t)?;
         }
         // 5-7: dense features, visual and text projections.
         let vision_features = self.norm(&t.narrow(1, 1, n)?, &format!("{vm}.post_layernorm"))?;
@@ -349,14 +299,14 @@ impl Model {
         for j in 0..c.decoder.layers {
             let l = format!("head.decoder.layers.{j}");
             let h = self.norm(&x, &format!("{l}.norm1"))?;
-            x = x.add(&self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads)?)?;
+            x = self.attention(&h, &h, &format!("{l}.self_attn"), c.decoder.heads, &x)?;
             if c.decoder.cross_attn {
                 let h = self.norm(&x, &format!("{l}.norm2"))?;
-                x = x.add(&self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads)?)?;
+                x = self.attention(&h, &text_kv, &format!("{l}.cross_attn"), c.decoder.heads, &x)?;
             }
             let h = self.norm(&x, &format!("{l}.norm3"))?;
-            let h = self.linear(&h, &format!("{l}.mlp.fc1"))?.gelu()?;
-            x = x.add(&self.linear(&h, &format!("{l}.mlp.fc2"))?)?;
+            let h = self.linear_act(&h, &format!("{l}.mlp.fc1"), UnaryOp::Gelu)?;
+            x = self.linear_residual(&h, &format!("{l}.mlp.fc2"), &x)?;
         }
         let decoder_out = self.norm(&x, "head.decoder.norm")?;
         // 10: cosine mask head, then bilinear upsampling to the input size.
@@ -394,27 +344,23 @@ impl Model {
     }
 }
 
-/// A seeded standard-normal generator (xorshift64* and Box-Muller), so init is reproducible.
+/// A seeded standard-normal generator (xorshift64* and Box-Muller in f64, both values of each
+/// pair used), so init is reproducible.
 struct Normal {
-    state: u64,
+    rng: Rng,
     spare: Option<f32>,
 }
 
 impl Normal {
     fn new(seed: u64) -> Normal {
-        Normal { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03 | 1, spare: None }
-    }
-    fn uniform(&mut self) -> f64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        ((self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        let state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        Normal { rng: Rng::from_source(XorShift64Star::from_state(state)), spare: None }
     }
     fn sample(&mut self) -> f32 {
         if let Some(s) = self.spare.take() {
             return s;
         }
-        let (u1, u2) = (self.uniform(), self.uniform());
+        let (u1, u2) = (self.rng.uniform_open_f64(), self.rng.uniform_open_f64());
         let r = (-2.0 * u1.ln()).sqrt();
         let th = std::f64::consts::TAU * u2;
         self.spare = Some((r * th.sin()) as f32);

@@ -44,7 +44,7 @@ pub struct EmProfileOptions {
 }
 
 impl Default for EmProfileOptions {
-    /// The default model's EM sizes (DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
+    /// The default model's EM sizes (docs/DESIGN.md): N = 256 tokens, C = 128, M = 16, T = 3.
     fn default() -> Self {
         EmProfileOptions {
             batch: 1,
@@ -194,18 +194,9 @@ impl fmt::Display for EmProfileReport {
     }
 }
 
-/// Deterministic values in [-1, 1) (xorshift64*), so profiling needs no extra crate.
+/// Deterministic values in [-1, 1) from an xorshift64* stream.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            bits as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    crate::random::Rng::new(seed).vec(n)
 }
 
 /// Random bases with rows of unit L2 norm, as EMANet initialises them.
@@ -382,6 +373,12 @@ pub struct ModelProfile {
     pub adapter: String,
     /// Every timed dispatch, scoped `forward`, `loss` and `backward`.
     pub profile: Profile,
+    /// Dispatches recorded by one unprofiled pass.
+    pub dispatches: u64,
+    /// Submits made by one unprofiled pass (its final sync included).
+    pub submits: u64,
+    /// Host wall time of one unprofiled pass, synced at its end, in ms.
+    pub wall_ms: f64,
 }
 
 /// Profiles one forward (and optionally loss + backward) of `model` on a random batch, after
@@ -395,13 +392,9 @@ pub fn profile_model(
     let gpu = model.gpu();
     let c = &model.config;
     let (s, k) = (c.image_size, c.num_classes());
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    let input: Vec<f32> = (0..batch * 3 * s * s).map(|_| next() as f32 / (1u64 << 31) as f32 * 4.0 - 2.0).collect();
-    let target: Vec<u32> = (0..batch * s * s).map(|_| next() % k as u32).collect();
+    let mut rng = crate::random::Rng::new(seed);
+    let input: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.range(-2.0, 2.0)).collect();
+    let target: Vec<u32> = (0..batch * s * s).map(|_| rng.below(k) as u32).collect();
     let input = crate::Tensor::from_vec(gpu, &input, &[batch, 3, s, s])?;
     let target = std::sync::Arc::new(gpu.upload(&target)?);
     let run = |profiled: bool| -> crate::Result<()> {
@@ -428,6 +421,12 @@ pub fn profile_model(
         Ok(())
     };
     run(false)?;
+    // One unprofiled pass, counted and timed as training runs it.
+    let (d0, s0) = gpu.counters();
+    let start = std::time::Instant::now();
+    run(false)?;
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (d1, s1) = gpu.counters();
     gpu.set_profiling(true)?;
     let result = run(true);
     let profile = gpu.take_profile();
@@ -435,7 +434,15 @@ pub fn profile_model(
     result?;
     let profile = profile?.ok_or_else(|| crate::Error::Invalid("the profiler returned no records".into()))?;
     let i = gpu.info();
-    Ok(ModelProfile { batch, backward, adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type), profile })
+    Ok(ModelProfile {
+        batch,
+        backward,
+        adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type),
+        profile,
+        dispatches: d1 - d0,
+        submits: s1 - s0,
+        wall_ms,
+    })
 }
 
 impl fmt::Display for ModelProfile {
@@ -452,6 +459,11 @@ impl fmt::Display for ModelProfile {
             "total",
             self.profile.records.len(),
             self.profile.total_ns() / 1e6
+        )?;
+        writeln!(
+            f,
+            "unprofiled pass: {} dispatches, {} submits, {:.2} ms wall (synced)",
+            self.dispatches, self.submits, self.wall_ms
         )?;
         write!(f, "{}", self.profile.table())
     }

@@ -11,8 +11,8 @@
 //!    (Rician magnitude noise for MRI, Poisson shot noise plus Gaussian read noise for photos),
 //!    colour cast, and the intensity curve (gamma, gain, offset).
 //!
-//! Everything is driven by [`Rng`], a seeded splitmix64 stream per image, so the same seed gives
-//! the same files on every run.
+//! Everything is driven by [`Rng`], seeded SplitMix64 streams per image (one for the anatomy, one
+//! for the acquisition), so the same seed gives the same files on every run.
 
 mod cardiac;
 mod fundus;
@@ -23,6 +23,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image_io::{resize_bilinear, save_png, Image, Mask};
+use crate::random::SplitMix64;
+
+/// Every stream here is SplitMix64 (see [`crate::random`]).
+type Rng = crate::random::Rng<SplitMix64>;
 
 /// A synthetic segmentation task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,55 +132,6 @@ impl Domain {
     /// Render size for output size `size`.
     pub fn render_size(&self, size: usize) -> usize {
         ((size as f32 * self.resolution).round() as usize).max(8)
-    }
-}
-
-/// A small seeded random stream (splitmix64): deterministic, no dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-fn splitmix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl Rng {
-    /// A stream from a seed and a path of stream identifiers (image index, purpose, ...).
-    pub fn new(seed: u64, stream: &[u64]) -> Rng {
-        let mut s = splitmix(seed ^ 0x05EE_D0F5_1A70);
-        for &p in stream {
-            s = splitmix(s ^ splitmix(p.wrapping_add(0x9E37_79B9_7F4A_7C15)));
-        }
-        Rng(s)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix(self.0)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f32) -> bool {
-        self.uniform() < p
-    }
-
-    /// A standard normal sample (Box–Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u = 1.0 - self.uniform(); // (0, 1]: ln is finite
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
     }
 }
 
@@ -390,8 +345,8 @@ const ACQUISITION: u64 = 2;
 pub fn generate(task: Task, domain: &Domain, size: usize, seed: u64, index: u64) -> (Image, Mask) {
     let task_id = task as u64;
     let domain_id = domain.name.bytes().next().unwrap_or(b'A') as u64;
-    let mut anatomy = Rng::new(seed, &[task_id, domain_id, index, ANATOMY]);
-    let mut acquisition = Rng::new(seed, &[task_id, domain_id, index, ACQUISITION]);
+    let mut anatomy = Rng::from_path(seed, &[task_id, domain_id, index, ANATOMY]);
+    let mut acquisition = Rng::from_path(seed, &[task_id, domain_id, index, ACQUISITION]);
     let render = domain.render_size(size);
     let (mut data, channels, labels, fov) = match task {
         Task::Cardiac => {

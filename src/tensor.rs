@@ -124,11 +124,6 @@ impl Tensor {
         self.0.requires_grad
     }
 
-    /// Whether this tensor is a parameter (a leaf collecting gradients).
-    pub fn is_param(&self) -> bool {
-        self.0.requires_grad && self.0.node.is_none()
-    }
-
     /// Downloads the data (waits for pending GPU work).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         let mut v = self.0.gpu.download(&self.0.data)?;

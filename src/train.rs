@@ -17,6 +17,7 @@ pub mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
-use augment::{augment_rng, epoch_order, Augmentation};
+use augment::{augment_rng, epoch_order, randomize_rng, Augmentation, Randomization};
 pub use report::LogEntry;
 
 /// The options that decide a run's trajectory: a resumed run must use the same ones.
@@ -61,12 +62,16 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Whether to augment (flips, scale/crop, intensity and colour jitter).
     pub augment: bool,
+    /// Whether to randomize the acquisition of each sample ([`augment::Randomization`]); false in
+    /// checkpoints written before it existed.
+    #[serde(default)]
+    pub randomize: bool,
 }
 
 impl TrainOptions {
     /// The defaults for a run of `steps` steps: batch 8, lr 1e-3, warmup min(100, steps/10),
     /// cosine to 1% of lr, weight decay 0.05, vision multiplier 1, betas (0.9, 0.999), eps 1e-8,
-    /// seed 0, augmentation on.
+    /// seed 0, augmentation and domain randomization on.
     pub fn new(steps: usize) -> TrainOptions {
         TrainOptions {
             steps,
@@ -81,6 +86,7 @@ impl TrainOptions {
             eps: 1e-8,
             seed: 0,
             augment: true,
+            randomize: true,
         }
     }
 
@@ -334,7 +340,7 @@ impl Trainer {
                 self.order = (epoch, epoch_order(self.options.seed, epoch, len));
             }
             let sample = &self.data.samples[self.order.1[position % len]];
-            let (image, mask) = if self.options.augment {
+            let (mut image, mask) = if self.options.augment {
                 self.augmentation.apply(
                     &sample.image,
                     &sample.mask,
@@ -343,6 +349,10 @@ impl Trainer {
             } else {
                 (sample.image.clone(), sample.mask.clone())
             };
+            if self.options.randomize {
+                Randomization::default()
+                    .apply(&mut image, &mut randomize_rng(self.options.seed, step as u64, item as u64));
+            }
             target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
             images.push(image);
         }
@@ -364,11 +374,17 @@ impl Trainer {
         let target = Arc::new(gpu.upload(&target)?);
         let out = self.model.forward(&input)?;
         let loss = self.model.loss(&out.logits_up, &target)?;
+        // The backward is recorded before the loss is read back, so forward, loss and backward
+        // reach the GPU as one stream of work with no wait in the middle; the check still comes
+        // before the optimizer touches a weight.
+        crate::backward(&loss)?;
         let value = loss.to_vec()?[0];
         if !value.is_finite() {
+            for (_, p) in self.model.parameters() {
+                p.zero_grad();
+            }
             return Err(Error::Invalid(format!("the loss is not finite ({value}) at step {step}; the weights of step {} were not updated (try a lower --lr)", step - 1)));
         }
-        crate::backward(&loss)?;
         let lr = learning_rate(&self.options, step);
         crate::no_grad(|| -> Result<()> {
             for (name, p) in self.model.parameters() {
@@ -438,9 +454,37 @@ impl Trainer {
 }
 
 /// Mean foreground Dice of `model` on `data` (`vlsa eval`'s measure: per image at its own size,
-/// averaged over images, then over classes), in batches of `batch`.
+/// averaged over images, then over classes), in batches of `batch`. When no foreground class is
+/// in any mask or prediction the Dice is undefined (0/0): that is an error, not a perfect score.
 pub fn validation_dice(model: &Model, data: &Dataset, batch: usize) -> Result<f32> {
-    Ok(crate::eval::evaluate(model, data, batch.max(1))?.mean.unwrap_or(1.0) as f32)
+    validation_dice_with(model, data, batch, &mut |_| {})
+}
+
+/// [`validation_dice`], calling `progress` with the number of images done after each batch.
+pub fn validation_dice_with(
+    model: &Model,
+    data: &Dataset,
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<f32> {
+    let result = crate::eval::evaluate_with_progress(model, data, batch.max(1), progress)?;
+    result.mean.map(|d| d as f32).ok_or_else(|| {
+        Error::Invalid(format!(
+            "no foreground in the validation set {}: neither its masks nor the predictions hold a class other than the background, so Dice is undefined",
+            data.root.display()
+        ))
+    })
+}
+
+/// Checks that a validation set has foreground pixels (a Dice is defined on it).
+pub fn check_validation_set(data: &Dataset) -> Result<()> {
+    if data.samples.iter().all(|s| s.mask.labels.iter().all(|&l| l == 0)) {
+        return Err(Error::Invalid(format!(
+            "no foreground in the validation set {}: every mask is background only, so its Dice is undefined; give a validation set with labelled structures",
+            data.root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// How [`run`] reports and saves, without effect on the trajectory.
@@ -458,6 +502,8 @@ pub struct RunOptions {
     pub stop_at: Option<usize>,
     /// No progress output.
     pub quiet: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 /// What a [`run`] did.
@@ -478,6 +524,8 @@ pub struct RunSummary {
     pub dispatches_per_step: f64,
     /// Wall time of the run in seconds.
     pub seconds: f64,
+    /// Whether the run stopped early because `interrupt` was set (a checkpoint was written).
+    pub interrupted: bool,
 }
 
 /// Trains until the last step (or `stop_at`): validation, checkpoints, the log and the curve
@@ -501,7 +549,13 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
         };
         Error::Invalid(format!("training stopped at step {step}: {e}; {kept}"))
     };
+    let interrupted = || opts.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+    let mut was_interrupted = false;
     for step in first + 1..=stop {
+        if interrupted() {
+            was_interrupted = true;
+            break;
+        }
         let (before, clock) = (gpu.counters().0, std::time::Instant::now());
         let mut entry = trainer.step().map_err(|e| {
             progress.finish();
@@ -511,7 +565,10 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
         dispatches += gpu.counters().0 - before;
         if let Some(v) = val {
             if step % opts.val_every.max(1) == 0 || step == stop {
-                let d = validation_dice(&trainer.model, v, trainer.options.batch).map_err(|e| {
+                let d = validation_dice_with(&trainer.model, v, trainer.options.batch, &mut |done| {
+                    progress.validating(done, v.len())
+                })
+                .map_err(|e| {
                     progress.finish();
                     stopped(trainer, e, step)
                 })?;
@@ -523,11 +580,19 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
             }
         }
         progress.update(step, seconds, &entry);
-        if step % opts.checkpoint_every.max(1) == 0 || step == stop {
+        if step % opts.checkpoint_every.max(1) == 0 || step == stop || interrupted() {
             trainer.save_checkpoint(&opts.out).map_err(|e| {
                 progress.finish();
                 stopped(trainer, e, step)
             })?;
+            report::write_side_files(&opts.out, &trainer.log)?;
+        }
+    }
+    if was_interrupted {
+        progress.finish();
+        // Interrupted before any step of this run: the checkpoint on disk (if any) is current.
+        if trainer.saved_step != Some(trainer.step) {
+            trainer.save_checkpoint(&opts.out)?;
             report::write_side_files(&opts.out, &trainer.log)?;
         }
     }
@@ -540,7 +605,188 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
         images_per_second: progress.images_per_second(),
         dispatches_per_step: if steps_run > 0 { dispatches as f64 / steps_run as f64 } else { 0.0 },
         seconds: progress.elapsed(),
+        interrupted: was_interrupted,
     })
+}
+
+/// The options a user gave for a run (`None`: not given). A new run fills the rest with
+/// [`TrainOptions::new`]'s defaults; a resumed run takes the checkpoint's, and every value given
+/// must equal the checkpoint's, since resuming exactly needs the same trajectory.
+#[derive(Debug, Clone, Default)]
+pub struct OptionChoices {
+    /// `--steps`.
+    pub steps: Option<usize>,
+    /// `--batch`.
+    pub batch: Option<usize>,
+    /// `--lr`.
+    pub lr: Option<f32>,
+    /// `--warmup`.
+    pub warmup: Option<usize>,
+    /// `--weight-decay`.
+    pub weight_decay: Option<f32>,
+    /// `--vision-lr-mult`.
+    pub vision_lr_mult: Option<f32>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `Some(false)` for `--no-augment`.
+    pub augment: Option<bool>,
+    /// `Some(false)` for `--no-randomize`.
+    pub randomize: Option<bool>,
+}
+
+impl OptionChoices {
+    /// The options of a new run: the values given, else the defaults (the vision encoder's
+    /// multiplier is 0.1 when the model is `pretrained`, 1 otherwise).
+    pub fn new_run(&self, pretrained: bool) -> Result<TrainOptions> {
+        let steps = self.steps.ok_or_else(|| Error::Invalid("--steps is required for a new run".into()))?;
+        let defaults = TrainOptions::new(steps);
+        let options = TrainOptions {
+            batch: self.batch.unwrap_or(defaults.batch),
+            lr: self.lr.unwrap_or(defaults.lr),
+            warmup: self.warmup.unwrap_or(defaults.warmup),
+            weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
+            vision_lr_mult: self.vision_lr_mult.unwrap_or(if pretrained { 0.1 } else { 1.0 }),
+            seed: self.seed.unwrap_or(defaults.seed),
+            augment: self.augment.unwrap_or(defaults.augment),
+            randomize: self.randomize.unwrap_or(defaults.randomize),
+            ..defaults
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Checks every value given against the options the checkpoint `source` was trained with;
+    /// the error names the flag and both values.
+    pub fn check_resume(&self, o: &TrainOptions, source: &Path) -> Result<()> {
+        fn differs<T: PartialEq + std::fmt::Display>(flag: &str, given: Option<T>, had: T) -> Option<String> {
+            given.filter(|v| *v != had).map(|v| format!("{flag} {v} differs from the {had} the checkpoint"))
+        }
+        let augment = |a: bool| if a { "augmentation" } else { "--no-augment" };
+        let randomize = |r: bool| if r { "domain randomization" } else { "--no-randomize" };
+        let found = differs("--steps", self.steps, o.steps)
+            .or_else(|| differs("--batch", self.batch, o.batch))
+            .or_else(|| differs("--lr", self.lr, o.lr))
+            .or_else(|| differs("--warmup", self.warmup, o.warmup))
+            .or_else(|| differs("--weight-decay", self.weight_decay, o.weight_decay))
+            .or_else(|| differs("--vision-lr-mult", self.vision_lr_mult, o.vision_lr_mult))
+            .or_else(|| differs("--seed", self.seed, o.seed))
+            .or_else(|| {
+                self.augment
+                    .filter(|a| *a != o.augment)
+                    .map(|a| format!("{} differs from the {} the checkpoint", augment(a), augment(o.augment)))
+            })
+            .or_else(|| {
+                self.randomize
+                    .filter(|r| *r != o.randomize)
+                    .map(|r| format!("{} differs from the {} the checkpoint", randomize(r), randomize(o.randomize)))
+            });
+        match found {
+            Some(what) => Err(Error::Invalid(format!(
+                "{what} {} was trained with; resuming exactly needs the same options (leave the flag out to take the checkpoint's)",
+                source.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a new run's model comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// A random model of this configuration file.
+    Config(&'a Path),
+    /// This model file (a pretrained model: the vision encoder's default multiplier is 0.1).
+    Model(&'a Path),
+}
+
+/// What `vlsa train` asks for before the first step.
+#[derive(Debug, Clone)]
+pub struct Setup<'a> {
+    /// The checkpoint file.
+    pub out: &'a Path,
+    /// The training data set.
+    pub data: &'a Path,
+    /// The model of a new run (with `resume`, a configuration given must be the checkpoint's).
+    pub start: Option<Start<'a>>,
+    /// Continue from the checkpoint at `out` when there is one.
+    pub resume: bool,
+    /// Replace an existing checkpoint (and its log and curve) with a new run.
+    pub force: bool,
+    /// The options given.
+    pub choices: &'a OptionChoices,
+}
+
+/// How [`prepare`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begun {
+    /// From step 0.
+    New,
+    /// `resume` was asked but there was no checkpoint yet: from step 0.
+    NoCheckpointYet,
+    /// From the checkpoint's step.
+    Resumed,
+}
+
+/// Makes the trainer of a run: resumes the checkpoint at `out` (checking the options given
+/// against it) or starts a new run. An existing checkpoint, log or curve is never replaced
+/// without `force`, and `resume` with `force` is refused.
+pub fn prepare(gpu: &Gpu, setup: &Setup) -> Result<(Trainer, Begun)> {
+    let out = setup.out;
+    if setup.resume && setup.force {
+        return Err(Error::Invalid(
+            "--resume continues the checkpoint and --force replaces it; give one of them".into(),
+        ));
+    }
+    if setup.resume && out.is_file() {
+        let trainer = Trainer::resume(gpu, out, setup.data)?;
+        match setup.start {
+            Some(Start::Config(path)) if read_config(path)? != trainer.model.config => {
+                return Err(Error::Invalid(format!(
+                    "{} is not the configuration of the checkpoint {}; resume without --config or with the same one",
+                    path.display(),
+                    out.display()
+                )));
+            }
+            Some(Start::Model(path)) => {
+                return Err(Error::Invalid(format!(
+                    "--model {} starts a new run but --resume continues the checkpoint {}; leave out --model to resume",
+                    path.display(),
+                    out.display()
+                )))
+            }
+            _ => {}
+        }
+        setup.choices.check_resume(&trainer.options, out)?;
+        return Ok((trainer, Begun::Resumed));
+    }
+    if !setup.resume && !setup.force {
+        let (log, curve) = report::side_paths(out);
+        let existing = [out, log.as_path(), curve.as_path()].into_iter().find(|p| p.exists());
+        if let Some(existing) = existing {
+            return Err(Error::Invalid(format!(
+                "{} already exists; add --resume to continue that run or --force to replace it and its log and curve",
+                existing.display()
+            )));
+        }
+    }
+    let (model, pretrained) = match setup.start {
+        Some(Start::Config(c)) => (Model::init(gpu, read_config(c)?, setup.choices.seed.unwrap_or(0))?, false),
+        Some(Start::Model(m)) => (Model::load(gpu, m)?, true),
+        None => return Err(Error::Invalid("a new run needs --config or --model".into())),
+    };
+    let options = setup.choices.new_run(pretrained)?;
+    let data = Dataset::load(setup.data, model.config.num_classes())?;
+    if options.batch > data.len() {
+        return Err(Error::Invalid(format!(
+            "--batch {} is larger than the {} images of {}; give at most {}",
+            options.batch,
+            data.len(),
+            setup.data.display(),
+            data.len()
+        )));
+    }
+    let begun = if setup.resume { Begun::NoCheckpointYet } else { Begun::New };
+    Ok((Trainer::new(model, options, data)?, begun))
 }
 
 /// Reads a configuration file (for `vlsa train --config`).

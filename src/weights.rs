@@ -42,6 +42,12 @@ pub struct TensorFile {
 impl TensorFile {
     /// Reads a safetensors file; every problem is an error naming the file (and tensor).
     pub fn read(path: &Path) -> Result<TensorFile> {
+        if path.is_dir() {
+            return Err(Error::Format {
+                path: path.display().to_string(),
+                message: "is a folder, not a safetensors file; give the .safetensors file itself".into(),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         TensorFile::parse(&bytes, &path.display().to_string())
     }
@@ -122,6 +128,30 @@ const MAX_HEADER: u64 = 100_000_000;
 /// Checks the 8-byte header length against the file before anything is parsed, so a truncated
 /// file or a garbage length (huge, or negative read as signed) gets a sentence that says which.
 fn check_header_length(bytes: &[u8]) -> std::result::Result<(), String> {
+    // A safetensors header is JSON, so byte 8 opens it with `{`; a file whose length field is
+    // wrong and that does not have one is something else altogether (an image, a text file).
+    header_length_problem(bytes).map_err(|problem| match bytes.get(LENGTH_BYTES) {
+        Some(&b) if b != b'{' => format!("is not a safetensors file ({}); give a model file", file_kind(bytes)),
+        _ => problem,
+    })
+}
+
+/// What a file that is not safetensors looks like, from its first bytes.
+fn file_kind(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(b"\x89PNG") {
+        "it is a PNG image"
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        "it is a JPEG image"
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        "it is a zip archive, e.g. a PyTorch .bin or .pt file"
+    } else if std::str::from_utf8(&bytes[..bytes.len().min(256)]).is_ok() {
+        "it is text"
+    } else {
+        "it does not start with a header length and a JSON header"
+    }
+}
+
+fn header_length_problem(bytes: &[u8]) -> std::result::Result<(), String> {
     let Some(head) = bytes.get(..LENGTH_BYTES) else {
         return Err(format!(
             "the file is {} bytes long, too short for a safetensors header (an 8-byte length, then JSON)",

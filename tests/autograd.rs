@@ -91,6 +91,59 @@ fn linear_matmul_and_activations() {
 }
 
 #[test]
+fn fused_linear_epilogues_and_folded_gradients() {
+    // A pre-norm block as the model builds it: x feeds a norm and the residual stream (the norm's
+    // backward adds the stream's gradient), the normed h feeds three projections (their matmul
+    // backwards accumulate into one gradient), bias+activation and bias+residual are fused.
+    use vlsa::kernels::elementwise::UnaryOp;
+    let block = |p: &[Tensor]| -> vlsa::kernels::Result<Tensor> {
+        let x = &p[0];
+        let h = x.layer_norm(&p[1], &p[2], 1e-5)?;
+        let (q, k, v) = (h.linear(&p[3], Some(&p[4]))?, h.linear(&p[3], None)?, h.linear(&p[5], Some(&p[4]))?);
+        let a = q.mul(&k)?.add(&v)?;
+        let x = a.linear_residual(&p[3], &p[4], x)?;
+        let h = x.layer_norm(&p[1], &p[2], 1e-5)?.linear_act(&p[6], &p[7], UnaryOp::QuickGelu)?;
+        let x = h.linear_residual(&p[8], &p[4], &x)?;
+        x.mul(&x)?.sum()
+    };
+    check_graph(
+        "fused pre-norm block",
+        &[&[2, 5, 6], &[6], &[6], &[6, 6], &[6], &[6, 6], &[9, 6], &[9], &[6, 9]],
+        &block,
+        5,
+    );
+    // The fused ops give what their composites give, forward and gradients.
+    let gpu = common::gpu();
+    let mut rng = Rng::new(6);
+    let shapes: [&[usize]; 4] = [&[3, 4, 6], &[7, 6], &[7], &[3, 4, 7]];
+    let data: Vec<Vec<f32>> = shapes.iter().map(|s| rng.vec(s.iter().product())).collect();
+    let run = |fused: bool| -> Vec<Vec<f32>> {
+        let p: Vec<Tensor> = data.iter().zip(shapes).map(|(d, s)| Tensor::param(gpu, d, s).unwrap()).collect();
+        let linear = || p[0].linear(&p[1], Some(&p[2])).unwrap();
+        let (y, z) = if fused {
+            (p[0].linear_act(&p[1], &p[2], UnaryOp::Gelu).unwrap(), p[0].linear_residual(&p[1], &p[2], &p[3]).unwrap())
+        } else {
+            (linear().gelu().unwrap(), p[3].add(&linear()).unwrap())
+        };
+        let loss = y.mul(&z).unwrap().sum().unwrap();
+        backward(&loss).unwrap();
+        std::iter::once(loss.to_vec().unwrap()).chain(p.iter().map(|t| t.grad().unwrap().to_vec().unwrap())).collect()
+    };
+    let (fused, composite) = (run(true), run(false));
+    for (k, (a, b)) in fused.iter().zip(&composite).enumerate() {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 + 1e-4 * y.abs(), "fused vs composite, item {k}[{i}]: {x} vs {y}");
+        }
+    }
+    // A residual of the wrong shape is one clear error.
+    let x = Tensor::from_vec(gpu, &[0.0; 12], &[2, 6]).unwrap();
+    let w = Tensor::from_vec(gpu, &[0.0; 42], &[7, 6]).unwrap();
+    let b = Tensor::from_vec(gpu, &[0.0; 7], &[7]).unwrap();
+    let err = x.linear_residual(&w, &b, &x).unwrap_err().to_string();
+    assert!(err.contains("residual of shape [2, 6]"), "{err}");
+}
+
+#[test]
 fn shape_ops_and_normalisations() {
     check_graph(
         "permute/reshape/sum_axis/softmax",

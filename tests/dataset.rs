@@ -1,4 +1,4 @@
-//! The data-set loader: the DESIGN.md layout, and one clear error per kind of broken folder.
+//! The data-set loader: the docs/DESIGN.md layout, and one clear error per kind of broken folder.
 
 use std::path::{Path, PathBuf};
 

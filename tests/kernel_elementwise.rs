@@ -212,3 +212,113 @@ fn large_flat_grid_covers_more_than_65535_workgroups() {
         assert_eq!(y[i], 2.0 * x[i] + 1.0, "element {i}");
     }
 }
+
+/// Sums a [rows, c] gradient over rows, as the launchers' callers do for a bias.
+fn sum_rows(
+    gpu: &vlsa_kernels::Gpu,
+    g: &vlsa_kernels::GpuBuffer,
+    rows: usize,
+    c: usize,
+) -> vlsa_kernels::Result<vlsa_kernels::GpuBuffer> {
+    let out = gpu.alloc(c)?;
+    vlsa_kernels::reduce::sum_axis(gpu, g, 1, rows, c, &out)?;
+    Ok(out)
+}
+
+fn ref_sum_rows(g: &[f64], c: usize) -> Vec<f64> {
+    let mut out = vec![0.0; c];
+    for (i, v) in g.iter().enumerate() {
+        out[i % c] += v;
+    }
+    out
+}
+
+#[test]
+fn bias_act_forward_backward_and_finite_differences() {
+    let mut rng = Rng::new(11);
+    for op in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::QuickGelu] {
+        for &(rows, c) in &[(1usize, 1usize), (3, 7), (17, 33), (65, 129)] {
+            let mut x = Input::random(&mut rng, &[rows, c]);
+            x.data.iter_mut().for_each(|v| *v *= 3.0);
+            let bias = Input::random(&mut rng, &[c]);
+            if op == UnaryOp::Relu {
+                // Keep x + bias away from relu's kink, where finite differences are meaningless.
+                for (i, v) in x.data.iter_mut().enumerate() {
+                    if (*v + bias.data[i % c]).abs() < 1e-2 {
+                        *v += 0.1;
+                    }
+                }
+            }
+            let pre = move |x: &[Vec<f64>], i: usize| x[0][i] + x[1][i % c];
+            check(
+                Case::new(
+                    format!("bias_act {op:?} [{rows},{c}]"),
+                    vec![x, bias],
+                    move |x| (0..rows * c).map(|i| ref_unary(op, pre(x, i))).collect(),
+                    move |gpu, x| {
+                        let out = gpu.alloc(rows * c)?;
+                        elementwise::bias_act(gpu, op, &x[0], &x[1], &out, rows, c)?;
+                        Ok(out)
+                    },
+                )
+                .backward(
+                    move |gpu, x, dy| {
+                        let dz = gpu.alloc(rows * c)?;
+                        elementwise::bias_act_backward(gpu, op, &x[0], &x[1], dy, &dz, rows, c)?;
+                        let db = sum_rows(gpu, &dz, rows, c)?;
+                        Ok(vec![Some(dz), Some(db)])
+                    },
+                    move |x, dy| {
+                        let dz: Vec<f64> = (0..rows * c).map(|i| dy[i] * ref_unary_grad(op, pre(x, i))).collect();
+                        let db = ref_sum_rows(&dz, c);
+                        vec![Some(dz), Some(db)]
+                    },
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn bias_residual_forward_backward_and_finite_differences() {
+    let mut rng = Rng::new(12);
+    for &(rows, c) in &[(1usize, 1usize), (5, 3), (31, 64), (129, 33)] {
+        let inputs = vec![
+            Input::random(&mut rng, &[rows, c]),
+            Input::random(&mut rng, &[c]),
+            Input::random(&mut rng, &[rows, c]),
+        ];
+        check(
+            Case::new(
+                format!("bias_residual [{rows},{c}]"),
+                inputs,
+                move |x| (0..rows * c).map(|i| x[0][i] + x[1][i % c] + x[2][i]).collect(),
+                move |gpu, x| {
+                    let out = gpu.alloc(rows * c)?;
+                    elementwise::bias_residual(gpu, &x[0], &x[1], &x[2], &out, rows, c)?;
+                    Ok(out)
+                },
+            )
+            .backward(
+                move |gpu, _x, dy| {
+                    // The backward of a sum: dy to the product and the residual, its row sum to the bias.
+                    let (dx, dr) = (gpu.alloc(rows * c)?, gpu.alloc(rows * c)?);
+                    gpu.copy(dy, &dx)?;
+                    gpu.copy(dy, &dr)?;
+                    Ok(vec![Some(dx), Some(sum_rows(gpu, dy, rows, c)?), Some(dr)])
+                },
+                move |_x, dy| vec![Some(dy.to_vec()), Some(ref_sum_rows(dy, c)), Some(dy.to_vec())],
+            ),
+        );
+    }
+}
+
+#[test]
+fn fused_epilogues_reject_mismatched_bias_with_one_sentence() {
+    let gpu = common::gpu();
+    let (a, bias, out) = (gpu.alloc(12).unwrap(), gpu.alloc(3).unwrap(), gpu.alloc(12).unwrap());
+    let err = elementwise::bias_act(gpu, UnaryOp::Gelu, &a, &bias, &out, 3, 4).unwrap_err().to_string();
+    assert!(err.contains("bias"), "{err}");
+    let err = elementwise::bias_residual(gpu, &a, &bias, &a, &out, 3, 4).unwrap_err().to_string();
+    assert!(err.contains("bias"), "{err}");
+}

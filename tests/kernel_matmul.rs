@@ -69,6 +69,11 @@ fn forward_matches_reference_over_shapes_and_transposes() {
         (1, 130, 68, 132),
         (2, 36, 40, 7),
         (1, 4, 4, 4),
+        // The subgroup kernels' 64 x 32 workgroup block: one row past it, partial lanes, a
+        // column edge inside a lane's 32 columns, K tails for the general and tn kernels.
+        (1, 65, 36, 12),
+        (2, 72, 100, 9),
+        (1, 200, 96, 36),
     ];
     for path in paths() {
         for &(batch, m, n, k) in &shapes {

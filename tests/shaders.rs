@@ -2,7 +2,7 @@
 //! the way vlsa's launchers expect (group 0; binding 0 uniform; storage buffers after it;
 //! at most 7 storage buffers per entry point).
 
-use vlsa_kernels::pipeline::validate_wgsl;
+use vlsa_kernels::pipeline::{expand_includes, validate_wgsl};
 
 #[test]
 fn every_shader_parses_and_validates() {
@@ -53,4 +53,48 @@ fn a_broken_shader_is_an_error_naming_the_file() {
     let err = validate_wgsl("broken.wgsl", "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }").unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("broken.wgsl"), "{msg}");
+}
+
+/// A shader with the shared reductions included, and an error on line 6 of its own text.
+const INCLUDING: &str = "const WG: u32 = 64u;
+#include \"workgroup_reduce.wgsl\"
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    let s = workgroup_sum(1.0, lid);
+    let bad: u32 = s;
+}
+";
+
+#[test]
+fn includes_are_appended_and_lines_keep_their_numbers() {
+    let expanded = expand_includes("t.wgsl", &INCLUDING.replace("let bad: u32 = s;", "")).unwrap();
+    let own = INCLUDING.lines().count();
+    assert_eq!(expanded.parts, vec![(own + 1, "workgroup_reduce.wgsl")]);
+    assert_eq!(expanded.text.lines().nth(4), INCLUDING.lines().nth(4), "line 5 moved");
+    assert!(expanded.text.contains("fn workgroup_max"));
+    assert_eq!(expanded.origin("t.wgsl", 3), ("t.wgsl", 3));
+    assert_eq!(expanded.origin("t.wgsl", own + 2), ("workgroup_reduce.wgsl", 2));
+    validate_wgsl("t.wgsl", &INCLUDING.replace("let bad: u32 = s;", "")).unwrap();
+}
+
+#[test]
+fn an_error_after_an_include_names_the_shader_and_its_own_line() {
+    let msg = validate_wgsl("t.wgsl", INCLUDING).unwrap_err().to_string();
+    assert!(msg.contains("t.wgsl:6:"), "{msg}");
+}
+
+#[test]
+fn an_error_inside_an_included_file_names_that_file() {
+    // The including shader forgets WG, which only the included file uses.
+    let msg = validate_wgsl("t.wgsl", "#include \"workgroup_reduce.wgsl\"\n").unwrap_err().to_string();
+    assert!(msg.contains("include/workgroup_reduce.wgsl (included by t.wgsl)"), "{msg}");
+    assert!(msg.contains(" of include/workgroup_reduce.wgsl, included by t.wgsl"), "{msg}");
+}
+
+#[test]
+fn an_unknown_include_is_an_error_naming_it() {
+    let msg = validate_wgsl("t.wgsl", "#include \"nowhere.wgsl\"\n").unwrap_err().to_string();
+    assert!(msg.contains("t.wgsl") && msg.contains("nowhere.wgsl") && msg.contains("line 1"), "{msg}");
+    let msg = validate_wgsl("t.wgsl", "\n#include nowhere.wgsl\n").unwrap_err().to_string();
+    assert!(msg.contains("line 2"), "{msg}");
 }

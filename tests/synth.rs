@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use vlsa::data::Dataset;
 use vlsa::image_io::{Image, Mask};
-use vlsa::synth::{generate, write_dataset, Domain, SynthOptions, Task};
+use vlsa::synth::{generate, write_dataset, Domain, SynthOptions, Task, DOMAINS};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vlsa-synth-test-{}-{name}", std::process::id()));
@@ -55,7 +55,7 @@ fn same_seed_same_bytes_other_seed_other_images() {
         assert_eq!(json["domain"]["name"], "B");
         assert_eq!(json["domain"]["gamma"].as_f64().unwrap() as f32, Domain::of(task, "B").unwrap().gamma);
         assert_eq!(json["classes"].as_array().unwrap().len(), task.classes().len());
-        // The folder is a data set in DESIGN.md's layout.
+        // The folder is a data set in docs/DESIGN.md's layout.
         let data = Dataset::load(&a, task.classes().len()).unwrap();
         assert_eq!(data.len(), 4);
         assert_eq!((data.samples[0].image.width, data.samples[0].mask.height), (48, 48));
@@ -177,7 +177,7 @@ fn domains_differ_measurably_and_anatomy_does_not() {
     // The anatomy is drawn from one distribution: class shares agree across domains.
     for task in [Task::Cardiac, Task::Fundus] {
         let fg = |_: &Image, m: &Mask| 1.0 - share(m, 0);
-        let shares: Vec<f64> = ["A", "B", "C", "D"].iter().map(|d| mean_stat(task, d, fg)).collect();
+        let shares: Vec<f64> = DOMAINS.iter().map(|d| mean_stat(task, d, fg)).collect();
         let (lo, hi) = shares.iter().fold((1.0f64, 0.0f64), |(l, h), &s| (l.min(s), h.max(s)));
         assert!(hi < 1.6 * lo, "{}: foreground shares per domain {shares:?}", task.name());
     }
@@ -186,7 +186,7 @@ fn domains_differ_measurably_and_anatomy_does_not() {
 #[test]
 fn domain_parameters_differ_and_bad_names_are_errors() {
     for task in [Task::Cardiac, Task::Fundus] {
-        let all: Vec<Domain> = ["A", "B", "C", "D"].iter().map(|d| Domain::of(task, d).unwrap()).collect();
+        let all: Vec<Domain> = DOMAINS.iter().map(|d| Domain::of(task, d).unwrap()).collect();
         for i in 0..4 {
             for j in i + 1..4 {
                 assert_ne!(all[i], all[j]);

@@ -32,7 +32,15 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn run_options(out: &Path, checkpoint_every: usize, stop_at: Option<usize>) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), val_every: 1000, checkpoint_every, log_every: 1000, stop_at, quiet: true }
+    RunOptions {
+        out: out.to_path_buf(),
+        val_every: 1000,
+        checkpoint_every,
+        log_every: 1000,
+        stop_at,
+        quiet: true,
+        interrupt: None,
+    }
 }
 
 fn mean(v: &[f32]) -> f32 {

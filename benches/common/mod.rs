@@ -41,15 +41,7 @@ pub fn bench_gpu(
 
 /// Deterministic pseudo-random data in [-1, 1).
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    vlsa::random::Rng::new(seed).vec(n)
 }
 
 /// Short measurement settings: lavapipe is slow and CI machines have two cores.

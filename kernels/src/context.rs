@@ -14,7 +14,8 @@
 //!
 //! Batching: dispatches are recorded into one open command encoder and submitted when a
 //! readback needs the results, when [`Gpu::flush`]/[`Gpu::sync`] is called, or every
-//! [`MAX_PENDING`] dispatches, so the queue never holds an unbounded command buffer.
+//! [`SUBMIT_EVERY`] dispatches, so the GPU starts early and the queue never holds an unbounded
+//! command buffer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,12 +23,14 @@ use std::time::Instant;
 
 use crate::buffer::{size_class, BufferPool, GpuBuffer, PoolStats, STORAGE_USAGE};
 use crate::path::KernelPath;
-use crate::pipeline::{BindingKind, PipelineCache, Shader};
+use crate::pipeline::{BindingKind, Kernel, PipelineCache, Shader};
 use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
 use crate::{Error, Result};
 
-/// Dispatches recorded before an automatic submit.
-pub const MAX_PENDING: usize = 512;
+/// Dispatches recorded before an automatic submit: small enough that the GPU starts on the
+/// first part of a training step while the host records the rest, large enough that submits
+/// stay few (a default-config training step is a few hundred dispatches).
+pub const SUBMIT_EVERY: usize = 128;
 /// Timestamp queries per query set (two per dispatch).
 const QUERY_CAPACITY: u32 = 512;
 /// Bytes per uniform block of the uniform arena.
@@ -78,6 +81,16 @@ pub struct Dispatch<'a> {
     pub workgroups: [u32; 3],
     /// What to call it in a profile.
     pub label: KernelLabel,
+}
+
+/// How one launch is timed (see [`Gpu::set_profiling`]).
+enum DispatchTiming {
+    /// Profiling is off.
+    Off,
+    /// Between the timestamp queries `query` and `query + 1`.
+    Timestamps { query: u32 },
+    /// By the host clock from `start`, the launch alone on the queue.
+    WallClock { start: Instant, scopes: Vec<String> },
 }
 
 struct UniformArena {
@@ -534,9 +547,31 @@ impl Gpu {
     }
 
     // ----- dispatch -----
+    //
+    // A launch goes through four steps, each in one place: `check_dispatch` (the adapter's
+    // limits), `bind` (parameter block and storage buffers into a bind group), `record_pass`
+    // (the compute pass, with the profiler's `begin_timing`/`end_timing` around it) and
+    // `submit_policy` (when the open encoder goes to the queue).
 
     /// Records one kernel launch (submitted later, in order).
     pub fn dispatch(&self, d: Dispatch<'_>) -> Result<()> {
+        if !self.check_dispatch(&d)? {
+            return Ok(());
+        }
+        let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
+        let mut r = lock(&self.inner.recorder);
+        let bind_group = self.bind(&mut r, &kernel, &d)?;
+        let timing = self.begin_timing(&mut r, &d.label)?;
+        self.record_pass(&mut r, &kernel, &bind_group, &d, &timing);
+        r.pending += 1;
+        r.dispatches += 1;
+        self.end_timing(&mut r, timing, d.label)?;
+        self.submit_policy(&mut r)
+    }
+
+    /// Checks a launch against the adapter's limits; `Ok(false)` when it has nothing to run
+    /// (a zero-sized grid).
+    fn check_dispatch(&self, d: &Dispatch<'_>) -> Result<bool> {
         let limits = self.limits();
         let max_wg = limits.max_compute_workgroups_per_dimension;
         for (axis, &n) in ["x", "y", "z"].iter().zip(&d.workgroups) {
@@ -549,7 +584,7 @@ impl Gpu {
             }
         }
         if d.workgroups.contains(&0) {
-            return Ok(());
+            return Ok(false);
         }
         let max_bind = limits.max_storage_buffer_binding_size;
         for (i, b) in d.buffers.iter().enumerate() {
@@ -564,10 +599,13 @@ impl Gpu {
                 return Err(Error::Limit { what, needed: b.byte_len(), limit: max_bind });
             }
         }
-        let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
-        let mut r = lock(&self.inner.recorder);
+        Ok(true)
+    }
 
-        let uniform = if d.params.is_empty() { None } else { Some(self.push_uniform(&mut r, d.params)?) };
+    /// The bind group of a launch: its parameter block (copied into the uniform arena) at
+    /// binding 0 and its storage buffers at the bindings the kernel uses.
+    fn bind(&self, r: &mut Recorder, kernel: &Kernel, d: &Dispatch<'_>) -> Result<wgpu::BindGroup> {
+        let uniform = if d.params.is_empty() { None } else { Some(self.push_uniform(r, d.params)?) };
         let mut entries = Vec::with_capacity(kernel.bindings.len());
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
@@ -593,61 +631,87 @@ impl Gpu {
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });
         }
-        let bind_group = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        Ok(self.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(d.entry),
             layout: &kernel.layout,
             entries: &entries,
-        });
-        drop(entries);
+        }))
+    }
 
-        let wall_clock = r.profiler.as_ref().is_some_and(|p| p.timestamps.is_none());
-        let t0 = if wall_clock {
-            self.submit(&mut r)?;
-            self.wait()?;
-            Some(Instant::now())
-        } else {
-            None
-        };
-        let scopes = r.scopes.clone();
-        let query = match r.profiler.as_mut().and_then(|p| p.timestamps.as_mut()) {
-            Some(ts) => {
-                let i = ts.used;
-                ts.used += 2;
-                ts.pending.push((d.label.clone(), scopes.clone()));
-                Some(i)
-            }
-            None => None,
-        };
-        {
-            let Recorder { encoder, profiler, .. } = &mut *r;
-            let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
-            let timestamp_writes = query.and_then(|i| {
+    /// Records the compute pass of one launch, with timestamp writes when `timing` asks.
+    fn record_pass(
+        &self,
+        r: &mut Recorder,
+        kernel: &Kernel,
+        bind_group: &wgpu::BindGroup,
+        d: &Dispatch<'_>,
+        timing: &DispatchTiming,
+    ) {
+        let Recorder { encoder, profiler, .. } = r;
+        let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
+        let timestamp_writes = match timing {
+            DispatchTiming::Timestamps { query } => {
                 profiler.as_ref().and_then(|p| p.timestamps.as_ref()).map(|ts| wgpu::ComputePassTimestampWrites {
                     query_set: &ts.queries,
-                    beginning_of_pass_write_index: Some(i),
-                    end_of_pass_write_index: Some(i + 1),
+                    beginning_of_pass_write_index: Some(*query),
+                    end_of_pass_write_index: Some(query + 1),
                 })
-            });
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.entry), timestamp_writes });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
-        }
-        r.pending += 1;
-        r.dispatches += 1;
+            }
+            _ => None,
+        };
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(d.entry), timestamp_writes });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+    }
 
-        if wall_clock {
-            // No timestamps: the dispatch ran alone (earlier work was waited for before it
-            // was recorded), so the host clock around its submit-and-wait is its time.
-            self.submit(&mut r)?;
-            self.wait()?;
-            let elapsed = t0.expect("set when profiling by wall clock").elapsed().as_nanos() as f64;
-            let p = r.profiler.as_mut().expect("profiling on");
-            let start = p.wall_origin.elapsed().as_nanos() as f64 - elapsed;
-            p.records.push(DispatchRecord { label: d.label, scopes, start_ns: start, duration_ns: elapsed });
-        } else if r.pending >= MAX_PENDING || query.is_some_and(|i| i + 2 >= QUERY_CAPACITY) {
-            self.submit(&mut r)?;
+    /// The profiler's side of a launch, before it is recorded: reserves two timestamp queries,
+    /// or (without timestamps) drains the queue so the host clock can time the launch alone.
+    fn begin_timing(&self, r: &mut Recorder, label: &KernelLabel) -> Result<DispatchTiming> {
+        let Some(p) = r.profiler.as_mut() else { return Ok(DispatchTiming::Off) };
+        let scopes = r.scopes.clone();
+        if let Some(ts) = p.timestamps.as_mut() {
+            let query = ts.used;
+            ts.used += 2;
+            ts.pending.push((label.clone(), scopes));
+            return Ok(DispatchTiming::Timestamps { query });
+        }
+        self.submit(r)?;
+        self.wait()?;
+        Ok(DispatchTiming::WallClock { start: Instant::now(), scopes })
+    }
+
+    /// The profiler's side of a launch, after it is recorded: a wall-clock launch is submitted
+    /// and waited for, and its time recorded; timestamps are read when the encoder is submitted.
+    fn end_timing(&self, r: &mut Recorder, timing: DispatchTiming, label: KernelLabel) -> Result<()> {
+        match timing {
+            DispatchTiming::Off => Ok(()),
+            DispatchTiming::Timestamps { query } => {
+                if query + 2 >= QUERY_CAPACITY {
+                    self.submit(r)?;
+                }
+                Ok(())
+            }
+            DispatchTiming::WallClock { start, scopes } => {
+                // The launch ran alone (earlier work was waited for before it was recorded),
+                // so the host clock around its submit-and-wait is its time.
+                self.submit(r)?;
+                self.wait()?;
+                let elapsed = start.elapsed().as_nanos() as f64;
+                let p = r.profiler.as_mut().expect("profiling on");
+                let start_ns = p.wall_origin.elapsed().as_nanos() as f64 - elapsed;
+                p.records.push(DispatchRecord { label, scopes, start_ns, duration_ns: elapsed });
+                Ok(())
+            }
+        }
+    }
+
+    /// When recorded launches go to the queue, besides flush, sync and readbacks: every
+    /// [`SUBMIT_EVERY`] launches, so the GPU starts on the first part of a long sequence (a
+    /// training step) while the host records the rest, and no command buffer grows unbounded.
+    fn submit_policy(&self, r: &mut Recorder) -> Result<()> {
+        if r.pending >= SUBMIT_EVERY {
+            self.submit(r)?;
         }
         Ok(())
     }

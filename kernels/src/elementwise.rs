@@ -1,5 +1,6 @@
 //! Launchers for `shaders/elementwise.wgsl`: broadcast binary ops, scale, bias add, and
-//! activations with their backward.
+//! activations with their backward, and the fused epilogues of a Linear layer (bias with
+//! activation, bias with residual add), one pass over memory each.
 
 use crate::buffer::check_len;
 use crate::context::{grid, Dispatch, Gpu};
@@ -74,7 +75,8 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
-    fn name(self) -> &'static str {
+    /// The activation's name, as profiles show it.
+    pub fn name(self) -> &'static str {
         match self {
             UnaryOp::Relu => "relu",
             UnaryOp::Gelu => "gelu",
@@ -228,4 +230,96 @@ pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx:
         bytes: 12 * n as u64,
     };
     launch(gpu, "unary_backward", &p, &[x, dy, dx], label)
+}
+
+fn check_bias(what: &str, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, rows: usize, c: usize) -> Result<()> {
+    check_len(what, a, &[rows, c])?;
+    check_len("bias", bias, &[c])?;
+    check_len("output", out, &[rows, c])
+}
+
+/// `out[r, c] = f(a[r, c] + bias[c])`: a Linear's bias and activation in one pass.
+pub fn bias_act(
+    gpu: &Gpu,
+    op: UnaryOp,
+    a: &GpuBuffer,
+    bias: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+    c: usize,
+) -> Result<()> {
+    check_bias("input", a, bias, out, rows, c)?;
+    if c == 0 {
+        return Ok(());
+    }
+    let n = rows * c;
+    let mut p = Params::flat(n);
+    p.op = op as u32;
+    p.c = c as u32;
+    let label = KernelLabel {
+        kernel: "bias_act",
+        shape: format!("{}[{rows},{c}]", op.name()),
+        flops: 9 * n as u64,
+        bytes: 8 * n as u64 + 4 * c as u64,
+    };
+    launch(gpu, "bias_act", &p, &[a, bias, out, a], label)
+}
+
+/// `dz[r, c] = dy[r, c] * f'(a[r, c] + bias[c])`: the gradient of [`bias_act`] with respect to
+/// `a` (the bias's gradient is the sum of `dz` over rows).
+#[allow(clippy::too_many_arguments)]
+pub fn bias_act_backward(
+    gpu: &Gpu,
+    op: UnaryOp,
+    a: &GpuBuffer,
+    bias: &GpuBuffer,
+    dy: &GpuBuffer,
+    dz: &GpuBuffer,
+    rows: usize,
+    c: usize,
+) -> Result<()> {
+    check_bias("input", a, bias, dz, rows, c)?;
+    check_len("output gradient", dy, &[rows, c])?;
+    if c == 0 {
+        return Ok(());
+    }
+    let n = rows * c;
+    let mut p = Params::flat(n);
+    p.op = op as u32;
+    p.c = c as u32;
+    let label = KernelLabel {
+        kernel: "bias_act_backward",
+        shape: format!("{}[{rows},{c}]", op.name()),
+        flops: 11 * n as u64,
+        bytes: 12 * n as u64 + 4 * c as u64,
+    };
+    launch(gpu, "bias_act_backward", &p, &[a, bias, dz, dy], label)
+}
+
+/// `out[r, c] = a[r, c] + bias[c] + residual[r, c]`: a Linear's bias and the residual add after
+/// it in one pass.
+pub fn bias_residual(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    bias: &GpuBuffer,
+    residual: &GpuBuffer,
+    out: &GpuBuffer,
+    rows: usize,
+    c: usize,
+) -> Result<()> {
+    check_bias("input", a, bias, out, rows, c)?;
+    check_len("residual", residual, &[rows, c])?;
+    if c == 0 {
+        return Ok(());
+    }
+    let n = rows * c;
+    let mut p = Params::flat(n);
+    p.c = c as u32;
+    let label = KernelLabel {
+        kernel: "bias_residual",
+        shape: format!("[{rows},{c}]"),
+        flops: 2 * n as u64,
+        bytes: 12 * n as u64 + 4 * c as u64,
+    };
+    launch(gpu, "bias_residual", &p, &[a, bias, out, residual], label)
 }

@@ -29,12 +29,13 @@ struct Params {
     chunk: u32,
     chunks: u32,
     n: u32,
-    _pad: [u32; 2],
+    accumulate: u32,
+    _pad: u32,
 }
 
 impl Params {
     fn new(rows: usize, cols: usize, eps: f32) -> Self {
-        Params { rows: rows as u32, cols: cols as u32, eps, chunk: 0, chunks: 0, n: 0, _pad: [0; 2] }
+        Params { rows: rows as u32, cols: cols as u32, eps, chunk: 0, chunks: 0, n: 0, accumulate: 0, _pad: 0 }
     }
 }
 
@@ -142,6 +143,67 @@ pub fn backward_with(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
+    backward_impl(gpu, schedule, x, weight, mean, rstd, dy, None, dx, dweight, dbias, rows, cols)
+}
+
+/// [`backward`] that also adds `dx_in`, a gradient of `x` from another path (a pre-norm
+/// block's residual stream), into `dx` in the same pass: `dx = dx_in + dLN/dx`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_accumulate(
+    gpu: &Gpu,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx_in: &GpuBuffer,
+    dx: &GpuBuffer,
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let schedule = RowSchedule::choose(gpu, rows, cols);
+    backward_accumulate_with(gpu, schedule, x, weight, mean, rstd, dy, dx_in, dx, dweight, dbias, rows, cols)
+}
+
+/// [`backward_accumulate`] in a given schedule.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_accumulate_with(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx_in: &GpuBuffer,
+    dx: &GpuBuffer,
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    check_len("layer_norm earlier input gradient", dx_in, &[rows, cols])?;
+    backward_impl(gpu, schedule, x, weight, mean, rstd, dy, Some(dx_in), dx, dweight, dbias, rows, cols)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    gpu: &Gpu,
+    schedule: RowSchedule,
+    x: &GpuBuffer,
+    weight: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx_in: Option<&GpuBuffer>,
+    dx: &GpuBuffer,
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     check_len("layer_norm input", x, &[rows, cols])?;
     check_len("layer_norm weight", weight, &[cols])?;
     check_len("layer_norm saved mean", mean, &[rows])?;
@@ -150,6 +212,9 @@ pub fn backward_with(
     check_len("layer_norm input gradient", dx, &[rows, cols])?;
     check_len("layer_norm weight gradient", dweight, &[cols])?;
     check_len("layer_norm bias gradient", dbias, &[cols])?;
+    if dx_in.is_some_and(|d| std::ptr::eq(d, dx)) {
+        return Err(Error::Shape("layer_norm backward cannot add the earlier gradient in place (dx_in is dx)".into()));
+    }
     if cols > 0 && rows == 0 {
         // No rows: the parameter gradients are empty sums.
         gpu.clear(dweight)?;
@@ -160,14 +225,17 @@ pub fn backward_with(
     }
     let n = (rows * cols) as u64;
     let (entry, workgroups) = schedule.pick(rows, cols, "backward_rows", "backward_workgroup");
+    let mut p = Params::new(rows, cols, 0.0);
+    p.accumulate = u32::from(dx_in.is_some());
     gpu.dispatch(Dispatch {
         shader: &SHADER,
         entry,
-        params: bytemuck::bytes_of(&Params::new(rows, cols, 0.0)),
-        buffers: &[x, weight, dy, dx, mean, rstd],
+        params: bytemuck::bytes_of(&p),
+        // Without an earlier gradient, dy fills the dx_in slot (never read: accumulate = 0).
+        buffers: &[x, weight, dy, dx, mean, rstd, dx_in.unwrap_or(dy)],
         workgroups,
         label: KernelLabel {
-            kernel: "layer_norm_backward",
+            kernel: if dx_in.is_some() { "layer_norm_backward_acc" } else { "layer_norm_backward" },
             shape: format!("[{rows},{cols}]"),
             flops: 11 * n,
             bytes: 12 * n + 8 * (rows + cols) as u64,

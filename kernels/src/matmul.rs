@@ -20,6 +20,12 @@ const REGISTER_COLS: usize = 128;
 /// The same for `registers_general` (LANE_ROWS x BLOCK and LANE_COLS x BLOCK).
 const GENERAL_ROWS: usize = 32;
 const GENERAL_COLS: usize = 64;
+/// Output rows and columns one workgroup (one subgroup of 8 lanes) of the subgroup kernels
+/// covers: 8 lanes x 8 rows, 32 columns.
+const SUBGROUP_ROWS: usize = 64;
+const SUBGROUP_COLS: usize = 32;
+/// The subgroup kernels' workgroup is 8 invocations that must form one subgroup.
+const SUBGROUP_LANES: u32 = 8;
 /// Output tile of one workgroup of the tiled kernel.
 const TILE: usize = 64;
 
@@ -220,11 +226,29 @@ pub fn matmul_with(
         accumulate: op.accumulate as u32,
         _pad: [0; 3],
     };
+    // The subgroup kernels need all 8 invocations of a workgroup in one subgroup: on adapters
+    // whose subgroups can be smaller, the subgroup path runs the register kernels.
+    let info = gpu.info();
+    let path = if path == KernelPath::Subgroup && !(info.subgroups && info.subgroup_size.0 >= SUBGROUP_LANES) {
+        path.fallback()
+    } else {
+        path
+    };
+    let layout = (op.trans_a, op.trans_b);
     let (entry, rows, cols) = match path {
         KernelPath::Tiled => ("tiled", TILE, TILE),
-        // No subgroup kernel yet: the subgroup path uses the register kernels.
-        KernelPath::Registers | KernelPath::Subgroup if op.aligned() => {
-            let entry = match (op.trans_a, op.trans_b) {
+        KernelPath::Subgroup if op.aligned() => {
+            let entry = match layout {
+                (false, false) => "subgroup_nn",
+                (false, true) => "subgroup_nt",
+                (true, false) => "subgroup_tn",
+                (true, true) => "subgroup_tt",
+            };
+            (entry, SUBGROUP_ROWS, SUBGROUP_COLS)
+        }
+        KernelPath::Subgroup => ("subgroup_general", SUBGROUP_ROWS, SUBGROUP_COLS),
+        KernelPath::Registers if op.aligned() => {
+            let entry = match layout {
                 (false, false) => "registers_nn",
                 (false, true) => "registers_nt",
                 (true, false) => "registers_tn",
@@ -232,7 +256,7 @@ pub fn matmul_with(
             };
             (entry, REGISTER_ROWS, REGISTER_COLS)
         }
-        KernelPath::Registers | KernelPath::Subgroup => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
+        KernelPath::Registers => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
     };
     let label = KernelLabel {
         kernel: "matmul",

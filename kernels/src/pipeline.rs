@@ -9,6 +9,16 @@
 //!
 //! Binding convention of every vlsa shader: group 0, binding 0 is the uniform parameter
 //! block; bindings 1.. are storage buffers in the order the launcher passes them.
+//!
+//! Shaders share helpers through one include step, applied before naga sees the text: a line
+//! `#include "NAME.wgsl"` names a file of `shaders/include/` (listed in [`INCLUDES`]). The line is
+//! blanked and the file's text appended after the shader's own, so every line of the shader
+//! keeps its number in naga's messages; an error inside an included file is reported with that
+//! file's name and line. WGSL declarations may come in any order, so appending is enough. (The
+//! crate made for composing WGSL, naga_oil, does this and more, with modules, name mangling and
+//! `#ifdef`s, but each release pins one naga major version (0.23 needs naga 30, so every wgpu
+//! upgrade waits for it) and it adds regex, indexmap, tracing and five more crates; vlsa needs
+//! one helper file shared by three shaders.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +45,89 @@ macro_rules! shader {
     };
 }
 
+/// The files a shader may `#include`: name and text, from `shaders/include/`.
+pub const INCLUDES: &[(&str, &str)] = &[(
+    "workgroup_reduce.wgsl",
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/workgroup_reduce.wgsl")),
+)];
+
+/// A shader's text with its includes appended, and where each appended file starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expanded {
+    /// The WGSL text naga compiles.
+    pub text: String,
+    /// (first line, 1-based, in `text`; file name) of each included file, in order.
+    pub parts: Vec<(usize, &'static str)>,
+}
+
+impl Expanded {
+    /// The file and its own 1-based line number for line `line` of the expanded text.
+    pub fn origin<'a>(&self, file: &'a str, line: usize) -> (&'a str, usize) {
+        match self.parts.iter().rev().find(|&&(start, _)| line >= start) {
+            Some(&(start, name)) => (name, line - start + 1),
+            None => (file, line),
+        }
+    }
+}
+
+/// Resolves the `#include "NAME.wgsl"` lines of `source` (the shader `file`): each is blanked
+/// and the named file appended once, after the shader's own text. Included files may not include.
+pub fn expand_includes(file: &str, source: &str) -> Result<Expanded> {
+    let mut text = String::with_capacity(source.len());
+    let mut wanted: Vec<(&'static str, &'static str)> = Vec::new();
+    for (i, line) in source.lines().enumerate() {
+        match line.trim().strip_prefix("#include") {
+            Some(rest) => {
+                let name =
+                    rest.trim().strip_prefix('"').and_then(|r| r.strip_suffix('"')).ok_or_else(|| Error::Shader {
+                        file: file.into(),
+                        message: format!("line {}: write an include as `#include \"NAME.wgsl\"`", i + 1),
+                    })?;
+                let found = INCLUDES.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::Shader {
+                    file: file.into(),
+                    message: format!("line {}: no shader include named `{name}` in shaders/include/", i + 1),
+                })?;
+                if !wanted.iter().any(|(n, _)| *n == found.0) {
+                    wanted.push(*found);
+                }
+                text.push_str("// (included below)");
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    let mut parts = Vec::new();
+    for (name, body) in wanted {
+        if body.lines().any(|l| l.trim().starts_with("#include")) {
+            return Err(Error::Shader { file: name.into(), message: "an included file may not include others".into() });
+        }
+        parts.push((text.lines().count() + 1, name));
+        text.push_str(body);
+        if !body.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok(Expanded { text, parts })
+}
+
+/// naga's report of an error at `location` in `expanded`, naming the file and line it comes
+/// from when that is an included file (naga's excerpt numbers the lines of the expanded text).
+fn shader_error(file: &str, expanded: &Expanded, location: Option<naga::SourceLocation>, report: String) -> Error {
+    let (at, message) = match location {
+        Some(loc) => {
+            let (origin, line) = expanded.origin(file, loc.line_number as usize);
+            if origin == file {
+                (file.to_string(), report)
+            } else {
+                let note = format!("{report}\n(the error is at line {line} of include/{origin}, included by {file})");
+                (format!("include/{origin} (included by {file})"), note)
+            }
+        }
+        None => (file.to_string(), report),
+    };
+    Error::Shader { file: at, message }
+}
+
 /// What one binding of an entry point is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingKind {
@@ -53,10 +146,18 @@ pub struct Kernel {
     pub(crate) bindings: Vec<(u32, BindingKind)>,
 }
 
-/// Parses and validates a WGSL file with naga; returns the module and its analysis.
+/// Parses and validates a WGSL file with naga, includes resolved; returns the module and its
+/// analysis.
 pub fn validate_wgsl(file: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let expanded = expand_includes(file, source)?;
+    validate_expanded(file, &expanded)
+}
+
+/// [`validate_wgsl`] of an already expanded shader.
+fn validate_expanded(file: &str, expanded: &Expanded) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let source = expanded.text.as_str();
     let module = naga::front::wgsl::parse_str(source)
-        .map_err(|e| Error::Shader { file: file.to_string(), message: e.emit_to_string(source) })?;
+        .map_err(|e| shader_error(file, expanded, e.location(source), e.emit_to_string_with_path(source, file)))?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::default()
@@ -66,7 +167,7 @@ pub fn validate_wgsl(file: &str, source: &str) -> Result<(naga::Module, naga::va
     .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
     .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)
-    .map_err(|e| Error::Shader { file: file.to_string(), message: e.emit_to_string(source) })?;
+    .map_err(|e| shader_error(file, expanded, e.location(source), e.emit_to_string_with_path(source, file)))?;
     Ok((module, info))
 }
 
@@ -190,11 +291,12 @@ impl PipelineCache {
         if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(shader.file) {
             return Ok(m.clone());
         }
-        let reflection = Arc::new(validate_wgsl(shader.file, shader.source)?);
+        let expanded = expand_includes(shader.file, shader.source)?;
+        let reflection = Arc::new(validate_expanded(shader.file, &expanded)?);
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader.file),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            source: wgpu::ShaderSource::Wgsl(expanded.text.into()),
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { file: shader.file.into(), message: e.to_string() });

@@ -23,6 +23,18 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
     (numel(shape) / cols.max(1), cols)
 }
 
+/// A bias must be `[C]` for a tensor whose last axis is C.
+fn check_bias(bias: &Tensor, shape: &[usize]) -> Result<()> {
+    let (_, c) = rows_cols(shape);
+    if bias.shape() != [c] {
+        return Err(Error::Shape(format!(
+            "bias of shape {:?} does not match the last axis of {shape:?}",
+            bias.shape()
+        )));
+    }
+    Ok(())
+}
+
 impl Tensor {
     fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let gpu = self.gpu();
@@ -67,13 +79,7 @@ impl Tensor {
     /// Adds `bias` (shape `[C]`) along the last axis (of size C).
     pub fn bias_add(&self, bias: &Tensor) -> Result<Tensor> {
         let (rows, c) = rows_cols(self.shape());
-        if bias.shape() != [c] {
-            return Err(Error::Shape(format!(
-                "bias of shape {:?} does not match the last axis of {:?}",
-                bias.shape(),
-                self.shape()
-            )));
-        }
+        check_bias(bias, self.shape())?;
         let out = self.gpu().alloc(self.numel())?;
         elementwise::bias_add(self.gpu(), self.buffer(), bias.buffer(), &out, rows, c)?;
         Ok(record(out, self.shape().to_vec(), || Op::BiasAdd { rows, c }, &[self, bias]))
@@ -153,6 +159,45 @@ impl Tensor {
 
     /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let y = match bias {
+            Some(b) => y.bias_add(b)?,
+            None => y,
+        };
+        y.reshape(&shape)
+    }
+
+    /// `act(self · weightᵀ + bias)`: a Linear and its activation, the bias and the activation
+    /// in one pass over the product (a transformer's first MLP layer).
+    pub fn linear_act(&self, weight: &Tensor, bias: &Tensor, act: UnaryOp) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let (rows, c) = rows_cols(y.shape());
+        check_bias(bias, y.shape())?;
+        let out = self.gpu().alloc(y.numel())?;
+        elementwise::bias_act(self.gpu(), act, y.buffer(), bias.buffer(), &out, rows, c)?;
+        let saved = (y.clone(), bias.clone());
+        Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
+    }
+
+    /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
+    /// transformer block's output projections), the bias and the sum in one pass.
+    pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (y, shape) = self.linear_product(weight)?;
+        let (rows, c) = rows_cols(y.shape());
+        check_bias(bias, y.shape())?;
+        if residual.shape() != shape.as_slice() {
+            return Err(Error::Shape(format!(
+                "a residual of shape {:?} cannot be added to a linear layer's output of shape {shape:?}",
+                residual.shape()
+            )));
+        }
+        let out = self.gpu().alloc(y.numel())?;
+        elementwise::bias_residual(self.gpu(), y.buffer(), bias.buffer(), residual.buffer(), &out, rows, c)?;
+        Ok(record(out, shape, || Op::BiasResidual { rows, c }, &[&y, bias, residual]))
+    }
+
+    /// The product of a Linear, `[rows, out]`, and the shape of its output.
+    fn linear_product(&self, weight: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
             return Err(Error::Shape(format!(
@@ -162,14 +207,31 @@ impl Tensor {
             )));
         }
         let out_features = weight.shape()[0];
-        let y = self.reshape(&[rows, cols])?.matmul_t(weight)?;
-        let y = match bias {
-            Some(b) => y.bias_add(b)?,
-            None => y,
+        // Recorded on `self` itself (its buffer is the [rows, cols] matrix), not on a reshaped
+        // view: then every consumer of `self` sends its gradient to one tensor, and the
+        // backward can fold them together (see `autograd::backward_rule`).
+        let spec = Matmul {
+            batch: 1,
+            m: rows,
+            n: out_features,
+            k: cols,
+            trans_a: false,
+            trans_b: true,
+            broadcast_a: false,
+            broadcast_b: false,
+            accumulate: false,
         };
+        let out = self.gpu().alloc(rows * out_features)?;
+        matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?;
+        let y = record(
+            out,
+            vec![rows, out_features],
+            || Op::Matmul { a: self.clone(), b: weight.clone(), spec },
+            &[self, weight],
+        );
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rows_cols checked") = out_features;
-        y.reshape(&shape)
+        Ok((y, shape))
     }
 
     /// The same data with another shape of the same size (no copy).

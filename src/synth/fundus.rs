@@ -43,22 +43,24 @@ pub(super) struct Eye {
     fine: Texture,
 }
 
-/// Grows one vessel from `start` in direction `heading`, relaxing toward `target` at rate `bend`
-/// (radians per unit length per radian of difference), branching as it goes.
-#[allow(clippy::too_many_arguments)]
-fn grow(
-    out: &mut Vec<Segment>,
+/// A vessel to grow: from `start` in direction `heading`, relaxing toward `target` at rate `bend`
+/// (radians per unit length per radian of difference), `width` wide at its start and `length`
+/// long; `depth` counts the branchings above it.
+struct Vessel {
     start: (f32, f32),
-    mut heading: f32,
+    heading: f32,
     target: f32,
     bend: f32,
     width: f32,
     length: f32,
     vein: bool,
     depth: u32,
-    rng: &mut Rng,
-) {
+}
+
+/// Grows one vessel as segments, branching as it goes.
+fn grow(out: &mut Vec<Segment>, vessel: Vessel, rng: &mut Rng) {
     const STEP: f32 = 0.012;
+    let Vessel { start, mut heading, target, bend, width, length, vein, depth } = vessel;
     let steps = (length / STEP) as usize;
     let mut p = start;
     for i in 0..steps {
@@ -76,14 +78,16 @@ fn grow(
             let rest = length * (1.0 - i as f32 / steps as f32);
             grow(
                 out,
-                p,
-                branch_heading,
-                branch_heading,
-                0.0,
-                w * rng.range(0.5, 0.7),
-                rest * rng.range(0.4, 0.8),
-                vein,
-                depth + 1,
+                Vessel {
+                    start: p,
+                    heading: branch_heading,
+                    target: branch_heading,
+                    bend: 0.0,
+                    width: w * rng.range(0.5, 0.7),
+                    length: rest * rng.range(0.4, 0.8),
+                    vein,
+                    depth: depth + 1,
+                },
                 rng,
             );
         }
@@ -114,27 +118,31 @@ impl Eye {
                 let width = if vein { rng.range(0.011, 0.014) } else { rng.range(0.008, 0.011) };
                 grow(
                     &mut vessels,
-                    disc_centre,
-                    start + rng.range(-0.1, 0.1),
-                    target,
-                    rng.range(4.0, 6.0),
-                    width,
-                    rng.range(0.55, 0.8),
-                    vein,
-                    0,
+                    Vessel {
+                        start: disc_centre,
+                        heading: start + rng.range(-0.1, 0.1),
+                        target,
+                        bend: rng.range(4.0, 6.0),
+                        width,
+                        length: rng.range(0.55, 0.8),
+                        vein,
+                        depth: 0,
+                    },
                     rng,
                 );
                 let nasal = to_fovea + PI - turn * rng.range(0.4, 0.9);
                 grow(
                     &mut vessels,
-                    disc_centre,
-                    nasal,
-                    nasal - turn * 0.3,
-                    1.0,
-                    width * 0.8,
-                    rng.range(0.25, 0.4),
-                    vein ^ (i == 1),
-                    0,
+                    Vessel {
+                        start: disc_centre,
+                        heading: nasal,
+                        target: nasal - turn * 0.3,
+                        bend: 1.0,
+                        width: width * 0.8,
+                        length: rng.range(0.25, 0.4),
+                        vein: vein ^ (i == 1),
+                        depth: 0,
+                    },
                     rng,
                 );
             }
@@ -143,14 +151,16 @@ impl Eye {
             let heading = rng.range(-PI, PI);
             grow(
                 &mut vessels,
-                disc_centre,
-                heading,
-                heading,
-                0.0,
-                rng.range(0.004, 0.007),
-                rng.range(0.15, 0.3),
-                rng.chance(0.5),
-                1,
+                Vessel {
+                    start: disc_centre,
+                    heading,
+                    target: heading,
+                    bend: 0.0,
+                    width: rng.range(0.004, 0.007),
+                    length: rng.range(0.15, 0.3),
+                    vein: rng.chance(0.5),
+                    depth: 1,
+                },
                 rng,
             );
         }

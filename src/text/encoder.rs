@@ -1,4 +1,4 @@
-//! A BERT sentence encoder on vlsa's ops: the frozen text encoder of DESIGN.md step 7
+//! A BERT sentence encoder on vlsa's ops: the frozen text encoder of docs/DESIGN.md step 7
 //! (all-MiniLM-L6-v2), loaded from a Hugging Face model folder and run for inference only.
 //!
 //! The computation, as Hugging Face `BertModel` plus sentence-transformers' mean pooling and

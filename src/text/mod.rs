@@ -1,4 +1,4 @@
-//! The frozen text encoder (DESIGN.md step 7): a BERT sentence encoder (all-MiniLM-L6-v2) and
+//! The frozen text encoder (docs/DESIGN.md step 7): a BERT sentence encoder (all-MiniLM-L6-v2) and
 //! its WordPiece tokenizer, read from a Hugging Face model folder and run on vlsa's own ops.
 //! It turns class prompts into the `[K, Dt]` class embeddings a model carries; it is not
 //! trained and has no gradients. Getting the weights is `scripts/fetch-minilm.sh`'s job.

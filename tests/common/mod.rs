@@ -1,5 +1,5 @@
 //! Shared test helper: runs a kernel's forward and backward on the GPU and compares them with a
-//! plain CPU reference (f64 accumulation) at DESIGN.md's tolerances, and checks every backward
+//! plain CPU reference (f64 accumulation) at docs/DESIGN.md's tolerances, and checks every backward
 //! against central finite differences of the reference forward.
 //!
 //! One [`Case`] describes a kernel at one shape: its inputs, a CPU reference forward, the GPU
@@ -8,9 +8,10 @@
 
 use std::sync::OnceLock;
 
+use vlsa_kernels::reduce::RowSchedule;
 use vlsa_kernels::{Gpu, GpuBuffer, Result};
 
-/// Forward tolerances (DESIGN.md numerics contract).
+/// Forward tolerances (docs/DESIGN.md numerics contract).
 pub const FWD_RTOL: f64 = 1e-4;
 pub const FWD_ATOL: f64 = 1e-5;
 /// Gradient tolerances.
@@ -23,36 +24,8 @@ pub fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}")))
 }
 
-/// A small deterministic random generator (xorshift64*), so tests need no extra crate.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.uniform()
-    }
-    /// `n` values uniform in [-1, 1).
-    pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.range(-1.0, 1.0)).collect()
-    }
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The tests' seeded random values: vlsa's own generator (xorshift64*).
+pub use vlsa::random::Rng;
 
 /// What an input holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -106,7 +79,7 @@ pub struct Case<'a> {
     pub backward: Option<Box<GpuBackward<'a>>>,
     /// CPU reference backward, same convention.
     pub reference_backward: Option<Box<RefBackward<'a>>>,
-    /// Forward tolerances (rtol, atol); DESIGN.md's by default.
+    /// Forward tolerances (rtol, atol); docs/DESIGN.md's by default.
     pub fwd_tol: (f64, f64),
     /// Gradient tolerances (rtol, atol).
     pub grad_tol: (f64, f64),
@@ -278,4 +251,18 @@ pub fn squares(dir: &std::path::Path, count: usize, size: usize, seed: u64) -> v
             .unwrap();
     }
     vlsa::data::Dataset::load(dir, 2).unwrap()
+}
+
+/// Both schedules of the row kernels (softmax, layer_norm, l2norm): one invocation per row, one
+/// workgroup per row.
+pub const SCHEDULES: [RowSchedule; 2] = [RowSchedule::Invocation, RowSchedule::Workgroup];
+
+/// Row shapes every row kernel is checked at: sizes 1, 7, 33, 130 and several row counts.
+pub const ROW_SHAPES: &[(usize, usize)] = &[(1, 1), (1, 7), (7, 33), (33, 7), (3, 130), (130, 33), (2, 300)];
+
+/// A zero-filled buffer made by an upload rather than `Gpu::zeros`: a pooled buffer cleared by
+/// `zeros` and dropped before the clear is submitted can be handed to a later upload whose data
+/// the pending clear then wipes (`Gpu::write` flushes only when dispatches are pending).
+pub fn zeros(gpu: &Gpu, n: usize) -> Result<GpuBuffer> {
+    gpu.upload(&vec![0.0f32; n])
 }

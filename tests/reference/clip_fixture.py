@@ -1,6 +1,6 @@
 """Tiny randomly initialised Hugging Face CLIPVisionModel and its reference outputs, for checking
 that vlsa loads a Hugging Face CLIP vision checkpoint as is and computes the same dense features
-(DESIGN.md steps 2-5), including at another image size via interpolated position embeddings.
+(docs/DESIGN.md steps 2-5), including at another image size via interpolated position embeddings.
 
 Not part of the engine. Pinned requirements (the versions the committed fixture was made with):
     torch==2.15.0  transformers==5.24.0  safetensors==0.8.0  numpy==2.4.6
@@ -20,7 +20,7 @@ forward(..., interpolate_pos_encoding=True).
 Tensor names: transformers 4.x saves a CLIPVisionModel as `vision_model.embeddings...`, like the
 published CLIP checkpoints (CLIPModel: `vision_model.*` + `text_model.*`); transformers 5.x
 flattened CLIPVisionModel and its save_pretrained writes the same tensors WITHOUT the
-`vision_model.` prefix (its from_pretrained accepts both). DESIGN.md names the tensors
+`vision_model.` prefix (its from_pretrained accepts both). docs/DESIGN.md names the tensors
 `vision_model.*`, so this script re-adds the prefix when it is missing; the result loads in
 transformers 4.x and 5.x alike (checked below by reloading it).
 """

@@ -1,4 +1,4 @@
-"""PyTorch reference of vlsa's EM Aggregation loop (DESIGN.md step 8); writes the fixtures
+"""PyTorch reference of vlsa's EM Aggregation loop (docs/DESIGN.md step 8); writes the fixtures
 tests/fixtures/em_*.json that tests/kernel_em.rs compares the WGSL kernels with.
 
 The loop, in float64 with autograd (gradients flow through all T iterations, the `unrolled`

@@ -1,4 +1,4 @@
-"""Independent PyTorch reference of the vlsa model spec (DESIGN.md "Model specification (v1)",
+"""Independent PyTorch reference of the vlsa model spec (docs/DESIGN.md "Model specification (v1)",
 steps 1-12) that writes the whole-model fixtures tests/fixtures/vlsa_tiny_<mode>.safetensors.
 
 Not part of the engine. Pinned requirements (the versions the committed fixtures were made with):
@@ -32,7 +32,7 @@ SEED = 20240917
 BATCH = 2
 MODES = ("detached", "unrolled")
 
-# The tiny configuration, in DESIGN.md's `vlsa.config` schema (every key spelled out).
+# The tiny configuration, in docs/DESIGN.md's `vlsa.config` schema (every key spelled out).
 TINY_CONFIG = OrderedDict([
     ("image_size", 32),
     ("patch_size", 8),
@@ -57,7 +57,7 @@ NON_TRAINABLE = ("text.class_embeddings", "head.em.bases")
 # ----------------------------------------------------------------------------------------------
 
 def param_shapes(cfg):
-    """OrderedDict name -> shape, every name as DESIGN.md "Weight names" spells it."""
+    """OrderedDict name -> shape, every name as docs/DESIGN.md "Weight names" spells it."""
     S, p = cfg["image_size"], cfg["patch_size"]
     D, L = cfg["vision"]["width"], cfg["vision"]["layers"]
     Dm = D * cfg["vision"]["mlp_ratio"]

@@ -1,0 +1,96 @@
+"""The model configuration: the JSON stored under `vlsa.config` in a model's safetensors metadata
+(docs/DESIGN.md, "Configuration"), with the same defaults and the same rejection of unknown keys
+as vlsa itself, so a file either tool writes loads in the other."""
+import copy
+import json
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# key -> default (a missing key without a default is an error); nested sections are dicts.
+_TOP = {
+    "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
+    "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
+    "em": None, "ln_eps": 1e-5,
+}
+_SECTIONS = {
+    "vision": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "act": "quick_gelu"},
+    "decoder": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "cross_attn": True},
+    "em": {"bases": None, "iters": 3, "lambda": 1.0, "momentum": 0.9, "grad": "detached"},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that vlsa would refuse, with one sentence naming the key at fault."""
+
+
+def _fill(given, schema, where):
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where or 'the configuration'} must be a JSON object")
+    for key in given:
+        if key not in schema:
+            raise ConfigError(f"unknown key `{where}{key}`")
+    out = {}
+    for key, default in schema.items():
+        if key in given:
+            out[key] = given[key]
+        elif default is None:
+            raise ConfigError(f"missing key `{where}{key}`")
+        else:
+            out[key] = copy.deepcopy(default)
+    return out
+
+
+def parse_config(value, source="config"):
+    """A complete configuration dict (every default written out) from JSON text or a dict."""
+    try:
+        raw = json.loads(value) if isinstance(value, (str, bytes)) else value
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: not valid JSON ({e})") from None
+    try:
+        c = _fill(raw, _TOP, "")
+        for name, schema in _SECTIONS.items():
+            c[name] = _fill(c[name], schema, name + ".")
+        if c["prompts"] == "classes" or c["prompts"] is None:
+            c["prompts"] = list(c["classes"])
+        _validate(c)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return c
+
+
+def _validate(c):
+    s, p = c["image_size"], c["patch_size"]
+    if not (isinstance(p, int) and isinstance(s, int) and p > 0 and s > 0 and s % p == 0):
+        raise ConfigError(f"patch_size {p} does not divide image_size {s}")
+    for what in ("vision", "decoder"):
+        w, h = c[what]["width"], c[what]["heads"]
+        if not (w > 0 and h > 0 and w % h == 0):
+            raise ConfigError(f"{what}.heads {h} does not divide {what}.width {w}")
+    if c["vision"]["act"] not in ("quick_gelu", "gelu"):
+        raise ConfigError(f"vision.act {c['vision']['act']!r} is neither \"quick_gelu\" nor \"gelu\"")
+    if c["em"]["grad"] not in ("detached", "unrolled"):
+        raise ConfigError(f"em.grad {c['em']['grad']!r} is neither \"detached\" nor \"unrolled\"")
+    if len(c["classes"]) < 2:
+        raise ConfigError("a model needs at least 2 classes (class 0 is the background)")
+    if len(c["prompts"]) != len(c["classes"]):
+        raise ConfigError(f"{len(c['prompts'])} prompts given for {len(c['classes'])} classes")
+    if c["em"]["bases"] > 0 and c["em"]["iters"] < 1:
+        raise ConfigError("em.iters must be at least 1")
+
+
+def config_json(c):
+    """The JSON text vlsa stores (`decoder.cross_attn` written only when false, as vlsa does)."""
+    out = copy.deepcopy(c)
+    if out["decoder"].get("cross_attn", True):
+        out["decoder"].pop("cross_attn", None)
+    return json.dumps(out, separators=(",", ":"))
+
+
+def num_classes(c):
+    return len(c["classes"])
+
+
+def grid(c):
+    """Patches per side (h = w = S / p)."""
+    return c["image_size"] // c["patch_size"]
