@@ -234,7 +234,7 @@ fn the_train_command_checkpoints_stops_and_resumes() {
     let changed = vlsa(&["--resume", "--lr", "0.5"]);
     assert_eq!(changed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&changed.stderr);
-    assert!(stderr.starts_with("vlsa: --lr differs from the value the checkpoint"), "{stderr}");
+    assert!(stderr.starts_with("vlsa: --lr 0.5 differs from the 0.001 the checkpoint"), "{stderr}");
     let export = dir.join("final.safetensors");
     let rest = vlsa(&["--resume", "--export", export.to_str().unwrap()]);
     assert!(rest.status.success(), "{}", String::from_utf8_lossy(&rest.stderr));
@@ -257,7 +257,8 @@ fn the_train_command_checkpoints_stops_and_resumes() {
             "--steps",
             "2",
             "--out",
-            out.to_str().unwrap(),
+            // A new run: the finished one at `out` is refused without --resume or --force.
+            dir.join("other.safetensors").to_str().unwrap(),
         ])
         .output()
         .unwrap();
