@@ -15,6 +15,8 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "matmul.wgsl");
+// The subgroup entry points: a module of their own, which adapters without subgroups never compile.
+shader!(SUBGROUP_SHADER, "matmul_subgroup.wgsl");
 
 /// Output rows and columns one workgroup of the vec4 register kernels covers (matmul.wgsl:
 /// LANE_ROWS x BLOCK_ROWS and LANE_COLS x BLOCK_COLS).
@@ -305,9 +307,10 @@ fn launch(
         bytes: 4 * (op.a_len() + op.b_len() + op.out_len() * if op.accumulate { 2 } else { 1 }) as u64,
     };
     let grid = |z: usize| [op.n.div_ceil(plan.cols) as u32, op.m.div_ceil(plan.rows) as u32, z as u32];
+    let shader = if plan.entry.starts_with("subgroup_") { &SUBGROUP_SHADER } else { &SHADER };
     if plan.splits <= 1 {
         return gpu.dispatch(Dispatch {
-            shader: &SHADER,
+            shader,
             entry: plan.entry,
             params: bytemuck::bytes_of(&params),
             // Bindings 1..3 are the scalar views, 4..6 the vec4 views of the same buffers, 7 the
@@ -324,7 +327,7 @@ fn launch(
     let partial = gpu.alloc(plan.splits * op.out_len())?;
     let split_params = Params { k_split: k_split as u32, accumulate: 0, has_bias: 0, ..params };
     gpu.dispatch(Dispatch {
-        shader: &SHADER,
+        shader,
         entry: plan.entry,
         params: bytemuck::bytes_of(&split_params),
         buffers: &[a, b, &partial, a, b, &partial, a],

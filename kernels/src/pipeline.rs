@@ -46,10 +46,13 @@ macro_rules! shader {
 }
 
 /// The files a shader may `#include`: name and text, from `shaders/include/`.
-pub const INCLUDES: &[(&str, &str)] = &[(
-    "workgroup_reduce.wgsl",
-    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/workgroup_reduce.wgsl")),
-)];
+pub const INCLUDES: &[(&str, &str)] = &[
+    (
+        "workgroup_reduce.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/workgroup_reduce.wgsl")),
+    ),
+    ("matmul_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/matmul_core.wgsl"))),
+];
 
 /// A shader's text with its includes appended, and where each appended file starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
