@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
             let label =
                 if path == ForwardPath::Auto { format!("forward/{name}") } else { format!("forward_{path:?}/{name}") };
             common::bench_gpu(&mut group, &label, &gpu, Throughput::Elements(s.forward_flops()), || {
-                attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, path).unwrap();
+                attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, path, gpu.kernel_path()).unwrap();
             });
         }
         attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();

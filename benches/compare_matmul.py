@@ -2,7 +2,8 @@
 """vlsa's matmul against numpy (OpenBLAS sgemm, float32) on the same shapes, in the same run.
 
 Runs `cargo run --example matmul_gflops` (dev profile: the kernel speed is set by the adapter,
-not by Rust's optimisation level) (one line per shape: M N K GFLOPS LAYOUT),
+not by Rust's optimisation level) (one line per shape and path: M N K GFLOPS LAYOUT PATH; extra arguments such as
+`--path all` or `--shape 512x192x768/nt` are passed on),
 then times numpy on each shape (best of a few repetitions) and prints a table with the ratio.
 Usage: python3 benches/compare_matmul.py [--quick]. Needs numpy (`pip install numpy`).
 """
@@ -49,12 +50,15 @@ def main():
     rows = []
     for line in lines:
         parts = line.split()
-        if len(parts) == 5:
-            rows.append((int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3]), parts[4]))
-    print(f"{'M':>6} {'N':>6} {'K':>6} {'layout':>6} {'vlsa GFLOP/s':>13} {'numpy GFLOP/s':>14} {'vlsa/numpy':>11}")
-    for m, n, k, ours, layout in rows:
-        theirs = numpy_gflops(m, n, k, layout)
-        print(f"{m:>6} {n:>6} {k:>6} {layout:>6} {ours:>13.2f} {theirs:>14.2f} {ours / theirs:>11.3f}")
+        if len(parts) == 6:
+            rows.append((int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3]), parts[4], parts[5]))
+    print(f"{'M':>6} {'N':>6} {'K':>6} {'layout':>6} {'path':>9} {'vlsa GFLOP/s':>13} {'numpy GFLOP/s':>14} {'vlsa/numpy':>11}")
+    numpy = {}
+    for m, n, k, ours, layout, path in rows:
+        if (m, n, k, layout) not in numpy:
+            numpy[(m, n, k, layout)] = numpy_gflops(m, n, k, layout)
+        theirs = numpy[(m, n, k, layout)]
+        print(f"{m:>6} {n:>6} {k:>6} {layout:>6} {path:>9} {ours:>13.2f} {theirs:>14.2f} {ours / theirs:>11.3f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores; figures drop when other work runs)")
 
 

@@ -7,6 +7,10 @@
 #   scripts/train-models.sh ship      # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
 #   scripts/train-models.sh ablate [cardiac|fundus]
 #                                     # full / no-em / no-text / plain, same budget, eval JSON
+#   scripts/train-models.sh ablate-seeds [cardiac|fundus]
+#                                     # each variant with and without domain randomization, seeds
+#                                     # $SEEDS, evaluated on fresh domains A-D (seed 12345); JSON in
+#                                     # docs/ablations/seeds/, table by scripts/ablation-table.py
 #
 # Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
 set -euo pipefail
@@ -22,6 +26,12 @@ SHIP_STEPS_CARDIAC=${SHIP_STEPS_CARDIAC:-500}
 SHIP_STEPS_FUNDUS=${SHIP_STEPS_FUNDUS:-300}
 ABLATE_STEPS_CARDIAC=${ABLATE_STEPS_CARDIAC:-200}
 ABLATE_STEPS_FUNDUS=${ABLATE_STEPS_FUNDUS:-100}
+# ablate-seeds: runs in parallel (each lavapipe process uses 2 threads), seeds and variants.
+SEEDS=${SEEDS:-0 1 2}
+VARIANTS=${VARIANTS:-full no-em no-text plain}
+JOBS=${JOBS:-2}
+export LP_NUM_THREADS=${LP_NUM_THREADS:-$((4 / JOBS > 0 ? 4 / JOBS : 1))}
+SEED_STEPS=${SEED_STEPS:-60}
 
 config_of() { # task variant -> config path
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
@@ -59,5 +69,36 @@ case "${1:-}" in
         RUNS="$RUNS/ablate" train_one $task $variant "$steps" "$RUNS/ablate/$task-$variant/model.safetensors"
       done
     done ;;
-  *) echo "usage: $0 data|ship|ablate" >&2; exit 1 ;;
+  ablate-seeds)
+    task=${2:-cardiac}
+    for d in A B C D; do
+      [ -d "$DATA/$task-$d-fresh" ] ||
+        "$V" synth --task $task --domain $d --count 24 --size 128 --seed 12345 --out "$DATA/$task-$d-fresh"
+    done
+    mkdir -p docs/ablations/seeds
+    one() { # variant randomize(on|off) seed
+      local name="$task-$1-$2-s$3" dir="$RUNS/seeds/$task-$1-$2-s$3" flag=""
+      [ "$2" = off ] && flag=--no-randomize
+      # A run whose folder exists is done or under way (delete the folder to run it again).
+      [ -f "docs/ablations/seeds/$name.eval.json" ] || [ -d "$dir" ] && return 0
+      mkdir -p "$dir"
+      { "$V" init --config "$(config_of "$task" "$1")" --text-encoder "$ENC" --seed "$3" --out "$dir/init.safetensors" &&
+        /usr/bin/time -f "train wall %e s, cpu %U s" "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 \
+          --seed "$3" $flag --data "$DATA/$task-A-train" --steps "$SEED_STEPS" --val-every 100000 \
+          --checkpoint-every 100000 --log-every 10 --out "$dir/checkpoint.safetensors" --export "$dir/model.safetensors" &&
+        "$V" eval --model "$dir/model.safetensors" --data "$DATA/$task-A-fresh" --data "$DATA/$task-B-fresh" \
+          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "docs/ablations/seeds/$name.eval.json"
+      } > "$dir/log.txt" 2>&1
+    }
+    # Seed-major order: an interrupted set still has whole seeds of every variant.
+    for seed in $SEEDS; do
+      for variant in $VARIANTS; do
+        for r in on off; do
+          while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
+          one "$variant" "$r" "$seed" &
+        done
+      done
+    done
+    wait ;;
+  *) echo "usage: $0 data|ship|ablate|ablate-seeds" >&2; exit 1 ;;
 esac

@@ -37,6 +37,9 @@
 // size (`_c1`, `_c2`, `_c4`, `_c8`: up to 16, 32, 64, 128 elements). `forward_few_keys`,
 // `backward_prepare` and `backward_reduce` take one row or element per invocation, 64 per
 // workgroup. Workgroups are folded over x and y (the launcher's `grid`) and bounds-checked.
+// The tiled kernel path (GPUs) runs `forward_lanes`, `backward_dq_lanes` and
+// `backward_dkdv_lanes` instead of the `_c*` kernels: one head row spread over up to 32 lanes,
+// a few vec4 of registers per lane at any head width (see "Rows split across lanes" below).
 
 struct Params {
     batch: u32,       // B
@@ -51,6 +54,10 @@ struct Params {
     tiles: u32,       // row tiles along the invocation axis (32 or 64 queries, keys or elements)
     splits: u32,      // backward_dkdv: query-row ranges, each written as one partial
     split_rows: u32,  // backward_dkdv: query rows per range
+    lanes: u32,       // the *_lanes kernels: lanes per head row (a power of two, 1 to 32)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -828,4 +835,229 @@ fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     dk_sum[e] = a;
     dv_sum[e] = b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows split across lanes (the tiled path, for GPUs).
+//
+// The register-blocked kernels above hold four whole rows per invocation; at head_dim 128 that
+// is far more registers than a GPU thread has. Here one head row is spread over `p.lanes`
+// lanes (the power of two >= head_dim / 4, at most 32), each holding one vec4 of it, and a
+// workgroup of 64 lanes covers 64 / lanes rows of one (b, h). Per block of KB streamed rows,
+// every lane writes its partial dot products to workgroup memory, one lane per (row, key)
+// sums the `lanes` partials, and every lane reads back its row's KB scores: two barriers per
+// block, and per-lane state of a few vec4 whatever the head width. Loads of a streamed row are
+// consecutive vec4 across a row's lanes (coalesced on a GPU). Loop bounds are uniform across
+// the workgroup (rows past the end are clamped and not stored).
+
+const SPLIT_WG: u32 = 64u;
+const KB: u32 = 8u;
+
+var<workgroup> part_a: array<f32, 512>;  // SPLIT_WG * KB partial dot products
+var<workgroup> part_b: array<f32, 512>;
+var<workgroup> sums_a: array<f32, 512>;  // rows * KB full dot products (rows <= SPLIT_WG)
+var<workgroup> sums_b: array<f32, 512>;
+
+// The vec4 `c` of head h of row `row` of a [rows, H*dh] tensor, zero for lanes past the row.
+fn lane_q(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), q[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_k(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), k[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_v(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_d_out(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), d_out[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+
+// After every lane wrote part_a[lid * KB + jj] (and part_b, when `both`): sums over each row's
+// lanes, into sums_a[r * KB + jj] (and sums_b). Called in uniform control flow.
+fn reduce_lanes(lid: u32, both: bool) {
+    workgroupBarrier();
+    let L = p.lanes;
+    let r = lid / L;
+    for (var jj = lid % L; jj < KB; jj += L) {
+        var sa = 0.0;
+        var sb = 0.0;
+        for (var t = 0u; t < L; t++) {
+            sa += part_a[(r * L + t) * KB + jj];
+            if (both) { sb += part_b[(r * L + t) * KB + jj]; }
+        }
+        sums_a[r * KB + jj] = sa;
+        sums_b[r * KB + jj] = sb;
+    }
+    workgroupBarrier();
+}
+
+// Forward, online softmax as in forward_body, one block of KB keys per step.
+@compute @workgroup_size(64)
+fn forward_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let i = tile * rows_per_wg + r;
+    let ic = min(i, p.q_len - 1u);
+    let kb = kv_batch_of(b);
+    let qv = lane_q(b * p.q_len + ic, h, c) * p.scale;
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * rows_per_wg + rows_per_wg); }
+    var acc = vec4<f32>(0.0);
+    var m = NEG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < end; j0 += KB) {
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = min(j0 + jj, end - 1u);
+            part_a[lid * KB + jj] = dot(qv, lane_k(kb * p.kv_len + j, h, c));
+        }
+        reduce_lanes(lid, false);
+        var m_new = m;
+        for (var jj = 0u; jj < KB; jj++) {
+            if (key_visible(kb, j0 + jj, ic, end)) { m_new = max(m_new, sums_a[r * KB + jj]); }
+        }
+        // exp(NEG - finite) underflows to 0: the first visible key resets the sums cleanly.
+        let alpha = exp(m - m_new);
+        acc *= alpha;
+        l *= alpha;
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = j0 + jj;
+            if (key_visible(kb, j, ic, end)) {
+                let w = exp(sums_a[r * KB + jj] - m_new);
+                l += w;
+                acc += w * lane_v(kb * p.kv_len + j, h, c);
+            }
+        }
+        m = m_new;
+    }
+    if (i < p.q_len) {
+        if (c < p.head_dim / 4u) {
+            out[row_base(b * p.q_len + i, h) + c] = acc * select(0.0, 1.0 / l, l > 0.0);
+        }
+        if (c == 0u) {
+            lse[bh * p.q_len + i] = select(negative_infinity(), m + log(l), l > 0.0);
+        }
+    }
+}
+
+// dq with rows split across lanes: per key block, s = q . k and dP = dout . v reduced over the
+// row's lanes, then dS = P (dP - delta) and dq += dS k.
+@compute @workgroup_size(64)
+fn backward_dq_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let i = tile * rows_per_wg + r;
+    let ic = min(i, p.q_len - 1u);
+    let kb = kv_batch_of(b);
+    let rows = p.batch * p.heads * p.q_len;
+    let row_lse = stats[bh * p.q_len + ic];
+    let row_delta = stats[rows + bh * p.q_len + ic];
+    let row_ok = row_lse > NO_KEY;
+    let qv = lane_q(b * p.q_len + ic, h, c) * p.scale;
+    let gv = lane_d_out(b * p.q_len + ic, h, c);
+    let mb = 2u * rows + kb * p.kv_len;
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * rows_per_wg + rows_per_wg); }
+    var acc = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < end; j0 += KB) {
+        for (var jj = 0u; jj < KB; jj++) {
+            let kr = kb * p.kv_len + min(j0 + jj, end - 1u);
+            part_a[lid * KB + jj] = dot(qv, lane_k(kr, h, c));
+            part_b[lid * KB + jj] = dot(gv, lane_v(kr, h, c));
+        }
+        reduce_lanes(lid, true);
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = j0 + jj;
+            var ok = row_ok && j < end && stats[mb + min(j, p.kv_len - 1u)] != 0.0;
+            if (p.causal == 1u) { ok = ok && j <= ic; }
+            if (ok) {
+                let pr = exp(sums_a[r * KB + jj] - row_lse);
+                acc += pr * (sums_b[r * KB + jj] - row_delta) * lane_k(kb * p.kv_len + j, h, c);
+            }
+        }
+    }
+    if (i < p.q_len && c < p.head_dim / 4u) {
+        grad_a[row_base(b * p.q_len + i, h) + c] = acc * p.scale;
+    }
+}
+
+// dk, dv with key rows split across lanes, over one range of (flattened) query rows as in
+// dkdv_body: per block of KB query rows, s = k . q and dP = v . dout reduced over the key's
+// lanes, then dv += P dout and dk += dS q. Writes partial `split` of dk (grad_a) and dv (grad_b).
+@compute @workgroup_size(64)
+fn backward_dkdv_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let rest = wg / p.tiles;
+    let split = rest % p.splits;
+    let kbh = rest / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let j = tile * rows_per_wg + r;
+    let jc = min(j, p.kv_len - 1u);
+    let rows = p.batch * p.heads * p.q_len;
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    let key_ok = stats[2u * rows + kb * p.kv_len + jc] != 0.0;
+    let kv_row = kb * p.kv_len + jc;
+    let kv = lane_k(kv_row, h, c) * p.scale;
+    let vv = lane_v(kv_row, h, c);
+    var dk = vec4<f32>(0.0);
+    var dv = vec4<f32>(0.0);
+    for (var r0 = r_begin; r0 < r_end; r0 += KB) {
+        for (var ii = 0u; ii < KB; ii++) {
+            let fr = min(r0 + ii, r_end - 1u);
+            let qrow = (fr / p.q_len + first_b) * p.q_len + fr % p.q_len;
+            part_a[lid * KB + ii] = dot(kv, lane_q(qrow, h, c));
+            part_b[lid * KB + ii] = dot(vv, lane_d_out(qrow, h, c));
+        }
+        reduce_lanes(lid, true);
+        for (var ii = 0u; ii < KB; ii++) {
+            let fr = r0 + ii;
+            let i = fr % p.q_len;
+            let qb = fr / p.q_len + first_b;
+            let st = (qb * p.heads + h) * p.q_len + i;
+            let row_lse = stats[min(st, rows - 1u)];
+            var ok = key_ok && fr < r_end && row_lse > NO_KEY;
+            if (p.causal == 1u) { ok = ok && i >= jc; }
+            if (ok) {
+                let pr = exp(sums_a[r * KB + ii] - row_lse);
+                let ds = pr * (sums_b[r * KB + ii] - stats[rows + st]);
+                let qrow = qb * p.q_len + i;
+                dv += pr * lane_d_out(qrow, h, c);
+                dk += ds * lane_q(qrow, h, c);
+            }
+        }
+    }
+    if (j < p.kv_len && c < p.head_dim / 4u) {
+        let o = split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u)) + row_base(kb * p.kv_len + j, h);
+        grad_a[o + c] = dk * p.scale;
+        grad_b[o + c] = dv;
+    }
 }

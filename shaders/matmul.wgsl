@@ -6,9 +6,12 @@
 //   A: [M, K], or [K, M] when trans_a (A[b, i, k] = a[b * a_batch + k * M + i])
 //   B: [K, N], or [N, K] when trans_b (B[b, k, j] = b[b * b_batch + j * K + k]; PyTorch Linear weight)
 //   out: always [M, N];  a_batch / b_batch are 0 for a matrix shared by every batch (broadcast).
-// K = 0 gives zeros (or leaves out unchanged when accumulating).
+// With a bias (bias: [N], shared by every row and batch; the launcher's matmul_bias), every
+// output gets bias[j] added in the store: out = A.B + bias, or out += A.B + bias. So a Linear
+// layer is one dispatch.
+// K = 0 gives zeros, or the bias (or leaves out unchanged, plus the bias, when accumulating).
 //
-// Two families of entry points, chosen by the launcher (kernels/src/matmul.rs):
+// Three families of entry points, chosen by the launcher (kernels/src/matmul.rs):
 //
 // 1. `registers_*`: for CPU adapters (lavapipe). No workgroup memory and no barriers.
 //    - `registers_nn/nt/tn/tt` (n = stored as written, t = transposed): each invocation owns a
@@ -20,11 +23,13 @@
 //    The 8 invocations of a workgroup are one SIMD vector on lavapipe; they cover
 //    LANE_ROWS x LANE_COLS blocks (64 x 128 outputs for the vec4 kernels, 32 x 64 general).
 //
-// 2. `tiled`: for real GPUs. Classic shared-memory tiling: a 16 x 16 workgroup computes a
-//    64 x 64 output tile, 4 x 4 per invocation, staging 64 x 16 slices of A and B in workgroup
-//    memory (8 KiB) between barriers. Any shape, transposes by runtime flags.
+// 2. `subgroup_*`: for CPU adapters with subgroups (lavapipe): the register idea with the B
+//    operand shared across one 8-lane subgroup by subgroupBroadcast (see that section).
 //
-// Grid: x = column groups, y = row groups, z = batch.
+// 3. `tiled_*`: for real GPUs. Shared-memory tiles with 2-D register blocking and vec4 loads,
+//    transposed operands read directly, split-K with a deterministic reduction pass.
+//
+// Grid: x = column groups, y = row groups, z = batch (times splits for split-K tiled).
 
 struct Params {
     m: u32,
@@ -36,20 +41,47 @@ struct Params {
     trans_a: u32,
     trans_b: u32,
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
+    has_bias: u32,    // add bias[j] to every output column j
+    k_split: u32,     // tiled: K per split (split-K); splitk_reduce: the number of splits
     _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// Scalar views (registers_general, tiled).
+// Scalar views (registers_general, subgroup_general, tiled_general, splitk_reduce, stores).
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-// vec4 views of the same buffers (registers_nn/nt/tn/tt); the launcher passes each buffer twice.
+// vec4 views of the same buffers (vec4 kernels); the launcher passes each buffer twice.
 @group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
+// The per-column bias (every entry point; the launcher binds A there when there is none).
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
+
+// The store epilogue shared by every kernel: the product v for out[o] (column j), plus the bias,
+// plus the old output when accumulating.
+fn epilogue(v: f32, o: u32, j: u32) -> f32 {
+    var r = v;
+    if (p.has_bias != 0u) {
+        r += bias[j];
+    }
+    if (p.accumulate != 0u) {
+        r += out[o];
+    }
+    return r;
+}
+
+// The same for four columns j..j+4 stored as out4[o] (vec4 kernels).
+fn epilogue4(v: vec4<f32>, o: u32, j: u32) -> vec4<f32> {
+    var r = v;
+    if (p.has_bias != 0u) {
+        r += vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+    }
+    if (p.accumulate != 0u) {
+        r += out4[o];
+    }
+    return r;
+}
 
 // ----- registers path, vec4 kernels -----
 //
@@ -211,14 +243,14 @@ fn store_row(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
         return;
     }
     let o = (base + row * p.n + col0) / 4u;
-    if (col0 + 0u < p.n) { out4[o + 0u] = select((*c)[0], (*c)[0] + out4[o + 0u], p.accumulate != 0u); }
-    if (col0 + 4u < p.n) { out4[o + 1u] = select((*c)[1], (*c)[1] + out4[o + 1u], p.accumulate != 0u); }
-    if (col0 + 8u < p.n) { out4[o + 2u] = select((*c)[2], (*c)[2] + out4[o + 2u], p.accumulate != 0u); }
-    if (col0 + 12u < p.n) { out4[o + 3u] = select((*c)[3], (*c)[3] + out4[o + 3u], p.accumulate != 0u); }
-    if (col0 + 16u < p.n) { out4[o + 4u] = select((*c)[4], (*c)[4] + out4[o + 4u], p.accumulate != 0u); }
-    if (col0 + 20u < p.n) { out4[o + 5u] = select((*c)[5], (*c)[5] + out4[o + 5u], p.accumulate != 0u); }
-    if (col0 + 24u < p.n) { out4[o + 6u] = select((*c)[6], (*c)[6] + out4[o + 6u], p.accumulate != 0u); }
-    if (col0 + 28u < p.n) { out4[o + 7u] = select((*c)[7], (*c)[7] + out4[o + 7u], p.accumulate != 0u); }
+    if (col0 + 0u < p.n) { out4[o + 0u] = epilogue4((*c)[0], o + 0u, col0 + 0u); }
+    if (col0 + 4u < p.n) { out4[o + 1u] = epilogue4((*c)[1], o + 1u, col0 + 4u); }
+    if (col0 + 8u < p.n) { out4[o + 2u] = epilogue4((*c)[2], o + 2u, col0 + 8u); }
+    if (col0 + 12u < p.n) { out4[o + 3u] = epilogue4((*c)[3], o + 3u, col0 + 12u); }
+    if (col0 + 16u < p.n) { out4[o + 4u] = epilogue4((*c)[4], o + 4u, col0 + 16u); }
+    if (col0 + 20u < p.n) { out4[o + 5u] = epilogue4((*c)[5], o + 5u, col0 + 20u); }
+    if (col0 + 24u < p.n) { out4[o + 6u] = epilogue4((*c)[6], o + 6u, col0 + 24u); }
+    if (col0 + 28u < p.n) { out4[o + 7u] = epilogue4((*c)[7], o + 7u, col0 + 28u); }
 }
 
 fn register_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
@@ -320,18 +352,14 @@ fn store_tile1(base: u32, row: u32, col: u32, t: mat4x4<f32>) {
         for (var c = 0u; c < 4u; c++) {
             if (i < p.m && col + c < p.n) {
                 let o = base + i * p.n + col + c;
-                var v = t[r][c];
-                if (p.accumulate != 0u) {
-                    v += out[o];
-                }
-                out[o] = v;
+                out[o] = epilogue(t[r][c], o, col + c);
             }
         }
     }
 }
 
 // registers_general: the same block from scalar loads, any shape and layout (transposes are
-// runtime flags read in a_at / b_at). It uses only bindings 1..3: the vec4 views cannot be
+// runtime flags read in a_at / b_at). It uses only bindings 1..3 and 7: the vec4 views cannot be
 // bound when an operand is shorter than one vec4.
 fn register_block_general(wid: vec3<u32>, lane: u32) {
     let col = (wid.x * LANE_COLS + lane % LANE_COLS) * BLOCK;
@@ -597,7 +625,7 @@ fn store_row_general(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
             let j = col0 + 4u * q + e;
             if (j < p.n) {
                 let o = base + row * p.n + j;
-                out[o] = select(v[e], v[e] + out[o], p.accumulate != 0u);
+                out[o] = epilogue(v[e], o, j);
             }
         }
     }
@@ -631,37 +659,209 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
 }
 
 // ----- tiled path (discrete and integrated GPUs) -----
+//
+// Classic shared-memory tiling with 2-D register blocking. A 16 x 16 workgroup computes a
+// BM x BN output tile, TM x TN per invocation (rows ty + 16r, columns tx + 16c, so neighbouring
+// invocations read neighbouring shared words and write neighbouring outputs). Per stage of BK
+// along K it stages the A tile k-major (a_sh[k][row]) and the B tile (b_sh[k][col]) in
+// workgroup memory between barriers, one vec4 (or four scalars) per invocation and operand.
+// Transposed operands read their tile directly: Aᵀ stored [K, M] is already k-major (a vec4
+// holds 4 rows at one k) and so is B stored [K, N]; A stored [M, K] and B stored [N, K] load a
+// vec4 along k and scatter it. No transpose pass, so nt and tn cost what nn costs.
+//
+// Entry points (the launcher picks one from a small table, see matmul.rs):
+//   tiled_128: 128 x 128 tile, 8 x 8 per invocation, BK = 8, vec4 loads (large aligned outputs)
+//   tiled_64: 64 x 64 tile, 4 x 4 per invocation, BK = 16, vec4 loads (aligned shapes)
+//   tiled_general: 64 x 64 tile from scalar loads (any shape)
+// Each uses 8 KiB of workgroup memory and 256 invocations.
+//
+// Split-K: grid z runs over batch x splits (z = split * batch + b); split s sums
+// k in [s * k_split, min(K, (s + 1) * k_split)). With one split the tile is written through the
+// epilogue; with several the launcher points `out` at a scratch buffer [splits, batch, M, N],
+// turns the epilogue off, and splitk_reduce sums the partials in split order (deterministic)
+// and applies the epilogue.
 
-const TILE: u32 = 64u;      // output rows and columns per workgroup
-const TILE_K: u32 = 16u;    // K per stage
-var<workgroup> a_shared: array<array<f32, 64>, 16>;   // [k][row]
-var<workgroup> b_shared: array<array<f32, 64>, 16>;   // [k][col]
+// A[base][i, kk] and B[base][kk, j] for any layout, zero outside the matrix or past k_end
+// (the end of this split's K range).
+fn tiled_a_at(base: u32, i: u32, kk: u32, k_end: u32) -> f32 {
+    let ic = min(i, p.m - 1u);
+    let kc = min(kk, p.k - 1u);
+    let idx = select(base + ic * p.k + kc, base + kc * p.m + ic, p.trans_a != 0u);
+    return select(0.0, a[idx], i < p.m && kk < k_end);
+}
+
+fn tiled_b_at(base: u32, kk: u32, j: u32, k_end: u32) -> f32 {
+    let jc = min(j, p.n - 1u);
+    let kc = min(kk, p.k - 1u);
+    let idx = select(base + kc * p.n + jc, base + jc * p.k + kc, p.trans_b != 0u);
+    return select(0.0, b[idx], j < p.n && kk < k_end);
+}
+
+var<workgroup> a_sh_tiled_128: array<array<f32, 128>, 8>;   // [k][row]
+var<workgroup> b_sh_tiled_128: array<array<f32, 128>, 8>;   // [k][col]
 
 @compute @workgroup_size(16, 16)
-fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
-    let abase = wid.z * p.a_batch;
-    let bbase = wid.z * p.b_batch;
+fn tiled_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * 128u;
+    let col0 = wid.x * 128u;
+    let bi = wid.z % p.batch;
+    let split = wid.z / p.batch;
+    let abase = bi * p.a_batch;
+    let bbase = bi * p.b_batch;
     let obase = wid.z * p.m * p.n;
+    let k_begin = split * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
 
-    var acc: array<array<f32, 4>, 4>;
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        // 256 invocations stage 16 x 64 elements of A and of B, 4 each.
-        for (var e = 0u; e < 4u; e++) {
-            let idx = li + e * 256u;
-            let kk = idx / TILE;
-            let x = idx % TILE;
-            a_shared[kk][x] = a_at(abase, row0 + x, k0 + kk);
-            b_shared[kk][x] = b_at(bbase, k0 + kk, col0 + x);
+    var acc: array<array<f32, 8>, 8>;
+    for (var k0 = k_begin; k0 < k_end; k0 += 8u) {
+        // One vec4 of each operand per invocation (128 x 8 = 256 vec4). Aligned shapes only, so
+        // a vec4 is wholly inside or wholly outside the matrix and this split's K range.
+        {
+            // A along k (stored [M, K]): row li / 2, k 4 (li % 2); Aᵀ ([K, M]) along rows: k li / 32, rows 4 (li % 32).
+            if (p.trans_a == 0u) {
+                let r = li / 2u;
+                let kq = 4u * (li % 2u);
+                let i = row0 + r;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (i < p.m && kk < k_end) {
+                    v = a4[(abase + i * p.k + kk) / 4u];
+                }
+                a_sh_tiled_128[kq][r] = v.x; a_sh_tiled_128[kq + 1u][r] = v.y; a_sh_tiled_128[kq + 2u][r] = v.z; a_sh_tiled_128[kq + 3u][r] = v.w;
+            } else {
+                let kq = li / 32u;
+                let r = 4u * (li % 32u);
+                let i = row0 + r;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (i < p.m && kk < k_end) {
+                    v = a4[(abase + kk * p.m + i) / 4u];
+                }
+                a_sh_tiled_128[kq][r] = v.x; a_sh_tiled_128[kq][r + 1u] = v.y; a_sh_tiled_128[kq][r + 2u] = v.z; a_sh_tiled_128[kq][r + 3u] = v.w;
+            }
+            // B along columns (stored [K, N]); Bᵀ ([N, K]) along k.
+            if (p.trans_b == 0u) {
+                let kq = li / 32u;
+                let c = 4u * (li % 32u);
+                let j = col0 + c;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (j < p.n && kk < k_end) {
+                    v = b4[(bbase + kk * p.n + j) / 4u];
+                }
+                b_sh_tiled_128[kq][c] = v.x; b_sh_tiled_128[kq][c + 1u] = v.y; b_sh_tiled_128[kq][c + 2u] = v.z; b_sh_tiled_128[kq][c + 3u] = v.w;
+            } else {
+                let c = li / 2u;
+                let kq = 4u * (li % 2u);
+                let j = col0 + c;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (j < p.n && kk < k_end) {
+                    v = b4[(bbase + j * p.k + kk) / 4u];
+                }
+                b_sh_tiled_128[kq][c] = v.x; b_sh_tiled_128[kq + 1u][c] = v.y; b_sh_tiled_128[kq + 2u][c] = v.z; b_sh_tiled_128[kq + 3u][c] = v.w;
+            }
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
+        for (var kk = 0u; kk < 8u; kk++) {
+            var av: array<f32, 8>;
+            var bv: array<f32, 8>;
+            for (var r = 0u; r < 8u; r++) {
+                av[r] = a_sh_tiled_128[kk][lid.y + 16u * r];
+                bv[r] = b_sh_tiled_128[kk][lid.x + 16u * r];
+            }
+            for (var r = 0u; r < 8u; r++) {
+                for (var c = 0u; c < 8u; c++) {
+                    acc[r][c] = fma(av[r], bv[c], acc[r][c]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 8u; r++) {
+        let i = row0 + lid.y + 16u * r;
+        for (var c = 0u; c < 8u; c++) {
+            let j = col0 + lid.x + 16u * c;
+            if (i < p.m && j < p.n) {
+                let o = obase + i * p.n + j;
+                out[o] = epilogue(acc[r][c], o, j);
+            }
+        }
+    }
+}
+
+var<workgroup> a_sh_tiled_64: array<array<f32, 64>, 16>;   // [k][row]
+var<workgroup> b_sh_tiled_64: array<array<f32, 64>, 16>;   // [k][col]
+
+@compute @workgroup_size(16, 16)
+fn tiled_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
+    let bi = wid.z % p.batch;
+    let split = wid.z / p.batch;
+    let abase = bi * p.a_batch;
+    let bbase = bi * p.b_batch;
+    let obase = wid.z * p.m * p.n;
+    let k_begin = split * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
+
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
+        // One vec4 of each operand per invocation (64 x 16 = 256 vec4). Aligned shapes only, so
+        // a vec4 is wholly inside or wholly outside the matrix and this split's K range.
+        {
+            // A along k (stored [M, K]): row li / 4, k 4 (li % 4); Aᵀ ([K, M]) along rows: k li / 16, rows 4 (li % 16).
+            if (p.trans_a == 0u) {
+                let r = li / 4u;
+                let kq = 4u * (li % 4u);
+                let i = row0 + r;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (i < p.m && kk < k_end) {
+                    v = a4[(abase + i * p.k + kk) / 4u];
+                }
+                a_sh_tiled_64[kq][r] = v.x; a_sh_tiled_64[kq + 1u][r] = v.y; a_sh_tiled_64[kq + 2u][r] = v.z; a_sh_tiled_64[kq + 3u][r] = v.w;
+            } else {
+                let kq = li / 16u;
+                let r = 4u * (li % 16u);
+                let i = row0 + r;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (i < p.m && kk < k_end) {
+                    v = a4[(abase + kk * p.m + i) / 4u];
+                }
+                a_sh_tiled_64[kq][r] = v.x; a_sh_tiled_64[kq][r + 1u] = v.y; a_sh_tiled_64[kq][r + 2u] = v.z; a_sh_tiled_64[kq][r + 3u] = v.w;
+            }
+            // B along columns (stored [K, N]); Bᵀ ([N, K]) along k.
+            if (p.trans_b == 0u) {
+                let kq = li / 16u;
+                let c = 4u * (li % 16u);
+                let j = col0 + c;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (j < p.n && kk < k_end) {
+                    v = b4[(bbase + kk * p.n + j) / 4u];
+                }
+                b_sh_tiled_64[kq][c] = v.x; b_sh_tiled_64[kq][c + 1u] = v.y; b_sh_tiled_64[kq][c + 2u] = v.z; b_sh_tiled_64[kq][c + 3u] = v.w;
+            } else {
+                let c = li / 4u;
+                let kq = 4u * (li % 4u);
+                let j = col0 + c;
+                let kk = k0 + kq;
+                var v = vec4<f32>(0.0);
+                if (j < p.n && kk < k_end) {
+                    v = b4[(bbase + j * p.k + kk) / 4u];
+                }
+                b_sh_tiled_64[kq][c] = v.x; b_sh_tiled_64[kq + 1u][c] = v.y; b_sh_tiled_64[kq + 2u][c] = v.z; b_sh_tiled_64[kq + 3u][c] = v.w;
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
             for (var r = 0u; r < 4u; r++) {
-                av[r] = a_shared[kk][lid.y + 16u * r];
-                bv[r] = b_shared[kk][lid.x + 16u * r];
+                av[r] = a_sh_tiled_64[kk][lid.y + 16u * r];
+                bv[r] = b_sh_tiled_64[kk][lid.x + 16u * r];
             }
             for (var r = 0u; r < 4u; r++) {
                 for (var c = 0u; c < 4u; c++) {
@@ -671,18 +871,84 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         }
         workgroupBarrier();
     }
-    // Invocation (x, y) owns rows y + 16r and columns x + 16c: neighbours write neighbours.
     for (var r = 0u; r < 4u; r++) {
         let i = row0 + lid.y + 16u * r;
         for (var c = 0u; c < 4u; c++) {
             let j = col0 + lid.x + 16u * c;
             if (i < p.m && j < p.n) {
-                var v = acc[r][c];
-                if (p.accumulate != 0u) {
-                    v += out[obase + i * p.n + j];
-                }
-                out[obase + i * p.n + j] = v;
+                let o = obase + i * p.n + j;
+                out[o] = epilogue(acc[r][c], o, j);
             }
         }
     }
+}
+
+var<workgroup> a_sh_tiled_general: array<array<f32, 64>, 16>;   // [k][row]
+var<workgroup> b_sh_tiled_general: array<array<f32, 64>, 16>;   // [k][col]
+
+@compute @workgroup_size(16, 16)
+fn tiled_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
+    let bi = wid.z % p.batch;
+    let split = wid.z / p.batch;
+    let abase = bi * p.a_batch;
+    let bbase = bi * p.b_batch;
+    let obase = wid.z * p.m * p.n;
+    let k_begin = split * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
+
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
+        // Four scalars of each operand per invocation (64 x 16 = 1024 elements).
+        for (var e = 0u; e < 4u; e++) {
+            let idx = li + e * 256u;
+            let kk = idx / 64u;
+            let x = idx % 64u;
+            a_sh_tiled_general[kk][x] = tiled_a_at(abase, row0 + x, k0 + kk, k_end);
+            b_sh_tiled_general[kk][x] = tiled_b_at(bbase, k0 + kk, col0 + x, k_end);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var r = 0u; r < 4u; r++) {
+                av[r] = a_sh_tiled_general[kk][lid.y + 16u * r];
+                bv[r] = b_sh_tiled_general[kk][lid.x + 16u * r];
+            }
+            for (var r = 0u; r < 4u; r++) {
+                for (var c = 0u; c < 4u; c++) {
+                    acc[r][c] = fma(av[r], bv[c], acc[r][c]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let i = row0 + lid.y + 16u * r;
+        for (var c = 0u; c < 4u; c++) {
+            let j = col0 + lid.x + 16u * c;
+            if (i < p.m && j < p.n) {
+                let o = obase + i * p.n + j;
+                out[o] = epilogue(acc[r][c], o, j);
+            }
+        }
+    }
+}
+
+// The split-K reduction: out[idx] = epilogue(sum over s < splits of partial[s][idx]), summed in
+// split order so the result does not depend on scheduling. Binding 1 holds the partials
+// [splits, batch, M, N]; p.k_split is the number of splits here. One invocation per output.
+@compute @workgroup_size(256)
+fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let total = p.batch * p.m * p.n;
+    let idx = gid.x;
+    if (idx >= total) {
+        return;
+    }
+    var s = 0.0;
+    for (var split = 0u; split < p.k_split; split++) {
+        s += a[split * total + idx];
+    }
+    out[idx] = epilogue(s, idx, idx % p.n);
 }

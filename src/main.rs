@@ -408,6 +408,9 @@ struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Train without domain randomization (random gamma, colour, blur, noise, resolution, shading).
+    #[arg(long)]
+    no_randomize: bool,
     /// At the start of a new run, replace the class embeddings by this text encoder's embeddings
     /// of the configuration's prompts (as `init --text-encoder` does; a Hugging Face BERT folder).
     /// A resumed run keeps the checkpoint's.
@@ -440,10 +443,7 @@ fn train(a: TrainArgs) -> CliResult {
     if let Some(path) = &a.export {
         check_output("--export", path)?;
     }
-    check_input_dir("--data", "the training data set", &a.data)?;
-    if let Some(dir) = &a.val {
-        check_input_dir("--val", "the validation data set", dir)?;
-    }
+    // The data sets are read (and any problem named) before the first step too.
     if let Some(dir) = &a.text_encoder {
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
     }
@@ -462,6 +462,7 @@ fn train(a: TrainArgs) -> CliResult {
         vision_lr_mult: a.vision_lr_mult,
         seed: a.seed,
         augment: a.no_augment.then_some(false),
+        randomize: a.no_randomize.then_some(false),
     };
     let setup = Setup { out: &a.out, data: &a.data, start, resume: a.resume, force: a.force, choices: &choices };
     let (mut trainer, begun) = prepare(&gpu, &setup)?;
@@ -581,6 +582,31 @@ enum ProfileCommand {
         /// Seed of the random data.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Time one matrix product on each kernel path: the entry point that ran, GPU time and
+    /// GFLOP/s, one line per path.
+    Matmul {
+        /// Rows of A and of the output.
+        #[arg(long)]
+        m: usize,
+        /// Columns of B and of the output.
+        #[arg(long)]
+        n: usize,
+        /// The summed axis.
+        #[arg(long)]
+        k: usize,
+        /// Storage of A and B: n = as written ([M, K], [K, N]), t = transposed.
+        #[arg(long, default_value = "nn")]
+        layout: String,
+        /// Products in the batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Kernel path (registers, subgroup, tiled) or all the adapter can run.
+        #[arg(long, default_value = "all")]
+        path: String,
+        /// Timed products per path.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
     },
     /// Time every dispatch of one forward (and with --backward, loss and backward) of a model
     /// on a random batch: per-kernel table, dispatch counts, optional Chrome trace.
@@ -844,8 +870,11 @@ fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet
     if let Some(path) = json {
         check_output("--json", path)?;
     }
+    // Every data set must exist before the first is evaluated.
     for dir in data {
-        check_input_dir("--data", "the data set folder", dir)?;
+        if !dir.is_dir() {
+            return Err(format!("{} is not a data set: there is no such folder (--data)", dir.display()).into());
+        }
     }
     let (_gpu, loaded) = load_model(model)?;
     // A progress line on a terminal only: a log or a pipe gets the table alone.
@@ -981,6 +1010,14 @@ fn main() -> ExitCode {
         }
         Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
+        }
+        Command::Profile(ProfileCommand::Matmul { m, n, k, layout, batch, path, iters }) => {
+            Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
+                let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, &layout, batch, &path, iters)?;
+                let report = vlsa::profile::profile_matmul(&gpu, &opts).map_err(|e| e.to_string())?;
+                print!("{report}");
+                Ok(())
+            })
         }
     };
     match result {

@@ -1,4 +1,5 @@
-//! Profiling of the EM Aggregation loop: the library side of `vlsa profile em`.
+//! Profiling of the EM Aggregation loop and of one matrix product: the library side of
+//! `vlsa profile em` and `vlsa profile matmul`.
 //!
 //! [`profile_em`] runs the EM loop of `vlsa_kernels::em` on random data with per-dispatch
 //! profiling on, and returns an [`EmProfileReport`]: GPU time, GFLOP/s and GB/s per EM
@@ -19,7 +20,8 @@
 use std::fmt;
 
 use crate::kernels::em::{self, EmOutputGrads, EmShape, GradMode};
-use crate::kernels::{Gpu, Profile, Result, Timing};
+use crate::kernels::matmul::{matmul_with, plan, Matmul, MatmulPlan};
+use crate::kernels::{Gpu, KernelPath, Profile, Result, Timing};
 
 /// What to profile: the sizes of `vlsa profile em --tokens N --width C --bases M --iters T
 /// [--batch B] [--backward]`.
@@ -466,5 +468,146 @@ impl fmt::Display for ModelProfile {
             self.dispatches, self.submits, self.wall_ms
         )?;
         write!(f, "{}", self.profile.table())
+    }
+}
+
+/// What `vlsa profile matmul --m M --n N --k K [--layout nn|nt|tn|tt] [--batch B]
+/// [--path NAME|all] [--iters N]` times: one product shape on one or more kernel paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatmulProfileOptions {
+    /// The product: shape, layout and batch.
+    pub op: Matmul,
+    /// The kernel paths to time, in order.
+    pub paths: Vec<KernelPath>,
+    /// Timed products per path (after one untimed warm-up).
+    pub iters: usize,
+}
+
+impl MatmulProfileOptions {
+    /// Checks the CLI's values and resolves `layout` (nn, nt, tn, tt: n = stored as written,
+    /// t = stored transposed) and `path` (a path name or `all`: every path `gpu` can run).
+    /// Each error is one sentence naming the bad value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        gpu: &Gpu,
+        m: usize,
+        n: usize,
+        k: usize,
+        layout: &str,
+        batch: usize,
+        path: &str,
+        iters: usize,
+    ) -> std::result::Result<MatmulProfileOptions, String> {
+        for (flag, value) in [("--m", m), ("--n", n), ("--k", k), ("--batch", batch), ("--iters", iters)] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        let (trans_a, trans_b) = match layout {
+            "nn" => (false, false),
+            "nt" => (false, true),
+            "tn" => (true, false),
+            "tt" => (true, true),
+            other => return Err(format!("--layout {other} is not one of nn, nt, tn, tt")),
+        };
+        let paths = if path == "all" {
+            gpu.kernel_paths()
+        } else {
+            let p = KernelPath::parse(path)
+                .ok_or_else(|| format!("--path {path} is not one of registers, subgroup, tiled, all"))?;
+            if !gpu.kernel_paths().contains(&p) {
+                return Err(format!("--path {path} cannot run on {}: it has no subgroup operations", gpu.info().name));
+            }
+            vec![p]
+        };
+        let op = Matmul::new(batch, m, n, k).trans_a(trans_a).trans_b(trans_b);
+        Ok(MatmulProfileOptions { op, paths, iters })
+    }
+}
+
+/// The time of one product on one path.
+#[derive(Debug, Clone)]
+pub struct MatmulPathTime {
+    /// The path asked for.
+    pub path: KernelPath,
+    /// What ran: the path after any fallback, and its entry points.
+    pub plan: MatmulPlan,
+    /// Mean time per product in nanoseconds (all of its dispatches).
+    pub time_ns: f64,
+}
+
+/// The result of [`profile_matmul`]: one line per path.
+#[derive(Debug, Clone)]
+pub struct MatmulProfileReport {
+    /// The adapter, as `name (backend, device type)`.
+    pub adapter: String,
+    /// The product timed.
+    pub op: Matmul,
+    /// How durations were measured.
+    pub timing: Timing,
+    /// Products timed per path.
+    pub iters: usize,
+    /// One entry per path, in the order asked.
+    pub paths: Vec<MatmulPathTime>,
+}
+
+/// Times `opts.iters` products of random matrices on each path, per dispatch (GPU timestamps
+/// where the adapter has them, else wall clock around each dispatch).
+pub fn profile_matmul(gpu: &Gpu, opts: &MatmulProfileOptions) -> Result<MatmulProfileReport> {
+    let op = opts.op;
+    let a = gpu.upload(&random(op.a_len(), 1))?;
+    let b = gpu.upload(&random(op.b_len(), 2))?;
+    let out = gpu.alloc(op.out_len())?;
+    let mut timing = Timing::WallClock;
+    let mut paths = Vec::new();
+    for &path in &opts.paths {
+        matmul_with(gpu, &a, &b, &out, &op, path)?;
+        gpu.sync()?;
+        gpu.set_profiling(true)?;
+        let timed = (0..opts.iters)
+            .try_for_each(|_| matmul_with(gpu, &a, &b, &out, &op, path))
+            .and_then(|_| gpu.take_profile());
+        gpu.set_profiling(false)?;
+        let profile = timed?.expect("profiling was on");
+        timing = profile.timing;
+        let total: f64 = profile.records.iter().map(|r| r.duration_ns).sum();
+        paths.push(MatmulPathTime { path, plan: plan(gpu, &op, path), time_ns: total / opts.iters as f64 });
+    }
+    let info = gpu.info();
+    Ok(MatmulProfileReport {
+        adapter: format!("{} ({}, {})", info.name, info.backend, info.device_type),
+        op,
+        timing,
+        iters: opts.iters,
+        paths,
+    })
+}
+
+impl fmt::Display for MatmulProfileReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "matmul {} on {}", self.op.describe(), self.adapter)?;
+        writeln!(
+            f,
+            "timing: {}, mean of {} products",
+            match self.timing {
+                Timing::GpuTimestamps => "GPU timestamp queries",
+                Timing::WallClock =>
+                    "wall clock per dispatch (the adapter has no timestamp queries; includes submit overhead)",
+            },
+            self.iters
+        )?;
+        for p in &self.paths {
+            let fallback =
+                if p.plan.path != p.path { format!(" (falls back to {} here)", p.plan.path) } else { String::new() };
+            writeln!(
+                f,
+                "{:<10} {:<40} {:>10.3} ms {:>9.2} GFLOP/s{fallback}",
+                p.path.name(),
+                p.plan.describe(),
+                p.time_ns / 1e6,
+                self.op.flops() as f64 / p.time_ns,
+            )?;
+        }
+        Ok(())
     }
 }

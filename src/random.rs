@@ -150,6 +150,11 @@ impl<S: Source> Rng<S> {
         self.uniform() < p
     }
 
+    /// Log-uniform in [lo, hi) (lo, hi > 0): factors and their inverses equally likely.
+    pub fn log_range(&mut self, lo: f32, hi: f32) -> f32 {
+        self.range(lo.ln(), hi.ln()).exp()
+    }
+
     /// A standard normal sample in f32 (Box–Muller, one of the pair).
     pub fn normal(&mut self) -> f32 {
         let u = 1.0 - self.uniform(); // (0, 1]: ln is finite

@@ -31,7 +31,7 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
-use augment::{augment_rng, epoch_order, Augmentation};
+use augment::{augment_rng, epoch_order, randomize_rng, Augmentation, Randomization};
 pub use report::LogEntry;
 
 /// The options that decide a run's trajectory: a resumed run must use the same ones.
@@ -62,12 +62,16 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Whether to augment (flips, scale/crop, intensity and colour jitter).
     pub augment: bool,
+    /// Whether to randomize the acquisition of each sample ([`augment::Randomization`]); false in
+    /// checkpoints written before it existed.
+    #[serde(default)]
+    pub randomize: bool,
 }
 
 impl TrainOptions {
     /// The defaults for a run of `steps` steps: batch 8, lr 1e-3, warmup min(100, steps/10),
     /// cosine to 1% of lr, weight decay 0.05, vision multiplier 1, betas (0.9, 0.999), eps 1e-8,
-    /// seed 0, augmentation on.
+    /// seed 0, augmentation and domain randomization on.
     pub fn new(steps: usize) -> TrainOptions {
         TrainOptions {
             steps,
@@ -82,6 +86,7 @@ impl TrainOptions {
             eps: 1e-8,
             seed: 0,
             augment: true,
+            randomize: true,
         }
     }
 
@@ -335,7 +340,7 @@ impl Trainer {
                 self.order = (epoch, epoch_order(self.options.seed, epoch, len));
             }
             let sample = &self.data.samples[self.order.1[position % len]];
-            let (image, mask) = if self.options.augment {
+            let (mut image, mask) = if self.options.augment {
                 self.augmentation.apply(
                     &sample.image,
                     &sample.mask,
@@ -344,6 +349,10 @@ impl Trainer {
             } else {
                 (sample.image.clone(), sample.mask.clone())
             };
+            if self.options.randomize {
+                Randomization::default()
+                    .apply(&mut image, &mut randomize_rng(self.options.seed, step as u64, item as u64));
+            }
             target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
             images.push(image);
         }
@@ -621,6 +630,8 @@ pub struct OptionChoices {
     pub seed: Option<u64>,
     /// `Some(false)` for `--no-augment`.
     pub augment: Option<bool>,
+    /// `Some(false)` for `--no-randomize`.
+    pub randomize: Option<bool>,
 }
 
 impl OptionChoices {
@@ -637,6 +648,7 @@ impl OptionChoices {
             vision_lr_mult: self.vision_lr_mult.unwrap_or(if pretrained { 0.1 } else { 1.0 }),
             seed: self.seed.unwrap_or(defaults.seed),
             augment: self.augment.unwrap_or(defaults.augment),
+            randomize: self.randomize.unwrap_or(defaults.randomize),
             ..defaults
         };
         options.validate()?;
@@ -650,6 +662,7 @@ impl OptionChoices {
             given.filter(|v| *v != had).map(|v| format!("{flag} {v} differs from the {had} the checkpoint"))
         }
         let augment = |a: bool| if a { "augmentation" } else { "--no-augment" };
+        let randomize = |r: bool| if r { "domain randomization" } else { "--no-randomize" };
         let found = differs("--steps", self.steps, o.steps)
             .or_else(|| differs("--batch", self.batch, o.batch))
             .or_else(|| differs("--lr", self.lr, o.lr))
@@ -661,6 +674,11 @@ impl OptionChoices {
                 self.augment
                     .filter(|a| *a != o.augment)
                     .map(|a| format!("{} differs from the {} the checkpoint", augment(a), augment(o.augment)))
+            })
+            .or_else(|| {
+                self.randomize
+                    .filter(|r| *r != o.randomize)
+                    .map(|r| format!("{} differs from the {} the checkpoint", randomize(r), randomize(o.randomize)))
             });
         match found {
             Some(what) => Err(Error::Invalid(format!(

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use common::{check, Case, Input, Rng};
 use vlsa_kernels::attention::{self, Attention, ForwardPath};
+use vlsa_kernels::KernelPath;
 use vlsa_kernels::{Gpu, GpuBuffer};
 
 /// On GL, one test at a time: the first use of a large register-blocked pipeline compiles for
@@ -129,10 +130,11 @@ fn gpu_forward(
     x: &[GpuBuffer],
     s: &Attention,
     path: ForwardPath,
+    kernels: KernelPath,
 ) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
     let out = gpu.alloc(s.q_elements())?;
     let lse = gpu.alloc(s.lse_elements())?;
-    attention::forward_path(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, s, path)?;
+    attention::forward_path(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, s, path, kernels)?;
     Ok((out, lse))
 }
 
@@ -150,12 +152,29 @@ fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
     m
 }
 
-/// Forward + lse + backward + finite differences of one shape through `check`.
+/// Forward + lse + backward + finite differences of one shape through `check`, on every kernel
+/// path of the adapter.
 fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
+    for kernels in common::gpu().kernel_paths() {
+        check_attention_on(name, s, mask.clone(), path, kernels, seed);
+    }
+}
+
+fn check_attention_on(
+    name: &str,
+    s: Attention,
+    mask: Option<Vec<usize>>,
+    path: ForwardPath,
+    kernels: KernelPath,
+    seed: u64,
+) {
     let gpu = common::gpu();
     let few = matches!(path, ForwardPath::FewKeys)
         || (matches!(path, ForwardPath::Auto) && s.kv_len <= vlsa_kernels::attention::FEW_KEYS);
-    if s.head_dim > vlsa_kernels::attention::GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
+    if kernels != KernelPath::Tiled
+        && s.head_dim > vlsa_kernels::attention::GPU_MAX_BLOCKED_HEAD_DIM
+        && gpu.info().device_type != "Cpu"
+    {
         // Refused with a clear error on GPUs (see GPU_MAX_BLOCKED_HEAD_DIM), not a lost device:
         // the blocked forward and every backward.
         if few {
@@ -169,7 +188,7 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
         let w = s.heads * s.head_dim;
         let (q, kv) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.kv_batch * s.kv_len * w).unwrap());
         let (out, lse) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.batch * s.heads * s.q_len).unwrap());
-        let e = vlsa_kernels::attention::forward(gpu, &q, &kv, &kv, None, &out, &lse, &s).unwrap_err().to_string();
+        let e = attention::forward_with(gpu, &q, &kv, &kv, None, &out, &lse, &s, kernels).unwrap_err().to_string();
         assert!(e.contains("head widths above"), "{name}: {e}");
         eprintln!("{name}: refused on {} as designed: {e}", gpu.info().name);
         return;
@@ -187,13 +206,13 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
         inputs.push(Input::index(&[s.kv_batch, s.kv_len], m.clone()));
     }
     let has_mask = mask.is_some();
-    let name = format!("{name} ({s:?}, {path:?})");
+    let name = format!("{name} ({s:?}, {path:?}, {kernels} path)");
 
     // lse against the reference (fully masked rows: -inf on both sides).
     {
         let gpu = common::gpu();
         let bufs = common::upload(gpu, &inputs);
-        let (_, lse) = gpu_forward(gpu, &bufs, &s, path).unwrap();
+        let (_, lse) = gpu_forward(gpu, &bufs, &s, path, kernels).unwrap();
         let got = gpu.download(&lse).unwrap();
         let host: Vec<Vec<f64>> = inputs.iter().map(|i| i.data.iter().map(|&x| x as f64).collect()).collect();
         let (_, want) = reference_probs(&s, &host[0], &host[1], host.get(3).map(|m| m.as_slice()));
@@ -211,15 +230,29 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
         name,
         inputs,
         move |x| reference_forward(&s, &x[0], &x[1], &x[2], x.get(3).map(|m| m.as_slice())),
-        move |gpu, x| Ok(gpu_forward(gpu, x, &s, path)?.0),
+        move |gpu, x| Ok(gpu_forward(gpu, x, &s, path, kernels)?.0),
     )
     .backward(
         move |gpu, x, d_out| {
-            let (out, lse) = gpu_forward(gpu, x, &s, path)?;
+            let (out, lse) = gpu_forward(gpu, x, &s, path, kernels)?;
             let dq = gpu.alloc(s.q_elements())?;
             let dk = gpu.alloc(s.kv_elements())?;
             let dv = gpu.alloc(s.kv_elements())?;
-            attention::backward(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, d_out, &dq, &dk, &dv, &s)?;
+            attention::backward_with(
+                gpu,
+                &x[0],
+                &x[1],
+                &x[2],
+                x.get(3),
+                &out,
+                &lse,
+                d_out,
+                &dq,
+                &dk,
+                &dv,
+                &s,
+                kernels,
+            )?;
             let mut grads = vec![Some(dq), Some(dk), Some(dv)];
             if has_mask {
                 grads.push(None);
@@ -345,24 +378,26 @@ fn shared_key_gradients_are_deterministic_and_split_evenly() {
     let dh = rng.vec(s.q_elements());
     let (q, k, v, d_out) =
         (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap(), gpu.upload(&dh).unwrap());
-    let out = gpu.alloc(s.q_elements()).unwrap();
-    let lse = gpu.alloc(s.lse_elements()).unwrap();
-    attention::forward(gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
-    let grads = || {
-        let dq = gpu.alloc(s.q_elements()).unwrap();
-        let dk = gpu.alloc(s.kv_elements()).unwrap();
-        let dv = gpu.alloc(s.kv_elements()).unwrap();
-        attention::backward(gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
-        (gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap())
-    };
-    let (dk1, dv1) = grads();
-    let (dk2, dv2) = grads();
-    assert_eq!(dk1, dk2, "dk differs between two identical runs");
-    assert_eq!(dv1, dv2, "dv differs between two identical runs");
-    let f = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-    let [_, rdk, rdv] = reference_backward(&s, &f(&qh), &f(&kh), &f(&vh), None, &f(&dh));
-    common::assert_close("split dk", &dk1, &rdk, 1e-3, 1e-4);
-    common::assert_close("split dv", &dv1, &rdv, 1e-3, 1e-4);
+    for path in gpu.kernel_paths() {
+        let out = gpu.alloc(s.q_elements()).unwrap();
+        let lse = gpu.alloc(s.lse_elements()).unwrap();
+        attention::forward_with(gpu, &q, &k, &v, None, &out, &lse, &s, path).unwrap();
+        let grads = || {
+            let dq = gpu.alloc(s.q_elements()).unwrap();
+            let dk = gpu.alloc(s.kv_elements()).unwrap();
+            let dv = gpu.alloc(s.kv_elements()).unwrap();
+            attention::backward_with(gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s, path).unwrap();
+            (gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap())
+        };
+        let (dk1, dv1) = grads();
+        let (dk2, dv2) = grads();
+        assert_eq!(dk1, dk2, "{path} path: dk differs between two identical runs");
+        assert_eq!(dv1, dv2, "{path} path: dv differs between two identical runs");
+        let f = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+        let [_, rdk, rdv] = reference_backward(&s, &f(&qh), &f(&kh), &f(&vh), None, &f(&dh));
+        common::assert_close(&format!("{path} path: split dk"), &dk1, &rdk, 1e-3, 1e-4);
+        common::assert_close(&format!("{path} path: split dv"), &dv1, &rdv, 1e-3, 1e-4);
+    }
 }
 
 #[test]
@@ -372,14 +407,17 @@ fn long_sequence_4096_sampled_rows() {
     // dispatch is kept well under a second: GL's context lock times out after 6 s, and other
     // tests wait on it.
     let gpu = common::gpu();
-    for (causal, nq, dh) in [(true, 4096, 16), (false, 130, 64)] {
+    for (causal, nq, dh, kernels) in [(true, 4096, 16), (false, 130, 64)]
+        .into_iter()
+        .flat_map(|c| gpu.kernel_paths().into_iter().map(move |p| (c.0, c.1, c.2, p)))
+    {
         let s = Attention::new(1, nq, 4096, 1, dh).with_causal(causal);
         let mut rng = Rng::new(70 + dh as u64);
         let qh: Vec<f32> = rng.vec(s.q_elements()).into_iter().map(|x| 2.0 * x).collect();
         let kh = rng.vec(s.kv_elements());
         let vh = rng.vec(s.kv_elements());
         let (q, k, v) = (gpu.upload(&qh).unwrap(), gpu.upload(&kh).unwrap(), gpu.upload(&vh).unwrap());
-        let (out, lse) = gpu_forward(gpu, &[q, k, v], &s, ForwardPath::Auto).unwrap();
+        let (out, lse) = gpu_forward(gpu, &[q, k, v], &s, ForwardPath::Auto, kernels).unwrap();
         let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
         let f = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<f64>>();
         let (kd, vd) = (f(&kh), f(&vh));
@@ -400,7 +438,7 @@ fn long_sequence_4096_sampled_rows() {
             let qi = f(&qh[i * dh..(i + 1) * dh]);
             let want = reference_forward(&one, &qi, &kd[..nk * dh], &vd[..nk * dh], None);
             common::assert_close(
-                &format!("N=4096 causal={causal} row {i}"),
+                &format!("N=4096 causal={causal} row {i}, {kernels} path"),
                 &out[i * dh..(i + 1) * dh],
                 &want,
                 1e-4,
@@ -441,9 +479,10 @@ fn bad_shapes_are_errors_naming_the_shapes() {
 
     let many = Attention::new(1, 7, 17, 1, 16);
     let (kk, oo) = (gpu.zeros(many.kv_elements()).unwrap(), gpu.alloc(many.q_elements()).unwrap());
-    let err = attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys)
-        .unwrap_err()
-        .to_string();
+    let err =
+        attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys, gpu.kernel_path())
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("at most 16 keys") && err.contains("[1, 17, 1x16]"), "{err}");
 
     let small_mask = gpu.zeros(13).unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::matmul::{matmul, matmul_with, Matmul};
+use vlsa_kernels::matmul::{matmul, matmul_bias, matmul_bias_with, matmul_with, plan, Matmul};
 use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
 /// Every kernel path the adapter can run: each is tested here whatever the default is.
@@ -140,6 +140,129 @@ fn accumulate_adds_to_the_output() {
             ));
         }
     }
+}
+
+#[test]
+fn bias_is_added_to_every_column() {
+    // out = A·B + bias[j] and out += A·B + bias[j], on vec4 and general kernels of every path,
+    // a Linear layer's x·Wᵀ with the weight shared by the batch, and K = 0 (out = bias).
+    let mut rng = Rng::new(7);
+    for path in paths() {
+        for &(batch, m, n, k, ta, tb, bb) in &[
+            (2, 7, 33, 130, false, true, true),
+            (1, 65, 36, 12, false, false, false),
+            (2, 72, 100, 9, true, false, false),
+            (1, 130, 68, 132, false, true, false),
+            (2, 33, 40, 20, true, true, false),
+            (1, 5, 6, 0, false, false, false),
+        ] {
+            for accumulate in [false, true] {
+                let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_b(bb).accumulate(accumulate);
+                let a = Input::random(&mut rng, &[op.a_len()]);
+                let b = Input::random(&mut rng, &[op.b_len()]);
+                let c = Input::random(&mut rng, &[op.out_len()]);
+                let bias = Input::random(&mut rng, &[n]);
+                check(Case::new(
+                    format!("{path:?} {} + bias", op.describe()),
+                    vec![a, b, c, bias],
+                    move |x| {
+                        let product = reference(&op, &x[0], &x[1]);
+                        let old = |i: usize| if accumulate { x[2][i] } else { 0.0 };
+                        product.iter().enumerate().map(|(i, p)| p + x[3][i % n] + old(i)).collect()
+                    },
+                    move |gpu, x| {
+                        let out = gpu.alloc(op.out_len())?;
+                        gpu.copy(&x[2], &out)?;
+                        matmul_bias_with(gpu, &x[0], &x[1], &x[3], &out, &op, path)?;
+                        Ok(out)
+                    },
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn split_k_products_match_reference() {
+    // Small outputs with a long K (weight gradients) run split-K on the tiled path: partial
+    // sums per K range, then a fixed-order reduction that applies bias and accumulate. Aligned
+    // (vec4) and general kernels, a K that does not divide evenly, batch, broadcast.
+    let gpu = common::gpu();
+    let mut rng = Rng::new(8);
+    for &(batch, m, n, k, ta, tb, ba) in &[
+        (1, 36, 40, 2100, true, false, false),
+        (2, 7, 33, 2053, false, false, false),
+        (1, 64, 64, 4096, false, true, false),
+        (2, 12, 8, 2048, true, true, true),
+    ] {
+        let op0 = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_a(ba);
+        assert!(
+            plan(gpu, &op0, KernelPath::Tiled).splits > 1 || gpu.limits().max_compute_invocations_per_workgroup < 256
+        );
+        for accumulate in [false, true] {
+            let op = op0.accumulate(accumulate);
+            let a = Input::random(&mut rng, &[op.a_len()]);
+            let b = Input::random(&mut rng, &[op.b_len()]);
+            let c = Input::random(&mut rng, &[op.out_len()]);
+            let bias = Input::random(&mut rng, &[n]);
+            check(Case::new(
+                format!("Tiled split-K {} + bias", op.describe()),
+                vec![a, b, c, bias],
+                move |x| {
+                    let product = reference(&op, &x[0], &x[1]);
+                    let old = |i: usize| if accumulate { x[2][i] } else { 0.0 };
+                    product.iter().enumerate().map(|(i, p)| p + x[3][i % n] + old(i)).collect()
+                },
+                move |gpu, x| {
+                    let out = gpu.alloc(op.out_len())?;
+                    gpu.copy(&x[2], &out)?;
+                    matmul_bias_with(gpu, &x[0], &x[1], &x[3], &out, &op, KernelPath::Tiled)?;
+                    Ok(out)
+                },
+            ));
+        }
+        // Deterministic: the same product twice gives the same bits.
+        let a = gpu.upload(&rng.vec(op0.a_len())).unwrap();
+        let b = gpu.upload(&rng.vec(op0.b_len())).unwrap();
+        let first = run(gpu, KernelPath::Tiled, &op0, &a, &b).unwrap();
+        let second = run(gpu, KernelPath::Tiled, &op0, &a, &b).unwrap();
+        assert_eq!(gpu.download(&first).unwrap(), gpu.download(&second).unwrap(), "{}", op0.describe());
+    }
+}
+
+#[test]
+fn plans_name_the_entry_points() {
+    // The vec4 kernels where the contiguous axes allow, general ones otherwise, the large tile
+    // for big aligned outputs, split-K for long K and small outputs.
+    let gpu = common::gpu();
+    let aligned = Matmul::new(1, 1024, 1024, 1024);
+    let odd = Matmul::new(1, 7, 33, 130);
+    assert_eq!(plan(gpu, &aligned, KernelPath::Registers).entry, "registers_nn");
+    assert_eq!(plan(gpu, &odd.trans_b(true), KernelPath::Registers).entry, "registers_general");
+    if gpu.limits().max_compute_invocations_per_workgroup >= 256 {
+        assert_eq!(plan(gpu, &aligned, KernelPath::Tiled).entry, "tiled_128");
+        assert_eq!(plan(gpu, &Matmul::new(1, 256, 192, 64), KernelPath::Tiled).entry, "tiled_64");
+        assert_eq!(plan(gpu, &odd, KernelPath::Tiled).entry, "tiled_general");
+        let grad = plan(gpu, &Matmul::new(1, 192, 768, 2056).trans_a(true), KernelPath::Tiled);
+        assert_eq!((grad.entry, grad.splits), ("tiled_64", 5), "{}", grad.describe());
+    }
+    let sub = plan(gpu, &aligned.trans_a(true), KernelPath::Subgroup);
+    if gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8 {
+        assert_eq!(sub.entry, "subgroup_tn");
+        assert_eq!(plan(gpu, &odd, KernelPath::Subgroup).entry, "subgroup_general");
+    } else {
+        assert_eq!((sub.path, sub.entry), (KernelPath::Registers, "registers_tn"));
+    }
+}
+
+#[test]
+fn short_bias_is_an_error() {
+    let gpu = common::gpu();
+    let op = Matmul::new(1, 4, 6, 3);
+    let (a, b, out) = (gpu.alloc(12).unwrap(), gpu.alloc(18).unwrap(), gpu.alloc(24).unwrap());
+    let bias = gpu.alloc(5).unwrap();
+    let err = matmul_bias(gpu, &a, &b, &bias, &out, &op).unwrap_err().to_string();
+    assert!(err.contains("bias has 5 elements") && err.contains("6 columns"), "{err}");
 }
 
 #[test]

@@ -257,7 +257,8 @@ fn the_train_command_checkpoints_stops_and_resumes() {
             "--steps",
             "2",
             "--out",
-            out.to_str().unwrap(),
+            // A new run: the finished one at `out` is refused without --resume or --force.
+            dir.join("other.safetensors").to_str().unwrap(),
         ])
         .output()
         .unwrap();

@@ -14,7 +14,7 @@
 
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
-use crate::{shader, Error, GpuBuffer, Result};
+use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "attention.wgsl");
 
@@ -179,6 +179,8 @@ struct Params {
     tiles: u32,
     splits: u32,
     split_rows: u32,
+    lanes: u32,
+    _pad: [u32; 3],
 }
 
 impl Params {
@@ -196,6 +198,8 @@ impl Params {
             tiles: 0,
             splits: 1,
             split_rows: 0,
+            lanes: lanes_per_row(s.head_dim) as u32,
+            _pad: [0; 3],
         }
     }
 }
@@ -237,23 +241,37 @@ const FORWARD_ENTRIES: [&str; 4] = ["forward_c1", "forward_c2", "forward_c4", "f
 const DQ_ENTRIES: [&str; 4] = ["backward_dq_c1", "backward_dq_c2", "backward_dq_c4", "backward_dq_c8"];
 const DKDV_ENTRIES: [&str; 4] = ["backward_dkdv_c1", "backward_dkdv_c2", "backward_dkdv_c4", "backward_dkdv_c8"];
 
-/// Widest head the blocked kernels run on adapters other than CPU ones. Above 64 they use the
-/// `_c8` entry points (four rows of 128 floats per invocation), which lost the device on
-/// NVIDIA's Vulkan driver (H200, driver 580.159, measured); until a one-row variant exists such
-/// adapters get a clear error instead. Vision heads of 64 (CLIP ViT-B, the default config) and
-/// MiniLM's 32 are unaffected, and the few-keys cross-attention path takes any width.
+/// Widest head the register-blocked kernels (the registers and subgroup paths) run on adapters
+/// other than CPU ones. Above 64 they use the `_c8` entry points (four rows of 128 floats per
+/// invocation), which lost the device on NVIDIA's Vulkan driver (H200, driver 580.159,
+/// measured). The tiled path, the default on GPUs, spreads a row over lanes instead and takes
+/// every width up to [`MAX_HEAD_DIM`]; the few-keys cross-attention path takes any width.
 pub const GPU_MAX_BLOCKED_HEAD_DIM: usize = 64;
 
-fn check_blocked_head(gpu: &Gpu, s: &Attention) -> Result<()> {
-    if s.head_dim > GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
+fn check_blocked_head(gpu: &Gpu, s: &Attention, path: KernelPath) -> Result<()> {
+    if path != KernelPath::Tiled && s.head_dim > GPU_MAX_BLOCKED_HEAD_DIM && gpu.info().device_type != "Cpu" {
         return Err(Error::Unsupported(format!(
-            "attention with {} on {}: head widths above {GPU_MAX_BLOCKED_HEAD_DIM} run only on CPU adapters for now (their kernel loses the device on NVIDIA's driver); use more heads",
+            "attention with {} on {}: head widths above {GPU_MAX_BLOCKED_HEAD_DIM} run on the {path} kernel path only on CPU adapters (its kernel loses the device on NVIDIA's driver); use the tiled path (VLSA_KERNEL_PATH=tiled) or more heads",
             s.describe(),
             gpu.info().name
         )));
     }
     Ok(())
 }
+
+/// Lanes per head row of the `_lanes` kernels (the tiled path): the power of two that just
+/// holds head_dim / 4 vec4, from 1 to 32.
+fn lanes_per_row(head_dim: usize) -> usize {
+    (head_dim / 4).max(1).next_power_of_two().min(32)
+}
+
+/// Rows (queries or keys) per 64-lane workgroup of the `_lanes` kernels.
+fn lanes_rows(s: &Attention) -> usize {
+    LANES_WG / lanes_per_row(s.head_dim)
+}
+
+/// Invocations per workgroup of the `_lanes` kernels.
+const LANES_WG: usize = 64;
 
 /// The entry point of `entries` whose chunks (16 elements each) just hold a head row.
 fn chunked_entry(s: &Attention, entries: [&'static str; 4]) -> &'static str {
@@ -296,10 +314,29 @@ pub fn forward(
     lse: &GpuBuffer,
     shape: &Attention,
 ) -> Result<()> {
-    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto)
+    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto, gpu.kernel_path())
 }
 
-/// [`forward`] with the kernel chosen by the caller (tests and benches compare the paths).
+/// [`forward`] on the kernel path chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    shape: &Attention,
+    path: KernelPath,
+) -> Result<()> {
+    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto, path)
+}
+
+/// [`forward`] with the forward kernel and the kernel path chosen by the caller (tests and
+/// benches compare them). The registers and subgroup paths run the register-blocked kernels
+/// (four rows per invocation; their streamed rows are uniform loads, which lavapipe already
+/// makes one load per subgroup); the tiled path spreads each row over lanes.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_path(
     gpu: &Gpu,
@@ -310,13 +347,14 @@ pub fn forward_path(
     out: &GpuBuffer,
     lse: &GpuBuffer,
     shape: &Attention,
-    path: ForwardPath,
+    forward: ForwardPath,
+    path: KernelPath,
 ) -> Result<()> {
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
     check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
     check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
-    let few = match path {
+    let few = match forward {
         ForwardPath::Auto => s.kv_len <= FEW_KEYS,
         ForwardPath::Blocked => false,
         ForwardPath::FewKeys if s.kv_len <= FEW_KEYS => true,
@@ -330,15 +368,28 @@ pub fn forward_path(
     if s.q_len == 0 {
         return Ok(());
     }
+    let lanes = !few && path == KernelPath::Tiled;
     if !few {
-        check_blocked_head(gpu, s)?;
+        check_blocked_head(gpu, s, path)?;
     }
-    let tiles = s.q_len.div_ceil(if few { WG } else { TILE });
+    let tiles = s.q_len.div_ceil(if few {
+        WG
+    } else if lanes {
+        lanes_rows(s)
+    } else {
+        TILE
+    });
     let mut p = Params::new(s, key_mask.is_some());
     p.tiles = tiles as u32;
     let mask = key_mask.unwrap_or(k);
     let bytes = 4 * (2 * s.q_elements() + 2 * s.kv_elements() + s.lse_elements()) as u64;
-    let entry = if few { "forward_few_keys" } else { chunked_entry(s, FORWARD_ENTRIES) };
+    let entry = if few {
+        "forward_few_keys"
+    } else if lanes {
+        "forward_lanes"
+    } else {
+        chunked_entry(s, FORWARD_ENTRIES)
+    };
     let label = KernelLabel {
         kernel: if few { "attention_few_keys" } else { "attention" },
         shape: s.describe(),
@@ -366,9 +417,31 @@ pub fn backward(
     dv: &GpuBuffer,
     shape: &Attention,
 ) -> Result<()> {
+    backward_with(gpu, q, k, v, key_mask, out, lse, d_out, dq, dk, dv, shape, gpu.kernel_path())
+}
+
+/// [`backward`] on the kernel path chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    d_out: &GpuBuffer,
+    dq: &GpuBuffer,
+    dk: &GpuBuffer,
+    dv: &GpuBuffer,
+    shape: &Attention,
+    path: KernelPath,
+) -> Result<()> {
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
-    check_blocked_head(gpu, s)?;
+    check_blocked_head(gpu, s, path)?;
+    let lanes = path == KernelPath::Tiled;
+    let rows_per_group = if lanes { lanes_rows(s) } else { TILE };
     let qd = format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim);
     let kd = format!("[{}, {}, {}]", s.kv_batch, s.kv_len, s.heads * s.head_dim);
     check_len(s, "out", out, &qd, s.q_elements())?;
@@ -405,7 +478,7 @@ pub fn backward(
 
     // 2. dq, one query row per invocation.
     if s.q_len > 0 {
-        let tiles = s.q_len.div_ceil(TILE);
+        let tiles = s.q_len.div_ceil(rows_per_group);
         p.tiles = tiles as u32;
         let label = KernelLabel {
             kernel: "attention_backward_dq",
@@ -415,7 +488,7 @@ pub fn backward(
         };
         dispatch(
             gpu,
-            chunked_entry(s, DQ_ENTRIES),
+            if lanes { "backward_dq_lanes" } else { chunked_entry(s, DQ_ENTRIES) },
             &p,
             &[q, k, v, mask, out, lse, d_out, &stats, dq],
             s.batch * s.heads * tiles,
@@ -432,7 +505,7 @@ pub fn backward(
         .max(total_rows.div_ceil(MAX_SPLIT_ROWS));
     let split_rows = total_rows.div_ceil(splits).max(1);
     let splits = total_rows.div_ceil(split_rows).max(1);
-    let tiles = s.kv_len.div_ceil(TILE);
+    let tiles = s.kv_len.div_ceil(rows_per_group);
     p.tiles = tiles as u32;
     p.splits = splits as u32;
     p.split_rows = split_rows as u32;
@@ -443,26 +516,13 @@ pub fn backward(
         bytes: 2 * qe + 4 * ke * splits as u64,
     };
     let workgroups = s.kv_batch * s.heads * splits * tiles;
+    let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { chunked_entry(s, DKDV_ENTRIES) };
     if splits == 1 {
-        return dispatch(
-            gpu,
-            chunked_entry(s, DKDV_ENTRIES),
-            &p,
-            &[q, k, v, mask, out, lse, d_out, &stats, dk, dv],
-            workgroups,
-            label,
-        );
+        return dispatch(gpu, dkdv_entry, &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(
-        gpu,
-        chunked_entry(s, DKDV_ENTRIES),
-        &p,
-        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v],
-        workgroups,
-        label,
-    )?;
+    dispatch(gpu, dkdv_entry, &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",

@@ -1,11 +1,14 @@
-//! Launchers for `shaders/matmul.wgsl`: the batched matrix product with transpose, broadcast
-//! and accumulate flags, the engine's most important kernel.
+//! Launchers for `shaders/matmul.wgsl`: the batched matrix product with transpose, broadcast,
+//! accumulate and bias options, the engine's most important kernel.
 //!
-//! Two implementations sit behind [`matmul`]: a register-blocked kernel without workgroup
-//! memory for CPU adapters (lavapipe, where barriers are expensive and every load is a scalar
-//! loop), and a shared-memory tiled kernel for real GPUs. [`matmul_with`] picks one explicitly,
-//! so tests exercise both on whatever adapter is present. Backward passes are the same kernel
-//! with transpose flags (dA = dC·Bᵀ, dB = Aᵀ·dC); there is no separate backward entry point.
+//! One implementation per [`KernelPath`] sits behind [`matmul`]: a register-blocked kernel
+//! without workgroup memory (CPU adapters without subgroups), the same idea with the B operand
+//! shared across an 8-lane subgroup by `subgroupBroadcast` (lavapipe), and shared-memory tiles
+//! with split-K for long-K, small-output products (real GPUs). [`matmul_with`] picks one
+//! explicitly, so tests exercise every path on whatever adapter is present, and [`plan`] says
+//! which entry point a product runs. [`matmul_bias`] adds a per-column bias in the same
+//! dispatch. Backward passes are the same kernel with transpose flags (dA = dC·Bᵀ,
+//! dB = Aᵀ·dC); there is no separate backward entry point.
 
 use crate::context::{Dispatch, Gpu};
 use crate::profiler::KernelLabel;
@@ -26,8 +29,20 @@ const SUBGROUP_ROWS: usize = 64;
 const SUBGROUP_COLS: usize = 32;
 /// The subgroup kernels' workgroup is 8 invocations that must form one subgroup.
 const SUBGROUP_LANES: u32 = 8;
-/// Output tile of one workgroup of the tiled kernel.
+/// Output tiles of one workgroup of the tiled kernels (tiled_64 and tiled_general, tiled_128).
 const TILE: usize = 64;
+const TILE_LARGE: usize = 128;
+/// tiled_128 only when the output has at least this many 128 x 128 tiles.
+const LARGE_MIN_TILES: usize = 128;
+/// What the tiled kernels need of the adapter: a 16 x 16 workgroup and 8 KiB of workgroup memory.
+const TILED_INVOCATIONS: u32 = 256;
+const TILED_SHARED_BYTES: u32 = 8192;
+/// Split-K (tiled path): outputs of fewer 64 x 64 tiles than this with K at least SPLIT_MIN_K,
+/// into at most SPLIT_MAX splits of at least SPLIT_MIN_CHUNK along K.
+const SPLIT_MAX_TILES: usize = 64;
+const SPLIT_MIN_K: usize = 2048;
+const SPLIT_MAX: usize = 8;
+const SPLIT_MIN_CHUNK: usize = 512;
 
 /// One (batched) matrix product: out[b] = A[b] · B[b] (or out[b] += when accumulate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +189,9 @@ struct Params {
     trans_a: u32,
     trans_b: u32,
     accumulate: u32,
-    _pad: [u32; 3],
+    has_bias: u32,
+    k_split: u32,
+    _pad: u32,
 }
 
 /// out[b] = A[b] · B[b] (or += when `op.accumulate`), out stored [batch, M, N] row-major, on the
@@ -192,6 +209,58 @@ pub fn matmul_with(
     op: &Matmul,
     path: KernelPath,
 ) -> Result<()> {
+    launch(gpu, a, b, None, out, op, path)
+}
+
+/// A product with a per-column bias in the same dispatch, so a Linear layer
+/// (y = x·Wᵀ + bias, W stored [N, K] as in PyTorch: `op.trans_b(true)`) is one launch:
+/// out[b, i, j] = Σₖ A[b, i, k]·B[b, k, j] + bias[j], or with `op.accumulate`
+/// out[b, i, j] += Σₖ A[b, i, k]·B[b, k, j] + bias[j]. `bias` holds N elements (at least), shared
+/// by every row and batch. Runs on the adapter's path; every path supports it.
+pub fn matmul_bias(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: &GpuBuffer,
+    out: &GpuBuffer,
+    op: &Matmul,
+) -> Result<()> {
+    launch(gpu, a, b, Some(bias), out, op, gpu.kernel_path())
+}
+
+/// [`matmul_bias`] on an explicitly chosen implementation.
+pub fn matmul_bias_with(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: &GpuBuffer,
+    out: &GpuBuffer,
+    op: &Matmul,
+    path: KernelPath,
+) -> Result<()> {
+    launch(gpu, a, b, Some(bias), out, op, path)
+}
+
+fn launch(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    op: &Matmul,
+    path: KernelPath,
+) -> Result<()> {
+    if let Some(bias) = bias {
+        if bias.len() < op.n {
+            return Err(Error::Shape(format!(
+                "matmul {}: the bias has {} elements but the output's {} columns need {}",
+                op.describe(),
+                bias.len(),
+                op.n,
+                op.n
+            )));
+        }
+    }
     for (what, buf, need, shape) in [
         ("A", a, op.a_len(), op.a_shape()),
         ("B", b, op.b_len(), op.b_shape()),
@@ -205,7 +274,7 @@ pub fn matmul_with(
             )));
         }
     }
-    if op.out_len() == 0 || (op.k == 0 && op.accumulate) {
+    if op.out_len() == 0 || (op.k == 0 && op.accumulate && bias.is_none()) {
         return Ok(());
     }
     let u32_of = |v: usize, what: &str| {
@@ -224,54 +293,146 @@ pub fn matmul_with(
         trans_a: op.trans_a as u32,
         trans_b: op.trans_b as u32,
         accumulate: op.accumulate as u32,
-        _pad: [0; 3],
+        has_bias: bias.is_some() as u32,
+        k_split: op.k as u32,
+        _pad: 0,
     };
-    // The subgroup kernels need all 8 invocations of a workgroup in one subgroup: on adapters
-    // whose subgroups can be smaller, the subgroup path runs the register kernels.
-    let info = gpu.info();
-    let path = if path == KernelPath::Subgroup && !(info.subgroups && info.subgroup_size.0 >= SUBGROUP_LANES) {
-        path.fallback()
-    } else {
-        path
-    };
-    let layout = (op.trans_a, op.trans_b);
-    let (entry, rows, cols) = match path {
-        KernelPath::Tiled => ("tiled", TILE, TILE),
-        KernelPath::Subgroup if op.aligned() => {
-            let entry = match layout {
-                (false, false) => "subgroup_nn",
-                (false, true) => "subgroup_nt",
-                (true, false) => "subgroup_tn",
-                (true, true) => "subgroup_tt",
-            };
-            (entry, SUBGROUP_ROWS, SUBGROUP_COLS)
-        }
-        KernelPath::Subgroup => ("subgroup_general", SUBGROUP_ROWS, SUBGROUP_COLS),
-        KernelPath::Registers if op.aligned() => {
-            let entry = match layout {
-                (false, false) => "registers_nn",
-                (false, true) => "registers_nt",
-                (true, false) => "registers_tn",
-                (true, true) => "registers_tt",
-            };
-            (entry, REGISTER_ROWS, REGISTER_COLS)
-        }
-        KernelPath::Registers => ("registers_general", GENERAL_ROWS, GENERAL_COLS),
-    };
+    let plan = plan(gpu, op, path);
     let label = KernelLabel {
         kernel: "matmul",
-        shape: op.describe(),
+        shape: if bias.is_some() { format!("{} + bias", op.describe()) } else { op.describe() },
         flops: op.flops(),
         bytes: 4 * (op.a_len() + op.b_len() + op.out_len() * if op.accumulate { 2 } else { 1 }) as u64,
     };
+    let grid = |z: usize| [op.n.div_ceil(plan.cols) as u32, op.m.div_ceil(plan.rows) as u32, z as u32];
+    if plan.splits <= 1 {
+        return gpu.dispatch(Dispatch {
+            shader: &SHADER,
+            entry: plan.entry,
+            params: bytemuck::bytes_of(&params),
+            // Bindings 1..3 are the scalar views, 4..6 the vec4 views of the same buffers, 7 the
+            // bias (A stands in when there is none: read-only, never read); each entry point
+            // binds only the ones it uses.
+            buffers: &[a, b, out, a, b, out, bias.unwrap_or(a)],
+            workgroups: grid(op.batch),
+            label,
+        });
+    }
+    // Split-K: partial products of each K range into scratch [splits, batch, M, N] without the
+    // epilogue, then one pass sums them in split order and applies bias and accumulate.
+    let k_split = op.k.div_ceil(plan.splits);
+    let partial = gpu.alloc(plan.splits * op.out_len())?;
+    let split_params = Params { k_split: k_split as u32, accumulate: 0, has_bias: 0, ..params };
     gpu.dispatch(Dispatch {
         shader: &SHADER,
-        entry,
-        params: bytemuck::bytes_of(&params),
-        // Bindings 1..3 are the scalar views, 4..6 the vec4 views of the same buffers; each
-        // entry point binds only the ones it uses.
-        buffers: &[a, b, out, a, b, out],
-        workgroups: [op.n.div_ceil(cols) as u32, op.m.div_ceil(rows) as u32, op.batch as u32],
+        entry: plan.entry,
+        params: bytemuck::bytes_of(&split_params),
+        buffers: &[a, b, &partial, a, b, &partial, a],
+        workgroups: grid(op.batch * plan.splits),
         label,
+    })?;
+    let reduce_params = Params { k_split: plan.splits as u32, ..params };
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry: "splitk_reduce",
+        params: bytemuck::bytes_of(&reduce_params),
+        buffers: &[&partial, b, out, a, b, out, bias.unwrap_or(a)],
+        workgroups: [op.out_len().div_ceil(256) as u32, 1, 1],
+        label: KernelLabel {
+            kernel: "matmul_splitk_reduce",
+            shape: format!("{} splits of {}", plan.splits, op.describe()),
+            flops: (plan.splits * op.out_len()) as u64,
+            bytes: 4 * ((plan.splits + 1 + op.accumulate as usize) * op.out_len()) as u64,
+        },
     })
+}
+
+/// Which kernel a product runs: the entry point, the output block one workgroup covers, and
+/// the number of K splits (tiled path only; 1 = no split).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulPlan {
+    /// The path that actually runs (after falling back where the adapter cannot run `path`).
+    pub path: KernelPath,
+    /// The entry point in shaders/matmul.wgsl.
+    pub entry: &'static str,
+    /// Output rows one workgroup covers.
+    pub rows: usize,
+    /// Output columns one workgroup covers.
+    pub cols: usize,
+    /// K splits summed by `splitk_reduce` afterwards; 1 when the product is not split.
+    pub splits: usize,
+}
+
+impl MatmulPlan {
+    /// The entry points that run, e.g. `tiled_64 + splitk_reduce (4 splits)`.
+    pub fn describe(&self) -> String {
+        if self.splits > 1 {
+            format!("{} + splitk_reduce ({} splits)", self.entry, self.splits)
+        } else {
+            self.entry.to_string()
+        }
+    }
+}
+
+/// The kernel [`matmul_with`] runs for `op` on `path` on this adapter.
+///
+/// - subgroup: needs subgroups whose smallest size is at least 8 (the workgroup of 8 must be
+///   one subgroup), else the register kernels run.
+/// - tiled: needs 256 invocations and 8 KiB of workgroup memory, else the register kernels run.
+///   Tile table: 128 x 128 for aligned outputs of at least 128 tiles of that size (enough
+///   workgroups to fill a large GPU), 64 x 64 for other aligned shapes, the scalar 64 x 64
+///   kernel otherwise. Split-K when the output has fewer than 64 tiles and K >= 2048 (the weight
+///   gradients: K = batch x tokens): up to 8 splits of at least 512 along K.
+/// - vec4 kernels need every contiguous axis a multiple of 4; other shapes run the general ones.
+pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
+    let info = gpu.info();
+    let limits = gpu.limits();
+    let path = match path {
+        KernelPath::Subgroup if !(info.subgroups && info.subgroup_size.0 >= SUBGROUP_LANES) => path.fallback(),
+        KernelPath::Tiled
+            if limits.max_compute_invocations_per_workgroup < TILED_INVOCATIONS
+                || limits.max_compute_workgroup_storage_size < TILED_SHARED_BYTES =>
+        {
+            KernelPath::Registers
+        }
+        other => other,
+    };
+    let layout = match (op.trans_a, op.trans_b) {
+        (false, false) => 0,
+        (false, true) => 1,
+        (true, false) => 2,
+        (true, true) => 3,
+    };
+    let aligned = op.aligned();
+    let one = |entry: &'static str, rows: usize, cols: usize| MatmulPlan { path, entry, rows, cols, splits: 1 };
+    match path {
+        KernelPath::Subgroup if aligned => {
+            one(["subgroup_nn", "subgroup_nt", "subgroup_tn", "subgroup_tt"][layout], SUBGROUP_ROWS, SUBGROUP_COLS)
+        }
+        KernelPath::Subgroup => one("subgroup_general", SUBGROUP_ROWS, SUBGROUP_COLS),
+        KernelPath::Registers if aligned => {
+            one(["registers_nn", "registers_nt", "registers_tn", "registers_tt"][layout], REGISTER_ROWS, REGISTER_COLS)
+        }
+        KernelPath::Registers => one("registers_general", GENERAL_ROWS, GENERAL_COLS),
+        KernelPath::Tiled => {
+            let tiles = |t: usize| op.m.div_ceil(t) * op.n.div_ceil(t) * op.batch;
+            let entry = if aligned { "tiled_64" } else { "tiled_general" };
+            if tiles(TILE) < SPLIT_MAX_TILES && op.k >= SPLIT_MIN_K {
+                // K per split: a multiple of the 64-tile kernels' stage (16), at least 512.
+                let k_split = op.k.div_ceil(SPLIT_MAX).max(SPLIT_MIN_CHUNK).next_multiple_of(16);
+                let splits = op.k.div_ceil(k_split);
+                let fits = op.batch * splits <= u16::MAX as usize
+                    && (splits * op.out_len()).div_ceil(256) <= u16::MAX as usize
+                    && u32::try_from(splits * op.out_len()).is_ok();
+                if splits > 1 && fits {
+                    return MatmulPlan { path, entry, rows: TILE, cols: TILE, splits };
+                }
+            }
+            if aligned && tiles(TILE_LARGE) >= LARGE_MIN_TILES {
+                one("tiled_128", TILE_LARGE, TILE_LARGE)
+            } else {
+                one(entry, TILE, TILE)
+            }
+        }
+    }
 }

@@ -173,7 +173,7 @@ class WithVlsaTest(unittest.TestCase):
         for ea, eb in zip(checkpoint_log(out), checkpoint_log(single)):
             self.assertAlmostEqual(ea["loss"], eb["loss"], delta=1e-5)
 
-    def test_a_vlsa_train_checkpoint_fine_tunes_in_the_package(self):
+    def test_checkpoints_move_between_vlsa_train_and_the_package(self):
         ours = os.path.join(self.tmp, "from_vlsa.safetensors")
         theirs = os.path.join(self.tmp, "vlsa.safetensors")
         args = ["--data", self.data, "--batch", "4", "--lr", "3e-3", "--warmup", "1", "--seed", "2"]
@@ -194,6 +194,18 @@ class WithVlsaTest(unittest.TestCase):
         worst = max((a[n] - b[n]).abs().max().item() for n in a if not n.startswith("optim."))
         self.assertLess(worst, 1e-2, "three more steps in either tool end close")
         self.assertIn("Dice", run([VLSA_BIN, "eval", "--model", ours, "--data", self.data]))
+
+        # And back: a run started here from the config (vlsa's init) draws vlsa's batches, and
+        # `vlsa train --resume` continues its checkpoint.
+        back = os.path.join(self.tmp, "to_vlsa.safetensors")
+        run(train_cmd(1, "--config", self.config, "--steps", "6", "--stop-at", "3", "--out", back, *args), timeout=600)
+        for a, b in zip(checkpoint_log(back), vlsa[:3]):
+            self.assertAlmostEqual(a["loss"], b["loss"], delta=1e-4)
+        run([VLSA_BIN, "train", "--resume", "--out", back, *args])
+        final = checkpoint_log(back)
+        self.assertEqual([e["step"] for e in final], list(range(1, 7)))
+        for a, b in zip(final[3:], vlsa[3:]):
+            self.assertAlmostEqual(a["loss"], b["loss"], delta=2e-3)
 
 
 if __name__ == "__main__":

@@ -80,8 +80,9 @@ def augment(image, mask, rng):
     h, w = mask.shape
     one = F32(1.0)
     scale = rng.range(MIN_SCALE, one)
-    cw = min(max(int(np.floor(F32(w) * scale + F32(0.5))), 1), w)  # f32 round half away from zero
-    ch = min(max(int(np.floor(F32(h) * scale + F32(0.5))), 1), h)
+    # Rust's f32::round (half away from zero) of the f32 product; + 0.5 in f64 is exact.
+    cw = min(max(int(np.floor(float(F32(w) * scale) + 0.5)), 1), w)
+    ch = min(max(int(np.floor(float(F32(h) * scale) + 0.5)), 1), h)
     x0 = rng.below(w - cw + 1)
     y0 = rng.below(h - ch + 1)
     flip_x, flip_y = rng.coin(), rng.coin()

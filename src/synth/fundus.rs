@@ -72,7 +72,7 @@ fn grow(out: &mut Vec<Segment>, vessel: Vessel, rng: &mut Rng) {
         if ((p.0 - 0.5).powi(2) + (p.1 - 0.5).powi(2)).sqrt() > FOV_RADIUS + 0.02 {
             return;
         }
-        if depth < 3 && i > 3 && w > 0.004 && rng.chance(0.05) {
+        if depth < 4 && i > 3 && w > 0.003 && rng.chance(0.08) {
             let side = if rng.chance(0.5) { 1.0 } else { -1.0 };
             let branch_heading = heading + side * rng.range(0.4, 0.9);
             let rest = length * (1.0 - i as f32 / steps as f32);
@@ -99,15 +99,19 @@ impl Eye {
     pub(super) fn sample(rng: &mut Rng) -> Eye {
         // +1: disc on the right (a right eye seen from the front), -1: on the left.
         let side = if rng.chance(0.5) { 1.0f32 } else { -1.0 };
-        let disc_centre = (0.5 + side * rng.range(0.17, 0.23), 0.5 + rng.range(-0.05, 0.05));
-        let disc_radius = rng.range(0.065, 0.095);
+        // Macula-centred: the fovea near the middle, the disc 2–3 disc diameters to one side
+        // (about 0.3 of the field width), slightly above the fovea. The disc's diameter is
+        // 0.095–0.15 of the field of view (1.5–2 mm of a 45–50° field; the real photo in
+        // samples/ has 0.094 across and 0.113 high).
+        let fovea = (0.5 + rng.range(-0.03, 0.03), 0.5 + rng.range(-0.03, 0.03));
+        let disc_centre = (fovea.0 + side * rng.range(0.27, 0.33), fovea.1 - rng.range(0.0, 0.05));
+        let disc_radius = rng.range(0.045, 0.07);
         let disc = Blob::new(disc_centre, disc_radius, rng.range(1.0, 1.15), rng.range(-0.2, 0.2), 0.03, rng);
         let cup_to_disc = rng.range(0.3, 0.8);
         let shift = rng.range(0.0, 0.1) * disc_radius;
         let cup_centre = (disc_centre.0 - side * shift, disc_centre.1 + rng.range(-0.03, 0.03) * disc_radius);
         let cup =
             Blob::new(cup_centre, cup_to_disc * disc_radius, rng.range(0.95, 1.2), rng.range(-0.2, 0.2), 0.04, rng);
-        let fovea = (disc_centre.0 - side * rng.range(0.36, 0.42), disc_centre.1 + rng.range(0.0, 0.06));
         // Vessels: four arcades around the macula and nasal, then a few small ones.
         let to_fovea = (fovea.1 - disc_centre.1).atan2(fovea.0 - disc_centre.0);
         let mut vessels = Vec::new();
@@ -147,7 +151,8 @@ impl Eye {
                 );
             }
         }
-        for _ in 0..rng.range(2.0, 5.0) as usize {
+        // Many thin vessels leave the disc in every direction, as in real photos.
+        for _ in 0..rng.range(5.0, 10.0) as usize {
             let heading = rng.range(-PI, PI);
             grow(
                 &mut vessels,
@@ -156,8 +161,8 @@ impl Eye {
                     heading,
                     target: heading,
                     bend: 0.0,
-                    width: rng.range(0.004, 0.007),
-                    length: rng.range(0.15, 0.3),
+                    width: rng.range(0.003, 0.006),
+                    length: rng.range(0.15, 0.35),
                     vein: rng.chance(0.5),
                     depth: 1,
                 },
@@ -174,7 +179,9 @@ impl Eye {
             macula_darkening: rng.range(0.3, 0.5),
             halo: if rng.chance(0.5) { rng.range(0.1, 0.5) } else { 0.0 },
             vessels,
-            retina: [0.78 * tint, 0.36 * rng.range(0.85, 1.15), 0.16 * rng.range(0.8, 1.2)],
+            // Bright orange-red, as a well-exposed photo (the real photo's retina averages
+            // 0.81, 0.32, 0.23 after vignetting).
+            retina: [0.93 * tint, 0.37 * rng.range(0.85, 1.15), 0.27 * rng.range(0.8, 1.2)],
             choroid: Texture::new(rng, 5, 3),
             fine: Texture::new(rng, 24, 1),
         }
@@ -235,11 +242,14 @@ impl Eye {
         let (arteries, veins) = self.vessel_maps(size);
         let mut rgb = Vec::with_capacity(size * size * 3);
         let mut fov = Vec::with_capacity(size * size);
-        let disc_colour = [0.96, 0.8, 0.52];
-        let cup_colour = [1.0, 0.94, 0.76];
-        let halo_colour = [0.92, 0.62, 0.36];
-        let artery_colour = [0.62, 0.14, 0.07];
-        let vein_colour = [0.4, 0.06, 0.04];
+        // Measured on the real photo in samples/: disc rim 0.99, 0.64, 0.44 (red saturates, green
+        // and blue about twice the retina's), cup 0.98, 0.79, 0.56. Vessels darken green most
+        // (about 0.6x) and red little (about 0.85x); veins are darker than arteries.
+        let disc_colour = [1.0, 0.66, 0.45];
+        let cup_colour = [1.0, 0.82, 0.6];
+        let halo_colour = [0.97, 0.55, 0.38];
+        let artery_colour = [0.82, 0.22, 0.16];
+        let vein_colour = [0.68, 0.15, 0.12];
         for py in 0..size {
             for px in 0..size {
                 let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);

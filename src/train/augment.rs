@@ -6,11 +6,11 @@
 //! `i` of step `s` are pure functions of (seed, e) and (seed, s, i). A resumed run therefore needs
 //! only the seed and the step count to draw exactly the batches an uninterrupted run would.
 
-use crate::image_io::{Image, Mask};
+use crate::image_io::{resize_bilinear, Image, Mask};
 use crate::random::SplitMix64;
 
 /// Every stream here is SplitMix64 (see [`crate::random`]).
-type Rng = crate::random::Rng<SplitMix64>;
+pub type Rng = crate::random::Rng<SplitMix64>;
 
 /// A generator for one purpose (`tag`) and position (`a`, `b`) of a run seeded with `seed`.
 pub fn stream(seed: u64, tag: u64, a: u64, b: u64) -> Rng {
@@ -90,6 +90,276 @@ impl Augmentation {
         }
         (Image { width: cw, height: ch, rgb }, Mask { width: cw, height: ch, labels })
     }
+}
+
+const RANDOMIZE: u64 = 3;
+
+/// The generator of the domain randomization of item `item` of step `step` (a stream of its own,
+/// so a run without randomization draws exactly the crops and flips it drew before).
+pub fn randomize_rng(seed: u64, step: u64, item: u64) -> Rng {
+    stream(seed, RANDOMIZE, step, item)
+}
+
+/// Domain randomization: a random acquisition (scanner or camera) per training sample, drawn
+/// from ranges much wider than any one device, so that the model cannot rely on one intensity
+/// curve, colour balance, sharpness or noise level. The ranges come from the physics of
+/// acquisition, not from scores on any test domain:
+///
+/// - shading: MRI coil sensitivity and lens vignetting are smooth multiplicative fields; a
+///   linear ramp of up to ±`bias` in log-intensity across the image plus radial fall-off of up to
+///   `vignette` at the corners;
+/// - blur: optics and motion, a Gaussian point spread of up to `blur` of the image side;
+/// - resolution loss: acquisition matrices and sensors from `min_resolution` of the side up to
+///   full, sampled down (area average) then up (bilinear);
+/// - noise: one of Gaussian read noise (sigma up to `noise`), Rician magnitude noise (MRI: the
+///   magnitude of a complex signal with Gaussian noise of the same sigma in both channels) or
+///   Poisson shot noise (photos: `min_photons` to 20 000 photons at full white);
+/// - colour cast: white balance, per-channel gain log-uniform in [1/`cast`, `cast`] (skipped on
+///   grey images: an MRI scanner has no colour);
+/// - intensity curve: `v^gamma` with gamma log-uniform in [1/`gamma`, `gamma`], then contrast
+///   log-uniform in [1/`contrast`, `contrast`] about mid-grey and brightness in ±`brightness`.
+///
+/// Each of the seven is applied with probability `p`, so some samples keep the clean training
+/// acquisition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Randomization {
+    /// Probability of each transform.
+    pub p: f32,
+    /// Largest log-intensity ramp of the bias field, end to end.
+    pub bias: f32,
+    /// Largest light lost at the corners by vignetting.
+    pub vignette: f32,
+    /// Largest blur sigma as a fraction of the image side.
+    pub blur: f32,
+    /// Smallest acquisition resolution as a fraction of the side.
+    pub min_resolution: f32,
+    /// Largest Gaussian / Rician noise sigma.
+    pub noise: f32,
+    /// Fewest photons at full white of shot noise.
+    pub min_photons: f32,
+    /// Largest per-channel gain factor of the colour cast.
+    pub cast: f32,
+    /// Largest gamma factor.
+    pub gamma: f32,
+    /// Largest contrast factor.
+    pub contrast: f32,
+    /// Largest brightness offset.
+    pub brightness: f32,
+}
+
+impl Default for Randomization {
+    fn default() -> Self {
+        Randomization {
+            p: 0.6,
+            bias: 0.8,
+            vignette: 0.7,
+            blur: 0.015,
+            min_resolution: 0.35,
+            noise: 0.08,
+            min_photons: 100.0,
+            cast: 1.5,
+            gamma: 2.0,
+            contrast: 1.6,
+            brightness: 0.15,
+        }
+    }
+}
+
+impl Randomization {
+    /// Applies a random acquisition to `image` in place (its size is kept, so its mask stays
+    /// aligned). The draws are made in a fixed order whether or not a transform is applied, so
+    /// each transform's parameters depend only on the stream.
+    pub fn apply(&self, image: &mut Image, rng: &mut Rng) {
+        let grey = is_grey(image);
+        let mut on = [false; 7];
+        on.iter_mut().for_each(|o| *o = rng.chance(self.p));
+        let ramp = (rng.range(-self.bias, self.bias), rng.range(0.0, std::f32::consts::TAU));
+        let vignette = rng.range(0.0, self.vignette);
+        let sigma = rng.range(0.0, self.blur);
+        let resolution = rng.range(self.min_resolution, 1.0);
+        let (kind, noise) = (rng.below(3), rng.range(0.0, self.noise));
+        let photons = rng.log_range(self.min_photons, 20_000.0);
+        let cast = [0; 3].map(|_| rng.log_range(1.0 / self.cast, self.cast));
+        let gamma = rng.log_range(1.0 / self.gamma, self.gamma);
+        let contrast = rng.log_range(1.0 / self.contrast, self.contrast);
+        let brightness = rng.range(-self.brightness, self.brightness);
+        if on[0] {
+            bias_field(image, ramp.0, ramp.1, vignette);
+        }
+        if on[1] {
+            blur(image, sigma * image.width.max(image.height) as f32);
+        }
+        if on[2] {
+            resolution_loss(image, resolution);
+        }
+        if on[3] {
+            match kind {
+                0 => gaussian_noise(image, noise, rng),
+                1 => rician_noise(image, noise, rng),
+                _ => shot_noise(image, photons, rng),
+            }
+        }
+        if on[4] && !grey {
+            colour_cast(image, cast);
+        }
+        if on[5] {
+            gamma_curve(image, gamma);
+        }
+        if on[6] {
+            contrast_brightness(image, contrast, brightness);
+        }
+        image.rgb.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    }
+}
+
+/// Whether every pixel has equal channels (an MRI slice stored as RGB).
+pub fn is_grey(image: &Image) -> bool {
+    image.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
+}
+
+/// Multiplies by a smooth field: `exp(ramp * t)` with t in [-1/2, 1/2] the position along the
+/// direction `angle` (a coil-sensitivity ramp), times `1 - vignette * r²` with r the distance from
+/// the centre, 1 at the corners (lens vignetting). `ramp = vignette = 0` is the identity.
+pub fn bias_field(image: &mut Image, ramp: f32, angle: f32, vignette: f32) {
+    let (w, h) = (image.width, image.height);
+    let (gx, gy) = (angle.cos(), angle.sin());
+    for y in 0..h {
+        for x in 0..w {
+            let (u, v) = ((x as f32 + 0.5) / w as f32 - 0.5, (y as f32 + 0.5) / h as f32 - 0.5);
+            let t = (u * gx + v * gy) / std::f32::consts::SQRT_2;
+            let m = (ramp * t).exp() * (1.0 - vignette * (u * u + v * v) * 2.0).max(0.0);
+            image.rgb[(y * w + x) * 3..][..3].iter_mut().for_each(|c| *c *= m);
+        }
+    }
+}
+
+/// Separable Gaussian blur of standard deviation `sigma` pixels, edges clamped (below 0.2 pixel
+/// it would change nothing visible and is skipped).
+pub fn blur(image: &mut Image, sigma: f32) {
+    if sigma < 0.2 {
+        return;
+    }
+    let radius = (3.0 * sigma).ceil() as isize;
+    let mut kernel: Vec<f32> = (-radius..=radius).map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|k| *k /= total);
+    let (w, h) = (image.width as isize, image.height as isize);
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut dst = vec![0.0f32; src.len()];
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let mut s = 0.0;
+                    for (k, wk) in kernel.iter().enumerate() {
+                        let o = k as isize - radius;
+                        let (xx, yy) =
+                            if horizontal { ((x + o).clamp(0, w - 1), y) } else { (x, (y + o).clamp(0, h - 1)) };
+                        s += wk * src[((yy * w + xx) * 3 + c as isize) as usize];
+                    }
+                    dst[((y * w + x) * 3 + c as isize) as usize] = s;
+                }
+            }
+        }
+        dst
+    };
+    let tmp = pass(&image.rgb, true);
+    image.rgb = pass(&tmp, false);
+}
+
+/// Down-sampling to `factor` of the size by area averaging (what a coarser sensor or acquisition
+/// matrix records), then back up bilinearly. `factor >= 1` is the identity.
+pub fn resolution_loss(image: &mut Image, factor: f32) {
+    let (w, h) = (image.width, image.height);
+    let (lw, lh) = (((w as f32 * factor).round() as usize).max(2), ((h as f32 * factor).round() as usize).max(2));
+    if lw >= w && lh >= h {
+        return;
+    }
+    let mut low = vec![0.0f32; lw * lh * 3];
+    for y in 0..lh {
+        for x in 0..lw {
+            let (y0, y1) = (y * h / lh, ((y + 1) * h / lh).max(y * h / lh + 1));
+            let (x0, x1) = (x * w / lw, ((x + 1) * w / lw).max(x * w / lw + 1));
+            let n = ((y1 - y0) * (x1 - x0)) as f32;
+            for c in 0..3 {
+                let mut s = 0.0;
+                for sy in y0..y1 {
+                    for sx in x0..x1 {
+                        s += image.rgb[(sy * w + sx) * 3 + c];
+                    }
+                }
+                low[(y * lw + x) * 3 + c] = s / n;
+            }
+        }
+    }
+    image.rgb = resize_bilinear(&low, lw, lh, 3, w, h);
+}
+
+/// Additive Gaussian read noise of standard deviation `sigma`.
+pub fn gaussian_noise(image: &mut Image, sigma: f32, rng: &mut Rng) {
+    if sigma <= 0.0 {
+        return;
+    }
+    let grey = is_grey(image);
+    for p in image.rgb.chunks_exact_mut(3) {
+        if grey {
+            let n = sigma * rng.normal();
+            p.iter_mut().for_each(|v| *v += n);
+        } else {
+            p.iter_mut().for_each(|v| *v += sigma * rng.normal());
+        }
+    }
+}
+
+/// Rician noise: an MRI magnitude image is `|v + n1 + i n2|` with n1, n2 Gaussian of standard
+/// deviation `sigma`, which lifts the dark background to about `sigma * sqrt(pi / 2)`.
+pub fn rician_noise(image: &mut Image, sigma: f32, rng: &mut Rng) {
+    if sigma <= 0.0 {
+        return;
+    }
+    let grey = is_grey(image);
+    let one = |v: f32, rng: &mut Rng| ((v + sigma * rng.normal()).powi(2) + (sigma * rng.normal()).powi(2)).sqrt();
+    for p in image.rgb.chunks_exact_mut(3) {
+        if grey {
+            let m = one(p[0], rng);
+            p.iter_mut().for_each(|v| *v = m);
+        } else {
+            p.iter_mut().for_each(|v| *v = one(*v, rng));
+        }
+    }
+}
+
+/// Poisson shot noise with `photons` photons at full white, in its Gaussian approximation:
+/// variance `v / photons` at intensity v (exact enough above a few photons, and cheap).
+pub fn shot_noise(image: &mut Image, photons: f32, rng: &mut Rng) {
+    if !photons.is_finite() || photons <= 0.0 {
+        return;
+    }
+    let grey = is_grey(image);
+    for p in image.rgb.chunks_exact_mut(3) {
+        if grey {
+            let n = (p[0].max(0.0) / photons).sqrt() * rng.normal();
+            p.iter_mut().for_each(|v| *v += n);
+        } else {
+            p.iter_mut().for_each(|v| *v += (v.max(0.0) / photons).sqrt() * rng.normal());
+        }
+    }
+}
+
+/// White balance: channel c multiplied by `gain[c]`.
+pub fn colour_cast(image: &mut Image, gain: [f32; 3]) {
+    for p in image.rgb.chunks_exact_mut(3) {
+        p.iter_mut().zip(gain).for_each(|(v, g)| *v *= g);
+    }
+}
+
+/// The intensity curve `v^gamma` (on v clamped to [0, 1]).
+pub fn gamma_curve(image: &mut Image, gamma: f32) {
+    image.rgb.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0).powf(gamma));
+}
+
+/// Contrast about mid-grey and a brightness offset: `(v - 1/2) * contrast + 1/2 + brightness`.
+pub fn contrast_brightness(image: &mut Image, contrast: f32, brightness: f32) {
+    image.rgb.iter_mut().for_each(|v| *v = (*v - 0.5) * contrast + 0.5 + brightness);
 }
 
 #[cfg(test)]

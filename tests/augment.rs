@@ -1,0 +1,177 @@
+//! Domain randomization of training samples: each transform keeps values in range, is the
+//! identity at its neutral parameters, is fixed by the seed, and does what its physics says.
+
+use vlsa::image_io::Image;
+use vlsa::train::augment::{
+    bias_field, blur, colour_cast, contrast_brightness, gamma_curve, gaussian_noise, is_grey, randomize_rng,
+    resolution_loss, rician_noise, shot_noise, Randomization, Rng,
+};
+
+/// A colour test card: smooth gradients, a bright disc and fine stripes (odd size on purpose).
+fn card(w: usize, h: usize) -> Image {
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
+            let disc = if (u - 0.6).powi(2) + (v - 0.4).powi(2) < 0.02 { 0.5 } else { 0.0 };
+            let stripes = if x % 2 == 0 { 0.1 } else { 0.0 };
+            rgb.extend([0.2 + 0.3 * u + disc, 0.1 + 0.4 * v + stripes, 0.3 + 0.2 * u * v]);
+        }
+    }
+    Image { width: w, height: h, rgb }
+}
+
+fn grey(w: usize, h: usize) -> Image {
+    let mut img = card(w, h);
+    img.rgb.chunks_exact_mut(3).for_each(|p| {
+        let m = (p[0] + p[1] + p[2]) / 3.0;
+        p.iter_mut().for_each(|v| *v = m);
+    });
+    img
+}
+
+fn mean(img: &Image) -> f32 {
+    img.rgb.iter().sum::<f32>() / img.rgb.len() as f32
+}
+
+fn rng(n: u64) -> Rng {
+    randomize_rng(7, n, 0)
+}
+
+#[test]
+fn neutral_parameters_are_the_identity() {
+    let img = card(37, 29);
+    let same = |f: &dyn Fn(&mut Image), name: &str| {
+        let mut out = img.clone();
+        f(&mut out);
+        let err = out.rgb.iter().zip(&img.rgb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-6, "{name} at neutral parameters changed the image by {err}");
+    };
+    same(&|i| bias_field(i, 0.0, 1.0, 0.0), "bias field");
+    same(&|i| blur(i, 0.0), "blur");
+    same(&|i| resolution_loss(i, 1.0), "resolution loss");
+    same(&|i| gaussian_noise(i, 0.0, &mut rng(0)), "Gaussian noise");
+    same(&|i| rician_noise(i, 0.0, &mut rng(0)), "Rician noise");
+    same(&|i| shot_noise(i, f32::INFINITY, &mut rng(0)), "shot noise");
+    same(&|i| colour_cast(i, [1.0; 3]), "colour cast");
+    same(&|i| gamma_curve(i, 1.0), "gamma");
+    same(&|i| contrast_brightness(i, 1.0, 0.0), "contrast and brightness");
+    let off = Randomization { p: 0.0, ..Randomization::default() };
+    same(&|i| off.apply(i, &mut rng(3)), "randomization with p = 0");
+}
+
+#[test]
+fn transforms_do_what_their_physics_says() {
+    let img = card(41, 33);
+    // Gamma above 1 darkens mid-tones, below 1 brightens them; 0 and 1 stay.
+    let mut dark = img.clone();
+    gamma_curve(&mut dark, 2.0);
+    assert!(mean(&dark) < mean(&img) - 0.05);
+    let mut ends = Image { width: 2, height: 1, rgb: vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0] };
+    gamma_curve(&mut ends, 0.5);
+    assert_eq!(ends.rgb, vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    // A colour cast scales each channel by its gain.
+    let mut cast = img.clone();
+    colour_cast(&mut cast, [0.5, 1.0, 2.0]);
+    for (a, b) in cast.rgb.chunks_exact(3).zip(img.rgb.chunks_exact(3)) {
+        assert!((a[0] - 0.5 * b[0]).abs() < 1e-6 && a[1] == b[1] && (a[2] - 2.0 * b[2]).abs() < 1e-6);
+    }
+    // Contrast about mid-grey keeps 0.5 fixed; brightness shifts every value.
+    let mut mid = Image { width: 1, height: 1, rgb: vec![0.5, 0.25, 0.75] };
+    contrast_brightness(&mut mid, 2.0, 0.1);
+    assert!((mid.rgb[0] - 0.6).abs() < 1e-6 && (mid.rgb[1] - 0.1).abs() < 1e-6 && (mid.rgb[2] - 1.1).abs() < 1e-6);
+    // Blur and resolution loss keep the mean (up to edge effects) and remove fine stripes.
+    let stripe_energy = |i: &Image| -> f32 {
+        (0..i.height)
+            .flat_map(|y| (1..i.width).map(move |x| (y, x)))
+            .map(|(y, x)| (i.rgb[(y * i.width + x) * 3 + 1] - i.rgb[(y * i.width + x - 1) * 3 + 1]).abs())
+            .sum()
+    };
+    for (name, f) in [
+        ("blur", Box::new(|i: &mut Image| blur(i, 1.5)) as Box<dyn Fn(&mut Image)>),
+        ("resolution loss", Box::new(|i: &mut Image| resolution_loss(i, 0.4))),
+    ] {
+        let mut out = img.clone();
+        f(&mut out);
+        assert_eq!((out.width, out.height, out.rgb.len()), (img.width, img.height, img.rgb.len()), "{name}");
+        assert!((mean(&out) - mean(&img)).abs() < 0.02, "{name} changed the mean");
+        assert!(stripe_energy(&out) < 0.5 * stripe_energy(&img), "{name} kept the stripes");
+    }
+    // The bias field is smooth and positive: a ramp brightens one side and darkens the other;
+    // vignetting darkens the corners, not the centre.
+    let flat = Image { width: 31, height: 31, rgb: vec![0.5; 31 * 31 * 3] };
+    let mut ramp = flat.clone();
+    bias_field(&mut ramp, 1.0, 0.0, 0.0);
+    assert!(ramp.rgb[(15 * 31) * 3] < 0.5 && ramp.rgb[(15 * 31 + 30) * 3] > 0.5);
+    let mut vig = flat.clone();
+    bias_field(&mut vig, 0.0, 0.0, 0.6);
+    assert!(vig.rgb[0] < 0.3 && (vig.rgb[(15 * 31 + 15) * 3] - 0.5).abs() < 0.01);
+    // Gaussian noise has the asked spread; Rician noise lifts black to about sigma * sqrt(pi/2);
+    // shot noise grows with the signal.
+    let black = Image { width: 64, height: 64, rgb: vec![0.0; 64 * 64 * 3] };
+    let mut g = flat.clone();
+    gaussian_noise(&mut g, 0.1, &mut rng(1));
+    let sd = (g.rgb.iter().map(|v| (v - 0.5).powi(2)).sum::<f32>() / g.rgb.len() as f32).sqrt();
+    assert!((sd - 0.1).abs() < 0.01, "Gaussian sd {sd}");
+    let mut r = black.clone();
+    rician_noise(&mut r, 0.1, &mut rng(2));
+    let floor = 0.1 * (std::f32::consts::PI / 2.0).sqrt();
+    assert!((mean(&r) - floor).abs() < 0.01 && r.rgb.iter().all(|&v| v >= 0.0), "Rician floor {}", mean(&r));
+    let spread = |level: f32| {
+        let mut s = Image { width: 64, height: 64, rgb: vec![level; 64 * 64 * 3] };
+        shot_noise(&mut s, 100.0, &mut rng(3));
+        (s.rgb.iter().map(|v| (v - level).powi(2)).sum::<f32>() / s.rgb.len() as f32).sqrt()
+    };
+    let (low, high) = (spread(0.04), spread(0.64));
+    assert!((low - 0.02).abs() < 0.003 && (high - 0.08).abs() < 0.008, "shot noise sd {low} {high}");
+}
+
+#[test]
+fn randomization_stays_in_range_is_fixed_by_its_stream_and_varies_between_streams() {
+    let img = card(45, 39);
+    let r = Randomization::default();
+    let mut distinct = 0;
+    for step in 0..40 {
+        let mut a = img.clone();
+        r.apply(&mut a, &mut randomize_rng(11, step, 2));
+        assert_eq!((a.width, a.height), (img.width, img.height), "size is kept, so the mask stays aligned");
+        assert!(a.rgb.iter().all(|v| (0.0..=1.0).contains(v)), "values stay in [0, 1]");
+        let mut b = img.clone();
+        r.apply(&mut b, &mut randomize_rng(11, step, 2));
+        assert_eq!(a, b, "same seed, step and item: same acquisition");
+        let mut c = img.clone();
+        r.apply(&mut c, &mut randomize_rng(12, step, 2));
+        distinct += usize::from(a != c);
+    }
+    assert!(distinct > 30, "another seed gives other acquisitions ({distinct} of 40 differ)");
+}
+
+#[test]
+fn grey_images_stay_grey() {
+    // MRI slices are stored as three equal channels: no colour cast, and noise on all three alike.
+    let img = grey(33, 27);
+    assert!(is_grey(&img) && !is_grey(&card(5, 5)));
+    let r = Randomization { p: 1.0, ..Randomization::default() };
+    for step in 0..20 {
+        let mut a = img.clone();
+        r.apply(&mut a, &mut randomize_rng(5, step, 0));
+        assert!(is_grey(&a), "step {step} coloured a grey image");
+    }
+}
+
+#[test]
+fn the_ranges_span_the_documented_extremes() {
+    // Over many draws the mean brightness of a mid-grey card moves both ways by a wide margin:
+    // the randomization spans far more than one device's variation.
+    let flat = Image { width: 16, height: 16, rgb: vec![0.5; 16 * 16 * 3] };
+    let r = Randomization::default();
+    let means: Vec<f32> = (0..200)
+        .map(|s| {
+            let mut a = flat.clone();
+            r.apply(&mut a, &mut randomize_rng(1, s, 0));
+            mean(&a)
+        })
+        .collect();
+    let (lo, hi) = means.iter().fold((1.0f32, 0.0f32), |(l, h), &m| (l.min(m), h.max(m)));
+    assert!(lo < 0.3 && hi > 0.7, "mean brightness spans only {lo}..{hi}");
+}
