@@ -700,6 +700,13 @@ fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder:
     Ok(())
 }
 
+fn profile_matmul(m: usize, n: usize, k: usize, layout: &str, batch: usize, path: &str, iters: usize) -> CliResult {
+    let gpu = open_gpu()?;
+    let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, layout, batch, path, iters)?;
+    print!("{}", vlsa::profile::profile_matmul(&gpu, &opts)?);
+    Ok(())
+}
+
 fn profile_model(model: &Path, batch: usize, backward: bool, trace: Option<&Path>, seed: u64) -> CliResult {
     if batch == 0 {
         return Err("--batch must be at least 1".into());
@@ -1012,12 +1019,7 @@ fn main() -> ExitCode {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
         }
         Command::Profile(ProfileCommand::Matmul { m, n, k, layout, batch, path, iters }) => {
-            Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
-                let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, &layout, batch, &path, iters)?;
-                let report = vlsa::profile::profile_matmul(&gpu, &opts).map_err(|e| e.to_string())?;
-                print!("{report}");
-                Ok(())
-            })
+            profile_matmul(m, n, k, &layout, batch, &path, iters)
         }
     };
     match result {
