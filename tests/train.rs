@@ -264,5 +264,5 @@ fn the_train_command_checkpoints_stops_and_resumes() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("nowhere") && stderr.contains("the training data set does not exist"), "{stderr}");
+    assert!(stderr.contains("nowhere") && stderr.contains("is not a data set"), "{stderr}");
 }
