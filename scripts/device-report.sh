@@ -32,6 +32,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 vlsa="${VLSA_BIN:-target/release/vlsa}"
+# Each measurement gets a time limit, so one slow or hung part cannot take the whole budget;
+# a part that runs out is reported as failed with the reason.
+limit=$([[ $quick == 1 ]] && echo 120 || echo 150)
+lim() { timeout "$limit" "$@"; }
 examples="${VLSA_EXAMPLES:-target/release/examples}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -66,7 +70,7 @@ matmul_status="ok"
 for shape in $shapes; do
     IFS=x read -r m n k <<< "$shape"
     for layout in nn nt tn; do
-        if ! text="$("$vlsa" profile matmul --m "$m" --n "$n" --k "$k" --layout "$layout" --path all 2>&1)"; then
+        if ! text="$(lim "$vlsa" profile matmul --m "$m" --n "$n" --k "$k" --layout "$layout" --path all 2>&1)"; then
             matmul_status="skipped: \`vlsa profile matmul\` failed: $(printf '%s' "$text" | tail -1)"
             break 2
         fi
@@ -83,7 +87,7 @@ matmul="{\"status\": $(js "$matmul_status"), \"results\": [$(IFS=,; echo "${matm
 
 # ---- EM iteration ----
 if [[ $quick == 1 ]]; then em_args=(--tokens 256 --width 64 --bases 16); else em_args=(--tokens 4096 --width 256 --bases 64); fi
-if text="$("$vlsa" profile em "${em_args[@]}" --iters 3 2>&1)"; then
+if text="$(lim "$vlsa" profile em "${em_args[@]}" --iters 3 2>&1)"; then
     iter_ms="$(printf '%s\n' "$text" | awk '/^  iter=[0-9]+ / {s += $2; c++} END {if (c) printf "%.4f", s / c / 1000}')"
     em="{\"status\": \"ok\", \"args\": $(js "${em_args[*]} --iters 3"), \"iteration_ms\": $(num "$iter_ms")}"
     log "EM iteration (${em_args[*]}): $iter_ms ms"
@@ -96,7 +100,7 @@ if [[ $quick == 1 ]]; then att_shapes="1,1,65,65,1,64 1,1,65,65,1,128"; iters=2;
 att_items=()
 att_status="ok"
 if [[ -x "$examples/attention_time" ]]; then
-    if text="$("$examples/attention_time" --iters "$iters" $att_shapes 2>&1)"; then
+    if text="$(lim "$examples/attention_time" --iters "$iters" $att_shapes 2>&1)"; then
         for s in $att_shapes; do
             IFS=, read -r b bk nq nk h dh <<< "$s"
             read -r fwd bwd <<< "$(printf '%s\n' "$text" | awk -v s="$s" '$1 == s {print $2, $3}')"
@@ -106,7 +110,7 @@ if [[ -x "$examples/attention_time" ]]; then
             log "attention $s: forward $fwd ms, backward $bwd ms"
         done
     else
-        att_status="failed: $(printf '%s' "$text" | tail -1)"
+        att_status="failed (exit $?, 124 = over the ${limit} s limit): $(printf '%s' "$text" | tail -1)"
     fi
 else
     att_status="skipped: $examples/attention_time not found (scripts/build-device-bundle.sh builds it)"
@@ -129,7 +133,7 @@ if text="$("$vlsa" init --config "$config" --out "$work/model.safetensors" 2>&1)
     for b in $batches; do
         for pass in forward train_step; do
             flag=(); [[ $pass == train_step ]] && flag=(--backward)
-            if ! text="$("$vlsa" profile model --model "$work/model.safetensors" --batch "$b" "${flag[@]}" 2>&1)"; then
+            if ! text="$(lim "$vlsa" profile model --model "$work/model.safetensors" --batch "$b" "${flag[@]}" 2>&1)"; then
                 model_status="failed: $(printf '%s' "$text" | tail -1)"
                 continue
             fi
@@ -162,7 +166,7 @@ else
     fi
     while read -r name exe; do
         t0=$(date +%s)
-        if "$exe" --test-threads=1 -q > "$work/$name.log" 2>&1; then result=pass; else result=fail; fi
+        if timeout 300 "$exe" --test-threads=1 -q > "$work/$name.log" 2>&1; then result=pass; else result=fail; fi
         summary="$(grep -E '^test result:' "$work/$name.log" | tail -1)"
         test_items+=("{\"name\": $(js "$name"), \"result\": \"$result\", \"summary\": $(js "$summary"), \"seconds\": $(( $(date +%s) - t0 ))}")
         log "tests $name: $result ($summary)"

@@ -41,7 +41,7 @@ def default_options(steps):
     """`vlsa train`'s defaults (TrainOptions::new)."""
     return {"steps": steps, "batch": 8, "lr": 1e-3, "warmup": min(steps // 10, 100), "min_lr_ratio": 0.01,
             "weight_decay": 0.05, "vision_lr_mult": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-            "seed": 0, "augment": True}
+            "seed": 0, "augment": True, "randomize": False}
 
 
 def learning_rate(o, step):
@@ -164,6 +164,12 @@ def start(args, device):
         for key, value in given.items():
             if value is not None and not math.isclose(float(value), float(o[key]), rel_tol=1e-6):
                 raise TrainError(f"--{key.replace('_', '-')} differs from the value the checkpoint {args.out} was trained with; resuming exactly needs the same options")
+        if o.get("randomize", False):
+            raise TrainError(
+                f"{args.out} was trained with vlsa's domain randomization, which this package does not implement, so it "
+                f"cannot continue that run exactly; start a new run from it with --model {args.out} instead"
+            )
+        o["randomize"] = False
         if args.no_augment == o["augment"]:
             raise TrainError(f"--no-augment differs from the value the checkpoint {args.out} was trained with")
         moments = {}
