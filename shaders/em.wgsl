@@ -1,4 +1,4 @@
-// EM Aggregation (DESIGN.md step 8, after EMANet's EM attention unit): the fused element-wise
+// EM Aggregation (docs/DESIGN.md step 8, after EMANet's EM attention unit): the fused element-wise
 // and reduction kernels around the loop's matrix products. The products themselves (u mu^T,
 // Z^T u, Z mu and their backward counterparts) run on the batched matmul kernel
 // (shaders/matmul.wgsl); kernels/src/em.rs records which product feeds which kernel here.

@@ -1,4 +1,4 @@
-//! Evaluation of a model on data sets (`vlsa eval`): predictions (DESIGN.md step 12: argmax over
+//! Evaluation of a model on data sets (`vlsa eval`): predictions (docs/DESIGN.md step 12: argmax over
 //! classes, resized back to each image's size with nearest neighbour) and Dice per class.
 //!
 //! Dice is computed per image and per foreground class k ≥ 1, 2|P∩T| / (|P| + |T|) over the

@@ -1,4 +1,4 @@
-//! Inference on images: segmentation masks at the original size (DESIGN.md step 12), tinted
+//! Inference on images: segmentation masks at the original size (docs/DESIGN.md step 12), tinted
 //! overlays with a legend, and the `forward --dump` / `grad --dump` tensor files.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
 pub const SEGMENT_BATCH: usize = 8;
 
 impl Model {
-    /// The normalized model input [B,3,S,S] for `images` (DESIGN.md step 1).
+    /// The normalized model input [B,3,S,S] for `images` (docs/DESIGN.md step 1).
     pub fn input(&self, images: &[&Image]) -> Result<Tensor> {
         if images.is_empty() {
             return Err(Error::Invalid("no images were given".into()));
@@ -56,7 +56,7 @@ impl Model {
         Ok(masks)
     }
 
-    /// The `forward --dump` tensors for `images`: `input` and every DESIGN.md intermediate.
+    /// The `forward --dump` tensors for `images`: `input` and every docs/DESIGN.md intermediate.
     pub fn forward_dump(&self, images: &[&Image]) -> Result<TensorFile> {
         let input = self.input(images)?;
         let out = crate::no_grad(|| self.forward(&input))?;

@@ -1,4 +1,4 @@
-//! The `vlsa` command-line tool: thin wrappers over the library (DESIGN.md, "Command line").
+//! The `vlsa` command-line tool: thin wrappers over the library (docs/DESIGN.md, "Command line").
 //! Errors go to stderr as one sentence, with exit code 1 (clap's usage errors: 2; a training
 //! run stopped by Ctrl-C or SIGTERM after writing its checkpoint: 130). A closed stdout ends the
 //! program quietly. Every output path is checked (and its folders made) before any work.
@@ -230,7 +230,7 @@ fn expand_images(flag: &str, paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError
 enum Command {
     /// Print the GPU adapter vlsa uses: backend, driver, device type, features and key limits.
     Info,
-    /// Create a randomly initialised model from a configuration (DESIGN.md "Configuration").
+    /// Create a randomly initialised model from a configuration (docs/DESIGN.md "Configuration").
     Init {
         /// The configuration JSON.
         #[arg(long, value_name = "CFG.json")]
@@ -272,7 +272,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         text_encoder: Option<PathBuf>,
     },
-    /// Run the model on images and dump the input and every intermediate tensor (DESIGN.md names).
+    /// Run the model on images and dump the input and every intermediate tensor (docs/DESIGN.md names).
     Forward {
         /// The model file.
         #[arg(long, value_name = "MODEL.safetensors")]

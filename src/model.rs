@@ -1,7 +1,7 @@
-//! The VLSA model of DESIGN.md, steps 1–12: a CLIP-style ViT encoder, text projection, EM
+//! The VLSA model of docs/DESIGN.md, steps 1–12: a CLIP-style ViT encoder, text projection, EM
 //! Aggregation, the text-guided pixel decoder and the cosine mask head, over vlsa's ops.
 //!
-//! Weights are kept by their DESIGN.md (Hugging Face) names, so a model file written by vlsa
+//! Weights are kept by their docs/DESIGN.md (Hugging Face) names, so a model file written by vlsa
 //! and one written by the PyTorch reference are the same thing. The model knows ops, never
 //! kernels.
 
@@ -55,7 +55,7 @@ pub struct ForwardOutputs {
 }
 
 impl ForwardOutputs {
-    /// (dump name, tensor) pairs, as DESIGN.md lists them.
+    /// (dump name, tensor) pairs, as docs/DESIGN.md lists them.
     pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
         let mut v =
             vec![("vision.features", &self.vision_features), ("head.visual", &self.visual), ("head.text", &self.text)];
@@ -77,7 +77,7 @@ impl ForwardOutputs {
 pub struct Model {
     /// Its configuration.
     pub config: Config,
-    /// Every tensor by its DESIGN.md name; trainable ones are parameters.
+    /// Every tensor by its docs/DESIGN.md name; trainable ones are parameters.
     pub tensors: BTreeMap<String, Tensor>,
     gpu: Gpu,
 }

@@ -1,4 +1,4 @@
-//! Launchers for `shaders/em.wgsl`: the EM Aggregation loop of DESIGN.md step 8 (E-step,
+//! Launchers for `shaders/em.wgsl`: the EM Aggregation loop of docs/DESIGN.md step 8 (E-step,
 //! column sums, M-step, L2 normalisation, reconstruction), its unrolled backward, and the
 //! moving-average update of the bases.
 //!
@@ -788,7 +788,7 @@ pub struct EmForward {
     pub saved: Option<EmSaved>,
 }
 
-/// How gradients flow through the EM loop (DESIGN.md step 8).
+/// How gradients flow through the EM loop (docs/DESIGN.md step 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradMode {
     /// EMANet: Z and mu are constants in backward; R carries no gradient to u.

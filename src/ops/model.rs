@@ -68,7 +68,7 @@ impl Tensor {
         ))
     }
 
-    /// The EM Aggregation loop on `self` = u [B,N,C] from bases [M,C] (DESIGN.md step 8).
+    /// The EM Aggregation loop on `self` = u [B,N,C] from bases [M,C] (docs/DESIGN.md step 8).
     pub fn em_aggregate(&self, bases: &Tensor, iters: usize, lambda: f32, mode: GradMode) -> Result<EmOutput> {
         expect_shape("the EM input", self, 3)?;
         expect_shape("the EM bases", bases, 2)?;
@@ -190,7 +190,7 @@ impl Tensor {
         ))
     }
 
-    /// Dice loss on softmax probabilities over foreground classes (DESIGN.md step 11); shape [1].
+    /// Dice loss on softmax probabilities over foreground classes (docs/DESIGN.md step 11); shape [1].
     pub fn dice_loss(&self, target: &Arc<GpuBuffer>) -> Result<Tensor> {
         let (b, k, p) = loss_dims(self, target)?;
         let out = self.gpu().alloc(1)?;
