@@ -1012,10 +1012,9 @@ fn main() -> ExitCode {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
         }
         Command::Profile(ProfileCommand::Matmul { m, n, k, layout, batch, path, iters }) => {
-            Gpu::new().map_err(|e| e.to_string()).and_then(|gpu| {
+            Gpu::new().map_err(CliError::from).and_then(|gpu| {
                 let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, &layout, batch, &path, iters)?;
-                let report = vlsa::profile::profile_matmul(&gpu, &opts).map_err(|e| e.to_string())?;
-                print!("{report}");
+                print!("{}", vlsa::profile::profile_matmul(&gpu, &opts)?);
                 Ok(())
             })
         }
