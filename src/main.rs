@@ -703,7 +703,7 @@ fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder:
 fn profile_matmul(m: usize, n: usize, k: usize, layout: &str, batch: usize, path: &str, iters: usize) -> CliResult {
     let gpu = open_gpu()?;
     let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, layout, batch, path, iters)?;
-    print!("{}", vlsa::profile::profile_matmul(&gpu, &opts)?);
+    write_stdout(format_args!("{}", vlsa::profile::profile_matmul(&gpu, &opts)?));
     Ok(())
 }
 

@@ -240,7 +240,9 @@ fn plans_name_the_entry_points() {
     assert_eq!(plan(gpu, &aligned, KernelPath::Registers).entry, "registers_nn");
     assert_eq!(plan(gpu, &odd.trans_b(true), KernelPath::Registers).entry, "registers_general");
     if gpu.limits().max_compute_invocations_per_workgroup >= 256 {
-        assert_eq!(plan(gpu, &aligned, KernelPath::Tiled).entry, "tiled_128");
+        // 256 tiles of 128 x 128: enough for the large tile (1024² has only 64).
+        assert_eq!(plan(gpu, &Matmul::new(1, 2048, 2048, 64), KernelPath::Tiled).entry, "tiled_128");
+        assert_eq!(plan(gpu, &aligned, KernelPath::Tiled).entry, "tiled_64");
         assert_eq!(plan(gpu, &Matmul::new(1, 256, 192, 64), KernelPath::Tiled).entry, "tiled_64");
         assert_eq!(plan(gpu, &odd, KernelPath::Tiled).entry, "tiled_general");
         let grad = plan(gpu, &Matmul::new(1, 192, 768, 2056).trans_a(true), KernelPath::Tiled);
