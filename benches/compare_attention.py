@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""vlsa's fused attention next to PyTorch's on the CPU, at the bench shapes, in one run.
+"""vlsa's attention next to PyTorch's on the CPU, at the bench shapes, in one run.
 
-Runs `cargo run --profile PROFILE --example attention_time` (release by default) for vlsa's
-times (forward, and backward of dq/dk/dv) and torch.nn.functional.scaled_dot_product_attention
-for PyTorch's, with the same layouts ([B, N, H*dh] projected per head), and prints both with their ratio.
+Runs `cargo run --profile PROFILE --example attention_time --method M` (release by default)
+for vlsa's times (forward, and backward of dq/dk/dv) with each method M of --methods (fused
+kernels, materialised products, or auto: what the model runs on this adapter) and
+torch.nn.functional.scaled_dot_product_attention for PyTorch's, with the same layouts
+([B, N, H*dh] projected per head), and prints them with their ratios.
 
 Usage: python3 benches/compare_attention.py [--iters N] [--threads T] [--profile dev]
+                                            [--methods fused,products]
 Needs torch (`pip install torch`). Set CARGO_TARGET_DIR as usual; WGPU_BACKEND and
 VLSA_ADAPTER choose vlsa's adapter.
 """
@@ -25,10 +28,11 @@ SHAPES = [
 ]
 
 
-def vlsa_times(iters, profile):
+def vlsa_times(iters, profile, method):
     specs = [f"{b},{bk},{nq},{nk},{h},{dh}" for _, b, bk, nq, nk, h, dh in SHAPES]
     # Shader speed is lavapipe's LLVM, not Rust's opt level: the dev profile times the same.
-    cmd = ["cargo", "run", "--quiet", "--profile", profile, "--example", "attention_time", "--", "--iters", str(iters)] + specs
+    cmd = ["cargo", "run", "--quiet", "--profile", profile, "--example", "attention_time", "--",
+           "--iters", str(iters), "--method", method] + specs
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"attention_time failed:\n{res.stderr}")
@@ -83,6 +87,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--profile", default="release", help="cargo profile for vlsa's timing run (dev builds faster)")
+    ap.add_argument("--methods", default="fused,products", help="vlsa methods, comma-separated: auto, fused, products")
     args = ap.parse_args()
     try:
         import torch
@@ -91,15 +96,18 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    ours = vlsa_times(args.iters, args.profile)
+    methods = args.methods.split(",")
+    ours = {m: vlsa_times(args.iters, args.profile, m) for m in methods}
     theirs = torch_times(torch, args.iters)
-    head = f"{'shape':52} {'pass':9} {'vlsa ms':>9} {'torch ms':>9} {'vlsa/torch':>10} {'vlsa GFLOP/s':>12}"
+    head = f"{'shape':52} {'pass':9} {'method':9} {'vlsa ms':>9} {'torch ms':>9} {'vlsa/torch':>10} {'vlsa GFLOP/s':>12}"
     print(head)
     print("-" * len(head))
-    for (name, b, bk, nq, nk, h, dh), (vf, vb), (tf, tb) in zip(SHAPES, ours, theirs):
+    for i, ((name, b, bk, nq, nk, h, dh), (tf, tb)) in enumerate(zip(SHAPES, theirs)):
         flops = 4 * b * h * nq * nk * dh
-        for pass_name, v, t, f in (("forward", vf, tf, flops), ("backward", vb, tb, 2.5 * flops)):
-            print(f"{name:52} {pass_name:9} {v:9.3f} {t:9.3f} {v / t:10.2f} {f / v / 1e6:12.2f}")
+        for pass_name, t, f, which in (("forward", tf, flops, 0), ("backward", tb, 2.5 * flops, 1)):
+            for m in methods:
+                v = ours[m][i][which]
+                print(f"{name:52} {pass_name:9} {m:9} {v:9.3f} {t:9.3f} {v / t:10.2f} {f / v / 1e6:12.2f}")
     print("torch backward = time(forward + autograd.grad) - time(forward without grad)")
 
 

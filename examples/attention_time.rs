@@ -1,13 +1,16 @@
-//! Times vlsa's fused attention forward and backward at the shapes given on the command line,
-//! for benches/compare_attention.py (which times PyTorch at the same shapes).
+//! Times vlsa's attention forward and backward at the shapes given on the command line, for
+//! benches/compare_attention.py (which times PyTorch at the same shapes).
 //!
-//! Usage: attention_time [--iters N] SHAPE...   with SHAPE = B,Bk,Nq,Nk,H,dh[,causal]
+//! Usage: attention_time [--iters N] [--method auto|fused|products] SHAPE...
+//!        with SHAPE = B,Bk,Nq,Nk,H,dh[,causal]
+//! `auto` (the default) is what the model runs on this adapter; `fused` the fused kernels
+//! (few-keys or blocked forward); `products` the score matrix materialised.
 //! Prints one line per shape: `SHAPE forward_ms backward_ms` (medians over N runs, each
 //! submitted and waited for).
 
 use std::time::Instant;
 
-use vlsa_kernels::attention::{self, Attention};
+use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
 use vlsa_kernels::Gpu;
 
 fn parse(spec: &str) -> Result<Attention, String> {
@@ -43,6 +46,11 @@ fn run() -> Result<(), String> {
         iters = args.get(i + 1).and_then(|v| v.parse().ok()).ok_or("--iters needs a number")?;
         args.drain(i..i + 2);
     }
+    let mut method = "auto".to_string();
+    if let Some(i) = args.iter().position(|a| a == "--method") {
+        method = args.get(i + 1).cloned().ok_or("--method needs auto, fused or products")?;
+        args.drain(i..i + 2);
+    }
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
     eprintln!("adapter: {} ({}, {})", gpu.info().name, gpu.info().backend, gpu.info().device_type);
     for spec in &args {
@@ -71,8 +79,18 @@ fn run() -> Result<(), String> {
             }
             Ok(median(t))
         };
-        let fwd = time(&|| attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s))?;
-        let bwd = time(&|| attention::backward(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s))?;
+        let (fp, bp) = match method.as_str() {
+            "auto" => (ForwardPath::Auto, BackwardPath::Auto),
+            "fused" if s.kv_len <= attention::FEW_KEYS => (ForwardPath::FewKeys, BackwardPath::Fused),
+            "fused" => (ForwardPath::Blocked, BackwardPath::Fused),
+            "products" => (ForwardPath::Products, BackwardPath::Products),
+            other => return Err(format!("--method {other} is not one of auto, fused, products")),
+        };
+        let path = gpu.kernel_path();
+        let fwd = time(&|| attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, fp, path))?;
+        let bwd = time(&|| {
+            attention::backward_path(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s, bp, path)
+        })?;
         println!("{spec} {fwd:.4} {bwd:.4}");
     }
     Ok(())

@@ -1,13 +1,14 @@
 //! Fused attention (shaders/attention.wgsl) against an f64 CPU reference: forward, lse,
 //! backward and finite differences, over self-attention, shared-key cross-attention, causal
-//! and key-padding masks, both forward paths, and bad shapes.
+//! and key-padding masks, the fused kernels (both forward paths) and the products method, on
+//! every kernel path, and bad shapes.
 
 mod common;
 
 use std::sync::{Mutex, MutexGuard};
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::attention::{self, Attention, ForwardPath};
+use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
 use vlsa_kernels::KernelPath;
 use vlsa_kernels::{Gpu, GpuBuffer};
 
@@ -153,10 +154,22 @@ fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
 }
 
 /// Forward + lse + backward + finite differences of one shape through `check`, on every kernel
-/// path of the adapter.
+/// path of the adapter: the fused kernels under `path` (`Auto` stands for the fused kernel it
+/// would pick, since on CPU adapters it picks products), and for `Auto` and `Blocked` the
+/// products method too.
 fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
+    let fused = match path {
+        ForwardPath::Auto if s.kv_len > attention::FEW_KEYS => ForwardPath::Blocked,
+        p => p,
+    };
+    let mut methods = vec![(fused, BackwardPath::Fused)];
+    if matches!(path, ForwardPath::Auto | ForwardPath::Blocked) {
+        methods.push((ForwardPath::Products, BackwardPath::Products));
+    }
     for kernels in common::gpu().kernel_paths() {
-        check_attention_on(name, s, mask.clone(), path, kernels, seed);
+        for &(forward, backward) in &methods {
+            check_attention_on(name, s, mask.clone(), forward, backward, kernels, seed);
+        }
     }
 }
 
@@ -165,6 +178,7 @@ fn check_attention_on(
     s: Attention,
     mask: Option<Vec<usize>>,
     path: ForwardPath,
+    backward: BackwardPath,
     kernels: KernelPath,
     seed: u64,
 ) {
@@ -172,6 +186,7 @@ fn check_attention_on(
     let few = matches!(path, ForwardPath::FewKeys)
         || (matches!(path, ForwardPath::Auto) && s.kv_len <= vlsa_kernels::attention::FEW_KEYS);
     if kernels != KernelPath::Tiled
+        && path != ForwardPath::Products
         && s.head_dim > vlsa_kernels::attention::GPU_MAX_BLOCKED_HEAD_DIM
         && gpu.info().device_type != "Cpu"
     {
@@ -206,7 +221,7 @@ fn check_attention_on(
         inputs.push(Input::index(&[s.kv_batch, s.kv_len], m.clone()));
     }
     let has_mask = mask.is_some();
-    let name = format!("{name} ({s:?}, {path:?}, {kernels} path)");
+    let name = format!("{name} ({s:?}, {path:?} / {backward:?}, {kernels} path)");
 
     // lse against the reference (fully masked rows: -inf on both sides).
     {
@@ -238,7 +253,7 @@ fn check_attention_on(
             let dq = gpu.alloc(s.q_elements())?;
             let dk = gpu.alloc(s.kv_elements())?;
             let dv = gpu.alloc(s.kv_elements())?;
-            attention::backward_with(
+            attention::backward_path(
                 gpu,
                 &x[0],
                 &x[1],
@@ -251,6 +266,7 @@ fn check_attention_on(
                 &dk,
                 &dv,
                 &s,
+                backward,
                 kernels,
             )?;
             let mut grads = vec![Some(dq), Some(dk), Some(dv)];
@@ -362,7 +378,9 @@ fn shared_keys_cross_attention_on_both_paths() {
     }
     // Fully masked: every row sees nothing.
     let m = vec![0; s.kv_len];
-    check_attention("cross-attention, all keys off", s, Some(m), ForwardPath::FewKeys, 58);
+    for path in [ForwardPath::FewKeys, ForwardPath::Blocked] {
+        check_attention("cross-attention, all keys off", s, Some(m.clone()), path, 58);
+    }
 }
 
 #[test]
@@ -484,6 +502,16 @@ fn bad_shapes_are_errors_naming_the_shapes() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("at most 16 keys") && err.contains("[1, 17, 1x16]"), "{err}");
+
+    // Rows longer than the products method's row kernels take: a clear error when forced.
+    let long = Attention::new(1, 1, 20000, 1, 4);
+    let (kl, ol, ll) =
+        (gpu.zeros(long.kv_elements()).unwrap(), gpu.alloc(long.q_elements()).unwrap(), gpu.alloc(1).unwrap());
+    let err =
+        attention::forward_path(gpu, &q, &kl, &kl, None, &ol, &ll, &long, ForwardPath::Products, gpu.kernel_path())
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("products method") && err.contains("[1, 20000, 1x4]"), "{err}");
 
     let small_mask = gpu.zeros(13).unwrap();
     let err = attention::forward(gpu, &q, &k, &k, Some(&small_mask), &out, &lse, &s).unwrap_err().to_string();

@@ -13,10 +13,12 @@
 //! (no atomics), so results are bit-for-bit repeatable.
 
 use crate::context::{grid, Dispatch, Gpu};
+use crate::matmul::{matmul_with, Matmul};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "attention.wgsl");
+shader!(PRODUCTS_SHADER, "attention_products.wgsl");
 
 /// Largest head dimension (the register-blocked kernels hold rows of up to 8 chunks of 16).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -153,15 +155,61 @@ impl Attention {
     }
 }
 
+/// Most elements (H * B * Nq * Nk) of the score matrix the products method materialises
+/// (256 MiB; the backward holds two such matrices). Larger calls run the fused kernels.
+pub const MAX_PRODUCT_SCORES: usize = 1 << 26;
+/// Most keys per row for the products method: its row kernels loop over a row's keys in one
+/// invocation, and lavapipe stops an invocation's loops after about 65535 iterations.
+const MAX_PRODUCT_KEYS: usize = 16384;
+
 /// Which forward kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardPath {
-    /// `FewKeys` when Nk <= 16, else `Blocked`.
+    /// `FewKeys` when Nk <= 16; else `Products` on the registers and subgroup kernel paths
+    /// when the score matrix fits [`MAX_PRODUCT_SCORES`]; else `Blocked`.
     Auto,
-    /// Online softmax over blocks of 8 keys, 4 query rows per invocation; any Nk.
+    /// Online softmax over blocks of 8 keys, 4 query rows per invocation (on the tiled path,
+    /// a row spread over lanes); any Nk.
     Blocked,
     /// Exact softmax with every score in registers; Nk <= 16 only.
     FewKeys,
+    /// The score matrix materialised: two matmuls and a row softmax (module docs).
+    Products,
+}
+
+/// Which backward method runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackwardPath {
+    /// `Products` under the same rule as [`ForwardPath::Auto`] (few-key rows stay fused).
+    Auto,
+    /// The fused kernels: dq by query rows, dk and dv by key rows, P recomputed in registers.
+    Fused,
+    /// P recomputed by a matmul, then dv = Pᵀ dout, dP = dout vᵀ, dq = dS k, dk = dSᵀ q.
+    Products,
+}
+
+/// Whether the products method can take this call: the score matrix within
+/// [`MAX_PRODUCT_SCORES`] and the adapter's binding size, rows within [`MAX_PRODUCT_KEYS`].
+fn products_fit(gpu: &Gpu, s: &Attention) -> bool {
+    let scores = s.heads * s.batch * s.q_len * s.kv_len;
+    scores <= MAX_PRODUCT_SCORES
+        && s.kv_len <= MAX_PRODUCT_KEYS
+        && (4 * scores) as u64 <= gpu.limits().max_storage_buffer_binding_size
+}
+
+/// What `Auto` picks: products on the CPU-adapter paths for rows of more than [`FEW_KEYS`] keys.
+fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath) -> bool {
+    path != KernelPath::Tiled && s.kv_len > FEW_KEYS && s.q_len > 0 && products_fit(gpu, s)
+}
+
+fn check_products(gpu: &Gpu, s: &Attention) -> Result<()> {
+    if !products_fit(gpu, s) {
+        return Err(Error::Shape(format!(
+            "attention with {}: the products method takes score matrices of at most {MAX_PRODUCT_SCORES} elements (and the adapter's binding size) and rows of at most {MAX_PRODUCT_KEYS} keys; use the fused kernels",
+            s.describe()
+        )));
+    }
+    Ok(())
 }
 
 #[repr(C)]
@@ -355,6 +403,16 @@ pub fn forward_path(
     check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
     check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
     let few = match forward {
+        ForwardPath::Auto if products_by_default(gpu, s, path) => {
+            return forward_products(gpu, q, k, v, key_mask, out, lse, s, path);
+        }
+        ForwardPath::Products => {
+            check_products(gpu, s)?;
+            if s.q_len == 0 {
+                return Ok(());
+            }
+            return forward_products(gpu, q, k, v, key_mask, out, lse, s, path);
+        }
         ForwardPath::Auto => s.kv_len <= FEW_KEYS,
         ForwardPath::Blocked => false,
         ForwardPath::FewKeys if s.kv_len <= FEW_KEYS => true,
@@ -437,11 +495,30 @@ pub fn backward_with(
     shape: &Attention,
     path: KernelPath,
 ) -> Result<()> {
+    backward_path(gpu, q, k, v, key_mask, out, lse, d_out, dq, dk, dv, shape, BackwardPath::Auto, path)
+}
+
+/// [`backward`] with the method and the kernel path chosen by the caller (tests and benches
+/// compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_path(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    d_out: &GpuBuffer,
+    dq: &GpuBuffer,
+    dk: &GpuBuffer,
+    dv: &GpuBuffer,
+    shape: &Attention,
+    backward: BackwardPath,
+    path: KernelPath,
+) -> Result<()> {
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
-    check_blocked_head(gpu, s, path)?;
-    let lanes = path == KernelPath::Tiled;
-    let rows_per_group = if lanes { lanes_rows(s) } else { TILE };
     let qd = format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim);
     let kd = format!("[{}, {}, {}]", s.kv_batch, s.kv_len, s.heads * s.head_dim);
     check_len(s, "out", out, &qd, s.q_elements())?;
@@ -450,6 +527,21 @@ pub fn backward_with(
     check_len(s, "dq", dq, &qd, s.q_elements())?;
     check_len(s, "dk", dk, &kd, s.kv_elements())?;
     check_len(s, "dv", dv, &kd, s.kv_elements())?;
+    let products = match backward {
+        BackwardPath::Auto => products_by_default(gpu, s, path),
+        BackwardPath::Fused => false,
+        BackwardPath::Products => {
+            check_products(gpu, s)?;
+            // With no query rows the gradients are zeros, which the fused kernels write.
+            s.q_len > 0
+        }
+    };
+    if products {
+        return backward_products(gpu, q, k, v, key_mask, lse, d_out, dq, dk, dv, s, path);
+    }
+    check_blocked_head(gpu, s, path)?;
+    let lanes = path == KernelPath::Tiled;
+    let rows_per_group = if lanes { lanes_rows(s) } else { TILE };
 
     let rows = s.lse_elements();
     let keys = s.kv_batch * s.kv_len;
@@ -538,4 +630,225 @@ pub fn backward_with(
         n4.div_ceil(WG),
         label,
     )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ProductParams {
+    rows: u32,
+    batch: u32,
+    q_len: u32,
+    kv_len: u32,
+    heads: u32,
+    kv_batch: u32,
+    causal: u32,
+    has_mask: u32,
+    scale: f32,
+    n0: u32,
+    head_vec4: u32,
+    _pad: u32,
+}
+
+impl ProductParams {
+    fn new(s: &Attention, rows: usize, has_mask: bool) -> Self {
+        ProductParams {
+            rows: rows as u32,
+            batch: s.batch as u32,
+            q_len: s.q_len as u32,
+            kv_len: s.kv_len as u32,
+            heads: s.heads as u32,
+            kv_batch: s.kv_batch as u32,
+            causal: s.causal as u32,
+            has_mask: has_mask as u32,
+            scale: s.scale,
+            n0: 0,
+            head_vec4: (s.head_dim / 4) as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// The products method's shapes: with heads outermost, q is [H, B, Nq, dh] and k, v are
+/// [H, Bk, Nk, dh], so the products are `batch` products of `rows` query rows: H * B of Nq
+/// when every batch element has its own keys, H of B * Nq when the keys are shared.
+struct ProductShape {
+    batch: usize,
+    rows: usize,
+    scores: usize,
+}
+
+impl ProductShape {
+    fn of(s: &Attention) -> Self {
+        let (batch, rows) = if s.kv_batch == 1 { (s.heads, s.batch * s.q_len) } else { (s.heads * s.batch, s.q_len) };
+        ProductShape { batch, rows, scores: batch * rows * s.kv_len }
+    }
+}
+
+/// Copies `x` [tokens, H, dh] (heads interleaved per token) to `out` [H, tokens, dh]
+/// (`entry` "heads_outer"), or back ("heads_inner").
+fn move_heads(
+    gpu: &Gpu,
+    entry: &'static str,
+    x: &GpuBuffer,
+    tokens: usize,
+    s: &Attention,
+    out: &GpuBuffer,
+) -> Result<()> {
+    let mut p = ProductParams::new(s, 0, false);
+    p.n0 = tokens as u32;
+    let n = tokens * s.heads * s.head_dim;
+    let label = KernelLabel {
+        kernel: if entry == "heads_outer" { "attention_heads_outer" } else { "attention_heads_inner" },
+        shape: format!("{tokens} tokens of {}x{}", s.heads, s.head_dim),
+        flops: 0,
+        bytes: 8 * n as u64,
+    };
+    // Bindings 1..4 are unused here; `x` stands in for them (read-only, never read).
+    gpu.dispatch(Dispatch {
+        shader: &PRODUCTS_SHADER,
+        entry,
+        params: bytemuck::bytes_of(&p),
+        buffers: &[x, x, x, x, x, out],
+        workgroups: grid((n / 4).div_ceil(WG) as u32),
+        label,
+    })
+}
+
+/// `x` [N0, N1, H, dh] (heads interleaved per token) as [H, N0, N1, dh]. With one head the
+/// layouts agree and `x` is used as it is.
+fn heads_outer(gpu: &Gpu, x: &GpuBuffer, n0: usize, n1: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
+    if s.heads == 1 {
+        return Ok(None);
+    }
+    let out = gpu.alloc(n0 * n1 * s.heads * s.head_dim)?;
+    move_heads(gpu, "heads_outer", x, n0 * n1, s, &out)?;
+    Ok(Some(out))
+}
+
+/// Scratch of `n` elements for a heads-outermost result that [`heads_inner`] then moves to
+/// its destination; none with one head, where the result is written there directly.
+fn heads_outer_scratch(gpu: &Gpu, n: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
+    if s.heads == 1 {
+        return Ok(None);
+    }
+    Ok(Some(gpu.alloc(n)?))
+}
+
+/// Moves a heads-outermost [H, N0, N1, dh] result into `dest` [N0, N1, H, dh].
+fn heads_inner(gpu: &Gpu, x: Option<GpuBuffer>, n0: usize, n1: usize, s: &Attention, dest: &GpuBuffer) -> Result<()> {
+    match x {
+        Some(x) => move_heads(gpu, "heads_inner", &x, n0 * n1, s, dest),
+        None => Ok(()),
+    }
+}
+
+fn product_rows(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &Attention,
+    ps: &ProductShape,
+    buffers: &[&GpuBuffer],
+    has_mask: bool,
+    flops_per_score: u64,
+) -> Result<()> {
+    let rows = ps.batch * ps.rows;
+    let p = ProductParams::new(s, rows, has_mask);
+    let n = ps.scores as u64;
+    let label = KernelLabel {
+        kernel: match entry {
+            "softmax_rows" => "attention_softmax",
+            "probs_rows" => "attention_probs",
+            _ => "attention_softmax_backward",
+        },
+        shape: s.describe(),
+        flops: flops_per_score * n,
+        bytes: 4 * n * if entry == "backward_rows" { 3 } else { 2 },
+    };
+    gpu.dispatch(Dispatch {
+        shader: &PRODUCTS_SHADER,
+        entry,
+        params: bytemuck::bytes_of(&p),
+        buffers,
+        workgroups: grid(rows.div_ceil(WG) as u32),
+        label,
+    })
+}
+
+/// The forward as products: S = q kᵀ, P = softmax(scale S) with lse, out = P v.
+#[allow(clippy::too_many_arguments)]
+fn forward_products(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    s: &Attention,
+    path: KernelPath,
+) -> Result<()> {
+    let ps = ProductShape::of(s);
+    let (nk, dh) = (s.kv_len, s.head_dim);
+    let qh = heads_outer(gpu, q, s.batch, s.q_len, s)?;
+    let kh = heads_outer(gpu, k, s.kv_batch, nk, s)?;
+    let vh = heads_outer(gpu, v, s.kv_batch, nk, s)?;
+    let scores = gpu.alloc(ps.scores)?;
+    let qk = Matmul::new(ps.batch, ps.rows, nk, dh).trans_b(true);
+    matmul_with(gpu, qh.as_ref().unwrap_or(q), kh.as_ref().unwrap_or(k), &scores, &qk, path)?;
+    // Without a mask, q stands in at the mask's binding (read-only there, never read).
+    let mask = key_mask.unwrap_or(q);
+    product_rows(gpu, "softmax_rows", s, &ps, &[&scores, lse, mask], key_mask.is_some(), 4)?;
+    let oh = heads_outer_scratch(gpu, s.q_elements(), s)?;
+    let pv = Matmul::new(ps.batch, ps.rows, dh, nk);
+    matmul_with(gpu, &scores, vh.as_ref().unwrap_or(v), oh.as_ref().unwrap_or(out), &pv, path)?;
+    heads_inner(gpu, oh, s.batch, s.q_len, s, out)
+}
+
+/// The backward as products: P recomputed from S = q kᵀ and lse, then dv = Pᵀ dout,
+/// dP = dout vᵀ, dS = scale P (dP - rowsum(P dP)), dq = dS k, dk = dSᵀ q. With shared keys
+/// the products' sums over B * Nq rows are the sums over the batch.
+#[allow(clippy::too_many_arguments)]
+fn backward_products(
+    gpu: &Gpu,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    key_mask: Option<&GpuBuffer>,
+    lse: &GpuBuffer,
+    d_out: &GpuBuffer,
+    dq: &GpuBuffer,
+    dk: &GpuBuffer,
+    dv: &GpuBuffer,
+    s: &Attention,
+    path: KernelPath,
+) -> Result<()> {
+    let ps = ProductShape::of(s);
+    let (nk, dh, m) = (s.kv_len, s.head_dim, ps.rows);
+    let qh = heads_outer(gpu, q, s.batch, s.q_len, s)?;
+    let kh = heads_outer(gpu, k, s.kv_batch, nk, s)?;
+    let vh = heads_outer(gpu, v, s.kv_batch, nk, s)?;
+    let doh = heads_outer(gpu, d_out, s.batch, s.q_len, s)?;
+    let (qh, kh, vh, doh) =
+        (qh.as_ref().unwrap_or(q), kh.as_ref().unwrap_or(k), vh.as_ref().unwrap_or(v), doh.as_ref().unwrap_or(d_out));
+    let mask = key_mask.unwrap_or(q);
+
+    let probs = gpu.alloc(ps.scores)?;
+    matmul_with(gpu, qh, kh, &probs, &Matmul::new(ps.batch, m, nk, dh).trans_b(true), path)?;
+    product_rows(gpu, "probs_rows", s, &ps, &[&probs, lse, mask], key_mask.is_some(), 2)?;
+
+    let dvh = heads_outer_scratch(gpu, s.kv_elements(), s)?;
+    matmul_with(gpu, &probs, doh, dvh.as_ref().unwrap_or(dv), &Matmul::new(ps.batch, nk, dh, m).trans_a(true), path)?;
+
+    let grad = gpu.alloc(ps.scores)?;
+    matmul_with(gpu, doh, vh, &grad, &Matmul::new(ps.batch, m, nk, dh).trans_b(true), path)?;
+    product_rows(gpu, "backward_rows", s, &ps, &[&probs, lse, mask, &grad], key_mask.is_some(), 4)?;
+
+    let dqh = heads_outer_scratch(gpu, s.q_elements(), s)?;
+    matmul_with(gpu, &grad, kh, dqh.as_ref().unwrap_or(dq), &Matmul::new(ps.batch, m, dh, nk), path)?;
+    let dkh = heads_outer_scratch(gpu, s.kv_elements(), s)?;
+    matmul_with(gpu, &grad, qh, dkh.as_ref().unwrap_or(dk), &Matmul::new(ps.batch, nk, dh, m).trans_a(true), path)?;
+
+    heads_inner(gpu, dqh, s.batch, s.q_len, s, dq)?;
+    heads_inner(gpu, dkh, s.kv_batch, nk, s, dk)?;
+    heads_inner(gpu, dvh, s.kv_batch, nk, s, dv)
 }

@@ -1,0 +1,153 @@
+// Attention as products: the row-wise steps between the matrix products of the "products"
+// method (kernels/src/attention.rs). The launcher moves q, k and v into heads-outermost layouts
+// (q [H, B, Nq, dh], k and v [H, Bk, Nk, dh]), runs S = q k^T and out = P v on the matmul
+// kernels, and these entry points turn scores into probabilities and back. The score matrix is
+// [H, B, Nq, Nk]: with heads outermost, keys shared by the batch (Bk = 1) are one
+// [B*Nq, dh] x [dh, Nk] product per head.
+//
+// Per row r = (h, b, i), over the keys j that query i may see (key_mask[kb, j] = 1 with
+// kb = b, or 0 when Bk = 1; and j <= i when causal), the same math as shaders/attention.wgsl:
+//   softmax_rows:  s_j = scale * S[r, j];  lse = log sum_j exp(s_j);  P[r, j] = exp(s_j - lse)
+//                  in place over S; lse written at [b, h, i] of lse [B, H, Nq]; a row that
+//                  sees no key gets P = 0 and lse = -inf
+//   probs_rows:    P[r, j] = exp(scale * S[r, j] - lse[b, h, i]) from the saved lse, in place
+//                  (the backward recomputes P instead of keeping it)
+//   backward_rows: dS[r, j] = scale * P[r, j] * (dP[r, j] - sum_k P[r, k] dP[r, k]), in place
+//                  over dP (the softmax Jacobian, with the scale of s folded in so that
+//                  dq = dS k and dk = dS^T q are plain products)
+// One row per invocation, 64 rows per workgroup, no barriers: the schedule that suits CPU
+// adapters, where this method is chosen. Workgroups are folded over x and y.
+//
+// `heads_outer` and `heads_inner` move q, k, v and the gradients between the projections'
+// layout [N0, N1, H, dh] and the heads-outermost [H, N0, N1, dh], one vec4 of a head row per
+// invocation (dh is a multiple of 4): contiguous runs of dh floats on both sides, which a
+// general axis permutation with per-element index arithmetic copies several times slower.
+
+struct Params {
+    rows: u32,      // H * B * Nq
+    batch: u32,     // B
+    q_len: u32,     // Nq
+    kv_len: u32,    // Nk
+    heads: u32,     // H
+    kv_batch: u32,  // Bk: B or 1
+    causal: u32,    // 1: key j is visible to query i only when j <= i
+    has_mask: u32,  // 1: key_mask is bound and used
+    scale: f32,
+    n0: u32,        // heads_*: N0 * N1, the tokens of all batch elements
+    head_vec4: u32, // heads_*: dh / 4
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> scores: array<f32>;  // S, then P   [H, B, Nq, Nk]
+@group(0) @binding(2) var<storage, read_write> lse: array<f32>;     // [B, H, Nq]
+@group(0) @binding(3) var<storage, read> key_mask: array<u32>;      // [Bk, Nk]
+@group(0) @binding(4) var<storage, read_write> grad: array<f32>;    // dP, then dS [H, B, Nq, Nk]
+@group(0) @binding(5) var<storage, read> src: array<vec4<f32>>;       // heads_*: the input
+@group(0) @binding(6) var<storage, read_write> dst: array<vec4<f32>>; // heads_*: the output
+
+// The row's query index i, its key-mask row kb and its place in lse.
+struct Row {
+    i: u32,
+    kb: u32,
+    lse_at: u32,
+}
+
+fn row_of(r: u32) -> Row {
+    let i = r % p.q_len;
+    let hb = r / p.q_len;
+    let b = hb % p.batch;
+    let h = hb / p.batch;
+    return Row(i, select(b, 0u, p.kv_batch == 1u), (b * p.heads + h) * p.q_len + i);
+}
+
+fn visible(row: Row, j: u32) -> bool {
+    var ok = true;
+    if (p.causal == 1u) { ok = j <= row.i; }
+    if (p.has_mask == 1u) { ok = ok && key_mask[row.kb * p.kv_len + j] != 0u; }
+    return ok;
+}
+
+fn negative_infinity() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 64u + lid;
+}
+
+@compute @workgroup_size(64)
+fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let row = row_of(r);
+    let base = r * p.kv_len;
+    var m = -3.402823e38;
+    var seen = false;
+    for (var j = 0u; j < p.kv_len; j++) {
+        if (visible(row, j)) {
+            m = max(m, p.scale * scores[base + j]);
+            seen = true;
+        }
+    }
+    var l = 0.0;
+    for (var j = 0u; j < p.kv_len; j++) {
+        if (visible(row, j)) { l += exp(p.scale * scores[base + j] - m); }
+    }
+    let row_lse = m + log(l);
+    lse[row.lse_at] = select(negative_infinity(), row_lse, seen);
+    for (var j = 0u; j < p.kv_len; j++) {
+        scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
+    }
+}
+
+@compute @workgroup_size(64)
+fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let row = row_of(r);
+    let base = r * p.kv_len;
+    let row_lse = lse[row.lse_at];
+    // A row that saw no key has lse = -inf and P = 0 (exp would give inf there).
+    let seen = row_lse > -3.402823e38;
+    for (var j = 0u; j < p.kv_len; j++) {
+        scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
+    }
+}
+
+@compute @workgroup_size(64)
+fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg, lid);
+    if (r >= p.rows) { return; }
+    let base = r * p.kv_len;
+    // P is zero at the keys the row does not see, so they drop out of both lines.
+    var d = 0.0;
+    for (var j = 0u; j < p.kv_len; j++) { d += scores[base + j] * grad[base + j]; }
+    for (var j = 0u; j < p.kv_len; j++) {
+        grad[base + j] = p.scale * scores[base + j] * (grad[base + j] - d);
+    }
+}
+
+// dst [H, T, dh] <- src [T, H, dh], T = N0 * N1 tokens, by vec4 of dst.
+@compute @workgroup_size(64)
+fn heads_outer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = row_index(wid, nwg, lid);
+    if (o >= p.heads * p.n0 * p.head_vec4) { return; }
+    let c = o % p.head_vec4;
+    let row = o / p.head_vec4;  // h * T + t
+    let t = row % p.n0;
+    let h = row / p.n0;
+    dst[o] = src[(t * p.heads + h) * p.head_vec4 + c];
+}
+
+// dst [T, H, dh] <- src [H, T, dh], by vec4 of dst.
+@compute @workgroup_size(64)
+fn heads_inner(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = row_index(wid, nwg, lid);
+    if (o >= p.heads * p.n0 * p.head_vec4) { return; }
+    let c = o % p.head_vec4;
+    let row = o / p.head_vec4;  // t * H + h
+    let h = row % p.heads;
+    let t = row / p.heads;
+    dst[o] = src[(h * p.n0 + t) * p.head_vec4 + c];
+}
