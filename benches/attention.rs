@@ -1,23 +1,37 @@
-//! Fused attention: FLOP/s of forward and backward at the model's shapes (ViT self-attention,
-//! decoder pixel self-attention, decoder cross-attention over 3 classes) and at N = 1024.
+//! Attention: FLOP/s of forward and backward at the model's shapes (ViT self-attention,
+//! decoder pixel self-attention, decoder cross-attention over 3 classes) and at N = 1024, for
+//! the fused kernels and the products method (`fused_*` and `products_*`; plain `forward` /
+//! `backward` is what `Auto` picks on this adapter).
 //! Forward counts 4*B*H*Nq*Nk*dh FLOPs, backward 2.5x that (see `Attention::backward_flops`).
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::attention::{self, Attention, ForwardPath};
+use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
 
 /// The bench shapes: name, shape, forward paths to time.
 pub fn shapes() -> Vec<(&'static str, Attention, Vec<ForwardPath>)> {
     vec![
-        ("vit_self_n257_d192_h3_b8", Attention::new(8, 257, 257, 3, 64), vec![ForwardPath::Auto]),
-        ("decoder_self_n256_c128_h4_b8", Attention::new(8, 256, 256, 4, 32), vec![ForwardPath::Auto]),
+        (
+            "vit_self_n257_d192_h3_b8",
+            Attention::new(8, 257, 257, 3, 64),
+            vec![ForwardPath::Auto, ForwardPath::Blocked, ForwardPath::Products],
+        ),
+        (
+            "decoder_self_n256_c128_h4_b8",
+            Attention::new(8, 256, 256, 4, 32),
+            vec![ForwardPath::Auto, ForwardPath::Blocked, ForwardPath::Products],
+        ),
         (
             "decoder_cross_n256_k3_c128_h4_b8",
             Attention::new(8, 256, 3, 4, 32).shared_kv(),
-            vec![ForwardPath::FewKeys, ForwardPath::Blocked],
+            vec![ForwardPath::FewKeys, ForwardPath::Blocked, ForwardPath::Products],
         ),
-        ("self_n1024_dh64_h4_b1", Attention::new(1, 1024, 1024, 4, 64), vec![ForwardPath::Auto]),
+        (
+            "self_n1024_dh64_h4_b1",
+            Attention::new(1, 1024, 1024, 4, 64),
+            vec![ForwardPath::Auto, ForwardPath::Blocked, ForwardPath::Products],
+        ),
     ]
 }
 
@@ -45,15 +59,35 @@ fn bench(c: &mut Criterion) {
             });
         }
         attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
-        common::bench_gpu(
-            &mut group,
-            &format!("backward/{name}"),
-            &gpu,
-            Throughput::Elements(s.backward_flops()),
-            || {
-                attention::backward(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s).unwrap();
-            },
-        );
+        for (tag, method) in
+            [("", BackwardPath::Auto), ("_Fused", BackwardPath::Fused), ("_Products", BackwardPath::Products)]
+        {
+            common::bench_gpu(
+                &mut group,
+                &format!("backward{tag}/{name}"),
+                &gpu,
+                Throughput::Elements(s.backward_flops()),
+                || {
+                    attention::backward_path(
+                        &gpu,
+                        &q,
+                        &k,
+                        &v,
+                        None,
+                        &out,
+                        &lse,
+                        &d_out,
+                        &dq,
+                        &dk,
+                        &dv,
+                        &s,
+                        method,
+                        gpu.kernel_path(),
+                    )
+                    .unwrap();
+                },
+            );
+        }
     }
     group.finish();
 }
