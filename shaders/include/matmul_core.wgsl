@@ -75,16 +75,22 @@ const LANE_COLS: u32 = 4u;  // blocks per workgroup along N
 alias Row = array<vec4<f32>, 8>;     // one output row of a block: columns col0 + 4q .. + 4
 alias Slice = array<vec4<f32>, 32>;  // A slice: [r] = A[row0 + r, k..k+4]; B slice: [8u + q] = B[k + u, col0 + 4q..]
 
-// c[q] += sum over u of a[u] * B[k + u, col0 + 4q .. + 4].
+// c[q] += sum over u of a[u] * B[k + u, col0 + 4q .. + 4], as a chain of fused multiply-adds:
+// lavapipe compiles `x * y + z` to a separate multiply and add (seen in its JIT code); with
+// `fma` both register kernels ran 8-10% faster at 1024^3 (AMD EPYC Zen 4, one run).
 fn fma_row(c: ptr<function, Row>, a: vec4<f32>, b: ptr<function, Slice>) {
-    (*c)[0] += a.x * (*b)[0] + a.y * (*b)[8] + a.z * (*b)[16] + a.w * (*b)[24];
-    (*c)[1] += a.x * (*b)[1] + a.y * (*b)[9] + a.z * (*b)[17] + a.w * (*b)[25];
-    (*c)[2] += a.x * (*b)[2] + a.y * (*b)[10] + a.z * (*b)[18] + a.w * (*b)[26];
-    (*c)[3] += a.x * (*b)[3] + a.y * (*b)[11] + a.z * (*b)[19] + a.w * (*b)[27];
-    (*c)[4] += a.x * (*b)[4] + a.y * (*b)[12] + a.z * (*b)[20] + a.w * (*b)[28];
-    (*c)[5] += a.x * (*b)[5] + a.y * (*b)[13] + a.z * (*b)[21] + a.w * (*b)[29];
-    (*c)[6] += a.x * (*b)[6] + a.y * (*b)[14] + a.z * (*b)[22] + a.w * (*b)[30];
-    (*c)[7] += a.x * (*b)[7] + a.y * (*b)[15] + a.z * (*b)[23] + a.w * (*b)[31];
+    let ax = vec4<f32>(a.x);
+    let ay = vec4<f32>(a.y);
+    let az = vec4<f32>(a.z);
+    let aw = vec4<f32>(a.w);
+    (*c)[0] = fma(aw, (*b)[24], fma(az, (*b)[16], fma(ay, (*b)[8], fma(ax, (*b)[0], (*c)[0]))));
+    (*c)[1] = fma(aw, (*b)[25], fma(az, (*b)[17], fma(ay, (*b)[9], fma(ax, (*b)[1], (*c)[1]))));
+    (*c)[2] = fma(aw, (*b)[26], fma(az, (*b)[18], fma(ay, (*b)[10], fma(ax, (*b)[2], (*c)[2]))));
+    (*c)[3] = fma(aw, (*b)[27], fma(az, (*b)[19], fma(ay, (*b)[11], fma(ax, (*b)[3], (*c)[3]))));
+    (*c)[4] = fma(aw, (*b)[28], fma(az, (*b)[20], fma(ay, (*b)[12], fma(ax, (*b)[4], (*c)[4]))));
+    (*c)[5] = fma(aw, (*b)[29], fma(az, (*b)[21], fma(ay, (*b)[13], fma(ax, (*b)[5], (*c)[5]))));
+    (*c)[6] = fma(aw, (*b)[30], fma(az, (*b)[22], fma(ay, (*b)[14], fma(ax, (*b)[6], (*c)[6]))));
+    (*c)[7] = fma(aw, (*b)[31], fma(az, (*b)[23], fma(ay, (*b)[15], fma(ax, (*b)[7], (*c)[7]))));
 }
 
 // A[base][k + u, row] for 4 consecutive rows (trans_a storage), zero when k + u >= K (K tail).
