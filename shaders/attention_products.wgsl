@@ -1,12 +1,16 @@
 // Attention as products: the row-wise steps between the matrix products of the "products"
 // method (kernels/src/attention.rs). The launcher moves q, k and v into heads-outermost layouts
-// (q [H, B, Nq, dh], k and v [H, Bk, Nk, dh]), runs S = q k^T and out = P v on the matmul
+// (q [H, B, Nq, dh], k and v [H, Bk, Nk4, dh]), runs S = q k^T and out = P v on the matmul
 // kernels, and these entry points turn scores into probabilities and back. The score matrix is
-// [H, B, Nq, Nk]: with heads outermost, keys shared by the batch (Bk = 1) are one
-// [B*Nq, dh] x [dh, Nk] product per head.
+// [H, B, Nq, Nk4]: with heads outermost, keys shared by the batch (Bk = 1) are one
+// [B*Nq, dh] x [dh, Nk4] product per head. Nk4 is Nk rounded up to a multiple of 4, so that
+// every product has the vec4-aligned shapes the fast matmul kernels take (the ViT's 257 tokens
+// would otherwise send all six products to the general kernels); k and v get zero rows up to
+// Nk4, and the padded score columns are keys no query sees (P = 0 there).
 //
-// Per row r = (h, b, i), over the keys j that query i may see (key_mask[kb, j] = 1 with
-// kb = b, or 0 when Bk = 1; and j <= i when causal), the same math as shaders/attention.wgsl:
+// Per row r = (h, b, i), over the keys j that query i may see (j < Nk; key_mask[kb, j] = 1
+// with kb = b, or 0 when Bk = 1; and j <= i when causal), the same math as
+// shaders/attention.wgsl:
 //   softmax_rows:  s_j = scale * S[r, j];  lse = log sum_j exp(s_j);  P[r, j] = exp(s_j - lse)
 //                  in place over S; lse written at [b, h, i] of lse [B, H, Nq]; a row that
 //                  sees no key gets P = 0 and lse = -inf
@@ -19,7 +23,8 @@
 // adapters, where this method is chosen. Workgroups are folded over x and y.
 //
 // `heads_outer` and `heads_inner` move q, k, v and the gradients between the projections'
-// layout [N0, N1, H, dh] and the heads-outermost [H, N0, N1, dh], one vec4 of a head row per
+// layout [N0, N1, H, dh] and the heads-outermost [H, N0, N1p, dh] (N1p >= N1: the padded rows
+// are written as zeros, and read by nobody on the way back), one vec4 of a head row per
 // invocation (dh is a multiple of 4): contiguous runs of dh floats on both sides, which a
 // general axis permutation with per-element index arithmetic copies several times slower.
 
@@ -33,9 +38,9 @@ struct Params {
     causal: u32,    // 1: key j is visible to query i only when j <= i
     has_mask: u32,  // 1: key_mask is bound and used
     scale: f32,
-    n0: u32,        // heads_*: N0 * N1, the tokens of all batch elements
+    kv_stride: u32, // Nk4: the score matrix's row length (Nk rounded up to 4); heads_*: N1p
     head_vec4: u32, // heads_*: dh / 4
-    _pad: u32,
+    n1: u32,        // heads_*: N1, the tokens per batch element (N0 is in `batch`)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,9 +67,9 @@ fn row_of(r: u32) -> Row {
 }
 
 fn visible(row: Row, j: u32) -> bool {
-    var ok = true;
-    if (p.causal == 1u) { ok = j <= row.i; }
-    if (p.has_mask == 1u) { ok = ok && key_mask[row.kb * p.kv_len + j] != 0u; }
+    var ok = j < p.kv_len;
+    if (p.causal == 1u) { ok = ok && j <= row.i; }
+    if (p.has_mask == 1u) { ok = ok && key_mask[row.kb * p.kv_len + min(j, p.kv_len - 1u)] != 0u; }
     return ok;
 }
 
@@ -81,22 +86,22 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
     let row = row_of(r);
-    let base = r * p.kv_len;
+    let base = r * p.kv_stride;
     var m = -3.402823e38;
     var seen = false;
-    for (var j = 0u; j < p.kv_len; j++) {
+    for (var j = 0u; j < p.kv_stride; j++) {
         if (visible(row, j)) {
             m = max(m, p.scale * scores[base + j]);
             seen = true;
         }
     }
     var l = 0.0;
-    for (var j = 0u; j < p.kv_len; j++) {
+    for (var j = 0u; j < p.kv_stride; j++) {
         if (visible(row, j)) { l += exp(p.scale * scores[base + j] - m); }
     }
     let row_lse = m + log(l);
     lse[row.lse_at] = select(negative_infinity(), row_lse, seen);
-    for (var j = 0u; j < p.kv_len; j++) {
+    for (var j = 0u; j < p.kv_stride; j++) {
         scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
     }
 }
@@ -106,11 +111,11 @@ fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
     let row = row_of(r);
-    let base = r * p.kv_len;
+    let base = r * p.kv_stride;
     let row_lse = lse[row.lse_at];
     // A row that saw no key has lse = -inf and P = 0 (exp would give inf there).
     let seen = row_lse > -3.402823e38;
-    for (var j = 0u; j < p.kv_len; j++) {
+    for (var j = 0u; j < p.kv_stride; j++) {
         scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
     }
 }
@@ -119,35 +124,40 @@ fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
-    let base = r * p.kv_len;
+    let base = r * p.kv_stride;
     // P is zero at the keys the row does not see, so they drop out of both lines.
     var d = 0.0;
-    for (var j = 0u; j < p.kv_len; j++) { d += scores[base + j] * grad[base + j]; }
-    for (var j = 0u; j < p.kv_len; j++) {
+    for (var j = 0u; j < p.kv_stride; j++) { d += scores[base + j] * grad[base + j]; }
+    for (var j = 0u; j < p.kv_stride; j++) {
         grad[base + j] = p.scale * scores[base + j] * (grad[base + j] - d);
     }
 }
 
-// dst [H, T, dh] <- src [T, H, dh], T = N0 * N1 tokens, by vec4 of dst.
+// dst [H, N0, N1p, dh] <- src [N0, N1, H, dh] (zeros at rows n1 >= N1), by vec4 of dst.
 @compute @workgroup_size(64)
 fn heads_outer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let o = row_index(wid, nwg, lid);
-    if (o >= p.heads * p.n0 * p.head_vec4) { return; }
+    if (o >= p.heads * p.batch * p.kv_stride * p.head_vec4) { return; }
     let c = o % p.head_vec4;
-    let row = o / p.head_vec4;  // h * T + t
-    let t = row % p.n0;
-    let h = row / p.n0;
-    dst[o] = src[(t * p.heads + h) * p.head_vec4 + c];
+    let row = o / p.head_vec4;  // (h * N0 + n0) * N1p + n1
+    let n1 = row % p.kv_stride;
+    let hn0 = row / p.kv_stride;
+    let n0 = hn0 % p.batch;
+    let h = hn0 / p.batch;
+    let t = min(n0 * p.n1 + n1, p.batch * p.n1 - 1u);
+    dst[o] = select(vec4<f32>(0.0), src[(t * p.heads + h) * p.head_vec4 + c], n1 < p.n1);
 }
 
-// dst [T, H, dh] <- src [H, T, dh], by vec4 of dst.
+// dst [N0, N1, H, dh] <- src [H, N0, N1p, dh], by vec4 of dst.
 @compute @workgroup_size(64)
 fn heads_inner(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let o = row_index(wid, nwg, lid);
-    if (o >= p.heads * p.n0 * p.head_vec4) { return; }
+    if (o >= p.heads * p.batch * p.n1 * p.head_vec4) { return; }
     let c = o % p.head_vec4;
-    let row = o / p.head_vec4;  // t * H + h
+    let row = o / p.head_vec4;  // (n0 * N1 + n1) * H + h
     let h = row % p.heads;
     let t = row / p.heads;
-    dst[o] = src[(h * p.n0 + t) * p.head_vec4 + c];
+    let n1 = t % p.n1;
+    let n0 = t / p.n1;
+    dst[o] = src[((h * p.batch + n0) * p.kv_stride + n1) * p.head_vec4 + c];
 }

@@ -155,7 +155,7 @@ impl Attention {
     }
 }
 
-/// Most elements (H * B * Nq * Nk) of the score matrix the products method materialises
+/// Most elements (H * B * Nq * Nk rounded up to 4) of the score matrix the products method materialises
 /// (256 MiB; the backward holds two such matrices). Larger calls run the fused kernels.
 pub const MAX_PRODUCT_SCORES: usize = 1 << 26;
 /// Most keys per row for the products method: its row kernels loop over a row's keys in one
@@ -180,7 +180,8 @@ pub enum ForwardPath {
 /// Which backward method runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackwardPath {
-    /// `Products` under the same rule as [`ForwardPath::Auto`] (few-key rows stay fused).
+    /// `Products` on the registers and subgroup kernel paths when the score matrix fits
+    /// [`MAX_PRODUCT_SCORES`] (few-key rows too), else `Fused`.
     Auto,
     /// The fused kernels: dq by query rows, dk and dv by key rows, P recomputed in registers.
     Fused,
@@ -191,15 +192,18 @@ pub enum BackwardPath {
 /// Whether the products method can take this call: the score matrix within
 /// [`MAX_PRODUCT_SCORES`] and the adapter's binding size, rows within [`MAX_PRODUCT_KEYS`].
 fn products_fit(gpu: &Gpu, s: &Attention) -> bool {
-    let scores = s.heads * s.batch * s.q_len * s.kv_len;
+    let scores = s.heads * s.batch * s.q_len * s.kv_len.next_multiple_of(4);
     scores <= MAX_PRODUCT_SCORES
         && s.kv_len <= MAX_PRODUCT_KEYS
         && (4 * scores) as u64 <= gpu.limits().max_storage_buffer_binding_size
 }
 
-/// What `Auto` picks: products on the CPU-adapter paths for rows of more than [`FEW_KEYS`] keys.
-fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath) -> bool {
-    path != KernelPath::Tiled && s.kv_len > FEW_KEYS && s.q_len > 0 && products_fit(gpu, s)
+/// What `Auto` picks: products on the CPU-adapter paths when the score matrix fits. The
+/// forward keeps the few-keys kernel for rows of at most [`FEW_KEYS`] keys (as fast there, one
+/// dispatch); the backward takes products at every key count (measured 0.7x the fused time at
+/// the decoder's 3-key cross-attention, benches/compare_attention.py).
+fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool) -> bool {
+    path != KernelPath::Tiled && (!forward || s.kv_len > FEW_KEYS) && s.q_len > 0 && products_fit(gpu, s)
 }
 
 fn check_products(gpu: &Gpu, s: &Attention) -> Result<()> {
@@ -403,7 +407,7 @@ pub fn forward_path(
     check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
     check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
     let few = match forward {
-        ForwardPath::Auto if products_by_default(gpu, s, path) => {
+        ForwardPath::Auto if products_by_default(gpu, s, path, true) => {
             return forward_products(gpu, q, k, v, key_mask, out, lse, s, path);
         }
         ForwardPath::Products => {
@@ -528,7 +532,7 @@ pub fn backward_path(
     check_len(s, "dk", dk, &kd, s.kv_elements())?;
     check_len(s, "dv", dv, &kd, s.kv_elements())?;
     let products = match backward {
-        BackwardPath::Auto => products_by_default(gpu, s, path),
+        BackwardPath::Auto => products_by_default(gpu, s, path, false),
         BackwardPath::Fused => false,
         BackwardPath::Products => {
             check_products(gpu, s)?;
@@ -644,9 +648,9 @@ struct ProductParams {
     causal: u32,
     has_mask: u32,
     scale: f32,
-    n0: u32,
+    kv_stride: u32,
     head_vec4: u32,
-    _pad: u32,
+    n1: u32,
 }
 
 impl ProductParams {
@@ -661,45 +665,53 @@ impl ProductParams {
             causal: s.causal as u32,
             has_mask: has_mask as u32,
             scale: s.scale,
-            n0: 0,
+            kv_stride: s.kv_len.next_multiple_of(4) as u32,
             head_vec4: (s.head_dim / 4) as u32,
-            _pad: 0,
+            n1: 0,
         }
     }
 }
 
 /// The products method's shapes: with heads outermost, q is [H, B, Nq, dh] and k, v are
-/// [H, Bk, Nk, dh], so the products are `batch` products of `rows` query rows: H * B of Nq
-/// when every batch element has its own keys, H of B * Nq when the keys are shared.
+/// [H, Bk, Nk4, dh] (Nk4: Nk rounded up to 4, zero rows after Nk), so the products are `batch`
+/// products of `rows` query rows: H * B of Nq when every batch element has its own keys, H of
+/// B * Nq when the keys are shared. The score matrix is [batch, rows, Nk4].
 struct ProductShape {
     batch: usize,
     rows: usize,
+    keys: usize,
     scores: usize,
 }
 
 impl ProductShape {
     fn of(s: &Attention) -> Self {
         let (batch, rows) = if s.kv_batch == 1 { (s.heads, s.batch * s.q_len) } else { (s.heads * s.batch, s.q_len) };
-        ProductShape { batch, rows, scores: batch * rows * s.kv_len }
+        let keys = s.kv_len.next_multiple_of(4);
+        ProductShape { batch, rows, keys, scores: batch * rows * keys }
     }
 }
 
-/// Copies `x` [tokens, H, dh] (heads interleaved per token) to `out` [H, tokens, dh]
-/// (`entry` "heads_outer"), or back ("heads_inner").
+/// Copies `x` [N0, N1, H, dh] (heads interleaved per token) to `out` [H, N0, N1p, dh] with
+/// zero rows from N1 to N1p (`entry` "heads_outer"), or back ("heads_inner").
+#[allow(clippy::too_many_arguments)]
 fn move_heads(
     gpu: &Gpu,
     entry: &'static str,
     x: &GpuBuffer,
-    tokens: usize,
+    n0: usize,
+    n1: usize,
+    n1p: usize,
     s: &Attention,
     out: &GpuBuffer,
 ) -> Result<()> {
     let mut p = ProductParams::new(s, 0, false);
-    p.n0 = tokens as u32;
-    let n = tokens * s.heads * s.head_dim;
+    p.batch = n0 as u32;
+    p.n1 = n1 as u32;
+    p.kv_stride = n1p as u32;
+    let n = s.heads * n0 * if entry == "heads_outer" { n1p } else { n1 } * s.head_dim;
     let label = KernelLabel {
         kernel: if entry == "heads_outer" { "attention_heads_outer" } else { "attention_heads_inner" },
-        shape: format!("{tokens} tokens of {}x{}", s.heads, s.head_dim),
+        shape: format!("[{n0}, {n1}, {}, {}]", s.heads, s.head_dim),
         flops: 0,
         bytes: 8 * n as u64,
     };
@@ -714,30 +726,39 @@ fn move_heads(
     })
 }
 
-/// `x` [N0, N1, H, dh] (heads interleaved per token) as [H, N0, N1, dh]. With one head the
-/// layouts agree and `x` is used as it is.
-fn heads_outer(gpu: &Gpu, x: &GpuBuffer, n0: usize, n1: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
-    if s.heads == 1 {
+/// `x` [N0, N1, H, dh] as [H, N0, N1p, dh] (zero rows after N1). With one head and no padding
+/// the layouts agree and `x` is used as it is.
+fn heads_outer(gpu: &Gpu, x: &GpuBuffer, n0: usize, n1: usize, n1p: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
+    if s.heads == 1 && n1 == n1p {
         return Ok(None);
     }
-    let out = gpu.alloc(n0 * n1 * s.heads * s.head_dim)?;
-    move_heads(gpu, "heads_outer", x, n0 * n1, s, &out)?;
+    let out = gpu.alloc(s.heads * n0 * n1p * s.head_dim)?;
+    move_heads(gpu, "heads_outer", x, n0, n1, n1p, s, &out)?;
     Ok(Some(out))
 }
 
-/// Scratch of `n` elements for a heads-outermost result that [`heads_inner`] then moves to
-/// its destination; none with one head, where the result is written there directly.
-fn heads_outer_scratch(gpu: &Gpu, n: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
-    if s.heads == 1 {
+/// Scratch for a heads-outermost result [H, N0, N1p, dh] that [`heads_inner`] then moves to
+/// its destination; none with one head and no padding, where the result is written there.
+fn heads_outer_scratch(gpu: &Gpu, n0: usize, n1: usize, n1p: usize, s: &Attention) -> Result<Option<GpuBuffer>> {
+    if s.heads == 1 && n1 == n1p {
         return Ok(None);
     }
-    Ok(Some(gpu.alloc(n)?))
+    Ok(Some(gpu.alloc(s.heads * n0 * n1p * s.head_dim)?))
 }
 
-/// Moves a heads-outermost [H, N0, N1, dh] result into `dest` [N0, N1, H, dh].
-fn heads_inner(gpu: &Gpu, x: Option<GpuBuffer>, n0: usize, n1: usize, s: &Attention, dest: &GpuBuffer) -> Result<()> {
+/// Moves a heads-outermost [H, N0, N1p, dh] result into `dest` [N0, N1, H, dh].
+#[allow(clippy::too_many_arguments)]
+fn heads_inner(
+    gpu: &Gpu,
+    x: Option<GpuBuffer>,
+    n0: usize,
+    n1: usize,
+    n1p: usize,
+    s: &Attention,
+    dest: &GpuBuffer,
+) -> Result<()> {
     match x {
-        Some(x) => move_heads(gpu, "heads_inner", &x, n0 * n1, s, dest),
+        Some(x) => move_heads(gpu, "heads_inner", &x, n0, n1, n1p, s, dest),
         None => Ok(()),
     }
 }
@@ -788,20 +809,20 @@ fn forward_products(
     path: KernelPath,
 ) -> Result<()> {
     let ps = ProductShape::of(s);
-    let (nk, dh) = (s.kv_len, s.head_dim);
-    let qh = heads_outer(gpu, q, s.batch, s.q_len, s)?;
-    let kh = heads_outer(gpu, k, s.kv_batch, nk, s)?;
-    let vh = heads_outer(gpu, v, s.kv_batch, nk, s)?;
+    let (nq, nk, nk4, dh) = (s.q_len, s.kv_len, ps.keys, s.head_dim);
+    let qh = heads_outer(gpu, q, s.batch, nq, nq, s)?;
+    let kh = heads_outer(gpu, k, s.kv_batch, nk, nk4, s)?;
+    let vh = heads_outer(gpu, v, s.kv_batch, nk, nk4, s)?;
     let scores = gpu.alloc(ps.scores)?;
-    let qk = Matmul::new(ps.batch, ps.rows, nk, dh).trans_b(true);
+    let qk = Matmul::new(ps.batch, ps.rows, nk4, dh).trans_b(true);
     matmul_with(gpu, qh.as_ref().unwrap_or(q), kh.as_ref().unwrap_or(k), &scores, &qk, path)?;
     // Without a mask, q stands in at the mask's binding (read-only there, never read).
     let mask = key_mask.unwrap_or(q);
     product_rows(gpu, "softmax_rows", s, &ps, &[&scores, lse, mask], key_mask.is_some(), 4)?;
-    let oh = heads_outer_scratch(gpu, s.q_elements(), s)?;
-    let pv = Matmul::new(ps.batch, ps.rows, dh, nk);
+    let oh = heads_outer_scratch(gpu, s.batch, nq, nq, s)?;
+    let pv = Matmul::new(ps.batch, ps.rows, dh, nk4);
     matmul_with(gpu, &scores, vh.as_ref().unwrap_or(v), oh.as_ref().unwrap_or(out), &pv, path)?;
-    heads_inner(gpu, oh, s.batch, s.q_len, s, out)
+    heads_inner(gpu, oh, s.batch, nq, nq, s, out)
 }
 
 /// The backward as products: P recomputed from S = q kᵀ and lse, then dv = Pᵀ dout,
@@ -823,32 +844,32 @@ fn backward_products(
     path: KernelPath,
 ) -> Result<()> {
     let ps = ProductShape::of(s);
-    let (nk, dh, m) = (s.kv_len, s.head_dim, ps.rows);
-    let qh = heads_outer(gpu, q, s.batch, s.q_len, s)?;
-    let kh = heads_outer(gpu, k, s.kv_batch, nk, s)?;
-    let vh = heads_outer(gpu, v, s.kv_batch, nk, s)?;
-    let doh = heads_outer(gpu, d_out, s.batch, s.q_len, s)?;
+    let (nq, nk, nk4, dh, m) = (s.q_len, s.kv_len, ps.keys, s.head_dim, ps.rows);
+    let qh = heads_outer(gpu, q, s.batch, nq, nq, s)?;
+    let kh = heads_outer(gpu, k, s.kv_batch, nk, nk4, s)?;
+    let vh = heads_outer(gpu, v, s.kv_batch, nk, nk4, s)?;
+    let doh = heads_outer(gpu, d_out, s.batch, nq, nq, s)?;
     let (qh, kh, vh, doh) =
         (qh.as_ref().unwrap_or(q), kh.as_ref().unwrap_or(k), vh.as_ref().unwrap_or(v), doh.as_ref().unwrap_or(d_out));
     let mask = key_mask.unwrap_or(q);
 
     let probs = gpu.alloc(ps.scores)?;
-    matmul_with(gpu, qh, kh, &probs, &Matmul::new(ps.batch, m, nk, dh).trans_b(true), path)?;
+    matmul_with(gpu, qh, kh, &probs, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
     product_rows(gpu, "probs_rows", s, &ps, &[&probs, lse, mask], key_mask.is_some(), 2)?;
 
-    let dvh = heads_outer_scratch(gpu, s.kv_elements(), s)?;
-    matmul_with(gpu, &probs, doh, dvh.as_ref().unwrap_or(dv), &Matmul::new(ps.batch, nk, dh, m).trans_a(true), path)?;
+    let dvh = heads_outer_scratch(gpu, s.kv_batch, nk, nk4, s)?;
+    matmul_with(gpu, &probs, doh, dvh.as_ref().unwrap_or(dv), &Matmul::new(ps.batch, nk4, dh, m).trans_a(true), path)?;
 
     let grad = gpu.alloc(ps.scores)?;
-    matmul_with(gpu, doh, vh, &grad, &Matmul::new(ps.batch, m, nk, dh).trans_b(true), path)?;
+    matmul_with(gpu, doh, vh, &grad, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
     product_rows(gpu, "backward_rows", s, &ps, &[&probs, lse, mask, &grad], key_mask.is_some(), 4)?;
 
-    let dqh = heads_outer_scratch(gpu, s.q_elements(), s)?;
-    matmul_with(gpu, &grad, kh, dqh.as_ref().unwrap_or(dq), &Matmul::new(ps.batch, m, dh, nk), path)?;
-    let dkh = heads_outer_scratch(gpu, s.kv_elements(), s)?;
-    matmul_with(gpu, &grad, qh, dkh.as_ref().unwrap_or(dk), &Matmul::new(ps.batch, nk, dh, m).trans_a(true), path)?;
+    let dqh = heads_outer_scratch(gpu, s.batch, nq, nq, s)?;
+    matmul_with(gpu, &grad, kh, dqh.as_ref().unwrap_or(dq), &Matmul::new(ps.batch, m, dh, nk4), path)?;
+    let dkh = heads_outer_scratch(gpu, s.kv_batch, nk, nk4, s)?;
+    matmul_with(gpu, &grad, qh, dkh.as_ref().unwrap_or(dk), &Matmul::new(ps.batch, nk4, dh, m).trans_a(true), path)?;
 
-    heads_inner(gpu, dqh, s.batch, s.q_len, s, dq)?;
-    heads_inner(gpu, dkh, s.kv_batch, nk, s, dk)?;
-    heads_inner(gpu, dvh, s.kv_batch, nk, s, dv)
+    heads_inner(gpu, dqh, s.batch, nq, nq, s, dq)?;
+    heads_inner(gpu, dkh, s.kv_batch, nk, nk4, s, dk)?;
+    heads_inner(gpu, dvh, s.kv_batch, nk, nk4, s, dv)
 }
