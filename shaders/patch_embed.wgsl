@@ -11,9 +11,11 @@
 //                                     one patch since p divides S, so this writes d_image once)
 //   backward_weight:  d_weight[d, k] = sum_t d_out[t, d] A[t, k]       (t in order: deterministic)
 //
-// Each invocation computes a 4 x 4 register tile of its output without workgroup memory (the
-// fastest form on lavapipe, where barriers are expensive); tiles are numbered along the output's
-// columns first. Out-of-range tile rows and columns read a clamped (valid) index and are not
+// Each invocation computes a 4 x 4 register tile of its output without workgroup memory;
+// tiles are numbered along the output's columns first.
+// The products method (kernels/src/patch_embed.rs) builds A instead: `im2col` writes
+// A [B*N, K] and `col2im` scatters a [B*N, K] gradient back to d_image (a permutation, one
+// element per invocation); the three products then run on the matmul kernels of the kernel path. Out-of-range tile rows and columns read a clamped (valid) index and are not
 // written. Workgroups are laid out over x and y (the launcher's `grid`).
 
 struct Params {
@@ -178,4 +180,21 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     store_row(d0 + 1u, k0, acc1);
     store_row(d0 + 2u, k0, acc2);
     store_row(d0 + 3u, k0, acc3);
+}
+
+// A [B*N, K] (out) from the image, one element per invocation (rows = B*N, cols = K).
+@compute @workgroup_size(64)
+fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = tile_index(wid, nwg, lid);
+    if (e >= p.rows * p.cols) { return; }
+    out[e] = image[patch_base(e / p.cols) + column_offset(e % p.cols)];
+}
+
+// d_image (out) from its [B*N, K] im2col-layout gradient d_out, one element of that gradient per
+// invocation: each pixel belongs to exactly one (t, k).
+@compute @workgroup_size(64)
+fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = tile_index(wid, nwg, lid);
+    if (e >= p.rows * p.cols) { return; }
+    out[patch_base(e / p.cols) + column_offset(e % p.cols)] = d_out[e];
 }

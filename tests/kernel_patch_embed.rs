@@ -1,9 +1,10 @@
-//! Patch embedding (shaders/patch_embed.wgsl) against its f64 CPU reference, with gradients.
+//! Patch embedding (shaders/patch_embed.wgsl) against its f64 CPU reference, with gradients,
+//! for the direct kernels and the products method on every kernel path.
 
 mod common;
 
 use common::{check, zeros, Case, Input, Rng};
-use vlsa_kernels::patch_embed;
+use vlsa_kernels::patch_embed::{self, Method, PatchEmbed};
 
 #[derive(Clone, Copy, Debug)]
 struct Patch {
@@ -69,45 +70,49 @@ fn patch_embed_matches_reference_with_gradients() {
         Patch { batch: 1, channels: 3, size: 33, patch: 11, dim: 33 },
         Patch { batch: 2, channels: 3, size: 16, patch: 4, dim: 130 },
     ];
+    let gpu = common::gpu();
     for s in shapes {
         let image = Input::random(&mut rng, &[s.batch, s.channels, s.size, s.size]);
         let weight = Input::random(&mut rng, &[s.dim, s.channels, s.patch, s.patch]);
-        check(
-            Case::new(
-                format!("patch_embed {s:?}"),
-                vec![image, weight],
-                move |x| ref_patch_embed(s, &x[0], &x[1]),
-                move |gpu, x| {
-                    let out = gpu.alloc(s.batch * s.tokens() * s.dim)?;
-                    patch_embed::forward(gpu, &x[0], &x[1], &out, s.batch, s.channels, s.size, s.patch, s.dim)?;
-                    Ok(out)
-                },
-            )
-            .backward(
-                move |gpu, x, dy| {
-                    let d_image = gpu.alloc(x[0].len())?;
-                    let d_weight = gpu.alloc(x[1].len())?;
-                    patch_embed::backward(
-                        gpu,
-                        &x[0],
-                        &x[1],
-                        dy,
-                        Some(&d_image),
-                        &d_weight,
-                        s.batch,
-                        s.channels,
-                        s.size,
-                        s.patch,
-                        s.dim,
-                    )?;
-                    Ok(vec![Some(d_image), Some(d_weight)])
-                },
-                move |x, dy| {
-                    let (di, dw) = ref_patch_embed_backward(s, &x[0], &x[1], dy);
-                    vec![Some(di), Some(dw)]
-                },
-            ),
-        );
+        let shape = PatchEmbed { batch: s.batch, channels: s.channels, size: s.size, patch: s.patch, dim: s.dim };
+        for path in gpu.kernel_paths() {
+            for method in [Method::Direct, Method::Products] {
+                check(
+                    Case::new(
+                        format!("patch_embed {s:?}, {method:?}, {path} path"),
+                        vec![image.clone(), weight.clone()],
+                        move |x| ref_patch_embed(s, &x[0], &x[1]),
+                        move |gpu, x| {
+                            let out = gpu.alloc(s.batch * s.tokens() * s.dim)?;
+                            patch_embed::forward_with(gpu, &x[0], &x[1], &out, &shape, method, path)?;
+                            Ok(out)
+                        },
+                    )
+                    .backward(
+                        move |gpu, x, dy| {
+                            let d_image = gpu.alloc(x[0].len())?;
+                            let d_weight = gpu.alloc(x[1].len())?;
+                            patch_embed::backward_with(
+                                gpu,
+                                &x[0],
+                                &x[1],
+                                dy,
+                                Some(&d_image),
+                                &d_weight,
+                                &shape,
+                                method,
+                                path,
+                            )?;
+                            Ok(vec![Some(d_image), Some(d_weight)])
+                        },
+                        move |x, dy| {
+                            let (di, dw) = ref_patch_embed_backward(s, &x[0], &x[1], dy);
+                            vec![Some(di), Some(dw)]
+                        },
+                    ),
+                );
+            }
+        }
     }
 }
 
