@@ -7,7 +7,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
+use vlsa_kernels::attention::{self, Attention, AttentionGrads, AttentionIo, BackwardPath, ForwardPath};
 
 /// The bench shapes: name, shape, forward paths to time.
 pub fn shapes() -> Vec<(&'static str, Attention, Vec<ForwardPath>)> {
@@ -51,14 +51,16 @@ fn bench(c: &mut Criterion) {
             gpu.alloc(s.kv_elements()).unwrap(),
             gpu.alloc(s.kv_elements()).unwrap(),
         );
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
         for path in paths {
             let label =
                 if path == ForwardPath::Auto { format!("forward/{name}") } else { format!("forward_{path:?}/{name}") };
             common::bench_gpu(&mut group, &label, &gpu, Throughput::Elements(s.forward_flops()), || {
-                attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, path, gpu.kernel_path()).unwrap();
+                attention::forward_path(&gpu, &io, &s, path, gpu.kernel_path()).unwrap();
             });
         }
-        attention::forward(&gpu, &q, &k, &v, None, &out, &lse, &s).unwrap();
+        attention::forward(&gpu, &io, &s).unwrap();
         for (tag, method) in
             [("", BackwardPath::Auto), ("_Fused", BackwardPath::Fused), ("_Products", BackwardPath::Products)]
         {
@@ -68,23 +70,7 @@ fn bench(c: &mut Criterion) {
                 &gpu,
                 Throughput::Elements(s.backward_flops()),
                 || {
-                    attention::backward_path(
-                        &gpu,
-                        &q,
-                        &k,
-                        &v,
-                        None,
-                        &out,
-                        &lse,
-                        &d_out,
-                        &dq,
-                        &dk,
-                        &dv,
-                        &s,
-                        method,
-                        gpu.kernel_path(),
-                    )
-                    .unwrap();
+                    attention::backward_path(&gpu, &io, &d_out, &grads, &s, method, gpu.kernel_path()).unwrap();
                 },
             );
         }

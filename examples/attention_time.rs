@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
+use vlsa_kernels::attention::{self, Attention, AttentionGrads, AttentionIo, BackwardPath, ForwardPath};
 use vlsa_kernels::Gpu;
 
 fn parse(spec: &str) -> Result<Attention, String> {
@@ -87,10 +87,10 @@ fn run() -> Result<(), String> {
             other => return Err(format!("--method {other} is not one of auto, fused, products")),
         };
         let path = gpu.kernel_path();
-        let fwd = time(&|| attention::forward_path(&gpu, &q, &k, &v, None, &out, &lse, &s, fp, path))?;
-        let bwd = time(&|| {
-            attention::backward_path(&gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s, bp, path)
-        })?;
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
+        let fwd = time(&|| attention::forward_path(&gpu, &io, &s, fp, path))?;
+        let bwd = time(&|| attention::backward_path(&gpu, &io, &d_out, &grads, &s, bp, path))?;
         println!("{spec} {fwd:.4} {bwd:.4}");
     }
     Ok(())

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::kernels::attention::{self, Attention};
+use crate::kernels::attention::{self, Attention, AttentionGrads, AttentionIo};
 use crate::kernels::elementwise::{self, BinaryOp, UnaryOp};
 use crate::kernels::l2norm::L2Mode;
 use crate::kernels::matmul::Matmul;
@@ -499,20 +499,8 @@ fn backward_rule(
         }
         Op::Attention { q, k, v, out, lse, mask, spec } => {
             let (dq, dk, dv) = (gpu.alloc(q.numel())?, gpu.alloc(k.numel())?, gpu.alloc(v.numel())?);
-            attention::backward(
-                gpu,
-                q.buffer(),
-                k.buffer(),
-                v.buffer(),
-                mask.as_deref(),
-                out,
-                lse,
-                g.buffer(),
-                &dq,
-                &dk,
-                &dv,
-                spec,
-            )?;
+            let io = AttentionIo { q: q.buffer(), k: k.buffer(), v: v.buffer(), key_mask: mask.as_deref(), out, lse };
+            attention::backward(gpu, &io, g.buffer(), &AttentionGrads { dq: &dq, dk: &dk, dv: &dv }, spec)?;
             vec![Some(constant(g, dq, q.shape())), Some(constant(g, dk, k.shape())), Some(constant(g, dv, v.shape()))]
         }
         Op::Em { u, bases, fwd, spec } => {
@@ -523,19 +511,9 @@ fn backward_rule(
         Op::PatchEmbed { image, weight, batch, channels, size, patch, dim } => {
             let dw = gpu.alloc(weight.numel())?;
             let di = if wants(0) { Some(gpu.alloc(image.numel())?) } else { None };
-            patch_embed::backward(
-                gpu,
-                image.buffer(),
-                weight.buffer(),
-                g.buffer(),
-                di.as_ref(),
-                &dw,
-                *batch,
-                *channels,
-                *size,
-                *patch,
-                *dim,
-            )?;
+            let shape =
+                patch_embed::PatchEmbed { batch: *batch, channels: *channels, size: *size, patch: *patch, dim: *dim };
+            patch_embed::backward(gpu, image.buffer(), weight.buffer(), g.buffer(), di.as_ref(), &dw, &shape)?;
             vec![di.map(|d| constant(g, d, image.shape())), Some(constant(g, dw, weight.shape()))]
         }
         Op::Concat { outer, lens, inner } => {

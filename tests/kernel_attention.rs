@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::attention::{self, Attention, BackwardPath, ForwardPath};
+use vlsa_kernels::attention::{self, Attention, AttentionGrads, AttentionIo, BackwardPath, ForwardPath};
 use vlsa_kernels::KernelPath;
 use vlsa_kernels::{Gpu, GpuBuffer};
 
@@ -135,7 +135,8 @@ fn gpu_forward(
 ) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
     let out = gpu.alloc(s.q_elements())?;
     let lse = gpu.alloc(s.lse_elements())?;
-    attention::forward_path(gpu, &x[0], &x[1], &x[2], x.get(3), &out, &lse, s, path, kernels)?;
+    let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse };
+    attention::forward_path(gpu, &io, s, path, kernels)?;
     Ok((out, lse))
 }
 
@@ -203,7 +204,8 @@ fn check_attention_on(
         let w = s.heads * s.head_dim;
         let (q, kv) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.kv_batch * s.kv_len * w).unwrap());
         let (out, lse) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.batch * s.heads * s.q_len).unwrap());
-        let e = attention::forward_with(gpu, &q, &kv, &kv, None, &out, &lse, &s, kernels).unwrap_err().to_string();
+        let io = AttentionIo { q: &q, k: &kv, v: &kv, key_mask: None, out: &out, lse: &lse };
+        let e = attention::forward_with(gpu, &io, &s, kernels).unwrap_err().to_string();
         assert!(e.contains("head widths above"), "{name}: {e}");
         eprintln!("{name}: refused on {} as designed: {e}", gpu.info().name);
         return;
@@ -253,22 +255,9 @@ fn check_attention_on(
             let dq = gpu.alloc(s.q_elements())?;
             let dk = gpu.alloc(s.kv_elements())?;
             let dv = gpu.alloc(s.kv_elements())?;
-            attention::backward_path(
-                gpu,
-                &x[0],
-                &x[1],
-                &x[2],
-                x.get(3),
-                &out,
-                &lse,
-                d_out,
-                &dq,
-                &dk,
-                &dv,
-                &s,
-                backward,
-                kernels,
-            )?;
+            let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse };
+            let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
+            attention::backward_path(gpu, &io, d_out, &grads, &s, backward, kernels)?;
             let mut grads = vec![Some(dq), Some(dk), Some(dv)];
             if has_mask {
                 grads.push(None);
@@ -399,12 +388,14 @@ fn shared_key_gradients_are_deterministic_and_split_evenly() {
     for path in gpu.kernel_paths() {
         let out = gpu.alloc(s.q_elements()).unwrap();
         let lse = gpu.alloc(s.lse_elements()).unwrap();
-        attention::forward_with(gpu, &q, &k, &v, None, &out, &lse, &s, path).unwrap();
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        attention::forward_with(gpu, &io, &s, path).unwrap();
         let grads = || {
             let dq = gpu.alloc(s.q_elements()).unwrap();
             let dk = gpu.alloc(s.kv_elements()).unwrap();
             let dv = gpu.alloc(s.kv_elements()).unwrap();
-            attention::backward_with(gpu, &q, &k, &v, None, &out, &lse, &d_out, &dq, &dk, &dv, &s, path).unwrap();
+            attention::backward_with(gpu, &io, &d_out, &AttentionGrads { dq: &dq, dk: &dk, dv: &dv }, &s, path)
+                .unwrap();
             (gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap())
         };
         let (dk1, dv1) = grads();
@@ -479,12 +470,13 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     let out = gpu.alloc(s.q_elements()).unwrap();
     let lse = gpu.alloc(s.lse_elements()).unwrap();
 
-    let err = attention::forward(gpu, &q, &short, &k, None, &out, &lse, &s).unwrap_err().to_string();
+    let io = |k, v, key_mask| AttentionIo { q: &q, k, v, key_mask, out: &out, lse: &lse };
+    let err = attention::forward(gpu, &io(&short, &k, None), &s).unwrap_err().to_string();
     assert!(err.contains("k has 447 elements") && err.contains("[2, 7, 32]") && err.contains("448"), "{err}");
 
     for dh in [0, 6, 130, 132] {
         let bad = Attention::new(1, 7, 7, 1, dh);
-        let err = attention::forward(gpu, &q, &k, &k, None, &out, &lse, &bad).unwrap_err().to_string();
+        let err = attention::forward(gpu, &io(&k, &k, None), &bad).unwrap_err().to_string();
         assert!(
             err.contains(&format!("head dimension {dh} is not supported")) && err.contains("multiple of 4"),
             "{err}"
@@ -492,34 +484,45 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     }
 
     let bad = Attention { kv_batch: 2, ..Attention::new(3, 7, 7, 1, 16) };
-    let err = attention::forward(gpu, &q, &k, &k, None, &out, &lse, &bad).unwrap_err().to_string();
+    let err = attention::forward(gpu, &io(&k, &k, None), &bad).unwrap_err().to_string();
     assert!(err.contains("key/value batch 2") && err.contains("query batch 3"), "{err}");
 
     let many = Attention::new(1, 7, 17, 1, 16);
     let (kk, oo) = (gpu.zeros(many.kv_elements()).unwrap(), gpu.alloc(many.q_elements()).unwrap());
-    let err =
-        attention::forward_path(gpu, &q, &kk, &kk, None, &oo, &lse, &many, ForwardPath::FewKeys, gpu.kernel_path())
-            .unwrap_err()
-            .to_string();
+    let err = attention::forward_path(
+        gpu,
+        &AttentionIo { out: &oo, ..io(&kk, &kk, None) },
+        &many,
+        ForwardPath::FewKeys,
+        gpu.kernel_path(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("at most 16 keys") && err.contains("[1, 17, 1x16]"), "{err}");
 
     // Rows longer than the products method's row kernels take: a clear error when forced.
     let long = Attention::new(1, 1, 20000, 1, 4);
     let (kl, ol, ll) =
         (gpu.zeros(long.kv_elements()).unwrap(), gpu.alloc(long.q_elements()).unwrap(), gpu.alloc(1).unwrap());
-    let err =
-        attention::forward_path(gpu, &q, &kl, &kl, None, &ol, &ll, &long, ForwardPath::Products, gpu.kernel_path())
-            .unwrap_err()
-            .to_string();
+    let err = attention::forward_path(
+        gpu,
+        &AttentionIo { out: &ol, lse: &ll, ..io(&kl, &kl, None) },
+        &long,
+        ForwardPath::Products,
+        gpu.kernel_path(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("products method") && err.contains("[1, 20000, 1x4]"), "{err}");
 
     let small_mask = gpu.zeros(13).unwrap();
-    let err = attention::forward(gpu, &q, &k, &k, Some(&small_mask), &out, &lse, &s).unwrap_err().to_string();
+    let err = attention::forward(gpu, &io(&k, &k, Some(&small_mask)), &s).unwrap_err().to_string();
     assert!(err.contains("key mask has 13 elements") && err.contains("[2, 7]"), "{err}");
 
     let short_dq = gpu.alloc(s.q_elements() - 4).unwrap();
     let (dk, dv) = (gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
-    let err =
-        attention::backward(gpu, &q, &k, &k, None, &out, &lse, &q, &short_dq, &dk, &dv, &s).unwrap_err().to_string();
+    let err = attention::backward(gpu, &io(&k, &k, None), &q, &AttentionGrads { dq: &short_dq, dk: &dk, dv: &dv }, &s)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dq has 444 elements") && err.contains("[2, 7, 32]"), "{err}");
 }

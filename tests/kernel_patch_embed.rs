@@ -118,17 +118,17 @@ fn patch_embed_matches_reference_with_gradients() {
 
 #[test]
 fn patch_embed_rejects_bad_shapes() {
+    let pe = |patch| PatchEmbed { batch: 1, channels: 3, size: 16, patch, dim: 4 };
     let gpu = common::gpu();
     let image = zeros(gpu, 3 * 16 * 16).unwrap();
     let weight = zeros(gpu, 4 * 3 * 5 * 5).unwrap();
     let out = zeros(gpu, 1024).unwrap();
-    let err = patch_embed::forward(gpu, &image, &weight, &out, 1, 3, 16, 5, 4).unwrap_err().to_string();
+    let err = patch_embed::forward(gpu, &image, &weight, &out, &pe(5)).unwrap_err().to_string();
     assert!(err.contains("patch size 5") && err.contains("image size 16"), "{err}");
     let weight = zeros(gpu, 10).unwrap();
-    let err = patch_embed::forward(gpu, &image, &weight, &out, 1, 3, 16, 4, 4).unwrap_err().to_string();
+    let err = patch_embed::forward(gpu, &image, &weight, &out, &pe(4)).unwrap_err().to_string();
     assert!(err.contains("[4, 3, 4, 4]") && err.contains("[1, 3, 16, 16]") && err.contains("10 elements"), "{err}");
     let d_out = zeros(gpu, 5).unwrap();
-    let err =
-        patch_embed::backward(gpu, &image, &weight, &d_out, None, &weight, 1, 3, 16, 4, 4).unwrap_err().to_string();
+    let err = patch_embed::backward(gpu, &image, &weight, &d_out, None, &weight, &pe(4)).unwrap_err().to_string();
     assert!(err.contains("[1, 3, 16, 16]"), "{err}");
 }

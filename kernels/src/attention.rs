@@ -155,6 +155,27 @@ impl Attention {
     }
 }
 
+/// The buffers of one attention call: q [B, Nq, H*dh], k and v [Bk, Nk, H*dh], the optional
+/// key mask u32 [Bk, Nk] (1 = attend, 0 = ignore), and the forward's results: out
+/// [B, Nq, H*dh] and lse [B, H, Nq] (written by the forward, read by the backward).
+#[derive(Clone, Copy)]
+pub struct AttentionIo<'a> {
+    pub q: &'a GpuBuffer,
+    pub k: &'a GpuBuffer,
+    pub v: &'a GpuBuffer,
+    pub key_mask: Option<&'a GpuBuffer>,
+    pub out: &'a GpuBuffer,
+    pub lse: &'a GpuBuffer,
+}
+
+/// The gradients a backward writes: dq shaped like q, dk and dv like k and v.
+#[derive(Clone, Copy)]
+pub struct AttentionGrads<'a> {
+    pub dq: &'a GpuBuffer,
+    pub dk: &'a GpuBuffer,
+    pub dv: &'a GpuBuffer,
+}
+
 /// Most elements (H * B * Nq * Nk rounded up to 4) of the score matrix the products method materialises
 /// (256 MiB; the backward holds two such matrices). Larger calls run the fused kernels.
 pub const MAX_PRODUCT_SCORES: usize = 1 << 26;
@@ -353,69 +374,43 @@ fn dispatch(
     })
 }
 
-/// Attention forward: `out = softmax(scale q k^T + masks) v` per head, and `lse` [B, H, Nq],
-/// the log-sum-exp of each row's scores, for [`backward`].
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
-    shape: &Attention,
-) -> Result<()> {
-    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto, gpu.kernel_path())
+/// Attention forward: `io.out = softmax(scale q k^T + masks) v` per head, and `io.lse`
+/// [B, H, Nq], the log-sum-exp of each row's scores, for [`backward`].
+pub fn forward(gpu: &Gpu, io: &AttentionIo, shape: &Attention) -> Result<()> {
+    forward_path(gpu, io, shape, ForwardPath::Auto, gpu.kernel_path())
 }
 
 /// [`forward`] on the kernel path chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_with(
-    gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
-    shape: &Attention,
-    path: KernelPath,
-) -> Result<()> {
-    forward_path(gpu, q, k, v, key_mask, out, lse, shape, ForwardPath::Auto, path)
+pub fn forward_with(gpu: &Gpu, io: &AttentionIo, shape: &Attention, path: KernelPath) -> Result<()> {
+    forward_path(gpu, io, shape, ForwardPath::Auto, path)
 }
 
 /// [`forward`] with the forward kernel and the kernel path chosen by the caller (tests and
 /// benches compare them). The registers and subgroup paths run the register-blocked kernels
 /// (four rows per invocation; their streamed rows are uniform loads, which lavapipe already
 /// makes one load per subgroup); the tiled path spreads each row over lanes.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_path(
     gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
+    io: &AttentionIo,
     shape: &Attention,
     forward: ForwardPath,
     path: KernelPath,
 ) -> Result<()> {
+    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
     check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
     check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
     let few = match forward {
         ForwardPath::Auto if products_by_default(gpu, s, path, true) => {
-            return forward_products(gpu, q, k, v, key_mask, out, lse, s, path);
+            return forward_products(gpu, io, s, path);
         }
         ForwardPath::Products => {
             check_products(gpu, s)?;
             if s.q_len == 0 {
                 return Ok(());
             }
-            return forward_products(gpu, q, k, v, key_mask, out, lse, s, path);
+            return forward_products(gpu, io, s, path);
         }
         ForwardPath::Auto => s.kv_len <= FEW_KEYS,
         ForwardPath::Blocked => false,
@@ -461,66 +456,45 @@ pub fn forward_path(
     dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)
 }
 
-/// Attention backward: `dq`, `dk`, `dv` from the forward's inputs, its `out` and `lse`, and
-/// `d_out`. The probabilities are recomputed from q, k and the saved lse (nothing of size
-/// Nq x Nk was kept). With Bk = 1, dk and dv are summed over the batch deterministically.
-#[allow(clippy::too_many_arguments)]
+/// Attention backward: `grads` (dq, dk, dv) from the forward's inputs, its `out` and `lse`
+/// (in `io`), and `d_out`. The probabilities are recomputed from q, k and the saved lse
+/// (nothing of size Nq x Nk was kept). With Bk = 1, dk and dv are summed over the batch
+/// deterministically.
 pub fn backward(
     gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
+    io: &AttentionIo,
     d_out: &GpuBuffer,
-    dq: &GpuBuffer,
-    dk: &GpuBuffer,
-    dv: &GpuBuffer,
+    grads: &AttentionGrads,
     shape: &Attention,
 ) -> Result<()> {
-    backward_with(gpu, q, k, v, key_mask, out, lse, d_out, dq, dk, dv, shape, gpu.kernel_path())
+    backward_path(gpu, io, d_out, grads, shape, BackwardPath::Auto, gpu.kernel_path())
 }
 
 /// [`backward`] on the kernel path chosen by the caller.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
+    io: &AttentionIo,
     d_out: &GpuBuffer,
-    dq: &GpuBuffer,
-    dk: &GpuBuffer,
-    dv: &GpuBuffer,
+    grads: &AttentionGrads,
     shape: &Attention,
     path: KernelPath,
 ) -> Result<()> {
-    backward_path(gpu, q, k, v, key_mask, out, lse, d_out, dq, dk, dv, shape, BackwardPath::Auto, path)
+    backward_path(gpu, io, d_out, grads, shape, BackwardPath::Auto, path)
 }
 
 /// [`backward`] with the method and the kernel path chosen by the caller (tests and benches
 /// compare them).
-#[allow(clippy::too_many_arguments)]
 pub fn backward_path(
     gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
+    io: &AttentionIo,
     d_out: &GpuBuffer,
-    dq: &GpuBuffer,
-    dk: &GpuBuffer,
-    dv: &GpuBuffer,
+    grads: &AttentionGrads,
     shape: &Attention,
     backward: BackwardPath,
     path: KernelPath,
 ) -> Result<()> {
+    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
+    let AttentionGrads { dq, dk, dv } = *grads;
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
     let qd = format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim);
@@ -541,7 +515,7 @@ pub fn backward_path(
         }
     };
     if products {
-        return backward_products(gpu, q, k, v, key_mask, lse, d_out, dq, dk, dv, s, path);
+        return backward_products(gpu, io, d_out, grads, s, path);
     }
     check_blocked_head(gpu, s, path)?;
     let lanes = path == KernelPath::Tiled;
@@ -692,18 +666,17 @@ impl ProductShape {
 }
 
 /// Copies `x` [N0, N1, H, dh] (heads interleaved per token) to `out` [H, N0, N1p, dh] with
-/// zero rows from N1 to N1p (`entry` "heads_outer"), or back ("heads_inner").
-#[allow(clippy::too_many_arguments)]
+/// zero rows from N1 to N1p (`entry` "heads_outer"), or back ("heads_inner"); `rows` is
+/// [N0, N1, N1p].
 fn move_heads(
     gpu: &Gpu,
     entry: &'static str,
     x: &GpuBuffer,
-    n0: usize,
-    n1: usize,
-    n1p: usize,
+    rows: [usize; 3],
     s: &Attention,
     out: &GpuBuffer,
 ) -> Result<()> {
+    let [n0, n1, n1p] = rows;
     let mut p = ProductParams::new(s, 0, false);
     p.batch = n0 as u32;
     p.n1 = n1 as u32;
@@ -733,7 +706,7 @@ fn heads_outer(gpu: &Gpu, x: &GpuBuffer, n0: usize, n1: usize, n1p: usize, s: &A
         return Ok(None);
     }
     let out = gpu.alloc(s.heads * n0 * n1p * s.head_dim)?;
-    move_heads(gpu, "heads_outer", x, n0, n1, n1p, s, &out)?;
+    move_heads(gpu, "heads_outer", x, [n0, n1, n1p], s, &out)?;
     Ok(Some(out))
 }
 
@@ -747,7 +720,6 @@ fn heads_outer_scratch(gpu: &Gpu, n0: usize, n1: usize, n1p: usize, s: &Attentio
 }
 
 /// Moves a heads-outermost [H, N0, N1p, dh] result into `dest` [N0, N1, H, dh].
-#[allow(clippy::too_many_arguments)]
 fn heads_inner(
     gpu: &Gpu,
     x: Option<GpuBuffer>,
@@ -758,7 +730,7 @@ fn heads_inner(
     dest: &GpuBuffer,
 ) -> Result<()> {
     match x {
-        Some(x) => move_heads(gpu, "heads_inner", &x, n0, n1, n1p, s, dest),
+        Some(x) => move_heads(gpu, "heads_inner", &x, [n0, n1, n1p], s, dest),
         None => Ok(()),
     }
 }
@@ -796,18 +768,8 @@ fn product_rows(
 }
 
 /// The forward as products: S = q kᵀ, P = softmax(scale S) with lse, out = P v.
-#[allow(clippy::too_many_arguments)]
-fn forward_products(
-    gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
-    s: &Attention,
-    path: KernelPath,
-) -> Result<()> {
+fn forward_products(gpu: &Gpu, io: &AttentionIo, s: &Attention, path: KernelPath) -> Result<()> {
+    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
     let ps = ProductShape::of(s);
     let (nq, nk, nk4, dh) = (s.q_len, s.kv_len, ps.keys, s.head_dim);
     let qh = heads_outer(gpu, q, s.batch, nq, nq, s)?;
@@ -828,21 +790,16 @@ fn forward_products(
 /// The backward as products: P recomputed from S = q kᵀ and lse, then dv = Pᵀ dout,
 /// dP = dout vᵀ, dS = scale P (dP - rowsum(P dP)), dq = dS k, dk = dSᵀ q. With shared keys
 /// the products' sums over B * Nq rows are the sums over the batch.
-#[allow(clippy::too_many_arguments)]
 fn backward_products(
     gpu: &Gpu,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    key_mask: Option<&GpuBuffer>,
-    lse: &GpuBuffer,
+    io: &AttentionIo,
     d_out: &GpuBuffer,
-    dq: &GpuBuffer,
-    dk: &GpuBuffer,
-    dv: &GpuBuffer,
+    grads: &AttentionGrads,
     s: &Attention,
     path: KernelPath,
 ) -> Result<()> {
+    let AttentionIo { q, k, v, key_mask, lse, .. } = *io;
+    let AttentionGrads { dq, dk, dv } = *grads;
     let ps = ProductShape::of(s);
     let (nq, nk, nk4, dh, m) = (s.q_len, s.kv_len, ps.keys, s.head_dim, ps.rows);
     let qh = heads_outer(gpu, q, s.batch, nq, nq, s)?;

@@ -248,26 +248,13 @@ pub fn backward_with(
 
 /// `out[b, n, d] = sum_{c,i,j} image[b, c, py p + i, px p + j] weight[d, c, i, j]` for the
 /// token n = py (S/p) + px; image [B, C, S, S], weight [D, C, p, p], out [B, N, D].
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    gpu: &Gpu,
-    image: &GpuBuffer,
-    weight: &GpuBuffer,
-    out: &GpuBuffer,
-    batch: usize,
-    channels: usize,
-    size: usize,
-    patch: usize,
-    dim: usize,
-) -> Result<()> {
-    let shape = PatchEmbed { batch, channels, size, patch, dim };
-    forward_with(gpu, image, weight, out, &shape, Method::Auto, gpu.kernel_path())
+pub fn forward(gpu: &Gpu, image: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer, shape: &PatchEmbed) -> Result<()> {
+    forward_with(gpu, image, weight, out, shape, Method::Auto, gpu.kernel_path())
 }
 
 /// Both gradients: `d_weight` [D, C, p, p] and, when given, `d_image` [B, C, S, S] (the
 /// model's input image needs none). The weight gradient sums over batch and tokens in a fixed
 /// order (deterministic).
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     image: &GpuBuffer,
@@ -275,12 +262,7 @@ pub fn backward(
     d_out: &GpuBuffer,
     d_image: Option<&GpuBuffer>,
     d_weight: &GpuBuffer,
-    batch: usize,
-    channels: usize,
-    size: usize,
-    patch: usize,
-    dim: usize,
+    shape: &PatchEmbed,
 ) -> Result<()> {
-    let shape = PatchEmbed { batch, channels, size, patch, dim };
-    backward_with(gpu, image, weight, d_out, d_image, d_weight, &shape, Method::Auto, gpu.kernel_path())
+    backward_with(gpu, image, weight, d_out, d_image, d_weight, shape, Method::Auto, gpu.kernel_path())
 }

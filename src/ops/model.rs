@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::autograd::{record, Op};
-use crate::kernels::attention::{self, Attention};
+use crate::kernels::attention::{self, Attention, AttentionIo};
 use crate::kernels::em::{self, EmShape, GradMode};
 use crate::kernels::upsample::{self, Resize};
 use crate::kernels::{loss, mask_head, patch_embed, GpuBuffer};
@@ -58,7 +58,15 @@ impl Tensor {
         let gpu = self.gpu();
         let out = Arc::new(gpu.alloc(spec.q_elements())?);
         let lse = Arc::new(gpu.alloc(spec.lse_elements())?);
-        attention::forward(gpu, self.buffer(), k.buffer(), v.buffer(), key_mask.as_deref(), &out, &lse, &spec)?;
+        let io = AttentionIo {
+            q: self.buffer(),
+            k: k.buffer(),
+            v: v.buffer(),
+            key_mask: key_mask.as_deref(),
+            out: &out,
+            lse: &lse,
+        };
+        attention::forward(gpu, &io, &spec)?;
         let saved_out = out.clone();
         Ok(crate::autograd::record_arc(
             out,
@@ -117,7 +125,8 @@ impl Tensor {
         }
         let n = (size / p) * (size / p);
         let out = self.gpu().alloc(b * n * dim)?;
-        patch_embed::forward(self.gpu(), self.buffer(), weight.buffer(), &out, b, ch, size, p, dim)?;
+        let shape = patch_embed::PatchEmbed { batch: b, channels: ch, size, patch: p, dim };
+        patch_embed::forward(self.gpu(), self.buffer(), weight.buffer(), &out, &shape)?;
         Ok(record(
             out,
             vec![b, n, dim],
