@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
             gpu.alloc(s.kv_elements()).unwrap(),
             gpu.alloc(s.kv_elements()).unwrap(),
         );
-        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse, probs: None };
         let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
         for path in paths {
             let label =

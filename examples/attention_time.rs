@@ -87,9 +87,12 @@ fn run() -> Result<(), String> {
             other => return Err(format!("--method {other} is not one of auto, fused, products")),
         };
         let path = gpu.kernel_path();
-        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse, probs: None };
         let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
-        let fwd = time(&|| attention::forward_path(&gpu, &io, &s, fp, path))?;
+        let fwd = time(&|| attention::forward_path(&gpu, &io, &s, fp, path).map(|_| ()))?;
+        // The backward as the model runs it: with the probabilities a products forward returned.
+        let probs = attention::forward_path(&gpu, &io, &s, fp, path).map_err(e)?;
+        let io = AttentionIo { probs: probs.as_ref(), ..io };
         let bwd = time(&|| attention::backward_path(&gpu, &io, &d_out, &grads, &s, bp, path))?;
         println!("{spec} {fwd:.4} {bwd:.4}");
     }

@@ -63,13 +63,15 @@ pub(crate) enum Op {
     L2Norm { x: Tensor, norms: Arc<GpuBuffer>, rows: usize, cols: usize, mode: L2Mode },
     /// Row gather from a table; saved indices.
     Embedding { indices: Arc<GpuBuffer>, count: usize, dim: usize, vocab: usize },
-    /// Fused attention; saved inputs, output and log-sum-exp (P is recomputed).
+    /// Attention; saved inputs, output, log-sum-exp and, when the products method ran, the
+    /// probabilities (else the backward recomputes them).
     Attention {
         q: Tensor,
         k: Tensor,
         v: Tensor,
         out: Arc<GpuBuffer>,
         lse: Arc<GpuBuffer>,
+        probs: Option<Arc<GpuBuffer>>,
         mask: Option<Arc<GpuBuffer>>,
         spec: Attention,
     },
@@ -497,9 +499,17 @@ fn backward_rule(
             embedding::scatter_add_backward(gpu, indices, g.buffer(), &dt, *count, *dim, *vocab)?;
             vec![Some(constant(g, dt, &[*vocab, *dim]))]
         }
-        Op::Attention { q, k, v, out, lse, mask, spec } => {
+        Op::Attention { q, k, v, out, lse, probs, mask, spec } => {
             let (dq, dk, dv) = (gpu.alloc(q.numel())?, gpu.alloc(k.numel())?, gpu.alloc(v.numel())?);
-            let io = AttentionIo { q: q.buffer(), k: k.buffer(), v: v.buffer(), key_mask: mask.as_deref(), out, lse };
+            let io = AttentionIo {
+                q: q.buffer(),
+                k: k.buffer(),
+                v: v.buffer(),
+                key_mask: mask.as_deref(),
+                out,
+                lse,
+                probs: probs.as_deref(),
+            };
             attention::backward(gpu, &io, g.buffer(), &AttentionGrads { dq: &dq, dk: &dk, dv: &dv }, spec)?;
             vec![Some(constant(g, dq, q.shape())), Some(constant(g, dk, k.shape())), Some(constant(g, dv, v.shape()))]
         }

@@ -125,7 +125,7 @@ fn reference_backward(
     [dq, dk, dv]
 }
 
-/// Runs forward (and returns out and lse) on the GPU.
+/// Runs forward on the GPU and returns out and lse.
 fn gpu_forward(
     gpu: &Gpu,
     x: &[GpuBuffer],
@@ -133,11 +133,22 @@ fn gpu_forward(
     path: ForwardPath,
     kernels: KernelPath,
 ) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
+    gpu_forward_probs(gpu, x, s, path, kernels).map(|(out, lse, _)| (out, lse))
+}
+
+/// Runs forward on the GPU and returns out, lse and the probabilities a products forward keeps.
+fn gpu_forward_probs(
+    gpu: &Gpu,
+    x: &[GpuBuffer],
+    s: &Attention,
+    path: ForwardPath,
+    kernels: KernelPath,
+) -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer, Option<GpuBuffer>)> {
     let out = gpu.alloc(s.q_elements())?;
     let lse = gpu.alloc(s.lse_elements())?;
-    let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse };
-    attention::forward_path(gpu, &io, s, path, kernels)?;
-    Ok((out, lse))
+    let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse, probs: None };
+    let probs = attention::forward_path(gpu, &io, s, path, kernels)?;
+    Ok((out, lse, probs))
 }
 
 /// A key mask [Bk, Nk] with some keys off; with `blank_batch`, kv batch 1 (or 0 if Bk = 1)
@@ -204,7 +215,7 @@ fn check_attention_on(
         let w = s.heads * s.head_dim;
         let (q, kv) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.kv_batch * s.kv_len * w).unwrap());
         let (out, lse) = (gpu.zeros(s.batch * s.q_len * w).unwrap(), gpu.zeros(s.batch * s.heads * s.q_len).unwrap());
-        let io = AttentionIo { q: &q, k: &kv, v: &kv, key_mask: None, out: &out, lse: &lse };
+        let io = AttentionIo { q: &q, k: &kv, v: &kv, key_mask: None, out: &out, lse: &lse, probs: None };
         let e = attention::forward_with(gpu, &io, &s, kernels).unwrap_err().to_string();
         assert!(e.contains("head widths above"), "{name}: {e}");
         eprintln!("{name}: refused on {} as designed: {e}", gpu.info().name);
@@ -251,11 +262,14 @@ fn check_attention_on(
     )
     .backward(
         move |gpu, x, d_out| {
-            let (out, lse) = gpu_forward(gpu, x, &s, path, kernels)?;
+            // The products method runs as the model runs it: with the probabilities its
+            // forward kept (the recomputing backward is checked against it separately).
+            let (out, lse, probs) = gpu_forward_probs(gpu, x, &s, path, kernels)?;
             let dq = gpu.alloc(s.q_elements())?;
             let dk = gpu.alloc(s.kv_elements())?;
             let dv = gpu.alloc(s.kv_elements())?;
-            let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse };
+            let probs = probs.as_ref();
+            let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse, probs };
             let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
             attention::backward_path(gpu, &io, d_out, &grads, &s, backward, kernels)?;
             let mut grads = vec![Some(dq), Some(dk), Some(dv)];
@@ -388,7 +402,7 @@ fn shared_key_gradients_are_deterministic_and_split_evenly() {
     for path in gpu.kernel_paths() {
         let out = gpu.alloc(s.q_elements()).unwrap();
         let lse = gpu.alloc(s.lse_elements()).unwrap();
-        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse };
+        let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse, probs: None };
         attention::forward_with(gpu, &io, &s, path).unwrap();
         let grads = || {
             let dq = gpu.alloc(s.q_elements()).unwrap();
@@ -460,6 +474,51 @@ fn long_sequence_4096_sampled_rows() {
 }
 
 #[test]
+fn products_backward_with_saved_probabilities_equals_recomputing() {
+    let _serial = serial_on_gl();
+    // The products backward reads P from the forward when it is kept, else recomputes it from
+    // q, k and lse in the same arithmetic: the gradients must agree bit for bit.
+    let gpu = common::gpu();
+    let mut rng = Rng::new(80);
+    let shapes = [
+        (Attention::new(2, 9, 7, 3, 16).with_causal(true), false),
+        (Attention::new(3, 5, 6, 2, 8).shared_kv(), true),
+        (Attention::new(2, 17, 13, 1, 32), true),
+    ];
+    for kernels in gpu.kernel_paths() {
+        for (s, masked) in shapes {
+            let mut x = vec![
+                gpu.upload(&rng.vec(s.q_elements())).unwrap(),
+                gpu.upload(&rng.vec(s.kv_elements())).unwrap(),
+                gpu.upload(&rng.vec(s.kv_elements())).unwrap(),
+            ];
+            if masked {
+                let m: Vec<u32> = key_mask(&mut rng, &s, true).into_iter().map(|v| v as u32).collect();
+                x.push(gpu.upload(&m).unwrap());
+            }
+            let d_out = gpu.upload(&rng.vec(s.q_elements())).unwrap();
+            let (out, lse, probs) = gpu_forward_probs(gpu, &x, &s, ForwardPath::Products, kernels).unwrap();
+            assert!(probs.is_some(), "a products forward returns its probabilities");
+            let grads = |probs: Option<&GpuBuffer>| {
+                let dq = gpu.alloc(s.q_elements()).unwrap();
+                let (dk, dv) = (gpu.alloc(s.kv_elements()).unwrap(), gpu.alloc(s.kv_elements()).unwrap());
+                let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: x.get(3), out: &out, lse: &lse, probs };
+                let g = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
+                attention::backward_path(gpu, &io, &d_out, &g, &s, BackwardPath::Products, kernels).unwrap();
+                [gpu.download(&dq).unwrap(), gpu.download(&dk).unwrap(), gpu.download(&dv).unwrap()]
+            };
+            let (kept, recomputed) = (grads(probs.as_ref()), grads(None));
+            for (name, a, b) in ["dq", "dk", "dv"].iter().zip(&kept).zip(&recomputed).map(|((n, a), b)| (n, a, b)) {
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{s:?}, {kernels} path: {name} with the kept probabilities differs from recomputing them"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_shapes_are_errors_naming_the_shapes() {
     let _serial = serial_on_gl();
     let gpu = common::gpu();
@@ -470,7 +529,7 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     let out = gpu.alloc(s.q_elements()).unwrap();
     let lse = gpu.alloc(s.lse_elements()).unwrap();
 
-    let io = |k, v, key_mask| AttentionIo { q: &q, k, v, key_mask, out: &out, lse: &lse };
+    let io = |k, v, key_mask| AttentionIo { q: &q, k, v, key_mask, out: &out, lse: &lse, probs: None };
     let err = attention::forward(gpu, &io(&short, &k, None), &s).unwrap_err().to_string();
     assert!(err.contains("k has 447 elements") && err.contains("[2, 7, 32]") && err.contains("448"), "{err}");
 

@@ -86,9 +86,12 @@ fn attention_over_the_binding_limit_is_refused_naming_kernel_and_limit() {
     let kv2 = gpu.upload(&vec![0.2f32; 4 * heads * dh]).unwrap();
     let out = gpu.alloc(spec.q_elements()).unwrap();
     let lse = gpu.alloc(spec.lse_elements()).unwrap();
-    let err =
-        attention::forward(gpu, &AttentionIo { q: &q, k: &kv, v: &kv2, key_mask: None, out: &out, lse: &lse }, &spec)
-            .expect_err("q is over the binding limit");
+    let err = attention::forward(
+        gpu,
+        &AttentionIo { q: &q, k: &kv, v: &kv2, key_mask: None, out: &out, lse: &lse, probs: None },
+        &spec,
+    )
+    .expect_err("q is over the binding limit");
     assert_binding_refusal(gpu, &err, "of attention.wgsl binding 1", needed, limit);
     // Through the op layer.
     let q = Tensor::from_buffer(gpu, q, &[1, q_len, heads * dh]).unwrap();

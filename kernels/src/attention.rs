@@ -166,6 +166,10 @@ pub struct AttentionIo<'a> {
     pub key_mask: Option<&'a GpuBuffer>,
     pub out: &'a GpuBuffer,
     pub lse: &'a GpuBuffer,
+    /// For the backward: the probabilities a products forward returned, which a products
+    /// backward then reads instead of recomputing them (one product and one row pass fewer).
+    /// Ignored by the forward and by the fused backward.
+    pub probs: Option<&'a GpuBuffer>,
 }
 
 /// The gradients a backward writes: dq shaped like q, dk and dv like k and v.
@@ -375,13 +379,15 @@ fn dispatch(
 }
 
 /// Attention forward: `io.out = softmax(scale q k^T + masks) v` per head, and `io.lse`
-/// [B, H, Nq], the log-sum-exp of each row's scores, for [`backward`].
-pub fn forward(gpu: &Gpu, io: &AttentionIo, shape: &Attention) -> Result<()> {
+/// [B, H, Nq], the log-sum-exp of each row's scores, for [`backward`]. When the products
+/// method ran, it returns the probabilities P [H, B, Nq, Nk rounded up to 4], which a caller
+/// that will run the backward may keep and pass as [`AttentionIo::probs`].
+pub fn forward(gpu: &Gpu, io: &AttentionIo, shape: &Attention) -> Result<Option<GpuBuffer>> {
     forward_path(gpu, io, shape, ForwardPath::Auto, gpu.kernel_path())
 }
 
 /// [`forward`] on the kernel path chosen by the caller.
-pub fn forward_with(gpu: &Gpu, io: &AttentionIo, shape: &Attention, path: KernelPath) -> Result<()> {
+pub fn forward_with(gpu: &Gpu, io: &AttentionIo, shape: &Attention, path: KernelPath) -> Result<Option<GpuBuffer>> {
     forward_path(gpu, io, shape, ForwardPath::Auto, path)
 }
 
@@ -395,22 +401,22 @@ pub fn forward_path(
     shape: &Attention,
     forward: ForwardPath,
     path: KernelPath,
-) -> Result<()> {
-    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
+) -> Result<Option<GpuBuffer>> {
+    let AttentionIo { q, k, v, key_mask, out, lse, .. } = *io;
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
     check_len(s, "out", out, &format!("[{}, {}, {}]", s.batch, s.q_len, s.heads * s.head_dim), s.q_elements())?;
     check_len(s, "lse", lse, &format!("[{}, {}, {}]", s.batch, s.heads, s.q_len), s.lse_elements())?;
     let few = match forward {
         ForwardPath::Auto if products_by_default(gpu, s, path, true) => {
-            return forward_products(gpu, io, s, path);
+            return forward_products(gpu, io, s, path).map(Some);
         }
         ForwardPath::Products => {
             check_products(gpu, s)?;
             if s.q_len == 0 {
-                return Ok(());
+                return Ok(None);
             }
-            return forward_products(gpu, io, s, path);
+            return forward_products(gpu, io, s, path).map(Some);
         }
         ForwardPath::Auto => s.kv_len <= FEW_KEYS,
         ForwardPath::Blocked => false,
@@ -423,7 +429,7 @@ pub fn forward_path(
         }
     };
     if s.q_len == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let lanes = !few && path == KernelPath::Tiled;
     if !few {
@@ -453,12 +459,13 @@ pub fn forward_path(
         flops: s.forward_flops(),
         bytes,
     };
-    dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)
+    dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
+    Ok(None)
 }
 
 /// Attention backward: `grads` (dq, dk, dv) from the forward's inputs, its `out` and `lse`
-/// (in `io`), and `d_out`. The probabilities are recomputed from q, k and the saved lse
-/// (nothing of size Nq x Nk was kept). With Bk = 1, dk and dv are summed over the batch
+/// (in `io`), and `d_out`. The probabilities are recomputed from q, k and the saved lse, or,
+/// for the products method, read from `io.probs` when the caller kept them. With Bk = 1, dk and dv are summed over the batch
 /// deterministically.
 pub fn backward(
     gpu: &Gpu,
@@ -493,7 +500,7 @@ pub fn backward_path(
     backward: BackwardPath,
     path: KernelPath,
 ) -> Result<()> {
-    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
+    let AttentionIo { q, k, v, key_mask, out, lse, .. } = *io;
     let AttentionGrads { dq, dk, dv } = *grads;
     let s = shape;
     check_common(s, q, k, v, key_mask)?;
@@ -767,9 +774,9 @@ fn product_rows(
     })
 }
 
-/// The forward as products: S = q kᵀ, P = softmax(scale S) with lse, out = P v.
-fn forward_products(gpu: &Gpu, io: &AttentionIo, s: &Attention, path: KernelPath) -> Result<()> {
-    let AttentionIo { q, k, v, key_mask, out, lse } = *io;
+/// The forward as products: S = q kᵀ, P = softmax(scale S) with lse, out = P v. Returns P.
+fn forward_products(gpu: &Gpu, io: &AttentionIo, s: &Attention, path: KernelPath) -> Result<GpuBuffer> {
+    let AttentionIo { q, k, v, key_mask, out, lse, .. } = *io;
     let ps = ProductShape::of(s);
     let (nq, nk, nk4, dh) = (s.q_len, s.kv_len, ps.keys, s.head_dim);
     let qh = heads_outer(gpu, q, s.batch, nq, nq, s)?;
@@ -784,7 +791,8 @@ fn forward_products(gpu: &Gpu, io: &AttentionIo, s: &Attention, path: KernelPath
     let oh = heads_outer_scratch(gpu, s.batch, nq, nq, s)?;
     let pv = Matmul::new(ps.batch, ps.rows, dh, nk4);
     matmul_with(gpu, &scores, vh.as_ref().unwrap_or(v), oh.as_ref().unwrap_or(out), &pv, path)?;
-    heads_inner(gpu, oh, s.batch, nq, nq, s, out)
+    heads_inner(gpu, oh, s.batch, nq, nq, s, out)?;
+    Ok(scores)
 }
 
 /// The backward as products: P recomputed from S = q kᵀ and lse, then dv = Pᵀ dout,
@@ -798,7 +806,7 @@ fn backward_products(
     s: &Attention,
     path: KernelPath,
 ) -> Result<()> {
-    let AttentionIo { q, k, v, key_mask, lse, .. } = *io;
+    let AttentionIo { q, k, v, key_mask, lse, probs: saved, .. } = *io;
     let AttentionGrads { dq, dk, dv } = *grads;
     let ps = ProductShape::of(s);
     let (nq, nk, nk4, dh, m) = (s.q_len, s.kv_len, ps.keys, s.head_dim, ps.rows);
@@ -810,16 +818,27 @@ fn backward_products(
         (qh.as_ref().unwrap_or(q), kh.as_ref().unwrap_or(k), vh.as_ref().unwrap_or(v), doh.as_ref().unwrap_or(d_out));
     let mask = key_mask.unwrap_or(q);
 
-    let probs = gpu.alloc(ps.scores)?;
-    matmul_with(gpu, qh, kh, &probs, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
-    product_rows(gpu, "probs_rows", s, &ps, &[&probs, lse, mask], key_mask.is_some(), 2)?;
+    let recomputed;
+    let probs = match saved {
+        Some(p) => {
+            let shape = format!("[{}, {}, {}]", ps.batch, m, nk4);
+            check_len(s, "the saved probabilities", p, &shape, ps.scores)?;
+            p
+        }
+        None => {
+            recomputed = gpu.alloc(ps.scores)?;
+            matmul_with(gpu, qh, kh, &recomputed, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
+            product_rows(gpu, "probs_rows", s, &ps, &[&recomputed, lse, mask], key_mask.is_some(), 2)?;
+            &recomputed
+        }
+    };
 
     let dvh = heads_outer_scratch(gpu, s.kv_batch, nk, nk4, s)?;
-    matmul_with(gpu, &probs, doh, dvh.as_ref().unwrap_or(dv), &Matmul::new(ps.batch, nk4, dh, m).trans_a(true), path)?;
+    matmul_with(gpu, probs, doh, dvh.as_ref().unwrap_or(dv), &Matmul::new(ps.batch, nk4, dh, m).trans_a(true), path)?;
 
     let grad = gpu.alloc(ps.scores)?;
     matmul_with(gpu, doh, vh, &grad, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
-    product_rows(gpu, "backward_rows", s, &ps, &[&probs, lse, mask, &grad], key_mask.is_some(), 4)?;
+    product_rows(gpu, "backward_rows", s, &ps, &[probs, lse, mask, &grad], key_mask.is_some(), 4)?;
 
     let dqh = heads_outer_scratch(gpu, s.batch, nq, nq, s)?;
     matmul_with(gpu, &grad, kh, dqh.as_ref().unwrap_or(dq), &Matmul::new(ps.batch, m, dh, nk4), path)?;

@@ -65,13 +65,24 @@ impl Tensor {
             key_mask: key_mask.as_deref(),
             out: &out,
             lse: &lse,
+            probs: None,
         };
-        attention::forward(gpu, &io, &spec)?;
+        // The products method's probabilities, kept for the backward (when one is recorded).
+        let probs = attention::forward(gpu, &io, &spec)?.map(Arc::new);
         let saved_out = out.clone();
         Ok(crate::autograd::record_arc(
             out,
             self.shape().to_vec(),
-            || Op::Attention { q: self.clone(), k: k.clone(), v: v.clone(), out: saved_out, lse, mask: key_mask, spec },
+            || Op::Attention {
+                q: self.clone(),
+                k: k.clone(),
+                v: v.clone(),
+                out: saved_out,
+                lse,
+                probs,
+                mask: key_mask,
+                spec,
+            },
             &[self, k, v],
         ))
     }
