@@ -13,12 +13,17 @@
 // shaders/attention.wgsl:
 //   softmax_rows:  s_j = scale * S[r, j];  lse = log sum_j exp(s_j);  P[r, j] = exp(s_j - lse)
 //                  in place over S; lse written at [b, h, i] of lse [B, H, Nq]; a row that
-//                  sees no key gets P = 0 and lse = -inf
+//                  sees no key gets P = 0 and lse = -inf. The maximum and the sum come from one
+//                  pass (online: the sum is rescaled when the maximum grows), so S is read
+//                  twice, not three times (every storage load costs on lavapipe)
 //   probs_rows:    P[r, j] = exp(scale * S[r, j] - lse[b, h, i]) from the saved lse, in place
-//                  (the backward recomputes P instead of keeping it)
-//   backward_rows: dS[r, j] = scale * P[r, j] * (dP[r, j] - sum_k P[r, k] dP[r, k]), in place
-//                  over dP (the softmax Jacobian, with the scale of s folded in so that
-//                  dq = dS k and dk = dS^T q are plain products)
+//                  (for a backward whose forward P was not kept)
+//   delta_rows:    delta[b, h, i] = dout_i . out_i over the head's dh values, read in the
+//                  projections' layout; this equals sum_k P[r, k] dP[r, k] (dP = dout vᵀ and
+//                  out = P v), for a dh-long dot product instead of a pass over Nk4 pairs
+//   backward_rows: dS[r, j] = scale * P[r, j] * (dP[r, j] - delta[b, h, i]), in place over dP
+//                  (the softmax Jacobian, with the scale of s folded in so that dq = dS k and
+//                  dk = dSᵀ q are plain products)
 // One row per invocation, 64 rows per workgroup, no barriers: the schedule that suits CPU
 // adapters, where this method is chosen. Workgroups are folded over x and y.
 //
@@ -50,6 +55,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;    // dP, then dS [H, B, Nq, Nk]
 @group(0) @binding(5) var<storage, read> src: array<vec4<f32>>;       // heads_*: the input
 @group(0) @binding(6) var<storage, read_write> dst: array<vec4<f32>>; // heads_*: the output
+@group(0) @binding(7) var<storage, read> src2: array<vec4<f32>>;      // delta_rows: d_out (src: out)
+@group(0) @binding(8) var<storage, read_write> delta: array<f32>;     // [B, H, Nq]
 
 // The row's query index i, its key-mask row kb and its place in lse.
 struct Row {
@@ -88,16 +95,16 @@ fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let row = row_of(r);
     let base = r * p.kv_stride;
     var m = -3.402823e38;
+    var l = 0.0;
     var seen = false;
     for (var j = 0u; j < p.kv_stride; j++) {
         if (visible(row, j)) {
-            m = max(m, p.scale * scores[base + j]);
+            let x = p.scale * scores[base + j];
+            let m_new = max(m, x);
+            l = l * exp(m - m_new) + exp(x - m_new);
+            m = m_new;
             seen = true;
         }
-    }
-    var l = 0.0;
-    for (var j = 0u; j < p.kv_stride; j++) {
-        if (visible(row, j)) { l += exp(p.scale * scores[base + j] - m); }
     }
     let row_lse = m + log(l);
     lse[row.lse_at] = select(negative_infinity(), row_lse, seen);
@@ -120,14 +127,26 @@ fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+// One (b, i, h) per invocation; `rows` = B * Nq * H in the projections' order (token, then head).
+@compute @workgroup_size(64)
+fn delta_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = row_index(wid, nwg, lid);
+    if (t >= p.rows) { return; }
+    let h = t % p.heads;
+    let bi = t / p.heads;  // b * Nq + i
+    let base = t * p.head_vec4;
+    var d = vec4<f32>(0.0);
+    for (var c = 0u; c < p.head_vec4; c++) { d = fma(src[base + c], src2[base + c], d); }
+    delta[((bi / p.q_len) * p.heads + h) * p.q_len + bi % p.q_len] = d.x + d.y + d.z + d.w;
+}
+
 @compute @workgroup_size(64)
 fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
     let base = r * p.kv_stride;
-    // P is zero at the keys the row does not see, so they drop out of both lines.
-    var d = 0.0;
-    for (var j = 0u; j < p.kv_stride; j++) { d += scores[base + j] * grad[base + j]; }
+    // P is zero at the keys the row does not see (and at a row that sees none).
+    let d = delta[row_of(r).lse_at];
     for (var j = 0u; j < p.kv_stride; j++) {
         grad[base + j] = p.scale * scores[base + j] * (grad[base + j] - d);
     }

@@ -762,7 +762,7 @@ fn product_rows(
         },
         shape: s.describe(),
         flops: flops_per_score * n,
-        bytes: 4 * n * if entry == "backward_rows" { 3 } else { 2 },
+        bytes: 4 * n * if entry == "softmax_rows" { 3 } else { 2 },
     };
     gpu.dispatch(Dispatch {
         shader: &PRODUCTS_SHADER,
@@ -806,7 +806,7 @@ fn backward_products(
     s: &Attention,
     path: KernelPath,
 ) -> Result<()> {
-    let AttentionIo { q, k, v, key_mask, lse, probs: saved, .. } = *io;
+    let AttentionIo { q, k, v, key_mask, out, lse, probs: saved } = *io;
     let AttentionGrads { dq, dk, dv } = *grads;
     let ps = ProductShape::of(s);
     let (nq, nk, nk4, dh, m) = (s.q_len, s.kv_len, ps.keys, s.head_dim, ps.rows);
@@ -838,7 +838,27 @@ fn backward_products(
 
     let grad = gpu.alloc(ps.scores)?;
     matmul_with(gpu, doh, vh, &grad, &Matmul::new(ps.batch, m, nk4, dh).trans_b(true), path)?;
-    product_rows(gpu, "backward_rows", s, &ps, &[probs, lse, mask, &grad], key_mask.is_some(), 4)?;
+    // delta = rowsum(dout * out) per (b, h, i), in the projections' layout.
+    let delta = gpu.alloc(s.lse_elements())?;
+    let p = ProductParams::new(s, s.lse_elements(), false);
+    let label = KernelLabel {
+        kernel: "attention_delta",
+        shape: s.describe(),
+        flops: 2 * s.q_elements() as u64,
+        bytes: 8 * s.q_elements() as u64,
+    };
+    // Bindings 1..4 and 6 are unused by this entry point; d_out stands in (read-only there).
+    gpu.dispatch(Dispatch {
+        shader: &PRODUCTS_SHADER,
+        entry: "delta_rows",
+        params: bytemuck::bytes_of(&p),
+        buffers: &[d_out, d_out, d_out, d_out, out, d_out, d_out, &delta],
+        workgroups: grid(s.lse_elements().div_ceil(WG) as u32),
+        label,
+    })?;
+    // Only bindings 1, 4 and 8 are used; q stands in for the others.
+    let buffers = [probs, q, q, &grad, q, q, q, &delta];
+    product_rows(gpu, "backward_rows", s, &ps, &buffers, false, 3)?;
 
     let dqh = heads_outer_scratch(gpu, s.batch, nq, nq, s)?;
     matmul_with(gpu, &grad, kh, dqh.as_ref().unwrap_or(dq), &Matmul::new(ps.batch, m, dh, nk4), path)?;
