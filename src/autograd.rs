@@ -48,7 +48,7 @@ pub(crate) enum Op {
     /// x[rows, c] + bias[c] + residual[rows, c].
     BiasResidual { rows: usize, c: usize },
     /// Batched matmul of a and b.
-    Matmul { a: Tensor, b: Tensor, spec: Matmul },
+    Matmul { a: Tensor, b: Tensor, spec: Matmul, bias: bool },
     /// Same data, new shape.
     Reshape { from: Vec<usize> },
     /// Axis permutation; `perm[i]` is the input axis of output axis i.
@@ -328,7 +328,7 @@ fn backward_rule(
             let db = if wants(1) { Some(sum_rows(g, *rows, *c)?) } else { None };
             vec![Some(reshape_raw(g, inputs[0].shape())), db, Some(reshape_raw(g, inputs[2].shape()))]
         }
-        Op::Matmul { a, b, spec } => {
+        Op::Matmul { a, b, spec, bias } => {
             // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).
             let da = if wants(0) {
                 // A stored [M,K] (or [K,M] when trans_a): dA = dC B^T (or its transpose B dC^T).
@@ -441,6 +441,12 @@ fn backward_rule(
             } else {
                 None
             };
+            if *bias {
+                // A Linear's bias added in the product's epilogue: its gradient is the sum of
+                // g over the rows (the product is a single [M, N] matrix then).
+                let dbias = if wants(2) { Some(sum_rows(g, spec.batch * spec.m, spec.n)?) } else { None };
+                return Ok(vec![da, db, dbias]);
+            }
             vec![da, db]
         }
         Op::Reshape { from } => vec![Some(reshape_raw(g, from))],

@@ -154,23 +154,20 @@ impl Tensor {
         shape.extend([m, n]);
         let out = self.gpu().alloc(numel(&shape))?;
         matmul::matmul(self.gpu(), self.buffer(), other.buffer(), &out, &spec)?;
-        Ok(record(out, shape, || Op::Matmul { a: self.clone(), b: other.clone(), spec }, &[self, other]))
+        Ok(record(out, shape, || Op::Matmul { a: self.clone(), b: other.clone(), spec, bias: false }, &[self, other]))
     }
 
-    /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis.
+    /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis;
+    /// the bias is added in the product's epilogue (no separate pass).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight)?;
-        let y = match bias {
-            Some(b) => y.bias_add(b)?,
-            None => y,
-        };
+        let (y, shape) = self.linear_product(weight, bias)?;
         y.reshape(&shape)
     }
 
     /// `act(self · weightᵀ + bias)`: a Linear and its activation, the bias and the activation
     /// in one pass over the product (a transformer's first MLP layer).
     pub fn linear_act(&self, weight: &Tensor, bias: &Tensor, act: UnaryOp) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight)?;
+        let (y, shape) = self.linear_product(weight, None)?;
         let (rows, c) = rows_cols(y.shape());
         check_bias(bias, y.shape())?;
         let out = self.gpu().alloc(y.numel())?;
@@ -182,7 +179,7 @@ impl Tensor {
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
     /// transformer block's output projections), the bias and the sum in one pass.
     pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight)?;
+        let (y, shape) = self.linear_product(weight, None)?;
         let (rows, c) = rows_cols(y.shape());
         check_bias(bias, y.shape())?;
         if residual.shape() != shape.as_slice() {
@@ -196,8 +193,9 @@ impl Tensor {
         Ok(record(out, shape, || Op::BiasResidual { rows, c }, &[&y, bias, residual]))
     }
 
-    /// The product of a Linear, `[rows, out]`, and the shape of its output.
-    fn linear_product(&self, weight: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    /// The product of a Linear, `[rows, out]` (with `bias` added in its epilogue when given),
+    /// and the shape of its output.
+    fn linear_product(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Vec<usize>)> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
             return Err(Error::Shape(format!(
@@ -222,13 +220,27 @@ impl Tensor {
             accumulate: false,
         };
         let out = self.gpu().alloc(rows * out_features)?;
-        matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?;
-        let y = record(
-            out,
-            vec![rows, out_features],
-            || Op::Matmul { a: self.clone(), b: weight.clone(), spec },
-            &[self, weight],
-        );
+        let y = match bias {
+            Some(b) => {
+                check_bias(b, &[rows, out_features])?;
+                matmul::matmul_bias(self.gpu(), self.buffer(), weight.buffer(), b.buffer(), &out, &spec)?;
+                record(
+                    out,
+                    vec![rows, out_features],
+                    || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true },
+                    &[self, weight, b],
+                )
+            }
+            None => {
+                matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?;
+                record(
+                    out,
+                    vec![rows, out_features],
+                    || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false },
+                    &[self, weight],
+                )
+            }
+        };
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rows_cols checked") = out_features;
         Ok((y, shape))
