@@ -9,9 +9,10 @@
 //! Two methods compute the same thing ([`Method`]): the direct kernels read the image through
 //! the implicit im2col matrix, four outputs by four per invocation; the products method writes
 //! that matrix once (`im2col`, [B*N, C*p*p]) and runs the three products on the matmul kernels
-//! of the kernel path. On CPU adapters (registers and subgroup paths) the products are several
-//! times faster (lavapipe, default model: 0.93 GFLOP/s direct), so `Auto` takes them there;
-//! GPUs (the tiled path) keep the direct kernels.
+//! of the kernel path. On CPU adapters (registers and subgroup paths) the products are about 7x
+//! faster (`cargo bench --bench patch_embed`, default model at batch 8, lavapipe, one run: forward
+//! 271 -> 39.8 ms, weight gradient 273 -> 39.2 ms), so `Auto` takes them there; GPUs (the tiled
+//! path) keep the direct kernels.
 
 use crate::context::{grid, Dispatch, Gpu};
 use crate::matmul::{matmul_with, Matmul};
