@@ -11,6 +11,7 @@ EM bases' batch mean are added over all processes, so a step is the step of the 
 whatever N is. NCCL on CUDA (one GPU per process), gloo on CPU. Rank 0 writes the checkpoints.
 """
 import argparse
+import gc
 import inspect
 import json
 import math
@@ -310,8 +311,14 @@ def train(argv=None):
             from .weights import save_model
             save_model(model, args.export)
     if world > 1:
+        # Tear down in order while the interpreter is whole: first the DDP wrapper (its reducer
+        # holds the process group), then the group itself, rather than leaving both to
+        # interpreter exit (see main).
+        del net
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+    return world > 1
 
 
 def save(model, optimizer, named, o, step, log, data, out):
@@ -327,10 +334,19 @@ def save(model, optimizer, named, o, step, log, data, out):
 
 def main(argv=None):
     try:
-        train(argv)
+        distributed = train(argv)
     except (TrainError, ConfigError, DataError, WeightsError) as e:
         print(f"vlsa_torch: {e}", file=sys.stderr)
         sys.exit(1)
+    if distributed:
+        # A finished distributed run leaves nothing to tear down: its files are written
+        # (atomically) and its process group destroyed. Skipping the interpreter's and C++
+        # static teardown avoids an abort of torch's own threads at exit ("terminate called
+        # without an active exception", seen once in CI on a run whose checkpoint was complete),
+        # which would make torchrun report a successful run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
