@@ -6,7 +6,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::em::{self, Bases, EmShape};
+use vlsa_kernels::em::{self, Bases, Em, EmShape};
 
 fn em(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -28,18 +28,19 @@ fn em(c: &mut Criterion) {
         let bases = gpu.upload(&bases_host).unwrap();
         let d_recon = gpu.upload(&common::data(s.tokens_len(), 3)).unwrap();
         let product = s.product_flops();
+        let em = Em::new(&gpu, s).unwrap();
 
         // Forward: T x (E-step + M-step) + the reconstruction.
         let flops = Throughput::Elements((2 * s.iters as u64 + 1) * product);
         common::bench_gpu(&mut group, &format!("forward_T3/{tag}"), &gpu, flops, || {
-            em::forward(&gpu, &u, &bases, &s, false).unwrap();
+            em.forward(&u, &bases, false).unwrap();
         });
         // Unrolled backward alone (the forward is run once, outside the timing): the
         // reconstruction's 2 products, then 4 per iteration (3 at t = 1).
-        let fwd = em::forward(&gpu, &u, &bases, &s, true).unwrap();
+        let fwd = em.forward(&u, &bases, true).unwrap();
         let flops = Throughput::Elements((2 + 4 * s.iters as u64 - 1) * product);
         common::bench_gpu(&mut group, &format!("backward_unrolled_T3/{tag}"), &gpu, flops, || {
-            em::backward_unrolled(&gpu, &u, &bases, &fwd, &s, &d_recon).unwrap();
+            em.backward_unrolled(&u, &bases, &fwd, &d_recon).unwrap();
         });
 
         // The kernels alone.
@@ -49,13 +50,13 @@ fn em(c: &mut Criterion) {
         let mu = gpu.alloc(s.mu_len()).unwrap();
         let recon = gpu.alloc(s.tokens_len()).unwrap();
         common::bench_gpu(&mut group, &format!("e_step/{tag}"), &gpu, Throughput::Elements(product), || {
-            em::e_step(&gpu, &u, &bases, Bases::Shared, &s, &z, &partial).unwrap();
+            em.e_step(&u, Bases::Shared(&bases), &z, &partial).unwrap();
         });
         common::bench_gpu(&mut group, &format!("m_step/{tag}"), &gpu, Throughput::Elements(product), || {
-            em::m_step(&gpu, &z, &u, &colsum, &s, &mu).unwrap();
+            em.m_step(&z, &u, &colsum, &mu).unwrap();
         });
         common::bench_gpu(&mut group, &format!("reconstruct/{tag}"), &gpu, Throughput::Elements(product), || {
-            em::reconstruct(&gpu, &z, &mu, &s, &recon).unwrap();
+            em.reconstruct(&z, &mu, &recon).unwrap();
         });
     }
     group.finish();

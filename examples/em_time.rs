@@ -6,7 +6,7 @@
 //! column sums, M-step, normalisation) and of each step per run of it (a step's matmul and
 //! fused kernel together).
 
-use vlsa::kernels::em::{self, EmShape};
+use vlsa::kernels::em::{Em, EmShape};
 use vlsa::kernels::Gpu;
 use vlsa::profile::{profile_em, EmProfileOptions};
 
@@ -35,10 +35,10 @@ fn main() {
     let bases = gpu.upload(&bases_host).unwrap();
     let d_recon = gpu.upload(&data(s.tokens_len(), 3)).unwrap();
 
-    let forward_ms = median_ms(|| drop(em::forward(&gpu, &u, &bases, &s, false).unwrap()), &gpu, reps);
-    let fwd = em::forward(&gpu, &u, &bases, &s, true).unwrap();
-    let backward_ms =
-        median_ms(|| drop(em::backward_unrolled(&gpu, &u, &bases, &fwd, &s, &d_recon).unwrap()), &gpu, reps);
+    let em = Em::new(&gpu, s).unwrap();
+    let forward_ms = median_ms(|| drop(em.forward(&u, &bases, false).unwrap()), &gpu, reps);
+    let fwd = em.forward(&u, &bases, true).unwrap();
+    let backward_ms = median_ms(|| drop(em.backward_unrolled(&u, &bases, &fwd, &d_recon).unwrap()), &gpu, reps);
 
     let report = profile_em(&gpu, &opts).unwrap();
     let iter_ns: f64 =

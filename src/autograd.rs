@@ -521,7 +521,7 @@ fn backward_rule(
         }
         Op::Em { u, bases, fwd, spec } => {
             let grads = em::EmOutputGrads { recon: g.buffer(), z: None, mu: None };
-            let du = em::backward(gpu, em::GradMode::Unrolled, u.buffer(), bases.buffer(), fwd, spec, &grads)?;
+            let du = em::Em::new(gpu, *spec)?.backward(em::GradMode::Unrolled, u.buffer(), bases.buffer(), fwd, &grads)?;
             vec![Some(constant(g, du, u.shape()))]
         }
         Op::PatchEmbed { image, weight, batch, channels, size, patch, dim } => {

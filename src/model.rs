@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::{Activation, Config, EmGrad};
 use crate::error::{Error, Result};
 use crate::kernels::elementwise::UnaryOp;
-use crate::kernels::em::{self, EmShape, GradMode};
+use crate::kernels::em::{Em, EmShape, GradMode};
 use crate::kernels::{Gpu, GpuBuffer};
 use crate::random::{Rng, XorShift64Star};
 use crate::tensor::Tensor;
@@ -338,7 +338,7 @@ impl Model {
             iters: c.em.iters,
             lambda: c.em.lambda,
         };
-        let next = em::update_bases(&self.gpu, bases.buffer(), mu.buffer(), &spec, c.em.momentum)?;
+        let next = Em::new(&self.gpu, spec)?.update_bases(bases.buffer(), mu.buffer(), c.em.momentum)?;
         bases.assign(&Tensor::from_buffer(&self.gpu, next, bases.shape())?)?;
         Ok(())
     }

@@ -19,7 +19,7 @@
 
 use std::fmt;
 
-use crate::kernels::em::{self, EmOutputGrads, EmShape, GradMode};
+use crate::kernels::em::{self, Em, EmOutputGrads, EmShape, GradMode};
 use crate::kernels::matmul::{matmul_with, plan, Matmul, MatmulPlan};
 use crate::kernels::{Gpu, KernelPath, Profile, Result, Timing};
 
@@ -216,17 +216,17 @@ fn random_bases(m: usize, c: usize, seed: u64) -> Vec<f32> {
 /// un-timed run compiles the pipelines and fills the buffer pool.
 pub fn profile_em(gpu: &Gpu, opts: &EmProfileOptions) -> Result<EmProfileReport> {
     let s = opts.shape();
-    s.validate()?;
+    let em = Em::new(gpu, s)?;
     let u = gpu.upload(&random(s.tokens_len(), opts.seed))?;
     let bases_host = random_bases(s.bases, s.width, opts.seed ^ 0xB45E);
     let bases = gpu.upload(&bases_host)?;
     let d_recon = gpu.upload(&random(s.tokens_len(), opts.seed ^ 0xD4))?;
 
     let run = || -> Result<em::EmForward> {
-        let fwd = em::forward(gpu, &u, &bases, &s, opts.backward)?;
+        let fwd = em.forward(&u, &bases, opts.backward)?;
         if opts.backward {
             let grads = EmOutputGrads { recon: &d_recon, z: None, mu: None };
-            em::backward(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads)?;
+            em.backward(GradMode::Unrolled, &u, &bases, &fwd, &grads)?;
         }
         Ok(fwd)
     };
@@ -287,7 +287,7 @@ fn bases_shift(
     bases_host: &[f32],
     s: &EmShape,
 ) -> Result<Vec<f64>> {
-    let fwd = em::forward(gpu, u, bases, s, true)?;
+    let fwd = Em::new(gpu, *s)?.forward(u, bases, true)?;
     let saved = fwd.saved.as_ref().expect("saved for backward");
     let mut mus: Vec<Vec<f32>> = Vec::with_capacity(s.iters + 1);
     mus.push(bases_host.iter().cycle().take(s.mu_len()).copied().collect());

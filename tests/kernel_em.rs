@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, check, Case, Input, Rng};
-use vlsa_kernels::em::{self, Bases, EmOutputGrads, EmShape, GradMode};
+use vlsa_kernels::em::{self, Bases, Em, EmOutputGrads, EmShape, GradMode, Out};
 use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
 const EPS: f64 = 1e-6;
@@ -170,27 +170,26 @@ fn e_step_forward_and_backward() {
                         move |gpu, x| {
                             let z = gpu.alloc(s.z_len())?;
                             let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                            em::e_step_with(gpu, &x[0], &x[1], Bases::PerBatch, &s, &z, &partial, path)?;
+                            launcher(gpu, &s, path)?.e_step(&x[0], Bases::PerBatch(&x[1]), &z, &partial)?;
                             Ok(z)
                         },
                     )
                     .backward(
                         move |gpu, x, dz| {
                             let d_logits = gpu.alloc(s.z_len())?;
-                            em::e_step_backward_softmax(gpu, &fwd_z(gpu, &x[0], &x[1], &s, path)?, dz, &s, &d_logits)?;
+                            launcher(gpu, &s, path)?.e_step_backward_softmax(
+                                &fwd_z(gpu, &x[0], &x[1], &s, path)?,
+                                dz,
+                                &d_logits,
+                            )?;
                             let du = gpu.alloc(s.tokens_len())?;
                             let dmu = gpu.alloc(s.mu_len())?;
-                            em::e_step_backward_with(
-                                gpu,
+                            launcher(gpu, &s, path)?.e_step_backward(
                                 &x[0],
-                                &x[1],
-                                Bases::PerBatch,
+                                Bases::PerBatch(&x[1]),
                                 &d_logits,
-                                None,
-                                &s,
-                                &du,
+                                Out::to(&du),
                                 Some(&dmu),
-                                path,
                             )?;
                             Ok(vec![Some(du), Some(dmu)])
                         },
@@ -212,10 +211,15 @@ fn e_step_forward_and_backward() {
     }
 }
 
+/// The EM launchers for `s` on `path`.
+fn launcher<'a>(gpu: &'a Gpu, s: &EmShape, path: KernelPath) -> Result<Em<'a>> {
+    Ok(Em::new(gpu, *s)?.on_path(path))
+}
+
 fn fwd_z(gpu: &Gpu, u: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, path: KernelPath) -> Result<GpuBuffer> {
     let z = gpu.alloc(s.z_len())?;
     let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-    em::e_step_with(gpu, u, mu, Bases::PerBatch, s, &z, &partial, path)?;
+    launcher(gpu, s, path)?.e_step(u, Bases::PerBatch(mu), &z, &partial)?;
     Ok(z)
 }
 
@@ -234,7 +238,7 @@ fn e_step_with_shared_bases_and_column_sums() {
                 move |gpu, x| {
                     let z = gpu.alloc(s.z_len())?;
                     let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                    em::e_step_with(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial, path)?;
+                    launcher(gpu, &s, path)?.e_step(&x[0], Bases::Shared(&x[1]), &z, &partial)?;
                     Ok(z)
                 },
             ));
@@ -245,9 +249,9 @@ fn e_step_with_shared_bases_and_column_sums() {
                 move |gpu, x| {
                     let z = gpu.alloc(s.z_len())?;
                     let partial = gpu.alloc(s.batch * s.tokens.div_ceil(em::TILE) * s.bases)?;
-                    em::e_step_with(gpu, &x[0], &x[1], Bases::Shared, &s, &z, &partial, path)?;
+                    launcher(gpu, &s, path)?.e_step(&x[0], Bases::Shared(&x[1]), &z, &partial)?;
                     let cs = gpu.alloc(s.batch * s.bases)?;
-                    em::colsum(gpu, &partial, &s, &cs)?;
+                    launcher(gpu, &s, path)?.colsum(&partial, &cs)?;
                     Ok(cs)
                 },
             ));
@@ -260,7 +264,7 @@ fn gpu_colsum(gpu: &Gpu, z: &GpuBuffer, s: &EmShape, path: KernelPath) -> Result
     let one_wide = EmShape { width: 1, ..*s };
     let ones = gpu.upload(&vec![1.0f32; s.batch * s.tokens])?;
     let cs = gpu.alloc(s.batch * s.bases)?;
-    em::m_step_product_with(gpu, "test_colsum", z, &ones, None, None, &one_wide, &cs, path)?;
+    launcher(gpu, &one_wide, path)?.m_step_product("test_colsum", z, &ones, None, Out::to(&cs))?;
     Ok(cs)
 }
 
@@ -278,20 +282,27 @@ fn m_step_and_normalize_forward_and_backward() {
                 Case::new(format!("[{path}] m_step+normalize {s}"), vec![z, u], forward, move |gpu, x| {
                     let cs = gpu_colsum(gpu, &x[0], &s, path)?;
                     let raw = gpu.alloc(s.mu_len())?;
-                    em::m_step_with(gpu, &x[0], &x[1], &cs, &s, &raw, path)?;
+                    launcher(gpu, &s, path)?.m_step(&x[0], &x[1], &cs, &raw)?;
                     let mu = gpu.alloc(s.mu_len())?;
-                    em::normalize(gpu, &raw, &s, &mu)?;
+                    launcher(gpu, &s, path)?.normalize(&raw, &mu)?;
                     Ok(mu)
                 })
                 .backward(
                     move |gpu, x, dmu| {
                         let cs = gpu_colsum(gpu, &x[0], &s, path)?;
                         let raw = gpu.alloc(s.mu_len())?;
-                        em::m_step_with(gpu, &x[0], &x[1], &cs, &s, &raw, path)?;
+                        launcher(gpu, &s, path)?.m_step(&x[0], &x[1], &cs, &raw)?;
                         let (da, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
-                        em::normalize_backward(gpu, &raw, dmu, &cs, &s, &da, &dcs)?;
+                        launcher(gpu, &s, path)?.normalize_backward(&raw, dmu, &cs, &da, &dcs)?;
                         let (dz, du) = (gpu.alloc(s.z_len())?, gpu.alloc(s.tokens_len())?);
-                        em::m_step_backward_with(gpu, &x[1], &x[0], &da, &dcs, None, None, &s, &dz, &du, path)?;
+                        launcher(gpu, &s, path)?.m_step_backward(
+                            &x[1],
+                            &x[0],
+                            &da,
+                            &dcs,
+                            Out::to(&dz),
+                            Out::to(&du),
+                        )?;
                         Ok(vec![Some(dz), Some(du)])
                     },
                     move |x, dmu| {
@@ -338,7 +349,7 @@ fn normalize_alone_forward_and_backward() {
                 move |x| ref_l2norm_rows(&x[0], c),
                 move |gpu, x| {
                     let out = gpu.alloc(s.mu_len())?;
-                    em::normalize(gpu, &x[0], &s, &out)?;
+                    Em::new(gpu, s)?.normalize(&x[0], &out)?;
                     Ok(out)
                 },
             )
@@ -347,7 +358,7 @@ fn normalize_alone_forward_and_backward() {
                     // Column sums of 1 - eps make the M-step division a no-op: d_a is then dx.
                     let ones = gpu.upload(&vec![1.0f32 - 1e-6; s.batch * s.bases])?;
                     let (dx, dcs) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.batch * s.bases)?);
-                    em::normalize_backward(gpu, &x[0], dy, &ones, &s, &dx, &dcs)?;
+                    Em::new(gpu, s)?.normalize_backward(&x[0], dy, &ones, &dx, &dcs)?;
                     Ok(vec![Some(dx)])
                 },
                 move |x, dy| {
@@ -381,14 +392,14 @@ fn reconstruct_forward_and_backward() {
                     move |x| ref_zmu(&x[0], &x[1], false, &s),
                     move |gpu, x| {
                         let out = gpu.alloc(s.tokens_len())?;
-                        em::reconstruct_with(gpu, &x[0], &x[1], &s, &out, path)?;
+                        launcher(gpu, &s, path)?.reconstruct(&x[0], &x[1], &out)?;
                         Ok(out)
                     },
                 )
                 .backward(
                     move |gpu, x, dr| {
                         let (dz, dmu) = (gpu.alloc(s.z_len())?, gpu.alloc(s.mu_len())?);
-                        em::reconstruct_backward_with(gpu, &x[0], &x[1], dr, None, None, &s, &dz, &dmu, path)?;
+                        launcher(gpu, &s, path)?.reconstruct_backward(&x[0], &x[1], dr, Out::to(&dz), Out::to(&dmu))?;
                         Ok(vec![Some(dz), Some(dmu)])
                     },
                     move |x, dr| vec![Some(ref_xyt(dr, &x[1], &s)), Some(ref_ztx(&x[0], dr, None, &s))],
@@ -428,12 +439,12 @@ fn unrolled_loop_matches_reference_and_finite_differences() {
                     format!("[{path}] unrolled EM loop {s} lambda={lambda}"),
                     vec![u, bases],
                     reference,
-                    move |gpu, x| Ok(em::forward_with(gpu, &x[0], &x[1], &s, false, path)?.recon),
+                    move |gpu, x| Ok(launcher(gpu, &s, path)?.forward(&x[0], &x[1], false)?.recon),
                 )
                 .backward(
                     move |gpu, x, dr| {
-                        let fwd = em::forward_with(gpu, &x[0], &x[1], &s, true, path)?;
-                        Ok(vec![Some(em::backward_unrolled_with(gpu, &x[0], &x[1], &fwd, &s, dr, path)?), None])
+                        let fwd = launcher(gpu, &s, path)?.forward(&x[0], &x[1], true)?;
+                        Ok(vec![Some(launcher(gpu, &s, path)?.backward_unrolled(&x[0], &x[1], &fwd, dr)?), None])
                     },
                     move |x, dr| {
                         let g =
@@ -457,14 +468,14 @@ fn unrolled_loop_with_gradients_of_z_and_mu() {
         let (dr, dz, dmu) = (rng.vec(s.tokens_len()), rng.vec(s.z_len()), rng.vec(s.mu_len()));
         let (ub, bb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap());
         let (drb, dzb, dmub) = (gpu.upload(&dr).unwrap(), gpu.upload(&dz).unwrap(), gpu.upload(&dmu).unwrap());
-        let fwd = em::forward_with(gpu, &ub, &bb, &s, true, path).unwrap();
+        let fwd = launcher(gpu, &s, path).unwrap().forward(&ub, &bb, true).unwrap();
         let (want_z, want_mu, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
         assert_close(&format!("[{path}] Z_T"), &gpu.download(&fwd.z).unwrap(), &want_z, 1e-4, 1e-5);
         assert_close(&format!("[{path}] mu_T"), &gpu.download(&fwd.mu).unwrap(), &want_mu, 1e-4, 1e-5);
         assert_close(&format!("[{path}] R"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
         let grads = EmOutputGrads { recon: &drb, z: Some(&dzb), mu: Some(&dmub) };
         let du = gpu
-            .download(&em::backward_with(gpu, GradMode::Unrolled, &ub, &bb, &fwd, &s, &grads, path).unwrap())
+            .download(&launcher(gpu, &s, path).unwrap().backward(GradMode::Unrolled, &ub, &bb, &fwd, &grads).unwrap())
             .unwrap();
         let (dr, dz, dmu, b64) = (f64s(&dr), f64s(&dz), f64s(&dmu), f64s(&bases));
         let want = fd_gradient(&f64s(&u), |u| {
@@ -496,19 +507,9 @@ fn accumulating_products_add_to_their_accumulator() {
 
             // token_dots with bias and an accumulator 5 elements longer than the output.
             let out = gpu.alloc(s.z_len()).unwrap();
-            em::token_dots_with(
-                gpu,
-                "test",
-                &xb,
-                &yb,
-                Bases::PerBatch,
-                Some(&biasb),
-                Some(&up(&acc_z)),
-                &s,
-                &out,
-                path,
-            )
-            .unwrap();
+            let acc = up(&acc_z);
+            let em = launcher(gpu, &s, path).unwrap();
+            em.token_dots("test", &xb, Bases::PerBatch(&yb), Some(&biasb), Out::to(&out).plus(Some(&acc))).unwrap();
             let want: Vec<f64> = ref_xyt(&x, &y, &s)
                 .iter()
                 .enumerate()
@@ -524,7 +525,8 @@ fn accumulating_products_add_to_their_accumulator() {
 
             // The M-step product divided by the column sums, plus an accumulator.
             let out = gpu.alloc(s.mu_len()).unwrap();
-            em::m_step_product_with(gpu, "test", &zb, &xb, Some(&csb), Some(&up(&acc_mu)), &s, &out, path).unwrap();
+            let acc = up(&acc_mu);
+            em.m_step_product("test", &zb, &xb, Some(&csb), Out::to(&out).plus(Some(&acc))).unwrap();
             let want: Vec<f64> =
                 ref_ztx(&z, &x, Some(&cs), &s).iter().zip(&acc_mu).map(|(v, a)| v + *a as f64).collect();
             assert_close(
@@ -537,7 +539,7 @@ fn accumulating_products_add_to_their_accumulator() {
 
             // The reconstruction product accumulating into its own accumulator.
             let out = up(&acc_u);
-            em::reconstruct_product_with(gpu, "test", &zb, &yb, Bases::PerBatch, Some(&out), &s, &out, path).unwrap();
+            em.reconstruct_product("test", &zb, Bases::PerBatch(&yb), Out::to(&out).plus(Some(&out))).unwrap();
             let want: Vec<f64> = ref_zmu(&z, &y, false, &s).iter().zip(&acc_u).map(|(v, a)| v + *a as f64).collect();
             assert_close(
                 &format!("[{path}] reconstruct_product into acc {s}"),
@@ -561,10 +563,12 @@ fn single_iteration_loop_gradient() {
             let (u, dr) = (rng.vec(s.tokens_len()), rng.vec(s.tokens_len()));
             let bases = random_bases(&mut rng, m, c);
             let (ub, bb, drb) = (gpu.upload(&u).unwrap(), gpu.upload(&bases).unwrap(), gpu.upload(&dr).unwrap());
-            let fwd = em::forward_with(gpu, &ub, &bb, &s, true, path).unwrap();
+            let fwd = launcher(gpu, &s, path).unwrap().forward(&ub, &bb, true).unwrap();
             let (_, _, want_r) = ref_loop(&f64s(&u), &f64s(&bases), &s);
             assert_close(&format!("[{path}] R {s}"), &gpu.download(&fwd.recon).unwrap(), &want_r, 1e-4, 1e-5);
-            let du = gpu.download(&em::backward_unrolled_with(gpu, &ub, &bb, &fwd, &s, &drb, path).unwrap()).unwrap();
+            let du = gpu
+                .download(&launcher(gpu, &s, path).unwrap().backward_unrolled(&ub, &bb, &fwd, &drb).unwrap())
+                .unwrap();
             let (b64, dr) = (f64s(&bases), f64s(&dr));
             let want = fd_gradient(&f64s(&u), |u| ref_loop(u, &b64, &s).2.iter().zip(&dr).map(|(a, b)| a * b).sum());
             assert_close(&format!("[{path}] du {s}"), &du, &want, 1e-3, 1e-4);
@@ -582,15 +586,17 @@ fn detached_mode_gives_no_gradient_to_u() {
         let bases = gpu.upload(&random_bases(&mut rng, s.bases, s.width)).unwrap();
         let dr = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
         // Detached needs nothing saved.
-        let fwd = em::forward_with(gpu, &u, &bases, &s, false, path).unwrap();
+        let fwd = launcher(gpu, &s, path).unwrap().forward(&u, &bases, false).unwrap();
         let grads = EmOutputGrads { recon: &dr, z: None, mu: None };
         let du = gpu
-            .download(&em::backward_with(gpu, GradMode::Detached, &u, &bases, &fwd, &s, &grads, path).unwrap())
+            .download(&launcher(gpu, &s, path).unwrap().backward(GradMode::Detached, &u, &bases, &fwd, &grads).unwrap())
             .unwrap();
         assert_eq!(du.len(), s.tokens_len());
         assert!(du.iter().all(|&v| v == 0.0), "detached backward must give du = 0");
         // The unrolled backward of the same forward is refused: nothing was saved.
-        let err = em::backward_with(gpu, GradMode::Unrolled, &u, &bases, &fwd, &s, &grads, path)
+        let err = launcher(gpu, &s, path)
+            .unwrap()
+            .backward(GradMode::Unrolled, &u, &bases, &fwd, &grads)
             .expect_err("refused")
             .to_string();
         assert!(err.contains("save_for_backward"), "{err}");
@@ -606,7 +612,7 @@ fn bases_moving_average_update() {
         let bases = random_bases(&mut rng, m, c);
         let mu = rng.vec(s.mu_len());
         let (bases_buf, mu_buf) = (gpu.upload(&bases).unwrap(), gpu.upload(&mu).unwrap());
-        let out = em::update_bases(gpu, &bases_buf, &mu_buf, &s, 0.9).unwrap();
+        let out = Em::new(gpu, s).unwrap().update_bases(&bases_buf, &mu_buf, 0.9).unwrap();
         let mut v = vec![0.0f64; m * c];
         for k in 0..m * c {
             let mean: f64 = (0..b).map(|bb| mu[bb * m * c + k] as f64).sum::<f64>() / b as f64;
@@ -625,23 +631,33 @@ fn bad_shapes_are_errors_naming_the_shapes() {
         let bases = gpu.alloc(4 * 5).unwrap();
         // u too short for B=3.
         let s = shape(3, 7, 5, 4, 3, 1.0);
-        let err = em::forward_with(gpu, &u, &bases, &s, false, path).err().expect("error").to_string();
+        let err =
+            launcher(gpu, &s, path).and_then(|em| em.forward(&u, &bases, false)).err().expect("error").to_string();
         assert!(err.contains("[B=3,N=7,C=5,M=4,T=3]") && err.contains("70") && err.contains("105"), "{err}");
         // Too many bases.
         let s = shape(1, 7, 5, 65, 1, 1.0);
-        let err =
-            em::forward_with(gpu, &u, &gpu.alloc(65 * 5).unwrap(), &s, false, path).err().expect("error").to_string();
+        let err = launcher(gpu, &s, path)
+            .and_then(|em| em.forward(&u, &gpu.alloc(65 * 5)?, false))
+            .err()
+            .expect("error")
+            .to_string();
         assert!(err.contains("M=65") && err.contains("64"), "{err}");
         // No iterations, empty axes.
         for s in [shape(1, 7, 5, 4, 0, 1.0), shape(1, 0, 5, 4, 1, 1.0)] {
-            let err = em::forward_with(gpu, &u, &bases, &s, false, path).err().expect("error").to_string();
+            let err =
+                launcher(gpu, &s, path).and_then(|em| em.forward(&u, &bases, false)).err().expect("error").to_string();
             assert!(err.contains(&s.to_string()), "{err}");
         }
         // Bases of the wrong size.
         let s = shape(1, 7, 5, 4, 1, 1.0);
-        let err = em::forward_with(gpu, &u, &gpu.alloc(3).unwrap(), &s, false, path).err().expect("error").to_string();
+        let err = launcher(gpu, &s, path)
+            .and_then(|em| em.forward(&u, &gpu.alloc(3)?, false))
+            .err()
+            .expect("error")
+            .to_string();
         assert!(err.contains("bases") && err.contains("[M,C]"), "{err}");
-        let err = em::update_bases(gpu, &bases, &gpu.alloc(3).unwrap(), &s, 0.9).expect_err("error").to_string();
+        let err =
+            Em::new(gpu, s).unwrap().update_bases(&bases, &gpu.alloc(3).unwrap(), 0.9).expect_err("error").to_string();
         assert!(err.contains("mu_T") && err.contains("[B,M,C]"), "{err}");
     }
 }
@@ -702,14 +718,15 @@ fn matches_pytorch_autograd_fixtures() {
             );
             let up = |k: &str| gpu.upload(&f[k].iter().map(|&v| v as f32).collect::<Vec<f32>>()).unwrap();
             let (u, bases, dr) = (up("u"), up("bases"), up("d_recon"));
-            let fwd = em::forward_with(gpu, &u, &bases, &s, true, path).unwrap();
+            let em = launcher(gpu, &s, path).unwrap();
+            let fwd = em.forward(&u, &bases, true).unwrap();
             let (rtol, atol) = (1e-3, 1e-4);
             assert_close(&format!("[{path}] {name} Z_T"), &gpu.download(&fwd.z).unwrap(), &f["z"], rtol, atol);
             assert_close(&format!("[{path}] {name} mu_T"), &gpu.download(&fwd.mu).unwrap(), &f["mu"], rtol, atol);
             assert_close(&format!("[{path}] {name} R"), &gpu.download(&fwd.recon).unwrap(), &f["recon"], rtol, atol);
-            let du = em::backward_unrolled_with(gpu, &u, &bases, &fwd, &s, &dr, path).unwrap();
+            let du = em.backward_unrolled(&u, &bases, &fwd, &dr).unwrap();
             assert_close(&format!("[{path}] {name} du"), &gpu.download(&du).unwrap(), &f["d_u"], rtol, atol);
-            let nb = em::update_bases(gpu, &bases, &fwd.mu, &s, f["momentum"][0] as f32).unwrap();
+            let nb = em.update_bases(&bases, &fwd.mu, f["momentum"][0] as f32).unwrap();
             assert_close(
                 &format!("[{path}] {name} new bases"),
                 &gpu.download(&nb).unwrap(),

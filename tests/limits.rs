@@ -12,7 +12,7 @@ mod common;
 
 use vlsa::Tensor;
 use vlsa_kernels::attention::{self, Attention, AttentionIo};
-use vlsa_kernels::em::{self, EmShape, GradMode};
+use vlsa_kernels::em::{Em, EmShape, GradMode};
 use vlsa_kernels::pipeline::Shader;
 use vlsa_kernels::profiler::KernelLabel;
 use vlsa_kernels::{grid, Dispatch, Error, Gpu};
@@ -61,7 +61,7 @@ fn em_over_the_binding_limit_is_refused_naming_kernel_and_limit() {
     assert!(needed > limit);
     let u = gpu.alloc(s.tokens_len()).unwrap();
     let bases = gpu.upload(&vec![0.5f32; s.bases_len()]).unwrap();
-    let err = em::forward(gpu, &u, &bases, &s, false).err().expect("u is over the binding limit");
+    let err = Em::new(gpu, s).and_then(|em| em.forward(&u, &bases, false)).err().expect("u is over the binding limit");
     assert_binding_refusal(gpu, &err, "binding", needed, limit);
     // The same through the op layer (what the model calls).
     let u = Tensor::from_buffer(gpu, u, &[1, tokens, width]).unwrap();

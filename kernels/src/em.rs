@@ -3,8 +3,11 @@
 //! moving-average update of the bases.
 //!
 //! Shapes: `u` [B,N,C] tokens, `bases` [M,C] shared over the batch, `Z` [B,N,M], `mu` [B,M,C],
-//! all row-major f32. The step launchers are public so that each kernel can be tested and
-//! profiled alone; [`forward`], [`backward`] and [`update_bases`] chain them. Everything is
+//! all row-major f32. [`Em`] holds one checked [`EmShape`] and a kernel path; its step launchers
+//! are public so that each kernel can be tested and profiled alone, and [`Em::forward`],
+//! [`Em::backward`] and [`Em::update_bases`] chain them. A [M,C] operand is [`Bases`]: per
+//! batch element or shared; a product's destination is [`Out`]: a buffer, optionally added to
+//! an accumulator. Everything is
 //! recorded into the GPU's open command stream: the T iterations run back to back with no
 //! readback.
 //!
@@ -19,14 +22,14 @@
 //! output [M,C] and a long sum over N, so they run split over tokens (S <= 16 splits, one
 //! matmul of batch B*S, see `EmShape::splits`) and the pass after them sums the S partials. Accumulating products
 //! (`out = acc + ...`) copy `acc` into `out` and let the matmul accumulate; inside
-//! [`backward`] the gradient of u is one buffer every product accumulates into.
+//! [`Em::backward`] the gradient of u is one buffer every product accumulates into.
 //!
 //! No kernel here uses a workgroup barrier (on lavapipe one costs more than an extra dispatch).
 //!
 //! Kernel paths: the products are where the time goes (about 90 % of an iteration on lavapipe,
-//! profiled), so each launcher's `_with` form takes the [`KernelPath`] its matmuls run on
+//! profiled), so [`Em::on_path`] chooses the [`KernelPath`] its matmuls run on
 //! (subgroup-shared operands on lavapipe, register-blocked without subgroups, shared-memory
-//! tiles on GPUs); the plain form uses the context's path. The fused kernels of em.wgsl are
+//! tiles on GPUs); [`Em::new`] takes the context's path. The fused kernels of em.wgsl are
 //! the same on every path.
 //!
 //! Profiling: each iteration's dispatches sit in the scope `iter=t` (backward: `backward`, then
@@ -173,13 +176,47 @@ impl Params {
     }
 }
 
-/// Whether a [M,C] operand is per batch element ([B,M,C]) or the shared bases ([M,C]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bases {
-    /// One [M,C] block per batch element.
-    PerBatch,
-    /// One [M,C] block for the whole batch (the bases, at t = 1).
-    Shared,
+/// A [M,C] operand: one block per batch element ([B,M,C]) or the shared bases ([M,C]) that
+/// every batch element reads (at t = 1).
+#[derive(Debug, Clone, Copy)]
+pub enum Bases<'a> {
+    /// One [M,C] block per batch element, [B,M,C].
+    PerBatch(&'a GpuBuffer),
+    /// One [M,C] block for the whole batch.
+    Shared(&'a GpuBuffer),
+}
+
+impl<'a> Bases<'a> {
+    /// The buffer, whichever layout it has.
+    pub fn buffer(&self) -> &'a GpuBuffer {
+        match *self {
+            Bases::PerBatch(b) | Bases::Shared(b) => b,
+        }
+    }
+    fn is_shared(&self) -> bool {
+        matches!(self, Bases::Shared(_))
+    }
+}
+
+/// Where a product goes: `out = acc + product` with an accumulator, `out = product` without.
+/// `acc` may be `out` itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Out<'a> {
+    /// The output buffer.
+    pub out: &'a GpuBuffer,
+    /// What the product is added to, if anything.
+    pub acc: Option<&'a GpuBuffer>,
+}
+
+impl<'a> Out<'a> {
+    /// `out = product`.
+    pub fn to(out: &'a GpuBuffer) -> Self {
+        Out { out, acc: None }
+    }
+    /// `out = acc + product` when `acc` is given.
+    pub fn plus(self, acc: Option<&'a GpuBuffer>) -> Self {
+        Out { acc, ..self }
+    }
 }
 
 fn check_len(what: &str, buf: &GpuBuffer, want: usize, dims: &str, shape: &EmShape) -> Result<()> {
@@ -192,11 +229,20 @@ fn check_len(what: &str, buf: &GpuBuffer, want: usize, dims: &str, shape: &EmSha
     Ok(())
 }
 
-fn check_mu(what: &str, buf: &GpuBuffer, layout: Bases, s: &EmShape) -> Result<()> {
-    match layout {
-        Bases::PerBatch => check_len(what, buf, s.mu_len(), "[B,M,C]", s),
-        Bases::Shared => check_len(what, buf, s.bases_len(), "[M,C]", s),
+fn check_mu(what: &str, mu: Bases<'_>, s: &EmShape) -> Result<()> {
+    match mu {
+        Bases::PerBatch(b) => check_len(what, b, s.mu_len(), "[B,M,C]", s),
+        Bases::Shared(b) => check_len(what, b, s.bases_len(), "[M,C]", s),
     }
+}
+
+/// Checks an output and its optional accumulator against the same dims.
+fn check_out(what: &str, o: Out<'_>, want: usize, dims: &str, s: &EmShape) -> Result<()> {
+    check_len(what, o.out, want, dims, s)?;
+    if let Some(a) = o.acc {
+        check_len("the accumulator", a, want, dims, s)?;
+    }
+    Ok(())
 }
 
 fn launch(
@@ -218,551 +264,15 @@ fn label(kernel: &'static str, s: &EmShape, flops: u64, floats: usize) -> Kernel
     KernelLabel { kernel, shape: s.to_string(), flops, bytes: 4 * floats as u64 }
 }
 
-// ----- the three products, on the matmul launcher -----
-
-/// Token rows times basis rows: `out[b] (+)= x[b] y[b]^T`, x [B,N,C], y [B,M,C] or shared
-/// [M,C], out [B,N,M]. (E-step logits; gradient of Z from R and from the M-step.)
-#[allow(clippy::too_many_arguments)]
-fn product_xyt(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    y: &GpuBuffer,
-    y_layout: Bases,
-    accumulate: bool,
-    s: &EmShape,
-    out: &GpuBuffer,
+/// The EM launchers for one shape, checked once, on one kernel path: every step of the loop
+/// and of its backward as a method, so that each kernel can be tested and profiled alone, and
+/// [`Em::forward`], [`Em::backward`] and [`Em::update_bases`] chaining them.
+#[derive(Clone, Copy)]
+pub struct Em<'a> {
+    gpu: &'a Gpu,
+    s: EmShape,
     path: KernelPath,
-) -> Result<()> {
-    let op = Matmul::new(s.batch, s.tokens, s.bases, s.width)
-        .trans_b(true)
-        .broadcast_b(y_layout == Bases::Shared)
-        .accumulate(accumulate);
-    matmul_with(gpu, x, y, out, &op, path)
 }
-
-/// Responsibilities transposed times tokens, per token split: `out[b,sp] = z[b,sp]^T x[b,sp]`
-/// for the S = `s.splits()` splits of N/S tokens, z [B,N,M], x [B,N,C], out [B,S,M,C]
-/// (M-step; gradients of mu). Consecutive token splits are consecutive in both operands, so
-/// this is one matmul of batch B*S.
-fn product_ztx_split(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    x: &GpuBuffer,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    let sp = s.splits();
-    let op = Matmul::new(s.batch * sp, s.bases, s.width, s.tokens / sp).trans_a(true);
-    matmul_with(gpu, z, x, out, &op, path)
-}
-
-/// `out = (acc +) (z^T x) (/ (1e-6 + colsum))`, [B,M,C]: the split product, then one pass that
-/// sums the splits and applies the options. With one split and no division, the matmul alone
-/// (accumulating onto a copy of `acc`).
-#[allow(clippy::too_many_arguments)]
-fn product_ztx(
-    gpu: &Gpu,
-    kernel: &'static str,
-    z: &GpuBuffer,
-    x: &GpuBuffer,
-    colsum: Option<&GpuBuffer>,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    let sp = s.splits();
-    if sp == 1 && colsum.is_none() {
-        if let Some(a) = acc {
-            init_from(gpu, a, s.mu_len(), s, out)?;
-        }
-        let op = Matmul::new(s.batch, s.bases, s.width, s.tokens).trans_a(true).accumulate(acc.is_some());
-        return matmul_with(gpu, z, x, out, &op, path);
-    }
-    let partial = gpu.alloc(s.mu_len() * sp)?;
-    product_ztx_split(gpu, z, x, s, &partial, path)?;
-    let mut p = Params::new(s);
-    p.splits = sp as u32;
-    if colsum.is_some() {
-        p.flags |= SCALE_BY_COLSUM;
-    }
-    if acc.is_some() {
-        p.flags |= ACCUMULATE;
-    }
-    let l = label(kernel, s, (sp + 1) as u64 * s.mu_len() as u64, (sp + 2) * s.mu_len());
-    launch(
-        gpu,
-        "reduce_splits",
-        &p,
-        &[&partial, acc.unwrap_or(&partial), colsum.unwrap_or(&partial), &partial, out],
-        groups(s.mu_len()),
-        l,
-    )
-}
-
-/// Responsibilities times basis rows: `out[b] (+)= z[b] y[b]`, z [B,N,M], y [B,M,C] or shared
-/// [M,C], out [B,N,C]. (Reconstruction; gradients of u.)
-#[allow(clippy::too_many_arguments)]
-fn product_zy(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    y: &GpuBuffer,
-    y_layout: Bases,
-    accumulate: bool,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    let op =
-        Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y_layout == Bases::Shared).accumulate(accumulate);
-    matmul_with(gpu, z, y, out, &op, path)
-}
-
-/// Starts `out` as a copy of the first `len` elements of `acc` (nothing when they are the same
-/// buffer), so that an accumulating matmul gives `out = acc + product`.
-fn init_from(gpu: &Gpu, acc: &GpuBuffer, len: usize, s: &EmShape, out: &GpuBuffer) -> Result<()> {
-    if std::ptr::eq(acc, out) || std::ptr::eq(acc.raw(), out.raw()) {
-        return Ok(());
-    }
-    if acc.len() <= out.len() {
-        return gpu.copy(acc, out);
-    }
-    let mut p = Params::new(s);
-    p.count = len as u32;
-    launch(gpu, "copy_prefix", &p, &[acc, acc, acc, acc, out], groups(len), label("em_copy", s, 0, 2 * len))
-}
-
-// ----- forward steps -----
-
-/// E-step: `z = softmax_M(lambda u mu^T)` [B,N,M] and the per-tile partial column sums
-/// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C]. Three dispatches
-/// in the profiling scope `em_e_step`: the logits matmul (written into `z`), the softmax in
-/// place and the per-tile column sums.
-pub fn e_step(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    s: &EmShape,
-    z: &GpuBuffer,
-    partial: &GpuBuffer,
-) -> Result<()> {
-    e_step_with(gpu, u, mu, mu_layout, s, z, partial, gpu.kernel_path())
-}
-
-/// [`e_step`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn e_step_with(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    s: &EmShape,
-    z: &GpuBuffer,
-    partial: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    s.validate()?;
-    check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
-    check_mu("mu", mu, mu_layout, s)?;
-    check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
-    check_len("the partial column sums", partial, s.batch * s.tiles() * s.bases, "[B,ceil(N/256),M]", s)?;
-    let _scope = gpu.scope("em_e_step");
-    product_xyt(gpu, u, mu, mu_layout, false, s, z, path)?;
-    // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
-    let vec4 = s.bases.is_multiple_of(4);
-    let p = Params::new(s);
-    let parts = s.batch * s.tiles() * s.bases;
-    let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
-    launch(gpu, if vec4 { "softmax4" } else { "softmax" }, &p, &[z, z, z, z, z], groups(s.batch * s.tokens), l)?;
-    let l = label("em_e_step", s, s.z_len() as u64, s.z_len() + parts);
-    let (entry, invocations) = if vec4 { ("tile_colsum4", parts / 4) } else { ("tile_colsum", parts) };
-    launch(gpu, entry, &p, &[z, z, z, z, z, partial], groups(invocations), l)
-}
-
-/// Finishes the column sums: `colsum[b,m] = sum over tiles of partial[b,tile,m]` [B,M].
-pub fn colsum(gpu: &Gpu, partial: &GpuBuffer, s: &EmShape, colsum: &GpuBuffer) -> Result<()> {
-    s.validate()?;
-    let parts = s.batch * s.tiles() * s.bases;
-    check_len("the partial column sums", partial, parts, "[B,ceil(N/256),M]", s)?;
-    check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
-    let l = label("em_colsum", s, parts as u64, parts + s.batch * s.bases);
-    launch(gpu, "colsum", &Params::new(s), &[partial, partial, partial, partial, colsum], groups(s.batch * s.bases), l)
-}
-
-/// The M-step product and its transposed uses in the backward:
-/// `out[b,m,:] = acc[b,m,:] + (sum_n z[b,n,m] x[b,n,:]) / (1e-6 + colsum[b,m])`, where the
-/// accumulator and the division are each optional. `z` [B,N,M], `x` [B,N,C], `colsum` [B,M],
-/// `acc` and `out` [B,M,C]. `kernel` names the profiling scope of this use.
-#[allow(clippy::too_many_arguments)]
-pub fn m_step_product(
-    gpu: &Gpu,
-    kernel: &'static str,
-    z: &GpuBuffer,
-    x: &GpuBuffer,
-    colsum: Option<&GpuBuffer>,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-) -> Result<()> {
-    m_step_product_with(gpu, kernel, z, x, colsum, acc, s, out, gpu.kernel_path())
-}
-
-/// [`m_step_product`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn m_step_product_with(
-    gpu: &Gpu,
-    kernel: &'static str,
-    z: &GpuBuffer,
-    x: &GpuBuffer,
-    colsum: Option<&GpuBuffer>,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    s.validate()?;
-    check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
-    check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
-    check_len("the M-step output", out, s.mu_len(), "[B,M,C]", s)?;
-    if let Some(cs) = colsum {
-        check_len("the column sums", cs, s.batch * s.bases, "[B,M]", s)?;
-    }
-    if let Some(a) = acc {
-        check_len("the accumulator", a, s.mu_len(), "[B,M,C]", s)?;
-    }
-    let _scope = gpu.scope(kernel);
-    product_ztx(gpu, kernel, z, x, colsum, acc, s, out, path)
-}
-
-/// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
-pub fn m_step(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    u: &GpuBuffer,
-    colsum: &GpuBuffer,
-    s: &EmShape,
-    mu_raw: &GpuBuffer,
-) -> Result<()> {
-    m_step_with(gpu, z, u, colsum, s, mu_raw, gpu.kernel_path())
-}
-
-/// [`m_step`] with the kernel path of its products chosen by the caller.
-pub fn m_step_with(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    u: &GpuBuffer,
-    colsum: &GpuBuffer,
-    s: &EmShape,
-    mu_raw: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    m_step_product_with(gpu, "em_m_step", z, u, Some(colsum), None, s, mu_raw, path)
-}
-
-/// L2 normalisation over C: `mu = mu_raw / (1e-6 + ||mu_raw||)`, both [B,M,C].
-pub fn normalize(gpu: &Gpu, mu_raw: &GpuBuffer, s: &EmShape, mu: &GpuBuffer) -> Result<()> {
-    s.validate()?;
-    check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
-    check_len("mu", mu, s.mu_len(), "[B,M,C]", s)?;
-    let l = label("em_normalize", s, 3 * s.mu_len() as u64, 3 * s.mu_len());
-    launch(gpu, "normalize", &Params::new(s), &[mu_raw, mu_raw, mu_raw, mu_raw, mu], groups(s.batch * s.bases), l)
-}
-
-/// The reconstruction product and its uses in the backward:
-/// `out[b,n,:] = acc[b,n,:] + sum_m z[b,n,m] mu[b,m,:]`, the accumulator optional.
-/// `z` [B,N,M], `mu` [B,M,C] or shared [M,C], `acc` and `out` [B,N,C]. `kernel` names the
-/// profiling scope of this use.
-#[allow(clippy::too_many_arguments)]
-pub fn reconstruct_product(
-    gpu: &Gpu,
-    kernel: &'static str,
-    z: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-) -> Result<()> {
-    reconstruct_product_with(gpu, kernel, z, mu, mu_layout, acc, s, out, gpu.kernel_path())
-}
-
-/// [`reconstruct_product`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn reconstruct_product_with(
-    gpu: &Gpu,
-    kernel: &'static str,
-    z: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    s.validate()?;
-    check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
-    check_mu("mu", mu, mu_layout, s)?;
-    check_len("the reconstruction output", out, s.tokens_len(), "[B,N,C]", s)?;
-    if let Some(a) = acc {
-        check_len("the accumulator", a, s.tokens_len(), "[B,N,C]", s)?;
-    }
-    let _scope = gpu.scope(kernel);
-    if let Some(a) = acc {
-        init_from(gpu, a, s.tokens_len(), s, out)?;
-    }
-    product_zy(gpu, z, mu, mu_layout, acc.is_some(), s, out, path)
-}
-
-/// Reconstruction: `recon = z mu` [B,N,C].
-pub fn reconstruct(gpu: &Gpu, z: &GpuBuffer, mu: &GpuBuffer, s: &EmShape, recon: &GpuBuffer) -> Result<()> {
-    reconstruct_with(gpu, z, mu, s, recon, gpu.kernel_path())
-}
-
-/// [`reconstruct`] with the kernel path of its products chosen by the caller.
-pub fn reconstruct_with(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    mu: &GpuBuffer,
-    s: &EmShape,
-    recon: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    reconstruct_product_with(gpu, "em_recon", z, mu, Bases::PerBatch, None, s, recon, path)
-}
-
-// ----- backward steps -----
-
-/// Token-by-basis products: `out[b,n,m] = acc[b,n,m] + x[b,n,:] . y[b,m,:] + bias[b,m]`,
-/// accumulator and bias optional. `x` [B,N,C], `y` [B,M,C] or shared [M,C], `bias` [B,M],
-/// `acc` and `out` [B,N,M]. `kernel` names the profiling scope of this use.
-#[allow(clippy::too_many_arguments)]
-pub fn token_dots(
-    gpu: &Gpu,
-    kernel: &'static str,
-    x: &GpuBuffer,
-    y: &GpuBuffer,
-    y_layout: Bases,
-    bias: Option<&GpuBuffer>,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-) -> Result<()> {
-    token_dots_with(gpu, kernel, x, y, y_layout, bias, acc, s, out, gpu.kernel_path())
-}
-
-/// [`token_dots`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn token_dots_with(
-    gpu: &Gpu,
-    kernel: &'static str,
-    x: &GpuBuffer,
-    y: &GpuBuffer,
-    y_layout: Bases,
-    bias: Option<&GpuBuffer>,
-    acc: Option<&GpuBuffer>,
-    s: &EmShape,
-    out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    s.validate()?;
-    check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
-    check_mu("the basis operand", y, y_layout, s)?;
-    check_len("the output", out, s.z_len(), "[B,N,M]", s)?;
-    if let Some(b) = bias {
-        check_len("the bias", b, s.batch * s.bases, "[B,M]", s)?;
-    }
-    if let Some(a) = acc {
-        check_len("the accumulator", a, s.z_len(), "[B,N,M]", s)?;
-    }
-    let _scope = gpu.scope(kernel);
-    if let Some(a) = acc {
-        init_from(gpu, a, s.z_len(), s, out)?;
-    }
-    product_xyt(gpu, x, y, y_layout, acc.is_some(), s, out, path)?;
-    if let Some(b) = bias {
-        let l = label(kernel, s, s.z_len() as u64, 2 * s.z_len());
-        launch(gpu, "add_bias", &Params::new(s), &[b, b, b, b, out], groups(s.z_len()), l)?;
-    }
-    Ok(())
-}
-
-/// Reconstruction backward: `d_z = d_recon mu^T (+ d_z_in)` [B,N,M] and
-/// `d_mu = z^T d_recon (+ d_mu_in)` [B,M,C].
-#[allow(clippy::too_many_arguments)]
-pub fn reconstruct_backward(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    mu: &GpuBuffer,
-    d_recon: &GpuBuffer,
-    d_z_in: Option<&GpuBuffer>,
-    d_mu_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_z: &GpuBuffer,
-    d_mu: &GpuBuffer,
-) -> Result<()> {
-    reconstruct_backward_with(gpu, z, mu, d_recon, d_z_in, d_mu_in, s, d_z, d_mu, gpu.kernel_path())
-}
-
-/// [`reconstruct_backward`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn reconstruct_backward_with(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    mu: &GpuBuffer,
-    d_recon: &GpuBuffer,
-    d_z_in: Option<&GpuBuffer>,
-    d_mu_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_z: &GpuBuffer,
-    d_mu: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    token_dots_with(gpu, "em_recon_backward", d_recon, mu, Bases::PerBatch, None, d_z_in, s, d_z, path)?;
-    m_step_product_with(gpu, "em_recon_backward", z, d_recon, None, d_mu_in, s, d_mu, path)
-}
-
-/// Backward of the L2 normalisation and of the M-step's division by (1e-6 + colsum), per
-/// basis: from `d_mu` (gradient of the normalised mu) gives `d_a` = gradient of A = Z^T u
-/// [B,M,C] and `d_colsum` [B,M].
-#[allow(clippy::too_many_arguments)]
-pub fn normalize_backward(
-    gpu: &Gpu,
-    mu_raw: &GpuBuffer,
-    d_mu: &GpuBuffer,
-    colsum: &GpuBuffer,
-    s: &EmShape,
-    d_a: &GpuBuffer,
-    d_colsum: &GpuBuffer,
-) -> Result<()> {
-    s.validate()?;
-    check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
-    check_len("d_mu", d_mu, s.mu_len(), "[B,M,C]", s)?;
-    check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
-    check_len("d_a", d_a, s.mu_len(), "[B,M,C]", s)?;
-    check_len("d_colsum", d_colsum, s.batch * s.bases, "[B,M]", s)?;
-    let l = label("em_normalize_backward", s, 8 * s.mu_len() as u64, 3 * s.mu_len());
-    launch(
-        gpu,
-        "normalize_backward",
-        &Params::new(s),
-        &[mu_raw, d_mu, colsum, mu_raw, d_a, d_colsum],
-        groups(s.batch * s.bases),
-        l,
-    )
-}
-
-/// M-step backward, given `d_a` and `d_colsum` from [`normalize_backward`]:
-/// `d_z = u d_a^T + d_colsum (+ d_z_in)` [B,N,M] and `d_u_out = d_u_in + z d_a` [B,N,C].
-#[allow(clippy::too_many_arguments)]
-pub fn m_step_backward(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    z: &GpuBuffer,
-    d_a: &GpuBuffer,
-    d_colsum: &GpuBuffer,
-    d_z_in: Option<&GpuBuffer>,
-    d_u_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_z: &GpuBuffer,
-    d_u_out: &GpuBuffer,
-) -> Result<()> {
-    m_step_backward_with(gpu, u, z, d_a, d_colsum, d_z_in, d_u_in, s, d_z, d_u_out, gpu.kernel_path())
-}
-
-/// [`m_step_backward`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn m_step_backward_with(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    z: &GpuBuffer,
-    d_a: &GpuBuffer,
-    d_colsum: &GpuBuffer,
-    d_z_in: Option<&GpuBuffer>,
-    d_u_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_z: &GpuBuffer,
-    d_u_out: &GpuBuffer,
-    path: KernelPath,
-) -> Result<()> {
-    token_dots_with(gpu, "em_m_step_backward", u, d_a, Bases::PerBatch, Some(d_colsum), d_z_in, s, d_z, path)?;
-    reconstruct_product_with(gpu, "em_m_step_backward", z, d_a, Bases::PerBatch, d_u_in, s, d_u_out, path)
-}
-
-fn softmax_backward_biased(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    d_z: &GpuBuffer,
-    bias: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_logits: &GpuBuffer,
-) -> Result<()> {
-    let mut p = Params::new(s);
-    if bias.is_some() {
-        p.flags |= ADD_BIAS;
-    }
-    let l = label("em_e_step_backward", s, 5 * s.z_len() as u64, 3 * s.z_len());
-    launch(gpu, "softmax_backward", &p, &[z, d_z, bias.unwrap_or(z), z, d_logits], groups(s.batch * s.tokens), l)
-}
-
-/// Softmax backward of the E-step with lambda folded in:
-/// `d_logits = lambda z (d_z - sum_m z d_z)` [B,N,M], the gradient of the product u mu^T.
-pub fn e_step_backward_softmax(
-    gpu: &Gpu,
-    z: &GpuBuffer,
-    d_z: &GpuBuffer,
-    s: &EmShape,
-    d_logits: &GpuBuffer,
-) -> Result<()> {
-    s.validate()?;
-    check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
-    check_len("d_z", d_z, s.z_len(), "[B,N,M]", s)?;
-    check_len("d_logits", d_logits, s.z_len(), "[B,N,M]", s)?;
-    softmax_backward_biased(gpu, z, d_z, None, s, d_logits)
-}
-
-/// E-step backward, given `d_logits` from [`e_step_backward_softmax`]:
-/// `d_u_out = d_u_in + d_logits mu` [B,N,C] and, when `d_mu` is given,
-/// `d_mu = d_logits^T u` [B,M,C] (the gradient of mu_{t-1} per batch element, also when
-/// mu_{t-1} is the shared bases).
-#[allow(clippy::too_many_arguments)]
-pub fn e_step_backward(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    d_logits: &GpuBuffer,
-    d_u_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_u_out: &GpuBuffer,
-    d_mu: Option<&GpuBuffer>,
-) -> Result<()> {
-    e_step_backward_with(gpu, u, mu, mu_layout, d_logits, d_u_in, s, d_u_out, d_mu, gpu.kernel_path())
-}
-
-/// [`e_step_backward`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn e_step_backward_with(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    mu: &GpuBuffer,
-    mu_layout: Bases,
-    d_logits: &GpuBuffer,
-    d_u_in: Option<&GpuBuffer>,
-    s: &EmShape,
-    d_u_out: &GpuBuffer,
-    d_mu: Option<&GpuBuffer>,
-    path: KernelPath,
-) -> Result<()> {
-    reconstruct_product_with(gpu, "em_e_step_backward", d_logits, mu, mu_layout, d_u_in, s, d_u_out, path)?;
-    if let Some(d_mu) = d_mu {
-        m_step_product_with(gpu, "em_e_step_backward", d_logits, u, None, None, s, d_mu, path)?;
-    }
-    Ok(())
-}
-
-// ----- the loop -----
 
 /// What the forward keeps for the unrolled backward, per iteration t = 1..T (index t-1).
 pub struct EmSaved {
@@ -776,7 +286,7 @@ pub struct EmSaved {
     pub mu: Vec<GpuBuffer>,
 }
 
-/// Outputs of [`forward`].
+/// Outputs of [`Em::forward`].
 pub struct EmForward {
     /// Z_T, the last responsibilities [B,N,M].
     pub z: GpuBuffer,
@@ -784,7 +294,7 @@ pub struct EmForward {
     pub mu: GpuBuffer,
     /// R = Z_T mu_T [B,N,C].
     pub recon: GpuBuffer,
-    /// Per-iteration state for [`backward`]; `None` unless asked for.
+    /// Per-iteration state for [`Em::backward`]; `None` unless asked for.
     pub saved: Option<EmSaved>,
 }
 
@@ -797,73 +307,6 @@ pub enum GradMode {
     Unrolled,
 }
 
-fn check_loop_inputs(u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape) -> Result<()> {
-    s.validate()?;
-    check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
-    check_len("the bases", bases, s.bases_len(), "[M,C]", s)
-}
-
-/// Runs the T EM iterations from the shared `bases` [M,C] on `u` [B,N,C] and the
-/// reconstruction, recorded back to back (no readback). Each iteration's dispatches sit in the
-/// profiling scope `iter=t` (E-step: logits matmul, softmax, tile column sums; column sums;
-/// M-step: split matmul, sum of the splits with the division by 1e-6 + colsum; normalisation);
-/// the reconstruction in `recon`.
-pub fn forward(gpu: &Gpu, u: &GpuBuffer, bases: &GpuBuffer, s: &EmShape, save_for_backward: bool) -> Result<EmForward> {
-    forward_with(gpu, u, bases, s, save_for_backward, gpu.kernel_path())
-}
-
-/// [`forward`] with the kernel path of its products chosen by the caller.
-pub fn forward_with(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    bases: &GpuBuffer,
-    s: &EmShape,
-    save_for_backward: bool,
-    path: KernelPath,
-) -> Result<EmForward> {
-    check_loop_inputs(u, bases, s)?;
-    let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
-    let partial = gpu.alloc(s.batch * s.tiles() * s.bases)?;
-    let mut mu_prev: Option<GpuBuffer> = None;
-    let mut z_last = None;
-    for t in 1..=s.iters {
-        let _scope = gpu.scope(format!("iter={t}"));
-        let z = gpu.alloc(s.z_len())?;
-        let colsum_t = gpu.alloc(s.batch * s.bases)?;
-        let mu_raw = gpu.alloc(s.mu_len())?;
-        let mu = gpu.alloc(s.mu_len())?;
-        match &mu_prev {
-            None => e_step_with(gpu, u, bases, Bases::Shared, s, &z, &partial, path)?,
-            Some(m) => e_step_with(gpu, u, m, Bases::PerBatch, s, &z, &partial, path)?,
-        }
-        colsum(gpu, &partial, s, &colsum_t)?;
-        m_step_with(gpu, &z, u, &colsum_t, s, &mu_raw, path)?;
-        normalize(gpu, &mu_raw, s, &mu)?;
-        if let Some(m) = mu_prev.take() {
-            if save_for_backward {
-                saved.mu.push(m);
-            }
-        }
-        mu_prev = Some(mu);
-        if t == s.iters {
-            z_last = Some(z);
-        } else if save_for_backward {
-            saved.z.push(z);
-        }
-        if save_for_backward {
-            saved.colsum.push(colsum_t);
-            saved.mu_raw.push(mu_raw);
-        }
-    }
-    let (z, mu) = (z_last.expect("T >= 1"), mu_prev.expect("T >= 1"));
-    let recon = gpu.alloc(s.tokens_len())?;
-    {
-        let _scope = gpu.scope("recon");
-        reconstruct_with(gpu, &z, &mu, s, &recon, path)?;
-    }
-    Ok(EmForward { z, mu, recon, saved: save_for_backward.then_some(saved) })
-}
-
 /// Incoming gradients of the EM loop's outputs.
 pub struct EmOutputGrads<'a> {
     /// dLoss/dR [B,N,C].
@@ -874,128 +317,497 @@ pub struct EmOutputGrads<'a> {
     pub mu: Option<&'a GpuBuffer>,
 }
 
-/// The gradient of the loss with respect to `u` [B,N,C]. `Detached` returns zeros (Z and mu
-/// are constants); `Unrolled` backpropagates through all T iterations and needs a forward run
-/// with `save_for_backward`. Dispatches sit in the profiling scopes `backward` / `iter=t`.
-pub fn backward(
-    gpu: &Gpu,
-    mode: GradMode,
-    u: &GpuBuffer,
-    bases: &GpuBuffer,
-    fwd: &EmForward,
-    s: &EmShape,
-    grads: &EmOutputGrads<'_>,
-) -> Result<GpuBuffer> {
-    backward_with(gpu, mode, u, bases, fwd, s, grads, gpu.kernel_path())
-}
+impl<'a> Em<'a> {
+    /// The launchers for shape `s` on the context's kernel path; a bad shape is an error
+    /// naming it.
+    pub fn new(gpu: &'a Gpu, s: EmShape) -> Result<Self> {
+        s.validate()?;
+        Ok(Em { gpu, s, path: gpu.kernel_path() })
+    }
 
-/// [`backward`] with the kernel path of its products chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_with(
-    gpu: &Gpu,
-    mode: GradMode,
-    u: &GpuBuffer,
-    bases: &GpuBuffer,
-    fwd: &EmForward,
-    s: &EmShape,
-    grads: &EmOutputGrads<'_>,
-    path: KernelPath,
-) -> Result<GpuBuffer> {
-    check_loop_inputs(u, bases, s)?;
-    check_len("dR", grads.recon, s.tokens_len(), "[B,N,C]", s)?;
-    if mode == GradMode::Detached {
-        return gpu.zeros(s.tokens_len());
+    /// The same launchers with their products on kernel path `path`.
+    pub fn on_path(self, path: KernelPath) -> Self {
+        Em { path, ..self }
     }
-    let saved = fwd.saved.as_ref().ok_or_else(|| {
-        Error::Shape(format!("the unrolled EM backward of shape {s} needs a forward run with save_for_backward"))
-    })?;
-    if saved.colsum.len() != s.iters {
-        return Err(Error::Shape(format!(
-            "the EM forward saved {} iterations but shape {s} has T = {}",
-            saved.colsum.len(),
-            s.iters
-        )));
+
+    /// The shape these launchers run.
+    pub fn shape(&self) -> &EmShape {
+        &self.s
     }
-    let _scope = gpu.scope("backward");
-    let d_z = gpu.alloc(s.z_len())?;
-    let mut d_mu = gpu.alloc(s.mu_len())?;
-    {
-        let _scope = gpu.scope("recon");
-        reconstruct_backward_with(gpu, &fwd.z, &fwd.mu, grads.recon, grads.z, grads.mu, s, &d_z, &d_mu, path)?;
+
+    // ----- the three products, on the matmul launcher -----
+
+    /// Token rows times basis rows: `out[b] (+)= x[b] y[b]^T`, x [B,N,C], y [B,M,C] or shared
+    /// [M,C], out [B,N,M]. (E-step logits; gradient of Z from R and from the M-step.)
+    fn product_xyt(&self, x: &GpuBuffer, y: Bases<'_>, accumulate: bool, out: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        let op = Matmul::new(s.batch, s.tokens, s.bases, s.width)
+            .trans_b(true)
+            .broadcast_b(y.is_shared())
+            .accumulate(accumulate);
+        matmul_with(self.gpu, x, y.buffer(), out, &op, self.path)
     }
-    let d_a = gpu.alloc(s.mu_len())?;
-    let d_colsum = gpu.alloc(s.batch * s.bases)?;
-    let d_logits = gpu.alloc(s.z_len())?;
-    let d_z_scratch = if s.iters > 1 { Some(gpu.alloc(s.z_len())?) } else { None };
-    // Every product into the gradient of u accumulates into this one buffer; the first writes it.
-    let d_u = gpu.alloc(s.tokens_len())?;
-    let mut d_u_written = false;
-    for t in (1..=s.iters).rev() {
-        let _scope = gpu.scope(format!("iter={t}"));
-        let i = t - 1;
-        let z_t = if t == s.iters { &fwd.z } else { &saved.z[i] };
-        normalize_backward(gpu, &saved.mu_raw[i], &d_mu, &saved.colsum[i], s, &d_a, &d_colsum)?;
-        // The gradient of Z_t without its per-basis bias d_colsum (softmax_backward adds that):
-        // u d_a^T, plus dR mu_T^T (already in d_z) when t = T.
-        let d_z_t = if t == s.iters { &d_z } else { d_z_scratch.as_ref().expect("T > 1") };
+
+    /// Responsibilities transposed times tokens, per token split: `out[b,sp] = z[b,sp]^T x[b,sp]`
+    /// for the S = `s.splits()` splits of N/S tokens, z [B,N,M], x [B,N,C], out [B,S,M,C]
+    /// (M-step; gradients of mu). Consecutive token splits are consecutive in both operands, so
+    /// this is one matmul of batch B*S.
+    fn product_ztx_split(&self, z: &GpuBuffer, x: &GpuBuffer, out: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        let sp = s.splits();
+        let op = Matmul::new(s.batch * sp, s.bases, s.width, s.tokens / sp).trans_a(true);
+        matmul_with(self.gpu, z, x, out, &op, self.path)
+    }
+
+    /// `out = (acc +) (z^T x) (/ (1e-6 + colsum))`, [B,M,C]: the split product, then one pass
+    /// that sums the splits and applies the options. With one split and no division, the
+    /// matmul alone (accumulating onto a copy of `acc`).
+    fn product_ztx(
+        &self,
+        kernel: &'static str,
+        z: &GpuBuffer,
+        x: &GpuBuffer,
+        colsum: Option<&GpuBuffer>,
+        o: Out<'_>,
+    ) -> Result<()> {
+        let (gpu, s) = (self.gpu, &self.s);
+        let sp = s.splits();
+        if sp == 1 && colsum.is_none() {
+            if let Some(a) = o.acc {
+                self.init_from(a, s.mu_len(), o.out)?;
+            }
+            let op = Matmul::new(s.batch, s.bases, s.width, s.tokens).trans_a(true).accumulate(o.acc.is_some());
+            return matmul_with(gpu, z, x, o.out, &op, self.path);
+        }
+        let partial = gpu.alloc(s.mu_len() * sp)?;
+        self.product_ztx_split(z, x, &partial)?;
+        let mut p = Params::new(s);
+        p.splits = sp as u32;
+        if colsum.is_some() {
+            p.flags |= SCALE_BY_COLSUM;
+        }
+        if o.acc.is_some() {
+            p.flags |= ACCUMULATE;
+        }
+        let l = label(kernel, s, (sp + 1) as u64 * s.mu_len() as u64, (sp + 2) * s.mu_len());
+        launch(
+            gpu,
+            "reduce_splits",
+            &p,
+            &[&partial, o.acc.unwrap_or(&partial), colsum.unwrap_or(&partial), &partial, o.out],
+            groups(s.mu_len()),
+            l,
+        )
+    }
+
+    /// Responsibilities times basis rows: `out[b] (+)= z[b] y[b]`, z [B,N,M], y [B,M,C] or
+    /// shared [M,C], out [B,N,C]. (Reconstruction; gradients of u.)
+    fn product_zy(&self, z: &GpuBuffer, y: Bases<'_>, accumulate: bool, out: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        let op = Matmul::new(s.batch, s.tokens, s.width, s.bases).broadcast_b(y.is_shared()).accumulate(accumulate);
+        matmul_with(self.gpu, z, y.buffer(), out, &op, self.path)
+    }
+
+    /// Starts `out` as a copy of the first `len` elements of `acc` (nothing when they are the
+    /// same buffer), so that an accumulating matmul gives `out = acc + product`.
+    fn init_from(&self, acc: &GpuBuffer, len: usize, out: &GpuBuffer) -> Result<()> {
+        if std::ptr::eq(acc, out) || std::ptr::eq(acc.raw(), out.raw()) {
+            return Ok(());
+        }
+        if acc.len() <= out.len() {
+            return self.gpu.copy(acc, out);
+        }
+        let mut p = Params::new(&self.s);
+        p.count = len as u32;
+        let l = label("em_copy", &self.s, 0, 2 * len);
+        launch(self.gpu, "copy_prefix", &p, &[acc, acc, acc, acc, out], groups(len), l)
+    }
+
+    // ----- forward steps -----
+
+    /// E-step: `z = softmax_M(lambda u mu^T)` [B,N,M] and the per-tile partial column sums
+    /// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C]. Three
+    /// dispatches in the profiling scope `em_e_step`: the logits matmul (written into `z`), the
+    /// softmax in place and the per-tile column sums.
+    pub fn e_step(&self, u: &GpuBuffer, mu: Bases<'_>, z: &GpuBuffer, partial: &GpuBuffer) -> Result<()> {
+        let (gpu, s) = (self.gpu, &self.s);
+        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
+        check_mu("mu", mu, s)?;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_len("the partial column sums", partial, s.batch * s.tiles() * s.bases, "[B,ceil(N/256),M]", s)?;
+        let _scope = gpu.scope("em_e_step");
+        self.product_xyt(u, mu, false, z)?;
+        // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
+        let vec4 = s.bases.is_multiple_of(4);
+        let p = Params::new(s);
+        let parts = s.batch * s.tiles() * s.bases;
+        let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
+        launch(gpu, if vec4 { "softmax4" } else { "softmax" }, &p, &[z, z, z, z, z], groups(s.batch * s.tokens), l)?;
+        let l = label("em_e_step", s, s.z_len() as u64, s.z_len() + parts);
+        let (entry, invocations) = if vec4 { ("tile_colsum4", parts / 4) } else { ("tile_colsum", parts) };
+        launch(gpu, entry, &p, &[z, z, z, z, z, partial], groups(invocations), l)
+    }
+
+    /// Finishes the column sums: `colsum[b,m] = sum over tiles of partial[b,tile,m]` [B,M].
+    pub fn colsum(&self, partial: &GpuBuffer, colsum: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        let parts = s.batch * s.tiles() * s.bases;
+        check_len("the partial column sums", partial, parts, "[B,ceil(N/256),M]", s)?;
+        check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
+        let l = label("em_colsum", s, parts as u64, parts + s.batch * s.bases);
+        let buffers = [partial, partial, partial, partial, colsum];
+        launch(self.gpu, "colsum", &Params::new(s), &buffers, groups(s.batch * s.bases), l)
+    }
+
+    /// The M-step product and its transposed uses in the backward:
+    /// `out[b,m,:] = acc[b,m,:] + (sum_n z[b,n,m] x[b,n,:]) / (1e-6 + colsum[b,m])`, where the
+    /// accumulator and the division are each optional. `z` [B,N,M], `x` [B,N,C], `colsum`
+    /// [B,M], `acc` and `out` [B,M,C]. `kernel` names the profiling scope of this use.
+    pub fn m_step_product(
+        &self,
+        kernel: &'static str,
+        z: &GpuBuffer,
+        x: &GpuBuffer,
+        colsum: Option<&GpuBuffer>,
+        o: Out<'_>,
+    ) -> Result<()> {
+        let s = &self.s;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
+        check_out("the M-step output", o, s.mu_len(), "[B,M,C]", s)?;
+        if let Some(cs) = colsum {
+            check_len("the column sums", cs, s.batch * s.bases, "[B,M]", s)?;
+        }
+        let _scope = self.gpu.scope(kernel);
+        self.product_ztx(kernel, z, x, colsum, o)
+    }
+
+    /// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
+    pub fn m_step(&self, z: &GpuBuffer, u: &GpuBuffer, colsum: &GpuBuffer, mu_raw: &GpuBuffer) -> Result<()> {
+        self.m_step_product("em_m_step", z, u, Some(colsum), Out::to(mu_raw))
+    }
+
+    /// L2 normalisation over C: `mu = mu_raw / (1e-6 + ||mu_raw||)`, both [B,M,C].
+    pub fn normalize(&self, mu_raw: &GpuBuffer, mu: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
+        check_len("mu", mu, s.mu_len(), "[B,M,C]", s)?;
+        let l = label("em_normalize", s, 3 * s.mu_len() as u64, 3 * s.mu_len());
+        let buffers = [mu_raw, mu_raw, mu_raw, mu_raw, mu];
+        launch(self.gpu, "normalize", &Params::new(s), &buffers, groups(s.batch * s.bases), l)
+    }
+
+    /// The reconstruction product and its uses in the backward:
+    /// `out[b,n,:] = acc[b,n,:] + sum_m z[b,n,m] mu[b,m,:]`, the accumulator optional.
+    /// `z` [B,N,M], `mu` [B,M,C] or shared [M,C], `acc` and `out` [B,N,C]. `kernel` names the
+    /// profiling scope of this use.
+    pub fn reconstruct_product(&self, kernel: &'static str, z: &GpuBuffer, mu: Bases<'_>, o: Out<'_>) -> Result<()> {
+        let s = &self.s;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_mu("mu", mu, s)?;
+        check_out("the reconstruction output", o, s.tokens_len(), "[B,N,C]", s)?;
+        let _scope = self.gpu.scope(kernel);
+        if let Some(a) = o.acc {
+            self.init_from(a, s.tokens_len(), o.out)?;
+        }
+        self.product_zy(z, mu, o.acc.is_some(), o.out)
+    }
+
+    /// Reconstruction: `recon = z mu` [B,N,C].
+    pub fn reconstruct(&self, z: &GpuBuffer, mu: &GpuBuffer, recon: &GpuBuffer) -> Result<()> {
+        self.reconstruct_product("em_recon", z, Bases::PerBatch(mu), Out::to(recon))
+    }
+
+    // ----- backward steps -----
+
+    /// Token-by-basis products: `out[b,n,m] = acc[b,n,m] + x[b,n,:] . y[b,m,:] + bias[b,m]`,
+    /// accumulator and bias optional. `x` [B,N,C], `y` [B,M,C] or shared [M,C], `bias` [B,M],
+    /// `acc` and `out` [B,N,M]. `kernel` names the profiling scope of this use.
+    pub fn token_dots(
+        &self,
+        kernel: &'static str,
+        x: &GpuBuffer,
+        y: Bases<'_>,
+        bias: Option<&GpuBuffer>,
+        o: Out<'_>,
+    ) -> Result<()> {
+        let s = &self.s;
+        check_len("the token operand", x, s.tokens_len(), "[B,N,C]", s)?;
+        check_mu("the basis operand", y, s)?;
+        check_out("the output", o, s.z_len(), "[B,N,M]", s)?;
+        if let Some(b) = bias {
+            check_len("the bias", b, s.batch * s.bases, "[B,M]", s)?;
+        }
+        let _scope = self.gpu.scope(kernel);
+        if let Some(a) = o.acc {
+            self.init_from(a, s.z_len(), o.out)?;
+        }
+        self.product_xyt(x, y, o.acc.is_some(), o.out)?;
+        if let Some(b) = bias {
+            let l = label(kernel, s, s.z_len() as u64, 2 * s.z_len());
+            launch(self.gpu, "add_bias", &Params::new(s), &[b, b, b, b, o.out], groups(s.z_len()), l)?;
+        }
+        Ok(())
+    }
+
+    /// Reconstruction backward: `d_z = d_recon mu^T (+ acc)` [B,N,M] and
+    /// `d_mu = z^T d_recon (+ acc)` [B,M,C].
+    pub fn reconstruct_backward(
+        &self,
+        z: &GpuBuffer,
+        mu: &GpuBuffer,
+        d_recon: &GpuBuffer,
+        d_z: Out<'_>,
+        d_mu: Out<'_>,
+    ) -> Result<()> {
+        self.token_dots("em_recon_backward", d_recon, Bases::PerBatch(mu), None, d_z)?;
+        self.m_step_product("em_recon_backward", z, d_recon, None, d_mu)
+    }
+
+    /// Backward of the L2 normalisation and of the M-step's division by (1e-6 + colsum), per
+    /// basis: from `d_mu` (gradient of the normalised mu) gives `d_a` = gradient of A = Z^T u
+    /// [B,M,C] and `d_colsum` [B,M].
+    pub fn normalize_backward(
+        &self,
+        mu_raw: &GpuBuffer,
+        d_mu: &GpuBuffer,
+        colsum: &GpuBuffer,
+        d_a: &GpuBuffer,
+        d_colsum: &GpuBuffer,
+    ) -> Result<()> {
+        let s = &self.s;
+        check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
+        check_len("d_mu", d_mu, s.mu_len(), "[B,M,C]", s)?;
+        check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
+        check_len("d_a", d_a, s.mu_len(), "[B,M,C]", s)?;
+        check_len("d_colsum", d_colsum, s.batch * s.bases, "[B,M]", s)?;
+        let l = label("em_normalize_backward", s, 8 * s.mu_len() as u64, 3 * s.mu_len());
+        let buffers = [mu_raw, d_mu, colsum, mu_raw, d_a, d_colsum];
+        launch(self.gpu, "normalize_backward", &Params::new(s), &buffers, groups(s.batch * s.bases), l)
+    }
+
+    /// M-step backward, given `d_a` and `d_colsum` from [`Em::normalize_backward`]:
+    /// `d_z = u d_a^T + d_colsum (+ acc)` [B,N,M] and `d_u = z d_a (+ acc)` [B,N,C].
+    pub fn m_step_backward(
+        &self,
+        u: &GpuBuffer,
+        z: &GpuBuffer,
+        d_a: &GpuBuffer,
+        d_colsum: &GpuBuffer,
+        d_z: Out<'_>,
+        d_u: Out<'_>,
+    ) -> Result<()> {
+        self.token_dots("em_m_step_backward", u, Bases::PerBatch(d_a), Some(d_colsum), d_z)?;
+        self.reconstruct_product("em_m_step_backward", z, Bases::PerBatch(d_a), d_u)
+    }
+
+    fn softmax_backward_biased(
+        &self,
+        z: &GpuBuffer,
+        d_z: &GpuBuffer,
+        bias: Option<&GpuBuffer>,
+        d_logits: &GpuBuffer,
+    ) -> Result<()> {
+        let s = &self.s;
+        let mut p = Params::new(s);
+        if bias.is_some() {
+            p.flags |= ADD_BIAS;
+        }
+        let l = label("em_e_step_backward", s, 5 * s.z_len() as u64, 3 * s.z_len());
+        let buffers = [z, d_z, bias.unwrap_or(z), z, d_logits];
+        launch(self.gpu, "softmax_backward", &p, &buffers, groups(s.batch * s.tokens), l)
+    }
+
+    /// Softmax backward of the E-step with lambda folded in:
+    /// `d_logits = lambda z (d_z - sum_m z d_z)` [B,N,M], the gradient of the product u mu^T.
+    pub fn e_step_backward_softmax(&self, z: &GpuBuffer, d_z: &GpuBuffer, d_logits: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_len("d_z", d_z, s.z_len(), "[B,N,M]", s)?;
+        check_len("d_logits", d_logits, s.z_len(), "[B,N,M]", s)?;
+        self.softmax_backward_biased(z, d_z, None, d_logits)
+    }
+
+    /// E-step backward, given `d_logits` from [`Em::e_step_backward_softmax`]:
+    /// `d_u = d_logits mu (+ acc)` [B,N,C] and, when `d_mu` is given, `d_mu = d_logits^T u`
+    /// [B,M,C] (the gradient of mu_{t-1} per batch element, also when mu_{t-1} is the shared
+    /// bases).
+    pub fn e_step_backward(
+        &self,
+        u: &GpuBuffer,
+        mu: Bases<'_>,
+        d_logits: &GpuBuffer,
+        d_u: Out<'_>,
+        d_mu: Option<&GpuBuffer>,
+    ) -> Result<()> {
+        self.reconstruct_product("em_e_step_backward", d_logits, mu, d_u)?;
+        if let Some(d_mu) = d_mu {
+            self.m_step_product("em_e_step_backward", d_logits, u, None, Out::to(d_mu))?;
+        }
+        Ok(())
+    }
+
+    // ----- the loop -----
+
+    fn check_loop_inputs(&self, u: &GpuBuffer, bases: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
+        check_len("the bases", bases, s.bases_len(), "[M,C]", s)
+    }
+
+    /// Runs the T EM iterations from the shared `bases` [M,C] on `u` [B,N,C] and the
+    /// reconstruction, recorded back to back (no readback). Each iteration's dispatches sit in
+    /// the profiling scope `iter=t` (E-step: logits matmul, softmax, tile column sums; column
+    /// sums; M-step: split matmul, sum of the splits with the division by 1e-6 + colsum;
+    /// normalisation); the reconstruction in `recon`.
+    pub fn forward(&self, u: &GpuBuffer, bases: &GpuBuffer, save_for_backward: bool) -> Result<EmForward> {
+        let (gpu, s) = (self.gpu, &self.s);
+        self.check_loop_inputs(u, bases)?;
+        let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
+        let partial = gpu.alloc(s.batch * s.tiles() * s.bases)?;
+        let mut mu_prev: Option<GpuBuffer> = None;
+        let mut z_last = None;
+        for t in 1..=s.iters {
+            let _scope = gpu.scope(format!("iter={t}"));
+            let z = gpu.alloc(s.z_len())?;
+            let colsum_t = gpu.alloc(s.batch * s.bases)?;
+            let mu_raw = gpu.alloc(s.mu_len())?;
+            let mu = gpu.alloc(s.mu_len())?;
+            let mu_in = match &mu_prev {
+                None => Bases::Shared(bases),
+                Some(m) => Bases::PerBatch(m),
+            };
+            self.e_step(u, mu_in, &z, &partial)?;
+            self.colsum(&partial, &colsum_t)?;
+            self.m_step(&z, u, &colsum_t, &mu_raw)?;
+            self.normalize(&mu_raw, &mu)?;
+            if let Some(m) = mu_prev.take() {
+                if save_for_backward {
+                    saved.mu.push(m);
+                }
+            }
+            mu_prev = Some(mu);
+            if t == s.iters {
+                z_last = Some(z);
+            } else if save_for_backward {
+                saved.z.push(z);
+            }
+            if save_for_backward {
+                saved.colsum.push(colsum_t);
+                saved.mu_raw.push(mu_raw);
+            }
+        }
+        let (z, mu) = (z_last.expect("T >= 1"), mu_prev.expect("T >= 1"));
+        let recon = gpu.alloc(s.tokens_len())?;
         {
-            let _scope = gpu.scope("em_m_step_backward");
-            product_xyt(gpu, u, &d_a, Bases::PerBatch, t == s.iters, s, d_z_t, path)?;
-            product_zy(gpu, z_t, &d_a, Bases::PerBatch, d_u_written, s, &d_u, path)?;
-            d_u_written = true;
+            let _scope = gpu.scope("recon");
+            self.reconstruct(&z, &mu, &recon)?;
         }
-        let _scope = gpu.scope("em_e_step_backward");
-        softmax_backward_biased(gpu, z_t, d_z_t, Some(&d_colsum), s, &d_logits)?;
-        if t == 1 {
-            product_zy(gpu, &d_logits, bases, Bases::Shared, true, s, &d_u, path)?;
-        } else {
-            product_zy(gpu, &d_logits, &saved.mu[i - 1], Bases::PerBatch, true, s, &d_u, path)?;
-            let d_mu_prev = gpu.alloc(s.mu_len())?;
-            product_ztx(gpu, "em_e_step_backward", &d_logits, u, None, None, s, &d_mu_prev, path)?;
-            d_mu = d_mu_prev;
+        Ok(EmForward { z, mu, recon, saved: save_for_backward.then_some(saved) })
+    }
+
+    /// The gradient of the loss with respect to `u` [B,N,C]. `Detached` returns zeros (Z and
+    /// mu are constants); `Unrolled` backpropagates through all T iterations and needs a
+    /// forward run with `save_for_backward`. Dispatches sit in the profiling scopes
+    /// `backward` / `iter=t`.
+    pub fn backward(
+        &self,
+        mode: GradMode,
+        u: &GpuBuffer,
+        bases: &GpuBuffer,
+        fwd: &EmForward,
+        grads: &EmOutputGrads<'_>,
+    ) -> Result<GpuBuffer> {
+        let (gpu, s) = (self.gpu, &self.s);
+        self.check_loop_inputs(u, bases)?;
+        check_len("dR", grads.recon, s.tokens_len(), "[B,N,C]", s)?;
+        if mode == GradMode::Detached {
+            return gpu.zeros(s.tokens_len());
         }
+        let saved = fwd.saved.as_ref().ok_or_else(|| {
+            Error::Shape(format!("the unrolled EM backward of shape {s} needs a forward run with save_for_backward"))
+        })?;
+        if saved.colsum.len() != s.iters {
+            return Err(Error::Shape(format!(
+                "the EM forward saved {} iterations but shape {s} has T = {}",
+                saved.colsum.len(),
+                s.iters
+            )));
+        }
+        let _scope = gpu.scope("backward");
+        let d_z = gpu.alloc(s.z_len())?;
+        let mut d_mu = gpu.alloc(s.mu_len())?;
+        {
+            let _scope = gpu.scope("recon");
+            self.reconstruct_backward(
+                &fwd.z,
+                &fwd.mu,
+                grads.recon,
+                Out::to(&d_z).plus(grads.z),
+                Out::to(&d_mu).plus(grads.mu),
+            )?;
+        }
+        let d_a = gpu.alloc(s.mu_len())?;
+        let d_colsum = gpu.alloc(s.batch * s.bases)?;
+        let d_logits = gpu.alloc(s.z_len())?;
+        let d_z_scratch = if s.iters > 1 { Some(gpu.alloc(s.z_len())?) } else { None };
+        // Every product into the gradient of u accumulates into this one buffer; the first
+        // writes it.
+        let d_u = gpu.alloc(s.tokens_len())?;
+        let mut d_u_written = false;
+        for t in (1..=s.iters).rev() {
+            let _scope = gpu.scope(format!("iter={t}"));
+            let i = t - 1;
+            let z_t = if t == s.iters { &fwd.z } else { &saved.z[i] };
+            self.normalize_backward(&saved.mu_raw[i], &d_mu, &saved.colsum[i], &d_a, &d_colsum)?;
+            // The gradient of Z_t without its per-basis bias d_colsum (softmax_backward adds
+            // that): u d_a^T, plus dR mu_T^T (already in d_z) when t = T.
+            let d_z_t = if t == s.iters { &d_z } else { d_z_scratch.as_ref().expect("T > 1") };
+            {
+                let _scope = gpu.scope("em_m_step_backward");
+                self.product_xyt(u, Bases::PerBatch(&d_a), t == s.iters, d_z_t)?;
+                self.product_zy(z_t, Bases::PerBatch(&d_a), d_u_written, &d_u)?;
+                d_u_written = true;
+            }
+            let _scope = gpu.scope("em_e_step_backward");
+            self.softmax_backward_biased(z_t, d_z_t, Some(&d_colsum), &d_logits)?;
+            if t == 1 {
+                self.product_zy(&d_logits, Bases::Shared(bases), true, &d_u)?;
+            } else {
+                self.product_zy(&d_logits, Bases::PerBatch(&saved.mu[i - 1]), true, &d_u)?;
+                let d_mu_prev = gpu.alloc(s.mu_len())?;
+                self.product_ztx("em_e_step_backward", &d_logits, u, None, Out::to(&d_mu_prev))?;
+                d_mu = d_mu_prev;
+            }
+        }
+        Ok(d_u)
     }
-    Ok(d_u)
-}
 
-/// The unrolled gradient of `u` given only dLoss/dR (see [`backward`]).
-pub fn backward_unrolled(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    bases: &GpuBuffer,
-    fwd: &EmForward,
-    s: &EmShape,
-    d_recon: &GpuBuffer,
-) -> Result<GpuBuffer> {
-    backward_unrolled_with(gpu, u, bases, fwd, s, d_recon, gpu.kernel_path())
-}
-
-/// [`backward_unrolled`] with the kernel path of its products chosen by the caller.
-pub fn backward_unrolled_with(
-    gpu: &Gpu,
-    u: &GpuBuffer,
-    bases: &GpuBuffer,
-    fwd: &EmForward,
-    s: &EmShape,
-    d_recon: &GpuBuffer,
-    path: KernelPath,
-) -> Result<GpuBuffer> {
-    backward_with(gpu, GradMode::Unrolled, u, bases, fwd, s, &EmOutputGrads { recon: d_recon, z: None, mu: None }, path)
-}
-
-/// Moving average of the bases (training, no gradient):
-/// `l2norm_C(momentum bases + (1 - momentum) mean_B(mu_t))`, returned as a new [M,C] buffer.
-pub fn update_bases(gpu: &Gpu, bases: &GpuBuffer, mu_t: &GpuBuffer, s: &EmShape, momentum: f32) -> Result<GpuBuffer> {
-    check_len("the bases", bases, s.bases_len(), "[M,C]", s)?;
-    s.validate()?;
-    check_len("mu_T", mu_t, s.mu_len(), "[B,M,C]", s)?;
-    if !(0.0..=1.0).contains(&momentum) {
-        return Err(Error::Shape(format!("the bases momentum is {momentum} but must lie in [0, 1]")));
+    /// The unrolled gradient of `u` given only dLoss/dR (see [`Em::backward`]).
+    pub fn backward_unrolled(
+        &self,
+        u: &GpuBuffer,
+        bases: &GpuBuffer,
+        fwd: &EmForward,
+        d_recon: &GpuBuffer,
+    ) -> Result<GpuBuffer> {
+        self.backward(GradMode::Unrolled, u, bases, fwd, &EmOutputGrads { recon: d_recon, z: None, mu: None })
     }
-    let out = gpu.alloc(s.bases_len())?;
-    let mut p = Params::new(s);
-    p.momentum = momentum;
-    let l = label("em_bases_update", s, (s.mu_len() + 6 * s.bases_len()) as u64, s.mu_len() + 3 * s.bases_len());
-    launch(gpu, "bases_update", &p, &[bases, mu_t, bases, bases, &out], groups(s.bases), l)?;
-    Ok(out)
+
+    /// Moving average of the bases (training, no gradient):
+    /// `l2norm_C(momentum bases + (1 - momentum) mean_B(mu_t))`, returned as a new [M,C] buffer.
+    pub fn update_bases(&self, bases: &GpuBuffer, mu_t: &GpuBuffer, momentum: f32) -> Result<GpuBuffer> {
+        let s = &self.s;
+        check_len("the bases", bases, s.bases_len(), "[M,C]", s)?;
+        check_len("mu_T", mu_t, s.mu_len(), "[B,M,C]", s)?;
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(Error::Shape(format!("the bases momentum is {momentum} but must lie in [0, 1]")));
+        }
+        let out = self.gpu.alloc(s.bases_len())?;
+        let mut p = Params::new(s);
+        p.momentum = momentum;
+        let l = label("em_bases_update", s, (s.mu_len() + 6 * s.bases_len()) as u64, s.mu_len() + 3 * s.bases_len());
+        launch(self.gpu, "bases_update", &p, &[bases, mu_t, bases, bases, &out], groups(s.bases), l)?;
+        Ok(out)
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::autograd::{record, Op};
 use crate::kernels::attention::{self, Attention, AttentionIo};
-use crate::kernels::em::{self, EmShape, GradMode};
+use crate::kernels::em::{Em, EmShape, GradMode};
 use crate::kernels::upsample::{self, Resize};
 use crate::kernels::{loss, mask_head, patch_embed, GpuBuffer};
 use crate::kernels::{Error, Result};
@@ -99,7 +99,7 @@ impl Tensor {
         let spec = EmShape { batch: b, tokens: n, width: c, bases: m, iters, lambda };
         let gpu = self.gpu();
         let grad = mode == GradMode::Unrolled && crate::autograd::is_recording() && self.requires_grad();
-        let fwd = em::forward(gpu, self.buffer(), bases.buffer(), &spec, grad)?;
+        let fwd = Em::new(gpu, spec)?.forward(self.buffer(), bases.buffer(), grad)?;
         // Copies of the outputs become tensors; the forward record itself is kept whole for
         // the backward (a queue-ordered buffer copy, no dispatch).
         let copy = |b: &GpuBuffer, shape: &[usize]| -> Result<Tensor> {
