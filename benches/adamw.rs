@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::adamw::{self, AdamW};
+use vlsa_kernels::adamw::{self, AdamW, AdamWTensor};
 
 fn adamw(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -19,7 +19,7 @@ fn adamw(c: &mut Criterion) {
     let mut t = 0;
     common::bench_gpu(&mut group, "step/3M", &gpu, Throughput::Bytes(28 * n as u64), || {
         t += 1;
-        adamw::step(&gpu, &param, &grad, &m, &v, n, t, &cfg).unwrap();
+        adamw::step(&gpu, &AdamWTensor { param: &param, grad: &grad, m: &m, v: &v }, n, t, &cfg).unwrap();
     });
     let block = 192 * 768;
     let blocks = n / block;
@@ -42,7 +42,7 @@ fn adamw(c: &mut Criterion) {
         || {
             t += 1;
             for (p, g, m, v) in &tensors {
-                adamw::step(&gpu, p, g, m, v, block, t, &cfg).unwrap();
+                adamw::step(&gpu, &AdamWTensor { param: p, grad: g, m, v }, block, t, &cfg).unwrap();
             }
         },
     );

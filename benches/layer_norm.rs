@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::layer_norm;
+use vlsa_kernels::layer_norm::{self, LayerNormGrads, LayerNormIo};
 use vlsa_kernels::reduce::RowSchedule;
 
 fn layer_norm_bench(c: &mut Criterion) {
@@ -21,6 +21,8 @@ fn layer_norm_bench(c: &mut Criterion) {
         let (y, dx) = (gpu.alloc(n).unwrap(), gpu.alloc(n).unwrap());
         let (mean, rstd) = (gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
         let (dw, db) = (gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
+        let io = LayerNormIo { x: &x, weight: &w, bias: &b, out: &y, mean: &mean, rstd: &rstd };
+        let grads = LayerNormGrads { dx: &dx, dweight: &dw, dbias: &db, dx_in: None };
         // Forward reads x and writes y; backward reads x and dy (twice) and writes dx.
         let (fwd_bytes, bwd_bytes) = (8 * n as u64, 12 * n as u64);
         for (name, schedule) in [
@@ -34,7 +36,7 @@ fn layer_norm_bench(c: &mut Criterion) {
                 &gpu,
                 Throughput::Bytes(fwd_bytes),
                 || {
-                    layer_norm::forward_with(&gpu, schedule, &x, &w, &b, &y, &mean, &rstd, rows, cols, 1e-5).unwrap();
+                    layer_norm::forward_with(&gpu, schedule, &io, rows, cols, 1e-5).unwrap();
                 },
             );
             common::bench_gpu(
@@ -43,8 +45,7 @@ fn layer_norm_bench(c: &mut Criterion) {
                 &gpu,
                 Throughput::Bytes(bwd_bytes),
                 || {
-                    layer_norm::backward_with(&gpu, schedule, &x, &w, &mean, &rstd, &dy, &dx, &dw, &db, rows, cols)
-                        .unwrap();
+                    layer_norm::backward_with(&gpu, schedule, &io.saved(), &dy, &grads, rows, cols).unwrap();
                 },
             );
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::mask_head;
+use vlsa_kernels::mask_head::{self, MaskHead, MaskHeadGrads, MaskHeadInputs};
 
 fn mask_head(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -20,13 +20,16 @@ fn mask_head(c: &mut Criterion) {
         let (dx, dt, ds) =
             (gpu.alloc(batch * tokens * width).unwrap(), gpu.alloc(classes * width).unwrap(), gpu.alloc(1).unwrap());
         let macs = (batch * tokens * width * classes) as u64;
+        let shape = MaskHead { batch, tokens, width, classes };
+        let inputs = MaskHeadInputs { x: &x, text: &text, logit_scale: &scale };
+        let grads = MaskHeadGrads { d_x: &dx, d_text: &dt, d_logit_scale: &ds };
         // Forward: a dot product and a text norm per (row, class, channel), plus the row norm.
         common::bench_gpu(&mut group, &format!("forward/b{batch}"), &gpu, Throughput::Elements(4 * macs), || {
-            mask_head::forward(&gpu, &x, &text, &scale, &out, batch, tokens, width, classes).unwrap();
+            mask_head::forward(&gpu, &inputs, &out, &shape).unwrap();
         });
         // Backward: cosines again, dx^ and dt^ (two multiply-adds each per MAC).
         common::bench_gpu(&mut group, &format!("backward/b{batch}"), &gpu, Throughput::Elements(8 * macs), || {
-            mask_head::backward(&gpu, &x, &text, &scale, &d_out, &dx, &dt, &ds, batch, tokens, width, classes).unwrap();
+            mask_head::backward(&gpu, &inputs, &d_out, &grads, &shape).unwrap();
         });
     }
     group.finish();

@@ -5,7 +5,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::patch_embed::{self, Method, PatchEmbed};
+use vlsa_kernels::patch_embed::{self, Method, PatchEmbed, PatchEmbedGrads, PatchEmbedInputs};
 
 fn patch_embed(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -23,19 +23,21 @@ fn patch_embed(c: &mut Criterion) {
         let d_image = gpu.alloc(batch * channels * size * size).unwrap();
         let d_weight = gpu.alloc(dim * channels * patch * patch).unwrap();
         let flops = 2 * (batch * tokens * dim * channels * patch * patch) as u64;
+        let inputs = PatchEmbedInputs { image: &image, weight: &weight };
+        let weight_only = PatchEmbedGrads { d_weight: &d_weight, d_image: None };
+        let both = PatchEmbedGrads { d_weight: &d_weight, d_image: Some(&d_image) };
         for method in [Method::Direct, Method::Products] {
             let m = format!("{method:?}").to_lowercase();
             common::bench_gpu(&mut group, &format!("forward_{m}/b{batch}"), &gpu, Throughput::Elements(flops), || {
-                patch_embed::forward_with(&gpu, &image, &weight, &out, &s, method, path).unwrap();
+                patch_embed::forward_with(&gpu, &inputs, &out, &s, method, path).unwrap();
             });
             let name = format!("backward_weight_{m}/b{batch}");
             common::bench_gpu(&mut group, &name, &gpu, Throughput::Elements(flops), || {
-                patch_embed::backward_with(&gpu, &image, &weight, &d_out, None, &d_weight, &s, method, path).unwrap();
+                patch_embed::backward_with(&gpu, &inputs, &d_out, &weight_only, &s, method, path).unwrap();
             });
             let name = format!("backward_both_{m}/b{batch}");
             common::bench_gpu(&mut group, &name, &gpu, Throughput::Elements(2 * flops), || {
-                patch_embed::backward_with(&gpu, &image, &weight, &d_out, Some(&d_image), &d_weight, &s, method, path)
-                    .unwrap();
+                patch_embed::backward_with(&gpu, &inputs, &d_out, &both, &s, method, path).unwrap();
             });
         }
     }

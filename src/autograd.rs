@@ -318,7 +318,8 @@ fn backward_rule(
         Op::BiasAct { op, x, bias, rows, c } => {
             // z = x + bias, y = f(z):  dz = g f'(z);  dx = dz;  dbias = sum over rows of dz
             let dz = gpu.alloc(x.numel())?;
-            elementwise::bias_act_backward(gpu, *op, x.buffer(), bias.buffer(), g.buffer(), &dz, *rows, *c)?;
+            let shape = elementwise::BiasAct { op: *op, rows: *rows, c: *c };
+            elementwise::bias_act_backward(gpu, x.buffer(), bias.buffer(), g.buffer(), &dz, &shape)?;
             let dz = constant(g, dz, x.shape());
             let db = if wants(1) { Some(sum_rows(&dz, *rows, *c)?) } else { None };
             vec![Some(dz), db]
@@ -474,30 +475,22 @@ fn backward_rule(
             let dx = gpu.alloc(x.numel())?;
             let dw = gpu.alloc(*cols)?;
             let db = gpu.alloc(*cols)?;
-            let (xb, wb) = (x.buffer(), weight.buffer());
-            match earlier[0].take() {
-                // The residual stream's gradient joins dx in the same pass.
-                Some(prev) => layer_norm::backward_accumulate(
-                    gpu,
-                    xb,
-                    wb,
-                    mean,
-                    rstd,
-                    g.buffer(),
-                    prev.buffer(),
-                    &dx,
-                    &dw,
-                    &db,
-                    *rows,
-                    *cols,
-                )?,
-                None => layer_norm::backward(gpu, xb, wb, mean, rstd, g.buffer(), &dx, &dw, &db, *rows, *cols)?,
-            }
+            let saved = layer_norm::LayerNormSaved { x: x.buffer(), weight: weight.buffer(), mean, rstd };
+            // The residual stream's gradient, if any, joins dx in the same pass.
+            let prev = earlier[0].take();
+            let grads = layer_norm::LayerNormGrads {
+                dx: &dx,
+                dweight: &dw,
+                dbias: &db,
+                dx_in: prev.as_ref().map(|p| p.buffer()),
+            };
+            layer_norm::backward(gpu, &saved, g.buffer(), &grads, *rows, *cols)?;
             vec![Some(constant(g, dx, x.shape())), Some(constant(g, dw, &[*cols])), Some(constant(g, db, &[*cols]))]
         }
         Op::L2Norm { x, norms, rows, cols, mode } => {
             let dx = gpu.alloc(x.numel())?;
-            l2norm::backward(gpu, x.buffer(), norms, g.buffer(), &dx, *rows, *cols, *mode)?;
+            let shape = l2norm::L2Norm { rows: *rows, cols: *cols, mode: *mode };
+            l2norm::backward(gpu, x.buffer(), norms, g.buffer(), &dx, &shape)?;
             vec![Some(constant(g, dx, x.shape()))]
         }
         Op::Embedding { indices, count, dim, vocab } => {
@@ -521,7 +514,8 @@ fn backward_rule(
         }
         Op::Em { u, bases, fwd, spec } => {
             let grads = em::EmOutputGrads { recon: g.buffer(), z: None, mu: None };
-            let du = em::Em::new(gpu, *spec)?.backward(em::GradMode::Unrolled, u.buffer(), bases.buffer(), fwd, &grads)?;
+            let du =
+                em::Em::new(gpu, *spec)?.backward(em::GradMode::Unrolled, u.buffer(), bases.buffer(), fwd, &grads)?;
             vec![Some(constant(g, du, u.shape()))]
         }
         Op::PatchEmbed { image, weight, batch, channels, size, patch, dim } => {
@@ -529,7 +523,9 @@ fn backward_rule(
             let di = if wants(0) { Some(gpu.alloc(image.numel())?) } else { None };
             let shape =
                 patch_embed::PatchEmbed { batch: *batch, channels: *channels, size: *size, patch: *patch, dim: *dim };
-            patch_embed::backward(gpu, image.buffer(), weight.buffer(), g.buffer(), di.as_ref(), &dw, &shape)?;
+            let inputs = patch_embed::PatchEmbedInputs { image: image.buffer(), weight: weight.buffer() };
+            let grads = patch_embed::PatchEmbedGrads { d_weight: &dw, d_image: di.as_ref() };
+            patch_embed::backward(gpu, &inputs, g.buffer(), &grads, &shape)?;
             vec![di.map(|d| constant(g, d, image.shape())), Some(constant(g, dw, weight.shape()))]
         }
         Op::Concat { outer, lens, inner } => {
@@ -564,20 +560,10 @@ fn backward_rule(
         }
         Op::MaskHead { x, text, scale, batch, tokens, width, classes } => {
             let (dx, dt, ds) = (gpu.alloc(x.numel())?, gpu.alloc(text.numel())?, gpu.alloc(1)?);
-            mask_head::backward(
-                gpu,
-                x.buffer(),
-                text.buffer(),
-                scale.buffer(),
-                g.buffer(),
-                &dx,
-                &dt,
-                &ds,
-                *batch,
-                *tokens,
-                *width,
-                *classes,
-            )?;
+            let inputs = mask_head::MaskHeadInputs { x: x.buffer(), text: text.buffer(), logit_scale: scale.buffer() };
+            let grads = mask_head::MaskHeadGrads { d_x: &dx, d_text: &dt, d_logit_scale: &ds };
+            let shape = mask_head::MaskHead { batch: *batch, tokens: *tokens, width: *width, classes: *classes };
+            mask_head::backward(gpu, &inputs, g.buffer(), &grads, &shape)?;
             vec![
                 Some(constant(g, dx, x.shape())),
                 Some(constant(g, dt, text.shape())),
@@ -586,12 +572,14 @@ fn backward_rule(
         }
         Op::CrossEntropy { logits, target, batch, classes, pixels } => {
             let dl = gpu.alloc(logits.numel())?;
-            loss::cross_entropy_backward(gpu, logits.buffer(), target, g.buffer(), &dl, *batch, *classes, *pixels)?;
+            let shape = loss::LossShape { batch: *batch, classes: *classes, pixels: *pixels };
+            loss::cross_entropy_backward(gpu, logits.buffer(), target, g.buffer(), &dl, &shape)?;
             vec![Some(constant(g, dl, logits.shape()))]
         }
         Op::Dice { logits, target, stats, batch, classes, pixels } => {
             let dl = gpu.alloc(logits.numel())?;
-            loss::dice_backward(gpu, logits.buffer(), target, stats, g.buffer(), &dl, *batch, *classes, *pixels)?;
+            let shape = loss::LossShape { batch: *batch, classes: *classes, pixels: *pixels };
+            loss::dice_backward(gpu, logits.buffer(), target, stats, g.buffer(), &dl, &shape)?;
             vec![Some(constant(g, dl, logits.shape()))]
         }
     })

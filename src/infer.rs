@@ -31,7 +31,7 @@ impl Model {
         let (b, k, pixels) = (s[0], s[1], s[2] * s[3]);
         let gpu = self.gpu();
         let labels = gpu.alloc(b * pixels)?;
-        loss::argmax(gpu, logits_up.buffer(), &labels, b, k, pixels)?;
+        loss::argmax(gpu, logits_up.buffer(), &labels, &loss::LossShape { batch: b, classes: k, pixels })?;
         let all: Vec<u32> = gpu.download_pod(&labels)?;
         Ok(all.chunks(pixels).map(|c| c.to_vec()).collect())
     }

@@ -702,7 +702,8 @@ fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder:
 
 fn profile_matmul(m: usize, n: usize, k: usize, layout: &str, batch: usize, path: &str, iters: usize) -> CliResult {
     let gpu = open_gpu()?;
-    let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, m, n, k, layout, batch, path, iters)?;
+    let args = vlsa::profile::MatmulProfileArgs { m, n, k, layout, batch, path, iters };
+    let opts = vlsa::profile::MatmulProfileOptions::parse(&gpu, &args)?;
     write_stdout(format_args!("{}", vlsa::profile::profile_matmul(&gpu, &opts)?));
     Ok(())
 }

@@ -483,21 +483,32 @@ pub struct MatmulProfileOptions {
     pub iters: usize,
 }
 
+/// The flags of `vlsa profile matmul` as given on the command line, before
+/// [`MatmulProfileOptions::parse`] checks and resolves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulProfileArgs<'a> {
+    /// `--m`: rows of the output.
+    pub m: usize,
+    /// `--n`: columns of the output.
+    pub n: usize,
+    /// `--k`: the summed dimension.
+    pub k: usize,
+    /// `--layout`: nn, nt, tn or tt (n = stored as written, t = stored transposed).
+    pub layout: &'a str,
+    /// `--batch`: products in the batch.
+    pub batch: usize,
+    /// `--path`: a kernel path name or `all`.
+    pub path: &'a str,
+    /// `--iters`: timed products per path.
+    pub iters: usize,
+}
+
 impl MatmulProfileOptions {
     /// Checks the CLI's values and resolves `layout` (nn, nt, tn, tt: n = stored as written,
     /// t = stored transposed) and `path` (a path name or `all`: every path `gpu` can run).
     /// Each error is one sentence naming the bad value.
-    #[allow(clippy::too_many_arguments)]
-    pub fn parse(
-        gpu: &Gpu,
-        m: usize,
-        n: usize,
-        k: usize,
-        layout: &str,
-        batch: usize,
-        path: &str,
-        iters: usize,
-    ) -> std::result::Result<MatmulProfileOptions, String> {
+    pub fn parse(gpu: &Gpu, args: &MatmulProfileArgs) -> std::result::Result<MatmulProfileOptions, String> {
+        let MatmulProfileArgs { m, n, k, layout, batch, path, iters } = *args;
         for (flag, value) in [("--m", m), ("--n", n), ("--k", k), ("--batch", batch), ("--iters", iters)] {
             if value == 0 {
                 return Err(format!("{flag} must be at least 1"));

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::image_io::{preprocess, Image};
-use crate::kernels::adamw::{self, AdamW};
+use crate::kernels::adamw::{self, AdamW, AdamWTensor};
 use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
@@ -399,7 +399,8 @@ impl Trainer {
                     eps: self.options.eps,
                     weight_decay: if decays(name) { self.options.weight_decay } else { 0.0 },
                 };
-                adamw::step(&gpu, p.buffer(), grad.buffer(), m, v, p.numel(), step as u32, &cfg)?;
+                let tensor = AdamWTensor { param: p.buffer(), grad: grad.buffer(), m, v };
+                adamw::step(&gpu, &tensor, p.numel(), step as u32, &cfg)?;
                 p.zero_grad();
             }
             if let Some(mu) = &out.em_mu {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, check, zeros, Case, Input, Rng};
-use vlsa_kernels::adamw::{self, AdamW};
+use vlsa_kernels::adamw::{self, AdamW, AdamWTensor};
 
 /// PyTorch's AdamW step in f64 on (p, m, v).
 fn ref_adamw(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], t: u32, c: &AdamW) {
@@ -42,7 +42,7 @@ fn adamw_first_step_matches_reference() {
                 gpu.copy(&x[0], &p)?;
                 gpu.copy(&x[2], &m)?;
                 gpu.copy(&x[3], &v)?;
-                adamw::step(gpu, &p, &x[1], &m, &v, n, 3, &cfg)?;
+                adamw::step(gpu, &AdamWTensor { param: &p, grad: &x[1], m: &m, v: &v }, n, 3, &cfg)?;
                 Ok(p)
             },
         ));
@@ -64,7 +64,8 @@ fn adamw_several_steps_match_reference() {
             // Every 7th gradient is zero (the denominator is then eps alone at step 1).
             let g: Vec<f32> =
                 rng.vec(n).into_iter().enumerate().map(|(i, x)| if i % 7 == 3 { 0.0 } else { x * t as f32 }).collect();
-            adamw::step(gpu, &pb, &gpu.upload(&g).unwrap(), &mb, &vb, n, t, &cfg).unwrap();
+            let gb = gpu.upload(&g).unwrap();
+            adamw::step(gpu, &AdamWTensor { param: &pb, grad: &gb, m: &mb, v: &vb }, n, t, &cfg).unwrap();
             ref_adamw(&mut p, &mut m, &mut v, &g.iter().map(|&x| x as f64).collect::<Vec<_>>(), t, &cfg);
         }
         assert_close(&format!("adamw param [{n}] after 6 steps"), &gpu.download(&pb).unwrap(), &p, 1e-4, 1e-5);
@@ -78,8 +79,10 @@ fn adamw_rejects_bad_arguments() {
     let gpu = common::gpu();
     let cfg = AdamW::default();
     let (p, g, m, v) = (zeros(gpu, 8).unwrap(), zeros(gpu, 8).unwrap(), zeros(gpu, 4).unwrap(), zeros(gpu, 8).unwrap());
-    let err = adamw::step(gpu, &p, &g, &m, &v, 8, 1, &cfg).unwrap_err().to_string();
+    let tensor = AdamWTensor { param: &p, grad: &g, m: &m, v: &v };
+    let err = adamw::step(gpu, &tensor, 8, 1, &cfg).unwrap_err().to_string();
     assert!(err.contains("8 elements") && err.contains("first moment") && err.contains("only 4"), "{err}");
-    assert!(adamw::step(gpu, &p, &g, &v, &v, 8, 1, &cfg).unwrap_err().to_string().contains("distinct"));
-    assert!(adamw::step(gpu, &p, &g, &m, &v, 4, 0, &cfg).unwrap_err().to_string().contains("starts at 1"));
+    let shared = AdamWTensor { m: &v, ..tensor };
+    assert!(adamw::step(gpu, &shared, 8, 1, &cfg).unwrap_err().to_string().contains("distinct"));
+    assert!(adamw::step(gpu, &tensor, 4, 0, &cfg).unwrap_err().to_string().contains("starts at 1"));
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::elementwise::{self, broadcast_shape, broadcast_strides, BinaryOp, UnaryOp};
+use vlsa_kernels::elementwise::{self, broadcast_shape, broadcast_strides, BiasAct, BinaryOp, UnaryOp};
 
 /// Reference broadcast binary op in f64.
 fn ref_binary(op: BinaryOp, a: &[f64], sa: &[usize], b: &[f64], sb: &[usize]) -> Vec<f64> {
@@ -257,14 +257,14 @@ fn bias_act_forward_backward_and_finite_differences() {
                     move |x| (0..rows * c).map(|i| ref_unary(op, pre(x, i))).collect(),
                     move |gpu, x| {
                         let out = gpu.alloc(rows * c)?;
-                        elementwise::bias_act(gpu, op, &x[0], &x[1], &out, rows, c)?;
+                        elementwise::bias_act(gpu, &x[0], &x[1], &out, &BiasAct { op, rows, c })?;
                         Ok(out)
                     },
                 )
                 .backward(
                     move |gpu, x, dy| {
                         let dz = gpu.alloc(rows * c)?;
-                        elementwise::bias_act_backward(gpu, op, &x[0], &x[1], dy, &dz, rows, c)?;
+                        elementwise::bias_act_backward(gpu, &x[0], &x[1], dy, &dz, &BiasAct { op, rows, c })?;
                         let db = sum_rows(gpu, &dz, rows, c)?;
                         Ok(vec![Some(dz), Some(db)])
                     },
@@ -317,7 +317,8 @@ fn bias_residual_forward_backward_and_finite_differences() {
 fn fused_epilogues_reject_mismatched_bias_with_one_sentence() {
     let gpu = common::gpu();
     let (a, bias, out) = (gpu.alloc(12).unwrap(), gpu.alloc(3).unwrap(), gpu.alloc(12).unwrap());
-    let err = elementwise::bias_act(gpu, UnaryOp::Gelu, &a, &bias, &out, 3, 4).unwrap_err().to_string();
+    let spec = BiasAct { op: UnaryOp::Gelu, rows: 3, c: 4 };
+    let err = elementwise::bias_act(gpu, &a, &bias, &out, &spec).unwrap_err().to_string();
     assert!(err.contains("bias"), "{err}");
     let err = elementwise::bias_residual(gpu, &a, &bias, &a, &out, 3, 4).unwrap_err().to_string();
     assert!(err.contains("bias"), "{err}");

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{check, Case, Input, Rng, ROW_SHAPES, SCHEDULES};
-use vlsa_kernels::l2norm::{self, L2Mode};
+use vlsa_kernels::l2norm::{self, L2Mode, L2Norm};
 
 // ----- CPU references (f64) -----
 
@@ -52,7 +52,7 @@ fn l2norm_both_modes_forward_backward_both_schedules() {
                 let x = Input::random(&mut rng, &[rows, cols]);
                 let forward = move |gpu: &vlsa_kernels::Gpu, x: &[vlsa_kernels::GpuBuffer]| {
                     let (out, norms) = (gpu.alloc(rows * cols)?, gpu.alloc(rows)?);
-                    l2norm::forward_with(gpu, schedule, &x[0], &out, &norms, rows, cols, mode)?;
+                    l2norm::forward_with(gpu, schedule, &x[0], &out, &norms, &L2Norm { rows, cols, mode })?;
                     Ok((out, norms))
                 };
                 check(
@@ -66,7 +66,7 @@ fn l2norm_both_modes_forward_backward_both_schedules() {
                         move |gpu, x, dy| {
                             let (_, norms) = forward(gpu, x)?;
                             let dx = gpu.alloc(rows * cols)?;
-                            l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, rows, cols, mode)?;
+                            l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, &L2Norm { rows, cols, mode })?;
                             Ok(vec![Some(dx)])
                         },
                         move |x, dy| vec![Some(ref_l2norm_backward(&x[0], dy, cols, mode))],
@@ -92,7 +92,7 @@ fn l2norm_clamped_rows_and_zero_rows() {
         for mode in [L2Mode::ClampMin(0.05), L2Mode::AddEps(0.05)] {
             let forward = move |gpu: &vlsa_kernels::Gpu, x: &[vlsa_kernels::GpuBuffer]| {
                 let (out, norms) = (gpu.alloc(rows * cols)?, gpu.alloc(rows)?);
-                l2norm::forward_with(gpu, schedule, &x[0], &out, &norms, rows, cols, mode)?;
+                l2norm::forward_with(gpu, schedule, &x[0], &out, &norms, &L2Norm { rows, cols, mode })?;
                 Ok((out, norms))
             };
             check(
@@ -106,7 +106,7 @@ fn l2norm_clamped_rows_and_zero_rows() {
                     move |gpu, x, dy| {
                         let (_, norms) = forward(gpu, x)?;
                         let dx = gpu.alloc(rows * cols)?;
-                        l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, rows, cols, mode)?;
+                        l2norm::backward_with(gpu, schedule, &x[0], &norms, dy, &dx, &L2Norm { rows, cols, mode })?;
                         Ok(vec![Some(dx)])
                     },
                     move |x, dy| vec![Some(ref_l2norm_backward(&x[0], dy, cols, mode))],
@@ -120,8 +120,9 @@ fn l2norm_clamped_rows_and_zero_rows() {
     let dy = gpu.upload(&[1.0f32, -2.0, 0.5, 0.0]).unwrap();
     for mode in [L2Mode::AddEps(1e-6), L2Mode::ClampMin(1e-6)] {
         let (out, norms, dx) = (gpu.alloc(4).unwrap(), gpu.alloc(1).unwrap(), gpu.alloc(4).unwrap());
-        l2norm::forward(gpu, &x, &out, &norms, 1, 4, mode).unwrap();
-        l2norm::backward(gpu, &x, &norms, &dy, &dx, 1, 4, mode).unwrap();
+        let shape = L2Norm { rows: 1, cols: 4, mode };
+        l2norm::forward(gpu, &x, &out, &norms, &shape).unwrap();
+        l2norm::backward(gpu, &x, &norms, &dy, &dx, &shape).unwrap();
         assert_eq!(gpu.download(&out).unwrap(), vec![0.0; 4], "{mode:?}");
         common::assert_close(
             &format!("{mode:?} zero-row gradient"),
@@ -142,6 +143,6 @@ fn l2norm_rejects_bad_shapes() {
     let big = gpu.alloc(64).unwrap();
     let msg = |r: vlsa_kernels::Result<()>| r.unwrap_err().to_string();
 
-    let e = msg(l2norm::forward(gpu, &big, &big, &small, 8, 4, L2Mode::AddEps(1e-6)));
+    let e = msg(l2norm::forward(gpu, &big, &big, &small, &L2Norm { rows: 8, cols: 4, mode: L2Mode::AddEps(1e-6) }));
     assert!(e.contains("norms") && e.contains("[8]"), "{e}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{check, Case, Input, Rng, ROW_SHAPES, SCHEDULES};
-use vlsa_kernels::layer_norm;
+use vlsa_kernels::layer_norm::{self, LayerNormGrads, LayerNormIo, LayerNormSaved};
 
 // ----- CPU references (f64) -----
 
@@ -59,7 +59,8 @@ fn layer_norm_forward_backward_both_schedules() {
             let b = Input::random(&mut rng, &[cols]);
             let forward = move |gpu: &vlsa_kernels::Gpu, x: &[vlsa_kernels::GpuBuffer]| {
                 let (out, mean, rstd) = (gpu.alloc(rows * cols)?, gpu.alloc(rows)?, gpu.alloc(rows)?);
-                layer_norm::forward_with(gpu, schedule, &x[0], &x[1], &x[2], &out, &mean, &rstd, rows, cols, eps)?;
+                let io = LayerNormIo { x: &x[0], weight: &x[1], bias: &x[2], out: &out, mean: &mean, rstd: &rstd };
+                layer_norm::forward_with(gpu, schedule, &io, rows, cols, eps)?;
                 Ok((out, mean, rstd))
             };
             // A single column normalizes to zero: its gradient is pure eps noise; skip FD there.
@@ -73,9 +74,9 @@ fn layer_norm_forward_backward_both_schedules() {
                 move |gpu, x, dy| {
                     let (_, mean, rstd) = forward(gpu, x)?;
                     let (dx, dw, db) = (gpu.alloc(rows * cols)?, gpu.alloc(cols)?, gpu.alloc(cols)?);
-                    layer_norm::backward_with(
-                        gpu, schedule, &x[0], &x[1], &mean, &rstd, dy, &dx, &dw, &db, rows, cols,
-                    )?;
+                    let saved = LayerNormSaved { x: &x[0], weight: &x[1], mean: &mean, rstd: &rstd };
+                    let grads = LayerNormGrads { dx: &dx, dweight: &dw, dbias: &db, dx_in: None };
+                    layer_norm::backward_with(gpu, schedule, &saved, dy, &grads, rows, cols)?;
                     Ok(vec![Some(dx), Some(dw), Some(db)])
                 },
                 move |x, dy| {
@@ -108,13 +109,12 @@ fn layer_norm_backward_adds_an_earlier_gradient_in_the_same_pass() {
             let (xb, wb, bb, dyb, dinb) = (up(&x), up(&w), up(&b), up(&dy), up(&dx_in));
             let (out, mean, rstd) =
                 (gpu.alloc(rows * cols).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
-            layer_norm::forward_with(gpu, schedule, &xb, &wb, &bb, &out, &mean, &rstd, rows, cols, eps).unwrap();
+            let io = LayerNormIo { x: &xb, weight: &wb, bias: &bb, out: &out, mean: &mean, rstd: &rstd };
+            layer_norm::forward_with(gpu, schedule, &io, rows, cols, eps).unwrap();
             let (dx, dw, db) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
-            layer_norm::backward_accumulate_with(
-                gpu, schedule, &xb, &wb, &mean, &rstd, &dyb, &dinb, &dx, &dw, &db, rows, cols,
-            )
-            .unwrap();
-            let name = format!("layer_norm backward_accumulate {schedule:?} [{rows},{cols}]");
+            let grads = LayerNormGrads { dx: &dx, dweight: &dw, dbias: &db, dx_in: Some(&dinb) };
+            layer_norm::backward_with(gpu, schedule, &io.saved(), &dyb, &grads, rows, cols).unwrap();
+            let name = format!("layer_norm backward with dx_in {schedule:?} [{rows},{cols}]");
             common::assert_close(&format!("{name} dx"), &gpu.download(&dx).unwrap(), &want_dx, 1e-3, 1e-4);
             common::assert_close(&format!("{name} dweight"), &gpu.download(&dw).unwrap(), &rdw, 1e-3, 1e-4);
             common::assert_close(&format!("{name} dbias"), &gpu.download(&db).unwrap(), &rdb, 1e-3, 1e-4);
@@ -124,9 +124,9 @@ fn layer_norm_backward_adds_an_earlier_gradient_in_the_same_pass() {
     let (rows, cols) = (4usize, 8usize);
     let big = || gpu.alloc(rows * cols).unwrap();
     let (x, w, mean, rstd, dy, dx) = (big(), big(), big(), big(), big(), big());
-    let err = layer_norm::backward_accumulate(gpu, &x, &w, &mean, &rstd, &dy, &dx, &dx, &w, &w, rows, cols)
-        .unwrap_err()
-        .to_string();
+    let saved = LayerNormSaved { x: &x, weight: &w, mean: &mean, rstd: &rstd };
+    let grads = LayerNormGrads { dx: &dx, dweight: &w, dbias: &w, dx_in: Some(&dx) };
+    let err = layer_norm::backward(gpu, &saved, &dy, &grads, rows, cols).unwrap_err().to_string();
     assert!(err.contains("in place"), "{err}");
 }
 
@@ -147,7 +147,8 @@ fn layer_norm_saves_statistics_and_handles_large_offsets() {
     let (xb, wb, bb) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
     for schedule in SCHEDULES {
         let (out, mean, rstd) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
-        layer_norm::forward_with(gpu, schedule, &xb, &wb, &bb, &out, &mean, &rstd, rows, cols, eps).unwrap();
+        let io = LayerNormIo { x: &xb, weight: &wb, bias: &bb, out: &out, mean: &mean, rstd: &rstd };
+        layer_norm::forward_with(gpu, schedule, &io, rows, cols, eps).unwrap();
         common::assert_close(
             &format!("layer_norm {schedule:?} offset output"),
             &gpu.download(&out).unwrap(),
@@ -181,10 +182,12 @@ fn layer_norm_backward_is_deterministic() {
     let up = |v: Vec<f32>| gpu.upload(&v).unwrap();
     let (x, w, b, dy) = (up(rng.vec(rows * cols)), up(rng.vec(cols)), up(rng.vec(cols)), up(rng.vec(rows * cols)));
     let (out, mean, rstd) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
-    layer_norm::forward(gpu, &x, &w, &b, &out, &mean, &rstd, rows, cols, 1e-5).unwrap();
+    let io = LayerNormIo { x: &x, weight: &w, bias: &b, out: &out, mean: &mean, rstd: &rstd };
+    layer_norm::forward(gpu, &io, rows, cols, 1e-5).unwrap();
     let run = || {
         let (dx, dw, db) = (gpu.alloc(rows * cols).unwrap(), gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
-        layer_norm::backward(gpu, &x, &w, &mean, &rstd, &dy, &dx, &dw, &db, rows, cols).unwrap();
+        let grads = LayerNormGrads { dx: &dx, dweight: &dw, dbias: &db, dx_in: None };
+        layer_norm::backward(gpu, &io.saved(), &dy, &grads, rows, cols).unwrap();
         (gpu.download(&dx).unwrap(), gpu.download(&dw).unwrap(), gpu.download(&db).unwrap())
     };
     let first = run();
@@ -202,10 +205,13 @@ fn layer_norm_rejects_bad_shapes() {
     let big = gpu.alloc(64).unwrap();
     let msg = |r: vlsa_kernels::Result<()>| r.unwrap_err().to_string();
 
-    let e = msg(layer_norm::forward(gpu, &big, &small, &big, &big, &big, &big, 2, 8, 1e-5));
+    let io = LayerNormIo { x: &big, weight: &big, bias: &big, out: &big, mean: &big, rstd: &big };
+    let e = msg(layer_norm::forward(gpu, &LayerNormIo { weight: &small, ..io }, 2, 8, 1e-5));
     assert!(e.contains("weight") && e.contains("[8]"), "{e}");
-    let e = msg(layer_norm::forward(gpu, &big, &big, &big, &big, &big, &big, 3, 0, 1e-5));
+    let e = msg(layer_norm::forward(gpu, &io, 3, 0, 1e-5));
     assert!(e.contains("[3, 0]"), "{e}");
-    let e = msg(layer_norm::backward(gpu, &big, &big, &big, &small, &big, &big, &big, &big, 8, 8));
+    let saved = LayerNormSaved { x: &big, weight: &big, mean: &big, rstd: &small };
+    let grads = LayerNormGrads { dx: &big, dweight: &big, dbias: &big, dx_in: None };
+    let e = msg(layer_norm::backward(gpu, &saved, &big, &grads, 8, 8));
     assert!(e.contains("rstd") && e.contains("[8]"), "{e}");
 }

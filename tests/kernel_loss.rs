@@ -4,7 +4,8 @@
 mod common;
 
 use common::{check, zeros, Case, Input, Rng};
-use vlsa_kernels::{loss, GpuBuffer};
+use vlsa_kernels::loss::{self, LossShape};
+use vlsa_kernels::GpuBuffer;
 
 #[derive(Clone, Copy, Debug)]
 struct Seg {
@@ -14,6 +15,9 @@ struct Seg {
 }
 
 impl Seg {
+    fn shape(&self) -> LossShape {
+        LossShape { batch: self.batch, classes: self.classes, pixels: self.pixels }
+    }
     fn n(&self) -> usize {
         self.batch * self.pixels
     }
@@ -141,14 +145,14 @@ fn cross_entropy_matches_reference_with_gradients() {
                 move |x| vec![ref_cross_entropy(s, &x[0], &x[1])],
                 move |gpu, x| {
                     let out = gpu.alloc(1)?;
-                    loss::cross_entropy(gpu, &x[0], &x[1], &out, s.batch, s.classes, s.pixels)?;
+                    loss::cross_entropy(gpu, &x[0], &x[1], &out, &s.shape())?;
                     Ok(out)
                 },
             )
             .backward(
                 move |gpu, x, dy| {
                     let dz = gpu.alloc(x[0].len())?;
-                    loss::cross_entropy_backward(gpu, &x[0], &x[1], dy, &dz, s.batch, s.classes, s.pixels)?;
+                    loss::cross_entropy_backward(gpu, &x[0], &x[1], dy, &dz, &s.shape())?;
                     Ok(vec![Some(dz), None])
                 },
                 move |x, dy| vec![Some(ref_cross_entropy_backward(s, &x[0], &x[1], dy[0])), None],
@@ -168,7 +172,7 @@ fn dice_matches_reference_with_gradients() {
             move |gpu: &vlsa_kernels::Gpu, x: &[GpuBuffer]| -> vlsa_kernels::Result<(GpuBuffer, GpuBuffer)> {
                 let stats = gpu.alloc(loss::dice_stats_len(s.classes).max(1))?;
                 let out = gpu.alloc(1)?;
-                loss::dice(gpu, &x[0], &x[1], &stats, &out, s.batch, s.classes, s.pixels)?;
+                loss::dice(gpu, &x[0], &x[1], &stats, &out, &s.shape())?;
                 Ok((stats, out))
             };
         check(
@@ -182,7 +186,7 @@ fn dice_matches_reference_with_gradients() {
                 move |gpu, x, dy| {
                     let (stats, _) = dice_on_gpu(gpu, x)?;
                     let dz = gpu.alloc(x[0].len())?;
-                    loss::dice_backward(gpu, &x[0], &x[1], &stats, dy, &dz, s.batch, s.classes, s.pixels)?;
+                    loss::dice_backward(gpu, &x[0], &x[1], &stats, dy, &dz, &s.shape())?;
                     Ok(vec![Some(dz), None])
                 },
                 move |x, dy| vec![Some(ref_dice_backward(s, &x[0], &x[1], dy[0])), None],
@@ -200,7 +204,7 @@ fn single_class_dice_is_zero_and_losses_are_deterministic() {
     let t = gpu.upload(&vec![0u32; s.n()]).unwrap();
     let stats = gpu.alloc(1).unwrap();
     let out = gpu.upload(&[7.0f32]).unwrap();
-    loss::dice(gpu, &z, &t, &stats, &out, s.batch, s.classes, s.pixels).unwrap();
+    loss::dice(gpu, &z, &t, &stats, &out, &s.shape()).unwrap();
     assert_eq!(gpu.download(&out).unwrap(), vec![0.0]);
 
     let s = Seg { batch: 3, classes: 3, pixels: 128 * 128 };
@@ -211,8 +215,8 @@ fn single_class_dice_is_zero_and_losses_are_deterministic() {
     let runs: Vec<(u32, u32)> = (0..2)
         .map(|_| {
             let (ce, dice) = (gpu.alloc(1).unwrap(), gpu.alloc(1).unwrap());
-            loss::cross_entropy(gpu, &z, &t, &ce, s.batch, s.classes, s.pixels).unwrap();
-            loss::dice(gpu, &z, &t, &stats, &dice, s.batch, s.classes, s.pixels).unwrap();
+            loss::cross_entropy(gpu, &z, &t, &ce, &s.shape()).unwrap();
+            loss::dice(gpu, &z, &t, &stats, &dice, &s.shape()).unwrap();
             (gpu.download(&ce).unwrap()[0].to_bits(), gpu.download(&dice).unwrap()[0].to_bits())
         })
         .collect();
@@ -231,7 +235,7 @@ fn argmax_picks_the_first_largest_class() {
         // Few distinct values, so ties are common.
         let z: Vec<f32> = (0..s.n() * s.classes).map(|_| rng.below(4) as f32).collect();
         let labels = gpu.alloc(s.n()).unwrap();
-        loss::argmax(gpu, &gpu.upload(&z).unwrap(), &labels, s.batch, s.classes, s.pixels).unwrap();
+        loss::argmax(gpu, &gpu.upload(&z).unwrap(), &labels, &s.shape()).unwrap();
         let got: Vec<u32> = gpu.download_pod(&labels).unwrap();
         for i in 0..s.n() {
             let mut best = 0;
@@ -251,11 +255,12 @@ fn losses_reject_bad_shapes() {
     let z = zeros(gpu, 3 * 16).unwrap();
     let t = zeros(gpu, 10).unwrap();
     let one = zeros(gpu, 1).unwrap();
-    let err = loss::cross_entropy(gpu, &z, &t, &one, 1, 3, 16).unwrap_err().to_string();
+    let shape = |classes| LossShape { batch: 1, classes, pixels: 16 };
+    let err = loss::cross_entropy(gpu, &z, &t, &one, &shape(3)).unwrap_err().to_string();
     assert!(err.contains("[1, 3, 16]") && err.contains("[1, 16]") && err.contains("10 elements"), "{err}");
-    let err = loss::dice(gpu, &z, &z, &one, &one, 1, 3, 16).unwrap_err().to_string();
+    let err = loss::dice(gpu, &z, &z, &one, &one, &shape(3)).unwrap_err().to_string();
     assert!(err.contains("[2, 3]") && err.contains("1 elements"), "{err}");
-    let err = loss::argmax(gpu, &t, &t, 1, 3, 16).unwrap_err().to_string();
+    let err = loss::argmax(gpu, &t, &t, &shape(3)).unwrap_err().to_string();
     assert!(err.contains("[1, 3, 16]"), "{err}");
-    assert!(loss::cross_entropy(gpu, &z, &t, &one, 1, 0, 16).unwrap_err().to_string().contains("[1, 0, 16]"));
+    assert!(loss::cross_entropy(gpu, &z, &t, &one, &shape(0)).unwrap_err().to_string().contains("[1, 0, 16]"));
 }

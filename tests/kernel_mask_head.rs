@@ -3,15 +3,7 @@
 mod common;
 
 use common::{assert_close, check, zeros, Case, Input, Rng};
-use vlsa_kernels::mask_head;
-
-#[derive(Clone, Copy, Debug)]
-struct Head {
-    batch: usize,
-    tokens: usize,
-    width: usize,
-    classes: usize,
-}
+use vlsa_kernels::mask_head::{self, MaskHead, MaskHeadGrads, MaskHeadInputs};
 
 const NORM_EPS: f64 = 1e-6;
 
@@ -25,7 +17,7 @@ fn normalize(v: &[f64]) -> (Vec<f64>, f64) {
     (v.iter().map(|x| x / a).collect(), a)
 }
 
-fn ref_mask_head(h: Head, x: &[f64], t: &[f64], ls: f64) -> Vec<f64> {
+fn ref_mask_head(h: MaskHead, x: &[f64], t: &[f64], ls: f64) -> Vec<f64> {
     let c = h.width;
     let s = ref_scale(ls);
     let mut out = vec![0.0; h.batch * h.classes * h.tokens];
@@ -49,7 +41,7 @@ fn normalize_backward(v: &[f64], dvh: &[f64]) -> Vec<f64> {
     vh.iter().zip(dvh).map(|(&u, &g)| (g - u * proj) / a).collect()
 }
 
-fn ref_mask_head_backward(h: Head, x: &[f64], t: &[f64], ls: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, f64) {
+fn ref_mask_head_backward(h: MaskHead, x: &[f64], t: &[f64], ls: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, f64) {
     let c = h.width;
     let s = ref_scale(ls);
     let ths: Vec<Vec<f64>> = (0..h.classes).map(|k| normalize(&t[k * c..][..c]).0).collect();
@@ -79,7 +71,7 @@ fn ref_mask_head_backward(h: Head, x: &[f64], t: &[f64], ls: f64, dy: &[f64]) ->
     (dx, dt, if e <= 100.0 { ds * e } else { 0.0 })
 }
 
-fn head_case(name: String, h: Head, inputs: Vec<Input>) -> Case<'static> {
+fn head_case(name: String, h: MaskHead, inputs: Vec<Input>) -> Case<'static> {
     let out_len = h.batch * h.classes * h.tokens;
     Case::new(
         name,
@@ -87,14 +79,17 @@ fn head_case(name: String, h: Head, inputs: Vec<Input>) -> Case<'static> {
         move |x| ref_mask_head(h, &x[0], &x[1], x[2][0]),
         move |gpu, x| {
             let out = gpu.alloc(out_len)?;
-            mask_head::forward(gpu, &x[0], &x[1], &x[2], &out, h.batch, h.tokens, h.width, h.classes)?;
+            let inputs = MaskHeadInputs { x: &x[0], text: &x[1], logit_scale: &x[2] };
+            mask_head::forward(gpu, &inputs, &out, &h)?;
             Ok(out)
         },
     )
     .backward(
         move |gpu, x, dy| {
             let (dx, dt, ds) = (gpu.alloc(x[0].len())?, gpu.alloc(x[1].len())?, gpu.alloc(1)?);
-            mask_head::backward(gpu, &x[0], &x[1], &x[2], dy, &dx, &dt, &ds, h.batch, h.tokens, h.width, h.classes)?;
+            let inputs = MaskHeadInputs { x: &x[0], text: &x[1], logit_scale: &x[2] };
+            let grads = MaskHeadGrads { d_x: &dx, d_text: &dt, d_logit_scale: &ds };
+            mask_head::backward(gpu, &inputs, dy, &grads, &h)?;
             Ok(vec![Some(dx), Some(dt), Some(ds)])
         },
         move |x, dy| {
@@ -108,11 +103,11 @@ fn head_case(name: String, h: Head, inputs: Vec<Input>) -> Case<'static> {
 fn mask_head_matches_reference_with_gradients() {
     let mut rng = Rng::new(19);
     let shapes = [
-        Head { batch: 1, tokens: 1, width: 1, classes: 1 },
-        Head { batch: 2, tokens: 7, width: 33, classes: 3 },
-        Head { batch: 1, tokens: 130, width: 7, classes: 2 },
-        Head { batch: 2, tokens: 33, width: 16, classes: 16 },
-        Head { batch: 2, tokens: 256, width: 128, classes: 3 },
+        MaskHead { batch: 1, tokens: 1, width: 1, classes: 1 },
+        MaskHead { batch: 2, tokens: 7, width: 33, classes: 3 },
+        MaskHead { batch: 1, tokens: 130, width: 7, classes: 2 },
+        MaskHead { batch: 2, tokens: 33, width: 16, classes: 16 },
+        MaskHead { batch: 2, tokens: 256, width: 128, classes: 3 },
     ];
     // ln(1/0.07) (the initial value), a small scale, and one past the clamp (zero gradient).
     let scales = [(1.0f32 / 0.07).ln(), -0.5, 150f32.ln()];
@@ -126,7 +121,7 @@ fn mask_head_matches_reference_with_gradients() {
         check(head_case(format!("mask_head {h:?} logit_scale {ls}"), h, inputs).grad_tol(1e-3, 2e-4));
     }
     // The clamped scale at the default shape too.
-    let h = Head { batch: 1, tokens: 33, width: 128, classes: 3 };
+    let h = MaskHead { batch: 1, tokens: 33, width: 128, classes: 3 };
     let inputs = vec![
         Input::random(&mut rng, &[1, 33, 128]),
         Input::random(&mut rng, &[3, 128]),
@@ -138,23 +133,13 @@ fn mask_head_matches_reference_with_gradients() {
 #[test]
 fn mask_head_zero_feature_rows_give_zero_logits() {
     let gpu = common::gpu();
-    let h = Head { batch: 1, tokens: 3, width: 5, classes: 2 };
+    let h = MaskHead { batch: 1, tokens: 3, width: 5, classes: 2 };
     let mut x = Rng::new(20).vec(15);
     x[5..10].iter_mut().for_each(|v| *v = 0.0);
     let t = Rng::new(21).vec(10);
     let out = gpu.alloc(6).unwrap();
-    mask_head::forward(
-        gpu,
-        &gpu.upload(&x).unwrap(),
-        &gpu.upload(&t).unwrap(),
-        &gpu.upload(&[2.0f32]).unwrap(),
-        &out,
-        h.batch,
-        h.tokens,
-        h.width,
-        h.classes,
-    )
-    .unwrap();
+    let (xb, tb, sb) = (gpu.upload(&x).unwrap(), gpu.upload(&t).unwrap(), gpu.upload(&[2.0f32]).unwrap());
+    mask_head::forward(gpu, &MaskHeadInputs { x: &xb, text: &tb, logit_scale: &sb }, &out, &h).unwrap();
     let got = gpu.download(&out).unwrap();
     let want = ref_mask_head(
         h,
@@ -173,9 +158,13 @@ fn mask_head_rejects_bad_shapes() {
     let t = zeros(gpu, 3 * 32).unwrap();
     let one = zeros(gpu, 1).unwrap();
     let out = zeros(gpu, 2 * 3 * 7).unwrap();
-    let err = mask_head::forward(gpu, &x, &t, &one, &out, 2, 7, 33, 3).unwrap_err().to_string();
+    let h = MaskHead { batch: 2, tokens: 7, width: 33, classes: 3 };
+    let inputs = MaskHeadInputs { x: &x, text: &t, logit_scale: &one };
+    let err = mask_head::forward(gpu, &inputs, &out, &h).unwrap_err().to_string();
     assert!(err.contains("[2, 7, 33]") && err.contains("[3, 33]") && err.contains("96 elements"), "{err}");
     let t = zeros(gpu, 3 * 33).unwrap();
-    let err = mask_head::backward(gpu, &x, &t, &one, &one, &x, &t, &one, 2, 7, 33, 3).unwrap_err().to_string();
+    let inputs = MaskHeadInputs { x: &x, text: &t, logit_scale: &one };
+    let grads = MaskHeadGrads { d_x: &x, d_text: &t, d_logit_scale: &one };
+    let err = mask_head::backward(gpu, &inputs, &one, &grads, &h).unwrap_err().to_string();
     assert!(err.contains("output gradient") && err.contains("[2, 3, 7]"), "{err}");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{check, zeros, Case, Input, Rng};
-use vlsa_kernels::patch_embed::{self, Method, PatchEmbed};
+use vlsa_kernels::patch_embed::{self, Method, PatchEmbed, PatchEmbedGrads, PatchEmbedInputs};
 
 #[derive(Clone, Copy, Debug)]
 struct Patch {
@@ -84,7 +84,8 @@ fn patch_embed_matches_reference_with_gradients() {
                         move |x| ref_patch_embed(s, &x[0], &x[1]),
                         move |gpu, x| {
                             let out = gpu.alloc(s.batch * s.tokens() * s.dim)?;
-                            patch_embed::forward_with(gpu, &x[0], &x[1], &out, &shape, method, path)?;
+                            let inputs = PatchEmbedInputs { image: &x[0], weight: &x[1] };
+                            patch_embed::forward_with(gpu, &inputs, &out, &shape, method, path)?;
                             Ok(out)
                         },
                     )
@@ -92,17 +93,9 @@ fn patch_embed_matches_reference_with_gradients() {
                         move |gpu, x, dy| {
                             let d_image = gpu.alloc(x[0].len())?;
                             let d_weight = gpu.alloc(x[1].len())?;
-                            patch_embed::backward_with(
-                                gpu,
-                                &x[0],
-                                &x[1],
-                                dy,
-                                Some(&d_image),
-                                &d_weight,
-                                &shape,
-                                method,
-                                path,
-                            )?;
+                            let inputs = PatchEmbedInputs { image: &x[0], weight: &x[1] };
+                            let grads = PatchEmbedGrads { d_weight: &d_weight, d_image: Some(&d_image) };
+                            patch_embed::backward_with(gpu, &inputs, dy, &grads, &shape, method, path)?;
                             Ok(vec![Some(d_image), Some(d_weight)])
                         },
                         move |x, dy| {
@@ -123,12 +116,15 @@ fn patch_embed_rejects_bad_shapes() {
     let image = zeros(gpu, 3 * 16 * 16).unwrap();
     let weight = zeros(gpu, 4 * 3 * 5 * 5).unwrap();
     let out = zeros(gpu, 1024).unwrap();
-    let err = patch_embed::forward(gpu, &image, &weight, &out, &pe(5)).unwrap_err().to_string();
+    let inputs = PatchEmbedInputs { image: &image, weight: &weight };
+    let err = patch_embed::forward(gpu, &inputs, &out, &pe(5)).unwrap_err().to_string();
     assert!(err.contains("patch size 5") && err.contains("image size 16"), "{err}");
     let weight = zeros(gpu, 10).unwrap();
-    let err = patch_embed::forward(gpu, &image, &weight, &out, &pe(4)).unwrap_err().to_string();
+    let inputs = PatchEmbedInputs { image: &image, weight: &weight };
+    let err = patch_embed::forward(gpu, &inputs, &out, &pe(4)).unwrap_err().to_string();
     assert!(err.contains("[4, 3, 4, 4]") && err.contains("[1, 3, 16, 16]") && err.contains("10 elements"), "{err}");
     let d_out = zeros(gpu, 5).unwrap();
-    let err = patch_embed::backward(gpu, &image, &weight, &d_out, None, &weight, &pe(4)).unwrap_err().to_string();
+    let grads = PatchEmbedGrads { d_weight: &weight, d_image: None };
+    let err = patch_embed::backward(gpu, &inputs, &d_out, &grads, &pe(4)).unwrap_err().to_string();
     assert!(err.contains("[1, 3, 16, 16]"), "{err}");
 }

@@ -47,19 +47,24 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// One AdamW step (`step` counts from 1) over the first `len` elements of `param`, with its
-/// gradient `grad` and moments `m`, `v` (four distinct buffers; `param`, `m`, `v` are updated).
-#[allow(clippy::too_many_arguments)]
-pub fn step(
-    gpu: &Gpu,
-    param: &GpuBuffer,
-    grad: &GpuBuffer,
-    m: &GpuBuffer,
-    v: &GpuBuffer,
-    len: usize,
-    step: u32,
-    cfg: &AdamW,
-) -> Result<()> {
+/// The four buffers of one parameter tensor's AdamW step, each of at least the step's `len`
+/// elements and four distinct buffers.
+#[derive(Clone, Copy)]
+pub struct AdamWTensor<'a> {
+    /// The parameter (updated in place).
+    pub param: &'a GpuBuffer,
+    /// Its gradient (read).
+    pub grad: &'a GpuBuffer,
+    /// The first moment (updated in place).
+    pub m: &'a GpuBuffer,
+    /// The second moment (updated in place).
+    pub v: &'a GpuBuffer,
+}
+
+/// One AdamW step (`step` counts from 1) over the first `len` elements of `tensor`'s parameter,
+/// with its gradient and moments (`param`, `m`, `v` are updated).
+pub fn step(gpu: &Gpu, tensor: &AdamWTensor, len: usize, step: u32, cfg: &AdamW) -> Result<()> {
+    let AdamWTensor { param, grad, m, v } = *tensor;
     if step == 0 {
         return Err(Error::Shape(format!(
             "AdamW step of a tensor of {len} elements: the step count starts at 1, got 0"

@@ -238,16 +238,20 @@ fn check_bias(what: &str, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, rows
     check_len("output", out, &[rows, c])
 }
 
+/// One fused bias and activation, `f(a[r, c] + bias[c])`: the activation and the shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BiasAct {
+    /// The activation f.
+    pub op: UnaryOp,
+    /// Rows of the input, the output and their gradients ([rows, c] each).
+    pub rows: usize,
+    /// Columns: the bias's length.
+    pub c: usize,
+}
+
 /// `out[r, c] = f(a[r, c] + bias[c])`: a Linear's bias and activation in one pass.
-pub fn bias_act(
-    gpu: &Gpu,
-    op: UnaryOp,
-    a: &GpuBuffer,
-    bias: &GpuBuffer,
-    out: &GpuBuffer,
-    rows: usize,
-    c: usize,
-) -> Result<()> {
+pub fn bias_act(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, shape: &BiasAct) -> Result<()> {
+    let BiasAct { op, rows, c } = *shape;
     check_bias("input", a, bias, out, rows, c)?;
     if c == 0 {
         return Ok(());
@@ -267,17 +271,15 @@ pub fn bias_act(
 
 /// `dz[r, c] = dy[r, c] * f'(a[r, c] + bias[c])`: the gradient of [`bias_act`] with respect to
 /// `a` (the bias's gradient is the sum of `dz` over rows).
-#[allow(clippy::too_many_arguments)]
 pub fn bias_act_backward(
     gpu: &Gpu,
-    op: UnaryOp,
     a: &GpuBuffer,
     bias: &GpuBuffer,
     dy: &GpuBuffer,
     dz: &GpuBuffer,
-    rows: usize,
-    c: usize,
+    shape: &BiasAct,
 ) -> Result<()> {
+    let BiasAct { op, rows, c } = *shape;
     check_bias("input", a, bias, dz, rows, c)?;
     check_len("output gradient", dy, &[rows, c])?;
     if c == 0 {

@@ -1,5 +1,6 @@
 //! L2 normalization over the last axis of `[rows, cols]`, forward and backward
-//! (shaders/l2norm.wgsl), in the two forms the model uses ([`L2Mode`]).
+//! (shaders/l2norm.wgsl), in the two forms the model uses ([`L2Mode`]); an [`L2Norm`] gives the
+//! launchers the shape and the form.
 //!
 //! The forward saves each row's norm ||x||_2 for the backward. The row kernels come in two
 //! schedules ([`RowSchedule`]): the plain launchers pick one for the adapter, the `*_with`
@@ -41,44 +42,51 @@ struct Params {
     mode: u32,
 }
 
-fn params(rows: usize, cols: usize, mode: L2Mode) -> Result<Option<Params>> {
-    if cols == 0 && rows > 0 {
-        return Err(Error::Shape(format!("l2norm over the last axis of [{rows}, {cols}] needs at least one column")));
+/// The shape and form of one L2 normalization: rows of `cols` elements, normalized by `mode`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct L2Norm {
+    /// Rows normalized independently (x, out, dy and dx are [rows, cols]; norms [rows]).
+    pub rows: usize,
+    /// Elements per row: the axis the norm is taken over.
+    pub cols: usize,
+    /// The denominator's form and its eps.
+    pub mode: L2Mode,
+}
+
+impl L2Norm {
+    /// The kernel parameters, or `None` when there are no rows.
+    fn params(&self) -> Result<Option<Params>> {
+        let L2Norm { rows, cols, mode } = *self;
+        if cols == 0 && rows > 0 {
+            return Err(Error::Shape(format!(
+                "l2norm over the last axis of [{rows}, {cols}] needs at least one column"
+            )));
+        }
+        check_u32("l2norm input", &[rows, cols])?;
+        let (code, eps) = mode.code_and_eps();
+        Ok((rows > 0).then_some(Params { rows: rows as u32, cols: cols as u32, eps, mode: code }))
     }
-    check_u32("l2norm input", &[rows, cols])?;
-    let (code, eps) = mode.code_and_eps();
-    Ok((rows > 0).then_some(Params { rows: rows as u32, cols: cols as u32, eps, mode: code }))
 }
 
 /// y = x / denominator(||x||) per row of `[rows, cols]`; `norms` ([rows]) receives ||x||.
-pub fn forward(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    out: &GpuBuffer,
-    norms: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-    mode: L2Mode,
-) -> Result<()> {
-    forward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, out, norms, rows, cols, mode)
+pub fn forward(gpu: &Gpu, x: &GpuBuffer, out: &GpuBuffer, norms: &GpuBuffer, shape: &L2Norm) -> Result<()> {
+    forward_with(gpu, RowSchedule::choose(gpu, shape.rows, shape.cols), x, out, norms, shape)
 }
 
 /// [`forward`] in a given schedule.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     gpu: &Gpu,
     schedule: RowSchedule,
     x: &GpuBuffer,
     out: &GpuBuffer,
     norms: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-    mode: L2Mode,
+    shape: &L2Norm,
 ) -> Result<()> {
+    let (rows, cols) = (shape.rows, shape.cols);
     check_len("l2norm input", x, &[rows, cols])?;
     check_len("l2norm output", out, &[rows, cols])?;
     check_len("l2norm saved norms", norms, &[rows])?;
-    let Some(p) = params(rows, cols, mode)? else { return Ok(()) };
+    let Some(p) = shape.params()? else { return Ok(()) };
     let (entry, workgroups) = schedule.pick(rows, cols, "forward_rows", "forward_workgroup");
     let n = (rows * cols) as u64;
     gpu.dispatch(Dispatch {
@@ -97,22 +105,18 @@ pub fn forward_with(
 }
 
 /// dx from dy, with `x` and `norms` from the forward.
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     x: &GpuBuffer,
     norms: &GpuBuffer,
     dy: &GpuBuffer,
     dx: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-    mode: L2Mode,
+    shape: &L2Norm,
 ) -> Result<()> {
-    backward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, norms, dy, dx, rows, cols, mode)
+    backward_with(gpu, RowSchedule::choose(gpu, shape.rows, shape.cols), x, norms, dy, dx, shape)
 }
 
 /// [`backward`] in a given schedule.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     gpu: &Gpu,
     schedule: RowSchedule,
@@ -120,15 +124,14 @@ pub fn backward_with(
     norms: &GpuBuffer,
     dy: &GpuBuffer,
     dx: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-    mode: L2Mode,
+    shape: &L2Norm,
 ) -> Result<()> {
+    let (rows, cols) = (shape.rows, shape.cols);
     check_len("l2norm input", x, &[rows, cols])?;
     check_len("l2norm saved norms", norms, &[rows])?;
     check_len("l2norm output gradient", dy, &[rows, cols])?;
     check_len("l2norm input gradient", dx, &[rows, cols])?;
-    let Some(p) = params(rows, cols, mode)? else { return Ok(()) };
+    let Some(p) = shape.params()? else { return Ok(()) };
     let (entry, workgroups) = schedule.pick(rows, cols, "backward_rows", "backward_workgroup");
     let n = (rows * cols) as u64;
     gpu.dispatch(Dispatch {

@@ -4,7 +4,10 @@
 //! The forward saves each row's mean and reciprocal standard deviation (`rstd`) for the
 //! backward. Mean and variance are two passes over the row in f32. The row kernels come in two
 //! schedules ([`RowSchedule`]): the plain launchers pick one for the adapter, the `*_with`
-//! launchers take one explicitly. The weight and bias gradients sum over rows in a fixed
+//! launchers take one explicitly. The buffers travel in groups: [`LayerNormIo`] for the
+//! forward, [`LayerNormSaved`] (what the forward saved) and [`LayerNormGrads`] for the backward,
+//! which can also add an earlier gradient of x (`dx_in`, a pre-norm block's residual stream)
+//! into dx in the same pass. The weight and bias gradients sum over rows in a fixed
 //! order (per-chunk partial sums, then a per-column pass over the chunks): deterministic.
 
 use crate::buffer::check_len;
@@ -49,39 +52,73 @@ fn check_shape(rows: usize, cols: usize) -> Result<bool> {
     Ok(rows > 0)
 }
 
+/// The buffers of a LayerNorm forward over `[rows, cols]`.
+#[derive(Clone, Copy)]
+pub struct LayerNormIo<'a> {
+    /// The input x [rows, cols].
+    pub x: &'a GpuBuffer,
+    /// The scale applied after normalizing [cols].
+    pub weight: &'a GpuBuffer,
+    /// The shift added after scaling [cols].
+    pub bias: &'a GpuBuffer,
+    /// The output [rows, cols] (written).
+    pub out: &'a GpuBuffer,
+    /// Each row's mean [rows] (written, saved for the backward).
+    pub mean: &'a GpuBuffer,
+    /// Each row's reciprocal standard deviation [rows] (written, saved for the backward).
+    pub rstd: &'a GpuBuffer,
+}
+
+impl<'a> LayerNormIo<'a> {
+    /// What the backward of this forward reads: x, weight and the saved mean and rstd.
+    pub fn saved(&self) -> LayerNormSaved<'a> {
+        LayerNormSaved { x: self.x, weight: self.weight, mean: self.mean, rstd: self.rstd }
+    }
+}
+
+/// What a LayerNorm backward over `[rows, cols]` reads from its forward.
+#[derive(Clone, Copy)]
+pub struct LayerNormSaved<'a> {
+    /// The forward's input x [rows, cols].
+    pub x: &'a GpuBuffer,
+    /// The forward's scale [cols].
+    pub weight: &'a GpuBuffer,
+    /// The mean the forward saved [rows].
+    pub mean: &'a GpuBuffer,
+    /// The reciprocal standard deviation the forward saved [rows].
+    pub rstd: &'a GpuBuffer,
+}
+
+/// The gradients a LayerNorm backward over `[rows, cols]` writes.
+#[derive(Clone, Copy)]
+pub struct LayerNormGrads<'a> {
+    /// The input gradient dx [rows, cols] (written).
+    pub dx: &'a GpuBuffer,
+    /// The weight gradient [cols], summed over rows (written).
+    pub dweight: &'a GpuBuffer,
+    /// The bias gradient [cols], summed over rows (written).
+    pub dbias: &'a GpuBuffer,
+    /// An earlier gradient of x [rows, cols] from another path (a pre-norm block's residual
+    /// stream), added into `dx` in the same pass: `dx = dx_in + dLN/dx`. Must not be `dx`.
+    pub dx_in: Option<&'a GpuBuffer>,
+}
+
 /// LayerNorm forward: `out = (x - mean) * rstd * weight + bias` per row, saving `mean` and
 /// `rstd` ([rows] each) for the backward.
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    bias: &GpuBuffer,
-    out: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-    eps: f32,
-) -> Result<()> {
-    forward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, weight, bias, out, mean, rstd, rows, cols, eps)
+pub fn forward(gpu: &Gpu, io: &LayerNormIo, rows: usize, cols: usize, eps: f32) -> Result<()> {
+    forward_with(gpu, RowSchedule::choose(gpu, rows, cols), io, rows, cols, eps)
 }
 
 /// [`forward`] in a given schedule.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_with(
     gpu: &Gpu,
     schedule: RowSchedule,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    bias: &GpuBuffer,
-    out: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
+    io: &LayerNormIo,
     rows: usize,
     cols: usize,
     eps: f32,
 ) -> Result<()> {
+    let LayerNormIo { x, weight, bias, out, mean, rstd } = *io;
     check_len("layer_norm input", x, &[rows, cols])?;
     check_len("layer_norm weight", weight, &[cols])?;
     check_len("layer_norm bias", bias, &[cols])?;
@@ -108,102 +145,35 @@ pub fn forward_with(
     })
 }
 
-/// LayerNorm backward: `dx` ([rows, cols]) and, summed over rows, `dweight` and `dbias`
-/// ([cols]); `mean` and `rstd` are the forward's saved rows statistics.
-#[allow(clippy::too_many_arguments)]
+/// LayerNorm backward: `grads.dx` ([rows, cols]) and, summed over rows, `grads.dweight` and
+/// `grads.dbias` ([cols]) from the output gradient `dy` ([rows, cols]) and what the forward
+/// `saved`. With `grads.dx_in`, that earlier gradient of x is added into dx in the same pass.
 pub fn backward(
     gpu: &Gpu,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
+    saved: &LayerNormSaved,
     dy: &GpuBuffer,
-    dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
+    grads: &LayerNormGrads,
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    backward_with(gpu, RowSchedule::choose(gpu, rows, cols), x, weight, mean, rstd, dy, dx, dweight, dbias, rows, cols)
+    backward_with(gpu, RowSchedule::choose(gpu, rows, cols), saved, dy, grads, rows, cols)
 }
 
 /// [`backward`] in a given schedule (of the dx kernel; the weight/bias pass has one form).
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     gpu: &Gpu,
     schedule: RowSchedule,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
+    saved: &LayerNormSaved,
     dy: &GpuBuffer,
-    dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
+    grads: &LayerNormGrads,
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    backward_impl(gpu, schedule, x, weight, mean, rstd, dy, None, dx, dweight, dbias, rows, cols)
-}
-
-/// [`backward`] that also adds `dx_in`, a gradient of `x` from another path (a pre-norm
-/// block's residual stream), into `dx` in the same pass: `dx = dx_in + dLN/dx`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_accumulate(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
-    dy: &GpuBuffer,
-    dx_in: &GpuBuffer,
-    dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    let schedule = RowSchedule::choose(gpu, rows, cols);
-    backward_accumulate_with(gpu, schedule, x, weight, mean, rstd, dy, dx_in, dx, dweight, dbias, rows, cols)
-}
-
-/// [`backward_accumulate`] in a given schedule.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_accumulate_with(
-    gpu: &Gpu,
-    schedule: RowSchedule,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
-    dy: &GpuBuffer,
-    dx_in: &GpuBuffer,
-    dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    check_len("layer_norm earlier input gradient", dx_in, &[rows, cols])?;
-    backward_impl(gpu, schedule, x, weight, mean, rstd, dy, Some(dx_in), dx, dweight, dbias, rows, cols)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_impl(
-    gpu: &Gpu,
-    schedule: RowSchedule,
-    x: &GpuBuffer,
-    weight: &GpuBuffer,
-    mean: &GpuBuffer,
-    rstd: &GpuBuffer,
-    dy: &GpuBuffer,
-    dx_in: Option<&GpuBuffer>,
-    dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
+    let LayerNormSaved { x, weight, mean, rstd } = *saved;
+    let LayerNormGrads { dx, dweight, dbias, dx_in } = *grads;
+    if let Some(dx_in) = dx_in {
+        check_len("layer_norm earlier input gradient", dx_in, &[rows, cols])?;
+    }
     check_len("layer_norm input", x, &[rows, cols])?;
     check_len("layer_norm weight", weight, &[cols])?;
     check_len("layer_norm saved mean", mean, &[rows])?;

@@ -2,9 +2,9 @@
 //! (shaders/loss.wgsl).
 //!
 //! Logits are [B, K, P] (P = pixels per image, S*S for the model's [B, K, S, S]) and targets
-//! [B, P] u32 class indices. Losses are scalars in a 1-element buffer, reduced in two
-//! deterministic passes; backward launchers take the upstream gradient as a 1-element buffer
-//! so a training step needs no readback.
+//! [B, P] u32 class indices; a [`LossShape`] gives the launchers B, K and P. Losses are
+//! scalars in a 1-element buffer, reduced in two deterministic passes; backward launchers take
+//! the upstream gradient as a 1-element buffer so a training step needs no readback.
 //!
 //! A target value >= K names no class: the pixel adds 0 to the cross-entropy sum (the mean
 //! still divides by all B*P pixels) and gets a zero cross-entropy gradient; for Dice its one-hot
@@ -30,20 +30,28 @@ struct Params {
     _pad: [u32; 3],
 }
 
-struct Shape {
-    batch: usize,
-    classes: usize,
-    pixels: usize,
+/// The shape of one loss or argmax call: logits [batch, classes, pixels], targets and labels
+/// [batch, pixels].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossShape {
+    /// B: images.
+    pub batch: usize,
+    /// K: classes, class 0 the background (Dice covers the foreground classes k >= 1).
+    pub classes: usize,
+    /// P: pixels per image (S*S for the model's [B, K, S, S] logits).
+    pub pixels: usize,
 }
 
-impl Shape {
-    fn new(what: &str, batch: usize, classes: usize, pixels: usize) -> Result<Shape> {
+impl LossShape {
+    /// Refuses a shape without a class or a pixel; `what` names the call in the message.
+    fn validate(&self, what: &str) -> Result<()> {
+        let LossShape { batch, classes, pixels } = *self;
         if batch * pixels == 0 || classes == 0 {
             return Err(Error::Shape(format!(
                 "{what} of logits [{batch}, {classes}, {pixels}]: needs at least one class and one pixel"
             )));
         }
-        Ok(Shape { batch, classes, pixels })
+        Ok(())
     }
     fn n(&self) -> usize {
         self.batch * self.pixels
@@ -116,7 +124,7 @@ fn launch(
     })
 }
 
-fn per_pixel(s: &Shape) -> [u32; 3] {
+fn per_pixel(s: &LossShape) -> [u32; 3] {
     grid(s.n().div_ceil(256) as u32)
 }
 
@@ -126,11 +134,10 @@ pub fn cross_entropy(
     logits: &GpuBuffer,
     target: &GpuBuffer,
     loss: &GpuBuffer,
-    batch: usize,
-    classes: usize,
-    pixels: usize,
+    shape: &LossShape,
 ) -> Result<()> {
-    let s = Shape::new("cross entropy", batch, classes, pixels)?;
+    let s = shape;
+    s.validate("cross entropy")?;
     s.check_inputs(logits, target)?;
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params();
@@ -154,27 +161,25 @@ pub fn cross_entropy(
 
 /// `d_logits = d_loss[0] / (B P) * (softmax(logits) - onehot(target))` (zero rows where the
 /// target names no class).
-#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_backward(
     gpu: &Gpu,
     logits: &GpuBuffer,
     target: &GpuBuffer,
     d_loss: &GpuBuffer,
     d_logits: &GpuBuffer,
-    batch: usize,
-    classes: usize,
-    pixels: usize,
+    shape: &LossShape,
 ) -> Result<()> {
-    let s = Shape::new("cross entropy backward", batch, classes, pixels)?;
+    let s = shape;
+    s.validate("cross entropy backward")?;
     s.check_inputs(logits, target)?;
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
-    s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
+    s.check("the logits gradient", d_logits, s.n() * s.classes, &s.logits_desc())?;
     launch(
         gpu,
         "cross_entropy_backward",
         &s.params(),
         &[(1, logits), (2, target), (7, d_loss), (8, d_logits)],
-        per_pixel(&s),
+        per_pixel(s),
         s.label("cross_entropy_backward", 6),
     )
 }
@@ -187,18 +192,17 @@ pub fn dice_stats_len(classes: usize) -> usize {
 /// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least
 /// [`dice_stats_len`] elements, may be 1 when K = 1) receives the per-class sums that
 /// [`dice_backward`] needs. With K = 1 the loss is 0.
-#[allow(clippy::too_many_arguments)]
 pub fn dice(
     gpu: &Gpu,
     logits: &GpuBuffer,
     target: &GpuBuffer,
     stats: &GpuBuffer,
     loss: &GpuBuffer,
-    batch: usize,
-    classes: usize,
-    pixels: usize,
+    shape: &LossShape,
 ) -> Result<()> {
-    let s = Shape::new("dice", batch, classes, pixels)?;
+    let s = shape;
+    s.validate("dice")?;
+    let classes = s.classes;
     s.check_inputs(logits, target)?;
     s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
     s.check("the loss", loss, 1, "a scalar")?;
@@ -223,7 +227,6 @@ pub fn dice(
 }
 
 /// Gradient of [`dice`] scaled by `d_loss[0]`, from the `stats` its forward wrote.
-#[allow(clippy::too_many_arguments)]
 pub fn dice_backward(
     gpu: &Gpu,
     logits: &GpuBuffer,
@@ -231,30 +234,24 @@ pub fn dice_backward(
     stats: &GpuBuffer,
     d_loss: &GpuBuffer,
     d_logits: &GpuBuffer,
-    batch: usize,
-    classes: usize,
-    pixels: usize,
+    shape: &LossShape,
 ) -> Result<()> {
-    let s = Shape::new("dice backward", batch, classes, pixels)?;
+    let s = shape;
+    s.validate("dice backward")?;
+    let classes = s.classes;
     s.check_inputs(logits, target)?;
     s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
     s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
     let used = [(1, logits), (2, target), (6, stats), (7, d_loss), (8, d_logits)];
-    launch(gpu, "dice_backward", &s.params(), &used, per_pixel(&s), s.label("dice_backward", 8 + 2 * classes))
+    launch(gpu, "dice_backward", &s.params(), &used, per_pixel(s), s.label("dice_backward", 8 + 2 * classes))
 }
 
 /// `labels[b, i]` = the first class with the largest logit at pixel i; labels [B, P] u32.
-pub fn argmax(
-    gpu: &Gpu,
-    logits: &GpuBuffer,
-    labels: &GpuBuffer,
-    batch: usize,
-    classes: usize,
-    pixels: usize,
-) -> Result<()> {
-    let s = Shape::new("argmax", batch, classes, pixels)?;
-    s.check("the logits", logits, s.n() * classes, &s.logits_desc())?;
-    s.check("the labels", labels, s.n(), &format!("[{batch}, {pixels}]"))?;
-    launch(gpu, "argmax", &s.params(), &[(1, logits), (3, labels)], per_pixel(&s), s.label("argmax", 1))
+pub fn argmax(gpu: &Gpu, logits: &GpuBuffer, labels: &GpuBuffer, shape: &LossShape) -> Result<()> {
+    let s = shape;
+    s.validate("argmax")?;
+    s.check("the logits", logits, s.n() * s.classes, &s.logits_desc())?;
+    s.check("the labels", labels, s.n(), &format!("[{}, {}]", s.batch, s.pixels))?;
+    launch(gpu, "argmax", &s.params(), &[(1, logits), (3, labels)], per_pixel(s), s.label("argmax", 1))
 }

@@ -5,6 +5,8 @@
 //! `logit_scale` a 1-element buffer and out [B, K, N] (reshaped by the model to [B, K, h, w]).
 //! The backward gives dX, dT (summed over the batch in a fixed order) and d logit_scale, which
 //! is 0 while the clamp at 100 is active (as PyTorch's clamp).
+//! The launchers take the shape as a [`MaskHead`] and the buffers as [`MaskHeadInputs`] and
+//! [`MaskHeadGrads`].
 
 use crate::context::{grid, Dispatch, Gpu};
 use crate::profiler::KernelLabel;
@@ -23,14 +25,43 @@ struct Params {
     _pad: [u32; 3],
 }
 
-struct Shape {
-    batch: usize,
-    tokens: usize,
-    width: usize,
-    classes: usize,
+/// The shape of one mask head call: features X [batch, tokens, width], text embeddings
+/// T [classes, width], logits [batch, classes, tokens].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskHead {
+    /// B: images.
+    pub batch: usize,
+    /// N: feature tokens (pixels of the feature map) per image.
+    pub tokens: usize,
+    /// C: channels of a feature token and of a text embedding.
+    pub width: usize,
+    /// K: classes (text embeddings).
+    pub classes: usize,
 }
 
-impl Shape {
+/// The inputs of a mask head call (read by the forward and the backward).
+#[derive(Clone, Copy)]
+pub struct MaskHeadInputs<'a> {
+    /// Features X [B, N, C].
+    pub x: &'a GpuBuffer,
+    /// Text embeddings T [K, C].
+    pub text: &'a GpuBuffer,
+    /// The logit scale before exp and clamp [1].
+    pub logit_scale: &'a GpuBuffer,
+}
+
+/// The gradients a mask head backward writes.
+#[derive(Clone, Copy)]
+pub struct MaskHeadGrads<'a> {
+    /// Of the features, dX [B, N, C].
+    pub d_x: &'a GpuBuffer,
+    /// Of the text embeddings, dT [K, C] (summed over the batch).
+    pub d_text: &'a GpuBuffer,
+    /// Of the logit scale [1].
+    pub d_logit_scale: &'a GpuBuffer,
+}
+
+impl MaskHead {
     fn rows(&self) -> usize {
         self.batch * self.tokens
     }
@@ -50,7 +81,8 @@ impl Shape {
         }
         Ok(())
     }
-    fn check_inputs(&self, x: &GpuBuffer, text: &GpuBuffer, logit_scale: &GpuBuffer) -> Result<()> {
+    fn check_inputs(&self, inputs: &MaskHeadInputs) -> Result<()> {
+        let MaskHeadInputs { x, text, logit_scale } = *inputs;
         self.check(
             "the features",
             x,
@@ -96,45 +128,31 @@ fn launch(
     gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers, workgroups, label })
 }
 
-/// Logits `out` [B, K, N] of features `x` [B, N, C] against text embeddings `text` [K, C].
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    gpu: &Gpu,
-    x: &GpuBuffer,
-    text: &GpuBuffer,
-    logit_scale: &GpuBuffer,
-    out: &GpuBuffer,
-    batch: usize,
-    tokens: usize,
-    width: usize,
-    classes: usize,
-) -> Result<()> {
-    let s = Shape { batch, tokens, width, classes };
-    s.check_inputs(x, text, logit_scale)?;
-    s.check("the output", out, s.rows() * classes, s.out_desc())?;
+/// Logits `out` [B, K, N] of features `inputs.x` [B, N, C] against text embeddings
+/// `inputs.text` [K, C].
+pub fn forward(gpu: &Gpu, inputs: &MaskHeadInputs, out: &GpuBuffer, shape: &MaskHead) -> Result<()> {
+    let s = shape;
+    let MaskHeadInputs { x, text, logit_scale } = *inputs;
+    s.check_inputs(inputs)?;
+    s.check("the output", out, s.rows() * s.classes, s.out_desc())?;
     let rows = grid(s.rows().div_ceil(64) as u32);
     launch(gpu, "forward", &s.params(), &[x, text, logit_scale, out], rows, s.label("mask_head", 4))
 }
 
-/// Gradients of [`forward`] from `d_out` [B, K, N]: `d_x` [B, N, C], `d_text` [K, C] and
-/// `d_logit_scale` [1].
-#[allow(clippy::too_many_arguments)]
+/// Gradients of [`forward`] from `d_out` [B, K, N]: `grads.d_x` [B, N, C], `grads.d_text`
+/// [K, C] and `grads.d_logit_scale` [1].
 pub fn backward(
     gpu: &Gpu,
-    x: &GpuBuffer,
-    text: &GpuBuffer,
-    logit_scale: &GpuBuffer,
+    inputs: &MaskHeadInputs,
     d_out: &GpuBuffer,
-    d_x: &GpuBuffer,
-    d_text: &GpuBuffer,
-    d_logit_scale: &GpuBuffer,
-    batch: usize,
-    tokens: usize,
-    width: usize,
-    classes: usize,
+    grads: &MaskHeadGrads,
+    shape: &MaskHead,
 ) -> Result<()> {
-    let s = Shape { batch, tokens, width, classes };
-    s.check_inputs(x, text, logit_scale)?;
+    let s = shape;
+    let MaskHeadInputs { x, text, logit_scale } = *inputs;
+    let MaskHeadGrads { d_x, d_text, d_logit_scale } = *grads;
+    let MaskHead { batch, tokens, width, classes } = *shape;
+    s.check_inputs(inputs)?;
     s.check("the output gradient", d_out, s.rows() * classes, s.out_desc())?;
     s.check("the features gradient", d_x, s.rows() * width, format!("[{batch}, {tokens}, {width}]"))?;
     s.check("the text gradient", d_text, classes * width, format!("[{classes}, {width}]"))?;

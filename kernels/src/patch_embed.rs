@@ -164,6 +164,24 @@ impl PatchEmbed {
     }
 }
 
+/// The operands of a patch embedding (read by the forward and the backward).
+#[derive(Clone, Copy)]
+pub struct PatchEmbedInputs<'a> {
+    /// The images [B, C, S, S].
+    pub image: &'a GpuBuffer,
+    /// The convolution weight [D, C, p, p].
+    pub weight: &'a GpuBuffer,
+}
+
+/// The gradients a patch-embedding backward writes.
+#[derive(Clone, Copy)]
+pub struct PatchEmbedGrads<'a> {
+    /// Of the weight [D, C, p, p], summed over batch and tokens in a fixed order.
+    pub d_weight: &'a GpuBuffer,
+    /// Of the images [B, C, S, S], when wanted (the model's input image needs none).
+    pub d_image: Option<&'a GpuBuffer>,
+}
+
 /// The im2col matrix A [B*N, K] of `image`.
 fn im2col(gpu: &Gpu, s: &Shape, image: &GpuBuffer) -> Result<GpuBuffer> {
     let rows = s.batch * s.tokens();
@@ -178,13 +196,13 @@ fn im2col(gpu: &Gpu, s: &Shape, image: &GpuBuffer) -> Result<GpuBuffer> {
 /// [`forward`] with the method and kernel path chosen by the caller.
 pub fn forward_with(
     gpu: &Gpu,
-    image: &GpuBuffer,
-    weight: &GpuBuffer,
+    inputs: &PatchEmbedInputs,
     out: &GpuBuffer,
     shape: &PatchEmbed,
     method: Method,
     path: KernelPath,
 ) -> Result<()> {
+    let PatchEmbedInputs { image, weight } = *inputs;
     let s = shape.shape()?;
     s.check("the image", image, s.image_len(), &s.image_desc())?;
     s.check("the weight", weight, s.weight_len(), &s.weight_desc())?;
@@ -200,18 +218,17 @@ pub fn forward_with(
 }
 
 /// [`backward`] with the method and kernel path chosen by the caller.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_with(
     gpu: &Gpu,
-    image: &GpuBuffer,
-    weight: &GpuBuffer,
+    inputs: &PatchEmbedInputs,
     d_out: &GpuBuffer,
-    d_image: Option<&GpuBuffer>,
-    d_weight: &GpuBuffer,
+    grads: &PatchEmbedGrads,
     shape: &PatchEmbed,
     method: Method,
     path: KernelPath,
 ) -> Result<()> {
+    let PatchEmbedInputs { image, weight } = *inputs;
+    let PatchEmbedGrads { d_weight, d_image } = *grads;
     let s = shape.shape()?;
     s.check("the image", image, s.image_len(), &s.image_desc())?;
     s.check("the weight", weight, s.weight_len(), &s.weight_desc())?;
@@ -249,21 +266,19 @@ pub fn backward_with(
 
 /// `out[b, n, d] = sum_{c,i,j} image[b, c, py p + i, px p + j] weight[d, c, i, j]` for the
 /// token n = py (S/p) + px; image [B, C, S, S], weight [D, C, p, p], out [B, N, D].
-pub fn forward(gpu: &Gpu, image: &GpuBuffer, weight: &GpuBuffer, out: &GpuBuffer, shape: &PatchEmbed) -> Result<()> {
-    forward_with(gpu, image, weight, out, shape, Method::Auto, gpu.kernel_path())
+pub fn forward(gpu: &Gpu, inputs: &PatchEmbedInputs, out: &GpuBuffer, shape: &PatchEmbed) -> Result<()> {
+    forward_with(gpu, inputs, out, shape, Method::Auto, gpu.kernel_path())
 }
 
-/// Both gradients: `d_weight` [D, C, p, p] and, when given, `d_image` [B, C, S, S] (the
-/// model's input image needs none). The weight gradient sums over batch and tokens in a fixed
-/// order (deterministic).
+/// Both gradients from `d_out` [B, N, D]: `grads.d_weight` [D, C, p, p] and, when given,
+/// `grads.d_image` [B, C, S, S] (the model's input image needs none). The weight gradient sums
+/// over batch and tokens in a fixed order (deterministic).
 pub fn backward(
     gpu: &Gpu,
-    image: &GpuBuffer,
-    weight: &GpuBuffer,
+    inputs: &PatchEmbedInputs,
     d_out: &GpuBuffer,
-    d_image: Option<&GpuBuffer>,
-    d_weight: &GpuBuffer,
+    grads: &PatchEmbedGrads,
     shape: &PatchEmbed,
 ) -> Result<()> {
-    backward_with(gpu, image, weight, d_out, d_image, d_weight, shape, Method::Auto, gpu.kernel_path())
+    backward_with(gpu, inputs, d_out, grads, shape, Method::Auto, gpu.kernel_path())
 }

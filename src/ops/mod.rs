@@ -171,7 +171,8 @@ impl Tensor {
         let (rows, c) = rows_cols(y.shape());
         check_bias(bias, y.shape())?;
         let out = self.gpu().alloc(y.numel())?;
-        elementwise::bias_act(self.gpu(), act, y.buffer(), bias.buffer(), &out, rows, c)?;
+        let spec = elementwise::BiasAct { op: act, rows, c };
+        elementwise::bias_act(self.gpu(), y.buffer(), bias.buffer(), &out, &spec)?;
         let saved = (y.clone(), bias.clone());
         Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
     }
@@ -349,7 +350,15 @@ impl Tensor {
         let out = gpu.alloc(self.numel())?;
         let mean = Arc::new(gpu.alloc(rows)?);
         let rstd = Arc::new(gpu.alloc(rows)?);
-        layer_norm::forward(gpu, self.buffer(), weight.buffer(), bias.buffer(), &out, &mean, &rstd, rows, cols, eps)?;
+        let io = layer_norm::LayerNormIo {
+            x: self.buffer(),
+            weight: weight.buffer(),
+            bias: bias.buffer(),
+            out: &out,
+            mean: &mean,
+            rstd: &rstd,
+        };
+        layer_norm::forward(gpu, &io, rows, cols, eps)?;
         Ok(record(
             out,
             self.shape().to_vec(),
@@ -363,7 +372,7 @@ impl Tensor {
         let (rows, cols) = rows_cols(self.shape());
         let out = self.gpu().alloc(self.numel())?;
         let norms = Arc::new(self.gpu().alloc(rows)?);
-        l2norm::forward(self.gpu(), self.buffer(), &out, &norms, rows, cols, mode)?;
+        l2norm::forward(self.gpu(), self.buffer(), &out, &norms, &l2norm::L2Norm { rows, cols, mode })?;
         Ok(record(out, self.shape().to_vec(), || Op::L2Norm { x: self.clone(), norms, rows, cols, mode }, &[self]))
     }
 

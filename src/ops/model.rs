@@ -137,7 +137,8 @@ impl Tensor {
         let n = (size / p) * (size / p);
         let out = self.gpu().alloc(b * n * dim)?;
         let shape = patch_embed::PatchEmbed { batch: b, channels: ch, size, patch: p, dim };
-        patch_embed::forward(self.gpu(), self.buffer(), weight.buffer(), &out, &shape)?;
+        let inputs = patch_embed::PatchEmbedInputs { image: self.buffer(), weight: weight.buffer() };
+        patch_embed::forward(self.gpu(), &inputs, &out, &shape)?;
         Ok(record(
             out,
             vec![b, n, dim],
@@ -179,7 +180,10 @@ impl Tensor {
         }
         let k = text.shape()[0];
         let out = self.gpu().alloc(b * k * n)?;
-        mask_head::forward(self.gpu(), self.buffer(), text.buffer(), logit_scale.buffer(), &out, b, n, c, k)?;
+        let inputs =
+            mask_head::MaskHeadInputs { x: self.buffer(), text: text.buffer(), logit_scale: logit_scale.buffer() };
+        let shape = mask_head::MaskHead { batch: b, tokens: n, width: c, classes: k };
+        mask_head::forward(self.gpu(), &inputs, &out, &shape)?;
         Ok(record(
             out,
             vec![b, k, n],
@@ -201,7 +205,8 @@ impl Tensor {
     pub fn cross_entropy(&self, target: &Arc<GpuBuffer>) -> Result<Tensor> {
         let (b, k, p) = loss_dims(self, target)?;
         let out = self.gpu().alloc(1)?;
-        loss::cross_entropy(self.gpu(), self.buffer(), target, &out, b, k, p)?;
+        let shape = loss::LossShape { batch: b, classes: k, pixels: p };
+        loss::cross_entropy(self.gpu(), self.buffer(), target, &out, &shape)?;
         Ok(record(
             out,
             vec![1],
@@ -215,7 +220,8 @@ impl Tensor {
         let (b, k, p) = loss_dims(self, target)?;
         let out = self.gpu().alloc(1)?;
         let stats = Arc::new(self.gpu().alloc(loss::dice_stats_len(k).max(1))?);
-        loss::dice(self.gpu(), self.buffer(), target, &stats, &out, b, k, p)?;
+        let shape = loss::LossShape { batch: b, classes: k, pixels: p };
+        loss::dice(self.gpu(), self.buffer(), target, &stats, &out, &shape)?;
         Ok(record(
             out,
             vec![1],
