@@ -10,7 +10,7 @@
 //   lse_i  = log sum_j exp(s_ij)                     (-inf for a row that sees no key)
 //   P_ij   = exp(s_ij - lse_i)
 //   out_i  = sum_j P_ij v_j                          (zeros for a row that sees no key)
-// Forward (`forward_c*`) keeps, per query row, a running maximum m, a running sum l and an
+// Forward (`forward_blocked`) keeps, per query row, a running maximum m, a running sum l and an
 // unnormalised output in registers and walks the keys in blocks of 8 (online softmax: when m
 // grows, l and the output are rescaled by exp(m_old - m_new)); the Nq x Nk matrix never
 // exists in memory. `forward_few_keys` is the cross-attention case (Nk <= 16): all scores of a
@@ -20,8 +20,8 @@
 //   delta_i = dout_i . out_i                          (= sum_j P_ij dP_ij)
 //   dP_ij   = dout_i . v_j
 //   dS_ij   = P_ij (dP_ij - delta_i)
-//   dq_i    = scale * sum_j dS_ij k_j                 (`backward_dq_c*`: by query rows)
-//   dk_j    = scale * sum_i dS_ij q_i                 (`backward_dkdv_c*`: by key rows,
+//   dq_i    = scale * sum_j dS_ij k_j                 (`backward_dq_blocked`: by query rows)
+//   dk_j    = scale * sum_i dS_ij q_i                 (`backward_dkdv_blocked`: by key rows,
 //   dv_j    =         sum_i P_ij dout_i                 summing over queries in a fixed order)
 // With Bk = 1 the sums over i run over every batch element's queries too. For enough
 // parallelism when there are few keys, `backward_dkdv` splits the (flattened) query rows into
@@ -33,12 +33,13 @@
 //
 // Supported: head_dim a multiple of 4, from 4 to 128 (rows are read as vec4). The forward,
 // dq and dk/dv kernels are register-blocked (see "Four rows per invocation" below): 8
-// invocations per workgroup, 4 rows (queries or keys) each, and one entry point per head-row
-// size (`_c1`, `_c2`, `_c4`, `_c8`: up to 16, 32, 64, 128 elements). `forward_few_keys`,
+// invocations per workgroup, 4 rows (queries or keys) each (the `_blocked` entry points). The
+// pipeline-overridable constant ROW_CHUNKS sizes their registers: head rows of up to 16, 32,
+// 64 or 128 elements take 1, 2, 4 or 8 chunks of 16, one pipeline each. `forward_few_keys`,
 // `backward_prepare` and `backward_reduce` take one row or element per invocation, 64 per
 // workgroup. Workgroups are folded over x and y (the launcher's `grid`) and bounds-checked.
 // The tiled kernel path (GPUs) runs `forward_lanes`, `backward_dq_lanes` and
-// `backward_dkdv_lanes` instead of the `_c*` kernels: one head row spread over up to 32 lanes,
+// `backward_dkdv_lanes` instead of the `_blocked` kernels: one head row spread over up to 32 lanes,
 // a few vec4 of registers per lane at any head width (see "Rows split across lanes" below).
 
 struct Params {
@@ -59,6 +60,10 @@ struct Params {
     _pad1: u32,
     _pad2: u32,
 }
+
+// Chunks of 16 floats in each register-blocked head row (1, 2, 4 or 8), set per pipeline by the
+// launcher; the `if (ch > n)` tests on it fold away when the pipeline is compiled.
+override ROW_CHUNKS: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
@@ -453,20 +458,8 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
 }
 
 @compute @workgroup_size(8)
-fn forward_c1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    forward_body(wid, nwg, lid, 1u);
-}
-@compute @workgroup_size(8)
-fn forward_c2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    forward_body(wid, nwg, lid, 2u);
-}
-@compute @workgroup_size(8)
-fn forward_c4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    forward_body(wid, nwg, lid, 4u);
-}
-@compute @workgroup_size(8)
-fn forward_c8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    forward_body(wid, nwg, lid, 8u);
+fn forward_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    forward_body(wid, nwg, lid, ROW_CHUNKS);
 }
 
 // Cross-attention over few keys (Nk <= 16, e.g. pixel queries over class text embeddings):
@@ -640,20 +633,8 @@ fn grad_scores(s: mat2x4<f32>, dp: mat2x4<f32>, row_lse: f32, row_delta: f32, ok
 }
 
 @compute @workgroup_size(8)
-fn backward_dq_c1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dq_body(wid, nwg, lid, 1u);
-}
-@compute @workgroup_size(8)
-fn backward_dq_c2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dq_body(wid, nwg, lid, 2u);
-}
-@compute @workgroup_size(8)
-fn backward_dq_c4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dq_body(wid, nwg, lid, 4u);
-}
-@compute @workgroup_size(8)
-fn backward_dq_c8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dq_body(wid, nwg, lid, 8u);
+fn backward_dq_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dq_body(wid, nwg, lid, ROW_CHUNKS);
 }
 
 // dk, dv: four key rows of one head per invocation, summing over one range of query rows,
@@ -804,20 +785,8 @@ fn key_grads(s: mat2x4<f32>, dp: mat2x4<f32>, lse8: mat2x4<f32>, delta8: mat2x4<
 }
 
 @compute @workgroup_size(8)
-fn backward_dkdv_c1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv_body(wid, nwg, lid, 1u);
-}
-@compute @workgroup_size(8)
-fn backward_dkdv_c2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv_body(wid, nwg, lid, 2u);
-}
-@compute @workgroup_size(8)
-fn backward_dkdv_c4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv_body(wid, nwg, lid, 4u);
-}
-@compute @workgroup_size(8)
-fn backward_dkdv_c8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv_body(wid, nwg, lid, 8u);
+fn backward_dkdv_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dkdv_body(wid, nwg, lid, ROW_CHUNKS);
 }
 
 // dk = sum over splits of the dk partials, dv likewise, in split order. One vec4 per

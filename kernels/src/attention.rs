@@ -313,13 +313,8 @@ fn check_common(
     Ok(())
 }
 
-/// The register-blocked entry points, compiled for head rows of 1, 2, 4 and 8 chunks of 16.
-const FORWARD_ENTRIES: [&str; 4] = ["forward_c1", "forward_c2", "forward_c4", "forward_c8"];
-const DQ_ENTRIES: [&str; 4] = ["backward_dq_c1", "backward_dq_c2", "backward_dq_c4", "backward_dq_c8"];
-const DKDV_ENTRIES: [&str; 4] = ["backward_dkdv_c1", "backward_dkdv_c2", "backward_dkdv_c4", "backward_dkdv_c8"];
-
 /// Widest head the register-blocked kernels (the registers and subgroup paths) run on adapters
-/// other than CPU ones. Above 64 they use the `_c8` entry points (four rows of 128 floats per
+/// other than CPU ones. Above 64 they compile with 8 row chunks (four rows of 128 floats per
 /// invocation), which lost the device on NVIDIA's Vulkan driver (H200, driver 580.159,
 /// measured). The tiled path, the default on GPUs, spreads a row over lanes instead and takes
 /// every width up to [`MAX_HEAD_DIM`]; the few-keys cross-attention path takes any width.
@@ -351,31 +346,41 @@ fn lanes_rows(s: &Attention) -> usize {
 const LANES_WG: usize = 64;
 
 /// The entry point of `entries` whose chunks (16 elements each) just hold a head row.
-fn chunked_entry(s: &Attention, entries: [&'static str; 4]) -> &'static str {
-    match s.head_dim.div_ceil(16) {
-        0 | 1 => entries[0],
-        2 => entries[1],
-        3 | 4 => entries[2],
-        _ => entries[3],
-    }
+/// The register-blocked (`_blocked`) entry points' pipeline constant: chunks of 16 floats per
+/// head row (1, 2, 4 or 8, covering head rows of up to 16, 32, 64 or 128), one pipeline each.
+fn row_chunks(s: &Attention) -> [(&'static str, f64); 1] {
+    let chunks = match s.head_dim.div_ceil(16) {
+        0 | 1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        _ => 8,
+    };
+    [("ROW_CHUNKS", chunks as f64)]
 }
 
+/// One attention.wgsl entry point; `_blocked` ones get their row-chunk constant for `s`.
 fn dispatch(
     gpu: &Gpu,
     entry: &'static str,
+    s: &Attention,
     params: &Params,
     buffers: &[&GpuBuffer],
     workgroups: usize,
     label: KernelLabel,
 ) -> Result<()> {
-    gpu.dispatch(Dispatch {
+    let d = Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid(workgroups as u32),
         label,
-    })
+    };
+    if entry.ends_with("_blocked") {
+        gpu.dispatch_specialized(d, &row_chunks(s))
+    } else {
+        gpu.dispatch(d)
+    }
 }
 
 /// Attention forward: `io.out = softmax(scale q k^T + masks) v` per head, and `io.lse`
@@ -451,7 +456,7 @@ pub fn forward_path(
     } else if lanes {
         "forward_lanes"
     } else {
-        chunked_entry(s, FORWARD_ENTRIES)
+        "forward_blocked"
     };
     let label = KernelLabel {
         kernel: if few { "attention_few_keys" } else { "attention" },
@@ -459,7 +464,7 @@ pub fn forward_path(
         flops: s.forward_flops(),
         bytes,
     };
-    dispatch(gpu, entry, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
+    dispatch(gpu, entry, s, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
     Ok(None)
 }
 
@@ -547,6 +552,7 @@ pub fn backward_path(
     dispatch(
         gpu,
         "backward_prepare",
+        s,
         &p,
         &[q, k, v, mask, out, lse, d_out, &stats],
         rows.max(keys).div_ceil(WG),
@@ -565,7 +571,8 @@ pub fn backward_path(
         };
         dispatch(
             gpu,
-            if lanes { "backward_dq_lanes" } else { chunked_entry(s, DQ_ENTRIES) },
+            if lanes { "backward_dq_lanes" } else { "backward_dq_blocked" },
+            s,
             &p,
             &[q, k, v, mask, out, lse, d_out, &stats, dq],
             s.batch * s.heads * tiles,
@@ -593,13 +600,13 @@ pub fn backward_path(
         bytes: 2 * qe + 4 * ke * splits as u64,
     };
     let workgroups = s.kv_batch * s.heads * splits * tiles;
-    let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { chunked_entry(s, DKDV_ENTRIES) };
+    let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { "backward_dkdv_blocked" };
     if splits == 1 {
-        return dispatch(gpu, dkdv_entry, &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
+        return dispatch(gpu, dkdv_entry, s, &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(gpu, dkdv_entry, &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
+    dispatch(gpu, dkdv_entry, s, &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",
@@ -610,6 +617,7 @@ pub fn backward_path(
     dispatch(
         gpu,
         "backward_reduce",
+        s,
         &p,
         &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv],
         n4.div_ceil(WG),

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use crate::buffer::{size_class, BufferPool, GpuBuffer, PoolStats, STORAGE_USAGE};
 use crate::path::KernelPath;
-use crate::pipeline::{BindingKind, Kernel, PipelineCache, Shader};
+use crate::pipeline::{BindingKind, Constants, Kernel, PipelineCache, Shader};
 use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
 use crate::{Error, Result};
 
@@ -555,10 +555,17 @@ impl Gpu {
 
     /// Records one kernel launch (submitted later, in order).
     pub fn dispatch(&self, d: Dispatch<'_>) -> Result<()> {
+        self.dispatch_specialized(d, &[])
+    }
+
+    /// [`Gpu::dispatch`] of the entry point compiled with its pipeline-overridable constants
+    /// (`override` in WGSL) set to `constants`: one pipeline per distinct set, built once. For
+    /// values that only select a size, so one entry point serves every size.
+    pub fn dispatch_specialized(&self, d: Dispatch<'_>, constants: Constants<'_>) -> Result<()> {
         if !self.check_dispatch(&d)? {
             return Ok(());
         }
-        let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry)?;
+        let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry, constants)?;
         let mut r = lock(&self.inner.recorder);
         let bind_group = self.bind(&mut r, &kernel, &d)?;
         let timing = self.begin_timing(&mut r, &d.label)?;

@@ -221,10 +221,14 @@ fn entry_bindings(
 /// A compiled shader module with naga's parse and analysis of it (for binding reflection).
 type CompiledModule = (Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::ModuleInfo)>);
 
-/// Pipelines by (file, entry point).
-type KernelMap = HashMap<(&'static str, &'static str), Arc<Kernel>>;
+/// Values of a shader's pipeline-overridable constants (`override` declarations), by name.
+pub type Constants<'a> = &'a [(&'static str, f64)];
 
-/// Compiled pipelines keyed by (file, entry point); each is built once per process.
+/// Pipelines by (file, entry point, override constants as (name, f64 bits)).
+type KernelMap = HashMap<(&'static str, &'static str, Vec<(&'static str, u64)>), Arc<Kernel>>;
+
+/// Compiled pipelines keyed by (file, entry point, override constants); each is built once per
+/// process.
 #[derive(Default, Clone)]
 pub(crate) struct PipelineCache {
     modules: Arc<Mutex<HashMap<&'static str, CompiledModule>>>,
@@ -232,14 +236,17 @@ pub(crate) struct PipelineCache {
 }
 
 impl PipelineCache {
-    /// Returns the kernel for `entry` of `shader`, compiling it on first use.
+    /// Returns the kernel for `entry` of `shader` with its `override` constants set to
+    /// `constants` (the others keep their defaults), compiling it on first use.
     pub(crate) fn get(
         &self,
         device: &wgpu::Device,
         shader: &'static Shader,
         entry: &'static str,
+        constants: Constants<'_>,
     ) -> Result<Arc<Kernel>> {
-        if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&(shader.file, entry)) {
+        let key = (shader.file, entry, constants.iter().map(|&(name, v)| (name, v.to_bits())).collect::<Vec<_>>());
+        if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(k.clone());
         }
         let (module, reflection) = self.module(device, shader)?;
@@ -274,14 +281,14 @@ impl PipelineCache {
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { file: shader.file.into(), message: format!("entry point `{entry}`: {e}") });
         }
         let kernel = Arc::new(Kernel { pipeline, layout, bindings });
-        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert((shader.file, entry), kernel.clone());
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, kernel.clone());
         Ok(kernel)
     }
 
