@@ -152,7 +152,11 @@ fn registers_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 //   tiled_128: 128 x 128 tile, 8 x 8 per invocation, BK = 8, vec4 loads (large aligned outputs)
 //   tiled_64: 64 x 64 tile, 4 x 4 per invocation, BK = 16, vec4 loads (aligned shapes)
 //   tiled_general: 64 x 64 tile from scalar loads (any shape)
-// Each uses 8 KiB of workgroup memory and 256 invocations.
+// Each uses 8 KiB of workgroup memory and 256 invocations. tiled_128 and tiled_64 stay two
+// entry points rather than one with an `override` tile size: their per-invocation accumulators
+// (8 x 8 and 4 x 4) would need a function-scope array sized by an override, which WGSL allows
+// only in workgroup memory, and a shared 8 x 8 array would change tiled_64's register use on
+// GPUs, which needs a GPU to measure.
 //
 // Split-K: grid z runs over batch x splits (z = split * batch + b); split s sums
 // k in [s * k_split, min(K, (s + 1) * k_split)). With one split the tile is written through the
