@@ -10,7 +10,8 @@
 #   scripts/train-models.sh ablate-seeds [cardiac|fundus]
 #                                     # each variant with and without domain randomization, seeds
 #                                     # $SEEDS, evaluated on fresh domains A-D (seed 12345); JSON in
-#                                     # docs/ablations/seeds/, table by scripts/ablation-table.py
+#                                     # $SEED_OUT (default docs/ablations/seeds/), table by
+#                                     # scripts/ablation-table.py [that folder]
 #
 # Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
 set -euo pipefail
@@ -41,6 +42,8 @@ VARIANTS=${VARIANTS:-full no-em no-text plain}
 JOBS=${JOBS:-2}
 export LP_NUM_THREADS=${LP_NUM_THREADS:-$((4 / JOBS > 0 ? 4 / JOBS : 1))}
 SEED_STEPS=${SEED_STEPS:-60}
+# ablate-seeds: where the eval JSON goes (a run whose JSON is there is skipped).
+SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
 
 config_of() { # task variant -> config path
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
@@ -84,19 +87,19 @@ case "${1:-}" in
       [ -d "$DATA/$task-$d-fresh" ] ||
         "$V" synth --task $task --domain $d --count 24 --size 128 --seed 12345 --out "$DATA/$task-$d-fresh"
     done
-    mkdir -p docs/ablations/seeds
+    mkdir -p "$SEED_OUT"
     one() { # variant randomize(on|off) seed
       local name="$task-$1-$2-s$3" dir="$RUNS/seeds/$task-$1-$2-s$3" flag=""
       [ "$2" = off ] && flag=--no-randomize
       # A run whose folder exists is done or under way (delete the folder to run it again).
-      [ -f "docs/ablations/seeds/$name.eval.json" ] || [ -d "$dir" ] && return 0
+      [ -f "$SEED_OUT/$name.eval.json" ] || [ -d "$dir" ] && return 0
       mkdir -p "$dir"
       { "$V" init --config "$(config_of "$task" "$1")" --text-encoder "$ENC" --seed "$3" --out "$dir/init.safetensors" &&
         /usr/bin/time -f "train wall %e s, cpu %U s" "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 \
           --seed "$3" $flag --data "$DATA/$task-A-train" --steps "$SEED_STEPS" --val-every 100000 \
           --checkpoint-every 100000 --log-every 10 --out "$dir/checkpoint.safetensors" --export "$dir/model.safetensors" &&
         "$V" eval --model "$dir/model.safetensors" --data "$DATA/$task-A-fresh" --data "$DATA/$task-B-fresh" \
-          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "docs/ablations/seeds/$name.eval.json"
+          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "$SEED_OUT/$name.eval.json"
       } > "$dir/log.txt" 2>&1
     }
     # Seed-major order: an interrupted set still has whole seeds of every variant.
