@@ -1,0 +1,61 @@
+// Load-path probe (examples/load_paths.rs): how fast the adapter's compiler turns one f32 vec4
+// load into registers, by address space and by whether the address differs between lanes.
+// Not a model kernel. Every entry point sums 1024 vec4 loads from the same 16 KiB table, read
+// either as the uniform block (binding 0) or as a storage buffer (binding 1):
+//   *_lanes:   the index depends on the invocation (a different address in every lane: a gather);
+//   *_uniform: the same index in every lane of the workgroup (one address for all lanes).
+// idx_{i+1} = (idx_i + 97 + i) & 1023, started from 7 * invocation (lanes) or 0 (uniform).
+
+struct Table {
+    v: array<vec4<f32>, 1024>,
+}
+
+@group(0) @binding(0) var<uniform> table: Table;
+@group(0) @binding(1) var<storage, read> stable: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+const LOADS: u32 = 1024u;
+
+@compute @workgroup_size(64)
+fn uniform_lanes(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var acc = vec4<f32>(0.0);
+    var idx = (gid.x * 7u) & 1023u;
+    for (var i = 0u; i < LOADS; i++) {
+        idx = (idx + 97u + i) & 1023u;
+        acc += table.v[idx];
+    }
+    out[gid.x] = dot(acc, vec4<f32>(1.0));
+}
+
+@compute @workgroup_size(64)
+fn storage_lanes(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var acc = vec4<f32>(0.0);
+    var idx = (gid.x * 7u) & 1023u;
+    for (var i = 0u; i < LOADS; i++) {
+        idx = (idx + 97u + i) & 1023u;
+        acc += stable[idx];
+    }
+    out[gid.x] = dot(acc, vec4<f32>(1.0));
+}
+
+@compute @workgroup_size(64)
+fn uniform_uniform(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var acc = vec4<f32>(0.0);
+    var idx = 0u;
+    for (var i = 0u; i < LOADS; i++) {
+        idx = (idx + 97u + i) & 1023u;
+        acc += table.v[idx];
+    }
+    out[gid.x] = dot(acc, vec4<f32>(1.0)) + f32(gid.x);
+}
+
+@compute @workgroup_size(64)
+fn storage_uniform(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var acc = vec4<f32>(0.0);
+    var idx = 0u;
+    for (var i = 0u; i < LOADS; i++) {
+        idx = (idx + 97u + i) & 1023u;
+        acc += stable[idx];
+    }
+    out[gid.x] = dot(acc, vec4<f32>(1.0)) + f32(gid.x);
+}
