@@ -49,10 +49,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> scores: array<f32>;  // S, then P   [H, B, Nq, Nk]
+// S, P, dP and dS are read by vec4 (four neighbouring keys; the row length Nk4 is a multiple of
+// 4): on lavapipe every storage access with a per-lane address is a loop over the SIMD lanes,
+// so one vec4 costs about what one float does.
+@group(0) @binding(1) var<storage, read_write> scores: array<vec4<f32>>;  // S, then P   [H, B, Nq, Nk4]
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;     // [B, H, Nq]
 @group(0) @binding(3) var<storage, read> key_mask: array<u32>;      // [Bk, Nk]
-@group(0) @binding(4) var<storage, read_write> grad: array<f32>;    // dP, then dS [H, B, Nq, Nk]
+@group(0) @binding(4) var<storage, read_write> grad: array<vec4<f32>>;    // dP, then dS [H, B, Nq, Nk4]
 @group(0) @binding(5) var<storage, read> src: array<vec4<f32>>;       // heads_*: the input
 @group(0) @binding(6) var<storage, read_write> dst: array<vec4<f32>>; // heads_*: the output
 @group(0) @binding(7) var<storage, read> src2: array<vec4<f32>>;      // delta_rows: d_out (src: out)
@@ -88,28 +91,39 @@ fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 64u + lid;
 }
 
+// The visibility of keys j..j+4 (see `visible`).
+fn visible4(row: Row, j: u32) -> vec4<bool> {
+    return vec4<bool>(visible(row, j), visible(row, j + 1u), visible(row, j + 2u), visible(row, j + 3u));
+}
+
 @compute @workgroup_size(64)
 fn softmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
     let row = row_of(r);
-    let base = r * p.kv_stride;
+    let n4 = p.kv_stride / 4u;
+    let base = r * n4;
     var m = -3.402823e38;
     var l = 0.0;
     var seen = false;
-    for (var j = 0u; j < p.kv_stride; j++) {
-        if (visible(row, j)) {
-            let x = p.scale * scores[base + j];
-            let m_new = max(m, x);
-            l = l * exp(m - m_new) + exp(x - m_new);
+    // Four keys per step: the running maximum moves once per vec4, so the sum is rescaled by
+    // one exp per four keys, plus one exp per key.
+    for (var j4 = 0u; j4 < n4; j4++) {
+        let vis = visible4(row, 4u * j4);
+        if (any(vis)) {
+            let x = select(vec4<f32>(-3.402823e38), p.scale * scores[base + j4], vis);
+            let m_new = max(m, max(max(x.x, x.y), max(x.z, x.w)));
+            let e = select(vec4<f32>(0.0), exp(x - m_new), vis);
+            l = l * exp(m - m_new) + (e.x + e.y) + (e.z + e.w);
             m = m_new;
             seen = true;
         }
     }
     let row_lse = m + log(l);
     lse[row.lse_at] = select(negative_infinity(), row_lse, seen);
-    for (var j = 0u; j < p.kv_stride; j++) {
-        scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
+    for (var j4 = 0u; j4 < n4; j4++) {
+        let keep = visible4(row, 4u * j4) & vec4<bool>(seen);
+        scores[base + j4] = select(vec4<f32>(0.0), exp(p.scale * scores[base + j4] - row_lse), keep);
     }
 }
 
@@ -118,12 +132,14 @@ fn probs_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
     let row = row_of(r);
-    let base = r * p.kv_stride;
+    let n4 = p.kv_stride / 4u;
+    let base = r * n4;
     let row_lse = lse[row.lse_at];
     // A row that saw no key has lse = -inf and P = 0 (exp would give inf there).
     let seen = row_lse > -3.402823e38;
-    for (var j = 0u; j < p.kv_stride; j++) {
-        scores[base + j] = select(0.0, exp(p.scale * scores[base + j] - row_lse), seen && visible(row, j));
+    for (var j4 = 0u; j4 < n4; j4++) {
+        let keep = visible4(row, 4u * j4) & vec4<bool>(seen);
+        scores[base + j4] = select(vec4<f32>(0.0), exp(p.scale * scores[base + j4] - row_lse), keep);
     }
 }
 
@@ -144,11 +160,12 @@ fn delta_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r = row_index(wid, nwg, lid);
     if (r >= p.rows) { return; }
-    let base = r * p.kv_stride;
+    let n4 = p.kv_stride / 4u;
+    let base = r * n4;
     // P is zero at the keys the row does not see (and at a row that sees none).
     let d = delta[row_of(r).lse_at];
-    for (var j = 0u; j < p.kv_stride; j++) {
-        grad[base + j] = p.scale * scores[base + j] * (grad[base + j] - d);
+    for (var j4 = 0u; j4 < n4; j4++) {
+        grad[base + j4] = p.scale * scores[base + j4] * (grad[base + j4] - d);
     }
 }
 

@@ -3,6 +3,8 @@
 // Math (i runs over the output's elements; broadcasting follows NumPy rules: a size-1 axis
 // of an input repeats along the output, which the launcher encodes as stride 0):
 //   binary:           out[i] = a[ia(i)] op b[ib(i)]     op in {+, -, *, /}
+//   binary_same4:     the same without broadcasting (a, b and out of one shape, n a multiple
+//                     of 4), one vec4 per invocation
 //   scale:            out[i] = alpha * a[i] + beta
 //   bias_add:         out[i] = a[i] + bias[i mod C]     (bias over the last axis)
 //   unary:            out[i] = f(a[i])                  f in {relu, gelu, quick_gelu, ...}
@@ -12,6 +14,8 @@
 //                     by the launcher's caller; the pre-activation is recomputed, not stored)
 //   bias_residual:    out[i] = a[i] + bias[i mod C] + r[i]  (a Linear's bias and the residual
 //                     add after it, one pass; its backward is the identity and a row sum)
+//   bias_act4, bias_act_backward4, bias_residual4: the same three, one vec4 of four
+//                     neighbouring elements per invocation (n = out's elements / 4 there)
 //     relu'(x)       = 1 if x > 0 else 0
 //     gelu(x)        = x Phi(x) = x/2 (1 + erf(x/sqrt 2)),   gelu'(x) = Phi(x) + x phi(x)
 //     quick_gelu(x)  = x sigmoid(1.702 x),   quick_gelu'(x) = s + 1.702 x s (1 - s)
@@ -40,6 +44,15 @@ struct Params {
 // The third operand of the fused entry points: dy (bias_act_backward) or the residual
 // (bias_residual).
 @group(0) @binding(4) var<storage, read> c3: array<f32>;
+// vec4 views of the same four buffers, for the `*4` entry points of the fused kernels (the
+// launcher binds each buffer twice and takes them when the bias length is a multiple of 4).
+// On lavapipe every storage access with a per-lane address is a loop over the SIMD lanes, so
+// moving four neighbouring floats per access, one vec4 per invocation, costs about what one
+// float did.
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> c34: array<vec4<f32>>;
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;
@@ -176,4 +189,57 @@ fn bias_residual(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     out[i] = a[i] + b[i % p.c] + c3[i];
+}
+
+// ----- the fused kernels by vec4 (C a multiple of 4; p.n counts vec4s, p.c floats) -----
+
+fn unary_f4(op: u32, x: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(unary_f(op, x.x), unary_f(op, x.y), unary_f(op, x.z), unary_f(op, x.w));
+}
+
+fn unary_df4(op: u32, x: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(unary_df(op, x.x), unary_df(op, x.y), unary_df(op, x.z), unary_df(op, x.w));
+}
+
+// The bias vec4 of output vec4 i: columns (4i mod C) .. + 4.
+fn bias_at4(i: u32) -> vec4<f32> {
+    return b4[((4u * i) % p.c) / 4u];
+}
+
+@compute @workgroup_size(256)
+fn bias_act4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = unary_f4(p.op, a4[i] + bias_at4(i));
+}
+
+@compute @workgroup_size(256)
+fn bias_act_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = c34[i] * unary_df4(p.op, a4[i] + bias_at4(i));
+}
+
+@compute @workgroup_size(256)
+fn bias_residual4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = a4[i] + bias_at4(i) + c34[i];
+}
+
+// binary without broadcasting, by vec4 (p.n counts vec4s).
+@compute @workgroup_size(256)
+fn binary_same4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let x = a4[i];
+    let y = b4[i];
+    var r: vec4<f32>;
+    switch p.op {
+        case 0u: { r = x + y; }
+        case 1u: { r = x - y; }
+        case 2u: { r = x * y; }
+        default: { r = x / y; }
+    }
+    out4[i] = r;
 }

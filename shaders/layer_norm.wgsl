@@ -16,6 +16,9 @@
 // Row kernels (forward, dx) come in two schedules, picked per adapter by the launcher:
 //   *_rows:       one invocation per row, 64 rows per workgroup, no barriers (CPU adapters);
 //   *_workgroup:  one 256-invocation workgroup per row, tree reductions in workgroup memory.
+//   *_rows4:      the row schedule by vec4 (cols a multiple of 4): four neighbouring columns per
+//                 access, since on lavapipe every storage access with a per-lane address is a
+//                 loop over the SIMD lanes and one vec4 costs about what one float does.
 // dweight/dbias reduce over rows deterministically: `backward_params` sums a chunk of rows per
 // (chunk, column) invocation into partials, `backward_params_finish` adds the chunks per
 // column (skipped when there is one chunk: the first pass then writes dweight/dbias).
@@ -53,6 +56,20 @@ struct Params {
 // backward_params_finish: partials in, sums out.
 @group(0) @binding(1) var<storage, read> partial_dweight: array<f32>;
 @group(0) @binding(3) var<storage, read> partial_dbias: array<f32>;
+
+// vec4 views of the same slots (the *4 entry points).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> dx_in4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> dweight4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> dbias4: array<vec4<f32>>;
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
 
 const WG: u32 = 256u; // workgroup size of the row-per-workgroup entry points
 #include "workgroup_reduce.wgsl"
@@ -145,6 +162,72 @@ fn backward_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         let earlier = select(0.0, dx_in[base + j], p.accumulate != 0u);
         out[base + j] = earlier + rstd * (dy[base + j] * weight[j] - sg - xhat * sgx);
     }
+}
+
+@compute @workgroup_size(64)
+fn forward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (row >= p.rows) { return; }
+    let c4 = p.cols / 4u;
+    let base = row * c4;
+    let n = f32(p.cols);
+    let shift = x4[base].x;
+    var s = vec4<f32>(0.0);
+    for (var j = 0u; j < c4; j++) { s += x4[base + j] - shift; }
+    let m = hsum(s) / n; // mean - shift
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < c4; j++) { let d = (x4[base + j] - shift) - m; v += d * d; }
+    let rstd = inverseSqrt(hsum(v) / n + p.eps);
+    for (var j = 0u; j < c4; j++) {
+        out4[base + j] = ((x4[base + j] - shift) - m) * rstd * weight4[j] + bias4[j];
+    }
+    mean_out[row] = shift + m;
+    rstd_out[row] = rstd;
+}
+
+@compute @workgroup_size(64)
+fn backward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
+    if (row >= p.rows) { return; }
+    let c4 = p.cols / 4u;
+    let base = row * c4;
+    let mean = saved_mean[row];
+    let rstd = saved_rstd[row];
+    var sg = vec4<f32>(0.0);
+    var sgx = vec4<f32>(0.0);
+    for (var j = 0u; j < c4; j++) {
+        let g = dy4[base + j] * weight4[j];
+        sg += g;
+        sgx += g * (x4[base + j] - mean) * rstd;
+    }
+    let inv_n = 1.0 / f32(p.cols);
+    let mg = hsum(sg) * inv_n;
+    let mgx = hsum(sgx) * inv_n;
+    for (var j = 0u; j < c4; j++) {
+        let xhat = (x4[base + j] - mean) * rstd;
+        let earlier = select(vec4<f32>(0.0), dx_in4[base + j], p.accumulate != 0u);
+        out4[base + j] = earlier + rstd * (dy4[base + j] * weight4[j] - mg - xhat * mgx);
+    }
+}
+
+// backward_params by vec4: one invocation per (chunk, four columns); p.n counts those.
+@compute @workgroup_size(256)
+fn backward_params4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (g >= p.n) { return; }
+    let c4 = p.cols / 4u;
+    let col = g % c4;
+    let start = (g / c4) * p.chunk;
+    let end = min(start + p.chunk, p.rows);
+    var dw = vec4<f32>(0.0);
+    var db = vec4<f32>(0.0);
+    for (var r = start; r < end; r++) {
+        let d = dy4[r * c4 + col];
+        dw += d * (x4[r * c4 + col] - saved_mean[r]) * saved_rstd[r];
+        db += d;
+    }
+    dweight4[g] = dw;
+    dbias4[g] = db;
 }
 
 // One invocation per (chunk, column), column fastest: sums dy * xhat and dy over the chunk's rows.

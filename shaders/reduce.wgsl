@@ -9,6 +9,10 @@
 // second dispatch of the same entry point. Every output is summed by one invocation in a fixed
 // order, so results are deterministic.
 //
+// sum_axis4 is the same by vec4 when inner is a multiple of 4: four neighbouring outputs per
+// invocation (p.n counts vec4s, p.inner stays in floats). On lavapipe every storage access with
+// a per-lane address is a loop over the SIMD lanes, so a vec4 costs about what a float does.
+//
 // Grid: one invocation per output (o, c, i), i fastest so neighbouring invocations read
 // neighbouring addresses; 256 per workgroup, workgroups folded over x and y.
 
@@ -26,6 +30,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+// vec4 views of the same buffers (sum_axis4)
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn sum_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -44,4 +51,24 @@ fn sum_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         at += p.inner;
     }
     out[g] = acc;
+}
+
+@compute @workgroup_size(256)
+fn sum_axis4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (g >= p.n) { return; }
+    let inner4 = p.inner / 4u;
+    let i = g % inner4;
+    let t = g / inner4;
+    let c = t % p.chunks;
+    let o = t / p.chunks;
+    let start = c * p.chunk;
+    let end = min(start + p.chunk, p.len);
+    var acc = vec4<f32>(0.0);
+    var at = (o * p.len + start) * inner4 + i;
+    for (var j = start; j < end; j++) {
+        acc += x4[at];
+        at += inner4;
+    }
+    out4[g] = acc;
 }

@@ -39,6 +39,9 @@ fn broadcast_binary_matches_reference() {
         (&[2, 130, 3], &[2, 1, 3]),
         (&[4, 1, 5], &[1, 6, 1]),
         (&[3, 1], &[1, 33]),
+        // Same shapes with a multiple of 4 elements: the vec4 kernel.
+        (&[8], &[8]),
+        (&[5, 12], &[5, 12]),
     ];
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
         for &(sa, sb) in shapes {
@@ -237,7 +240,8 @@ fn ref_sum_rows(g: &[f64], c: usize) -> Vec<f64> {
 fn bias_act_forward_backward_and_finite_differences() {
     let mut rng = Rng::new(11);
     for op in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::QuickGelu] {
-        for &(rows, c) in &[(1usize, 1usize), (3, 7), (17, 33), (65, 129)] {
+        // c = 4 and 20 take the vec4 kernels (bias length a multiple of 4), the others the scalar ones.
+        for &(rows, c) in &[(1usize, 1usize), (3, 7), (9, 4), (17, 33), (6, 20), (65, 129)] {
             let mut x = Input::random(&mut rng, &[rows, c]);
             x.data.iter_mut().for_each(|v| *v *= 3.0);
             let bias = Input::random(&mut rng, &[c]);
@@ -282,7 +286,8 @@ fn bias_act_forward_backward_and_finite_differences() {
 #[test]
 fn bias_residual_forward_backward_and_finite_differences() {
     let mut rng = Rng::new(12);
-    for &(rows, c) in &[(1usize, 1usize), (5, 3), (31, 64), (129, 33)] {
+    // c = 64 and 12 take the vec4 kernel, the others the scalar one.
+    for &(rows, c) in &[(1usize, 1usize), (5, 3), (31, 64), (7, 12), (129, 33)] {
         let inputs = vec![
             Input::random(&mut rng, &[rows, c]),
             Input::random(&mut rng, &[c]),

@@ -49,8 +49,9 @@ fn ref_layer_norm_backward(x: &[f64], w: &[f64], dy: &[f64], cols: usize, eps: f
 fn layer_norm_forward_backward_both_schedules() {
     let mut rng = Rng::new(20);
     let eps = 1e-5f32;
-    // (300, 7) and (130, 33) split the weight/bias gradient over several row chunks.
-    let shapes: Vec<(usize, usize)> = ROW_SHAPES.iter().cloned().chain([(300, 7)]).collect();
+    // (300, 7), (300, 8) and (130, 33) split the weight/bias gradient over several row chunks;
+    // (2, 300), (9, 12) and (300, 8) take the vec4 kernels (columns a multiple of 4).
+    let shapes: Vec<(usize, usize)> = ROW_SHAPES.iter().cloned().chain([(300, 7), (300, 8), (9, 12)]).collect();
     for schedule in SCHEDULES {
         for &(rows, cols) in &shapes {
             let x = Input::random(&mut rng, &[rows, cols]);

@@ -52,7 +52,8 @@ fn ref_sum_to_shape(x: &[f64], x_shape: &[usize], target: &[usize]) -> Vec<f64> 
 #[test]
 fn sum_axis_matches_reference_with_broadcast_backward() {
     let mut rng = Rng::new(50);
-    // (1, 1000, 1) and (2, 300, 3) are split into chunks and summed in two passes.
+    // (1, 1000, 1), (2, 300, 3) and (1, 600, 8) are split into chunks and summed in two passes;
+    // an inner axis that is a multiple of 4 ((5, 1, 4), (2, 9, 12), (1, 600, 8)) takes sum_axis4.
     for &(outer, len, inner) in &[
         (1usize, 1usize, 1usize),
         (1, 7, 1),
@@ -62,6 +63,8 @@ fn sum_axis_matches_reference_with_broadcast_backward() {
         (1, 1000, 1),
         (2, 300, 3),
         (5, 1, 4),
+        (2, 9, 12),
+        (1, 600, 8),
     ] {
         let x = Input::random(&mut rng, &[outer, len, inner]);
         check(

@@ -125,6 +125,26 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// Launches one of the fused bias kernels on `[a, bias, out, c3]`: by vec4 (entry `ENTRY4`,
+/// each buffer bound a second time as a vec4 view) when the bias length is a multiple of 4,
+/// else by element.
+fn launch_fused(
+    gpu: &Gpu,
+    entries: (&'static str, &'static str),
+    params: &Params,
+    buffers: [&GpuBuffer; 4],
+    label: KernelLabel,
+) -> Result<()> {
+    if params.c.is_multiple_of(4) {
+        let mut p = *params;
+        p.n /= 4;
+        let [a, b, o, c] = buffers;
+        launch(gpu, entries.1, &p, &[a, b, o, c, a, b, o, c], label)
+    } else {
+        launch(gpu, entries.0, params, &buffers, label)
+    }
+}
+
 fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -171,7 +191,13 @@ pub fn binary(
     };
     let label =
         KernelLabel { kernel: name, shape: format!("{a_shape:?}{b_shape:?}"), flops: n as u64, bytes: 12 * n as u64 };
-    launch(gpu, "binary", &p, &[a, b, out], label)?;
+    if a_shape == b_shape && n.is_multiple_of(4) {
+        // No broadcasting: the vec4 kernel, on the buffers' vec4 views (bindings 5..7).
+        p.n = (n / 4) as u32;
+        launch(gpu, "binary_same4", &p, &[a, b, out, a, a, b, out], label)?;
+    } else {
+        launch(gpu, "binary", &p, &[a, b, out], label)?;
+    }
     Ok(shape)
 }
 
@@ -266,7 +292,7 @@ pub fn bias_act(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, sha
         flops: 9 * n as u64,
         bytes: 8 * n as u64 + 4 * c as u64,
     };
-    launch(gpu, "bias_act", &p, &[a, bias, out, a], label)
+    launch_fused(gpu, ("bias_act", "bias_act4"), &p, [a, bias, out, a], label)
 }
 
 /// `dz[r, c] = dy[r, c] * f'(a[r, c] + bias[c])`: the gradient of [`bias_act`] with respect to
@@ -295,7 +321,7 @@ pub fn bias_act_backward(
         flops: 11 * n as u64,
         bytes: 12 * n as u64 + 4 * c as u64,
     };
-    launch(gpu, "bias_act_backward", &p, &[a, bias, dz, dy], label)
+    launch_fused(gpu, ("bias_act_backward", "bias_act_backward4"), &p, [a, bias, dz, dy], label)
 }
 
 /// `out[r, c] = a[r, c] + bias[c] + residual[r, c]`: a Linear's bias and the residual add after
@@ -323,5 +349,5 @@ pub fn bias_residual(
         flops: 2 * n as u64,
         bytes: 12 * n as u64 + 4 * c as u64,
     };
-    launch(gpu, "bias_residual", &p, &[a, bias, out, residual], label)
+    launch_fused(gpu, ("bias_residual", "bias_residual4"), &p, [a, bias, out, residual], label)
 }

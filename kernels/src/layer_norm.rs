@@ -109,6 +109,16 @@ pub fn forward(gpu: &Gpu, io: &LayerNormIo, rows: usize, cols: usize, eps: f32) 
     forward_with(gpu, RowSchedule::choose(gpu, rows, cols), io, rows, cols, eps)
 }
 
+/// The row-per-invocation entry point by vec4 (`vec4_entry`) when the columns are a multiple of 4;
+/// any other pick unchanged.
+fn by_vec4(entry: &'static str, cols: usize, vec4_entry: &'static str) -> &'static str {
+    if entry.ends_with("_rows") && cols.is_multiple_of(4) {
+        vec4_entry
+    } else {
+        entry
+    }
+}
+
 /// [`forward`] in a given schedule.
 pub fn forward_with(
     gpu: &Gpu,
@@ -129,6 +139,7 @@ pub fn forward_with(
         return Ok(());
     }
     let (entry, workgroups) = schedule.pick(rows, cols, "forward_rows", "forward_workgroup");
+    let entry = by_vec4(entry, cols, "forward_rows4");
     let n = (rows * cols) as u64;
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -195,6 +206,7 @@ pub fn backward_with(
     }
     let n = (rows * cols) as u64;
     let (entry, workgroups) = schedule.pick(rows, cols, "backward_rows", "backward_workgroup");
+    let entry = by_vec4(entry, cols, "backward_rows4");
     let mut p = Params::new(rows, cols, 0.0);
     p.accumulate = u32::from(dx_in.is_some());
     gpu.dispatch(Dispatch {
@@ -220,7 +232,9 @@ pub fn backward_with(
     let mut p = Params::new(rows, cols, 0.0);
     p.chunk = chunk as u32;
     p.chunks = chunks as u32;
-    p.n = (chunks * cols) as u32;
+    // By vec4 (four columns per invocation) when the columns allow it.
+    let per_invocation = if cols.is_multiple_of(4) { 4 } else { 1 };
+    p.n = (chunks * cols / per_invocation) as u32;
     let partials = if chunks > 1 { Some((gpu.alloc(chunks * cols)?, gpu.alloc(chunks * cols)?)) } else { None };
     let (pw, pb) = match &partials {
         Some((w, b)) => (w, b),
@@ -228,10 +242,10 @@ pub fn backward_with(
     };
     gpu.dispatch(Dispatch {
         shader: &SHADER,
-        entry: "backward_params",
+        entry: if per_invocation == 4 { "backward_params4" } else { "backward_params" },
         params: bytemuck::bytes_of(&p),
         buffers: &[x, pw, dy, pb, mean, rstd],
-        workgroups: grid((chunks * cols).div_ceil(256) as u32),
+        workgroups: grid((p.n as usize).div_ceil(256) as u32),
         label: KernelLabel {
             kernel: "layer_norm_backward_params",
             shape: format!("[{rows},{cols}]/{chunks}"),

@@ -104,22 +104,24 @@ fn dispatch_sum(
     chunks: usize,
 ) -> Result<()> {
     let n = outer * chunks * inner;
+    // Four neighbouring outputs per invocation when the inner axis allows it (sum_axis4).
+    let per_invocation = if inner.is_multiple_of(4) { 4 } else { 1 };
     let p = Params {
         outer: outer as u32,
         len: len as u32,
         inner: inner as u32,
         chunk: chunk as u32,
         chunks: chunks as u32,
-        n: n as u32,
+        n: (n / per_invocation) as u32,
         _pad: [0; 2],
     };
     let read = outer * len * inner;
     gpu.dispatch(Dispatch {
         shader: &SHADER,
-        entry: "sum_axis",
+        entry: if per_invocation == 4 { "sum_axis4" } else { "sum_axis" },
         params: bytemuck::bytes_of(&p),
         buffers: &[x, out],
-        workgroups: grid(n.div_ceil(256) as u32),
+        workgroups: grid((n / per_invocation).div_ceil(256) as u32),
         label: KernelLabel {
             kernel: "sum_axis",
             shape: format!("[{outer},{len},{inner}]/{chunks}"),
