@@ -11,7 +11,8 @@
 #                                     # each variant with and without domain randomization, seeds
 #                                     # $SEEDS, evaluated on fresh domains A-D (seed 12345); JSON in
 #                                     # $SEED_OUT (default docs/ablations/seeds/), table by
-#                                     # scripts/ablation-table.py [that folder]
+#                                     # scripts/ablation-table.py [that folder]; RANDOMIZE="on"
+#                                     # (or "off") runs one setting only
 #
 # Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
 set -euo pipefail
@@ -42,6 +43,8 @@ VARIANTS=${VARIANTS:-full no-em no-text plain}
 JOBS=${JOBS:-2}
 export LP_NUM_THREADS=${LP_NUM_THREADS:-$((4 / JOBS > 0 ? 4 / JOBS : 1))}
 SEED_STEPS=${SEED_STEPS:-60}
+# ablate-seeds: which randomization settings to run ("on off", or one of them).
+RANDOMIZE=${RANDOMIZE:-on off}
 # ablate-seeds: where the eval JSON goes (a run whose JSON is there is skipped).
 SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
 
@@ -105,7 +108,7 @@ case "${1:-}" in
     # Seed-major order: an interrupted set still has whole seeds of every variant.
     for seed in $SEEDS; do
       for variant in $VARIANTS; do
-        for r in on off; do
+        for r in $RANDOMIZE; do
           while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
           one "$variant" "$r" "$seed" &
         done
