@@ -9,6 +9,9 @@
 // With a bias (bias: [N], shared by every row and batch; the launcher's matmul_bias), every
 // output gets bias[j] added in the store: out = A.B + bias, or out += A.B + bias. So a Linear
 // layer is one dispatch.
+// With an activation f (the launcher's matmul_bias_act; a bias, no accumulation), out keeps
+// the bare product A.B and a second output act_out gets f(A.B + bias): a Linear, its bias and its
+// activation in one dispatch, with what the backward needs (f'(A.B + bias)) kept.
 // K = 0 gives zeros, or the bias (or leaves out unchanged, plus the bias, when accumulating).
 //
 // Three families of entry points, chosen by the launcher (kernels/src/matmul.rs):
@@ -34,6 +37,7 @@
 // Grid: x = column groups, y = row groups, z = batch (times splits for split-K tiled).
 
 #include "matmul_core.wgsl"
+#include "activation.wgsl"
 
 // ----- registers path: the block drivers and entry points (helpers in include/matmul_core.wgsl) -----
 
@@ -267,7 +271,7 @@ fn tiled_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             let j = col0 + lid.x + 16u * c;
             if (i < p.m && j < p.n) {
                 let o = obase + i * p.n + j;
-                out[o] = epilogue(acc[r][c], o, j);
+                store1(o, j, acc[r][c]);
             }
         }
     }
@@ -360,7 +364,7 @@ fn tiled_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
             let j = col0 + lid.x + 16u * c;
             if (i < p.m && j < p.n) {
                 let o = obase + i * p.n + j;
-                out[o] = epilogue(acc[r][c], o, j);
+                store1(o, j, acc[r][c]);
             }
         }
     }
@@ -413,7 +417,7 @@ fn tiled_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let j = col0 + lid.x + 16u * c;
             if (i < p.m && j < p.n) {
                 let o = obase + i * p.n + j;
-                out[o] = epilogue(acc[r][c], o, j);
+                store1(o, j, acc[r][c]);
             }
         }
     }
@@ -433,5 +437,5 @@ fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var split = 0u; split < p.k_split; split++) {
         s += a[split * total + idx];
     }
-    out[idx] = epilogue(s, idx, idx % p.n);
+    store1(idx, idx % p.n, s);
 }

@@ -4,6 +4,7 @@
 // (llvmpipe GL) cannot compile a module that uses them, even where no entry point runs.
 
 #include "matmul_core.wgsl"
+#include "activation.wgsl"
 
 // ----- subgroup path (CPU adapters with subgroups: lavapipe) -----
 //
@@ -227,7 +228,7 @@ fn store_row_general(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
             let j = col0 + 4u * q + e;
             if (j < p.n) {
                 let o = base + row * p.n + j;
-                out[o] = epilogue(v[e], o, j);
+                store1(o, j, v[e]);
             }
         }
     }

@@ -6,7 +6,10 @@
 mod common;
 
 use common::{check, Case, Input, Rng};
-use vlsa_kernels::matmul::{matmul, matmul_bias, matmul_bias_with, matmul_with, plan, Matmul};
+use vlsa_kernels::elementwise::UnaryOp;
+use vlsa_kernels::matmul::{
+    matmul, matmul_bias, matmul_bias_act, matmul_bias_act_with, matmul_bias_with, matmul_with, plan, BiasActOut, Matmul,
+};
 use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
 /// Every kernel path the adapter can run: each is tested here whatever the default is.
@@ -228,6 +231,83 @@ fn split_k_products_match_reference() {
         let second = run(gpu, KernelPath::Tiled, &op0, &a, &b).unwrap();
         assert_eq!(gpu.download(&first).unwrap(), gpu.download(&second).unwrap(), "{}", op0.describe());
     }
+}
+
+#[test]
+fn activation_epilogue_keeps_the_product_and_applies_f() {
+    // matmul_bias_act: out = A·B (bare) and act_out = f(A·B + bias), on vec4 and general kernels
+    // of every path, a Linear's x·Wᵀ, and a long-K product that the tiled path splits (the
+    // activation then runs in the split-K reduction). Gelu's own accuracy is tested with the
+    // elementwise kernels, which share activation.wgsl.
+    let mut rng = Rng::new(9);
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    for path in paths() {
+        for &(batch, m, n, k, ta, tb) in &[
+            (1, 65, 36, 12, false, true),
+            (2, 7, 33, 130, false, false),
+            (1, 72, 100, 9, true, false),
+            (1, 36, 40, 2100, true, false),
+        ] {
+            for act in [UnaryOp::Relu, UnaryOp::QuickGelu] {
+                let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb);
+                let inputs = vec![
+                    Input::random(&mut rng, &[op.a_len()]),
+                    Input::random(&mut rng, &[op.b_len()]),
+                    Input::random(&mut rng, &[n]),
+                ];
+                let f = move |z: f64| match act {
+                    UnaryOp::Relu => z.max(0.0),
+                    _ => z * sigmoid(1.702 * z),
+                };
+                for activated in [false, true] {
+                    check(
+                        Case::new(
+                            format!(
+                                "{path:?} {} + bias, {act:?} ({})",
+                                op.describe(),
+                                if activated { "f" } else { "product" }
+                            ),
+                            inputs.clone(),
+                            move |x| {
+                                let product = reference(&op, &x[0], &x[1]);
+                                if !activated {
+                                    return product;
+                                }
+                                product.iter().enumerate().map(|(i, p)| f(p + x[2][i % n])).collect()
+                            },
+                            move |gpu, x| {
+                                let out = gpu.alloc(op.out_len())?;
+                                let act_out = gpu.alloc(op.out_len())?;
+                                let epi = BiasActOut { bias: &x[2], act, act_out: &act_out };
+                                matmul_bias_act_with(gpu, &x[0], &x[1], &out, &op, &epi, path)?;
+                                Ok(if activated { act_out } else { out })
+                            },
+                        )
+                        // K up to 2100: f32 sums of that length carry about 1e-5 of rounding.
+                        .fwd_tol(1e-4, 1e-4),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_epilogue_refuses_accumulation_and_a_shared_buffer() {
+    let gpu = common::gpu();
+    let op = Matmul::new(1, 4, 4, 4);
+    let (a, b, bias) = (gpu.zeros(16).unwrap(), gpu.zeros(16).unwrap(), gpu.zeros(4).unwrap());
+    let (out, act_out) = (gpu.zeros(16).unwrap(), gpu.zeros(16).unwrap());
+    let epi = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &act_out };
+    let err = matmul_bias_act(gpu, &a, &b, &out, &op.accumulate(true), &epi).unwrap_err().to_string();
+    assert!(err.contains("cannot accumulate"), "{err}");
+    let same = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &out };
+    let err = matmul_bias_act(gpu, &a, &b, &out, &op, &same).unwrap_err().to_string();
+    assert!(err.contains("two different buffers"), "{err}");
+    let short = gpu.zeros(8).unwrap();
+    let small = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &short };
+    let err = matmul_bias_act(gpu, &a, &b, &out, &op, &small).unwrap_err().to_string();
+    assert!(err.contains("activation output has 8 elements"), "{err}");
 }
 
 #[test]

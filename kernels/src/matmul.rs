@@ -11,6 +11,7 @@
 //! dB = Aᵀ·dC); there is no separate backward entry point.
 
 use crate::context::{Dispatch, Gpu};
+use crate::elementwise::UnaryOp;
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
@@ -211,7 +212,7 @@ pub fn matmul_with(
     op: &Matmul,
     path: KernelPath,
 ) -> Result<()> {
-    launch(gpu, a, b, None, out, op, path)
+    launch(gpu, a, b, out, op, Epilogue::default(), path)
 }
 
 /// A product with a per-column bias in the same dispatch, so a Linear layer
@@ -227,7 +228,7 @@ pub fn matmul_bias(
     out: &GpuBuffer,
     op: &Matmul,
 ) -> Result<()> {
-    launch(gpu, a, b, Some(bias), out, op, gpu.kernel_path())
+    matmul_bias_with(gpu, a, b, bias, out, op, gpu.kernel_path())
 }
 
 /// [`matmul_bias`] on an explicitly chosen implementation.
@@ -240,18 +241,80 @@ pub fn matmul_bias_with(
     op: &Matmul,
     path: KernelPath,
 ) -> Result<()> {
-    launch(gpu, a, b, Some(bias), out, op, path)
+    launch(gpu, a, b, out, op, Epilogue { bias: Some(bias), act: None }, path)
+}
+
+/// The activation epilogue of [`matmul_bias_act`]: the per-column bias, the activation f and
+/// the buffer that receives f(A·B + bias) ([batch, M, N]).
+#[derive(Clone, Copy, Debug)]
+pub struct BiasActOut<'a> {
+    /// N elements (at least), shared by every row and batch.
+    pub bias: &'a GpuBuffer,
+    /// The activation f.
+    pub act: UnaryOp,
+    /// f(A·B + bias); a different buffer from the product's.
+    pub act_out: &'a GpuBuffer,
+}
+
+/// A Linear layer and its activation in one dispatch: `out` = A·B (the bare product, which the
+/// activation's backward needs: `elementwise::bias_act_backward` recomputes f'(out + bias) from
+/// it) and `epi.act_out` = f(A·B + bias), both [batch, M, N]. `op.accumulate` must be off. The
+/// same as [`matmul`] followed by `elementwise::bias_act`, without the second pass over the
+/// output.
+pub fn matmul_bias_act(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+    op: &Matmul,
+    epi: &BiasActOut,
+) -> Result<()> {
+    matmul_bias_act_with(gpu, a, b, out, op, epi, gpu.kernel_path())
+}
+
+/// [`matmul_bias_act`] on an explicitly chosen implementation.
+pub fn matmul_bias_act_with(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+    op: &Matmul,
+    epi: &BiasActOut,
+    path: KernelPath,
+) -> Result<()> {
+    if op.accumulate {
+        return Err(Error::Shape(format!(
+            "matmul {}: an activation epilogue cannot accumulate into its output",
+            op.describe()
+        )));
+    }
+    if std::ptr::eq(out, epi.act_out) {
+        return Err(Error::Shape(format!(
+            "matmul {}: the product and its activation need two different buffers",
+            op.describe()
+        )));
+    }
+    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)) };
+    launch(gpu, a, b, out, op, epilogue, path)
+}
+
+/// What a launch adds in its store: a per-column bias, and an activation with its output.
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a GpuBuffer>,
+    act: Option<(&'a GpuBuffer, UnaryOp)>,
 }
 
 fn launch(
     gpu: &Gpu,
     a: &GpuBuffer,
     b: &GpuBuffer,
-    bias: Option<&GpuBuffer>,
     out: &GpuBuffer,
     op: &Matmul,
+    epilogue: Epilogue,
     path: KernelPath,
 ) -> Result<()> {
+    let Epilogue { bias, act } = epilogue;
     if let Some(bias) = bias {
         if bias.len() < op.n {
             return Err(Error::Shape(format!(
@@ -260,6 +323,19 @@ fn launch(
                 bias.len(),
                 op.n,
                 op.n
+            )));
+        }
+    }
+    if let Some((act_out, _)) = act {
+        if act_out.len() < op.out_len() {
+            return Err(Error::Shape(format!(
+                "matmul {}: the activation output has {} elements but [{}, {}, {}] needs {}",
+                op.describe(),
+                act_out.len(),
+                op.batch,
+                op.m,
+                op.n,
+                op.out_len()
             )));
         }
     }
@@ -299,27 +375,37 @@ fn launch(
         k_split: op.k as u32,
         _pad: 0,
     };
+    // The activation is a pipeline constant (ACT in matmul_core.wgsl): 1 + its code, or none.
+    let act_constant = act.map(|(_, f)| [("ACT", f64::from(1 + f as u32))]);
+    let constants: &[(&str, f64)] = act_constant.as_ref().map_or(&[], |c| c.as_slice());
+    // Bindings 8 and 9: the activation output, or `out` standing in (never written then).
+    let act_out = act.map_or(out, |(buf, _)| buf);
     let plan = plan(gpu, op, path);
     let label = KernelLabel {
         kernel: "matmul",
-        shape: if bias.is_some() { format!("{} + bias", op.describe()) } else { op.describe() },
+        shape: match (bias.is_some(), act) {
+            (_, Some((_, f))) => format!("{} + bias, {}", op.describe(), f.name()),
+            (true, None) => format!("{} + bias", op.describe()),
+            (false, None) => op.describe(),
+        },
         flops: op.flops(),
         bytes: 4 * (op.a_len() + op.b_len() + op.out_len() * if op.accumulate { 2 } else { 1 }) as u64,
     };
     let grid = |z: usize| [op.n.div_ceil(plan.cols) as u32, op.m.div_ceil(plan.rows) as u32, z as u32];
     let shader = if plan.entry.starts_with("subgroup_") { &SUBGROUP_SHADER } else { &SHADER };
     if plan.splits <= 1 {
-        return gpu.dispatch(Dispatch {
+        let d = Dispatch {
             shader,
             entry: plan.entry,
             params: bytemuck::bytes_of(&params),
             // Bindings 1..3 are the scalar views, 4..6 the vec4 views of the same buffers, 7 the
-            // bias (A stands in when there is none: read-only, never read); each entry point
-            // binds only the ones it uses.
-            buffers: &[a, b, out, a, b, out, bias.unwrap_or(a)],
+            // bias (A stands in when there is none: read-only, never read), 8 and 9 the
+            // activation output's views; each entry point binds only the ones it uses.
+            buffers: &[a, b, out, a, b, out, bias.unwrap_or(a), act_out, act_out],
             workgroups: grid(op.batch),
             label,
-        });
+        };
+        return gpu.dispatch_specialized(d, constants);
     }
     // Split-K: partial products of each K range into scratch [splits, batch, M, N] without the
     // epilogue, then one pass sums them in split order and applies bias and accumulate.
@@ -330,16 +416,16 @@ fn launch(
         shader,
         entry: plan.entry,
         params: bytemuck::bytes_of(&split_params),
-        buffers: &[a, b, &partial, a, b, &partial, a],
+        buffers: &[a, b, &partial, a, b, &partial, a, &partial, &partial],
         workgroups: grid(op.batch * plan.splits),
         label,
     })?;
     let reduce_params = Params { k_split: plan.splits as u32, ..params };
-    gpu.dispatch(Dispatch {
+    let d = Dispatch {
         shader: &SHADER,
         entry: "splitk_reduce",
         params: bytemuck::bytes_of(&reduce_params),
-        buffers: &[&partial, b, out, a, b, out, bias.unwrap_or(a)],
+        buffers: &[&partial, b, out, a, b, out, bias.unwrap_or(a), act_out, act_out],
         workgroups: [op.out_len().div_ceil(256) as u32, 1, 1],
         label: KernelLabel {
             kernel: "matmul_splitk_reduce",
@@ -347,7 +433,8 @@ fn launch(
             flops: (plan.splits * op.out_len()) as u64,
             bytes: 4 * ((plan.splits + 1 + op.accumulate as usize) * op.out_len()) as u64,
         },
-    })
+    };
+    gpu.dispatch_specialized(d, constants)
 }
 
 /// Which kernel a product runs: the entry point, the output block one workgroup covers, and

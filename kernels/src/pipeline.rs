@@ -52,6 +52,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/workgroup_reduce.wgsl")),
     ),
     ("matmul_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/matmul_core.wgsl"))),
+    ("activation.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/activation.wgsl"))),
 ];
 
 /// A shader's text with its includes appended, and where each appended file starts.

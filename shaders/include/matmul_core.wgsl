@@ -1,5 +1,5 @@
 // What every matmul module shares (matmul.wgsl, matmul_subgroup.wgsl): the parameter block, the
-// bindings, the store epilogue (bias, accumulate), and the register-block helpers (vec4 slices,
+// bindings, the store epilogue (bias, accumulate, activation), and the register-block helpers (vec4 slices,
 // the k-inner multiply-add of one row, masked stores, scalar loads for any shape). The math and
 // the storage conventions are stated at the top of matmul.wgsl.
 
@@ -29,6 +29,14 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
 // The per-column bias (every entry point; the launcher binds A there when there is none).
 @group(0) @binding(7) var<storage, read> bias: array<f32>;
+// The activation epilogue, fixed when the pipeline is built (Gpu::dispatch_specialized): 0 for
+// none, else 1 + an activation code of activation.wgsl. A constant, so that a plain product's
+// pipeline compiles without it and a Linear+activation pipeline holds only its one activation.
+override ACT: u32 = 0u;
+// The activation epilogue's output, scalar and vec4 views (the launcher binds `out` there when
+// there is no activation: never written then).
+@group(0) @binding(8) var<storage, read_write> act_out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> act_out4: array<vec4<f32>>;
 
 // The store epilogue shared by every kernel: the product v for out[o] (column j), plus the bias,
 // plus the old output when accumulating.
@@ -53,6 +61,32 @@ fn epilogue4(v: vec4<f32>, o: u32, j: u32) -> vec4<f32> {
         r += out4[o];
     }
     return r;
+}
+
+// Every kernel's store of output element o (column j) with the product v. With an activation
+// (ACT = 1 + op, launched with a bias and without accumulation) `out` keeps the bare product,
+// from which the backward recomputes f'(product + bias), and act_out gets f(product + bias): a
+// Linear, its bias and its activation in one pass over the output. Otherwise out gets the
+// epilogue.
+fn store1(o: u32, j: u32, v: f32) {
+    if (ACT != 0u) {
+        out[o] = v;
+        act_out[o] = unary_f(ACT - 1u, v + bias[j]);
+        return;
+    }
+    out[o] = epilogue(v, o, j);
+}
+
+// The same for four columns j..j+4 stored as out4[o] (vec4 kernels).
+fn store4(o: u32, j: u32, v: vec4<f32>) {
+    if (ACT != 0u) {
+        out4[o] = v;
+        let z = v + vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+        let op = ACT - 1u;
+        act_out4[o] = vec4<f32>(unary_f(op, z.x), unary_f(op, z.y), unary_f(op, z.z), unary_f(op, z.w));
+        return;
+    }
+    out4[o] = epilogue4(v, o, j);
 }
 
 // ----- registers path, vec4 kernels -----
@@ -221,14 +255,22 @@ fn store_row(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
         return;
     }
     let o = (base + row * p.n + col0) / 4u;
-    if (col0 + 0u < p.n) { out4[o + 0u] = epilogue4((*c)[0], o + 0u, col0 + 0u); }
-    if (col0 + 4u < p.n) { out4[o + 1u] = epilogue4((*c)[1], o + 1u, col0 + 4u); }
-    if (col0 + 8u < p.n) { out4[o + 2u] = epilogue4((*c)[2], o + 2u, col0 + 8u); }
-    if (col0 + 12u < p.n) { out4[o + 3u] = epilogue4((*c)[3], o + 3u, col0 + 12u); }
-    if (col0 + 16u < p.n) { out4[o + 4u] = epilogue4((*c)[4], o + 4u, col0 + 16u); }
-    if (col0 + 20u < p.n) { out4[o + 5u] = epilogue4((*c)[5], o + 5u, col0 + 20u); }
-    if (col0 + 24u < p.n) { out4[o + 6u] = epilogue4((*c)[6], o + 6u, col0 + 24u); }
-    if (col0 + 28u < p.n) { out4[o + 7u] = epilogue4((*c)[7], o + 7u, col0 + 28u); }
+    if (ACT != 0u) {
+        // A loop, not eight written-out stores: the activation's code then appears once per
+        // row here instead of eight times (every function is inlined by the shader compiler).
+        for (var q = 0u; q < 8u; q++) {
+            if (col0 + 4u * q < p.n) { store4(o + q, col0 + 4u * q, (*c)[q]); }
+        }
+        return;
+    }
+    if (col0 + 0u < p.n) { store4(o + 0u, col0 + 0u, (*c)[0]); }
+    if (col0 + 4u < p.n) { store4(o + 1u, col0 + 4u, (*c)[1]); }
+    if (col0 + 8u < p.n) { store4(o + 2u, col0 + 8u, (*c)[2]); }
+    if (col0 + 12u < p.n) { store4(o + 3u, col0 + 12u, (*c)[3]); }
+    if (col0 + 16u < p.n) { store4(o + 4u, col0 + 16u, (*c)[4]); }
+    if (col0 + 20u < p.n) { store4(o + 5u, col0 + 20u, (*c)[5]); }
+    if (col0 + 24u < p.n) { store4(o + 6u, col0 + 24u, (*c)[6]); }
+    if (col0 + 28u < p.n) { store4(o + 7u, col0 + 28u, (*c)[7]); }
 }
 
 
@@ -275,7 +317,7 @@ fn store_tile1(base: u32, row: u32, col: u32, t: mat4x4<f32>) {
         for (var c = 0u; c < 4u; c++) {
             if (i < p.m && col + c < p.n) {
                 let o = base + i * p.n + col + c;
-                out[o] = epilogue(t[r][c], o, col + c);
+                store1(o, col + c, t[r][c]);
             }
         }
     }

@@ -160,19 +160,17 @@ impl Tensor {
     /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis;
     /// the bias is added in the product's epilogue (no separate pass).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight, bias)?;
+        let (y, shape, _) = self.linear_product(weight, bias, None)?;
         y.reshape(&shape)
     }
 
-    /// `act(self · weightᵀ + bias)`: a Linear and its activation, the bias and the activation
-    /// in one pass over the product (a transformer's first MLP layer).
+    /// `act(self · weightᵀ + bias)`: a Linear and its activation (a transformer's first MLP
+    /// layer) in one dispatch: the product's epilogue adds the bias, applies the activation and
+    /// also keeps the bare product, from which the backward recomputes the activation's slope.
     pub fn linear_act(&self, weight: &Tensor, bias: &Tensor, act: UnaryOp) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight, None)?;
+        let (y, shape, out) = self.linear_product(weight, None, Some((bias, act)))?;
+        let out = out.expect("linear_product returns the activation's buffer when asked for one");
         let (rows, c) = rows_cols(y.shape());
-        check_bias(bias, y.shape())?;
-        let out = self.gpu().alloc(y.numel())?;
-        let spec = elementwise::BiasAct { op: act, rows, c };
-        elementwise::bias_act(self.gpu(), y.buffer(), bias.buffer(), &out, &spec)?;
         let saved = (y.clone(), bias.clone());
         Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
     }
@@ -180,7 +178,7 @@ impl Tensor {
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
     /// transformer block's output projections), the bias and the sum in one pass.
     pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight, None)?;
+        let (y, shape, _) = self.linear_product(weight, None, None)?;
         let (rows, c) = rows_cols(y.shape());
         check_bias(bias, y.shape())?;
         if residual.shape() != shape.as_slice() {
@@ -195,8 +193,14 @@ impl Tensor {
     }
 
     /// The product of a Linear, `[rows, out]` (with `bias` added in its epilogue when given),
-    /// and the shape of its output.
-    fn linear_product(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Vec<usize>)> {
+    /// and the shape of its output. With `act` = (bias, f) the product stays bare and its
+    /// epilogue also writes f(product + bias) to a third, returned buffer (see `linear_act`).
+    fn linear_product(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<(&Tensor, UnaryOp)>,
+    ) -> Result<(Tensor, Vec<usize>, Option<GpuBuffer>)> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
             return Err(Error::Shape(format!(
@@ -221,6 +225,7 @@ impl Tensor {
             accumulate: false,
         };
         let out = self.gpu().alloc(rows * out_features)?;
+        let mut activated = None;
         let y = match bias {
             Some(b) => {
                 check_bias(b, &[rows, out_features])?;
@@ -233,7 +238,16 @@ impl Tensor {
                 )
             }
             None => {
-                matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?;
+                match act {
+                    Some((b, f)) => {
+                        check_bias(b, &[rows, out_features])?;
+                        let act_out = self.gpu().alloc(rows * out_features)?;
+                        let epi = matmul::BiasActOut { bias: b.buffer(), act: f, act_out: &act_out };
+                        matmul::matmul_bias_act(self.gpu(), self.buffer(), weight.buffer(), &out, &spec, &epi)?;
+                        activated = Some(act_out);
+                    }
+                    None => matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?,
+                }
                 record(
                     out,
                     vec![rows, out_features],
@@ -244,7 +258,7 @@ impl Tensor {
         };
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rows_cols checked") = out_features;
-        Ok((y, shape))
+        Ok((y, shape, activated))
     }
 
     /// The same data with another shape of the same size (no copy).
