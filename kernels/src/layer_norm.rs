@@ -109,16 +109,6 @@ pub fn forward(gpu: &Gpu, io: &LayerNormIo, rows: usize, cols: usize, eps: f32) 
     forward_with(gpu, RowSchedule::choose(gpu, rows, cols), io, rows, cols, eps)
 }
 
-/// The row-per-invocation entry point by vec4 (`vec4_entry`) when the columns are a multiple of 4;
-/// any other pick unchanged.
-fn by_vec4(entry: &'static str, cols: usize, vec4_entry: &'static str) -> &'static str {
-    if entry.ends_with("_rows") && cols.is_multiple_of(4) {
-        vec4_entry
-    } else {
-        entry
-    }
-}
-
 /// [`forward`] in a given schedule.
 pub fn forward_with(
     gpu: &Gpu,
@@ -138,8 +128,9 @@ pub fn forward_with(
     if !check_shape(rows, cols)? {
         return Ok(());
     }
-    let (entry, workgroups) = schedule.pick(rows, cols, "forward_rows", "forward_workgroup");
-    let entry = by_vec4(entry, cols, "forward_rows4");
+    // The row-per-invocation schedule by vec4 when the columns allow it.
+    let per_row = if cols.is_multiple_of(4) { "forward_rows4" } else { "forward_rows" };
+    let (entry, workgroups) = schedule.pick(rows, cols, per_row, "forward_workgroup");
     let n = (rows * cols) as u64;
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -205,8 +196,8 @@ pub fn backward_with(
         return Ok(());
     }
     let n = (rows * cols) as u64;
-    let (entry, workgroups) = schedule.pick(rows, cols, "backward_rows", "backward_workgroup");
-    let entry = by_vec4(entry, cols, "backward_rows4");
+    let per_row = if cols.is_multiple_of(4) { "backward_rows4" } else { "backward_rows" };
+    let (entry, workgroups) = schedule.pick(rows, cols, per_row, "backward_workgroup");
     let mut p = Params::new(rows, cols, 0.0);
     p.accumulate = u32::from(dx_in.is_some());
     gpu.dispatch(Dispatch {

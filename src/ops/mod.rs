@@ -160,7 +160,7 @@ impl Tensor {
     /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis;
     /// the bias is added in the product's epilogue (no separate pass).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (y, shape, _) = self.linear_product(weight, bias, None)?;
+        let (y, shape) = self.linear_product(weight, bias)?;
         y.reshape(&shape)
     }
 
@@ -168,9 +168,13 @@ impl Tensor {
     /// layer) in one dispatch: the product's epilogue adds the bias, applies the activation and
     /// also keeps the bare product, from which the backward recomputes the activation's slope.
     pub fn linear_act(&self, weight: &Tensor, bias: &Tensor, act: UnaryOp) -> Result<Tensor> {
-        let (y, shape, out) = self.linear_product(weight, None, Some((bias, act)))?;
-        let out = out.expect("linear_product returns the activation's buffer when asked for one");
-        let (rows, c) = rows_cols(y.shape());
+        let (spec, shape) = self.linear_spec(weight)?;
+        let (rows, c) = (spec.m, spec.n);
+        check_bias(bias, &[rows, c])?;
+        let (product, out) = (self.gpu().alloc(spec.out_len())?, self.gpu().alloc(spec.out_len())?);
+        let epi = matmul::BiasActOut { bias: bias.buffer(), act, act_out: &out };
+        matmul::matmul_bias_act(self.gpu(), self.buffer(), weight.buffer(), &product, &spec, &epi)?;
+        let y = self.record_product(weight, None, product, spec);
         let saved = (y.clone(), bias.clone());
         Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
     }
@@ -178,7 +182,7 @@ impl Tensor {
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
     /// transformer block's output projections), the bias and the sum in one pass.
     pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (y, shape, _) = self.linear_product(weight, None, None)?;
+        let (y, shape) = self.linear_product(weight, None)?;
         let (rows, c) = rows_cols(y.shape());
         check_bias(bias, y.shape())?;
         if residual.shape() != shape.as_slice() {
@@ -193,14 +197,23 @@ impl Tensor {
     }
 
     /// The product of a Linear, `[rows, out]` (with `bias` added in its epilogue when given),
-    /// and the shape of its output. With `act` = (bias, f) the product stays bare and its
-    /// epilogue also writes f(product + bias) to a third, returned buffer (see `linear_act`).
-    fn linear_product(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        act: Option<(&Tensor, UnaryOp)>,
-    ) -> Result<(Tensor, Vec<usize>, Option<GpuBuffer>)> {
+    /// and the shape of its output.
+    fn linear_product(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Vec<usize>)> {
+        let (spec, shape) = self.linear_spec(weight)?;
+        let out = self.gpu().alloc(spec.out_len())?;
+        match bias {
+            Some(b) => {
+                check_bias(b, &[spec.m, spec.n])?;
+                matmul::matmul_bias(self.gpu(), self.buffer(), weight.buffer(), b.buffer(), &out, &spec)?;
+            }
+            None => matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?,
+        }
+        Ok((self.record_product(weight, bias, out, spec), shape))
+    }
+
+    /// The product `self · weightᵀ` of a Linear as a matrix product over `[rows, in]` (the input
+    /// with its leading axes folded into rows), and the shape of the Linear's output.
+    fn linear_spec(&self, weight: &Tensor) -> Result<(Matmul, Vec<usize>)> {
         let (rows, cols) = rows_cols(self.shape());
         if weight.shape().len() != 2 || weight.shape()[1] != cols {
             return Err(Error::Shape(format!(
@@ -210,9 +223,6 @@ impl Tensor {
             )));
         }
         let out_features = weight.shape()[0];
-        // Recorded on `self` itself (its buffer is the [rows, cols] matrix), not on a reshaped
-        // view: then every consumer of `self` sends its gradient to one tensor, and the
-        // backward can fold them together (see `autograd::backward_rule`).
         let spec = Matmul {
             batch: 1,
             m: rows,
@@ -224,41 +234,32 @@ impl Tensor {
             broadcast_b: false,
             accumulate: false,
         };
-        let out = self.gpu().alloc(rows * out_features)?;
-        let mut activated = None;
-        let y = match bias {
-            Some(b) => {
-                check_bias(b, &[rows, out_features])?;
-                matmul::matmul_bias(self.gpu(), self.buffer(), weight.buffer(), b.buffer(), &out, &spec)?;
-                record(
-                    out,
-                    vec![rows, out_features],
-                    || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true },
-                    &[self, weight, b],
-                )
-            }
-            None => {
-                match act {
-                    Some((b, f)) => {
-                        check_bias(b, &[rows, out_features])?;
-                        let act_out = self.gpu().alloc(rows * out_features)?;
-                        let epi = matmul::BiasActOut { bias: b.buffer(), act: f, act_out: &act_out };
-                        matmul::matmul_bias_act(self.gpu(), self.buffer(), weight.buffer(), &out, &spec, &epi)?;
-                        activated = Some(act_out);
-                    }
-                    None => matmul::matmul(self.gpu(), self.buffer(), weight.buffer(), &out, &spec)?,
-                }
-                record(
-                    out,
-                    vec![rows, out_features],
-                    || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false },
-                    &[self, weight],
-                )
-            }
-        };
         let mut shape = self.shape().to_vec();
         *shape.last_mut().expect("rows_cols checked") = out_features;
-        Ok((y, shape, activated))
+        Ok((spec, shape))
+    }
+
+    /// Records `out` (`[rows, out]`, computed by `spec`) as the product of `self` and `weight`,
+    /// plus `bias` when the product's epilogue added one. Recorded on `self` itself (its buffer
+    /// is the [rows, cols] matrix), not on a reshaped view: then every consumer of `self` sends
+    /// its gradient to one tensor, and the backward can fold them together (see
+    /// `autograd::backward_rule`).
+    fn record_product(&self, weight: &Tensor, bias: Option<&Tensor>, out: GpuBuffer, spec: Matmul) -> Tensor {
+        let shape = vec![spec.m, spec.n];
+        match bias {
+            Some(b) => record(
+                out,
+                shape,
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true },
+                &[self, weight, b],
+            ),
+            None => record(
+                out,
+                shape,
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false },
+                &[self, weight],
+            ),
+        }
     }
 
     /// The same data with another shape of the same size (no copy).
