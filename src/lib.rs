@@ -5,6 +5,7 @@ pub use vlsa_kernels as kernels;
 
 pub mod autograd;
 pub mod clip;
+pub mod compression;
 pub mod config;
 pub mod data;
 pub mod error;
