@@ -68,7 +68,8 @@ impl Task {
 ///
 /// The clean image is rendered at `resolution` × the output size, then, in this order: shaded
 /// (`shading`), blurred (`blur`), made noisy (`noise`, `photons`), tinted (`cast`), mapped through
-/// `offset + gain * v^gamma` and upsampled (bilinear) to the output size.
+/// `offset + gain * v^gamma`, stored as a JPEG of `jpeg_quality` (photos) and upsampled
+/// (bilinear) to the output size.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Domain {
     /// The domain's letter, A to D.
@@ -93,6 +94,9 @@ pub struct Domain {
     pub cast: [f32; 3],
     /// Render size / output size (acquisition resolution).
     pub resolution: f32,
+    /// Quality (1–100) of the JPEG the camera stores, at the acquisition resolution; 0 for none
+    /// (the MRI scanners, whose slices are stored losslessly).
+    pub jpeg_quality: u32,
 }
 
 /// Per-image jitter of the intensity curve around the domain's values: gain × U(1 ± GAIN_JITTER),
@@ -107,26 +111,39 @@ pub const DOMAINS: [&str; 4] = ["A", "B", "C", "D"];
 impl Domain {
     /// The parameters of domain `name` (A, B, C or D) for `task`.
     pub fn of(task: Task, name: &str) -> Result<Domain> {
-        // (gamma, gain, offset, noise, photons, blur, shading, cast, resolution)
-        let p: (f32, f32, f32, f32, f32, f32, f32, [f32; 3], f32) = match (task, name) {
+        // (gamma, gain, offset, noise, photons, blur, shading, cast, resolution, jpeg_quality)
+        let p: (f32, f32, f32, f32, f32, f32, f32, [f32; 3], f32, u32) = match (task, name) {
             // MRI scanners: A a clean reference scanner, B a brighter low-contrast one with a
             // strong coil bias, C a noisy high-contrast low-resolution one, D washed out.
-            (Task::Cardiac, "A") => (1.0, 1.0, 0.0, 0.02, 0.0, 0.0, 0.15, [1.0; 3], 1.0),
-            (Task::Cardiac, "B") => (0.7, 0.85, 0.06, 0.045, 0.0, 0.004, 0.45, [1.0; 3], 0.75),
-            (Task::Cardiac, "C") => (1.5, 1.15, 0.0, 0.07, 0.0, 0.008, 0.3, [1.0; 3], 0.5),
-            (Task::Cardiac, "D") => (1.2, 0.65, 0.15, 0.035, 0.0, 0.002, 0.25, [1.0; 3], 0.625),
+            (Task::Cardiac, "A") => (1.0, 1.0, 0.0, 0.02, 0.0, 0.0, 0.15, [1.0; 3], 1.0, 0),
+            (Task::Cardiac, "B") => (0.7, 0.85, 0.06, 0.045, 0.0, 0.004, 0.45, [1.0; 3], 0.75, 0),
+            (Task::Cardiac, "C") => (1.5, 1.15, 0.0, 0.07, 0.0, 0.008, 0.3, [1.0; 3], 0.5, 0),
+            (Task::Cardiac, "D") => (1.2, 0.65, 0.15, 0.035, 0.0, 0.002, 0.25, [1.0; 3], 0.625, 0),
             // Fundus cameras: A neutral, B cool and soft, C warm, dark-cornered and coarse,
-            // D green-tinted and washed out.
-            (Task::Fundus, "A") => (1.0, 1.0, 0.0, 0.008, 3000.0, 0.0, 0.15, [1.0, 1.0, 1.0], 1.0),
-            (Task::Fundus, "B") => (0.8, 0.9, 0.03, 0.015, 800.0, 0.004, 0.35, [0.9, 1.05, 1.35], 0.75),
-            (Task::Fundus, "C") => (1.4, 1.2, -0.03, 0.02, 300.0, 0.008, 0.55, [1.1, 0.8, 0.6], 0.5),
-            (Task::Fundus, "D") => (1.15, 0.75, 0.1, 0.012, 1500.0, 0.003, 0.25, [0.8, 1.15, 1.0], 0.625),
+            // D green-tinted and washed out. JPEG quality: A as the real photo in samples/ (saved
+            // at 94), the low-end camera C heavily compressed, B and D in between.
+            (Task::Fundus, "A") => (1.0, 1.0, 0.0, 0.008, 3000.0, 0.0, 0.15, [1.0, 1.0, 1.0], 1.0, 95),
+            (Task::Fundus, "B") => (0.8, 0.9, 0.03, 0.015, 800.0, 0.004, 0.35, [0.9, 1.05, 1.35], 0.75, 85),
+            (Task::Fundus, "C") => (1.4, 1.2, -0.03, 0.02, 300.0, 0.008, 0.55, [1.1, 0.8, 0.6], 0.5, 50),
+            (Task::Fundus, "D") => (1.15, 0.75, 0.1, 0.012, 1500.0, 0.003, 0.25, [0.8, 1.15, 1.0], 0.625, 75),
             (_, other) => {
                 return Err(Error::Invalid(format!("unknown domain '{other}'; the domains are A, B, C and D")))
             }
         };
-        let (gamma, gain, offset, noise, photons, blur, shading, cast, resolution) = p;
-        Ok(Domain { name: name.to_string(), gamma, gain, offset, noise, photons, blur, shading, cast, resolution })
+        let (gamma, gain, offset, noise, photons, blur, shading, cast, resolution, jpeg_quality) = p;
+        Ok(Domain {
+            name: name.to_string(),
+            gamma,
+            gain,
+            offset,
+            noise,
+            photons,
+            blur,
+            shading,
+            cast,
+            resolution,
+            jpeg_quality,
+        })
     }
 
     /// Render size for output size `size`.
@@ -303,6 +320,10 @@ fn acquire(d: &Domain, data: &mut [f32], size: usize, channels: usize, mri: bool
             out = inside * out + (1.0 - inside) * v.max(0.0);
         }
         *v = out.clamp(0.0, 1.0);
+    }
+    // The camera stores a JPEG (colour photos only).
+    if channels == 3 && d.jpeg_quality > 0 {
+        crate::compression::jpeg_like(data, size, size, d.jpeg_quality);
     }
 }
 

@@ -5,7 +5,8 @@
 //! centre, the yellowish optic disc to one side (left or right eye) with a brighter cup inside it
 //! (cup-to-disc ratio 0.3–0.8, always leaving a rim of disc), a pale peripapillary halo on some
 //! eyes, and vessels: arcades that leave the disc, bend around the macula and branch, drawn over
-//! everything. The cup class is the cup region intersected with the disc shrunk by the narrowest
+//! everything. Half of the photos show the camera's orientation notch: a small square tab of the
+//! field of view beyond its circle, at a random angle. The cup class is the cup region intersected with the disc shrunk by the narrowest
 //! rim, so cup pixels are always surrounded by disc pixels.
 
 use std::f32::consts::{FRAC_PI_2, PI};
@@ -18,6 +19,36 @@ const CUP: u8 = 2;
 
 /// Radius of the field of view.
 const FOV_RADIUS: f32 = 0.47;
+
+/// The camera's orientation notch: a tab of the field of view, `half_width` to each side of the
+/// radius at `angle`, reaching `reach` beyond the circle. The real photo in samples/ has one at
+/// about 1 o'clock, 0.042 of the image wide and reaching 0.013–0.018 beyond the circle (0.039
+/// and 0.012–0.017 at this field of view's radius).
+struct Notch {
+    angle: f32,
+    half_width: f32,
+    reach: f32,
+}
+
+impl Notch {
+    /// No notch on half of the photos; otherwise one at any angle.
+    fn sample(rng: &mut Rng) -> Option<Notch> {
+        if !rng.chance(0.5) {
+            return None;
+        }
+        Some(Notch { angle: rng.range(-PI, PI), half_width: rng.range(0.015, 0.025), reach: rng.range(0.008, 0.02) })
+    }
+
+    /// Signed distance inside the tab (negative outside) of point (x, y).
+    fn depth(&self, x: f32, y: f32) -> f32 {
+        let (dx, dy) = (x - 0.5, y - 0.5);
+        let (c, s) = (self.angle.cos(), self.angle.sin());
+        let radial = dx * c + dy * s - FOV_RADIUS;
+        let across = (-dx * s + dy * c).abs();
+        // The tab's inner end lies well inside the circle (where the circle shows anyway).
+        (self.half_width - across).min(self.reach - radial).min(radial + 0.1)
+    }
+}
 
 /// One straight piece of a vessel's centre line.
 struct Segment {
@@ -41,6 +72,7 @@ pub(super) struct Eye {
     retina: [f32; 3],
     choroid: Texture,
     fine: Texture,
+    notch: Option<Notch>,
 }
 
 /// A vessel to grow: from `start` in direction `heading`, relaxing toward `target` at rate `bend`
@@ -170,7 +202,7 @@ impl Eye {
             );
         }
         let tint = rng.range(0.85, 1.1);
-        Eye {
+        let eye = Eye {
             disc,
             cup,
             rim: 0.15 * disc_radius,
@@ -184,7 +216,10 @@ impl Eye {
             retina: [0.93 * tint, 0.37 * rng.range(0.85, 1.15), 0.27 * rng.range(0.8, 1.2)],
             choroid: Texture::new(rng, 5, 3),
             fine: Texture::new(rng, 24, 1),
-        }
+            notch: None,
+        };
+        // Drawn last, so that the rest of the eye is what the same seed drew before notches.
+        Eye { notch: Notch::sample(rng), ..eye }
     }
 
     /// The mask at `size` × `size`: labels at pixel centres.
@@ -254,7 +289,8 @@ impl Eye {
             for px in 0..size {
                 let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
                 let rho = ((x - 0.5).powi(2) + (y - 0.5).powi(2)).sqrt();
-                let inside = coverage(FOV_RADIUS - rho, pixel);
+                let circle = coverage(FOV_RADIUS - rho, pixel);
+                let inside = self.notch.as_ref().map_or(circle, |n| circle.max(coverage(n.depth(x, y), pixel)));
                 // Retina: choroidal texture, brighter toward the centre of the illumination.
                 let texture = 1.0 + 0.12 * self.choroid.at(x, y) + 0.04 * self.fine.at(x, y);
                 let light = 1.0 - 0.25 * (rho / FOV_RADIUS).powi(2);
