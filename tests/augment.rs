@@ -3,8 +3,8 @@
 
 use vlsa::image_io::Image;
 use vlsa::train::augment::{
-    bias_field, blur, colour_cast, contrast_brightness, gamma_curve, gaussian_noise, is_grey, randomize_rng,
-    resolution_loss, rician_noise, shot_noise, Randomization, Rng,
+    bias_field, blur, colour_cast, contrast_brightness, gamma_curve, gaussian_noise, is_grey, jpeg_storage,
+    randomize_rng, resolution_loss, rician_noise, shot_noise, Randomization, Rng,
 };
 
 /// A colour test card: smooth gradients, a bright disc and fine stripes (odd size on purpose).
@@ -124,6 +124,18 @@ fn transforms_do_what_their_physics_says() {
     };
     let (low, high) = (spread(0.04), spread(0.64));
     assert!((low - 0.02).abs() < 0.003 && (high - 0.08).abs() < 0.008, "shot noise sd {low} {high}");
+    // JPEG storage keeps the size and loses more detail at low quality than at high (the card's
+    // one-pixel green stripes lose much to chroma subsampling at any quality: measured 0.041
+    // against 0.029).
+    let jpeg_loss = |q: u32| {
+        let mut out = img.clone();
+        jpeg_storage(&mut out, q);
+        assert_eq!((out.width, out.height, out.rgb.len()), (img.width, img.height, img.rgb.len()));
+        assert!(out.rgb.iter().all(|v| (0.0..=1.0).contains(v)));
+        out.rgb.iter().zip(&img.rgb).map(|(a, b)| (a - b).abs()).sum::<f32>() / img.rgb.len() as f32
+    };
+    let (low_q, high_q) = (jpeg_loss(30), jpeg_loss(95));
+    assert!(low_q > 1.25 * high_q && high_q > 0.0, "JPEG loss at quality 30: {low_q}, at 95: {high_q}");
 }
 
 #[test]
@@ -148,7 +160,8 @@ fn randomization_stays_in_range_is_fixed_by_its_stream_and_varies_between_stream
 
 #[test]
 fn grey_images_stay_grey() {
-    // MRI slices are stored as three equal channels: no colour cast, and noise on all three alike.
+    // MRI slices are stored as three equal channels: no colour cast, no JPEG, and noise on all
+    // three alike.
     let img = grey(33, 27);
     assert!(is_grey(&img) && !is_grey(&card(5, 5)));
     let r = Randomization { p: 1.0, ..Randomization::default() };

@@ -117,10 +117,15 @@ pub fn randomize_rng(seed: u64, step: u64, item: u64) -> Rng {
 /// - colour cast: white balance, per-channel gain log-uniform in [1/`cast`, `cast`] (skipped on
 ///   grey images: an MRI scanner has no colour);
 /// - intensity curve: `v^gamma` with gamma log-uniform in [1/`gamma`, `gamma`], then contrast
-///   log-uniform in [1/`contrast`, `contrast`] about mid-grey and brightness in ±`brightness`.
+///   log-uniform in [1/`contrast`, `contrast`] about mid-grey and brightness in ±`brightness`;
+/// - JPEG storage (cameras): JPEG-like compression ([`crate::compression`]) at a quality
+///   uniform in [`min_jpeg_quality`, 100] (skipped on grey images: MRI slices are stored
+///   losslessly).
 ///
-/// Each of the seven is applied with probability `p`, so some samples keep the clean training
+/// Each of the eight is applied with probability `p`, so some samples keep the clean training
 /// acquisition.
+///
+/// [`min_jpeg_quality`]: Randomization::min_jpeg_quality
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Randomization {
     /// Probability of each transform.
@@ -145,6 +150,8 @@ pub struct Randomization {
     pub contrast: f32,
     /// Largest brightness offset.
     pub brightness: f32,
+    /// Lowest JPEG quality.
+    pub min_jpeg_quality: f32,
 }
 
 impl Default for Randomization {
@@ -161,6 +168,7 @@ impl Default for Randomization {
             gamma: 2.0,
             contrast: 1.6,
             brightness: 0.15,
+            min_jpeg_quality: 30.0,
         }
     }
 }
@@ -209,7 +217,18 @@ impl Randomization {
             contrast_brightness(image, contrast, brightness);
         }
         image.rgb.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        // Drawn after the others (which were seven before it came), so that every other
+        // transform draws what it drew then.
+        let (jpeg, quality) = (rng.chance(self.p), rng.range(self.min_jpeg_quality, 100.0).round() as u32);
+        if jpeg && !grey {
+            jpeg_storage(image, quality);
+        }
     }
+}
+
+/// The image stored as a JPEG of `quality` (1–100) and read back: see [`crate::compression`].
+pub fn jpeg_storage(image: &mut Image, quality: u32) {
+    crate::compression::jpeg_like(&mut image.rgb, image.width, image.height, quality);
 }
 
 /// Whether every pixel has equal channels (an MRI slice stored as RGB).
