@@ -1,5 +1,6 @@
-//! EM Aggregation: FLOP/s of the forward loop, of its unrolled backward, and of the E-step,
-//! M-step and reconstruction kernels alone, at the default model's sizes (N=256, C=128, M=16,
+//! EM Aggregation: FLOP/s of the forward loop, of its unrolled backward, of the E-step,
+//! M-step and reconstruction kernels alone, and of one iteration in seven dispatches (CPU paths)
+//! and in two (the GPU path's em_fused.wgsl), at the default model's sizes (N=256, C=128, M=16,
 //! B=1 and 8) and at EMANet's (N=4096, C=256 and 512, M=64), T=3.
 //! An E-step or M-step product is 2*B*N*C*M FLOPs.
 
@@ -58,6 +59,31 @@ fn em(c: &mut Criterion) {
         common::bench_gpu(&mut group, &format!("reconstruct/{tag}"), &gpu, Throughput::Elements(product), || {
             em.reconstruct(&z, &mu, &recon).unwrap();
         });
+        // One iteration (E-step + M-step products) as the seven dispatches of the CPU paths and
+        // as the two passes of the GPU path (em_fused.wgsl), whatever the adapter.
+        let mu_raw = gpu.alloc(s.mu_len()).unwrap();
+        let mu_out = gpu.alloc(s.mu_len()).unwrap();
+        common::bench_gpu(
+            &mut group,
+            &format!("iteration_7_dispatches/{tag}"),
+            &gpu,
+            Throughput::Elements(2 * product),
+            || {
+                em.e_step(&u, Bases::Shared(&bases), &z, &partial).unwrap();
+                em.colsum(&partial, &colsum).unwrap();
+                em.m_step(&z, &u, &colsum, &mu_raw).unwrap();
+                em.normalize(&mu_raw, &mu_out).unwrap();
+            },
+        );
+        common::bench_gpu(
+            &mut group,
+            &format!("iteration_fused/{tag}"),
+            &gpu,
+            Throughput::Elements(2 * product),
+            || {
+                em.fused_iteration(&u, Bases::Shared(&bases), &z, &colsum, &mu_raw, &mu_out).unwrap();
+            },
+        );
     }
     group.finish();
 }

@@ -582,6 +582,11 @@ enum ProfileCommand {
         /// Seed of the random data.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// How a forward iteration runs: `auto` (the kernel path's choice), `two-pass` (E-step,
+        /// column sums, M-step and normalisation in two dispatches: the GPU path's default) or
+        /// `per-step` (seven dispatches: the CPU paths' default).
+        #[arg(long, default_value = "auto")]
+        iteration: String,
     },
     /// Time one matrix product on each kernel path: the entry point that ran, GPU time and
     /// GFLOP/s, one line per path.
@@ -640,9 +645,16 @@ struct EmArgs {
     backward: bool,
     trace: Option<PathBuf>,
     seed: u64,
+    iteration: String,
 }
 
 fn profile_em(a: EmArgs) -> CliResult {
+    let iteration = match a.iteration.as_str() {
+        "auto" => vlsa::kernels::em::Iteration::Auto,
+        "two-pass" => vlsa::kernels::em::Iteration::TwoPass,
+        "per-step" => vlsa::kernels::em::Iteration::PerStep,
+        other => return Err(format!("--iteration {other} is not one of auto, two-pass, per-step").into()),
+    };
     if let Some(path) = &a.trace {
         check_output("--trace", path)?;
     }
@@ -656,6 +668,7 @@ fn profile_em(a: EmArgs) -> CliResult {
         lambda: a.lambda,
         backward: a.backward,
         seed: a.seed,
+        iteration,
     };
     let report = vlsa::profile::profile_em(&gpu, &opts)?;
     write_stdout(format_args!("{report}"));
@@ -1013,9 +1026,18 @@ fn main() -> ExitCode {
             eval(&model, &data, json.as_deref(), batch as usize, quiet)
         }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
-        Command::Profile(ProfileCommand::Em { tokens, width, bases, iters, batch, lambda, backward, trace, seed }) => {
-            profile_em(EmArgs { tokens, width, bases, iters, batch, lambda, backward, trace, seed })
-        }
+        Command::Profile(ProfileCommand::Em {
+            tokens,
+            width,
+            bases,
+            iters,
+            batch,
+            lambda,
+            backward,
+            trace,
+            seed,
+            iteration,
+        }) => profile_em(EmArgs { tokens, width, bases, iters, batch, lambda, backward, trace, seed, iteration }),
         Command::Profile(ProfileCommand::Model { model, batch, backward, trace, seed }) => {
             profile_model(&model, batch, backward, trace.as_deref(), seed)
         }

@@ -14,8 +14,9 @@
 //! the Z^T u matmul split over tokens + the sum of the splits divided by the column sums (2),
 //! `em_normalize` = the L2 normalisation, `em_recon` = the Z mu matmul; in the backward
 //! `em_m_step_backward` = 2 matmuls, `em_e_step_backward` = softmax backward + 1 or 2 matmuls
-//! (+ the sum of the splits). The Chrome trace keeps every dispatch, with the step in
-//! its scope path.
+//! (+ the sum of the splits). On the GPU path (or with `--iteration two-pass`) a forward
+//! iteration is instead `em_fused`: E-step, column sums, M-step and normalisation in two
+//! dispatches. The Chrome trace keeps every dispatch, with the step in its scope path.
 
 use std::fmt;
 
@@ -43,6 +44,8 @@ pub struct EmProfileOptions {
     pub backward: bool,
     /// Seed of the random tokens and bases.
     pub seed: u64,
+    /// How each forward iteration runs (by default the kernel path's choice).
+    pub iteration: em::Iteration,
 }
 
 impl Default for EmProfileOptions {
@@ -57,6 +60,7 @@ impl Default for EmProfileOptions {
             lambda: 1.0,
             backward: false,
             seed: 0,
+            iteration: em::Iteration::Auto,
         }
     }
 }
@@ -216,7 +220,7 @@ fn random_bases(m: usize, c: usize, seed: u64) -> Vec<f32> {
 /// un-timed run compiles the pipelines and fills the buffer pool.
 pub fn profile_em(gpu: &Gpu, opts: &EmProfileOptions) -> Result<EmProfileReport> {
     let s = opts.shape();
-    let em = Em::new(gpu, s)?;
+    let em = Em::new(gpu, s)?.with_iteration(opts.iteration);
     let u = gpu.upload(&random(s.tokens_len(), opts.seed))?;
     let bases_host = random_bases(s.bases, s.width, opts.seed ^ 0xB45E);
     let bases = gpu.upload(&bases_host)?;

@@ -1,5 +1,6 @@
 //! `vlsa profile matmul` through the real binary: one line per kernel path naming the entry
-//! point that ran with its time and "N GFLOP/s", and one-sentence errors for bad values.
+//! point that ran with its time and "N GFLOP/s", and one-sentence errors for bad values; and
+//! `vlsa profile em --iteration`.
 
 use std::process::Command;
 
@@ -70,4 +71,34 @@ fn bad_values_are_one_sentence_errors() {
     assert!(!ok && stderr.contains("--m must be at least 1"), "{stderr}");
     let (ok, _, stderr) = vlsa(&["profile", "matmul", "--m", "4", "--n", "4", "--k", "4", "--iters", "0"]);
     assert!(!ok && stderr.contains("--iters must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn em_profile_runs_either_iteration_on_request() {
+    let em = |iteration: &str| {
+        vlsa(&[
+            "profile",
+            "em",
+            "--tokens",
+            "70",
+            "--width",
+            "9",
+            "--bases",
+            "5",
+            "--iters",
+            "2",
+            "--iteration",
+            iteration,
+        ])
+    };
+    let (ok, stdout, stderr) = em("two-pass");
+    assert!(ok, "{stderr}");
+    // Each iteration is one row of two dispatches.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("em_fused")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| r.split_whitespace().nth(2) == Some("2")), "{stdout}");
+    let (ok, stdout, stderr) = em("per-step");
+    assert!(ok && stdout.contains("em_e_step") && !stdout.contains("em_fused"), "{stdout}{stderr}");
+    let (ok, _, stderr) = em("fast");
+    assert!(!ok && stderr.contains("--iteration fast is not one of auto, two-pass, per-step"), "{stderr}");
 }

@@ -31,6 +31,7 @@ fn quick_device_report_writes_every_key() {
     }
     assert!(report["adapter"]["name"].as_str().is_some_and(|s| !s.is_empty()), "{text}");
     assert!(report["em"]["iteration_ms"].as_f64().is_some_and(|v| v > 0.0), "{text}");
+    assert!(report["em"]["iteration_ms_per_step"].as_f64().is_some_and(|v| v > 0.0), "{text}");
     let model = report["model"]["results"].as_array().expect("model results");
     assert_eq!(model.len(), 4, "forward and training step at two batch sizes: {text}");
     for r in model {

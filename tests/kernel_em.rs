@@ -738,3 +738,96 @@ fn matches_pytorch_autograd_fixtures() {
         assert!(seen >= 2, "expected the PyTorch fixtures tests/fixtures/em_*.json (run tests/reference/em_ref.py)");
     }
 }
+
+// ----- the two-pass iteration of the GPU path -----
+
+/// Which output of [`Em::fused_iteration`] a check reads.
+#[derive(Clone, Copy, Debug)]
+enum FusedOut {
+    Z,
+    Colsum,
+    MuRaw,
+    Mu,
+}
+
+#[test]
+fn fused_iteration_matches_the_reference_on_every_path() {
+    // The GPU path's iteration in two passes (shaders/em_fused.wgsl), forced on each path: token
+    // counts that leave a partial tile of 64 (7, 33, 130, 300), a single token, M from 1 to 64,
+    // odd C, shared bases (t = 1) and per-batch mu (t > 1).
+    let extra = [(2usize, 129usize, 37usize, 64usize)];
+    for path in paths() {
+        let mut rng = Rng::new(21);
+        for &(b, n, c, m) in SHAPES.iter().chain(&extra) {
+            for shared in [true, false] {
+                let s = shape(b, n, c, m, 1, if shared { 1.0 } else { -2.5 });
+                let u = Input::random(&mut rng, &[b, n, c]);
+                let mu = if shared {
+                    Input::float(&[m, c], random_bases(&mut rng, m, c))
+                } else {
+                    let per: Vec<f32> = (0..b).flat_map(|_| random_bases(&mut rng, m, c)).collect();
+                    Input::float(&[b, m, c], per)
+                };
+                for which in [FusedOut::Z, FusedOut::Colsum, FusedOut::MuRaw, FusedOut::Mu] {
+                    check(Case::new(
+                        format!("[{path}] fused iteration {which:?} shared={shared} {s}"),
+                        vec![u.clone(), mu.clone()],
+                        move |x| {
+                            let z = ref_e_step(&x[0], &x[1], shared, &s);
+                            let cs = ref_colsum(&z, &s);
+                            match which {
+                                FusedOut::Z => z,
+                                FusedOut::Colsum => cs,
+                                FusedOut::MuRaw => ref_ztx(&z, &x[0], Some(&cs), &s),
+                                FusedOut::Mu => ref_m_step_normalized(&z, &x[0], &cs, &s),
+                            }
+                        },
+                        move |gpu, x| {
+                            let (z, cs) = (gpu.alloc(s.z_len())?, gpu.alloc(s.batch * s.bases)?);
+                            let (mu_raw, mu_out) = (gpu.alloc(s.mu_len())?, gpu.alloc(s.mu_len())?);
+                            let mu_in = if shared { Bases::Shared(&x[1]) } else { Bases::PerBatch(&x[1]) };
+                            launcher(gpu, &s, path)?.fused_iteration(&x[0], mu_in, &z, &cs, &mu_raw, &mu_out)?;
+                            Ok(match which {
+                                FusedOut::Z => z,
+                                FusedOut::Colsum => cs,
+                                FusedOut::MuRaw => mu_raw,
+                                FusedOut::Mu => mu_out,
+                            })
+                        },
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_gpu_path_fuses_iterations_and_the_cpu_paths_do_not() {
+    let gpu = common::gpu();
+    let s = shape(2, 100, 8, 4, 2, 1.0);
+    for path in [KernelPath::Registers, KernelPath::Subgroup, KernelPath::Tiled] {
+        assert_eq!(launcher(gpu, &s, path).unwrap().fuses_iterations(), path == KernelPath::Tiled, "{path}");
+    }
+    // Forced either way on any path.
+    for path in [KernelPath::Registers, KernelPath::Tiled] {
+        let em = launcher(gpu, &s, path).unwrap();
+        assert!(em.with_iteration(em::Iteration::TwoPass).fuses_iterations());
+        assert!(!em.with_iteration(em::Iteration::PerStep).fuses_iterations());
+    }
+    // Too many token tiles for one dispatch: the tiled path falls back to the seven dispatches.
+    let huge = shape(1, 64 * 65536, 1, 1, 1, 1.0);
+    assert!(!launcher(gpu, &huge, KernelPath::Tiled).unwrap().fuses_iterations());
+    // The whole loop forced to two passes on a CPU path gives what the per-step loop gives.
+    let mut rng = Rng::new(5);
+    let s = shape(2, 70, 9, 5, 3, 1.0);
+    let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+    let bases = gpu.upload(&random_bases(&mut rng, 5, 9)).unwrap();
+    let run = |iteration| {
+        let em = launcher(gpu, &s, KernelPath::Registers).unwrap().with_iteration(iteration);
+        let fwd = em.forward(&u, &bases, false).unwrap();
+        (gpu.download(&fwd.z).unwrap(), gpu.download(&fwd.recon).unwrap())
+    };
+    let (two, per) = (run(em::Iteration::TwoPass), run(em::Iteration::PerStep));
+    assert_close("Z_T, two passes against per step", &two.0, &f64s(&per.0), 1e-4, 1e-5);
+    assert_close("R, two passes against per step", &two.1, &f64s(&per.1), 1e-4, 1e-5);
+}

@@ -47,6 +47,7 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "em.wgsl");
+shader!(FUSED_SHADER, "em_fused.wgsl");
 
 /// The epsilon of the M-step's division and of the L2 normalisation (EMANet's 1e-6).
 pub const EPS: f32 = 1e-6;
@@ -55,6 +56,8 @@ pub const EPS: f32 = 1e-6;
 pub const MAX_BASES: usize = 64;
 /// Tokens per partial column sum of the E-step.
 pub const TILE: usize = 256;
+/// Tokens per workgroup of the two-pass iteration ([`Em::fused_iteration`]).
+pub const FUSED_TILE: usize = 64;
 
 const ACCUMULATE: u32 = 1;
 const SCALE_BY_COLSUM: u32 = 2;
@@ -176,6 +179,23 @@ impl Params {
     }
 }
 
+/// The parameter block of shaders/em_fused.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FusedParams {
+    batch: u32,
+    tokens: u32,
+    width: u32,
+    bases: u32,
+    lambda: f32,
+    tiles: u32,
+    flags: u32,
+    _pad: u32,
+}
+
+/// em_fused.wgsl's flag: the E-step reads the shared bases [M,C].
+const SHARED_MU: u32 = 1;
+
 /// A [M,C] operand: one block per batch element ([B,M,C]) or the shared bases ([M,C]) that
 /// every batch element reads (at t = 1).
 #[derive(Debug, Clone, Copy)]
@@ -272,6 +292,20 @@ pub struct Em<'a> {
     gpu: &'a Gpu,
     s: EmShape,
     path: KernelPath,
+    iteration: Iteration,
+}
+
+/// How [`Em::forward`] runs one iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Iteration {
+    /// The kernel path's choice: two passes on the GPU path (`tiled`), whose barriers are
+    /// cheap; step by step on the CPU paths (a barrier costs more than a dispatch on lavapipe).
+    #[default]
+    Auto,
+    /// Two passes ([`Em::fused_iteration`]), where the grid fits one dispatch.
+    TwoPass,
+    /// Seven dispatches: E-step (3), column sums, M-step (2), normalisation.
+    PerStep,
 }
 
 /// What the forward keeps for the unrolled backward, per iteration t = 1..T (index t-1).
@@ -322,12 +356,17 @@ impl<'a> Em<'a> {
     /// naming it.
     pub fn new(gpu: &'a Gpu, s: EmShape) -> Result<Self> {
         s.validate()?;
-        Ok(Em { gpu, s, path: gpu.kernel_path() })
+        Ok(Em { gpu, s, path: gpu.kernel_path(), iteration: Iteration::Auto })
     }
 
     /// The same launchers with their products on kernel path `path`.
     pub fn on_path(self, path: KernelPath) -> Self {
         Em { path, ..self }
+    }
+
+    /// The same launchers running each forward iteration as `iteration` says.
+    pub fn with_iteration(self, iteration: Iteration) -> Self {
+        Em { iteration, ..self }
     }
 
     /// The shape these launchers run.
@@ -424,6 +463,82 @@ impl<'a> Em<'a> {
     }
 
     // ----- forward steps -----
+
+    /// Whether [`Em::forward`] runs each iteration as [`Em::fused_iteration`]'s two passes
+    /// ([`Iteration`]: by default on the GPU path, `tiled`), which needs the grid to fit one
+    /// dispatch.
+    pub fn fuses_iterations(&self) -> bool {
+        let s = &self.s;
+        let fits = s.tokens.div_ceil(FUSED_TILE) <= 65535 && s.batch <= 65535;
+        fits && match self.iteration {
+            Iteration::Auto => self.path == KernelPath::Tiled,
+            Iteration::TwoPass => true,
+            Iteration::PerStep => false,
+        }
+    }
+
+    /// One whole iteration (E-step, column sums, M-step, normalisation) in two passes
+    /// (shaders/em_fused.wgsl): per tile of 64 tokens, Z in workgroup memory between the E-step
+    /// softmax and the partial column sums and M-step product; then per basis, the sums over
+    /// tiles, the division and the L2 normalisation. Writes `z` [B,N,M], `colsum` [B,M],
+    /// `mu_raw` and `mu` [B,M,C] as [`Em::e_step`], [`Em::colsum`], [`Em::m_step`] and
+    /// [`Em::normalize`] do. Any kernel path can run it (the tests force each); both
+    /// dispatches sit in the profiling scope `em_fused`.
+    pub fn fused_iteration(
+        &self,
+        u: &GpuBuffer,
+        mu_in: Bases<'_>,
+        z: &GpuBuffer,
+        colsum: &GpuBuffer,
+        mu_raw: &GpuBuffer,
+        mu: &GpuBuffer,
+    ) -> Result<()> {
+        let (gpu, s) = (self.gpu, &self.s);
+        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
+        check_mu("mu", mu_in, s)?;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
+        check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
+        check_len("mu", mu, s.mu_len(), "[B,M,C]", s)?;
+        let tiles = s.tokens.div_ceil(FUSED_TILE);
+        if tiles > 65535 || s.batch > 65535 {
+            return Err(Error::Shape(format!(
+                "EM shape {s} needs {tiles} x {} workgroups, more than one dispatch holds (65535 each way)",
+                s.batch
+            )));
+        }
+        let partial = gpu.alloc(s.batch * tiles * s.bases * (s.width + 1))?;
+        let p = FusedParams {
+            batch: s.batch as u32,
+            tokens: s.tokens as u32,
+            width: s.width as u32,
+            bases: s.bases as u32,
+            lambda: s.lambda,
+            tiles: tiles as u32,
+            flags: if mu_in.is_shared() { SHARED_MU } else { 0 },
+            _pad: 0,
+        };
+        let _scope = gpu.scope("em_fused");
+        let parts = s.batch * tiles * s.bases * (s.width + 1);
+        let l = label("em_fused", s, 2 * s.product_flops() + 4 * s.z_len() as u64, s.tokens_len() + s.z_len() + parts);
+        gpu.dispatch(Dispatch {
+            shader: &FUSED_SHADER,
+            entry: "e_m_tile",
+            params: bytemuck::bytes_of(&p),
+            buffers: &[u, mu_in.buffer(), z, &partial],
+            workgroups: [tiles as u32, s.batch as u32, 1],
+            label: l,
+        })?;
+        let l = label("em_fused", s, (parts + 3 * s.mu_len()) as u64, parts + 2 * s.mu_len() + s.batch * s.bases);
+        gpu.dispatch(Dispatch {
+            shader: &FUSED_SHADER,
+            entry: "e_m_reduce",
+            params: bytemuck::bytes_of(&p),
+            buffers: &[u, u, mu_raw, mu, &partial, colsum],
+            workgroups: [s.bases as u32, s.batch as u32, 1],
+            label: l,
+        })
+    }
 
     /// E-step: `z = softmax_M(lambda u mu^T)` [B,N,M] and the per-tile partial column sums
     /// `partial` [B, ceil(N/256), M]. `mu` is [B,M,C], or the shared bases [M,C]. Three
@@ -677,10 +792,14 @@ impl<'a> Em<'a> {
                 None => Bases::Shared(bases),
                 Some(m) => Bases::PerBatch(m),
             };
-            self.e_step(u, mu_in, &z, &partial)?;
-            self.colsum(&partial, &colsum_t)?;
-            self.m_step(&z, u, &colsum_t, &mu_raw)?;
-            self.normalize(&mu_raw, &mu)?;
+            if self.fuses_iterations() {
+                self.fused_iteration(u, mu_in, &z, &colsum_t, &mu_raw, &mu)?;
+            } else {
+                self.e_step(u, mu_in, &z, &partial)?;
+                self.colsum(&partial, &colsum_t)?;
+                self.m_step(&z, u, &colsum_t, &mu_raw)?;
+                self.normalize(&mu_raw, &mu)?;
+            }
             if let Some(m) = mu_prev.take() {
                 if save_for_backward {
                     saved.mu.push(m);
