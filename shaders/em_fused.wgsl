@@ -3,7 +3,7 @@
 // tile_colsum, colsum, split matmul, reduce_splits, normalize), with Z of a token tile kept in
 // workgroup memory between the E-step and the M-step:
 //
-// e_m_tile, one workgroup per (token tile of T = 64 tokens, batch element b):
+// e_m_tile, one workgroup per (token tile of T = 32 tokens, batch element b):
 //   Z[n,m]          = softmax over m of (lambda u[n,:] . mu[m,:])      (written to Z [B,N,M])
 //   S[b,tile,m]     = sum over the tile's tokens n of Z[n,m]            (partial column sums)
 //   P[b,tile,m,c]   = sum over the tile's tokens n of Z[n,m] u[n,c]     (partial M-step)
@@ -43,7 +43,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> colsum: array<f32>;
 
 const EPS: f32 = 1e-6;
-const T: u32 = 64u;           // tokens per tile
+const T: u32 = 32u;           // tokens per tile
 const MAX_M: u32 = 64u;       // row stride of the Z tile
 const TILE_WG: u32 = 256u;    // invocations of e_m_tile
 const WG: u32 = 64u;          // invocations of e_m_reduce (workgroup_reduce.wgsl)
@@ -51,8 +51,9 @@ const SHARED_MU: u32 = 1u;
 
 #include "workgroup_reduce.wgsl"
 
-// Z of the tile's tokens, [T][MAX_M]: 16 KiB, the least every adapter offers.
-var<workgroup> zt: array<f32, 4096>;
+// Z of the tile's tokens, [T][MAX_M]: 8 KiB, within every adapter's workgroup memory (GL's
+// downlevel limit is just under 16 KiB).
+var<workgroup> zt: array<f32, 2048>;
 
 @compute @workgroup_size(256)
 fn e_m_tile(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

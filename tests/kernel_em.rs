@@ -815,7 +815,7 @@ fn the_gpu_path_fuses_iterations_and_the_cpu_paths_do_not() {
         assert!(!em.with_iteration(em::Iteration::PerStep).fuses_iterations());
     }
     // Too many token tiles for one dispatch: the tiled path falls back to the seven dispatches.
-    let huge = shape(1, 64 * 65536, 1, 1, 1, 1.0);
+    let huge = shape(1, 32 * 65536 + 1, 1, 1, 1, 1.0);
     assert!(!launcher(gpu, &huge, KernelPath::Tiled).unwrap().fuses_iterations());
     // The whole loop forced to two passes on a CPU path gives what the per-step loop gives.
     let mut rng = Rng::new(5);

@@ -57,7 +57,11 @@ pub const MAX_BASES: usize = 64;
 /// Tokens per partial column sum of the E-step.
 pub const TILE: usize = 256;
 /// Tokens per workgroup of the two-pass iteration ([`Em::fused_iteration`]).
-pub const FUSED_TILE: usize = 64;
+pub const FUSED_TILE: usize = 32;
+/// What the two-pass iteration needs of the adapter: 256 invocations per workgroup and 8 KiB of
+/// workgroup memory (Z of one tile).
+const FUSED_INVOCATIONS: u32 = 256;
+const FUSED_SHARED_BYTES: u32 = 8192;
 
 const ACCUMULATE: u32 = 1;
 const SCALE_BY_COLSUM: u32 = 2;
@@ -466,10 +470,13 @@ impl<'a> Em<'a> {
 
     /// Whether [`Em::forward`] runs each iteration as [`Em::fused_iteration`]'s two passes
     /// ([`Iteration`]: by default on the GPU path, `tiled`), which needs the grid to fit one
-    /// dispatch.
+    /// dispatch and the adapter to offer 256 invocations and 8 KiB of workgroup memory.
     pub fn fuses_iterations(&self) -> bool {
-        let s = &self.s;
-        let fits = s.tokens.div_ceil(FUSED_TILE) <= 65535 && s.batch <= 65535;
+        let (s, limits) = (&self.s, self.gpu.limits());
+        let fits = s.tokens.div_ceil(FUSED_TILE) <= 65535
+            && s.batch <= 65535
+            && limits.max_compute_invocations_per_workgroup >= FUSED_INVOCATIONS
+            && limits.max_compute_workgroup_storage_size >= FUSED_SHARED_BYTES;
         fits && match self.iteration {
             Iteration::Auto => self.path == KernelPath::Tiled,
             Iteration::TwoPass => true,
@@ -478,7 +485,7 @@ impl<'a> Em<'a> {
     }
 
     /// One whole iteration (E-step, column sums, M-step, normalisation) in two passes
-    /// (shaders/em_fused.wgsl): per tile of 64 tokens, Z in workgroup memory between the E-step
+    /// (shaders/em_fused.wgsl): per tile of 32 tokens, Z in workgroup memory between the E-step
     /// softmax and the partial column sums and M-step product; then per basis, the sums over
     /// tiles, the division and the L2 normalisation. Writes `z` [B,N,M], `colsum` [B,M],
     /// `mu_raw` and `mu` [B,M,C] as [`Em::e_step`], [`Em::colsum`], [`Em::m_step`] and
