@@ -472,16 +472,34 @@ impl<'a> Em<'a> {
     /// ([`Iteration`]: by default on the GPU path, `tiled`), which needs the grid to fit one
     /// dispatch and the adapter to offer 256 invocations and 8 KiB of workgroup memory.
     pub fn fuses_iterations(&self) -> bool {
+        self.two_pass_unfit().is_none()
+            && match self.iteration {
+                Iteration::Auto => self.path == KernelPath::Tiled,
+                Iteration::TwoPass => true,
+                Iteration::PerStep => false,
+            }
+    }
+
+    /// Why this shape and adapter cannot run the two-pass iteration, if they cannot: its grid
+    /// must fit one dispatch and its workgroups the adapter's limits.
+    fn two_pass_unfit(&self) -> Option<String> {
         let (s, limits) = (&self.s, self.gpu.limits());
-        let fits = s.tokens.div_ceil(FUSED_TILE) <= 65535
-            && s.batch <= 65535
-            && limits.max_compute_invocations_per_workgroup >= FUSED_INVOCATIONS
-            && limits.max_compute_workgroup_storage_size >= FUSED_SHARED_BYTES;
-        fits && match self.iteration {
-            Iteration::Auto => self.path == KernelPath::Tiled,
-            Iteration::TwoPass => true,
-            Iteration::PerStep => false,
+        let tiles = s.tokens.div_ceil(FUSED_TILE);
+        if tiles > 65535 || s.batch > 65535 {
+            return Some(format!(
+                "EM shape {s} needs {tiles} x {} workgroups for the two-pass iteration, more than one dispatch holds (65535 each way)",
+                s.batch
+            ));
         }
+        if limits.max_compute_invocations_per_workgroup < FUSED_INVOCATIONS
+            || limits.max_compute_workgroup_storage_size < FUSED_SHARED_BYTES
+        {
+            return Some(format!(
+                "the two-pass EM iteration needs {FUSED_INVOCATIONS} invocations and {FUSED_SHARED_BYTES} bytes of workgroup memory, and this adapter offers {} and {}",
+                limits.max_compute_invocations_per_workgroup, limits.max_compute_workgroup_storage_size
+            ));
+        }
+        None
     }
 
     /// One whole iteration (E-step, column sums, M-step, normalisation) in two passes
@@ -507,13 +525,10 @@ impl<'a> Em<'a> {
         check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
         check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
         check_len("mu", mu, s.mu_len(), "[B,M,C]", s)?;
-        let tiles = s.tokens.div_ceil(FUSED_TILE);
-        if tiles > 65535 || s.batch > 65535 {
-            return Err(Error::Shape(format!(
-                "EM shape {s} needs {tiles} x {} workgroups, more than one dispatch holds (65535 each way)",
-                s.batch
-            )));
+        if let Some(why) = self.two_pass_unfit() {
+            return Err(Error::Shape(why));
         }
+        let tiles = s.tokens.div_ceil(FUSED_TILE);
         let partial = gpu.alloc(s.batch * tiles * s.bases * (s.width + 1))?;
         let p = FusedParams {
             batch: s.batch as u32,
@@ -786,7 +801,8 @@ impl<'a> Em<'a> {
         let (gpu, s) = (self.gpu, &self.s);
         self.check_loop_inputs(u, bases)?;
         let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
-        let partial = gpu.alloc(s.batch * s.tiles() * s.bases)?;
+        // The per-step E-step's partial column sums (the two-pass iteration keeps its own).
+        let partial = if self.fuses_iterations() { None } else { Some(gpu.alloc(s.batch * s.tiles() * s.bases)?) };
         let mut mu_prev: Option<GpuBuffer> = None;
         let mut z_last = None;
         for t in 1..=s.iters {
@@ -799,13 +815,13 @@ impl<'a> Em<'a> {
                 None => Bases::Shared(bases),
                 Some(m) => Bases::PerBatch(m),
             };
-            if self.fuses_iterations() {
-                self.fused_iteration(u, mu_in, &z, &colsum_t, &mu_raw, &mu)?;
-            } else {
-                self.e_step(u, mu_in, &z, &partial)?;
-                self.colsum(&partial, &colsum_t)?;
+            if let Some(partial) = &partial {
+                self.e_step(u, mu_in, &z, partial)?;
+                self.colsum(partial, &colsum_t)?;
                 self.m_step(&z, u, &colsum_t, &mu_raw)?;
                 self.normalize(&mu_raw, &mu)?;
+            } else {
+                self.fused_iteration(u, mu_in, &z, &colsum_t, &mu_raw, &mu)?;
             }
             if let Some(m) = mu_prev.take() {
                 if save_for_backward {
