@@ -74,6 +74,7 @@ fn register_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&c20, obase, row0 + 20u, col0); store_row(&c21, obase, row0 + 21u, col0); store_row(&c22, obase, row0 + 22u, col0); store_row(&c23, obase, row0 + 23u, col0);
     store_row(&c24, obase, row0 + 24u, col0); store_row(&c25, obase, row0 + 25u, col0); store_row(&c26, obase, row0 + 26u, col0); store_row(&c27, obase, row0 + 27u, col0);
     store_row(&c28, obase, row0 + 28u, col0); store_row(&c29, obase, row0 + 29u, col0); store_row(&c30, obase, row0 + 30u, col0); store_row(&c31, obase, row0 + 31u, col0);
+    act_rows4(obase, row0, 32u, col0);
 }
 
 @compute @workgroup_size(8)
@@ -134,6 +135,7 @@ fn register_block_general(wid: vec3<u32>, lane: u32) {
     store_tile1(obase, row + 8u, col + 8u, c22); store_tile1(obase, row + 8u, col + 12u, c23);
     store_tile1(obase, row + 12u, col, c30); store_tile1(obase, row + 12u, col + 4u, c31);
     store_tile1(obase, row + 12u, col + 8u, c32); store_tile1(obase, row + 12u, col + 12u, c33);
+    act_rows1(obase, row, BLOCK, col, BLOCK);
 }
 
 @compute @workgroup_size(8)

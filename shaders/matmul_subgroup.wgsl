@@ -172,6 +172,7 @@ fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&c5, obase, row0 + 5u, col0);
     store_row(&c6, obase, row0 + 6u, col0);
     store_row(&c7, obase, row0 + 7u, col0);
+    act_rows4(obase, row0, 8u, col0);
 }
 
 @compute @workgroup_size(8)
@@ -228,7 +229,7 @@ fn store_row_general(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
             let j = col0 + 4u * q + e;
             if (j < p.n) {
                 let o = base + row * p.n + j;
-                store1(o, j, v[e]);
+                put1(o, j, v[e]);
             }
         }
     }
@@ -259,4 +260,5 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
     store_row_general(&c5, obase, row0 + 5u, col0);
     store_row_general(&c6, obase, row0 + 6u, col0);
     store_row_general(&c7, obase, row0 + 7u, col0);
+    act_rows1(obase, row0, 8u, col0, 32u);
 }
