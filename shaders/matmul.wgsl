@@ -79,21 +79,25 @@ fn register_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
 
 @compute @workgroup_size(8)
 fn registers_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    p = params;
     register_block(wid, lane, false, false);
 }
 
 @compute @workgroup_size(8)
 fn registers_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    p = params;
     register_block(wid, lane, false, true);
 }
 
 @compute @workgroup_size(8)
 fn registers_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    p = params;
     register_block(wid, lane, true, false);
 }
 
 @compute @workgroup_size(8)
 fn registers_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    p = params;
     register_block(wid, lane, true, true);
 }
 
@@ -140,6 +144,7 @@ fn register_block_general(wid: vec3<u32>, lane: u32) {
 
 @compute @workgroup_size(8)
 fn registers_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    p = params;
     register_block_general(wid, lane);
 }
 
@@ -191,6 +196,7 @@ var<workgroup> b_sh_tiled_128: array<array<f32, 128>, 8>;   // [k][col]
 
 @compute @workgroup_size(16, 16)
 fn tiled_128(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    p = params;
     let row0 = wid.y * 128u;
     let col0 = wid.x * 128u;
     let bi = wid.z % p.batch;
@@ -284,6 +290,7 @@ var<workgroup> b_sh_tiled_64: array<array<f32, 64>, 16>;   // [k][col]
 
 @compute @workgroup_size(16, 16)
 fn tiled_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    p = params;
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     let bi = wid.z % p.batch;
@@ -377,6 +384,7 @@ var<workgroup> b_sh_tiled_general: array<array<f32, 64>, 16>;   // [k][col]
 
 @compute @workgroup_size(16, 16)
 fn tiled_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    p = params;
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     let bi = wid.z % p.batch;
@@ -430,6 +438,7 @@ fn tiled_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 // [splits, batch, M, N]; p.k_split is the number of splits here. One invocation per output.
 @compute @workgroup_size(256)
 fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    p = params;
     let total = p.batch * p.m * p.n;
     let idx = gid.x;
     if (idx >= total) {

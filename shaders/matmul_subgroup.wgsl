@@ -177,21 +177,25 @@ fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
 
 @compute @workgroup_size(8)
 fn subgroup_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
     subgroup_block(wid, lane, false, false);
 }
 
 @compute @workgroup_size(8)
 fn subgroup_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
     subgroup_block(wid, lane, false, true);
 }
 
 @compute @workgroup_size(8)
 fn subgroup_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
     subgroup_block(wid, lane, true, false);
 }
 
 @compute @workgroup_size(8)
 fn subgroup_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
     subgroup_block(wid, lane, true, true);
 }
 
@@ -237,6 +241,7 @@ fn store_row_general(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
 
 @compute @workgroup_size(8)
 fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
     let col0 = wid.x * 32u;
     let row0 = wid.y * 64u + lane * 8u;
     let abase = wid.z * p.a_batch;

@@ -1,6 +1,7 @@
 //! Every WGSL file under shaders/ parses and validates with naga, and declares its bindings
-//! the way vlsa's launchers expect (group 0; binding 0 uniform; storage buffers after it;
-//! at most 7 storage buffers per entry point).
+//! the way vlsa's launchers expect (group 0; binding 0 the parameter block, uniform or read-only
+//! storage; storage buffers after it; at most 7 storage buffers per entry point, a storage
+//! parameter block included).
 
 use vlsa_kernels::pipeline::{expand_includes, validate_wgsl};
 
@@ -32,10 +33,14 @@ fn every_shader_parses_and_validates() {
                     naga::AddressSpace::Uniform => {
                         assert_eq!(b.binding, 0, "{name}: the uniform block must be binding 0")
                     }
-                    naga::AddressSpace::Storage { .. } => {
-                        assert!(b.binding >= 1, "{name}: storage buffers start at binding 1");
+                    naga::AddressSpace::Storage { access } if b.binding == 0 => {
+                        assert!(
+                            !access.contains(naga::StorageAccess::STORE),
+                            "{name}: a storage parameter block (binding 0) must be read-only"
+                        );
                         storage += 1;
                     }
+                    naga::AddressSpace::Storage { .. } => storage += 1,
                     _ => {}
                 }
             }

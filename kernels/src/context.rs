@@ -616,7 +616,7 @@ impl Gpu {
         let mut entries = Vec::with_capacity(kernel.bindings.len());
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
-                BindingKind::Uniform => {
+                BindingKind::Uniform | BindingKind::StorageParams => {
                     let (block, offset, size) =
                         uniform.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
                     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -724,7 +724,8 @@ impl Gpu {
     }
 
     fn push_uniform(&self, r: &mut Recorder, params: &[u8]) -> Result<(usize, u64, u64)> {
-        let align = self.limits().min_uniform_buffer_offset_alignment as u64;
+        let limits = self.limits();
+        let align = limits.min_uniform_buffer_offset_alignment.max(limits.min_storage_buffer_offset_alignment) as u64;
         let size = (params.len() as u64).div_ceil(16) * 16;
         if size > UNIFORM_BLOCK {
             return Err(Error::Limit { what: "a kernel parameter block".into(), needed: size, limit: UNIFORM_BLOCK });
@@ -738,7 +739,7 @@ impl Gpu {
             a.blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("vlsa uniforms"),
                 size: UNIFORM_BLOCK,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }));
         }

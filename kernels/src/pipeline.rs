@@ -7,8 +7,9 @@
 //! layout from that, so one WGSL file can hold several entry points that each use a subset of
 //! the file's bindings.
 //!
-//! Binding convention of every vlsa shader: group 0, binding 0 is the uniform parameter
-//! block; bindings 1.. are storage buffers in the order the launcher passes them.
+//! Binding convention of every vlsa shader: group 0, binding 0 is the parameter block (a
+//! uniform block, or a read-only storage buffer: [`BindingKind::StorageParams`]); bindings 1..
+//! are storage buffers in the order the launcher passes them.
 //!
 //! Shaders share helpers through one include step, applied before naga sees the text: a line
 //! `#include "NAME.wgsl"` names a file of `shaders/include/` (listed in [`INCLUDES`]). The line is
@@ -135,8 +136,11 @@ fn shader_error(file: &str, expanded: &Expanded, location: Option<naga::SourceLo
 /// What one binding of an entry point is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingKind {
-    /// `var<uniform>`: the parameter block.
+    /// `var<uniform>` at binding 0: the parameter block.
     Uniform,
+    /// `var<storage, read>` at binding 0: the parameter block in a storage buffer (the matmul's),
+    /// which lavapipe does not specialize the shader on (docs/DESIGN.md 9.2).
+    StorageParams,
     /// `var<storage, read>`.
     StorageRead,
     /// `var<storage, read_write>`.
@@ -202,6 +206,11 @@ fn entry_bindings(
         }
         let kind = match var.space {
             naga::AddressSpace::Uniform => BindingKind::Uniform,
+            naga::AddressSpace::Storage { access }
+                if binding.binding == 0 && !access.contains(naga::StorageAccess::STORE) =>
+            {
+                BindingKind::StorageParams
+            }
             naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
                 BindingKind::StorageReadWrite
             }
@@ -260,7 +269,9 @@ impl PipelineCache {
                 ty: wgpu::BindingType::Buffer {
                     ty: match kind {
                         BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                        BindingKind::StorageRead => wgpu::BufferBindingType::Storage { read_only: true },
+                        BindingKind::StorageRead | BindingKind::StorageParams => {
+                            wgpu::BufferBindingType::Storage { read_only: true }
+                        }
                         BindingKind::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
                     has_dynamic_offset: false,
