@@ -108,10 +108,12 @@ fn put1(o: u32, j: u32, v: f32) {
 // The activation pass of the register-block kernels, after the block's stores: act_out =
 // f(out + bias) over rows row0..row0+rows and columns col0..col0+32 of one batch (base), read
 // back from the bare product this invocation has just written (an invocation sees its own
-// writes in program order). A loop, so the activation is compiled once: inlined into each
-// row's store instead (32 copies of erf's fit in registers_nt), lavapipe ran the gelu products
-// 2-3x slower than the plain ones, every workgroup streaming that cold code once (measured
-// 2048 x 512 x 128, AMD EPYC Zen 4: 30-42 ms against 10-14 ms plain).
+// writes in program order). A loop, so the activation is compiled once, not into each row's
+// store (32 copies of erf's fit in registers_nt). Inlined per row, the gelu pipelines were big
+// enough that lavapipe's uniform specialization (see the parameter block above) rebuilt them at
+// every launch: 2-3x the plain product's time. With the storage parameter block the per-row
+// form still costs more than the loop where the store dominates (2048 x 512 x 4, register
+// kernel: gelu 3.2-3.5 ms over the plain product, against 0.5-1.6 ms; AMD EPYC Zen 4).
 fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
     if (ACT == 0u) {
         return;
