@@ -15,10 +15,11 @@
 // divides by all n pixels) and its y_k are all 0 for dice; it is never used as an index.
 //
 // Reductions are deterministic two-pass sums: `*_partial` has G workgroups (G depends only on
-// n and on whether the adapter is a CPU: at most 256 on GPUs, 16 on CPUs, where each workgroup's
-// barriers are costly; see kernels/src/loss.rs); each invocation sums a fixed strided set of pixels, the workgroup reduces its 256 values
-// in a tree and writes one partial per workgroup (dice: per workgroup and class, along y);
-// `*_finish` adds the partials in index order in one workgroup.
+// n and on whether the adapter is a CPU: at most 256 on GPUs, 16 on CPUs, where each
+// workgroup's barriers are costly; see kernels/src/loss.rs); each invocation sums a fixed
+// strided set of pixels, the workgroup reduces its 256 values in a tree and writes one partial
+// per workgroup (dice: per workgroup and class, along y); `*_finish` adds the partials in index
+// order in one workgroup.
 
 struct Params {
     batch: u32,

@@ -66,6 +66,14 @@ pub struct GpuInfo {
     pub all_adapters: Vec<String>,
 }
 
+impl GpuInfo {
+    /// Whether the adapter runs on the CPU (lavapipe, llvmpipe GL): the kernels whose best
+    /// schedule differs there (fewer, larger workgroups; no barriers) ask this.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
 /// One kernel launch: a shader entry point, its parameter block, its storage buffers (bound
 /// at bindings 1, 2, ... in order) and its grid.
 pub struct Dispatch<'a> {

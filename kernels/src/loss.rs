@@ -86,7 +86,7 @@ impl LossShape {
     /// Partial-sum workgroups of a reduction: fixed by n and the kind of adapter, so one
     /// adapter always sums in the same order (bit-identical runs).
     fn groups(&self, gpu: &Gpu) -> usize {
-        let most = if gpu.info().device_type == "Cpu" { MAX_GROUPS_CPU } else { MAX_GROUPS };
+        let most = if gpu.info().is_cpu() { MAX_GROUPS_CPU } else { MAX_GROUPS };
         self.n().div_ceil(256).clamp(1, most)
     }
     fn params(&self, gpu: &Gpu) -> Params {
@@ -152,7 +152,7 @@ pub fn cross_entropy(
     s.check_inputs(logits, target)?;
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params(gpu);
-    let partials = gpu.alloc(s.groups(gpu))?;
+    let partials = gpu.alloc(p.groups as usize)?;
     launch(
         gpu,
         "cross_entropy_partial",
@@ -219,7 +219,7 @@ pub fn dice(
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params(gpu);
     let foreground = (classes - 1) as u32;
-    let partials = gpu.alloc((s.groups(gpu) * dice_stats_len(classes)).max(1))?;
+    let partials = gpu.alloc((p.groups as usize * dice_stats_len(classes)).max(1))?;
     launch(
         gpu,
         "dice_partial",

@@ -44,7 +44,7 @@ impl RowSchedule {
     /// The schedule for this adapter and shape: `Invocation` on CPU adapters unless the rows
     /// are too few for two cores and long enough to be worth splitting; `Workgroup` elsewhere.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> RowSchedule {
-        if gpu.info().device_type == "Cpu" && (rows >= 16 || cols < 4096) && cols <= MAX_ROW_INVOCATION {
+        if gpu.info().is_cpu() && (rows >= 16 || cols < 4096) && cols <= MAX_ROW_INVOCATION {
             RowSchedule::Invocation
         } else {
             RowSchedule::Workgroup

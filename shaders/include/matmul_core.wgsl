@@ -88,7 +88,7 @@ fn store1(o: u32, j: u32, v: f32) {
 // The register-block kernels' store of four columns j..j+4 as out4[o]. With an activation it
 // writes only the bare product: these kernels store their block in straight-line code, one copy
 // per row, and then run act_rows4 / act_rows1, where the activation's code appears once.
-fn store4(o: u32, j: u32, v: vec4<f32>) {
+fn put4(o: u32, j: u32, v: vec4<f32>) {
     if (ACT != 0u) {
         out4[o] = v;
         return;
@@ -316,14 +316,14 @@ fn store_row(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
         return;
     }
     let o = (base + row * p.n + col0) / 4u;
-    if (col0 + 0u < p.n) { store4(o + 0u, col0 + 0u, (*c)[0]); }
-    if (col0 + 4u < p.n) { store4(o + 1u, col0 + 4u, (*c)[1]); }
-    if (col0 + 8u < p.n) { store4(o + 2u, col0 + 8u, (*c)[2]); }
-    if (col0 + 12u < p.n) { store4(o + 3u, col0 + 12u, (*c)[3]); }
-    if (col0 + 16u < p.n) { store4(o + 4u, col0 + 16u, (*c)[4]); }
-    if (col0 + 20u < p.n) { store4(o + 5u, col0 + 20u, (*c)[5]); }
-    if (col0 + 24u < p.n) { store4(o + 6u, col0 + 24u, (*c)[6]); }
-    if (col0 + 28u < p.n) { store4(o + 7u, col0 + 28u, (*c)[7]); }
+    if (col0 + 0u < p.n) { put4(o + 0u, col0 + 0u, (*c)[0]); }
+    if (col0 + 4u < p.n) { put4(o + 1u, col0 + 4u, (*c)[1]); }
+    if (col0 + 8u < p.n) { put4(o + 2u, col0 + 8u, (*c)[2]); }
+    if (col0 + 12u < p.n) { put4(o + 3u, col0 + 12u, (*c)[3]); }
+    if (col0 + 16u < p.n) { put4(o + 4u, col0 + 16u, (*c)[4]); }
+    if (col0 + 20u < p.n) { put4(o + 5u, col0 + 20u, (*c)[5]); }
+    if (col0 + 24u < p.n) { put4(o + 6u, col0 + 24u, (*c)[6]); }
+    if (col0 + 28u < p.n) { put4(o + 7u, col0 + 28u, (*c)[7]); }
 }
 
 
