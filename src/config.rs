@@ -41,6 +41,19 @@ pub struct Config {
     pub em: EmConfig,
     #[serde(default = "default_eps")]
     pub ln_eps: f32,
+    /// Two-pass inference for one small object (docs/DESIGN.md, "Refinement"); absent: one pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<RefineConfig>,
+}
+
+/// Two-pass inference: after the first pass, the model segments again a square window around
+/// the predicted foreground, and the mask is that window's prediction (background elsewhere).
+/// Part of how the model predicts (`vlsa segment`, `vlsa eval`), not of its forward pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefineConfig {
+    /// The window's side as a fraction of the image's shorter side, in (0, 1].
+    pub crop: f32,
 }
 
 /// The ViT encoder.
@@ -238,6 +251,11 @@ impl Config {
         }
         if !(self.ln_eps > 0.0 && self.ln_eps < 1.0) {
             return bad(format!("ln_eps {} must be between 0 and 1", self.ln_eps));
+        }
+        if let Some(r) = &self.refine {
+            if !(r.crop > 0.0 && r.crop <= 1.0) {
+                return bad(format!("refine.crop {} must be a fraction of the image side in (0, 1]", r.crop));
+            }
         }
         if self.pixel_std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
             return bad("pixel_std values must be positive".into());
@@ -466,6 +484,22 @@ mod tests {
         let c = Config::from_json(&off, "off").unwrap();
         assert!(!c.decoder.cross_attn);
         assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn refinement_is_optional_checked_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert!(c.refine.is_none() && !c.to_json().contains("refine"), "absent unless given");
+        let on = DESIGN.replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"refine\": {\"crop\": 0.35}");
+        let c = Config::from_json(&on, "on").unwrap();
+        assert_eq!(c.refine, Some(RefineConfig { crop: 0.35 }));
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+        for bad in ["0", "1.5", "-0.2"] {
+            let e = Config::from_json(&on.replace("0.35", bad), "cfg.json").unwrap_err().to_string();
+            assert!(e.contains("refine.crop") && e.contains("cfg.json"), "{e}");
+        }
+        let unknown = on.replace("\"crop\"", "\"size\"");
+        assert!(Config::from_json(&unknown, "c").unwrap_err().to_string().contains("size"));
     }
 
     #[test]

@@ -120,6 +120,17 @@ impl Image {
         save_png(path, self.width, self.height, image::ExtendedColorType::Rgb8, &self.to_rgb8())
     }
 
+    /// The window of `width` x `height` pixels at (`x0`, `y0`), which must lie inside the image.
+    pub fn crop(&self, x0: usize, y0: usize, width: usize, height: usize) -> Image {
+        assert!(x0 + width <= self.width && y0 + height <= self.height, "crop window outside the image");
+        let mut rgb = Vec::with_capacity(width * height * 3);
+        for y in y0..y0 + height {
+            let row = (y * self.width + x0) * 3;
+            rgb.extend_from_slice(&self.rgb[row..row + width * 3]);
+        }
+        Image { width, height, rgb }
+    }
+
     /// Bilinear resize (align_corners = false, no antialiasing: PyTorch's
     /// `F.interpolate(mode="bilinear")`).
     pub fn resize(&self, width: usize, height: usize) -> Image {

@@ -37,8 +37,40 @@ impl Model {
     }
 
     /// Segments images of any size: a mask per image at its own size (argmax at S x S, then
-    /// nearest-resized back), in batches of [`SEGMENT_BATCH`].
+    /// nearest-resized back), in batches of [`SEGMENT_BATCH`]. A model with `refine` segments
+    /// each image twice ([`refine_window`]): the mask is then the second pass's prediction of a
+    /// window around the first pass's foreground, background elsewhere.
     pub fn segment(&self, images: &[&Image]) -> Result<Vec<Mask>> {
+        let first = self.segment_once(images)?;
+        let Some(refine) = &self.config.refine else {
+            return Ok(first);
+        };
+        let windows: Vec<Option<Window>> = first.iter().map(|m| refine_window(m, refine.crop)).collect();
+        let crops: Vec<Image> = images
+            .iter()
+            .zip(&windows)
+            .filter_map(|(img, w)| w.map(|w| img.crop(w.x0, w.y0, w.side, w.side)))
+            .collect();
+        let mut second = self.segment_once(&crops.iter().collect::<Vec<_>>())?.into_iter();
+        let mut masks = Vec::with_capacity(images.len());
+        for (mask, window) in first.into_iter().zip(windows) {
+            let Some(w) = window else {
+                masks.push(mask); // nothing found: all background already
+                continue;
+            };
+            let part = second.next().expect("one second-pass mask per window");
+            let mut labels = vec![0u8; mask.width * mask.height];
+            for (y, row) in part.labels.chunks(w.side).enumerate() {
+                let at = (w.y0 + y) * mask.width + w.x0;
+                labels[at..at + w.side].copy_from_slice(row);
+            }
+            masks.push(Mask { width: mask.width, height: mask.height, labels });
+        }
+        Ok(masks)
+    }
+
+    /// One pass of [`Model::segment`].
+    fn segment_once(&self, images: &[&Image]) -> Result<Vec<Mask>> {
         let s = self.config.image_size;
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
@@ -127,6 +159,59 @@ impl Model {
         file.metadata.insert(CONFIG_KEY.into(), self.config.to_json());
         file
     }
+}
+
+/// A square window of a mask: its top-left corner and side, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x0: usize,
+    pub y0: usize,
+    pub side: usize,
+}
+
+/// The window of the second pass of refinement: side `crop` times the mask's shorter side,
+/// placed where it holds the most foreground pixels (labels other than 0), then centred on the
+/// bounding box of the foreground it holds (moved inside the mask where that would leave it).
+/// So stray foreground elsewhere neither moves nor widens it. `None` without foreground.
+pub fn refine_window(mask: &Mask, crop: f32) -> Option<Window> {
+    let (w, h) = (mask.width, mask.height);
+    let side = ((crop * w.min(h) as f32).round() as usize).clamp(1, w.min(h));
+    // Integral image of the foreground: sum[y][x] counts the pixels above and left of (x, y).
+    let mut sum = vec![0u32; (w + 1) * (h + 1)];
+    for y in 0..h {
+        let mut row = 0;
+        for x in 0..w {
+            row += u32::from(mask.labels[y * w + x] != 0);
+            sum[(y + 1) * (w + 1) + x + 1] = sum[y * (w + 1) + x + 1] + row;
+        }
+    }
+    let count = |x0: usize, y0: usize| {
+        let (x1, y1) = (x0 + side, y0 + side);
+        sum[y1 * (w + 1) + x1] + sum[y0 * (w + 1) + x0] - sum[y0 * (w + 1) + x1] - sum[y1 * (w + 1) + x0]
+    };
+    let mut best = (0, 0, 0);
+    for y0 in 0..=h - side {
+        for x0 in 0..=w - side {
+            let c = count(x0, y0);
+            if c > best.0 {
+                best = (c, x0, y0);
+            }
+        }
+    }
+    let (found, bx, by) = best;
+    if found == 0 {
+        return None;
+    }
+    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (usize::MAX, 0, usize::MAX, 0);
+    for y in by..by + side {
+        for x in bx..bx + side {
+            if mask.labels[y * w + x] != 0 {
+                (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+            }
+        }
+    }
+    let place = |lo: usize, hi: usize, len: usize| ((lo + hi + 1).saturating_sub(side) / 2).min(len - side);
+    Some(Window { x0: place(x_lo, x_hi, w), y0: place(y_lo, y_hi, h), side })
 }
 
 /// Replaces the model's class embeddings by the embeddings of `prompts` (one per class,
@@ -287,6 +372,34 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refine_window_centres_on_the_largest_foreground_and_ignores_strays() {
+        let (w, h) = (120, 80);
+        let mut labels = vec![0u8; w * h];
+        let mut paint = |x0: usize, y0: usize, x1: usize, y1: usize, l: u8| {
+            for y in y0..y1 {
+                labels[y * w + x0..y * w + x1].fill(l);
+            }
+        };
+        paint(30, 20, 42, 30, 1); // the object: 12 x 10, centre (36, 25)
+        paint(33, 23, 37, 27, 2);
+        paint(110, 70, 112, 72, 1); // a stray 2 x 2 patch in a corner
+        let mask = Mask { width: w, height: h, labels };
+        let win = refine_window(&mask, 0.4).unwrap();
+        assert_eq!(win.side, 32, "0.4 of the shorter side");
+        assert_eq!((win.x0, win.y0), (36 - 16, 25 - 16), "centred on the object, not pulled by the stray");
+        // Near the border the window stays inside the mask.
+        let mut edge = vec![0u8; w * h];
+        edge[w + 1] = 1;
+        let win = refine_window(&Mask { width: w, height: h, labels: edge }, 0.5).unwrap();
+        assert_eq!((win.x0, win.y0, win.side), (0, 0, 40));
+        // A window of the whole shorter side cannot hold both; it holds the object, as far
+        // towards centring it as the border allows. An empty mask has no window.
+        let full = refine_window(&mask, 1.0).unwrap();
+        assert_eq!((full.x0, full.y0, full.side), (0, 0, 80));
+        assert_eq!(refine_window(&Mask { width: w, height: h, labels: vec![0; w * h] }, 0.4), None);
+    }
 
     #[test]
     fn overlay_draws_contours_fills_and_a_legend_that_fits() {

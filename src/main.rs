@@ -411,6 +411,11 @@ struct TrainArgs {
     /// Train without domain randomization (random gamma, colour, blur, noise, resolution, shading).
     #[arg(long)]
     no_randomize: bool,
+    /// Fraction of the samples cropped to a square of 0.25-0.45 of the side around their
+    /// foreground (labels other than 0), as a model with `refine` sees it in its second pass
+    /// [default: 0].
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    focus_crops: Option<f32>,
     /// At the start of a new run, replace the class embeddings by this text encoder's embeddings
     /// of the configuration's prompts (as `init --text-encoder` does; a Hugging Face BERT folder).
     /// A resumed run keeps the checkpoint's.
@@ -463,6 +468,7 @@ fn train(a: TrainArgs) -> CliResult {
         seed: a.seed,
         augment: a.no_augment.then_some(false),
         randomize: a.no_randomize.then_some(false),
+        focus: a.focus_crops,
     };
     let setup = Setup { out: &a.out, data: &a.data, start, resume: a.resume, force: a.force, choices: &choices };
     let (mut trainer, begun) = prepare(&gpu, &setup)?;

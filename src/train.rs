@@ -31,7 +31,7 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
-use augment::{augment_rng, epoch_order, randomize_rng, Augmentation, Randomization};
+use augment::{augment_rng, epoch_order, focus_rng, randomize_rng, Augmentation, Randomization};
 pub use report::LogEntry;
 
 /// The options that decide a run's trajectory: a resumed run must use the same ones.
@@ -66,6 +66,11 @@ pub struct TrainOptions {
     /// checkpoints written before it existed.
     #[serde(default)]
     pub randomize: bool,
+    /// Fraction of the samples cropped around their foreground ([`augment::focus_window`]), the
+    /// view a model with `refine` sees in its second pass; 0 in checkpoints written before it
+    /// existed.
+    #[serde(default)]
+    pub focus: f32,
 }
 
 impl TrainOptions {
@@ -87,6 +92,7 @@ impl TrainOptions {
             seed: 0,
             augment: true,
             randomize: true,
+            focus: 0.0,
         }
     }
 
@@ -113,6 +119,12 @@ impl TrainOptions {
         }
         if !(self.vision_lr_mult.is_finite() && self.vision_lr_mult >= 0.0) {
             return bad(format!("--vision-lr-mult {} must be zero or positive", self.vision_lr_mult));
+        }
+        if !(0.0..=1.0).contains(&self.focus) {
+            return bad(format!("--focus-crops {} must be a fraction between 0 and 1", self.focus));
+        }
+        if self.focus > 0.0 && !self.augment {
+            return bad("--focus-crops is part of the augmentation and cannot be used with --no-augment".into());
         }
         if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2) && self.eps > 0.0) {
             return bad("AdamW needs betas in [0, 1) and a positive eps".into());
@@ -340,19 +352,30 @@ impl Trainer {
                 self.order = (epoch, epoch_order(self.options.seed, epoch, len));
             }
             let sample = &self.data.samples[self.order.1[position % len]];
-            let (mut image, mask) = if self.options.augment {
-                self.augmentation.apply(
-                    &sample.image,
-                    &sample.mask,
-                    &mut augment_rng(self.options.seed, step as u64, item as u64),
-                )
-            } else {
-                (sample.image.clone(), sample.mask.clone())
+            let (seed, step, item) = (self.options.seed, step as u64, item as u64);
+            let randomize = |image: &mut Image| {
+                if self.options.randomize {
+                    Randomization::default().apply(image, &mut randomize_rng(seed, step, item));
+                }
             };
-            if self.options.randomize {
-                Randomization::default()
-                    .apply(&mut image, &mut randomize_rng(self.options.seed, step as u64, item as u64));
-            }
+            let mut focus = focus_rng(seed, step, item);
+            let (image, mask) = if self.options.augment && self.options.focus > 0.0 && focus.chance(self.options.focus)
+            {
+                // A focus crop is a closer look at a photo already taken, as in the second pass
+                // of refinement: the acquisition is drawn on the whole image, then it is cropped.
+                let mut whole = sample.image.clone();
+                randomize(&mut whole);
+                let mut rng = augment_rng(seed, step, item);
+                self.augmentation.apply_focused(&whole, &sample.mask, &mut focus, &mut rng)
+            } else {
+                let (mut image, mask) = if self.options.augment {
+                    self.augmentation.apply(&sample.image, &sample.mask, &mut augment_rng(seed, step, item))
+                } else {
+                    (sample.image.clone(), sample.mask.clone())
+                };
+                randomize(&mut image);
+                (image, mask)
+            };
             target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
             images.push(image);
         }
@@ -633,6 +656,8 @@ pub struct OptionChoices {
     pub augment: Option<bool>,
     /// `Some(false)` for `--no-randomize`.
     pub randomize: Option<bool>,
+    /// `--focus-crops`.
+    pub focus: Option<f32>,
 }
 
 impl OptionChoices {
@@ -650,6 +675,7 @@ impl OptionChoices {
             seed: self.seed.unwrap_or(defaults.seed),
             augment: self.augment.unwrap_or(defaults.augment),
             randomize: self.randomize.unwrap_or(defaults.randomize),
+            focus: self.focus.unwrap_or(defaults.focus),
             ..defaults
         };
         options.validate()?;
@@ -671,6 +697,7 @@ impl OptionChoices {
             .or_else(|| differs("--weight-decay", self.weight_decay, o.weight_decay))
             .or_else(|| differs("--vision-lr-mult", self.vision_lr_mult, o.vision_lr_mult))
             .or_else(|| differs("--seed", self.seed, o.seed))
+            .or_else(|| differs("--focus-crops", self.focus, o.focus))
             .or_else(|| {
                 self.augment
                     .filter(|a| *a != o.augment)

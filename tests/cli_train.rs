@@ -66,6 +66,14 @@ fn an_existing_run_is_replaced_only_with_force() {
     assert!(e.contains("--lr 0.002 differs from the 0.001"), "{e}");
     let e = fails(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--no-augment"]].concat());
     assert!(e.contains("--no-augment differs from the augmentation"), "{e}");
+    let e = fails(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--focus-crops", "0.5"]].concat());
+    assert!(e.contains("--focus-crops 0.5 differs from the 0"), "{e}");
+    // Focus crops are a fraction, and part of the augmentation.
+    let other = dir.path("f.safetensors");
+    let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--focus-crops", "1.5"]].concat());
+    assert!(e.contains("--focus-crops 1.5"), "{e}");
+    let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--focus-crops", "0.5", "--no-augment"]].concat());
+    assert!(e.contains("--focus-crops") && e.contains("--no-augment"), "{e}");
     // --resume and --force together are a usage error (exit 2).
     let both = run(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--force"]].concat());
     assert_eq!(both.status.code(), Some(2));

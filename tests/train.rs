@@ -71,9 +71,10 @@ fn loss_goes_down_on_bright_squares() {
 fn resumed_run_is_bit_for_bit_the_uninterrupted_one() {
     let gpu = common::gpu();
     let dir = temp_dir("resume");
-    // 5 images in batches of 3: batches straddle epochs, and augmentation is on.
+    // 5 images in batches of 3: batches straddle epochs, and augmentation is on, half the
+    // samples cropped around their foreground.
     let data = common::squares(&dir.join("data"), 5, 24, 2);
-    let options = TrainOptions { batch: 3, lr: 3e-3, warmup: 2, seed: 9, ..TrainOptions::new(6) };
+    let options = TrainOptions { batch: 3, lr: 3e-3, warmup: 2, seed: 9, focus: 0.5, ..TrainOptions::new(6) };
     let whole = dir.join("whole.safetensors");
     let mut a = Trainer::new(Model::init(gpu, tiny(4, true), 3).unwrap(), options.clone(), data.clone()).unwrap();
     run(&mut a, None, &run_options(&whole, 100, None)).unwrap();
@@ -265,4 +266,43 @@ fn the_train_command_checkpoints_stops_and_resumes() {
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("nowhere") && stderr.contains("is not a data set"), "{stderr}");
+}
+
+#[test]
+fn refinement_segments_the_window_around_the_first_pass_again() {
+    // Whatever the weights predict, a model with `refine` gives the first pass's mask where it
+    // found no foreground, and otherwise background outside the refine window and, inside it,
+    // exactly the one-pass prediction of that window of the image.
+    use vlsa::config::RefineConfig;
+    use vlsa::infer::refine_window;
+    let gpu = common::gpu();
+    let dir = temp_dir("refine");
+    let data = common::squares(&dir.join("data"), 6, 45, 4);
+    let plain = Model::init(gpu, tiny(4, true), 11).unwrap();
+    let crop = 0.6;
+    let mut config = tiny(4, true);
+    config.refine = Some(RefineConfig { crop });
+    let refined = Model::init(gpu, config, 11).unwrap();
+    let images: Vec<_> = data.samples.iter().map(|s| &s.image).collect();
+    let first = plain.segment(&images).unwrap();
+    let masks = refined.segment(&images).unwrap();
+    let mut windows = 0;
+    for ((image, first), mask) in images.iter().zip(&first).zip(&masks) {
+        assert_eq!((mask.width, mask.height), (image.width, image.height));
+        let Some(w) = refine_window(first, crop) else {
+            assert_eq!(mask, first, "no foreground: the first pass stands");
+            continue;
+        };
+        windows += 1;
+        assert_eq!(w.side, 27, "0.6 of 45 pixels");
+        let part = plain.segment(&[&image.crop(w.x0, w.y0, w.side, w.side)]).unwrap().remove(0);
+        for y in 0..image.height {
+            for x in 0..image.width {
+                let inside = (w.x0..w.x0 + w.side).contains(&x) && (w.y0..w.y0 + w.side).contains(&y);
+                let want = if inside { part.labels[(y - w.y0) * w.side + x - w.x0] } else { 0 };
+                assert_eq!(mask.labels[y * image.width + x], want, "pixel ({x}, {y}), window {w:?}");
+            }
+        }
+    }
+    assert!(windows > 0, "the random model found foreground in at least one image");
 }

@@ -94,6 +94,17 @@ class FixtureTest(unittest.TestCase):
                 load_state(VLSA(parse_config(small)), dict(model.state_dict()), path)
         with self.assertRaisesRegex(ValueError, "unknown key `em.size`"):
             parse_config(dict(TINY, em=dict(TINY["em"], size=3)))
+        # `refine` (vlsa's two-pass inference) is optional, kept through a model file, checked.
+        self.assertNotIn("refine", parse_config(TINY))
+        refined = init_model(parse_config(dict(TINY, refine={"crop": 0.35})), seed=3)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "r.safetensors")
+            save_model(refined, path)
+            self.assertEqual(load_model(path)[0].config["refine"], {"crop": 0.35})
+        with self.assertRaisesRegex(ValueError, "refine.crop 1.5"):
+            parse_config(dict(TINY, refine={"crop": 1.5}))
+        with self.assertRaisesRegex(ValueError, "unknown key `refine.size`"):
+            parse_config(dict(TINY, refine={"size": 0.3}))
 
 
 def run(cmd, **kw):

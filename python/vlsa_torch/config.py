@@ -11,7 +11,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _TOP = {
     "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
     "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
-    "em": None, "ln_eps": 1e-5,
+    "em": None, "ln_eps": 1e-5, "refine": "absent",
 }
 _SECTIONS = {
     "vision": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "act": "quick_gelu"},
@@ -51,6 +51,12 @@ def parse_config(value, source="config"):
         c = _fill(raw, _TOP, "")
         for name, schema in _SECTIONS.items():
             c[name] = _fill(c[name], schema, name + ".")
+        # `refine` (two-pass inference, docs/DESIGN.md "Refinement") is optional and left out
+        # when absent; it changes how vlsa predicts, not the model this package implements.
+        if c["refine"] == "absent":
+            del c["refine"]
+        else:
+            c["refine"] = _fill(c["refine"], {"crop": None}, "refine.")
         if c["prompts"] == "classes" or c["prompts"] is None:
             c["prompts"] = list(c["classes"])
         _validate(c)
@@ -77,6 +83,8 @@ def _validate(c):
         raise ConfigError(f"{len(c['prompts'])} prompts given for {len(c['classes'])} classes")
     if c["em"]["bases"] > 0 and c["em"]["iters"] < 1:
         raise ConfigError("em.iters must be at least 1")
+    if "refine" in c and not (isinstance(c["refine"]["crop"], (int, float)) and 0 < c["refine"]["crop"] <= 1):
+        raise ConfigError(f"refine.crop {c['refine']['crop']} must be a fraction of the image side in (0, 1]")
 
 
 def config_json(c):

@@ -70,6 +70,27 @@ impl Augmentation {
         let ch = ((h as f32 * scale).round() as usize).clamp(1, h);
         let x0 = rng.below(w - cw + 1);
         let y0 = rng.below(h - ch + 1);
+        self.crop_and_jitter(image, mask, (x0, y0, cw, ch), rng)
+    }
+
+    /// A focus crop ([`focus_window`], drawn from `focus`) augmented like [`Augmentation::apply`]
+    /// otherwise; a sample without foreground gets [`Augmentation::apply`]'s crop instead.
+    pub fn apply_focused(&self, image: &Image, mask: &Mask, focus: &mut Rng, rng: &mut Rng) -> (Image, Mask) {
+        match focus_window(mask, focus) {
+            Some(window) => self.crop_and_jitter(image, mask, window, rng),
+            None => self.apply(image, mask, rng),
+        }
+    }
+
+    /// Crops the window (x0, y0, width, height), then draws the flips and the jitter from `rng`.
+    fn crop_and_jitter(
+        &self,
+        image: &Image,
+        mask: &Mask,
+        (x0, y0, cw, ch): (usize, usize, usize, usize),
+        rng: &mut Rng,
+    ) -> (Image, Mask) {
+        let w = image.width;
         let (flip_x, flip_y) = (rng.coin(), rng.coin());
         let contrast = rng.range(1.0 - self.contrast, 1.0 + self.contrast);
         let brightness = rng.range(-self.brightness, self.brightness);
@@ -92,7 +113,42 @@ impl Augmentation {
     }
 }
 
+/// Side of a focus crop as a fraction of the image's shorter side: the range training draws
+/// from. A model's `refine.crop` (docs/DESIGN.md, "Refinement") should lie inside it.
+pub const FOCUS_SCALE: (f32, f32) = (0.25, 0.45);
+/// Largest offset of a focus crop's centre from the foreground's, as a fraction of its side.
+pub const FOCUS_JITTER: f32 = 0.15;
+
+/// A square window around the foreground of `mask` (labels other than 0): side uniform in
+/// [`FOCUS_SCALE`] of the shorter side, centred on the middle of the foreground's bounding box
+/// moved by up to [`FOCUS_JITTER`] of the side along each axis, then shifted inside the image.
+/// `None` when the mask has no foreground. This is the training view of the second pass of
+/// inference (`refine`), which crops a window of fixed size around the predicted foreground.
+pub fn focus_window(mask: &Mask, rng: &mut Rng) -> Option<(usize, usize, usize, usize)> {
+    let (w, h) = (mask.width, mask.height);
+    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (usize::MAX, 0, usize::MAX, 0);
+    for (i, _) in mask.labels.iter().enumerate().filter(|(_, l)| **l != 0) {
+        let (x, y) = (i % w, i / w);
+        (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
+    }
+    if x_lo > x_hi {
+        return None;
+    }
+    let side = ((rng.range(FOCUS_SCALE.0, FOCUS_SCALE.1) * w.min(h) as f32).round() as usize).clamp(1, w.min(h));
+    let cx = (x_lo + x_hi + 1) as f32 / 2.0 + rng.range(-FOCUS_JITTER, FOCUS_JITTER) * side as f32;
+    let cy = (y_lo + y_hi + 1) as f32 / 2.0 + rng.range(-FOCUS_JITTER, FOCUS_JITTER) * side as f32;
+    let place = |c: f32, len: usize| ((c - side as f32 / 2.0).round().max(0.0) as usize).min(len - side);
+    Some((place(cx, w), place(cy, h), side, side))
+}
+
 const RANDOMIZE: u64 = 3;
+const FOCUS: u64 = 4;
+
+/// The generator of the focus crop of item `item` of step `step`: whether the item gets one,
+/// and where (a stream of its own, so a run without focus crops draws what it drew before).
+pub fn focus_rng(seed: u64, step: u64, item: u64) -> Rng {
+    stream(seed, FOCUS, step, item)
+}
 
 /// The generator of the domain randomization of item `item` of step `step` (a stream of its own,
 /// so a run without randomization draws exactly the crops and flips it drew before).
@@ -394,6 +450,51 @@ mod tests {
         assert_eq!(a, epoch_order(3, 0, 50));
         assert_ne!(a, epoch_order(3, 1, 50));
         assert_ne!(a, epoch_order(4, 0, 50));
+    }
+
+    #[test]
+    fn focus_windows_hold_the_foreground_inside_the_image() {
+        // A 100 x 60 mask with a 6 x 4 object at (70..76, 40..44).
+        let (w, h) = (100, 60);
+        let mut labels = vec![0u8; w * h];
+        for y in 40..44 {
+            labels[y * w + 70..y * w + 76].fill(2);
+        }
+        let mask = Mask { width: w, height: h, labels };
+        let (lo, hi) = ((FOCUS_SCALE.0 * 60.0).round() as usize, (FOCUS_SCALE.1 * 60.0).round() as usize);
+        let mut sides = Vec::new();
+        for s in 0..200 {
+            let (x0, y0, cw, ch) = focus_window(&mask, &mut focus_rng(5, s, 1)).unwrap();
+            assert_eq!(cw, ch, "square");
+            assert!((lo..=hi).contains(&cw), "side {cw} within the range of the shorter side");
+            assert!(x0 + cw <= w && y0 + ch <= h, "inside the image");
+            // The centre is the object's (73, 42) moved by at most FOCUS_JITTER of the side,
+            // except where the window had to move inside the image (bottom edge here).
+            let (cx, cy) = (x0 as f32 + cw as f32 / 2.0, y0 as f32 + ch as f32 / 2.0);
+            assert!((cx - 73.0).abs() <= FOCUS_JITTER * cw as f32 + 0.5, "x centre {cx}");
+            assert!(cy - 42.0 <= FOCUS_JITTER * ch as f32 + 0.5 && y0 + ch <= h, "y centre {cy}");
+            assert!(x0 <= 70 && x0 + cw >= 76 && y0 <= 40 && y0 + ch >= 44, "the object is inside");
+            sides.push(cw);
+        }
+        assert!(sides.iter().min() < sides.iter().max(), "sides vary");
+        assert_eq!(focus_window(&mask, &mut focus_rng(5, 3, 1)), focus_window(&mask, &mut focus_rng(5, 3, 1)));
+        let empty = Mask { width: w, height: h, labels: vec![0; w * h] };
+        assert_eq!(focus_window(&empty, &mut focus_rng(5, 0, 0)), None);
+        // A focused augmentation crops that window (flips aside) and keeps image and mask aligned.
+        let rgb: Vec<f32> = mask.labels.iter().flat_map(|&l| [l as f32 / 2.0; 3]).collect();
+        let image = Image { width: w, height: h, rgb };
+        let plain = Augmentation { contrast: 0.0, brightness: 0.0, colour: 0.0, ..Augmentation::default() };
+        let (img, m) = plain.apply_focused(&image, &mask, &mut focus_rng(5, 7, 0), &mut augment_rng(5, 7, 0));
+        let (_, _, side, _) = focus_window(&mask, &mut focus_rng(5, 7, 0)).unwrap();
+        assert_eq!((img.width, img.height, m.width, m.height), (side, side, side, side));
+        assert_eq!(m.labels.iter().filter(|&&l| l == 2).count(), 24, "the whole object");
+        for (p, &l) in m.labels.iter().enumerate() {
+            assert_eq!(img.rgb[p * 3], l as f32 / 2.0);
+        }
+        // Without foreground it falls back to the plain crop, drawn from the same stream.
+        let (a, _) = plain.apply_focused(&image, &empty, &mut focus_rng(5, 7, 0), &mut augment_rng(5, 7, 0));
+        let (b, _) = plain.apply(&image, &empty, &mut augment_rng(5, 7, 0));
+        assert_eq!(a, b);
     }
 
     #[test]
