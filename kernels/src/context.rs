@@ -33,8 +33,9 @@ use crate::{Error, Result};
 pub const SUBMIT_EVERY: usize = 128;
 /// Timestamp queries per query set (two per dispatch).
 const QUERY_CAPACITY: u32 = 512;
-/// Bytes per uniform block of the uniform arena.
-const UNIFORM_BLOCK: u64 = 64 * 1024;
+/// Bytes per block of the parameter arena (each block is bound as a uniform or a read-only
+/// storage buffer, whichever the kernel declares at binding 0).
+const PARAM_BLOCK: u64 = 64 * 1024;
 
 /// What vlsa needs from every adapter; checked when the device is created.
 const MIN_STORAGE_BUFFERS: u32 = 7;
@@ -81,7 +82,7 @@ pub struct Dispatch<'a> {
     pub shader: &'static Shader,
     /// The entry point.
     pub entry: &'static str,
-    /// Bytes of the uniform parameter block (binding 0); empty for none.
+    /// Bytes of the parameter block (binding 0: uniform, or read-only storage for the matmul); empty for none.
     pub params: &'a [u8],
     /// Storage buffers for bindings 1..=n.
     pub buffers: &'a [&'a GpuBuffer],
@@ -101,7 +102,8 @@ enum DispatchTiming {
     WallClock { start: Instant, scopes: Vec<String> },
 }
 
-struct UniformArena {
+/// The launches' parameter blocks, packed into a few buffers that are reused after each submit.
+struct ParamArena {
     blocks: Vec<wgpu::Buffer>,
     block: usize,
     offset: u64,
@@ -127,7 +129,7 @@ struct ProfilerState {
 struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pending: usize,
-    uniforms: UniformArena,
+    params: ParamArena,
     profiler: Option<ProfilerState>,
     scopes: Vec<String>,
     dispatches: u64,
@@ -290,7 +292,7 @@ impl Gpu {
         let recorder = Recorder {
             encoder: None,
             pending: 0,
-            uniforms: UniformArena { blocks: Vec::new(), block: 0, offset: 0 },
+            params: ParamArena { blocks: Vec::new(), block: 0, offset: 0 },
             profiler: None,
             scopes: Vec::new(),
             dispatches: 0,
@@ -617,18 +619,18 @@ impl Gpu {
         Ok(true)
     }
 
-    /// The bind group of a launch: its parameter block (copied into the uniform arena) at
+    /// The bind group of a launch: its parameter block (copied into the parameter arena) at
     /// binding 0 and its storage buffers at the bindings the kernel uses.
     fn bind(&self, r: &mut Recorder, kernel: &Kernel, d: &Dispatch<'_>) -> Result<wgpu::BindGroup> {
-        let uniform = if d.params.is_empty() { None } else { Some(self.push_uniform(r, d.params)?) };
+        let block = if d.params.is_empty() { None } else { Some(self.push_params(r, d.params)?) };
         let mut entries = Vec::with_capacity(kernel.bindings.len());
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
                 BindingKind::Uniform | BindingKind::StorageParams => {
                     let (block, offset, size) =
-                        uniform.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
+                        block.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;
                     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &r.uniforms.blocks[block],
+                        buffer: &r.params.blocks[block],
                         offset,
                         size: std::num::NonZeroU64::new(size),
                     })
@@ -731,22 +733,22 @@ impl Gpu {
         Ok(())
     }
 
-    fn push_uniform(&self, r: &mut Recorder, params: &[u8]) -> Result<(usize, u64, u64)> {
+    fn push_params(&self, r: &mut Recorder, params: &[u8]) -> Result<(usize, u64, u64)> {
         let limits = self.limits();
         let align = limits.min_uniform_buffer_offset_alignment.max(limits.min_storage_buffer_offset_alignment) as u64;
         let size = (params.len() as u64).div_ceil(16) * 16;
-        if size > UNIFORM_BLOCK {
-            return Err(Error::Limit { what: "a kernel parameter block".into(), needed: size, limit: UNIFORM_BLOCK });
+        if size > PARAM_BLOCK {
+            return Err(Error::Limit { what: "a kernel parameter block".into(), needed: size, limit: PARAM_BLOCK });
         }
-        let a = &mut r.uniforms;
-        if a.offset + size > UNIFORM_BLOCK {
+        let a = &mut r.params;
+        if a.offset + size > PARAM_BLOCK {
             a.block += 1;
             a.offset = 0;
         }
         if a.block == a.blocks.len() {
             a.blocks.push(self.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("vlsa uniforms"),
-                size: UNIFORM_BLOCK,
+                label: Some("vlsa parameter blocks"),
+                size: PARAM_BLOCK,
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }));
@@ -778,9 +780,9 @@ impl Gpu {
         self.inner.queue.submit([enc.finish()]);
         r.pending = 0;
         r.submits += 1;
-        // Uniform blocks may be rewritten now: later writes land after this submit's commands.
-        r.uniforms.block = 0;
-        r.uniforms.offset = 0;
+        // Parameter blocks may be rewritten now: later writes land after this submit's commands.
+        r.params.block = 0;
+        r.params.offset = 0;
         if let Some((used, labels)) = timestamps {
             let period = self.inner.queue.get_timestamp_period() as f64;
             let readback = &r.profiler.as_ref().and_then(|p| p.timestamps.as_ref()).expect("profiling").readback;
