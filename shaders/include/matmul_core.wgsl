@@ -119,13 +119,18 @@ fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
         return;
     }
     let op = ACT - 1u;
-    for (var r = 0u; r < rows; r++) {
-        let i = row0 + r;
-        for (var q = 0u; q < 8u; q++) {
-            let j = col0 + 4u * q;
-            if (i < p.m && j < p.n) {
+    // Columns outer, rows inner: each bias vec4 is loaded once per block, not once per row.
+    for (var q = 0u; q < 8u; q++) {
+        let j = col0 + 4u * q;
+        if (j >= p.n) {
+            break;
+        }
+        let b = vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+        for (var r = 0u; r < rows; r++) {
+            let i = row0 + r;
+            if (i < p.m) {
                 let o = (base + i * p.n + j) / 4u;
-                let z = out4[o] + vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+                let z = out4[o] + b;
                 act_out4[o] = vec4<f32>(unary_f(op, z.x), unary_f(op, z.y), unary_f(op, z.z), unary_f(op, z.w));
             }
         }
@@ -138,13 +143,17 @@ fn act_rows1(base: u32, row0: u32, rows: u32, col0: u32, cols: u32) {
         return;
     }
     let op = ACT - 1u;
-    for (var r = 0u; r < rows; r++) {
-        let i = row0 + r;
-        for (var c = 0u; c < cols; c++) {
-            let j = col0 + c;
-            if (i < p.m && j < p.n) {
+    for (var c = 0u; c < cols; c++) {
+        let j = col0 + c;
+        if (j >= p.n) {
+            break;
+        }
+        let b = bias[j];
+        for (var r = 0u; r < rows; r++) {
+            let i = row0 + r;
+            if (i < p.m) {
                 let o = base + i * p.n + j;
-                act_out[o] = unary_f(op, out[o] + bias[j]);
+                act_out[o] = unary_f(op, out[o] + b);
             }
         }
     }
