@@ -549,6 +549,9 @@ pub struct MatmulPathTime {
     pub plan: MatmulPlan,
     /// Mean time per product in nanoseconds (all of its dispatches).
     pub time_ns: f64,
+    /// The fastest and the slowest of the timed products, in nanoseconds: how far one product's
+    /// time can be trusted on this adapter (CPU adapters drift by tens of percent).
+    pub range_ns: (f64, f64),
 }
 
 /// The result of [`profile_matmul`]: one line per path.
@@ -585,8 +588,13 @@ pub fn profile_matmul(gpu: &Gpu, opts: &MatmulProfileOptions) -> Result<MatmulPr
         gpu.set_profiling(false)?;
         let profile = timed?.expect("profiling was on");
         timing = profile.timing;
-        let total: f64 = profile.records.iter().map(|r| r.duration_ns).sum();
-        paths.push(MatmulPathTime { path, plan: plan(gpu, &op, path), time_ns: total / opts.iters as f64 });
+        // Every product records the same number of dispatches (two for split-K), in order.
+        let per_product = (profile.records.len() / opts.iters).max(1);
+        let products: Vec<f64> =
+            profile.records.chunks(per_product).map(|c| c.iter().map(|r| r.duration_ns).sum()).collect();
+        let total: f64 = products.iter().sum();
+        let range_ns = products.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        paths.push(MatmulPathTime { path, plan: plan(gpu, &op, path), time_ns: total / opts.iters as f64, range_ns });
     }
     let info = gpu.info();
     Ok(MatmulProfileReport {
@@ -603,7 +611,7 @@ impl fmt::Display for MatmulProfileReport {
         writeln!(f, "matmul {} on {}", self.op.describe(), self.adapter)?;
         writeln!(
             f,
-            "timing: {}, mean of {} products",
+            "timing: {}, mean of {} products (and the fastest-slowest of them)",
             match self.timing {
                 Timing::GpuTimestamps => "GPU timestamp queries",
                 Timing::WallClock =>
@@ -616,11 +624,13 @@ impl fmt::Display for MatmulProfileReport {
                 if p.plan.path != p.path { format!(" (falls back to {} here)", p.plan.path) } else { String::new() };
             writeln!(
                 f,
-                "{:<10} {:<40} {:>10.3} ms {:>9.2} GFLOP/s{fallback}",
+                "{:<10} {:<40} {:>10.3} ms {:>9.2} GFLOP/s  ({:.3}-{:.3} ms){fallback}",
                 p.path.name(),
                 p.plan.describe(),
                 p.time_ns / 1e6,
                 self.op.flops() as f64 / p.time_ns,
+                p.range_ns.0 / 1e6,
+                p.range_ns.1 / 1e6,
             )?;
         }
         Ok(())

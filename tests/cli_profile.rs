@@ -15,9 +15,9 @@ fn profile(extra: &[&str]) -> (bool, String, String) {
     vlsa(&args)
 }
 
-/// Lines that report a path: `PATH ENTRY ... ms ... GFLOP/s`.
+/// Lines that report a path: `PATH ENTRY ... ms ... GFLOP/s (FASTEST-SLOWEST ms)`.
 fn path_lines(stdout: &str) -> Vec<&str> {
-    stdout.lines().filter(|l| l.ends_with("GFLOP/s") || l.contains("GFLOP/s (falls back")).collect()
+    stdout.lines().filter(|l| l.contains(" GFLOP/s ")).collect()
 }
 
 #[test]
@@ -41,6 +41,11 @@ fn every_path_gets_one_line_with_its_entry_point_and_gflops() {
         let gflops: f64 = fields[ms + 1].parse().unwrap();
         assert!(time > 0.0 && gflops > 0.0, "{line}");
         assert_eq!(fields[ms + 2], "GFLOP/s", "{line}");
+        // The fastest and slowest product bracket the mean.
+        let range = fields[ms + 3].trim_start_matches('(');
+        let (lo, hi) = range.split_once('-').expect("a fastest-slowest range");
+        let (lo, hi): (f64, f64) = (lo.parse().unwrap(), hi.parse().unwrap());
+        assert!(lo <= time + 5e-4 && time <= hi + 5e-4 && fields[ms + 4].starts_with("ms)"), "{line}");
     }
 }
 
