@@ -193,6 +193,21 @@ pub struct Mask {
 }
 
 impl Mask {
+    /// The bounding box (x_lo, x_hi, y_lo, y_hi, inclusive) of the foreground (labels other
+    /// than 0) inside the window of `width` x `height` at (`x0`, `y0`); `None` without any.
+    pub fn foreground_box(&self, x0: usize, y0: usize, width: usize, height: usize) -> Option<[usize; 4]> {
+        let mut b: Option<[usize; 4]> = None;
+        for y in y0..y0 + height {
+            for x in x0..x0 + width {
+                if self.labels[y * self.width + x] != 0 {
+                    let [xl, xh, yl, yh] = b.unwrap_or([x, x, y, y]);
+                    b = Some([xl.min(x), xh.max(x), yl.min(y), yh.max(y)]);
+                }
+            }
+        }
+        b
+    }
+
     /// Reads a mask PNG: 8- or 16-bit grey (pixel value = class index), or grey stored as RGB
     /// with equal channels. With `classes`, values must be below it.
     pub fn load(path: &Path, classes: Option<usize>) -> Result<Mask> {

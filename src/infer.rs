@@ -198,18 +198,9 @@ pub fn refine_window(mask: &Mask, crop: f32) -> Option<Window> {
             }
         }
     }
-    let (found, bx, by) = best;
-    if found == 0 {
-        return None;
-    }
-    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (usize::MAX, 0, usize::MAX, 0);
-    for y in by..by + side {
-        for x in bx..bx + side {
-            if mask.labels[y * w + x] != 0 {
-                (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
-            }
-        }
-    }
+    let (_, bx, by) = best;
+    // None when the best window, hence the whole mask, holds no foreground.
+    let [x_lo, x_hi, y_lo, y_hi] = mask.foreground_box(bx, by, side, side)?;
     let place = |lo: usize, hi: usize, len: usize| ((lo + hi + 1).saturating_sub(side) / 2).min(len - side);
     Some(Window { x0: place(x_lo, x_hi, w), y0: place(y_lo, y_hi, h), side })
 }

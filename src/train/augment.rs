@@ -126,14 +126,7 @@ pub const FOCUS_JITTER: f32 = 0.15;
 /// inference (`refine`), which crops a window of fixed size around the predicted foreground.
 pub fn focus_window(mask: &Mask, rng: &mut Rng) -> Option<(usize, usize, usize, usize)> {
     let (w, h) = (mask.width, mask.height);
-    let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) = (usize::MAX, 0, usize::MAX, 0);
-    for (i, _) in mask.labels.iter().enumerate().filter(|(_, l)| **l != 0) {
-        let (x, y) = (i % w, i / w);
-        (x_lo, x_hi, y_lo, y_hi) = (x_lo.min(x), x_hi.max(x), y_lo.min(y), y_hi.max(y));
-    }
-    if x_lo > x_hi {
-        return None;
-    }
+    let [x_lo, x_hi, y_lo, y_hi] = mask.foreground_box(0, 0, w, h)?;
     let side = ((rng.range(FOCUS_SCALE.0, FOCUS_SCALE.1) * w.min(h) as f32).round() as usize).clamp(1, w.min(h));
     let cx = (x_lo + x_hi + 1) as f32 / 2.0 + rng.range(-FOCUS_JITTER, FOCUS_JITTER) * side as f32;
     let cy = (y_lo + y_hi + 1) as f32 / 2.0 + rng.range(-FOCUS_JITTER, FOCUS_JITTER) * side as f32;
