@@ -24,7 +24,8 @@
 // broadcast runs with all 8 lanes active.
 //
 // `subgroup_nn/nt/tn/tt` read vec4 (same alignment rule as registers_*); `subgroup_general`
-// reads scalars (any shape; runtime transpose flags) with the same sharing.
+// reads scalars (any shape; runtime transpose flags) with the same sharing. The
+// `subgroup_wide_*` kernels at the end of this file are the same with 64 columns per lane.
 
 alias LaneA = array<vec4<f32>, 8>;   // [r] = A[row0 + r, k..k+4]
 alias Share = array<vec4<f32>, 4>;   // this lane's quarter of the B slice (see sg_share_*)
@@ -266,4 +267,293 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
     store_row_general(&c6, obase, row0 + 6u, col0);
     store_row_general(&c7, obase, row0 + 7u, col0);
     act_rows1(obase, row0, 8u, col0, 32u);
+}
+
+// ----- subgroup path, 64-column blocks -----
+//
+// `subgroup_wide_nn/nt/tn/tt`: the same sharing with 8 rows x 64 columns per lane, a 64 x 64
+// output block per workgroup. Per step of 4 along K each lane loads its 8 A rows (8 vec4) and an
+// eighth of the 4 x 64 B slice (8 vec4), then 64 broadcasts give every lane the whole slice: 16
+// loads per lane for 2048 multiply-adds, against 12 for 1024 in the 32-column kernels. Twice
+// the accumulators (spilled to the stack either way on lavapipe: 512 floats per lane) for 1.5x
+// fewer loads per multiply-add: 1.06-1.3x faster at the model's shapes and at 1024^3 (Intel Xeon,
+// family 6 model 167, 2026-12-03; README "Matmul paths"). The launcher takes them when 64-column
+// blocks cover N with no more padding than 32-column ones (N = 64, 192, 768, ...; not N = 32 or
+// the 260 keys of the ViT's attention scores), see kernels/src/matmul.rs.
+
+alias RowW = array<vec4<f32>, 16>;    // one output row: columns col0 + 4q .. + 4, q < 16
+alias SliceW = array<vec4<f32>, 64>;  // [16u + q] = B[k + u, col0 + 4q ..]
+alias ShareW = array<vec4<f32>, 8>;   // this lane's eighth of the slice
+
+// Not transposed: lane l loads row k + l/2, column groups 8(l%2) + i (entries 8l + i).
+// Transposed: lane l loads columns col0 + 8l .. + 8 along k and transposes them (entries
+// 16u + 2l + h at share index 2u + h).
+fn sgw_load_b(s: ptr<function, ShareW>, tb: bool, base: u32, k: u32, col0: u32, lane: u32) {
+    if (!tb) {
+        let row = base + min(k + lane / 2u, p.k - 1u) * p.n;
+        let c = col0 + 32u * (lane % 2u);
+        (*s)[0] = b4[(row + min(c + 0u, p.n - 4u)) / 4u];
+        (*s)[1] = b4[(row + min(c + 4u, p.n - 4u)) / 4u];
+        (*s)[2] = b4[(row + min(c + 8u, p.n - 4u)) / 4u];
+        (*s)[3] = b4[(row + min(c + 12u, p.n - 4u)) / 4u];
+        (*s)[4] = b4[(row + min(c + 16u, p.n - 4u)) / 4u];
+        (*s)[5] = b4[(row + min(c + 20u, p.n - 4u)) / 4u];
+        (*s)[6] = b4[(row + min(c + 24u, p.n - 4u)) / 4u];
+        (*s)[7] = b4[(row + min(c + 28u, p.n - 4u)) / 4u];
+        return;
+    }
+    let last = p.n - 1u;
+    let c = col0 + 8u * lane;
+    {
+        let v0 = b4[(base + min(c + 0u, last) * p.k + k) / 4u];
+        let v1 = b4[(base + min(c + 1u, last) * p.k + k) / 4u];
+        let v2 = b4[(base + min(c + 2u, last) * p.k + k) / 4u];
+        let v3 = b4[(base + min(c + 3u, last) * p.k + k) / 4u];
+        (*s)[0] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
+        (*s)[2] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
+        (*s)[4] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
+        (*s)[6] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+    }
+    {
+        let v0 = b4[(base + min(c + 4u, last) * p.k + k) / 4u];
+        let v1 = b4[(base + min(c + 5u, last) * p.k + k) / 4u];
+        let v2 = b4[(base + min(c + 6u, last) * p.k + k) / 4u];
+        let v3 = b4[(base + min(c + 7u, last) * p.k + k) / 4u];
+        (*s)[1] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
+        (*s)[3] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
+        (*s)[5] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
+        (*s)[7] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
+    }
+}
+
+fn sgw_share_n(b: ptr<function, SliceW>, s: ptr<function, ShareW>) {
+    (*b)[0] = subgroupBroadcast((*s)[0], 0u);
+    (*b)[1] = subgroupBroadcast((*s)[1], 0u);
+    (*b)[2] = subgroupBroadcast((*s)[2], 0u);
+    (*b)[3] = subgroupBroadcast((*s)[3], 0u);
+    (*b)[4] = subgroupBroadcast((*s)[4], 0u);
+    (*b)[5] = subgroupBroadcast((*s)[5], 0u);
+    (*b)[6] = subgroupBroadcast((*s)[6], 0u);
+    (*b)[7] = subgroupBroadcast((*s)[7], 0u);
+    (*b)[8] = subgroupBroadcast((*s)[0], 1u);
+    (*b)[9] = subgroupBroadcast((*s)[1], 1u);
+    (*b)[10] = subgroupBroadcast((*s)[2], 1u);
+    (*b)[11] = subgroupBroadcast((*s)[3], 1u);
+    (*b)[12] = subgroupBroadcast((*s)[4], 1u);
+    (*b)[13] = subgroupBroadcast((*s)[5], 1u);
+    (*b)[14] = subgroupBroadcast((*s)[6], 1u);
+    (*b)[15] = subgroupBroadcast((*s)[7], 1u);
+    (*b)[16] = subgroupBroadcast((*s)[0], 2u);
+    (*b)[17] = subgroupBroadcast((*s)[1], 2u);
+    (*b)[18] = subgroupBroadcast((*s)[2], 2u);
+    (*b)[19] = subgroupBroadcast((*s)[3], 2u);
+    (*b)[20] = subgroupBroadcast((*s)[4], 2u);
+    (*b)[21] = subgroupBroadcast((*s)[5], 2u);
+    (*b)[22] = subgroupBroadcast((*s)[6], 2u);
+    (*b)[23] = subgroupBroadcast((*s)[7], 2u);
+    (*b)[24] = subgroupBroadcast((*s)[0], 3u);
+    (*b)[25] = subgroupBroadcast((*s)[1], 3u);
+    (*b)[26] = subgroupBroadcast((*s)[2], 3u);
+    (*b)[27] = subgroupBroadcast((*s)[3], 3u);
+    (*b)[28] = subgroupBroadcast((*s)[4], 3u);
+    (*b)[29] = subgroupBroadcast((*s)[5], 3u);
+    (*b)[30] = subgroupBroadcast((*s)[6], 3u);
+    (*b)[31] = subgroupBroadcast((*s)[7], 3u);
+    (*b)[32] = subgroupBroadcast((*s)[0], 4u);
+    (*b)[33] = subgroupBroadcast((*s)[1], 4u);
+    (*b)[34] = subgroupBroadcast((*s)[2], 4u);
+    (*b)[35] = subgroupBroadcast((*s)[3], 4u);
+    (*b)[36] = subgroupBroadcast((*s)[4], 4u);
+    (*b)[37] = subgroupBroadcast((*s)[5], 4u);
+    (*b)[38] = subgroupBroadcast((*s)[6], 4u);
+    (*b)[39] = subgroupBroadcast((*s)[7], 4u);
+    (*b)[40] = subgroupBroadcast((*s)[0], 5u);
+    (*b)[41] = subgroupBroadcast((*s)[1], 5u);
+    (*b)[42] = subgroupBroadcast((*s)[2], 5u);
+    (*b)[43] = subgroupBroadcast((*s)[3], 5u);
+    (*b)[44] = subgroupBroadcast((*s)[4], 5u);
+    (*b)[45] = subgroupBroadcast((*s)[5], 5u);
+    (*b)[46] = subgroupBroadcast((*s)[6], 5u);
+    (*b)[47] = subgroupBroadcast((*s)[7], 5u);
+    (*b)[48] = subgroupBroadcast((*s)[0], 6u);
+    (*b)[49] = subgroupBroadcast((*s)[1], 6u);
+    (*b)[50] = subgroupBroadcast((*s)[2], 6u);
+    (*b)[51] = subgroupBroadcast((*s)[3], 6u);
+    (*b)[52] = subgroupBroadcast((*s)[4], 6u);
+    (*b)[53] = subgroupBroadcast((*s)[5], 6u);
+    (*b)[54] = subgroupBroadcast((*s)[6], 6u);
+    (*b)[55] = subgroupBroadcast((*s)[7], 6u);
+    (*b)[56] = subgroupBroadcast((*s)[0], 7u);
+    (*b)[57] = subgroupBroadcast((*s)[1], 7u);
+    (*b)[58] = subgroupBroadcast((*s)[2], 7u);
+    (*b)[59] = subgroupBroadcast((*s)[3], 7u);
+    (*b)[60] = subgroupBroadcast((*s)[4], 7u);
+    (*b)[61] = subgroupBroadcast((*s)[5], 7u);
+    (*b)[62] = subgroupBroadcast((*s)[6], 7u);
+    (*b)[63] = subgroupBroadcast((*s)[7], 7u);
+}
+
+fn sgw_share_t(b: ptr<function, SliceW>, s: ptr<function, ShareW>) {
+    (*b)[0] = subgroupBroadcast((*s)[0], 0u);
+    (*b)[1] = subgroupBroadcast((*s)[1], 0u);
+    (*b)[2] = subgroupBroadcast((*s)[0], 1u);
+    (*b)[3] = subgroupBroadcast((*s)[1], 1u);
+    (*b)[4] = subgroupBroadcast((*s)[0], 2u);
+    (*b)[5] = subgroupBroadcast((*s)[1], 2u);
+    (*b)[6] = subgroupBroadcast((*s)[0], 3u);
+    (*b)[7] = subgroupBroadcast((*s)[1], 3u);
+    (*b)[8] = subgroupBroadcast((*s)[0], 4u);
+    (*b)[9] = subgroupBroadcast((*s)[1], 4u);
+    (*b)[10] = subgroupBroadcast((*s)[0], 5u);
+    (*b)[11] = subgroupBroadcast((*s)[1], 5u);
+    (*b)[12] = subgroupBroadcast((*s)[0], 6u);
+    (*b)[13] = subgroupBroadcast((*s)[1], 6u);
+    (*b)[14] = subgroupBroadcast((*s)[0], 7u);
+    (*b)[15] = subgroupBroadcast((*s)[1], 7u);
+    (*b)[16] = subgroupBroadcast((*s)[2], 0u);
+    (*b)[17] = subgroupBroadcast((*s)[3], 0u);
+    (*b)[18] = subgroupBroadcast((*s)[2], 1u);
+    (*b)[19] = subgroupBroadcast((*s)[3], 1u);
+    (*b)[20] = subgroupBroadcast((*s)[2], 2u);
+    (*b)[21] = subgroupBroadcast((*s)[3], 2u);
+    (*b)[22] = subgroupBroadcast((*s)[2], 3u);
+    (*b)[23] = subgroupBroadcast((*s)[3], 3u);
+    (*b)[24] = subgroupBroadcast((*s)[2], 4u);
+    (*b)[25] = subgroupBroadcast((*s)[3], 4u);
+    (*b)[26] = subgroupBroadcast((*s)[2], 5u);
+    (*b)[27] = subgroupBroadcast((*s)[3], 5u);
+    (*b)[28] = subgroupBroadcast((*s)[2], 6u);
+    (*b)[29] = subgroupBroadcast((*s)[3], 6u);
+    (*b)[30] = subgroupBroadcast((*s)[2], 7u);
+    (*b)[31] = subgroupBroadcast((*s)[3], 7u);
+    (*b)[32] = subgroupBroadcast((*s)[4], 0u);
+    (*b)[33] = subgroupBroadcast((*s)[5], 0u);
+    (*b)[34] = subgroupBroadcast((*s)[4], 1u);
+    (*b)[35] = subgroupBroadcast((*s)[5], 1u);
+    (*b)[36] = subgroupBroadcast((*s)[4], 2u);
+    (*b)[37] = subgroupBroadcast((*s)[5], 2u);
+    (*b)[38] = subgroupBroadcast((*s)[4], 3u);
+    (*b)[39] = subgroupBroadcast((*s)[5], 3u);
+    (*b)[40] = subgroupBroadcast((*s)[4], 4u);
+    (*b)[41] = subgroupBroadcast((*s)[5], 4u);
+    (*b)[42] = subgroupBroadcast((*s)[4], 5u);
+    (*b)[43] = subgroupBroadcast((*s)[5], 5u);
+    (*b)[44] = subgroupBroadcast((*s)[4], 6u);
+    (*b)[45] = subgroupBroadcast((*s)[5], 6u);
+    (*b)[46] = subgroupBroadcast((*s)[4], 7u);
+    (*b)[47] = subgroupBroadcast((*s)[5], 7u);
+    (*b)[48] = subgroupBroadcast((*s)[6], 0u);
+    (*b)[49] = subgroupBroadcast((*s)[7], 0u);
+    (*b)[50] = subgroupBroadcast((*s)[6], 1u);
+    (*b)[51] = subgroupBroadcast((*s)[7], 1u);
+    (*b)[52] = subgroupBroadcast((*s)[6], 2u);
+    (*b)[53] = subgroupBroadcast((*s)[7], 2u);
+    (*b)[54] = subgroupBroadcast((*s)[6], 3u);
+    (*b)[55] = subgroupBroadcast((*s)[7], 3u);
+    (*b)[56] = subgroupBroadcast((*s)[6], 4u);
+    (*b)[57] = subgroupBroadcast((*s)[7], 4u);
+    (*b)[58] = subgroupBroadcast((*s)[6], 5u);
+    (*b)[59] = subgroupBroadcast((*s)[7], 5u);
+    (*b)[60] = subgroupBroadcast((*s)[6], 6u);
+    (*b)[61] = subgroupBroadcast((*s)[7], 6u);
+    (*b)[62] = subgroupBroadcast((*s)[6], 7u);
+    (*b)[63] = subgroupBroadcast((*s)[7], 7u);
+}
+
+fn fma_row_w(c: ptr<function, RowW>, a: vec4<f32>, b: ptr<function, SliceW>) {
+    let ax = vec4<f32>(a.x);
+    let ay = vec4<f32>(a.y);
+    let az = vec4<f32>(a.z);
+    let aw = vec4<f32>(a.w);
+    (*c)[0] = fma(aw, (*b)[48], fma(az, (*b)[32], fma(ay, (*b)[16], fma(ax, (*b)[0], (*c)[0]))));
+    (*c)[1] = fma(aw, (*b)[49], fma(az, (*b)[33], fma(ay, (*b)[17], fma(ax, (*b)[1], (*c)[1]))));
+    (*c)[2] = fma(aw, (*b)[50], fma(az, (*b)[34], fma(ay, (*b)[18], fma(ax, (*b)[2], (*c)[2]))));
+    (*c)[3] = fma(aw, (*b)[51], fma(az, (*b)[35], fma(ay, (*b)[19], fma(ax, (*b)[3], (*c)[3]))));
+    (*c)[4] = fma(aw, (*b)[52], fma(az, (*b)[36], fma(ay, (*b)[20], fma(ax, (*b)[4], (*c)[4]))));
+    (*c)[5] = fma(aw, (*b)[53], fma(az, (*b)[37], fma(ay, (*b)[21], fma(ax, (*b)[5], (*c)[5]))));
+    (*c)[6] = fma(aw, (*b)[54], fma(az, (*b)[38], fma(ay, (*b)[22], fma(ax, (*b)[6], (*c)[6]))));
+    (*c)[7] = fma(aw, (*b)[55], fma(az, (*b)[39], fma(ay, (*b)[23], fma(ax, (*b)[7], (*c)[7]))));
+    (*c)[8] = fma(aw, (*b)[56], fma(az, (*b)[40], fma(ay, (*b)[24], fma(ax, (*b)[8], (*c)[8]))));
+    (*c)[9] = fma(aw, (*b)[57], fma(az, (*b)[41], fma(ay, (*b)[25], fma(ax, (*b)[9], (*c)[9]))));
+    (*c)[10] = fma(aw, (*b)[58], fma(az, (*b)[42], fma(ay, (*b)[26], fma(ax, (*b)[10], (*c)[10]))));
+    (*c)[11] = fma(aw, (*b)[59], fma(az, (*b)[43], fma(ay, (*b)[27], fma(ax, (*b)[11], (*c)[11]))));
+    (*c)[12] = fma(aw, (*b)[60], fma(az, (*b)[44], fma(ay, (*b)[28], fma(ax, (*b)[12], (*c)[12]))));
+    (*c)[13] = fma(aw, (*b)[61], fma(az, (*b)[45], fma(ay, (*b)[29], fma(ax, (*b)[13], (*c)[13]))));
+    (*c)[14] = fma(aw, (*b)[62], fma(az, (*b)[46], fma(ay, (*b)[30], fma(ax, (*b)[14], (*c)[14]))));
+    (*c)[15] = fma(aw, (*b)[63], fma(az, (*b)[47], fma(ay, (*b)[31], fma(ax, (*b)[15], (*c)[15]))));
+}
+
+fn store_row_w(c: ptr<function, RowW>, base: u32, row: u32, col0: u32) {
+    if (row >= p.m) {
+        return;
+    }
+    let o = (base + row * p.n + col0) / 4u;
+    if (col0 + 0u < p.n) { put4(o + 0u, col0 + 0u, (*c)[0]); }
+    if (col0 + 4u < p.n) { put4(o + 1u, col0 + 4u, (*c)[1]); }
+    if (col0 + 8u < p.n) { put4(o + 2u, col0 + 8u, (*c)[2]); }
+    if (col0 + 12u < p.n) { put4(o + 3u, col0 + 12u, (*c)[3]); }
+    if (col0 + 16u < p.n) { put4(o + 4u, col0 + 16u, (*c)[4]); }
+    if (col0 + 20u < p.n) { put4(o + 5u, col0 + 20u, (*c)[5]); }
+    if (col0 + 24u < p.n) { put4(o + 6u, col0 + 24u, (*c)[6]); }
+    if (col0 + 28u < p.n) { put4(o + 7u, col0 + 28u, (*c)[7]); }
+    if (col0 + 32u < p.n) { put4(o + 8u, col0 + 32u, (*c)[8]); }
+    if (col0 + 36u < p.n) { put4(o + 9u, col0 + 36u, (*c)[9]); }
+    if (col0 + 40u < p.n) { put4(o + 10u, col0 + 40u, (*c)[10]); }
+    if (col0 + 44u < p.n) { put4(o + 11u, col0 + 44u, (*c)[11]); }
+    if (col0 + 48u < p.n) { put4(o + 12u, col0 + 48u, (*c)[12]); }
+    if (col0 + 52u < p.n) { put4(o + 13u, col0 + 52u, (*c)[13]); }
+    if (col0 + 56u < p.n) { put4(o + 14u, col0 + 56u, (*c)[14]); }
+    if (col0 + 60u < p.n) { put4(o + 15u, col0 + 60u, (*c)[15]); }
+}
+
+
+fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
+    let col0 = wid.x * 64u;
+    let row0 = wid.y * 64u + lane * 8u;
+    let abase = wid.z * p.a_batch;
+    let bbase = wid.z * p.b_batch;
+    let obase = wid.z * p.m * p.n;
+    var c0: RowW; var c1: RowW; var c2: RowW; var c3: RowW; var c4: RowW; var c5: RowW; var c6: RowW; var c7: RowW;
+    var a: LaneA;
+    var share: ShareW;
+    var b: SliceW;
+    for (var k = 0u; k < p.k; k += 4u) {
+        sg_load_a(&a, ta, abase, row0, k);
+        sgw_load_b(&share, tb, bbase, k, col0, lane);
+        if (tb) { sgw_share_t(&b, &share); } else { sgw_share_n(&b, &share); }
+        fma_row_w(&c0, a[0], &b); fma_row_w(&c1, a[1], &b); fma_row_w(&c2, a[2], &b); fma_row_w(&c3, a[3], &b); fma_row_w(&c4, a[4], &b); fma_row_w(&c5, a[5], &b); fma_row_w(&c6, a[6], &b); fma_row_w(&c7, a[7], &b);
+    }
+    store_row_w(&c0, obase, row0 + 0u, col0);
+    store_row_w(&c1, obase, row0 + 1u, col0);
+    store_row_w(&c2, obase, row0 + 2u, col0);
+    store_row_w(&c3, obase, row0 + 3u, col0);
+    store_row_w(&c4, obase, row0 + 4u, col0);
+    store_row_w(&c5, obase, row0 + 5u, col0);
+    store_row_w(&c6, obase, row0 + 6u, col0);
+    store_row_w(&c7, obase, row0 + 7u, col0);
+    act_rows4_groups(obase, row0, 8u, col0, 16u);
+}
+
+@compute @workgroup_size(8)
+fn subgroup_wide_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
+    subgroup_wide_block(wid, lane, false, false);
+}
+
+@compute @workgroup_size(8)
+fn subgroup_wide_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
+    subgroup_wide_block(wid, lane, false, true);
+}
+
+@compute @workgroup_size(8)
+fn subgroup_wide_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
+    subgroup_wide_block(wid, lane, true, false);
+}
+
+@compute @workgroup_size(8)
+fn subgroup_wide_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    p = params;
+    subgroup_wide_block(wid, lane, true, true);
 }

@@ -77,6 +77,9 @@ fn forward_matches_reference_over_shapes_and_transposes() {
         (1, 65, 36, 12),
         (2, 72, 100, 9),
         (1, 200, 96, 36),
+        // The 64-column subgroup kernels (N = 100 above, 228 here): a column edge inside the
+        // last lane's 64 columns, several column blocks, a row edge.
+        (2, 66, 228, 12),
     ];
     for path in paths() {
         for &(batch, m, n, k) in &shapes {
@@ -330,7 +333,18 @@ fn plans_name_the_entry_points() {
     }
     let sub = plan(gpu, &aligned.trans_a(true), KernelPath::Subgroup);
     if gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8 {
-        assert_eq!(sub.entry, "subgroup_tn");
+        // 64-column blocks where they pad N no more than 32-column ones: 1024 and 192 (none),
+        // 100 (to 128 either way); 32-column blocks for N = 32 and the 260 keys (288, not 320).
+        assert_eq!((sub.entry, sub.cols), ("subgroup_wide_tn", 64));
+        for (n, entry) in
+            [(192, "subgroup_wide_nt"), (100, "subgroup_wide_nt"), (32, "subgroup_nt"), (260, "subgroup_nt")]
+        {
+            assert_eq!(
+                plan(gpu, &Matmul::new(24, 257, n, 64).trans_b(true), KernelPath::Subgroup).entry,
+                entry,
+                "N = {n}"
+            );
+        }
         assert_eq!(plan(gpu, &odd, KernelPath::Subgroup).entry, "subgroup_general");
     } else {
         assert_eq!((sub.path, sub.entry), (KernelPath::Registers, "registers_tn"));
@@ -448,7 +462,8 @@ fn reference_gradients(op: &Matmul, x: &[Vec<f64>], dc: &[f64]) -> Vec<Option<Ve
 fn backward_matches_reference_and_finite_differences() {
     let mut rng = Rng::new(6);
     let mut ops = Vec::new();
-    for &(batch, m, n, k) in &[(1, 7, 5, 3), (2, 1, 9, 4), (2, 33, 8, 7)] {
+    // (1, 9, 40, 8): a 64-column subgroup kernel in the forward and in B's gradient.
+    for &(batch, m, n, k) in &[(1, 7, 5, 3), (2, 1, 9, 4), (2, 33, 8, 7), (1, 9, 40, 8)] {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             ops.push(Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb));
         }

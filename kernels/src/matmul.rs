@@ -30,6 +30,9 @@ const GENERAL_COLS: usize = 64;
 /// covers: 8 lanes x 8 rows, 32 columns.
 const SUBGROUP_ROWS: usize = 64;
 const SUBGROUP_COLS: usize = 32;
+/// Columns of the 64-column subgroup kernels (`subgroup_wide_*`, 8 lanes x 8 rows, 64 columns):
+/// fewer loads per multiply-add, used wherever they pad N no more than the 32-column ones.
+const SUBGROUP_WIDE_COLS: usize = 64;
 /// The subgroup kernels' workgroup is 8 invocations that must form one subgroup.
 const SUBGROUP_LANES: u32 = 8;
 /// Output tiles of one workgroup of the tiled kernels (tiled_64 and tiled_general, tiled_128).
@@ -467,7 +470,8 @@ impl MatmulPlan {
 /// The kernel [`matmul_with`] runs for `op` on `path` on this adapter.
 ///
 /// - subgroup: needs subgroups whose smallest size is at least 8 (the workgroup of 8 must be
-///   one subgroup), else the register kernels run.
+///   one subgroup), else the register kernels run. 64 x 64 blocks (`subgroup_wide_*`) where
+///   64-column blocks pad N no more than 32-column ones (N = 64, 192, 768), else 64 x 32.
 /// - tiled: needs 256 invocations and 8 KiB of workgroup memory, else the register kernels run.
 ///   Tile table: 128 x 128 for aligned outputs of at least 128 tiles of that size (enough
 ///   workgroups to fill a large GPU), 64 x 64 for other aligned shapes, the scalar 64 x 64
@@ -494,8 +498,15 @@ pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
         (true, true) => 3,
     };
     let aligned = op.aligned();
+    // 64-column subgroup blocks where they pad N no more than 32-column ones.
+    let wide = op.n.div_ceil(SUBGROUP_WIDE_COLS) * SUBGROUP_WIDE_COLS == op.n.div_ceil(SUBGROUP_COLS) * SUBGROUP_COLS;
     let one = |entry: &'static str, rows: usize, cols: usize| MatmulPlan { path, entry, rows, cols, splits: 1 };
     match path {
+        KernelPath::Subgroup if aligned && wide => one(
+            ["subgroup_wide_nn", "subgroup_wide_nt", "subgroup_wide_tn", "subgroup_wide_tt"][layout],
+            SUBGROUP_ROWS,
+            SUBGROUP_WIDE_COLS,
+        ),
         KernelPath::Subgroup if aligned => {
             one(["subgroup_nn", "subgroup_nt", "subgroup_tn", "subgroup_tt"][layout], SUBGROUP_ROWS, SUBGROUP_COLS)
         }
