@@ -51,6 +51,20 @@ fn sg_load_a(s: ptr<function, LaneA>, ta: bool, base: u32, row0: u32, k: u32) {
       (*s)[4] = vec4<f32>(v0.x, v1.x, v2.x, v3.x); (*s)[5] = vec4<f32>(v0.y, v1.y, v2.y, v3.y); (*s)[6] = vec4<f32>(v0.z, v1.z, v2.z, v3.z); (*s)[7] = vec4<f32>(v0.w, v1.w, v2.w, v3.w); }
 }
 
+// One row of A at k..k+4 for a thin block (below): clamped past M, zeros in a K tail (tn).
+fn sg_load_a1(ta: bool, base: u32, row: u32, k: u32) -> vec4<f32> {
+    let r = min(row, p.m - 1u);
+    if (!ta) {
+        return a4[(base + r * p.k + k) / 4u];
+    }
+    return vec4<f32>(a_t1(base, k, r), a_t1(base, k + 1u, r), a_t1(base, k + 2u, r), a_t1(base, k + 3u, r));
+}
+
+// A[k, row] from trans_a storage [K, M], zero when k >= K.
+fn a_t1(base: u32, k: u32, row: u32) -> f32 {
+    return select(0.0, a[base + min(k, p.k - 1u) * p.m + row], k < p.k);
+}
+
 // This lane's quarter of the B slice (k..k+4, columns col0..col0+32), vec4 views.
 // Not transposed: lane l loads B[k + l/2, col0 + 16(l%2) + 4i ..+4] for i < 4 (row-contiguous),
 // i.e. slice entries 4l + i (see sg_share_n). Transposed ([N, K]): lane l loads columns
@@ -149,7 +163,38 @@ fn sg_share_t(b: ptr<function, Slice>, s: ptr<function, Share>) {
     (*b)[31] = subgroupBroadcast((*s)[3], 7u);
 }
 
+// A row block with at most 8 rows left (M's tail: 257 = 4 x 64 + 1, 2056 = 32 x 64 + 8) runs
+// with one row per lane instead of eight: the same B loads and broadcasts, an eighth of the A
+// loads and multiply-adds. Otherwise that block costs a full one for a few rows (a fifth of
+// every 257-row product). The branch is uniform: it depends on the workgroup and M only.
+fn rows_left(wid: vec3<u32>) -> u32 {
+    return p.m - wid.y * 64u;
+}
+
+fn subgroup_thin(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
+    let col0 = wid.x * 32u;
+    let row = wid.y * 64u + lane;
+    let abase = wid.z * p.a_batch;
+    let bbase = wid.z * p.b_batch;
+    let obase = wid.z * p.m * p.n;
+    var c: Row;
+    var share: Share;
+    var b: Slice;
+    for (var k = 0u; k < p.k; k += 4u) {
+        let a = sg_load_a1(ta, abase, row, k);
+        sg_load_b(&share, tb, bbase, k, col0, lane);
+        if (tb) { sg_share_t(&b, &share); } else { sg_share_n(&b, &share); }
+        fma_row(&c, a, &b);
+    }
+    store_row(&c, obase, row, col0);
+    act_rows4(obase, row, 1u, col0);
+}
+
 fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
+    if (rows_left(wid) <= 8u) {
+        subgroup_thin(wid, lane, ta, tb);
+        return;
+    }
     let col0 = wid.x * 32u;
     let row0 = wid.y * 64u + lane * 8u;
     let abase = wid.z * p.a_batch;
@@ -506,8 +551,31 @@ fn store_row_w(c: ptr<function, RowW>, base: u32, row: u32, col0: u32) {
     if (col0 + 60u < p.n) { put4(o + 15u, col0 + 60u, (*c)[15]); }
 }
 
+// The thin tail block (see subgroup_thin) with 64 columns.
+fn subgroup_wide_thin(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
+    let col0 = wid.x * 64u;
+    let row = wid.y * 64u + lane;
+    let abase = wid.z * p.a_batch;
+    let bbase = wid.z * p.b_batch;
+    let obase = wid.z * p.m * p.n;
+    var c: RowW;
+    var share: ShareW;
+    var b: SliceW;
+    for (var k = 0u; k < p.k; k += 4u) {
+        let a = sg_load_a1(ta, abase, row, k);
+        sgw_load_b(&share, tb, bbase, k, col0, lane);
+        if (tb) { sgw_share_t(&b, &share); } else { sgw_share_n(&b, &share); }
+        fma_row_w(&c, a, &b);
+    }
+    store_row_w(&c, obase, row, col0);
+    act_rows4_groups(obase, row, 1u, col0, 16u);
+}
 
 fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
+    if (rows_left(wid) <= 8u) {
+        subgroup_wide_thin(wid, lane, ta, tb);
+        return;
+    }
     let col0 = wid.x * 64u;
     let row0 = wid.y * 64u + lane * 8u;
     let abase = wid.z * p.a_batch;

@@ -78,7 +78,9 @@ fn forward_matches_reference_over_shapes_and_transposes() {
         (2, 72, 100, 9),
         (1, 200, 96, 36),
         // The 64-column subgroup kernels (N = 100 above, 228 here): a column edge inside the
-        // last lane's 64 columns, several column blocks, a row edge.
+        // last lane's 64 columns, several column blocks, a row edge. Row blocks with at most 8
+        // rows left take the one-row-per-lane tail (65, 72 with a K tail for tn, 200, 66, 130
+        // rows); 33 and 36 rows keep the full block with lanes past M.
         (2, 66, 228, 12),
     ];
     for path in paths() {
