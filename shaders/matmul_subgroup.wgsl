@@ -326,13 +326,14 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
 // blocks cover N with no more padding than 32-column ones (N = 64, 192, 768, ...; not N = 32 or
 // the 260 keys of the ViT's attention scores), see kernels/src/matmul.rs.
 
-alias RowW = array<vec4<f32>, 16>;    // one output row: columns col0 + 4q .. + 4, q < 16
-alias SliceW = array<vec4<f32>, 64>;  // [16u + q] = B[k + u, col0 + 4q ..]
-alias ShareW = array<vec4<f32>, 8>;   // this lane's eighth of the slice
+// The 64 columns are two 32-column halves, each with the Row and Slice of the kernels above
+// (left: col0 .. col0 + 32, right: col0 + 32 .. col0 + 64), so fma_row, store_row and act_rows4
+// serve both widths.
+alias ShareW = array<vec4<f32>, 8>;   // this lane's eighth of the 4 x 64 B slice
 
-// Not transposed: lane l loads row k + l/2, column groups 8(l%2) + i (entries 8l + i).
-// Transposed: lane l loads columns col0 + 8l .. + 8 along k and transposes them (entries
-// 16u + 2l + h at share index 2u + h).
+// Not transposed: lane l loads row k + l/2, column groups 8(l%2) + i, i < 8 (of 16 groups).
+// Transposed: lane l loads columns col0 + 8l .. + 8 along k and transposes them (groups 2l and
+// 2l + 1 at share indices 2u and 2u + 1 for row k + u).
 fn sgw_load_b(s: ptr<function, ShareW>, tb: bool, base: u32, k: u32, col0: u32, lane: u32) {
     if (!tb) {
         let row = base + min(k + lane / 2u, p.k - 1u) * p.n;
@@ -371,184 +372,139 @@ fn sgw_load_b(s: ptr<function, ShareW>, tb: bool, base: u32, k: u32, col0: u32, 
     }
 }
 
-fn sgw_share_n(b: ptr<function, SliceW>, s: ptr<function, ShareW>) {
-    (*b)[0] = subgroupBroadcast((*s)[0], 0u);
-    (*b)[1] = subgroupBroadcast((*s)[1], 0u);
-    (*b)[2] = subgroupBroadcast((*s)[2], 0u);
-    (*b)[3] = subgroupBroadcast((*s)[3], 0u);
-    (*b)[4] = subgroupBroadcast((*s)[4], 0u);
-    (*b)[5] = subgroupBroadcast((*s)[5], 0u);
-    (*b)[6] = subgroupBroadcast((*s)[6], 0u);
-    (*b)[7] = subgroupBroadcast((*s)[7], 0u);
-    (*b)[8] = subgroupBroadcast((*s)[0], 1u);
-    (*b)[9] = subgroupBroadcast((*s)[1], 1u);
-    (*b)[10] = subgroupBroadcast((*s)[2], 1u);
-    (*b)[11] = subgroupBroadcast((*s)[3], 1u);
-    (*b)[12] = subgroupBroadcast((*s)[4], 1u);
-    (*b)[13] = subgroupBroadcast((*s)[5], 1u);
-    (*b)[14] = subgroupBroadcast((*s)[6], 1u);
-    (*b)[15] = subgroupBroadcast((*s)[7], 1u);
-    (*b)[16] = subgroupBroadcast((*s)[0], 2u);
-    (*b)[17] = subgroupBroadcast((*s)[1], 2u);
-    (*b)[18] = subgroupBroadcast((*s)[2], 2u);
-    (*b)[19] = subgroupBroadcast((*s)[3], 2u);
-    (*b)[20] = subgroupBroadcast((*s)[4], 2u);
-    (*b)[21] = subgroupBroadcast((*s)[5], 2u);
-    (*b)[22] = subgroupBroadcast((*s)[6], 2u);
-    (*b)[23] = subgroupBroadcast((*s)[7], 2u);
-    (*b)[24] = subgroupBroadcast((*s)[0], 3u);
-    (*b)[25] = subgroupBroadcast((*s)[1], 3u);
-    (*b)[26] = subgroupBroadcast((*s)[2], 3u);
-    (*b)[27] = subgroupBroadcast((*s)[3], 3u);
-    (*b)[28] = subgroupBroadcast((*s)[4], 3u);
-    (*b)[29] = subgroupBroadcast((*s)[5], 3u);
-    (*b)[30] = subgroupBroadcast((*s)[6], 3u);
-    (*b)[31] = subgroupBroadcast((*s)[7], 3u);
-    (*b)[32] = subgroupBroadcast((*s)[0], 4u);
-    (*b)[33] = subgroupBroadcast((*s)[1], 4u);
-    (*b)[34] = subgroupBroadcast((*s)[2], 4u);
-    (*b)[35] = subgroupBroadcast((*s)[3], 4u);
-    (*b)[36] = subgroupBroadcast((*s)[4], 4u);
-    (*b)[37] = subgroupBroadcast((*s)[5], 4u);
-    (*b)[38] = subgroupBroadcast((*s)[6], 4u);
-    (*b)[39] = subgroupBroadcast((*s)[7], 4u);
-    (*b)[40] = subgroupBroadcast((*s)[0], 5u);
-    (*b)[41] = subgroupBroadcast((*s)[1], 5u);
-    (*b)[42] = subgroupBroadcast((*s)[2], 5u);
-    (*b)[43] = subgroupBroadcast((*s)[3], 5u);
-    (*b)[44] = subgroupBroadcast((*s)[4], 5u);
-    (*b)[45] = subgroupBroadcast((*s)[5], 5u);
-    (*b)[46] = subgroupBroadcast((*s)[6], 5u);
-    (*b)[47] = subgroupBroadcast((*s)[7], 5u);
-    (*b)[48] = subgroupBroadcast((*s)[0], 6u);
-    (*b)[49] = subgroupBroadcast((*s)[1], 6u);
-    (*b)[50] = subgroupBroadcast((*s)[2], 6u);
-    (*b)[51] = subgroupBroadcast((*s)[3], 6u);
-    (*b)[52] = subgroupBroadcast((*s)[4], 6u);
-    (*b)[53] = subgroupBroadcast((*s)[5], 6u);
-    (*b)[54] = subgroupBroadcast((*s)[6], 6u);
-    (*b)[55] = subgroupBroadcast((*s)[7], 6u);
-    (*b)[56] = subgroupBroadcast((*s)[0], 7u);
-    (*b)[57] = subgroupBroadcast((*s)[1], 7u);
-    (*b)[58] = subgroupBroadcast((*s)[2], 7u);
-    (*b)[59] = subgroupBroadcast((*s)[3], 7u);
-    (*b)[60] = subgroupBroadcast((*s)[4], 7u);
-    (*b)[61] = subgroupBroadcast((*s)[5], 7u);
-    (*b)[62] = subgroupBroadcast((*s)[6], 7u);
-    (*b)[63] = subgroupBroadcast((*s)[7], 7u);
+// The two halves of the B slice ([8u + q] in each, as Slice) from every lane's share.
+fn sgw_share_n(l: ptr<function, Slice>, r: ptr<function, Slice>, s: ptr<function, ShareW>) {
+    (*l)[0] = subgroupBroadcast((*s)[0], 0u);
+    (*l)[1] = subgroupBroadcast((*s)[1], 0u);
+    (*l)[2] = subgroupBroadcast((*s)[2], 0u);
+    (*l)[3] = subgroupBroadcast((*s)[3], 0u);
+    (*l)[4] = subgroupBroadcast((*s)[4], 0u);
+    (*l)[5] = subgroupBroadcast((*s)[5], 0u);
+    (*l)[6] = subgroupBroadcast((*s)[6], 0u);
+    (*l)[7] = subgroupBroadcast((*s)[7], 0u);
+    (*r)[0] = subgroupBroadcast((*s)[0], 1u);
+    (*r)[1] = subgroupBroadcast((*s)[1], 1u);
+    (*r)[2] = subgroupBroadcast((*s)[2], 1u);
+    (*r)[3] = subgroupBroadcast((*s)[3], 1u);
+    (*r)[4] = subgroupBroadcast((*s)[4], 1u);
+    (*r)[5] = subgroupBroadcast((*s)[5], 1u);
+    (*r)[6] = subgroupBroadcast((*s)[6], 1u);
+    (*r)[7] = subgroupBroadcast((*s)[7], 1u);
+    (*l)[8] = subgroupBroadcast((*s)[0], 2u);
+    (*l)[9] = subgroupBroadcast((*s)[1], 2u);
+    (*l)[10] = subgroupBroadcast((*s)[2], 2u);
+    (*l)[11] = subgroupBroadcast((*s)[3], 2u);
+    (*l)[12] = subgroupBroadcast((*s)[4], 2u);
+    (*l)[13] = subgroupBroadcast((*s)[5], 2u);
+    (*l)[14] = subgroupBroadcast((*s)[6], 2u);
+    (*l)[15] = subgroupBroadcast((*s)[7], 2u);
+    (*r)[8] = subgroupBroadcast((*s)[0], 3u);
+    (*r)[9] = subgroupBroadcast((*s)[1], 3u);
+    (*r)[10] = subgroupBroadcast((*s)[2], 3u);
+    (*r)[11] = subgroupBroadcast((*s)[3], 3u);
+    (*r)[12] = subgroupBroadcast((*s)[4], 3u);
+    (*r)[13] = subgroupBroadcast((*s)[5], 3u);
+    (*r)[14] = subgroupBroadcast((*s)[6], 3u);
+    (*r)[15] = subgroupBroadcast((*s)[7], 3u);
+    (*l)[16] = subgroupBroadcast((*s)[0], 4u);
+    (*l)[17] = subgroupBroadcast((*s)[1], 4u);
+    (*l)[18] = subgroupBroadcast((*s)[2], 4u);
+    (*l)[19] = subgroupBroadcast((*s)[3], 4u);
+    (*l)[20] = subgroupBroadcast((*s)[4], 4u);
+    (*l)[21] = subgroupBroadcast((*s)[5], 4u);
+    (*l)[22] = subgroupBroadcast((*s)[6], 4u);
+    (*l)[23] = subgroupBroadcast((*s)[7], 4u);
+    (*r)[16] = subgroupBroadcast((*s)[0], 5u);
+    (*r)[17] = subgroupBroadcast((*s)[1], 5u);
+    (*r)[18] = subgroupBroadcast((*s)[2], 5u);
+    (*r)[19] = subgroupBroadcast((*s)[3], 5u);
+    (*r)[20] = subgroupBroadcast((*s)[4], 5u);
+    (*r)[21] = subgroupBroadcast((*s)[5], 5u);
+    (*r)[22] = subgroupBroadcast((*s)[6], 5u);
+    (*r)[23] = subgroupBroadcast((*s)[7], 5u);
+    (*l)[24] = subgroupBroadcast((*s)[0], 6u);
+    (*l)[25] = subgroupBroadcast((*s)[1], 6u);
+    (*l)[26] = subgroupBroadcast((*s)[2], 6u);
+    (*l)[27] = subgroupBroadcast((*s)[3], 6u);
+    (*l)[28] = subgroupBroadcast((*s)[4], 6u);
+    (*l)[29] = subgroupBroadcast((*s)[5], 6u);
+    (*l)[30] = subgroupBroadcast((*s)[6], 6u);
+    (*l)[31] = subgroupBroadcast((*s)[7], 6u);
+    (*r)[24] = subgroupBroadcast((*s)[0], 7u);
+    (*r)[25] = subgroupBroadcast((*s)[1], 7u);
+    (*r)[26] = subgroupBroadcast((*s)[2], 7u);
+    (*r)[27] = subgroupBroadcast((*s)[3], 7u);
+    (*r)[28] = subgroupBroadcast((*s)[4], 7u);
+    (*r)[29] = subgroupBroadcast((*s)[5], 7u);
+    (*r)[30] = subgroupBroadcast((*s)[6], 7u);
+    (*r)[31] = subgroupBroadcast((*s)[7], 7u);
 }
 
-fn sgw_share_t(b: ptr<function, SliceW>, s: ptr<function, ShareW>) {
-    (*b)[0] = subgroupBroadcast((*s)[0], 0u);
-    (*b)[1] = subgroupBroadcast((*s)[1], 0u);
-    (*b)[2] = subgroupBroadcast((*s)[0], 1u);
-    (*b)[3] = subgroupBroadcast((*s)[1], 1u);
-    (*b)[4] = subgroupBroadcast((*s)[0], 2u);
-    (*b)[5] = subgroupBroadcast((*s)[1], 2u);
-    (*b)[6] = subgroupBroadcast((*s)[0], 3u);
-    (*b)[7] = subgroupBroadcast((*s)[1], 3u);
-    (*b)[8] = subgroupBroadcast((*s)[0], 4u);
-    (*b)[9] = subgroupBroadcast((*s)[1], 4u);
-    (*b)[10] = subgroupBroadcast((*s)[0], 5u);
-    (*b)[11] = subgroupBroadcast((*s)[1], 5u);
-    (*b)[12] = subgroupBroadcast((*s)[0], 6u);
-    (*b)[13] = subgroupBroadcast((*s)[1], 6u);
-    (*b)[14] = subgroupBroadcast((*s)[0], 7u);
-    (*b)[15] = subgroupBroadcast((*s)[1], 7u);
-    (*b)[16] = subgroupBroadcast((*s)[2], 0u);
-    (*b)[17] = subgroupBroadcast((*s)[3], 0u);
-    (*b)[18] = subgroupBroadcast((*s)[2], 1u);
-    (*b)[19] = subgroupBroadcast((*s)[3], 1u);
-    (*b)[20] = subgroupBroadcast((*s)[2], 2u);
-    (*b)[21] = subgroupBroadcast((*s)[3], 2u);
-    (*b)[22] = subgroupBroadcast((*s)[2], 3u);
-    (*b)[23] = subgroupBroadcast((*s)[3], 3u);
-    (*b)[24] = subgroupBroadcast((*s)[2], 4u);
-    (*b)[25] = subgroupBroadcast((*s)[3], 4u);
-    (*b)[26] = subgroupBroadcast((*s)[2], 5u);
-    (*b)[27] = subgroupBroadcast((*s)[3], 5u);
-    (*b)[28] = subgroupBroadcast((*s)[2], 6u);
-    (*b)[29] = subgroupBroadcast((*s)[3], 6u);
-    (*b)[30] = subgroupBroadcast((*s)[2], 7u);
-    (*b)[31] = subgroupBroadcast((*s)[3], 7u);
-    (*b)[32] = subgroupBroadcast((*s)[4], 0u);
-    (*b)[33] = subgroupBroadcast((*s)[5], 0u);
-    (*b)[34] = subgroupBroadcast((*s)[4], 1u);
-    (*b)[35] = subgroupBroadcast((*s)[5], 1u);
-    (*b)[36] = subgroupBroadcast((*s)[4], 2u);
-    (*b)[37] = subgroupBroadcast((*s)[5], 2u);
-    (*b)[38] = subgroupBroadcast((*s)[4], 3u);
-    (*b)[39] = subgroupBroadcast((*s)[5], 3u);
-    (*b)[40] = subgroupBroadcast((*s)[4], 4u);
-    (*b)[41] = subgroupBroadcast((*s)[5], 4u);
-    (*b)[42] = subgroupBroadcast((*s)[4], 5u);
-    (*b)[43] = subgroupBroadcast((*s)[5], 5u);
-    (*b)[44] = subgroupBroadcast((*s)[4], 6u);
-    (*b)[45] = subgroupBroadcast((*s)[5], 6u);
-    (*b)[46] = subgroupBroadcast((*s)[4], 7u);
-    (*b)[47] = subgroupBroadcast((*s)[5], 7u);
-    (*b)[48] = subgroupBroadcast((*s)[6], 0u);
-    (*b)[49] = subgroupBroadcast((*s)[7], 0u);
-    (*b)[50] = subgroupBroadcast((*s)[6], 1u);
-    (*b)[51] = subgroupBroadcast((*s)[7], 1u);
-    (*b)[52] = subgroupBroadcast((*s)[6], 2u);
-    (*b)[53] = subgroupBroadcast((*s)[7], 2u);
-    (*b)[54] = subgroupBroadcast((*s)[6], 3u);
-    (*b)[55] = subgroupBroadcast((*s)[7], 3u);
-    (*b)[56] = subgroupBroadcast((*s)[6], 4u);
-    (*b)[57] = subgroupBroadcast((*s)[7], 4u);
-    (*b)[58] = subgroupBroadcast((*s)[6], 5u);
-    (*b)[59] = subgroupBroadcast((*s)[7], 5u);
-    (*b)[60] = subgroupBroadcast((*s)[6], 6u);
-    (*b)[61] = subgroupBroadcast((*s)[7], 6u);
-    (*b)[62] = subgroupBroadcast((*s)[6], 7u);
-    (*b)[63] = subgroupBroadcast((*s)[7], 7u);
-}
-
-fn fma_row_w(c: ptr<function, RowW>, a: vec4<f32>, b: ptr<function, SliceW>) {
-    let ax = vec4<f32>(a.x);
-    let ay = vec4<f32>(a.y);
-    let az = vec4<f32>(a.z);
-    let aw = vec4<f32>(a.w);
-    (*c)[0] = fma(aw, (*b)[48], fma(az, (*b)[32], fma(ay, (*b)[16], fma(ax, (*b)[0], (*c)[0]))));
-    (*c)[1] = fma(aw, (*b)[49], fma(az, (*b)[33], fma(ay, (*b)[17], fma(ax, (*b)[1], (*c)[1]))));
-    (*c)[2] = fma(aw, (*b)[50], fma(az, (*b)[34], fma(ay, (*b)[18], fma(ax, (*b)[2], (*c)[2]))));
-    (*c)[3] = fma(aw, (*b)[51], fma(az, (*b)[35], fma(ay, (*b)[19], fma(ax, (*b)[3], (*c)[3]))));
-    (*c)[4] = fma(aw, (*b)[52], fma(az, (*b)[36], fma(ay, (*b)[20], fma(ax, (*b)[4], (*c)[4]))));
-    (*c)[5] = fma(aw, (*b)[53], fma(az, (*b)[37], fma(ay, (*b)[21], fma(ax, (*b)[5], (*c)[5]))));
-    (*c)[6] = fma(aw, (*b)[54], fma(az, (*b)[38], fma(ay, (*b)[22], fma(ax, (*b)[6], (*c)[6]))));
-    (*c)[7] = fma(aw, (*b)[55], fma(az, (*b)[39], fma(ay, (*b)[23], fma(ax, (*b)[7], (*c)[7]))));
-    (*c)[8] = fma(aw, (*b)[56], fma(az, (*b)[40], fma(ay, (*b)[24], fma(ax, (*b)[8], (*c)[8]))));
-    (*c)[9] = fma(aw, (*b)[57], fma(az, (*b)[41], fma(ay, (*b)[25], fma(ax, (*b)[9], (*c)[9]))));
-    (*c)[10] = fma(aw, (*b)[58], fma(az, (*b)[42], fma(ay, (*b)[26], fma(ax, (*b)[10], (*c)[10]))));
-    (*c)[11] = fma(aw, (*b)[59], fma(az, (*b)[43], fma(ay, (*b)[27], fma(ax, (*b)[11], (*c)[11]))));
-    (*c)[12] = fma(aw, (*b)[60], fma(az, (*b)[44], fma(ay, (*b)[28], fma(ax, (*b)[12], (*c)[12]))));
-    (*c)[13] = fma(aw, (*b)[61], fma(az, (*b)[45], fma(ay, (*b)[29], fma(ax, (*b)[13], (*c)[13]))));
-    (*c)[14] = fma(aw, (*b)[62], fma(az, (*b)[46], fma(ay, (*b)[30], fma(ax, (*b)[14], (*c)[14]))));
-    (*c)[15] = fma(aw, (*b)[63], fma(az, (*b)[47], fma(ay, (*b)[31], fma(ax, (*b)[15], (*c)[15]))));
-}
-
-fn store_row_w(c: ptr<function, RowW>, base: u32, row: u32, col0: u32) {
-    if (row >= p.m) {
-        return;
-    }
-    let o = (base + row * p.n + col0) / 4u;
-    if (col0 + 0u < p.n) { put4(o + 0u, col0 + 0u, (*c)[0]); }
-    if (col0 + 4u < p.n) { put4(o + 1u, col0 + 4u, (*c)[1]); }
-    if (col0 + 8u < p.n) { put4(o + 2u, col0 + 8u, (*c)[2]); }
-    if (col0 + 12u < p.n) { put4(o + 3u, col0 + 12u, (*c)[3]); }
-    if (col0 + 16u < p.n) { put4(o + 4u, col0 + 16u, (*c)[4]); }
-    if (col0 + 20u < p.n) { put4(o + 5u, col0 + 20u, (*c)[5]); }
-    if (col0 + 24u < p.n) { put4(o + 6u, col0 + 24u, (*c)[6]); }
-    if (col0 + 28u < p.n) { put4(o + 7u, col0 + 28u, (*c)[7]); }
-    if (col0 + 32u < p.n) { put4(o + 8u, col0 + 32u, (*c)[8]); }
-    if (col0 + 36u < p.n) { put4(o + 9u, col0 + 36u, (*c)[9]); }
-    if (col0 + 40u < p.n) { put4(o + 10u, col0 + 40u, (*c)[10]); }
-    if (col0 + 44u < p.n) { put4(o + 11u, col0 + 44u, (*c)[11]); }
-    if (col0 + 48u < p.n) { put4(o + 12u, col0 + 48u, (*c)[12]); }
-    if (col0 + 52u < p.n) { put4(o + 13u, col0 + 52u, (*c)[13]); }
-    if (col0 + 56u < p.n) { put4(o + 14u, col0 + 56u, (*c)[14]); }
-    if (col0 + 60u < p.n) { put4(o + 15u, col0 + 60u, (*c)[15]); }
+fn sgw_share_t(l: ptr<function, Slice>, r: ptr<function, Slice>, s: ptr<function, ShareW>) {
+    (*l)[0] = subgroupBroadcast((*s)[0], 0u);
+    (*l)[1] = subgroupBroadcast((*s)[1], 0u);
+    (*l)[2] = subgroupBroadcast((*s)[0], 1u);
+    (*l)[3] = subgroupBroadcast((*s)[1], 1u);
+    (*l)[4] = subgroupBroadcast((*s)[0], 2u);
+    (*l)[5] = subgroupBroadcast((*s)[1], 2u);
+    (*l)[6] = subgroupBroadcast((*s)[0], 3u);
+    (*l)[7] = subgroupBroadcast((*s)[1], 3u);
+    (*r)[0] = subgroupBroadcast((*s)[0], 4u);
+    (*r)[1] = subgroupBroadcast((*s)[1], 4u);
+    (*r)[2] = subgroupBroadcast((*s)[0], 5u);
+    (*r)[3] = subgroupBroadcast((*s)[1], 5u);
+    (*r)[4] = subgroupBroadcast((*s)[0], 6u);
+    (*r)[5] = subgroupBroadcast((*s)[1], 6u);
+    (*r)[6] = subgroupBroadcast((*s)[0], 7u);
+    (*r)[7] = subgroupBroadcast((*s)[1], 7u);
+    (*l)[8] = subgroupBroadcast((*s)[2], 0u);
+    (*l)[9] = subgroupBroadcast((*s)[3], 0u);
+    (*l)[10] = subgroupBroadcast((*s)[2], 1u);
+    (*l)[11] = subgroupBroadcast((*s)[3], 1u);
+    (*l)[12] = subgroupBroadcast((*s)[2], 2u);
+    (*l)[13] = subgroupBroadcast((*s)[3], 2u);
+    (*l)[14] = subgroupBroadcast((*s)[2], 3u);
+    (*l)[15] = subgroupBroadcast((*s)[3], 3u);
+    (*r)[8] = subgroupBroadcast((*s)[2], 4u);
+    (*r)[9] = subgroupBroadcast((*s)[3], 4u);
+    (*r)[10] = subgroupBroadcast((*s)[2], 5u);
+    (*r)[11] = subgroupBroadcast((*s)[3], 5u);
+    (*r)[12] = subgroupBroadcast((*s)[2], 6u);
+    (*r)[13] = subgroupBroadcast((*s)[3], 6u);
+    (*r)[14] = subgroupBroadcast((*s)[2], 7u);
+    (*r)[15] = subgroupBroadcast((*s)[3], 7u);
+    (*l)[16] = subgroupBroadcast((*s)[4], 0u);
+    (*l)[17] = subgroupBroadcast((*s)[5], 0u);
+    (*l)[18] = subgroupBroadcast((*s)[4], 1u);
+    (*l)[19] = subgroupBroadcast((*s)[5], 1u);
+    (*l)[20] = subgroupBroadcast((*s)[4], 2u);
+    (*l)[21] = subgroupBroadcast((*s)[5], 2u);
+    (*l)[22] = subgroupBroadcast((*s)[4], 3u);
+    (*l)[23] = subgroupBroadcast((*s)[5], 3u);
+    (*r)[16] = subgroupBroadcast((*s)[4], 4u);
+    (*r)[17] = subgroupBroadcast((*s)[5], 4u);
+    (*r)[18] = subgroupBroadcast((*s)[4], 5u);
+    (*r)[19] = subgroupBroadcast((*s)[5], 5u);
+    (*r)[20] = subgroupBroadcast((*s)[4], 6u);
+    (*r)[21] = subgroupBroadcast((*s)[5], 6u);
+    (*r)[22] = subgroupBroadcast((*s)[4], 7u);
+    (*r)[23] = subgroupBroadcast((*s)[5], 7u);
+    (*l)[24] = subgroupBroadcast((*s)[6], 0u);
+    (*l)[25] = subgroupBroadcast((*s)[7], 0u);
+    (*l)[26] = subgroupBroadcast((*s)[6], 1u);
+    (*l)[27] = subgroupBroadcast((*s)[7], 1u);
+    (*l)[28] = subgroupBroadcast((*s)[6], 2u);
+    (*l)[29] = subgroupBroadcast((*s)[7], 2u);
+    (*l)[30] = subgroupBroadcast((*s)[6], 3u);
+    (*l)[31] = subgroupBroadcast((*s)[7], 3u);
+    (*r)[24] = subgroupBroadcast((*s)[6], 4u);
+    (*r)[25] = subgroupBroadcast((*s)[7], 4u);
+    (*r)[26] = subgroupBroadcast((*s)[6], 5u);
+    (*r)[27] = subgroupBroadcast((*s)[7], 5u);
+    (*r)[28] = subgroupBroadcast((*s)[6], 6u);
+    (*r)[29] = subgroupBroadcast((*s)[7], 6u);
+    (*r)[30] = subgroupBroadcast((*s)[6], 7u);
+    (*r)[31] = subgroupBroadcast((*s)[7], 7u);
 }
 
 // The thin tail block (see subgroup_thin) with 64 columns.
@@ -558,17 +514,19 @@ fn subgroup_wide_thin(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     let abase = wid.z * p.a_batch;
     let bbase = wid.z * p.b_batch;
     let obase = wid.z * p.m * p.n;
-    var c: RowW;
+    var cl: Row; var cr: Row;
     var share: ShareW;
-    var b: SliceW;
+    var bl: Slice; var br: Slice;
     for (var k = 0u; k < p.k; k += 4u) {
         let a = sg_load_a1(ta, abase, row, k);
         sgw_load_b(&share, tb, bbase, k, col0, lane);
-        if (tb) { sgw_share_t(&b, &share); } else { sgw_share_n(&b, &share); }
-        fma_row_w(&c, a, &b);
+        if (tb) { sgw_share_t(&bl, &br, &share); } else { sgw_share_n(&bl, &br, &share); }
+        fma_row(&cl, a, &bl); fma_row(&cr, a, &br);
     }
-    store_row_w(&c, obase, row, col0);
-    act_rows4_groups(obase, row, 1u, col0, 16u);
+    store_row(&cl, obase, row, col0);
+    store_row(&cr, obase, row, col0 + 32u);
+    act_rows4(obase, row, 1u, col0);
+    act_rows4(obase, row, 1u, col0 + 32u);
 }
 
 fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
@@ -581,25 +539,29 @@ fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     let abase = wid.z * p.a_batch;
     let bbase = wid.z * p.b_batch;
     let obase = wid.z * p.m * p.n;
-    var c0: RowW; var c1: RowW; var c2: RowW; var c3: RowW; var c4: RowW; var c5: RowW; var c6: RowW; var c7: RowW;
+    // Row r's left and right halves.
+    var l0: Row; var l1: Row; var l2: Row; var l3: Row; var l4: Row; var l5: Row; var l6: Row; var l7: Row;
+    var r0: Row; var r1: Row; var r2: Row; var r3: Row; var r4: Row; var r5: Row; var r6: Row; var r7: Row;
     var a: LaneA;
     var share: ShareW;
-    var b: SliceW;
+    var bl: Slice; var br: Slice;
     for (var k = 0u; k < p.k; k += 4u) {
         sg_load_a(&a, ta, abase, row0, k);
         sgw_load_b(&share, tb, bbase, k, col0, lane);
-        if (tb) { sgw_share_t(&b, &share); } else { sgw_share_n(&b, &share); }
-        fma_row_w(&c0, a[0], &b); fma_row_w(&c1, a[1], &b); fma_row_w(&c2, a[2], &b); fma_row_w(&c3, a[3], &b); fma_row_w(&c4, a[4], &b); fma_row_w(&c5, a[5], &b); fma_row_w(&c6, a[6], &b); fma_row_w(&c7, a[7], &b);
+        if (tb) { sgw_share_t(&bl, &br, &share); } else { sgw_share_n(&bl, &br, &share); }
+        fma_row(&l0, a[0], &bl); fma_row(&l1, a[1], &bl); fma_row(&l2, a[2], &bl); fma_row(&l3, a[3], &bl); fma_row(&l4, a[4], &bl); fma_row(&l5, a[5], &bl); fma_row(&l6, a[6], &bl); fma_row(&l7, a[7], &bl);
+        fma_row(&r0, a[0], &br); fma_row(&r1, a[1], &br); fma_row(&r2, a[2], &br); fma_row(&r3, a[3], &br); fma_row(&r4, a[4], &br); fma_row(&r5, a[5], &br); fma_row(&r6, a[6], &br); fma_row(&r7, a[7], &br);
     }
-    store_row_w(&c0, obase, row0 + 0u, col0);
-    store_row_w(&c1, obase, row0 + 1u, col0);
-    store_row_w(&c2, obase, row0 + 2u, col0);
-    store_row_w(&c3, obase, row0 + 3u, col0);
-    store_row_w(&c4, obase, row0 + 4u, col0);
-    store_row_w(&c5, obase, row0 + 5u, col0);
-    store_row_w(&c6, obase, row0 + 6u, col0);
-    store_row_w(&c7, obase, row0 + 7u, col0);
-    act_rows4_groups(obase, row0, 8u, col0, 16u);
+    store_row(&l0, obase, row0 + 0u, col0); store_row(&r0, obase, row0 + 0u, col0 + 32u);
+    store_row(&l1, obase, row0 + 1u, col0); store_row(&r1, obase, row0 + 1u, col0 + 32u);
+    store_row(&l2, obase, row0 + 2u, col0); store_row(&r2, obase, row0 + 2u, col0 + 32u);
+    store_row(&l3, obase, row0 + 3u, col0); store_row(&r3, obase, row0 + 3u, col0 + 32u);
+    store_row(&l4, obase, row0 + 4u, col0); store_row(&r4, obase, row0 + 4u, col0 + 32u);
+    store_row(&l5, obase, row0 + 5u, col0); store_row(&r5, obase, row0 + 5u, col0 + 32u);
+    store_row(&l6, obase, row0 + 6u, col0); store_row(&r6, obase, row0 + 6u, col0 + 32u);
+    store_row(&l7, obase, row0 + 7u, col0); store_row(&r7, obase, row0 + 7u, col0 + 32u);
+    act_rows4(obase, row0, 8u, col0);
+    act_rows4(obase, row0, 8u, col0 + 32u);
 }
 
 @compute @workgroup_size(8)

@@ -115,17 +115,12 @@ fn put1(o: u32, j: u32, v: f32) {
 // form still costs more than the loop where the store dominates (2048 x 512 x 4, register
 // kernel: gelu 3.2-3.5 ms over the plain product, against 0.5-1.6 ms; AMD EPYC Zen 4).
 fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
-    act_rows4_groups(base, row0, rows, col0, 8u);
-}
-
-// The same over `groups` column groups of 4 (col0 .. col0 + 4 groups).
-fn act_rows4_groups(base: u32, row0: u32, rows: u32, col0: u32, groups: u32) {
     if (ACT == 0u) {
         return;
     }
     let op = ACT - 1u;
     // Columns outer, rows inner: each bias vec4 is loaded once per block, not once per row.
-    for (var q = 0u; q < groups; q++) {
+    for (var q = 0u; q < 8u; q++) {
         let j = col0 + 4u * q;
         if (j >= p.n) {
             break;
