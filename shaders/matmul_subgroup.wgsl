@@ -51,18 +51,13 @@ fn sg_load_a(s: ptr<function, LaneA>, ta: bool, base: u32, row0: u32, k: u32) {
       (*s)[4] = vec4<f32>(v0.x, v1.x, v2.x, v3.x); (*s)[5] = vec4<f32>(v0.y, v1.y, v2.y, v3.y); (*s)[6] = vec4<f32>(v0.z, v1.z, v2.z, v3.z); (*s)[7] = vec4<f32>(v0.w, v1.w, v2.w, v3.w); }
 }
 
-// One row of A at k..k+4 for a thin block (below): clamped past M, zeros in a K tail (tn).
+// One row of A at k..k+4 for a thin block (below): clamped past M; trans_a storage reads four
+// scalars down the column through a_at (zeros in a K tail).
 fn sg_load_a1(ta: bool, base: u32, row: u32, k: u32) -> vec4<f32> {
-    let r = min(row, p.m - 1u);
     if (!ta) {
-        return a4[(base + r * p.k + k) / 4u];
+        return a4[(base + min(row, p.m - 1u) * p.k + k) / 4u];
     }
-    return vec4<f32>(a_t1(base, k, r), a_t1(base, k + 1u, r), a_t1(base, k + 2u, r), a_t1(base, k + 3u, r));
-}
-
-// A[k, row] from trans_a storage [K, M], zero when k >= K.
-fn a_t1(base: u32, k: u32, row: u32) -> f32 {
-    return select(0.0, a[base + min(k, p.k - 1u) * p.m + row], k < p.k);
+    return vec4<f32>(a_at(base, row, k), a_at(base, row, k + 1u), a_at(base, row, k + 2u), a_at(base, row, k + 3u));
 }
 
 // This lane's quarter of the B slice (k..k+4, columns col0..col0+32), vec4 views.
@@ -171,28 +166,32 @@ fn rows_left(wid: vec3<u32>) -> u32 {
     return p.m - wid.y * 64u;
 }
 
-fn subgroup_thin(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
-    let col0 = wid.x * 32u;
+// `halves` 32-column halves from column wid.x * 32 * halves: 1 for the 32-column kernels, 2 for
+// the 64-column ones (a loop, so the block's code is compiled once).
+fn subgroup_thin(wid: vec3<u32>, halves: u32, lane: u32, ta: bool, tb: bool) {
     let row = wid.y * 64u + lane;
     let abase = wid.z * p.a_batch;
     let bbase = wid.z * p.b_batch;
     let obase = wid.z * p.m * p.n;
-    var c: Row;
-    var share: Share;
-    var b: Slice;
-    for (var k = 0u; k < p.k; k += 4u) {
-        let a = sg_load_a1(ta, abase, row, k);
-        sg_load_b(&share, tb, bbase, k, col0, lane);
-        if (tb) { sg_share_t(&b, &share); } else { sg_share_n(&b, &share); }
-        fma_row(&c, a, &b);
+    for (var h = 0u; h < halves; h++) {
+        let col0 = (wid.x * halves + h) * 32u;
+        var c: Row;
+        var share: Share;
+        var b: Slice;
+        for (var k = 0u; k < p.k; k += 4u) {
+            let a = sg_load_a1(ta, abase, row, k);
+            sg_load_b(&share, tb, bbase, k, col0, lane);
+            if (tb) { sg_share_t(&b, &share); } else { sg_share_n(&b, &share); }
+            fma_row(&c, a, &b);
+        }
+        store_row(&c, obase, row, col0);
+        act_rows4(obase, row, 1u, col0);
     }
-    store_row(&c, obase, row, col0);
-    act_rows4(obase, row, 1u, col0);
 }
 
 fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     if (rows_left(wid) <= 8u) {
-        subgroup_thin(wid, lane, ta, tb);
+        subgroup_thin(wid, 1u, lane, ta, tb);
         return;
     }
     let col0 = wid.x * 32u;
@@ -328,212 +327,13 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
 // machine and slower: 16 rows x 64 columns per lane, eight k per accumulator update, and a
 // 32-column last block inside these entry points (README "Matmul paths").
 
-// The 64 columns are two 32-column halves, each with the Row and Slice of the kernels above
-// (left: col0 .. col0 + 32, right: col0 + 32 .. col0 + 64), so fma_row, store_row and act_rows4
-// serve both widths.
-alias ShareW = array<vec4<f32>, 8>;   // this lane's eighth of the 4 x 64 B slice
-
-// Not transposed: lane l loads row k + l/2, column groups 8(l%2) + i, i < 8 (of 16 groups).
-// Transposed: lane l loads columns col0 + 8l .. + 8 along k and transposes them (groups 2l and
-// 2l + 1 at share indices 2u and 2u + 1 for row k + u).
-fn sgw_load_b(s: ptr<function, ShareW>, tb: bool, base: u32, k: u32, col0: u32, lane: u32) {
-    if (!tb) {
-        let row = base + min(k + lane / 2u, p.k - 1u) * p.n;
-        let c = col0 + 32u * (lane % 2u);
-        (*s)[0] = b4[(row + min(c + 0u, p.n - 4u)) / 4u];
-        (*s)[1] = b4[(row + min(c + 4u, p.n - 4u)) / 4u];
-        (*s)[2] = b4[(row + min(c + 8u, p.n - 4u)) / 4u];
-        (*s)[3] = b4[(row + min(c + 12u, p.n - 4u)) / 4u];
-        (*s)[4] = b4[(row + min(c + 16u, p.n - 4u)) / 4u];
-        (*s)[5] = b4[(row + min(c + 20u, p.n - 4u)) / 4u];
-        (*s)[6] = b4[(row + min(c + 24u, p.n - 4u)) / 4u];
-        (*s)[7] = b4[(row + min(c + 28u, p.n - 4u)) / 4u];
-        return;
-    }
-    let last = p.n - 1u;
-    let c = col0 + 8u * lane;
-    {
-        let v0 = b4[(base + min(c + 0u, last) * p.k + k) / 4u];
-        let v1 = b4[(base + min(c + 1u, last) * p.k + k) / 4u];
-        let v2 = b4[(base + min(c + 2u, last) * p.k + k) / 4u];
-        let v3 = b4[(base + min(c + 3u, last) * p.k + k) / 4u];
-        (*s)[0] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
-        (*s)[2] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
-        (*s)[4] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
-        (*s)[6] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
-    }
-    {
-        let v0 = b4[(base + min(c + 4u, last) * p.k + k) / 4u];
-        let v1 = b4[(base + min(c + 5u, last) * p.k + k) / 4u];
-        let v2 = b4[(base + min(c + 6u, last) * p.k + k) / 4u];
-        let v3 = b4[(base + min(c + 7u, last) * p.k + k) / 4u];
-        (*s)[1] = vec4<f32>(v0.x, v1.x, v2.x, v3.x);
-        (*s)[3] = vec4<f32>(v0.y, v1.y, v2.y, v3.y);
-        (*s)[5] = vec4<f32>(v0.z, v1.z, v2.z, v3.z);
-        (*s)[7] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
-    }
-}
-
-// The two halves of the B slice ([8u + q] in each, as Slice) from every lane's share.
-fn sgw_share_n(l: ptr<function, Slice>, r: ptr<function, Slice>, s: ptr<function, ShareW>) {
-    (*l)[0] = subgroupBroadcast((*s)[0], 0u);
-    (*l)[1] = subgroupBroadcast((*s)[1], 0u);
-    (*l)[2] = subgroupBroadcast((*s)[2], 0u);
-    (*l)[3] = subgroupBroadcast((*s)[3], 0u);
-    (*l)[4] = subgroupBroadcast((*s)[4], 0u);
-    (*l)[5] = subgroupBroadcast((*s)[5], 0u);
-    (*l)[6] = subgroupBroadcast((*s)[6], 0u);
-    (*l)[7] = subgroupBroadcast((*s)[7], 0u);
-    (*r)[0] = subgroupBroadcast((*s)[0], 1u);
-    (*r)[1] = subgroupBroadcast((*s)[1], 1u);
-    (*r)[2] = subgroupBroadcast((*s)[2], 1u);
-    (*r)[3] = subgroupBroadcast((*s)[3], 1u);
-    (*r)[4] = subgroupBroadcast((*s)[4], 1u);
-    (*r)[5] = subgroupBroadcast((*s)[5], 1u);
-    (*r)[6] = subgroupBroadcast((*s)[6], 1u);
-    (*r)[7] = subgroupBroadcast((*s)[7], 1u);
-    (*l)[8] = subgroupBroadcast((*s)[0], 2u);
-    (*l)[9] = subgroupBroadcast((*s)[1], 2u);
-    (*l)[10] = subgroupBroadcast((*s)[2], 2u);
-    (*l)[11] = subgroupBroadcast((*s)[3], 2u);
-    (*l)[12] = subgroupBroadcast((*s)[4], 2u);
-    (*l)[13] = subgroupBroadcast((*s)[5], 2u);
-    (*l)[14] = subgroupBroadcast((*s)[6], 2u);
-    (*l)[15] = subgroupBroadcast((*s)[7], 2u);
-    (*r)[8] = subgroupBroadcast((*s)[0], 3u);
-    (*r)[9] = subgroupBroadcast((*s)[1], 3u);
-    (*r)[10] = subgroupBroadcast((*s)[2], 3u);
-    (*r)[11] = subgroupBroadcast((*s)[3], 3u);
-    (*r)[12] = subgroupBroadcast((*s)[4], 3u);
-    (*r)[13] = subgroupBroadcast((*s)[5], 3u);
-    (*r)[14] = subgroupBroadcast((*s)[6], 3u);
-    (*r)[15] = subgroupBroadcast((*s)[7], 3u);
-    (*l)[16] = subgroupBroadcast((*s)[0], 4u);
-    (*l)[17] = subgroupBroadcast((*s)[1], 4u);
-    (*l)[18] = subgroupBroadcast((*s)[2], 4u);
-    (*l)[19] = subgroupBroadcast((*s)[3], 4u);
-    (*l)[20] = subgroupBroadcast((*s)[4], 4u);
-    (*l)[21] = subgroupBroadcast((*s)[5], 4u);
-    (*l)[22] = subgroupBroadcast((*s)[6], 4u);
-    (*l)[23] = subgroupBroadcast((*s)[7], 4u);
-    (*r)[16] = subgroupBroadcast((*s)[0], 5u);
-    (*r)[17] = subgroupBroadcast((*s)[1], 5u);
-    (*r)[18] = subgroupBroadcast((*s)[2], 5u);
-    (*r)[19] = subgroupBroadcast((*s)[3], 5u);
-    (*r)[20] = subgroupBroadcast((*s)[4], 5u);
-    (*r)[21] = subgroupBroadcast((*s)[5], 5u);
-    (*r)[22] = subgroupBroadcast((*s)[6], 5u);
-    (*r)[23] = subgroupBroadcast((*s)[7], 5u);
-    (*l)[24] = subgroupBroadcast((*s)[0], 6u);
-    (*l)[25] = subgroupBroadcast((*s)[1], 6u);
-    (*l)[26] = subgroupBroadcast((*s)[2], 6u);
-    (*l)[27] = subgroupBroadcast((*s)[3], 6u);
-    (*l)[28] = subgroupBroadcast((*s)[4], 6u);
-    (*l)[29] = subgroupBroadcast((*s)[5], 6u);
-    (*l)[30] = subgroupBroadcast((*s)[6], 6u);
-    (*l)[31] = subgroupBroadcast((*s)[7], 6u);
-    (*r)[24] = subgroupBroadcast((*s)[0], 7u);
-    (*r)[25] = subgroupBroadcast((*s)[1], 7u);
-    (*r)[26] = subgroupBroadcast((*s)[2], 7u);
-    (*r)[27] = subgroupBroadcast((*s)[3], 7u);
-    (*r)[28] = subgroupBroadcast((*s)[4], 7u);
-    (*r)[29] = subgroupBroadcast((*s)[5], 7u);
-    (*r)[30] = subgroupBroadcast((*s)[6], 7u);
-    (*r)[31] = subgroupBroadcast((*s)[7], 7u);
-}
-
-fn sgw_share_t(l: ptr<function, Slice>, r: ptr<function, Slice>, s: ptr<function, ShareW>) {
-    (*l)[0] = subgroupBroadcast((*s)[0], 0u);
-    (*l)[1] = subgroupBroadcast((*s)[1], 0u);
-    (*l)[2] = subgroupBroadcast((*s)[0], 1u);
-    (*l)[3] = subgroupBroadcast((*s)[1], 1u);
-    (*l)[4] = subgroupBroadcast((*s)[0], 2u);
-    (*l)[5] = subgroupBroadcast((*s)[1], 2u);
-    (*l)[6] = subgroupBroadcast((*s)[0], 3u);
-    (*l)[7] = subgroupBroadcast((*s)[1], 3u);
-    (*r)[0] = subgroupBroadcast((*s)[0], 4u);
-    (*r)[1] = subgroupBroadcast((*s)[1], 4u);
-    (*r)[2] = subgroupBroadcast((*s)[0], 5u);
-    (*r)[3] = subgroupBroadcast((*s)[1], 5u);
-    (*r)[4] = subgroupBroadcast((*s)[0], 6u);
-    (*r)[5] = subgroupBroadcast((*s)[1], 6u);
-    (*r)[6] = subgroupBroadcast((*s)[0], 7u);
-    (*r)[7] = subgroupBroadcast((*s)[1], 7u);
-    (*l)[8] = subgroupBroadcast((*s)[2], 0u);
-    (*l)[9] = subgroupBroadcast((*s)[3], 0u);
-    (*l)[10] = subgroupBroadcast((*s)[2], 1u);
-    (*l)[11] = subgroupBroadcast((*s)[3], 1u);
-    (*l)[12] = subgroupBroadcast((*s)[2], 2u);
-    (*l)[13] = subgroupBroadcast((*s)[3], 2u);
-    (*l)[14] = subgroupBroadcast((*s)[2], 3u);
-    (*l)[15] = subgroupBroadcast((*s)[3], 3u);
-    (*r)[8] = subgroupBroadcast((*s)[2], 4u);
-    (*r)[9] = subgroupBroadcast((*s)[3], 4u);
-    (*r)[10] = subgroupBroadcast((*s)[2], 5u);
-    (*r)[11] = subgroupBroadcast((*s)[3], 5u);
-    (*r)[12] = subgroupBroadcast((*s)[2], 6u);
-    (*r)[13] = subgroupBroadcast((*s)[3], 6u);
-    (*r)[14] = subgroupBroadcast((*s)[2], 7u);
-    (*r)[15] = subgroupBroadcast((*s)[3], 7u);
-    (*l)[16] = subgroupBroadcast((*s)[4], 0u);
-    (*l)[17] = subgroupBroadcast((*s)[5], 0u);
-    (*l)[18] = subgroupBroadcast((*s)[4], 1u);
-    (*l)[19] = subgroupBroadcast((*s)[5], 1u);
-    (*l)[20] = subgroupBroadcast((*s)[4], 2u);
-    (*l)[21] = subgroupBroadcast((*s)[5], 2u);
-    (*l)[22] = subgroupBroadcast((*s)[4], 3u);
-    (*l)[23] = subgroupBroadcast((*s)[5], 3u);
-    (*r)[16] = subgroupBroadcast((*s)[4], 4u);
-    (*r)[17] = subgroupBroadcast((*s)[5], 4u);
-    (*r)[18] = subgroupBroadcast((*s)[4], 5u);
-    (*r)[19] = subgroupBroadcast((*s)[5], 5u);
-    (*r)[20] = subgroupBroadcast((*s)[4], 6u);
-    (*r)[21] = subgroupBroadcast((*s)[5], 6u);
-    (*r)[22] = subgroupBroadcast((*s)[4], 7u);
-    (*r)[23] = subgroupBroadcast((*s)[5], 7u);
-    (*l)[24] = subgroupBroadcast((*s)[6], 0u);
-    (*l)[25] = subgroupBroadcast((*s)[7], 0u);
-    (*l)[26] = subgroupBroadcast((*s)[6], 1u);
-    (*l)[27] = subgroupBroadcast((*s)[7], 1u);
-    (*l)[28] = subgroupBroadcast((*s)[6], 2u);
-    (*l)[29] = subgroupBroadcast((*s)[7], 2u);
-    (*l)[30] = subgroupBroadcast((*s)[6], 3u);
-    (*l)[31] = subgroupBroadcast((*s)[7], 3u);
-    (*r)[24] = subgroupBroadcast((*s)[6], 4u);
-    (*r)[25] = subgroupBroadcast((*s)[7], 4u);
-    (*r)[26] = subgroupBroadcast((*s)[6], 5u);
-    (*r)[27] = subgroupBroadcast((*s)[7], 5u);
-    (*r)[28] = subgroupBroadcast((*s)[6], 6u);
-    (*r)[29] = subgroupBroadcast((*s)[7], 6u);
-    (*r)[30] = subgroupBroadcast((*s)[6], 7u);
-    (*r)[31] = subgroupBroadcast((*s)[7], 7u);
-}
-
-// The thin tail block (see subgroup_thin) with 64 columns.
-fn subgroup_wide_thin(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
-    let col0 = wid.x * 64u;
-    let row = wid.y * 64u + lane;
-    let abase = wid.z * p.a_batch;
-    let bbase = wid.z * p.b_batch;
-    let obase = wid.z * p.m * p.n;
-    var cl: Row; var cr: Row;
-    var share: ShareW;
-    var bl: Slice; var br: Slice;
-    for (var k = 0u; k < p.k; k += 4u) {
-        let a = sg_load_a1(ta, abase, row, k);
-        sgw_load_b(&share, tb, bbase, k, col0, lane);
-        if (tb) { sgw_share_t(&bl, &br, &share); } else { sgw_share_n(&bl, &br, &share); }
-        fma_row(&cl, a, &bl); fma_row(&cr, a, &br);
-    }
-    store_row(&cl, obase, row, col0);
-    store_row(&cr, obase, row, col0 + 32u);
-    act_rows4(obase, row, 1u, col0);
-    act_rows4(obase, row, 1u, col0 + 32u);
-}
+// The 64 columns are two 32-column halves (left: col0 .. col0 + 32, right: col0 + 32 ..
+// col0 + 64), each loaded, shared and accumulated with the 32-column kernels' sg_load_b,
+// sg_share_n/t, fma_row and store_row; only the A rows are loaded once for both.
 
 fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     if (rows_left(wid) <= 8u) {
-        subgroup_wide_thin(wid, lane, ta, tb);
+        subgroup_thin(wid, 2u, lane, ta, tb);
         return;
     }
     let col0 = wid.x * 64u;
@@ -545,12 +345,13 @@ fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     var l0: Row; var l1: Row; var l2: Row; var l3: Row; var l4: Row; var l5: Row; var l6: Row; var l7: Row;
     var r0: Row; var r1: Row; var r2: Row; var r3: Row; var r4: Row; var r5: Row; var r6: Row; var r7: Row;
     var a: LaneA;
-    var share: ShareW;
+    var sl: Share; var sr: Share;
     var bl: Slice; var br: Slice;
     for (var k = 0u; k < p.k; k += 4u) {
         sg_load_a(&a, ta, abase, row0, k);
-        sgw_load_b(&share, tb, bbase, k, col0, lane);
-        if (tb) { sgw_share_t(&bl, &br, &share); } else { sgw_share_n(&bl, &br, &share); }
+        sg_load_b(&sl, tb, bbase, k, col0, lane);
+        sg_load_b(&sr, tb, bbase, k, col0 + 32u, lane);
+        if (tb) { sg_share_t(&bl, &sl); sg_share_t(&br, &sr); } else { sg_share_n(&bl, &sl); sg_share_n(&br, &sr); }
         fma_row(&l0, a[0], &bl); fma_row(&l1, a[1], &bl); fma_row(&l2, a[2], &bl); fma_row(&l3, a[3], &bl); fma_row(&l4, a[4], &bl); fma_row(&l5, a[5], &bl); fma_row(&l6, a[6], &bl); fma_row(&l7, a[7], &bl);
         fma_row(&r0, a[0], &br); fma_row(&r1, a[1], &br); fma_row(&r2, a[2], &br); fma_row(&r3, a[3], &br); fma_row(&r4, a[4], &br); fma_row(&r5, a[5], &br); fma_row(&r6, a[6], &br); fma_row(&r7, a[7], &br);
     }
