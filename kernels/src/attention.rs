@@ -696,7 +696,8 @@ fn move_heads(
     p.batch = n0 as u32;
     p.n1 = n1 as u32;
     p.kv_stride = n1p as u32;
-    let n = s.heads * n0 * if entry == "heads_outer" { n1p } else { n1 } * s.head_dim;
+    let head_rows = s.heads * n0 * if entry == "heads_outer" { n1p } else { n1 };
+    let n = head_rows * s.head_dim;
     let label = KernelLabel {
         kernel: if entry == "heads_outer" { "attention_heads_outer" } else { "attention_heads_inner" },
         shape: format!("[{n0}, {n1}, {}, {}]", s.heads, s.head_dim),
@@ -709,7 +710,7 @@ fn move_heads(
         entry,
         params: bytemuck::bytes_of(&p),
         buffers: &[x, x, x, x, x, out],
-        workgroups: grid((n / 4).div_ceil(WG) as u32),
+        workgroups: grid(head_rows.div_ceil(WG) as u32),
         label,
     })
 }
