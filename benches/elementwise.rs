@@ -1,9 +1,10 @@
-//! Elementwise kernels: bytes/s of broadcast add, bias add and activations.
+//! Elementwise kernels: bytes/s of broadcast add, bias add, activations and the fused bias +
+//! activation backward.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::elementwise::{self, BinaryOp, UnaryOp};
+use vlsa_kernels::elementwise::{self, BiasAct, BinaryOp, UnaryOp};
 
 fn elementwise(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -32,6 +33,20 @@ fn elementwise(c: &mut Criterion) {
             common::bench_gpu(&mut group, &format!("{op:?}/{rows}x{cols}"), &gpu, bytes.clone(), || {
                 elementwise::unary(&gpu, op, &a, &out, n).unwrap();
             });
+        }
+        // The MLP's backward through its bias and activation: reads a and dy, writes dz.
+        let dy = gpu.upload(&common::data(n, 3)).unwrap();
+        for op in [UnaryOp::Gelu, UnaryOp::QuickGelu] {
+            let shape = BiasAct { op, rows, c: cols };
+            common::bench_gpu(
+                &mut group,
+                &format!("bias_act_backward_{op:?}/{rows}x{cols}"),
+                &gpu,
+                Throughput::Bytes(12 * n as u64 + 4 * cols as u64),
+                || {
+                    elementwise::bias_act_backward(&gpu, &a, &b, &dy, &out, &shape).unwrap();
+                },
+            );
         }
     }
     group.finish();

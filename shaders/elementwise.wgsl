@@ -5,6 +5,10 @@
 //   binary:           out[i] = a[ia(i)] op b[ib(i)]     op in {+, -, *, /}
 //   binary_same4:     the same without broadcasting (a, b and out of one shape, n a multiple
 //                     of 4), one vec4 per invocation
+//   binary_suffix4:   the same with b's shape the trailing axes of a's (b repeats over a's
+//                     leading axes, e.g. a position embedding added to every batch element;
+//                     b's length a multiple of 4): b4[i mod (len(b) / 4)], one vec4 per
+//                     invocation, where `binary` would work out every index axis by axis
 //   scale:            out[i] = alpha * a[i] + beta
 //   bias_add:         out[i] = a[i] + bias[i mod C]     (bias over the last axis)
 //   unary:            out[i] = f(a[i])                  f in {relu, gelu, quick_gelu, ...}
@@ -25,17 +29,23 @@
 
 struct Params {
     n: u32,            // output elements
-    op: u32,           // operation code (see each entry point)
     rank: u32,         // number of axes of the broadcast shape (<= 8)
     c: u32,            // bias length for bias_add
+    _pad0: u32,
     alpha: f32,
     beta: f32,
-    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
     shape: array<vec4<u32>, 2>,     // output shape, 8 axes, innermost last
     a_strides: array<vec4<u32>, 2>, // a's element strides per output axis (0 = broadcast)
     b_strides: array<vec4<u32>, 2>,
 }
+
+// The operation code of `binary`, `binary_same4` (0 +, 1 -, 2 *, 3 /) and of the activation
+// entry points (activation.wgsl's unary_f / unary_df), fixed when the pipeline is built
+// (Gpu::dispatch_specialized): a switch on a uniform inside each element's arithmetic made the
+// activation passes about 1.4x slower on lavapipe than the same pass with the code a constant.
+override OP: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -78,7 +88,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let x = a[ia];
     let y = b[ib];
     var r: f32;
-    switch p.op {
+    switch OP {
         case 0u: { r = x + y; }
         case 1u: { r = x - y; }
         case 2u: { r = x * y; }
@@ -107,7 +117,7 @@ fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = unary_f(p.op, a[i]);
+    out[i] = unary_f(OP, a[i]);
 }
 
 // a = x (the forward input), b = dy; out = dx
@@ -115,7 +125,7 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = b[i] * unary_df(p.op, a[i]);
+    out[i] = b[i] * unary_df(OP, a[i]);
 }
 
 // a = the product (before bias), b = bias; out = f(a + bias)
@@ -123,7 +133,7 @@ fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 fn bias_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = unary_f(p.op, a[i] + b[i % p.c]);
+    out[i] = unary_f(OP, a[i] + b[i % p.c]);
 }
 
 // a = the product (before bias), b = bias, c3 = dy; out = dz, the gradient of the product
@@ -131,7 +141,7 @@ fn bias_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 fn bias_act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] = c3[i] * unary_df(p.op, a[i] + b[i % p.c]);
+    out[i] = c3[i] * unary_df(OP, a[i] + b[i % p.c]);
 }
 
 // a = the product, b = bias, c3 = the residual
@@ -161,14 +171,14 @@ fn bias_at4(i: u32) -> vec4<f32> {
 fn bias_act4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out4[i] = unary_f4(p.op, a4[i] + bias_at4(i));
+    out4[i] = unary_f4(OP, a4[i] + bias_at4(i));
 }
 
 @compute @workgroup_size(256)
 fn bias_act_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out4[i] = c34[i] * unary_df4(p.op, a4[i] + bias_at4(i));
+    out4[i] = c34[i] * unary_df4(OP, a4[i] + bias_at4(i));
 }
 
 @compute @workgroup_size(256)
@@ -178,19 +188,27 @@ fn bias_residual4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     out4[i] = a4[i] + bias_at4(i) + c34[i];
 }
 
+fn binary_op4(x: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
+    switch OP {
+        case 0u: { return x + y; }
+        case 1u: { return x - y; }
+        case 2u: { return x * y; }
+        default: { return x / y; }
+    }
+}
+
 // binary without broadcasting, by vec4 (p.n counts vec4s).
 @compute @workgroup_size(256)
 fn binary_same4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    let x = a4[i];
-    let y = b4[i];
-    var r: vec4<f32>;
-    switch p.op {
-        case 0u: { r = x + y; }
-        case 1u: { r = x - y; }
-        case 2u: { r = x * y; }
-        default: { r = x / y; }
-    }
-    out4[i] = r;
+    out4[i] = binary_op4(a4[i], b4[i]);
+}
+
+// binary with b repeating over a's leading axes, by vec4 (p.n counts vec4s, p.c is b's).
+@compute @workgroup_size(256)
+fn binary_suffix4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = binary_op4(a4[i], b4[i % p.c]);
 }

@@ -42,6 +42,14 @@ fn broadcast_binary_matches_reference() {
         // Same shapes with a multiple of 4 elements: the vec4 kernel.
         (&[8], &[8]),
         (&[5, 12], &[5, 12]),
+        // b the trailing axes of a with a multiple of 4 elements (with and without leading 1s):
+        // the vec4 kernel indexing b modulo its length.
+        (&[3, 5, 8], &[5, 8]),
+        (&[3, 5, 8], &[1, 1, 8]),
+        (&[6, 4], &[4]),
+        // Not that kernel: b's length not a multiple of 4; a broadcast too.
+        (&[2, 9, 6], &[9, 6]),
+        (&[1, 8], &[3, 8]),
     ];
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
         for &(sa, sb) in shapes {

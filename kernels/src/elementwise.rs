@@ -16,9 +16,9 @@ pub const MAX_RANK: usize = 8;
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    op: u32,
     rank: u32,
     c: u32,
+    _pad0: u32,
     alpha: f32,
     beta: f32,
     _pad: [u32; 2],
@@ -31,9 +31,9 @@ impl Params {
     fn flat(n: usize) -> Self {
         Params {
             n: n as u32,
-            op: 0,
             rank: 0,
             c: 0,
+            _pad0: 0,
             alpha: 0.0,
             beta: 0.0,
             _pad: [0; 2],
@@ -131,6 +131,7 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 fn launch_fused(
     gpu: &Gpu,
     entries: (&'static str, &'static str),
+    op: u32,
     params: &Params,
     buffers: [&GpuBuffer; 4],
     label: KernelLabel,
@@ -139,21 +140,32 @@ fn launch_fused(
         let mut p = *params;
         p.n /= 4;
         let [a, b, o, c] = buffers;
-        launch(gpu, entries.1, &p, &[a, b, o, c, a, b, o, c], label)
+        launch(gpu, entries.1, op, &p, &[a, b, o, c, a, b, o, c], label)
     } else {
-        launch(gpu, entries.0, params, &buffers, label)
+        launch(gpu, entries.0, op, params, &buffers, label)
     }
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
-    gpu.dispatch(Dispatch {
+/// Dispatches `entry` over `params.n` invocations with the shader's `OP` constant set to `op`
+/// (the operation code of the binary and activation entry points; the others ignore it): one
+/// pipeline per entry point and code, so that no element's arithmetic branches on it.
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    op: u32,
+    params: &Params,
+    buffers: &[&GpuBuffer],
+    label: KernelLabel,
+) -> Result<()> {
+    let d = Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid((params.n as usize).div_ceil(256) as u32),
         label,
-    })
+    };
+    gpu.dispatch_specialized(d, &[("OP", op as f64)])
 }
 
 /// `out = a op b` with NumPy broadcasting; `out` must hold the broadcast shape.
@@ -175,7 +187,6 @@ pub fn binary(
     check_len("output", out, &shape)?;
     let n = numel(&shape);
     let mut p = Params::flat(n);
-    p.op = op as u32;
     p.rank = shape.len() as u32;
     let (sa, sb) = (broadcast_strides(a_shape, &shape), broadcast_strides(b_shape, &shape));
     for k in 0..shape.len() {
@@ -191,14 +202,29 @@ pub fn binary(
     };
     let label =
         KernelLabel { kernel: name, shape: format!("{a_shape:?}{b_shape:?}"), flops: n as u64, bytes: 12 * n as u64 };
+    let b_len = numel(b_shape);
+    let code = op as u32;
     if a_shape == b_shape && n.is_multiple_of(4) {
         // No broadcasting: the vec4 kernel, on the buffers' vec4 views (bindings 5..7).
         p.n = (n / 4) as u32;
-        launch(gpu, "binary_same4", &p, &[a, b, out, a, a, b, out], label)?;
+        launch(gpu, "binary_same4", code, &p, &[a, b, out, a, a, b, out], label)?;
+    } else if a_shape == shape.as_slice() && is_trailing(b_shape, &shape) && b_len > 0 && b_len.is_multiple_of(4) {
+        // b repeats over a's leading axes: by vec4, b's index the output's modulo its length.
+        p.n = (n / 4) as u32;
+        p.c = (b_len / 4) as u32;
+        launch(gpu, "binary_suffix4", code, &p, &[a, b, out, a, a, b, out], label)?;
     } else {
-        launch(gpu, "binary", &p, &[a, b, out], label)?;
+        launch(gpu, "binary", code, &p, &[a, b, out], label)?;
     }
     Ok(shape)
+}
+
+/// Whether `b`, without its leading size-1 axes, is the trailing axes of `shape`: then `b`'s
+/// element for output element i is i mod len(b).
+fn is_trailing(b: &[usize], shape: &[usize]) -> bool {
+    let lead = b.iter().take_while(|&&d| d == 1).count();
+    let b = &b[lead..];
+    b.len() <= shape.len() && shape.ends_with(b)
 }
 
 /// `out = alpha * a + beta` over the first `n` elements.
@@ -209,7 +235,7 @@ pub fn scale(gpu: &Gpu, a: &GpuBuffer, alpha: f32, beta: f32, out: &GpuBuffer, n
     p.alpha = alpha;
     p.beta = beta;
     let label = KernelLabel { kernel: "scale", shape: format!("[{n}]"), flops: 2 * n as u64, bytes: 8 * n as u64 };
-    launch(gpu, "scale", &p, &[a, a, out], label)
+    launch(gpu, "scale", 0, &p, &[a, a, out], label)
 }
 
 /// `out[r, c] = a[r, c] + bias[c]` for `rows x c` elements.
@@ -229,17 +255,16 @@ pub fn bias_add(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, row
         flops: n as u64,
         bytes: 8 * n as u64 + 4 * c as u64,
     };
-    launch(gpu, "bias_add", &p, &[a, bias, out], label)
+    launch(gpu, "bias_add", 0, &p, &[a, bias, out], label)
 }
 
 /// `out = f(a)` over `n` elements.
 pub fn unary(gpu: &Gpu, op: UnaryOp, a: &GpuBuffer, out: &GpuBuffer, n: usize) -> Result<()> {
     check_len("input", a, &[n])?;
     check_len("output", out, &[n])?;
-    let mut p = Params::flat(n);
-    p.op = op as u32;
+    let p = Params::flat(n);
     let label = KernelLabel { kernel: op.name(), shape: format!("[{n}]"), flops: 8 * n as u64, bytes: 8 * n as u64 };
-    launch(gpu, "unary", &p, &[a, a, out], label)
+    launch(gpu, "unary", op as u32, &p, &[a, a, out], label)
 }
 
 /// `dx = dy * f'(x)` over `n` elements.
@@ -247,15 +272,14 @@ pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx:
     check_len("input", x, &[n])?;
     check_len("output gradient", dy, &[n])?;
     check_len("input gradient", dx, &[n])?;
-    let mut p = Params::flat(n);
-    p.op = op as u32;
+    let p = Params::flat(n);
     let label = KernelLabel {
         kernel: "unary_backward",
         shape: format!("{}[{n}]", op.name()),
         flops: 10 * n as u64,
         bytes: 12 * n as u64,
     };
-    launch(gpu, "unary_backward", &p, &[x, dy, dx], label)
+    launch(gpu, "unary_backward", op as u32, &p, &[x, dy, dx], label)
 }
 
 fn check_bias(what: &str, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, rows: usize, c: usize) -> Result<()> {
@@ -284,7 +308,6 @@ pub fn bias_act(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, sha
     }
     let n = rows * c;
     let mut p = Params::flat(n);
-    p.op = op as u32;
     p.c = c as u32;
     let label = KernelLabel {
         kernel: "bias_act",
@@ -292,7 +315,7 @@ pub fn bias_act(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, sha
         flops: 9 * n as u64,
         bytes: 8 * n as u64 + 4 * c as u64,
     };
-    launch_fused(gpu, ("bias_act", "bias_act4"), &p, [a, bias, out, a], label)
+    launch_fused(gpu, ("bias_act", "bias_act4"), op as u32, &p, [a, bias, out, a], label)
 }
 
 /// `dz[r, c] = dy[r, c] * f'(a[r, c] + bias[c])`: the gradient of [`bias_act`] with respect to
@@ -313,7 +336,6 @@ pub fn bias_act_backward(
     }
     let n = rows * c;
     let mut p = Params::flat(n);
-    p.op = op as u32;
     p.c = c as u32;
     let label = KernelLabel {
         kernel: "bias_act_backward",
@@ -321,7 +343,7 @@ pub fn bias_act_backward(
         flops: 11 * n as u64,
         bytes: 12 * n as u64 + 4 * c as u64,
     };
-    launch_fused(gpu, ("bias_act_backward", "bias_act_backward4"), &p, [a, bias, dz, dy], label)
+    launch_fused(gpu, ("bias_act_backward", "bias_act_backward4"), op as u32, &p, [a, bias, dz, dy], label)
 }
 
 /// `out[r, c] = a[r, c] + bias[c] + residual[r, c]`: a Linear's bias and the residual add after
@@ -349,5 +371,5 @@ pub fn bias_residual(
         flops: 2 * n as u64,
         bytes: 12 * n as u64 + 4 * c as u64,
     };
-    launch_fused(gpu, ("bias_residual", "bias_residual4"), &p, [a, bias, out, residual], label)
+    launch_fused(gpu, ("bias_residual", "bias_residual4"), 0, &p, [a, bias, out, residual], label)
 }
