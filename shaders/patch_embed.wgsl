@@ -15,7 +15,7 @@
 // tiles are numbered along the output's columns first.
 // The products method (kernels/src/patch_embed.rs) builds A instead: `im2col` writes
 // A [B*N, K] and `col2im` scatters a [B*N, K] gradient back to d_image (a permutation, one
-// element per invocation); the three products then run on the matmul kernels of the kernel path. Out-of-range tile rows and columns read a clamped (valid) index and are not
+// patch row of p pixels per invocation); the three products then run on the matmul kernels of the kernel path. Out-of-range tile rows and columns read a clamped (valid) index and are not
 // written. Workgroups are laid out over x and y (the launcher's `grid`).
 
 struct Params {
@@ -182,19 +182,36 @@ fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     store_row(d0 + 3u, k0, acc3);
 }
 
-// A [B*N, K] (out) from the image, one element per invocation (rows = B*N, cols = K).
-@compute @workgroup_size(64)
-fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = tile_index(wid, nwg, lid);
-    if (e >= p.rows * p.cols) { return; }
-    out[e] = image[patch_base(e / p.cols) + column_offset(e % p.cols)];
+// One row of one patch per invocation: q = (t * C + c) * p + i copies the p neighbouring pixels
+// image[b, c, py * p + i, px * p .. + p] to A[t, (c * p + i) * p .. + p] (contiguous on both
+// sides), with the index arithmetic once per p elements instead of per element: on lavapipe
+// the default model's im2col went from 2.6-2.8 ms to 1.1-1.5 ms at batch 8.
+fn patch_row(q: u32) -> vec2<u32> {
+    let ci = q % (p.channels * p.patch_size);  // c * p + i
+    let t = q / (p.channels * p.patch_size);
+    let c = ci / p.patch_size;
+    let i = ci % p.patch_size;
+    return vec2<u32>(patch_base(t) + (c * p.size + i) * p.size, t * p.cols + ci * p.patch_size);
 }
 
-// d_image (out) from its [B*N, K] im2col-layout gradient d_out, one element of that gradient per
-// invocation: each pixel belongs to exactly one (t, k).
+@compute @workgroup_size(64)
+fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = tile_index(wid, nwg, lid);
+    if (q >= p.rows * p.channels * p.patch_size) { return; }
+    let at = patch_row(q);  // (image, A)
+    for (var j = 0u; j < p.patch_size; j++) {
+        out[at.y + j] = image[at.x + j];
+    }
+}
+
+// d_image (out) from its [B*N, K] im2col-layout gradient d_out, the same rows per invocation:
+// each pixel belongs to exactly one (t, k).
 @compute @workgroup_size(64)
 fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = tile_index(wid, nwg, lid);
-    if (e >= p.rows * p.cols) { return; }
-    out[patch_base(e / p.cols) + column_offset(e % p.cols)] = d_out[e];
+    let q = tile_index(wid, nwg, lid);
+    if (q >= p.rows * p.channels * p.patch_size) { return; }
+    let at = patch_row(q);
+    for (var j = 0u; j < p.patch_size; j++) {
+        out[at.x + j] = d_out[at.y + j];
+    }
 }

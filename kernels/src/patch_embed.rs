@@ -115,7 +115,12 @@ impl Shape {
 }
 
 fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
-    let invocations = if entry == "im2col" || entry == "col2im" { params.rows * params.cols } else { params.tiles };
+    // im2col and col2im: one patch row (p pixels) per invocation, B*N*C*p of them.
+    let invocations = if entry == "im2col" || entry == "col2im" {
+        params.rows * params.channels * params.patch
+    } else {
+        params.tiles
+    };
     gpu.dispatch(Dispatch {
         shader: &SHADER,
         entry,
