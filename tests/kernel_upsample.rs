@@ -72,6 +72,8 @@ fn bilinear_matches_pytorch_semantics_with_gradients() {
         resize(1, 1, (130, 7), (16, 33)),
         resize(1, 1, (7, 7), (7, 7)),
         resize(1, 1, (128, 96), (37, 200)),
+        // Downsampling with W a multiple of 4 (bilinear4: a new left tap at every output).
+        resize(1, 2, (33, 50), (9, 12)),
     ];
     for r in shapes {
         let x = Input::random(&mut rng, &[r.batch, r.channels, r.in_h, r.in_w]);

@@ -102,13 +102,21 @@ impl Resize {
     }
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, params: &Params, buffers: &[&GpuBuffer], label: KernelLabel) -> Result<()> {
+/// Dispatches `entry` over `params.n` invocations, `per_group` per workgroup (its WGSL size).
+fn launch(
+    gpu: &Gpu,
+    entry: &'static str,
+    per_group: usize,
+    params: &Params,
+    buffers: &[&GpuBuffer],
+    label: KernelLabel,
+) -> Result<()> {
     gpu.dispatch(Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
-        workgroups: grid((params.n as usize).div_ceil(256) as u32),
+        workgroups: grid((params.n as usize).div_ceil(per_group) as u32),
         label,
     })
 }
@@ -125,7 +133,13 @@ pub fn bilinear(gpu: &Gpu, input: &GpuBuffer, output: &GpuBuffer, shape: &Resize
         flops: 11 * n as u64,
         bytes: 4 * (n + shape.in_len()) as u64,
     };
-    launch(gpu, "bilinear", &shape.params(n), &[input, output], label)
+    // One output row per invocation (planes x H of them), 64 per workgroup.
+    let rows = shape.batch * shape.channels * shape.out_h;
+    if shape.out_w.is_multiple_of(4) {
+        // bilinear4 stores through a vec4 view of the output (binding 5).
+        return launch(gpu, "bilinear4", 64, &shape.params(rows), &[input, output, input, output, output], label);
+    }
+    launch(gpu, "bilinear", 64, &shape.params(rows), &[input, output], label)
 }
 
 /// Gradient of [`bilinear`]: `d_input` [B, K, h, w] from `d_output` [B, K, H, W]; each input
@@ -142,7 +156,7 @@ pub fn bilinear_backward(gpu: &Gpu, d_output: &GpuBuffer, d_input: &GpuBuffer, s
         flops: 8 * shape.out_len() as u64,
         bytes: 4 * (n + shape.out_len()) as u64,
     };
-    launch(gpu, "bilinear_backward", &shape.params(n), &[d_output, d_input], label)
+    launch(gpu, "bilinear_backward", 256, &shape.params(n), &[d_output, d_input], label)
 }
 
 /// Nearest-neighbour resize of a u32 map (e.g. class indices) `input` [B, C, h, w] into
@@ -153,5 +167,5 @@ pub fn nearest_u32(gpu: &Gpu, input: &GpuBuffer, output: &GpuBuffer, shape: &Res
     shape.check("the output", output, shape.out_len(), &shape.out_desc())?;
     let n = shape.out_len();
     let label = KernelLabel { kernel: "nearest_u32", shape: shape.desc(), flops: 0, bytes: 8 * n as u64 };
-    launch(gpu, "nearest_u32", &shape.params(n), &[input, output, input, output], label)
+    launch(gpu, "nearest_u32", 256, &shape.params(n), &[input, output, input, output], label)
 }
