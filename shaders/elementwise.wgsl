@@ -85,16 +85,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         ia += coord * p.a_strides[q][r];
         ib += coord * p.b_strides[q][r];
     }
-    let x = a[ia];
-    let y = b[ib];
-    var r: f32;
-    switch OP {
-        case 0u: { r = x + y; }
-        case 1u: { r = x - y; }
-        case 2u: { r = x * y; }
-        default: { r = x / y; }
-    }
-    out[i] = r;
+    out[i] = binary_op4(vec4<f32>(a[ia]), vec4<f32>(b[ib])).x;
 }
 
 @compute @workgroup_size(256)
@@ -188,6 +179,8 @@ fn bias_residual4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     out4[i] = a4[i] + bias_at4(i) + c34[i];
 }
 
+// x op y for the operation code OP (0 +, 1 -, 2 *, 3 /), per component; the scalar `binary`
+// takes one component.
 fn binary_op4(x: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
     switch OP {
         case 0u: { return x + y; }
