@@ -67,7 +67,18 @@ pub struct GpuInfo {
     pub all_adapters: Vec<String>,
 }
 
+/// The subgroup kernels' workgroup: 8 invocations, which must form one subgroup.
+pub const SUBGROUP_LANES: u32 = 8;
+
 impl GpuInfo {
+    /// Whether the subgroup kernels (the matmul's and attention's) can run here: subgroup
+    /// operations, and a smallest subgroup of at least [`SUBGROUP_LANES`] invocations, so that
+    /// a workgroup of 8 is one subgroup. Where not, their launchers fall back to the register
+    /// kernels.
+    pub fn runs_subgroup_kernels(&self) -> bool {
+        self.subgroups && self.subgroup_size.0 >= SUBGROUP_LANES
+    }
+
     /// Whether the adapter runs on the CPU (lavapipe, llvmpipe GL): the kernels whose best
     /// schedule differs there (fewer, larger workgroups; no barriers) ask this.
     pub fn is_cpu(&self) -> bool {

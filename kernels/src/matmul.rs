@@ -33,8 +33,6 @@ const SUBGROUP_COLS: usize = 32;
 /// Columns of the 64-column subgroup kernels (`subgroup_wide_*`, 8 lanes x 8 rows, 64 columns):
 /// fewer loads per multiply-add, used wherever they pad N no more than the 32-column ones.
 const SUBGROUP_WIDE_COLS: usize = 64;
-/// The subgroup kernels' workgroup is 8 invocations that must form one subgroup.
-const SUBGROUP_LANES: u32 = 8;
 /// Output tiles of one workgroup of the tiled kernels (tiled_64 and tiled_general, tiled_128).
 const TILE: usize = 64;
 const TILE_LARGE: usize = 128;
@@ -482,7 +480,7 @@ pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
     let info = gpu.info();
     let limits = gpu.limits();
     let path = match path {
-        KernelPath::Subgroup if !(info.subgroups && info.subgroup_size.0 >= SUBGROUP_LANES) => path.fallback(),
+        KernelPath::Subgroup if !info.runs_subgroup_kernels() => path.fallback(),
         KernelPath::Tiled
             if limits.max_compute_invocations_per_workgroup < TILED_INVOCATIONS
                 || limits.max_compute_workgroup_storage_size < TILED_SHARED_BYTES =>

@@ -53,6 +53,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/workgroup_reduce.wgsl")),
     ),
     ("matmul_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/matmul_core.wgsl"))),
+    (
+        "attention_core.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/attention_core.wgsl")),
+    ),
     ("activation.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/activation.wgsl"))),
 ];
 

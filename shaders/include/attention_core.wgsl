@@ -1,0 +1,968 @@
+// Fused attention, the part shared by the two modules that compile it: attention.wgsl (any
+// adapter) and attention_subgroup.wgsl (adapters with subgroup operations). The math, layouts
+// and kernels are described at the top of attention.wgsl; each module adds its own loads of
+// the streamed rows (q8, k8, v8, d_out8, and stats8 for per-row statistics) and its own
+// `_blocked` entry points.
+struct Params {
+    batch: u32,       // B
+    kv_batch: u32,    // Bk: B or 1
+    q_len: u32,       // Nq
+    kv_len: u32,      // Nk
+    heads: u32,       // H
+    head_dim: u32,    // dh
+    causal: u32,      // 1: key j is visible to query i only when j <= i
+    has_mask: u32,    // 1: key_mask is bound and used
+    scale: f32,
+    tiles: u32,       // row tiles along the invocation axis (32 or 64 queries, keys or elements)
+    splits: u32,      // backward_dkdv: query-row ranges, each written as one partial
+    split_rows: u32,  // backward_dkdv: query rows per range
+    lanes: u32,       // the *_lanes kernels: lanes per head row (a power of two, 1 to 32)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Chunks of 16 floats in each register-blocked head row (1, 2, 4 or 8), set per pipeline by the
+// launcher; the `if (ch > n)` tests on it fold away when the pipeline is compiled.
+override ROW_CHUNKS: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> key_mask: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(7) var<storage, read> d_out: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(9) var<storage, read_write> grad_a: array<vec4<f32>>;   // dq, or dk (partials)
+@group(0) @binding(10) var<storage, read_write> grad_b: array<vec4<f32>>;  // dv (partials)
+@group(0) @binding(11) var<storage, read_write> dk_sum: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> dv_sum: array<vec4<f32>>;
+
+const WG: u32 = 64u;
+// Below every real score: the running maximum before any key was seen.
+const NEG: f32 = -3.0e38;
+// Rows whose lse is below this saw no key.
+const NO_KEY: f32 = -1.0e38;
+// Most keys `forward_few_keys` takes.
+const FEW_KEYS: u32 = 16u;
+
+fn workgroup_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+fn kv_batch_of(b: u32) -> u32 {
+    return select(b, 0u, p.kv_batch == 1u);
+}
+
+// Index (in vec4) of the first element of head h of row `row` of a [rows, H*dh] tensor.
+fn row_base(row: u32, h: u32) -> u32 {
+    return (row * p.heads * p.head_dim + h * p.head_dim) / 4u;
+}
+
+// Whether key j of kv batch kb is visible to query i (range, causal and padding mask).
+fn key_visible(kb: u32, j: u32, i: u32, end: u32) -> bool {
+    var ok = j < end;
+    if (p.causal == 1u) { ok = ok && j <= i; }
+    if (p.has_mask == 1u) { ok = ok && key_mask[kb * p.kv_len + min(j, p.kv_len - 1u)] != 0u; }
+    return ok;
+}
+
+fn negative_infinity() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Register-blocked building blocks.
+//
+// On lavapipe an invocation's private array indexed by a runtime counter lives in memory and
+// every access is a per-lane gather, so the kernels below hold rows in named mat4x4 values
+// instead: a *chunk* is 16 consecutive elements of a head row (column t = elements 4t..4t+4
+// of the chunk). Each entry point is compiled for a fixed number of chunks `ch` (1, 2, 4 or 8:
+// head_dim up to 16, 32, 64 or 128); `ch` is a constant at every call of a body function, so
+// after inlining the unused chunks and their branches disappear and every index is constant.
+// Elements past head_dim are zero in the chunks loaded per invocation; reads of the other
+// operand past head_dim are clamped to the row's last vec4 (finite data times zero), and
+// results past head_dim are never stored.
+//
+// The eight rows streamed per step (keys in the forward and dq, queries in dk/dv) are the
+// same for every invocation of a workgroup. How they reach the invocations is the one thing
+// the two modules do differently: q8, k8, v8 and d_out8 (the vec4 at one offset of each of the
+// eight rows), and stats8 (one float of each of eight rows' statistics), are defined in attention.wgsl, where every invocation loads all eight rows, and
+// in attention_subgroup.wgsl, where invocation l loads row l and subgroupBroadcast hands it to
+// the others (an eighth of the loads: on lavapipe a storage load is a loop over the SIMD lanes
+// even when every lane reads the same address, and a broadcast is a register shuffle).
+
+// Vec4 indices of the first element of eight rows of one head: rows 0..4 and 4..8.
+struct Rows8 {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+}
+
+// The vec4 at offset o of each of eight rows: column r of `lo` is row r, of `hi` row 4 + r.
+struct Block8 {
+    lo: mat4x4<f32>,
+    hi: mat4x4<f32>,
+}
+
+fn row_base4(row: vec4<u32>, h: u32) -> vec4<u32> {
+    return (row * (p.heads * p.head_dim) + vec4<u32>(h * p.head_dim)) / 4u;
+}
+
+
+// Dot products of one chunk x with the chunk at vec4 offset c of eight rows, from the four
+// blocks b0..b3 at offsets c..c+4: column 0 = rows 0..4, column 1 = rows 4..8.
+fn dots8(x: mat4x4<f32>, b0: Block8, b1: Block8, b2: Block8, b3: Block8) -> mat2x4<f32> {
+    return mat2x4<f32>(x[0] * b0.lo + x[1] * b1.lo + x[2] * b2.lo + x[3] * b3.lo,
+                       x[0] * b0.hi + x[1] * b1.hi + x[2] * b2.hi + x[3] * b3.hi);
+}
+
+// alpha * a + sum over the eight rows r of w_r * (their chunk), w = mat2x4 as from dots8.
+fn mix8(a: mat4x4<f32>, alpha: f32, w: mat2x4<f32>, b0: Block8, b1: Block8, b2: Block8, b3: Block8) -> mat4x4<f32> {
+    return mat4x4<f32>(a[0] * alpha + b0.lo * w[0] + b0.hi * w[1],
+                       a[1] * alpha + b1.lo * w[0] + b1.hi * w[1],
+                       a[2] * alpha + b2.lo * w[0] + b2.hi * w[1],
+                       a[3] * alpha + b3.lo * w[0] + b3.hi * w[1]);
+}
+
+// The chunk at vec4 offset c of one row (base = its first vec4), zero past `last`.
+fn chunk_q(base: u32, c: u32, last: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(select(vec4<f32>(0.0), q[base + min(c, last)], c <= last),
+                       select(vec4<f32>(0.0), q[base + min(c + 1u, last)], c + 1u <= last),
+                       select(vec4<f32>(0.0), q[base + min(c + 2u, last)], c + 2u <= last),
+                       select(vec4<f32>(0.0), q[base + min(c + 3u, last)], c + 3u <= last));
+}
+fn chunk_k(base: u32, c: u32, last: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(select(vec4<f32>(0.0), k[base + min(c, last)], c <= last),
+                       select(vec4<f32>(0.0), k[base + min(c + 1u, last)], c + 1u <= last),
+                       select(vec4<f32>(0.0), k[base + min(c + 2u, last)], c + 2u <= last),
+                       select(vec4<f32>(0.0), k[base + min(c + 3u, last)], c + 3u <= last));
+}
+fn chunk_v(base: u32, c: u32, last: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(select(vec4<f32>(0.0), v[base + min(c, last)], c <= last),
+                       select(vec4<f32>(0.0), v[base + min(c + 1u, last)], c + 1u <= last),
+                       select(vec4<f32>(0.0), v[base + min(c + 2u, last)], c + 2u <= last),
+                       select(vec4<f32>(0.0), v[base + min(c + 3u, last)], c + 3u <= last));
+}
+fn chunk_d_out(base: u32, c: u32, last: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(select(vec4<f32>(0.0), d_out[base + min(c, last)], c <= last),
+                       select(vec4<f32>(0.0), d_out[base + min(c + 1u, last)], c + 1u <= last),
+                       select(vec4<f32>(0.0), d_out[base + min(c + 2u, last)], c + 2u <= last),
+                       select(vec4<f32>(0.0), d_out[base + min(c + 3u, last)], c + 3u <= last));
+}
+
+// Stores of one chunk (scaled by f) at vec4 offset c, elements past `last` skipped.
+fn store_out(base: u32, c: u32, last: u32, x: mat4x4<f32>, f: f32) {
+    if (c <= last) { out[base + c] = x[0] * f; }
+    if (c + 1u <= last) { out[base + c + 1u] = x[1] * f; }
+    if (c + 2u <= last) { out[base + c + 2u] = x[2] * f; }
+    if (c + 3u <= last) { out[base + c + 3u] = x[3] * f; }
+}
+fn store_grad_a(base: u32, c: u32, last: u32, x: mat4x4<f32>, f: f32) {
+    if (c <= last) { grad_a[base + c] = x[0] * f; }
+    if (c + 1u <= last) { grad_a[base + c + 1u] = x[1] * f; }
+    if (c + 2u <= last) { grad_a[base + c + 2u] = x[2] * f; }
+    if (c + 3u <= last) { grad_a[base + c + 3u] = x[3] * f; }
+}
+fn store_grad_b(base: u32, c: u32, last: u32, x: mat4x4<f32>) {
+    if (c <= last) { grad_b[base + c] = x[0]; }
+    if (c + 1u <= last) { grad_b[base + c + 1u] = x[1]; }
+    if (c + 2u <= last) { grad_b[base + c + 2u] = x[2]; }
+    if (c + 3u <= last) { grad_b[base + c + 3u] = x[3]; }
+}
+
+// The eight key rows j0..j0+8 of kv batch kb, head h; rows past `end` clamped to end - 1.
+fn key_rows(kb: u32, j0: u32, end: u32, h: u32) -> Rows8 {
+    let last = vec4<u32>(end - 1u);
+    let first = vec4<u32>(kb * p.kv_len);
+    return Rows8(row_base4(first + min(vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u), last), h),
+                 row_base4(first + min(vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u), last), h));
+}
+
+// ---------------------------------------------------------------------------------------
+// Four rows per invocation.
+//
+// Every row streamed per step is loaded once and used by four rows of the invocation (four
+// queries in the forward and dq, four keys in dk/dv): on lavapipe storage loads, not FMAs,
+// set the speed, so this reuse is what makes the kernels fast there. A workgroup is 8
+// invocations (one SIMD vector on lavapipe) and covers TILE = 32 rows: invocation `lid`
+// owns rows tile * 32 + lid + 8t for t = 0..4. Rows past the end are clamped (computed, not
+// stored) so that control flow stays uniform across the workgroup.
+
+const LANES: u32 = 8u;
+const TILE: u32 = 32u;
+
+// One chunk of four rows: field t is row t of the invocation.
+struct Chunk4 {
+    r0: mat4x4<f32>,
+    r1: mat4x4<f32>,
+    r2: mat4x4<f32>,
+    r3: mat4x4<f32>,
+}
+
+// Scores (or weights) of four rows against the eight streamed rows (see dots8).
+struct Scores4 {
+    r0: mat2x4<f32>,
+    r1: mat2x4<f32>,
+    r2: mat2x4<f32>,
+    r3: mat2x4<f32>,
+}
+
+fn add_scores(a: Scores4, b: Scores4) -> Scores4 {
+    return Scores4(a.r0 + b.r0, a.r1 + b.r1, a.r2 + b.r2, a.r3 + b.r3);
+}
+
+fn dots4(x: Chunk4, b0: Block8, b1: Block8, b2: Block8, b3: Block8) -> Scores4 {
+    return Scores4(dots8(x.r0, b0, b1, b2, b3), dots8(x.r1, b0, b1, b2, b3), dots8(x.r2, b0, b1, b2, b3), dots8(x.r3, b0, b1, b2, b3));
+}
+
+fn mix4(a: Chunk4, alpha: vec4<f32>, w: Scores4, b0: Block8, b1: Block8, b2: Block8, b3: Block8) -> Chunk4 {
+    return Chunk4(mix8(a.r0, alpha.x, w.r0, b0, b1, b2, b3), mix8(a.r1, alpha.y, w.r1, b0, b1, b2, b3),
+                  mix8(a.r2, alpha.z, w.r2, b0, b1, b2, b3), mix8(a.r3, alpha.w, w.r3, b0, b1, b2, b3));
+}
+
+// Chunk c of the eight streamed rows of each buffer (offsets clamped to `last`), against or
+// into four rows.
+fn dots4_k(x: Chunk4, r: Rows8, c: u32, last: u32) -> Scores4 {
+    return dots4(x, k8(r, min(c, last)), k8(r, min(c + 1u, last)), k8(r, min(c + 2u, last)), k8(r, min(c + 3u, last)));
+}
+fn dots4_v(x: Chunk4, r: Rows8, c: u32, last: u32) -> Scores4 {
+    return dots4(x, v8(r, min(c, last)), v8(r, min(c + 1u, last)), v8(r, min(c + 2u, last)), v8(r, min(c + 3u, last)));
+}
+fn dots4_q(x: Chunk4, r: Rows8, c: u32, last: u32) -> Scores4 {
+    return dots4(x, q8(r, min(c, last)), q8(r, min(c + 1u, last)), q8(r, min(c + 2u, last)), q8(r, min(c + 3u, last)));
+}
+fn dots4_d_out(x: Chunk4, r: Rows8, c: u32, last: u32) -> Scores4 {
+    return dots4(x, d_out8(r, min(c, last)), d_out8(r, min(c + 1u, last)), d_out8(r, min(c + 2u, last)), d_out8(r, min(c + 3u, last)));
+}
+fn mix4_k(a: Chunk4, w: Scores4, r: Rows8, c: u32, last: u32) -> Chunk4 {
+    return mix4(a, vec4<f32>(1.0), w, k8(r, min(c, last)), k8(r, min(c + 1u, last)), k8(r, min(c + 2u, last)), k8(r, min(c + 3u, last)));
+}
+fn mix4_v(a: Chunk4, alpha: vec4<f32>, w: Scores4, r: Rows8, c: u32, last: u32) -> Chunk4 {
+    return mix4(a, alpha, w, v8(r, min(c, last)), v8(r, min(c + 1u, last)), v8(r, min(c + 2u, last)), v8(r, min(c + 3u, last)));
+}
+fn mix4_q(a: Chunk4, w: Scores4, r: Rows8, c: u32, last: u32) -> Chunk4 {
+    return mix4(a, vec4<f32>(1.0), w, q8(r, min(c, last)), q8(r, min(c + 1u, last)), q8(r, min(c + 2u, last)), q8(r, min(c + 3u, last)));
+}
+fn mix4_d_out(a: Chunk4, w: Scores4, r: Rows8, c: u32, last: u32) -> Chunk4 {
+    return mix4(a, vec4<f32>(1.0), w, d_out8(r, min(c, last)), d_out8(r, min(c + 1u, last)), d_out8(r, min(c + 2u, last)), d_out8(r, min(c + 3u, last)));
+}
+
+// Chunk c of the invocation's four rows (bases = their first vec4), times f; zero past `last`.
+fn chunk4_q(base: vec4<u32>, c: u32, last: u32, f: f32) -> Chunk4 {
+    return Chunk4(chunk_q(base.x, c, last) * f, chunk_q(base.y, c, last) * f, chunk_q(base.z, c, last) * f, chunk_q(base.w, c, last) * f);
+}
+fn chunk4_k(base: vec4<u32>, c: u32, last: u32, f: f32) -> Chunk4 {
+    return Chunk4(chunk_k(base.x, c, last) * f, chunk_k(base.y, c, last) * f, chunk_k(base.z, c, last) * f, chunk_k(base.w, c, last) * f);
+}
+fn chunk4_v(base: vec4<u32>, c: u32, last: u32) -> Chunk4 {
+    return Chunk4(chunk_v(base.x, c, last), chunk_v(base.y, c, last), chunk_v(base.z, c, last), chunk_v(base.w, c, last));
+}
+fn chunk4_d_out(base: vec4<u32>, c: u32, last: u32) -> Chunk4 {
+    return Chunk4(chunk_d_out(base.x, c, last), chunk_d_out(base.y, c, last), chunk_d_out(base.z, c, last), chunk_d_out(base.w, c, last));
+}
+
+// Stores of chunk c of the rows whose `ok` is set, row t scaled by f[t].
+fn store4_out(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4, f: vec4<f32>) {
+    if (ok.x) { store_out(base.x, c, last, x.r0, f.x); }
+    if (ok.y) { store_out(base.y, c, last, x.r1, f.y); }
+    if (ok.z) { store_out(base.z, c, last, x.r2, f.z); }
+    if (ok.w) { store_out(base.w, c, last, x.r3, f.w); }
+}
+fn store4_grad_a(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4, f: f32) {
+    if (ok.x) { store_grad_a(base.x, c, last, x.r0, f); }
+    if (ok.y) { store_grad_a(base.y, c, last, x.r1, f); }
+    if (ok.z) { store_grad_a(base.z, c, last, x.r2, f); }
+    if (ok.w) { store_grad_a(base.w, c, last, x.r3, f); }
+}
+fn store4_grad_b(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4) {
+    if (ok.x) { store_grad_b(base.x, c, last, x.r0); }
+    if (ok.y) { store_grad_b(base.y, c, last, x.r1); }
+    if (ok.z) { store_grad_b(base.z, c, last, x.r2); }
+    if (ok.w) { store_grad_b(base.w, c, last, x.r3); }
+}
+
+// Keys j (four of them) of kv batch kb in range and not masked out.
+fn keys_ok(kb: u32, j: vec4<u32>, end: u32) -> vec4<bool> {
+    var ok = j < vec4<u32>(end);
+    if (p.has_mask == 1u) {
+        let jc = kb * p.kv_len + min(j, vec4<u32>(p.kv_len - 1u));
+        ok = ok & (vec4<u32>(key_mask[jc.x], key_mask[jc.y], key_mask[jc.z], key_mask[jc.w]) != vec4<u32>(0u));
+    }
+    return ok;
+}
+// The mask copy in stats (1 or 0) of the eight keys j0..j0+8 of kv batch kb (the backward
+// kernels; clamped to the last key, which the caller's range test covers).
+fn keys_valid8(kb: u32, j0: u32, mask_base: u32) -> mat2x4<f32> {
+    let last = vec4<u32>(p.kv_len - 1u);
+    let first = vec4<u32>(mask_base + kb * p.kv_len);
+    return stats8(Rows8(first + min(vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u), last),
+                        first + min(vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u), last)));
+}
+
+// Keys j visible to query i under the causal mask (all of them without it).
+fn causal_ok(ok: vec4<bool>, j: vec4<u32>, i: u32) -> vec4<bool> {
+    if (p.causal == 1u) { return ok & (j <= vec4<u32>(i)); }
+    return ok;
+}
+
+// One online-softmax step of one query row over eight scores s (visible where ok_lo/ok_hi):
+// the new running maximum, the factor exp(m_old - m_new) for the old sums, and the weights.
+struct Online {
+    w: mat2x4<f32>,
+    m: f32,
+    alpha: f32,
+}
+
+fn online_step(s: mat2x4<f32>, ok_lo: vec4<bool>, ok_hi: vec4<bool>, m: f32) -> Online {
+    let t = max(select(vec4<f32>(NEG), s[0], ok_lo), select(vec4<f32>(NEG), s[1], ok_hi));
+    let m_new = max(m, max(max(t.x, t.y), max(t.z, t.w)));
+    // exp(NEG - finite) underflows to 0: the first visible key resets the sums cleanly.
+    let w = mat2x4<f32>(select(vec4<f32>(0.0), exp(s[0] - m_new), ok_lo), select(vec4<f32>(0.0), exp(s[1] - m_new), ok_hi));
+    return Online(w, m_new, exp(m - m_new));
+}
+
+fn weight_sum(w: mat2x4<f32>) -> f32 {
+    return dot(w[0] + w[1], vec4<f32>(1.0));
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward: four query rows of one head per invocation; the 32 rows of a workgroup share (b, h)
+// and walk the same keys, eight per step.
+
+fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let rows_i = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
+    let in_range = rows_i < vec4<u32>(p.q_len);
+    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
+    let kb = kv_batch_of(b);
+    let last = p.head_dim / 4u - 1u;
+    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
+
+    // The scale is folded into q once.
+    let q0 = chunk4_q(qb, 0u, last, p.scale);
+    var q1 = Chunk4(); var q2 = Chunk4(); var q3 = Chunk4();
+    var q4 = Chunk4(); var q5 = Chunk4(); var q6 = Chunk4(); var q7 = Chunk4();
+    if (ch > 1u) { q1 = chunk4_q(qb, 4u, last, p.scale); }
+    if (ch > 2u) { q2 = chunk4_q(qb, 8u, last, p.scale); q3 = chunk4_q(qb, 12u, last, p.scale); }
+    if (ch > 4u) {
+        q4 = chunk4_q(qb, 16u, last, p.scale); q5 = chunk4_q(qb, 20u, last, p.scale);
+        q6 = chunk4_q(qb, 24u, last, p.scale); q7 = chunk4_q(qb, 28u, last, p.scale);
+    }
+    var a0 = Chunk4(); var a1 = Chunk4(); var a2 = Chunk4(); var a3 = Chunk4();
+    var a4 = Chunk4(); var a5 = Chunk4(); var a6 = Chunk4(); var a7 = Chunk4();
+
+    // Keys past the workgroup's last query are hidden from all its rows when causal.
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * TILE + TILE); }
+    var m = vec4<f32>(NEG);
+    var l = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < end; j0 += 8u) {
+        let r = key_rows(kb, j0, end, h);
+        var s = dots4_k(q0, r, 0u, last);
+        if (ch > 1u) { s = add_scores(s, dots4_k(q1, r, 4u, last)); }
+        if (ch > 2u) { s = add_scores(add_scores(s, dots4_k(q2, r, 8u, last)), dots4_k(q3, r, 12u, last)); }
+        if (ch > 4u) {
+            s = add_scores(add_scores(s, dots4_k(q4, r, 16u, last)), dots4_k(q5, r, 20u, last));
+            s = add_scores(add_scores(s, dots4_k(q6, r, 24u, last)), dots4_k(q7, r, 28u, last));
+        }
+        let j_lo = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let j_hi = vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u);
+        let ok_lo = keys_ok(kb, j_lo, end);
+        let ok_hi = keys_ok(kb, j_hi, end);
+        let o0 = online_step(s.r0, causal_ok(ok_lo, j_lo, i4.x), causal_ok(ok_hi, j_hi, i4.x), m.x);
+        let o1 = online_step(s.r1, causal_ok(ok_lo, j_lo, i4.y), causal_ok(ok_hi, j_hi, i4.y), m.y);
+        let o2 = online_step(s.r2, causal_ok(ok_lo, j_lo, i4.z), causal_ok(ok_hi, j_hi, i4.z), m.z);
+        let o3 = online_step(s.r3, causal_ok(ok_lo, j_lo, i4.w), causal_ok(ok_hi, j_hi, i4.w), m.w);
+        let alpha = vec4<f32>(o0.alpha, o1.alpha, o2.alpha, o3.alpha);
+        l = l * alpha + vec4<f32>(weight_sum(o0.w), weight_sum(o1.w), weight_sum(o2.w), weight_sum(o3.w));
+        m = vec4<f32>(o0.m, o1.m, o2.m, o3.m);
+        let w = Scores4(o0.w, o1.w, o2.w, o3.w);
+        a0 = mix4_v(a0, alpha, w, r, 0u, last);
+        if (ch > 1u) { a1 = mix4_v(a1, alpha, w, r, 4u, last); }
+        if (ch > 2u) { a2 = mix4_v(a2, alpha, w, r, 8u, last); a3 = mix4_v(a3, alpha, w, r, 12u, last); }
+        if (ch > 4u) {
+            a4 = mix4_v(a4, alpha, w, r, 16u, last); a5 = mix4_v(a5, alpha, w, r, 20u, last);
+            a6 = mix4_v(a6, alpha, w, r, 24u, last); a7 = mix4_v(a7, alpha, w, r, 28u, last);
+        }
+    }
+    let seen = l > vec4<f32>(0.0);
+    let inv = select(vec4<f32>(0.0), vec4<f32>(1.0) / l, seen);
+    store4_out(qb, in_range, 0u, last, a0, inv);
+    if (ch > 1u) { store4_out(qb, in_range, 4u, last, a1, inv); }
+    if (ch > 2u) { store4_out(qb, in_range, 8u, last, a2, inv); store4_out(qb, in_range, 12u, last, a3, inv); }
+    if (ch > 4u) {
+        store4_out(qb, in_range, 16u, last, a4, inv); store4_out(qb, in_range, 20u, last, a5, inv);
+        store4_out(qb, in_range, 24u, last, a6, inv); store4_out(qb, in_range, 28u, last, a7, inv);
+    }
+    let row_lse = select(vec4<f32>(negative_infinity()), m + log(l), seen);
+    let lb = bh * p.q_len;
+    if (in_range.x) { lse[lb + i4.x] = row_lse.x; }
+    if (in_range.y) { lse[lb + i4.y] = row_lse.y; }
+    if (in_range.z) { lse[lb + i4.z] = row_lse.z; }
+    if (in_range.w) { lse[lb + i4.w] = row_lse.w; }
+}
+
+// Cross-attention over few keys (Nk <= 16, e.g. pixel queries over class text embeddings):
+// every score of the row lives in registers, the softmax is exact (no rescaling), and nothing
+// but the scores is kept per row.
+@compute @workgroup_size(64)
+fn forward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i = tile * WG + lid;
+    if (i >= p.q_len) { return; }
+    let kb = kv_batch_of(b);
+    let d4 = p.head_dim / 4u;
+    let qb = row_base(b * p.q_len + i, h);
+    let n = min(p.kv_len, FEW_KEYS);
+
+    var s: array<f32, 16>;
+    var m = NEG;
+    for (var j = 0u; j < n; j++) {
+        let kr = row_base(kb * p.kv_len + j, h);
+        var dot4 = vec4<f32>(0.0);
+        for (var c = 0u; c < d4; c++) {
+            dot4 += q[qb + c] * k[kr + c];
+        }
+        let score = p.scale * dot(dot4, vec4<f32>(1.0));
+        let ok = key_visible(kb, j, i, n);
+        s[j] = select(NEG, score, ok);
+        m = max(m, s[j]);
+    }
+    var l = 0.0;
+    for (var j = 0u; j < n; j++) {
+        let e = select(0.0, exp(s[j] - m), s[j] > NO_KEY);
+        s[j] = e;
+        l += e;
+    }
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var c = 0u; c < d4; c++) {
+        var o = vec4<f32>(0.0);
+        for (var j = 0u; j < n; j++) {
+            o += s[j] * v[row_base(kb * p.kv_len + j, h) + c];
+        }
+        out[qb + c] = o * inv;
+    }
+    lse[bh * p.q_len + i] = select(negative_infinity(), m + log(l), l > 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward.
+
+// stats[t] = lse, stats[BHN + t] = delta for row t = (b*H + h)*Nq + i; then the key mask.
+@compute @workgroup_size(64)
+fn backward_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = workgroup_index(wid, nwg) * WG + lid;
+    let rows = p.batch * p.heads * p.q_len;
+    if (t < rows) {
+        let bh = t / p.q_len;
+        let i = t % p.q_len;
+        let b = bh / p.heads;
+        let h = bh % p.heads;
+        let base = row_base(b * p.q_len + i, h);
+        var d = vec4<f32>(0.0);
+        for (var c = 0u; c < p.head_dim / 4u; c++) {
+            d += out[base + c] * d_out[base + c];
+        }
+        stats[t] = lse[t];
+        stats[rows + t] = dot(d, vec4<f32>(1.0));
+    }
+    let keys = p.kv_batch * p.kv_len;
+    if (t < keys) {
+        var valid = 1.0;
+        if (p.has_mask == 1u) { valid = select(0.0, 1.0, key_mask[t] != 0u); }
+        stats[2u * rows + t] = valid;
+    }
+}
+
+// dq: four query rows of one head per invocation, walking the keys eight per step (as the
+// forward does).
+fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let rows_i = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
+    let in_range = rows_i < vec4<u32>(p.q_len);
+    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
+    let kb = kv_batch_of(b);
+    let last = p.head_dim / 4u - 1u;
+    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
+    let rows = p.batch * p.heads * p.q_len;
+    let st = vec4<u32>(bh * p.q_len) + i4;
+    let row_lse = vec4<f32>(stats[st.x], stats[st.y], stats[st.z], stats[st.w]);
+    let row_delta = vec4<f32>(stats[rows + st.x], stats[rows + st.y], stats[rows + st.z], stats[rows + st.w]);
+    // A row that saw no key has no gradient.
+    let row_ok = row_lse > vec4<f32>(NO_KEY);
+
+    let q0 = chunk4_q(qb, 0u, last, p.scale);
+    let g0 = chunk4_d_out(qb, 0u, last);
+    var q1 = Chunk4(); var q2 = Chunk4(); var q3 = Chunk4();
+    var q4 = Chunk4(); var q5 = Chunk4(); var q6 = Chunk4(); var q7 = Chunk4();
+    var g1 = Chunk4(); var g2 = Chunk4(); var g3 = Chunk4();
+    var g4 = Chunk4(); var g5 = Chunk4(); var g6 = Chunk4(); var g7 = Chunk4();
+    if (ch > 1u) { q1 = chunk4_q(qb, 4u, last, p.scale); g1 = chunk4_d_out(qb, 4u, last); }
+    if (ch > 2u) {
+        q2 = chunk4_q(qb, 8u, last, p.scale); q3 = chunk4_q(qb, 12u, last, p.scale);
+        g2 = chunk4_d_out(qb, 8u, last); g3 = chunk4_d_out(qb, 12u, last);
+    }
+    if (ch > 4u) {
+        q4 = chunk4_q(qb, 16u, last, p.scale); q5 = chunk4_q(qb, 20u, last, p.scale);
+        q6 = chunk4_q(qb, 24u, last, p.scale); q7 = chunk4_q(qb, 28u, last, p.scale);
+        g4 = chunk4_d_out(qb, 16u, last); g5 = chunk4_d_out(qb, 20u, last);
+        g6 = chunk4_d_out(qb, 24u, last); g7 = chunk4_d_out(qb, 28u, last);
+    }
+    var a0 = Chunk4(); var a1 = Chunk4(); var a2 = Chunk4(); var a3 = Chunk4();
+    var a4 = Chunk4(); var a5 = Chunk4(); var a6 = Chunk4(); var a7 = Chunk4();
+
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * TILE + TILE); }
+    let mb = 2u * rows;
+    for (var j0 = 0u; j0 < end; j0 += 8u) {
+        let r = key_rows(kb, j0, end, h);
+        var s = dots4_k(q0, r, 0u, last);
+        var dp = dots4_v(g0, r, 0u, last);
+        if (ch > 1u) { s = add_scores(s, dots4_k(q1, r, 4u, last)); dp = add_scores(dp, dots4_v(g1, r, 4u, last)); }
+        if (ch > 2u) {
+            s = add_scores(add_scores(s, dots4_k(q2, r, 8u, last)), dots4_k(q3, r, 12u, last));
+            dp = add_scores(add_scores(dp, dots4_v(g2, r, 8u, last)), dots4_v(g3, r, 12u, last));
+        }
+        if (ch > 4u) {
+            s = add_scores(add_scores(s, dots4_k(q4, r, 16u, last)), dots4_k(q5, r, 20u, last));
+            s = add_scores(add_scores(s, dots4_k(q6, r, 24u, last)), dots4_k(q7, r, 28u, last));
+            dp = add_scores(add_scores(dp, dots4_v(g4, r, 16u, last)), dots4_v(g5, r, 20u, last));
+            dp = add_scores(add_scores(dp, dots4_v(g6, r, 24u, last)), dots4_v(g7, r, 28u, last));
+        }
+        let j_lo = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let j_hi = vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u);
+        let valid = keys_valid8(kb, j0, mb);
+        let ok_lo = (j_lo < vec4<u32>(end)) & (valid[0] != vec4<f32>(0.0));
+        let ok_hi = (j_hi < vec4<u32>(end)) & (valid[1] != vec4<f32>(0.0));
+        let ds = Scores4(
+            grad_scores(s.r0, dp.r0, row_lse.x, row_delta.x, causal_ok(ok_lo, j_lo, i4.x) & vec4<bool>(row_ok.x), causal_ok(ok_hi, j_hi, i4.x) & vec4<bool>(row_ok.x)),
+            grad_scores(s.r1, dp.r1, row_lse.y, row_delta.y, causal_ok(ok_lo, j_lo, i4.y) & vec4<bool>(row_ok.y), causal_ok(ok_hi, j_hi, i4.y) & vec4<bool>(row_ok.y)),
+            grad_scores(s.r2, dp.r2, row_lse.z, row_delta.z, causal_ok(ok_lo, j_lo, i4.z) & vec4<bool>(row_ok.z), causal_ok(ok_hi, j_hi, i4.z) & vec4<bool>(row_ok.z)),
+            grad_scores(s.r3, dp.r3, row_lse.w, row_delta.w, causal_ok(ok_lo, j_lo, i4.w) & vec4<bool>(row_ok.w), causal_ok(ok_hi, j_hi, i4.w) & vec4<bool>(row_ok.w)));
+        a0 = mix4_k(a0, ds, r, 0u, last);
+        if (ch > 1u) { a1 = mix4_k(a1, ds, r, 4u, last); }
+        if (ch > 2u) { a2 = mix4_k(a2, ds, r, 8u, last); a3 = mix4_k(a3, ds, r, 12u, last); }
+        if (ch > 4u) {
+            a4 = mix4_k(a4, ds, r, 16u, last); a5 = mix4_k(a5, ds, r, 20u, last);
+            a6 = mix4_k(a6, ds, r, 24u, last); a7 = mix4_k(a7, ds, r, 28u, last);
+        }
+    }
+    store4_grad_a(qb, in_range, 0u, last, a0, p.scale);
+    if (ch > 1u) { store4_grad_a(qb, in_range, 4u, last, a1, p.scale); }
+    if (ch > 2u) { store4_grad_a(qb, in_range, 8u, last, a2, p.scale); store4_grad_a(qb, in_range, 12u, last, a3, p.scale); }
+    if (ch > 4u) {
+        store4_grad_a(qb, in_range, 16u, last, a4, p.scale); store4_grad_a(qb, in_range, 20u, last, a5, p.scale);
+        store4_grad_a(qb, in_range, 24u, last, a6, p.scale); store4_grad_a(qb, in_range, 28u, last, a7, p.scale);
+    }
+}
+
+// dS = P (dP - delta) of one row over eight keys, P = exp(s - lse) where visible, else 0.
+fn grad_scores(s: mat2x4<f32>, dp: mat2x4<f32>, row_lse: f32, row_delta: f32, ok_lo: vec4<bool>, ok_hi: vec4<bool>) -> mat2x4<f32> {
+    let p_lo = select(vec4<f32>(0.0), exp(s[0] - row_lse), ok_lo);
+    let p_hi = select(vec4<f32>(0.0), exp(s[1] - row_lse), ok_hi);
+    return mat2x4<f32>(p_lo * (dp[0] - row_delta), p_hi * (dp[1] - row_delta));
+}
+
+// dk, dv: four key rows of one head per invocation, summing over one range of query rows,
+// eight per step (the same rows for the whole workgroup). The query rows are flattened over
+// the batch when Bk = 1 (row r = b*Nq + i). A masked key contributes nothing (its
+// probabilities are zeroed), so loop bounds stay uniform.
+// Writes partial `split` of dk (grad_a) and dv (grad_b): [splits, Bk*Nk, H*dh].
+fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let rest = wg / p.tiles;
+    let split = rest % p.splits;
+    let kbh = rest / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let rows_j = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
+    let in_range = rows_j < vec4<u32>(p.kv_len);
+    let j4 = min(rows_j, vec4<u32>(p.kv_len - 1u));
+    let last = p.head_dim / 4u - 1u;
+    let kr = row_base4(vec4<u32>(kb * p.kv_len) + j4, h);
+    let rows = p.batch * p.heads * p.q_len;
+    // Query rows this kv batch serves: every batch's when shared, else its own.
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    let mk = 2u * rows + kb * p.kv_len;
+    let key_ok = vec4<f32>(stats[mk + j4.x], stats[mk + j4.y], stats[mk + j4.z], stats[mk + j4.w]) != vec4<f32>(0.0);
+
+    let k0 = chunk4_k(kr, 0u, last, p.scale);
+    let v0 = chunk4_v(kr, 0u, last);
+    var k1 = Chunk4(); var k2 = Chunk4(); var k3 = Chunk4();
+    var k4 = Chunk4(); var k5 = Chunk4(); var k6 = Chunk4(); var k7 = Chunk4();
+    var v1 = Chunk4(); var v2 = Chunk4(); var v3 = Chunk4();
+    var v4 = Chunk4(); var v5 = Chunk4(); var v6 = Chunk4(); var v7 = Chunk4();
+    if (ch > 1u) { k1 = chunk4_k(kr, 4u, last, p.scale); v1 = chunk4_v(kr, 4u, last); }
+    if (ch > 2u) {
+        k2 = chunk4_k(kr, 8u, last, p.scale); k3 = chunk4_k(kr, 12u, last, p.scale);
+        v2 = chunk4_v(kr, 8u, last); v3 = chunk4_v(kr, 12u, last);
+    }
+    if (ch > 4u) {
+        k4 = chunk4_k(kr, 16u, last, p.scale); k5 = chunk4_k(kr, 20u, last, p.scale);
+        k6 = chunk4_k(kr, 24u, last, p.scale); k7 = chunk4_k(kr, 28u, last, p.scale);
+        v4 = chunk4_v(kr, 16u, last); v5 = chunk4_v(kr, 20u, last);
+        v6 = chunk4_v(kr, 24u, last); v7 = chunk4_v(kr, 28u, last);
+    }
+    var dk0 = Chunk4(); var dk1 = Chunk4(); var dk2 = Chunk4(); var dk3 = Chunk4();
+    var dk4 = Chunk4(); var dk5 = Chunk4(); var dk6 = Chunk4(); var dk7 = Chunk4();
+    var dv0 = Chunk4(); var dv1 = Chunk4(); var dv2 = Chunk4(); var dv3 = Chunk4();
+    var dv4 = Chunk4(); var dv5 = Chunk4(); var dv6 = Chunk4(); var dv7 = Chunk4();
+
+    let tile_first_key = tile * TILE;
+    for (var r0 = r_begin; r0 < r_end; r0 += 8u) {
+        // Eight query rows (flattened over the batch), clamped at the end and masked.
+        let lastr = vec4<u32>(r_end - 1u);
+        let ra_lo = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), lastr);
+        let ra_hi = min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), lastr);
+        let nq = vec4<u32>(p.q_len);
+        let i_lo = ra_lo % nq;
+        let i_hi = ra_hi % nq;
+        let b_lo = ra_lo / nq + vec4<u32>(first_b);
+        let b_hi = ra_hi / nq + vec4<u32>(first_b);
+        // When causal, rows before the workgroup's first key see none of its keys.
+        if (p.causal == 1u && max(max(max(i_lo.x, i_lo.y), max(i_lo.z, i_lo.w)), max(max(i_hi.x, i_hi.y), max(i_hi.z, i_hi.w))) < tile_first_key) {
+            continue;
+        }
+        let r = Rows8(row_base4(b_lo * nq + i_lo, h), row_base4(b_hi * nq + i_hi, h));
+        let st_lo = (b_lo * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_lo;
+        let st_hi = (b_hi * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_hi;
+        let lse8 = stats8(Rows8(st_lo, st_hi));
+        let delta8 = stats8(Rows8(st_lo + vec4<u32>(rows), st_hi + vec4<u32>(rows)));
+        let r_end4 = vec4<u32>(r_end);
+        let ok_lo = (vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) < r_end4) & (lse8[0] > vec4<f32>(NO_KEY));
+        let ok_hi = (vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u) < r_end4) & (lse8[1] > vec4<f32>(NO_KEY));
+        var s = dots4_q(k0, r, 0u, last);
+        var dp = dots4_d_out(v0, r, 0u, last);
+        if (ch > 1u) { s = add_scores(s, dots4_q(k1, r, 4u, last)); dp = add_scores(dp, dots4_d_out(v1, r, 4u, last)); }
+        if (ch > 2u) {
+            s = add_scores(add_scores(s, dots4_q(k2, r, 8u, last)), dots4_q(k3, r, 12u, last));
+            dp = add_scores(add_scores(dp, dots4_d_out(v2, r, 8u, last)), dots4_d_out(v3, r, 12u, last));
+        }
+        if (ch > 4u) {
+            s = add_scores(add_scores(s, dots4_q(k4, r, 16u, last)), dots4_q(k5, r, 20u, last));
+            s = add_scores(add_scores(s, dots4_q(k6, r, 24u, last)), dots4_q(k7, r, 28u, last));
+            dp = add_scores(add_scores(dp, dots4_d_out(v4, r, 16u, last)), dots4_d_out(v5, r, 20u, last));
+            dp = add_scores(add_scores(dp, dots4_d_out(v6, r, 24u, last)), dots4_d_out(v7, r, 28u, last));
+        }
+        let g0 = key_grads(s.r0, dp.r0, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.x, key_ok.x);
+        let g1 = key_grads(s.r1, dp.r1, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.y, key_ok.y);
+        let g2 = key_grads(s.r2, dp.r2, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.z, key_ok.z);
+        let g3 = key_grads(s.r3, dp.r3, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.w, key_ok.w);
+        let pr = Scores4(g0.p, g1.p, g2.p, g3.p);
+        let ds = Scores4(g0.ds, g1.ds, g2.ds, g3.ds);
+        dv0 = mix4_d_out(dv0, pr, r, 0u, last);
+        dk0 = mix4_q(dk0, ds, r, 0u, last);
+        if (ch > 1u) { dv1 = mix4_d_out(dv1, pr, r, 4u, last); dk1 = mix4_q(dk1, ds, r, 4u, last); }
+        if (ch > 2u) {
+            dv2 = mix4_d_out(dv2, pr, r, 8u, last); dk2 = mix4_q(dk2, ds, r, 8u, last);
+            dv3 = mix4_d_out(dv3, pr, r, 12u, last); dk3 = mix4_q(dk3, ds, r, 12u, last);
+        }
+        if (ch > 4u) {
+            dv4 = mix4_d_out(dv4, pr, r, 16u, last); dk4 = mix4_q(dk4, ds, r, 16u, last);
+            dv5 = mix4_d_out(dv5, pr, r, 20u, last); dk5 = mix4_q(dk5, ds, r, 20u, last);
+            dv6 = mix4_d_out(dv6, pr, r, 24u, last); dk6 = mix4_q(dk6, ds, r, 24u, last);
+            dv7 = mix4_d_out(dv7, pr, r, 28u, last); dk7 = mix4_q(dk7, ds, r, 28u, last);
+        }
+    }
+    let ob = vec4<u32>(split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u))) + kr;
+    store4_grad_a(ob, in_range, 0u, last, dk0, p.scale); store4_grad_b(ob, in_range, 0u, last, dv0);
+    if (ch > 1u) { store4_grad_a(ob, in_range, 4u, last, dk1, p.scale); store4_grad_b(ob, in_range, 4u, last, dv1); }
+    if (ch > 2u) {
+        store4_grad_a(ob, in_range, 8u, last, dk2, p.scale); store4_grad_b(ob, in_range, 8u, last, dv2);
+        store4_grad_a(ob, in_range, 12u, last, dk3, p.scale); store4_grad_b(ob, in_range, 12u, last, dv3);
+    }
+    if (ch > 4u) {
+        store4_grad_a(ob, in_range, 16u, last, dk4, p.scale); store4_grad_b(ob, in_range, 16u, last, dv4);
+        store4_grad_a(ob, in_range, 20u, last, dk5, p.scale); store4_grad_b(ob, in_range, 20u, last, dv5);
+        store4_grad_a(ob, in_range, 24u, last, dk6, p.scale); store4_grad_b(ob, in_range, 24u, last, dv6);
+        store4_grad_a(ob, in_range, 28u, last, dk7, p.scale); store4_grad_b(ob, in_range, 28u, last, dv7);
+    }
+}
+
+// P and dS of one key j against the eight query rows of a dk/dv step (rows i_lo, i_hi, valid
+// where ok_lo/ok_hi), from its scores s and dP.
+struct KeyGrads {
+    p: mat2x4<f32>,
+    ds: mat2x4<f32>,
+}
+
+fn key_grads(s: mat2x4<f32>, dp: mat2x4<f32>, lse8: mat2x4<f32>, delta8: mat2x4<f32>, ok_lo: vec4<bool>, ok_hi: vec4<bool>,
+             i_lo: vec4<u32>, i_hi: vec4<u32>, j: u32, key_ok: bool) -> KeyGrads {
+    var v_lo = ok_lo & vec4<bool>(key_ok);
+    var v_hi = ok_hi & vec4<bool>(key_ok);
+    if (p.causal == 1u) {
+        v_lo = v_lo & (i_lo >= vec4<u32>(j));
+        v_hi = v_hi & (i_hi >= vec4<u32>(j));
+    }
+    let p_lo = select(vec4<f32>(0.0), exp(s[0] - lse8[0]), v_lo);
+    let p_hi = select(vec4<f32>(0.0), exp(s[1] - lse8[1]), v_hi);
+    return KeyGrads(mat2x4<f32>(p_lo, p_hi), mat2x4<f32>(p_lo * (dp[0] - delta8[0]), p_hi * (dp[1] - delta8[1])));
+}
+
+// dk = sum over splits of the dk partials, dv likewise, in split order. One vec4 per
+// invocation; `tiles` * 64 covers the Bk*Nk*H*dh/4 vec4 of one partial.
+@compute @workgroup_size(64)
+fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = workgroup_index(wid, nwg) * WG + lid;
+    let n = p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u;
+    if (e >= n) { return; }
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    for (var s = 0u; s < p.splits; s++) {
+        a += grad_a[s * n + e];
+        b += grad_b[s * n + e];
+    }
+    dk_sum[e] = a;
+    dv_sum[e] = b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows split across lanes (the tiled path, for GPUs).
+//
+// The register-blocked kernels above hold four whole rows per invocation; at head_dim 128 that
+// is far more registers than a GPU thread has. Here one head row is spread over `p.lanes`
+// lanes (the power of two >= head_dim / 4, at most 32), each holding one vec4 of it, and a
+// workgroup of 64 lanes covers 64 / lanes rows of one (b, h). Per block of KB streamed rows,
+// every lane writes its partial dot products to workgroup memory, one lane per (row, key)
+// sums the `lanes` partials, and every lane reads back its row's KB scores: two barriers per
+// block, and per-lane state of a few vec4 whatever the head width. Loads of a streamed row are
+// consecutive vec4 across a row's lanes (coalesced on a GPU). Loop bounds are uniform across
+// the workgroup (rows past the end are clamped and not stored).
+
+const SPLIT_WG: u32 = 64u;
+const KB: u32 = 8u;
+
+var<workgroup> part_a: array<f32, 512>;  // SPLIT_WG * KB partial dot products
+var<workgroup> part_b: array<f32, 512>;
+var<workgroup> sums_a: array<f32, 512>;  // rows * KB full dot products (rows <= SPLIT_WG)
+var<workgroup> sums_b: array<f32, 512>;
+
+// The vec4 `c` of head h of row `row` of a [rows, H*dh] tensor, zero for lanes past the row.
+fn lane_q(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), q[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_k(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), k[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_v(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+fn lane_d_out(row: u32, h: u32, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), d_out[row_base(row, h) + min(c, p.head_dim / 4u - 1u)], c < p.head_dim / 4u);
+}
+
+// After every lane wrote part_a[lid * KB + jj] (and part_b, when `both`): sums over each row's
+// lanes, into sums_a[r * KB + jj] (and sums_b). Called in uniform control flow.
+fn reduce_lanes(lid: u32, both: bool) {
+    workgroupBarrier();
+    let L = p.lanes;
+    let r = lid / L;
+    for (var jj = lid % L; jj < KB; jj += L) {
+        var sa = 0.0;
+        var sb = 0.0;
+        for (var t = 0u; t < L; t++) {
+            sa += part_a[(r * L + t) * KB + jj];
+            if (both) { sb += part_b[(r * L + t) * KB + jj]; }
+        }
+        sums_a[r * KB + jj] = sa;
+        sums_b[r * KB + jj] = sb;
+    }
+    workgroupBarrier();
+}
+
+// Forward, online softmax as in forward_body, one block of KB keys per step.
+@compute @workgroup_size(64)
+fn forward_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let i = tile * rows_per_wg + r;
+    let ic = min(i, p.q_len - 1u);
+    let kb = kv_batch_of(b);
+    let qv = lane_q(b * p.q_len + ic, h, c) * p.scale;
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * rows_per_wg + rows_per_wg); }
+    var acc = vec4<f32>(0.0);
+    var m = NEG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < end; j0 += KB) {
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = min(j0 + jj, end - 1u);
+            part_a[lid * KB + jj] = dot(qv, lane_k(kb * p.kv_len + j, h, c));
+        }
+        reduce_lanes(lid, false);
+        var m_new = m;
+        for (var jj = 0u; jj < KB; jj++) {
+            if (key_visible(kb, j0 + jj, ic, end)) { m_new = max(m_new, sums_a[r * KB + jj]); }
+        }
+        // exp(NEG - finite) underflows to 0: the first visible key resets the sums cleanly.
+        let alpha = exp(m - m_new);
+        acc *= alpha;
+        l *= alpha;
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = j0 + jj;
+            if (key_visible(kb, j, ic, end)) {
+                let w = exp(sums_a[r * KB + jj] - m_new);
+                l += w;
+                acc += w * lane_v(kb * p.kv_len + j, h, c);
+            }
+        }
+        m = m_new;
+    }
+    if (i < p.q_len) {
+        if (c < p.head_dim / 4u) {
+            out[row_base(b * p.q_len + i, h) + c] = acc * select(0.0, 1.0 / l, l > 0.0);
+        }
+        if (c == 0u) {
+            lse[bh * p.q_len + i] = select(negative_infinity(), m + log(l), l > 0.0);
+        }
+    }
+}
+
+// dq with rows split across lanes: per key block, s = q . k and dP = dout . v reduced over the
+// row's lanes, then dS = P (dP - delta) and dq += dS k.
+@compute @workgroup_size(64)
+fn backward_dq_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let i = tile * rows_per_wg + r;
+    let ic = min(i, p.q_len - 1u);
+    let kb = kv_batch_of(b);
+    let rows = p.batch * p.heads * p.q_len;
+    let row_lse = stats[bh * p.q_len + ic];
+    let row_delta = stats[rows + bh * p.q_len + ic];
+    let row_ok = row_lse > NO_KEY;
+    let qv = lane_q(b * p.q_len + ic, h, c) * p.scale;
+    let gv = lane_d_out(b * p.q_len + ic, h, c);
+    let mb = 2u * rows + kb * p.kv_len;
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * rows_per_wg + rows_per_wg); }
+    var acc = vec4<f32>(0.0);
+    for (var j0 = 0u; j0 < end; j0 += KB) {
+        for (var jj = 0u; jj < KB; jj++) {
+            let kr = kb * p.kv_len + min(j0 + jj, end - 1u);
+            part_a[lid * KB + jj] = dot(qv, lane_k(kr, h, c));
+            part_b[lid * KB + jj] = dot(gv, lane_v(kr, h, c));
+        }
+        reduce_lanes(lid, true);
+        for (var jj = 0u; jj < KB; jj++) {
+            let j = j0 + jj;
+            var ok = row_ok && j < end && stats[mb + min(j, p.kv_len - 1u)] != 0.0;
+            if (p.causal == 1u) { ok = ok && j <= ic; }
+            if (ok) {
+                let pr = exp(sums_a[r * KB + jj] - row_lse);
+                acc += pr * (sums_b[r * KB + jj] - row_delta) * lane_k(kb * p.kv_len + j, h, c);
+            }
+        }
+    }
+    if (i < p.q_len && c < p.head_dim / 4u) {
+        grad_a[row_base(b * p.q_len + i, h) + c] = acc * p.scale;
+    }
+}
+
+// dk, dv with key rows split across lanes, over one range of (flattened) query rows as in
+// dkdv_body: per block of KB query rows, s = k . q and dP = v . dout reduced over the key's
+// lanes, then dv += P dout and dk += dS q. Writes partial `split` of dk (grad_a) and dv (grad_b).
+@compute @workgroup_size(64)
+fn backward_dkdv_lanes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let rest = wg / p.tiles;
+    let split = rest % p.splits;
+    let kbh = rest / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let L = p.lanes;
+    let rows_per_wg = SPLIT_WG / L;
+    let c = lid % L;
+    let r = lid / L;
+    let j = tile * rows_per_wg + r;
+    let jc = min(j, p.kv_len - 1u);
+    let rows = p.batch * p.heads * p.q_len;
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    let key_ok = stats[2u * rows + kb * p.kv_len + jc] != 0.0;
+    let kv_row = kb * p.kv_len + jc;
+    let kv = lane_k(kv_row, h, c) * p.scale;
+    let vv = lane_v(kv_row, h, c);
+    var dk = vec4<f32>(0.0);
+    var dv = vec4<f32>(0.0);
+    for (var r0 = r_begin; r0 < r_end; r0 += KB) {
+        for (var ii = 0u; ii < KB; ii++) {
+            let fr = min(r0 + ii, r_end - 1u);
+            let qrow = (fr / p.q_len + first_b) * p.q_len + fr % p.q_len;
+            part_a[lid * KB + ii] = dot(kv, lane_q(qrow, h, c));
+            part_b[lid * KB + ii] = dot(vv, lane_d_out(qrow, h, c));
+        }
+        reduce_lanes(lid, true);
+        for (var ii = 0u; ii < KB; ii++) {
+            let fr = r0 + ii;
+            let i = fr % p.q_len;
+            let qb = fr / p.q_len + first_b;
+            let st = (qb * p.heads + h) * p.q_len + i;
+            let row_lse = stats[min(st, rows - 1u)];
+            var ok = key_ok && fr < r_end && row_lse > NO_KEY;
+            if (p.causal == 1u) { ok = ok && i >= jc; }
+            if (ok) {
+                let pr = exp(sums_a[r * KB + ii] - row_lse);
+                let ds = pr * (sums_b[r * KB + ii] - stats[rows + st]);
+                let qrow = qb * p.q_len + i;
+                dv += pr * lane_d_out(qrow, h, c);
+                dk += ds * lane_q(qrow, h, c);
+            }
+        }
+    }
+    if (j < p.kv_len && c < p.head_dim / 4u) {
+        let o = split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u)) + row_base(kb * p.kv_len + j, h);
+        grad_a[o + c] = dk * p.scale;
+        grad_b[o + c] = dv;
+    }
+}
