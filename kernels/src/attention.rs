@@ -19,6 +19,9 @@ use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "attention.wgsl");
 shader!(PRODUCTS_SHADER, "attention_products.wgsl");
+// The `_blocked` kernels with their streamed rows shared by subgroupBroadcast: a module of its
+// own, which adapters without subgroups never compile.
+shader!(SUBGROUP_SHADER, "attention_subgroup.wgsl");
 
 /// Largest head dimension (the register-blocked kernels hold rows of up to 8 chunks of 16).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -190,8 +193,9 @@ const MAX_PRODUCT_KEYS: usize = 16384;
 /// Which forward kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardPath {
-    /// `FewKeys` when Nk <= 16; else `Products` on the registers and subgroup kernel paths
-    /// when the score matrix fits [`MAX_PRODUCT_SCORES`]; else `Blocked`.
+    /// `FewKeys` when Nk <= 16; else `Products` on the registers kernel path when the score
+    /// matrix fits [`MAX_PRODUCT_SCORES`]; else `Blocked` (on the subgroup path with the
+    /// streamed rows shared by subgroupBroadcast).
     Auto,
     /// Online softmax over blocks of 8 keys, 4 query rows per invocation (on the tiled path,
     /// a row spread over lanes); any Nk.
@@ -205,7 +209,7 @@ pub enum ForwardPath {
 /// Which backward method runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackwardPath {
-    /// `Products` on the registers and subgroup kernel paths when the score matrix fits
+    /// `Products` on the registers kernel path when the score matrix fits
     /// [`MAX_PRODUCT_SCORES`] (few-key rows too), else `Fused`.
     Auto,
     /// The fused kernels: dq by query rows, dk and dv by key rows, P recomputed in registers.
@@ -223,12 +227,22 @@ fn products_fit(gpu: &Gpu, s: &Attention) -> bool {
         && (4 * scores) as u64 <= gpu.limits().max_storage_buffer_binding_size
 }
 
-/// What `Auto` picks: products on the CPU-adapter paths when the score matrix fits. The
-/// forward keeps the few-keys kernel for rows of at most [`FEW_KEYS`] keys (as fast there, one
-/// dispatch); the backward takes products at every key count (measured 0.7x the fused time at
-/// the decoder's 3-key cross-attention, benches/compare_attention.py).
+/// What `Auto` picks: products on the registers path (CPU adapters without subgroups, where
+/// the fused kernels load every streamed row in every lane: 2.7-3.5x slower than products
+/// there) when the score matrix fits. The forward keeps the few-keys kernel for rows of at
+/// most [`FEW_KEYS`] keys (as fast there, one dispatch); the backward takes products at every
+/// key count (measured 0.7x the fused time at the decoder's 3-key cross-attention,
+/// benches/compare_attention.py). The subgroup path runs the fused kernels with the streamed
+/// rows shared by subgroupBroadcast (attention_subgroup.wgsl), faster there than products in
+/// the forward and as fast in the backward, with no score matrix and no head moves; an
+/// adapter that cannot run subgroup kernels falls back to the registers path's choice.
 fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool) -> bool {
-    path != KernelPath::Tiled && (!forward || s.kv_len > FEW_KEYS) && s.q_len > 0 && products_fit(gpu, s)
+    let registers = match path {
+        KernelPath::Registers => true,
+        KernelPath::Subgroup => !gpu.info().runs_subgroup_kernels(),
+        KernelPath::Tiled => false,
+    };
+    registers && (!forward || s.kv_len > FEW_KEYS) && s.q_len > 0 && products_fit(gpu, s)
 }
 
 fn check_products(gpu: &Gpu, s: &Attention) -> Result<()> {
@@ -358,25 +372,31 @@ fn row_chunks(s: &Attention) -> [(&'static str, f64); 1] {
     [("ROW_CHUNKS", chunks as f64)]
 }
 
-/// One attention.wgsl entry point; `_blocked` ones get their row-chunk constant for `s`.
+/// One attention.wgsl entry point; `_blocked` ones get their row-chunk constant for `s`, and
+/// on the subgroup path (where the adapter runs subgroup kernels) come from
+/// attention_subgroup.wgsl, whose versions share the streamed rows by subgroupBroadcast.
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     gpu: &Gpu,
     entry: &'static str,
+    path: KernelPath,
     s: &Attention,
     params: &Params,
     buffers: &[&GpuBuffer],
     workgroups: usize,
     label: KernelLabel,
 ) -> Result<()> {
+    let blocked = entry.ends_with("_blocked");
+    let shared = blocked && path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
     let d = Dispatch {
-        shader: &SHADER,
+        shader: if shared { &SUBGROUP_SHADER } else { &SHADER },
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid(workgroups as u32),
         label,
     };
-    if entry.ends_with("_blocked") {
+    if blocked {
         gpu.dispatch_specialized(d, &row_chunks(s))
     } else {
         gpu.dispatch(d)
@@ -464,7 +484,7 @@ pub fn forward_path(
         flops: s.forward_flops(),
         bytes,
     };
-    dispatch(gpu, entry, s, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
+    dispatch(gpu, entry, path, s, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
     Ok(None)
 }
 
@@ -552,6 +572,7 @@ pub fn backward_path(
     dispatch(
         gpu,
         "backward_prepare",
+        path,
         s,
         &p,
         &[q, k, v, mask, out, lse, d_out, &stats],
@@ -572,6 +593,7 @@ pub fn backward_path(
         dispatch(
             gpu,
             if lanes { "backward_dq_lanes" } else { "backward_dq_blocked" },
+            path,
             s,
             &p,
             &[q, k, v, mask, out, lse, d_out, &stats, dq],
@@ -602,11 +624,29 @@ pub fn backward_path(
     let workgroups = s.kv_batch * s.heads * splits * tiles;
     let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { "backward_dkdv_blocked" };
     if splits == 1 {
-        return dispatch(gpu, dkdv_entry, s, &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], workgroups, label);
+        return dispatch(
+            gpu,
+            dkdv_entry,
+            path,
+            s,
+            &p,
+            &[q, k, v, mask, out, lse, d_out, &stats, dk, dv],
+            workgroups,
+            label,
+        );
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(gpu, dkdv_entry, s, &p, &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v], workgroups, label)?;
+    dispatch(
+        gpu,
+        dkdv_entry,
+        path,
+        s,
+        &p,
+        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v],
+        workgroups,
+        label,
+    )?;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",
@@ -617,6 +657,7 @@ pub fn backward_path(
     dispatch(
         gpu,
         "backward_reduce",
+        path,
         s,
         &p,
         &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv],
