@@ -166,9 +166,10 @@ fn key_mask(rng: &mut Rng, s: &Attention, blank_batch: bool) -> Vec<usize> {
 }
 
 /// Forward + lse + backward + finite differences of one shape through `check`, on every kernel
-/// path of the adapter: the fused kernels under `path` (`Auto` stands for the fused kernel it
-/// would pick, since on CPU adapters it picks products), and for `Auto` and `Blocked` the
-/// products method too.
+/// path: the fused kernels under `path` (`Auto` stands for the fused kernel it would pick,
+/// since on the registers path it picks products), and for `Auto` and `Blocked` the products
+/// method too. The subgroup path runs on adapters without subgroups as well, where its
+/// launchers fall back to attention.wgsl's kernels and the register matmul.
 fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: ForwardPath, seed: u64) {
     let fused = match path {
         ForwardPath::Auto if s.kv_len > attention::FEW_KEYS => ForwardPath::Blocked,
@@ -178,7 +179,7 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
     if matches!(path, ForwardPath::Auto | ForwardPath::Blocked) {
         methods.push((ForwardPath::Products, BackwardPath::Products));
     }
-    for kernels in common::gpu().kernel_paths() {
+    for kernels in KernelPath::ALL {
         for &(forward, backward) in &methods {
             check_attention_on(name, s, mask.clone(), forward, backward, kernels, seed);
         }
