@@ -418,8 +418,9 @@ pub fn forward_with(gpu: &Gpu, io: &AttentionIo, shape: &Attention, path: Kernel
 
 /// [`forward`] with the forward kernel and the kernel path chosen by the caller (tests and
 /// benches compare them). The registers and subgroup paths run the register-blocked kernels
-/// (four rows per invocation; their streamed rows are uniform loads, which lavapipe already
-/// makes one load per subgroup); the tiled path spreads each row over lanes.
+/// (four rows per invocation, eight rows of the other side streamed per step: loaded by every
+/// invocation on the registers path, by one each and shared by subgroupBroadcast on the
+/// subgroup path); the tiled path spreads each row over lanes.
 pub fn forward_path(
     gpu: &Gpu,
     io: &AttentionIo,
