@@ -45,10 +45,9 @@ pub(crate) enum Op {
     Unary { op: UnaryOp, x: Tensor },
     /// f(x[rows, c] + bias[c]); saved product and bias (the pre-activation is recomputed).
     BiasAct { op: UnaryOp, x: Tensor, bias: Tensor, rows: usize, c: usize },
-    /// x[rows, c] + bias[c] + residual[rows, c].
-    BiasResidual { rows: usize, c: usize },
-    /// Batched matmul of a and b.
-    Matmul { a: Tensor, b: Tensor, spec: Matmul, bias: bool },
+    /// Batched matmul of a and b; with `bias`, plus a Linear's bias (input 2) added in its
+    /// epilogue; with `residual` as well, plus a residual (input 3) it accumulated onto.
+    Matmul { a: Tensor, b: Tensor, spec: Matmul, bias: bool, residual: bool },
     /// Same data, new shape.
     Reshape { from: Vec<usize> },
     /// Axis permutation; `perm[i]` is the input axis of output axis i.
@@ -324,12 +323,7 @@ fn backward_rule(
             let db = if wants(1) { Some(sum_rows(&dz, *rows, *c)?) } else { None };
             vec![Some(dz), db]
         }
-        Op::BiasResidual { rows, c } => {
-            // y = x + bias + r:  dx = g;  dbias = sum over rows of g;  dr = g
-            let db = if wants(1) { Some(sum_rows(g, *rows, *c)?) } else { None };
-            vec![Some(reshape_raw(g, inputs[0].shape())), db, Some(reshape_raw(g, inputs[2].shape()))]
-        }
-        Op::Matmul { a, b, spec, bias } => {
+        Op::Matmul { a, b, spec, bias, residual } => {
             // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).
             let da = if wants(0) {
                 // A stored [M,K] (or [K,M] when trans_a): dA = dC B^T (or its transpose B dC^T).
@@ -446,6 +440,10 @@ fn backward_rule(
                 // A Linear's bias added in the product's epilogue: its gradient is the sum of
                 // g over the rows (the product is a single [M, N] matrix then).
                 let dbias = if wants(2) { Some(sum_rows(g, spec.batch * spec.m, spec.n)?) } else { None };
+                if *residual {
+                    // out = residual + product + bias: the residual's gradient is g itself.
+                    return Ok(vec![da, db, dbias, Some(reshape_raw(g, inputs[3].shape()))]);
+                }
                 return Ok(vec![da, db, dbias]);
             }
             vec![da, db]

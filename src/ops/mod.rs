@@ -154,7 +154,12 @@ impl Tensor {
         shape.extend([m, n]);
         let out = self.gpu().alloc(numel(&shape))?;
         matmul::matmul(self.gpu(), self.buffer(), other.buffer(), &out, &spec)?;
-        Ok(record(out, shape, || Op::Matmul { a: self.clone(), b: other.clone(), spec, bias: false }, &[self, other]))
+        Ok(record(
+            out,
+            shape,
+            || Op::Matmul { a: self.clone(), b: other.clone(), spec, bias: false, residual: false },
+            &[self, other],
+        ))
     }
 
     /// A PyTorch `Linear`: `self · weightᵀ + bias` with weight `[out, in]`, over the last axis;
@@ -180,20 +185,25 @@ impl Tensor {
     }
 
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
-    /// transformer block's output projections), the bias and the sum in one pass.
+    /// transformer block's output projections) in one pass over the output: the residual is
+    /// copied into the output buffer and the product's epilogue adds the bias and accumulates
+    /// onto it, so no pass reads the product back.
     pub fn linear_residual(&self, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (y, shape) = self.linear_product(weight, None)?;
-        let (rows, c) = rows_cols(y.shape());
-        check_bias(bias, y.shape())?;
+        let (spec, shape) = self.linear_spec(weight)?;
+        check_bias(bias, &[spec.m, spec.n])?;
         if residual.shape() != shape.as_slice() {
             return Err(Error::Shape(format!(
                 "a residual of shape {:?} cannot be added to a linear layer's output of shape {shape:?}",
                 residual.shape()
             )));
         }
-        let out = self.gpu().alloc(y.numel())?;
-        elementwise::bias_residual(self.gpu(), y.buffer(), bias.buffer(), residual.buffer(), &out, rows, c)?;
-        Ok(record(out, shape, || Op::BiasResidual { rows, c }, &[&y, bias, residual]))
+        let gpu = self.gpu();
+        let out = gpu.alloc(spec.out_len())?;
+        gpu.copy_region(residual.buffer(), 0, &out, 0, spec.out_len())?;
+        let acc = Matmul { accumulate: true, ..spec };
+        matmul::matmul_bias(gpu, self.buffer(), weight.buffer(), bias.buffer(), &out, &acc)?;
+        let op = || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: true };
+        Ok(record(out, shape, op, &[self, weight, bias, residual]))
     }
 
     /// The product of a Linear, `[rows, out]` (with `bias` added in its epilogue when given),
@@ -250,13 +260,13 @@ impl Tensor {
             Some(b) => record(
                 out,
                 shape,
-                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true },
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: false },
                 &[self, weight, b],
             ),
             None => record(
                 out,
                 shape,
-                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false },
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false, residual: false },
                 &[self, weight],
             ),
         }
