@@ -3,13 +3,18 @@ tests/reference/vlsa_ref.py, in float32) and in vlsa (the examples/model_time.rs
 same configuration and batch sizes, in one run, and prints the time ratios.
 
 Usage (from the repository root; needs `pip install torch`):
-    python3 benches/compare_model.py [--config configs/fundus-tiny.json] [--batches 1 8] [--reps 3]
+    python3 benches/compare_model.py [--config configs/fundus-tiny.json] [--batches 1 8] [--reps 3] [--rounds 1]
+With --rounds R the two sides are measured R times in turn (PyTorch, vlsa, PyTorch, ...), one
+line per round, then the median of the per-round ratios: on a machine whose speed drifts from
+minute to minute, a ratio of two measurements taken back to back is steadier than one of
+medians taken minutes apart.
 CARGO_TARGET_DIR, VLSA_ADAPTER and WGPU_BACKEND are passed through to cargo.
 Both sides run on this machine's CPU cores (vlsa through lavapipe when there is no GPU).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -64,6 +69,7 @@ def main():
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--release", action="store_true", help="build the vlsa side with --release")
+    ap.add_argument("--rounds", type=int, default=1, help="measure both sides this many times in turn")
     args = ap.parse_args()
     with open(args.config) as f:
         cfg = with_defaults(json.load(f))
@@ -71,12 +77,18 @@ def main():
     print(f"{'batch':>5} {'torch fwd ms':>12} {'vlsa fwd ms':>12} {'ratio':>6} | {'torch step ms':>13} {'vlsa step ms':>12} {'ratio':>6} | "
           f"{'img/s fwd t/v':>14} {'img/s step t/v':>15} | dispatches fwd/step | submits fwd/step")
     for b in args.batches:
-        tf, tt = torch_times(cfg, b, args.reps)
-        v = vlsa_times(args.config, b, args.reps, args.release)
-        ips = lambda ms: 1000.0 * b / ms
-        print(f"{b:>5} {tf:>12.1f} {v['forward_ms']:>12.1f} {v['forward_ms'] / tf:>6.2f} | {tt:>13.1f} {v['train_ms']:>12.1f} {v['train_ms'] / tt:>6.2f} | "
-              f"{ips(tf):>6.2f}/{ips(v['forward_ms']):<7.2f} {ips(tt):>6.2f}/{ips(v['train_ms']):<8.2f} | "
-              f"{int(v['forward_dispatches'])}/{int(v['train_dispatches'])} | {int(v['forward_submits'])}/{int(v['train_submits'])}")
+        ratios = []
+        for _ in range(max(1, args.rounds)):
+            tf, tt = torch_times(cfg, b, args.reps)
+            v = vlsa_times(args.config, b, args.reps, args.release)
+            ratios.append((v["forward_ms"] / tf, v["train_ms"] / tt))
+            ips = lambda ms: 1000.0 * b / ms
+            print(f"{b:>5} {tf:>12.1f} {v['forward_ms']:>12.1f} {v['forward_ms'] / tf:>6.2f} | {tt:>13.1f} {v['train_ms']:>12.1f} {v['train_ms'] / tt:>6.2f} | "
+                  f"{ips(tf):>6.2f}/{ips(v['forward_ms']):<7.2f} {ips(tt):>6.2f}/{ips(v['train_ms']):<8.2f} | "
+                  f"{int(v['forward_dispatches'])}/{int(v['train_dispatches'])} | {int(v['forward_submits'])}/{int(v['train_submits'])}", flush=True)
+        if len(ratios) > 1:
+            fwd, step = (statistics.median(r[i] for r in ratios) for i in (0, 1))
+            print(f"batch {b}, {len(ratios)} rounds: median ratio forward {fwd:.2f}, step {step:.2f}")
     print("ratio = vlsa time / torch time (below 1: vlsa faster). step = forward + loss + backward (no optimizer).")
     print("img/s t/v = images per second of torch / of vlsa.")
 
