@@ -383,12 +383,19 @@ pub struct ModelProfile {
     pub dispatches: u64,
     /// Submits made by one unprofiled pass (its final sync included).
     pub submits: u64,
-    /// Host wall time of one unprofiled pass, synced at its end, in ms.
+    /// Host wall time of an unprofiled pass, synced at its end, in ms: the median of
+    /// [`WALL_PASSES`] passes.
     pub wall_ms: f64,
+    /// The fastest and slowest of those passes, in ms (a software GPU's speed drifts between
+    /// passes: one pass alone can be off by half).
+    pub wall_range_ms: (f64, f64),
 }
 
+/// Unprofiled passes [`profile_model`] times for its wall-clock figure.
+pub const WALL_PASSES: usize = 3;
+
 /// Profiles one forward (and optionally loss + backward) of `model` on a random batch, after
-/// one untimed warm-up pass that compiles the pipelines.
+/// one untimed warm-up pass that compiles the pipelines and [`WALL_PASSES`] timed unprofiled ones.
 pub fn profile_model(
     model: &crate::model::Model,
     batch: usize,
@@ -427,12 +434,21 @@ pub fn profile_model(
         Ok(())
     };
     run(false)?;
-    // One unprofiled pass, counted and timed as training runs it.
+    // Unprofiled passes, counted and timed as training runs them; every pass records the same
+    // dispatches and submits, counted over the first.
+    let mut walls = Vec::with_capacity(WALL_PASSES);
+    let (mut d1, mut s1) = (0, 0);
     let (d0, s0) = gpu.counters();
-    let start = std::time::Instant::now();
-    run(false)?;
-    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    let (d1, s1) = gpu.counters();
+    for pass in 0..WALL_PASSES {
+        let start = std::time::Instant::now();
+        run(false)?;
+        walls.push(start.elapsed().as_secs_f64() * 1e3);
+        if pass == 0 {
+            (d1, s1) = gpu.counters();
+        }
+    }
+    walls.sort_by(f64::total_cmp);
+    let (wall_ms, wall_range_ms) = (walls[walls.len() / 2], (walls[0], walls[walls.len() - 1]));
     gpu.set_profiling(true)?;
     let result = run(true);
     let profile = gpu.take_profile();
@@ -448,6 +464,7 @@ pub fn profile_model(
         dispatches: d1 - d0,
         submits: s1 - s0,
         wall_ms,
+        wall_range_ms,
     })
 }
 
@@ -468,8 +485,8 @@ impl fmt::Display for ModelProfile {
         )?;
         writeln!(
             f,
-            "unprofiled pass: {} dispatches, {} submits, {:.2} ms wall (synced)",
-            self.dispatches, self.submits, self.wall_ms
+            "unprofiled pass: {} dispatches, {} submits, {:.2} ms wall (synced; median of {WALL_PASSES} passes, {:.2}-{:.2} ms)",
+            self.dispatches, self.submits, self.wall_ms, self.wall_range_ms.0, self.wall_range_ms.1
         )?;
         write!(f, "{}", self.profile.table())
     }
