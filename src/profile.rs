@@ -434,19 +434,16 @@ pub fn profile_model(
         Ok(())
     };
     run(false)?;
-    // Unprofiled passes, counted and timed as training runs them; every pass records the same
-    // dispatches and submits, counted over the first.
-    let mut walls = Vec::with_capacity(WALL_PASSES);
-    let (mut d1, mut s1) = (0, 0);
+    // Unprofiled passes, counted and timed as training runs them (every pass records the same
+    // dispatches and submits).
     let (d0, s0) = gpu.counters();
-    for pass in 0..WALL_PASSES {
-        let start = std::time::Instant::now();
-        run(false)?;
-        walls.push(start.elapsed().as_secs_f64() * 1e3);
-        if pass == 0 {
-            (d1, s1) = gpu.counters();
-        }
-    }
+    let mut walls: Vec<f64> = (0..WALL_PASSES)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            run(false).map(|()| start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<crate::Result<_>>()?;
+    let (d1, s1) = gpu.counters();
     walls.sort_by(f64::total_cmp);
     let (wall_ms, wall_range_ms) = (walls[walls.len() / 2], (walls[0], walls[walls.len() - 1]));
     gpu.set_profiling(true)?;
@@ -461,8 +458,8 @@ pub fn profile_model(
         backward,
         adapter: format!("{} ({}, {})", i.name, i.backend, i.device_type),
         profile,
-        dispatches: d1 - d0,
-        submits: s1 - s0,
+        dispatches: (d1 - d0) / WALL_PASSES as u64,
+        submits: (s1 - s0) / WALL_PASSES as u64,
         wall_ms,
         wall_range_ms,
     })

@@ -417,12 +417,11 @@ impl<'a> Em<'a> {
     }
 
     /// Responsibilities transposed times tokens, per token split: `out[b,sp] = z[b,sp]^T x[b,sp]`
-    /// for the S = `self.splits()` splits of N/S tokens, z [B,N,M], x [B,N,C], out [B,S,M,C]
+    /// for `sp` splits of N/sp tokens (`self.splits()`), z [B,N,M], x [B,N,C], out [B,sp,M,C]
     /// (M-step; gradients of mu). Consecutive token splits are consecutive in both operands, so
-    /// this is one matmul of batch B*S.
-    fn product_ztx_split(&self, z: &GpuBuffer, x: &GpuBuffer, out: &GpuBuffer) -> Result<()> {
+    /// this is one matmul of batch B*sp.
+    fn product_ztx_split(&self, sp: usize, z: &GpuBuffer, x: &GpuBuffer, out: &GpuBuffer) -> Result<()> {
         let s = &self.s;
-        let sp = self.splits();
         let op = Matmul::new(s.batch * sp, s.bases, s.width, s.tokens / sp).trans_a(true);
         matmul_with(self.gpu, z, x, out, &op, self.path)
     }
@@ -448,7 +447,7 @@ impl<'a> Em<'a> {
             return matmul_with(gpu, z, x, o.out, &op, self.path);
         }
         let partial = gpu.alloc(s.mu_len() * sp)?;
-        self.product_ztx_split(z, x, &partial)?;
+        self.product_ztx_split(sp, z, x, &partial)?;
         let mut p = Params::new(s);
         p.splits = sp as u32;
         if colsum.is_some() {
