@@ -6,7 +6,9 @@
 //!
 //! `cargo run --release --example load_paths [-- REPS]` prints one line per entry point:
 //! `ENTRY ms Gloads/s checksum` (median wall time of one dispatch of 65,536 invocations x 1024
-//! vec4 loads, with a device sync; the checksum shows both address spaces read the same table).
+//! vec4 loads, with a device sync; the checksum shows both address spaces read the same table),
+//! then `alu_ceiling ms GFLOP/s`: the same dispatch with multiply-adds on registers only, the
+//! arithmetic ceiling any product kernel on this adapter stays under.
 
 use vlsa::kernels::pipeline::Shader;
 use vlsa::kernels::{grid, Dispatch, Gpu, KernelLabel};
@@ -21,6 +23,7 @@ static SHADER: Shader = Shader {
 
 const INVOCATIONS: usize = 65_536;
 const LOADS: f64 = 1024.0;
+const ALU_STEPS: f64 = 256.0;
 
 fn main() {
     let reps: usize = std::env::args().nth(1).map(|a| a.parse().expect("usage: load_paths [REPS]")).unwrap_or(5);
@@ -46,6 +49,26 @@ fn main() {
         let sum: f64 = gpu.download(&out).unwrap().iter().map(|&v| v as f64).sum();
         println!("{entry} {ms:.2} {:.3} {sum:.6e}", INVOCATIONS as f64 * LOADS / (ms * 1e-3) / 1e9);
         sums.push(sum);
+    }
+    // The arithmetic ceiling: the same dispatch with multiply-adds only (no loads).
+    let run = || {
+        gpu.dispatch(Dispatch {
+            shader: &SHADER,
+            entry: "alu_ceiling",
+            params: bytemuck::cast_slice(&table),
+            buffers: &[&stable, &out],
+            workgroups: grid((INVOCATIONS / 64) as u32),
+            label: KernelLabel { kernel: "load_paths", shape: "alu_ceiling".into(), flops: 0, bytes: 0 },
+        })
+        .unwrap()
+    };
+    let ms = median_ms(run, &gpu, reps);
+    let flops = INVOCATIONS as f64 * ALU_STEPS * 8.0 * 16.0 * 2.0;
+    let finite = gpu.download(&out).unwrap().iter().all(|v| v.is_finite());
+    println!("alu_ceiling {ms:.2} {:.1} GFLOP/s", flops / (ms * 1e-3) / 1e9);
+    if !finite {
+        eprintln!("load_paths: alu_ceiling produced a non-finite value");
+        std::process::exit(1);
     }
     // Each pair reads the same table through the two address spaces: the same sums, bit for bit.
     if sums[0] != sums[1] || sums[2] != sums[3] {

@@ -59,3 +59,28 @@ fn storage_uniform(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     out[gid.x] = dot(acc, vec4<f32>(1.0)) + f32(gid.x);
 }
+
+// alu_ceiling: no loads at all, only multiply-adds on registers: what the adapter's compiler
+// attains on arithmetic alone, the ceiling for any product kernel. Four vec4 accumulators per
+// invocation (16 floats, within the x86 vector register file on lavapipe), 8 dependent
+// multiply-adds on each per loop step, ALU_STEPS steps: 65,536 x 256 x 8 x 16 multiply-adds.
+const ALU_STEPS: u32 = 256u;
+
+@compute @workgroup_size(64)
+fn alu_ceiling(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let x = f32(gid.x & 7u) * 1e-3;
+    let m = vec4<f32>(0.999 - x, 0.998, 0.997 + x, 0.996);
+    let c = vec4<f32>(x, 0.001, 0.002, 0.003);
+    var a0 = vec4<f32>(x); var a1 = vec4<f32>(1.0 + x); var a2 = vec4<f32>(2.0); var a3 = vec4<f32>(3.0 - x);
+    for (var i = 0u; i < ALU_STEPS; i++) {
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+    }
+    out[gid.x] = dot(a0 + a1 + a2 + a3, vec4<f32>(1.0));
+}

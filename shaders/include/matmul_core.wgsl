@@ -179,9 +179,11 @@ const LANE_COLS: u32 = 4u;  // blocks per workgroup along N
 alias Row = array<vec4<f32>, 8>;     // one output row of a block: columns col0 + 4q .. + 4
 alias Slice = array<vec4<f32>, 32>;  // A slice: [r] = A[row0 + r, k..k+4]; B slice: [8u + q] = B[k + u, col0 + 4q..]
 
-// c[q] += sum over u of a[u] * B[k + u, col0 + 4q .. + 4], as a chain of fused multiply-adds:
-// lavapipe compiles `x * y + z` to a separate multiply and add (seen in its JIT code); with
-// `fma` both register kernels ran 8-10% faster at 1024^3 (AMD EPYC Zen 4, one run).
+// c[q] += sum over u of a[u] * B[k + u, col0 + 4q .. + 4], as a chain of `fma`. GPUs fuse
+// them; lavapipe (Mesa 22.3) does not: its compiler options lower every ffma into a multiply and
+// an add, and the subgroup kernel's JIT code holds no fused instruction (README "Matmul paths").
+// The 8-10% once measured for `fma` over `x * y + z` (register kernels, Zen 4, one run) was
+// therefore not fusion.
 fn fma_row(c: ptr<function, Row>, a: vec4<f32>, b: ptr<function, Slice>) {
     let ax = vec4<f32>(a.x);
     let ay = vec4<f32>(a.y);
