@@ -1,7 +1,8 @@
 """What bounds the Dice of a fundus model on 128-pixel renderings (weights/vlsa-fundus-tiny.md,
 "Two-pass refinement"). For a data set's masks it prints:
 - the disc's diameter and rim width in pixels (5th, 50th, 95th percentiles);
-- the Dice of each true mask moved by one pixel (across, then diagonally) against itself;
+- the Dice of each true mask moved by one pixel (across, then diagonally) against itself, per
+  class and for the whole disc (classes 1 and 2, as `vlsa eval --region whole-disc=1,2`);
 - the Dice reached by the best logits on a G x G grid (G = 16: 128 px / patch 8), fitted per
   image by gradient descent (Adam, cross-entropy + soft Dice) through the model's bilinear
   upsampling and argmax: what the mask head could give with perfect features.
@@ -41,7 +42,13 @@ def main():
     for name, (dy, dx) in [("one pixel across", (0, 1)), ("one pixel diagonally", (1, 1))]:
         moved = np.roll(np.roll(masks, dy, 1), dx, 2)
         d = [np.mean([dice(m == c, s == c) for c in range(1, k)]) for m, s in zip(masks, moved)]
-        print(f"true mask moved {name}: Dice {np.mean(d):.3f}")
+        rim_d = np.mean([dice(m == 1, s == 1) for m, s in zip(masks, moved)])
+        whole = np.mean([dice(m > 0, s > 0) for m, s in zip(masks, moved)])
+        cup_d = np.mean([dice(m == 2, s == 2) for m, s in zip(masks, moved)])
+        print(
+            f"true mask moved {name}: Dice {np.mean(d):.3f} (rim {rim_d:.3f}, cup {cup_d:.3f});"
+            f" whole disc {whole:.3f}, whole disc/cup mean {(whole + cup_d) / 2:.3f}"
+        )
     torch.manual_seed(0)
     target = torch.tensor(masks).long()
     size = target.shape[-1]

@@ -62,7 +62,13 @@ train_one() { # task variant steps out-model [train flags] [config, else the var
     --val-every 50 --checkpoint-every 50 --log-every 25 \
     --out "$dir/checkpoint.safetensors" --export "$out"
   "$V" eval --model "$out" --data "$DATA/$task-A-test" --data "$DATA/$task-B-test" \
-    --data "$DATA/$task-C-test" --data "$DATA/$task-D-test" --json "$dir/eval.json"
+    --data "$DATA/$task-C-test" --data "$DATA/$task-D-test" --json "$dir/eval.json" $(regions_of "$task")
+}
+
+# Fundus models are also scored as the fundus literature does: the whole disc (rim and cup) and
+# the cup (README, "Evaluation"). Names without spaces, so the flags survive word splitting.
+regions_of() { # task -> extra vlsa eval flags
+  if [ "$1" = fundus ]; then echo "--region whole-disc=1,2 --region cup=2"; fi
 }
 
 case "${1:-}" in
@@ -107,7 +113,7 @@ case "${1:-}" in
           --seed "$3" $flag --data "$DATA/$task-A-train" --steps "$SEED_STEPS" --val-every 100000 \
           --checkpoint-every 100000 --log-every 10 --out "$dir/checkpoint.safetensors" --export "$dir/model.safetensors" &&
         "$V" eval --model "$dir/model.safetensors" --data "$DATA/$task-A-fresh" --data "$DATA/$task-B-fresh" \
-          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "$SEED_OUT/$name.eval.json"
+          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "$SEED_OUT/$name.eval.json" $(regions_of "$task")
       } > "$dir/log.txt" 2>&1
     }
     # Seed-major order: an interrupted set still has whole seeds of every variant.

@@ -7,6 +7,12 @@
 //! is skipped for that class, neither rewarding nor punishing it. A data set's mean is the mean
 //! over its foreground classes; the mean over data sets (domains) averages each class, and the
 //! overall mean, over the data sets where they are defined.
+//!
+//! A [`Region`] is a union of foreground classes scored as one (`vlsa eval --region`): where
+//! classes nest, as the optic cup inside the optic disc, the usual measure of the outer structure
+//! is the union ("optic disc" = disc rim and cup), while the model's class 1 is the rim alone.
+//! Regions are scored the same way as classes (per image, skipped where empty in both) and
+//! reported beside them, with their own mean; the per-class Dice and mean are unchanged.
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +60,79 @@ pub fn overlaps(predicted: &[u8], truth: &[u8], classes: usize) -> Vec<Overlap> 
     out
 }
 
+/// A union of foreground classes scored as one structure (`vlsa eval --region NAME=CLASSES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// Its name in the table and JSON.
+    pub name: String,
+    /// The classes it joins (indices ≥ 1, ascending, no repeats).
+    pub classes: Vec<u8>,
+}
+
+impl Region {
+    /// Parses `NAME=C[,C...]`, each C a class index or a class name of `classes` (background
+    /// first), e.g. `optic disc=1,2` or `optic disc=optic disc,optic cup`.
+    pub fn parse(spec: &str, classes: &[String]) -> Result<Region> {
+        let bad = |why: String| Error::Invalid(format!("--region {spec:?}: {why}"));
+        let (name, list) =
+            spec.split_once('=').ok_or_else(|| bad("expected NAME=CLASSES, e.g. \"optic disc=1,2\"".into()))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(bad("the region has no name before '='".into()));
+        }
+        let mut members = Vec::new();
+        for item in list.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(bad("an empty class in the list after '='".into()));
+            }
+            let index = match item.parse::<usize>() {
+                Ok(i) => i,
+                Err(_) => classes.iter().position(|c| c == item).ok_or_else(|| {
+                    bad(format!("{item:?} is not one of the model's classes ({})", classes.join(", ")))
+                })?,
+            };
+            if index == 0 || index >= classes.len() {
+                return Err(bad(format!(
+                    "class {index} is not a foreground class of the model (1..={})",
+                    classes.len().saturating_sub(1)
+                )));
+            }
+            if members.contains(&(index as u8)) {
+                return Err(bad(format!("class {index} ({}) is listed twice", classes[index])));
+            }
+            members.push(index as u8);
+        }
+        members.sort_unstable();
+        Ok(Region { name: name.to_string(), classes: members })
+    }
+
+    /// Parses several specifications, refusing two regions of the same name.
+    pub fn parse_all(specs: &[String], classes: &[String]) -> Result<Vec<Region>> {
+        let mut regions: Vec<Region> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let r = Region::parse(spec, classes)?;
+            if regions.iter().any(|q| q.name == r.name) {
+                return Err(Error::Invalid(format!("--region {spec:?}: a region named {:?} is already given", r.name)));
+            }
+            regions.push(r);
+        }
+        Ok(regions)
+    }
+
+    /// Pixel counts of the region in one image.
+    pub fn overlap(&self, predicted: &[u8], truth: &[u8]) -> Overlap {
+        assert_eq!(predicted.len(), truth.len(), "prediction and truth must have the same number of pixels");
+        let mut o = Overlap::default();
+        for (&p, &t) in predicted.iter().zip(truth) {
+            let (p, t) = (self.classes.contains(&p), self.classes.contains(&t));
+            o.predicted += p as u64;
+            o.truth += t as u64;
+            o.intersection += (p && t) as u64;
+        }
+        o
+    }
+}
+
 /// Dice of one data set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalResult {
@@ -70,6 +149,12 @@ pub struct EvalResult {
     pub counted: Vec<usize>,
     /// Mean of the foreground classes' Dice (those defined).
     pub mean: Option<f64>,
+    /// Mean Dice over images of each region evaluated (empty without regions).
+    pub region_dice: Vec<Option<f64>>,
+    /// Images in which each region has a Dice.
+    pub region_counted: Vec<usize>,
+    /// Mean of the regions' Dice (those defined); None without regions.
+    pub region_mean: Option<f64>,
 }
 
 fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
@@ -79,12 +164,25 @@ fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
 
 /// Dice of predictions against truths, image by image (same order, same sizes).
 pub fn evaluate_predictions(name: &str, classes: &[String], predicted: &[Mask], truth: &[Mask]) -> Result<EvalResult> {
+    evaluate_predictions_with_regions(name, classes, &[], predicted, truth)
+}
+
+/// [`evaluate_predictions`], also scoring each of `regions`.
+pub fn evaluate_predictions_with_regions(
+    name: &str,
+    classes: &[String],
+    regions: &[Region],
+    predicted: &[Mask],
+    truth: &[Mask],
+) -> Result<EvalResult> {
     if predicted.len() != truth.len() {
         return Err(Error::Invalid(format!("{name}: {} predictions for {} masks", predicted.len(), truth.len())));
     }
     let k = classes.len();
     let mut sums = vec![0.0f64; k.saturating_sub(1)];
     let mut counted = vec![0usize; k.saturating_sub(1)];
+    let mut region_sums = vec![0.0f64; regions.len()];
+    let mut region_counted = vec![0usize; regions.len()];
     for (i, (p, t)) in predicted.iter().zip(truth).enumerate() {
         if (p.width, p.height) != (t.width, t.height) {
             return Err(Error::Invalid(format!(
@@ -98,10 +196,29 @@ pub fn evaluate_predictions(name: &str, classes: &[String], predicted: &[Mask], 
                 counted[c - 1] += 1;
             }
         }
+        for (j, r) in regions.iter().enumerate() {
+            if let Some(d) = r.overlap(&p.labels, &t.labels).dice() {
+                region_sums[j] += d;
+                region_counted[j] += 1;
+            }
+        }
     }
-    let dice: Vec<Option<f64>> = sums.iter().zip(&counted).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
-    let mean = mean(dice.iter().copied());
-    Ok(EvalResult { name: name.to_string(), classes: classes.to_vec(), images: truth.len(), dice, counted, mean })
+    let average = |sums: &[f64], counted: &[usize]| -> Vec<Option<f64>> {
+        sums.iter().zip(counted).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect()
+    };
+    let dice = average(&sums, &counted);
+    let region_dice = average(&region_sums, &region_counted);
+    Ok(EvalResult {
+        name: name.to_string(),
+        classes: classes.to_vec(),
+        images: truth.len(),
+        mean: mean(dice.iter().copied()),
+        dice,
+        counted,
+        region_mean: mean(region_dice.iter().copied()),
+        region_dice,
+        region_counted,
+    })
 }
 
 /// Class per pixel (argmax over K of the upsampled logits, on the GPU) of each image, resized
@@ -123,6 +240,17 @@ pub fn evaluate_with_progress(
     batch: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<EvalResult> {
+    evaluate_regions_with_progress(model, dataset, batch, &[], progress)
+}
+
+/// [`evaluate_with_progress`], also scoring each of `regions`.
+pub fn evaluate_regions_with_progress(
+    model: &Model,
+    dataset: &Dataset,
+    batch: usize,
+    regions: &[Region],
+    progress: &mut dyn FnMut(usize),
+) -> Result<EvalResult> {
     if batch == 0 {
         return Err(Error::Invalid("the evaluation batch size must be at least 1".into()));
     }
@@ -142,7 +270,13 @@ pub fn evaluate_with_progress(
         progress(predicted.len());
     }
     let truth: Vec<Mask> = dataset.samples.iter().map(|s| s.mask.clone()).collect();
-    evaluate_predictions(&dataset.root.display().to_string(), &model.config.classes, &predicted, &truth)
+    evaluate_predictions_with_regions(
+        &dataset.root.display().to_string(),
+        &model.config.classes,
+        regions,
+        &predicted,
+        &truth,
+    )
 }
 
 /// Dice on several data sets (domains) and the mean over them.
@@ -158,15 +292,38 @@ pub struct EvalReport {
     pub mean_dice: Vec<Option<f64>>,
     /// Mean over data sets of their mean Dice.
     pub mean: Option<f64>,
+    /// The regions scored (empty without `--region`).
+    pub regions: Vec<Region>,
+    /// Mean over data sets of each region's Dice.
+    pub mean_region_dice: Vec<Option<f64>>,
+    /// Mean over data sets of their regions' mean Dice.
+    pub region_mean: Option<f64>,
 }
 
 impl EvalReport {
     /// Combines per-data-set results (same classes).
     pub fn new(model: &str, classes: &[String], results: Vec<EvalResult>) -> EvalReport {
+        EvalReport::with_regions(model, classes, &[], results)
+    }
+
+    /// Combines per-data-set results (same classes, scored on the same `regions`).
+    pub fn with_regions(model: &str, classes: &[String], regions: &[Region], results: Vec<EvalResult>) -> EvalReport {
         let foreground = classes.len().saturating_sub(1);
         let mean_dice = (0..foreground).map(|c| mean(results.iter().map(|r| r.dice[c]))).collect();
         let overall = mean(results.iter().map(|r| r.mean));
-        EvalReport { model: model.to_string(), classes: classes.to_vec(), results, mean_dice, mean: overall }
+        let mean_region_dice =
+            (0..regions.len()).map(|j| mean(results.iter().map(|r| r.region_dice.get(j).copied().flatten()))).collect();
+        let region_mean = mean(results.iter().map(|r| r.region_mean));
+        EvalReport {
+            model: model.to_string(),
+            classes: classes.to_vec(),
+            results,
+            mean_dice,
+            mean: overall,
+            regions: regions.to_vec(),
+            mean_region_dice,
+            region_mean,
+        }
     }
 
     /// The table printed by `vlsa eval`.
@@ -174,28 +331,59 @@ impl EvalReport {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |d| format!("{d:.4}"));
         let names: Vec<&str> = self.results.iter().map(|r| r.name.as_str()).collect();
         let first = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(24);
-        let widths: Vec<usize> = self.classes[1..].iter().map(|c| c.chars().count().max(8)).collect();
+        let width = |name: &str| name.chars().count().max(8);
+        let widths: Vec<usize> = self.classes[1..].iter().map(|c| width(c)).collect();
+        let region_widths: Vec<usize> = self.regions.iter().map(|r| width(&r.name)).collect();
+        let regions = !self.regions.is_empty();
         let mut out = format!(
             "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped)\n",
             self.model
         );
+        if regions {
+            out += "regions: ";
+            out += &self
+                .regions
+                .iter()
+                .map(|r| {
+                    let members: Vec<&str> = r.classes.iter().map(|&c| self.classes[c as usize].as_str()).collect();
+                    format!("{} = {}", r.name, members.join(" + "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            out += "\n";
+        }
         out += &format!("{:<first$}  {:>6}", "data set", "images");
         for (c, w) in self.classes[1..].iter().zip(&widths) {
             out += &format!("  {c:>w$}");
         }
-        out += &format!("  {:>8}\n", "mean");
-        let mut row = |name: &str, images: String, dice: &[Option<f64>], m: Option<f64>| {
+        out += &format!("  {:>8}", "mean");
+        for (r, w) in self.regions.iter().zip(&region_widths) {
+            out += &format!("  {:>w$}", r.name);
+        }
+        if regions {
+            out += &format!("  {:>12}", "regions mean");
+        }
+        out += "\n";
+        let mut row = |name: &str, images: String, dice: &[Option<f64>], m: Option<f64>, rd: &[Option<f64>], rm| {
             out += &format!("{name:<first$}  {images:>6}");
             for (d, w) in dice.iter().zip(&widths) {
                 out += &format!("  {:>w$}", fmt(*d));
             }
-            out += &format!("  {:>8}\n", fmt(m));
+            out += &format!("  {:>8}", fmt(m));
+            for (d, w) in rd.iter().zip(&region_widths) {
+                out += &format!("  {:>w$}", fmt(*d));
+            }
+            if regions {
+                out += &format!("  {:>12}", fmt(rm));
+            }
+            out += "\n";
         };
         for r in &self.results {
-            row(&r.name, r.images.to_string(), &r.dice, r.mean);
+            row(&r.name, r.images.to_string(), &r.dice, r.mean, &r.region_dice, r.region_mean);
         }
         if self.results.len() > 1 {
-            row(&format!("mean over {} data sets", self.results.len()), String::new(), &self.mean_dice, self.mean);
+            let name = format!("mean over {} data sets", self.results.len());
+            row(&name, String::new(), &self.mean_dice, self.mean, &self.mean_region_dice, self.region_mean);
         }
         out
     }
@@ -205,7 +393,7 @@ impl EvalReport {
         let per_class = |dice: &[Option<f64>]| -> serde_json::Map<String, serde_json::Value> {
             self.classes[1..].iter().zip(dice).map(|(c, d)| (c.clone(), serde_json::json!(d))).collect()
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "model": self.model,
             "classes": self.classes,
             "dice": "per image 2|P∩T|/(|P|+|T|) at the image's size, averaged over images; an image where a class is in neither prediction nor truth is skipped for that class",
@@ -217,7 +405,36 @@ impl EvalReport {
                 "mean": r.mean,
             })).collect::<Vec<_>>(),
             "mean_over_datasets": {"dice": per_class(&self.mean_dice), "mean": self.mean},
-        })
+        });
+        if !self.regions.is_empty() {
+            // Only with --region, so that reports without regions keep their exact form.
+            let per_region = |dice: &[Option<f64>]| -> serde_json::Map<String, serde_json::Value> {
+                self.regions.iter().zip(dice).map(|(r, d)| (r.name.clone(), serde_json::json!(d))).collect()
+            };
+            json["regions"] = self
+                .regions
+                .iter()
+                .map(|r| {
+                    let members: Vec<&str> = r.classes.iter().map(|&c| self.classes[c as usize].as_str()).collect();
+                    (r.name.clone(), serde_json::json!(members))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            for (d, r) in json["datasets"].as_array_mut().expect("an array").iter_mut().zip(&self.results) {
+                d["region_dice"] = per_region(&r.region_dice).into();
+                d["region_counted"] = self
+                    .regions
+                    .iter()
+                    .zip(&r.region_counted)
+                    .map(|(q, n)| (q.name.clone(), serde_json::json!(n)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                d["region_mean"] = serde_json::json!(r.region_mean);
+            }
+            json["mean_over_datasets"]["region_dice"] = per_region(&self.mean_region_dice).into();
+            json["mean_over_datasets"]["region_mean"] = serde_json::json!(self.region_mean);
+        }
+        json
     }
 }
 
@@ -238,15 +455,16 @@ fn declared_classes(dir: &Path) -> Result<Option<Vec<String>>> {
 
 /// Loads each folder and evaluates `model` on it (what `vlsa eval` runs).
 pub fn evaluate_folders(model: &Model, dirs: &[PathBuf], batch: usize) -> Result<EvalReport> {
-    evaluate_folders_with_progress(model, dirs, batch, &mut |_, _, _| {})
+    evaluate_folders_with_progress(model, dirs, batch, &[], &mut |_, _, _| {})
 }
 
-/// [`evaluate_folders`], calling `progress(folder, images done, images in the folder)` after
-/// each batch.
+/// [`evaluate_folders`] with `regions` scored too, calling `progress(folder, images done, images
+/// in the folder)` after each batch.
 pub fn evaluate_folders_with_progress(
     model: &Model,
     dirs: &[PathBuf],
     batch: usize,
+    regions: &[Region],
     progress: &mut dyn FnMut(&Path, usize, usize),
 ) -> Result<EvalReport> {
     let classes = &model.config.classes;
@@ -267,7 +485,9 @@ pub fn evaluate_folders_with_progress(
         // Masks are read without a class limit so that a mismatch is reported against the model.
         let dataset = Dataset::load(dir, 256)?;
         let total = dataset.len();
-        results.push(evaluate_with_progress(model, &dataset, batch, &mut |done| progress(dir, done, total))?);
+        results.push(evaluate_regions_with_progress(model, &dataset, batch, regions, &mut |done| {
+            progress(dir, done, total)
+        })?);
     }
-    Ok(EvalReport::new("model", classes, results))
+    Ok(EvalReport::with_regions("model", classes, regions, results))
 }

@@ -335,6 +335,11 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         batch: u64,
+        /// Also score a union of classes as one structure: NAME=CLASSES, the classes by index or
+        /// name, comma-separated (e.g. "optic disc=1,2": the whole disc, rim and cup); repeat
+        /// for more. Reported beside the classes, with their own mean.
+        #[arg(long, value_name = "NAME=CLASSES")]
+        region: Vec<String>,
         /// No progress line (one is shown only when stderr is a terminal).
         #[arg(long, short)]
         quiet: bool,
@@ -893,7 +898,14 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &Path, seed: 
     Ok(())
 }
 
-fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet: bool) -> CliResult {
+fn eval(
+    model: &Path,
+    data: &[PathBuf],
+    json: Option<&Path>,
+    batch: usize,
+    regions: &[String],
+    quiet: bool,
+) -> CliResult {
     if let Some(path) = json {
         check_output("--json", path)?;
     }
@@ -904,6 +916,7 @@ fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet
         }
     }
     let (_gpu, loaded) = load_model(model)?;
+    let regions = vlsa::eval::Region::parse_all(regions, &loaded.config.classes)?;
     // A progress line on a terminal only: a log or a pipe gets the table alone.
     let terminal = !quiet && std::io::stderr().is_terminal();
     let mut progress = |dir: &Path, done: usize, total: usize| {
@@ -913,7 +926,7 @@ fn eval(model: &Path, data: &[PathBuf], json: Option<&Path>, batch: usize, quiet
             let _ = err.flush();
         }
     };
-    let result = vlsa::eval::evaluate_folders_with_progress(&loaded, data, batch, &mut progress);
+    let result = vlsa::eval::evaluate_folders_with_progress(&loaded, data, batch, &regions, &mut progress);
     if terminal {
         let _ = write!(std::io::stderr(), "\r\x1b[K");
     }
@@ -1028,8 +1041,8 @@ fn main() -> ExitCode {
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
         Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
-        Command::Eval { model, data, json, batch, quiet } => {
-            eval(&model, &data, json.as_deref(), batch as usize, quiet)
+        Command::Eval { model, data, json, batch, region, quiet } => {
+            eval(&model, &data, json.as_deref(), batch as usize, &region, quiet)
         }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
         Command::Profile(ProfileCommand::Em {

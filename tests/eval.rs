@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use vlsa::config::Config;
 use vlsa::data::Dataset;
-use vlsa::eval::{evaluate, evaluate_predictions, overlaps, predict, EvalReport, Overlap};
+use vlsa::eval::{
+    evaluate, evaluate_predictions, evaluate_predictions_with_regions, overlaps, predict, EvalReport, Overlap, Region,
+};
 use vlsa::image_io::{preprocess, resize_nearest, Image, Mask};
 use vlsa::model::Model;
 use vlsa::synth::{write_dataset, Domain, SynthOptions, Task};
@@ -66,6 +68,76 @@ fn dice_of_hand_made_masks() {
     // Mismatched inputs are errors, not panics.
     assert!(evaluate_predictions("x", &classes, &preds[..1], &truths).is_err());
     assert!(evaluate_predictions("x", &classes, &preds[1..2], &truths[..1]).unwrap_err().to_string().contains("2x2"));
+}
+
+#[test]
+fn regions_join_classes_and_keep_the_class_scores() {
+    let classes = names(&["background", "disc", "cup"]);
+    // "whole" joins disc and cup: image 1 pred {1,2,3,6,7} truth {1,2,3,4,6}: 4 shared, Dice 8/10.
+    // Image 2: whole perfect; "cup alone" absent from both (skipped). Image 3: whole predicted on
+    // one pixel that is disc in the truth (Dice 1), the cup predicted where the truth has none.
+    let predicted = [0, 1, 1, 2, 0, 0, 2, 2];
+    let truth = [0, 1, 2, 2, 1, 0, 2, 0];
+    let preds = [mask(4, &predicted), mask(2, &[0, 1, 1, 0]), mask(2, &[2, 0, 0, 0])];
+    let truths = [mask(4, &truth), mask(2, &[0, 1, 1, 0]), mask(2, &[1, 0, 0, 0])];
+    let whole = Region::parse("whole=1,cup", &classes).unwrap();
+    assert_eq!(whole, Region { name: "whole".into(), classes: vec![1, 2] });
+    let cup = Region::parse(" cup alone = 2 ", &classes).unwrap();
+    assert_eq!(cup, Region { name: "cup alone".into(), classes: vec![2] });
+    let o = whole.overlap(&predicted, &truth);
+    assert_eq!(o, Overlap { intersection: 4, predicted: 5, truth: 5 });
+    let regions = [whole.clone(), cup.clone()];
+    let r = evaluate_predictions_with_regions("hand", &classes, &regions, &preds, &truths).unwrap();
+    // The per-class scores are those without regions.
+    let plain = evaluate_predictions("hand", &classes, &preds, &truths).unwrap();
+    assert_eq!((&r.dice, &r.counted, r.mean), (&plain.dice, &plain.counted, plain.mean));
+    assert!(plain.region_dice.is_empty() && plain.region_mean.is_none());
+    assert_eq!(r.region_counted, vec![3, 2]);
+    assert!(close(r.region_dice[0], (0.8 + 1.0 + 1.0) / 3.0), "{:?}", r.region_dice);
+    // A one-class region is that class's Dice.
+    assert!(close(r.region_dice[1], r.dice[1].unwrap()), "{:?}", r.region_dice);
+    assert!(close(r.region_mean, ((0.8 + 2.0) / 3.0 + r.dice[1].unwrap()) / 2.0));
+    let other = evaluate_predictions_with_regions(
+        "other",
+        &classes,
+        &regions,
+        &[mask(2, &[0, 0, 0, 0])],
+        &[mask(2, &[0, 0, 0, 0])],
+    )
+    .unwrap();
+    assert!(other.region_dice.iter().all(Option::is_none) && other.region_mean.is_none());
+    let report = EvalReport::with_regions("m", &classes, &regions, vec![r.clone(), other]);
+    assert!(close(report.mean_region_dice[0], r.region_dice[0].unwrap()));
+    assert!(close(report.region_mean, r.region_mean.unwrap()));
+    let table = report.table();
+    assert!(
+        table.contains("regions: whole = disc + cup; cup alone = cup") && table.contains("regions mean"),
+        "{table}"
+    );
+    let json = report.to_json();
+    assert_eq!(json["regions"]["whole"], serde_json::json!(["disc", "cup"]));
+    assert_eq!(json["datasets"][0]["region_counted"]["whole"], 3);
+    assert_eq!(json["datasets"][1]["region_dice"]["cup alone"], serde_json::Value::Null);
+    assert!((json["mean_over_datasets"]["region_mean"].as_f64().unwrap() - report.region_mean.unwrap()).abs() < 1e-12);
+    // Without regions the report has none of these keys.
+    let bare = EvalReport::new("m", &classes, vec![plain]).to_json();
+    assert!(bare.get("regions").is_none() && bare["datasets"][0].get("region_dice").is_none());
+    assert!(!EvalReport::new("m", &classes, vec![]).table().contains("regions"));
+    // Bad specifications: one sentence naming what is wrong.
+    for (spec, says) in [
+        ("whole", "expected NAME=CLASSES"),
+        ("=1,2", "no name"),
+        ("w=1,,2", "empty class"),
+        ("w=0,1", "class 0 is not a foreground class"),
+        ("w=3", "class 3 is not a foreground class of the model (1..=2)"),
+        ("w=rim", "\"rim\" is not one of the model's classes (background, disc, cup)"),
+        ("w=1,disc", "class 1 (disc) is listed twice"),
+    ] {
+        let e = Region::parse(spec, &classes).unwrap_err().to_string();
+        assert!(e.contains(says) && !e.contains('\n'), "{spec}: {e}");
+    }
+    let e = Region::parse_all(&["a=1".into(), "a=2".into()], &classes).unwrap_err().to_string();
+    assert!(e.contains("a region named \"a\" is already given"), "{e}");
 }
 
 fn tiny(classes: &[&str]) -> Config {
@@ -161,6 +233,38 @@ fn eval_command_end_to_end_and_class_mismatches() {
     }
     let report = EvalReport::new(m, &model.config.classes, expected);
     assert!((json["mean_over_datasets"]["mean"].as_f64().unwrap() - report.mean.unwrap()).abs() < 1e-12);
+    // --region: the whole disc by class names, the cup by index; per-class figures unchanged.
+    let out = run(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        a_s,
+        "--json",
+        j,
+        "--region",
+        "whole disc=optic disc,optic cup",
+        "--region",
+        "cup=2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("regions: whole disc = optic disc + optic cup; cup = optic cup")
+    );
+    let with: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(with["datasets"][0]["dice"], json["datasets"][0]["dice"]);
+    let regions =
+        [Region { name: "whole disc".into(), classes: vec![1, 2] }, Region { name: "cup".into(), classes: vec![2] }];
+    let dataset = Dataset::load(&a, 3).unwrap();
+    let lib = vlsa::eval::evaluate_regions_with_progress(&model, &dataset, 3, &regions, &mut |_| {}).unwrap();
+    for (i, r) in regions.iter().enumerate() {
+        let got = with["datasets"][0]["region_dice"][&r.name].as_f64();
+        assert!(got.zip(lib.region_dice[i]).is_some_and(|(x, y)| (x - y).abs() < 1e-12), "{}: {got:?}", r.name);
+    }
+    let out = run(&["eval", "--model", m, "--data", a_s, "--region", "rim=9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("vlsa: --region \"rim=9\": class 9 is not a foreground class"), "{stderr}");
     // A cardiac data set (4 classes, declared in domain.json) against a 3-class model.
     let h = heart.to_str().unwrap();
     let out = run(&["eval", "--model", m, "--data", h]);
