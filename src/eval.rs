@@ -71,11 +71,11 @@ pub struct Region {
 
 impl Region {
     /// Parses `NAME=C[,C...]`, each C a class index or a class name of `classes` (background
-    /// first), e.g. `optic disc=1,2` or `optic disc=optic disc,optic cup`.
+    /// first), e.g. `whole-disc=1,2` or `whole-disc=optic disc,optic cup`.
     pub fn parse(spec: &str, classes: &[String]) -> Result<Region> {
         let bad = |why: String| Error::Invalid(format!("--region {spec:?}: {why}"));
         let (name, list) =
-            spec.split_once('=').ok_or_else(|| bad("expected NAME=CLASSES, e.g. \"optic disc=1,2\"".into()))?;
+            spec.split_once('=').ok_or_else(|| bad("expected NAME=CLASSES, e.g. \"whole-disc=1,2\"".into()))?;
         let name = name.trim();
         if name.is_empty() {
             return Err(bad("the region has no name before '='".into()));

@@ -336,7 +336,7 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         batch: u64,
         /// Also score a union of classes as one structure: NAME=CLASSES, the classes by index or
-        /// name, comma-separated (e.g. "optic disc=1,2": the whole disc, rim and cup); repeat
+        /// name, comma-separated (e.g. "whole-disc=1,2": the optic disc with its cup); repeat
         /// for more. Reported beside the classes, with their own mean.
         #[arg(long, value_name = "NAME=CLASSES")]
         region: Vec<String>,
