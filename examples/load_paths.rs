@@ -32,8 +32,8 @@ fn main() {
     let table: Vec<f32> = (0..4096).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
     let stable = gpu.upload(&table).unwrap();
     let out = gpu.alloc(INVOCATIONS).unwrap();
-    let mut sums = Vec::new();
-    for entry in ["uniform_lanes", "storage_lanes", "uniform_uniform", "storage_uniform"] {
+    // Median time of one dispatch of `entry` over the whole grid.
+    let time = |entry: &'static str| {
         let run = || {
             gpu.dispatch(Dispatch {
                 shader: &SHADER,
@@ -45,24 +45,17 @@ fn main() {
             })
             .unwrap()
         };
-        let ms = median_ms(run, &gpu, reps);
+        median_ms(run, &gpu, reps)
+    };
+    let mut sums = Vec::new();
+    for entry in ["uniform_lanes", "storage_lanes", "uniform_uniform", "storage_uniform"] {
+        let ms = time(entry);
         let sum: f64 = gpu.download(&out).unwrap().iter().map(|&v| v as f64).sum();
         println!("{entry} {ms:.2} {:.3} {sum:.6e}", INVOCATIONS as f64 * LOADS / (ms * 1e-3) / 1e9);
         sums.push(sum);
     }
     // The arithmetic ceiling: the same dispatch with multiply-adds only (no loads).
-    let run = || {
-        gpu.dispatch(Dispatch {
-            shader: &SHADER,
-            entry: "alu_ceiling",
-            params: bytemuck::cast_slice(&table),
-            buffers: &[&stable, &out],
-            workgroups: grid((INVOCATIONS / 64) as u32),
-            label: KernelLabel { kernel: "load_paths", shape: "alu_ceiling".into(), flops: 0, bytes: 0 },
-        })
-        .unwrap()
-    };
-    let ms = median_ms(run, &gpu, reps);
+    let ms = time("alu_ceiling");
     let flops = INVOCATIONS as f64 * ALU_STEPS * 8.0 * 16.0 * 2.0;
     let finite = gpu.download(&out).unwrap().iter().all(|v| v.is_finite());
     println!("alu_ceiling {ms:.2} {:.1} GFLOP/s", flops / (ms * 1e-3) / 1e9);

@@ -326,6 +326,11 @@ impl EvalReport {
         }
     }
 
+    /// The names of the classes a region joins.
+    fn members(&self, r: &Region) -> Vec<&str> {
+        r.classes.iter().map(|&c| self.classes[c as usize].as_str()).collect()
+    }
+
     /// The table printed by `vlsa eval`.
     pub fn table(&self) -> String {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |d| format!("{d:.4}"));
@@ -344,10 +349,7 @@ impl EvalReport {
             out += &self
                 .regions
                 .iter()
-                .map(|r| {
-                    let members: Vec<&str> = r.classes.iter().map(|&c| self.classes[c as usize].as_str()).collect();
-                    format!("{} = {}", r.name, members.join(" + "))
-                })
+                .map(|r| format!("{} = {}", r.name, self.members(r).join(" + ")))
                 .collect::<Vec<_>>()
                 .join("; ");
             out += "\n";
@@ -414,10 +416,7 @@ impl EvalReport {
             json["regions"] = self
                 .regions
                 .iter()
-                .map(|r| {
-                    let members: Vec<&str> = r.classes.iter().map(|&c| self.classes[c as usize].as_str()).collect();
-                    (r.name.clone(), serde_json::json!(members))
-                })
+                .map(|r| (r.name.clone(), serde_json::json!(self.members(r))))
                 .collect::<serde_json::Map<_, _>>()
                 .into();
             for (d, r) in json["datasets"].as_array_mut().expect("an array").iter_mut().zip(&self.results) {
