@@ -11,7 +11,8 @@
 //   P_ij   = exp(s_ij - lse_i)
 //   out_i  = sum_j P_ij v_j                          (zeros for a row that sees no key)
 // Forward (`forward_blocked`) keeps, per query row, a running maximum m, a running sum l and an
-// unnormalised output in registers and walks the keys in blocks of 8 (online softmax: when m
+// unnormalised output in registers and walks the keys in blocks of 8, or of 4 for head rows
+// wider than 32 (include/attention_core.wgsl, "Four keys per step") (online softmax: when m
 // grows, l and the output are rescaled by exp(m_old - m_new)); the Nq x Nk matrix never
 // exists in memory. `forward_few_keys` is the cross-attention case (Nk <= 16): all scores of a
 // row fit in registers, so it takes the exact softmax in two short passes over the keys.
@@ -67,6 +68,17 @@ fn v8(r: Rows8, o: u32) -> Block8 {
 fn d_out8(r: Rows8, o: u32) -> Block8 {
     return Block8(mat4x4<f32>(d_out[r.lo.x + o], d_out[r.lo.y + o], d_out[r.lo.z + o], d_out[r.lo.w + o]),
                   mat4x4<f32>(d_out[r.hi.x + o], d_out[r.hi.y + o], d_out[r.hi.z + o], d_out[r.hi.w + o]));
+}
+// Offsets o and o + 1 (clamped to last) of the four rows r.
+fn k4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
+    let o0 = min(o, last);
+    let o1 = min(o + 1u, last);
+    return Pair4(mat4x4<f32>(k[r.x + o0], k[r.y + o0], k[r.z + o0], k[r.w + o0]), mat4x4<f32>(k[r.x + o1], k[r.y + o1], k[r.z + o1], k[r.w + o1]));
+}
+fn v4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
+    let o0 = min(o, last);
+    let o1 = min(o + 1u, last);
+    return Pair4(mat4x4<f32>(v[r.x + o0], v[r.y + o0], v[r.z + o0], v[r.w + o0]), mat4x4<f32>(v[r.x + o1], v[r.y + o1], v[r.z + o1], v[r.w + o1]));
 }
 // stats[i] for the eight indices of r.
 fn stats8(r: Rows8) -> mat2x4<f32> {

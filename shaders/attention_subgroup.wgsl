@@ -45,6 +45,17 @@ fn v8(r: Rows8, o: u32) -> Block8 {
 fn d_out8(r: Rows8, o: u32) -> Block8 {
     return share8(d_out[own_row(r) + o]);
 }
+// Offsets o and o + 1 (clamped to last) of the four rows r: lane l loads row l % 4 at offset
+// o + l / 4, so eight lanes load the pair once between them.
+fn own_pair(r: vec4<u32>, o: u32, last: u32) -> u32 {
+    return r[lane & 3u] + min(o + (lane >> 2u), last);
+}
+fn k4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
+    return share8(k[own_pair(r, o, last)]);
+}
+fn v4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
+    return share8(v[own_pair(r, o, last)]);
+}
 // stats[i] for the eight indices of r: lane l loads index l.
 fn stats8(r: Rows8) -> mat2x4<f32> {
     let x = stats[own_row(r)];

@@ -303,6 +303,9 @@ fn self_attention_matches_reference() {
         Attention::new(1, 33, 33, 1, 128),
         Attention::new(2, 7, 33, 4, 4),
         Attention::new(1, 33, 7, 1, 20),
+        // Widths above 32 walk four keys per step; 36 and 52 end mid-pair (clamped offsets).
+        Attention::new(2, 9, 19, 2, 36),
+        Attention::new(1, 13, 13, 1, 52),
     ];
     for (n, s) in shapes.into_iter().enumerate() {
         check_attention("self-attention", s, None, ForwardPath::Auto, 10 + n as u64);
@@ -328,6 +331,7 @@ fn causal_matches_reference() {
         Attention::new(1, 130, 130, 2, 32),
         Attention::new(2, 33, 7, 1, 16),
         Attention::new(1, 7, 33, 3, 32),
+        Attention::new(2, 33, 33, 1, 48),
     ]
     .into_iter()
     .enumerate()
@@ -340,9 +344,14 @@ fn causal_matches_reference() {
 fn key_padding_mask_with_fully_masked_rows() {
     let _serial = serial_on_gl();
     let mut rng = Rng::new(40);
-    for (n, s) in [Attention::new(3, 7, 7, 2, 16), Attention::new(3, 33, 33, 1, 32), Attention::new(1, 130, 130, 2, 16)]
-        .into_iter()
-        .enumerate()
+    for (n, s) in [
+        Attention::new(3, 7, 7, 2, 16),
+        Attention::new(3, 33, 33, 1, 32),
+        Attention::new(1, 130, 130, 2, 16),
+        Attention::new(3, 21, 21, 1, 64),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let m = key_mask(&mut rng, &s, n != 2);
         check_attention("key mask", s, Some(m), ForwardPath::Auto, 41 + n as u64);

@@ -197,7 +197,7 @@ pub enum ForwardPath {
     /// matrix fits [`MAX_PRODUCT_SCORES`]; else `Blocked` (on the subgroup path with the
     /// streamed rows shared by subgroupBroadcast).
     Auto,
-    /// Online softmax over blocks of 8 keys, 4 query rows per invocation (on the tiled path,
+    /// Online softmax over blocks of 8 keys (4 above head width 32), 4 query rows per invocation (on the tiled path,
     /// a row spread over lanes); any Nk.
     Blocked,
     /// Exact softmax with every score in registers; Nk <= 16 only.

@@ -328,8 +328,68 @@ fn weight_sum(w: mat2x4<f32>) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------
+// Four keys per step (the forward at head rows of more than 32 elements).
+//
+// Lavapipe compiles a loop body into straight-line code that grows with chunks x streamed
+// rows per step. At eight keys and four chunks (head width 64) the forward's body is about
+// 16,000 instructions (104 KB), more than the 64 KB L1 instruction cache of the CPUs measured,
+// and it ran 1.45x slower per FLOP than the two-chunk body (57 KB). Four keys per step halve
+// the body and keep the loads per multiply-add: a Pair4 holds two vec4 offsets of four rows,
+// so one load per invocation (or one per row and offset without subgroups) still feeds the
+// same number of multiply-adds as a Block8 does.
+
+// The vec4 at offsets o and o + 1 of four rows: column t of `lo` is row t at o, of `hi` row t
+// at o + 1.
+alias Pair4 = Block8;
+
+// Scores of one chunk x (vec4 offsets c..c+4) against four rows, from the pairs at c and c + 2.
+fn dots_pair(x: mat4x4<f32>, p0: Pair4, p1: Pair4) -> vec4<f32> {
+    return x[0] * p0.lo + x[1] * p0.hi + x[2] * p1.lo + x[3] * p1.hi;
+}
+
+// alpha * a + sum over the four rows t of w[t] * (their chunk at c..c+4).
+fn mix_pair(a: mat4x4<f32>, alpha: f32, w: vec4<f32>, p0: Pair4, p1: Pair4) -> mat4x4<f32> {
+    return mat4x4<f32>(a[0] * alpha + p0.lo * w, a[1] * alpha + p0.hi * w, a[2] * alpha + p1.lo * w, a[3] * alpha + p1.hi * w);
+}
+
+// Scores of the invocation's four query rows (column t: row t) against the four key rows r,
+// over chunk c.
+fn dots4x4_k(x: Chunk4, r: vec4<u32>, c: u32, last: u32) -> mat4x4<f32> {
+    let p0 = k4(r, c, last);
+    let p1 = k4(r, c + 2u, last);
+    return mat4x4<f32>(dots_pair(x.r0, p0, p1), dots_pair(x.r1, p0, p1), dots_pair(x.r2, p0, p1), dots_pair(x.r3, p0, p1));
+}
+
+// Chunk c of four accumulator rows, row t scaled by alpha[t] plus the value rows r weighted
+// by w's column t.
+fn mix4x4_v(a: Chunk4, alpha: vec4<f32>, w: mat4x4<f32>, r: vec4<u32>, c: u32, last: u32) -> Chunk4 {
+    let p0 = v4(r, c, last);
+    let p1 = v4(r, c + 2u, last);
+    return Chunk4(mix_pair(a.r0, alpha.x, w[0], p0, p1), mix_pair(a.r1, alpha.y, w[1], p0, p1),
+                  mix_pair(a.r2, alpha.z, w[2], p0, p1), mix_pair(a.r3, alpha.w, w[3], p0, p1));
+}
+
+// The four key rows j0..j0+4 of kv batch kb, head h; rows past `end` clamped to end - 1.
+fn key_rows4(kb: u32, j0: u32, end: u32, h: u32) -> vec4<u32> {
+    return row_base4(vec4<u32>(kb * p.kv_len) + min(vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(end - 1u)), h);
+}
+
+// online_step over four scores.
+struct Online4 {
+    w: vec4<f32>,
+    m: f32,
+    alpha: f32,
+}
+
+fn online_step4(s: vec4<f32>, ok: vec4<bool>, m: f32) -> Online4 {
+    let t = select(vec4<f32>(NEG), s, ok);
+    let m_new = max(m, max(max(t.x, t.y), max(t.z, t.w)));
+    return Online4(select(vec4<f32>(0.0), exp(s - m_new), ok), m_new, exp(m - m_new));
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward: four query rows of one head per invocation; the 32 rows of a workgroup share (b, h)
-// and walk the same keys, eight per step.
+// and walk the same keys, eight per step (four at head widths above 32).
 
 fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let wg = workgroup_index(wid, nwg);
@@ -363,33 +423,51 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     if (p.causal == 1u) { end = min(end, tile * TILE + TILE); }
     var m = vec4<f32>(NEG);
     var l = vec4<f32>(0.0);
-    for (var j0 = 0u; j0 < end; j0 += 8u) {
-        let r = key_rows(kb, j0, end, h);
-        var s = dots4_k(q0, r, 0u, last);
-        if (ch > 1u) { s = add_scores(s, dots4_k(q1, r, 4u, last)); }
-        if (ch > 2u) { s = add_scores(add_scores(s, dots4_k(q2, r, 8u, last)), dots4_k(q3, r, 12u, last)); }
-        if (ch > 4u) {
-            s = add_scores(add_scores(s, dots4_k(q4, r, 16u, last)), dots4_k(q5, r, 20u, last));
-            s = add_scores(add_scores(s, dots4_k(q6, r, 24u, last)), dots4_k(q7, r, 28u, last));
+    // Head rows of more than 32 elements walk four keys per step (see "Four keys per step"
+    // above), narrower ones eight.
+    if (ch > 2u) {
+        for (var j0 = 0u; j0 < end; j0 += 4u) {
+            let r = key_rows4(kb, j0, end, h);
+            var s = dots4x4_k(q0, r, 0u, last) + dots4x4_k(q1, r, 4u, last) + dots4x4_k(q2, r, 8u, last) + dots4x4_k(q3, r, 12u, last);
+            if (ch > 4u) {
+                s += dots4x4_k(q4, r, 16u, last) + dots4x4_k(q5, r, 20u, last) + dots4x4_k(q6, r, 24u, last) + dots4x4_k(q7, r, 28u, last);
+            }
+            let j = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+            let ok = keys_ok(kb, j, end);
+            let o0 = online_step4(s[0], causal_ok(ok, j, i4.x), m.x);
+            let o1 = online_step4(s[1], causal_ok(ok, j, i4.y), m.y);
+            let o2 = online_step4(s[2], causal_ok(ok, j, i4.z), m.z);
+            let o3 = online_step4(s[3], causal_ok(ok, j, i4.w), m.w);
+            let alpha = vec4<f32>(o0.alpha, o1.alpha, o2.alpha, o3.alpha);
+            let w = mat4x4<f32>(o0.w, o1.w, o2.w, o3.w);
+            l = l * alpha + vec4<f32>(1.0) * w;
+            m = vec4<f32>(o0.m, o1.m, o2.m, o3.m);
+            a0 = mix4x4_v(a0, alpha, w, r, 0u, last); a1 = mix4x4_v(a1, alpha, w, r, 4u, last);
+            a2 = mix4x4_v(a2, alpha, w, r, 8u, last); a3 = mix4x4_v(a3, alpha, w, r, 12u, last);
+            if (ch > 4u) {
+                a4 = mix4x4_v(a4, alpha, w, r, 16u, last); a5 = mix4x4_v(a5, alpha, w, r, 20u, last);
+                a6 = mix4x4_v(a6, alpha, w, r, 24u, last); a7 = mix4x4_v(a7, alpha, w, r, 28u, last);
+            }
         }
-        let j_lo = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
-        let j_hi = vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u);
-        let ok_lo = keys_ok(kb, j_lo, end);
-        let ok_hi = keys_ok(kb, j_hi, end);
-        let o0 = online_step(s.r0, causal_ok(ok_lo, j_lo, i4.x), causal_ok(ok_hi, j_hi, i4.x), m.x);
-        let o1 = online_step(s.r1, causal_ok(ok_lo, j_lo, i4.y), causal_ok(ok_hi, j_hi, i4.y), m.y);
-        let o2 = online_step(s.r2, causal_ok(ok_lo, j_lo, i4.z), causal_ok(ok_hi, j_hi, i4.z), m.z);
-        let o3 = online_step(s.r3, causal_ok(ok_lo, j_lo, i4.w), causal_ok(ok_hi, j_hi, i4.w), m.w);
-        let alpha = vec4<f32>(o0.alpha, o1.alpha, o2.alpha, o3.alpha);
-        l = l * alpha + vec4<f32>(weight_sum(o0.w), weight_sum(o1.w), weight_sum(o2.w), weight_sum(o3.w));
-        m = vec4<f32>(o0.m, o1.m, o2.m, o3.m);
-        let w = Scores4(o0.w, o1.w, o2.w, o3.w);
-        a0 = mix4_v(a0, alpha, w, r, 0u, last);
-        if (ch > 1u) { a1 = mix4_v(a1, alpha, w, r, 4u, last); }
-        if (ch > 2u) { a2 = mix4_v(a2, alpha, w, r, 8u, last); a3 = mix4_v(a3, alpha, w, r, 12u, last); }
-        if (ch > 4u) {
-            a4 = mix4_v(a4, alpha, w, r, 16u, last); a5 = mix4_v(a5, alpha, w, r, 20u, last);
-            a6 = mix4_v(a6, alpha, w, r, 24u, last); a7 = mix4_v(a7, alpha, w, r, 28u, last);
+    } else {
+        for (var j0 = 0u; j0 < end; j0 += 8u) {
+            let r = key_rows(kb, j0, end, h);
+            var s = dots4_k(q0, r, 0u, last);
+            if (ch > 1u) { s = add_scores(s, dots4_k(q1, r, 4u, last)); }
+            let j_lo = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+            let j_hi = vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u);
+            let ok_lo = keys_ok(kb, j_lo, end);
+            let ok_hi = keys_ok(kb, j_hi, end);
+            let o0 = online_step(s.r0, causal_ok(ok_lo, j_lo, i4.x), causal_ok(ok_hi, j_hi, i4.x), m.x);
+            let o1 = online_step(s.r1, causal_ok(ok_lo, j_lo, i4.y), causal_ok(ok_hi, j_hi, i4.y), m.y);
+            let o2 = online_step(s.r2, causal_ok(ok_lo, j_lo, i4.z), causal_ok(ok_hi, j_hi, i4.z), m.z);
+            let o3 = online_step(s.r3, causal_ok(ok_lo, j_lo, i4.w), causal_ok(ok_hi, j_hi, i4.w), m.w);
+            let alpha = vec4<f32>(o0.alpha, o1.alpha, o2.alpha, o3.alpha);
+            l = l * alpha + vec4<f32>(weight_sum(o0.w), weight_sum(o1.w), weight_sum(o2.w), weight_sum(o3.w));
+            m = vec4<f32>(o0.m, o1.m, o2.m, o3.m);
+            let w = Scores4(o0.w, o1.w, o2.w, o3.w);
+            a0 = mix4_v(a0, alpha, w, r, 0u, last);
+            if (ch > 1u) { a1 = mix4_v(a1, alpha, w, r, 4u, last); }
         }
     }
     let seen = l > vec4<f32>(0.0);
