@@ -66,14 +66,15 @@ fn register_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
         fma_row(&c24, a[24], &b); fma_row(&c25, a[25], &b); fma_row(&c26, a[26], &b); fma_row(&c27, a[27], &b);
         fma_row(&c28, a[28], &b); fma_row(&c29, a[29], &b); fma_row(&c30, a[30], &b); fma_row(&c31, a[31], &b);
     }
-    store_row(&c0, obase, row0 + 0u, col0); store_row(&c1, obase, row0 + 1u, col0); store_row(&c2, obase, row0 + 2u, col0); store_row(&c3, obase, row0 + 3u, col0);
-    store_row(&c4, obase, row0 + 4u, col0); store_row(&c5, obase, row0 + 5u, col0); store_row(&c6, obase, row0 + 6u, col0); store_row(&c7, obase, row0 + 7u, col0);
-    store_row(&c8, obase, row0 + 8u, col0); store_row(&c9, obase, row0 + 9u, col0); store_row(&c10, obase, row0 + 10u, col0); store_row(&c11, obase, row0 + 11u, col0);
-    store_row(&c12, obase, row0 + 12u, col0); store_row(&c13, obase, row0 + 13u, col0); store_row(&c14, obase, row0 + 14u, col0); store_row(&c15, obase, row0 + 15u, col0);
-    store_row(&c16, obase, row0 + 16u, col0); store_row(&c17, obase, row0 + 17u, col0); store_row(&c18, obase, row0 + 18u, col0); store_row(&c19, obase, row0 + 19u, col0);
-    store_row(&c20, obase, row0 + 20u, col0); store_row(&c21, obase, row0 + 21u, col0); store_row(&c22, obase, row0 + 22u, col0); store_row(&c23, obase, row0 + 23u, col0);
-    store_row(&c24, obase, row0 + 24u, col0); store_row(&c25, obase, row0 + 25u, col0); store_row(&c26, obase, row0 + 26u, col0); store_row(&c27, obase, row0 + 27u, col0);
-    store_row(&c28, obase, row0 + 28u, col0); store_row(&c29, obase, row0 + 29u, col0); store_row(&c30, obase, row0 + 30u, col0); store_row(&c31, obase, row0 + 31u, col0);
+    var bv = bias_row(col0);
+    store_row(&c0, &bv, obase, row0 + 0u, col0); store_row(&c1, &bv, obase, row0 + 1u, col0); store_row(&c2, &bv, obase, row0 + 2u, col0); store_row(&c3, &bv, obase, row0 + 3u, col0);
+    store_row(&c4, &bv, obase, row0 + 4u, col0); store_row(&c5, &bv, obase, row0 + 5u, col0); store_row(&c6, &bv, obase, row0 + 6u, col0); store_row(&c7, &bv, obase, row0 + 7u, col0);
+    store_row(&c8, &bv, obase, row0 + 8u, col0); store_row(&c9, &bv, obase, row0 + 9u, col0); store_row(&c10, &bv, obase, row0 + 10u, col0); store_row(&c11, &bv, obase, row0 + 11u, col0);
+    store_row(&c12, &bv, obase, row0 + 12u, col0); store_row(&c13, &bv, obase, row0 + 13u, col0); store_row(&c14, &bv, obase, row0 + 14u, col0); store_row(&c15, &bv, obase, row0 + 15u, col0);
+    store_row(&c16, &bv, obase, row0 + 16u, col0); store_row(&c17, &bv, obase, row0 + 17u, col0); store_row(&c18, &bv, obase, row0 + 18u, col0); store_row(&c19, &bv, obase, row0 + 19u, col0);
+    store_row(&c20, &bv, obase, row0 + 20u, col0); store_row(&c21, &bv, obase, row0 + 21u, col0); store_row(&c22, &bv, obase, row0 + 22u, col0); store_row(&c23, &bv, obase, row0 + 23u, col0);
+    store_row(&c24, &bv, obase, row0 + 24u, col0); store_row(&c25, &bv, obase, row0 + 25u, col0); store_row(&c26, &bv, obase, row0 + 26u, col0); store_row(&c27, &bv, obase, row0 + 27u, col0);
+    store_row(&c28, &bv, obase, row0 + 28u, col0); store_row(&c29, &bv, obase, row0 + 29u, col0); store_row(&c30, &bv, obase, row0 + 30u, col0); store_row(&c31, &bv, obase, row0 + 31u, col0);
     act_rows4(obase, row0, 32u, col0);
 }
 

@@ -184,7 +184,8 @@ fn subgroup_thin(wid: vec3<u32>, halves: u32, lane: u32, ta: bool, tb: bool) {
             if (tb) { sg_share_t(&b, &share); } else { sg_share_n(&b, &share); }
             fma_row(&c, a, &b);
         }
-        store_row(&c, obase, row, col0);
+        var bv = bias_row(col0);
+        store_row(&c, &bv, obase, row, col0);
         act_rows4(obase, row, 1u, col0);
     }
 }
@@ -209,14 +210,15 @@ fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
         if (tb) { sg_share_t(&b, &share); } else { sg_share_n(&b, &share); }
         fma_row(&c0, a[0], &b); fma_row(&c1, a[1], &b); fma_row(&c2, a[2], &b); fma_row(&c3, a[3], &b); fma_row(&c4, a[4], &b); fma_row(&c5, a[5], &b); fma_row(&c6, a[6], &b); fma_row(&c7, a[7], &b);
     }
-    store_row(&c0, obase, row0 + 0u, col0);
-    store_row(&c1, obase, row0 + 1u, col0);
-    store_row(&c2, obase, row0 + 2u, col0);
-    store_row(&c3, obase, row0 + 3u, col0);
-    store_row(&c4, obase, row0 + 4u, col0);
-    store_row(&c5, obase, row0 + 5u, col0);
-    store_row(&c6, obase, row0 + 6u, col0);
-    store_row(&c7, obase, row0 + 7u, col0);
+    var bv = bias_row(col0);
+    store_row(&c0, &bv, obase, row0 + 0u, col0);
+    store_row(&c1, &bv, obase, row0 + 1u, col0);
+    store_row(&c2, &bv, obase, row0 + 2u, col0);
+    store_row(&c3, &bv, obase, row0 + 3u, col0);
+    store_row(&c4, &bv, obase, row0 + 4u, col0);
+    store_row(&c5, &bv, obase, row0 + 5u, col0);
+    store_row(&c6, &bv, obase, row0 + 6u, col0);
+    store_row(&c7, &bv, obase, row0 + 7u, col0);
     act_rows4(obase, row0, 8u, col0);
 }
 
@@ -355,14 +357,16 @@ fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
         fma_row(&l0, a[0], &bl); fma_row(&l1, a[1], &bl); fma_row(&l2, a[2], &bl); fma_row(&l3, a[3], &bl); fma_row(&l4, a[4], &bl); fma_row(&l5, a[5], &bl); fma_row(&l6, a[6], &bl); fma_row(&l7, a[7], &bl);
         fma_row(&r0, a[0], &br); fma_row(&r1, a[1], &br); fma_row(&r2, a[2], &br); fma_row(&r3, a[3], &br); fma_row(&r4, a[4], &br); fma_row(&r5, a[5], &br); fma_row(&r6, a[6], &br); fma_row(&r7, a[7], &br);
     }
-    store_row(&l0, obase, row0 + 0u, col0); store_row(&r0, obase, row0 + 0u, col0 + 32u);
-    store_row(&l1, obase, row0 + 1u, col0); store_row(&r1, obase, row0 + 1u, col0 + 32u);
-    store_row(&l2, obase, row0 + 2u, col0); store_row(&r2, obase, row0 + 2u, col0 + 32u);
-    store_row(&l3, obase, row0 + 3u, col0); store_row(&r3, obase, row0 + 3u, col0 + 32u);
-    store_row(&l4, obase, row0 + 4u, col0); store_row(&r4, obase, row0 + 4u, col0 + 32u);
-    store_row(&l5, obase, row0 + 5u, col0); store_row(&r5, obase, row0 + 5u, col0 + 32u);
-    store_row(&l6, obase, row0 + 6u, col0); store_row(&r6, obase, row0 + 6u, col0 + 32u);
-    store_row(&l7, obase, row0 + 7u, col0); store_row(&r7, obase, row0 + 7u, col0 + 32u);
+    var bl_bias = bias_row(col0);
+    var br_bias = bias_row(col0 + 32u);
+    store_row(&l0, &bl_bias, obase, row0 + 0u, col0); store_row(&r0, &br_bias, obase, row0 + 0u, col0 + 32u);
+    store_row(&l1, &bl_bias, obase, row0 + 1u, col0); store_row(&r1, &br_bias, obase, row0 + 1u, col0 + 32u);
+    store_row(&l2, &bl_bias, obase, row0 + 2u, col0); store_row(&r2, &br_bias, obase, row0 + 2u, col0 + 32u);
+    store_row(&l3, &bl_bias, obase, row0 + 3u, col0); store_row(&r3, &br_bias, obase, row0 + 3u, col0 + 32u);
+    store_row(&l4, &bl_bias, obase, row0 + 4u, col0); store_row(&r4, &br_bias, obase, row0 + 4u, col0 + 32u);
+    store_row(&l5, &bl_bias, obase, row0 + 5u, col0); store_row(&r5, &br_bias, obase, row0 + 5u, col0 + 32u);
+    store_row(&l6, &bl_bias, obase, row0 + 6u, col0); store_row(&r6, &br_bias, obase, row0 + 6u, col0 + 32u);
+    store_row(&l7, &bl_bias, obase, row0 + 7u, col0); store_row(&r7, &br_bias, obase, row0 + 7u, col0 + 32u);
     act_rows4(obase, row0, 8u, col0);
     act_rows4(obase, row0, 8u, col0 + 32u);
 }

@@ -59,12 +59,10 @@ fn epilogue(v: f32, o: u32, j: u32) -> f32 {
     return r;
 }
 
-// The same for four columns j..j+4 stored as out4[o] (vec4 kernels).
-fn epilogue4(v: vec4<f32>, o: u32, j: u32) -> vec4<f32> {
-    var r = v;
-    if (p.has_bias != 0u) {
-        r += vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
-    }
+// The same for four columns stored as out4[o] (vec4 kernels), with their bias `bv` loaded once
+// per block by bias_row (zero without a bias).
+fn epilogue4(v: vec4<f32>, o: u32, bv: vec4<f32>) -> vec4<f32> {
+    var r = v + bv;
     if (p.accumulate != 0u) {
         r += out4[o];
     }
@@ -88,12 +86,12 @@ fn store1(o: u32, j: u32, v: f32) {
 // The register-block kernels' store of four columns j..j+4 as out4[o]. With an activation it
 // writes only the bare product: these kernels store their block in straight-line code, one copy
 // per row, and then run act_rows4 / act_rows1, where the activation's code appears once.
-fn put4(o: u32, j: u32, v: vec4<f32>) {
+fn put4(o: u32, bv: vec4<f32>, v: vec4<f32>) {
     if (ACT != 0u) {
         out4[o] = v;
         return;
     }
-    out4[o] = epilogue4(v, o, j);
+    out4[o] = epilogue4(v, o, bv);
 }
 
 // The same for one element (registers_general, subgroup_general).
@@ -321,20 +319,39 @@ fn load_b(s: ptr<function, Slice>, tb: bool, base: u32, k: u32, col0: u32) {
       (*s)[7] = vec4<f32>(v0.x, v1.x, v2.x, v3.x); (*s)[15] = vec4<f32>(v0.y, v1.y, v2.y, v3.y); (*s)[23] = vec4<f32>(v0.z, v1.z, v2.z, v3.z); (*s)[31] = vec4<f32>(v0.w, v1.w, v2.w, v3.w); }
 }
 
-// Writes one accumulated row (masked to the matrix; N is a multiple of 4 here).
-fn store_row(c: ptr<function, Row>, base: u32, row: u32, col0: u32) {
+// The bias of columns col0..col0 + 32 for store_row: loaded once per block, not once per row
+// of it (every storage load is a loop over the SIMD lanes on lavapipe, and a block of 8 or 32
+// rows loaded its bias 8 or 32 times). Zero without a bias, and with an activation, whose pass
+// (act_rows4) adds the bias itself; columns past N are clamped (never stored).
+fn bias_row(col0: u32) -> Row {
+    var r: Row;
+    if (p.has_bias != 0u && ACT == 0u) {
+        r[0] = bias4_at(col0); r[1] = bias4_at(col0 + 4u); r[2] = bias4_at(col0 + 8u); r[3] = bias4_at(col0 + 12u);
+        r[4] = bias4_at(col0 + 16u); r[5] = bias4_at(col0 + 20u); r[6] = bias4_at(col0 + 24u); r[7] = bias4_at(col0 + 28u);
+    }
+    return r;
+}
+
+fn bias4_at(j: u32) -> vec4<f32> {
+    let last = p.n - 1u;
+    return vec4<f32>(bias[min(j, last)], bias[min(j + 1u, last)], bias[min(j + 2u, last)], bias[min(j + 3u, last)]);
+}
+
+// Writes one accumulated row (masked to the matrix; N is a multiple of 4 here) with the
+// block's bias_row `bv`.
+fn store_row(c: ptr<function, Row>, bv: ptr<function, Row>, base: u32, row: u32, col0: u32) {
     if (row >= p.m) {
         return;
     }
     let o = (base + row * p.n + col0) / 4u;
-    if (col0 + 0u < p.n) { put4(o + 0u, col0 + 0u, (*c)[0]); }
-    if (col0 + 4u < p.n) { put4(o + 1u, col0 + 4u, (*c)[1]); }
-    if (col0 + 8u < p.n) { put4(o + 2u, col0 + 8u, (*c)[2]); }
-    if (col0 + 12u < p.n) { put4(o + 3u, col0 + 12u, (*c)[3]); }
-    if (col0 + 16u < p.n) { put4(o + 4u, col0 + 16u, (*c)[4]); }
-    if (col0 + 20u < p.n) { put4(o + 5u, col0 + 20u, (*c)[5]); }
-    if (col0 + 24u < p.n) { put4(o + 6u, col0 + 24u, (*c)[6]); }
-    if (col0 + 28u < p.n) { put4(o + 7u, col0 + 28u, (*c)[7]); }
+    if (col0 + 0u < p.n) { put4(o + 0u, (*bv)[0], (*c)[0]); }
+    if (col0 + 4u < p.n) { put4(o + 1u, (*bv)[1], (*c)[1]); }
+    if (col0 + 8u < p.n) { put4(o + 2u, (*bv)[2], (*c)[2]); }
+    if (col0 + 12u < p.n) { put4(o + 3u, (*bv)[3], (*c)[3]); }
+    if (col0 + 16u < p.n) { put4(o + 4u, (*bv)[4], (*c)[4]); }
+    if (col0 + 20u < p.n) { put4(o + 5u, (*bv)[5], (*c)[5]); }
+    if (col0 + 24u < p.n) { put4(o + 6u, (*bv)[6], (*c)[6]); }
+    if (col0 + 28u < p.n) { put4(o + 7u, (*bv)[7], (*c)[7]); }
 }
 
 
