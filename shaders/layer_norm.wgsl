@@ -18,7 +18,8 @@
 //   *_workgroup:  one 256-invocation workgroup per row, tree reductions in workgroup memory.
 //   *_rows4:      the row schedule by vec4 (cols a multiple of 4): four neighbouring columns per
 //                 access, since on lavapipe every storage access with a per-lane address is a
-//                 loop over the SIMD lanes and one vec4 costs about what one float does.
+//                 loop over the SIMD lanes and one vec4 costs about what one float does; and
+//                 four rows per invocation, so that each weight/bias vec4 serves four rows.
 // dweight/dbias reduce over rows deterministically: `backward_params` sums a chunk of rows per
 // (chunk, column) invocation into partials, `backward_params_finish` adds the chunks per
 // column (skipped when there is one chunk: the first pass then writes dweight/dbias).
@@ -164,49 +165,97 @@ fn backward_workgroup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
 }
 
+// The rows4 kernels take four consecutive rows per invocation (rows past the end are clamped
+// to the last row: computed, not stored). A column's weight (and bias) vec4 is the same for
+// every row and lane; loaded once for four rows it costs a quarter of the loads it did at one
+// row per invocation (on lavapipe every storage load is a loop over the SIMD lanes, even when
+// all lanes read one address). Each row's arithmetic is the same as in forward_rows.
+
+// The four rows of this invocation (clamped), and which of them exist.
+struct Rows4 {
+    row: vec4<u32>,
+    live: vec4<bool>,
+}
+
+fn rows4(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Rows4 {
+    let first = vec4<u32>(((wid.x + wid.y * nwg.x) * 64u + lid) * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+    return Rows4(min(first, vec4<u32>(p.rows - 1u)), first < vec4<u32>(p.rows));
+}
+
+fn hsum4(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(hsum(a), hsum(b), hsum(c), hsum(d));
+}
+
 @compute @workgroup_size(64)
 fn forward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if (row >= p.rows) { return; }
+    let r = rows4(wid, nwg, lid);
+    if (!r.live.x) { return; }
     let c4 = p.cols / 4u;
-    let base = row * c4;
+    let base = r.row * c4;
     let n = f32(p.cols);
-    let shift = x4[base].x;
-    var s = vec4<f32>(0.0);
-    for (var j = 0u; j < c4; j++) { s += x4[base + j] - shift; }
-    let m = hsum(s) / n; // mean - shift
-    var v = vec4<f32>(0.0);
-    for (var j = 0u; j < c4; j++) { let d = (x4[base + j] - shift) - m; v += d * d; }
-    let rstd = inverseSqrt(hsum(v) / n + p.eps);
+    let shift = vec4<f32>(x4[base.x].x, x4[base.y].x, x4[base.z].x, x4[base.w].x);
+    var s0 = vec4<f32>(0.0); var s1 = vec4<f32>(0.0); var s2 = vec4<f32>(0.0); var s3 = vec4<f32>(0.0);
     for (var j = 0u; j < c4; j++) {
-        out4[base + j] = ((x4[base + j] - shift) - m) * rstd * weight4[j] + bias4[j];
+        s0 += x4[base.x + j] - shift.x; s1 += x4[base.y + j] - shift.y;
+        s2 += x4[base.z + j] - shift.z; s3 += x4[base.w + j] - shift.w;
     }
-    mean_out[row] = shift + m;
-    rstd_out[row] = rstd;
+    let m = hsum4(s0, s1, s2, s3) / n; // mean - shift, per row
+    var v0 = vec4<f32>(0.0); var v1 = vec4<f32>(0.0); var v2 = vec4<f32>(0.0); var v3 = vec4<f32>(0.0);
+    for (var j = 0u; j < c4; j++) {
+        let d0 = (x4[base.x + j] - shift.x) - m.x; v0 += d0 * d0;
+        let d1 = (x4[base.y + j] - shift.y) - m.y; v1 += d1 * d1;
+        let d2 = (x4[base.z + j] - shift.z) - m.z; v2 += d2 * d2;
+        let d3 = (x4[base.w + j] - shift.w) - m.w; v3 += d3 * d3;
+    }
+    let rstd = inverseSqrt(hsum4(v0, v1, v2, v3) / n + vec4<f32>(p.eps));
+    for (var j = 0u; j < c4; j++) {
+        let w = weight4[j];
+        let b = bias4[j];
+        out4[base.x + j] = ((x4[base.x + j] - shift.x) - m.x) * rstd.x * w + b;
+        if (r.live.y) { out4[base.y + j] = ((x4[base.y + j] - shift.y) - m.y) * rstd.y * w + b; }
+        if (r.live.z) { out4[base.z + j] = ((x4[base.z + j] - shift.z) - m.z) * rstd.z * w + b; }
+        if (r.live.w) { out4[base.w + j] = ((x4[base.w + j] - shift.w) - m.w) * rstd.w * w + b; }
+    }
+    let mean = shift + m;
+    mean_out[r.row.x] = mean.x; rstd_out[r.row.x] = rstd.x;
+    if (r.live.y) { mean_out[r.row.y] = mean.y; rstd_out[r.row.y] = rstd.y; }
+    if (r.live.z) { mean_out[r.row.z] = mean.z; rstd_out[r.row.z] = rstd.z; }
+    if (r.live.w) { mean_out[r.row.w] = mean.w; rstd_out[r.row.w] = rstd.w; }
+}
+
+// dx of one vec4 (at o, weight w) of a row with saved mean and rstd and its sums mg, mgx.
+fn dx4(o: u32, w: vec4<f32>, mean: f32, rstd: f32, mg: f32, mgx: f32) -> vec4<f32> {
+    let xhat = (x4[o] - mean) * rstd;
+    let earlier = select(vec4<f32>(0.0), dx_in4[o], p.accumulate != 0u);
+    return earlier + rstd * (dy4[o] * w - mg - xhat * mgx);
 }
 
 @compute @workgroup_size(64)
 fn backward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if (row >= p.rows) { return; }
+    let r = rows4(wid, nwg, lid);
+    if (!r.live.x) { return; }
     let c4 = p.cols / 4u;
-    let base = row * c4;
-    let mean = saved_mean[row];
-    let rstd = saved_rstd[row];
-    var sg = vec4<f32>(0.0);
-    var sgx = vec4<f32>(0.0);
+    let base = r.row * c4;
+    let mean = vec4<f32>(saved_mean[r.row.x], saved_mean[r.row.y], saved_mean[r.row.z], saved_mean[r.row.w]);
+    let rstd = vec4<f32>(saved_rstd[r.row.x], saved_rstd[r.row.y], saved_rstd[r.row.z], saved_rstd[r.row.w]);
+    var sg0 = vec4<f32>(0.0); var sg1 = vec4<f32>(0.0); var sg2 = vec4<f32>(0.0); var sg3 = vec4<f32>(0.0);
+    var sx0 = vec4<f32>(0.0); var sx1 = vec4<f32>(0.0); var sx2 = vec4<f32>(0.0); var sx3 = vec4<f32>(0.0);
     for (var j = 0u; j < c4; j++) {
-        let g = dy4[base + j] * weight4[j];
-        sg += g;
-        sgx += g * (x4[base + j] - mean) * rstd;
+        let w = weight4[j];
+        let g0 = dy4[base.x + j] * w; sg0 += g0; sx0 += g0 * (x4[base.x + j] - mean.x) * rstd.x;
+        let g1 = dy4[base.y + j] * w; sg1 += g1; sx1 += g1 * (x4[base.y + j] - mean.y) * rstd.y;
+        let g2 = dy4[base.z + j] * w; sg2 += g2; sx2 += g2 * (x4[base.z + j] - mean.z) * rstd.z;
+        let g3 = dy4[base.w + j] * w; sg3 += g3; sx3 += g3 * (x4[base.w + j] - mean.w) * rstd.w;
     }
     let inv_n = 1.0 / f32(p.cols);
-    let mg = hsum(sg) * inv_n;
-    let mgx = hsum(sgx) * inv_n;
+    let mg = hsum4(sg0, sg1, sg2, sg3) * inv_n;
+    let mgx = hsum4(sx0, sx1, sx2, sx3) * inv_n;
     for (var j = 0u; j < c4; j++) {
-        let xhat = (x4[base + j] - mean) * rstd;
-        let earlier = select(vec4<f32>(0.0), dx_in4[base + j], p.accumulate != 0u);
-        out4[base + j] = earlier + rstd * (dy4[base + j] * weight4[j] - mg - xhat * mgx);
+        let w = weight4[j];
+        out4[base.x + j] = dx4(base.x + j, w, mean.x, rstd.x, mg.x, mgx.x);
+        if (r.live.y) { out4[base.y + j] = dx4(base.y + j, w, mean.y, rstd.y, mg.y, mgx.y); }
+        if (r.live.z) { out4[base.z + j] = dx4(base.z + j, w, mean.z, rstd.z, mg.z, mgx.z); }
+        if (r.live.w) { out4[base.w + j] = dx4(base.w + j, w, mean.w, rstd.w, mg.w, mgx.w); }
     }
 }
 

@@ -50,8 +50,10 @@ fn layer_norm_forward_backward_both_schedules() {
     let mut rng = Rng::new(20);
     let eps = 1e-5f32;
     // (300, 7), (300, 8) and (130, 33) split the weight/bias gradient over several row chunks;
-    // (2, 300), (9, 12) and (300, 8) take the vec4 kernels (columns a multiple of 4).
-    let shapes: Vec<(usize, usize)> = ROW_SHAPES.iter().cloned().chain([(300, 7), (300, 8), (9, 12)]).collect();
+    // (2, 300), (9, 12), (300, 8), (7, 16) and (6, 20) take the vec4 kernels (columns a multiple
+    // of 4), four rows per invocation: 2, 9, 7 and 6 rows end mid-group.
+    let shapes: Vec<(usize, usize)> =
+        ROW_SHAPES.iter().cloned().chain([(300, 7), (300, 8), (9, 12), (7, 16), (6, 20)]).collect();
     for schedule in SCHEDULES {
         for &(rows, cols) in &shapes {
             let x = Input::random(&mut rng, &[rows, cols]);
@@ -100,7 +102,7 @@ fn layer_norm_backward_adds_an_earlier_gradient_in_the_same_pass() {
     let mut rng = Rng::new(22);
     let eps = 1e-5f32;
     for schedule in SCHEDULES {
-        for &(rows, cols) in &[(1usize, 1usize), (5, 7), (33, 64), (300, 7), (3, 513)] {
+        for &(rows, cols) in &[(1usize, 1usize), (5, 7), (33, 64), (6, 8), (300, 7), (3, 513)] {
             let (x, w, dy, dx_in) = (rng.vec(rows * cols), rng.vec(cols), rng.vec(rows * cols), rng.vec(rows * cols));
             let b = rng.vec(cols);
             let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();

@@ -103,6 +103,10 @@ pub struct LayerNormGrads<'a> {
     pub dx_in: Option<&'a GpuBuffer>,
 }
 
+/// Rows per invocation of the `*_rows4` kernels (layer_norm.wgsl): each weight and bias vec4
+/// they load serves four rows.
+const ROWS4: usize = 4;
+
 /// LayerNorm forward: `out = (x - mean) * rstd * weight + bias` per row, saving `mean` and
 /// `rstd` ([rows] each) for the backward.
 pub fn forward(gpu: &Gpu, io: &LayerNormIo, rows: usize, cols: usize, eps: f32) -> Result<()> {
@@ -129,8 +133,8 @@ pub fn forward_with(
         return Ok(());
     }
     // The row-per-invocation schedule by vec4 when the columns allow it.
-    let per_row = if cols.is_multiple_of(4) { "forward_rows4" } else { "forward_rows" };
-    let (entry, workgroups) = schedule.pick(rows, cols, per_row, "forward_workgroup");
+    let per_row = if cols.is_multiple_of(4) { ("forward_rows4", ROWS4) } else { ("forward_rows", 1) };
+    let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "forward_workgroup");
     let n = (rows * cols) as u64;
     gpu.dispatch(Dispatch {
         shader: &SHADER,
@@ -196,8 +200,8 @@ pub fn backward_with(
         return Ok(());
     }
     let n = (rows * cols) as u64;
-    let per_row = if cols.is_multiple_of(4) { "backward_rows4" } else { "backward_rows" };
-    let (entry, workgroups) = schedule.pick(rows, cols, per_row, "backward_workgroup");
+    let per_row = if cols.is_multiple_of(4) { ("backward_rows4", ROWS4) } else { ("backward_rows", 1) };
+    let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "backward_workgroup");
     let mut p = Params::new(rows, cols, 0.0);
     p.accumulate = u32::from(dx_in.is_some());
     gpu.dispatch(Dispatch {

@@ -60,9 +60,22 @@ impl RowSchedule {
         per_invocation: &'static str,
         per_workgroup: &'static str,
     ) -> (&'static str, [u32; 3]) {
+        self.pick_grouped(rows, cols, (per_invocation, 1), per_workgroup)
+    }
+
+    /// [`pick`](Self::pick) for a per-invocation kernel that takes `per_invocation.1`
+    /// consecutive rows per invocation.
+    pub(crate) fn pick_grouped(
+        self,
+        rows: usize,
+        cols: usize,
+        per_invocation: (&'static str, usize),
+        per_workgroup: &'static str,
+    ) -> (&'static str, [u32; 3]) {
         match self {
             RowSchedule::Invocation if cols <= MAX_ROW_INVOCATION => {
-                (per_invocation, grid(rows.div_ceil(ROWS_PER_WORKGROUP) as u32))
+                let (entry, rows_each) = per_invocation;
+                (entry, grid(rows.div_ceil(ROWS_PER_WORKGROUP * rows_each) as u32))
             }
             _ => (per_workgroup, grid(rows as u32)),
         }
