@@ -120,6 +120,12 @@ pub(crate) fn record(out: GpuBuffer, shape: Vec<usize>, op: impl FnOnce() -> Op,
 }
 
 /// [`record`] for an output buffer that is shared (e.g. also saved for backward).
+/// Whether an op on `inputs` is recorded for a backward (recording is on and an input requires
+/// a gradient): ops may skip what only their backward would read when it is not.
+pub(crate) fn will_record(inputs: &[&Tensor]) -> bool {
+    is_recording() && inputs.iter().any(|t| t.requires_grad())
+}
+
 pub(crate) fn record_arc(
     out: Arc<GpuBuffer>,
     shape: Vec<usize>,
@@ -127,7 +133,7 @@ pub(crate) fn record_arc(
     inputs: &[&Tensor],
 ) -> Tensor {
     let gpu = inputs[0].gpu().clone();
-    let needs = is_recording() && inputs.iter().any(|t| t.requires_grad());
+    let needs = will_record(inputs);
     let node = needs.then(|| Node { op: op(), inputs: inputs.iter().map(|&t| t.clone()).collect() });
     Tensor::build(&gpu, shape, out, node, needs)
 }

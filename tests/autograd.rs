@@ -135,6 +135,14 @@ fn fused_linear_epilogues_and_folded_gradients() {
             assert!((x - y).abs() <= 1e-5 + 1e-4 * y.abs(), "fused vs composite, item {k}[{i}]: {x} vs {y}");
         }
     }
+    // Without recording, linear_act stores only the activation (matmul_act_only): the same
+    // values as the recorded op, and a plain tensor.
+    let p: Vec<Tensor> = data.iter().zip(shapes).map(|(d, s)| Tensor::param(gpu, d, s).unwrap()).collect();
+    let recorded = p[0].linear_act(&p[1], &p[2], UnaryOp::QuickGelu).unwrap();
+    let inference = no_grad(|| p[0].linear_act(&p[1], &p[2], UnaryOp::QuickGelu)).unwrap();
+    assert!(recorded.requires_grad() && !inference.requires_grad());
+    assert_eq!(inference.shape(), recorded.shape());
+    assert_eq!(inference.to_vec().unwrap(), recorded.to_vec().unwrap());
     // A residual of the wrong shape is one clear error.
     let x = Tensor::from_vec(gpu, &[0.0; 12], &[2, 6]).unwrap();
     let w = Tensor::from_vec(gpu, &[0.0; 42], &[7, 6]).unwrap();

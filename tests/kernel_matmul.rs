@@ -8,7 +8,8 @@ mod common;
 use common::{check, Case, Input, Rng};
 use vlsa_kernels::elementwise::UnaryOp;
 use vlsa_kernels::matmul::{
-    matmul, matmul_bias, matmul_bias_act, matmul_bias_act_with, matmul_bias_with, matmul_with, plan, BiasActOut, Matmul,
+    matmul, matmul_act_only_with, matmul_bias, matmul_bias_act, matmul_bias_act_with, matmul_bias_with, matmul_with,
+    plan, BiasActOut, Matmul,
 };
 use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
@@ -264,13 +265,21 @@ fn activation_epilogue_keeps_the_product_and_applies_f() {
                     UnaryOp::Relu => z.max(0.0),
                     _ => z * sigmoid(1.702 * z),
                 };
-                for activated in [false, true] {
+                // "product" and "f": the two outputs of matmul_bias_act; "f only": matmul_act_only
+                // (inference), which stores f alone.
+                for (activated, only) in [(false, false), (true, false), (true, true)] {
                     check(
                         Case::new(
                             format!(
                                 "{path:?} {} + bias, {act:?} ({})",
                                 op.describe(),
-                                if activated { "f" } else { "product" }
+                                if only {
+                                    "f only"
+                                } else if activated {
+                                    "f"
+                                } else {
+                                    "product"
+                                }
                             ),
                             inputs.clone(),
                             move |x| {
@@ -284,6 +293,10 @@ fn activation_epilogue_keeps_the_product_and_applies_f() {
                                 let out = gpu.alloc(op.out_len())?;
                                 let act_out = gpu.alloc(op.out_len())?;
                                 let epi = BiasActOut { bias: &x[2], act, act_out: &act_out };
+                                if only {
+                                    matmul_act_only_with(gpu, &x[0], &x[1], &op, &epi, path)?;
+                                    return Ok(act_out);
+                                }
                                 matmul_bias_act_with(gpu, &x[0], &x[1], &out, &op, &epi, path)?;
                                 Ok(if activated { act_out } else { out })
                             },
@@ -313,6 +326,12 @@ fn activation_epilogue_refuses_accumulation_and_a_shared_buffer() {
     let small = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &short };
     let err = matmul_bias_act(gpu, &a, &b, &out, &op, &small).unwrap_err().to_string();
     assert!(err.contains("activation output has 8 elements"), "{err}");
+    // The inference form: the same refusals where they apply.
+    let path = gpu.kernel_path();
+    let err = matmul_act_only_with(gpu, &a, &b, &op.accumulate(true), &epi, path).unwrap_err().to_string();
+    assert!(err.contains("cannot accumulate"), "{err}");
+    let err = matmul_act_only_with(gpu, &a, &b, &op, &small, path).unwrap_err().to_string();
+    assert!(err.contains("has 8 elements"), "{err}");
 }
 
 #[test]

@@ -195,7 +195,7 @@ struct Params {
     accumulate: u32,
     has_bias: u32,
     k_split: u32,
-    _pad: u32,
+    keep_product: u32,
 }
 
 /// out[b] = A[b] · B[b] (or += when `op.accumulate`), out stored [batch, M, N] row-major, on the
@@ -242,7 +242,7 @@ pub fn matmul_bias_with(
     op: &Matmul,
     path: KernelPath,
 ) -> Result<()> {
-    launch(gpu, a, b, out, op, Epilogue { bias: Some(bias), act: None }, path)
+    launch(gpu, a, b, out, op, Epilogue { bias: Some(bias), ..Epilogue::default() }, path)
 }
 
 /// The activation epilogue of [`matmul_bias_act`]: the per-column bias, the activation f and
@@ -295,8 +295,36 @@ pub fn matmul_bias_act_with(
             op.describe()
         )));
     }
-    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)) };
+    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: true };
     launch(gpu, a, b, out, op, epilogue, path)
+}
+
+/// [`matmul_bias_act`] when no backward will run (inference): only `epi.act_out` =
+/// f(A·B + bias) is written; the bare product, which only the activation's backward reads, is
+/// not stored at all (one store pass fewer over the output, the costly part of a short-K
+/// product's store on lavapipe).
+pub fn matmul_act_only(gpu: &Gpu, a: &GpuBuffer, b: &GpuBuffer, op: &Matmul, epi: &BiasActOut) -> Result<()> {
+    matmul_act_only_with(gpu, a, b, op, epi, gpu.kernel_path())
+}
+
+/// [`matmul_act_only`] on an explicitly chosen implementation.
+pub fn matmul_act_only_with(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    op: &Matmul,
+    epi: &BiasActOut,
+    path: KernelPath,
+) -> Result<()> {
+    if op.accumulate {
+        return Err(Error::Shape(format!(
+            "matmul {}: an activation epilogue cannot accumulate into its output",
+            op.describe()
+        )));
+    }
+    // The activation's buffer stands in for the product's (never written: keep_product is off).
+    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: false };
+    launch(gpu, a, b, epi.act_out, op, epilogue, path)
 }
 
 /// What a launch adds in its store: a per-column bias, and an activation with its output.
@@ -304,6 +332,9 @@ pub fn matmul_bias_act_with(
 struct Epilogue<'a> {
     bias: Option<&'a GpuBuffer>,
     act: Option<(&'a GpuBuffer, UnaryOp)>,
+    /// With `act`: also store the bare product in `out` (what a backward needs). Without it
+    /// only f(product + bias) is stored, and `out` may be the activation's buffer.
+    keep_product: bool,
 }
 
 fn launch(
@@ -315,7 +346,7 @@ fn launch(
     epilogue: Epilogue,
     path: KernelPath,
 ) -> Result<()> {
-    let Epilogue { bias, act } = epilogue;
+    let Epilogue { bias, act, keep_product } = epilogue;
     if let Some(bias) = bias {
         if bias.len() < op.n {
             return Err(Error::Shape(format!(
@@ -374,7 +405,7 @@ fn launch(
         accumulate: op.accumulate as u32,
         has_bias: bias.is_some() as u32,
         k_split: op.k as u32,
-        _pad: 0,
+        keep_product: keep_product as u32,
     };
     // The activation is a pipeline constant (ACT in matmul_core.wgsl): 1 + its code, or none.
     let act_constant = act.map(|(_, f)| [("ACT", f64::from(1 + f as u32))]);

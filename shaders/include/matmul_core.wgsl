@@ -15,7 +15,8 @@ struct Params {
     accumulate: u32,
     has_bias: u32,    // add bias[j] to every output column j
     k_split: u32,     // tiled: K per split (split-K); splitk_reduce: the number of splits
-    _pad2: u32,
+    keep_product: u32, // with an activation: 1 also stores the bare product in `out` (training),
+                       // 0 stores only f(product + bias) in act_out (inference)
 }
 
 // The parameter block is read from a storage buffer into a private copy at the top of every
@@ -69,26 +70,43 @@ fn epilogue4(v: vec4<f32>, o: u32, bv: vec4<f32>) -> vec4<f32> {
     return r;
 }
 
+// The activation, per component.
+fn act4(z: vec4<f32>) -> vec4<f32> {
+    let op = ACT - 1u;
+    return vec4<f32>(unary_f(op, z.x), unary_f(op, z.y), unary_f(op, z.z), unary_f(op, z.w));
+}
+
 // Every kernel's store of output element o (column j) with the product v. With an activation
-// (ACT = 1 + op, launched with a bias and without accumulation) `out` keeps the bare product,
-// from which the backward recomputes f'(product + bias), and act_out gets f(product + bias): a
-// Linear, its bias and its activation in one pass over the output. Otherwise out gets the
-// epilogue.
+// (ACT = 1 + op, launched with a bias and without accumulation) act_out gets f(product + bias)
+// and, when p.keep_product is set (a backward will run), `out` keeps the bare product, from
+// which the backward recomputes f'(product + bias): a Linear, its bias and its activation in one
+// pass over the output. Otherwise out gets the epilogue.
 fn store1(o: u32, j: u32, v: f32) {
     if (ACT != 0u) {
-        out[o] = v;
+        if (p.keep_product != 0u) {
+            out[o] = v;
+        }
         act_out[o] = unary_f(ACT - 1u, v + bias[j]);
         return;
     }
     out[o] = epilogue(v, o, j);
 }
 
-// The register-block kernels' store of four columns j..j+4 as out4[o]. With an activation it
-// writes only the bare product: these kernels store their block in straight-line code, one copy
-// per row, and then run act_rows4 / act_rows1, where the activation's code appears once.
+// The register-block kernels' store of four columns as out4[o] (bias `bv`). With an activation
+// and keep_product they write only the bare product here, in straight-line code, one copy per
+// row, and then run act_rows4 / act_rows1, where the activation's code appears once. Without
+// keep_product (inference) they store f(product + bias) here, one copy of the activation per
+// store: only one output is written, and the second store pass is what costs (on lavapipe every
+// store is a loop over the SIMD lanes). Measured at the ViT's fc1 (2056 x 768 x 192,
+// quick_gelu; Intel Xeon, family 6 model 167): storing f here took about as long as the bare
+// store and the act_rows4 loop when it also stored the bare product, and 0.8x without it.
 fn put4(o: u32, bv: vec4<f32>, v: vec4<f32>) {
     if (ACT != 0u) {
-        out4[o] = v;
+        if (p.keep_product != 0u) {
+            out4[o] = v;
+        } else {
+            act_out4[o] = act4(v + bv);
+        }
         return;
     }
     out4[o] = epilogue4(v, o, bv);
@@ -97,7 +115,11 @@ fn put4(o: u32, bv: vec4<f32>, v: vec4<f32>) {
 // The same for one element (registers_general, subgroup_general).
 fn put1(o: u32, j: u32, v: f32) {
     if (ACT != 0u) {
-        out[o] = v;
+        if (p.keep_product != 0u) {
+            out[o] = v;
+        } else {
+            act_out[o] = unary_f(ACT - 1u, v + bias[j]);
+        }
         return;
     }
     out[o] = epilogue(v, o, j);
@@ -113,10 +135,9 @@ fn put1(o: u32, j: u32, v: f32) {
 // form still costs more than the loop where the store dominates (2048 x 512 x 4, register
 // kernel: gelu 3.2-3.5 ms over the plain product, against 0.5-1.6 ms; AMD EPYC Zen 4).
 fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
-    if (ACT == 0u) {
+    if (ACT == 0u || p.keep_product == 0u) {
         return;
     }
-    let op = ACT - 1u;
     // Columns outer, rows inner: each bias vec4 is loaded once per block, not once per row.
     for (var q = 0u; q < 8u; q++) {
         let j = col0 + 4u * q;
@@ -128,8 +149,7 @@ fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
             let i = row0 + r;
             if (i < p.m) {
                 let o = (base + i * p.n + j) / 4u;
-                let z = out4[o] + b;
-                act_out4[o] = vec4<f32>(unary_f(op, z.x), unary_f(op, z.y), unary_f(op, z.z), unary_f(op, z.w));
+                act_out4[o] = act4(out4[o] + b);
             }
         }
     }
@@ -137,7 +157,7 @@ fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
 
 // The same with scalar accesses over cols columns (any N).
 fn act_rows1(base: u32, row0: u32, rows: u32, col0: u32, cols: u32) {
-    if (ACT == 0u) {
+    if (ACT == 0u || p.keep_product == 0u) {
         return;
     }
     let op = ACT - 1u;
@@ -321,11 +341,12 @@ fn load_b(s: ptr<function, Slice>, tb: bool, base: u32, k: u32, col0: u32) {
 
 // The bias of columns col0..col0 + 32 for store_row: loaded once per block, not once per row
 // of it (every storage load is a loop over the SIMD lanes on lavapipe, and a block of 8 or 32
-// rows loaded its bias 8 or 32 times). Zero without a bias, and with an activation, whose pass
-// (act_rows4) adds the bias itself; columns past N are clamped (never stored).
+// rows loaded its bias 8 or 32 times). Zero without a bias, and with an activation that keeps
+// the product, whose pass (act_rows4) adds the bias itself; columns past N are clamped (never
+// stored).
 fn bias_row(col0: u32) -> Row {
     var r: Row;
-    if (p.has_bias != 0u && ACT == 0u) {
+    if (p.has_bias != 0u && (ACT == 0u || p.keep_product == 0u)) {
         r[0] = bias4_at(col0); r[1] = bias4_at(col0 + 4u); r[2] = bias4_at(col0 + 8u); r[3] = bias4_at(col0 + 12u);
         r[4] = bias4_at(col0 + 16u); r[5] = bias4_at(col0 + 20u); r[6] = bias4_at(col0 + 24u); r[7] = bias4_at(col0 + 28u);
     }

@@ -176,6 +176,13 @@ impl Tensor {
         let (spec, shape) = self.linear_spec(weight)?;
         let (rows, c) = (spec.m, spec.n);
         check_bias(bias, &[rows, c])?;
+        if !crate::autograd::will_record(&[self, weight, bias]) {
+            // No backward will read the bare product: store only the activation.
+            let out = self.gpu().alloc(spec.out_len())?;
+            let epi = matmul::BiasActOut { bias: bias.buffer(), act, act_out: &out };
+            matmul::matmul_act_only(self.gpu(), self.buffer(), weight.buffer(), &spec, &epi)?;
+            return Tensor::from_buffer(self.gpu(), out, &shape);
+        }
         let (product, out) = (self.gpu().alloc(spec.out_len())?, self.gpu().alloc(spec.out_len())?);
         let epi = matmul::BiasActOut { bias: bias.buffer(), act, act_out: &out };
         matmul::matmul_bias_act(self.gpu(), self.buffer(), weight.buffer(), &product, &spec, &epi)?;
