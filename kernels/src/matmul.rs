@@ -283,12 +283,7 @@ pub fn matmul_bias_act_with(
     epi: &BiasActOut,
     path: KernelPath,
 ) -> Result<()> {
-    if op.accumulate {
-        return Err(Error::Shape(format!(
-            "matmul {}: an activation epilogue cannot accumulate into its output",
-            op.describe()
-        )));
-    }
+    refuse_accumulating_activation(op)?;
     if std::ptr::eq(out, epi.act_out) {
         return Err(Error::Shape(format!(
             "matmul {}: the product and its activation need two different buffers",
@@ -297,6 +292,17 @@ pub fn matmul_bias_act_with(
     }
     let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: true };
     launch(gpu, a, b, out, op, epilogue, path)
+}
+
+/// An activation epilogue stores f(product + bias); it cannot also add onto the old output.
+fn refuse_accumulating_activation(op: &Matmul) -> Result<()> {
+    if op.accumulate {
+        return Err(Error::Shape(format!(
+            "matmul {}: an activation epilogue cannot accumulate into its output",
+            op.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// [`matmul_bias_act`] when no backward will run (inference): only `epi.act_out` =
@@ -316,12 +322,7 @@ pub fn matmul_act_only_with(
     epi: &BiasActOut,
     path: KernelPath,
 ) -> Result<()> {
-    if op.accumulate {
-        return Err(Error::Shape(format!(
-            "matmul {}: an activation epilogue cannot accumulate into its output",
-            op.describe()
-        )));
-    }
+    refuse_accumulating_activation(op)?;
     // The activation's buffer stands in for the product's (never written: keep_product is off).
     let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: false };
     launch(gpu, a, b, epi.act_out, op, epilogue, path)
