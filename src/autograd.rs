@@ -119,13 +119,13 @@ pub(crate) fn record(out: GpuBuffer, shape: Vec<usize>, op: impl FnOnce() -> Op,
     record_arc(Arc::new(out), shape, op, inputs)
 }
 
-/// [`record`] for an output buffer that is shared (e.g. also saved for backward).
 /// Whether an op on `inputs` is recorded for a backward (recording is on and an input requires
 /// a gradient): ops may skip what only their backward would read when it is not.
 pub(crate) fn will_record(inputs: &[&Tensor]) -> bool {
     is_recording() && inputs.iter().any(|t| t.requires_grad())
 }
 
+/// [`record`] for an output buffer that is shared (e.g. also saved for backward).
 pub(crate) fn record_arc(
     out: Arc<GpuBuffer>,
     shape: Vec<usize>,

@@ -144,7 +144,7 @@ fn act_rows4(base: u32, row0: u32, rows: u32, col0: u32) {
         if (j >= p.n) {
             break;
         }
-        let b = vec4<f32>(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+        let b = bias4_at(j);
         for (var r = 0u; r < rows; r++) {
             let i = row0 + r;
             if (i < p.m) {
