@@ -1,13 +1,14 @@
 //! Attention: FLOP/s of forward and backward at the model's shapes (ViT self-attention,
 //! decoder pixel self-attention, decoder cross-attention over 3 classes) and at N = 1024, for
-//! the fused kernels and the products method (`fused_*` and `products_*`; plain `forward` /
-//! `backward` is what `Auto` picks on this adapter).
+//! the fused kernels, the products method and the stored-scores backward (`_Fused`,
+//! `_Products`, `_Scores`; plain `forward` / `backward` is what `Auto` picks on this adapter).
 //! Forward counts 4*B*H*Nq*Nk*dh FLOPs, backward 2.5x that (see `Attention::backward_flops`).
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlsa_kernels::attention::{self, Attention, AttentionGrads, AttentionIo, BackwardPath, ForwardPath};
+use vlsa_kernels::KernelPath;
 
 /// The bench shapes: name, shape, forward paths to time.
 pub fn shapes() -> Vec<(&'static str, Attention, Vec<ForwardPath>)> {
@@ -61,9 +62,13 @@ fn bench(c: &mut Criterion) {
             });
         }
         attention::forward(&gpu, &io, &s).unwrap();
-        for (tag, method) in
-            [("", BackwardPath::Auto), ("_Fused", BackwardPath::Fused), ("_Products", BackwardPath::Products)]
-        {
+        let mut methods =
+            vec![("", BackwardPath::Auto), ("_Fused", BackwardPath::Fused), ("_Products", BackwardPath::Products)];
+        // The stored-scores backward: keys per batch element, register-blocked kernels.
+        if s.kv_batch == s.batch && gpu.kernel_path() != KernelPath::Tiled {
+            methods.push(("_Scores", BackwardPath::Scores));
+        }
+        for (tag, method) in methods {
             common::bench_gpu(
                 &mut group,
                 &format!("backward{tag}/{name}"),

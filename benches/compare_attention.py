@@ -3,12 +3,13 @@
 
 Runs `cargo run --profile PROFILE --example attention_time --method M` (release by default)
 for vlsa's times (forward, and backward of dq/dk/dv) with each method M of --methods (fused
-kernels, materialised products, or auto: what the model runs on this adapter) and
+kernels, materialised products, the fused kernels with the stored-scores backward, or auto:
+what the model runs on this adapter) and
 torch.nn.functional.scaled_dot_product_attention for PyTorch's, with the same layouts
 ([B, N, H*dh] projected per head), and prints them with their ratios.
 
 Usage: python3 benches/compare_attention.py [--iters N] [--threads T] [--profile dev]
-                                            [--methods fused,products]
+                                            [--methods fused,products,scores,auto]
 Needs torch (`pip install torch`). Set CARGO_TARGET_DIR as usual; WGPU_BACKEND and
 VLSA_ADAPTER choose vlsa's adapter.
 """
@@ -87,7 +88,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--profile", default="release", help="cargo profile for vlsa's timing run (dev builds faster)")
-    ap.add_argument("--methods", default="fused,products", help="vlsa methods, comma-separated: auto, fused, products")
+    ap.add_argument("--methods", default="fused,products", help="vlsa methods, comma-separated: auto, fused, products, scores")
     args = ap.parse_args()
     try:
         import torch

@@ -1,10 +1,11 @@
 //! Times vlsa's attention forward and backward at the shapes given on the command line, for
 //! benches/compare_attention.py (which times PyTorch at the same shapes).
 //!
-//! Usage: attention_time [--iters N] [--method auto|fused|products] SHAPE...
+//! Usage: attention_time [--iters N] [--method auto|fused|products|scores] SHAPE...
 //!        with SHAPE = B,Bk,Nq,Nk,H,dh[,causal]
 //! `auto` (the default) is what the model runs on this adapter; `fused` the fused kernels
-//! (few-keys or blocked forward); `products` the score matrix materialised.
+//! (few-keys or blocked forward); `products` the score matrix materialised; `scores` the
+//! fused kernels with the stored-scores backward (`fused` where the keys are shared).
 //! Prints one line per shape: `SHAPE forward_ms backward_ms` (medians over N runs, each
 //! submitted and waited for).
 
@@ -48,7 +49,7 @@ fn run() -> Result<(), String> {
     }
     let mut method = "auto".to_string();
     if let Some(i) = args.iter().position(|a| a == "--method") {
-        method = args.get(i + 1).cloned().ok_or("--method needs auto, fused or products")?;
+        method = args.get(i + 1).cloned().ok_or("--method needs auto, fused, products or scores")?;
         args.drain(i..i + 2);
     }
     let gpu = Gpu::new().map_err(|e| e.to_string())?;
@@ -84,7 +85,11 @@ fn run() -> Result<(), String> {
             "fused" if s.kv_len <= attention::FEW_KEYS => (ForwardPath::FewKeys, BackwardPath::Fused),
             "fused" => (ForwardPath::Blocked, BackwardPath::Fused),
             "products" => (ForwardPath::Products, BackwardPath::Products),
-            other => return Err(format!("--method {other} is not one of auto, fused, products")),
+            // The stored-scores backward where the shape allows it (keys per batch element).
+            "scores" if s.kv_batch == s.batch => (ForwardPath::Blocked, BackwardPath::Scores),
+            "scores" if s.kv_len <= attention::FEW_KEYS => (ForwardPath::FewKeys, BackwardPath::Fused),
+            "scores" => (ForwardPath::Blocked, BackwardPath::Fused),
+            other => return Err(format!("--method {other} is not one of auto, fused, products, scores")),
         };
         let path = gpu.kernel_path();
         let io = AttentionIo { q: &q, k: &k, v: &v, key_mask: None, out: &out, lse: &lse, probs: None };

@@ -31,6 +31,10 @@
 // `backward_prepare` packs per-row lse and delta and the key mask (as 0/1 floats) into one
 // `stats` buffer [lse: B*H*Nq | delta: B*H*Nq | key valid: Bk*Nk] so that the two gradient
 // kernels stay within 7 storage buffers.
+// Stored scores (the launcher's `BackwardPath::Scores`; Bk = B, not causal, one query range):
+// the dk/dv kernel, which computes every dS_ij anyway, also writes it transposed after dk in
+// its grad_a buffer, and `backward_dq_scores_blocked` takes dq = scale * sum_j dS_ij k_j from
+// it: five products per backward instead of seven (dq_blocked recomputes s and dP).
 //
 // Supported: head_dim a multiple of 4, from 4 to 128 (rows are read as vec4). The forward,
 // dq and dk/dv kernels are register-blocked (see "Four rows per invocation" in
@@ -99,4 +103,9 @@ fn backward_dq_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 @compute @workgroup_size(8)
 fn backward_dkdv_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dkdv_body(wid, nwg, lid, ROW_CHUNKS);
+}
+
+@compute @workgroup_size(8)
+fn backward_dq_scores_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    dq_scores_body(wid, nwg, lid, ROW_CHUNKS);
 }

@@ -179,8 +179,16 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
     if matches!(path, ForwardPath::Auto | ForwardPath::Blocked) {
         methods.push((ForwardPath::Products, BackwardPath::Products));
     }
+    // The stored-scores backward: keys per batch element, not causal, register-blocked kernels.
+    let scores = s.kv_batch == s.batch && !s.causal;
+    if scores {
+        methods.push((fused, BackwardPath::Scores));
+    }
     for kernels in KernelPath::ALL {
         for &(forward, backward) in &methods {
+            if backward == BackwardPath::Scores && kernels == KernelPath::Tiled {
+                continue;
+            }
             check_attention_on(name, s, mask.clone(), forward, backward, kernels, seed);
         }
     }

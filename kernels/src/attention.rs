@@ -216,6 +216,11 @@ pub enum BackwardPath {
     Fused,
     /// P recomputed by a matmul, then dv = Pᵀ dout, dP = dout vᵀ, dq = dS k, dk = dSᵀ q.
     Products,
+    /// The fused dk/dv kernel also stores the score gradient dS it computes (transposed,
+    /// B·H·Nk·Nq floats), and dq is one product from it instead of three: five products in
+    /// all instead of seven. Register-blocked kernels (registers and subgroup paths), keys
+    /// per batch element (Bk = B), not causal, dS within [`MAX_PRODUCT_SCORES`].
+    Scores,
 }
 
 /// Whether the products method can take this call: the score matrix within
@@ -245,6 +250,19 @@ fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool
     registers && (!forward || s.kv_len > FEW_KEYS) && s.q_len > 0 && products_fit(gpu, s)
 }
 
+/// The stored-scores backward's dS^T: [B·H, Nk rounded up to 32, Nq rounded up to 32] floats
+/// (whole tiles of the key and query kernels), or `None` where the method cannot take `s` on
+/// `path` (the tiled path's kernels, shared keys, causal, too large, or nothing to compute).
+fn scores_len(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
+    let len = s.batch * s.heads * s.kv_len.next_multiple_of(TILE) * s.q_len.next_multiple_of(TILE);
+    // dk and dS^T share one binding.
+    let fits = len <= MAX_PRODUCT_SCORES
+        && (4 * (len + s.kv_elements())) as u64 <= gpu.limits().max_storage_buffer_binding_size;
+    // One range of query rows per key invocation: within lavapipe's loop limit.
+    let shape = s.kv_batch == s.batch && !s.causal && s.q_len > 0 && s.q_len <= MAX_SPLIT_ROWS && s.kv_len > 0;
+    (path != KernelPath::Tiled && shape && fits).then_some(len)
+}
+
 fn check_products(gpu: &Gpu, s: &Attention) -> Result<()> {
     if !products_fit(gpu, s) {
         return Err(Error::Shape(format!(
@@ -271,7 +289,9 @@ struct Params {
     splits: u32,
     split_rows: u32,
     lanes: u32,
-    _pad: [u32; 3],
+    scores_at: u32,
+    q_pad: u32,
+    k_pad: u32,
 }
 
 impl Params {
@@ -290,7 +310,9 @@ impl Params {
             splits: 1,
             split_rows: 0,
             lanes: lanes_per_row(s.head_dim) as u32,
-            _pad: [0; 3],
+            scores_at: 0,
+            q_pad: s.q_len.next_multiple_of(TILE) as u32,
+            k_pad: s.kv_len.next_multiple_of(TILE) as u32,
         }
     }
 }
@@ -540,7 +562,7 @@ pub fn backward_path(
     check_len(s, "dv", dv, &kd, s.kv_elements())?;
     let products = match backward {
         BackwardPath::Auto => products_by_default(gpu, s, path, false),
-        BackwardPath::Fused => false,
+        BackwardPath::Fused | BackwardPath::Scores => false,
         BackwardPath::Products => {
             check_products(gpu, s)?;
             // With no query rows the gradients are zeros, which the fused kernels write.
@@ -553,6 +575,32 @@ pub fn backward_path(
     check_blocked_head(gpu, s, path)?;
     let lanes = path == KernelPath::Tiled;
     let rows_per_group = if lanes { lanes_rows(s) } else { TILE };
+
+    // dk, dv: one key row per invocation, over `splits` ranges of the query rows.
+    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
+    let invocations = s.kv_batch * s.heads * s.kv_len;
+    let splits = TARGET_KEY_INVOCATIONS
+        .div_ceil(invocations.max(1))
+        .clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1))
+        .max(total_rows.div_ceil(MAX_SPLIT_ROWS));
+    let scores = match backward {
+        BackwardPath::Scores => Some(scores_len(gpu, s, path).ok_or_else(|| {
+            Error::Shape(format!(
+                "attention with {}: the stored-scores backward takes the register-blocked kernels, keys per batch element, no causal mask and at most {MAX_PRODUCT_SCORES} score elements; use the fused kernels",
+                s.describe()
+            ))
+        })?),
+        // Where it is the faster method (README, "Attention and patch embedding"): the
+        // subgroup kernels, and only when the key pass would not split the query rows.
+        BackwardPath::Auto if path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels() && splits == 1 => {
+            scores_len(gpu, s, path)
+        }
+        _ => None,
+    };
+    // The stored dS^T is written per eight query rows from the first: one range only.
+    let splits = if scores.is_some() { 1 } else { splits };
+    let split_rows = total_rows.div_ceil(splits).max(1);
+    let splits = total_rows.div_ceil(split_rows).max(1);
 
     let rows = s.lse_elements();
     let keys = s.kv_batch * s.kv_len;
@@ -581,8 +629,8 @@ pub fn backward_path(
         label,
     )?;
 
-    // 2. dq, one query row per invocation.
-    if s.q_len > 0 {
+    // 2. dq, by query rows, recomputing P and dP (not when the scores are stored: step 4).
+    if s.q_len > 0 && scores.is_none() {
         let tiles = s.q_len.div_ceil(rows_per_group);
         p.tiles = tiles as u32;
         let label = KernelLabel {
@@ -603,15 +651,7 @@ pub fn backward_path(
         )?;
     }
 
-    // 3. dk, dv, one key row per invocation, over `splits` ranges of the query rows.
-    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
-    let invocations = s.kv_batch * s.heads * s.kv_len;
-    let splits = TARGET_KEY_INVOCATIONS
-        .div_ceil(invocations)
-        .clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1))
-        .max(total_rows.div_ceil(MAX_SPLIT_ROWS));
-    let split_rows = total_rows.div_ceil(splits).max(1);
-    let splits = total_rows.div_ceil(split_rows).max(1);
+    // 3. dk, dv (and the stored dS^T), by key rows.
     let tiles = s.kv_len.div_ceil(rows_per_group);
     p.tiles = tiles as u32;
     p.splits = splits as u32;
@@ -620,10 +660,31 @@ pub fn backward_path(
         kernel: "attention_backward_dkdv",
         shape: s.describe(),
         flops: f * 2,
-        bytes: 2 * qe + 4 * ke * splits as u64,
+        bytes: 2 * qe + 4 * ke * splits as u64 + 4 * scores.unwrap_or(0) as u64,
     };
     let workgroups = s.kv_batch * s.heads * splits * tiles;
     let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { "backward_dkdv_blocked" };
+    if let Some(len) = scores {
+        // grad_a holds dk, then dS^T from vec4 scores_at; dk is copied out after the pass.
+        let ke_n = s.kv_elements();
+        let dk_scores = gpu.alloc(ke_n + len)?;
+        p.scores_at = (ke_n / 4) as u32;
+        let buffers = [q, k, v, mask, out, lse, d_out, &stats, &dk_scores, dv];
+        dispatch(gpu, dkdv_entry, path, s, &p, &buffers, workgroups, label)?;
+        gpu.copy_region(&dk_scores, 0, dk, 0, ke_n)?;
+
+        // 4. dq = scale * dS k from the stored dS^T, into grad_b.
+        let tiles = s.q_len.div_ceil(TILE);
+        p.tiles = tiles as u32;
+        let label = KernelLabel {
+            kernel: "attention_backward_dq_scores",
+            shape: s.describe(),
+            flops: f / 2,
+            bytes: qe + ke + 4 * len as u64,
+        };
+        let buffers = [q, k, v, mask, out, lse, d_out, &stats, &dk_scores, dq];
+        return dispatch(gpu, "backward_dq_scores_blocked", path, s, &p, &buffers, s.batch * s.heads * tiles, label);
+    }
     if splits == 1 {
         return dispatch(
             gpu,

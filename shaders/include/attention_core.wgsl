@@ -17,9 +17,9 @@ struct Params {
     splits: u32,      // backward_dkdv: query-row ranges, each written as one partial
     split_rows: u32,  // backward_dkdv: query rows per range
     lanes: u32,       // the *_lanes kernels: lanes per head row (a power of two, 1 to 32)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    scores_at: u32,   // stored-scores backward: vec4 index of dS^T in grad_a (0: not stored)
+    q_pad: u32,       //   dS^T's rows: Nq rounded up to 32
+    k_pad: u32,       //   and its rows per head: Nk rounded up to 32
 }
 
 // Chunks of 16 floats in each register-blocked head row (1, 2, 4 or 8), set per pipeline by the
@@ -662,7 +662,8 @@ fn grad_scores(s: mat2x4<f32>, dp: mat2x4<f32>, row_lse: f32, row_delta: f32, ok
 // eight per step (the same rows for the whole workgroup). The query rows are flattened over
 // the batch when Bk = 1 (row r = b*Nq + i). A masked key contributes nothing (its
 // probabilities are zeroed), so loop bounds stay uniform.
-// Writes partial `split` of dk (grad_a) and dv (grad_b): [splits, Bk*Nk, H*dh].
+// Writes partial `split` of dk (grad_a) and dv (grad_b): [splits, Bk*Nk, H*dh]; with
+// p.scores_at set, dS^T too (see store_scores).
 fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let wg = workgroup_index(wid, nwg);
     let tile = wg % p.tiles;
@@ -767,6 +768,9 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
             dv6 = mix4_d_out(dv6, pr, r, 24u, last); dk6 = mix4_q(dk6, ds, r, 24u, last);
             dv7 = mix4_d_out(dv7, pr, r, 28u, last); dk7 = mix4_q(dk7, ds, r, 28u, last);
         }
+        // Last in the step: a store before the mixes above would make the compiler load the
+        // step's q and dout rows a second time (it cannot tell grad_a from them).
+        if (p.scores_at != 0u) { store_scores(kbh, rows_j, in_range, r0, ds); }
     }
     let ob = vec4<u32>(split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u))) + kr;
     store4_grad_a(ob, in_range, 0u, last, dk0, p.scale); store4_grad_b(ob, in_range, 0u, last, dv0);
@@ -781,6 +785,76 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
         store4_grad_a(ob, in_range, 24u, last, dk6, p.scale); store4_grad_b(ob, in_range, 24u, last, dv6);
         store4_grad_a(ob, in_range, 28u, last, dk7, p.scale); store4_grad_b(ob, in_range, 28u, last, dv7);
     }
+}
+
+// The stored-scores backward (launcher: one split, Bk = B, not causal). With p.scores_at set,
+// the dk/dv kernel keeps the dS it computes, transposed, after dk in its grad_a buffer:
+// dS^T [B*H, k_pad, q_pad] from vec4 p.scores_at, zeros for keys past Nk (rows past Nq are
+// never read); `backward_dq_scores_blocked` then takes dq = scale * dS k from it, one product
+// instead of dq_body's three (s = q k^T and dP = dout v^T recomputed there). Both stay within
+// the bindings the kernels already have: dS^T in grad_a, and dq written to grad_b.
+
+// dS of the invocation's four keys (rows_j, unclamped; zeros where not in_range) against the
+// eight query rows r0..r0+8: two vec4 per key (r0 is a multiple of 8, q_pad of 32).
+fn store_scores(kbh: u32, rows_j: vec4<u32>, in_range: vec4<bool>, r0: u32, ds: Scores4) {
+    let at = vec4<u32>(p.scores_at) + (vec4<u32>(r0) + (vec4<u32>(kbh * p.k_pad) + rows_j) * p.q_pad) / 4u;
+    put_scores8(at.x, ds.r0, in_range.x);
+    put_scores8(at.y, ds.r1, in_range.y);
+    put_scores8(at.z, ds.r2, in_range.z);
+    put_scores8(at.w, ds.r3, in_range.w);
+}
+fn put_scores8(at: u32, x: mat2x4<f32>, ok: bool) {
+    grad_a[at] = select(vec4<f32>(0.0), x[0], ok);
+    grad_a[at + 1u] = select(vec4<f32>(0.0), x[1], ok);
+}
+
+// dq (into grad_b) from the stored dS^T: four consecutive query rows of one head per invocation (so that
+// one vec4 of a dS^T row holds all four), walking the keys eight per step. The eight vec4 of
+// a step are the 8 x 4 block dS^T[j0..j0+8, i..i+4]; transposed, column t is query i + t.
+fn dq_scores_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let tile = wg % p.tiles;
+    let bh = wg / p.tiles;
+    if (bh >= p.batch * p.heads) { return; }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i0 = tile * TILE + 4u * lid;
+    let rows_i = vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u);
+    let in_range = rows_i < vec4<u32>(p.q_len);
+    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
+    let kb = kv_batch_of(b);
+    let last = p.head_dim / 4u - 1u;
+    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
+    var a0 = Chunk4(); var a1 = Chunk4(); var a2 = Chunk4(); var a3 = Chunk4();
+    var a4 = Chunk4(); var a5 = Chunk4(); var a6 = Chunk4(); var a7 = Chunk4();
+    let stride = p.q_pad / 4u;
+    let first = p.scores_at + (bh * p.k_pad * p.q_pad + i0) / 4u;
+    for (var j0 = 0u; j0 < p.kv_len; j0 += 8u) {
+        let r = key_rows(kb, j0, p.kv_len, h);
+        let at = first + j0 * stride;
+        let lo = transpose(mat4x4<f32>(grad_a[at], grad_a[at + stride], grad_a[at + 2u * stride], grad_a[at + 3u * stride]));
+        let hi = transpose(mat4x4<f32>(grad_a[at + 4u * stride], grad_a[at + 5u * stride], grad_a[at + 6u * stride], grad_a[at + 7u * stride]));
+        let ds = Scores4(mat2x4<f32>(lo[0], hi[0]), mat2x4<f32>(lo[1], hi[1]), mat2x4<f32>(lo[2], hi[2]), mat2x4<f32>(lo[3], hi[3]));
+        a0 = mix4_k(a0, ds, r, 0u, last);
+        if (ch > 1u) { a1 = mix4_k(a1, ds, r, 4u, last); }
+        if (ch > 2u) { a2 = mix4_k(a2, ds, r, 8u, last); a3 = mix4_k(a3, ds, r, 12u, last); }
+        if (ch > 4u) {
+            a4 = mix4_k(a4, ds, r, 16u, last); a5 = mix4_k(a5, ds, r, 20u, last);
+            a6 = mix4_k(a6, ds, r, 24u, last); a7 = mix4_k(a7, ds, r, 28u, last);
+        }
+    }
+    // dq goes to grad_b (grad_a holds dS^T), unscaled there: the scale is applied here.
+    store4_grad_b(qb, in_range, 0u, last, scale4(a0));
+    if (ch > 1u) { store4_grad_b(qb, in_range, 4u, last, scale4(a1)); }
+    if (ch > 2u) { store4_grad_b(qb, in_range, 8u, last, scale4(a2)); store4_grad_b(qb, in_range, 12u, last, scale4(a3)); }
+    if (ch > 4u) {
+        store4_grad_b(qb, in_range, 16u, last, scale4(a4)); store4_grad_b(qb, in_range, 20u, last, scale4(a5));
+        store4_grad_b(qb, in_range, 24u, last, scale4(a6)); store4_grad_b(qb, in_range, 28u, last, scale4(a7));
+    }
+}
+
+fn scale4(x: Chunk4) -> Chunk4 {
+    return Chunk4(x.r0 * p.scale, x.r1 * p.scale, x.r2 * p.scale, x.r3 * p.scale);
 }
 
 // P and dS of one key j against the eight query rows of a dk/dv step (rows i_lo, i_hi, valid
