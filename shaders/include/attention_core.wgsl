@@ -180,6 +180,27 @@ fn key_rows(kb: u32, j0: u32, end: u32, h: u32) -> Rows8 {
                  row_base4(first + min(vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u), last), h));
 }
 
+// The four query rows `rows_i` an invocation of head (b, h) = bh owns (forward, dq): which are
+// in range, their indices clamped to the last row, their kv batch, and their first vec4 in q
+// (and in out, d_out and dq, which share q's layout).
+struct QueryRows {
+    b: u32,
+    h: u32,
+    kb: u32,
+    last: u32,              // the last vec4 of a head row
+    in_range: vec4<bool>,
+    i4: vec4<u32>,
+    qb: vec4<u32>,
+}
+
+fn query_rows(bh: u32, rows_i: vec4<u32>) -> QueryRows {
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
+    return QueryRows(b, h, kv_batch_of(b), p.head_dim / 4u - 1u, rows_i < vec4<u32>(p.q_len), i4,
+                     row_base4(vec4<u32>(b * p.q_len) + i4, h));
+}
+
 // ---------------------------------------------------------------------------------------
 // Four rows per invocation.
 //
@@ -396,14 +417,9 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let tile = wg % p.tiles;
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
-    let b = bh / p.heads;
-    let h = bh % p.heads;
-    let rows_i = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
-    let in_range = rows_i < vec4<u32>(p.q_len);
-    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
-    let kb = kv_batch_of(b);
-    let last = p.head_dim / 4u - 1u;
-    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
+    let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
+    let b = qr.b; let h = qr.h; let kb = qr.kb; let last = qr.last;
+    let in_range = qr.in_range; let i4 = qr.i4; let qb = qr.qb;
 
     // The scale is folded into q once.
     let q0 = chunk4_q(qb, 0u, last, p.scale);
@@ -564,6 +580,49 @@ fn backward_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
+// dq's accumulators: chunk c of the invocation's four rows in field c (the dq kernels).
+struct Chunks8 {
+    c0: Chunk4, c1: Chunk4, c2: Chunk4, c3: Chunk4,
+    c4: Chunk4, c5: Chunk4, c6: Chunk4, c7: Chunk4,
+}
+
+// a + ds (the four rows' weights over eight keys) times the keys' rows r, chunk by chunk.
+fn mix_chunks_k(a: Chunks8, ds: Scores4, r: Rows8, last: u32, ch: u32) -> Chunks8 {
+    var o = a;
+    o.c0 = mix4_k(a.c0, ds, r, 0u, last);
+    if (ch > 1u) { o.c1 = mix4_k(a.c1, ds, r, 4u, last); }
+    if (ch > 2u) { o.c2 = mix4_k(a.c2, ds, r, 8u, last); o.c3 = mix4_k(a.c3, ds, r, 12u, last); }
+    if (ch > 4u) {
+        o.c4 = mix4_k(a.c4, ds, r, 16u, last); o.c5 = mix4_k(a.c5, ds, r, 20u, last);
+        o.c6 = mix4_k(a.c6, ds, r, 24u, last); o.c7 = mix4_k(a.c7, ds, r, 28u, last);
+    }
+    return o;
+}
+
+// Stores of every chunk of a, times f, into grad_a or grad_b.
+fn store_chunks_grad_a(base: vec4<u32>, ok: vec4<bool>, last: u32, a: Chunks8, f: f32, ch: u32) {
+    store4_grad_a(base, ok, 0u, last, a.c0, f);
+    if (ch > 1u) { store4_grad_a(base, ok, 4u, last, a.c1, f); }
+    if (ch > 2u) { store4_grad_a(base, ok, 8u, last, a.c2, f); store4_grad_a(base, ok, 12u, last, a.c3, f); }
+    if (ch > 4u) {
+        store4_grad_a(base, ok, 16u, last, a.c4, f); store4_grad_a(base, ok, 20u, last, a.c5, f);
+        store4_grad_a(base, ok, 24u, last, a.c6, f); store4_grad_a(base, ok, 28u, last, a.c7, f);
+    }
+}
+fn store_chunks_grad_b(base: vec4<u32>, ok: vec4<bool>, last: u32, a: Chunks8, f: f32, ch: u32) {
+    store4_grad_b(base, ok, 0u, last, scale4(a.c0, f));
+    if (ch > 1u) { store4_grad_b(base, ok, 4u, last, scale4(a.c1, f)); }
+    if (ch > 2u) { store4_grad_b(base, ok, 8u, last, scale4(a.c2, f)); store4_grad_b(base, ok, 12u, last, scale4(a.c3, f)); }
+    if (ch > 4u) {
+        store4_grad_b(base, ok, 16u, last, scale4(a.c4, f)); store4_grad_b(base, ok, 20u, last, scale4(a.c5, f));
+        store4_grad_b(base, ok, 24u, last, scale4(a.c6, f)); store4_grad_b(base, ok, 28u, last, scale4(a.c7, f));
+    }
+}
+
+fn scale4(x: Chunk4, f: f32) -> Chunk4 {
+    return Chunk4(x.r0 * f, x.r1 * f, x.r2 * f, x.r3 * f);
+}
+
 // dq: four query rows of one head per invocation, walking the keys eight per step (as the
 // forward does).
 fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
@@ -571,14 +630,9 @@ fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let tile = wg % p.tiles;
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
-    let b = bh / p.heads;
-    let h = bh % p.heads;
-    let rows_i = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
-    let in_range = rows_i < vec4<u32>(p.q_len);
-    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
-    let kb = kv_batch_of(b);
-    let last = p.head_dim / 4u - 1u;
-    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
+    let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
+    let b = qr.b; let h = qr.h; let kb = qr.kb; let last = qr.last;
+    let in_range = qr.in_range; let i4 = qr.i4; let qb = qr.qb;
     let rows = p.batch * p.heads * p.q_len;
     let st = vec4<u32>(bh * p.q_len) + i4;
     let row_lse = vec4<f32>(stats[st.x], stats[st.y], stats[st.z], stats[st.w]);
@@ -603,8 +657,7 @@ fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
         g4 = chunk4_d_out(qb, 16u, last); g5 = chunk4_d_out(qb, 20u, last);
         g6 = chunk4_d_out(qb, 24u, last); g7 = chunk4_d_out(qb, 28u, last);
     }
-    var a0 = Chunk4(); var a1 = Chunk4(); var a2 = Chunk4(); var a3 = Chunk4();
-    var a4 = Chunk4(); var a5 = Chunk4(); var a6 = Chunk4(); var a7 = Chunk4();
+    var a = Chunks8();
 
     var end = p.kv_len;
     if (p.causal == 1u) { end = min(end, tile * TILE + TILE); }
@@ -634,21 +687,9 @@ fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
             grad_scores(s.r1, dp.r1, row_lse.y, row_delta.y, causal_ok(ok_lo, j_lo, i4.y) & vec4<bool>(row_ok.y), causal_ok(ok_hi, j_hi, i4.y) & vec4<bool>(row_ok.y)),
             grad_scores(s.r2, dp.r2, row_lse.z, row_delta.z, causal_ok(ok_lo, j_lo, i4.z) & vec4<bool>(row_ok.z), causal_ok(ok_hi, j_hi, i4.z) & vec4<bool>(row_ok.z)),
             grad_scores(s.r3, dp.r3, row_lse.w, row_delta.w, causal_ok(ok_lo, j_lo, i4.w) & vec4<bool>(row_ok.w), causal_ok(ok_hi, j_hi, i4.w) & vec4<bool>(row_ok.w)));
-        a0 = mix4_k(a0, ds, r, 0u, last);
-        if (ch > 1u) { a1 = mix4_k(a1, ds, r, 4u, last); }
-        if (ch > 2u) { a2 = mix4_k(a2, ds, r, 8u, last); a3 = mix4_k(a3, ds, r, 12u, last); }
-        if (ch > 4u) {
-            a4 = mix4_k(a4, ds, r, 16u, last); a5 = mix4_k(a5, ds, r, 20u, last);
-            a6 = mix4_k(a6, ds, r, 24u, last); a7 = mix4_k(a7, ds, r, 28u, last);
-        }
+        a = mix_chunks_k(a, ds, r, last, ch);
     }
-    store4_grad_a(qb, in_range, 0u, last, a0, p.scale);
-    if (ch > 1u) { store4_grad_a(qb, in_range, 4u, last, a1, p.scale); }
-    if (ch > 2u) { store4_grad_a(qb, in_range, 8u, last, a2, p.scale); store4_grad_a(qb, in_range, 12u, last, a3, p.scale); }
-    if (ch > 4u) {
-        store4_grad_a(qb, in_range, 16u, last, a4, p.scale); store4_grad_a(qb, in_range, 20u, last, a5, p.scale);
-        store4_grad_a(qb, in_range, 24u, last, a6, p.scale); store4_grad_a(qb, in_range, 28u, last, a7, p.scale);
-    }
+    store_chunks_grad_a(qb, in_range, last, a, p.scale, ch);
 }
 
 // dS = P (dP - delta) of one row over eight keys, P = exp(s - lse) where visible, else 0.
@@ -816,17 +857,11 @@ fn dq_scores_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let tile = wg % p.tiles;
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
-    let b = bh / p.heads;
-    let h = bh % p.heads;
     let i0 = tile * TILE + 4u * lid;
-    let rows_i = vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u);
-    let in_range = rows_i < vec4<u32>(p.q_len);
-    let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
-    let kb = kv_batch_of(b);
-    let last = p.head_dim / 4u - 1u;
-    let qb = row_base4(vec4<u32>(b * p.q_len) + i4, h);
-    var a0 = Chunk4(); var a1 = Chunk4(); var a2 = Chunk4(); var a3 = Chunk4();
-    var a4 = Chunk4(); var a5 = Chunk4(); var a6 = Chunk4(); var a7 = Chunk4();
+    let qr = query_rows(bh, vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u));
+    let h = qr.h; let kb = qr.kb; let last = qr.last;
+    let in_range = qr.in_range; let qb = qr.qb;
+    var a = Chunks8();
     let stride = p.q_pad / 4u;
     let first = p.scores_at + (bh * p.k_pad * p.q_pad + i0) / 4u;
     for (var j0 = 0u; j0 < p.kv_len; j0 += 8u) {
@@ -835,26 +870,10 @@ fn dq_scores_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
         let lo = transpose(mat4x4<f32>(grad_a[at], grad_a[at + stride], grad_a[at + 2u * stride], grad_a[at + 3u * stride]));
         let hi = transpose(mat4x4<f32>(grad_a[at + 4u * stride], grad_a[at + 5u * stride], grad_a[at + 6u * stride], grad_a[at + 7u * stride]));
         let ds = Scores4(mat2x4<f32>(lo[0], hi[0]), mat2x4<f32>(lo[1], hi[1]), mat2x4<f32>(lo[2], hi[2]), mat2x4<f32>(lo[3], hi[3]));
-        a0 = mix4_k(a0, ds, r, 0u, last);
-        if (ch > 1u) { a1 = mix4_k(a1, ds, r, 4u, last); }
-        if (ch > 2u) { a2 = mix4_k(a2, ds, r, 8u, last); a3 = mix4_k(a3, ds, r, 12u, last); }
-        if (ch > 4u) {
-            a4 = mix4_k(a4, ds, r, 16u, last); a5 = mix4_k(a5, ds, r, 20u, last);
-            a6 = mix4_k(a6, ds, r, 24u, last); a7 = mix4_k(a7, ds, r, 28u, last);
-        }
+        a = mix_chunks_k(a, ds, r, last, ch);
     }
-    // dq goes to grad_b (grad_a holds dS^T), unscaled there: the scale is applied here.
-    store4_grad_b(qb, in_range, 0u, last, scale4(a0));
-    if (ch > 1u) { store4_grad_b(qb, in_range, 4u, last, scale4(a1)); }
-    if (ch > 2u) { store4_grad_b(qb, in_range, 8u, last, scale4(a2)); store4_grad_b(qb, in_range, 12u, last, scale4(a3)); }
-    if (ch > 4u) {
-        store4_grad_b(qb, in_range, 16u, last, scale4(a4)); store4_grad_b(qb, in_range, 20u, last, scale4(a5));
-        store4_grad_b(qb, in_range, 24u, last, scale4(a6)); store4_grad_b(qb, in_range, 28u, last, scale4(a7));
-    }
-}
-
-fn scale4(x: Chunk4) -> Chunk4 {
-    return Chunk4(x.r0 * p.scale, x.r1 * p.scale, x.r2 * p.scale, x.r3 * p.scale);
+    // dq goes to grad_b (grad_a holds dS^T).
+    store_chunks_grad_b(qb, in_range, last, a, p.scale, ch);
 }
 
 // P and dS of one key j against the eight query rows of a dk/dv step (rows i_lo, i_hi, valid
