@@ -250,8 +250,8 @@ fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool
     registers && (!forward || s.kv_len > FEW_KEYS) && s.q_len > 0 && products_fit(gpu, s)
 }
 
-/// The stored-scores backward's dS^T: [B·H, Nk rounded up to 32, Nq rounded up to 32] floats
-/// (whole tiles of the key and query kernels), or `None` where the method cannot take `s` on
+/// The stored-scores backward's dS: B·H · (Nk rounded up to 32) · (Nq rounded up to 32) floats
+/// (whole tiles of the key and query kernels; attention_core.wgsl's `scores_index` orders them), or `None` where the method cannot take `s` on
 /// `path` (the tiled path's kernels, shared keys, causal, too large, or nothing to compute).
 fn scores_len(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
     let len = s.batch * s.heads * s.kv_len.next_multiple_of(TILE) * s.q_len.next_multiple_of(TILE);
