@@ -602,4 +602,22 @@ fn bad_shapes_are_errors_naming_the_shapes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("dq has 444 elements") && err.contains("[2, 7, 32]"), "{err}");
+
+    // The stored-scores backward, forced where it cannot run: keys shared by the batch, a causal
+    // mask, the tiled path's kernels. An empty query side is no error (zero gradients).
+    let dq = gpu.alloc(s.q_elements()).unwrap();
+    let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
+    for (bad, kernels) in [
+        (Attention::new(2, 7, 7, 2, 16).shared_kv(), gpu.kernel_path()),
+        (Attention::new(2, 7, 7, 2, 16).with_causal(true), gpu.kernel_path()),
+        (s, KernelPath::Tiled),
+    ] {
+        let err = attention::backward_path(gpu, &io(&k, &k, None), &q, &grads, &bad, BackwardPath::Scores, kernels)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stored-scores backward") && err.contains("q [2, 7, 2x16]"), "{err}");
+    }
+    let empty = Attention::new(2, 0, 7, 2, 16);
+    attention::backward_path(gpu, &io(&k, &k, None), &q, &grads, &empty, BackwardPath::Scores, gpu.kernel_path())
+        .unwrap();
 }

@@ -108,7 +108,8 @@ impl Attention {
     }
 
     /// FLOPs of the backward in the usual count, 2.5x the forward (q k^T recomputed, dP, dq,
-    /// dk, dv). The kernels do 3.5x: dq and dk/dv passes each recompute q k^T and dP.
+    /// dk, dv). The fused kernels do 3.5x (dq and dk/dv passes each recompute q k^T and dP);
+    /// the stored-scores backward 2.5x.
     pub fn backward_flops(&self) -> u64 {
         self.forward_flops() * 5 / 2
     }
@@ -251,8 +252,9 @@ fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool
 }
 
 /// The stored-scores backward's dS: B·H · (Nk rounded up to 32) · (Nq rounded up to 32) floats
-/// (whole tiles of the key and query kernels; attention_core.wgsl's `scores_index` orders them), or `None` where the method cannot take `s` on
-/// `path` (the tiled path's kernels, shared keys, causal, too large, or nothing to compute).
+/// (whole tiles of the key and query kernels; attention_core.wgsl's `scores_index` orders
+/// them), or `None` where the method cannot take `s` on `path` (the tiled path's kernels,
+/// shared keys, causal, too large, or nothing to compute).
 fn scores_len(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
     let len = s.batch * s.heads * s.kv_len.next_multiple_of(TILE) * s.q_len.next_multiple_of(TILE);
     // dk and dS^T share one binding.
@@ -584,9 +586,11 @@ pub fn backward_path(
         .clamp(1, total_rows.div_ceil(MIN_SPLIT_ROWS).max(1))
         .max(total_rows.div_ceil(MAX_SPLIT_ROWS));
     let scores = match backward {
+        // Nothing to store: the fused kernels write the zero gradients.
+        BackwardPath::Scores if s.q_len == 0 || s.kv_len == 0 => None,
         BackwardPath::Scores => Some(scores_len(gpu, s, path).ok_or_else(|| {
             Error::Shape(format!(
-                "attention with {}: the stored-scores backward takes the register-blocked kernels, keys per batch element, no causal mask and at most {MAX_PRODUCT_SCORES} score elements; use the fused kernels",
+                "attention with {}: the stored-scores backward takes the register-blocked kernels, keys per batch element, no causal mask, at most {MAX_SPLIT_ROWS} query rows and at most {MAX_PRODUCT_SCORES} score elements; use the fused kernels",
                 s.describe()
             ))
         })?),
