@@ -165,11 +165,11 @@ fn store_grad_a(base: u32, c: u32, last: u32, x: mat4x4<f32>, f: f32) {
     if (c + 2u <= last) { grad_a[base + c + 2u] = x[2] * f; }
     if (c + 3u <= last) { grad_a[base + c + 3u] = x[3] * f; }
 }
-fn store_grad_b(base: u32, c: u32, last: u32, x: mat4x4<f32>) {
-    if (c <= last) { grad_b[base + c] = x[0]; }
-    if (c + 1u <= last) { grad_b[base + c + 1u] = x[1]; }
-    if (c + 2u <= last) { grad_b[base + c + 2u] = x[2]; }
-    if (c + 3u <= last) { grad_b[base + c + 3u] = x[3]; }
+fn store_grad_b(base: u32, c: u32, last: u32, x: mat4x4<f32>, f: f32) {
+    if (c <= last) { grad_b[base + c] = x[0] * f; }
+    if (c + 1u <= last) { grad_b[base + c + 1u] = x[1] * f; }
+    if (c + 2u <= last) { grad_b[base + c + 2u] = x[2] * f; }
+    if (c + 3u <= last) { grad_b[base + c + 3u] = x[3] * f; }
 }
 
 // The eight key rows j0..j0+8 of kv batch kb, head h; rows past `end` clamped to end - 1.
@@ -180,11 +180,10 @@ fn key_rows(kb: u32, j0: u32, end: u32, h: u32) -> Rows8 {
                  row_base4(first + min(vec4<u32>(j0) + vec4<u32>(4u, 5u, 6u, 7u), last), h));
 }
 
-// The four query rows `rows_i` an invocation of head (b, h) = bh owns (forward, dq): which are
-// in range, their indices clamped to the last row, their kv batch, and their first vec4 in q
-// (and in out, d_out and dq, which share q's layout).
+// The four query rows `rows_i` an invocation of head (b, h) = bh owns (forward, dq): its head
+// h and kv batch, which rows are in range, their indices clamped to the last row, and their
+// first vec4 in q (and in out, d_out and dq, which share q's layout).
 struct QueryRows {
-    b: u32,
     h: u32,
     kb: u32,
     last: u32,              // the last vec4 of a head row
@@ -197,7 +196,7 @@ fn query_rows(bh: u32, rows_i: vec4<u32>) -> QueryRows {
     let b = bh / p.heads;
     let h = bh % p.heads;
     let i4 = min(rows_i, vec4<u32>(p.q_len - 1u));
-    return QueryRows(b, h, kv_batch_of(b), p.head_dim / 4u - 1u, rows_i < vec4<u32>(p.q_len), i4,
+    return QueryRows(h, kv_batch_of(b), p.head_dim / 4u - 1u, rows_i < vec4<u32>(p.q_len), i4,
                      row_base4(vec4<u32>(b * p.q_len) + i4, h));
 }
 
@@ -297,11 +296,11 @@ fn store4_grad_a(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4, 
     if (ok.z) { store_grad_a(base.z, c, last, x.r2, f); }
     if (ok.w) { store_grad_a(base.w, c, last, x.r3, f); }
 }
-fn store4_grad_b(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4) {
-    if (ok.x) { store_grad_b(base.x, c, last, x.r0); }
-    if (ok.y) { store_grad_b(base.y, c, last, x.r1); }
-    if (ok.z) { store_grad_b(base.z, c, last, x.r2); }
-    if (ok.w) { store_grad_b(base.w, c, last, x.r3); }
+fn store4_grad_b(base: vec4<u32>, ok: vec4<bool>, c: u32, last: u32, x: Chunk4, f: f32) {
+    if (ok.x) { store_grad_b(base.x, c, last, x.r0, f); }
+    if (ok.y) { store_grad_b(base.y, c, last, x.r1, f); }
+    if (ok.z) { store_grad_b(base.z, c, last, x.r2, f); }
+    if (ok.w) { store_grad_b(base.w, c, last, x.r3, f); }
 }
 
 // Keys j (four of them) of kv batch kb in range and not masked out.
@@ -418,7 +417,7 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
     let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
-    let b = qr.b; let h = qr.h; let kb = qr.kb; let last = qr.last;
+    let h = qr.h; let kb = qr.kb; let last = qr.last;
     let in_range = qr.in_range; let i4 = qr.i4; let qb = qr.qb;
 
     // The scale is folded into q once.
@@ -610,17 +609,13 @@ fn store_chunks_grad_a(base: vec4<u32>, ok: vec4<bool>, last: u32, a: Chunks8, f
     }
 }
 fn store_chunks_grad_b(base: vec4<u32>, ok: vec4<bool>, last: u32, a: Chunks8, f: f32, ch: u32) {
-    store4_grad_b(base, ok, 0u, last, scale4(a.c0, f));
-    if (ch > 1u) { store4_grad_b(base, ok, 4u, last, scale4(a.c1, f)); }
-    if (ch > 2u) { store4_grad_b(base, ok, 8u, last, scale4(a.c2, f)); store4_grad_b(base, ok, 12u, last, scale4(a.c3, f)); }
+    store4_grad_b(base, ok, 0u, last, a.c0, f);
+    if (ch > 1u) { store4_grad_b(base, ok, 4u, last, a.c1, f); }
+    if (ch > 2u) { store4_grad_b(base, ok, 8u, last, a.c2, f); store4_grad_b(base, ok, 12u, last, a.c3, f); }
     if (ch > 4u) {
-        store4_grad_b(base, ok, 16u, last, scale4(a.c4, f)); store4_grad_b(base, ok, 20u, last, scale4(a.c5, f));
-        store4_grad_b(base, ok, 24u, last, scale4(a.c6, f)); store4_grad_b(base, ok, 28u, last, scale4(a.c7, f));
+        store4_grad_b(base, ok, 16u, last, a.c4, f); store4_grad_b(base, ok, 20u, last, a.c5, f);
+        store4_grad_b(base, ok, 24u, last, a.c6, f); store4_grad_b(base, ok, 28u, last, a.c7, f);
     }
-}
-
-fn scale4(x: Chunk4, f: f32) -> Chunk4 {
-    return Chunk4(x.r0 * f, x.r1 * f, x.r2 * f, x.r3 * f);
 }
 
 // dq: four query rows of one head per invocation, walking the keys eight per step (as the
@@ -631,7 +626,7 @@ fn dq_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
     let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
-    let b = qr.b; let h = qr.h; let kb = qr.kb; let last = qr.last;
+    let h = qr.h; let kb = qr.kb; let last = qr.last;
     let in_range = qr.in_range; let i4 = qr.i4; let qb = qr.qb;
     let rows = p.batch * p.heads * p.q_len;
     let st = vec4<u32>(bh * p.q_len) + i4;
@@ -814,17 +809,17 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
         if (p.scores_at != 0u) { store_scores(kbh, tile, lid, in_range, r0, ds); }
     }
     let ob = vec4<u32>(split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u))) + kr;
-    store4_grad_a(ob, in_range, 0u, last, dk0, p.scale); store4_grad_b(ob, in_range, 0u, last, dv0);
-    if (ch > 1u) { store4_grad_a(ob, in_range, 4u, last, dk1, p.scale); store4_grad_b(ob, in_range, 4u, last, dv1); }
+    store4_grad_a(ob, in_range, 0u, last, dk0, p.scale); store4_grad_b(ob, in_range, 0u, last, dv0, 1.0);
+    if (ch > 1u) { store4_grad_a(ob, in_range, 4u, last, dk1, p.scale); store4_grad_b(ob, in_range, 4u, last, dv1, 1.0); }
     if (ch > 2u) {
-        store4_grad_a(ob, in_range, 8u, last, dk2, p.scale); store4_grad_b(ob, in_range, 8u, last, dv2);
-        store4_grad_a(ob, in_range, 12u, last, dk3, p.scale); store4_grad_b(ob, in_range, 12u, last, dv3);
+        store4_grad_a(ob, in_range, 8u, last, dk2, p.scale); store4_grad_b(ob, in_range, 8u, last, dv2, 1.0);
+        store4_grad_a(ob, in_range, 12u, last, dk3, p.scale); store4_grad_b(ob, in_range, 12u, last, dv3, 1.0);
     }
     if (ch > 4u) {
-        store4_grad_a(ob, in_range, 16u, last, dk4, p.scale); store4_grad_b(ob, in_range, 16u, last, dv4);
-        store4_grad_a(ob, in_range, 20u, last, dk5, p.scale); store4_grad_b(ob, in_range, 20u, last, dv5);
-        store4_grad_a(ob, in_range, 24u, last, dk6, p.scale); store4_grad_b(ob, in_range, 24u, last, dv6);
-        store4_grad_a(ob, in_range, 28u, last, dk7, p.scale); store4_grad_b(ob, in_range, 28u, last, dv7);
+        store4_grad_a(ob, in_range, 16u, last, dk4, p.scale); store4_grad_b(ob, in_range, 16u, last, dv4, 1.0);
+        store4_grad_a(ob, in_range, 20u, last, dk5, p.scale); store4_grad_b(ob, in_range, 20u, last, dv5, 1.0);
+        store4_grad_a(ob, in_range, 24u, last, dk6, p.scale); store4_grad_b(ob, in_range, 24u, last, dv6, 1.0);
+        store4_grad_a(ob, in_range, 28u, last, dk7, p.scale); store4_grad_b(ob, in_range, 28u, last, dv7, 1.0);
     }
 }
 
@@ -832,9 +827,9 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
 // the dk/dv kernel keeps the dS it computes after dk in its grad_a buffer, from vec4
 // p.scores_at: B*H*k_pad*q_pad floats in the order the dk/dv kernel makes them (scores_index),
 // zeros for keys past Nk (queries past Nq are never read); `backward_dq_scores_blocked` then
-// takes dq = scale * dS k from it, one product
-// instead of dq_body's three (s = q k^T and dP = dout v^T recomputed there). Both stay within
-// the bindings the kernels already have: dS^T in grad_a, and dq written to grad_b.
+// takes dq = scale * dS k from it, one product instead of dq_body's three (s = q k^T and
+// dP = dout v^T recomputed there). Both stay within the bindings the kernels already have:
+// dS^T in grad_a, and dq written to grad_b.
 
 // dS of the invocation's four keys (zeros where not in_range) against the eight query rows
 // r0..r0+8 (r0 a multiple of 8): two vec4 per key, eight consecutive vec4 per invocation
@@ -852,8 +847,10 @@ fn store_scores(kbh: u32, tile: u32, lid: u32, in_range: vec4<bool>, r0: u32, ds
 // head bh, key tile, query step (eight queries), invocation (key within the step's eight),
 // key t of the invocation, then the two vec4.
 fn scores_index(bh: u32, key_tile: u32, step: u32, lane_key: u32, t: u32) -> u32 {
-    return p.scores_at + ((((bh * p.k_pad / TILE + key_tile) * (p.q_pad / 8u) + step) * LANES + lane_key) * 4u + t) * 2u;
+    return p.scores_at + (((bh * p.k_pad / TILE + key_tile) * (p.q_pad / 8u) + step) * LANES + lane_key) * SCORES_PER_STEP + 2u * t;
 }
+// The vec4 one dk/dv invocation writes per step: four keys, two vec4 each.
+const SCORES_PER_STEP: u32 = 8u;
 fn put_scores8(at: u32, x: mat2x4<f32>, ok: bool) {
     grad_a[at] = select(vec4<f32>(0.0), x[0], ok);
     grad_a[at + 1u] = select(vec4<f32>(0.0), x[1], ok);
@@ -875,7 +872,7 @@ fn dq_scores_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     // Keys j0 + l (l = 0..8) of a step were written by invocation l of their key tile, as its
     // key (j0 % 32) / 8; the four queries are half (i0 % 8) / 4 of query step i0 / 8.
     let half = (i0 % 8u) / 4u;
-    let stride = 8u;
+    let stride = SCORES_PER_STEP;
     for (var j0 = 0u; j0 < p.kv_len; j0 += 8u) {
         let r = key_rows(kb, j0, p.kv_len, h);
         let at = scores_index(bh, j0 / TILE, i0 / 8u, 0u, (j0 % TILE) / 8u) + half;
