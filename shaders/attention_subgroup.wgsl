@@ -10,7 +10,7 @@
 // Xeon (family 6 model 167, lavapipe, 2026-12-03), at the ViT's 8 x 3 heads of 257 x 64 and
 // the decoder's 8 x 4 heads of 256 x 32: forward and backward 2.3-3.6x faster than
 // attention.wgsl's kernels, and the forward 1.4-2.9x faster than the score matrix
-// materialised on the matmul (README, "Attention and patch embedding").
+// materialised on the matmul (docs/performance-log.md, "Attention and patch embedding").
 //
 // The launcher runs these only when the adapter's smallest subgroup has at least 8
 // invocations, so the 8 invocations of a workgroup are one subgroup; every loop bound and

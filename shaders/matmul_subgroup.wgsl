@@ -323,11 +323,12 @@ fn subgroup_general(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_inv
 // loads per lane for 2048 multiply-adds, against 12 for 1024 in the 32-column kernels. Twice
 // the accumulators (spilled to the stack either way on lavapipe: 512 floats per lane) for 1.5x
 // fewer loads per multiply-add: 1.06-1.3x faster at the model's shapes and at 1024^3 (Intel Xeon,
-// family 6 model 167, 2026-12-03; README "Matmul paths"). The launcher takes them when 64-column
-// blocks cover N with no more padding than 32-column ones (N = 64, 192, 768, ...; not N = 32 or
-// the 260 keys of the ViT's attention scores), see kernels/src/matmul.rs. Tried on the same
-// machine and slower: 16 rows x 64 columns per lane, eight k per accumulator update, and a
-// 32-column last block inside these entry points (README "Matmul paths").
+// family 6 model 167, 2026-12-03; docs/performance-log.md, "Matmul paths"). The launcher
+// takes them when 64-column blocks cover N with no more padding than 32-column ones (N = 64,
+// 192, 768, ...; not N = 32 or the 260 keys of the ViT's attention scores), see
+// kernels/src/matmul.rs. Tried on the same machine and slower: 16 rows x 64 columns per lane,
+// eight k per accumulator update, and a 32-column last block inside these entry points
+// (docs/performance-log.md, "Matmul paths").
 
 // The 64 columns are two 32-column halves (left: col0 .. col0 + 32, right: col0 + 32 ..
 // col0 + 64), each loaded, shared and accumulated with the 32-column kernels' sg_load_b,

@@ -199,7 +199,8 @@ alias Slice = array<vec4<f32>, 32>;  // A slice: [r] = A[row0 + r, k..k+4]; B sl
 
 // c[q] += sum over u of a[u] * B[k + u, col0 + 4q .. + 4], as a chain of `fma`. GPUs fuse
 // them; lavapipe (Mesa 22.3) does not: its compiler options lower every ffma into a multiply and
-// an add, and the subgroup kernel's JIT code holds no fused instruction (README "Matmul paths").
+// an add, and the subgroup kernel's JIT code holds no fused instruction (README, "What limits
+// lavapipe").
 // The 8-10% once measured for `fma` over `x * y + z` (register kernels, Zen 4, one run) was
 // therefore not fusion.
 fn fma_row(c: ptr<function, Row>, a: vec4<f32>, b: ptr<function, Slice>) {
