@@ -69,12 +69,29 @@ impl Model {
         Ok(masks)
     }
 
+    /// Builds the pipelines of an inference forward on `input` several at once, before it
+    /// runs ([`Gpu::prepare_pipelines`](crate::Gpu::prepare_pipelines)): once per batch size, a
+    /// rehearsal of the forward that records nothing, then the pipelines it needs, built in
+    /// parallel. On lavapipe that is most of what segmenting one image takes (README, "Where
+    /// vlsa stands on lavapipe").
+    pub fn prepare_forward(&self, input: &Tensor) -> Result<()> {
+        let batch = input.shape()[0];
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if prepared.contains(&batch) {
+            return Ok(());
+        }
+        self.gpu().prepare_pipelines(|| crate::no_grad(|| self.forward(input)))?;
+        prepared.push(batch);
+        Ok(())
+    }
+
     /// One pass of [`Model::segment`].
     fn segment_once(&self, images: &[&Image]) -> Result<Vec<Mask>> {
         let s = self.config.image_size;
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
             let input = self.input(chunk)?;
+            self.prepare_forward(&input)?;
             let out = crate::no_grad(|| self.forward(&input))?;
             for (img, labels) in chunk.iter().zip(self.predict(&out.logits_up)?) {
                 let labels: Vec<u8> = labels.into_iter().map(|l| l as u8).collect();

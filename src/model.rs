@@ -80,6 +80,8 @@ pub struct Model {
     /// Every tensor by its docs/DESIGN.md name; trainable ones are parameters.
     pub tensors: BTreeMap<String, Tensor>,
     gpu: Gpu,
+    /// Batch sizes whose forward pipelines [`Model::prepare_forward`] has built.
+    pub(crate) prepared: std::sync::Mutex<Vec<usize>>,
 }
 
 impl Model {
@@ -115,7 +117,7 @@ impl Model {
                 "{source}: unexpected tensor {extra} (not part of a model with this config)"
             )));
         }
-        Ok(Model { config, tensors, gpu: gpu.clone() })
+        Ok(Model { config, tensors, gpu: gpu.clone(), prepared: Default::default() })
     }
 
     /// Loads a model file (safetensors with `vlsa.config` metadata), or the model inside a

@@ -283,3 +283,26 @@ fn eval_command_end_to_end_and_class_mismatches() {
     assert!(evaluate(&model, &Dataset::load(&a, 3).unwrap(), 0).unwrap_err().to_string().contains("batch"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn an_inference_forward_finds_its_pipelines_prepared() {
+    // Its own GPU, so that no other test builds pipelines on it meanwhile.
+    let gpu = vlsa::Gpu::new().unwrap();
+    let model = Model::init(&gpu, tiny(&["background", "optic disc", "optic cup"]), 4).unwrap();
+    let mut rng = common::Rng::new(9);
+    let image = Image { width: 20, height: 12, rgb: (0..20 * 12 * 3).map(|_| rng.uniform()).collect() };
+    let input = model.input(&[&image, &image]).unwrap();
+    let before = gpu.pipelines_built();
+    model.prepare_forward(&input).unwrap();
+    let prepared = gpu.pipelines_built();
+    assert!(prepared > before + 5, "{before} -> {prepared} pipelines");
+    let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
+    assert_eq!(gpu.pipelines_built(), prepared, "the forward needed a pipeline the rehearsal missed");
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // Once per batch size: again, nothing happens; segmenting the two images builds only argmax.
+    model.prepare_forward(&input).unwrap();
+    assert_eq!(gpu.pipelines_built(), prepared);
+    let masks = model.segment(&[&image, &image]).unwrap();
+    assert_eq!(masks.len(), 2);
+    assert!(gpu.pipelines_built() <= prepared + 1);
+}

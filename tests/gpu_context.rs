@@ -101,3 +101,85 @@ fn a_gpu_validation_error_becomes_an_error_value() {
     elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 64).unwrap();
     assert_eq!(gpu.download(&y).unwrap()[0], 1.0);
 }
+
+/// A small workload of several kernels (a product, the EM loop, a copy and a clear) whose
+/// result is read back afterwards.
+fn workload(gpu: &Gpu, out: &vlsa_kernels::GpuBuffer) -> vlsa_kernels::Result<()> {
+    use vlsa_kernels::em::{Em, EmShape};
+    use vlsa_kernels::matmul::{matmul, Matmul};
+    let data = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i * 37 + seed * 11) % 17) as f32 / 8.0 - 1.0).collect()
+    };
+    let a = gpu.upload(&data(37 * 20, 1))?;
+    let b = gpu.upload(&data(20 * 24, 2))?;
+    let prod = gpu.alloc(37 * 24)?;
+    matmul(gpu, &a, &b, &prod, &Matmul::new(1, 37, 24, 20))?;
+    let s = EmShape { batch: 1, tokens: 37, width: 24, bases: 4, iters: 2, lambda: 1.0 };
+    let bases = gpu.upload(&data(4 * 24, 3))?;
+    let em = Em::new(gpu, s)?.forward(&prod, &bases, false)?;
+    gpu.clear(out)?;
+    gpu.copy(&em.recon, out)?;
+    Ok(())
+}
+
+#[test]
+fn prepared_pipelines_are_built_before_their_launches_and_change_nothing() {
+    let gpu = Gpu::new().unwrap();
+    let out = gpu.alloc(37 * 24).unwrap();
+    gpu.sync().unwrap();
+    let (d0, _) = gpu.counters();
+    let prepared = gpu.prepare_pipelines(|| workload(&gpu, &out)).unwrap();
+    assert!(prepared.launches >= 5 && prepared.built >= 3, "{prepared:?}");
+    assert_eq!(gpu.pipelines_built(), prepared.built, "a fresh GPU had built nothing before");
+    gpu.sync().unwrap();
+    assert_eq!(gpu.counters().0, d0, "the rehearsal recorded no dispatch");
+    // The real run builds nothing more, and gives what a GPU that never rehearsed gives.
+    workload(&gpu, &out).unwrap();
+    let got = gpu.download(&out).unwrap();
+    assert_eq!(gpu.pipelines_built(), prepared.built);
+    assert!(gpu.counters().0 - d0 >= prepared.launches as u64);
+    let plain = Gpu::new().unwrap();
+    let out2 = plain.alloc(37 * 24).unwrap();
+    workload(&plain, &out2).unwrap();
+    assert_eq!(got, plain.download(&out2).unwrap());
+    assert!(got.iter().any(|v| *v != 0.0));
+    // Preparing again builds nothing.
+    assert_eq!(gpu.prepare_pipelines(|| workload(&gpu, &out)).unwrap().built, 0);
+}
+
+#[test]
+fn a_rehearsal_reads_nothing_back_and_other_threads_run_meanwhile() {
+    let gpu = Gpu::new().unwrap();
+    let x = gpu.upload(&[-1.0f32, 2.0, -3.0, 4.0]).unwrap();
+    let y = gpu.alloc(4).unwrap();
+    // A readback inside the rehearsal is an error naming it, not zeros.
+    let e = gpu
+        .prepare_pipelines(|| {
+            elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 4)?;
+            gpu.download(&y)
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Readback(_)) && e.to_string().contains("prepare_pipelines"), "{e}");
+    // The closure's own error comes back as it is, and nesting is refused.
+    let e = gpu.prepare_pipelines(|| Err::<(), _>(Error::Shape("mine".into()))).unwrap_err();
+    assert_eq!(e.to_string(), Error::Shape("mine".into()).to_string());
+    let e = gpu.prepare_pipelines(|| gpu.prepare_pipelines(|| Ok::<(), Error>(()))).unwrap_err();
+    assert!(e.to_string().contains("inside its own rehearsal"), "{e}");
+    // The rehearsal is this thread's: another thread's launches on the same GPU run and read back.
+    gpu.prepare_pipelines(|| {
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 4).unwrap();
+                gpu.download(&y).unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(other, vec![0.0, 2.0, 0.0, 4.0]);
+        Ok::<(), Error>(())
+    })
+    .unwrap();
+    // After a failed rehearsal this thread launches as usual again.
+    elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 4).unwrap();
+    assert_eq!(gpu.download(&y).unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
+}

@@ -17,13 +17,14 @@
 //! [`SUBMIT_EVERY`] dispatches, so the GPU starts early and the queue never holds an unbounded
 //! command buffer.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::buffer::{size_class, BufferPool, GpuBuffer, PoolStats, STORAGE_USAGE};
 use crate::path::KernelPath;
-use crate::pipeline::{BindingKind, Constants, Kernel, PipelineCache, Shader};
+use crate::pipeline::{BindingKind, Constants, Kernel, PipelineCache, PipelineRequest, Shader};
 use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
 use crate::{Error, Result};
 
@@ -157,6 +158,31 @@ struct GpuInner {
     error: Arc<Mutex<Option<Error>>>,
     /// The [`KernelPath`] launchers use, as an index into [`KernelPath::ALL`].
     kernel_path: AtomicUsize,
+}
+
+thread_local! {
+    /// While [`Gpu::prepare_pipelines`] rehearses its closure on this thread: which GPU (its
+    /// shared state's address) and the pipelines the rehearsal's launches asked for. Per thread,
+    /// so that other threads using the same GPU meanwhile launch as usual.
+    static REHEARSAL: RefCell<Option<(usize, Vec<PipelineRequest>)>> = const { RefCell::new(None) };
+}
+
+/// Ends a rehearsal on this thread, also when its closure panics.
+struct RehearsalGuard;
+
+impl Drop for RehearsalGuard {
+    fn drop(&mut self) {
+        REHEARSAL.with(|r| r.borrow_mut().take());
+    }
+}
+
+/// What [`Gpu::prepare_pipelines`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedPipelines {
+    /// Launches the rehearsal noted (it recorded none of them).
+    pub launches: usize,
+    /// Pipelines built now (the others the launches use were built before).
+    pub built: usize,
 }
 
 /// A GPU device and everything vlsa keeps with it. Cheap to clone (shared handle).
@@ -437,6 +463,9 @@ impl Gpu {
 
     /// Sets every element of `buffer` to zero, in queue order.
     pub fn clear(&self, buffer: &GpuBuffer) -> Result<()> {
+        if self.rehearsing() {
+            return Ok(());
+        }
         let mut r = lock(&self.inner.recorder);
         let enc = self.encoder(&mut r);
         enc.clear_buffer(buffer.raw(), 0, Some(buffer.byte_len().div_ceil(4) * 4).filter(|&s| s > 0));
@@ -448,7 +477,7 @@ impl Gpu {
         if src.len() > dst.len() {
             return Err(Error::Shape(format!("copy of {} elements into a buffer of {}", src.len(), dst.len())));
         }
-        if src.is_empty() {
+        if src.is_empty() || self.rehearsing() {
             return Ok(());
         }
         let mut r = lock(&self.inner.recorder);
@@ -473,7 +502,7 @@ impl Gpu {
                 dst.len()
             )));
         }
-        if len == 0 {
+        if len == 0 || self.rehearsing() {
             return Ok(());
         }
         let mut r = lock(&self.inner.recorder);
@@ -496,7 +525,7 @@ impl Gpu {
         if bytes.len() as u64 > buffer.capacity_bytes() {
             return Err(Error::Shape(format!("writing {} bytes into a buffer of {}", bytes.len(), buffer.byte_len())));
         }
-        if bytes.is_empty() {
+        if bytes.is_empty() || self.rehearsing() {
             return Ok(());
         }
         // A queue write lands before every command of the next submit; a recycled buffer may
@@ -518,6 +547,12 @@ impl Gpu {
 
     /// Reads a buffer back as any 4-byte plain type.
     pub fn download_pod<T: bytemuck::Pod>(&self, buffer: &GpuBuffer) -> Result<Vec<T>> {
+        if self.rehearsing() {
+            return Err(Error::Readback(
+                "a readback inside Gpu::prepare_pipelines: the rehearsal runs nothing, so there is nothing to read"
+                    .into(),
+            ));
+        }
         let bytes = buffer.byte_len();
         if bytes == 0 {
             self.sync()?;
@@ -567,6 +602,55 @@ impl Gpu {
         Ok(out)
     }
 
+    // ----- pipelines -----
+
+    /// Builds, before they are needed, the pipelines that `record` would launch, several at
+    /// once. `record` runs once as a rehearsal on this thread: its launches, clears, copies and
+    /// writes record nothing (buffers are still allocated) and a readback inside it is an error;
+    /// every pipeline its launches ask for is noted. Then the ones not built yet are built, on
+    /// as many threads as the CPU has (one on the GL backend, whose context serialises them),
+    /// and later launches find them ready. Creating a pipeline is where a driver compiles its
+    /// shader, on the calling thread: on lavapipe 0.2-0.7 s for each large matmul pipeline, most
+    /// of what `vlsa segment` of one image takes. Other threads may use this GPU meanwhile.
+    /// `record` may return any error type that a GPU [`Error`] converts into (an application's
+    /// own error), and its error is returned as it is.
+    pub fn prepare_pipelines<T, E: From<Error>>(
+        &self,
+        record: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<PreparedPipelines, E> {
+        if self.rehearsing() {
+            return Err(Error::Shape("Gpu::prepare_pipelines called inside its own rehearsal".into()).into());
+        }
+        let requests = {
+            let _guard = RehearsalGuard;
+            REHEARSAL.with(|r| *r.borrow_mut() = Some((self.id(), Vec::new())));
+            record()?;
+            REHEARSAL.with(|r| r.borrow_mut().take()).map(|(_, requests)| requests).unwrap_or_default()
+        };
+        let threads = if self.inner.info.backend == "Gl" {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let built = self.inner.pipelines.prepare(self.device(), &requests, threads)?;
+        Ok(PreparedPipelines { launches: requests.len(), built })
+    }
+
+    /// How many compute pipelines this GPU has built so far (each once per process).
+    pub fn pipelines_built(&self) -> usize {
+        self.inner.pipelines.len()
+    }
+
+    /// This GPU's identity for the rehearsal's thread-local state.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Whether this thread is rehearsing for this GPU ([`Gpu::prepare_pipelines`]).
+    fn rehearsing(&self) -> bool {
+        REHEARSAL.with(|r| r.borrow().as_ref().is_some_and(|(id, _)| *id == self.id()))
+    }
+
     // ----- dispatch -----
     //
     // A launch goes through four steps, each in one place: `check_dispatch` (the adapter's
@@ -584,6 +668,11 @@ impl Gpu {
     /// values that only select a size, so one entry point serves every size.
     pub fn dispatch_specialized(&self, d: Dispatch<'_>, constants: Constants<'_>) -> Result<()> {
         if !self.check_dispatch(&d)? {
+            return Ok(());
+        }
+        if self.rehearsing() {
+            let request = PipelineRequest { shader: d.shader, entry: d.entry, constants: constants.to_vec() };
+            REHEARSAL.with(|r| r.borrow_mut().as_mut().map(|(_, requests)| requests.push(request)));
             return Ok(());
         }
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry, constants)?;

@@ -239,7 +239,26 @@ type CompiledModule = (Arc<wgpu::ShaderModule>, Arc<(naga::Module, naga::valid::
 pub type Constants<'a> = &'a [(&'static str, f64)];
 
 /// Pipelines by (file, entry point, override constants as (name, f64 bits)).
-type KernelMap = HashMap<(&'static str, &'static str, Vec<(&'static str, u64)>), Arc<Kernel>>;
+type KernelMap = HashMap<KernelKey, Arc<Kernel>>;
+type KernelKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// One pipeline a launch asks for: the shader, the entry point and its override constants.
+#[derive(Clone, Debug)]
+pub(crate) struct PipelineRequest {
+    pub(crate) shader: &'static Shader,
+    pub(crate) entry: &'static str,
+    pub(crate) constants: Vec<(&'static str, f64)>,
+}
+
+impl PipelineRequest {
+    fn key(&self) -> KernelKey {
+        key(self.shader, self.entry, &self.constants)
+    }
+}
+
+fn key(shader: &'static Shader, entry: &'static str, constants: Constants<'_>) -> KernelKey {
+    (shader.file, entry, constants.iter().map(|&(name, v)| (name, v.to_bits())).collect())
+}
 
 /// Compiled pipelines keyed by (file, entry point, override constants); each is built once per
 /// process.
@@ -259,10 +278,79 @@ impl PipelineCache {
         entry: &'static str,
         constants: Constants<'_>,
     ) -> Result<Arc<Kernel>> {
-        let key = (shader.file, entry, constants.iter().map(|&(name, v)| (name, v.to_bits())).collect::<Vec<_>>());
+        let key = key(shader, entry, constants);
         if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(k.clone());
         }
+        let kernel = Arc::new(self.build(device, shader, entry, constants)?);
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// How many pipelines have been built.
+    pub(crate) fn len(&self) -> usize {
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Builds the pipelines of `requests` that are not built yet, on up to `threads` threads at
+    /// once, and returns how many it built. Creating a pipeline is where a driver translates and
+    /// optimises its shader, and drivers do that on the calling thread: lavapipe takes 0.2-0.7 s
+    /// for each large matmul pipeline, so a process that needs several at once (the first
+    /// forward of `vlsa segment`) spends most of its start there. The shader modules are
+    /// created first, one after another; an error from any pipeline is returned after all
+    /// threads have finished.
+    pub(crate) fn prepare(&self, device: &wgpu::Device, requests: &[PipelineRequest], threads: usize) -> Result<usize> {
+        let mut todo: Vec<&PipelineRequest> = Vec::new();
+        {
+            let built = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+            for r in requests {
+                let k = r.key();
+                if !built.contains_key(&k) && !todo.iter().any(|t| t.key() == k) {
+                    todo.push(r);
+                }
+            }
+        }
+        for r in &todo {
+            self.module(device, r.shader)?;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(r) = todo.get(i) else { break };
+            match self.build(device, r.shader, r.entry, &r.constants) {
+                Ok(kernel) => {
+                    self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(r.key(), Arc::new(kernel));
+                }
+                Err(e) => {
+                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                }
+            }
+        };
+        let threads = threads.clamp(1, todo.len().max(1));
+        if threads == 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(work);
+                }
+            });
+        }
+        match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(todo.len()),
+        }
+    }
+
+    /// Compiles one entry point (see [`PipelineCache::get`]).
+    fn build(
+        &self,
+        device: &wgpu::Device,
+        shader: &'static Shader,
+        entry: &'static str,
+        constants: Constants<'_>,
+    ) -> Result<Kernel> {
         let (module, reflection) = self.module(device, shader)?;
         let bindings = entry_bindings(shader.file, &reflection.0, &reflection.1, entry)?;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
@@ -303,9 +391,7 @@ impl PipelineCache {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { file: shader.file.into(), message: format!("entry point `{entry}`: {e}") });
         }
-        let kernel = Arc::new(Kernel { pipeline, layout, bindings });
-        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(key, kernel.clone());
-        Ok(kernel)
+        Ok(Kernel { pipeline, layout, bindings })
     }
 
     #[allow(clippy::type_complexity)]
