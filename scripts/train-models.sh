@@ -32,6 +32,9 @@ SHIP_STEPS_CARDIAC=${SHIP_STEPS_CARDIAC:-1500}
 SHIP_STEPS_FUNDUS=${SHIP_STEPS_FUNDUS:-1500}
 SHIP_CONFIG_CARDIAC=${SHIP_CONFIG_CARDIAC:-configs/cardiac-tiny.json}
 SHIP_CONFIG_FUNDUS=${SHIP_CONFIG_FUNDUS:-configs/fundus-tiny.json}
+# Both shipped models predict by a 2 x 2 shift ensemble (`vlsa init --shifts`, README
+# "Evaluation"); the shipped files were given it after training, which it does not change.
+SHIP_SHIFTS=${SHIP_SHIFTS:-2}
 # Extra `vlsa train` flags per shipped model (both with domain randomization, the default).
 SHIP_FLAGS_CARDIAC=${SHIP_FLAGS_CARDIAC-}
 SHIP_FLAGS_FUNDUS=${SHIP_FLAGS_FUNDUS-}
@@ -56,7 +59,7 @@ config_of() { # task variant -> config path
 train_one() { # task variant steps out-model [train flags] [config, else the variant's]
   local task=$1 variant=$2 steps=$3 out=$4 flags=${5:-} config=${6:-} dir="$RUNS/$1-$2"
   mkdir -p "$dir" "$(dirname "$out")"
-  "$V" init --config "${config:-$(config_of "$task" "$variant")}" --text-encoder "$ENC" --seed 0 --out "$dir/init.safetensors"
+  "$V" init --config "${config:-$(config_of "$task" "$variant")}" --text-encoder "$ENC" --seed 0 --out "$dir/init.safetensors" ${INIT_FLAGS:-}
   "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 --seed 0 $flags \
     --data "$DATA/$task-A-train" --val "$DATA/$task-A-val" --steps "$steps" \
     --val-every 50 --checkpoint-every 50 --log-every 25 \
@@ -83,8 +86,8 @@ case "${1:-}" in
   ship)
     for task in ${2:-cardiac fundus}; do
       case $task in
-        cardiac) train_one cardiac full "$SHIP_STEPS_CARDIAC" weights/vlsa-cardiac-tiny.safetensors "$SHIP_FLAGS_CARDIAC" "$SHIP_CONFIG_CARDIAC" ;;
-        fundus) train_one fundus full "$SHIP_STEPS_FUNDUS" weights/vlsa-fundus-tiny.safetensors "$SHIP_FLAGS_FUNDUS" "$SHIP_CONFIG_FUNDUS" ;;
+        cardiac) INIT_FLAGS="--shifts $SHIP_SHIFTS" train_one cardiac full "$SHIP_STEPS_CARDIAC" weights/vlsa-cardiac-tiny.safetensors "$SHIP_FLAGS_CARDIAC" "$SHIP_CONFIG_CARDIAC" ;;
+        fundus) INIT_FLAGS="--shifts $SHIP_SHIFTS" train_one fundus full "$SHIP_STEPS_FUNDUS" weights/vlsa-fundus-tiny.safetensors "$SHIP_FLAGS_FUNDUS" "$SHIP_CONFIG_FUNDUS" ;;
         *) echo "unknown task '$task'; the tasks are cardiac and fundus" >&2; exit 1 ;;
       esac
     done ;;

@@ -44,7 +44,16 @@ pub struct Config {
     /// Two-pass inference for one small object (docs/DESIGN.md, "Refinement"); absent: one pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refine: Option<RefineConfig>,
+    /// Shift ensemble (docs/DESIGN.md, "Shift ensemble"): predict from the mean logits of
+    /// shifts x shifts copies of the input moved by patch_size / shifts pixels, so that the
+    /// token grid falls in as many places; absent or 1: one forward. Part of how the model
+    /// predicts (`vlsa segment`, `vlsa eval`), not of its forward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shifts: Option<usize>,
 }
+
+/// Most shifts per axis of a shift ensemble (64 forwards per image).
+pub const MAX_SHIFTS: usize = 8;
 
 /// Two-pass inference: after the first pass, the model segments again a square window around
 /// the predicted foreground, and the mask is that window's prediction (background elsewhere).
@@ -120,6 +129,18 @@ pub enum EmGrad {
     Detached,
     /// Exact gradient through all iterations.
     Unrolled,
+}
+
+/// Why `k` shifts per axis do not suit patches of `patch` pixels (the text follows "shifts"
+/// or a flag's name), or nothing when they do: the shift step patch / k must be whole pixels.
+pub fn check_shifts(k: usize, patch: usize) -> std::result::Result<(), String> {
+    if k == 0 || k > MAX_SHIFTS {
+        return Err(format!("{k} must be between 1 and {MAX_SHIFTS} (shifts per axis; 1 is one forward)"));
+    }
+    if !patch.is_multiple_of(k) {
+        return Err(format!("{k} must divide the patch size {patch}, so that each shift is whole pixels"));
+    }
+    Ok(())
 }
 
 fn clip_mean() -> [f32; 3] {
@@ -257,6 +278,11 @@ impl Config {
                 return bad(format!("refine.crop {} must be a fraction of the image side in (0, 1]", r.crop));
             }
         }
+        if let Some(k) = self.shifts {
+            if let Err(why) = check_shifts(k, self.patch_size) {
+                return bad(format!("shifts {why}"));
+            }
+        }
         if self.pixel_std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
             return bad("pixel_std values must be positive".into());
         }
@@ -358,6 +384,11 @@ impl Config {
     /// Number of classes K.
     pub fn num_classes(&self) -> usize {
         self.classes.len()
+    }
+
+    /// Shifts per axis of the shift ensemble (1: one forward).
+    pub fn shifts(&self) -> usize {
+        self.shifts.unwrap_or(1)
     }
 
     /// The prompt of each class (the class names when none are given).
@@ -476,6 +507,26 @@ mod tests {
         assert_eq!(c.ln_eps, 1e-5);
         assert!(c.decoder.cross_attn);
         assert!(!c.to_json().contains("cross_attn"), "the default is not written");
+    }
+
+    #[test]
+    fn the_shift_ensemble_is_optional_checked_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert_eq!((c.shifts, c.shifts()), (None, 1));
+        assert!(!c.to_json().contains("shifts"), "absent unless given");
+        let on = DESIGN.replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"shifts\": 2");
+        let c = Config::from_json(&on, "on").unwrap();
+        assert_eq!(c.shifts(), 2);
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+        for (k, why) in
+            [(0, "must be between 1 and 8"), (9, "must be between 1 and 8"), (3, "must divide the patch size 8")]
+        {
+            let bad = DESIGN.replace("\"ln_eps\": 1e-5", &format!("\"ln_eps\": 1e-5, \"shifts\": {k}"));
+            let e = Config::from_json(&bad, "cfg.json").unwrap_err().to_string();
+            assert!(e.contains(&format!("shifts {k} {why}")) && e.contains("cfg.json"), "{e}");
+        }
+        assert_eq!(check_shifts(8, 8), Ok(()));
+        assert!(check_shifts(4, 14).is_err());
     }
 
     #[test]

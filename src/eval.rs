@@ -298,6 +298,8 @@ pub struct EvalReport {
     pub mean_region_dice: Vec<Option<f64>>,
     /// Mean over data sets of their regions' mean Dice.
     pub region_mean: Option<f64>,
+    /// Shifts per axis of the shift ensemble that predicted (1: one forward per image).
+    pub shifts: usize,
 }
 
 impl EvalReport {
@@ -315,6 +317,7 @@ impl EvalReport {
             (0..regions.len()).map(|j| mean(results.iter().map(|r| r.region_dice.get(j).copied().flatten()))).collect();
         let region_mean = mean(results.iter().map(|r| r.region_mean));
         EvalReport {
+            shifts: 1,
             model: model.to_string(),
             classes: classes.to_vec(),
             results,
@@ -340,8 +343,13 @@ impl EvalReport {
         let widths: Vec<usize> = self.classes[1..].iter().map(|c| width(c)).collect();
         let region_widths: Vec<usize> = self.regions.iter().map(|r| width(&r.name)).collect();
         let regions = !self.regions.is_empty();
+        let ensemble = if self.shifts > 1 {
+            format!("; predicted by a shift ensemble of {0} x {0} forwards", self.shifts)
+        } else {
+            String::new()
+        };
         let mut out = format!(
-            "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped)\n",
+            "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped{ensemble})\n",
             self.model
         );
         if regions {
@@ -408,6 +416,10 @@ impl EvalReport {
             })).collect::<Vec<_>>(),
             "mean_over_datasets": {"dice": per_class(&self.mean_dice), "mean": self.mean},
         });
+        if self.shifts > 1 {
+            // Only with a shift ensemble, so that one-forward reports keep their exact form.
+            json["shifts"] = serde_json::json!(self.shifts);
+        }
         if !self.regions.is_empty() {
             // Only with --region, so that reports without regions keep their exact form.
             let per_region = |dice: &[Option<f64>]| -> serde_json::Map<String, serde_json::Value> {

@@ -92,8 +92,13 @@ impl Model {
         for chunk in images.chunks(SEGMENT_BATCH) {
             let input = self.input(chunk)?;
             self.prepare_forward(&input)?;
-            let out = crate::no_grad(|| self.forward(&input))?;
-            for (img, labels) in chunk.iter().zip(self.predict(&out.logits_up)?) {
+            let predicted = if self.config.shifts() > 1 {
+                self.predict_shifted(chunk)?
+            } else {
+                let out = crate::no_grad(|| self.forward(&input))?;
+                self.predict(&out.logits_up)?
+            };
+            for (img, labels) in chunk.iter().zip(predicted) {
                 let labels: Vec<u8> = labels.into_iter().map(|l| l as u8).collect();
                 masks.push(Mask {
                     width: img.width,
@@ -103,6 +108,68 @@ impl Model {
             }
         }
         Ok(masks)
+    }
+
+    /// The shift ensemble's logits (docs/DESIGN.md, "Shift ensemble"), [B,K,S,S]: with
+    /// k = `config.shifts`, the preprocessed input is moved by (i, j) * patch_size / k pixels
+    /// down and right for i, j in 0..k (the first row and column repeated into the gap), each
+    /// copy goes through the forward, its upsampled logits are moved back, and every pixel
+    /// takes the mean of the logits that cover it (the unmoved copy covers all). The k x k
+    /// placements of the token grid together resolve boundaries k times finer than one grid
+    /// of patch_size pixels.
+    pub fn logits_shifted(&self, images: &[&Image]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (s, shifts) = (c.image_size, c.shifts());
+        let step = c.patch_size / shifts;
+        let (b, plane) = (images.len(), s * s);
+        let base = preprocess(images, s, c.pixel_mean, c.pixel_std);
+        let mut sum = vec![0f64; b * c.num_classes() * plane];
+        let mut covered = vec![0u32; plane];
+        let mut moved = vec![0f32; base.len()];
+        for (dy, dx) in (0..shifts).flat_map(|i| (0..shifts).map(move |j| (i * step, j * step))) {
+            // moved[y][x] = base[y - dy][x - dx], clamped at the first row and column.
+            for (to, from) in moved.chunks_mut(plane).zip(base.chunks(plane)) {
+                for y in 0..s {
+                    let src = &from[y.saturating_sub(dy) * s..][..s];
+                    let row = &mut to[y * s..][..s];
+                    row[..dx].fill(src[0]);
+                    row[dx..].copy_from_slice(&src[..s - dx]);
+                }
+            }
+            let input = Tensor::from_vec(self.gpu(), &moved, &[b, 3, s, s])?;
+            let logits = crate::no_grad(|| self.forward(&input))?.logits_up.to_vec()?;
+            // Output pixel (y + dy, x + dx) of the moved copy is pixel (y, x) of the image.
+            for y in 0..s - dy {
+                covered[y * s..][..s - dx].iter_mut().for_each(|n| *n += 1);
+            }
+            for (acc, l) in sum.chunks_mut(plane).zip(logits.chunks(plane)) {
+                for y in 0..s - dy {
+                    let from = &l[(y + dy) * s + dx..][..s - dx];
+                    for (a, v) in acc[y * s..][..s - dx].iter_mut().zip(from) {
+                        *a += *v as f64;
+                    }
+                }
+            }
+        }
+        Ok(sum.chunks(plane).flat_map(|p| p.iter().zip(&covered).map(|(v, &n)| (v / n as f64) as f32)).collect())
+    }
+
+    /// Class index per pixel at S x S of each image by the shift ensemble: the argmax over
+    /// classes (the first on ties) of [`Model::logits_shifted`].
+    pub fn predict_shifted(&self, images: &[&Image]) -> Result<Vec<Vec<u32>>> {
+        let (k, plane) = (self.config.num_classes(), self.config.image_size * self.config.image_size);
+        let logits = self.logits_shifted(images)?;
+        Ok(logits
+            .chunks(k * plane)
+            .map(|one| {
+                (0..plane)
+                    .map(|p| {
+                        (1..k).fold(0, |best, kk| if one[kk * plane + p] > one[best * plane + p] { kk } else { best })
+                            as u32
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// The `forward --dump` tensors for `images`: `input` and every docs/DESIGN.md intermediate.

@@ -249,6 +249,10 @@ enum Command {
         /// prompts (a Hugging Face BERT folder, e.g. from scripts/fetch-minilm.sh).
         #[arg(long, value_name = "DIR")]
         text_encoder: Option<std::path::PathBuf>,
+        /// Store `shifts` = K in the model's configuration: it then predicts by a K x K shift
+        /// ensemble (docs/DESIGN.md, "Shift ensemble"), as if `"shifts": K` were in CFG.json.
+        #[arg(long, value_name = "K")]
+        shifts: Option<usize>,
     },
     /// Segment images: writes <stem>_mask.png (class index per pixel, original size) and
     /// <stem>_overlay.png (classes tinted, with a legend) for each image.
@@ -271,6 +275,11 @@ enum Command {
         /// The text encoder for --prompt (a Hugging Face BERT folder, e.g. from scripts/fetch-minilm.sh).
         #[arg(long, value_name = "DIR")]
         text_encoder: Option<PathBuf>,
+        /// Shift ensemble: predict from the mean logits of K x K copies of each image moved by
+        /// patch_size / K pixels (docs/DESIGN.md, "Shift ensemble"); 1 for one forward. Default:
+        /// the model's own `shifts`, else 1.
+        #[arg(long, value_name = "K")]
+        shifts: Option<usize>,
     },
     /// Run the model on images and dump the input and every intermediate tensor (docs/DESIGN.md names).
     Forward {
@@ -343,6 +352,11 @@ enum Command {
         /// No progress line (one is shown only when stderr is a terminal).
         #[arg(long, short)]
         quiet: bool,
+        /// Shift ensemble: predict from the mean logits of K x K copies of each image moved by
+        /// patch_size / K pixels (docs/DESIGN.md, "Shift ensemble"); 1 for one forward. Default:
+        /// the model's own `shifts`, else 1.
+        #[arg(long, value_name = "K")]
+        shifts: Option<usize>,
     },
     /// Embed texts with a sentence encoder (all-MiniLM-L6-v2): print a summary or dump them.
     Embed {
@@ -696,7 +710,14 @@ fn write_trace(path: &Path, trace: &str) -> CliResult {
     Ok(())
 }
 
-fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder: Option<&Path>) -> CliResult {
+fn init(
+    config: &Path,
+    out: &Path,
+    seed: u64,
+    clip: Option<&Path>,
+    text_encoder: Option<&Path>,
+    shifts: Option<usize>,
+) -> CliResult {
     check_output("--out", out)?;
     if let Some(dir) = clip {
         check_input_dir("--clip", "the CLIP checkpoint folder", dir)?;
@@ -704,7 +725,11 @@ fn init(config: &Path, out: &Path, seed: u64, clip: Option<&Path>, text_encoder:
     if let Some(dir) = text_encoder {
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
     }
-    let config = vlsa::train::read_config(config)?;
+    let mut config = vlsa::train::read_config(config)?;
+    if let Some(k) = shifts {
+        vlsa::config::check_shifts(k, config.patch_size).map_err(|why| format!("--shifts {why}"))?;
+        config.shifts = Some(k);
+    }
     let gpu = open_gpu()?;
     let mut model = match clip {
         Some(dir) => {
@@ -764,6 +789,7 @@ fn segment(
     out: Option<&Path>,
     prompts: &[String],
     text_encoder: Option<&Path>,
+    shifts: Option<usize>,
 ) -> CliResult {
     let images = expand_images("--image", images)?;
     // Where each image's files go; two images that would write the same files are refused
@@ -793,6 +819,7 @@ fn segment(
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
     }
     let (_gpu, mut model) = load_model(model)?;
+    set_shifts(&mut model, shifts)?;
     if let Some(dir) = text_encoder {
         let k = model.config.num_classes();
         if prompts.is_empty() {
@@ -898,6 +925,15 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &Path, seed: 
     Ok(())
 }
 
+/// `--shifts K` of segment and eval: the model predicts by a K x K shift ensemble.
+fn set_shifts(model: &mut Model, shifts: Option<usize>) -> CliResult {
+    if let Some(k) = shifts {
+        vlsa::config::check_shifts(k, model.config.patch_size).map_err(|why| format!("--shifts {why}"))?;
+        model.config.shifts = Some(k);
+    }
+    Ok(())
+}
+
 fn eval(
     model: &Path,
     data: &[PathBuf],
@@ -905,6 +941,7 @@ fn eval(
     batch: usize,
     regions: &[String],
     quiet: bool,
+    shifts: Option<usize>,
 ) -> CliResult {
     if let Some(path) = json {
         check_output("--json", path)?;
@@ -915,7 +952,8 @@ fn eval(
             return Err(format!("{} is not a data set: there is no such folder (--data)", dir.display()).into());
         }
     }
-    let (_gpu, loaded) = load_model(model)?;
+    let (_gpu, mut loaded) = load_model(model)?;
+    set_shifts(&mut loaded, shifts)?;
     let regions = vlsa::eval::Region::parse_all(regions, &loaded.config.classes)?;
     // A progress line on a terminal only: a log or a pipe gets the table alone.
     let terminal = !quiet && std::io::stderr().is_terminal();
@@ -932,6 +970,7 @@ fn eval(
     }
     let mut report = result?;
     report.model = model.display().to_string();
+    report.shifts = loaded.config.shifts();
     write_stdout(format_args!("{}", report.table()));
     if let Some(path) = json {
         let text =
@@ -1031,18 +1070,18 @@ fn main() -> ExitCode {
     ADAPTER.set(cli.adapter).expect("set once, before any GPU is opened");
     let result = match cli.command {
         Command::Info => info(),
-        Command::Init { config, out, seed, clip, text_encoder } => {
-            init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref())
+        Command::Init { config, out, seed, clip, text_encoder, shifts } => {
+            init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref(), shifts)
         }
-        Command::Segment { model, images, out, prompts, text_encoder } => {
-            segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref())
+        Command::Segment { model, images, out, prompts, text_encoder, shifts } => {
+            segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref(), shifts)
         }
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
         Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
-        Command::Eval { model, data, json, batch, region, quiet } => {
-            eval(&model, &data, json.as_deref(), batch as usize, &region, quiet)
+        Command::Eval { model, data, json, batch, region, quiet, shifts } => {
+            eval(&model, &data, json.as_deref(), batch as usize, &region, quiet, shifts)
         }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
         Command::Profile(ProfileCommand::Em {

@@ -108,6 +108,25 @@ fn segment_writes_masks_at_original_size_and_overlays() {
     let img = Image::load(&dir.0.join("a.png")).unwrap();
     let lib = model.segment(&[&img]).unwrap().remove(0);
     assert_eq!(lib, Mask::load(&Path::new(&out).join("a_mask.png"), None).unwrap());
+    // A model made with `init --shifts 2` predicts by the shift ensemble, as `segment --shifts 2`
+    // of the plain model does; `--shifts 1` undoes it.
+    let shifted = dir.path("shifted.safetensors");
+    ok(&["init", "--config", &dir.path("cfg.json"), "--out", &shifted, "--seed", "3", "--shifts", "2"]);
+    let mut ensemble = vlsa::model::Model::load(&gpu, Path::new(&shifted)).unwrap();
+    assert_eq!(ensemble.config.shifts, Some(2));
+    let want = ensemble.segment(&[&img]).unwrap().remove(0);
+    let a_png = dir.path("a.png");
+    for (model_file, flags) in [(&shifted, &[][..]), (&m, &["--shifts", "2"][..])] {
+        let args = [&["segment", "--model", model_file.as_str(), "--image", &a_png, "--out", &out][..], flags].concat();
+        ok(&args);
+        assert_eq!(want, Mask::load(&Path::new(&out).join("a_mask.png"), None).unwrap(), "{flags:?}");
+    }
+    ok(&["segment", "--model", &shifted, "--image", &dir.path("a.png"), "--out", &out, "--shifts", "1"]);
+    assert_eq!(lib, Mask::load(&Path::new(&out).join("a_mask.png"), None).unwrap());
+    ensemble.config.shifts = None;
+    assert_eq!(ensemble.segment(&[&img]).unwrap().remove(0), lib);
+    let e = fails(&["init", "--config", &dir.path("cfg.json"), "--out", &dir.path("x.safetensors"), "--shifts", "5"]);
+    assert!(e.contains("--shifts 5 must divide the patch size"), "{e}");
 }
 
 #[test]

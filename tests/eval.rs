@@ -261,6 +261,34 @@ fn eval_command_end_to_end_and_class_mismatches() {
         let got = with["datasets"][0]["region_dice"][&r.name].as_f64();
         assert!(got.zip(lib.region_dice[i]).is_some_and(|(x, y)| (x - y).abs() < 1e-12), "{}: {got:?}", r.name);
     }
+    // --shifts: the shift ensemble, said in the table and the JSON, the library's numbers.
+    let out = run(&["eval", "--model", m, "--data", a_s, "--json", j, "--shifts", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("predicted by a shift ensemble of 2 x 2 forwards"));
+    let shifted: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(shifted["shifts"], 2);
+    assert!(json.get("shifts").is_none(), "one-forward reports keep their form");
+    let mut ensemble = Model::load(gpu, &model_path).unwrap();
+    ensemble.config.shifts = Some(2);
+    let lib = evaluate(&ensemble, &dataset, 3).unwrap();
+    for (k, name) in ["optic disc", "optic cup"].iter().enumerate() {
+        let got = shifted["datasets"][0]["dice"][name].as_f64();
+        assert!(
+            got.zip(lib.dice[k]).is_some_and(|(x, y)| (x - y).abs() < 1e-12) || got.is_none() && lib.dice[k].is_none()
+        );
+    }
+    let images = a.join("images");
+    let (images, out_dir) = (images.to_str().unwrap(), root.to_str().unwrap());
+    for (k, why) in [("3", "--shifts 3 must divide the patch size 8"), ("0", "--shifts 0 must be between 1 and 8")] {
+        let eval_args = ["eval", "--model", m, "--data", a_s, "--shifts", k];
+        let segment_args = ["segment", "--model", m, "--image", images, "--out", out_dir, "--shifts", k];
+        for args in [&eval_args[..], &segment_args[..]] {
+            let out = run(args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.starts_with(&format!("vlsa: {why}")), "{args:?}: {stderr}");
+        }
+    }
     let out = run(&["eval", "--model", m, "--data", a_s, "--region", "rim=9"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -305,4 +333,85 @@ fn an_inference_forward_finds_its_pipelines_prepared() {
     let masks = model.segment(&[&image, &image]).unwrap();
     assert_eq!(masks.len(), 2);
     assert!(gpu.pipelines_built() <= prepared + 1);
+}
+
+/// The shift ensemble's logits written out pixel by pixel from the plain forward: for each
+/// pixel, the mean of the logits of every shifted copy whose moved pixel lies in the image.
+fn shift_ensemble_reference(model: &Model, image: &Image, k: usize) -> Vec<f64> {
+    let c = &model.config;
+    let (s, classes, step) = (c.image_size, c.num_classes(), c.patch_size / k);
+    let base = preprocess(&[image], s, c.pixel_mean, c.pixel_std);
+    let mut sum = vec![0f64; classes * s * s];
+    let mut count = vec![0f64; s * s];
+    for i in 0..k {
+        for j in 0..k {
+            let (dy, dx) = (i * step, j * step);
+            let mut moved = vec![0f32; 3 * s * s];
+            for ch in 0..3 {
+                for y in 0..s {
+                    for x in 0..s {
+                        let (sy, sx) = (y.max(dy) - dy, x.max(dx) - dx);
+                        moved[(ch * s + y) * s + x] = base[(ch * s + sy) * s + sx];
+                    }
+                }
+            }
+            let input = vlsa::Tensor::from_vec(model.gpu(), &moved, &[1, 3, s, s]).unwrap();
+            let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
+            for y in 0..s - dy {
+                for x in 0..s - dx {
+                    count[y * s + x] += 1.0;
+                    for kk in 0..classes {
+                        sum[(kk * s + y) * s + x] += logits[(kk * s + y + dy) * s + x + dx] as f64;
+                    }
+                }
+            }
+        }
+    }
+    sum.iter().enumerate().map(|(i, v)| v / count[i % (s * s)]).collect()
+}
+
+#[test]
+fn the_shift_ensemble_averages_the_logits_of_shifted_copies() {
+    let gpu = common::gpu();
+    let mut config = tiny(&["background", "optic disc", "optic cup"]);
+    config.image_size = 24; // 3 x 3 patches of 8
+    let mut model = Model::init(gpu, config, 6).unwrap();
+    let mut rng = common::Rng::new(13);
+    let images: Vec<Image> = [(24, 24), (30, 17)]
+        .iter()
+        .map(|&(w, h)| Image { width: w, height: h, rgb: (0..w * h * 3).map(|_| rng.uniform()).collect() })
+        .collect();
+    let refs: Vec<&Image> = images.iter().collect();
+    // One forward (no `shifts`, or 1) is the plain prediction.
+    let plain = predict(&model, &refs).unwrap();
+    model.config.shifts = Some(1);
+    assert_eq!(predict(&model, &refs).unwrap(), plain);
+    let mut changed = false;
+    for k in [2, 4] {
+        model.config.shifts = Some(k);
+        let logits = model.logits_shifted(&refs).unwrap();
+        let plane = 3 * 24 * 24;
+        for (b, img) in images.iter().enumerate() {
+            let want = shift_ensemble_reference(&model, img, k);
+            common::assert_close(&format!("shifts {k}, image {b}"), &logits[b * plane..][..plane], &want, 1e-5, 1e-6);
+        }
+        let got = model.predict_shifted(&refs).unwrap();
+        for (b, labels) in got.iter().enumerate() {
+            let one = &logits[b * plane..][..plane];
+            let argmax: Vec<u32> = (0..576)
+                .map(|p| {
+                    (0..3).fold(0, |best, kk| if one[kk * 576 + p] > one[best * 576 + p] { kk } else { best }) as u32
+                })
+                .collect();
+            assert_eq!(labels, &argmax);
+        }
+        // segment (what vlsa segment and eval use) takes the ensemble and resizes it back.
+        let masks = predict(&model, &refs).unwrap();
+        for (b, img) in images.iter().enumerate() {
+            let labels: Vec<u8> = got[b].iter().map(|&l| l as u8).collect();
+            assert_eq!(masks[b].labels, resize_nearest(&labels, 24, 24, img.width, img.height));
+            changed |= masks[b] != plain[b];
+        }
+    }
+    assert!(changed, "the ensemble predicted exactly what one forward did: the test shows nothing");
 }

@@ -105,6 +105,16 @@ class FixtureTest(unittest.TestCase):
             parse_config(dict(TINY, refine={"crop": 1.5}))
         with self.assertRaisesRegex(ValueError, "unknown key `refine.size`"):
             parse_config(dict(TINY, refine={"size": 0.3}))
+        # `shifts` (vlsa's shift ensemble) too.
+        self.assertNotIn("shifts", parse_config(TINY))
+        shifted = init_model(parse_config(dict(TINY, shifts=2)), seed=3)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "s.safetensors")
+            save_model(shifted, path)
+            self.assertEqual(load_model(path)[0].config["shifts"], 2)
+        for k, why in ((0, "between 1 and 8"), (3, "must divide the patch size")):
+            with self.assertRaisesRegex(ValueError, f"shifts {k} .*{why}"):
+                parse_config(dict(TINY, shifts=k))
 
 
 def run(cmd, **kw):

@@ -11,8 +11,9 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _TOP = {
     "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
     "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
-    "em": None, "ln_eps": 1e-5, "refine": "absent",
+    "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent",
 }
+MAX_SHIFTS = 8
 _SECTIONS = {
     "vision": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "act": "quick_gelu"},
     "decoder": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "cross_attn": True},
@@ -57,6 +58,9 @@ def parse_config(value, source="config"):
             del c["refine"]
         else:
             c["refine"] = _fill(c["refine"], {"crop": None}, "refine.")
+        # `shifts` (the shift ensemble, docs/DESIGN.md "Shift ensemble") likewise.
+        if c["shifts"] == "absent":
+            del c["shifts"]
         if c["prompts"] == "classes" or c["prompts"] is None:
             c["prompts"] = list(c["classes"])
         _validate(c)
@@ -85,6 +89,12 @@ def _validate(c):
         raise ConfigError("em.iters must be at least 1")
     if "refine" in c and not (isinstance(c["refine"]["crop"], (int, float)) and 0 < c["refine"]["crop"] <= 1):
         raise ConfigError(f"refine.crop {c['refine']['crop']} must be a fraction of the image side in (0, 1]")
+    if "shifts" in c:
+        k = c["shifts"]
+        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_SHIFTS):
+            raise ConfigError(f"shifts {k} must be between 1 and {MAX_SHIFTS} (shifts per axis; 1 is one forward)")
+        if p % k:
+            raise ConfigError(f"shifts {k} must divide the patch size {p}, so that each shift is whole pixels")
 
 
 def config_json(c):
