@@ -116,8 +116,20 @@ impl Model {
     /// copy goes through the forward, its upsampled logits are moved back, and every pixel
     /// takes the mean of the logits that cover it (the unmoved copy covers all). The k x k
     /// placements of the token grid together resolve boundaries k times finer than one grid
-    /// of patch_size pixels.
+    /// of patch_size pixels. Images go through the forward [`SEGMENT_BATCH`] at a time.
     pub fn logits_shifted(&self, images: &[&Image]) -> Result<Vec<f32>> {
+        if images.is_empty() {
+            return Err(Error::Invalid("no images were given".into()));
+        }
+        let mut all = Vec::new();
+        for chunk in images.chunks(SEGMENT_BATCH) {
+            all.extend(self.logits_shifted_batch(chunk)?);
+        }
+        Ok(all)
+    }
+
+    /// [`Model::logits_shifted`] of one batch.
+    fn logits_shifted_batch(&self, images: &[&Image]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (s, shifts) = (c.image_size, c.shifts());
         let step = c.patch_size / shifts;

@@ -414,4 +414,15 @@ fn the_shift_ensemble_averages_the_logits_of_shifted_copies() {
         }
     }
     assert!(changed, "the ensemble predicted exactly what one forward did: the test shows nothing");
+    assert!(model.logits_shifted(&[]).unwrap_err().to_string().contains("no images"));
+    // More images than one forward takes: the same logits, batch by batch.
+    let many: Vec<&Image> = (0..vlsa::infer::SEGMENT_BATCH + 1).map(|i| refs[i % 2]).collect();
+    let all = model.logits_shifted(&many).unwrap();
+    let plane = 3 * 24 * 24;
+    let two = model.logits_shifted(&refs).unwrap();
+    assert_eq!(all.len(), many.len() * plane);
+    for (i, one) in all.chunks(plane).enumerate() {
+        let want: Vec<f64> = two[(i % 2) * plane..][..plane].iter().map(|&v| v as f64).collect();
+        common::assert_close(&format!("image {i} of {}", many.len()), one, &want, 1e-5, 1e-5);
+    }
 }
