@@ -152,6 +152,15 @@ fn tiny(classes: &[&str]) -> Config {
     .unwrap()
 }
 
+/// Images of uniform random RGB of the given (width, height), from `seed`.
+fn random_images(seed: u64, sizes: &[(usize, usize)]) -> Vec<Image> {
+    let mut rng = common::Rng::new(seed);
+    sizes
+        .iter()
+        .map(|&(w, h)| Image { width: w, height: h, rgb: (0..w * h * 3).map(|_| rng.uniform()).collect() })
+        .collect()
+}
+
 fn synth(task: Task, domain: &str, dir: &std::path::Path) {
     write_dataset(&SynthOptions { task, domain: Domain::of(task, domain).unwrap(), count: 3, size: 24, seed: 1 }, dir)
         .unwrap();
@@ -161,11 +170,7 @@ fn synth(task: Task, domain: &str, dir: &std::path::Path) {
 fn predictions_are_the_argmax_resized_to_each_image() {
     let gpu = common::gpu();
     let model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 3).unwrap();
-    let mut rng = common::Rng::new(5);
-    let images: Vec<Image> = [(24, 24), (16, 40)]
-        .iter()
-        .map(|&(w, h)| Image { width: w, height: h, rgb: (0..w * h * 3).map(|_| rng.uniform()).collect() })
-        .collect();
+    let images = random_images(5, &[(24, 24), (16, 40)]);
     let refs: Vec<&Image> = images.iter().collect();
     let got = predict(&model, &refs).unwrap();
     let c = &model.config;
@@ -317,8 +322,7 @@ fn an_inference_forward_finds_its_pipelines_prepared() {
     // Its own GPU, so that no other test builds pipelines on it meanwhile.
     let gpu = vlsa::Gpu::new().unwrap();
     let model = Model::init(&gpu, tiny(&["background", "optic disc", "optic cup"]), 4).unwrap();
-    let mut rng = common::Rng::new(9);
-    let image = Image { width: 20, height: 12, rgb: (0..20 * 12 * 3).map(|_| rng.uniform()).collect() };
+    let image = random_images(9, &[(20, 12)]).remove(0);
     let input = model.input(&[&image, &image]).unwrap();
     let before = gpu.pipelines_built();
     model.prepare_forward(&input).unwrap();
@@ -376,11 +380,7 @@ fn the_shift_ensemble_averages_the_logits_of_shifted_copies() {
     let mut config = tiny(&["background", "optic disc", "optic cup"]);
     config.image_size = 24; // 3 x 3 patches of 8
     let mut model = Model::init(gpu, config, 6).unwrap();
-    let mut rng = common::Rng::new(13);
-    let images: Vec<Image> = [(24, 24), (30, 17)]
-        .iter()
-        .map(|&(w, h)| Image { width: w, height: h, rgb: (0..w * h * 3).map(|_| rng.uniform()).collect() })
-        .collect();
+    let images = random_images(13, &[(24, 24), (30, 17)]);
     let refs: Vec<&Image> = images.iter().collect();
     // One forward (no `shifts`, or 1) is the plain prediction.
     let plain = predict(&model, &refs).unwrap();
