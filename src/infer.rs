@@ -87,13 +87,16 @@ impl Model {
 
     /// One pass of [`Model::segment`].
     fn segment_once(&self, images: &[&Image]) -> Result<Vec<Mask>> {
-        let s = self.config.image_size;
+        let c = &self.config;
+        let s = c.image_size;
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
-            let input = self.input(chunk)?;
+            let base = preprocess(chunk, s, c.pixel_mean, c.pixel_std);
+            let input = Tensor::from_vec(self.gpu(), &base, &[chunk.len(), 3, s, s])?;
             self.prepare_forward(&input)?;
-            let predicted = if self.config.shifts() > 1 {
-                self.predict_shifted(chunk)?
+            let predicted = if c.shifts() > 1 {
+                let logits = self.logits_shifted_batch(&base, chunk.len())?;
+                self.predict(&Tensor::from_vec(self.gpu(), &logits, &[chunk.len(), c.num_classes(), s, s])?)?
             } else {
                 let out = crate::no_grad(|| self.forward(&input))?;
                 self.predict(&out.logits_up)?
@@ -122,19 +125,20 @@ impl Model {
             return Err(Error::Invalid("no images were given".into()));
         }
         let mut all = Vec::new();
+        let c = &self.config;
         for chunk in images.chunks(SEGMENT_BATCH) {
-            all.extend(self.logits_shifted_batch(chunk)?);
+            let base = preprocess(chunk, c.image_size, c.pixel_mean, c.pixel_std);
+            all.extend(self.logits_shifted_batch(&base, chunk.len())?);
         }
         Ok(all)
     }
 
-    /// [`Model::logits_shifted`] of one batch.
-    fn logits_shifted_batch(&self, images: &[&Image]) -> Result<Vec<f32>> {
+    /// [`Model::logits_shifted`] of one batch of `b` preprocessed images `base` [b,3,S,S].
+    fn logits_shifted_batch(&self, base: &[f32], b: usize) -> Result<Vec<f32>> {
         let c = &self.config;
         let (s, shifts) = (c.image_size, c.shifts());
         let step = c.patch_size / shifts;
-        let (b, plane) = (images.len(), s * s);
-        let base = preprocess(images, s, c.pixel_mean, c.pixel_std);
+        let plane = s * s;
         let mut sum = vec![0f64; b * c.num_classes() * plane];
         let mut covered = vec![0u32; plane];
         let mut moved = vec![0f32; base.len()];
@@ -167,21 +171,12 @@ impl Model {
     }
 
     /// Class index per pixel at S x S of each image by the shift ensemble: the argmax over
-    /// classes (the first on ties) of [`Model::logits_shifted`].
+    /// classes (the first on ties, as [`Model::predict`]) of [`Model::logits_shifted`].
     pub fn predict_shifted(&self, images: &[&Image]) -> Result<Vec<Vec<u32>>> {
-        let (k, plane) = (self.config.num_classes(), self.config.image_size * self.config.image_size);
+        let c = &self.config;
         let logits = self.logits_shifted(images)?;
-        Ok(logits
-            .chunks(k * plane)
-            .map(|one| {
-                (0..plane)
-                    .map(|p| {
-                        (1..k).fold(0, |best, kk| if one[kk * plane + p] > one[best * plane + p] { kk } else { best })
-                            as u32
-                    })
-                    .collect()
-            })
-            .collect())
+        let shape = [images.len(), c.num_classes(), c.image_size, c.image_size];
+        self.predict(&Tensor::from_vec(self.gpu(), &logits, &shape)?)
     }
 
     /// The `forward --dump` tensors for `images`: `input` and every docs/DESIGN.md intermediate.
