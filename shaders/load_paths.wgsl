@@ -84,3 +84,21 @@ fn alu_ceiling(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     out[gid.x] = dot(a0 + a1 + a2 + a3, vec4<f32>(1.0));
 }
+
+// workgroup_lanes: storage_lanes' addresses, read from a copy of the table in workgroup memory
+// (each invocation copies 16 of its vec4, one barrier): whether staging an operand in workgroup
+// memory makes per-lane loads cheaper on this adapter.
+var<workgroup> wtable: array<vec4<f32>, 1024>;
+
+@compute @workgroup_size(64)
+fn workgroup_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    for (var j = 0u; j < 16u; j++) { wtable[lid * 16u + j] = stable[lid * 16u + j]; }
+    workgroupBarrier();
+    var acc = vec4<f32>(0.0);
+    var idx = (gid.x * 7u) & 1023u;
+    for (var i = 0u; i < LOADS; i++) {
+        idx = (idx + 97u + i) & 1023u;
+        acc += wtable[idx];
+    }
+    out[gid.x] = dot(acc, vec4<f32>(1.0));
+}
