@@ -469,17 +469,23 @@ impl fmt::Display for ModelProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = if self.backward { "forward + loss + backward" } else { "forward" };
         writeln!(f, "model {what}, batch {}, on {}", self.batch, self.adapter)?;
+        // Texture copies (the matmul's texture operands) are timed like launches but are not
+        // dispatches: counted apart, their time inside the scope's.
+        let copies = |scope: Option<&str>| {
+            let in_scope = |r: &&vlsa_kernels::DispatchRecord| {
+                scope.is_none_or(|s| r.scopes.first().map(String::as_str).unwrap_or_default() == s)
+            };
+            self.profile.records.iter().filter(in_scope).filter(|r| r.label.kernel.ends_with("_copy")).count()
+        };
+        let line = |f: &mut fmt::Formatter<'_>, name: &str, records: usize, copies: usize, ns: f64| {
+            let note = if copies > 0 { format!(" (and {copies} texture copies)") } else { String::new() };
+            writeln!(f, "{name:<10} {:>6} dispatches {:>10.2} ms{note}", records - copies, ns / 1e6)
+        };
         let by_scope = self.profile.summarize(|r| r.scopes.first().cloned().unwrap_or_default());
         for (scope, s) in &by_scope {
-            writeln!(f, "{scope:<10} {:>6} dispatches {:>10.2} ms", s.count, s.total_ns / 1e6)?;
+            line(f, scope, s.count, copies(Some(scope)), s.total_ns)?;
         }
-        writeln!(
-            f,
-            "{:<10} {:>6} dispatches {:>10.2} ms",
-            "total",
-            self.profile.records.len(),
-            self.profile.total_ns() / 1e6
-        )?;
+        line(f, "total", self.profile.records.len(), copies(None), self.profile.total_ns())?;
         writeln!(
             f,
             "unprofiled pass: {} dispatches, {} submits, {:.2} ms wall (synced; median of {WALL_PASSES} passes, {:.2}-{:.2} ms)",
@@ -602,7 +608,8 @@ pub fn profile_matmul(gpu: &Gpu, opts: &MatmulProfileOptions) -> Result<MatmulPr
         gpu.set_profiling(false)?;
         let profile = timed?.expect("profiling was on");
         timing = profile.timing;
-        // Every product records the same number of dispatches (two for split-K), in order.
+        // Every product records the same number of launches (two for split-K; with texture
+        // operands its two texture copies too), in order.
         let per_product = (profile.records.len() / opts.iters).max(1);
         let products: Vec<f64> =
             profile.records.chunks(per_product).map(|c| c.iter().map(|r| r.duration_ns).sum()).collect();

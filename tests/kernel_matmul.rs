@@ -356,10 +356,15 @@ fn plans_name_the_entry_points() {
     if gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8 {
         // 64-column blocks where they pad N no more than 32-column ones: 1024 and 192 (none),
         // 100 (to 128 either way); 32-column blocks for N = 32 and the 260 keys (288, not 320).
-        assert_eq!((sub.entry, sub.cols), ("subgroup_wide_tn", 64));
-        for (n, entry) in
-            [(192, "subgroup_wide_nt"), (100, "subgroup_wide_nt"), (32, "subgroup_nt"), (260, "subgroup_nt")]
-        {
+        // The 64-column blocks read textures where the operands fit them (64 keys per row here).
+        let wide = if gpu.texture_operands() { "texture_wide" } else { "subgroup_wide" };
+        assert_eq!((sub.entry, sub.cols), (format!("{wide}_tn").as_str(), 64));
+        for (n, entry) in [
+            (192, format!("{wide}_nt")),
+            (100, format!("{wide}_nt")),
+            (32, "subgroup_nt".into()),
+            (260, "subgroup_nt".into()),
+        ] {
             assert_eq!(
                 plan(gpu, &Matmul::new(24, 257, n, 64).trans_b(true), KernelPath::Subgroup).entry,
                 entry,
@@ -480,6 +485,76 @@ fn reference_gradients(op: &Matmul, x: &[Vec<f64>], dc: &[f64]) -> Vec<Option<Ve
 }
 
 #[test]
+fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
+    // The 64-column subgroup kernels reading A and B from textures (lavapipe's default where the
+    // operands fit: rows of a multiple of 64 floats) against the same kernels reading storage
+    // and the f64 reference: every layout, batch and broadcast, the one-row tail block, a
+    // column edge, a K tail, and the bias, accumulate and activation epilogues. A context of
+    // its own, so that switching textures off here changes no other test's plans.
+    let gpu = Gpu::new().unwrap();
+    if !(gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8) {
+        // No subgroups (llvmpipe GL): the texture kernels are never chosen.
+        assert!(!gpu.texture_operands(), "texture operands on without subgroups");
+        gpu.set_texture_operands(true);
+        assert!(!plan(&gpu, &Matmul::new(1, 128, 64, 64), KernelPath::Subgroup).entry.starts_with("texture_"));
+        return;
+    }
+    let mut rng = Rng::new(11);
+    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
+    // (batch, m, n, k, trans_a, trans_b, broadcast_b); each fits textures in its layout.
+    let cases = [
+        (1, 128, 64, 64, false, false, false),
+        (1, 128, 64, 64, false, true, false),
+        (1, 128, 64, 64, true, false, false),
+        (1, 128, 64, 64, true, true, false),
+        (2, 65, 100, 64, false, true, false), // one-row tail block, a column edge in the last lane
+        (3, 192, 64, 9, true, false, false),  // a K tail, batched
+        (2, 257, 192, 128, false, true, true), // a Linear: x · Wᵀ, W shared by the batch
+        (2, 64, 192, 128, true, true, false), // both transposed, batched
+    ];
+    for &(batch, m, n, k, ta, tb, bb) in &cases {
+        let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_b(bb);
+        let (av, bv, biasv, prev) = (random(op.a_len()), random(op.b_len()), random(n), random(op.out_len()));
+        let (a, b, bias) = (gpu.upload(&av).unwrap(), gpu.upload(&bv).unwrap(), gpu.upload(&biasv).unwrap());
+        let want = reference(
+            &op,
+            &av.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            &bv.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        // Per source: the plain product, bias + accumulate onto `prev`, bias + gelu (with the product kept).
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            let entry = plan(&gpu, &op, KernelPath::Subgroup).entry;
+            assert_eq!(entry.starts_with("texture_"), textures, "{} ran {entry}", op.describe());
+            let plain = gpu.alloc(op.out_len()).unwrap();
+            matmul_with(&gpu, &a, &b, &plain, &op, KernelPath::Subgroup).unwrap();
+            let acc = gpu.upload(&prev).unwrap();
+            matmul_bias_with(&gpu, &a, &b, &bias, &acc, &op.accumulate(true), KernelPath::Subgroup).unwrap();
+            let (kept, act) = (gpu.alloc(op.out_len()).unwrap(), gpu.alloc(op.out_len()).unwrap());
+            let epi = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &act };
+            matmul_bias_act_with(&gpu, &a, &b, &kept, &op, &epi, KernelPath::Subgroup).unwrap();
+            let got: Vec<Vec<f32>> = [&plain, &acc, &kept, &act].iter().map(|buf| gpu.download(buf).unwrap()).collect();
+            runs.push(got);
+        }
+        assert_eq!(runs[0], runs[1], "{}: textures and storage differ", op.describe());
+        common::assert_close(&format!("texture {}", op.describe()), &runs[0][0], &want, 1e-5, 1e-5);
+        let with_bias: Vec<f64> =
+            want.iter().enumerate().map(|(i, &v)| v + biasv[i % n] as f64 + prev[i] as f64).collect();
+        common::assert_close(
+            &format!("texture {} + bias, accumulate", op.describe()),
+            &runs[0][1],
+            &with_bias,
+            1e-5,
+            1e-5,
+        );
+    }
+    // Rows that are no multiple of 64 floats keep the storage loads.
+    gpu.set_texture_operands(true);
+    assert_eq!(plan(&gpu, &Matmul::new(1, 128, 100, 64), KernelPath::Subgroup).entry, "subgroup_wide_nn");
+}
+
+#[test]
 fn backward_matches_reference_and_finite_differences() {
     let mut rng = Rng::new(6);
     let mut ops = Vec::new();
@@ -492,6 +567,10 @@ fn backward_matches_reference_and_finite_differences() {
     // A Linear layer: x [2, 7, 5] · Wᵀ with W [6, 5] shared by the batch; and a shared B [K, N].
     ops.push(Matmul::new(2, 7, 6, 5).trans_b(true).broadcast_b(true));
     ops.push(Matmul::new(3, 4, 8, 12).broadcast_b(true));
+    // Operands whose rows are 64 floats: the forward and every gradient read textures on
+    // lavapipe (texture_operands_give_the_storage_kernels_products_bit_for_bit).
+    ops.push(Matmul::new(1, 64, 64, 64));
+    ops.push(Matmul::new(1, 64, 64, 64).trans_b(true));
     for path in paths() {
         for &op in &ops {
             let a = Input::random(&mut rng, &[op.a_len()]);

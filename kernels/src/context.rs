@@ -18,7 +18,8 @@
 //! command buffer.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -158,6 +159,10 @@ struct GpuInner {
     error: Arc<Mutex<Option<Error>>>,
     /// The [`KernelPath`] launchers use, as an index into [`KernelPath::ALL`].
     kernel_path: AtomicUsize,
+    /// Whether the matmul reads its operands from textures where it can ([`Gpu::texture_operands`]).
+    texture_operands: AtomicBool,
+    /// Scratch textures of [`Gpu::operand_texture`], by (slot, width, height), reused.
+    textures: Mutex<HashMap<(usize, u32, u32), wgpu::Texture>>,
 }
 
 thread_local! {
@@ -326,6 +331,15 @@ impl Gpu {
                 "VLSA_KERNEL_PATH=subgroup, but {who} has no subgroup operations; use registers or tiled"
             )));
         }
+        // Texture operands: on CPU adapters with subgroups (lavapipe) unless VLSA_TEXTURE_OPERANDS=0.
+        let texture_operands = match std::env::var("VLSA_TEXTURE_OPERANDS").ok().filter(|s| !s.trim().is_empty()) {
+            None => info.device_type == "Cpu" && info.subgroups,
+            Some(v) if v.trim() == "1" => true,
+            Some(v) if v.trim() == "0" => false,
+            Some(v) => {
+                return Err(Error::Unsupported(format!("VLSA_TEXTURE_OPERANDS={v}: use 1 (on) or 0 (off)")));
+            }
+        };
         let recorder = Recorder {
             encoder: None,
             pending: 0,
@@ -345,6 +359,8 @@ impl Gpu {
                 recorder: Mutex::new(recorder),
                 error,
                 kernel_path: AtomicUsize::new(KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0)),
+                texture_operands: AtomicBool::new(texture_operands),
+                textures: Mutex::default(),
             }),
         })
     }
@@ -376,6 +392,111 @@ impl Gpu {
         let index = KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0);
         self.inner.kernel_path.store(index, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether the matmul's subgroup kernels read their operands from textures where the shape
+    /// allows (kernels/src/matmul.rs, `texture_operands`): on by default on CPU adapters with
+    /// subgroups (lavapipe, where a texel fetch is a gather and a per-lane storage load is not),
+    /// off elsewhere; `VLSA_TEXTURE_OPERANDS=0|1` when the context is created, or
+    /// [`Gpu::set_texture_operands`].
+    pub fn texture_operands(&self) -> bool {
+        self.inner.texture_operands.load(Ordering::Relaxed)
+    }
+
+    /// Turns texture operands on or off (for tests and benches: both give the same products).
+    pub fn set_texture_operands(&self, on: bool) {
+        self.inner.texture_operands.store(on, Ordering::Relaxed);
+    }
+
+    /// A view of scratch texture `slot` (rgba32float, `row_floats / 4` texels wide, `rows`
+    /// high) holding the first `rows x row_floats` elements of `src`, copied in queue order (a
+    /// rehearsal copies nothing). The texture is kept for the next launch that asks for the same
+    /// slot and size, so a launch's textures must be in different slots. `row_floats` must be a
+    /// positive multiple of 64 (texture copies move rows of a multiple of 256 bytes) and both
+    /// sides within `max_texture_dimension_2d`.
+    pub fn operand_texture(
+        &self,
+        slot: usize,
+        src: &GpuBuffer,
+        row_floats: usize,
+        rows: usize,
+    ) -> Result<wgpu::TextureView> {
+        let side = self.limits().max_texture_dimension_2d as usize;
+        if row_floats == 0 || !row_floats.is_multiple_of(64) || rows == 0 || row_floats / 4 > side || rows > side {
+            return Err(Error::Shape(format!(
+                "an operand texture of {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats and both sides within {side} texels"
+            )));
+        }
+        if src.len() < rows * row_floats {
+            return Err(Error::Shape(format!(
+                "an operand texture of {rows} rows of {row_floats} floats from a buffer of {} elements",
+                src.len()
+            )));
+        }
+        let size = wgpu::Extent3d { width: (row_floats / 4) as u32, height: rows as u32, depth_or_array_layers: 1 };
+        let texture = lock(&self.inner.textures)
+            .entry((slot, size.width, size.height))
+            .or_insert_with(|| {
+                self.device().create_texture(&wgpu::TextureDescriptor {
+                    label: Some("vlsa operand texture"),
+                    size,
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                })
+            })
+            .clone();
+        if !self.rehearsing() {
+            // Profiled like a launch (`matmul_texture_copy`): with timestamps, between an empty
+            // pass that writes the start and one that writes the end.
+            let label = KernelLabel {
+                kernel: "matmul_texture_copy",
+                shape: format!("{rows} x {row_floats}"),
+                flops: 0,
+                bytes: 8 * (rows * row_floats) as u64,
+            };
+            let mut r = lock(&self.inner.recorder);
+            let timing = self.begin_timing(&mut r, &label)?;
+            let query = match &timing {
+                DispatchTiming::Timestamps { query } => Some(*query),
+                _ => None,
+            };
+            let Recorder { encoder, profiler, .. } = &mut *r;
+            let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
+            let queries = profiler.as_ref().and_then(|p| p.timestamps.as_ref()).map(|ts| &ts.queries);
+            let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
+                if let (Some(query_set), Some(_)) = (queries, query) {
+                    let timestamp_writes = Some(wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: begin,
+                        end_of_pass_write_index: end,
+                    });
+                    drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(label.kernel),
+                        timestamp_writes,
+                    }));
+                }
+            };
+            mark(enc, query, None);
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: src.raw(),
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(row_floats as u32 * 4),
+                        rows_per_image: None,
+                    },
+                },
+                texture.as_image_copy(),
+                size,
+            );
+            mark(enc, None, query.map(|q| q + 1));
+            self.end_timing(&mut r, timing, label)?;
+        }
+        Ok(texture.create_view(&Default::default()))
     }
 
     /// The wgpu device.
@@ -667,6 +788,17 @@ impl Gpu {
     /// (`override` in WGSL) set to `constants`: one pipeline per distinct set, built once. For
     /// values that only select a size, so one entry point serves every size.
     pub fn dispatch_specialized(&self, d: Dispatch<'_>, constants: Constants<'_>) -> Result<()> {
+        self.dispatch_with_textures(d, constants, &[])
+    }
+
+    /// [`Gpu::dispatch_specialized`] of an entry point that also reads textures: `textures`
+    /// are bound to its texture bindings in binding order (e.g. from [`Gpu::operand_texture`]).
+    pub fn dispatch_with_textures(
+        &self,
+        d: Dispatch<'_>,
+        constants: Constants<'_>,
+        textures: &[&wgpu::TextureView],
+    ) -> Result<()> {
         if !self.check_dispatch(&d)? {
             return Ok(());
         }
@@ -677,7 +809,7 @@ impl Gpu {
         }
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry, constants)?;
         let mut r = lock(&self.inner.recorder);
-        let bind_group = self.bind(&mut r, &kernel, &d)?;
+        let bind_group = self.bind(&mut r, &kernel, &d, textures)?;
         let timing = self.begin_timing(&mut r, &d.label)?;
         self.record_pass(&mut r, &kernel, &bind_group, &d, &timing);
         r.pending += 1;
@@ -721,11 +853,29 @@ impl Gpu {
 
     /// The bind group of a launch: its parameter block (copied into the parameter arena) at
     /// binding 0 and its storage buffers at the bindings the kernel uses.
-    fn bind(&self, r: &mut Recorder, kernel: &Kernel, d: &Dispatch<'_>) -> Result<wgpu::BindGroup> {
+    fn bind(
+        &self,
+        r: &mut Recorder,
+        kernel: &Kernel,
+        d: &Dispatch<'_>,
+        textures: &[&wgpu::TextureView],
+    ) -> Result<wgpu::BindGroup> {
         let block = if d.params.is_empty() { None } else { Some(self.push_params(r, d.params)?) };
         let mut entries = Vec::with_capacity(kernel.bindings.len());
+        let mut next_texture = textures.iter();
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
+                BindingKind::Texture => {
+                    let view = next_texture.next().ok_or_else(|| {
+                        Error::Shape(format!(
+                            "{} reads {} textures or more but was given {}",
+                            d.entry,
+                            textures.len() + 1,
+                            textures.len()
+                        ))
+                    })?;
+                    wgpu::BindingResource::TextureView(view)
+                }
                 BindingKind::Uniform | BindingKind::StorageParams => {
                     let (block, offset, size) =
                         block.ok_or_else(|| Error::Shape(format!("{} needs a parameter block", d.entry)))?;

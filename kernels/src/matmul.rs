@@ -18,6 +18,8 @@ use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 shader!(SHADER, "matmul.wgsl");
 // The subgroup entry points: a module of their own, which adapters without subgroups never compile.
 shader!(SUBGROUP_SHADER, "matmul_subgroup.wgsl");
+// The same 64-column subgroup blocks reading A and B from textures (Gpu::texture_operands).
+shader!(TEXTURE_SHADER, "matmul_texture.wgsl");
 
 /// Output rows and columns one workgroup of the vec4 register kernels covers (matmul.wgsl:
 /// LANE_ROWS x BLOCK_ROWS and LANE_COLS x BLOCK_COLS).
@@ -170,6 +172,26 @@ impl Matmul {
             self.n,
             if self.accumulate { " (accumulate)" } else { "" }
         )
+    }
+
+    /// The texture each operand is copied into for the texture kernels: (floats per row, rows)
+    /// of A and of B as stored, batch elements stacked (one when broadcast).
+    fn operand_textures(&self) -> [(usize, usize); 2] {
+        let a_batches = if self.broadcast_a { 1 } else { self.batch };
+        let b_batches = if self.broadcast_b { 1 } else { self.batch };
+        [
+            if self.trans_a { (self.m, a_batches * self.k) } else { (self.k, a_batches * self.m) },
+            if self.trans_b { (self.k, b_batches * self.n) } else { (self.n, b_batches * self.k) },
+        ]
+    }
+
+    /// True when both operands fit [`Gpu::operand_texture`]: rows of a multiple of 64 floats,
+    /// both sides within the adapter's largest 2-D texture.
+    fn textures_fit(&self, gpu: &Gpu) -> bool {
+        let side = gpu.limits().max_texture_dimension_2d as usize;
+        self.operand_textures()
+            .iter()
+            .all(|&(row, rows)| row > 0 && row.is_multiple_of(64) && row / 4 <= side && rows > 0 && rows <= side)
     }
 
     /// True when the vec4 register kernel applies: every axis read or written four at a time
@@ -425,6 +447,21 @@ fn launch(
         bytes: 4 * (op.a_len() + op.b_len() + op.out_len() * if op.accumulate { 2 } else { 1 }) as u64,
     };
     let grid = |z: usize| [op.n.div_ceil(plan.cols) as u32, op.m.div_ceil(plan.rows) as u32, z as u32];
+    if plan.entry.starts_with("texture_") {
+        // A and B copied into textures (slots 0 and 1), the rest bound as for the storage kernels.
+        let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
+        let ta = gpu.operand_texture(0, a, a_row, a_rows)?;
+        let tb = gpu.operand_texture(1, b, b_row, b_rows)?;
+        let d = Dispatch {
+            shader: &TEXTURE_SHADER,
+            entry: plan.entry,
+            params: bytemuck::bytes_of(&params),
+            buffers: &[a, b, out, a, b, out, bias.unwrap_or(a), act_out, act_out],
+            workgroups: grid(op.batch),
+            label,
+        };
+        return gpu.dispatch_with_textures(d, constants, &[&ta, &tb]);
+    }
     let shader = if plan.entry.starts_with("subgroup_") { &SUBGROUP_SHADER } else { &SHADER };
     if plan.splits <= 1 {
         let d = Dispatch {
@@ -532,6 +569,11 @@ pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
     let wide = op.n.div_ceil(SUBGROUP_WIDE_COLS) * SUBGROUP_WIDE_COLS == op.n.div_ceil(SUBGROUP_COLS) * SUBGROUP_COLS;
     let one = |entry: &'static str, rows: usize, cols: usize| MatmulPlan { path, entry, rows, cols, splits: 1 };
     match path {
+        KernelPath::Subgroup if aligned && wide && gpu.texture_operands() && op.textures_fit(gpu) => one(
+            ["texture_wide_nn", "texture_wide_nt", "texture_wide_tn", "texture_wide_tt"][layout],
+            SUBGROUP_ROWS,
+            SUBGROUP_WIDE_COLS,
+        ),
         KernelPath::Subgroup if aligned && wide => one(
             ["subgroup_wide_nn", "subgroup_wide_nt", "subgroup_wide_tn", "subgroup_wide_tt"][layout],
             SUBGROUP_ROWS,

@@ -58,6 +58,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/attention_core.wgsl")),
     ),
     ("activation.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/activation.wgsl"))),
+    (
+        "matmul_subgroup_blocks.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/matmul_subgroup_blocks.wgsl")),
+    ),
 ];
 
 /// A shader's text with its includes appended, and where each appended file starts.
@@ -149,6 +153,9 @@ pub enum BindingKind {
     StorageRead,
     /// `var<storage, read_write>`.
     StorageReadWrite,
+    /// `var NAME: texture_2d<f32>`: a texture read with `textureLoad` (the matmul's texture
+    /// operands), bound from the launch's texture views in binding order.
+    Texture,
 }
 
 /// A compiled entry point and the bindings it uses (sorted by binding number).
@@ -219,6 +226,9 @@ fn entry_bindings(
                 BindingKind::StorageReadWrite
             }
             naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
+            naga::AddressSpace::Handle if matches!(module.types[var.ty].inner, naga::TypeInner::Image { .. }) => {
+                BindingKind::Texture
+            }
             other => {
                 return Err(Error::Shader {
                     file: file.into(),
@@ -358,16 +368,23 @@ impl PipelineCache {
             .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match kind {
-                        BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
-                        BindingKind::StorageRead | BindingKind::StorageParams => {
-                            wgpu::BufferBindingType::Storage { read_only: true }
-                        }
-                        BindingKind::StorageReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                ty: match kind {
+                    BindingKind::Texture => wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
                     },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
+                    buffer => wgpu::BindingType::Buffer {
+                        ty: match buffer {
+                            BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                            BindingKind::StorageRead | BindingKind::StorageParams => {
+                                wgpu::BufferBindingType::Storage { read_only: true }
+                            }
+                            _ => wgpu::BufferBindingType::Storage { read_only: false },
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
                 },
                 count: None,
             })
