@@ -27,6 +27,10 @@
 // `subgroup_nn/nt/tn/tt` read vec4 (same alignment rule as registers_*); `subgroup_general`
 // reads scalars (any shape; runtime transpose flags) with the same sharing. The
 // `subgroup_wide_*` kernels at the end of this file are the same with 64 columns per lane.
+// The blocks themselves (sharing, 32- and 64-column blocks, the thin tail block) are in
+// include/matmul_subgroup_blocks.wgsl, shared with matmul_texture.wgsl, which reads the same
+// operands from textures; this file supplies their storage loads (sg_load_a, sg_load_a1,
+// sg_load_b).
 
 
 // This lane's 8 rows of A at k..k+4 (vec4 views); rows past M are clamped (never stored).

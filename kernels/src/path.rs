@@ -13,6 +13,9 @@
 //! | CPU without subgroups (llvmpipe GL) | [`KernelPath::Registers`] |
 //! | any other (discrete, integrated, virtual GPU) | [`KernelPath::Tiled`] |
 //!
+//! On the subgroup path the matmul's 64-column kernels may also read their operands from
+//! textures ([`crate::Gpu::texture_operands`]; lavapipe's default), a choice within the path.
+//!
 //! One override serves tests, benches and users: `VLSA_KERNEL_PATH=registers|subgroup|tiled`
 //! when the context is created, or [`crate::Gpu::set_kernel_path`] afterwards. A launcher that
 //! has no implementation for the chosen path uses the nearest one it has (see
