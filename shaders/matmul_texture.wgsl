@@ -6,7 +6,7 @@
 // loop that builds the loaded vector one lane at a time through a stack slot, which some CPUs
 // pay a store-forwarding stall for on every lane (12x the cost of a gather on an AMD EPYC of
 // family 25 model 1), while a texel fetch is compiled as a gather. The launcher
-// (kernels/src/matmul.rs, `texture_operands`) copies each operand into an rgba32float texture
+// (kernels/src/matmul.rs, `plan`; Gpu::texture_operands) copies each operand into an rgba32float texture
 // whose rows are the operand's rows as stored (its contiguous axis, 4 floats per texel; batch
 // elements stacked downwards), then runs these entry points. Texel (x, y) of A's texture is
 // A's stored elements base_row + y, 4x .. 4x + 4, where base_row = base / (row length):

@@ -555,6 +555,48 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
 }
 
 #[test]
+fn texture_operands_are_safe_across_threads() {
+    // Launches of one shape share scratch textures: each launch's copies and dispatch are
+    // recorded together, so threads launching the same shape at once each get their own
+    // product. (Copies and launches recorded apart let one thread's copy overwrite another's
+    // operand before its launch: the text encoder's tests caught that.)
+    let gpu = Gpu::new().unwrap();
+    if !(gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8) {
+        return; // no texture kernels without subgroups (texture_operands_give_... checks that)
+    }
+    gpu.set_texture_operands(true);
+    let op = Matmul::new(1, 128, 64, 64);
+    assert_eq!(plan(&gpu, &op, KernelPath::Subgroup).entry, "texture_wide_nn");
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let gpu = gpu.clone();
+            scope.spawn(move || {
+                let mut rng = Rng::new(100 + t);
+                for i in 0..8 {
+                    let av: Vec<f32> = (0..op.a_len()).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+                    let bv: Vec<f32> = (0..op.b_len()).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+                    let (a, b) = (gpu.upload(&av).unwrap(), gpu.upload(&bv).unwrap());
+                    let out = gpu.alloc(op.out_len()).unwrap();
+                    matmul_with(&gpu, &a, &b, &out, &op, KernelPath::Subgroup).unwrap();
+                    let want = reference(
+                        &op,
+                        &av.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                        &bv.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                    );
+                    common::assert_close(
+                        &format!("thread {t}, product {i}"),
+                        &gpu.download(&out).unwrap(),
+                        &want,
+                        1e-5,
+                        1e-5,
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
 fn backward_matches_reference_and_finite_differences() {
     let mut rng = Rng::new(6);
     let mut ops = Vec::new();

@@ -105,6 +105,20 @@ pub struct Dispatch<'a> {
     pub label: KernelLabel,
 }
 
+/// An operand a launch reads as a texture ([`Gpu::dispatch_with_operand_textures`]): the first
+/// `rows x row_floats` elements of `src`, row-major, as an rgba32float texture `row_floats / 4`
+/// texels wide and `rows` high. `row_floats` must be a positive multiple of 64 (texture copies
+/// move rows of a multiple of 256 bytes) and both sides within `max_texture_dimension_2d`.
+#[derive(Clone, Copy)]
+pub struct OperandTexture<'a> {
+    /// The buffer holding the operand.
+    pub src: &'a GpuBuffer,
+    /// Floats per row (the operand's contiguous axis).
+    pub row_floats: usize,
+    /// Rows (batch elements stacked).
+    pub rows: usize,
+}
+
 /// How one launch is timed (see [`Gpu::set_profiling`]).
 enum DispatchTiming {
     /// Profiling is off.
@@ -161,7 +175,7 @@ struct GpuInner {
     kernel_path: AtomicUsize,
     /// Whether the matmul reads its operands from textures where it can ([`Gpu::texture_operands`]).
     texture_operands: AtomicBool,
-    /// Scratch textures of [`Gpu::operand_texture`], by (slot, width, height), reused.
+    /// Scratch textures of [`Gpu::dispatch_with_operand_textures`], by (slot, width, height), reused.
     textures: Mutex<HashMap<(usize, u32, u32), wgpu::Texture>>,
 }
 
@@ -395,7 +409,7 @@ impl Gpu {
     }
 
     /// Whether the matmul's subgroup kernels read their operands from textures where the shape
-    /// allows (kernels/src/matmul.rs, `texture_operands`): on by default on CPU adapters with
+    /// allows ([`crate::matmul::plan`]): on by default on CPU adapters with
     /// subgroups (lavapipe, where a texel fetch is a gather and a per-lane storage load is not),
     /// off elsewhere; `VLSA_TEXTURE_OPERANDS=0|1` when the context is created, or
     /// [`Gpu::set_texture_operands`].
@@ -409,18 +423,16 @@ impl Gpu {
     }
 
     /// A view of scratch texture `slot` (rgba32float, `row_floats / 4` texels wide, `rows`
-    /// high) holding the first `rows x row_floats` elements of `src`, copied in queue order (a
-    /// rehearsal copies nothing). The texture is kept for the next launch that asks for the same
-    /// slot and size, so a launch's textures must be in different slots. `row_floats` must be a
-    /// positive multiple of 64 (texture copies move rows of a multiple of 256 bytes) and both
-    /// sides within `max_texture_dimension_2d`.
-    pub fn operand_texture(
+    /// high) holding the first `rows x row_floats` elements of the operand's buffer, the copy
+    /// recorded on `r`'s encoder. The texture is kept, until the context is dropped, for the
+    /// next launch that asks for the same slot and size.
+    fn operand_texture(
         &self,
+        r: &mut Recorder,
         slot: usize,
-        src: &GpuBuffer,
-        row_floats: usize,
-        rows: usize,
+        operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
+        let OperandTexture { src, row_floats, rows } = *operand;
         let side = self.limits().max_texture_dimension_2d as usize;
         if row_floats == 0 || !row_floats.is_multiple_of(64) || rows == 0 || row_floats / 4 > side || rows > side {
             return Err(Error::Shape(format!(
@@ -449,7 +461,7 @@ impl Gpu {
                 })
             })
             .clone();
-        if !self.rehearsing() {
+        {
             // Profiled like a launch (`matmul_texture_copy`): with timestamps, between an empty
             // pass that writes the start and one that writes the end.
             let label = KernelLabel {
@@ -458,8 +470,7 @@ impl Gpu {
                 flops: 0,
                 bytes: 8 * (rows * row_floats) as u64,
             };
-            let mut r = lock(&self.inner.recorder);
-            let timing = self.begin_timing(&mut r, &label)?;
+            let timing = self.begin_timing(r, &label)?;
             let query = match &timing {
                 DispatchTiming::Timestamps { query } => Some(*query),
                 _ => None,
@@ -494,7 +505,7 @@ impl Gpu {
                 size,
             );
             mark(enc, None, query.map(|q| q + 1));
-            self.end_timing(&mut r, timing, label)?;
+            self.end_timing(r, timing, label)?;
         }
         Ok(texture.create_view(&Default::default()))
     }
@@ -788,16 +799,18 @@ impl Gpu {
     /// (`override` in WGSL) set to `constants`: one pipeline per distinct set, built once. For
     /// values that only select a size, so one entry point serves every size.
     pub fn dispatch_specialized(&self, d: Dispatch<'_>, constants: Constants<'_>) -> Result<()> {
-        self.dispatch_with_textures(d, constants, &[])
+        self.dispatch_with_operand_textures(d, constants, &[])
     }
 
-    /// [`Gpu::dispatch_specialized`] of an entry point that also reads textures: `textures`
-    /// are bound to its texture bindings in binding order (e.g. from [`Gpu::operand_texture`]).
-    pub fn dispatch_with_textures(
+    /// [`Gpu::dispatch_specialized`] of an entry point that also reads textures: each of
+    /// `operands` is copied into a scratch texture (see [`OperandTexture`]) and bound to the
+    /// entry point's texture bindings in binding order. The copies and the launch are recorded
+    /// under one lock, so another thread's launch cannot reuse a scratch texture in between.
+    pub fn dispatch_with_operand_textures(
         &self,
         d: Dispatch<'_>,
         constants: Constants<'_>,
-        textures: &[&wgpu::TextureView],
+        operands: &[OperandTexture<'_>],
     ) -> Result<()> {
         if !self.check_dispatch(&d)? {
             return Ok(());
@@ -809,7 +822,12 @@ impl Gpu {
         }
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry, constants)?;
         let mut r = lock(&self.inner.recorder);
-        let bind_group = self.bind(&mut r, &kernel, &d, textures)?;
+        let mut views = Vec::with_capacity(operands.len());
+        for (slot, operand) in operands.iter().enumerate() {
+            views.push(self.operand_texture(&mut r, slot, operand)?);
+        }
+        let textures: Vec<&wgpu::TextureView> = views.iter().collect();
+        let bind_group = self.bind(&mut r, &kernel, &d, &textures)?;
         let timing = self.begin_timing(&mut r, &d.label)?;
         self.record_pass(&mut r, &kernel, &bind_group, &d, &timing);
         r.pending += 1;

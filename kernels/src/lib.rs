@@ -32,7 +32,7 @@ pub mod softmax;
 pub mod upsample;
 
 pub use buffer::{BufferPool, GpuBuffer, PoolStats};
-pub use context::{grid, Dispatch, Gpu, GpuInfo, PreparedPipelines, ProfileScope};
+pub use context::{grid, Dispatch, Gpu, GpuInfo, OperandTexture, PreparedPipelines, ProfileScope};
 pub use error::{Error, Result};
 pub use path::KernelPath;
 pub use profiler::{DispatchRecord, KernelLabel, KernelSummary, Profile, Timing};

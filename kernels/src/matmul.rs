@@ -10,7 +10,7 @@
 //! dispatch. Backward passes are the same kernel with transpose flags (dA = dC·Bᵀ,
 //! dB = Aᵀ·dC); there is no separate backward entry point.
 
-use crate::context::{Dispatch, Gpu};
+use crate::context::{Dispatch, Gpu, OperandTexture};
 use crate::elementwise::UnaryOp;
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
@@ -185,7 +185,7 @@ impl Matmul {
         ]
     }
 
-    /// True when both operands fit [`Gpu::operand_texture`]: rows of a multiple of 64 floats,
+    /// True when both operands fit an [`OperandTexture`]: rows of a multiple of 64 floats,
     /// both sides within the adapter's largest 2-D texture.
     fn textures_fit(&self, gpu: &Gpu) -> bool {
         let side = gpu.limits().max_texture_dimension_2d as usize;
@@ -450,8 +450,10 @@ fn launch(
     if plan.entry.starts_with("texture_") {
         // A and B copied into textures (slots 0 and 1), the rest bound as for the storage kernels.
         let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
-        let ta = gpu.operand_texture(0, a, a_row, a_rows)?;
-        let tb = gpu.operand_texture(1, b, b_row, b_rows)?;
+        let textures = [
+            OperandTexture { src: a, row_floats: a_row, rows: a_rows },
+            OperandTexture { src: b, row_floats: b_row, rows: b_rows },
+        ];
         let d = Dispatch {
             shader: &TEXTURE_SHADER,
             entry: plan.entry,
@@ -460,7 +462,7 @@ fn launch(
             workgroups: grid(op.batch),
             label,
         };
-        return gpu.dispatch_with_textures(d, constants, &[&ta, &tb]);
+        return gpu.dispatch_with_operand_textures(d, constants, &textures);
     }
     let shader = if plan.entry.starts_with("subgroup_") { &SUBGROUP_SHADER } else { &SHADER };
     if plan.splits <= 1 {
