@@ -95,8 +95,7 @@ impl Model {
             let input = Tensor::from_vec(self.gpu(), &base, &[chunk.len(), 3, s, s])?;
             self.prepare_forward(&input)?;
             let predicted = if c.shifts() > 1 {
-                let logits = self.logits_shifted_batch(&base, chunk.len())?;
-                self.predict(&Tensor::from_vec(self.gpu(), &logits, &[chunk.len(), c.num_classes(), s, s])?)?
+                self.predict_logits(&self.logits_shifted_batch(&base, chunk.len())?, chunk.len())?
             } else {
                 let out = crate::no_grad(|| self.forward(&input))?;
                 self.predict(&out.logits_up)?
@@ -173,10 +172,14 @@ impl Model {
     /// Class index per pixel at S x S of each image by the shift ensemble: the argmax over
     /// classes (the first on ties, as [`Model::predict`]) of [`Model::logits_shifted`].
     pub fn predict_shifted(&self, images: &[&Image]) -> Result<Vec<Vec<u32>>> {
+        self.predict_logits(&self.logits_shifted(images)?, images.len())
+    }
+
+    /// [`Model::predict`] of `b` images' logits [b,K,S,S] held on the host.
+    fn predict_logits(&self, logits: &[f32], b: usize) -> Result<Vec<Vec<u32>>> {
         let c = &self.config;
-        let logits = self.logits_shifted(images)?;
-        let shape = [images.len(), c.num_classes(), c.image_size, c.image_size];
-        self.predict(&Tensor::from_vec(self.gpu(), &logits, &shape)?)
+        let shape = [b, c.num_classes(), c.image_size, c.image_size];
+        self.predict(&Tensor::from_vec(self.gpu(), logits, &shape)?)
     }
 
     /// The `forward --dump` tensors for `images`: `input` and every docs/DESIGN.md intermediate.

@@ -475,7 +475,8 @@ impl fmt::Display for ModelProfile {
             let in_scope = |r: &&vlsa_kernels::DispatchRecord| {
                 scope.is_none_or(|s| r.scopes.first().map(String::as_str).unwrap_or_default() == s)
             };
-            self.profile.records.iter().filter(in_scope).filter(|r| r.label.kernel.ends_with("_copy")).count()
+            let copy = |r: &&vlsa_kernels::DispatchRecord| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL;
+            self.profile.records.iter().filter(in_scope).filter(copy).count()
         };
         let line = |f: &mut fmt::Formatter<'_>, name: &str, records: usize, copies: usize, ns: f64| {
             let note = if copies > 0 { format!(" (and {copies} texture copies)") } else { String::new() };

@@ -40,6 +40,12 @@ fn reference(op: &Matmul, a: &[f64], b: &[f64]) -> Vec<f64> {
     out
 }
 
+/// [`reference`] of f32 operands.
+fn reference_f32(op: &Matmul, a: &[f32], b: &[f32]) -> Vec<f64> {
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    reference(op, &wide(a), &wide(b))
+}
+
 fn run(gpu: &Gpu, path: KernelPath, op: &Matmul, a: &GpuBuffer, b: &GpuBuffer) -> Result<GpuBuffer> {
     let out = gpu.alloc(op.out_len())?;
     matmul_with(gpu, a, b, &out, op, path)?;
@@ -516,11 +522,7 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
         let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_b(bb);
         let (av, bv, biasv, prev) = (random(op.a_len()), random(op.b_len()), random(n), random(op.out_len()));
         let (a, b, bias) = (gpu.upload(&av).unwrap(), gpu.upload(&bv).unwrap(), gpu.upload(&biasv).unwrap());
-        let want = reference(
-            &op,
-            &av.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-            &bv.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        );
+        let want = reference_f32(&op, &av, &bv);
         // Per source: the plain product, bias + accumulate onto `prev`, bias + gelu (with the product kept).
         let mut runs = Vec::new();
         for textures in [true, false] {
@@ -578,11 +580,7 @@ fn texture_operands_are_safe_across_threads() {
                     let (a, b) = (gpu.upload(&av).unwrap(), gpu.upload(&bv).unwrap());
                     let out = gpu.alloc(op.out_len()).unwrap();
                     matmul_with(&gpu, &a, &b, &out, &op, KernelPath::Subgroup).unwrap();
-                    let want = reference(
-                        &op,
-                        &av.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                        &bv.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                    );
+                    let want = reference_f32(&op, &av, &bv);
                     common::assert_close(
                         &format!("thread {t}, product {i}"),
                         &gpu.download(&out).unwrap(),

@@ -119,6 +119,17 @@ pub struct OperandTexture<'a> {
     pub rows: usize,
 }
 
+impl OperandTexture<'_> {
+    /// The profiler's kernel name for the copy of an operand into its texture.
+    pub const COPY_KERNEL: &'static str = "matmul_texture_copy";
+
+    /// True when `rows` rows of `row_floats` floats can be an operand texture under `limits`.
+    pub fn fits(row_floats: usize, rows: usize, limits: &wgpu::Limits) -> bool {
+        let side = limits.max_texture_dimension_2d as usize;
+        row_floats > 0 && row_floats.is_multiple_of(64) && row_floats / 4 <= side && rows > 0 && rows <= side
+    }
+}
+
 /// How one launch is timed (see [`Gpu::set_profiling`]).
 enum DispatchTiming {
     /// Profiling is off.
@@ -433,8 +444,8 @@ impl Gpu {
         operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
         let OperandTexture { src, row_floats, rows } = *operand;
-        let side = self.limits().max_texture_dimension_2d as usize;
-        if row_floats == 0 || !row_floats.is_multiple_of(64) || rows == 0 || row_floats / 4 > side || rows > side {
+        if !OperandTexture::fits(row_floats, rows, self.limits()) {
+            let side = self.limits().max_texture_dimension_2d;
             return Err(Error::Shape(format!(
                 "an operand texture of {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats and both sides within {side} texels"
             )));
@@ -461,24 +472,24 @@ impl Gpu {
                 })
             })
             .clone();
-        {
-            // Profiled like a launch (`matmul_texture_copy`): with timestamps, between an empty
-            // pass that writes the start and one that writes the end.
-            let label = KernelLabel {
-                kernel: "matmul_texture_copy",
-                shape: format!("{rows} x {row_floats}"),
-                flops: 0,
-                bytes: 8 * (rows * row_floats) as u64,
-            };
-            let timing = self.begin_timing(r, &label)?;
-            let query = match &timing {
-                DispatchTiming::Timestamps { query } => Some(*query),
-                _ => None,
-            };
-            let Recorder { encoder, profiler, .. } = &mut *r;
-            let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
-            let queries = profiler.as_ref().and_then(|p| p.timestamps.as_ref()).map(|ts| &ts.queries);
-            let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
+        // Profiled like a launch (`matmul_texture_copy`): with timestamps, between an empty
+        // pass that writes the start and one that writes the end.
+        let label = KernelLabel {
+            kernel: OperandTexture::COPY_KERNEL,
+            shape: format!("{rows} x {row_floats}"),
+            flops: 0,
+            bytes: 8 * (rows * row_floats) as u64,
+        };
+        let timing = self.begin_timing(r, &label)?;
+        let query = match &timing {
+            DispatchTiming::Timestamps { query } => Some(*query),
+            _ => None,
+        };
+        let Recorder { encoder, profiler, .. } = &mut *r;
+        let enc = encoder.get_or_insert_with(|| self.device().create_command_encoder(&Default::default()));
+        let queries = profiler.as_ref().and_then(|p| p.timestamps.as_ref()).map(|ts| &ts.queries);
+        let mark =
+            |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
                 if let (Some(query_set), Some(_)) = (queries, query) {
                     let timestamp_writes = Some(wgpu::ComputePassTimestampWrites {
                         query_set,
@@ -491,22 +502,21 @@ impl Gpu {
                     }));
                 }
             };
-            mark(enc, query, None);
-            enc.copy_buffer_to_texture(
-                wgpu::TexelCopyBufferInfo {
-                    buffer: src.raw(),
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset: 0,
-                        bytes_per_row: Some(row_floats as u32 * 4),
-                        rows_per_image: None,
-                    },
+        mark(enc, query, None);
+        enc.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: src.raw(),
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(row_floats as u32 * 4),
+                    rows_per_image: None,
                 },
-                texture.as_image_copy(),
-                size,
-            );
-            mark(enc, None, query.map(|q| q + 1));
-            self.end_timing(r, timing, label)?;
-        }
+            },
+            texture.as_image_copy(),
+            size,
+        );
+        mark(enc, None, query.map(|q| q + 1));
+        self.end_timing(r, timing, label)?;
         Ok(texture.create_view(&Default::default()))
     }
 

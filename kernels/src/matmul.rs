@@ -188,10 +188,7 @@ impl Matmul {
     /// True when both operands fit an [`OperandTexture`]: rows of a multiple of 64 floats,
     /// both sides within the adapter's largest 2-D texture.
     fn textures_fit(&self, gpu: &Gpu) -> bool {
-        let side = gpu.limits().max_texture_dimension_2d as usize;
-        self.operand_textures()
-            .iter()
-            .all(|&(row, rows)| row > 0 && row.is_multiple_of(64) && row / 4 <= side && rows > 0 && rows <= side)
+        self.operand_textures().iter().all(|&(row, rows)| OperandTexture::fits(row, rows, gpu.limits()))
     }
 
     /// True when the vec4 register kernel applies: every axis read or written four at a time
@@ -447,25 +444,20 @@ fn launch(
         bytes: 4 * (op.a_len() + op.b_len() + op.out_len() * if op.accumulate { 2 } else { 1 }) as u64,
     };
     let grid = |z: usize| [op.n.div_ceil(plan.cols) as u32, op.m.div_ceil(plan.rows) as u32, z as u32];
-    if plan.entry.starts_with("texture_") {
-        // A and B copied into textures (slots 0 and 1), the rest bound as for the storage kernels.
+    let textured = plan.entry.starts_with("texture_");
+    let shader = match plan.entry {
+        _ if textured => &TEXTURE_SHADER,
+        e if e.starts_with("subgroup_") => &SUBGROUP_SHADER,
+        _ => &SHADER,
+    };
+    if plan.splits <= 1 {
+        // The texture kernels read A and B from textures (slots 0 and 1) and bind the rest as
+        // the storage kernels do.
         let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
-        let textures = [
+        let operands = [
             OperandTexture { src: a, row_floats: a_row, rows: a_rows },
             OperandTexture { src: b, row_floats: b_row, rows: b_rows },
         ];
-        let d = Dispatch {
-            shader: &TEXTURE_SHADER,
-            entry: plan.entry,
-            params: bytemuck::bytes_of(&params),
-            buffers: &[a, b, out, a, b, out, bias.unwrap_or(a), act_out, act_out],
-            workgroups: grid(op.batch),
-            label,
-        };
-        return gpu.dispatch_with_operand_textures(d, constants, &textures);
-    }
-    let shader = if plan.entry.starts_with("subgroup_") { &SUBGROUP_SHADER } else { &SHADER };
-    if plan.splits <= 1 {
         let d = Dispatch {
             shader,
             entry: plan.entry,
@@ -477,7 +469,7 @@ fn launch(
             workgroups: grid(op.batch),
             label,
         };
-        return gpu.dispatch_specialized(d, constants);
+        return gpu.dispatch_with_operand_textures(d, constants, if textured { &operands } else { &[] });
     }
     // Split-K: partial products of each K range into scratch [splits, batch, M, N] without the
     // epilogue, then one pass sums them in split order and applies bias and accumulate.
