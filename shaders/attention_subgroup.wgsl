@@ -18,71 +18,18 @@
 // returning early), so every broadcast runs with all 8 lanes active.
 
 #include "attention_core.wgsl"
+#include "attention_broadcast.wgsl"
 
-// This invocation's subgroup lane (0..7), set by the entry points.
-var<private> lane: u32;
-
-// Row `lane` of the eight: the one this invocation loads for the others.
-fn own_row(r: Rows8) -> u32 {
-    return select(r.hi[lane & 3u], r.lo[lane & 3u], lane < 4u);
+// This module's streamed rows: vec4 i of each buffer, from storage.
+fn load_q(i: u32) -> vec4<f32> {
+    return q[i];
 }
-
-// Block8 from each lane's vec4 x: column t of `lo` is lane t's, of `hi` lane 4 + t's.
-fn share8(x: vec4<f32>) -> Block8 {
-    return Block8(mat4x4<f32>(subgroupBroadcast(x, 0u), subgroupBroadcast(x, 1u), subgroupBroadcast(x, 2u), subgroupBroadcast(x, 3u)),
-                  mat4x4<f32>(subgroupBroadcast(x, 4u), subgroupBroadcast(x, 5u), subgroupBroadcast(x, 6u), subgroupBroadcast(x, 7u)));
+fn load_k(i: u32) -> vec4<f32> {
+    return k[i];
 }
-
-fn q8(r: Rows8, o: u32) -> Block8 {
-    return share8(q[own_row(r) + o]);
+fn load_v(i: u32) -> vec4<f32> {
+    return v[i];
 }
-fn k8(r: Rows8, o: u32) -> Block8 {
-    return share8(k[own_row(r) + o]);
-}
-fn v8(r: Rows8, o: u32) -> Block8 {
-    return share8(v[own_row(r) + o]);
-}
-fn d_out8(r: Rows8, o: u32) -> Block8 {
-    return share8(d_out[own_row(r) + o]);
-}
-// Offsets o and o + 1 (clamped to last) of the four rows r: lane l loads row l % 4 at offset
-// o + l / 4, so eight lanes load the pair once between them.
-fn own_pair(r: vec4<u32>, o: u32, last: u32) -> u32 {
-    return r[lane & 3u] + min(o + (lane >> 2u), last);
-}
-fn k4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
-    return share8(k[own_pair(r, o, last)]);
-}
-fn v4(r: vec4<u32>, o: u32, last: u32) -> Pair4 {
-    return share8(v[own_pair(r, o, last)]);
-}
-// stats[i] for the eight indices of r: lane l loads index l.
-fn stats8(r: Rows8) -> mat2x4<f32> {
-    let x = stats[own_row(r)];
-    return mat2x4<f32>(vec4<f32>(subgroupBroadcast(x, 0u), subgroupBroadcast(x, 1u), subgroupBroadcast(x, 2u), subgroupBroadcast(x, 3u)),
-                       vec4<f32>(subgroupBroadcast(x, 4u), subgroupBroadcast(x, 5u), subgroupBroadcast(x, 6u), subgroupBroadcast(x, 7u)));
-}
-
-@compute @workgroup_size(8)
-fn forward_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
-    lane = sg_lane;
-    forward_body(wid, nwg, sg_lane, ROW_CHUNKS);
-}
-
-@compute @workgroup_size(8)
-fn backward_dq_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
-    lane = sg_lane;
-    dq_body(wid, nwg, sg_lane, ROW_CHUNKS);
-}
-
-@compute @workgroup_size(8)
-fn backward_dkdv_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
-    lane = sg_lane;
-    dkdv_body(wid, nwg, sg_lane, ROW_CHUNKS);
-}
-
-@compute @workgroup_size(8)
-fn backward_dq_scores_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
-    lane = sg_lane;
-    dq_scores_body(wid, nwg, sg_lane, ROW_CHUNKS);
+fn load_d_out(i: u32) -> vec4<f32> {
+    return d_out[i];
 }

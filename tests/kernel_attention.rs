@@ -621,3 +621,86 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     attention::backward_path(gpu, &io(&k, &k, None), &q, &grads, &empty, BackwardPath::Scores, gpu.kernel_path())
         .unwrap();
 }
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // On the subgroup path the blocked kernels fetch the rows they stream (keys and values in
+    // the forward and dq, queries and the output gradient in dk/dv, keys in dq from stored
+    // scores) from flat textures (lavapipe's default): the same values and the same order as
+    // the storage loads, so every output equals the storage kernels' bit for bit. The f64
+    // reference checks of the tests above run whichever the context's default is. Shapes: head
+    // widths of the 8-key step (32) and of the 4-key step (64, 36), a flat texture of several
+    // rows with a partial last row, shared keys (split dk/dv), a causal and a masked call. A
+    // context of its own, so that switching textures off changes no other test.
+    let gpu = Gpu::new().unwrap();
+    if !gpu.info().runs_subgroup_kernels() {
+        return; // no subgroup kernels (llvmpipe GL): the texture kernels are never launched
+    }
+    let cases = [
+        (Attention::new(2, 33, 33, 2, 32), false),
+        (Attention::new(3, 37, 41, 3, 64), false),
+        (Attention::new(2, 9, 19, 2, 36), true),
+        (Attention::new(2, 50, 21, 1, 32).shared_kv(), false),
+        (Attention::new(1, 45, 45, 2, 16).with_causal(true), false),
+    ];
+    for (n, &(s, masked)) in cases.iter().enumerate() {
+        let mut rng = Rng::new(40 + n as u64);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
+        let (q, k, v, d_out) =
+            (random(s.q_elements()), random(s.kv_elements()), random(s.kv_elements()), random(s.q_elements()));
+        let mask: Vec<u32> = (0..s.kv_batch * s.kv_len).map(|j| u32::from(j % 5 != 2)).collect();
+        let (q, k, v, d_out) =
+            (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap(), gpu.upload(&v).unwrap(), gpu.upload(&d_out).unwrap());
+        let mask = masked.then(|| gpu.upload(&mask).unwrap());
+        let mut backwards = vec![BackwardPath::Fused];
+        if s.kv_batch == s.batch && !s.causal {
+            backwards.push(BackwardPath::Scores);
+        }
+        for backward in backwards {
+            let mut runs = Vec::new();
+            for textures in [true, false] {
+                gpu.set_texture_operands(textures);
+                gpu.set_profiling(true).unwrap();
+                let (out, lse) = (gpu.alloc(s.q_elements()).unwrap(), gpu.alloc(s.lse_elements()).unwrap());
+                let io =
+                    AttentionIo { q: &q, k: &k, v: &v, key_mask: mask.as_ref(), out: &out, lse: &lse, probs: None };
+                attention::forward_path(&gpu, &io, &s, ForwardPath::Blocked, KernelPath::Subgroup).unwrap();
+                let (dq, dk, dv) = (
+                    gpu.alloc(s.q_elements()).unwrap(),
+                    gpu.alloc(s.kv_elements()).unwrap(),
+                    gpu.alloc(s.kv_elements()).unwrap(),
+                );
+                let grads = AttentionGrads { dq: &dq, dk: &dk, dv: &dv };
+                attention::backward_path(&gpu, &io, &d_out, &grads, &s, backward, KernelPath::Subgroup).unwrap();
+                let got: Vec<Vec<f32>> = [&out, &lse, &dq, &dk, &dv].iter().map(|b| gpu.download(b).unwrap()).collect();
+                let profile = gpu.take_profile().unwrap().expect("profiling is on");
+                gpu.set_profiling(false).unwrap();
+                let copies = profile
+                    .records
+                    .iter()
+                    .filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL)
+                    .count();
+                // Two textures for the forward and for dk/dv; two for dq, or one from stored scores.
+                let want = if textures {
+                    if backward == BackwardPath::Scores {
+                        5
+                    } else {
+                        6
+                    }
+                } else {
+                    0
+                };
+                assert_eq!(
+                    copies, want,
+                    "{s:?} {backward:?}, textures {textures}: {copies} texture copies, want {want}"
+                );
+                runs.push(got);
+            }
+            let names = ["out", "lse", "dq", "dk", "dv"];
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(runs[0][i], runs[1][i], "{s:?} {backward:?}: {name} differs between textures and storage");
+            }
+            assert!(runs[0][0].iter().all(|x| x.is_finite()), "{s:?}: out is not finite");
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! gradients. With Bk = 1 the key and value gradients sum over the batch in a fixed order
 //! (no atomics), so results are bit-for-bit repeatable.
 
-use crate::context::{grid, Dispatch, Gpu};
+use crate::context::{grid, Dispatch, Gpu, OperandTexture};
 use crate::matmul::{matmul_with, Matmul};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
@@ -22,6 +22,7 @@ shader!(PRODUCTS_SHADER, "attention_products.wgsl");
 // The `_blocked` kernels with their streamed rows shared by subgroupBroadcast: a module of its
 // own, which adapters without subgroups never compile.
 shader!(SUBGROUP_SHADER, "attention_subgroup.wgsl");
+shader!(TEXTURE_SHADER, "attention_texture.wgsl");
 
 /// Largest head dimension (the register-blocked kernels hold rows of up to 8 chunks of 16).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -412,19 +413,48 @@ fn dispatch(
 ) -> Result<()> {
     let blocked = entry.ends_with("_blocked");
     let shared = blocked && path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
+    let textures = if shared && gpu.texture_operands() { streamed_textures(gpu, entry, s, buffers) } else { None };
     let d = Dispatch {
-        shader: if shared { &SUBGROUP_SHADER } else { &SHADER },
+        shader: match (&textures, shared) {
+            (Some(_), _) => &TEXTURE_SHADER,
+            (None, true) => &SUBGROUP_SHADER,
+            (None, false) => &SHADER,
+        },
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid(workgroups as u32),
         label,
     };
-    if blocked {
-        gpu.dispatch_specialized(d, &row_chunks(s))
-    } else {
-        gpu.dispatch(d)
+    match (blocked, textures) {
+        (true, Some(operands)) => gpu.dispatch_with_operand_textures(d, &row_chunks(s), &operands),
+        (true, None) => gpu.dispatch_specialized(d, &row_chunks(s)),
+        (false, _) => gpu.dispatch(d),
     }
+}
+
+/// The buffers a subgroup `_blocked` kernel streams, as flat operand textures in the order of
+/// attention_texture.wgsl's texture bindings (`buffers` as the launchers pass them: q, k, v,
+/// mask, out, lse, d_out, ...): keys and values for the forward and dq, queries and the output
+/// gradient for dk/dv, keys for dq from stored scores. None where one does not fit a texture.
+fn streamed_textures<'a>(
+    gpu: &Gpu,
+    entry: &str,
+    s: &Attention,
+    buffers: &[&'a GpuBuffer],
+) -> Option<Vec<OperandTexture<'a>>> {
+    let (q, k, v) = (buffers[0], buffers[1], buffers[2]);
+    let operands = match entry {
+        "forward_blocked" | "backward_dq_blocked" => {
+            vec![OperandTexture::flat(k, s.kv_elements()), OperandTexture::flat(v, s.kv_elements())]
+        }
+        "backward_dkdv_blocked" => {
+            vec![OperandTexture::flat(q, s.q_elements()), OperandTexture::flat(buffers[6], s.q_elements())]
+        }
+        "backward_dq_scores_blocked" => vec![OperandTexture::flat(k, s.kv_elements())],
+        _ => return None,
+    };
+    operands.iter().all(|o| o.len > 0 && OperandTexture::fits_flat(o.len, gpu.limits())).then_some(operands)
 }
 
 /// Attention forward: `io.out = softmax(scale q k^T + masks) v` per head, and `io.lse`

@@ -106,27 +106,52 @@ pub struct Dispatch<'a> {
 }
 
 /// An operand a launch reads as a texture ([`Gpu::dispatch_with_operand_textures`]): the first
-/// `rows x row_floats` elements of `src`, row-major, as an rgba32float texture `row_floats / 4`
-/// texels wide and `rows` high. `row_floats` must be a positive multiple of 64 (texture copies
-/// move rows of a multiple of 256 bytes) and both sides within `max_texture_dimension_2d`.
+/// `len` elements of `src`, row-major, as an rgba32float texture `row_floats / 4` texels wide
+/// and `rows` high. A *matrix* operand ([`OperandTexture::matrix`]) keeps the operand's own rows
+/// (`len = rows * row_floats`); a *flat* one ([`OperandTexture::flat`]) wraps a buffer of any
+/// length at [`OperandTexture::FLAT_ROW_FLOATS`], so that vec4 `i` is texel `(i % 1024, i /
+/// 1024)` and only the last row may be partial. `row_floats` must be a positive multiple of 64
+/// (texture copies move rows of a multiple of 256 bytes), `len` a multiple of 4, and both sides
+/// within `max_texture_dimension_2d`.
 #[derive(Clone, Copy)]
 pub struct OperandTexture<'a> {
     /// The buffer holding the operand.
     pub src: &'a GpuBuffer,
-    /// Floats per row (the operand's contiguous axis).
+    /// Floats per row (the operand's contiguous axis, or [`OperandTexture::FLAT_ROW_FLOATS`]).
     pub row_floats: usize,
     /// Rows (batch elements stacked).
     pub rows: usize,
+    /// Elements copied from the start of `src`: more than `(rows - 1) * row_floats`, at most
+    /// `rows * row_floats`.
+    pub len: usize,
 }
 
-impl OperandTexture<'_> {
+impl<'a> OperandTexture<'a> {
     /// The profiler's kernel name for the copy of an operand into its texture.
-    pub const COPY_KERNEL: &'static str = "matmul_texture_copy";
+    pub const COPY_KERNEL: &'static str = "texture_copy";
+
+    /// Floats per row of a flat operand texture (1024 texels; shaders index it with a shift).
+    pub const FLAT_ROW_FLOATS: usize = 4096;
+
+    /// `rows` rows of `row_floats` floats: texel (x, y) is row y's floats 4x..4x + 4.
+    pub fn matrix(src: &'a GpuBuffer, row_floats: usize, rows: usize) -> Self {
+        OperandTexture { src, row_floats, rows, len: rows * row_floats }
+    }
+
+    /// The first `len` elements of `src` wrapped at [`OperandTexture::FLAT_ROW_FLOATS`].
+    pub fn flat(src: &'a GpuBuffer, len: usize) -> Self {
+        OperandTexture { src, row_floats: Self::FLAT_ROW_FLOATS, rows: len.div_ceil(Self::FLAT_ROW_FLOATS), len }
+    }
 
     /// True when `rows` rows of `row_floats` floats can be an operand texture under `limits`.
     pub fn fits(row_floats: usize, rows: usize, limits: &wgpu::Limits) -> bool {
         let side = limits.max_texture_dimension_2d as usize;
         row_floats > 0 && row_floats.is_multiple_of(64) && row_floats / 4 <= side && rows > 0 && rows <= side
+    }
+
+    /// True when a flat operand of `len` elements can be an operand texture under `limits`.
+    pub fn fits_flat(len: usize, limits: &wgpu::Limits) -> bool {
+        len.is_multiple_of(4) && Self::fits(Self::FLAT_ROW_FLOATS, len.div_ceil(Self::FLAT_ROW_FLOATS), limits)
     }
 }
 
@@ -434,7 +459,7 @@ impl Gpu {
     }
 
     /// A view of scratch texture `slot` (rgba32float, `row_floats / 4` texels wide, `rows`
-    /// high) holding the first `rows x row_floats` elements of the operand's buffer, the copy
+    /// high) holding the first `len` elements of the operand's buffer, the copy
     /// recorded on `r`'s encoder. The texture is kept, until the context is dropped, for the
     /// next launch that asks for the same slot and size.
     fn operand_texture(
@@ -443,16 +468,17 @@ impl Gpu {
         slot: usize,
         operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
-        let OperandTexture { src, row_floats, rows } = *operand;
-        if !OperandTexture::fits(row_floats, rows, self.limits()) {
+        let OperandTexture { src, row_floats, rows, len } = *operand;
+        let partial = rows > 0 && (len <= (rows - 1) * row_floats || len > rows * row_floats || !len.is_multiple_of(4));
+        if !OperandTexture::fits(row_floats, rows, self.limits()) || partial {
             let side = self.limits().max_texture_dimension_2d;
             return Err(Error::Shape(format!(
-                "an operand texture of {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats and both sides within {side} texels"
+                "an operand texture of {len} elements in {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats, both sides within {side} texels, and only the last row partial (whole texels)"
             )));
         }
-        if src.len() < rows * row_floats {
+        if src.len() < len {
             return Err(Error::Shape(format!(
-                "an operand texture of {rows} rows of {row_floats} floats from a buffer of {} elements",
+                "an operand texture of {len} elements from a buffer of {} elements",
                 src.len()
             )));
         }
@@ -472,13 +498,13 @@ impl Gpu {
                 })
             })
             .clone();
-        // Profiled like a launch (`matmul_texture_copy`): with timestamps, between an empty
+        // Profiled like a launch (`texture_copy`): with timestamps, between an empty
         // pass that writes the start and one that writes the end.
         let label = KernelLabel {
             kernel: OperandTexture::COPY_KERNEL,
             shape: format!("{rows} x {row_floats}"),
             flops: 0,
-            bytes: 8 * (rows * row_floats) as u64,
+            bytes: 8 * len as u64,
         };
         let timing = self.begin_timing(r, &label)?;
         let query = match &timing {
@@ -503,18 +529,33 @@ impl Gpu {
                 }
             };
         mark(enc, query, None);
-        enc.copy_buffer_to_texture(
-            wgpu::TexelCopyBufferInfo {
-                buffer: src.raw(),
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(row_floats as u32 * 4),
-                    rows_per_image: None,
+        // The whole rows in one copy, a partial last row in a second.
+        let whole = (len / row_floats) as u32;
+        let tail = (len % row_floats / 4) as u32;
+        let layout = |offset: u64| wgpu::TexelCopyBufferLayout {
+            offset,
+            bytes_per_row: Some(row_floats as u32 * 4),
+            rows_per_image: None,
+        };
+        if whole > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo { buffer: src.raw(), layout: layout(0) },
+                texture.as_image_copy(),
+                wgpu::Extent3d { height: whole, ..size },
+            );
+        }
+        if tail > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo { buffer: src.raw(), layout: layout(4 * (whole as u64) * row_floats as u64) },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: whole, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
                 },
-            },
-            texture.as_image_copy(),
-            size,
-        );
+                wgpu::Extent3d { width: tail, height: 1, depth_or_array_layers: 1 },
+            );
+        }
         mark(enc, None, query.map(|q| q + 1));
         self.end_timing(r, timing, label)?;
         Ok(texture.create_view(&Default::default()))

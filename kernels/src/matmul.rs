@@ -454,10 +454,7 @@ fn launch(
         // The texture kernels read A and B from textures (slots 0 and 1) and bind the rest as
         // the storage kernels do.
         let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
-        let operands = [
-            OperandTexture { src: a, row_floats: a_row, rows: a_rows },
-            OperandTexture { src: b, row_floats: b_row, rows: b_rows },
-        ];
+        let operands = [OperandTexture::matrix(a, a_row, a_rows), OperandTexture::matrix(b, b_row, b_rows)];
         let d = Dispatch {
             shader,
             entry: plan.entry,
