@@ -21,16 +21,10 @@
 
 #include "attention_core.wgsl"
 #include "attention_broadcast.wgsl"
+#include "flat_texture.wgsl"
 
 @group(0) @binding(13) var tex_a: texture_2d<f32>;
 @group(0) @binding(14) var tex_b: texture_2d<f32>;
-
-// log2 of the texels per row of a flat operand texture (OperandTexture::FLAT_ROW_FLOATS / 4).
-const FLAT_SHIFT: u32 = 10u;
-
-fn flat(i: u32) -> vec2<u32> {
-    return vec2<u32>(i & ((1u << FLAT_SHIFT) - 1u), i >> FLAT_SHIFT);
-}
 
 // This module's streamed rows: vec4 i of each buffer, from its texture.
 fn load_q(i: u32) -> vec4<f32> {

@@ -218,3 +218,45 @@ fn layer_norm_rejects_bad_shapes() {
     let e = msg(layer_norm::backward(gpu, &saved, &big, &grads, 8, 8));
     assert!(e.contains("rstd") && e.contains("[8]"), "{e}");
 }
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), the vec4 row kernels fetch x, dy and
+    // dx_in from flat textures: the same values in the same order as the storage loads, so
+    // every output equals the storage kernels' bit for bit (the reference checks above run
+    // whichever is the default). Shapes: one partial texture row, several rows and a partial
+    // one (9600 and 38400 elements), and columns no multiple of 4 (storage only, no copies).
+    // A context of its own, so that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(23);
+    for &(rows, cols) in &[(6usize, 8usize), (75, 128), (200, 192), (33, 7)] {
+        let n = rows * cols;
+        let (x, w, b, dy, dx_in) = (rng.vec(n), rng.vec(cols), rng.vec(cols), rng.vec(n), rng.vec(n));
+        let up = |v: &[f32]| gpu.upload(v).unwrap();
+        let (xb, wb, bb, dyb, dinb) = (up(&x), up(&w), up(&b), up(&dy), up(&dx_in));
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let (out, mean, rstd) = (gpu.alloc(n).unwrap(), gpu.alloc(rows).unwrap(), gpu.alloc(rows).unwrap());
+            let io = LayerNormIo { x: &xb, weight: &wb, bias: &bb, out: &out, mean: &mean, rstd: &rstd };
+            layer_norm::forward(&gpu, &io, rows, cols, 1e-5).unwrap();
+            let mut got: Vec<Vec<f32>> = [&out, &mean, &rstd].iter().map(|b| gpu.download(b).unwrap()).collect();
+            for dx_in in [None, Some(&dinb)] {
+                let (dx, dw, db) = (gpu.alloc(n).unwrap(), gpu.alloc(cols).unwrap(), gpu.alloc(cols).unwrap());
+                let grads = LayerNormGrads { dx: &dx, dweight: &dw, dbias: &db, dx_in };
+                layer_norm::backward(&gpu, &io.saved(), &dyb, &grads, rows, cols).unwrap();
+                got.extend([&dx, &dw, &db].iter().map(|b| gpu.download(b).unwrap()));
+            }
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            // x for the forward; x, dy, dx_in for dx and x, dy for the parameters, twice.
+            let want = if textures && gpu.texture_operands() && cols % 4 == 0 { 1 + 2 * 5 } else { 0 };
+            assert_eq!(copies, want, "[{rows},{cols}], textures {textures}: texture copies");
+            runs.push(got);
+        }
+        assert_eq!(runs[0], runs[1], "[{rows},{cols}]: textures and storage differ");
+    }
+}

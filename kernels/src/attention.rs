@@ -413,48 +413,38 @@ fn dispatch(
 ) -> Result<()> {
     let blocked = entry.ends_with("_blocked");
     let shared = blocked && path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
-    let textures = if shared && gpu.texture_operands() { streamed_textures(gpu, entry, s, buffers) } else { None };
+    let textures = if shared { streamed_textures(gpu, entry, s, buffers) } else { None };
     let d = Dispatch {
-        shader: match (&textures, shared) {
-            (Some(_), _) => &TEXTURE_SHADER,
-            (None, true) => &SUBGROUP_SHADER,
-            (None, false) => &SHADER,
-        },
+        shader: if shared { &SUBGROUP_SHADER } else { &SHADER },
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid(workgroups as u32),
         label,
     };
-    match (blocked, textures) {
-        (true, Some(operands)) => gpu.dispatch_with_operand_textures(d, &row_chunks(s), &operands),
-        (true, None) => gpu.dispatch_specialized(d, &row_chunks(s)),
-        (false, _) => gpu.dispatch(d),
-    }
+    let constants = row_chunks(s);
+    gpu.dispatch_textured(d, if blocked { &constants } else { &[] }, &TEXTURE_SHADER, textures.as_deref())
 }
 
 /// The buffers a subgroup `_blocked` kernel streams, as flat operand textures in the order of
 /// attention_texture.wgsl's texture bindings (`buffers` as the launchers pass them: q, k, v,
 /// mask, out, lse, d_out, ...): keys and values for the forward and dq, queries and the output
-/// gradient for dk/dv, keys for dq from stored scores. None where one does not fit a texture.
+/// gradient for dk/dv, keys for dq from stored scores. None where texture operands are off or
+/// one does not fit a texture.
 fn streamed_textures<'a>(
     gpu: &Gpu,
     entry: &str,
     s: &Attention,
     buffers: &[&'a GpuBuffer],
 ) -> Option<Vec<OperandTexture<'a>>> {
-    let (q, k, v) = (buffers[0], buffers[1], buffers[2]);
-    let operands = match entry {
-        "forward_blocked" | "backward_dq_blocked" => {
-            vec![OperandTexture::flat(k, s.kv_elements()), OperandTexture::flat(v, s.kv_elements())]
-        }
-        "backward_dkdv_blocked" => {
-            vec![OperandTexture::flat(q, s.q_elements()), OperandTexture::flat(buffers[6], s.q_elements())]
-        }
-        "backward_dq_scores_blocked" => vec![OperandTexture::flat(k, s.kv_elements())],
-        _ => return None,
-    };
-    operands.iter().all(|o| o.len > 0 && OperandTexture::fits_flat(o.len, gpu.limits())).then_some(operands)
+    let (q, k, v, d_out) = (buffers[0], buffers[1], buffers[2], buffers.get(6).copied());
+    let (qe, ke) = (s.q_elements(), s.kv_elements());
+    match entry {
+        "forward_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
+        "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (d_out?, qe)]),
+        "backward_dq_scores_blocked" => gpu.flat_operands(&[(k, ke)]),
+        _ => None,
+    }
 }
 
 /// Attention forward: `io.out = softmax(scale q k^T + masks) v` per head, and `io.lse`

@@ -887,6 +887,32 @@ impl Gpu {
         self.submit_policy(&mut r)
     }
 
+    /// Flat operand textures ([`OperandTexture::flat`]) of the first `len` elements of each
+    /// buffer, when texture operands are on ([`Gpu::texture_operands`]) and every one fits the
+    /// adapter's textures; `None` otherwise (the launch then reads storage).
+    pub fn flat_operands<'a>(&self, buffers: &[(&'a GpuBuffer, usize)]) -> Option<Vec<OperandTexture<'a>>> {
+        let fit = |&(_, len): &(&GpuBuffer, usize)| len > 0 && OperandTexture::fits_flat(len, self.limits());
+        (self.texture_operands() && buffers.iter().all(fit))
+            .then(|| buffers.iter().map(|&(buf, len)| OperandTexture::flat(buf, len)).collect())
+    }
+
+    /// Launches `d`; or, with `textures` (from [`Gpu::flat_operands`]), the entry point of the
+    /// same name in `texture_shader`, the module that fetches those operands from textures.
+    pub fn dispatch_textured(
+        &self,
+        d: Dispatch<'_>,
+        constants: Constants<'_>,
+        texture_shader: &'static Shader,
+        textures: Option<&[OperandTexture<'_>]>,
+    ) -> Result<()> {
+        match textures {
+            Some(operands) => {
+                self.dispatch_with_operand_textures(Dispatch { shader: texture_shader, ..d }, constants, operands)
+            }
+            None => self.dispatch_specialized(d, constants),
+        }
+    }
+
     /// Checks a launch against the adapter's limits; `Ok(false)` when it has nothing to run
     /// (a zero-sized grid).
     fn check_dispatch(&self, d: &Dispatch<'_>) -> Result<bool> {

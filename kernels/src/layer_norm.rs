@@ -17,6 +17,7 @@ use crate::reduce::{check_u32, RowSchedule, MAX_LOOP};
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "layer_norm.wgsl");
+shader!(TEXTURE_SHADER, "layer_norm_texture.wgsl");
 
 /// Invocations the weight/bias gradient pass aims for (chunks x cols).
 const PARAM_INVOCATIONS: usize = 8192;
@@ -136,10 +137,12 @@ pub fn forward_with(
     let per_row = if cols.is_multiple_of(4) { ("forward_rows4", ROWS4) } else { ("forward_rows", 1) };
     let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "forward_workgroup");
     let n = (rows * cols) as u64;
-    gpu.dispatch(Dispatch {
+    let textures = if entry == "forward_rows4" { gpu.flat_operands(&[(x, rows * cols)]) } else { None };
+    let p = Params::new(rows, cols, eps);
+    let d = Dispatch {
         shader: &SHADER,
         entry,
-        params: bytemuck::bytes_of(&Params::new(rows, cols, eps)),
+        params: bytemuck::bytes_of(&p),
         buffers: &[x, weight, bias, out, mean, rstd],
         workgroups,
         label: KernelLabel {
@@ -148,7 +151,8 @@ pub fn forward_with(
             flops: 8 * n,
             bytes: 8 * n + 8 * (rows + cols) as u64,
         },
-    })
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())
 }
 
 /// LayerNorm backward: `grads.dx` ([rows, cols]) and, summed over rows, `grads.dweight` and
@@ -204,7 +208,14 @@ pub fn backward_with(
     let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "backward_workgroup");
     let mut p = Params::new(rows, cols, 0.0);
     p.accumulate = u32::from(dx_in.is_some());
-    gpu.dispatch(Dispatch {
+    // The vec4 kernel on texture operands: x, dy and dx_in (dy again when there is none).
+    let len = rows * cols;
+    let textures = if entry == "backward_rows4" {
+        gpu.flat_operands(&[(x, len), (dy, len), (dx_in.unwrap_or(dy), len)])
+    } else {
+        None
+    };
+    let d = Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(&p),
@@ -217,7 +228,8 @@ pub fn backward_with(
             flops: 11 * n,
             bytes: 12 * n + 8 * (rows + cols) as u64,
         },
-    })?;
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())?;
 
     // dweight, dbias: chunks of rows per invocation, then the chunks per column.
     let chunks =
@@ -235,7 +247,8 @@ pub fn backward_with(
         Some((w, b)) => (w, b),
         None => (dweight, dbias),
     };
-    gpu.dispatch(Dispatch {
+    let textures = if per_invocation == 4 { gpu.flat_operands(&[(x, len), (dy, len)]) } else { None };
+    let d = Dispatch {
         shader: &SHADER,
         entry: if per_invocation == 4 { "backward_params4" } else { "backward_params" },
         params: bytemuck::bytes_of(&p),
@@ -247,7 +260,8 @@ pub fn backward_with(
             flops: 4 * n,
             bytes: 8 * n + 8 * (rows + chunks * cols) as u64,
         },
-    })?;
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())?;
     if let Some((pw, pb)) = &partials {
         gpu.dispatch(Dispatch {
             shader: &SHADER,

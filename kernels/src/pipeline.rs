@@ -63,6 +63,11 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/attention_broadcast.wgsl")),
     ),
     (
+        "layer_norm_core.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/layer_norm_core.wgsl")),
+    ),
+    ("flat_texture.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/flat_texture.wgsl"))),
+    (
         "matmul_subgroup_blocks.wgsl",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/matmul_subgroup_blocks.wgsl")),
     ),
