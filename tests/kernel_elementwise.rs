@@ -336,3 +336,44 @@ fn fused_epilogues_reject_mismatched_bias_with_one_sentence() {
     let err = elementwise::bias_residual(gpu, &a, &bias, &a, &out, 3, 4).unwrap_err().to_string();
     assert!(err.contains("bias"), "{err}");
 }
+
+/// Texture copies in a profile taken around `f` (profiling on, then off).
+fn texture_copies(gpu: &vlsa_kernels::Gpu, f: impl FnOnce()) -> usize {
+    gpu.set_profiling(true).unwrap();
+    f();
+    let profile = gpu.take_profile().unwrap().expect("profiling is on");
+    gpu.set_profiling(false).unwrap();
+    profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count()
+}
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), the fused vec4 kernels fetch a, the
+    // bias and the third operand from flat textures: the same values as the storage loads, so
+    // the outputs equal the storage kernels' bit for bit (the reference checks above run
+    // whichever is the default). Shapes: one partial texture row, several rows and a partial
+    // one, and a bias no multiple of 4 (the scalar kernels, storage only). A context of its own,
+    // so that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(31);
+    for &(rows, c) in &[(3usize, 8usize), (70, 192), (5, 7)] {
+        let n = rows * c;
+        let (a, bias, third) = (rng.vec(n), rng.vec(c), rng.vec(n));
+        let (a, bias, third) = (gpu.upload(&a).unwrap(), gpu.upload(&bias).unwrap(), gpu.upload(&third).unwrap());
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            let outs: Vec<_> = (0..3).map(|_| gpu.alloc(n).unwrap()).collect();
+            let copies = texture_copies(&gpu, || {
+                let shape = BiasAct { op: UnaryOp::Gelu, rows, c };
+                elementwise::bias_act(&gpu, &a, &bias, &outs[0], &shape).unwrap();
+                elementwise::bias_act_backward(&gpu, &a, &bias, &third, &outs[1], &shape).unwrap();
+                elementwise::bias_residual(&gpu, &a, &bias, &third, &outs[2], rows, c).unwrap();
+            });
+            let want = if textures && c % 4 == 0 { 2 + 3 + 3 } else { 0 };
+            assert_eq!(copies, want, "[{rows},{c}], textures {textures}: texture copies");
+            runs.push(outs.iter().map(|b| gpu.download(b).unwrap()).collect::<Vec<_>>());
+        }
+        assert_eq!(runs[0], runs[1], "[{rows},{c}]: textures and storage differ");
+    }
+}

@@ -181,3 +181,39 @@ fn sum_axis_splits_long_loops_for_llvmpipe() {
     let want = (0..len).map(|j| (j % 3) as f64).sum::<f64>();
     common::assert_close("sum_axis [1,100000,64]", &gpu.download(&out).unwrap(), &vec![want; inner], 1e-6, 0.0);
 }
+
+#[test]
+fn texture_operands_give_the_storage_kernel_sums_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), sum_axis4 fetches inputs of at least
+    // 2^16 elements from a flat texture, summing in the same order as the storage kernel, so
+    // the sums are bit-identical. Shapes: chunked (a bias gradient over many rows) and plain,
+    // with several texture rows and a partial one; below the size, and an inner axis no
+    // multiple of 4, stay on storage. A context of its own, so switching textures off changes
+    // no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(41);
+    for &(outer, len, inner, textured) in
+        &[(1usize, 2056usize, 192usize, true), (3, 300, 100, true), (2, 50, 64, false), (2, 9000, 7, false)]
+    {
+        let n = outer * len * inner;
+        let x = gpu.upload(&rng.vec(n)).unwrap();
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let out = gpu.alloc(outer * inner).unwrap();
+            reduce::sum_axis(&gpu, &x, outer, len, inner, &out).unwrap();
+            runs.push(gpu.download(&out).unwrap());
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            assert_eq!(
+                copies > 0,
+                textures && textured,
+                "[{outer},{len},{inner}], textures {textures}: {copies} copies"
+            );
+        }
+        assert_eq!(runs[0], runs[1], "[{outer},{len},{inner}]: textures and storage differ");
+    }
+}

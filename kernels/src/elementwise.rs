@@ -8,6 +8,7 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "elementwise.wgsl");
+shader!(TEXTURE_SHADER, "elementwise_texture.wgsl");
 
 /// Most axes a broadcast shape may have.
 pub const MAX_RANK: usize = 8;
@@ -140,7 +141,23 @@ fn launch_fused(
         let mut p = *params;
         p.n /= 4;
         let [a, b, o, c] = buffers;
-        launch(gpu, entries.1, op, &p, &[a, b, o, c, a, b, o, c], label)
+        // Where texture operands are on: a, the bias and (for the entry points with a third
+        // operand) c fetched from textures (elementwise_texture.wgsl).
+        let (n, bias) = (params.n as usize, params.c as usize);
+        let textures = if entries.1 == "bias_act4" {
+            gpu.flat_operands(&[(a, n), (b, bias)])
+        } else {
+            gpu.flat_operands(&[(a, n), (b, bias), (c, n)])
+        };
+        let d = Dispatch {
+            shader: &SHADER,
+            entry: entries.1,
+            params: bytemuck::bytes_of(&p),
+            buffers: &[a, b, o, c, a, b, o, c],
+            workgroups: grid((p.n as usize).div_ceil(256) as u32),
+            label,
+        };
+        gpu.dispatch_textured(d, &[("OP", op as f64)], &TEXTURE_SHADER, textures.as_deref())
     } else {
         launch(gpu, entries.0, op, params, &buffers, label)
     }

@@ -66,6 +66,11 @@ pub const INCLUDES: &[(&str, &str)] = &[
         "layer_norm_core.wgsl",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/layer_norm_core.wgsl")),
     ),
+    (
+        "elementwise_core.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/elementwise_core.wgsl")),
+    ),
+    ("reduce_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/reduce_core.wgsl"))),
     ("flat_texture.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/flat_texture.wgsl"))),
     (
         "matmul_subgroup_blocks.wgsl",

@@ -12,6 +12,7 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "reduce.wgsl");
+shader!(TEXTURE_SHADER, "reduce_texture.wgsl");
 
 /// Outputs (including partial sums) below which a long axis is split into chunks.
 const TARGET_OUTPUTS: usize = 4096;
@@ -129,7 +130,10 @@ fn dispatch_sum(
         _pad: [0; 2],
     };
     let read = outer * len * inner;
-    gpu.dispatch(Dispatch {
+    // Large inputs of the vec4 kernel from a texture where texture operands are on (below
+    // MIN_TEXTURE_READ the copy costs about what it saves).
+    let textures = if per_invocation == 4 && read >= MIN_TEXTURE_READ { gpu.flat_operands(&[(x, read)]) } else { None };
+    let d = Dispatch {
         shader: &SHADER,
         entry: if per_invocation == 4 { "sum_axis4" } else { "sum_axis" },
         params: bytemuck::bytes_of(&p),
@@ -141,8 +145,12 @@ fn dispatch_sum(
             flops: read as u64,
             bytes: 4 * (read + n) as u64,
         },
-    })
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())
 }
+
+/// Fewest input elements for which `sum_axis4` reads a texture (see [`dispatch_sum`]).
+const MIN_TEXTURE_READ: usize = 1 << 16;
 
 /// The axis sum after shape checks: splits a long axis into chunks when there are few outputs.
 fn sum_axis_unchecked(gpu: &Gpu, x: &GpuBuffer, outer: usize, len: usize, inner: usize, out: &GpuBuffer) -> Result<()> {

@@ -1,0 +1,18 @@
+// The axis sums (include/reduce_core.wgsl: same math, parameter block, storage bindings and
+// entry point names as reduce.wgsl) with sum_axis4's input fetched from a texture.
+//
+// Why: on Mesa 22.3's lavapipe a storage load whose address differs between lanes is a loop
+// over the lanes through a stack slot, which some CPUs pay a store-forwarding stall for on
+// every lane, while a texel fetch is a gather (see matmul_texture.wgsl). The launcher
+// (kernels/src/reduce.rs; Gpu::texture_operands) copies large inputs into a flat rgba32float
+// texture (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024)). Same indices and order
+// of additions as the storage kernel, so the sums are bit-identical.
+
+#include "reduce_core.wgsl"
+#include "flat_texture.wgsl"
+
+@group(0) @binding(3) var x_tex: texture_2d<f32>;
+
+fn load_x4(i: u32) -> vec4<f32> {
+    return textureLoad(x_tex, flat(i), 0);
+}
