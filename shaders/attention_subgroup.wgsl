@@ -33,3 +33,8 @@ fn load_v(i: u32) -> vec4<f32> {
 fn load_d_out(i: u32) -> vec4<f32> {
     return d_out[i];
 }
+
+// vec4 i of the stored score gradient dS^T (backward_dq_scores_blocked), from storage.
+fn load_scores(i: u32) -> vec4<f32> {
+    return grad_a[i];
+}

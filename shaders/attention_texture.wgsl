@@ -14,7 +14,8 @@
 // two textures hold:
 //   forward_blocked, backward_dq_blocked:  tex_a = k, tex_b = v     (keys streamed)
 //   backward_dkdv_blocked:                 tex_a = q, tex_b = d_out (queries streamed)
-//   backward_dq_scores_blocked:            tex_a = k                (keys streamed)
+//   backward_dq_scores_blocked:            tex_a = k, tex_b = dk/dv's grad_a buffer (dk, then
+//                                          the stored score gradient dS^T it reads per lane)
 // No kernel streams q and k, or v and d_out, together, so two textures serve all four. The
 // invocation's own rows (loaded once per tile) and the statistics stay in storage. Every index
 // is the one the storage kernels load, so the results are bit-identical to theirs.
@@ -37,5 +38,9 @@ fn load_v(i: u32) -> vec4<f32> {
     return textureLoad(tex_b, flat(i), 0);
 }
 fn load_d_out(i: u32) -> vec4<f32> {
+    return textureLoad(tex_b, flat(i), 0);
+}
+// vec4 i of the dk/dv kernel's grad_a buffer: the stored score gradient dS^T.
+fn load_scores(i: u32) -> vec4<f32> {
     return textureLoad(tex_b, flat(i), 0);
 }

@@ -625,8 +625,8 @@ fn bad_shapes_are_errors_naming_the_shapes() {
 #[test]
 fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
     // On the subgroup path the blocked kernels fetch the rows they stream (keys and values in
-    // the forward and dq, queries and the output gradient in dk/dv, keys in dq from stored
-    // scores) from flat textures (lavapipe's default): the same values and the same order as
+    // the forward and dq, queries and the output gradient in dk/dv, keys and the stored score
+    // gradient in dq from stored scores) from flat textures (lavapipe's default): the same values and the same order as
     // the storage loads, so every output equals the storage kernels' bit for bit. The f64
     // reference checks of the tests above run whichever the context's default is. Shapes: head
     // widths of the 8-key step (32) and of the 4-key step (64, 36), a flat texture of several
@@ -680,16 +680,9 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
                     .iter()
                     .filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL)
                     .count();
-                // Two textures for the forward and for dk/dv; two for dq, or one from stored scores.
-                let want = if textures {
-                    if backward == BackwardPath::Scores {
-                        5
-                    } else {
-                        6
-                    }
-                } else {
-                    0
-                };
+                // Two textures each for the forward, dk/dv and dq (k and v, or k and the stored
+                // score gradient).
+                let want = if textures { 6 } else { 0 };
                 assert_eq!(
                     copies, want,
                     "{s:?} {backward:?}, textures {textures}: {copies} texture copies, want {want}"

@@ -428,8 +428,9 @@ fn dispatch(
 
 /// The buffers a subgroup `_blocked` kernel streams, as flat operand textures in the order of
 /// attention_texture.wgsl's texture bindings (`buffers` as the launchers pass them: q, k, v,
-/// mask, out, lse, d_out, ...): keys and values for the forward and dq, queries and the output
-/// gradient for dk/dv, keys for dq from stored scores. None where texture operands are off or
+/// mask, out, lse, d_out, stats, grad_a, ...): keys and values for the forward and dq, queries
+/// and the output gradient for dk/dv, keys and the stored score gradient (the whole grad_a
+/// buffer: dk, then dS^T) for dq from stored scores. None where texture operands are off or
 /// one does not fit a texture.
 fn streamed_textures<'a>(
     gpu: &Gpu,
@@ -442,7 +443,10 @@ fn streamed_textures<'a>(
     match entry {
         "forward_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
         "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (d_out?, qe)]),
-        "backward_dq_scores_blocked" => gpu.flat_operands(&[(k, ke)]),
+        "backward_dq_scores_blocked" => {
+            let scores = buffers.get(8)?;
+            gpu.flat_operands(&[(k, ke), (scores, scores.len())])
+        }
         _ => None,
     }
 }

@@ -1,8 +1,8 @@
 // Fused attention, the part shared by the two modules that compile it: attention.wgsl (any
 // adapter) and attention_subgroup.wgsl (adapters with subgroup operations). The math, layouts
 // and kernels are described at the top of attention.wgsl; each module adds its own loads of
-// the streamed rows (q8, k8, v8, d_out8, and stats8 for per-row statistics) and its own
-// `_blocked` entry points.
+// the streamed rows (q8, k8, v8, d_out8, and stats8 for per-row statistics), of the stored
+// score gradient (load_scores: vec4 i of grad_a) and its own `_blocked` entry points.
 struct Params {
     batch: u32,       // B
     kv_batch: u32,    // Bk: B or 1
@@ -876,8 +876,8 @@ fn dq_scores_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     for (var j0 = 0u; j0 < p.kv_len; j0 += 8u) {
         let r = key_rows(kb, j0, p.kv_len, h);
         let at = scores_index(bh, j0 / TILE, i0 / 8u, 0u, (j0 % TILE) / 8u) + half;
-        let lo = transpose(mat4x4<f32>(grad_a[at], grad_a[at + stride], grad_a[at + 2u * stride], grad_a[at + 3u * stride]));
-        let hi = transpose(mat4x4<f32>(grad_a[at + 4u * stride], grad_a[at + 5u * stride], grad_a[at + 6u * stride], grad_a[at + 7u * stride]));
+        let lo = transpose(mat4x4<f32>(load_scores(at), load_scores(at + stride), load_scores(at + 2u * stride), load_scores(at + 3u * stride)));
+        let hi = transpose(mat4x4<f32>(load_scores(at + 4u * stride), load_scores(at + 5u * stride), load_scores(at + 6u * stride), load_scores(at + 7u * stride)));
         let ds = Scores4(mat2x4<f32>(lo[0], hi[0]), mat2x4<f32>(lo[1], hi[1]), mat2x4<f32>(lo[2], hi[2]), mat2x4<f32>(lo[3], hi[3]));
         a = mix_chunks_k(a, ds, r, last, ch);
     }
