@@ -831,3 +831,37 @@ fn the_gpu_path_fuses_iterations_and_the_cpu_paths_do_not() {
     assert_close("Z_T, two passes against per step", &two.0, &f64s(&per.0), 1e-4, 1e-5);
     assert_close("R, two passes against per step", &two.1, &f64s(&per.1), 1e-4, 1e-5);
 }
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), softmax4 and tile_colsum4 fetch Z
+    // from a flat texture: the same values in the same order as the storage loads, so Z and
+    // the partial column sums equal the storage kernels' bit for bit (the reference checks
+    // above run whichever is the default). Shapes: one partial texture row, several rows and a
+    // partial one, and M no multiple of 4 (the scalar kernels, storage only). Widths that are
+    // no multiple of 64 keep the logits matmul on storage, so every texture copy counted is
+    // Z's. A context of its own, so that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(51);
+    for &(b, n, c, m) in &[(2usize, 300usize, 20usize, 16usize), (1, 4100, 36, 64), (2, 33, 20, 6)] {
+        let s = shape(b, n, c, m, 1, 0.7);
+        let em = Em::new(&gpu, s).unwrap();
+        let (u, mu) = (gpu.upload(&rng.vec(b * n * c)).unwrap(), gpu.upload(&rng.vec(m * c)).unwrap());
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let z = gpu.alloc(s.z_len()).unwrap();
+            let partial = gpu.alloc(b * n.div_ceil(256) * m).unwrap();
+            em.e_step(&u, Bases::Shared(&mu), &z, &partial).unwrap();
+            runs.push([gpu.download(&z).unwrap(), gpu.download(&partial).unwrap()]);
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            let want = if textures && m % 4 == 0 { 2 } else { 0 };
+            assert_eq!(copies, want, "{s}, textures {textures}: texture copies");
+        }
+        assert_eq!(runs[0], runs[1], "{s}: textures and storage differ");
+    }
+}

@@ -47,6 +47,7 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
 
 shader!(SHADER, "em.wgsl");
+shader!(TEXTURE_SHADER, "em_texture.wgsl");
 shader!(FUSED_SHADER, "em_fused.wgsl");
 
 /// The epsilon of the M-step's division and of the L2 normalisation (EMANet's 1e-6).
@@ -603,10 +604,28 @@ impl<'a> Em<'a> {
         let p = Params::new(s);
         let parts = s.batch * s.tiles() * s.bases;
         let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
-        launch(gpu, if vec4 { "softmax4" } else { "softmax" }, &p, &[z, z, z, z, z], groups(s.batch * s.tokens), l)?;
+        // The vec4 forms read Z from a texture where texture operands are on (em_texture.wgsl).
+        let z_texture = || if vec4 { gpu.flat_operands(&[(z, s.z_len())]) } else { None };
+        let d = Dispatch {
+            shader: &SHADER,
+            entry: if vec4 { "softmax4" } else { "softmax" },
+            params: bytemuck::bytes_of(&p),
+            buffers: &[z, z, z, z, z],
+            workgroups: groups(s.batch * s.tokens),
+            label: l,
+        };
+        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture().as_deref())?;
         let l = label("em_e_step", s, s.z_len() as u64, s.z_len() + parts);
         let (entry, invocations) = if vec4 { ("tile_colsum4", parts / 4) } else { ("tile_colsum", parts) };
-        launch(gpu, entry, &p, &[z, z, z, z, z, partial], groups(invocations), l)
+        let d = Dispatch {
+            shader: &SHADER,
+            entry,
+            params: bytemuck::bytes_of(&p),
+            buffers: &[z, z, z, z, z, partial],
+            workgroups: groups(invocations),
+            label: l,
+        };
+        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture().as_deref())
     }
 
     /// Finishes the column sums: `colsum[b,m] = sum over tiles of partial[b,tile,m]` [B,M].
