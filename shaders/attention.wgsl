@@ -52,6 +52,7 @@
 // invocation.
 
 #include "attention_core.wgsl"
+#include "attention_storage_loads.wgsl"
 
 // ---------------------------------------------------------------------------------------
 // This module's streamed rows: every invocation loads the eight rows itself (uniform loads).
@@ -108,9 +109,4 @@ fn backward_dkdv_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 @compute @workgroup_size(8)
 fn backward_dq_scores_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     dq_scores_body(wid, nwg, lid, ROW_CHUNKS);
-}
-
-// vec4 i of the stored score gradient dS^T (backward_dq_scores_blocked), from storage.
-fn load_scores(i: u32) -> vec4<f32> {
-    return grad_a[i];
 }

@@ -19,22 +19,4 @@
 
 #include "attention_core.wgsl"
 #include "attention_broadcast.wgsl"
-
-// This module's streamed rows: vec4 i of each buffer, from storage.
-fn load_q(i: u32) -> vec4<f32> {
-    return q[i];
-}
-fn load_k(i: u32) -> vec4<f32> {
-    return k[i];
-}
-fn load_v(i: u32) -> vec4<f32> {
-    return v[i];
-}
-fn load_d_out(i: u32) -> vec4<f32> {
-    return d_out[i];
-}
-
-// vec4 i of the stored score gradient dS^T (backward_dq_scores_blocked), from storage.
-fn load_scores(i: u32) -> vec4<f32> {
-    return grad_a[i];
-}
+#include "attention_storage_loads.wgsl"

@@ -1,6 +1,7 @@
-// The subgroup attention kernels of attention_subgroup.wgsl (same math, layouts, storage
-// bindings, broadcasts and entry point names) with the streamed rows fetched from textures
-// instead of loaded from storage.
+// The attention kernels of attention_subgroup.wgsl (same math, layouts, storage bindings,
+// broadcasts and entry point names) with what each loads per lane fetched from textures
+// instead of storage: the streamed rows, the stored score gradient, and the rows of the
+// few-keys forward and of the backward's preparation.
 //
 // Why: Mesa 22.3's lavapipe compiles a storage load whose address differs between lanes into a
 // loop that builds the vector one lane at a time through a stack slot; some CPUs pay a
@@ -8,39 +9,46 @@
 // gather), while a texel fetch is a gather (see matmul_texture.wgsl, which does the same for
 // the matmul's operands).
 //
-// The launcher (kernels/src/attention.rs; Gpu::texture_operands) copies each streamed buffer
-// into a *flat* rgba32float texture (OperandTexture::flat): vec4 i of the buffer is texel
-// (i % 1024, i / 1024). Which buffers are streamed depends on the kernel, and so does what the
-// two textures hold:
-//   forward_blocked, backward_dq_blocked:  tex_a = k, tex_b = v     (keys streamed)
-//   backward_dkdv_blocked:                 tex_a = q, tex_b = d_out (queries streamed)
-//   backward_dq_scores_blocked:            tex_a = k, tex_b = dk/dv's grad_a buffer (dk, then
-//                                          the stored score gradient dS^T it reads per lane)
-// No kernel streams q and k, or v and d_out, together, so two textures serve all four. The
-// invocation's own rows (loaded once per tile) and the statistics stay in storage. Every index
-// is the one the storage kernels load, so the results are bit-identical to theirs.
+// The launcher (kernels/src/attention.rs; Gpu::texture_operands) copies each buffer a kernel
+// reads per lane into a *flat* rgba32float texture (OperandTexture::flat): vec4 i of the
+// buffer is texel (i % 1024, i / 1024). One texture binding per buffer; each kernel binds the
+// ones it reads, in binding order:
+//   forward_blocked, backward_dq_blocked:  k, v           (the streamed key rows)
+//   backward_dkdv_blocked:                 q, d_out       (the streamed query rows)
+//   backward_dq_scores_blocked:            k, grad_a      (keys, and the stored score gradient
+//                                                          dS^T after dk in the dk/dv kernel's
+//                                                          grad_a buffer)
+//   forward_few_keys:                      q, k, v
+//   backward_prepare:                      d_out, out
+// The blocked kernels' own rows (loaded once per tile) and the statistics stay in storage.
+// Every index is the one the storage kernels load, so the results are bit-identical to theirs.
 
 #include "attention_core.wgsl"
 #include "attention_broadcast.wgsl"
 #include "flat_texture.wgsl"
 
-@group(0) @binding(13) var tex_a: texture_2d<f32>;
-@group(0) @binding(14) var tex_b: texture_2d<f32>;
+@group(0) @binding(13) var tex_q: texture_2d<f32>;
+@group(0) @binding(14) var tex_k: texture_2d<f32>;
+@group(0) @binding(15) var tex_v: texture_2d<f32>;
+@group(0) @binding(16) var tex_d_out: texture_2d<f32>;
+@group(0) @binding(17) var tex_scores: texture_2d<f32>;
+@group(0) @binding(18) var tex_out: texture_2d<f32>;
 
-// This module's streamed rows: vec4 i of each buffer, from its texture.
 fn load_q(i: u32) -> vec4<f32> {
-    return textureLoad(tex_a, flat(i), 0);
+    return textureLoad(tex_q, flat(i), 0);
 }
 fn load_k(i: u32) -> vec4<f32> {
-    return textureLoad(tex_a, flat(i), 0);
+    return textureLoad(tex_k, flat(i), 0);
 }
 fn load_v(i: u32) -> vec4<f32> {
-    return textureLoad(tex_b, flat(i), 0);
+    return textureLoad(tex_v, flat(i), 0);
 }
 fn load_d_out(i: u32) -> vec4<f32> {
-    return textureLoad(tex_b, flat(i), 0);
+    return textureLoad(tex_d_out, flat(i), 0);
 }
-// vec4 i of the dk/dv kernel's grad_a buffer: the stored score gradient dS^T.
 fn load_scores(i: u32) -> vec4<f32> {
-    return textureLoad(tex_b, flat(i), 0);
+    return textureLoad(tex_scores, flat(i), 0);
+}
+fn load_out(i: u32) -> vec4<f32> {
+    return textureLoad(tex_out, flat(i), 0);
 }

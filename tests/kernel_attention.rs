@@ -624,14 +624,16 @@ fn bad_shapes_are_errors_naming_the_shapes() {
 
 #[test]
 fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
-    // On the subgroup path the blocked kernels fetch the rows they stream (keys and values in
-    // the forward and dq, queries and the output gradient in dk/dv, keys and the stored score
-    // gradient in dq from stored scores) from flat textures (lavapipe's default): the same values and the same order as
-    // the storage loads, so every output equals the storage kernels' bit for bit. The f64
-    // reference checks of the tests above run whichever the context's default is. Shapes: head
-    // widths of the 8-key step (32) and of the 4-key step (64, 36), a flat texture of several
-    // rows with a partial last row, shared keys (split dk/dv), a causal and a masked call. A
-    // context of its own, so that switching textures off changes no other test.
+    // On the subgroup path the attention kernels fetch what they load per lane from flat
+    // textures (lavapipe's default): the streamed rows (keys and values in the forward and dq,
+    // queries and the output gradient in dk/dv), keys and the stored score gradient in dq from
+    // stored scores, q, k and v in the few-keys forward, and dout and out in the backward's
+    // preparation. The same values in the same order as the storage loads, so every output
+    // equals the storage kernels' bit for bit; the f64 reference checks of the tests above run
+    // whichever the context's default is. Shapes: head widths of the 8-key step (32) and of the
+    // 4-key step (64, 36), a flat texture of several rows with a partial last row, shared keys
+    // (split dk/dv), a causal and a masked call, and the few-keys cross-attention. A context of
+    // its own, so that switching textures off changes no other test.
     let gpu = Gpu::new().unwrap();
     if !gpu.info().runs_subgroup_kernels() {
         return; // no subgroup kernels (llvmpipe GL): the texture kernels are never launched
@@ -642,6 +644,8 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
         (Attention::new(2, 9, 19, 2, 36), true),
         (Attention::new(2, 50, 21, 1, 32).shared_kv(), false),
         (Attention::new(1, 45, 45, 2, 16).with_causal(true), false),
+        // The decoder's cross-attention: the few-keys forward, three text keys shared.
+        (Attention::new(2, 40, 3, 2, 32).shared_kv(), true),
     ];
     for (n, &(s, masked)) in cases.iter().enumerate() {
         let mut rng = Rng::new(40 + n as u64);
@@ -664,7 +668,7 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
                 let (out, lse) = (gpu.alloc(s.q_elements()).unwrap(), gpu.alloc(s.lse_elements()).unwrap());
                 let io =
                     AttentionIo { q: &q, k: &k, v: &v, key_mask: mask.as_ref(), out: &out, lse: &lse, probs: None };
-                attention::forward_path(&gpu, &io, &s, ForwardPath::Blocked, KernelPath::Subgroup).unwrap();
+                attention::forward_path(&gpu, &io, &s, ForwardPath::Auto, KernelPath::Subgroup).unwrap();
                 let (dq, dk, dv) = (
                     gpu.alloc(s.q_elements()).unwrap(),
                     gpu.alloc(s.kv_elements()).unwrap(),
@@ -680,9 +684,11 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
                     .iter()
                     .filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL)
                     .count();
-                // Two textures each for the forward, dk/dv and dq (k and v, or k and the stored
-                // score gradient).
-                let want = if textures { 6 } else { 0 };
+                // The forward's k and v (the few-keys forward's q, k and v), then d_out and out
+                // for the backward's preparation and two textures each for dk/dv and dq (k and
+                // v, or k and the stored score gradient).
+                let forward = if s.kv_len <= attention::FEW_KEYS { 3 } else { 2 };
+                let want = if textures { forward + 6 } else { 0 };
                 assert_eq!(
                     copies, want,
                     "{s:?} {backward:?}, textures {textures}: {copies} texture copies, want {want}"

@@ -399,7 +399,9 @@ fn row_chunks(s: &Attention) -> [(&'static str, f64); 1] {
 
 /// One attention.wgsl entry point; `_blocked` ones get their row-chunk constant for `s`, and
 /// on the subgroup path (where the adapter runs subgroup kernels) come from
-/// attention_subgroup.wgsl, whose versions share the streamed rows by subgroupBroadcast.
+/// attention_subgroup.wgsl, whose versions share the streamed rows by subgroupBroadcast. There,
+/// with texture operands on, the kernels of [`operand_textures`] run from
+/// attention_texture.wgsl, reading those operands from textures.
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     gpu: &Gpu,
@@ -412,10 +414,10 @@ fn dispatch(
     label: KernelLabel,
 ) -> Result<()> {
     let blocked = entry.ends_with("_blocked");
-    let shared = blocked && path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
-    let textures = if shared { streamed_textures(gpu, entry, s, buffers) } else { None };
+    let subgroup = path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
+    let textures = if subgroup { operand_textures(gpu, entry, s, buffers) } else { None };
     let d = Dispatch {
-        shader: if shared { &SUBGROUP_SHADER } else { &SHADER },
+        shader: if blocked && subgroup { &SUBGROUP_SHADER } else { &SHADER },
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
@@ -426,27 +428,30 @@ fn dispatch(
     gpu.dispatch_textured(d, if blocked { &constants } else { &[] }, &TEXTURE_SHADER, textures.as_deref())
 }
 
-/// The buffers a subgroup `_blocked` kernel streams, as flat operand textures in the order of
-/// attention_texture.wgsl's texture bindings (`buffers` as the launchers pass them: q, k, v,
-/// mask, out, lse, d_out, stats, grad_a, ...): keys and values for the forward and dq, queries
-/// and the output gradient for dk/dv, keys and the stored score gradient (the whole grad_a
-/// buffer: dk, then dS^T) for dq from stored scores. None where texture operands are off or
-/// one does not fit a texture.
-fn streamed_textures<'a>(
+/// The buffers an attention kernel loads per lane, as flat operand textures in the order of
+/// attention_texture.wgsl's texture bindings (q, k, v, d_out, grad_a, out), from `buffers` as
+/// the launchers pass them (q, k, v, mask, out, lse, d_out, stats, grad_a, ...): the streamed
+/// rows of the blocked kernels (k and v, or q and d_out), keys and the stored score gradient
+/// (the whole grad_a buffer: dk, then dS^T) for dq from stored scores, q, k and v for the
+/// few-keys forward, d_out and out for the backward's preparation. None for the other kernels,
+/// where texture operands are off, or where one does not fit a texture.
+fn operand_textures<'a>(
     gpu: &Gpu,
     entry: &str,
     s: &Attention,
     buffers: &[&'a GpuBuffer],
 ) -> Option<Vec<OperandTexture<'a>>> {
-    let (q, k, v, d_out) = (buffers[0], buffers[1], buffers[2], buffers.get(6).copied());
+    let (q, k, v) = (buffers[0], buffers[1], buffers[2]);
     let (qe, ke) = (s.q_elements(), s.kv_elements());
     match entry {
         "forward_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
-        "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (d_out?, qe)]),
+        "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (buffers.get(6)?, qe)]),
         "backward_dq_scores_blocked" => {
             let scores = buffers.get(8)?;
             gpu.flat_operands(&[(k, ke), (scores, scores.len())])
         }
+        "forward_few_keys" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke)]),
+        "backward_prepare" => gpu.flat_operands(&[(buffers.get(6)?, qe), (buffers.get(4)?, qe)]),
         _ => None,
     }
 }

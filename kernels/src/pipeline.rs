@@ -59,6 +59,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ),
     ("activation.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/activation.wgsl"))),
     (
+        "attention_storage_loads.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/attention_storage_loads.wgsl")),
+    ),
+    (
         "attention_broadcast.wgsl",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/attention_broadcast.wgsl")),
     ),

@@ -1,8 +1,12 @@
 // Fused attention, the part shared by the two modules that compile it: attention.wgsl (any
 // adapter) and attention_subgroup.wgsl (adapters with subgroup operations). The math, layouts
 // and kernels are described at the top of attention.wgsl; each module adds its own loads of
-// the streamed rows (q8, k8, v8, d_out8, and stats8 for per-row statistics), of the stored
-// score gradient (load_scores: vec4 i of grad_a) and its own `_blocked` entry points.
+// the streamed rows (q8, k8, v8, d_out8, and stats8 for per-row statistics) and its own
+// `_blocked` entry points; and each defines load_q, load_k, load_v, load_d_out, load_out and
+// load_scores (vec4 i of q, k, v, d_out, out and grad_a), which the few-keys forward, the
+// backward's preparation, dq from stored scores and the subgroup modules' streamed rows read
+// through: from storage (include/attention_storage_loads.wgsl) or from textures
+// (attention_texture.wgsl).
 struct Params {
     batch: u32,       // B
     kv_batch: u32,    // Bk: B or 1
@@ -526,7 +530,7 @@ fn forward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let kr = row_base(kb * p.kv_len + j, h);
         var dot4 = vec4<f32>(0.0);
         for (var c = 0u; c < d4; c++) {
-            dot4 += q[qb + c] * k[kr + c];
+            dot4 += load_q(qb + c) * load_k(kr + c);
         }
         let score = p.scale * dot(dot4, vec4<f32>(1.0));
         let ok = key_visible(kb, j, i, n);
@@ -543,7 +547,7 @@ fn forward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     for (var c = 0u; c < d4; c++) {
         var o = vec4<f32>(0.0);
         for (var j = 0u; j < n; j++) {
-            o += s[j] * v[row_base(kb * p.kv_len + j, h) + c];
+            o += s[j] * load_v(row_base(kb * p.kv_len + j, h) + c);
         }
         out[qb + c] = o * inv;
     }
@@ -566,7 +570,7 @@ fn backward_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let base = row_base(b * p.q_len + i, h);
         var d = vec4<f32>(0.0);
         for (var c = 0u; c < p.head_dim / 4u; c++) {
-            d += out[base + c] * d_out[base + c];
+            d += load_out(base + c) * load_d_out(base + c);
         }
         stats[t] = lse[t];
         stats[rows + t] = dot(d, vec4<f32>(1.0));
