@@ -3,11 +3,8 @@
 // instead of storage: the streamed rows, the stored score gradient, and the rows of the
 // few-keys forward and of the backward's preparation.
 //
-// Why: Mesa 22.3's lavapipe compiles a storage load whose address differs between lanes into a
-// loop that builds the vector one lane at a time through a stack slot; some CPUs pay a
-// store-forwarding stall on every lane (an AMD EPYC of family 25 model 1: 12x the cost of a
-// gather), while a texel fetch is a gather (see matmul_texture.wgsl, which does the same for
-// the matmul's operands).
+// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe; matmul_texture.wgsl
+// does the same for the matmul's operands).
 //
 // The launcher (kernels/src/attention.rs; Gpu::texture_operands) copies each buffer a kernel
 // reads per lane into a *flat* rgba32float texture (OperandTexture::flat): vec4 i of the

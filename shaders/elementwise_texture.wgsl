@@ -2,9 +2,7 @@
 // bindings and entry point names as elementwise.wgsl) with the operands of the fused vec4
 // kernels (bias_act4, bias_act_backward4, bias_residual4) fetched from textures.
 //
-// Why: on Mesa 22.3's lavapipe a storage load whose address differs between lanes is a loop
-// over the lanes through a stack slot, which some CPUs pay a store-forwarding stall for on
-// every lane, while a texel fetch is a gather (see matmul_texture.wgsl). The launcher
+// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe). The launcher
 // (kernels/src/elementwise.rs; Gpu::texture_operands) copies a, the bias and the third operand
 // into flat rgba32float textures (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024))
 // and binds the ones the entry point reads, in binding order. Same indices as the storage

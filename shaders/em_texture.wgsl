@@ -2,9 +2,7 @@
 // and entry point names as em.wgsl) with Z fetched from a texture in softmax4 (the logits) and
 // tile_colsum4 (the responsibilities).
 //
-// Why: on Mesa 22.3's lavapipe a storage load whose address differs between lanes is a loop
-// over the lanes through a stack slot, which some CPUs pay a store-forwarding stall for on
-// every lane, while a texel fetch is a gather (see matmul_texture.wgsl). The launcher
+// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe). The launcher
 // (kernels/src/em.rs; Gpu::texture_operands) copies Z into a flat rgba32float texture
 // (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024)) before each of the two kernels.
 // Same indices as the storage loads, so the results are bit-identical.

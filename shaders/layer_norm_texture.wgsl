@@ -2,9 +2,7 @@
 // bindings and entry point names as layer_norm.wgsl) with the rows of the vec4 kernels
 // (forward_rows4, backward_rows4, backward_params4) fetched from textures.
 //
-// Why: on Mesa 22.3's lavapipe a storage load whose address differs between lanes is a loop
-// over the lanes through a stack slot, which some CPUs pay a store-forwarding stall for on
-// every lane, while a texel fetch is a gather (see matmul_texture.wgsl). The launcher
+// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe). The launcher
 // (kernels/src/layer_norm.rs; Gpu::texture_operands) copies x, dy and dx_in into flat
 // rgba32float textures (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024)) and binds
 // the ones the entry point reads, in binding order. Same indices as the storage loads, so the

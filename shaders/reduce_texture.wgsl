@@ -1,9 +1,7 @@
 // The axis sums (include/reduce_core.wgsl: same math, parameter block, storage bindings and
 // entry point names as reduce.wgsl) with sum_axis4's input fetched from a texture.
 //
-// Why: on Mesa 22.3's lavapipe a storage load whose address differs between lanes is a loop
-// over the lanes through a stack slot, which some CPUs pay a store-forwarding stall for on
-// every lane, while a texel fetch is a gather (see matmul_texture.wgsl). The launcher
+// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe). The launcher
 // (kernels/src/reduce.rs; Gpu::texture_operands) copies large inputs into a flat rgba32float
 // texture (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024)). Same indices and order
 // of additions as the storage kernel, so the sums are bit-identical.

@@ -1,6 +1,14 @@
 // The texel of a flat operand texture (kernels/src/context.rs, OperandTexture::flat) that holds
 // vec4 i of the buffer it was copied from: rows of 1024 texels (4096 floats), so texel
 // (i % 1024, i / 1024).
+//
+// Why the `_texture` modules read operands this way: Mesa 22.3's lavapipe compiles a storage
+// load whose address differs between lanes into a loop that builds the loaded vector one lane
+// at a time through a stack slot, and some CPUs pay a store-forwarding stall on every lane (an
+// AMD EPYC of family 25 model 1: 12x the cost of a gather), while a texel fetch is compiled as
+// a gather. The launchers copy the operand into the texture first (Gpu::flat_operands,
+// Gpu::dispatch_textured) where texture operands are on (Gpu::texture_operands: lavapipe's
+// default); the fetches use the storage kernels' own indices, so results are bit-identical.
 
 // log2 of the texels per row (OperandTexture::FLAT_ROW_FLOATS / 4).
 const FLAT_SHIFT: u32 = 10u;
