@@ -469,8 +469,8 @@ impl Gpu {
         operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
         let OperandTexture { src, row_floats, rows, len } = *operand;
-        let partial = rows > 0 && (len <= (rows - 1) * row_floats || len > rows * row_floats || !len.is_multiple_of(4));
-        if !OperandTexture::fits(row_floats, rows, self.limits()) || partial {
+        let bad_len = rows > 0 && (len <= (rows - 1) * row_floats || len > rows * row_floats || !len.is_multiple_of(4));
+        if !OperandTexture::fits(row_floats, rows, self.limits()) || bad_len {
             let side = self.limits().max_texture_dimension_2d;
             return Err(Error::Shape(format!(
                 "an operand texture of {len} elements in {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats, both sides within {side} texels, and only the last row partial (whole texels)"
