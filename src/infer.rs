@@ -95,7 +95,7 @@ impl Model {
             let input = Tensor::from_vec(self.gpu(), &base, &[chunk.len(), 3, s, s])?;
             self.prepare_forward(&input)?;
             let predicted = if c.shifts() > 1 {
-                self.predict_logits(&self.logits_shifted_batch(&base, chunk.len())?, chunk.len())?
+                self.predict_logits(&self.logits_shifted_batch(&base, chunk.len(), Some(&input))?, chunk.len())?
             } else {
                 let out = crate::no_grad(|| self.forward(&input))?;
                 self.predict(&out.logits_up)?
@@ -127,13 +127,14 @@ impl Model {
         let c = &self.config;
         for chunk in images.chunks(SEGMENT_BATCH) {
             let base = preprocess(chunk, c.image_size, c.pixel_mean, c.pixel_std);
-            all.extend(self.logits_shifted_batch(&base, chunk.len())?);
+            all.extend(self.logits_shifted_batch(&base, chunk.len(), None)?);
         }
         Ok(all)
     }
 
-    /// [`Model::logits_shifted`] of one batch of `b` preprocessed images `base` [b,3,S,S].
-    fn logits_shifted_batch(&self, base: &[f32], b: usize) -> Result<Vec<f32>> {
+    /// [`Model::logits_shifted`] of one batch of `b` preprocessed images `base` [b,3,S,S];
+    /// `unmoved`, where the caller has uploaded `base` already, serves as the unmoved copy.
+    fn logits_shifted_batch(&self, base: &[f32], b: usize, unmoved: Option<&Tensor>) -> Result<Vec<f32>> {
         let c = &self.config;
         let (s, shifts) = (c.image_size, c.shifts());
         let step = c.patch_size / shifts;
@@ -142,17 +143,24 @@ impl Model {
         let mut covered = vec![0u32; plane];
         let mut moved = vec![0f32; base.len()];
         for (dy, dx) in (0..shifts).flat_map(|i| (0..shifts).map(move |j| (i * step, j * step))) {
-            // moved[y][x] = base[y - dy][x - dx], clamped at the first row and column.
-            for (to, from) in moved.chunks_mut(plane).zip(base.chunks(plane)) {
-                for y in 0..s {
-                    let src = &from[y.saturating_sub(dy) * s..][..s];
-                    let row = &mut to[y * s..][..s];
-                    row[..dx].fill(src[0]);
-                    row[dx..].copy_from_slice(&src[..s - dx]);
+            let uploaded;
+            let input = match unmoved {
+                Some(input) if (dy, dx) == (0, 0) => input,
+                _ => {
+                    // moved[y][x] = base[y - dy][x - dx], clamped at the first row and column.
+                    for (to, from) in moved.chunks_mut(plane).zip(base.chunks(plane)) {
+                        for y in 0..s {
+                            let src = &from[y.saturating_sub(dy) * s..][..s];
+                            let row = &mut to[y * s..][..s];
+                            row[..dx].fill(src[0]);
+                            row[dx..].copy_from_slice(&src[..s - dx]);
+                        }
+                    }
+                    uploaded = Tensor::from_vec(self.gpu(), &moved, &[b, 3, s, s])?;
+                    &uploaded
                 }
-            }
-            let input = Tensor::from_vec(self.gpu(), &moved, &[b, 3, s, s])?;
-            let logits = crate::no_grad(|| self.forward(&input))?.logits_up.to_vec()?;
+            };
+            let logits = crate::no_grad(|| self.forward(input))?.logits_up.to_vec()?;
             // Output pixel (y + dy, x + dx) of the moved copy is pixel (y, x) of the image.
             for y in 0..s - dy {
                 covered[y * s..][..s - dx].iter_mut().for_each(|n| *n += 1);
