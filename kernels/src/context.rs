@@ -149,9 +149,16 @@ impl<'a> OperandTexture<'a> {
         row_floats > 0 && row_floats.is_multiple_of(64) && row_floats / 4 <= side && rows > 0 && rows <= side
     }
 
-    /// True when a flat operand of `len` elements can be an operand texture under `limits`.
-    pub fn fits_flat(len: usize, limits: &wgpu::Limits) -> bool {
-        len.is_multiple_of(4) && Self::fits(Self::FLAT_ROW_FLOATS, len.div_ceil(Self::FLAT_ROW_FLOATS), limits)
+    /// True when this operand can be copied into a texture under `limits`: its rows [`fits`],
+    /// and `len` whole texels that fill every row but the last.
+    ///
+    /// [`fits`]: OperandTexture::fits
+    pub fn valid(&self, limits: &wgpu::Limits) -> bool {
+        let Self { row_floats, rows, len, .. } = *self;
+        Self::fits(row_floats, rows, limits)
+            && len.is_multiple_of(4)
+            && len > (rows - 1) * row_floats
+            && len <= rows * row_floats
     }
 }
 
@@ -469,8 +476,7 @@ impl Gpu {
         operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
         let OperandTexture { src, row_floats, rows, len } = *operand;
-        let bad_len = rows > 0 && (len <= (rows - 1) * row_floats || len > rows * row_floats || !len.is_multiple_of(4));
-        if !OperandTexture::fits(row_floats, rows, self.limits()) || bad_len {
+        if !operand.valid(self.limits()) {
             let side = self.limits().max_texture_dimension_2d;
             return Err(Error::Shape(format!(
                 "an operand texture of {len} elements in {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats, both sides within {side} texels, and only the last row partial (whole texels)"
@@ -891,9 +897,11 @@ impl Gpu {
     /// buffer, when texture operands are on ([`Gpu::texture_operands`]) and every one fits the
     /// adapter's textures; `None` otherwise (the launch then reads storage).
     pub fn flat_operands<'a>(&self, buffers: &[(&'a GpuBuffer, usize)]) -> Option<Vec<OperandTexture<'a>>> {
-        let fit = |&(_, len): &(&GpuBuffer, usize)| len > 0 && OperandTexture::fits_flat(len, self.limits());
-        (self.texture_operands() && buffers.iter().all(fit))
-            .then(|| buffers.iter().map(|&(buf, len)| OperandTexture::flat(buf, len)).collect())
+        if !self.texture_operands() {
+            return None;
+        }
+        let operands: Vec<_> = buffers.iter().map(|&(buf, len)| OperandTexture::flat(buf, len)).collect();
+        operands.iter().all(|o| o.valid(self.limits())).then_some(operands)
     }
 
     /// Launches `d`; or, with `textures` (from [`Gpu::flat_operands`]), the entry point of the
