@@ -39,6 +39,14 @@
 #include "matmul_core.wgsl"
 #include "activation.wgsl"
 
+// The old output that an accumulating product adds onto (matmul_core.wgsl's epilogue4).
+fn old_out4(o: u32) -> vec4<f32> {
+    return out4[o];
+}
+
+// The register kernels apply a training product's activation in act_rows4 / act_rows1.
+const ACT_IN_STORE: bool = false;
+
 // ----- registers path: the block drivers and entry points (helpers in include/matmul_core.wgsl) -----
 
 fn register_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {

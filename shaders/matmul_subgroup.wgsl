@@ -5,6 +5,11 @@
 
 #include "matmul_core.wgsl"
 #include "activation.wgsl"
+
+// The old output that an accumulating product adds onto (matmul_core.wgsl's epilogue4).
+fn old_out4(o: u32) -> vec4<f32> {
+    return out4[o];
+}
 #include "matmul_subgroup_blocks.wgsl"
 
 // ----- subgroup path (CPU adapters with subgroups: lavapipe) -----

@@ -530,9 +530,17 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
             let entry = plan(&gpu, &op, KernelPath::Subgroup).entry;
             assert_eq!(entry.starts_with("texture_"), textures, "{} ran {entry}", op.describe());
             let plain = gpu.alloc(op.out_len()).unwrap();
-            matmul_with(&gpu, &a, &b, &plain, &op, KernelPath::Subgroup).unwrap();
             let acc = gpu.upload(&prev).unwrap();
+            // Texture copies per launch: A and B; and the old output when accumulating (a
+            // plain product binds a placeholder in its place and copies nothing for it).
+            gpu.set_profiling(true).unwrap();
+            matmul_with(&gpu, &a, &b, &plain, &op, KernelPath::Subgroup).unwrap();
+            let plain_copies = copies(&gpu);
             matmul_bias_with(&gpu, &a, &b, &bias, &acc, &op.accumulate(true), KernelPath::Subgroup).unwrap();
+            let acc_copies = copies(&gpu);
+            gpu.set_profiling(false).unwrap();
+            let want = if textures { (2, 3) } else { (0, 0) };
+            assert_eq!((plain_copies, acc_copies), want, "{}: texture copies, plain and accumulating", op.describe());
             let (kept, act) = (gpu.alloc(op.out_len()).unwrap(), gpu.alloc(op.out_len()).unwrap());
             let epi = BiasActOut { bias: &bias, act: UnaryOp::Gelu, act_out: &act };
             matmul_bias_act_with(&gpu, &a, &b, &kept, &op, &epi, KernelPath::Subgroup).unwrap();
@@ -554,6 +562,12 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
     // Rows that are no multiple of 64 floats keep the storage loads.
     gpu.set_texture_operands(true);
     assert_eq!(plan(&gpu, &Matmul::new(1, 128, 100, 64), KernelPath::Subgroup).entry, "subgroup_wide_nn");
+}
+
+/// Texture copies recorded since profiling was switched on or the profile last taken.
+fn copies(gpu: &Gpu) -> usize {
+    let profile = gpu.take_profile().unwrap().expect("profiling is on");
+    profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count()
 }
 
 #[test]

@@ -218,7 +218,8 @@ struct GpuInner {
     kernel_path: AtomicUsize,
     /// Whether the matmul reads its operands from textures where it can ([`Gpu::texture_operands`]).
     texture_operands: AtomicBool,
-    /// Scratch textures of [`Gpu::dispatch_with_operand_textures`], by (slot, width, height), reused.
+    /// Scratch textures of [`Gpu::dispatch_with_operand_textures`], by (slot, width, height), reused
+    /// (slot `usize::MAX`: the placeholder).
     textures: Mutex<HashMap<(usize, u32, u32), wgpu::Texture>>,
 }
 
@@ -567,6 +568,36 @@ impl Gpu {
         Ok(texture.create_view(&Default::default()))
     }
 
+    /// A one-texel texture for a texture binding that a launch never reads (created once).
+    fn placeholder_texture(&self) -> wgpu::TextureView {
+        let size = wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 };
+        lock(&self.inner.textures)
+            .entry((usize::MAX, 1, 1))
+            .or_insert_with(|| {
+                let texture = self.device().create_texture(&wgpu::TextureDescriptor {
+                    label: Some("vlsa placeholder texture"),
+                    size,
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                // Written once here. Left uninitialized (and without COPY_DST), it put lavapipe's
+                // timestamps out of step: a profiled training step showed every kernel but the
+                // matmul near zero and the time in the gaps between launches.
+                self.inner.queue.write_texture(
+                    texture.as_image_copy(),
+                    &[0u8; 16],
+                    wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(16), rows_per_image: None },
+                    size,
+                );
+                texture
+            })
+            .create_view(&Default::default())
+    }
+
     /// The wgpu device.
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
@@ -863,11 +894,15 @@ impl Gpu {
     /// `operands` is copied into a scratch texture (see [`OperandTexture`]) and bound to the
     /// entry point's texture bindings in binding order. The copies and the launch are recorded
     /// under one lock, so another thread's launch cannot reuse a scratch texture in between.
+    ///
+    /// A `None` operand stands for a texture binding the entry point declares but this launch
+    /// never reads (a branch on its parameters skips it): a one-texel placeholder is bound and
+    /// nothing is copied.
     pub fn dispatch_with_operand_textures(
         &self,
         d: Dispatch<'_>,
         constants: Constants<'_>,
-        operands: &[OperandTexture<'_>],
+        operands: &[Option<OperandTexture<'_>>],
     ) -> Result<()> {
         if !self.check_dispatch(&d)? {
             return Ok(());
@@ -881,7 +916,10 @@ impl Gpu {
         let mut r = lock(&self.inner.recorder);
         let mut views = Vec::with_capacity(operands.len());
         for (slot, operand) in operands.iter().enumerate() {
-            views.push(self.operand_texture(&mut r, slot, operand)?);
+            views.push(match operand {
+                Some(operand) => self.operand_texture(&mut r, slot, operand)?,
+                None => self.placeholder_texture(),
+            });
         }
         let textures: Vec<&wgpu::TextureView> = views.iter().collect();
         let bind_group = self.bind(&mut r, &kernel, &d, &textures)?;
@@ -915,7 +953,8 @@ impl Gpu {
     ) -> Result<()> {
         match textures {
             Some(operands) => {
-                self.dispatch_with_operand_textures(Dispatch { shader: texture_shader, ..d }, constants, operands)
+                let operands: Vec<_> = operands.iter().copied().map(Some).collect();
+                self.dispatch_with_operand_textures(Dispatch { shader: texture_shader, ..d }, constants, &operands)
             }
             None => self.dispatch_specialized(d, constants),
         }

@@ -186,9 +186,13 @@ impl Matmul {
     }
 
     /// True when both operands fit an [`OperandTexture`]: rows of a multiple of 64 floats,
-    /// both sides within the adapter's largest 2-D texture.
+    /// both sides within the adapter's largest 2-D texture; and, when accumulating, the output
+    /// as a flat one (the texture kernels read the old output from it).
     fn textures_fit(&self, gpu: &Gpu) -> bool {
-        self.operand_textures().iter().all(|&(row, rows)| OperandTexture::fits(row, rows, gpu.limits()))
+        let limits = gpu.limits();
+        let rows = self.out_len().div_ceil(OperandTexture::FLAT_ROW_FLOATS);
+        self.operand_textures().iter().all(|&(row, rows)| OperandTexture::fits(row, rows, limits))
+            && (!self.accumulate || OperandTexture::fits(OperandTexture::FLAT_ROW_FLOATS, rows, limits))
     }
 
     /// True when the vec4 register kernel applies: every axis read or written four at a time
@@ -451,10 +455,15 @@ fn launch(
         _ => &SHADER,
     };
     if plan.splits <= 1 {
-        // The texture kernels read A and B from textures (slots 0 and 1) and bind the rest as
+        // The texture kernels read A and B from textures (slots 0 and 1), an accumulating
+        // product's old output from a flat one (slot 2; unread otherwise), and bind the rest as
         // the storage kernels do.
         let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
-        let operands = [OperandTexture::matrix(a, a_row, a_rows), OperandTexture::matrix(b, b_row, b_rows)];
+        let operands = [
+            Some(OperandTexture::matrix(a, a_row, a_rows)),
+            Some(OperandTexture::matrix(b, b_row, b_rows)),
+            op.accumulate.then(|| OperandTexture::flat(out, op.out_len())),
+        ];
         let d = Dispatch {
             shader,
             entry: plan.entry,

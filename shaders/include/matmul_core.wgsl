@@ -61,11 +61,12 @@ fn epilogue(v: f32, o: u32, j: u32) -> f32 {
 }
 
 // The same for four columns stored as out4[o] (vec4 kernels), with their bias `bv` loaded once
-// per block by bias_row (zero without a bias).
+// per block by bias_row (zero without a bias). Each module defines old_out4: the storage
+// modules read out4, matmul_texture.wgsl a texture copy of the output made before the launch.
 fn epilogue4(v: vec4<f32>, o: u32, bv: vec4<f32>) -> vec4<f32> {
     var r = v + bv;
     if (p.accumulate != 0u) {
-        r += out4[o];
+        r += old_out4(o);
     }
     return r;
 }
@@ -92,18 +93,28 @@ fn store1(o: u32, j: u32, v: f32) {
     out[o] = epilogue(v, o, j);
 }
 
-// The register-block kernels' store of four columns as out4[o] (bias `bv`). With an activation
-// and keep_product they write only the bare product here, in straight-line code, one copy per
-// row, and then run act_rows4 / act_rows1, where the activation's code appears once. Without
+// The register-block kernels' store of four columns as out4[o] (bias `bv`). Without
 // keep_product (inference) they store f(product + bias) here, one copy of the activation per
 // store: only one output is written, and the second store pass is what costs (on lavapipe every
 // store is a loop over the SIMD lanes). Measured at the ViT's fc1 (2056 x 768 x 192,
-// quick_gelu; Intel Xeon, family 6 model 167): storing f here took about as long as the bare
-// store and the act_rows4 loop when it also stored the bare product, and 0.8x without it.
+// quick_gelu; Intel Xeon, family 6 model 167): 0.8x the bare store and the act_rows4 loop.
+// With keep_product the module's ACT_IN_STORE decides:
+// - true (the subgroup kernels, include/matmul_subgroup_blocks.wgsl): both stores here, f from
+//   the accumulators. The act_rows4 pass reads the stored product back, and on CPUs where a
+//   storage load costs a store-forwarding stall per lane (AMD EPYC family 25 model 1: 0.077
+//   G vec4 loads/s, `cargo run --release --example load_paths`) that read cost as much as the
+//   product's own loads: fc1 2056 x 768 x 192 with quick_gelu 25.1 ms against 16.5 plain, 19.5
+//   in the store (2026-12-04). The price is code size: 16 inlined copies of the activation per
+//   entry point, so a gelu pipeline takes lavapipe longer to build (first launch, seconds).
+// - false (the register kernels, matmul.wgsl, 32 rows per invocation): the bare product here
+//   and f in act_rows4 / act_rows1, where the activation's code appears once.
 fn put4(o: u32, bv: vec4<f32>, v: vec4<f32>) {
     if (ACT != 0u) {
         if (p.keep_product != 0u) {
             out4[o] = v;
+            if (ACT_IN_STORE) {
+                act_out4[o] = act4(v + bv);
+            }
         } else {
             act_out4[o] = act4(v + bv);
         }
@@ -343,11 +354,11 @@ fn load_b(s: ptr<function, Slice>, tb: bool, base: u32, k: u32, col0: u32) {
 // The bias of columns col0..col0 + 32 for store_row: loaded once per block, not once per row
 // of it (every storage load is a loop over the SIMD lanes on lavapipe, and a block of 8 or 32
 // rows loaded its bias 8 or 32 times). Zero without a bias, and with an activation that keeps
-// the product, whose pass (act_rows4) adds the bias itself; columns past N are clamped (never
-// stored).
+// the product in a module without ACT_IN_STORE, whose pass (act_rows4) adds the bias itself;
+// columns past N are clamped (never stored).
 fn bias_row(col0: u32) -> Row {
     var r: Row;
-    if (p.has_bias != 0u && (ACT == 0u || p.keep_product == 0u)) {
+    if (p.has_bias != 0u && (ACT == 0u || p.keep_product == 0u || ACT_IN_STORE)) {
         r[0] = bias4_at(col0); r[1] = bias4_at(col0 + 4u); r[2] = bias4_at(col0 + 8u); r[3] = bias4_at(col0 + 12u);
         r[4] = bias4_at(col0 + 16u); r[5] = bias4_at(col0 + 20u); r[6] = bias4_at(col0 + 24u); r[7] = bias4_at(col0 + 28u);
     }

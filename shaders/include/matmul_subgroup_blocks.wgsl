@@ -4,6 +4,10 @@
 // and matmul_texture.wgsl (textures); each defines sg_load_a, sg_load_a1 and sg_load_b for
 // its source before including this file.
 
+// A training product's activation is applied as each row is stored, from the accumulators
+// (put4 in include/matmul_core.wgsl): no act_rows4 pass reading the stored product back.
+const ACT_IN_STORE: bool = true;
+
 alias LaneA = array<vec4<f32>, 8>;   // [r] = A[row0 + r, k..k+4]
 alias Share = array<vec4<f32>, 4>;   // this lane's quarter of the B slice (see sg_share_*)
 
@@ -108,7 +112,6 @@ fn subgroup_thin(wid: vec3<u32>, halves: u32, lane: u32, ta: bool, tb: bool) {
         }
         var bv = bias_row(col0);
         store_row(&c, &bv, obase, row, col0);
-        act_rows4(obase, row, 1u, col0);
     }
 }
 
@@ -141,7 +144,6 @@ fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&c5, &bv, obase, row0 + 5u, col0);
     store_row(&c6, &bv, obase, row0 + 6u, col0);
     store_row(&c7, &bv, obase, row0 + 7u, col0);
-    act_rows4(obase, row0, 8u, col0);
 }
 
 // ----- subgroup path, 64-column blocks -----
@@ -197,6 +199,4 @@ fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&l5, &bl_bias, obase, row0 + 5u, col0); store_row(&r5, &br_bias, obase, row0 + 5u, col0 + 32u);
     store_row(&l6, &bl_bias, obase, row0 + 6u, col0); store_row(&r6, &br_bias, obase, row0 + 6u, col0 + 32u);
     store_row(&l7, &bl_bias, obase, row0 + 7u, col0); store_row(&r7, &br_bias, obase, row0 + 7u, col0 + 32u);
-    act_rows4(obase, row0, 8u, col0);
-    act_rows4(obase, row0, 8u, col0 + 32u);
 }
