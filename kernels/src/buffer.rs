@@ -13,7 +13,12 @@
 //! pending work before writing into a recycled buffer for that reason.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Source of [`GpuBuffer`] identities: every buffer handed out gets the next one, also when the
+/// pool recycles the memory of a dropped buffer.
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Usage every pooled storage buffer has: bound to shaders, copied to and from, cleared.
 pub(crate) const STORAGE_USAGE: wgpu::BufferUsages =
@@ -110,11 +115,39 @@ pub struct GpuBuffer {
     class: u64,
     len: usize,
     pool: BufferPool,
+    /// Unique among the buffers handed out since the process started.
+    id: u64,
+    /// Writes recorded into this buffer so far (see [`GpuBuffer::contents`]).
+    writes: AtomicU64,
+}
+
+/// What a buffer holds at one point of the command stream: the buffer's identity and how many
+/// writes had been recorded into it. Equal values mean equal contents, so a texture copied from
+/// a buffer can stand in for a later copy of it (the context's operand textures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Contents {
+    id: u64,
+    writes: u64,
 }
 
 impl GpuBuffer {
     pub(crate) fn new(buffer: wgpu::Buffer, class: u64, len: usize, pool: BufferPool) -> Self {
-        GpuBuffer { buffer: Some(buffer), class, len, pool }
+        let id = NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed);
+        GpuBuffer { buffer: Some(buffer), class, len, pool, id, writes: AtomicU64::new(0) }
+    }
+
+    /// The buffer's contents as of the commands recorded so far.
+    pub(crate) fn contents(&self) -> Contents {
+        Contents { id: self.id, writes: self.writes.load(Ordering::Acquire) }
+    }
+
+    /// Notes a recorded command that writes (or may write) this buffer. Every write vlsa
+    /// records goes through [`crate::Gpu`], which calls this; commands recorded on [`raw`]
+    /// directly must not write a buffer that a vlsa kernel reads afterwards.
+    ///
+    /// [`raw`]: GpuBuffer::raw
+    pub(crate) fn note_write(&self) {
+        self.writes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Number of 4-byte elements.
@@ -137,7 +170,9 @@ impl GpuBuffer {
         self.class
     }
 
-    /// The wgpu buffer.
+    /// The wgpu buffer. Write it only through [`crate::Gpu`] (its uploads, copies, clears and
+    /// launches): vlsa reuses a texture copy of a buffer for as long as it has recorded no
+    /// write into it, and cannot see writes recorded on the raw buffer.
     pub fn raw(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("GpuBuffer used after drop")
     }
