@@ -503,16 +503,7 @@ impl Gpu {
         let wanted = (src.contents(), len);
         let mut textures = lock(&self.inner.textures);
         let scratch = textures.entry((slot, size.width, size.height)).or_insert_with(|| ScratchTexture {
-            texture: self.device().create_texture(&wgpu::TextureDescriptor {
-                label: Some("vlsa operand texture"),
-                size,
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            }),
+            texture: self.rgba32_texture("vlsa operand texture", size),
             holds: None,
         });
         if scratch.holds == Some(wanted) {
@@ -586,22 +577,27 @@ impl Gpu {
         Ok(texture.create_view(&Default::default()))
     }
 
+    /// An rgba32float texture that shaders read with `textureLoad` and copies fill.
+    fn rgba32_texture(&self, label: &'static str, size: wgpu::Extent3d) -> wgpu::Texture {
+        self.device().create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        })
+    }
+
     /// A one-texel texture for a texture binding that a launch never reads (created once).
     fn placeholder_texture(&self) -> wgpu::TextureView {
         let size = wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 };
         lock(&self.inner.textures)
             .entry((usize::MAX, 1, 1))
             .or_insert_with(|| {
-                let texture = self.device().create_texture(&wgpu::TextureDescriptor {
-                    label: Some("vlsa placeholder texture"),
-                    size,
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Float,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                    view_formats: &[],
-                });
+                let texture = self.rgba32_texture("vlsa placeholder texture", size);
                 // Written once here. Left uninitialized (and without COPY_DST), it put lavapipe's
                 // timestamps out of step: a profiled training step showed every kernel but the
                 // matmul near zero and the time in the gaps between launches.
