@@ -190,9 +190,9 @@ impl Matmul {
     /// as a flat one (the texture kernels read the old output from it).
     fn textures_fit(&self, gpu: &Gpu) -> bool {
         let limits = gpu.limits();
-        let rows = self.out_len().div_ceil(OperandTexture::FLAT_ROW_FLOATS);
+        let out_rows = self.out_len().div_ceil(OperandTexture::FLAT_ROW_FLOATS);
         self.operand_textures().iter().all(|&(row, rows)| OperandTexture::fits(row, rows, limits))
-            && (!self.accumulate || OperandTexture::fits(OperandTexture::FLAT_ROW_FLOATS, rows, limits))
+            && (!self.accumulate || OperandTexture::fits(OperandTexture::FLAT_ROW_FLOATS, out_rows, limits))
     }
 
     /// True when the vec4 register kernel applies: every axis read or written four at a time
