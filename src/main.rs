@@ -1046,6 +1046,19 @@ fn info() -> CliResult {
         outln!("subgroups:    no");
     }
     outln!("kernel path:  {} (override with VLSA_KERNEL_PATH=registers|subgroup|tiled)", gpu.kernel_path());
+    if i.device_type == "Cpu" {
+        let w = gpu.worker_threads();
+        let cores: Vec<String> = w.cores.iter().map(usize::to_string).collect();
+        let state = match (w.found, &w.note) {
+            (0, Some(why)) => format!("none pinned ({why})"),
+            (n, Some(why)) => format!("{n}, not pinned ({why})"),
+            (n, None) if !cores.is_empty() => {
+                format!("{n}, pinned to cores {} (VLSA_PIN_THREADS=0 leaves them to the system)", cores.join(", "))
+            }
+            (n, None) => format!("{n}, not pinned"),
+        };
+        outln!("worker threads: {state}");
+    }
     outln!("limits:");
     outln!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
     outln!("  max_storage_buffer_binding_size      {} MiB", l.max_storage_buffer_binding_size >> 20);

@@ -183,6 +183,24 @@ fn adapter_flag_and_backend_names() {
 }
 
 #[test]
+fn worker_thread_pinning_is_reported_and_a_bad_setting_refused() {
+    let out = command().arg("info").env("VLSA_PIN_THREADS", "sometimes").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = one_sentence(&text(&out.stderr));
+    assert!(e.contains("VLSA_PIN_THREADS=sometimes") && e.contains("1 (on) or 0 (off)"), "{e}");
+    let off = command().arg("info").env("VLSA_PIN_THREADS", "0").output().unwrap();
+    let on = command().arg("info").env_remove("VLSA_PIN_THREADS").output().unwrap();
+    let (off, on) = (text(&off.stdout), text(&on.stdout));
+    if on.contains("device type:  Cpu") && cfg!(target_os = "linux") {
+        assert!(off.contains("worker threads: none pinned (VLSA_PIN_THREADS=0)"), "{off}");
+        let line = on.lines().find(|l| l.starts_with("worker threads:")).expect("a worker threads line");
+        assert!(line.contains("pinned to cores"), "{line}");
+    } else {
+        assert!(!on.contains("pinned to cores"), "{on}");
+    }
+}
+
+#[test]
 fn the_wrong_kind_of_file_is_named() {
     let dir = Dir::new("wrong-files");
     let m = model(&dir);

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::HashSet;
+
 use vlsa_kernels::elementwise::{self, UnaryOp};
 use vlsa_kernels::{Error, Gpu, Timing};
 
@@ -180,6 +182,65 @@ fn a_rehearsal_reads_nothing_back_and_other_threads_run_meanwhile() {
     })
     .unwrap();
     // After a failed rehearsal this thread launches as usual again.
+    elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 4).unwrap();
+    assert_eq!(gpu.download(&y).unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
+}
+
+/// The cores a thread may run on (`Cpus_allowed_list` in its /proc status file, e.g. "0-3,8");
+/// None when the thread has exited.
+fn allowed_cores(status: &str) -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string(status).ok()?;
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim();
+    Some(
+        list.split(',')
+            .flat_map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+                None => vec![r.parse().unwrap()],
+            })
+            .collect(),
+    )
+}
+
+/// On a CPU adapter on Linux the driver's worker threads are found when the context opens and
+/// pinned one per core (kernels/src/cpu_threads.rs); elsewhere none are looked for.
+#[test]
+fn a_software_adapters_worker_threads_are_pinned_one_per_core() {
+    let gpu = Gpu::new().unwrap();
+    let w = gpu.worker_threads();
+    let cpu_on_linux = gpu.info().device_type == "Cpu" && cfg!(target_os = "linux");
+    if !cpu_on_linux {
+        assert_eq!((w.found, w.cores.len()), (0, 0), "{w:?}");
+        assert!(gpu.pin_worker_threads(true).is_err());
+        return;
+    }
+    if std::env::var("VLSA_PIN_THREADS").is_ok_and(|v| v.trim() == "0") {
+        assert_eq!(w.note.as_deref(), Some("VLSA_PIN_THREADS=0"));
+        return;
+    }
+    assert!(w.found >= 1 && w.note.is_none(), "{w:?}");
+    assert_eq!(w.cores.len(), w.found);
+    let allowed = allowed_cores("/proc/thread-self/status").unwrap();
+    let main_thread = std::process::id().to_string();
+    let task = |t: &str| allowed_cores(&format!("/proc/self/task/{t}/status"));
+    assert!(w.cores.iter().all(|c| allowed.contains(c)), "{w:?} outside {allowed:?}");
+    let distinct: HashSet<usize> = w.cores.iter().copied().collect();
+    assert_eq!(distinct.len(), w.found.min(allowed.len()), "one core per worker: {w:?}");
+    // The workers are threads of this process restricted to one of those cores (other tests'
+    // contexts may have pinned more meanwhile); the process's own thread is not one of them.
+    let pinned = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|t| *t != main_thread && matches!(task(t).as_deref(), Some(&[c]) if distinct.contains(&c)))
+        .count();
+    assert!(pinned >= w.found, "{pinned} threads pinned, {} workers", w.found);
+    assert_eq!(task(&main_thread).unwrap().len(), allowed.len(), "the main thread keeps its cores");
+    gpu.pin_worker_threads(false).unwrap();
+    assert!(gpu.worker_threads().cores.is_empty());
+    gpu.pin_worker_threads(true).unwrap();
+    assert_eq!(gpu.worker_threads(), w);
+    // Work runs as before either way.
+    let x = gpu.upload(&[-1.0f32, 2.0, -3.0, 4.0]).unwrap();
+    let y = gpu.alloc(4).unwrap();
     elementwise::unary(&gpu, UnaryOp::Relu, &x, &y, 4).unwrap();
     assert_eq!(gpu.download(&y).unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::buffer::{size_class, BufferPool, Contents, GpuBuffer, PoolStats, STORAGE_USAGE};
+use crate::cpu_threads::{self, Workers};
 use crate::path::KernelPath;
 use crate::pipeline::{BindingKind, Constants, Kernel, PipelineCache, PipelineRequest, Shader};
 use crate::profiler::{DispatchRecord, KernelLabel, Profile, Timing};
@@ -221,6 +222,20 @@ struct GpuInner {
     /// Scratch textures of [`Gpu::dispatch_with_operand_textures`], by (slot, width, height), reused
     /// (slot `usize::MAX`: the placeholder).
     textures: Mutex<HashMap<(usize, u32, u32), ScratchTexture>>,
+    /// A software adapter's worker threads ([`Gpu::worker_threads`]).
+    workers: Mutex<Workers>,
+}
+
+/// A software adapter's worker threads as [`Gpu::worker_threads`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerThreads {
+    /// Driver worker threads found: those that ran a short dispatch on every core (CPU adapters
+    /// on Linux; 0 elsewhere).
+    pub found: usize,
+    /// The core each worker is pinned to, in the workers' order; empty when they are not pinned.
+    pub cores: Vec<usize>,
+    /// Why none were looked for or they are not pinned, where that is not the adapter's kind.
+    pub note: Option<String>,
 }
 
 /// An operand texture and what was last copied into it: the source buffer's contents at the
@@ -283,6 +298,34 @@ fn one_line(message: &str) -> String {
     message.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by:").collect::<Vec<_>>().join(": ")
 }
 
+/// The driver's worker threads of a CPU adapter just opened (kernels/src/cpu_threads.rs): the
+/// threads started since `before` that run most of a dispatch that keeps every core busy,
+/// pinned one per core. Whatever goes wrong leaves them as they are, with a note saying why.
+fn find_workers(device: &wgpu::Device, queue: &wgpu::Queue, before: &std::collections::HashSet<i32>) -> Workers {
+    let started: Vec<i32> = cpu_threads::tasks().difference(before).copied().collect();
+    if started.is_empty() {
+        return Workers::skipped("the driver started no threads that could be told apart");
+    }
+    // The first dispatch compiles the kernel (lavapipe compiles at first use); not timed.
+    if let Err(e) = cpu_threads::run_busy(device, queue, std::time::Duration::ZERO) {
+        return Workers::skipped(format!("the busy dispatch failed: {e}"));
+    }
+    let cpu: Vec<(i32, u64)> = started.iter().filter_map(|&t| Some((t, cpu_threads::cpu_ns(t)?))).collect();
+    let wall = match cpu_threads::run_busy(device, queue, std::time::Duration::from_millis(10)) {
+        Ok(wall) => wall,
+        Err(e) => return Workers::skipped(format!("the busy dispatch failed: {e}")),
+    };
+    let tids = cpu_threads::busy(&cpu, wall.as_nanos() as u64, 0.3);
+    if tids.is_empty() {
+        return Workers::skipped("no thread ran the busy dispatch for long enough");
+    }
+    let mut workers = Workers::new(tids);
+    if let Err(e) = workers.pin(true) {
+        workers.note = Some(format!("not pinned: {e}"));
+    }
+    workers
+}
+
 fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
 }
@@ -298,6 +341,8 @@ impl Gpu {
 
     /// Opens the first adapter whose name contains `name` (case-insensitive), or the best one.
     pub fn with_adapter(name: Option<&str>) -> Result<Gpu> {
+        // The threads that exist before the driver starts its own (cpu_threads.rs).
+        let threads_before = cpu_threads::tasks();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         if adapters.is_empty() {
@@ -317,10 +362,14 @@ impl Gpu {
             }
             None => adapters.into_iter().next().expect("checked non-empty"),
         };
-        Gpu::from_adapter(adapter, all_adapters)
+        Gpu::from_adapter(adapter, all_adapters, &threads_before)
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, all_adapters: Vec<String>) -> Result<Gpu> {
+    fn from_adapter(
+        adapter: wgpu::Adapter,
+        all_adapters: Vec<String>,
+        threads_before: &std::collections::HashSet<i32>,
+    ) -> Result<Gpu> {
         let ainfo = adapter.get_info();
         let limits = adapter.limits();
         let who = describe(&ainfo);
@@ -405,6 +454,20 @@ impl Gpu {
                 return Err(Error::Unsupported(format!("VLSA_TEXTURE_OPERANDS={v}: use 1 (on) or 0 (off)")));
             }
         };
+        // Worker threads: looked for and pinned on CPU adapters unless VLSA_PIN_THREADS=0.
+        let pin_threads = match std::env::var("VLSA_PIN_THREADS").ok().filter(|s| !s.trim().is_empty()) {
+            None => true,
+            Some(v) if v.trim() == "1" => true,
+            Some(v) if v.trim() == "0" => false,
+            Some(v) => return Err(Error::Unsupported(format!("VLSA_PIN_THREADS={v}: use 1 (on) or 0 (off)"))),
+        };
+        let workers = if info.device_type != "Cpu" {
+            Workers::default()
+        } else if !pin_threads {
+            Workers::skipped("VLSA_PIN_THREADS=0")
+        } else {
+            find_workers(&device, &queue, threads_before)
+        };
         let recorder = Recorder {
             encoder: None,
             pending: 0,
@@ -426,8 +489,29 @@ impl Gpu {
                 kernel_path: AtomicUsize::new(KernelPath::ALL.iter().position(|&p| p == path).unwrap_or(0)),
                 texture_operands: AtomicBool::new(texture_operands),
                 textures: Mutex::default(),
+                workers: Mutex::new(workers),
             }),
         })
+    }
+
+    /// A software adapter's worker threads (lavapipe's, llvmpipe's): how many were found and
+    /// the cores they are pinned to (kernels/src/cpu_threads.rs explains why). Found and pinned
+    /// when the context is created, on CPU adapters on Linux, unless `VLSA_PIN_THREADS=0`.
+    pub fn worker_threads(&self) -> WorkerThreads {
+        let w = lock(&self.inner.workers);
+        let cores = if w.pinned { (0..w.tids.len()).filter_map(|i| w.core_of(i)).collect() } else { Vec::new() };
+        WorkerThreads { found: w.tids.len(), cores, note: w.note.clone() }
+    }
+
+    /// Pins each worker thread found to its own core, or (`on` false) lets them run on any
+    /// core this process may use again; for benches comparing the two. An error where none
+    /// were found or the system refuses.
+    pub fn pin_worker_threads(&self, on: bool) -> Result<()> {
+        let mut w = lock(&self.inner.workers);
+        if w.tids.is_empty() {
+            return Err(Error::Unsupported(format!("no worker threads of {} were found to pin", self.inner.info.name)));
+        }
+        w.pin(on).map_err(|e| Error::Unsupported(format!("setting the worker threads' cores: {e}")))
     }
 
     /// Facts about the adapter.

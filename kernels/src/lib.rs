@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod context;
+mod cpu_threads;
 pub mod error;
 pub mod path;
 pub mod pipeline;
@@ -32,7 +33,7 @@ pub mod softmax;
 pub mod upsample;
 
 pub use buffer::{BufferPool, GpuBuffer, PoolStats};
-pub use context::{grid, Dispatch, Gpu, GpuInfo, OperandTexture, PreparedPipelines, ProfileScope};
+pub use context::{grid, Dispatch, Gpu, GpuInfo, OperandTexture, PreparedPipelines, ProfileScope, WorkerThreads};
 pub use error::{Error, Result};
 pub use path::KernelPath;
 pub use profiler::{DispatchRecord, KernelLabel, KernelSummary, Profile, Timing};
