@@ -3,7 +3,7 @@
 // instead of storage: the streamed rows, the stored score gradient, and the rows of the
 // few-keys forward and of the backward's preparation.
 //
-// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe; matmul_texture.wgsl
+// Why: include/flat_texture.wgsl (a texel load is a gather on lavapipe; matmul_texture.wgsl
 // does the same for the matmul's operands).
 //
 // The launcher (kernels/src/attention.rs; Gpu::texture_operands) copies each buffer a kernel
@@ -24,28 +24,28 @@
 #include "attention_broadcast.wgsl"
 #include "flat_texture.wgsl"
 
-@group(0) @binding(13) var tex_q: texture_2d<f32>;
-@group(0) @binding(14) var tex_k: texture_2d<f32>;
-@group(0) @binding(15) var tex_v: texture_2d<f32>;
-@group(0) @binding(16) var tex_d_out: texture_2d<f32>;
-@group(0) @binding(17) var tex_scores: texture_2d<f32>;
-@group(0) @binding(18) var tex_out: texture_2d<f32>;
+@group(0) @binding(13) var tex_q: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(14) var tex_k: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(15) var tex_v: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(16) var tex_d_out: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(17) var tex_scores: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(18) var tex_out: texture_storage_2d<rgba32float, read>;
 
 fn load_q(i: u32) -> vec4<f32> {
-    return textureLoad(tex_q, flat(i), 0);
+    return textureLoad(tex_q, flat(i));
 }
 fn load_k(i: u32) -> vec4<f32> {
-    return textureLoad(tex_k, flat(i), 0);
+    return textureLoad(tex_k, flat(i));
 }
 fn load_v(i: u32) -> vec4<f32> {
-    return textureLoad(tex_v, flat(i), 0);
+    return textureLoad(tex_v, flat(i));
 }
 fn load_d_out(i: u32) -> vec4<f32> {
-    return textureLoad(tex_d_out, flat(i), 0);
+    return textureLoad(tex_d_out, flat(i));
 }
 fn load_scores(i: u32) -> vec4<f32> {
-    return textureLoad(tex_scores, flat(i), 0);
+    return textureLoad(tex_scores, flat(i));
 }
 fn load_out(i: u32) -> vec4<f32> {
-    return textureLoad(tex_out, flat(i), 0);
+    return textureLoad(tex_out, flat(i));
 }

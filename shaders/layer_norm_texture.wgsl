@@ -2,7 +2,7 @@
 // bindings and entry point names as layer_norm.wgsl) with the rows of the vec4 kernels
 // (forward_rows4, backward_rows4, backward_params4) fetched from textures.
 //
-// Why: include/flat_texture.wgsl (a texel fetch is a gather on lavapipe). The launcher
+// Why: include/flat_texture.wgsl (a texel load is a gather on lavapipe). The launcher
 // (kernels/src/layer_norm.rs; Gpu::texture_operands) copies x, dy and dx_in into flat
 // rgba32float textures (OperandTexture::flat: vec4 i is texel (i % 1024, i / 1024)) and binds
 // the ones the entry point reads, in binding order. Same indices as the storage loads, so the
@@ -12,16 +12,16 @@
 #include "workgroup_reduce.wgsl"
 #include "flat_texture.wgsl"
 
-@group(0) @binding(8) var x_tex: texture_2d<f32>;
-@group(0) @binding(9) var dy_tex: texture_2d<f32>;
-@group(0) @binding(10) var dx_in_tex: texture_2d<f32>;
+@group(0) @binding(8) var x_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(9) var dy_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(10) var dx_in_tex: texture_storage_2d<rgba32float, read>;
 
 fn load_x4(i: u32) -> vec4<f32> {
-    return textureLoad(x_tex, flat(i), 0);
+    return textureLoad(x_tex, flat(i));
 }
 fn load_dy4(i: u32) -> vec4<f32> {
-    return textureLoad(dy_tex, flat(i), 0);
+    return textureLoad(dy_tex, flat(i));
 }
 fn load_dx_in4(i: u32) -> vec4<f32> {
-    return textureLoad(dx_in_tex, flat(i), 0);
+    return textureLoad(dx_in_tex, flat(i));
 }

@@ -6,7 +6,8 @@
 // Why: Mesa 22.3's lavapipe compiles a storage load whose address differs between lanes into a
 // loop that builds the loaded vector one lane at a time through a stack slot, which some CPUs
 // pay a store-forwarding stall for on every lane (12x the cost of a gather on an AMD EPYC of
-// family 25 model 1), while a texel fetch is compiled as a gather. The launcher
+// family 25 model 1), while a texel load is compiled as a gather (read-only storage textures:
+// include/flat_texture.wgsl says why not sampled ones). The launcher
 // (kernels/src/matmul.rs, `plan`; Gpu::texture_operands) copies each operand into an rgba32float texture
 // whose rows are the operand's rows as stored (its contiguous axis, 4 floats per texel; batch
 // elements stacked downwards), then runs these entry points. Texel (x, y) of A's texture is
@@ -24,11 +25,11 @@
 
 #include "flat_texture.wgsl"
 
-@group(0) @binding(10) var ta_tex: texture_2d<f32>;
-@group(0) @binding(11) var tb_tex: texture_2d<f32>;
+@group(0) @binding(10) var ta_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(11) var tb_tex: texture_storage_2d<rgba32float, read>;
 // An accumulating product's output as it was before the launch, as a flat texture (texel
 // flat(o) is out4[o]); a placeholder that is never read when the product does not accumulate.
-@group(0) @binding(12) var old_out_tex: texture_2d<f32>;
+@group(0) @binding(12) var old_out_tex: texture_storage_2d<rgba32float, read>;
 
 // The old output that an accumulating product adds onto (matmul_core.wgsl's epilogue4). From
 // a texture for the reason A and B are (include/flat_texture.wgsl): read from storage, the old
@@ -36,15 +37,15 @@
 // 512 x 128 with a bias: 11.3 ms accumulating against 8.7 ms plain; 8.9 ms with this texture,
 // copy included; AMD EPYC family 25 model 1, 2026-12-04).
 fn old_out4(o: u32) -> vec4<f32> {
-    return textureLoad(old_out_tex, flat(o), 0);
+    return textureLoad(old_out_tex, flat(o));
 }
 
 fn a_texel(x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(ta_tex, vec2<u32>(x, y), 0);
+    return textureLoad(ta_tex, vec2<u32>(x, y));
 }
 
 fn b_texel(x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(tb_tex, vec2<u32>(x, y), 0);
+    return textureLoad(tb_tex, vec2<u32>(x, y));
 }
 
 // A[row, k..k+4] of a non-transposed A (row clamped at M - 1).

@@ -1063,6 +1063,7 @@ fn info() -> CliResult {
     outln!("  max_buffer_size                      {} MiB", l.max_buffer_size >> 20);
     outln!("  max_storage_buffer_binding_size      {} MiB", l.max_storage_buffer_binding_size >> 20);
     outln!("  max_storage_buffers_per_shader_stage {}", l.max_storage_buffers_per_shader_stage);
+    outln!("  max_storage_textures_per_shader_stage {}", l.max_storage_textures_per_shader_stage);
     outln!("  max_compute_invocations_per_workgroup {}", l.max_compute_invocations_per_workgroup);
     outln!("  max_compute_workgroup_storage_size   {} KiB", l.max_compute_workgroup_storage_size >> 10);
     outln!("  max_compute_workgroups_per_dimension {}", l.max_compute_workgroups_per_dimension);

@@ -44,6 +44,9 @@ const PARAM_BLOCK: u64 = 64 * 1024;
 const MIN_STORAGE_BUFFERS: u32 = 7;
 const MIN_INVOCATIONS: u32 = 256;
 const MIN_WORKGROUP_MEMORY: u32 = 16 * 1024;
+/// Read-only storage textures the texture-operand kernels bind at most (the attention's six
+/// streamed operands); an adapter with fewer runs without texture operands.
+pub const OPERAND_TEXTURES_MAX: u32 = 6;
 
 /// Facts about the adapter in use, for `vlsa info` and for reports.
 #[derive(Debug, Clone)]
@@ -446,8 +449,14 @@ impl Gpu {
             )));
         }
         // Texture operands: on CPU adapters with subgroups (lavapipe) unless VLSA_TEXTURE_OPERANDS=0.
+        let texture_slots = info.limits.max_storage_textures_per_shader_stage;
         let texture_operands = match std::env::var("VLSA_TEXTURE_OPERANDS").ok().filter(|s| !s.trim().is_empty()) {
-            None => info.device_type == "Cpu" && info.subgroups,
+            None => info.device_type == "Cpu" && info.subgroups && texture_slots >= OPERAND_TEXTURES_MAX,
+            Some(v) if v.trim() == "1" && texture_slots < OPERAND_TEXTURES_MAX => {
+                return Err(Error::Unsupported(format!(
+                    "VLSA_TEXTURE_OPERANDS=1, but {who} allows {texture_slots} storage textures per shader stage and texture operands need {OPERAND_TEXTURES_MAX}"
+                )));
+            }
             Some(v) if v.trim() == "1" => true,
             Some(v) if v.trim() == "0" => false,
             Some(v) => {
@@ -545,7 +554,7 @@ impl Gpu {
 
     /// Whether the matmul's subgroup kernels read their operands from textures where the shape
     /// allows ([`crate::matmul::plan`]): on by default on CPU adapters with
-    /// subgroups (lavapipe, where a texel fetch is a gather and a per-lane storage load is not),
+    /// subgroups (lavapipe, where a texel load is a gather and a per-lane storage load is not),
     /// off elsewhere; `VLSA_TEXTURE_OPERANDS=0|1` when the context is created, or
     /// [`Gpu::set_texture_operands`].
     pub fn texture_operands(&self) -> bool {
@@ -553,6 +562,8 @@ impl Gpu {
     }
 
     /// Turns texture operands on or off (for tests and benches: both give the same products).
+    /// An adapter with fewer than [`OPERAND_TEXTURES_MAX`] storage textures per shader stage
+    /// then fails at the first launch that binds more.
     pub fn set_texture_operands(&self, on: bool) {
         self.inner.texture_operands.store(on, Ordering::Relaxed);
     }
@@ -661,7 +672,8 @@ impl Gpu {
         Ok(texture.create_view(&Default::default()))
     }
 
-    /// An rgba32float texture that shaders read with `textureLoad` and copies fill.
+    /// An rgba32float texture that shaders read with `textureLoad` (as a read-only storage
+    /// texture) and copies fill.
     fn rgba32_texture(&self, label: &'static str, size: wgpu::Extent3d) -> wgpu::Texture {
         self.device().create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
@@ -670,7 +682,9 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         })
     }
@@ -1117,7 +1131,7 @@ impl Gpu {
         let mut next_texture = textures.iter();
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
-                BindingKind::Texture => {
+                BindingKind::Texture | BindingKind::StorageTexture => {
                     let view = next_texture.next().ok_or_else(|| {
                         Error::Shape(format!(
                             "{} reads {} textures or more but was given {}",

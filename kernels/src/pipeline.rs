@@ -172,9 +172,12 @@ pub enum BindingKind {
     StorageRead,
     /// `var<storage, read_write>`.
     StorageReadWrite,
-    /// `var NAME: texture_2d<f32>`: a texture read with `textureLoad` (the matmul's texture
-    /// operands), bound from the launch's texture views in binding order.
+    /// `var NAME: texture_2d<f32>`: a sampled texture read with `textureLoad`, bound from the
+    /// launch's texture views in binding order. No shader of vlsa's declares one today.
     Texture,
+    /// `var NAME: texture_storage_2d<rgba32float, read>`: a read-only storage texture, bound the
+    /// same way: the texture operands (shaders/include/flat_texture.wgsl says why not sampled).
+    StorageTexture,
 }
 
 /// A compiled entry point and the bindings it uses (sorted by binding number).
@@ -245,6 +248,14 @@ fn entry_bindings(
                 BindingKind::StorageReadWrite
             }
             naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
+            naga::AddressSpace::Handle
+                if matches!(
+                    module.types[var.ty].inner,
+                    naga::TypeInner::Image { class: naga::ImageClass::Storage { .. }, .. }
+                ) =>
+            {
+                BindingKind::StorageTexture
+            }
             naga::AddressSpace::Handle if matches!(module.types[var.ty].inner, naga::TypeInner::Image { .. }) => {
                 BindingKind::Texture
             }
@@ -392,6 +403,11 @@ impl PipelineCache {
                         sample_type: wgpu::TextureSampleType::Float { filterable: false },
                         view_dimension: wgpu::TextureViewDimension::D2,
                         multisampled: false,
+                    },
+                    BindingKind::StorageTexture => wgpu::BindingType::StorageTexture {
+                        access: wgpu::StorageTextureAccess::ReadOnly,
+                        format: wgpu::TextureFormat::Rgba32Float,
+                        view_dimension: wgpu::TextureViewDimension::D2,
                     },
                     buffer => wgpu::BindingType::Buffer {
                         ty: match buffer {
