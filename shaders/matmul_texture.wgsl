@@ -120,26 +120,36 @@ fn sg_load_b(s: ptr<function, Share>, tb: bool, base: u32, k: u32, col0: u32, la
     (*s)[3] = vec4<f32>(v0.w, v1.w, v2.w, v3.w);
 }
 
+// 32-column blocks (subgroup_block: 8 lanes x 8 rows x 32 columns), where the storage kernels
+// take 64 columns for most N. Once the loads are texel loads, what limits the block is the size
+// of its loop: the 64-column step is about 50 KB of lavapipe's machine code, beyond the 32 KiB
+// first-level instruction cache of most x86 cores (AMD Zen 2-5, recent Intel), the 32-column
+// step about half. Measured on an AMD EPYC of family 25 model 1 (32 KiB L1i), 2026-12-05,
+// fastest of 25 products each: 2056 x 192 x 192 3.20 against 3.48 ms, 2056 x 768 x 192 13.0
+// against 14.1 ms, 2056 x 192 x 768 12.1 against 12.9 ms, 2048 x 128 x 128 1.53 against 1.66
+// ms; the default model's matmul time per training step 665-675 against 685-923 ms (vlsa
+// profile model, three runs alternating). A core with a 64 KiB L1i (the Xeon of family 6 model
+// 167 of docs/performance-log.md) may favour 64 columns; that is not measured.
 @compute @workgroup_size(8)
-fn texture_wide_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn texture_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     p = params;
-    subgroup_wide_block(wid, lane, false, false);
+    subgroup_block(wid, lane, false, false);
 }
 
 @compute @workgroup_size(8)
-fn texture_wide_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn texture_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     p = params;
-    subgroup_wide_block(wid, lane, false, true);
+    subgroup_block(wid, lane, false, true);
 }
 
 @compute @workgroup_size(8)
-fn texture_wide_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn texture_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     p = params;
-    subgroup_wide_block(wid, lane, true, false);
+    subgroup_block(wid, lane, true, false);
 }
 
 @compute @workgroup_size(8)
-fn texture_wide_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn texture_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     p = params;
-    subgroup_wide_block(wid, lane, true, true);
+    subgroup_block(wid, lane, true, true);
 }

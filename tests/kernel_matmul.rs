@@ -360,17 +360,17 @@ fn plans_name_the_entry_points() {
     }
     let sub = plan(gpu, &aligned.trans_a(true), KernelPath::Subgroup);
     if gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8 {
-        // 64-column blocks where they pad N no more than 32-column ones: 1024 and 192 (none),
-        // 100 (to 128 either way); 32-column blocks for N = 32 and the 260 keys (288, not 320).
-        // The 64-column blocks read textures where the operands fit them (64 keys per row here).
-        let wide = if gpu.texture_operands() { "texture_wide" } else { "subgroup_wide" };
-        assert_eq!((sub.entry, sub.cols), (format!("{wide}_tn").as_str(), 64));
-        for (n, entry) in [
-            (192, format!("{wide}_nt")),
-            (100, format!("{wide}_nt")),
-            (32, "subgroup_nt".into()),
-            (260, "subgroup_nt".into()),
-        ] {
+        // From storage: 64-column blocks where they pad N no more than 32-column ones: 1024 and
+        // 192 (none), 100 (to 128 either way); 32-column blocks for N = 32 and the 260 keys (288,
+        // not 320). From textures, where the operands fit them (64 keys per row here): 32-column
+        // blocks for every N.
+        let textures = gpu.texture_operands();
+        let (wide, cols) = if textures { ("texture", 32) } else { ("subgroup_wide", 64) };
+        assert_eq!((sub.entry, sub.cols), (format!("{wide}_tn").as_str(), cols));
+        let narrow = if textures { "texture_nt" } else { "subgroup_nt" };
+        for (n, entry) in
+            [(192, format!("{wide}_nt")), (100, format!("{wide}_nt")), (32, narrow.into()), (260, narrow.into())]
+        {
             assert_eq!(
                 plan(gpu, &Matmul::new(24, 257, n, 64).trans_b(true), KernelPath::Subgroup).entry,
                 entry,
@@ -583,7 +583,7 @@ fn texture_operands_are_safe_across_threads() {
     }
     gpu.set_texture_operands(true);
     let op = Matmul::new(1, 128, 64, 64);
-    assert_eq!(plan(&gpu, &op, KernelPath::Subgroup).entry, "texture_wide_nn");
+    assert_eq!(plan(&gpu, &op, KernelPath::Subgroup).entry, "texture_nn");
     std::thread::scope(|scope| {
         for t in 0..4u64 {
             let gpu = gpu.clone();

@@ -537,8 +537,11 @@ impl MatmulPlan {
 /// The kernel [`matmul_with`] runs for `op` on `path` on this adapter.
 ///
 /// - subgroup: needs subgroups whose smallest size is at least 8 (the workgroup of 8 must be
-///   one subgroup), else the register kernels run. 64 x 64 blocks (`subgroup_wide_*`) where
-///   64-column blocks pad N no more than 32-column ones (N = 64, 192, 768), else 64 x 32.
+///   one subgroup), else the register kernels run. With texture operands (lavapipe's default)
+///   and operands whose stored rows fit a texture, 64 x 32 blocks reading textures
+///   (`texture_*`, shaders/matmul_texture.wgsl says why 32 columns); otherwise 64 x 64 blocks
+///   (`subgroup_wide_*`) where 64-column blocks pad N no more than 32-column ones (N = 64, 192,
+///   768), else 64 x 32.
 /// - tiled: needs 256 invocations and 8 KiB of workgroup memory, else the register kernels run.
 ///   Tile table: 128 x 128 for aligned outputs of at least 128 tiles of that size (enough
 ///   workgroups to fill a large GPU), 64 x 64 for other aligned shapes, the scalar 64 x 64
@@ -569,11 +572,9 @@ pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
     let wide = op.n.div_ceil(SUBGROUP_WIDE_COLS) * SUBGROUP_WIDE_COLS == op.n.div_ceil(SUBGROUP_COLS) * SUBGROUP_COLS;
     let one = |entry: &'static str, rows: usize, cols: usize| MatmulPlan { path, entry, rows, cols, splits: 1 };
     match path {
-        KernelPath::Subgroup if aligned && wide && gpu.texture_operands() && op.textures_fit(gpu) => one(
-            ["texture_wide_nn", "texture_wide_nt", "texture_wide_tn", "texture_wide_tt"][layout],
-            SUBGROUP_ROWS,
-            SUBGROUP_WIDE_COLS,
-        ),
+        KernelPath::Subgroup if aligned && gpu.texture_operands() && op.textures_fit(gpu) => {
+            one(["texture_nn", "texture_nt", "texture_tn", "texture_tt"][layout], SUBGROUP_ROWS, SUBGROUP_COLS)
+        }
         KernelPath::Subgroup if aligned && wide => one(
             ["subgroup_wide_nn", "subgroup_wide_nt", "subgroup_wide_tn", "subgroup_wide_tt"][layout],
             SUBGROUP_ROWS,
