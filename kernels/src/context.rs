@@ -324,7 +324,7 @@ fn find_workers(device: &wgpu::Device, queue: &wgpu::Queue, before: &std::collec
     }
     let mut workers = Workers::new(tids);
     if let Err(e) = workers.pin(true) {
-        workers.note = Some(format!("not pinned: {e}"));
+        workers.note = Some(format!("setting their cores failed: {e}"));
     }
     workers
 }
@@ -682,9 +682,7 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING
-                | wgpu::TextureUsages::STORAGE_BINDING
-                | wgpu::TextureUsages::COPY_DST,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         })
     }
