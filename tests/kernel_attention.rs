@@ -660,7 +660,7 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
         if s.kv_batch == s.batch && !s.causal {
             backwards.push(BackwardPath::Scores);
         }
-        for backward in backwards {
+        for (round, backward) in backwards.into_iter().enumerate() {
             let mut runs = Vec::new();
             for textures in [true, false] {
                 gpu.set_texture_operands(textures);
@@ -684,11 +684,13 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
                     .iter()
                     .filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL)
                     .count();
-                // The forward's k and v (the few-keys forward's q, k and v), then d_out and out
-                // for the backward's preparation and two textures each for dk/dv and dq (k and
-                // v, or k and the stored score gradient).
-                let forward = if s.kv_len <= attention::FEW_KEYS { 3 } else { 2 };
-                let want = if textures { forward + 6 } else { 0 };
+                // Each buffer read from a texture is copied once, whichever kernel and operand
+                // slot reads it first (nothing writes it in between): q, k, v and d_out in the
+                // first backward's run (the second finds them in their textures), out (a new
+                // buffer in each run) and the stored score gradient where the backward stores it.
+                let inputs = if round == 0 { 4 } else { 0 };
+                let stored = usize::from(backward == BackwardPath::Scores);
+                let want = if textures { inputs + 1 + stored } else { 0 };
                 assert_eq!(
                     copies, want,
                     "{s:?} {backward:?}, textures {textures}: {copies} texture copies, want {want}"

@@ -427,3 +427,41 @@ fn operand_textures_are_copied_again_after_every_kind_of_write() {
     assert_eq!(got, 1, "a new buffer in a's place: texture copies");
     assert_eq!(gpu.download(&out).unwrap(), expect(&av), "a new buffer: result");
 }
+
+#[test]
+fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
+    // A texture holding a buffer's current contents serves any later launch and operand slot
+    // that reads them; a size keeps a bounded number of textures (24), so after many other
+    // buffers of that size the oldest is copied again. Every result follows its buffer.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    if !gpu.texture_operands() {
+        return; // the storage kernels read every operand directly (llvmpipe GL)
+    }
+    let (rows, c) = (70usize, 192usize);
+    let n = rows * c;
+    let mut rng = Rng::new(91);
+    let biasv = rng.vec(c);
+    let bias = gpu.upload(&biasv).unwrap();
+    let out = gpu.alloc(n).unwrap();
+    let shape = BiasAct { op: UnaryOp::Relu, rows, c };
+    let inputs: Vec<Vec<f32>> = (0..30).map(|_| rng.vec(n)).collect();
+    let buffers: Vec<_> = inputs.iter().map(|v| gpu.upload(v).unwrap()).collect();
+    let expect = |x: &[f32]| -> Vec<f32> { (0..n).map(|i| (x[i] + biasv[i % c]).max(0.0)).collect() };
+    let run = |i: usize, copies: usize, what: &str| {
+        let got = texture_copies(&gpu, || elementwise::bias_act(&gpu, &buffers[i], &bias, &out, &shape).unwrap());
+        assert_eq!(got, copies, "{what}: texture copies");
+        assert_eq!(gpu.download(&out).unwrap(), expect(&inputs[i]), "{what}: result");
+    };
+    // Read as the third operand first (slot 2 of bias_residual), then as the input (slot 0).
+    let third_out = gpu.alloc(n).unwrap();
+    let copies = texture_copies(&gpu, || {
+        elementwise::bias_residual(&gpu, &buffers[1], &bias, &buffers[0], &third_out, rows, c).unwrap()
+    });
+    assert_eq!(copies, 3, "bias_residual: its input, the bias and the third operand");
+    run(0, 0, "the third operand read again as an input");
+    for i in 2..30 {
+        run(i, 1, &format!("input {i}"));
+    }
+    run(29, 0, "the newest input again");
+    run(0, 1, "the oldest input again, after 28 others of its size");
+}

@@ -222,9 +222,8 @@ struct GpuInner {
     kernel_path: AtomicUsize,
     /// Whether the matmul reads its operands from textures where it can ([`Gpu::texture_operands`]).
     texture_operands: AtomicBool,
-    /// Scratch textures of [`Gpu::dispatch_with_operand_textures`], by (slot, width, height), reused
-    /// (slot `usize::MAX`: the placeholder).
-    textures: Mutex<HashMap<(usize, u32, u32), ScratchTexture>>,
+    /// Scratch textures of [`Gpu::dispatch_with_operand_textures`] and what they hold.
+    textures: Mutex<TextureCache>,
     /// A software adapter's worker threads ([`Gpu::worker_threads`]).
     workers: Mutex<Workers>,
 }
@@ -246,7 +245,37 @@ pub struct WorkerThreads {
 struct ScratchTexture {
     texture: wgpu::Texture,
     holds: Option<(Contents, usize)>,
+    /// The launch that last used it ([`TextureCache::launches`]).
+    used: u64,
 }
+
+/// Scratch textures for operand copies, by size (width, height in texels), kept for the
+/// context's life. An operand whose contents a texture of its size holds is not copied again,
+/// whichever launch or slot copied it (the weights between a forward and its backward, an
+/// activation read as A by one product and as B by another). Otherwise it is copied into a new
+/// texture while the size has fewer than [`TEXTURES_PER_SIZE`] and all of them stay within
+/// [`TEXTURE_BUDGET`] bytes, else into the one of its size used longest ago; never into one that
+/// an earlier operand of the same launch took.
+#[derive(Default)]
+struct TextureCache {
+    by_size: HashMap<(u32, u32), Vec<ScratchTexture>>,
+    /// The one-texel texture bound where a launch reads nothing.
+    placeholder: Option<wgpu::Texture>,
+    /// Bytes of all scratch textures.
+    bytes: u64,
+    /// Launches that asked for operand textures so far: each launch's number marks what it uses.
+    launches: u64,
+}
+
+/// Most scratch textures of one size.
+const TEXTURES_PER_SIZE: usize = 24;
+
+/// Most bytes of scratch textures before copies reuse the oldest of a size rather than add one
+/// (they live in system memory on the CPU adapters that use them). A default-config training
+/// step at batch 8 copies 301 operands with 128 MiB, 353 with 64 MiB, 277 with 384 MiB (then
+/// full) and copied 429 with one texture per operand slot and size (AMD EPYC family 25 model 1,
+/// 2026-12-05, `vlsa profile model --batch 8 --backward`).
+const TEXTURE_BUDGET: u64 = 128 << 20;
 
 thread_local! {
     /// While [`Gpu::prepare_pipelines`] rehearses its closure on this thread: which GPU (its
@@ -575,7 +604,7 @@ impl Gpu {
     fn operand_texture(
         &self,
         r: &mut Recorder,
-        slot: usize,
+        launch: u64,
         operand: &OperandTexture<'_>,
     ) -> Result<wgpu::TextureView> {
         let OperandTexture { src, row_floats, rows, len } = *operand;
@@ -596,16 +625,34 @@ impl Gpu {
         // is now: no write into the buffer has been recorded since the copy that filled it (the
         // weights between a forward and its backward, an input that several products read).
         let wanted = (src.contents(), len);
-        let mut textures = lock(&self.inner.textures);
-        let scratch = textures.entry((slot, size.width, size.height)).or_insert_with(|| ScratchTexture {
-            texture: self.rgba32_texture("vlsa operand texture", size),
-            holds: None,
-        });
-        if scratch.holds == Some(wanted) {
-            return Ok(scratch.texture.create_view(&Default::default()));
+        let mut cache = lock(&self.inner.textures);
+        let TextureCache { by_size, bytes, .. } = &mut *cache;
+        let same_size = by_size.entry((size.width, size.height)).or_default();
+        if let Some(hit) = same_size.iter_mut().find(|t| t.holds == Some(wanted)) {
+            hit.used = launch;
+            return Ok(hit.texture.create_view(&Default::default()));
         }
-        let texture = scratch.texture.clone();
-        drop(textures);
+        let texture_bytes = 16 * u64::from(size.width) * u64::from(size.height);
+        let oldest = same_size.iter().enumerate().filter(|(_, t)| t.used != launch).min_by_key(|(_, t)| t.used);
+        let room = same_size.len() < TEXTURES_PER_SIZE && *bytes + texture_bytes <= TEXTURE_BUDGET;
+        let index = match oldest {
+            Some((i, _)) if !room => i,
+            _ => {
+                same_size.push(ScratchTexture {
+                    texture: self.rgba32_texture("vlsa operand texture", size),
+                    holds: None,
+                    used: launch,
+                });
+                *bytes += texture_bytes;
+                same_size.len() - 1
+            }
+        };
+        let target = &mut same_size[index];
+        // It holds nothing it can be trusted for until the copy below is recorded.
+        target.holds = None;
+        target.used = launch;
+        let texture = target.texture.clone();
+        drop(cache);
         // Profiled like a launch (`texture_copy`): with timestamps, between an empty
         // pass that writes the start and one that writes the end.
         let label = KernelLabel {
@@ -665,7 +712,13 @@ impl Gpu {
             );
         }
         mark(enc, None, query.map(|q| q + 1));
-        if let Some(scratch) = lock(&self.inner.textures).get_mut(&(slot, size.width, size.height)) {
+        // The same texture, unless another launch took it meanwhile (it is recorded under the
+        // recorder's lock, which this launch holds, so none can).
+        if let Some(scratch) = lock(&self.inner.textures)
+            .by_size
+            .get_mut(&(size.width, size.height))
+            .and_then(|v| v.iter_mut().find(|t| t.texture == texture))
+        {
             scratch.holds = Some(wanted);
         }
         self.end_timing(r, timing, label)?;
@@ -691,8 +744,8 @@ impl Gpu {
     fn placeholder_texture(&self) -> wgpu::TextureView {
         let size = wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 };
         lock(&self.inner.textures)
-            .entry((usize::MAX, 1, 1))
-            .or_insert_with(|| {
+            .placeholder
+            .get_or_insert_with(|| {
                 let texture = self.rgba32_texture("vlsa placeholder texture", size);
                 // Written once here. Left uninitialized (and without COPY_DST), it put lavapipe's
                 // timestamps out of step: a profiled training step showed every kernel but the
@@ -703,9 +756,8 @@ impl Gpu {
                     wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(16), rows_per_image: None },
                     size,
                 );
-                ScratchTexture { texture, holds: None }
+                texture
             })
-            .texture
             .create_view(&Default::default())
     }
 
@@ -1030,9 +1082,14 @@ impl Gpu {
         let kernel = self.inner.pipelines.get(self.device(), d.shader, d.entry, constants)?;
         let mut r = lock(&self.inner.recorder);
         let mut views = Vec::with_capacity(operands.len());
-        for (slot, operand) in operands.iter().enumerate() {
+        let launch = {
+            let mut cache = lock(&self.inner.textures);
+            cache.launches += 1;
+            cache.launches
+        };
+        for operand in operands {
             views.push(match operand {
-                Some(operand) => self.operand_texture(&mut r, slot, operand)?,
+                Some(operand) => self.operand_texture(&mut r, launch, operand)?,
                 None => self.placeholder_texture(),
             });
         }
