@@ -3,8 +3,7 @@
 //! Lavapipe and llvmpipe run every dispatch on a pool of worker threads, one per core, that
 //! sleep between dispatches and are woken for the next one. On Linux the scheduler often wakes
 //! two of them on the same core while another core sits idle; they then share that core, taking
-//! turns at its 4 ms tick, until the load balancer moves one (it leaves a thread that ran a
-//! moment ago where it is). Measured with `perf sched timehist` during training steps of the
+//! turns at its 4 ms tick, until the load balancer moves one. Measured with `perf sched timehist` during training steps of the
 //! default model (2-core AMD EPYC, family 25 model 1, lavapipe, 2026-12-05): both workers on
 //! core 0 in stretches of 3-4 ms while core 1 idled, the cores idle 14 % and 28 % of the time,
 //! each worker ran 76 % of the time. With each worker pinned to its own core the same steps ran
@@ -44,13 +43,14 @@ pub(crate) fn busy(before: &[(i32, u64)], wall_ns: u64, share: f64) -> Vec<i32> 
 
 #[cfg(target_os = "linux")]
 mod affinity {
-    /// The cores this process may run on (the calling thread's affinity mask).
+    /// The cores this process may run on (its main thread's affinity mask, which `taskset` and
+    /// cpusets set for the whole process).
     pub(crate) fn allowed_cores() -> Vec<usize> {
         // SAFETY: cpu_set_t is plain data, zeroed is a valid empty set, and the size passed is
         // the set's own.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            if libc::sched_getaffinity(libc::getpid(), std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
                 return Vec::new();
             }
             (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
