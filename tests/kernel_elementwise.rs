@@ -380,6 +380,11 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
     }
 }
 
+/// relu(x + bias) per row of x, the bias as long as a row: what `bias_act` with Relu gives.
+fn relu_plus_bias(x: &[f32], bias: &[f32]) -> Vec<f32> {
+    x.iter().enumerate().map(|(i, v)| (v + bias[i % bias.len()]).max(0.0)).collect()
+}
+
 #[test]
 fn operand_textures_are_copied_again_after_every_kind_of_write() {
     // A launch skips the copy of an operand whose texture already holds it; any write recorded
@@ -398,7 +403,7 @@ fn operand_textures_are_copied_again_after_every_kind_of_write() {
     let src = gpu.upload(&other).unwrap();
     let out = gpu.alloc(n).unwrap();
     let shape = BiasAct { op: UnaryOp::Relu, rows, c };
-    let expect = |x: &[f32]| -> Vec<f32> { (0..n).map(|i| (x[i] + biasv[i % c]).max(0.0)).collect() };
+    let expect = |x: &[f32]| relu_plus_bias(x, &biasv);
     let run = |what: &str, copies: usize, x: &[f32]| {
         let got = texture_copies(&gpu, || elementwise::bias_act(&gpu, &a, &bias, &out, &shape).unwrap());
         assert_eq!(got, copies, "{what}: texture copies");
@@ -446,7 +451,7 @@ fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
     let shape = BiasAct { op: UnaryOp::Relu, rows, c };
     let inputs: Vec<Vec<f32>> = (0..30).map(|_| rng.vec(n)).collect();
     let buffers: Vec<_> = inputs.iter().map(|v| gpu.upload(v).unwrap()).collect();
-    let expect = |x: &[f32]| -> Vec<f32> { (0..n).map(|i| (x[i] + biasv[i % c]).max(0.0)).collect() };
+    let expect = |x: &[f32]| relu_plus_bias(x, &biasv);
     let run = |i: usize, copies: usize, what: &str| {
         let got = texture_copies(&gpu, || elementwise::bias_act(&gpu, &buffers[i], &bias, &out, &shape).unwrap());
         assert_eq!(got, copies, "{what}: texture copies");

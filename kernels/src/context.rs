@@ -338,13 +338,11 @@ fn find_workers(device: &wgpu::Device, queue: &wgpu::Queue, before: &std::collec
     if started.is_empty() {
         return Workers::skipped("the driver started no threads that could be told apart");
     }
-    // The first dispatch compiles the kernel (lavapipe compiles at first use); not timed.
-    if let Err(e) = cpu_threads::run_busy(device, queue, std::time::Duration::ZERO) {
-        return Workers::skipped(format!("the busy dispatch failed: {e}"));
-    }
-    let cpu: Vec<(i32, u64)> = started.iter().filter_map(|&t| Some((t, cpu_threads::cpu_ns(t)?))).collect();
-    let wall = match cpu_threads::run_busy(device, queue, std::time::Duration::from_millis(10)) {
-        Ok(wall) => wall,
+    // CPU times read after the untimed first dispatch (which compiles the kernel).
+    let snapshot =
+        || -> Vec<(i32, u64)> { started.iter().filter_map(|&t| Some((t, cpu_threads::cpu_ns(t)?))).collect() };
+    let (cpu, wall) = match cpu_threads::run_busy(device, queue, std::time::Duration::from_millis(10), snapshot) {
+        Ok(measured) => measured,
         Err(e) => return Workers::skipped(format!("the busy dispatch failed: {e}")),
     };
     let tids = cpu_threads::busy(&cpu, wall.as_nanos() as u64, 0.3);

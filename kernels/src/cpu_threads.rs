@@ -136,14 +136,17 @@ const BUSY_WORKGROUPS: u32 = 128;
 /// Multiply-adds per invocation per busy dispatch: about 5 ms on two lavapipe cores.
 const BUSY_ITERS: u32 = 2048;
 
-/// Runs the busy kernel (shaders/busy.wgsl) on `device` until at least `min_wall` has passed,
-/// waiting for each dispatch; returns the time taken. Raw wgpu, apart from the context's
-/// launcher: no pipeline cache entry, pool buffer, dispatch count or profile record is left.
-pub(crate) fn run_busy(
+/// Runs the busy kernel (shaders/busy.wgsl) on `device` once untimed (lavapipe compiles a
+/// kernel at its first dispatch), then calls `before` and runs it again until at least
+/// `min_wall` has passed, waiting for each dispatch; returns what `before` returned and the
+/// time the timed runs took. Raw wgpu, apart from the context's launcher: no pipeline cache
+/// entry, pool buffer, dispatch count or profile record is left.
+pub(crate) fn run_busy<T>(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     min_wall: std::time::Duration,
-) -> std::result::Result<std::time::Duration, String> {
+    before: impl FnOnce() -> T,
+) -> std::result::Result<(T, std::time::Duration), String> {
     use wgpu::util::DeviceExt;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -196,6 +199,8 @@ pub(crate) fn run_busy(
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
+    once()?;
+    let taken = before();
     let start = std::time::Instant::now();
     for _ in 0..64 {
         once()?;
@@ -203,7 +208,7 @@ pub(crate) fn run_busy(
             break;
         }
     }
-    Ok(start.elapsed())
+    Ok((taken, start.elapsed()))
 }
 
 #[cfg(all(test, target_os = "linux"))]
