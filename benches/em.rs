@@ -1,6 +1,7 @@
 //! EM Aggregation: FLOP/s of the forward loop, of its unrolled backward, of the E-step,
-//! M-step and reconstruction kernels alone, and of one iteration in seven dispatches (CPU paths)
-//! and in two (the GPU path's em_fused.wgsl), at the default model's sizes (N=256, C=128, M=16,
+//! M-step and reconstruction kernels alone, and of one iteration in four dispatches (the CPU
+//! paths' E-step softmax and one-pass M-step), in seven (the step kernels) and in two (the GPU
+//! path's em_fused.wgsl), at the default model's sizes (N=256, C=128, M=16,
 //! B=1 and 8) and at EMANet's (N=4096, C=256 and 512, M=64), T=3.
 //! An E-step or M-step product is 2*B*N*C*M FLOPs.
 
@@ -59,10 +60,24 @@ fn em(c: &mut Criterion) {
         common::bench_gpu(&mut group, &format!("reconstruct/{tag}"), &gpu, Throughput::Elements(product), || {
             em.reconstruct(&z, &mu, &recon).unwrap();
         });
-        // One iteration (E-step + M-step products) as the seven dispatches of the CPU paths and
-        // as the two passes of the GPU path (em_fused.wgsl), whatever the adapter.
+        // One iteration (E-step + M-step products) as the four dispatches of the CPU paths, as
+        // the seven of the step kernels and as the two passes of the GPU path (em_fused.wgsl),
+        // whatever the adapter.
         let mu_raw = gpu.alloc(s.mu_len()).unwrap();
         let mu_out = gpu.alloc(s.mu_len()).unwrap();
+        common::bench_gpu(&mut group, &format!("m_step_fused/{tag}"), &gpu, Throughput::Elements(product), || {
+            em.m_step_fused(&z, &u, &colsum, &mu_raw, &mu_out).unwrap();
+        });
+        common::bench_gpu(
+            &mut group,
+            &format!("iteration_4_dispatches/{tag}"),
+            &gpu,
+            Throughput::Elements(2 * product),
+            || {
+                em.e_step_softmax(&u, Bases::Shared(&bases), &z).unwrap();
+                em.m_step_fused(&z, &u, &colsum, &mu_raw, &mu_out).unwrap();
+            },
+        );
         common::bench_gpu(
             &mut group,
             &format!("iteration_7_dispatches/{tag}"),

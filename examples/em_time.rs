@@ -50,7 +50,11 @@ fn main() {
     );
     for kernel in ["em_e_step", "em_colsum", "em_m_step", "em_normalize", "em_recon"] {
         // One report row per scope the step ran in (its matmul and fused kernel together).
+        // (The one-pass M-step leaves no em_colsum or em_normalize rows: none printed.)
         let rows: Vec<_> = report.steps.iter().filter(|r| r.kernel == kernel).collect();
+        if rows.is_empty() {
+            continue;
+        }
         let ns: f64 = rows.iter().map(|r| r.time_ns).sum();
         line += &format!(" {kernel}_ms={:.3}", ns / rows.len().max(1) as f64 / 1e6);
     }

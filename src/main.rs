@@ -609,7 +609,8 @@ enum ProfileCommand {
         seed: u64,
         /// How a forward iteration runs: `auto` (the kernel path's choice), `two-pass` (E-step,
         /// column sums, M-step and normalisation in two dispatches: the GPU path's default) or
-        /// `per-step` (seven dispatches: the CPU paths' default).
+        /// `per-step` (four dispatches where M and C are multiples of 4, else seven: the CPU
+        /// paths' default).
         #[arg(long, default_value = "auto")]
         iteration: String,
     },

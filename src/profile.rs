@@ -12,7 +12,10 @@
 //! `matmul`, inside the step's scope, see kernels/src/em.rs), the rest in fused EM kernels. So
 //! `em_e_step` = logits matmul + softmax + per-tile column sums (3 dispatches), `em_m_step` =
 //! the Z^T u matmul split over tokens + the sum of the splits divided by the column sums (2),
-//! `em_normalize` = the L2 normalisation, `em_recon` = the Z mu matmul; in the backward
+//! `em_normalize` = the L2 normalisation, `em_recon` = the Z mu matmul; where M and C are
+//! multiples of 4, `em_e_step` = logits matmul + softmax (2) and `em_m_step` = split matmul +
+//! one pass for the column sums, the splits' sum, the division and the normalisation (2), with
+//! no `em_colsum` or `em_normalize` rows; in the backward
 //! `em_m_step_backward` = 2 matmuls, `em_e_step_backward` = softmax backward + 1 or 2 matmuls
 //! (+ the sum of the splits). On the GPU path (or with `--iteration two-pass`) a forward
 //! iteration is instead `em_fused`: E-step, column sums, M-step and normalisation in two

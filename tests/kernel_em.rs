@@ -428,8 +428,10 @@ fn fd_gradient(u: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 fn unrolled_loop_matches_reference_and_finite_differences() {
     for path in paths() {
         let mut rng = Rng::new(16);
-        for &(b, n, c, m, lambda) in &[(1usize, 7usize, 5usize, 4usize, 1.0f32), (3, 33, 3, 7, 2.0), (1, 70, 5, 3, 1.0)]
-        {
+        // (2, 9, 4, 4): M and C multiples of 4, so the forward's M-step runs in one pass.
+        let shapes =
+            [(1usize, 7usize, 5usize, 4usize, 1.0f32), (3, 33, 3, 7, 2.0), (1, 70, 5, 3, 1.0), (2, 9, 4, 4, 1.5)];
+        for &(b, n, c, m, lambda) in &shapes {
             let s = shape(b, n, c, m, 3, lambda);
             let u = Input::random(&mut rng, &[b, n, c]);
             let bases = Input::float(&[m, c], random_bases(&mut rng, m, c));
@@ -864,4 +866,163 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
         }
         assert_eq!(runs[0], runs[1], "{s}: textures and storage differ");
     }
+}
+
+/// Which output of the one-pass M-step a check reads.
+#[derive(Debug, Clone, Copy)]
+enum FinishOut {
+    Colsum,
+    MuRaw,
+    Mu,
+}
+
+/// The one-pass M-step's outputs (column sums, mu_raw, mu) from `z` and `u`.
+fn m_step_fused(gpu: &Gpu, z: &GpuBuffer, u: &GpuBuffer, s: &EmShape, path: KernelPath) -> Result<[GpuBuffer; 3]> {
+    let (cs, raw, mu) = (gpu.alloc(s.batch * s.bases)?, gpu.alloc(s.mu_len())?, gpu.alloc(s.mu_len())?);
+    launcher(gpu, s, path)?.m_step_fused(z, u, &cs, &raw, &mu)?;
+    Ok([cs, raw, mu])
+}
+
+/// M and C multiples of 4 (what the one-pass M-step needs): one token, N odd and across two
+/// and three tiles of 256 tokens, M from 4 to 64, B 1 to 3; token counts that give 1, 2 and
+/// several token splits of the split product.
+const FINISH_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 1, 4, 4), (3, 7, 8, 4), (2, 300, 12, 16), (1, 129, 36, 64), (2, 513, 4, 8), (1, 4096, 8, 64)];
+
+#[test]
+fn one_pass_m_step_matches_the_reference() {
+    for path in paths() {
+        let mut rng = Rng::new(61);
+        for &(b, n, c, m) in FINISH_SHAPES {
+            let s = shape(b, n, c, m, 1, 1.0);
+            let z = Input::float(&[b, n, m], random_z(&mut rng, b * n, m));
+            let u = Input::random(&mut rng, &[b, n, c]);
+            for which in [FinishOut::Colsum, FinishOut::MuRaw, FinishOut::Mu] {
+                check(Case::new(
+                    format!("[{path}] one-pass m_step {which:?} {s}"),
+                    vec![z.clone(), u.clone()],
+                    move |x| {
+                        let cs = ref_colsum(&x[0], &s);
+                        match which {
+                            FinishOut::Colsum => cs,
+                            FinishOut::MuRaw => ref_ztx(&x[0], &x[1], Some(&cs), &s),
+                            FinishOut::Mu => ref_m_step_normalized(&x[0], &x[1], &cs, &s),
+                        }
+                    },
+                    move |gpu, x| {
+                        let [cs, raw, mu] = m_step_fused(gpu, &x[0], &x[1], &s, path)?;
+                        Ok(match which {
+                            FinishOut::Colsum => cs,
+                            FinishOut::MuRaw => raw,
+                            FinishOut::Mu => mu,
+                        })
+                    },
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn one_pass_m_step_equals_the_four_step_kernels_bit_for_bit() {
+    // m_step_finish4 adds in the order of tile_colsum4 + colsum, reduce_splits and normalize,
+    // so the forward's outputs do not depend on which of the two ways it ran; with texture
+    // operands on and off (a context of its own, so the switch changes no other test), where
+    // the texture module reads Z and the split products from textures.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(62);
+    for path in gpu.kernel_paths() {
+        for &(b, n, c, m) in FINISH_SHAPES {
+            let s = shape(b, n, c, m, 1, 0.8);
+            let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+            let bases = gpu.upload(&random_bases(&mut rng, m, c)).unwrap();
+            let mut runs = Vec::new();
+            for textures in [true, false] {
+                gpu.set_texture_operands(textures);
+                let em = launcher(&gpu, &s, path).unwrap();
+                let z = gpu.alloc(s.z_len()).unwrap();
+                let partial = gpu.alloc(b * n.div_ceil(em::TILE) * m).unwrap();
+                em.e_step(&u, Bases::Shared(&bases), &z, &partial).unwrap();
+                let (cs, raw, mu) =
+                    (gpu.alloc(b * m).unwrap(), gpu.alloc(s.mu_len()).unwrap(), gpu.alloc(s.mu_len()).unwrap());
+                em.colsum(&partial, &cs).unwrap();
+                em.m_step(&z, &u, &cs, &raw).unwrap();
+                em.normalize(&raw, &mu).unwrap();
+                let steps = [&cs, &raw, &mu].map(|x| gpu.download(x).unwrap());
+                let fused = m_step_fused(&gpu, &z, &u, &s, path).unwrap().map(|x| gpu.download(&x).unwrap());
+                for (k, what) in ["column sums", "mu_raw", "mu"].iter().enumerate() {
+                    assert_eq!(fused[k], steps[k], "[{path}] {s}, textures {textures}: {what}, one pass against steps");
+                }
+                runs.push(fused);
+            }
+            assert_eq!(runs[0], runs[1], "[{path}] {s}: textures and storage differ");
+        }
+    }
+    gpu.set_texture_operands(true);
+}
+
+#[test]
+fn the_per_step_forward_runs_the_one_pass_m_step_where_it_can() {
+    // Dispatches per iteration on the CPU paths: logits matmul and softmax (em_e_step), split
+    // matmul and m_step_finish4 (em_m_step) for M and C multiples of 4; otherwise the seven of
+    // the step kernels. Texture copies are not counted (they depend on the adapter).
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(63);
+    for (s, per_iteration) in [
+        (shape(2, 40, 8, 4, 2, 1.0), [("em_e_step", 2), ("em_m_step", 2)].as_slice()),
+        (
+            shape(2, 40, 6, 4, 2, 1.0),
+            [("em_e_step", 3), ("em_colsum", 1), ("em_m_step", 2), ("em_normalize", 1)].as_slice(),
+        ),
+    ] {
+        let em = launcher(&gpu, &s, KernelPath::Registers).unwrap();
+        assert_eq!(em.fuses_m_step(), s.width % 4 == 0, "{s}");
+        let u = gpu.upload(&rng.vec(s.tokens_len())).unwrap();
+        let bases = gpu.upload(&random_bases(&mut rng, s.bases, s.width)).unwrap();
+        gpu.set_profiling(true).unwrap();
+        let fwd = em.forward(&u, &bases, true).unwrap();
+        let profile = gpu.take_profile().unwrap().expect("profiling is on");
+        gpu.set_profiling(false).unwrap();
+        for t in 1..=s.iters {
+            let scope = format!("iter={t}");
+            let launches: Vec<_> = profile
+                .records
+                .iter()
+                .filter(|r| {
+                    r.scopes.first() == Some(&scope) && r.label.kernel != vlsa_kernels::OperandTexture::COPY_KERNEL
+                })
+                .collect();
+            assert_eq!(launches.len(), per_iteration.iter().map(|p| p.1).sum::<usize>(), "{s} {scope}");
+            for &(step, count) in per_iteration {
+                let n = launches.iter().filter(|r| r.scopes.get(1).map(String::as_str) == Some(step)).count();
+                let n = n + launches.iter().filter(|r| r.scopes.len() == 1 && r.label.kernel == step).count();
+                assert_eq!(n, count, "{s} {scope} {step}");
+            }
+        }
+        // What the backward needs is saved either way: it matches the reference loop.
+        let (z_ref, _, _) = ref_loop(&f64s(&gpu.download(&u).unwrap()), &f64s(&gpu.download(&bases).unwrap()), &s);
+        assert_close(&format!("Z_T {s}"), &gpu.download(&fwd.z).unwrap(), &z_ref, 1e-4, 1e-5);
+        let saved = fwd.saved.as_ref().unwrap();
+        assert_eq!((saved.colsum.len(), saved.mu_raw.len(), saved.mu.len()), (2, 2, 1), "{s}");
+    }
+}
+
+#[test]
+fn one_pass_m_step_refuses_shapes_it_cannot_run() {
+    let gpu = common::gpu();
+    for s in [shape(1, 8, 5, 4, 1, 1.0), shape(1, 8, 8, 6, 1, 1.0)] {
+        let em = Em::new(gpu, s).unwrap();
+        assert!(!em.fuses_m_step());
+        let (z, u) = (gpu.alloc(s.z_len()).unwrap(), gpu.alloc(s.tokens_len()).unwrap());
+        let (cs, raw, mu) =
+            (gpu.alloc(s.bases).unwrap(), gpu.alloc(s.mu_len()).unwrap(), gpu.alloc(s.mu_len()).unwrap());
+        let err = em.m_step_fused(&z, &u, &cs, &raw, &mu).expect_err("refused").to_string();
+        assert!(err.contains(&s.to_string()) && err.contains("multiples of 4"), "{err}");
+    }
+    // A short output is named.
+    let s = shape(1, 8, 8, 4, 1, 1.0);
+    let (z, u) = (gpu.alloc(s.z_len()).unwrap(), gpu.alloc(s.tokens_len()).unwrap());
+    let (cs, raw) = (gpu.alloc(s.bases).unwrap(), gpu.alloc(s.mu_len()).unwrap());
+    let err = Em::new(gpu, s).unwrap().m_step_fused(&z, &u, &cs, &raw, &gpu.alloc(3).unwrap()).expect_err("short");
+    assert!(err.to_string().contains("mu has 3 elements"), "{err}");
 }

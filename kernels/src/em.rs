@@ -18,7 +18,10 @@
 //! what a matmul cannot do: the E-step softmax (lambda, in place over the logits), per-tile and
 //! final column sums, the M-step's division by 1e-6 + colsum, the L2 normalisation, and the
 //! backward's normalisation and softmax kernels (the latter also adds
-//! the M-step's per-basis bias gs, which saves a pass over gZ). The Z^T X products have a small
+//! the M-step's per-basis bias gs, which saves a pass over gZ). Where M and C are multiples of
+//! 4 the forward ends each M-step in one pass instead ([`Em::m_step_fused`]: column sums, sum
+//! of the splits, division and normalisation, the same additions in the same order), so a
+//! CPU-path iteration is four dispatches: logits matmul, softmax, split matmul, that pass. The Z^T X products have a small
 //! output [M,C] and a long sum over N, so they run split over tokens (S <= 16 splits, one
 //! matmul of batch B*S, see `Em::splits`) and the pass after them sums the S partials. Accumulating products
 //! (`out = acc + ...`) copy `acc` into `out` and let the matmul accumulate; inside
@@ -41,7 +44,7 @@
 //! What the forward saves for the backward is [`EmSaved`]: per iteration Z_t, the column sums
 //! s_t, the un-normalised mu_raw_t and the normalised mu_t.
 
-use crate::context::{grid, Dispatch, Gpu};
+use crate::context::{grid, Dispatch, Gpu, OperandTexture};
 use crate::matmul::{matmul_with, Matmul};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, KernelPath, Result};
@@ -157,7 +160,8 @@ struct Params {
     count: u32,
     tiles: u32,
     splits: u32,
-    _pad: [u32; 2],
+    z_rows: u32,
+    _pad: u32,
 }
 
 impl Params {
@@ -173,7 +177,8 @@ impl Params {
             count: 0,
             tiles: s.tiles() as u32,
             splits: 1,
-            _pad: [0; 2],
+            z_rows: 0,
+            _pad: 0,
         }
     }
 }
@@ -303,7 +308,9 @@ pub enum Iteration {
     Auto,
     /// Two passes ([`Em::fused_iteration`]), where the grid fits one dispatch.
     TwoPass,
-    /// Seven dispatches: E-step (3), column sums, M-step (2), normalisation.
+    /// Step by step: four dispatches where M and C are multiples of 4 (E-step matmul and
+    /// softmax, M-step split matmul and [`Em::m_step_fused`]'s one pass), else seven (E-step
+    /// (3), column sums, M-step (2), normalisation).
     PerStep,
 }
 
@@ -593,28 +600,13 @@ impl<'a> Em<'a> {
     /// softmax in place and the per-tile column sums.
     pub fn e_step(&self, u: &GpuBuffer, mu: Bases<'_>, z: &GpuBuffer, partial: &GpuBuffer) -> Result<()> {
         let (gpu, s) = (self.gpu, &self.s);
-        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
-        check_mu("mu", mu, s)?;
-        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        self.check_e_step(u, mu, z)?;
         check_len("the partial column sums", partial, s.batch * s.tiles() * s.bases, "[B,ceil(N/256),M]", s)?;
         let _scope = gpu.scope("em_e_step");
-        self.product_xyt(u, mu, false, z)?;
-        // The vec4 forms need M % 4 == 0 (row starts then stay vec4-aligned in every batch).
+        self.logits_softmax(u, mu, z)?;
         let vec4 = s.bases.is_multiple_of(4);
         let p = Params::new(s);
         let parts = s.batch * s.tiles() * s.bases;
-        let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
-        // The vec4 forms read Z from a texture where texture operands are on (em_texture.wgsl).
-        let z_texture = || if vec4 { gpu.flat_operands(&[(z, s.z_len())]) } else { None };
-        let d = Dispatch {
-            shader: &SHADER,
-            entry: if vec4 { "softmax4" } else { "softmax" },
-            params: bytemuck::bytes_of(&p),
-            buffers: &[z, z, z, z, z],
-            workgroups: groups(s.batch * s.tokens),
-            label: l,
-        };
-        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture().as_deref())?;
         let l = label("em_e_step", s, s.z_len() as u64, s.z_len() + parts);
         let (entry, invocations) = if vec4 { ("tile_colsum4", parts / 4) } else { ("tile_colsum", parts) };
         let d = Dispatch {
@@ -625,7 +617,46 @@ impl<'a> Em<'a> {
             workgroups: groups(invocations),
             label: l,
         };
-        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture().as_deref())
+        let z_texture = if vec4 { gpu.flat_operands(&[(z, s.z_len())]) } else { None };
+        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture.as_deref())
+    }
+
+    /// The E-step without the column sums (they come from [`Em::m_step_fused`]):
+    /// `z = softmax_M(lambda u mu^T)` [B,N,M], two dispatches in the profiling scope
+    /// `em_e_step` (the logits matmul and the softmax in place).
+    pub fn e_step_softmax(&self, u: &GpuBuffer, mu: Bases<'_>, z: &GpuBuffer) -> Result<()> {
+        self.check_e_step(u, mu, z)?;
+        let _scope = self.gpu.scope("em_e_step");
+        self.logits_softmax(u, mu, z)
+    }
+
+    fn check_e_step(&self, u: &GpuBuffer, mu: Bases<'_>, z: &GpuBuffer) -> Result<()> {
+        let s = &self.s;
+        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
+        check_mu("mu", mu, s)?;
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)
+    }
+
+    /// The logits matmul into `z` and the softmax over M in place.
+    fn logits_softmax(&self, u: &GpuBuffer, mu: Bases<'_>, z: &GpuBuffer) -> Result<()> {
+        let (gpu, s) = (self.gpu, &self.s);
+        self.product_xyt(u, mu, false, z)?;
+        // The vec4 form needs M % 4 == 0 (row starts then stay vec4-aligned in every batch).
+        let vec4 = s.bases.is_multiple_of(4);
+        let p = Params::new(s);
+        let l = label("em_e_step", s, 3 * s.z_len() as u64, 2 * s.z_len());
+        let d = Dispatch {
+            shader: &SHADER,
+            entry: if vec4 { "softmax4" } else { "softmax" },
+            params: bytemuck::bytes_of(&p),
+            buffers: &[z, z, z, z, z],
+            workgroups: groups(s.batch * s.tokens),
+            label: l,
+        };
+        // The vec4 form reads the logits from a texture where texture operands are on
+        // (em_texture.wgsl).
+        let z_texture = if vec4 { gpu.flat_operands(&[(z, s.z_len())]) } else { None };
+        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, z_texture.as_deref())
     }
 
     /// Finishes the column sums: `colsum[b,m] = sum over tiles of partial[b,tile,m]` [B,M].
@@ -665,6 +696,66 @@ impl<'a> Em<'a> {
     /// M-step: `mu_raw = (z^T u) / (1e-6 + colsum)` [B,M,C].
     pub fn m_step(&self, z: &GpuBuffer, u: &GpuBuffer, colsum: &GpuBuffer, mu_raw: &GpuBuffer) -> Result<()> {
         self.m_step_product("em_m_step", z, u, Some(colsum), Out::to(mu_raw))
+    }
+
+    /// True when the M-step can end in one pass ([`Em::m_step_fused`]): M and C multiples of 4.
+    pub fn fuses_m_step(&self) -> bool {
+        self.s.bases.is_multiple_of(4) && self.s.width.is_multiple_of(4)
+    }
+
+    /// The M-step from the responsibilities alone: the column sums `colsum = sum_n z` [B,M],
+    /// `mu_raw = (z^T u) / (1e-6 + colsum)` and `mu = mu_raw / (1e-6 + ||mu_raw||)` [B,M,C],
+    /// the same values as [`Em::e_step`]'s column sums, [`Em::colsum`], [`Em::m_step`] and
+    /// [`Em::normalize`]. Two dispatches in the profiling scope `em_m_step`: the split matmul
+    /// and `m_step_finish4`, which adds the column sums, the splits, divides and normalises
+    /// (where texture operands are on it reads Z and the split products from textures; Z's is
+    /// the one the matmul read, when it made one). Needs [`Em::fuses_m_step`].
+    pub fn m_step_fused(
+        &self,
+        z: &GpuBuffer,
+        u: &GpuBuffer,
+        colsum: &GpuBuffer,
+        mu_raw: &GpuBuffer,
+        mu: &GpuBuffer,
+    ) -> Result<()> {
+        let (gpu, s) = (self.gpu, &self.s);
+        if !self.fuses_m_step() {
+            return Err(Error::Shape(format!(
+                "the one-pass M-step needs M and C to be multiples of 4, but EM shape {s} has M = {} and C = {}",
+                s.bases, s.width
+            )));
+        }
+        check_len("Z", z, s.z_len(), "[B,N,M]", s)?;
+        check_len("u", u, s.tokens_len(), "[B,N,C]", s)?;
+        check_len("the column sums", colsum, s.batch * s.bases, "[B,M]", s)?;
+        check_len("mu_raw", mu_raw, s.mu_len(), "[B,M,C]", s)?;
+        check_len("mu", mu, s.mu_len(), "[B,M,C]", s)?;
+        let _scope = gpu.scope("em_m_step");
+        let sp = self.splits();
+        let q = gpu.alloc(s.mu_len() * sp)?;
+        self.product_ztx_split(sp, z, u, &q)?;
+        let mut p = Params::new(s);
+        p.splits = sp as u32;
+        // Z's texture: the matmul's layout (a row per token) where it is a valid texture, so the
+        // copy the matmul made is found again; else flat.
+        let rows = OperandTexture::matrix(z, s.bases, s.batch * s.tokens);
+        let z_texture = if rows.valid(gpu.limits()) { rows } else { OperandTexture::flat(z, s.z_len()) };
+        p.z_rows = u32::from(rows.valid(gpu.limits()));
+        let textures = gpu
+            .flat_operands(&[(&q, s.mu_len() * sp)])
+            .filter(|_| z_texture.valid(gpu.limits()))
+            .map(|q_texture| vec![z_texture, q_texture[0]]);
+        let flops = s.z_len() + (sp + 1) * s.mu_len() + 4 * s.mu_len();
+        let floats = s.z_len() + sp * s.mu_len() + s.batch * s.bases + 2 * s.mu_len();
+        let d = Dispatch {
+            shader: &SHADER,
+            entry: "m_step_finish4",
+            params: bytemuck::bytes_of(&p),
+            buffers: &[z, z, z, z, colsum, mu_raw, z, z, &q, mu],
+            workgroups: grid((s.batch * s.bases / 4).div_ceil(8) as u32),
+            label: label("em_m_step", s, flops as u64, floats),
+        };
+        gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())
     }
 
     /// L2 normalisation over C: `mu = mu_raw / (1e-6 + ||mu_raw||)`, both [B,M,C].
@@ -837,15 +928,21 @@ impl<'a> Em<'a> {
 
     /// Runs the T EM iterations from the shared `bases` [M,C] on `u` [B,N,C] and the
     /// reconstruction, recorded back to back (no readback). Each iteration's dispatches sit in
-    /// the profiling scope `iter=t` (E-step: logits matmul, softmax, tile column sums; column
+    /// the profiling scope `iter=t` (on the CPU paths, with M and C multiples of 4: E-step
+    /// logits matmul and softmax, M-step split matmul and the one pass of
+    /// [`Em::m_step_fused`]; otherwise E-step: logits matmul, softmax, tile column sums; column
     /// sums; M-step: split matmul, sum of the splits with the division by 1e-6 + colsum;
-    /// normalisation); the reconstruction in `recon`.
+    /// normalisation; on the GPU path the two passes of [`Em::fused_iteration`]); the
+    /// reconstruction in `recon`.
     pub fn forward(&self, u: &GpuBuffer, bases: &GpuBuffer, save_for_backward: bool) -> Result<EmForward> {
         let (gpu, s) = (self.gpu, &self.s);
         self.check_loop_inputs(u, bases)?;
         let mut saved = EmSaved { z: Vec::new(), colsum: Vec::new(), mu_raw: Vec::new(), mu: Vec::new() };
-        // The per-step E-step's partial column sums (the two-pass iteration keeps its own).
-        let partial = if self.fuses_iterations() { None } else { Some(gpu.alloc(s.batch * s.tiles() * s.bases)?) };
+        // The per-step E-step's partial column sums (the two-pass iteration keeps its own, the
+        // one-pass M-step needs none).
+        let two_pass = self.fuses_iterations();
+        let partial =
+            if two_pass || self.fuses_m_step() { None } else { Some(gpu.alloc(s.batch * s.tiles() * s.bases)?) };
         let mut mu_prev: Option<GpuBuffer> = None;
         let mut z_last = None;
         for t in 1..=s.iters {
@@ -858,13 +955,16 @@ impl<'a> Em<'a> {
                 None => Bases::Shared(bases),
                 Some(m) => Bases::PerBatch(m),
             };
-            if let Some(partial) = &partial {
+            if two_pass {
+                self.fused_iteration(u, mu_in, &z, &colsum_t, &mu_raw, &mu)?;
+            } else if let Some(partial) = &partial {
                 self.e_step(u, mu_in, &z, partial)?;
                 self.colsum(partial, &colsum_t)?;
                 self.m_step(&z, u, &colsum_t, &mu_raw)?;
                 self.normalize(&mu_raw, &mu)?;
             } else {
-                self.fused_iteration(u, mu_in, &z, &colsum_t, &mu_raw, &mu)?;
+                self.e_step_softmax(u, mu_in, &z)?;
+                self.m_step_fused(&z, u, &colsum_t, &mu_raw, &mu)?;
             }
             if let Some(m) = mu_prev.take() {
                 if save_for_backward {

@@ -15,6 +15,8 @@
 //   reduce_splits:   mu_raw[b,m,:] = (sum over sp of Q[b,sp,m,:]) / (eps + s[b,m])
 //   normalize:       mu_t[b,m,:] = mu_raw[b,m,:] / (eps + ||mu_raw[b,m,:]||_2)
 // then R = Z_T mu_T (matmul). softmax4 and tile_colsum4 are the vec4 forms for M % 4 == 0.
+// m_step_finish4 does tile_colsum, colsum, reduce_splits and normalize in one pass (M and C
+// multiples of 4): the CPU paths' forward, where every pass costs a dispatch and its loads.
 // Bases moving average (training, no gradient):
 //   bases_update: bases'[m,:] = l2norm(momentum bases[m,:] + (1 - momentum) mean_b mu_T[b,m,:])
 //
@@ -48,7 +50,7 @@ struct Params {
     count: u32,         // copy_prefix: elements to copy
     tiles: u32,         // token tiles per batch in tile_colsum (ceil(N / TILE))
     splits: u32,        // S, token splits of the Z^T X products (reduce_splits)
-    _pad1: u32,
+    z_rows: u32,        // m_step_finish4 in em_texture.wgsl: 1 if Z's texture has a row per token
     _pad2: u32,
 }
 
@@ -60,6 +62,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out2: array<f32>;
+// Binding 7 is em_texture.wgsl's texture of Z. m_step_finish4 reads Z and the split products
+// Q as vec4 (em.wgsl's load_zr4 and load_q4; em_texture.wgsl reads textures instead) and
+// writes a third output.
+@group(0) @binding(8) var<storage, read> z4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> out3: array<f32>;
 
 const EPS: f32 = 1e-6;
 const TILE: u32 = 256u;         // tokens per partial column sum (tile_colsum)
@@ -208,6 +216,74 @@ fn reduce_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         v += b[i];
     }
     out[i] = v;
+}
+
+// The end of the M-step in one pass, for M and C multiples of 4: the column sums of Z (tile by
+// tile, as tile_colsum and colsum add them), the sum of the S split products divided by
+// (eps + s) (reduce_splits) and the L2 normalisation (normalize), with the same additions in
+// the same order as those three kernels, so the same values:
+//   out[b,m]      = s[b,m] = sum over tiles of (sum over the tile's tokens n of Z[b,n,m])
+//   out2[b,m,:]   = mu_raw[b,m,:] = (sum over sp of Q[b,sp,m,:]) / (eps + s[b,m])
+//   out3[b,m,:]   = mu[b,m,:] = mu_raw[b,m,:] / (eps + ||mu_raw[b,m,:]||_2)
+// load_zr4(n, m4) reads vec4 m4 of Z's token row n (of B*N), load_q4 vec4 i of Q [B,S,M,C/4]
+// (storage, or textures in em_texture.wgsl). One invocation per (b, 4 bases), eight per workgroup (B*M/4 is small:
+// 16 for the bench shape, so 64 per workgroup would leave all but one CPU thread idle).
+// mu_raw is recomputed for its second pass rather than read back (a storage load costs more).
+fn finish_row_vec4(batch: u32, m: u32, k4: u32, denom: f32) -> vec4<f32> {
+    let C4 = p.width / 4u;
+    var v = vec4<f32>(0.0);
+    for (var sp = 0u; sp < p.splits; sp++) {
+        v += load_q4(((batch * p.splits + sp) * p.bases + m) * C4 + k4);
+    }
+    return v / denom;
+}
+
+@compute @workgroup_size(8)
+fn m_step_finish4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 8u + lid;
+    let M4 = p.bases / 4u;
+    if (i >= p.batch * M4) { return; }
+    let batch = i / M4;
+    let m4 = i % M4;
+    var s = vec4<f32>(0.0);
+    for (var tile = 0u; tile < p.tiles; tile++) {
+        let first = tile * TILE;
+        let count = min(TILE, p.tokens - first);
+        var sum = vec4<f32>(0.0);
+        for (var r = 0u; r < count; r++) {
+            sum += load_zr4(batch * p.tokens + first + r, m4);
+        }
+        s += sum;
+    }
+    let C4 = p.width / 4u;
+    for (var j = 0u; j < 4u; j++) {
+        let m = 4u * m4 + j;
+        let row = batch * p.bases + m;
+        out[row] = s[j];
+        let denom = EPS + s[j];
+        var sq = 0.0;
+        for (var k4 = 0u; k4 < C4; k4++) {
+            let v = finish_row_vec4(batch, m, k4, denom);
+            let o = row * p.width + 4u * k4;
+            out2[o] = v.x;
+            out2[o + 1u] = v.y;
+            out2[o + 2u] = v.z;
+            out2[o + 3u] = v.w;
+            sq += v.x * v.x;
+            sq += v.y * v.y;
+            sq += v.z * v.z;
+            sq += v.w * v.w;
+        }
+        let inv = 1.0 / (EPS + sqrt(sq));
+        for (var k4 = 0u; k4 < C4; k4++) {
+            let v = finish_row_vec4(batch, m, k4, denom) * inv;
+            let o = row * p.width + 4u * k4;
+            out3[o] = v.x;
+            out3[o + 1u] = v.y;
+            out3[o + 2u] = v.z;
+            out3[o + 3u] = v.w;
+        }
+    }
 }
 
 // L2 normalisation over C. a = mu_raw [B,M,C]; out = mu [B,M,C]. One invocation per (b, m).
