@@ -6,7 +6,7 @@
 #include "elementwise_core.wgsl"
 #include "activation.wgsl"
 
-// This module's operands of the fused vec4 kernels: vec4 i of a, the bias and the third
+// This module's operands of the vec4 kernels: vec4 i of a, of b (the bias) and of the third
 // operand, from storage.
 fn load_a4(i: u32) -> vec4<f32> {
     return a4[i];

@@ -1,6 +1,7 @@
 // The elementwise kernels (include/elementwise_core.wgsl: same math, parameter block, storage
-// bindings and entry point names as elementwise.wgsl) with the operands of the fused vec4
-// kernels (bias_act4, bias_act_backward4, bias_residual4) fetched from textures.
+// bindings and entry point names as elementwise.wgsl) with the operands of the vec4 kernels
+// (bias_act4, bias_act_backward4, bias_residual4, binary_same4, binary_suffix4, unary4,
+// unary_backward4) fetched from textures.
 //
 // Why: include/flat_texture.wgsl (a texel load is a gather on lavapipe). The launcher
 // (kernels/src/elementwise.rs; Gpu::texture_operands) copies a, the bias and the third operand

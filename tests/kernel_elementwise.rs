@@ -177,7 +177,8 @@ fn ref_unary_grad(op: UnaryOp, x: f64) -> f64 {
 fn activations_forward_backward_and_finite_differences() {
     let mut rng = Rng::new(3);
     for op in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::QuickGelu, UnaryOp::Sigmoid, UnaryOp::Exp, UnaryOp::Neg] {
-        for &n in &[1usize, 7, 33, 130, 4099] {
+        // 8 and 4100: multiples of 4, the vec4 kernels.
+        for &n in &[1usize, 7, 8, 33, 130, 4099, 4100] {
             // Spread inputs over [-5, 5] to cover erf's tails; keep relu away from its kink.
             let mut x = Input::random(&mut rng, &[n]);
             x.data.iter_mut().for_each(|v| {
@@ -375,6 +376,37 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
             let want = if textures && c % 4 == 0 { 2 + 1 } else { 0 };
             assert_eq!(copies, want, "[{rows},{c}], textures {textures}: texture copies");
             runs.push(outs.iter().map(|b| gpu.download(b).unwrap()).collect::<Vec<_>>());
+        }
+        assert_eq!(runs[0], runs[1], "[{rows},{c}]: textures and storage differ");
+    }
+}
+
+#[test]
+fn binary_and_activations_from_textures_equal_storage_bit_for_bit() {
+    // binary_same4, binary_suffix4, unary4 and unary_backward4 read their operands from flat
+    // textures where texture operands are on: the same values as the storage loads. Sizes: one
+    // partial texture row, several rows and a partial one, and no multiple of 4 (the scalar
+    // kernels, storage only). A context of its own.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(32);
+    for &(rows, c) in &[(2usize, 4usize), (70, 192), (3, 7)] {
+        let n = rows * c;
+        let (a, b, bias) = (rng.vec(n), rng.vec(n), rng.vec(c));
+        let (a, b, bias) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap(), gpu.upload(&bias).unwrap());
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            let outs: Vec<_> = (0..4).map(|_| gpu.alloc(n).unwrap()).collect();
+            let copies = texture_copies(&gpu, || {
+                elementwise::binary(&gpu, BinaryOp::Mul, &a, &[rows, c], &b, &[rows, c], &outs[0]).unwrap();
+                elementwise::binary(&gpu, BinaryOp::Sub, &a, &[rows, c], &bias, &[c], &outs[1]).unwrap();
+                elementwise::unary(&gpu, UnaryOp::Gelu, &a, &outs[2], n).unwrap();
+                elementwise::unary_backward(&gpu, UnaryOp::QuickGelu, &a, &b, &outs[3], n).unwrap();
+            });
+            // a, b and the bias once each: the later launches find them in their textures.
+            let want = if textures && n % 4 == 0 { 3 } else { 0 };
+            assert_eq!(copies, want, "[{rows},{c}], textures {textures}: texture copies");
+            runs.push(outs.iter().map(|o| gpu.download(o).unwrap()).collect::<Vec<_>>());
         }
         assert_eq!(runs[0], runs[1], "[{rows},{c}]: textures and storage differ");
     }

@@ -222,18 +222,48 @@ pub fn binary(
     let b_len = numel(b_shape);
     let code = op as u32;
     if a_shape == b_shape && n.is_multiple_of(4) {
-        // No broadcasting: the vec4 kernel, on the buffers' vec4 views (bindings 5..7).
+        // No broadcasting: the vec4 kernel, on the buffers' vec4 views (bindings 5..7), or a
+        // and b from textures where texture operands are on.
         p.n = (n / 4) as u32;
-        launch(gpu, "binary_same4", code, &p, &[a, b, out, a, a, b, out], label)?;
+        launch4(gpu, ("binary_same4", code), &p, (a, n), Some((b, b_len)), out, label)?;
     } else if a_shape == shape.as_slice() && is_trailing(b_shape, &shape) && b_len > 0 && b_len.is_multiple_of(4) {
         // b repeats over a's leading axes: by vec4, b's index the output's modulo its length.
         p.n = (n / 4) as u32;
         p.c = (b_len / 4) as u32;
-        launch(gpu, "binary_suffix4", code, &p, &[a, b, out, a, a, b, out], label)?;
+        launch4(gpu, ("binary_suffix4", code), &p, (a, n), Some((b, b_len)), out, label)?;
     } else {
         launch(gpu, "binary", code, &p, &[a, b, out], label)?;
     }
     Ok(shape)
+}
+
+/// Launches the vec4 entry point `entry` with operation code `op` that reads `a` and, if given, `b` (bindings 5 and 6, vec4
+/// views) and writes `out` (binding 7), `params.n` vec4s: each operand is `(buffer,
+/// elements)`. Where texture operands are on, the entry point of the same name in
+/// elementwise_texture.wgsl reads them from flat textures instead.
+fn launch4(
+    gpu: &Gpu,
+    (entry, op): (&'static str, u32),
+    params: &Params,
+    (a, a_len): (&GpuBuffer, usize),
+    b: Option<(&GpuBuffer, usize)>,
+    out: &GpuBuffer,
+    label: KernelLabel,
+) -> Result<()> {
+    let textures = match b {
+        Some(b) => gpu.flat_operands(&[(a, a_len), b]),
+        None => gpu.flat_operands(&[(a, a_len)]),
+    };
+    let b = b.map_or(a, |(b, _)| b);
+    let d = Dispatch {
+        shader: &SHADER,
+        entry,
+        params: bytemuck::bytes_of(params),
+        buffers: &[a, b, out, a, a, b, out],
+        workgroups: grid((params.n as usize).div_ceil(256) as u32),
+        label,
+    };
+    gpu.dispatch_textured(d, &[("OP", op as f64)], &TEXTURE_SHADER, textures.as_deref())
 }
 
 /// Whether `b`, without its leading size-1 axes, is the trailing axes of `shape`: then `b`'s
@@ -279,8 +309,12 @@ pub fn bias_add(gpu: &Gpu, a: &GpuBuffer, bias: &GpuBuffer, out: &GpuBuffer, row
 pub fn unary(gpu: &Gpu, op: UnaryOp, a: &GpuBuffer, out: &GpuBuffer, n: usize) -> Result<()> {
     check_len("input", a, &[n])?;
     check_len("output", out, &[n])?;
-    let p = Params::flat(n);
+    let mut p = Params::flat(n);
     let label = KernelLabel { kernel: op.name(), shape: format!("[{n}]"), flops: 8 * n as u64, bytes: 8 * n as u64 };
+    if n.is_multiple_of(4) {
+        p.n = (n / 4) as u32;
+        return launch4(gpu, ("unary4", op as u32), &p, (a, n), None, out, label);
+    }
     launch(gpu, "unary", op as u32, &p, &[a, a, out], label)
 }
 
@@ -289,13 +323,17 @@ pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx:
     check_len("input", x, &[n])?;
     check_len("output gradient", dy, &[n])?;
     check_len("input gradient", dx, &[n])?;
-    let p = Params::flat(n);
+    let mut p = Params::flat(n);
     let label = KernelLabel {
         kernel: "unary_backward",
         shape: format!("{}[{n}]", op.name()),
         flops: 10 * n as u64,
         bytes: 12 * n as u64,
     };
+    if n.is_multiple_of(4) {
+        p.n = (n / 4) as u32;
+        return launch4(gpu, ("unary_backward4", op as u32), &p, (x, n), Some((dy, n)), dx, label);
+    }
     launch(gpu, "unary_backward", op as u32, &p, &[x, dy, dx], label)
 }
 

@@ -17,6 +17,7 @@
 //   bias_add:         out[i] = a[i] + bias[i mod C]     (bias over the last axis)
 //   unary:            out[i] = f(a[i])                  f in {relu, gelu, quick_gelu, ...}
 //   unary_backward:   dx[i]  = dy[i] * f'(x[i])
+//   unary4, unary_backward4: the same two by vec4 (n a multiple of 4)
 //   bias_act:         out[i] = f(a[i] + bias[i mod C])  (a Linear's bias and activation, one pass)
 //   bias_act_backward: dz[i] = dy[i] * f'(a[i] + bias[i mod C])   (dbias = sum over rows of dz,
 //                     by the launcher's caller; the pre-activation is recomputed, not stored)
@@ -198,7 +199,7 @@ fn binary_op4(x: vec4<f32>, y: vec4<f32>) -> vec4<f32> {
 fn binary_same4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out4[i] = binary_op4(a4[i], b4[i]);
+    out4[i] = binary_op4(load_a4(i), load_b4(i));
 }
 
 // binary with b repeating over a's leading axes, by vec4 (p.n counts vec4s, p.c is b's).
@@ -206,5 +207,20 @@ fn binary_same4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 fn binary_suffix4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out4[i] = binary_op4(a4[i], b4[i % p.c]);
+    out4[i] = binary_op4(load_a4(i), load_b4(i % p.c));
+}
+
+// unary and unary_backward by vec4 (n a multiple of 4; p.n counts vec4s): a = x, b = dy.
+@compute @workgroup_size(256)
+fn unary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = unary_f4(OP, load_a4(i));
+}
+
+@compute @workgroup_size(256)
+fn unary_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out4[i] = load_b4(i) * unary_df4(OP, load_a4(i));
 }
