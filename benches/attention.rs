@@ -68,6 +68,13 @@ fn bench(c: &mut Criterion) {
         if s.kv_batch == s.batch && gpu.kernel_path() != KernelPath::Tiled {
             methods.push(("_Scores", BackwardPath::Scores));
         }
+        // The few-keys backward: 1 to 4 keys, heads of at most 32, register-blocked paths.
+        if (1..=attention::FEW_BACKWARD_KEYS).contains(&s.kv_len)
+            && s.head_dim <= attention::FEW_BACKWARD_HEAD_DIM
+            && gpu.kernel_path() != KernelPath::Tiled
+        {
+            methods.push(("_FewKeys", BackwardPath::FewKeys));
+        }
         for (tag, method) in methods {
             common::bench_gpu(
                 &mut group,

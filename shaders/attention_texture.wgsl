@@ -16,6 +16,7 @@
 //                                                          dS^T after dk in the dk/dv kernel's
 //                                                          grad_a buffer)
 //   forward_few_keys:                      q, k, v
+//   backward_few_keys:                     q, k, v, d_out
 //   backward_prepare:                      d_out, out
 // The blocked kernels' own rows (loaded once per tile) and the statistics stay in storage.
 // Every index is the one the storage kernels load, so the results are bit-identical to theirs.

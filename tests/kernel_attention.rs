@@ -184,9 +184,16 @@ fn check_attention(name: &str, s: Attention, mask: Option<Vec<usize>>, path: For
     if scores {
         methods.push((fused, BackwardPath::Scores));
     }
+    // The few-keys backward: at most 4 keys, heads of at most 32.
+    if s.q_len > 0
+        && (1..=attention::FEW_BACKWARD_KEYS).contains(&s.kv_len)
+        && s.head_dim <= attention::FEW_BACKWARD_HEAD_DIM
+    {
+        methods.push((fused, BackwardPath::FewKeys));
+    }
     for kernels in KernelPath::ALL {
         for &(forward, backward) in &methods {
-            if backward == BackwardPath::Scores && kernels == KernelPath::Tiled {
+            if matches!(backward, BackwardPath::Scores | BackwardPath::FewKeys) && kernels == KernelPath::Tiled {
                 continue;
             }
             check_attention_on(name, s, mask.clone(), forward, backward, kernels, seed);
@@ -402,6 +409,13 @@ fn shared_keys_cross_attention_on_both_paths() {
     for path in [ForwardPath::FewKeys, ForwardPath::Blocked] {
         check_attention("cross-attention, all keys off", s, Some(m.clone()), path, 58);
     }
+    // Few keys per batch element, causal (early rows see fewer keys, row 0 one), with an odd
+    // head width; the few-keys backward's limits (4 keys, heads of 32) with a mask.
+    let s = Attention::new(2, 9, 4, 2, 12).with_causal(true);
+    check_attention("few keys, causal", s, None, ForwardPath::FewKeys, 59);
+    let s = Attention::new(3, 21, 4, 2, 32).shared_kv();
+    let m = key_mask(&mut rng, &s, false);
+    check_attention("4 shared keys, masked", s, Some(m), ForwardPath::FewKeys, 60);
 }
 
 #[test]
@@ -620,6 +634,26 @@ fn bad_shapes_are_errors_naming_the_shapes() {
     let empty = Attention::new(2, 0, 7, 2, 16);
     attention::backward_path(gpu, &io(&k, &k, None), &q, &grads, &empty, BackwardPath::Scores, gpu.kernel_path())
         .unwrap();
+
+    // The few-keys backward, forced where it cannot run: 5 keys, a head width above 32, the
+    // tiled path's kernels, no query rows.
+    for (bad, kernels) in [
+        (Attention::new(1, 7, 5, 1, 4), gpu.kernel_path()),
+        (Attention::new(1, 7, 1, 1, 36), gpu.kernel_path()),
+        (Attention::new(2, 7, 7, 2, 16), KernelPath::Tiled),
+        (Attention::new(2, 0, 7, 2, 16), gpu.kernel_path()),
+    ] {
+        let (kb, qb) = (gpu.zeros(bad.kv_elements()).unwrap(), gpu.zeros(bad.q_elements().max(1)).unwrap());
+        let (dqb, dkb) = (gpu.alloc(bad.q_elements().max(1)).unwrap(), gpu.alloc(bad.kv_elements()).unwrap());
+        let (ob, lb) = (gpu.alloc(bad.q_elements().max(1)).unwrap(), gpu.alloc(bad.lse_elements().max(1)).unwrap());
+        let bio = AttentionIo { q: &qb, k: &kb, v: &kb, key_mask: None, out: &ob, lse: &lb, probs: None };
+        let bgrads = AttentionGrads { dq: &dqb, dk: &dkb, dv: &dkb };
+        let err = attention::backward_path(gpu, &bio, &qb, &bgrads, &bad, BackwardPath::FewKeys, kernels)
+            .unwrap_err()
+            .to_string();
+        let q_shape = format!("q [{}, {}, {}x{}]", bad.batch, bad.q_len, bad.heads, bad.head_dim);
+        assert!(err.contains("few-keys backward") && err.contains(&q_shape), "{err}");
+    }
 }
 
 #[test]
@@ -659,6 +693,9 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
         let mut backwards = vec![BackwardPath::Fused];
         if s.kv_batch == s.batch && !s.causal {
             backwards.push(BackwardPath::Scores);
+        }
+        if s.kv_len <= vlsa_kernels::attention::FEW_KEYS {
+            backwards.push(BackwardPath::FewKeys);
         }
         for (round, backward) in backwards.into_iter().enumerate() {
             let mut runs = Vec::new();

@@ -40,6 +40,16 @@ const TARGET_KEY_INVOCATIONS: usize = 4096;
 /// Most query rows per backward partial: lavapipe stops an invocation's loops after about
 /// 65535 iterations, and the key-gradient pass takes 8 rows per iteration.
 const MAX_SPLIT_ROWS: usize = 8 * 4096;
+/// Most keys and most head dimension the few-keys backward ([`BackwardPath::FewKeys`]) takes:
+/// it holds four key rows of up to 8 vec4 each, written out (attention_core.wgsl says why not
+/// arrays). Then the invocations it aims for (one per query-row range, kv batch and head:
+/// enough for lavapipe's threads), and the query rows per range at least and at most (one row
+/// per loop iteration, within lavapipe's loop limit).
+pub const FEW_BACKWARD_KEYS: usize = 4;
+pub const FEW_BACKWARD_HEAD_DIM: usize = 32;
+const FEW_BACKWARD_INVOCATIONS: usize = 128;
+const FEW_BACKWARD_MIN_ROWS: usize = 16;
+const FEW_BACKWARD_MAX_ROWS: usize = 16384;
 
 /// The shape and options of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -211,8 +221,9 @@ pub enum ForwardPath {
 /// Which backward method runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackwardPath {
-    /// `Products` on the registers kernel path when the score matrix fits
-    /// [`MAX_PRODUCT_SCORES`] (few-key rows too), else `Fused`.
+    /// `FewKeys` where it can run; else `Products` on the registers kernel path when the
+    /// score matrix fits [`MAX_PRODUCT_SCORES`], `Scores` on the subgroup path where it
+    /// applies, else `Fused`.
     Auto,
     /// The fused kernels: dq by query rows, dk and dv by key rows, P recomputed in registers.
     Fused,
@@ -223,6 +234,11 @@ pub enum BackwardPath {
     /// all instead of seven. Register-blocked kernels (registers and subgroup paths), keys
     /// per batch element (Bk = B), not causal, dS within [`MAX_PRODUCT_SCORES`].
     Scores,
+    /// One pass for rows of at most [`FEW_BACKWARD_KEYS`] keys (`backward_few_keys`): per
+    /// range of query rows, k and v held in the invocation, dq written row by row and dk, dv
+    /// summed, then the ranges' sums added. The registers and subgroup paths, heads of at most
+    /// [`FEW_BACKWARD_HEAD_DIM`]. `Auto` takes it wherever it can.
+    FewKeys,
 }
 
 /// Whether the products method can take this call: the score matrix within
@@ -238,9 +254,9 @@ fn products_fit(gpu: &Gpu, s: &Attention) -> bool {
 /// the fused kernels load every streamed row in every lane: 2.7-3.5x slower than products
 /// there) when the score matrix fits. The forward keeps the few-keys kernel for rows of at
 /// most [`FEW_KEYS`] keys (as fast there, one dispatch); the backward takes products at every
-/// key count (measured 0.7x the fused time at the decoder's 3-key cross-attention,
-/// benches/compare_attention.py). The subgroup path runs the fused kernels with the streamed
-/// rows shared by subgroupBroadcast (attention_subgroup.wgsl), faster there than products in
+/// key count the few-keys backward does not take (`Auto` tries that first: products measured
+/// 0.7x the fused time at the decoder's 3-key cross-attention, benches/compare_attention.py).
+/// The subgroup path runs the fused kernels with the streamed rows shared by subgroupBroadcast (attention_subgroup.wgsl), faster there than products in
 /// the forward and as fast in the backward, with no score matrix and no head moves; an
 /// adapter that cannot run subgroup kernels falls back to the registers path's choice.
 fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool) -> bool {
@@ -264,6 +280,16 @@ fn scores_len(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
     // One range of query rows per key invocation: within lavapipe's loop limit.
     let shape = s.kv_batch == s.batch && !s.causal && s.q_len > 0 && s.q_len <= MAX_SPLIT_ROWS && s.kv_len > 0;
     (path != KernelPath::Tiled && shape && fits).then_some(len)
+}
+
+/// Whether the few-keys backward can take `s` on `path`: queries present, 1 to
+/// [`FEW_BACKWARD_KEYS`] keys, heads of at most [`FEW_BACKWARD_HEAD_DIM`], not the tiled path
+/// (a GPU thread has no room for the rows it holds; the fused kernels serve it).
+fn few_keys_backward_fits(s: &Attention, path: KernelPath) -> bool {
+    path != KernelPath::Tiled
+        && s.q_len > 0
+        && (1..=FEW_BACKWARD_KEYS).contains(&s.kv_len)
+        && s.head_dim <= FEW_BACKWARD_HEAD_DIM
 }
 
 fn check_products(gpu: &Gpu, s: &Attention) -> Result<()> {
@@ -452,6 +478,7 @@ fn operand_textures<'a>(
         }
         "forward_few_keys" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke)]),
         "backward_prepare" => gpu.flat_operands(&[(buffers.get(6)?, qe), (buffers.get(4)?, qe)]),
+        "backward_few_keys" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke), (buffers.get(6)?, qe)]),
         _ => None,
     }
 }
@@ -591,9 +618,21 @@ pub fn backward_path(
     check_len(s, "dq", dq, &qd, s.q_elements())?;
     check_len(s, "dk", dk, &kd, s.kv_elements())?;
     check_len(s, "dv", dv, &kd, s.kv_elements())?;
+    let few = match backward {
+        BackwardPath::Auto => few_keys_backward_fits(s, path),
+        BackwardPath::FewKeys if few_keys_backward_fits(s, path) => true,
+        BackwardPath::FewKeys => {
+            return Err(Error::Shape(format!(
+                "attention with {}: the few-keys backward takes queries, 1 to {FEW_BACKWARD_KEYS} keys and a head dimension of at most {FEW_BACKWARD_HEAD_DIM}, on the registers or subgroup path ({path} here); use the fused kernels",
+                s.describe()
+            )));
+        }
+        _ => false,
+    };
     let products = match backward {
+        _ if few => false,
         BackwardPath::Auto => products_by_default(gpu, s, path, false),
-        BackwardPath::Fused | BackwardPath::Scores => false,
+        BackwardPath::Fused | BackwardPath::Scores | BackwardPath::FewKeys => false,
         BackwardPath::Products => {
             check_products(gpu, s)?;
             // With no query rows the gradients are zeros, which the fused kernels write.
@@ -661,6 +700,10 @@ pub fn backward_path(
         rows.max(keys).div_ceil(WG),
         label,
     )?;
+
+    if few {
+        return backward_few_keys(gpu, path, s, p, [q, k, v, mask, out, lse, d_out, &stats], grads);
+    }
 
     // 2. dq, by query rows, recomputing P and dP (not when the scores are stored: step 4).
     if s.q_len > 0 && scores.is_none() {
@@ -742,6 +785,67 @@ pub fn backward_path(
         workgroups,
         label,
     )?;
+    let inputs = [q, k, v, mask, out, lse, d_out, &stats];
+    reduce_partials(gpu, path, s, &p, splits, inputs, [&part_k, &part_v], [dk, dv])
+}
+
+/// Steps 2 and 3 of [`backward_path`] for few keys: `backward_few_keys` writes dq and the
+/// ranges' dk, dv sums, and `backward_reduce` adds them when there is more than one range.
+/// `inputs` are the backward's first eight bindings (q, k, v, mask, out, lse, d_out, stats).
+fn backward_few_keys(
+    gpu: &Gpu,
+    path: KernelPath,
+    s: &Attention,
+    mut p: Params,
+    inputs: [&GpuBuffer; 8],
+    grads: &AttentionGrads,
+) -> Result<()> {
+    let AttentionGrads { dq, dk, dv } = *grads;
+    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
+    let units = s.kv_batch * s.heads;
+    let splits = FEW_BACKWARD_INVOCATIONS
+        .div_ceil(units)
+        .clamp(1, total_rows.div_ceil(FEW_BACKWARD_MIN_ROWS).max(1))
+        .max(total_rows.div_ceil(FEW_BACKWARD_MAX_ROWS));
+    let split_rows = total_rows.div_ceil(splits).max(1);
+    let splits = total_rows.div_ceil(split_rows).max(1);
+    p.splits = splits as u32;
+    p.split_rows = split_rows as u32;
+    let parts = if splits > 1 {
+        Some((gpu.alloc(splits * s.kv_elements())?, gpu.alloc(splits * s.kv_elements())?))
+    } else {
+        None
+    };
+    let (part_k, part_v) = parts.as_ref().map_or((dk, dv), |(a, b)| (a, b));
+    let (qe, ke) = (4 * s.q_elements() as u64, 4 * s.kv_elements() as u64);
+    let label = KernelLabel {
+        kernel: "attention_backward_few_keys",
+        shape: s.describe(),
+        flops: s.forward_flops() * 2,
+        bytes: 3 * qe + 2 * ke * (splits as u64 + 1),
+    };
+    let [q, k, v, mask, out, lse, d_out, stats] = inputs;
+    let buffers = [q, k, v, mask, out, lse, d_out, stats, dq, dq, part_k, part_v];
+    dispatch(gpu, "backward_few_keys", path, s, &p, &buffers, (units * splits).div_ceil(8), label)?;
+    if splits == 1 {
+        return Ok(());
+    }
+    reduce_partials(gpu, path, s, &p, splits, inputs, [part_k, part_v], [dk, dv])
+}
+
+/// `backward_reduce`: dk and dv as the sums, in split order, of `splits` partials.
+#[allow(clippy::too_many_arguments)]
+fn reduce_partials(
+    gpu: &Gpu,
+    path: KernelPath,
+    s: &Attention,
+    p: &Params,
+    splits: usize,
+    inputs: [&GpuBuffer; 8],
+    [part_k, part_v]: [&GpuBuffer; 2],
+    [dk, dv]: [&GpuBuffer; 2],
+) -> Result<()> {
+    let ke = 4 * s.kv_elements() as u64;
     let n4 = s.kv_elements() / 4;
     let label = KernelLabel {
         kernel: "attention_backward_reduce",
@@ -749,16 +853,9 @@ pub fn backward_path(
         flops: 2 * (splits * s.kv_elements()) as u64,
         bytes: 2 * ke * (splits as u64 + 1),
     };
-    dispatch(
-        gpu,
-        "backward_reduce",
-        path,
-        s,
-        &p,
-        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v, dk, dv],
-        n4.div_ceil(WG),
-        label,
-    )
+    let [q, k, v, mask, out, lse, d_out, stats] = inputs;
+    let buffers = [q, k, v, mask, out, lse, d_out, stats, part_k, part_v, dk, dv];
+    dispatch(gpu, "backward_reduce", path, s, p, &buffers, n4.div_ceil(WG), label)
 }
 
 #[repr(C)]

@@ -909,6 +909,162 @@ fn key_grads(s: mat2x4<f32>, dp: mat2x4<f32>, lse8: mat2x4<f32>, delta8: mat2x4<
     return KeyGrads(mat2x4<f32>(p_lo, p_hi), mat2x4<f32>(p_lo * (dp[0] - delta8[0]), p_hi * (dp[1] - delta8[1])));
 }
 
+// Backward for rows of at most FEW_BACKWARD_KEYS keys (the decoder's cross-attention: pixels
+// against a few class embeddings), in one pass where the fused kernels take two and stream
+// eight rows per step of which only a few are keys. One invocation per (query-row range
+// `split`, kv batch kb, head h): it holds k and v of its keys (loaded once, where the fused
+// kernels reload them per row), walks its query rows one at a time (flattened over the batch
+// when Bk = 1), writes each row's dq and adds the row's share to its dk and dv sums, written at
+// the end as partial `split` ([splits, Bk*Nk, H*dh] in dk_sum and dv_sum; backward_reduce adds
+// the partials, or, with one split, they are dk and dv). Per row, with lse and delta from
+// backward_prepare:
+//   s_j = scale q.k_j,  p_j = exp(s_j - lse) (0 for a hidden key),  dp_j = dout.v_j,
+//   ds_j = p_j (dp_j - delta),  dq = scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j dout
+// Every row lives in a Head8 (up to 8 vec4: dh <= 32) and the four keys are written out, with
+// no array: lavapipe reads and writes a private array at a run-time index through a chain of
+// selects over its length (an array version of this kernel was 3-4x slower). Keys past Nk and
+// vec4 past dh / 4 are zeros that add nothing.
+const FEW_BACKWARD_KEYS: u32 = 4u;
+
+struct Head8 {
+    c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>,
+    c4: vec4<f32>, c5: vec4<f32>, c6: vec4<f32>, c7: vec4<f32>,
+}
+
+// The first d4 vec4 of a row at `base` (vec4 index) of q (0), k (1), v (2) or d_out (3).
+fn head8_load(which: u32, base: u32, d4: u32) -> Head8 {
+    var r = Head8();
+    for (var c = 0u; c < d4; c++) {
+        var x = vec4<f32>(0.0);
+        switch which {
+            case 0u: { x = load_q(base + c); }
+            case 1u: { x = load_k(base + c); }
+            case 2u: { x = load_v(base + c); }
+            default: { x = load_d_out(base + c); }
+        }
+        switch c {
+            case 0u: { r.c0 = x; }
+            case 1u: { r.c1 = x; }
+            case 2u: { r.c2 = x; }
+            case 3u: { r.c3 = x; }
+            case 4u: { r.c4 = x; }
+            case 5u: { r.c5 = x; }
+            case 6u: { r.c6 = x; }
+            default: { r.c7 = x; }
+        }
+    }
+    return r;
+}
+
+fn head8_dot(a: Head8, b: Head8) -> f32 {
+    let s = a.c0 * b.c0 + a.c1 * b.c1 + a.c2 * b.c2 + a.c3 * b.c3
+        + a.c4 * b.c4 + a.c5 * b.c5 + a.c6 * b.c6 + a.c7 * b.c7;
+    return dot(s, vec4<f32>(1.0));
+}
+
+// acc + w x.
+fn head8_axpy(acc: Head8, w: f32, x: Head8) -> Head8 {
+    return Head8(acc.c0 + w * x.c0, acc.c1 + w * x.c1, acc.c2 + w * x.c2, acc.c3 + w * x.c3,
+                 acc.c4 + w * x.c4, acc.c5 + w * x.c5, acc.c6 + w * x.c6, acc.c7 + w * x.c7);
+}
+
+// Stores the first d4 vec4 of w x at `base` of grad_a (0), dk_sum (1) or dv_sum (2).
+fn head8_store(which: u32, base: u32, d4: u32, w: f32, x: Head8) {
+    for (var c = 0u; c < d4; c++) {
+        var y = x.c7;
+        switch c {
+            case 0u: { y = x.c0; }
+            case 1u: { y = x.c1; }
+            case 2u: { y = x.c2; }
+            case 3u: { y = x.c3; }
+            case 4u: { y = x.c4; }
+            case 5u: { y = x.c5; }
+            case 6u: { y = x.c6; }
+            default: {}
+        }
+        y = w * y;
+        switch which {
+            case 0u: { grad_a[base + c] = y; }
+            case 1u: { dk_sum[base + c] = y; }
+            default: { dv_sum[base + c] = y; }
+        }
+    }
+}
+
+// The probability and score gradient of key j for one row (0, 0 for a key past Nk or hidden).
+fn few_key_grads(q: Head8, g: Head8, kj: Head8, vj: Head8, j: u32, n: u32, kb: u32, i: u32, row_lse: f32, delta: f32) -> vec2<f32> {
+    let visible = j < n && row_lse > NO_KEY && key_visible(kb, j, i, n);
+    let pr = select(0.0, exp(p.scale * head8_dot(q, kj) - row_lse), visible);
+    return vec2<f32>(pr, pr * (head8_dot(g, vj) - delta));
+}
+
+@compute @workgroup_size(8)
+fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let unit = workgroup_index(wid, nwg) * 8u + lid;
+    let split = unit % p.splits;
+    let kbh = unit / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let d4 = p.head_dim / 4u;
+    let n = min(p.kv_len, FEW_BACKWARD_KEYS);
+    let rows = p.batch * p.heads * p.q_len;
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    // Keys past Nk read key Nk - 1 (in range) and never count (few_key_grads).
+    let last = p.kv_len - 1u;
+    let k0 = head8_load(1u, row_base(kb * p.kv_len, h), d4);
+    let k1 = head8_load(1u, row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let k2 = head8_load(1u, row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let k3 = head8_load(1u, row_base(kb * p.kv_len + min(3u, last), h), d4);
+    let v0 = head8_load(2u, row_base(kb * p.kv_len, h), d4);
+    let v1 = head8_load(2u, row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let v2 = head8_load(2u, row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let v3 = head8_load(2u, row_base(kb * p.kv_len + min(3u, last), h), d4);
+    var dk0 = Head8(); var dk1 = Head8(); var dk2 = Head8(); var dk3 = Head8();
+    var dv0 = Head8(); var dv1 = Head8(); var dv2 = Head8(); var dv3 = Head8();
+    // Row r is query i of batch element b; both advance without a division per row.
+    var b = first_b + r_begin / p.q_len;
+    var i = r_begin % p.q_len;
+    for (var r = r_begin; r < r_end; r++) {
+        let qb = row_base(b * p.q_len + i, h);
+        let t = (b * p.heads + h) * p.q_len + i;
+        let row_lse = stats[t];
+        let delta = stats[rows + t];
+        let q = head8_load(0u, qb, d4);
+        let g = head8_load(3u, qb, d4);
+        let g0 = few_key_grads(q, g, k0, v0, 0u, n, kb, i, row_lse, delta);
+        let g1 = few_key_grads(q, g, k1, v1, 1u, n, kb, i, row_lse, delta);
+        let g2 = few_key_grads(q, g, k2, v2, 2u, n, kb, i, row_lse, delta);
+        let g3 = few_key_grads(q, g, k3, v3, 3u, n, kb, i, row_lse, delta);
+        let dq = head8_axpy(head8_axpy(head8_axpy(head8_axpy(Head8(), g0.y, k0), g1.y, k1), g2.y, k2), g3.y, k3);
+        head8_store(0u, qb, d4, p.scale, dq);
+        dk0 = head8_axpy(dk0, g0.y, q); dk1 = head8_axpy(dk1, g1.y, q);
+        dk2 = head8_axpy(dk2, g2.y, q); dk3 = head8_axpy(dk3, g3.y, q);
+        dv0 = head8_axpy(dv0, g0.x, g); dv1 = head8_axpy(dv1, g1.x, g);
+        dv2 = head8_axpy(dv2, g2.x, g); dv3 = head8_axpy(dv3, g3.x, g);
+        i++;
+        if (i == p.q_len) {
+            i = 0u;
+            b++;
+        }
+    }
+    let part = split * (p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u);
+    let kr = part + row_base(kb * p.kv_len, h);
+    let step = p.heads * p.head_dim / 4u;
+    head8_store(1u, kr, d4, p.scale, dk0);
+    head8_store(2u, kr, d4, 1.0, dv0);
+    if (n > 1u) { head8_store(1u, kr + step, d4, p.scale, dk1); head8_store(2u, kr + step, d4, 1.0, dv1); }
+    if (n > 2u) { head8_store(1u, kr + 2u * step, d4, p.scale, dk2); head8_store(2u, kr + 2u * step, d4, 1.0, dv2); }
+    if (n > 3u) { head8_store(1u, kr + 3u * step, d4, p.scale, dk3); head8_store(2u, kr + 3u * step, d4, 1.0, dv3); }
+}
+
 // dk = sum over splits of the dk partials, dv likewise, in split order. One vec4 per
 // invocation; `tiles` * 64 covers the Bk*Nk*H*dh/4 vec4 of one partial.
 @compute @workgroup_size(64)
