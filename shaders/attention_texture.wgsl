@@ -15,7 +15,7 @@
 //   backward_dq_scores_blocked:            k, grad_a      (keys, and the stored score gradient
 //                                                          dS^T after dk in the dk/dv kernel's
 //                                                          grad_a buffer)
-//   forward_few_keys:                      q, k, v
+//   forward_few_keys, forward_few_keys_rows: q, k, v
 //   backward_few_keys:                     q, k, v, d_out
 //   backward_prepare:                      d_out, out
 // The blocked kernels' own rows (loaded once per tile) and the statistics stay in storage.

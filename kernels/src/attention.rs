@@ -212,7 +212,10 @@ pub enum ForwardPath {
     /// Online softmax over blocks of 8 keys (4 above head width 32), 4 query rows per invocation (on the tiled path,
     /// a row spread over lanes); any Nk.
     Blocked,
-    /// Exact softmax with every score in registers; Nk <= 16 only.
+    /// Exact softmax with every score in registers; Nk <= 16 only. For 1 to
+    /// [`FEW_BACKWARD_KEYS`] keys and heads of at most [`FEW_BACKWARD_HEAD_DIM`] on the CPU
+    /// paths, `forward_few_keys_rows`: each invocation holds the keys and walks a range of
+    /// query rows (as the few-keys backward does), else one invocation per query row.
     FewKeys,
     /// The score matrix materialised: two matmuls and a row softmax (module docs).
     Products,
@@ -476,7 +479,7 @@ fn operand_textures<'a>(
             let scores = buffers.get(8)?;
             gpu.flat_operands(&[(k, ke), (scores, scores.len())])
         }
-        "forward_few_keys" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke)]),
+        "forward_few_keys" | "forward_few_keys_rows" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke)]),
         "backward_prepare" => gpu.flat_operands(&[(buffers.get(6)?, qe), (buffers.get(4)?, qe)]),
         "backward_few_keys" => gpu.flat_operands(&[(q, qe), (k, ke), (v, ke), (buffers.get(6)?, qe)]),
         _ => None,
@@ -535,6 +538,21 @@ pub fn forward_path(
         }
     };
     if s.q_len == 0 {
+        return Ok(None);
+    }
+    // Few enough keys to hold in each invocation: the kernel that walks ranges of rows.
+    if few && few_keys_backward_fits(s, path) {
+        let mut p = Params::new(s, key_mask.is_some());
+        let (units, splits) = few_key_ranges(s, &mut p);
+        let label = KernelLabel {
+            kernel: "attention_few_keys",
+            shape: s.describe(),
+            flops: s.forward_flops(),
+            bytes: 4 * (2 * s.q_elements() + 2 * s.kv_elements() + s.lse_elements()) as u64,
+        };
+        let mask = key_mask.unwrap_or(k);
+        let buffers = [q, k, v, mask, out, lse];
+        dispatch(gpu, "forward_few_keys_rows", path, s, &p, &buffers, (units * splits).div_ceil(8), label)?;
         return Ok(None);
     }
     let lanes = !few && path == KernelPath::Tiled;
@@ -801,16 +819,7 @@ fn backward_few_keys(
     grads: &AttentionGrads,
 ) -> Result<()> {
     let AttentionGrads { dq, dk, dv } = *grads;
-    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
-    let units = s.kv_batch * s.heads;
-    let splits = FEW_BACKWARD_INVOCATIONS
-        .div_ceil(units)
-        .clamp(1, total_rows.div_ceil(FEW_BACKWARD_MIN_ROWS).max(1))
-        .max(total_rows.div_ceil(FEW_BACKWARD_MAX_ROWS));
-    let split_rows = total_rows.div_ceil(splits).max(1);
-    let splits = total_rows.div_ceil(split_rows).max(1);
-    p.splits = splits as u32;
-    p.split_rows = split_rows as u32;
+    let (units, splits) = few_key_ranges(s, &mut p);
     let parts = if splits > 1 {
         Some((gpu.alloc(splits * s.kv_elements())?, gpu.alloc(splits * s.kv_elements())?))
     } else {
@@ -831,6 +840,23 @@ fn backward_few_keys(
         return Ok(());
     }
     reduce_partials(gpu, path, s, &p, splits, inputs, [part_k, part_v], [dk, dv])
+}
+
+/// The query-row ranges of the few-keys kernels that hold the keys (`backward_few_keys`,
+/// `forward_few_keys_rows`): sets `p.splits` and `p.split_rows` and returns the (kv batch,
+/// head) pairs and the ranges per pair. Rows are flattened over the batch when Bk = 1.
+fn few_key_ranges(s: &Attention, p: &mut Params) -> (usize, usize) {
+    let total_rows = if s.kv_batch == 1 { s.batch * s.q_len } else { s.q_len };
+    let units = s.kv_batch * s.heads;
+    let splits = FEW_BACKWARD_INVOCATIONS
+        .div_ceil(units)
+        .clamp(1, total_rows.div_ceil(FEW_BACKWARD_MIN_ROWS).max(1))
+        .max(total_rows.div_ceil(FEW_BACKWARD_MAX_ROWS));
+    let split_rows = total_rows.div_ceil(splits).max(1);
+    let splits = total_rows.div_ceil(split_rows).max(1);
+    p.splits = splits as u32;
+    p.split_rows = split_rows as u32;
+    (units, splits)
 }
 
 /// `backward_reduce`: dk and dv as the sums, in split order, of `splits` partials.

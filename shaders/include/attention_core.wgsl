@@ -931,28 +931,42 @@ struct Head8 {
     c4: vec4<f32>, c5: vec4<f32>, c6: vec4<f32>, c7: vec4<f32>,
 }
 
-// The first d4 vec4 of a row at `base` (vec4 index) of q (0), k (1), v (2) or d_out (3).
-fn head8_load(which: u32, base: u32, d4: u32) -> Head8 {
-    var r = Head8();
-    for (var c = 0u; c < d4; c++) {
-        var x = vec4<f32>(0.0);
-        switch which {
-            case 0u: { x = load_q(base + c); }
-            case 1u: { x = load_k(base + c); }
-            case 2u: { x = load_v(base + c); }
-            default: { x = load_d_out(base + c); }
-        }
-        switch c {
-            case 0u: { r.c0 = x; }
-            case 1u: { r.c1 = x; }
-            case 2u: { r.c2 = x; }
-            case 3u: { r.c3 = x; }
-            case 4u: { r.c4 = x; }
-            case 5u: { r.c5 = x; }
-            case 6u: { r.c6 = x; }
-            default: { r.c7 = x; }
-        }
+// x with vec4 c replaced by y.
+fn head8_with(x: Head8, c: u32, y: vec4<f32>) -> Head8 {
+    var r = x;
+    switch c {
+        case 0u: { r.c0 = y; }
+        case 1u: { r.c1 = y; }
+        case 2u: { r.c2 = y; }
+        case 3u: { r.c3 = y; }
+        case 4u: { r.c4 = y; }
+        case 5u: { r.c5 = y; }
+        case 6u: { r.c6 = y; }
+        default: { r.c7 = y; }
     }
+    return r;
+}
+
+// The first d4 vec4 of the row at vec4 index `base` of q, k, v or d_out (one function each,
+// so that a kernel binds only the buffers or textures it reads).
+fn head8_q(base: u32, d4: u32) -> Head8 {
+    var r = Head8();
+    for (var c = 0u; c < d4; c++) { r = head8_with(r, c, load_q(base + c)); }
+    return r;
+}
+fn head8_k(base: u32, d4: u32) -> Head8 {
+    var r = Head8();
+    for (var c = 0u; c < d4; c++) { r = head8_with(r, c, load_k(base + c)); }
+    return r;
+}
+fn head8_v(base: u32, d4: u32) -> Head8 {
+    var r = Head8();
+    for (var c = 0u; c < d4; c++) { r = head8_with(r, c, load_v(base + c)); }
+    return r;
+}
+fn head8_d_out(base: u32, d4: u32) -> Head8 {
+    var r = Head8();
+    for (var c = 0u; c < d4; c++) { r = head8_with(r, c, load_d_out(base + c)); }
     return r;
 }
 
@@ -968,26 +982,25 @@ fn head8_axpy(acc: Head8, w: f32, x: Head8) -> Head8 {
                  acc.c4 + w * x.c4, acc.c5 + w * x.c5, acc.c6 + w * x.c6, acc.c7 + w * x.c7);
 }
 
-// Stores the first d4 vec4 of w x at `base` of grad_a (0), dk_sum (1) or dv_sum (2).
-fn head8_store(which: u32, base: u32, d4: u32, w: f32, x: Head8) {
+// Vec4 c of a row.
+fn head8_at(x: Head8, c: u32) -> vec4<f32> {
+    switch c {
+        case 0u: { return x.c0; }
+        case 1u: { return x.c1; }
+        case 2u: { return x.c2; }
+        case 3u: { return x.c3; }
+        case 4u: { return x.c4; }
+        case 5u: { return x.c5; }
+        case 6u: { return x.c6; }
+        default: { return x.c7; }
+    }
+}
+
+// Stores w times the first d4 vec4 of dk and of dv of one key at `base` of dk_sum and dv_sum.
+fn head8_store_key_grads(base: u32, d4: u32, w: f32, dk: Head8, dv: Head8) {
     for (var c = 0u; c < d4; c++) {
-        var y = x.c7;
-        switch c {
-            case 0u: { y = x.c0; }
-            case 1u: { y = x.c1; }
-            case 2u: { y = x.c2; }
-            case 3u: { y = x.c3; }
-            case 4u: { y = x.c4; }
-            case 5u: { y = x.c5; }
-            case 6u: { y = x.c6; }
-            default: {}
-        }
-        y = w * y;
-        switch which {
-            case 0u: { grad_a[base + c] = y; }
-            case 1u: { dk_sum[base + c] = y; }
-            default: { dv_sum[base + c] = y; }
-        }
+        dk_sum[base + c] = w * head8_at(dk, c);
+        dv_sum[base + c] = head8_at(dv, c);
     }
 }
 
@@ -996,6 +1009,67 @@ fn few_key_grads(q: Head8, g: Head8, kj: Head8, vj: Head8, j: u32, n: u32, kb: u
     let visible = j < n && row_lse > NO_KEY && key_visible(kb, j, i, n);
     let pr = select(0.0, exp(p.scale * head8_dot(q, kj) - row_lse), visible);
     return vec2<f32>(pr, pr * (head8_dot(g, vj) - delta));
+}
+
+// The forward for 1 to FEW_BACKWARD_KEYS keys and heads of at most 32, laid out like
+// backward_few_keys: one invocation per (query-row range `split`, kv batch, head) holds the
+// keys' k and v and walks its rows, so a row loads only its q (forward_few_keys, one
+// invocation per row, loads every key's k and v for every row). Per row the exact softmax
+// over the keys (the same arithmetic as forward_few_keys): out = sum_j p_j v_j, and lse.
+@compute @workgroup_size(8)
+fn forward_few_keys_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let unit = workgroup_index(wid, nwg) * 8u + lid;
+    let split = unit % p.splits;
+    let kbh = unit / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let d4 = p.head_dim / 4u;
+    let n = min(p.kv_len, FEW_BACKWARD_KEYS);
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    let last = p.kv_len - 1u;
+    let k0 = head8_k(row_base(kb * p.kv_len, h), d4);
+    let k1 = head8_k(row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let k2 = head8_k(row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let k3 = head8_k(row_base(kb * p.kv_len + min(3u, last), h), d4);
+    let v0 = head8_v(row_base(kb * p.kv_len, h), d4);
+    let v1 = head8_v(row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let v2 = head8_v(row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let v3 = head8_v(row_base(kb * p.kv_len + min(3u, last), h), d4);
+    var b = first_b + r_begin / p.q_len;
+    var i = r_begin % p.q_len;
+    for (var r = r_begin; r < r_end; r++) {
+        let qb = row_base(b * p.q_len + i, h);
+        let q = head8_q(qb, d4);
+        let s0 = select(NEG, p.scale * head8_dot(q, k0), key_visible(kb, 0u, i, n));
+        let s1 = select(NEG, p.scale * head8_dot(q, k1), key_visible(kb, 1u, i, n));
+        let s2 = select(NEG, p.scale * head8_dot(q, k2), key_visible(kb, 2u, i, n));
+        let s3 = select(NEG, p.scale * head8_dot(q, k3), key_visible(kb, 3u, i, n));
+        let m = max(max(s0, s1), max(s2, s3));
+        let e0 = select(0.0, exp(s0 - m), s0 > NO_KEY);
+        let e1 = select(0.0, exp(s1 - m), s1 > NO_KEY);
+        let e2 = select(0.0, exp(s2 - m), s2 > NO_KEY);
+        let e3 = select(0.0, exp(s3 - m), s3 > NO_KEY);
+        let l = e0 + e1 + e2 + e3;
+        let inv = select(0.0, 1.0 / l, l > 0.0);
+        let o = head8_axpy(head8_axpy(head8_axpy(head8_axpy(Head8(), e0, v0), e1, v1), e2, v2), e3, v3);
+        for (var c = 0u; c < d4; c++) {
+            out[qb + c] = inv * head8_at(o, c);
+        }
+        lse[(b * p.heads + h) * p.q_len + i] = select(negative_infinity(), m + log(l), l > 0.0);
+        i++;
+        if (i == p.q_len) {
+            i = 0u;
+            b++;
+        }
+    }
 }
 
 @compute @workgroup_size(8)
@@ -1019,14 +1093,14 @@ fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let r_end = min(r_begin + p.split_rows, total);
     // Keys past Nk read key Nk - 1 (in range) and never count (few_key_grads).
     let last = p.kv_len - 1u;
-    let k0 = head8_load(1u, row_base(kb * p.kv_len, h), d4);
-    let k1 = head8_load(1u, row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let k2 = head8_load(1u, row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let k3 = head8_load(1u, row_base(kb * p.kv_len + min(3u, last), h), d4);
-    let v0 = head8_load(2u, row_base(kb * p.kv_len, h), d4);
-    let v1 = head8_load(2u, row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let v2 = head8_load(2u, row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let v3 = head8_load(2u, row_base(kb * p.kv_len + min(3u, last), h), d4);
+    let k0 = head8_k(row_base(kb * p.kv_len, h), d4);
+    let k1 = head8_k(row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let k2 = head8_k(row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let k3 = head8_k(row_base(kb * p.kv_len + min(3u, last), h), d4);
+    let v0 = head8_v(row_base(kb * p.kv_len, h), d4);
+    let v1 = head8_v(row_base(kb * p.kv_len + min(1u, last), h), d4);
+    let v2 = head8_v(row_base(kb * p.kv_len + min(2u, last), h), d4);
+    let v3 = head8_v(row_base(kb * p.kv_len + min(3u, last), h), d4);
     var dk0 = Head8(); var dk1 = Head8(); var dk2 = Head8(); var dk3 = Head8();
     var dv0 = Head8(); var dv1 = Head8(); var dv2 = Head8(); var dv3 = Head8();
     // Row r is query i of batch element b; both advance without a division per row.
@@ -1037,14 +1111,16 @@ fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let t = (b * p.heads + h) * p.q_len + i;
         let row_lse = stats[t];
         let delta = stats[rows + t];
-        let q = head8_load(0u, qb, d4);
-        let g = head8_load(3u, qb, d4);
+        let q = head8_q(qb, d4);
+        let g = head8_d_out(qb, d4);
         let g0 = few_key_grads(q, g, k0, v0, 0u, n, kb, i, row_lse, delta);
         let g1 = few_key_grads(q, g, k1, v1, 1u, n, kb, i, row_lse, delta);
         let g2 = few_key_grads(q, g, k2, v2, 2u, n, kb, i, row_lse, delta);
         let g3 = few_key_grads(q, g, k3, v3, 3u, n, kb, i, row_lse, delta);
         let dq = head8_axpy(head8_axpy(head8_axpy(head8_axpy(Head8(), g0.y, k0), g1.y, k1), g2.y, k2), g3.y, k3);
-        head8_store(0u, qb, d4, p.scale, dq);
+        for (var c = 0u; c < d4; c++) {
+            grad_a[qb + c] = p.scale * head8_at(dq, c);
+        }
         dk0 = head8_axpy(dk0, g0.y, q); dk1 = head8_axpy(dk1, g1.y, q);
         dk2 = head8_axpy(dk2, g2.y, q); dk3 = head8_axpy(dk3, g3.y, q);
         dv0 = head8_axpy(dv0, g0.x, g); dv1 = head8_axpy(dv1, g1.x, g);
@@ -1058,11 +1134,10 @@ fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let part = split * (p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u);
     let kr = part + row_base(kb * p.kv_len, h);
     let step = p.heads * p.head_dim / 4u;
-    head8_store(1u, kr, d4, p.scale, dk0);
-    head8_store(2u, kr, d4, 1.0, dv0);
-    if (n > 1u) { head8_store(1u, kr + step, d4, p.scale, dk1); head8_store(2u, kr + step, d4, 1.0, dv1); }
-    if (n > 2u) { head8_store(1u, kr + 2u * step, d4, p.scale, dk2); head8_store(2u, kr + 2u * step, d4, 1.0, dv2); }
-    if (n > 3u) { head8_store(1u, kr + 3u * step, d4, p.scale, dk3); head8_store(2u, kr + 3u * step, d4, 1.0, dv3); }
+    head8_store_key_grads(kr, d4, p.scale, dk0, dv0);
+    if (n > 1u) { head8_store_key_grads(kr + step, d4, p.scale, dk1, dv1); }
+    if (n > 2u) { head8_store_key_grads(kr + 2u * step, d4, p.scale, dk2, dv2); }
+    if (n > 3u) { head8_store_key_grads(kr + 3u * step, d4, p.scale, dk3, dv3); }
 }
 
 // dk = sum over splits of the dk partials, dv likewise, in split order. One vec4 per
