@@ -92,9 +92,11 @@ fn attention_over_the_binding_limit_is_refused_naming_kernel_and_limit() {
         &spec,
     )
     .expect_err("q is over the binding limit");
-    // The few-keys kernel of attention.wgsl, or of attention_texture.wgsl where texture
-    // operands are on (it still binds q's storage, which the check covers).
-    assert_binding_refusal(gpu, &err, "`forward_few_keys` of attention", needed, limit);
+    // The few-keys kernel (4 keys, heads of 32: the one that walks ranges of rows on the CPU
+    // paths, `forward_few_keys_rows`) of attention.wgsl, or of attention_texture.wgsl where
+    // texture operands are on (it still binds q's storage, which the check covers).
+    assert_binding_refusal(gpu, &err, "`forward_few_keys", needed, limit);
+    assert!(err.to_string().contains(" of attention"), "{err}");
     assert!(err.to_string().contains(".wgsl binding 1 ("), "{err}");
     // Through the op layer.
     let q = Tensor::from_buffer(gpu, q, &[1, q_len, heads * dh]).unwrap();
