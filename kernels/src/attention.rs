@@ -808,7 +808,7 @@ pub fn backward_path(
 }
 
 /// Steps 2 and 3 of [`backward_path`] for few keys: `backward_few_keys` writes dq and the
-/// ranges' dk, dv sums, and `backward_reduce` adds them when there is more than one range.
+/// ranges' dk, dv sums, and `backward_reduce_pairs` adds them.
 /// `inputs` are the backward's first eight bindings (q, k, v, mask, out, lse, d_out, stats).
 fn backward_few_keys(
     gpu: &Gpu,
@@ -820,12 +820,9 @@ fn backward_few_keys(
 ) -> Result<()> {
     let AttentionGrads { dq, dk, dv } = *grads;
     let (units, splits) = few_key_ranges(s, &mut p);
-    let parts = if splits > 1 {
-        Some((gpu.alloc(splits * s.kv_elements())?, gpu.alloc(splits * s.kv_elements())?))
-    } else {
-        None
-    };
-    let (part_k, part_v) = parts.as_ref().map_or((dk, dv), |(a, b)| (a, b));
+    // dk and dv partials in one buffer (dk then dv per range): the kernel binds seven storage
+    // buffers at most.
+    let pairs = gpu.alloc(2 * splits * s.kv_elements())?;
     let (qe, ke) = (4 * s.q_elements() as u64, 4 * s.kv_elements() as u64);
     let label = KernelLabel {
         kernel: "attention_backward_few_keys",
@@ -834,12 +831,16 @@ fn backward_few_keys(
         bytes: 3 * qe + 2 * ke * (splits as u64 + 1),
     };
     let [q, k, v, mask, out, lse, d_out, stats] = inputs;
-    let buffers = [q, k, v, mask, out, lse, d_out, stats, dq, dq, part_k, part_v];
+    let buffers = [q, k, v, mask, out, lse, d_out, stats, dq, &pairs, dk, dv];
     dispatch(gpu, "backward_few_keys", path, s, &p, &buffers, (units * splits).div_ceil(8), label)?;
-    if splits == 1 {
-        return Ok(());
-    }
-    reduce_partials(gpu, path, s, &p, splits, inputs, [part_k, part_v], [dk, dv])
+    let label = KernelLabel {
+        kernel: "attention_backward_reduce",
+        shape: format!("{} splits of {}", splits, s.describe()),
+        flops: 2 * (splits * s.kv_elements()) as u64,
+        bytes: 2 * ke * (splits as u64 + 1),
+    };
+    let n4 = s.kv_elements() / 4;
+    dispatch(gpu, "backward_reduce_pairs", path, s, &p, &buffers, n4.div_ceil(WG), label)
 }
 
 /// The query-row ranges of the few-keys kernels that hold the keys (`backward_few_keys`,

@@ -914,9 +914,9 @@ fn key_grads(s: mat2x4<f32>, dp: mat2x4<f32>, lse8: mat2x4<f32>, delta8: mat2x4<
 // eight rows per step of which only a few are keys. One invocation per (query-row range
 // `split`, kv batch kb, head h): it holds k and v of its keys (loaded once, where the fused
 // kernels reload them per row), walks its query rows one at a time (flattened over the batch
-// when Bk = 1), writes each row's dq and adds the row's share to its dk and dv sums, written at
-// the end as partial `split` ([splits, Bk*Nk, H*dh] in dk_sum and dv_sum; backward_reduce adds
-// the partials, or, with one split, they are dk and dv). Per row, with lse and delta from
+// when Bk = 1), writes each row's dq (grad_a) and adds the row's share to its dk and dv sums,
+// written at the end as partial `split` of grad_b ([splits, 2, Bk*Nk, H*dh]: dk, then dv;
+// backward_reduce_pairs adds the partials into dk_sum and dv_sum). Per row, with lse and delta from
 // backward_prepare:
 //   s_j = scale q.k_j,  p_j = exp(s_j - lse) (0 for a hidden key),  dp_j = dout.v_j,
 //   ds_j = p_j (dp_j - delta),  dq = scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j dout
@@ -996,17 +996,56 @@ fn head8_at(x: Head8, c: u32) -> vec4<f32> {
     }
 }
 
-// Stores w times the first d4 vec4 of dk and of dv of one key at `base` of dk_sum and dv_sum.
-fn head8_store_key_grads(base: u32, d4: u32, w: f32, dk: Head8, dv: Head8) {
+// Stores w times the first d4 vec4 of dk, and the first d4 of dv, of one key at `base` and
+// `base + kv4` of grad_b (backward_few_keys' partials: [splits, 2, Bk*Nk*H*dh/4]).
+fn head8_store_key_grads(base: u32, kv4: u32, d4: u32, w: f32, dk: Head8, dv: Head8) {
     for (var c = 0u; c < d4; c++) {
-        dk_sum[base + c] = w * head8_at(dk, c);
-        dv_sum[base + c] = head8_at(dv, c);
+        grad_b[base + c] = w * head8_at(dk, c);
+        grad_b[kv4 + base + c] = head8_at(dv, c);
     }
 }
 
-// The probability and score gradient of key j for one row (0, 0 for a key past Nk or hidden).
-fn few_key_grads(q: Head8, g: Head8, kj: Head8, vj: Head8, j: u32, n: u32, kb: u32, i: u32, row_lse: f32, delta: f32) -> vec2<f32> {
-    let visible = j < n && row_lse > NO_KEY && key_visible(kb, j, i, n);
+// What one invocation of the few-keys kernels that hold the keys takes (unit = its index):
+// kv batch kb, head h, and range `split` of the query rows that kv batch serves, [r_begin,
+// r_end) (flattened over the batch when Bk = 1), whose first row is query i0 of batch element
+// b0 (the kernels then advance b and i without a division per row). `ok` is false past the
+// last (kv batch, head).
+struct FewRange { ok: bool, kb: u32, h: u32, split: u32, r_begin: u32, r_end: u32, b0: u32, i0: u32 }
+
+fn few_range(unit: u32) -> FewRange {
+    let split = unit % p.splits;
+    let kbh = unit / p.splits;
+    let kb = kbh / p.heads;
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    return FewRange(kbh < p.kv_batch * p.heads, kb, kbh % p.heads, split, r_begin, r_end,
+                    first_b + r_begin / p.q_len, r_begin % p.q_len);
+}
+
+// The k and v rows of keys 0..4 of (kv batch kb, head h); keys past Nk repeat key Nk - 1 (in
+// range) and never count (key_visible is false for them).
+struct FewKeyRows { k0: Head8, k1: Head8, k2: Head8, k3: Head8, v0: Head8, v1: Head8, v2: Head8, v3: Head8 }
+
+fn few_key_rows(kb: u32, h: u32, d4: u32) -> FewKeyRows {
+    let last = p.kv_len - 1u;
+    let r0 = row_base(kb * p.kv_len, h);
+    let r1 = row_base(kb * p.kv_len + min(1u, last), h);
+    let r2 = row_base(kb * p.kv_len + min(2u, last), h);
+    let r3 = row_base(kb * p.kv_len + min(3u, last), h);
+    return FewKeyRows(head8_k(r0, d4), head8_k(r1, d4), head8_k(r2, d4), head8_k(r3, d4),
+                      head8_v(r0, d4), head8_v(r1, d4), head8_v(r2, d4), head8_v(r3, d4));
+}
+
+// The probability and score gradient of key j for query i (0, 0 for a key past Nk, masked
+// (key_on false) or after i under a causal mask, and for a row that sees no key).
+fn few_key_grads(q: Head8, g: Head8, kj: Head8, vj: Head8, j: u32, key_on: bool, i: u32, row_lse: f32, delta: f32) -> vec2<f32> {
+    let visible = key_on && row_lse > NO_KEY && (p.causal == 0u || j <= i);
     let pr = select(0.0, exp(p.scale * head8_dot(q, kj) - row_lse), visible);
     return vec2<f32>(pr, pr * (head8_dot(g, vj) - delta));
 }
@@ -1018,34 +1057,18 @@ fn few_key_grads(q: Head8, g: Head8, kj: Head8, vj: Head8, j: u32, n: u32, kb: u
 // over the keys (the same arithmetic as forward_few_keys): out = sum_j p_j v_j, and lse.
 @compute @workgroup_size(8)
 fn forward_few_keys_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let unit = workgroup_index(wid, nwg) * 8u + lid;
-    let split = unit % p.splits;
-    let kbh = unit / p.splits;
-    if (kbh >= p.kv_batch * p.heads) { return; }
-    let kb = kbh / p.heads;
-    let h = kbh % p.heads;
+    let u = few_range(workgroup_index(wid, nwg) * 8u + lid);
+    if (!u.ok) { return; }
+    let kb = u.kb;
+    let h = u.h;
     let d4 = p.head_dim / 4u;
     let n = min(p.kv_len, FEW_BACKWARD_KEYS);
-    var total = p.q_len;
-    var first_b = kb;
-    if (p.kv_batch == 1u) {
-        total = p.batch * p.q_len;
-        first_b = 0u;
-    }
-    let r_begin = min(split * p.split_rows, total);
-    let r_end = min(r_begin + p.split_rows, total);
-    let last = p.kv_len - 1u;
-    let k0 = head8_k(row_base(kb * p.kv_len, h), d4);
-    let k1 = head8_k(row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let k2 = head8_k(row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let k3 = head8_k(row_base(kb * p.kv_len + min(3u, last), h), d4);
-    let v0 = head8_v(row_base(kb * p.kv_len, h), d4);
-    let v1 = head8_v(row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let v2 = head8_v(row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let v3 = head8_v(row_base(kb * p.kv_len + min(3u, last), h), d4);
-    var b = first_b + r_begin / p.q_len;
-    var i = r_begin % p.q_len;
-    for (var r = r_begin; r < r_end; r++) {
+    let kv = few_key_rows(kb, h, d4);
+    let k0 = kv.k0; let k1 = kv.k1; let k2 = kv.k2; let k3 = kv.k3;
+    let v0 = kv.v0; let v1 = kv.v1; let v2 = kv.v2; let v3 = kv.v3;
+    var b = u.b0;
+    var i = u.i0;
+    for (var r = u.r_begin; r < u.r_end; r++) {
         let qb = row_base(b * p.q_len + i, h);
         let q = head8_q(qb, d4);
         let s0 = select(NEG, p.scale * head8_dot(q, k0), key_visible(kb, 0u, i, n));
@@ -1074,49 +1097,37 @@ fn forward_few_keys_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 
 @compute @workgroup_size(8)
 fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let unit = workgroup_index(wid, nwg) * 8u + lid;
-    let split = unit % p.splits;
-    let kbh = unit / p.splits;
-    if (kbh >= p.kv_batch * p.heads) { return; }
-    let kb = kbh / p.heads;
-    let h = kbh % p.heads;
+    let u = few_range(workgroup_index(wid, nwg) * 8u + lid);
+    if (!u.ok) { return; }
+    let kb = u.kb;
+    let h = u.h;
     let d4 = p.head_dim / 4u;
     let n = min(p.kv_len, FEW_BACKWARD_KEYS);
     let rows = p.batch * p.heads * p.q_len;
-    var total = p.q_len;
-    var first_b = kb;
-    if (p.kv_batch == 1u) {
-        total = p.batch * p.q_len;
-        first_b = 0u;
-    }
-    let r_begin = min(split * p.split_rows, total);
-    let r_end = min(r_begin + p.split_rows, total);
-    // Keys past Nk read key Nk - 1 (in range) and never count (few_key_grads).
+    let kv = few_key_rows(kb, h, d4);
+    let k0 = kv.k0; let k1 = kv.k1; let k2 = kv.k2; let k3 = kv.k3;
+    let v0 = kv.v0; let v1 = kv.v1; let v2 = kv.v2; let v3 = kv.v3;
+    // Keys present and not masked, from backward_prepare's mask floats (stats after the rows'
+    // lse and delta; the key_mask buffer itself is not bound: seven storage buffers at most).
+    let mk = 2u * rows + kb * p.kv_len;
     let last = p.kv_len - 1u;
-    let k0 = head8_k(row_base(kb * p.kv_len, h), d4);
-    let k1 = head8_k(row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let k2 = head8_k(row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let k3 = head8_k(row_base(kb * p.kv_len + min(3u, last), h), d4);
-    let v0 = head8_v(row_base(kb * p.kv_len, h), d4);
-    let v1 = head8_v(row_base(kb * p.kv_len + min(1u, last), h), d4);
-    let v2 = head8_v(row_base(kb * p.kv_len + min(2u, last), h), d4);
-    let v3 = head8_v(row_base(kb * p.kv_len + min(3u, last), h), d4);
+    let mask4 = vec4<f32>(stats[mk], stats[mk + min(1u, last)], stats[mk + min(2u, last)], stats[mk + min(3u, last)]);
+    let on = (mask4 != vec4<f32>(0.0)) & (vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n));
     var dk0 = Head8(); var dk1 = Head8(); var dk2 = Head8(); var dk3 = Head8();
     var dv0 = Head8(); var dv1 = Head8(); var dv2 = Head8(); var dv3 = Head8();
-    // Row r is query i of batch element b; both advance without a division per row.
-    var b = first_b + r_begin / p.q_len;
-    var i = r_begin % p.q_len;
-    for (var r = r_begin; r < r_end; r++) {
+    var b = u.b0;
+    var i = u.i0;
+    for (var r = u.r_begin; r < u.r_end; r++) {
         let qb = row_base(b * p.q_len + i, h);
         let t = (b * p.heads + h) * p.q_len + i;
         let row_lse = stats[t];
         let delta = stats[rows + t];
         let q = head8_q(qb, d4);
         let g = head8_d_out(qb, d4);
-        let g0 = few_key_grads(q, g, k0, v0, 0u, n, kb, i, row_lse, delta);
-        let g1 = few_key_grads(q, g, k1, v1, 1u, n, kb, i, row_lse, delta);
-        let g2 = few_key_grads(q, g, k2, v2, 2u, n, kb, i, row_lse, delta);
-        let g3 = few_key_grads(q, g, k3, v3, 3u, n, kb, i, row_lse, delta);
+        let g0 = few_key_grads(q, g, k0, v0, 0u, on.x, i, row_lse, delta);
+        let g1 = few_key_grads(q, g, k1, v1, 1u, on.y, i, row_lse, delta);
+        let g2 = few_key_grads(q, g, k2, v2, 2u, on.z, i, row_lse, delta);
+        let g3 = few_key_grads(q, g, k3, v3, 3u, on.w, i, row_lse, delta);
         let dq = head8_axpy(head8_axpy(head8_axpy(head8_axpy(Head8(), g0.y, k0), g1.y, k1), g2.y, k2), g3.y, k3);
         for (var c = 0u; c < d4; c++) {
             grad_a[qb + c] = p.scale * head8_at(dq, c);
@@ -1131,13 +1142,30 @@ fn backward_few_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             b++;
         }
     }
-    let part = split * (p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u);
-    let kr = part + row_base(kb * p.kv_len, h);
+    let kv4 = p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u;
+    let kr = 2u * u.split * kv4 + row_base(kb * p.kv_len, h);
     let step = p.heads * p.head_dim / 4u;
-    head8_store_key_grads(kr, d4, p.scale, dk0, dv0);
-    if (n > 1u) { head8_store_key_grads(kr + step, d4, p.scale, dk1, dv1); }
-    if (n > 2u) { head8_store_key_grads(kr + 2u * step, d4, p.scale, dk2, dv2); }
-    if (n > 3u) { head8_store_key_grads(kr + 3u * step, d4, p.scale, dk3, dv3); }
+    head8_store_key_grads(kr, kv4, d4, p.scale, dk0, dv0);
+    if (n > 1u) { head8_store_key_grads(kr + step, kv4, d4, p.scale, dk1, dv1); }
+    if (n > 2u) { head8_store_key_grads(kr + 2u * step, kv4, d4, p.scale, dk2, dv2); }
+    if (n > 3u) { head8_store_key_grads(kr + 3u * step, kv4, d4, p.scale, dk3, dv3); }
+}
+
+// backward_few_keys' partials: dk = sum over splits of grad_b[split, 0], dv of grad_b[split,
+// 1], in split order. One vec4 per invocation.
+@compute @workgroup_size(64)
+fn backward_reduce_pairs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let e = workgroup_index(wid, nwg) * WG + lid;
+    let n = p.kv_batch * p.kv_len * p.heads * p.head_dim / 4u;
+    if (e >= n) { return; }
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
+    for (var s = 0u; s < p.splits; s++) {
+        a += grad_b[2u * s * n + e];
+        b += grad_b[2u * s * n + n + e];
+    }
+    dk_sum[e] = a;
+    dv_sum[e] = b;
 }
 
 // dk = sum over splits of the dk partials, dv likewise, in split order. One vec4 per
