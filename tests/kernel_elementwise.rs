@@ -502,3 +502,37 @@ fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
     run(29, 0, "the newest input again");
     run(0, 1, "the oldest input again, after 28 others of its size");
 }
+
+#[test]
+fn textures_of_dropped_or_rewritten_buffers_are_reused_first() {
+    // A texture whose buffer was dropped, or written since its copy, can never be found again:
+    // the next copy of its size goes there rather than into a new texture (the cache stays
+    // small and warm). Thirty inputs used once and dropped keep one texture of their size;
+    // thirty rewrites of one buffer likewise; results follow the data.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    if !gpu.texture_operands() {
+        return; // the storage kernels read every operand directly (llvmpipe GL)
+    }
+    let (rows, c) = (70usize, 192usize);
+    let n = rows * c;
+    let mut rng = Rng::new(92);
+    let biasv = rng.vec(c);
+    let bias = gpu.upload(&biasv).unwrap();
+    let out = gpu.alloc(n).unwrap();
+    let shape = BiasAct { op: UnaryOp::Relu, rows, c };
+    let reused = gpu.upload(&rng.vec(n)).unwrap();
+    for i in 0..30 {
+        let x = rng.vec(n);
+        if i < 15 {
+            let input = gpu.upload(&x).unwrap();
+            elementwise::bias_act(&gpu, &input, &bias, &out, &shape).unwrap();
+        } else {
+            gpu.write(&reused, &x).unwrap();
+            elementwise::bias_act(&gpu, &reused, &bias, &out, &shape).unwrap();
+        }
+        assert_eq!(gpu.download(&out).unwrap(), relu_plus_bias(&x, &biasv), "input {i}");
+        // One texture for the inputs' size, one for the bias's.
+        let (count, bytes) = gpu.operand_texture_memory();
+        assert_eq!(count, 2, "after input {i}: textures held: {count} ({bytes} bytes)");
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Source of [`GpuBuffer`] identities: every buffer handed out gets the next one, also when the
 /// pool recycles the memory of a dropped buffer.
@@ -117,8 +117,10 @@ pub struct GpuBuffer {
     pool: BufferPool,
     /// Unique among the buffers handed out since the process started.
     id: u64,
-    /// Writes recorded into this buffer so far (see [`GpuBuffer::contents`]).
-    writes: AtomicU64,
+    /// Writes recorded into this buffer so far (see [`GpuBuffer::contents`]); shared with
+    /// the operand textures copied from it, which see through a [`Weak`] whether the buffer
+    /// still holds what they hold ([`ContentsWatch`]).
+    writes: Arc<AtomicU64>,
 }
 
 /// What a buffer holds at one point of the command stream: the buffer's identity and how many
@@ -130,10 +132,30 @@ pub(crate) struct Contents {
     writes: u64,
 }
 
+/// Whether a buffer still holds given contents, without keeping the buffer alive: false once
+/// the buffer is dropped or a write into it is recorded. A texture copied from contents that
+/// no buffer holds any more can never be found again, so it is the first to reuse.
+#[derive(Clone, Debug)]
+pub(crate) struct ContentsWatch {
+    writes: Weak<AtomicU64>,
+    at: u64,
+}
+
+impl ContentsWatch {
+    pub(crate) fn current(&self) -> bool {
+        self.writes.upgrade().is_some_and(|w| w.load(Ordering::Acquire) == self.at)
+    }
+}
+
 impl GpuBuffer {
     pub(crate) fn new(buffer: wgpu::Buffer, class: u64, len: usize, pool: BufferPool) -> Self {
         let id = NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed);
-        GpuBuffer { buffer: Some(buffer), class, len, pool, id, writes: AtomicU64::new(0) }
+        GpuBuffer { buffer: Some(buffer), class, len, pool, id, writes: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// A watch on this buffer's contents as of the commands recorded so far.
+    pub(crate) fn watch(&self) -> ContentsWatch {
+        ContentsWatch { writes: Arc::downgrade(&self.writes), at: self.writes.load(Ordering::Acquire) }
     }
 
     /// The buffer's contents as of the commands recorded so far.
