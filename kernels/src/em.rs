@@ -21,10 +21,11 @@
 //! the M-step's per-basis bias gs, which saves a pass over gZ). Where M and C are multiples of
 //! 4 the forward ends each M-step in one pass instead ([`Em::m_step_fused`]: column sums, sum
 //! of the splits, division and normalisation, the same additions in the same order), so a
-//! CPU-path iteration is four dispatches: logits matmul, softmax, split matmul, that pass. The Z^T X products have a small
-//! output [M,C] and a long sum over N, so they run split over tokens (S <= 16 splits, one
-//! matmul of batch B*S, see `Em::splits`) and the pass after them sums the S partials. Accumulating products
-//! (`out = acc + ...`) copy `acc` into `out` and let the matmul accumulate; inside
+//! CPU-path iteration is four dispatches: logits matmul, softmax, split matmul, that pass.
+//! The Z^T X products have a small output [M,C] and a long sum over N, so they run split over
+//! tokens (S <= 16 splits, one matmul of batch B*S, see `Em::splits`) and the pass after them
+//! sums the S partials. Accumulating products (`out = acc + ...`) copy `acc` into `out` and
+//! let the matmul accumulate; inside
 //! [`Em::backward`] the gradient of u is one buffer every product accumulates into.
 //!
 //! No kernel here uses a workgroup barrier (on lavapipe one costs more than an extra dispatch).
