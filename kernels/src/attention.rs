@@ -259,9 +259,10 @@ fn products_fit(gpu: &Gpu, s: &Attention) -> bool {
 /// most [`FEW_KEYS`] keys (as fast there, one dispatch); the backward takes products at every
 /// key count the few-keys backward does not take (`Auto` tries that first: products measured
 /// 0.7x the fused time at the decoder's 3-key cross-attention, benches/compare_attention.py).
-/// The subgroup path runs the fused kernels with the streamed rows shared by subgroupBroadcast (attention_subgroup.wgsl), faster there than products in
-/// the forward and as fast in the backward, with no score matrix and no head moves; an
-/// adapter that cannot run subgroup kernels falls back to the registers path's choice.
+/// The subgroup path runs the fused kernels with the streamed rows shared by subgroupBroadcast
+/// (attention_subgroup.wgsl), faster there than products in the forward and as fast in the
+/// backward, with no score matrix and no head moves; an adapter that cannot run subgroup
+/// kernels falls back to the registers path's choice.
 fn products_by_default(gpu: &Gpu, s: &Attention, path: KernelPath, forward: bool) -> bool {
     let registers = match path {
         KernelPath::Registers => true,
