@@ -348,11 +348,11 @@ fn find_workers(device: &wgpu::Device, queue: &wgpu::Queue, before: &std::collec
     // CPU times read after the untimed first dispatch (which compiles the kernel).
     let snapshot =
         || -> Vec<(i32, u64)> { started.iter().filter_map(|&t| Some((t, cpu_threads::cpu_ns(t)?))).collect() };
-    let (cpu, wall) = match cpu_threads::run_busy(device, queue, std::time::Duration::from_millis(10), snapshot) {
+    let (cpu, wall) = match cpu_threads::run_busy(device, queue, std::time::Duration::from_millis(20), snapshot) {
         Ok(measured) => measured,
         Err(e) => return Workers::skipped(format!("the busy dispatch failed: {e}")),
     };
-    let tids = cpu_threads::busy(&cpu, wall.as_nanos() as u64, 0.3);
+    let tids = cpu_threads::busy(&cpu, wall.as_nanos() as u64, 0.05);
     if tids.is_empty() {
         return Workers::skipped("no thread ran the busy dispatch for long enough");
     }

@@ -10,8 +10,9 @@
 //! 10-15 % faster (README, "Where vlsa stands on lavapipe").
 //!
 //! The driver's threads are not vlsa's, so they are found by what they do: threads that appear
-//! while the adapter and device are opened ([`tasks`] before and after) and that run for most
-//! of a short busy dispatch ([`cpu_ns`] before and after; `Gpu` runs it). Those are pinned to the
+//! while the adapter and device are opened ([`tasks`] before and after) and that run, during a
+//! short busy dispatch, at least half as long as the busiest of them ([`cpu_ns`] before and
+//! after; `Gpu` runs it). Those are pinned to the
 //! cores this process may use, one each in turn. Nothing else is touched: vlsa's own threads,
 //! the caller's, the driver's queue and shader-cache threads keep their affinity.
 
@@ -29,14 +30,19 @@ pub(crate) fn cpu_ns(tid: i32) -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-/// The threads that ran at least `share` of `wall_ns` between the two readings: the workers of
-/// a dispatch that kept every core busy for `wall_ns`.
+/// The workers of a dispatch that kept every core busy for `wall_ns`: the threads that ran,
+/// between the two readings, at least half as long as the busiest of them, provided that one
+/// ran at least `share` of `wall_ns` (else none). Relative to the busiest rather than to the
+/// wall time, because other processes may share the cores (a test suite running several
+/// commands at once on 2 cores gave the workers under 30 % each).
 pub(crate) fn busy(before: &[(i32, u64)], wall_ns: u64, share: f64) -> Vec<i32> {
-    let mut found: Vec<i32> = before
-        .iter()
-        .filter(|&&(tid, t0)| cpu_ns(tid).is_some_and(|t1| t1.saturating_sub(t0) as f64 >= share * wall_ns as f64))
-        .map(|&(tid, _)| tid)
-        .collect();
+    let ran: Vec<(i32, u64)> =
+        before.iter().filter_map(|&(tid, t0)| Some((tid, cpu_ns(tid)?.saturating_sub(t0)))).collect();
+    let most = ran.iter().map(|&(_, t)| t).max().unwrap_or(0);
+    if most == 0 || (most as f64) < share * wall_ns as f64 {
+        return Vec::new();
+    }
+    let mut found: Vec<i32> = ran.iter().filter(|&&(_, t)| 2 * t >= most).map(|&(tid, _)| tid).collect();
     found.sort_unstable();
     found
 }
@@ -256,6 +262,25 @@ mod tests {
             started[0],
             started[1]
         );
+    }
+
+    #[test]
+    fn workers_are_found_relative_to_the_busiest_and_none_when_nothing_ran() {
+        // Two threads spinning 40 ms of a 200 ms window (as workers sharing their cores with
+        // other processes would) are both found at a 5 % floor; a sleeping one is not; with
+        // the floor above what the busiest ran, none is.
+        let (send, ids) = mpsc::channel();
+        let handles: Vec<_> = [40, 40, 0].map(|ms| worker(Duration::from_millis(ms), send.clone())).into();
+        let tids: Vec<i32> = (0..3).map(|_| ids.recv().unwrap()).collect();
+        let cpu: Vec<(i32, u64)> = tids.iter().map(|&t| (t, cpu_ns(t).unwrap())).collect();
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(200));
+        let wall = start.elapsed().as_nanos() as u64;
+        let mut spinners = tids[..2].to_vec();
+        spinners.sort_unstable();
+        assert_eq!(busy(&cpu, wall, 0.05), spinners, "the sleeping thread is {}", tids[2]);
+        assert!(busy(&cpu, wall, 0.9).is_empty());
+        handles.into_iter().for_each(|h| h.join().unwrap());
     }
 
     #[test]
