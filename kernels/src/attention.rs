@@ -286,10 +286,11 @@ fn scores_len(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
     (path != KernelPath::Tiled && shape && fits).then_some(len)
 }
 
-/// Whether the few-keys backward can take `s` on `path`: queries present, 1 to
+/// Whether the few-keys kernels that hold the keys in each invocation (`backward_few_keys`,
+/// `forward_few_keys_rows`) can take `s` on `path`: queries present, 1 to
 /// [`FEW_BACKWARD_KEYS`] keys, heads of at most [`FEW_BACKWARD_HEAD_DIM`], not the tiled path
 /// (a GPU thread has no room for the rows it holds; the fused kernels serve it).
-fn few_keys_backward_fits(s: &Attention, path: KernelPath) -> bool {
+fn few_keys_held(s: &Attention, path: KernelPath) -> bool {
     path != KernelPath::Tiled
         && s.q_len > 0
         && (1..=FEW_BACKWARD_KEYS).contains(&s.kv_len)
@@ -542,7 +543,7 @@ pub fn forward_path(
         return Ok(None);
     }
     // Few enough keys to hold in each invocation: the kernel that walks ranges of rows.
-    if few && few_keys_backward_fits(s, path) {
+    if few && few_keys_held(s, path) {
         let mut p = Params::new(s, key_mask.is_some());
         let (units, splits) = few_key_ranges(s, &mut p);
         let label = KernelLabel {
@@ -638,8 +639,8 @@ pub fn backward_path(
     check_len(s, "dk", dk, &kd, s.kv_elements())?;
     check_len(s, "dv", dv, &kd, s.kv_elements())?;
     let few = match backward {
-        BackwardPath::Auto => few_keys_backward_fits(s, path),
-        BackwardPath::FewKeys if few_keys_backward_fits(s, path) => true,
+        BackwardPath::Auto => few_keys_held(s, path),
+        BackwardPath::FewKeys if few_keys_held(s, path) => true,
         BackwardPath::FewKeys => {
             return Err(Error::Shape(format!(
                 "attention with {}: the few-keys backward takes queries, 1 to {FEW_BACKWARD_KEYS} keys and a head dimension of at most {FEW_BACKWARD_HEAD_DIM}, on the registers or subgroup path ({path} here); use the fused kernels",

@@ -140,24 +140,13 @@ fn launch_fused(
     if params.c.is_multiple_of(4) {
         let mut p = *params;
         p.n /= 4;
-        let [a, b, o, c] = buffers;
+        let [a, b, _, c] = buffers;
         // Where texture operands are on: a, the bias and (for the entry points with a third
         // operand) c fetched from textures (elementwise_texture.wgsl).
         let (n, bias) = (params.n as usize, params.c as usize);
-        let textures = if entries.1 == "bias_act4" {
-            gpu.flat_operands(&[(a, n), (b, bias)])
-        } else {
-            gpu.flat_operands(&[(a, n), (b, bias), (c, n)])
-        };
-        let d = Dispatch {
-            shader: &SHADER,
-            entry: entries.1,
-            params: bytemuck::bytes_of(&p),
-            buffers: &[a, b, o, c, a, b, o, c],
-            workgroups: grid((p.n as usize).div_ceil(256) as u32),
-            label,
-        };
-        gpu.dispatch_textured(d, &[("OP", op as f64)], &TEXTURE_SHADER, textures.as_deref())
+        let operands: &[(&GpuBuffer, usize)] =
+            if entries.1 == "bias_act4" { &[(a, n), (b, bias)] } else { &[(a, n), (b, bias), (c, n)] };
+        launch4(gpu, (entries.1, op), &p, buffers, operands, label)
     } else {
         launch(gpu, entries.0, op, params, &buffers, label)
     }
@@ -225,41 +214,37 @@ pub fn binary(
         // No broadcasting: the vec4 kernel, on the buffers' vec4 views (bindings 5..7), or a
         // and b from textures where texture operands are on.
         p.n = (n / 4) as u32;
-        launch4(gpu, ("binary_same4", code), &p, (a, n), Some((b, b_len)), out, label)?;
+        launch4(gpu, ("binary_same4", code), &p, [a, b, out, a], &[(a, n), (b, b_len)], label)?;
     } else if a_shape == shape.as_slice() && is_trailing(b_shape, &shape) && b_len > 0 && b_len.is_multiple_of(4) {
         // b repeats over a's leading axes: by vec4, b's index the output's modulo its length.
         p.n = (n / 4) as u32;
         p.c = (b_len / 4) as u32;
-        launch4(gpu, ("binary_suffix4", code), &p, (a, n), Some((b, b_len)), out, label)?;
+        launch4(gpu, ("binary_suffix4", code), &p, [a, b, out, a], &[(a, n), (b, b_len)], label)?;
     } else {
         launch(gpu, "binary", code, &p, &[a, b, out], label)?;
     }
     Ok(shape)
 }
 
-/// Launches the vec4 entry point `entry` with operation code `op` that reads `a` and, if given, `b` (bindings 5 and 6, vec4
-/// views) and writes `out` (binding 7), `params.n` vec4s: each operand is `(buffer,
-/// elements)`. Where texture operands are on, the entry point of the same name in
-/// elementwise_texture.wgsl reads them from flat textures instead.
+/// Launches the vec4 entry point `entry` with operation code `op` over `params.n` vec4s, on
+/// `[a, b, out, c]` (bindings 1..=4, each bound a second time as a vec4 view at 5..=8). Where
+/// texture operands are on, the entry point of the same name in elementwise_texture.wgsl reads
+/// `operands` (buffer and elements, in texture-binding order: a, b, c, those it reads) from
+/// flat textures instead.
 fn launch4(
     gpu: &Gpu,
     (entry, op): (&'static str, u32),
     params: &Params,
-    (a, a_len): (&GpuBuffer, usize),
-    b: Option<(&GpuBuffer, usize)>,
-    out: &GpuBuffer,
+    [a, b, out, c]: [&GpuBuffer; 4],
+    operands: &[(&GpuBuffer, usize)],
     label: KernelLabel,
 ) -> Result<()> {
-    let textures = match b {
-        Some(b) => gpu.flat_operands(&[(a, a_len), b]),
-        None => gpu.flat_operands(&[(a, a_len)]),
-    };
-    let b = b.map_or(a, |(b, _)| b);
+    let textures = gpu.flat_operands(operands);
     let d = Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(params),
-        buffers: &[a, b, out, a, a, b, out],
+        buffers: &[a, b, out, c, a, b, out, c],
         workgroups: grid((params.n as usize).div_ceil(256) as u32),
         label,
     };
@@ -313,7 +298,7 @@ pub fn unary(gpu: &Gpu, op: UnaryOp, a: &GpuBuffer, out: &GpuBuffer, n: usize) -
     let label = KernelLabel { kernel: op.name(), shape: format!("[{n}]"), flops: 8 * n as u64, bytes: 8 * n as u64 };
     if n.is_multiple_of(4) {
         p.n = (n / 4) as u32;
-        return launch4(gpu, ("unary4", op as u32), &p, (a, n), None, out, label);
+        return launch4(gpu, ("unary4", op as u32), &p, [a, a, out, a], &[(a, n)], label);
     }
     launch(gpu, "unary", op as u32, &p, &[a, a, out], label)
 }
@@ -332,7 +317,7 @@ pub fn unary_backward(gpu: &Gpu, op: UnaryOp, x: &GpuBuffer, dy: &GpuBuffer, dx:
     };
     if n.is_multiple_of(4) {
         p.n = (n / 4) as u32;
-        return launch4(gpu, ("unary_backward4", op as u32), &p, (x, n), Some((dy, n)), dx, label);
+        return launch4(gpu, ("unary_backward4", op as u32), &p, [x, dy, dx, x], &[(x, n), (dy, n)], label);
     }
     launch(gpu, "unary_backward", op as u32, &p, &[x, dy, dx], label)
 }
