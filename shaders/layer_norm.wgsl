@@ -16,3 +16,9 @@ fn load_dy4(i: u32) -> vec4<f32> {
 fn load_dx_in4(i: u32) -> vec4<f32> {
     return dx_in4[i];
 }
+fn load_weight4(j: u32) -> vec4<f32> {
+    return weight4[j];
+}
+fn load_bias4(j: u32) -> vec4<f32> {
+    return bias4[j];
+}

@@ -221,8 +221,8 @@ fn layer_norm_rejects_bad_shapes() {
 
 #[test]
 fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
-    // Where texture operands are on (lavapipe's default), the vec4 row kernels fetch x, dy and
-    // dx_in from flat textures: the same values in the same order as the storage loads, so
+    // Where texture operands are on (lavapipe's default), the vec4 row kernels fetch x, dy,
+    // dx_in, weight and bias from flat textures: the same values in the same order as the storage loads, so
     // every output equals the storage kernels' bit for bit (the reference checks above run
     // whichever is the default). Shapes: one partial texture row, several rows and a partial
     // one (9600 and 38400 elements), and columns no multiple of 4 (storage only, no copies).
@@ -252,10 +252,11 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
             gpu.set_profiling(false).unwrap();
             let copies =
                 profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
-            // x for the forward; dy for the first backward's dx (once, though it stands in for
-            // the absent dx_in too: the same contents share one texture); dx_in for the second.
-            // Every other operand is still in its texture: nothing wrote x or dy in between.
-            let want = if textures && gpu.texture_operands() && cols % 4 == 0 { 1 + 1 + 1 } else { 0 };
+            // x, weight and bias for the forward; dy for the first backward's dx (once, though
+            // it stands in for the absent dx_in too: the same contents share one texture);
+            // dx_in for the second. Every other operand is still in its texture: nothing wrote
+            // x, weight or dy in between.
+            let want = if textures && gpu.texture_operands() && cols % 4 == 0 { 3 + 1 + 1 } else { 0 };
             assert_eq!(copies, want, "[{rows},{cols}], textures {textures}: texture copies");
             runs.push(got);
         }

@@ -137,7 +137,11 @@ pub fn forward_with(
     let per_row = if cols.is_multiple_of(4) { ("forward_rows4", ROWS4) } else { ("forward_rows", 1) };
     let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "forward_workgroup");
     let n = (rows * cols) as u64;
-    let textures = if entry == "forward_rows4" { gpu.flat_operands(&[(x, rows * cols)]) } else { None };
+    let textures = if entry == "forward_rows4" {
+        gpu.flat_operands(&[(x, rows * cols), (weight, cols), (bias, cols)])
+    } else {
+        None
+    };
     let p = Params::new(rows, cols, eps);
     let d = Dispatch {
         shader: &SHADER,
@@ -208,10 +212,10 @@ pub fn backward_with(
     let (entry, workgroups) = schedule.pick_grouped(rows, cols, per_row, "backward_workgroup");
     let mut p = Params::new(rows, cols, 0.0);
     p.accumulate = u32::from(dx_in.is_some());
-    // The vec4 kernel on texture operands: x, dy and dx_in (dy again when there is none).
+    // The vec4 kernel on texture operands: x, dy, dx_in (dy again when there is none), weight.
     let len = rows * cols;
     let textures = if entry == "backward_rows4" {
-        gpu.flat_operands(&[(x, len), (dy, len), (dx_in.unwrap_or(dy), len)])
+        gpu.flat_operands(&[(x, len), (dy, len), (dx_in.unwrap_or(dy), len), (weight, cols)])
     } else {
         None
     };

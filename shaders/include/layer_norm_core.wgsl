@@ -1,7 +1,8 @@
 // LayerNorm over the last axis of [rows, cols], forward and backward: the kernels of
 // layer_norm.wgsl (rows read from storage) and layer_norm_texture.wgsl (the rows4 kernels'
-// rows fetched from textures). Those modules define load_x4, load_dy4 and load_dx_in4 (vec4 i
-// of x, dy and dx_in), the only thing they do differently.
+// rows and parameters fetched from textures). Those modules define load_x4, load_dy4 and
+// load_dx_in4 (vec4 i of x, dy and dx_in) and load_weight4 and load_bias4 (vec4 j of weight and
+// bias), the only thing they do differently.
 //
 // Math, per row r (N = cols, j over the row):
 //   forward:   mean = sum_j x[j] / N;  var = sum_j (x[j] - mean)^2 / N   (two passes, biased;
@@ -211,8 +212,8 @@ fn forward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     let rstd = inverseSqrt(hsum4(v0, v1, v2, v3) / n + vec4<f32>(p.eps));
     for (var j = 0u; j < c4; j++) {
-        let w = weight4[j];
-        let b = bias4[j];
+        let w = load_weight4(j);
+        let b = load_bias4(j);
         out4[base.x + j] = ((load_x4(base.x + j) - shift.x) - m.x) * rstd.x * w + b;
         if (r.live.y) { out4[base.y + j] = ((load_x4(base.y + j) - shift.y) - m.y) * rstd.y * w + b; }
         if (r.live.z) { out4[base.z + j] = ((load_x4(base.z + j) - shift.z) - m.z) * rstd.z * w + b; }
@@ -243,7 +244,7 @@ fn backward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var sg0 = vec4<f32>(0.0); var sg1 = vec4<f32>(0.0); var sg2 = vec4<f32>(0.0); var sg3 = vec4<f32>(0.0);
     var sx0 = vec4<f32>(0.0); var sx1 = vec4<f32>(0.0); var sx2 = vec4<f32>(0.0); var sx3 = vec4<f32>(0.0);
     for (var j = 0u; j < c4; j++) {
-        let w = weight4[j];
+        let w = load_weight4(j);
         let g0 = load_dy4(base.x + j) * w; sg0 += g0; sx0 += g0 * (load_x4(base.x + j) - mean.x) * rstd.x;
         let g1 = load_dy4(base.y + j) * w; sg1 += g1; sx1 += g1 * (load_x4(base.y + j) - mean.y) * rstd.y;
         let g2 = load_dy4(base.z + j) * w; sg2 += g2; sx2 += g2 * (load_x4(base.z + j) - mean.z) * rstd.z;
@@ -253,7 +254,7 @@ fn backward_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let mg = hsum4(sg0, sg1, sg2, sg3) * inv_n;
     let mgx = hsum4(sx0, sx1, sx2, sx3) * inv_n;
     for (var j = 0u; j < c4; j++) {
-        let w = weight4[j];
+        let w = load_weight4(j);
         out4[base.x + j] = dx4(base.x + j, w, mean.x, rstd.x, mg.x, mgx.x);
         if (r.live.y) { out4[base.y + j] = dx4(base.y + j, w, mean.y, rstd.y, mg.y, mgx.y); }
         if (r.live.z) { out4[base.z + j] = dx4(base.z + j, w, mean.z, rstd.z, mg.z, mgx.z); }
