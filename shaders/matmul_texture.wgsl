@@ -16,6 +16,7 @@
 //   A, transposed     ([K, M]):  x = row / 4,  y = base / M + k
 //   B, not transposed ([K, N]):  x = col / 4,  y = base / N + k
 //   B, transposed     ([N, K]):  x = k / 4,    y = base / K + col
+// (an operand with rows of other lengths in a flat texture instead: A_FLAT_ROW below).
 // Every coordinate is clamped as the storage loads clamp their indices, so the values loaded,
 // and so the products, are bit-identical to matmul_subgroup.wgsl's.
 
@@ -40,11 +41,26 @@ fn old_out4(o: u32) -> vec4<f32> {
     return textureLoad(old_out_tex, flat(o));
 }
 
+// An operand whose stored rows are not a multiple of 64 floats (a texture copy needs rows of
+// 256 bytes: the EM's Z with 16 bases, [B, N, 16]) is copied as a flat texture instead
+// (OperandTexture::flat: vec4 i at texel (i % 1024, i / 1024)), and the launcher sets its
+// constant to the texels per stored row: texel (x, y) of the matrix is then vec4 y * row + x.
+// 0 (the default): the operand's texture has its stored rows. Constants, so each pipeline
+// compiles one of the two addressings.
+override A_FLAT_ROW: u32 = 0u;
+override B_FLAT_ROW: u32 = 0u;
+
 fn a_texel(x: u32, y: u32) -> vec4<f32> {
+    if (A_FLAT_ROW != 0u) {
+        return textureLoad(ta_tex, flat(y * A_FLAT_ROW + x));
+    }
     return textureLoad(ta_tex, vec2<u32>(x, y));
 }
 
 fn b_texel(x: u32, y: u32) -> vec4<f32> {
+    if (B_FLAT_ROW != 0u) {
+        return textureLoad(tb_tex, flat(y * B_FLAT_ROW + x));
+    }
     return textureLoad(tb_tex, vec2<u32>(x, y));
 }
 

@@ -507,7 +507,8 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
     }
     let mut rng = Rng::new(11);
     let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
-    // (batch, m, n, k, trans_a, trans_b, broadcast_b); each fits textures in its layout.
+    // (batch, m, n, k, trans_a, trans_b, broadcast_b); each fits textures in its layout, as
+    // stored rows or flat.
     let cases = [
         (1, 128, 64, 64, false, false, false),
         (1, 128, 64, 64, false, true, false),
@@ -517,6 +518,16 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
         (3, 192, 64, 9, true, false, false),  // a K tail, batched
         (2, 257, 192, 128, false, true, true), // a Linear: x · Wᵀ, W shared by the batch
         (2, 64, 192, 128, true, true, false), // both transposed, batched
+        // Rows of other lengths than multiples of 64 floats, from flat textures (A_FLAT_ROW,
+        // B_FLAT_ROW): the EM's M-step Zᵀ X (Z rows of 16 bases) and reconstruction Z mu,
+        // then both operands flat in every layout, with a 4-row tail block and a K tail.
+        (8, 16, 128, 256, true, false, false),
+        (8, 256, 128, 16, false, false, false),
+        (2, 68, 20, 36, false, false, false),
+        (2, 68, 20, 36, false, true, false),
+        (3, 68, 20, 36, true, false, false),
+        (1, 68, 20, 36, true, true, false),
+        (2, 72, 12, 44, false, true, true), // a shared flat B
     ];
     for &(batch, m, n, k, ta, tb, bb) in &cases {
         let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_b(bb);
@@ -560,9 +571,11 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
             1e-5,
         );
     }
-    // Rows that are no multiple of 64 floats keep the storage loads.
+    // Rows that are no multiple of 64 floats read flat textures; unaligned shapes (no vec4
+    // kernel) keep the storage loads.
     gpu.set_texture_operands(true);
-    assert_eq!(plan(&gpu, &Matmul::new(1, 128, 100, 64), KernelPath::Subgroup).entry, "subgroup_wide_nn");
+    assert_eq!(plan(&gpu, &Matmul::new(1, 128, 100, 64), KernelPath::Subgroup).entry, "texture_nn");
+    assert_eq!(plan(&gpu, &Matmul::new(1, 7, 33, 130), KernelPath::Subgroup).entry, "subgroup_general");
 }
 
 /// Texture copies recorded since profiling was switched on or the profile last taken.

@@ -185,14 +185,30 @@ impl Matmul {
         ]
     }
 
-    /// True when both operands fit an [`OperandTexture`]: rows of a multiple of 64 floats,
-    /// both sides within the adapter's largest 2-D texture; and, when accumulating, the output
-    /// as a flat one (the texture kernels read the old output from it).
-    fn textures_fit(&self, gpu: &Gpu) -> bool {
+    /// How the texture kernels read A and B, or `None` when they cannot: each operand from a
+    /// texture of its stored rows where those fit an [`OperandTexture`] (rows of a multiple of
+    /// 64 floats, both sides within the adapter's largest 2-D texture; `None` in the slot),
+    /// else from a flat texture, with its row length in texels in the slot (matmul_texture.wgsl's
+    /// `A_FLAT_ROW` / `B_FLAT_ROW`). An accumulating product's output must fit a flat texture
+    /// too (the texture kernels read the old output from one).
+    fn texture_layout(&self, gpu: &Gpu) -> Option<[Option<u32>; 2]> {
         let limits = gpu.limits();
-        let out_rows = self.out_len().div_ceil(OperandTexture::FLAT_ROW_FLOATS);
-        self.operand_textures().iter().all(|&(row, rows)| OperandTexture::fits(row, rows, limits))
-            && (!self.accumulate || OperandTexture::fits(OperandTexture::FLAT_ROW_FLOATS, out_rows, limits))
+        let flat_rows = |len: usize| len.div_ceil(OperandTexture::FLAT_ROW_FLOATS);
+        let fits_flat = |len: usize| OperandTexture::fits(OperandTexture::FLAT_ROW_FLOATS, flat_rows(len), limits);
+        if self.accumulate && !fits_flat(self.out_len()) {
+            return None;
+        }
+        let layout = |(row, rows): (usize, usize)| {
+            if OperandTexture::fits(row, rows, limits) {
+                Some(None)
+            } else if row.is_multiple_of(4) && fits_flat(row * rows) {
+                Some(Some(u32::try_from(row / 4).ok()?))
+            } else {
+                None
+            }
+        };
+        let [a, b] = self.operand_textures();
+        Some([layout(a)?, layout(b)?])
     }
 
     /// True when the vec4 register kernel applies: every axis read or written four at a time
@@ -458,12 +474,25 @@ fn launch(
         // The texture kernels read A and B from textures (slots 0 and 1), an accumulating
         // product's old output from a flat one (slot 2; unread otherwise), and bind the rest as
         // the storage kernels do.
-        let [(a_row, a_rows), (b_row, b_rows)] = op.operand_textures();
-        let operands = [
-            Some(OperandTexture::matrix(a, a_row, a_rows)),
-            Some(OperandTexture::matrix(b, b_row, b_rows)),
-            op.accumulate.then(|| OperandTexture::flat(out, op.out_len())),
-        ];
+        let layout = if textured { op.texture_layout(gpu) } else { None };
+        let mut constants = constants.to_vec();
+        let mut operands = Vec::new();
+        if let Some(flat_rows) = layout {
+            for ((src, (row, rows)), (flat_row, name)) in [a, b]
+                .into_iter()
+                .zip(op.operand_textures())
+                .zip(flat_rows.into_iter().zip(["A_FLAT_ROW", "B_FLAT_ROW"]))
+            {
+                operands.push(Some(match flat_row {
+                    None => OperandTexture::matrix(src, row, rows),
+                    Some(texels) => {
+                        constants.push((name, f64::from(texels)));
+                        OperandTexture::flat(src, row * rows)
+                    }
+                }));
+            }
+            operands.push(op.accumulate.then(|| OperandTexture::flat(out, op.out_len())));
+        }
         let d = Dispatch {
             shader,
             entry: plan.entry,
@@ -475,7 +504,7 @@ fn launch(
             workgroups: grid(op.batch),
             label,
         };
-        return gpu.dispatch_with_operand_textures(d, constants, if textured { &operands } else { &[] });
+        return gpu.dispatch_with_operand_textures(d, &constants, &operands);
     }
     // Split-K: partial products of each K range into scratch [splits, batch, M, N] without the
     // epilogue, then one pass sums them in split order and applies bias and accumulate.
@@ -572,7 +601,7 @@ pub fn plan(gpu: &Gpu, op: &Matmul, path: KernelPath) -> MatmulPlan {
     let wide = op.n.div_ceil(SUBGROUP_WIDE_COLS) * SUBGROUP_WIDE_COLS == op.n.div_ceil(SUBGROUP_COLS) * SUBGROUP_COLS;
     let one = |entry: &'static str, rows: usize, cols: usize| MatmulPlan { path, entry, rows, cols, splits: 1 };
     match path {
-        KernelPath::Subgroup if aligned && gpu.texture_operands() && op.textures_fit(gpu) => {
+        KernelPath::Subgroup if aligned && gpu.texture_operands() && op.texture_layout(gpu).is_some() => {
             one(["texture_nn", "texture_nt", "texture_tn", "texture_tt"][layout], SUBGROUP_ROWS, SUBGROUP_COLS)
         }
         KernelPath::Subgroup if aligned && wide => one(
