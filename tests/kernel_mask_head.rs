@@ -1,4 +1,5 @@
-//! The cosine mask head (shaders/mask_head.wgsl) against its f64 CPU reference, with gradients.
+//! The cosine mask head (shaders/include/mask_head_core.wgsl) against its f64 CPU reference, with
+//! gradients; its texture module against its storage one.
 
 mod common;
 
@@ -149,6 +150,64 @@ fn mask_head_zero_feature_rows_give_zero_logits() {
     );
     assert_close("mask head with a zero row", &got, &want, 1e-4, 1e-5);
     assert_eq!((got[1], got[4]), (0.0, 0.0));
+}
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), the vec4 kernels (widths a multiple
+    // of 4) fetch x, t, t^, d_out and the rows' 1/a from flat textures: the same values in the
+    // same order as the storage loads, so every output equals the storage module's bit for
+    // bit (the reference checks above run whichever is the default). Shapes: the default
+    // model's head; 66 rows, whose 1/a fit no flat texture (backward_text4 reads storage, the
+    // other kernels textures); a zero feature row (the clamped norm). A context of its own, so
+    // that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(29);
+    let shapes = [
+        MaskHead { batch: 2, tokens: 256, width: 128, classes: 3 },
+        MaskHead { batch: 2, tokens: 33, width: 16, classes: 16 },
+        MaskHead { batch: 1, tokens: 12, width: 8, classes: 5 },
+    ];
+    for h in shapes {
+        let mut x = rng.vec(h.batch * h.tokens * h.width);
+        x[h.width..2 * h.width].iter_mut().for_each(|v| *v = 0.0);
+        let (t, dy) = (rng.vec(h.classes * h.width), rng.vec(h.batch * h.classes * h.tokens));
+        let (xb, tb, sb, dyb) = (
+            gpu.upload(&x).unwrap(),
+            gpu.upload(&t).unwrap(),
+            gpu.upload(&[2.5f32]).unwrap(),
+            gpu.upload(&dy).unwrap(),
+        );
+        let inputs = MaskHeadInputs { x: &xb, text: &tb, logit_scale: &sb };
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let out = gpu.alloc(dy.len()).unwrap();
+            mask_head::forward(&gpu, &inputs, &out, &h).unwrap();
+            let (dx, dt, ds) = (gpu.alloc(x.len()).unwrap(), gpu.alloc(t.len()).unwrap(), gpu.alloc(1).unwrap());
+            let grads = MaskHeadGrads { d_x: &dx, d_text: &dt, d_logit_scale: &ds };
+            mask_head::backward(&gpu, &inputs, &dyb, &grads, &h).unwrap();
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            // x and t for the forward; t^ and d_out for backward_x4 (x is still in its
+            // texture); 1/a for backward_text4 where the rows are a multiple of 4.
+            let rows_fit = (h.batch * h.tokens) % 4 == 0;
+            let want = if textures && gpu.texture_operands() { 2 + 2 + usize::from(rows_fit) } else { 0 };
+            assert_eq!(copies, want, "{h:?}, textures {textures}: texture copies");
+            runs.push([&out, &dx, &dt, &ds].map(|b| gpu.download(b).unwrap()));
+        }
+        assert_eq!(runs[0], runs[1], "{h:?}: textures and storage differ");
+        let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let td: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+        let dyd: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
+        assert_close(&format!("{h:?} forward"), &runs[0][0], &ref_mask_head(h, &xd, &td, 2.5), 1e-4, 1e-5);
+        let (dx, dt, _) = ref_mask_head_backward(h, &xd, &td, 2.5, &dyd);
+        assert_close(&format!("{h:?} dx"), &runs[0][1], &dx, 1e-3, 1e-4);
+        assert_close(&format!("{h:?} dt"), &runs[0][2], &dt, 1e-3, 1e-4);
+    }
 }
 
 #[test]

@@ -8,11 +8,12 @@
 //! The launchers take the shape as a [`MaskHead`] and the buffers as [`MaskHeadInputs`] and
 //! [`MaskHeadGrads`].
 
-use crate::context::{grid, Dispatch, Gpu};
+use crate::context::{grid, Dispatch, Gpu, OperandTexture};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "mask_head.wgsl");
+shader!(TEXTURE_SHADER, "mask_head_texture.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -117,26 +118,40 @@ impl MaskHead {
     }
 }
 
+/// Launches `entry`, or its vec4 form (`entry` + "4") when the width is a multiple of 4; that
+/// one reads `textures` (buffer and length, in the texture module's binding order) from flat
+/// textures where texture operands are on and they all fit (mask_head_texture.wgsl).
 fn launch(
     gpu: &Gpu,
-    entry: &'static str,
+    entry: (&'static str, &'static str),
     params: &Params,
     buffers: &[&GpuBuffer],
+    textures: &[(&GpuBuffer, usize)],
     workgroups: [u32; 3],
     label: KernelLabel,
 ) -> Result<()> {
-    gpu.dispatch(Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers, workgroups, label })
+    let vec4 = params.width.is_multiple_of(4);
+    let operands: Option<Vec<OperandTexture>> = if vec4 { gpu.flat_operands(textures) } else { None };
+    let d = Dispatch {
+        shader: &SHADER,
+        entry: if vec4 { entry.1 } else { entry.0 },
+        params: bytemuck::bytes_of(params),
+        buffers,
+        workgroups,
+        label,
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, operands.as_deref())
 }
 
-/// Logits `out` [B, K, N] of features `inputs.x` [B, N, C] against text embeddings
-/// `inputs.text` [K, C].
 pub fn forward(gpu: &Gpu, inputs: &MaskHeadInputs, out: &GpuBuffer, shape: &MaskHead) -> Result<()> {
     let s = shape;
     let MaskHeadInputs { x, text, logit_scale } = *inputs;
     s.check_inputs(inputs)?;
     s.check("the output", out, s.rows() * s.classes, s.out_desc())?;
     let rows = grid(s.rows().div_ceil(64) as u32);
-    launch(gpu, "forward", &s.params(), &[x, text, logit_scale, out], rows, s.label("mask_head", 4))
+    let textures = [(x, s.rows() * s.width), (text, s.classes * s.width)];
+    let entry = ("forward", "forward4");
+    launch(gpu, entry, &s.params(), &[x, text, logit_scale, out], &textures, rows, s.label("mask_head", 4))
 }
 
 /// Gradients of [`forward`] from `d_out` [B, K, N]: `grads.d_x` [B, N, C], `grads.d_text`
@@ -158,20 +173,43 @@ pub fn backward(
     s.check("the text gradient", d_text, classes * width, format!("[{classes}, {width}]"))?;
     s.check("the logit scale gradient", d_logit_scale, 1, "[1]".into())?;
     // Scratch: t^ [K, C] and the clamped norms [K]; per row 1/a and r.
-    let text_hat = gpu.alloc(classes * width + classes)?;
+    // (the norms padded to whole vec4s: backward_text4 reads them through a vec4 view)
+    let text_hat = gpu.alloc(classes * width + classes.next_multiple_of(4))?;
     let row_stats = gpu.alloc((2 * s.rows()).max(1))?;
     let p = s.params();
     // Buffers in binding order 1..=10 (each entry point binds only those it uses).
     let all = [x, text, logit_scale, x, d_out, d_x, &text_hat, &row_stats, d_text, d_logit_scale];
     let classes_grid = [classes as u32, 1, 1];
-    launch(gpu, "text_normalize", &p, &all, classes_grid, s.label("mask_head_text_normalize", 0))?;
-    launch(gpu, "backward_x", &p, &all, grid(s.rows().div_ceil(64) as u32), s.label("mask_head_backward_x", 4))?;
-    launch(gpu, "backward_text", &p, &all, classes_grid, s.label("mask_head_backward_text", 3))?;
+    let (x_len, text_len, out_len) = (s.rows() * width, classes * width, s.rows() * classes);
+    let normalize = s.label("mask_head_text_normalize", 0);
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry: "text_normalize",
+        params: bytemuck::bytes_of(&p),
+        buffers: &all,
+        workgroups: classes_grid,
+        label: normalize,
+    })?;
+    let rows_grid = grid(s.rows().div_ceil(64) as u32);
+    let textures = [(x, x_len), (&text_hat, text_len), (d_out, out_len)];
+    let entry = ("backward_x", "backward_x4");
+    launch(gpu, entry, &p, &all, &textures, rows_grid, s.label("mask_head_backward_x", 4))?;
+    // The rows' 1/a: the first half of row_stats.
+    let textures = [(x, x_len), (d_out, out_len), (&row_stats, s.rows())];
+    let entry = ("backward_text", "backward_text4");
+    launch(gpu, entry, &p, &all, &textures, classes_grid, s.label("mask_head_backward_text", 3))?;
     let label = KernelLabel {
         kernel: "mask_head_backward_scale",
         shape: s.desc(),
         flops: s.rows() as u64,
         bytes: 4 * s.rows() as u64,
     };
-    launch(gpu, "backward_scale", &p, &all, [1, 1, 1], label)
+    gpu.dispatch(Dispatch {
+        shader: &SHADER,
+        entry: "backward_scale",
+        params: bytemuck::bytes_of(&p),
+        buffers: &all,
+        workgroups: [1, 1, 1],
+        label,
+    })
 }

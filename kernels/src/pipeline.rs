@@ -75,6 +75,10 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/elementwise_core.wgsl")),
     ),
     ("reduce_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/reduce_core.wgsl"))),
+    (
+        "mask_head_core.wgsl",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/mask_head_core.wgsl")),
+    ),
     ("em_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/em_core.wgsl"))),
     ("flat_texture.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/flat_texture.wgsl"))),
     (
