@@ -1,5 +1,5 @@
-//! Cross-entropy, Dice and argmax over class logits (shaders/loss.wgsl) against f64 CPU
-//! references, with gradients.
+//! Cross-entropy, Dice and argmax over class logits (shaders/include/loss_core.wgsl) against f64
+//! CPU references, with gradients; the texture module against the storage one.
 
 mod common;
 
@@ -246,6 +246,71 @@ fn argmax_picks_the_first_largest_class() {
             }
             assert_eq!(got[i] as usize, best, "argmax {s:?} at pixel {i}");
         }
+    }
+}
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), every loss kernel and argmax fetches
+    // the logits from a flat texture, and dice_backward the statistics where their buffer has
+    // dice_stats_len's padding: the same values in the same order as the storage loads, so
+    // every output equals the storage module's bit for bit (the reference checks above run
+    // whichever is the default, and take storage where the logits are no whole vec4s). A
+    // context of its own, so that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(17);
+    for s in [
+        Seg { batch: 2, classes: 3, pixels: 130 * 7 },
+        Seg { batch: 1, classes: 16, pixels: 7 },
+        Seg { batch: 2, classes: 3, pixels: 128 * 128 },
+    ] {
+        let z: Vec<f32> = rng.vec(s.n() * s.classes).iter().map(|v| v * 3.0).collect();
+        let t: Vec<u32> =
+            (0..s.n()).map(|i| if i % 7 == 3 { s.classes as u32 } else { rng.below(s.classes) as u32 }).collect();
+        let (zb, tb, g) = (gpu.upload(&z).unwrap(), gpu.upload(&t).unwrap(), gpu.upload(&[0.75f32]).unwrap());
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let shape = s.shape();
+            let (ce, dice) = (gpu.alloc(1).unwrap(), gpu.alloc(1).unwrap());
+            // Padded statistics, and a buffer of exactly 3 (K - 1) (read from storage).
+            let stats = gpu.alloc(loss::dice_stats_len(s.classes)).unwrap();
+            let tight = gpu.alloc(3 * (s.classes - 1)).unwrap();
+            loss::cross_entropy(&gpu, &zb, &tb, &ce, &shape).unwrap();
+            loss::dice(&gpu, &zb, &tb, &stats, &dice, &shape).unwrap();
+            loss::dice(&gpu, &zb, &tb, &tight, &dice, &shape).unwrap();
+            let (dce, ddice, dtight) =
+                (gpu.alloc(z.len()).unwrap(), gpu.alloc(z.len()).unwrap(), gpu.alloc(z.len()).unwrap());
+            loss::cross_entropy_backward(&gpu, &zb, &tb, &g, &dce, &shape).unwrap();
+            loss::dice_backward(&gpu, &zb, &tb, &stats, &g, &ddice, &shape).unwrap();
+            loss::dice_backward(&gpu, &zb, &tb, &tight, &g, &dtight, &shape).unwrap();
+            let labels = gpu.alloc(s.n()).unwrap();
+            loss::argmax(&gpu, &zb, &labels, &shape).unwrap();
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            // The logits once (every later launch finds them in their texture), the padded
+            // statistics once.
+            let want = if textures && gpu.texture_operands() { 2 } else { 0 };
+            assert_eq!(copies, want, "{s:?}, textures {textures}: texture copies");
+            let mut got: Vec<Vec<f32>> =
+                [&ce, &dice, &stats, &dce, &ddice, &dtight].iter().map(|b| gpu.download(b).unwrap()).collect();
+            got.push(gpu.download_pod::<u32>(&labels).unwrap().iter().map(|&l| l as f32).collect());
+            runs.push(got);
+        }
+        assert_eq!(runs[0], runs[1], "{s:?}: textures and storage differ");
+        assert_eq!(runs[0][4], runs[0][5], "{s:?}: padded and tight statistics differ");
+        let (zd, td): (Vec<f64>, Vec<f64>) =
+            (z.iter().map(|&v| v as f64).collect(), t.iter().map(|&v| v as f64).collect());
+        common::assert_close(
+            &format!("{s:?} dice backward"),
+            &runs[0][4],
+            &ref_dice_backward(s, &zd, &td, 0.75),
+            1e-3,
+            1e-8,
+        );
     }
 }
 

@@ -10,11 +10,12 @@
 //! still divides by all B*P pixels) and gets a zero cross-entropy gradient; for Dice its one-hot
 //! row is all zeros. It is never used as an index.
 
-use crate::context::{grid, Dispatch, Gpu};
+use crate::context::{grid, Dispatch, Gpu, OperandTexture};
 use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "loss.wgsl");
+shader!(TEXTURE_SHADER, "loss_texture.wgsl");
 
 /// Most partial-sum workgroups of a reduction on a GPU (each invocation then sums several
 /// pixels): enough to fill a large one.
@@ -63,6 +64,9 @@ impl LossShape {
     }
     fn n(&self) -> usize {
         self.batch * self.pixels
+    }
+    fn logits_len(&self) -> usize {
+        self.n() * self.classes
     }
     fn logits_desc(&self) -> String {
         format!("[{}, {}, {}]", self.batch, self.classes, self.pixels)
@@ -119,20 +123,30 @@ fn launch(
     workgroups: [u32; 3],
     label: KernelLabel,
 ) -> Result<()> {
+    launch_textured(gpu, entry, params, used, &[], workgroups, label)
+}
+
+/// [`launch`] reading `textures` (buffer and length, in loss_texture.wgsl's binding order)
+/// from flat textures where texture operands are on and they all fit.
+fn launch_textured(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    used: &[(usize, &GpuBuffer)],
+    textures: &[(&GpuBuffer, usize)],
+    workgroups: [u32; 3],
+    label: KernelLabel,
+) -> Result<()> {
     let filler = used[0].1;
     let count = used.iter().map(|&(b, _)| b).max().unwrap_or(0);
     let mut buffers = vec![filler; count];
     for &(binding, buf) in used {
         buffers[binding - 1] = buf;
     }
-    gpu.dispatch(Dispatch {
-        shader: &SHADER,
-        entry,
-        params: bytemuck::bytes_of(params),
-        buffers: &buffers,
-        workgroups,
-        label,
-    })
+    let operands: Option<Vec<OperandTexture>> = if textures.is_empty() { None } else { gpu.flat_operands(textures) };
+    let d =
+        Dispatch { shader: &SHADER, entry, params: bytemuck::bytes_of(params), buffers: &buffers, workgroups, label };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, operands.as_deref())
 }
 
 fn per_pixel(s: &LossShape) -> [u32; 3] {
@@ -153,11 +167,12 @@ pub fn cross_entropy(
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params(gpu);
     let partials = gpu.alloc(p.groups as usize)?;
-    launch(
+    launch_textured(
         gpu,
         "cross_entropy_partial",
         &p,
         &[(1, logits), (2, target), (4, &partials)],
+        &[(logits, s.logits_len())],
         [p.groups, 1, 1],
         s.label("cross_entropy", 4),
     )?;
@@ -185,23 +200,26 @@ pub fn cross_entropy_backward(
     s.check_inputs(logits, target)?;
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
     s.check("the logits gradient", d_logits, s.n() * s.classes, &s.logits_desc())?;
-    launch(
+    launch_textured(
         gpu,
         "cross_entropy_backward",
         &s.params(gpu),
         &[(1, logits), (2, target), (7, d_loss), (8, d_logits)],
+        &[(logits, s.logits_len())],
         per_pixel(s),
         s.label("cross_entropy_backward", 6),
     )
 }
 
-/// Elements of the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per foreground class.
+/// Elements to allocate for the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per
+/// foreground class, padded to whole vec4s, so that `dice_backward` can read it from a flat
+/// texture (a buffer of only the 3 (K - 1) statistics is accepted, read from storage).
 pub fn dice_stats_len(classes: usize) -> usize {
-    3 * classes.saturating_sub(1)
+    (3 * classes.saturating_sub(1)).next_multiple_of(4)
 }
 
-/// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least
-/// [`dice_stats_len`] elements, may be 1 when K = 1) receives the per-class sums that
+/// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least 3 (K - 1)
+/// elements, [`dice_stats_len`] to allocate; may be 1 when K = 1) receives the per-class sums that
 /// [`dice_backward`] needs. With K = 1 the loss is 0.
 pub fn dice(
     gpu: &Gpu,
@@ -215,16 +233,17 @@ pub fn dice(
     s.validate("dice")?;
     let classes = s.classes;
     s.check_inputs(logits, target)?;
-    s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
+    s.check("the dice statistics", stats, 3 * (classes - 1), &format!("[{}, 3]", classes - 1))?;
     s.check("the loss", loss, 1, "a scalar")?;
     let p = s.params(gpu);
     let foreground = (classes - 1) as u32;
-    let partials = gpu.alloc((p.groups as usize * dice_stats_len(classes)).max(1))?;
-    launch(
+    let partials = gpu.alloc((p.groups as usize * 3 * (classes - 1)).max(1))?;
+    launch_textured(
         gpu,
         "dice_partial",
         &p,
         &[(1, logits), (2, target), (4, &partials)],
+        &[(logits, s.logits_len())],
         [p.groups, foreground, 1],
         s.label("dice", 3 + 2 * classes),
     )?;
@@ -251,11 +270,17 @@ pub fn dice_backward(
     s.validate("dice backward")?;
     let classes = s.classes;
     s.check_inputs(logits, target)?;
-    s.check("the dice statistics", stats, dice_stats_len(classes), &format!("[{}, 3]", classes - 1))?;
+    s.check("the dice statistics", stats, 3 * (classes - 1), &format!("[{}, 3]", classes - 1))?;
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
     s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
     let used = [(1, logits), (2, target), (6, stats), (7, d_loss), (8, d_logits)];
-    launch(gpu, "dice_backward", &s.params(gpu), &used, per_pixel(s), s.label("dice_backward", 8 + 2 * classes))
+    // The statistics from a texture too where their buffer has the padding dice_stats_len asks
+    // for (a flat texture holds whole vec4s); else both from storage.
+    let padded = dice_stats_len(classes);
+    let textures: &[(&GpuBuffer, usize)] =
+        if stats.len() >= padded && padded > 0 { &[(logits, s.logits_len()), (stats, padded)] } else { &[] };
+    let label = s.label("dice_backward", 8 + 2 * classes);
+    launch_textured(gpu, "dice_backward", &s.params(gpu), &used, textures, per_pixel(s), label)
 }
 
 /// `labels[b, i]` = the first class with the largest logit at pixel i; labels [B, P] u32.
@@ -264,5 +289,14 @@ pub fn argmax(gpu: &Gpu, logits: &GpuBuffer, labels: &GpuBuffer, shape: &LossSha
     s.validate("argmax")?;
     s.check("the logits", logits, s.n() * s.classes, &s.logits_desc())?;
     s.check("the labels", labels, s.n(), &format!("[{}, {}]", s.batch, s.pixels))?;
-    launch(gpu, "argmax", &s.params(gpu), &[(1, logits), (3, labels)], per_pixel(s), s.label("argmax", 1))
+    let used = [(1, logits), (3, labels)];
+    launch_textured(
+        gpu,
+        "argmax",
+        &s.params(gpu),
+        &used,
+        &[(logits, s.logits_len())],
+        per_pixel(s),
+        s.label("argmax", 1),
+    )
 }
