@@ -1,5 +1,6 @@
 //! Bilinear (PyTorch semantics, align_corners = false) and nearest resizing
-//! (shaders/upsample.wgsl) against f64 CPU references, with gradients.
+//! (shaders/include/upsample_core.wgsl) against f64 CPU references, with gradients; the
+//! bilinear kernels' texture module against the storage one.
 
 mod common;
 
@@ -97,6 +98,49 @@ fn bilinear_matches_pytorch_semantics_with_gradients() {
                 move |_x, dy| vec![Some(ref_bilinear_backward(r, dy))],
             ),
         );
+    }
+}
+
+#[test]
+fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
+    // Where texture operands are on (lavapipe's default), the bilinear kernels fetch their input
+    // (the image forward, the output gradient backward) from a flat texture: the same values in
+    // the same order as the storage loads, so both results equal the storage module's bit for
+    // bit. Shapes: the default model's logits (bilinear4), an odd width (bilinear), a
+    // downsampling, and inputs of no whole vec4s (storage only, no copies). A context of its
+    // own, so that switching textures off changes no other test.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    let mut rng = Rng::new(13);
+    for r in [
+        resize(2, 3, (16, 16), (128, 128)),
+        resize(1, 2, (7, 4), (33, 12)),
+        resize(1, 2, (33, 52), (9, 13)),
+        resize(1, 1, (7, 5), (33, 13)),
+    ] {
+        let (x, dy) = (rng.vec(r.in_len()), rng.vec(r.out_len()));
+        let (xb, dyb) = (gpu.upload(&x).unwrap(), gpu.upload(&dy).unwrap());
+        let mut runs = Vec::new();
+        for textures in [true, false] {
+            gpu.set_texture_operands(textures);
+            gpu.set_profiling(true).unwrap();
+            let (out, dx) = (gpu.alloc(r.out_len()).unwrap(), gpu.alloc(r.in_len()).unwrap());
+            upsample::bilinear(&gpu, &xb, &out, &r).unwrap();
+            upsample::bilinear_backward(&gpu, &dyb, &dx, &r).unwrap();
+            let profile = gpu.take_profile().unwrap().expect("profiling is on");
+            gpu.set_profiling(false).unwrap();
+            let copies =
+                profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
+            let on = textures && gpu.texture_operands();
+            let want = usize::from(on && r.in_len() % 4 == 0) + usize::from(on && r.out_len() % 4 == 0);
+            assert_eq!(copies, want, "{r:?}, textures {textures}: texture copies");
+            runs.push([gpu.download(&out).unwrap(), gpu.download(&dx).unwrap()]);
+        }
+        assert_eq!(runs[0], runs[1], "{r:?}: textures and storage differ");
+        let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+        let want = ref_bilinear(r, &f64s(&x));
+        common::assert_close(&format!("{r:?} forward"), &runs[0][0], &want, common::FWD_RTOL, common::FWD_ATOL);
+        let want = ref_bilinear_backward(r, &f64s(&dy));
+        common::assert_close(&format!("{r:?} backward"), &runs[0][1], &want, common::GRAD_RTOL, common::GRAD_ATOL);
     }
 }
 

@@ -75,6 +75,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/elementwise_core.wgsl")),
     ),
     ("reduce_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/reduce_core.wgsl"))),
+    ("upsample_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/upsample_core.wgsl"))),
     ("loss_core.wgsl", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders/include/loss_core.wgsl"))),
     (
         "mask_head_core.wgsl",

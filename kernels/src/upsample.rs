@@ -8,6 +8,7 @@ use crate::profiler::KernelLabel;
 use crate::{shader, Error, GpuBuffer, Result};
 
 shader!(SHADER, "upsample.wgsl");
+shader!(TEXTURE_SHADER, "upsample_texture.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -102,23 +103,28 @@ impl Resize {
     }
 }
 
-/// Dispatches `entry` over `params.n` invocations, `per_group` per workgroup (its WGSL size).
+/// Dispatches `entry` over `params.n` invocations, `per_group` per workgroup (its WGSL size);
+/// with `src` (buffer, length), reading it from a flat texture where texture operands are on
+/// and it fits (upsample_texture.wgsl).
 fn launch(
     gpu: &Gpu,
     entry: &'static str,
     per_group: usize,
     params: &Params,
     buffers: &[&GpuBuffer],
+    src: Option<(&GpuBuffer, usize)>,
     label: KernelLabel,
 ) -> Result<()> {
-    gpu.dispatch(Dispatch {
+    let textures = src.and_then(|s| gpu.flat_operands(&[s]));
+    let d = Dispatch {
         shader: &SHADER,
         entry,
         params: bytemuck::bytes_of(params),
         buffers,
         workgroups: grid((params.n as usize).div_ceil(per_group) as u32),
         label,
-    })
+    };
+    gpu.dispatch_textured(d, &[], &TEXTURE_SHADER, textures.as_deref())
 }
 
 /// Bilinear resize (align_corners = false) of `input` [B, K, h, w] into `output` [B, K, H, W].
@@ -137,9 +143,10 @@ pub fn bilinear(gpu: &Gpu, input: &GpuBuffer, output: &GpuBuffer, shape: &Resize
     let rows = shape.batch * shape.channels * shape.out_h;
     if shape.out_w.is_multiple_of(4) {
         // bilinear4 stores through a vec4 view of the output (binding 5).
-        return launch(gpu, "bilinear4", 64, &shape.params(rows), &[input, output, input, output, output], label);
+        let buffers = [input, output, input, output, output];
+        return launch(gpu, "bilinear4", 64, &shape.params(rows), &buffers, Some((input, shape.in_len())), label);
     }
-    launch(gpu, "bilinear", 64, &shape.params(rows), &[input, output], label)
+    launch(gpu, "bilinear", 64, &shape.params(rows), &[input, output], Some((input, shape.in_len())), label)
 }
 
 /// Gradient of [`bilinear`]: `d_input` [B, K, h, w] from `d_output` [B, K, H, W]; each input
@@ -156,7 +163,8 @@ pub fn bilinear_backward(gpu: &Gpu, d_output: &GpuBuffer, d_input: &GpuBuffer, s
         flops: 8 * shape.out_len() as u64,
         bytes: 4 * (n + shape.out_len()) as u64,
     };
-    launch(gpu, "bilinear_backward", 256, &shape.params(n), &[d_output, d_input], label)
+    let src = Some((d_output, shape.out_len()));
+    launch(gpu, "bilinear_backward", 256, &shape.params(n), &[d_output, d_input], src, label)
 }
 
 /// Nearest-neighbour resize of a u32 map (e.g. class indices) `input` [B, C, h, w] into
@@ -167,5 +175,5 @@ pub fn nearest_u32(gpu: &Gpu, input: &GpuBuffer, output: &GpuBuffer, shape: &Res
     shape.check("the output", output, shape.out_len(), &shape.out_desc())?;
     let n = shape.out_len();
     let label = KernelLabel { kernel: "nearest_u32", shape: shape.desc(), flops: 0, bytes: 8 * n as u64 };
-    launch(gpu, "nearest_u32", 256, &shape.params(n), &[input, output, input, output], label)
+    launch(gpu, "nearest_u32", 256, &shape.params(n), &[input, output, input, output], None, label)
 }
