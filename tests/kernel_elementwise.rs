@@ -466,6 +466,46 @@ fn operand_textures_are_copied_again_after_every_kind_of_write() {
 }
 
 #[test]
+fn a_whole_buffer_copy_shares_its_sources_texture() {
+    // A copy of a whole buffer over a whole buffer of the same length gives the destination
+    // the source's contents: a texture copied from either serves both, also after the source
+    // is written (the destination still holds what the texture holds). A partial copy, or one
+    // into a longer buffer, is a write like any other.
+    let gpu = vlsa_kernels::Gpu::new().unwrap();
+    if !gpu.texture_operands() {
+        return; // the storage kernels read every operand directly (llvmpipe GL)
+    }
+    let (rows, c) = (70usize, 192usize);
+    let n = rows * c;
+    let mut rng = Rng::new(58);
+    let (av, biasv) = (rng.vec(n), rng.vec(c));
+    let (a, bias, out) = (gpu.upload(&av).unwrap(), gpu.upload(&biasv).unwrap(), gpu.alloc(n).unwrap());
+    let shape = BiasAct { op: UnaryOp::Relu, rows, c };
+    let run = |what: &str, x: &vlsa_kernels::GpuBuffer, copies: usize, want: &[f32]| {
+        let got = texture_copies(&gpu, || elementwise::bias_act(&gpu, x, &bias, &out, &shape).unwrap());
+        assert_eq!(got, copies, "{what}: texture copies");
+        assert_eq!(gpu.download(&out).unwrap(), relu_plus_bias(want, &biasv), "{what}: result");
+    };
+    run("a", &a, 2, &av);
+    let (b, d) = (gpu.alloc(n).unwrap(), gpu.alloc(n).unwrap());
+    gpu.copy(&a, &b).unwrap();
+    run("a whole copy of a", &b, 0, &av);
+    gpu.copy_region(&a, 0, &d, 0, n).unwrap();
+    run("a whole region copy of a", &d, 0, &av);
+    let written: Vec<f32> = av.iter().map(|v| v * 2.0).collect();
+    gpu.write(&a, &written).unwrap();
+    run("the copy after a was written", &b, 0, &av);
+    run("a after its write", &a, 1, &written);
+    gpu.copy_region(&a, 0, &d, 0, n - 4).unwrap();
+    let mut partial = av.clone();
+    partial[..n - 4].copy_from_slice(&written[..n - 4]);
+    run("a partial copy", &d, 1, &partial);
+    let longer = gpu.alloc(n + 4).unwrap();
+    gpu.copy(&a, &longer).unwrap();
+    run("a copy into a longer buffer", &longer, 1, &written);
+}
+
+#[test]
 fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
     // A texture holding a buffer's current contents serves any later launch and operand slot
     // that reads them; a size keeps a bounded number of textures (24), so after many other

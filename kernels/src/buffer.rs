@@ -16,9 +16,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-/// Source of [`GpuBuffer`] identities: every buffer handed out gets the next one, also when the
-/// pool recycles the memory of a dropped buffer.
-static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+/// Source of contents tags ([`Contents`]): a new buffer, also one whose memory the pool recycled
+/// from a dropped buffer, and every recorded write take the next one.
+static NEXT_CONTENTS: AtomicU64 = AtomicU64::new(1);
+
+fn next_contents() -> u64 {
+    NEXT_CONTENTS.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Usage every pooled storage buffer has: bound to shaders, copied to and from, cleared.
 pub(crate) const STORAGE_USAGE: wgpu::BufferUsages =
@@ -115,52 +119,57 @@ pub struct GpuBuffer {
     class: u64,
     len: usize,
     pool: BufferPool,
-    /// Unique among the buffers handed out since the process started.
-    id: u64,
-    /// Writes recorded into this buffer so far (see [`GpuBuffer::contents`]); shared with
-    /// the operand textures copied from it, which see through a [`Weak`] whether the buffer
-    /// still holds what they hold ([`ContentsWatch`]).
-    writes: Arc<AtomicU64>,
+    /// The tag of what the buffer holds as of the commands recorded so far (see
+    /// [`GpuBuffer::contents`]); shared with the operand textures copied from it, which see
+    /// through a [`Weak`] whether the buffer still holds what they hold ([`ContentsWatch`]).
+    contents: Arc<AtomicU64>,
 }
 
-/// What a buffer holds at one point of the command stream: the buffer's identity and how many
-/// writes had been recorded into it. Equal values mean equal contents, so a texture copied from
-/// a buffer can stand in for a later copy of it (the context's operand textures).
+/// What a buffer holds at one point of the command stream, as a tag: a new buffer and every
+/// write recorded into one take a tag never used before, and a copy of a whole buffer into a
+/// whole buffer of the same length gives the destination the source's tag. Equal tags mean
+/// equal contents, so a texture copied from a buffer can stand in for a later copy of it or of
+/// a whole-buffer copy of it (the context's operand textures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Contents {
-    id: u64,
-    writes: u64,
-}
+pub(crate) struct Contents(u64);
 
 /// Whether a buffer still holds given contents, without keeping the buffer alive: false once
-/// the buffer is dropped or a write into it is recorded. A texture copied from contents that
+/// the buffer is dropped or a write into it is recorded (including a whole-buffer copy). A texture copied from contents that
 /// no buffer holds any more can never be found again, so it is the first to reuse.
 #[derive(Clone, Debug)]
 pub(crate) struct ContentsWatch {
-    writes: Weak<AtomicU64>,
+    contents: Weak<AtomicU64>,
     at: u64,
 }
 
 impl ContentsWatch {
     pub(crate) fn current(&self) -> bool {
-        self.writes.upgrade().is_some_and(|w| w.load(Ordering::Acquire) == self.at)
+        self.contents.upgrade().is_some_and(|c| c.load(Ordering::Acquire) == self.at)
     }
 }
 
 impl GpuBuffer {
     pub(crate) fn new(buffer: wgpu::Buffer, class: u64, len: usize, pool: BufferPool) -> Self {
-        let id = NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed);
-        GpuBuffer { buffer: Some(buffer), class, len, pool, id, writes: Arc::new(AtomicU64::new(0)) }
+        GpuBuffer { buffer: Some(buffer), class, len, pool, contents: Arc::new(AtomicU64::new(next_contents())) }
     }
 
     /// A watch on this buffer's contents as of the commands recorded so far.
     pub(crate) fn watch(&self) -> ContentsWatch {
-        ContentsWatch { writes: Arc::downgrade(&self.writes), at: self.writes.load(Ordering::Acquire) }
+        ContentsWatch { contents: Arc::downgrade(&self.contents), at: self.contents.load(Ordering::Acquire) }
     }
 
     /// The buffer's contents as of the commands recorded so far.
     pub(crate) fn contents(&self) -> Contents {
-        Contents { id: self.id, writes: self.writes.load(Ordering::Acquire) }
+        Contents(self.contents.load(Ordering::Acquire))
+    }
+
+    /// Notes a recorded copy of the whole of `src` over the whole of this buffer (the same
+    /// length): from then on it holds what `src` held, and a texture copied from either serves
+    /// both (a residual copied into the output a Linear accumulates onto, whose contents the
+    /// layer norm before had copied into a texture).
+    pub(crate) fn note_copy_of(&self, src: &GpuBuffer) {
+        debug_assert_eq!(self.len, src.len);
+        self.contents.store(src.contents.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Notes a recorded command that writes (or may write) this buffer. Every write vlsa
@@ -169,7 +178,7 @@ impl GpuBuffer {
     ///
     /// [`raw`]: GpuBuffer::raw
     pub(crate) fn note_write(&self) {
-        self.writes.fetch_add(1, Ordering::AcqRel);
+        self.contents.store(next_contents(), Ordering::Release);
     }
 
     /// Number of 4-byte elements.

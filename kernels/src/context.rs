@@ -890,7 +890,11 @@ impl Gpu {
         let mut r = lock(&self.inner.recorder);
         let enc = self.encoder(&mut r);
         enc.copy_buffer_to_buffer(src.raw(), 0, dst.raw(), 0, src.byte_len());
-        dst.note_write();
+        if src.len() == dst.len() {
+            dst.note_copy_of(src);
+        } else {
+            dst.note_write();
+        }
         Ok(())
     }
 
@@ -916,7 +920,11 @@ impl Gpu {
         let mut r = lock(&self.inner.recorder);
         let enc = self.encoder(&mut r);
         enc.copy_buffer_to_buffer(src.raw(), src_offset as u64 * 4, dst.raw(), dst_offset as u64 * 4, len as u64 * 4);
-        dst.note_write();
+        if src_offset == 0 && dst_offset == 0 && len == src.len() && len == dst.len() {
+            dst.note_copy_of(src);
+        } else {
+            dst.note_write();
+        }
         Ok(())
     }
 
