@@ -508,8 +508,9 @@ fn a_whole_buffer_copy_shares_its_sources_texture() {
 #[test]
 fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
     // A texture holding a buffer's current contents serves any later launch and operand slot
-    // that reads them; a size keeps a bounded number of textures (24), so after many other
-    // buffers of that size the oldest is copied again. Every result follows its buffer.
+    // that reads them; a size keeps a bounded number of textures (24; 256 of one flat row or
+    // less), so after many other buffers of that size the oldest is copied again. Every result
+    // follows its buffer.
     let gpu = vlsa_kernels::Gpu::new().unwrap();
     if !gpu.texture_operands() {
         return; // the storage kernels read every operand directly (llvmpipe GL)
@@ -541,6 +542,17 @@ fn operand_textures_are_found_by_contents_and_the_oldest_of_a_size_is_reused() {
     }
     run(29, 0, "the newest input again");
     run(0, 1, "the oldest input again, after 28 others of its size");
+    // Textures of one flat row or less (a model's vectors: biases, layer norm weights) are
+    // kept up to 256 per size: 40 live biases all stay in their textures.
+    let biases: Vec<Vec<f32>> = (0..40).map(|_| rng.vec(c)).collect();
+    let bias_buffers: Vec<_> = biases.iter().map(|v| gpu.upload(v).unwrap()).collect();
+    for pass in 0..2 {
+        for (j, b) in bias_buffers.iter().enumerate() {
+            let got = texture_copies(&gpu, || elementwise::bias_act(&gpu, &buffers[29], b, &out, &shape).unwrap());
+            assert_eq!(got, usize::from(pass == 0), "bias {j}, pass {pass}: texture copies");
+            assert_eq!(gpu.download(&out).unwrap(), relu_plus_bias(&inputs[29], &biases[j]), "bias {j}: result");
+        }
+    }
 }
 
 #[test]

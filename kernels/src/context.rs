@@ -258,7 +258,8 @@ struct ScratchTexture {
 /// activation read as A by one product and as B by another). Otherwise it is copied into a
 /// texture of its size whose contents no buffer holds any more (dropped or written since: the
 /// most recently used such, whose memory is likeliest still in the CPU's caches), else into a
-/// new texture while the size has fewer than [`TEXTURES_PER_SIZE`] and all of them stay within
+/// new texture while the size has fewer than [`TEXTURES_PER_SIZE`] ([`SMALL_TEXTURES_PER_SIZE`]
+/// for a size of one flat row or less) and all of them stay within
 /// [`TEXTURE_BUDGET`] bytes, else into the one of its size used longest ago; never into one that
 /// an earlier operand of the same launch took. Reusing the stale ones first keeps the cache
 /// small and warm: a new texture's first copy also pays for faulting its pages in (on the
@@ -276,6 +277,14 @@ struct TextureCache {
 
 /// Most scratch textures of one size.
 const TEXTURES_PER_SIZE: usize = 24;
+
+/// Most scratch textures of one size for sizes of at most [`SMALL_TEXTURE_BYTES`]: a model's
+/// vectors (layer norm weights and biases, 36 in the default model, each one 16 KiB row) all
+/// stay in their textures between steps, where 24 would copy every one again each forward.
+const SMALL_TEXTURES_PER_SIZE: usize = 256;
+
+/// Largest texture counted as small ([`SMALL_TEXTURES_PER_SIZE`]): one row of a flat texture.
+const SMALL_TEXTURE_BYTES: u64 = 16 * 1024;
 
 /// Most bytes of scratch textures before copies reuse the oldest of a size rather than add one
 /// (they live in system memory on the CPU adapters that use them). A default-config training
@@ -653,7 +662,8 @@ impl Gpu {
             .filter(|(_, t)| free(t) && !t.watch.as_ref().is_some_and(ContentsWatch::current))
             .max_by_key(|(_, t)| t.used);
         let oldest = same_size.iter().enumerate().filter(|(_, t)| free(t)).min_by_key(|(_, t)| t.used);
-        let room = same_size.len() < TEXTURES_PER_SIZE && *bytes + texture_bytes <= TEXTURE_BUDGET;
+        let most = if texture_bytes <= SMALL_TEXTURE_BYTES { SMALL_TEXTURES_PER_SIZE } else { TEXTURES_PER_SIZE };
+        let room = same_size.len() < most && *bytes + texture_bytes <= TEXTURE_BUDGET;
         let index = match (stale, oldest) {
             (Some((i, _)), _) => i,
             (None, Some((i, _))) if !room => i,
