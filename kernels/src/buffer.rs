@@ -134,8 +134,10 @@ pub struct GpuBuffer {
 pub(crate) struct Contents(u64);
 
 /// Whether a buffer still holds given contents, without keeping the buffer alive: false once
-/// the buffer is dropped or a write into it is recorded (including a whole-buffer copy). A texture copied from contents that
-/// no buffer holds any more can never be found again, so it is the first to reuse.
+/// the buffer is dropped or a write into it is recorded (a whole-buffer copy included). A
+/// texture copied from contents that no buffer holds any more can never be found again (a
+/// whole-buffer copy may still hold them: then it is merely reused early), so it is the first
+/// to reuse.
 #[derive(Clone, Debug)]
 pub(crate) struct ContentsWatch {
     contents: Weak<AtomicU64>,

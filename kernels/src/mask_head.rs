@@ -118,9 +118,10 @@ impl MaskHead {
     }
 }
 
-/// Launches `entry`, or its vec4 form (`entry` + "4") when the width is a multiple of 4; that
-/// one reads `textures` (buffer and length, in the texture module's binding order) from flat
-/// textures where texture operands are on and they all fit (mask_head_texture.wgsl).
+/// Launches the scalar entry point `entry.0`, or its vec4 form `entry.1` when the width is a
+/// multiple of 4; that one reads `textures` (buffer and length, in the texture module's binding
+/// order) from flat textures where texture operands are on and they all fit
+/// (mask_head_texture.wgsl).
 fn launch(
     gpu: &Gpu,
     entry: (&'static str, &'static str),
