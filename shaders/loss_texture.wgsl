@@ -15,10 +15,9 @@
 @group(0) @binding(9) var logits_tex: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(10) var stats_tex: texture_storage_2d<rgba32float, read>;
 
-// Float j of a flat texture: component j % 4 of texel j / 4.
 fn load_logit(j: u32) -> f32 {
-    return textureLoad(logits_tex, flat(j / 4u))[j % 4u];
+    return flat_float(logits_tex, j);
 }
 fn load_stat(i: u32) -> f32 {
-    return textureLoad(stats_tex, flat(i / 4u))[i % 4u];
+    return flat_float(stats_tex, i);
 }

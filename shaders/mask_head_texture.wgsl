@@ -30,10 +30,9 @@ fn load_text4(i: u32) -> vec4<f32> {
 fn load_text_hat4(i: u32) -> vec4<f32> {
     return textureLoad(text_hat_tex, flat(i));
 }
-// Float i of a flat texture: component i % 4 of texel i / 4.
 fn load_d_out(i: u32) -> f32 {
-    return textureLoad(d_out_tex, flat(i / 4u))[i % 4u];
+    return flat_float(d_out_tex, i);
 }
 fn load_row_inv(row: u32) -> f32 {
-    return textureLoad(row_inv_tex, flat(row / 4u))[row % 4u];
+    return flat_float(row_inv_tex, row);
 }

@@ -13,7 +13,6 @@
 
 @group(0) @binding(6) var src_tex: texture_storage_2d<rgba32float, read>;
 
-// Float j of the flat texture: component j % 4 of texel j / 4.
 fn load_src(j: u32) -> f32 {
-    return textureLoad(src_tex, flat(j / 4u))[j % 4u];
+    return flat_float(src_tex, j);
 }

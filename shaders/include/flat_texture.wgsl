@@ -21,3 +21,9 @@ const FLAT_SHIFT: u32 = 10u;
 fn flat(i: u32) -> vec2<u32> {
     return vec2<u32>(i & ((1u << FLAT_SHIFT) - 1u), i >> FLAT_SHIFT);
 }
+
+// Float i of a flat operand texture: component i % 4 of the texel holding vec4 i / 4 (the
+// kernels that read single floats: losses, resize, the mask head's d_out and 1/a).
+fn flat_float(t: texture_storage_2d<rgba32float, read>, i: u32) -> f32 {
+    return textureLoad(t, flat(i / 4u))[i % 4u];
+}
