@@ -332,6 +332,51 @@ fn self_attention_matches_reference() {
 }
 
 #[test]
+fn last_query_tile_of_at_most_eight_rows_runs_apart() {
+    // On the subgroup path, at head widths above 32, a last query tile of 1..=8 rows runs as
+    // its own launch with one row per invocation (`forward_tail_blocked`); the tests above
+    // cover 33 and 130 queries (tails of 1 and 2) at widths 48, 64 and 128. Here the edges:
+    // a tail of 8 (apart) and of 9 (not), a single tile that is all tail, a masked tail with
+    // fully masked rows, keys shared by the batch, and a causal tail.
+    let _serial = serial_on_gl();
+    let mut rng = Rng::new(70);
+    let s = Attention::new(3, 40, 40, 1, 64);
+    let m = key_mask(&mut rng, &s, true);
+    check_attention("tail of 8, masked", s, Some(m), ForwardPath::Blocked, 71);
+    check_attention("tail of 9", Attention::new(1, 41, 23, 2, 64), None, ForwardPath::Blocked, 72);
+    check_attention("one tile, all tail", Attention::new(2, 7, 19, 2, 64), None, ForwardPath::Blocked, 73);
+    let s = Attention::new(2, 35, 21, 2, 96).shared_kv();
+    check_attention("tail of 3, shared keys", s, None, ForwardPath::Blocked, 74);
+    let s = Attention::new(1, 37, 37, 1, 64).with_causal(true);
+    check_attention("tail of 5, causal", s, None, ForwardPath::Blocked, 75);
+
+    // Which launches ran: the tail's own only where it applies. A context of its own, so that
+    // no other test's launches land in its profile.
+    let gpu = &Gpu::new().unwrap();
+    for (s, apart) in [
+        (Attention::new(2, 33, 33, 3, 64), true),
+        (Attention::new(1, 40, 40, 1, 128), true),
+        (Attention::new(2, 7, 7, 1, 64), true),
+        (Attention::new(1, 41, 41, 1, 64), false),
+        (Attention::new(2, 33, 33, 2, 32), false),
+    ] {
+        let x: Vec<GpuBuffer> =
+            [s.q_elements(), s.kv_elements(), s.kv_elements()].iter().map(|&n| gpu.zeros(n).unwrap()).collect();
+        gpu.set_profiling(true).unwrap();
+        gpu_forward(gpu, &x, &s, ForwardPath::Blocked, KernelPath::Subgroup).unwrap();
+        let profile = gpu.take_profile().unwrap().expect("profiling is on");
+        gpu.set_profiling(false).unwrap();
+        let shapes: Vec<&str> =
+            profile.records.iter().filter(|r| r.label.kernel == "attention").map(|r| r.label.shape.as_str()).collect();
+        let tails = shapes.iter().filter(|shape| shape.ends_with("(last query tile)")).count();
+        let whole = shapes.len() - tails;
+        let want = if apart && gpu.info().runs_subgroup_kernels() { 1 } else { 0 };
+        assert_eq!(tails, want, "{s:?}: attention launches {shapes:?}");
+        assert_eq!(whole, usize::from(s.q_len > 8 || want == 0), "{s:?}: attention launches {shapes:?}");
+    }
+}
+
+#[test]
 fn head_dim_128_at_130_tokens() {
     let _serial = serial_on_gl();
     check_attention("dh 128", Attention::new(1, 130, 130, 1, 128), None, ForwardPath::Auto, 21);

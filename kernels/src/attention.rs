@@ -428,6 +428,11 @@ fn row_chunks(s: &Attention) -> [(&'static str, f64); 1] {
     [("ROW_CHUNKS", chunks as f64)]
 }
 
+/// Whether `path` runs the subgroup modules' `_blocked` kernels on this adapter.
+fn subgroup_kernels(gpu: &Gpu, path: KernelPath) -> bool {
+    path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels()
+}
+
 /// One attention.wgsl entry point; `_blocked` ones get their row-chunk constant for `s`, and
 /// on the subgroup path (where the adapter runs subgroup kernels) come from
 /// attention_subgroup.wgsl, whose versions share the streamed rows by subgroupBroadcast. There,
@@ -444,8 +449,26 @@ fn dispatch(
     workgroups: usize,
     label: KernelLabel,
 ) -> Result<()> {
+    dispatch_tail_apart(gpu, entry, path, s, params, buffers, workgroups, label, false)
+}
+
+/// [`dispatch`], with the forward's TAIL_APART constant set when `tail_apart` (a `_blocked`
+/// entry point: forward_blocked then skips its last query tile, which the caller launches as
+/// `forward_tail_blocked`).
+#[allow(clippy::too_many_arguments)]
+fn dispatch_tail_apart(
+    gpu: &Gpu,
+    entry: &'static str,
+    path: KernelPath,
+    s: &Attention,
+    params: &Params,
+    buffers: &[&GpuBuffer],
+    workgroups: usize,
+    label: KernelLabel,
+    tail_apart: bool,
+) -> Result<()> {
     let blocked = entry.ends_with("_blocked");
-    let subgroup = path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels();
+    let subgroup = subgroup_kernels(gpu, path);
     let textures = if subgroup { operand_textures(gpu, entry, s, buffers) } else { None };
     let d = Dispatch {
         shader: if blocked && subgroup { &SUBGROUP_SHADER } else { &SHADER },
@@ -455,8 +478,21 @@ fn dispatch(
         workgroups: grid(workgroups as u32),
         label,
     };
-    let constants = row_chunks(s);
+    let mut constants = row_chunks(s).to_vec();
+    if tail_apart {
+        constants.push(("TAIL_APART", 1.0));
+    }
     gpu.dispatch_textured(d, if blocked { &constants } else { &[] }, &TEXTURE_SHADER, textures.as_deref())
+}
+
+/// Rows of the forward's last query tile when the subgroup path runs it apart, one row per
+/// invocation (`forward_tail_blocked`): at most 8 rows (one per invocation) at head widths
+/// above 32 (the kernel walks four keys per step, as forward_blocked does at those widths).
+/// The ViT's 257 tokens leave one row there, which forward_blocked's four rows per invocation
+/// cost a full tile for: 14 % of its forward (docs/performance-log.md, 2026-12-05 from 09:50).
+fn forward_tail_rows(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
+    let rest = s.q_len - (s.q_len.div_ceil(TILE) - 1) * TILE;
+    (subgroup_kernels(gpu, path) && s.head_dim > 32 && rest <= 8).then_some(rest)
 }
 
 /// The buffers an attention kernel loads per lane, as flat operand textures in the order of
@@ -475,7 +511,7 @@ fn operand_textures<'a>(
     let (q, k, v) = (buffers[0], buffers[1], buffers[2]);
     let (qe, ke) = (s.q_elements(), s.kv_elements());
     match entry {
-        "forward_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
+        "forward_blocked" | "forward_tail_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
         "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (buffers.get(6)?, qe)]),
         "backward_dq_scores_blocked" => {
             let scores = buffers.get(8)?;
@@ -579,13 +615,30 @@ pub fn forward_path(
     } else {
         "forward_blocked"
     };
+    let buffers = [q, k, v, mask, out, lse];
+    let tail = if entry == "forward_blocked" { forward_tail_rows(gpu, s, path) } else { None };
+    if let Some(rows) = tail {
+        // The last tile apart, one row per invocation; its share of the FLOPs and bytes.
+        let label = KernelLabel {
+            kernel: "attention",
+            shape: format!("{} (last query tile)", s.describe()),
+            flops: s.forward_flops() * rows as u64 / s.q_len as u64,
+            bytes: bytes * rows as u64 / s.q_len as u64,
+        };
+        dispatch(gpu, "forward_tail_blocked", path, s, &p, &buffers, s.batch * s.heads, label)?;
+        if tiles == 1 {
+            return Ok(None);
+        }
+    }
+    let rows = s.q_len - tail.unwrap_or(0);
     let label = KernelLabel {
         kernel: if few { "attention_few_keys" } else { "attention" },
         shape: s.describe(),
-        flops: s.forward_flops(),
-        bytes,
+        flops: s.forward_flops() * rows as u64 / s.q_len as u64,
+        bytes: bytes * rows as u64 / s.q_len as u64,
     };
-    dispatch(gpu, entry, path, s, &p, &[q, k, v, mask, out, lse], s.batch * s.heads * tiles, label)?;
+    let workgroups = s.batch * s.heads * tiles;
+    dispatch_tail_apart(gpu, entry, path, s, &p, &buffers, workgroups, label, tail.is_some())?;
     Ok(None)
 }
 

@@ -57,6 +57,12 @@ fn forward_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 }
 
 @compute @workgroup_size(8)
+fn forward_tail_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+    lane = sg_lane;
+    forward_tail(wid, nwg, sg_lane, ROW_CHUNKS);
+}
+
+@compute @workgroup_size(8)
 fn backward_dq_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
     lane = sg_lane;
     dq_body(wid, nwg, sg_lane, ROW_CHUNKS);

@@ -30,6 +30,11 @@ struct Params {
 // launcher; the `if (ch > n)` tests on it fold away when the pipeline is compiled.
 override ROW_CHUNKS: u32 = 8u;
 
+// 1: the forward's last query tile holds at most eight rows and runs apart, one row per
+// invocation (`forward_tail_blocked`, forward_tail below), so the four-rows kernel skips it.
+// Set by the launcher, with the tail's launch, on the subgroup path at head widths above 32.
+override TAIL_APART: u32 = 0u;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
@@ -420,6 +425,7 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let tile = wg % p.tiles;
     let bh = wg / p.tiles;
     if (bh >= p.batch * p.heads) { return; }
+    if (TAIL_APART != 0u && tile + 1u == p.tiles) { return; }
     let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
     let h = qr.h; let kb = qr.kb; let last = qr.last;
     let in_range = qr.in_range; let i4 = qr.i4; let qb = qr.qb;
@@ -504,6 +510,74 @@ fn forward_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     if (in_range.y) { lse[lb + i4.y] = row_lse.y; }
     if (in_range.z) { lse[lb + i4.z] = row_lse.z; }
     if (in_range.w) { lse[lb + i4.w] = row_lse.w; }
+}
+
+// The last query tile of each head when it holds at most eight rows (the ViT's 257 tokens
+// leave a ninth tile of one row), one row per invocation: workgroup `bh` takes rows
+// (p.tiles - 1) * 32 + lid of head bh, row t = 0 of forward_body's four (rows t = 1..3 would
+// be past the end). Run as a four-rows tile, such a tile costs as much as any other; per row
+// the arithmetic is most of the forward's time, so one row per invocation costs about a third
+// (docs/performance-log.md, 2026-12-05 from 09:50 UTC). The same loads, broadcasts and
+// arithmetic per row as forward_body's four-keys-per-step loop, so head rows of more than 32
+// elements only; a launch of its own, as the same loop inside forward_body's entry point saved
+// a third of that.
+fn forward_tail(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let bh = workgroup_index(wid, nwg);
+    if (bh >= p.batch * p.heads) { return; }
+    let tile = p.tiles - 1u;
+    let qr = query_rows(bh, vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES);
+    let h = qr.h; let kb = qr.kb; let last = qr.last; let i = qr.i4.x; let qb = qr.qb.x;
+    let q0 = chunk_q(qb, 0u, last) * p.scale;
+    let q1 = chunk_q(qb, 4u, last) * p.scale;
+    let q2 = chunk_q(qb, 8u, last) * p.scale;
+    let q3 = chunk_q(qb, 12u, last) * p.scale;
+    var q4 = mat4x4<f32>(); var q5 = mat4x4<f32>(); var q6 = mat4x4<f32>(); var q7 = mat4x4<f32>();
+    if (ch > 4u) {
+        q4 = chunk_q(qb, 16u, last) * p.scale; q5 = chunk_q(qb, 20u, last) * p.scale;
+        q6 = chunk_q(qb, 24u, last) * p.scale; q7 = chunk_q(qb, 28u, last) * p.scale;
+    }
+    var a0 = mat4x4<f32>(); var a1 = mat4x4<f32>(); var a2 = mat4x4<f32>(); var a3 = mat4x4<f32>();
+    var a4 = mat4x4<f32>(); var a5 = mat4x4<f32>(); var a6 = mat4x4<f32>(); var a7 = mat4x4<f32>();
+    var end = p.kv_len;
+    if (p.causal == 1u) { end = min(end, tile * TILE + TILE); }
+    var m = NEG;
+    var l = 0.0;
+    for (var j0 = 0u; j0 < end; j0 += 4u) {
+        let r = key_rows4(kb, j0, end, h);
+        var s = dots_k(q0, r, 0u, last) + dots_k(q1, r, 4u, last) + dots_k(q2, r, 8u, last) + dots_k(q3, r, 12u, last);
+        if (ch > 4u) {
+            s += dots_k(q4, r, 16u, last) + dots_k(q5, r, 20u, last) + dots_k(q6, r, 24u, last) + dots_k(q7, r, 28u, last);
+        }
+        let j = vec4<u32>(j0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let o = online_step4(s, causal_ok(keys_ok(kb, j, end), j, i), m);
+        l = l * o.alpha + dot(vec4<f32>(1.0), o.w);
+        m = o.m;
+        a0 = mix_v(a0, o.alpha, o.w, r, 0u, last); a1 = mix_v(a1, o.alpha, o.w, r, 4u, last);
+        a2 = mix_v(a2, o.alpha, o.w, r, 8u, last); a3 = mix_v(a3, o.alpha, o.w, r, 12u, last);
+        if (ch > 4u) {
+            a4 = mix_v(a4, o.alpha, o.w, r, 16u, last); a5 = mix_v(a5, o.alpha, o.w, r, 20u, last);
+            a6 = mix_v(a6, o.alpha, o.w, r, 24u, last); a7 = mix_v(a7, o.alpha, o.w, r, 28u, last);
+        }
+    }
+    if (!qr.in_range.x) { return; }
+    let seen = l > 0.0;
+    let inv = select(0.0, 1.0 / l, seen);
+    store_out(qb, 0u, last, a0, inv); store_out(qb, 4u, last, a1, inv);
+    store_out(qb, 8u, last, a2, inv); store_out(qb, 12u, last, a3, inv);
+    if (ch > 4u) {
+        store_out(qb, 16u, last, a4, inv); store_out(qb, 20u, last, a5, inv);
+        store_out(qb, 24u, last, a6, inv); store_out(qb, 28u, last, a7, inv);
+    }
+    lse[bh * p.q_len + i] = select(negative_infinity(), m + log(l), seen);
+}
+
+// One row's scores against the four key rows r over chunk c (dots4x4_k's column for one row),
+// and chunk c of one accumulator row mixed with the value rows r (mix4x4_v's, for one row).
+fn dots_k(x: mat4x4<f32>, r: vec4<u32>, c: u32, last: u32) -> vec4<f32> {
+    return dots_pair(x, k4(r, c, last), k4(r, c + 2u, last));
+}
+fn mix_v(a: mat4x4<f32>, alpha: f32, w: vec4<f32>, r: vec4<u32>, c: u32, last: u32) -> mat4x4<f32> {
+    return mix_pair(a, alpha, w, v4(r, c, last), v4(r, c + 2u, last));
 }
 
 // Cross-attention over few keys (Nk <= 16, e.g. pixel queries over class text embeddings):
