@@ -332,12 +332,14 @@ fn self_attention_matches_reference() {
 }
 
 #[test]
-fn last_query_tile_of_at_most_eight_rows_runs_apart() {
-    // On the subgroup path, at head widths above 32, a last query tile of 1..=8 rows runs as
-    // its own launch with one row per invocation (`forward_tail_blocked`); the tests above
-    // cover 33 and 130 queries (tails of 1 and 2) at widths 48, 64 and 128. Here the edges:
-    // a tail of 8 (apart) and of 9 (not), a single tile that is all tail, a masked tail with
-    // fully masked rows, keys shared by the batch, and a causal tail.
+fn last_tile_of_at_most_eight_rows_runs_apart() {
+    // On the subgroup path a last tile of 1..=8 rows runs as its own launch with one row per
+    // invocation: the forward's last query tile at head widths above 32
+    // (`forward_tail_blocked`), dk/dv's last key tile at any width
+    // (`backward_dkdv_tail_blocked`); the tests above cover 33 and 130 tokens (tails of 1 and
+    // 2) at widths 16 to 128. Here the edges: a tail of 8 (apart) and of 9 (not), a single
+    // tile that is all tail, a masked tail with fully masked rows, keys shared by the batch
+    // (dk/dv summed over query-row ranges), and a causal tail.
     let _serial = serial_on_gl();
     let mut rng = Rng::new(70);
     let s = Attention::new(3, 40, 40, 1, 64);
@@ -349,30 +351,43 @@ fn last_query_tile_of_at_most_eight_rows_runs_apart() {
     check_attention("tail of 3, shared keys", s, None, ForwardPath::Blocked, 74);
     let s = Attention::new(1, 37, 37, 1, 64).with_causal(true);
     check_attention("tail of 5, causal", s, None, ForwardPath::Blocked, 75);
+    let s = Attention::new(3, 300, 35, 2, 32).shared_kv();
+    check_attention("key tail of 3, shared keys over 900 rows", s, None, ForwardPath::Blocked, 76);
 
-    // Which launches ran: the tail's own only where it applies. A context of its own, so that
+    // Which launches ran: the tails' own only where they apply. A context of its own, so that
     // no other test's launches land in its profile.
     let gpu = &Gpu::new().unwrap();
-    for (s, apart) in [
-        (Attention::new(2, 33, 33, 3, 64), true),
-        (Attention::new(1, 40, 40, 1, 128), true),
-        (Attention::new(2, 7, 7, 1, 64), true),
-        (Attention::new(1, 41, 41, 1, 64), false),
-        (Attention::new(2, 33, 33, 2, 32), false),
+    let subgroup = gpu.info().runs_subgroup_kernels();
+    for (s, query_tail, key_tail) in [
+        (Attention::new(2, 33, 33, 3, 64), true, true),
+        (Attention::new(1, 40, 41, 1, 128), true, false),
+        (Attention::new(2, 7, 7, 1, 64), true, true),
+        (Attention::new(1, 41, 40, 1, 64), false, true),
+        (Attention::new(2, 33, 33, 2, 32), false, true),
     ] {
         let x: Vec<GpuBuffer> =
             [s.q_elements(), s.kv_elements(), s.kv_elements()].iter().map(|&n| gpu.zeros(n).unwrap()).collect();
+        let d_out = gpu.zeros(s.q_elements()).unwrap();
+        let grads: Vec<GpuBuffer> =
+            [s.q_elements(), s.kv_elements(), s.kv_elements()].iter().map(|&n| gpu.alloc(n).unwrap()).collect();
         gpu.set_profiling(true).unwrap();
-        gpu_forward(gpu, &x, &s, ForwardPath::Blocked, KernelPath::Subgroup).unwrap();
+        let (out, lse) = gpu_forward(gpu, &x, &s, ForwardPath::Blocked, KernelPath::Subgroup).unwrap();
+        let io = AttentionIo { q: &x[0], k: &x[1], v: &x[2], key_mask: None, out: &out, lse: &lse, probs: None };
+        let g = AttentionGrads { dq: &grads[0], dk: &grads[1], dv: &grads[2] };
+        attention::backward_path(gpu, &io, &d_out, &g, &s, BackwardPath::Fused, KernelPath::Subgroup).unwrap();
         let profile = gpu.take_profile().unwrap().expect("profiling is on");
         gpu.set_profiling(false).unwrap();
-        let shapes: Vec<&str> =
-            profile.records.iter().filter(|r| r.label.kernel == "attention").map(|r| r.label.shape.as_str()).collect();
-        let tails = shapes.iter().filter(|shape| shape.ends_with("(last query tile)")).count();
-        let whole = shapes.len() - tails;
-        let want = if apart && gpu.info().runs_subgroup_kernels() { 1 } else { 0 };
-        assert_eq!(tails, want, "{s:?}: attention launches {shapes:?}");
-        assert_eq!(whole, usize::from(s.q_len > 8 || want == 0), "{s:?}: attention launches {shapes:?}");
+        for (kernel, which, apart, len) in [
+            ("attention", "(last query tile)", query_tail, s.q_len),
+            ("attention_backward_dkdv", "(last key tile)", key_tail, s.kv_len),
+        ] {
+            let shapes: Vec<&str> =
+                profile.records.iter().filter(|r| r.label.kernel == kernel).map(|r| r.label.shape.as_str()).collect();
+            let tails = shapes.iter().filter(|shape| shape.ends_with(which)).count();
+            let want = usize::from(apart && subgroup);
+            assert_eq!(tails, want, "{s:?}: {kernel} launches {shapes:?}");
+            assert_eq!(shapes.len() - tails, usize::from(len > 8 || want == 0), "{s:?}: {kernel} launches {shapes:?}");
+        }
     }
 }
 

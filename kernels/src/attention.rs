@@ -485,14 +485,57 @@ fn dispatch_tail_apart(
     gpu.dispatch_textured(d, if blocked { &constants } else { &[] }, &TEXTURE_SHADER, textures.as_deref())
 }
 
-/// Rows of the forward's last query tile when the subgroup path runs it apart, one row per
-/// invocation (`forward_tail_blocked`): at most 8 rows (one per invocation) at head widths
-/// above 32 (the kernel walks four keys per step, as forward_blocked does at those widths).
-/// The ViT's 257 tokens leave one row there, which forward_blocked's four rows per invocation
-/// cost a full tile for: 14 % of its forward (docs/performance-log.md, 2026-12-05 from 09:50).
-fn forward_tail_rows(gpu: &Gpu, s: &Attention, path: KernelPath) -> Option<usize> {
-    let rest = s.q_len - (s.q_len.div_ceil(TILE) - 1) * TILE;
-    (subgroup_kernels(gpu, path) && s.head_dim > 32 && rest <= 8).then_some(rest)
+/// Rows of the last tile of `len` rows (queries of the forward, keys of dk/dv) when the
+/// subgroup path runs it apart, one row per invocation (`forward_tail_blocked`,
+/// `backward_dkdv_tail_blocked`): at most 8 (one per invocation). The ViT's 257 tokens leave
+/// one row there, which the four rows per invocation of the `_blocked` kernels cost a full
+/// tile for: 14 % of its forward (docs/performance-log.md, 2026-12-05 from 09:50).
+fn tail_rows(gpu: &Gpu, len: usize, path: KernelPath) -> Option<usize> {
+    if len == 0 {
+        return None;
+    }
+    let rest = len - (len.div_ceil(TILE) - 1) * TILE;
+    (subgroup_kernels(gpu, path) && rest <= 8).then_some(rest)
+}
+
+/// `label` split between a launch's tiles and its last tile of `rows` rows of `len`, run apart
+/// (FLOPs and bytes in proportion; the tail's shape names `which`).
+fn tail_labels(label: KernelLabel, rows: usize, len: usize, which: &str) -> (KernelLabel, KernelLabel) {
+    let share = |x: u64| x * rows as u64 / len as u64;
+    let tail = KernelLabel {
+        kernel: label.kernel,
+        shape: format!("{} (last {which} tile)", label.shape),
+        flops: share(label.flops),
+        bytes: share(label.bytes),
+    };
+    let main = KernelLabel { flops: label.flops - tail.flops, bytes: label.bytes - tail.bytes, ..label };
+    (main, tail)
+}
+
+/// dk/dv's launch over `p.tiles` key tiles and `p.splits` query-row ranges; where the subgroup
+/// path runs it apart, the last key tile as a launch of its own (`backward_dkdv_tail_blocked`,
+/// one key per invocation), which the main launch (compiled with TAIL_APART) skips.
+fn dispatch_dkdv(
+    gpu: &Gpu,
+    entry: &'static str,
+    path: KernelPath,
+    s: &Attention,
+    p: &Params,
+    buffers: &[&GpuBuffer],
+    label: KernelLabel,
+) -> Result<()> {
+    let (tiles, splits) = (p.tiles as usize, p.splits as usize);
+    let workgroups = s.kv_batch * s.heads * splits * tiles;
+    let tail = if entry == "backward_dkdv_blocked" { tail_rows(gpu, s.kv_len, path) } else { None };
+    let Some(rows) = tail else {
+        return dispatch(gpu, entry, path, s, p, buffers, workgroups, label);
+    };
+    let (main, tail) = tail_labels(label, rows, s.kv_len, "key");
+    dispatch(gpu, "backward_dkdv_tail_blocked", path, s, p, buffers, s.kv_batch * s.heads * splits, tail)?;
+    if tiles == 1 {
+        return Ok(());
+    }
+    dispatch_tail_apart(gpu, entry, path, s, p, buffers, workgroups, main, true)
 }
 
 /// The buffers an attention kernel loads per lane, as flat operand textures in the order of
@@ -512,7 +555,7 @@ fn operand_textures<'a>(
     let (qe, ke) = (s.q_elements(), s.kv_elements());
     match entry {
         "forward_blocked" | "forward_tail_blocked" | "backward_dq_blocked" => gpu.flat_operands(&[(k, ke), (v, ke)]),
-        "backward_dkdv_blocked" => gpu.flat_operands(&[(q, qe), (buffers.get(6)?, qe)]),
+        "backward_dkdv_blocked" | "backward_dkdv_tail_blocked" => gpu.flat_operands(&[(q, qe), (buffers.get(6)?, qe)]),
         "backward_dq_scores_blocked" => {
             let scores = buffers.get(8)?;
             gpu.flat_operands(&[(k, ke), (scores, scores.len())])
@@ -615,30 +658,26 @@ pub fn forward_path(
     } else {
         "forward_blocked"
     };
-    let buffers = [q, k, v, mask, out, lse];
-    let tail = if entry == "forward_blocked" { forward_tail_rows(gpu, s, path) } else { None };
-    if let Some(rows) = tail {
-        // The last tile apart, one row per invocation; its share of the FLOPs and bytes.
-        let label = KernelLabel {
-            kernel: "attention",
-            shape: format!("{} (last query tile)", s.describe()),
-            flops: s.forward_flops() * rows as u64 / s.q_len as u64,
-            bytes: bytes * rows as u64 / s.q_len as u64,
-        };
-        dispatch(gpu, "forward_tail_blocked", path, s, &p, &buffers, s.batch * s.heads, label)?;
-        if tiles == 1 {
-            return Ok(None);
-        }
-    }
-    let rows = s.q_len - tail.unwrap_or(0);
     let label = KernelLabel {
         kernel: if few { "attention_few_keys" } else { "attention" },
         shape: s.describe(),
-        flops: s.forward_flops() * rows as u64 / s.q_len as u64,
-        bytes: bytes * rows as u64 / s.q_len as u64,
+        flops: s.forward_flops(),
+        bytes,
     };
+    let buffers = [q, k, v, mask, out, lse];
     let workgroups = s.batch * s.heads * tiles;
-    dispatch_tail_apart(gpu, entry, path, s, &p, &buffers, workgroups, label, tail.is_some())?;
+    // The last query tile apart at head widths above 32 (forward_tail_blocked walks four keys
+    // per step, as forward_blocked does at those widths).
+    let tail = if entry == "forward_blocked" && s.head_dim > 32 { tail_rows(gpu, s.q_len, path) } else { None };
+    let Some(rows) = tail else {
+        dispatch(gpu, entry, path, s, &p, &buffers, workgroups, label)?;
+        return Ok(None);
+    };
+    let (main, tail) = tail_labels(label, rows, s.q_len, "query");
+    dispatch(gpu, "forward_tail_blocked", path, s, &p, &buffers, s.batch * s.heads, tail)?;
+    if tiles > 1 {
+        dispatch_tail_apart(gpu, entry, path, s, &p, &buffers, workgroups, main, true)?;
+    }
     Ok(None)
 }
 
@@ -811,7 +850,6 @@ pub fn backward_path(
         flops: f * 2,
         bytes: 2 * qe + 4 * ke * splits as u64 + 4 * scores.unwrap_or(0) as u64,
     };
-    let workgroups = s.kv_batch * s.heads * splits * tiles;
     let dkdv_entry = if lanes { "backward_dkdv_lanes" } else { "backward_dkdv_blocked" };
     if let Some(len) = scores {
         // grad_a holds dk, then dS^T from vec4 scores_at; dk is copied out after the pass.
@@ -819,7 +857,7 @@ pub fn backward_path(
         let dk_scores = gpu.alloc(ke_n + len)?;
         p.scores_at = (ke_n / 4) as u32;
         let buffers = [q, k, v, mask, out, lse, d_out, &stats, &dk_scores, dv];
-        dispatch(gpu, dkdv_entry, path, s, &p, &buffers, workgroups, label)?;
+        dispatch_dkdv(gpu, dkdv_entry, path, s, &p, &buffers, label)?;
         gpu.copy_region(&dk_scores, 0, dk, 0, ke_n)?;
 
         // 4. dq = scale * dS k from the stored dS^T, into grad_b.
@@ -835,29 +873,12 @@ pub fn backward_path(
         return dispatch(gpu, "backward_dq_scores_blocked", path, s, &p, &buffers, s.batch * s.heads * tiles, label);
     }
     if splits == 1 {
-        return dispatch(
-            gpu,
-            dkdv_entry,
-            path,
-            s,
-            &p,
-            &[q, k, v, mask, out, lse, d_out, &stats, dk, dv],
-            workgroups,
-            label,
-        );
+        return dispatch_dkdv(gpu, dkdv_entry, path, s, &p, &[q, k, v, mask, out, lse, d_out, &stats, dk, dv], label);
     }
     let part_k = gpu.alloc(splits * s.kv_elements())?;
     let part_v = gpu.alloc(splits * s.kv_elements())?;
-    dispatch(
-        gpu,
-        dkdv_entry,
-        path,
-        s,
-        &p,
-        &[q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v],
-        workgroups,
-        label,
-    )?;
+    let buffers = [q, k, v, mask, out, lse, d_out, &stats, &part_k, &part_v];
+    dispatch_dkdv(gpu, dkdv_entry, path, s, &p, &buffers, label)?;
     let inputs = [q, k, v, mask, out, lse, d_out, &stats];
     reduce_partials(gpu, path, s, &p, splits, inputs, [&part_k, &part_v], [dk, dv])
 }

@@ -75,6 +75,12 @@ fn backward_dkdv_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 }
 
 @compute @workgroup_size(8)
+fn backward_dkdv_tail_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+    lane = sg_lane;
+    dkdv_tail(wid, nwg, sg_lane, ROW_CHUNKS);
+}
+
+@compute @workgroup_size(8)
 fn backward_dq_scores_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
     lane = sg_lane;
     dq_scores_body(wid, nwg, sg_lane, ROW_CHUNKS);

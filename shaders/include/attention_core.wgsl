@@ -34,6 +34,7 @@ override ROW_CHUNKS: u32 = 8u;
 // invocation (`forward_tail_blocked`, forward_tail below), so the four-rows kernel skips it.
 // Set by the launcher, with the tail's launch, on the subgroup path at head widths above 32.
 override TAIL_APART: u32 = 0u;
+// (The same for dk/dv's last key tile: `backward_dkdv_tail_blocked`, dkdv_tail.)
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
@@ -785,6 +786,7 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let split = rest % p.splits;
     let kbh = rest / p.splits;
     if (kbh >= p.kv_batch * p.heads) { return; }
+    if (TAIL_APART != 0u && tile + 1u == p.tiles) { return; }
     let kb = kbh / p.heads;
     let h = kbh % p.heads;
     let rows_j = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
@@ -899,6 +901,142 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
         store4_grad_a(ob, in_range, 24u, last, dk6, p.scale); store4_grad_b(ob, in_range, 24u, last, dv6, 1.0);
         store4_grad_a(ob, in_range, 28u, last, dk7, p.scale); store4_grad_b(ob, in_range, 28u, last, dv7, 1.0);
     }
+}
+
+// dk/dv's last key tile when it holds at most eight keys (the ViT's 257 leave one), one key
+// per invocation: workgroup `wg` takes split wg % p.splits of head wg / p.splits, key t = 0 of
+// dkdv_body's four (keys t = 1..3 are past the end: nothing stored for them but the zeros of
+// their stored dS, as there). The same loads, broadcasts and arithmetic per key as dkdv_body;
+// a launch of its own, as forward_tail is.
+fn dkdv_tail(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
+    let wg = workgroup_index(wid, nwg);
+    let split = wg % p.splits;
+    let kbh = wg / p.splits;
+    if (kbh >= p.kv_batch * p.heads) { return; }
+    let tile = p.tiles - 1u;
+    let kb = kbh / p.heads;
+    let h = kbh % p.heads;
+    let rows_j = vec4<u32>(tile * TILE + lid) + vec4<u32>(0u, 1u, 2u, 3u) * LANES;
+    let in_range = rows_j < vec4<u32>(p.kv_len);
+    let j = min(rows_j.x, p.kv_len - 1u);
+    let last = p.head_dim / 4u - 1u;
+    let kr = row_base(kb * p.kv_len + j, h);
+    let rows = p.batch * p.heads * p.q_len;
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let r_begin = min(split * p.split_rows, total);
+    let r_end = min(r_begin + p.split_rows, total);
+    let key_ok = stats[2u * rows + kb * p.kv_len + j] != 0.0;
+
+    let k0 = chunk_k(kr, 0u, last) * p.scale;
+    let v0 = chunk_v(kr, 0u, last);
+    var k1 = mat4x4<f32>(); var k2 = mat4x4<f32>(); var k3 = mat4x4<f32>();
+    var k4 = mat4x4<f32>(); var k5 = mat4x4<f32>(); var k6 = mat4x4<f32>(); var k7 = mat4x4<f32>();
+    var v1 = mat4x4<f32>(); var v2 = mat4x4<f32>(); var v3 = mat4x4<f32>();
+    var v4 = mat4x4<f32>(); var v5 = mat4x4<f32>(); var v6 = mat4x4<f32>(); var v7 = mat4x4<f32>();
+    if (ch > 1u) { k1 = chunk_k(kr, 4u, last) * p.scale; v1 = chunk_v(kr, 4u, last); }
+    if (ch > 2u) {
+        k2 = chunk_k(kr, 8u, last) * p.scale; k3 = chunk_k(kr, 12u, last) * p.scale;
+        v2 = chunk_v(kr, 8u, last); v3 = chunk_v(kr, 12u, last);
+    }
+    if (ch > 4u) {
+        k4 = chunk_k(kr, 16u, last) * p.scale; k5 = chunk_k(kr, 20u, last) * p.scale;
+        k6 = chunk_k(kr, 24u, last) * p.scale; k7 = chunk_k(kr, 28u, last) * p.scale;
+        v4 = chunk_v(kr, 16u, last); v5 = chunk_v(kr, 20u, last);
+        v6 = chunk_v(kr, 24u, last); v7 = chunk_v(kr, 28u, last);
+    }
+    var dk0 = mat4x4<f32>(); var dk1 = mat4x4<f32>(); var dk2 = mat4x4<f32>(); var dk3 = mat4x4<f32>();
+    var dk4 = mat4x4<f32>(); var dk5 = mat4x4<f32>(); var dk6 = mat4x4<f32>(); var dk7 = mat4x4<f32>();
+    var dv0 = mat4x4<f32>(); var dv1 = mat4x4<f32>(); var dv2 = mat4x4<f32>(); var dv3 = mat4x4<f32>();
+    var dv4 = mat4x4<f32>(); var dv5 = mat4x4<f32>(); var dv6 = mat4x4<f32>(); var dv7 = mat4x4<f32>();
+
+    let tile_first_key = tile * TILE;
+    for (var r0 = r_begin; r0 < r_end; r0 += 8u) {
+        // As in dkdv_body: eight query rows (flattened over the batch), clamped and masked.
+        let lastr = vec4<u32>(r_end - 1u);
+        let ra_lo = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), lastr);
+        let ra_hi = min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), lastr);
+        let nq = vec4<u32>(p.q_len);
+        let i_lo = ra_lo % nq;
+        let i_hi = ra_hi % nq;
+        let b_lo = ra_lo / nq + vec4<u32>(first_b);
+        let b_hi = ra_hi / nq + vec4<u32>(first_b);
+        if (p.causal == 1u && max(max(max(i_lo.x, i_lo.y), max(i_lo.z, i_lo.w)), max(max(i_hi.x, i_hi.y), max(i_hi.z, i_hi.w))) < tile_first_key) {
+            continue;
+        }
+        let r = Rows8(row_base4(b_lo * nq + i_lo, h), row_base4(b_hi * nq + i_hi, h));
+        let st_lo = (b_lo * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_lo;
+        let st_hi = (b_hi * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_hi;
+        let lse8 = stats8(Rows8(st_lo, st_hi));
+        let delta8 = stats8(Rows8(st_lo + vec4<u32>(rows), st_hi + vec4<u32>(rows)));
+        let r_end4 = vec4<u32>(r_end);
+        let ok_lo = (vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) < r_end4) & (lse8[0] > vec4<f32>(NO_KEY));
+        let ok_hi = (vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u) < r_end4) & (lse8[1] > vec4<f32>(NO_KEY));
+        var s = dots_q(k0, r, 0u, last);
+        var dp = dots_d_out(v0, r, 0u, last);
+        if (ch > 1u) { s += dots_q(k1, r, 4u, last); dp += dots_d_out(v1, r, 4u, last); }
+        if (ch > 2u) {
+            s = s + dots_q(k2, r, 8u, last) + dots_q(k3, r, 12u, last);
+            dp = dp + dots_d_out(v2, r, 8u, last) + dots_d_out(v3, r, 12u, last);
+        }
+        if (ch > 4u) {
+            s = s + dots_q(k4, r, 16u, last) + dots_q(k5, r, 20u, last);
+            s = s + dots_q(k6, r, 24u, last) + dots_q(k7, r, 28u, last);
+            dp = dp + dots_d_out(v4, r, 16u, last) + dots_d_out(v5, r, 20u, last);
+            dp = dp + dots_d_out(v6, r, 24u, last) + dots_d_out(v7, r, 28u, last);
+        }
+        let g = key_grads(s, dp, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j, key_ok);
+        dv0 = mix_d_out(dv0, g.p, r, 0u, last);
+        dk0 = mix_q(dk0, g.ds, r, 0u, last);
+        if (ch > 1u) { dv1 = mix_d_out(dv1, g.p, r, 4u, last); dk1 = mix_q(dk1, g.ds, r, 4u, last); }
+        if (ch > 2u) {
+            dv2 = mix_d_out(dv2, g.p, r, 8u, last); dk2 = mix_q(dk2, g.ds, r, 8u, last);
+            dv3 = mix_d_out(dv3, g.p, r, 12u, last); dk3 = mix_q(dk3, g.ds, r, 12u, last);
+        }
+        if (ch > 4u) {
+            dv4 = mix_d_out(dv4, g.p, r, 16u, last); dk4 = mix_q(dk4, g.ds, r, 16u, last);
+            dv5 = mix_d_out(dv5, g.p, r, 20u, last); dk5 = mix_q(dk5, g.ds, r, 20u, last);
+            dv6 = mix_d_out(dv6, g.p, r, 24u, last); dk6 = mix_q(dk6, g.ds, r, 24u, last);
+            dv7 = mix_d_out(dv7, g.p, r, 28u, last); dk7 = mix_q(dk7, g.ds, r, 28u, last);
+        }
+        if (p.scores_at != 0u) {
+            store_scores(kbh, tile, lid, in_range, r0, Scores4(g.ds, mat2x4<f32>(), mat2x4<f32>(), mat2x4<f32>()));
+        }
+    }
+    if (!in_range.x) { return; }
+    let ob = split * (p.kv_batch * p.kv_len * p.heads * (p.head_dim / 4u)) + kr;
+    store_grad_a(ob, 0u, last, dk0, p.scale); store_grad_b(ob, 0u, last, dv0, 1.0);
+    if (ch > 1u) { store_grad_a(ob, 4u, last, dk1, p.scale); store_grad_b(ob, 4u, last, dv1, 1.0); }
+    if (ch > 2u) {
+        store_grad_a(ob, 8u, last, dk2, p.scale); store_grad_b(ob, 8u, last, dv2, 1.0);
+        store_grad_a(ob, 12u, last, dk3, p.scale); store_grad_b(ob, 12u, last, dv3, 1.0);
+    }
+    if (ch > 4u) {
+        store_grad_a(ob, 16u, last, dk4, p.scale); store_grad_b(ob, 16u, last, dv4, 1.0);
+        store_grad_a(ob, 20u, last, dk5, p.scale); store_grad_b(ob, 20u, last, dv5, 1.0);
+        store_grad_a(ob, 24u, last, dk6, p.scale); store_grad_b(ob, 24u, last, dv6, 1.0);
+        store_grad_a(ob, 28u, last, dk7, p.scale); store_grad_b(ob, 28u, last, dv7, 1.0);
+    }
+}
+
+// One key row's scores (or dP) against the eight streamed query rows r over chunk c, and chunk
+// c of one key row's dk (or dv) mixed from them (row t = 0 of dots4_q, dots4_d_out, mix4_q and
+// mix4_d_out).
+fn dots_q(x: mat4x4<f32>, r: Rows8, c: u32, last: u32) -> mat2x4<f32> {
+    return dots8(x, q8(r, min(c, last)), q8(r, min(c + 1u, last)), q8(r, min(c + 2u, last)), q8(r, min(c + 3u, last)));
+}
+fn dots_d_out(x: mat4x4<f32>, r: Rows8, c: u32, last: u32) -> mat2x4<f32> {
+    return dots8(x, d_out8(r, min(c, last)), d_out8(r, min(c + 1u, last)), d_out8(r, min(c + 2u, last)), d_out8(r, min(c + 3u, last)));
+}
+fn mix_q(a: mat4x4<f32>, w: mat2x4<f32>, r: Rows8, c: u32, last: u32) -> mat4x4<f32> {
+    return mix8(a, 1.0, w, q8(r, min(c, last)), q8(r, min(c + 1u, last)), q8(r, min(c + 2u, last)), q8(r, min(c + 3u, last)));
+}
+fn mix_d_out(a: mat4x4<f32>, w: mat2x4<f32>, r: Rows8, c: u32, last: u32) -> mat4x4<f32> {
+    return mix8(a, 1.0, w, d_out8(r, min(c, last)), d_out8(r, min(c + 1u, last)), d_out8(r, min(c + 2u, last)), d_out8(r, min(c + 3u, last)));
 }
 
 // The stored-scores backward (launcher: one split, Bk = B, not causal). With p.scores_at set,
