@@ -452,9 +452,9 @@ fn dispatch(
     dispatch_tail_apart(gpu, entry, path, s, params, buffers, workgroups, label, false)
 }
 
-/// [`dispatch`], with the forward's TAIL_APART constant set when `tail_apart` (a `_blocked`
-/// entry point: forward_blocked then skips its last query tile, which the caller launches as
-/// `forward_tail_blocked`).
+/// [`dispatch`], with the TAIL_APART constant set when `tail_apart` (a `_blocked` entry point:
+/// forward_blocked and backward_dkdv_blocked then skip their last tile, which the caller
+/// launches as `forward_tail_blocked` or `backward_dkdv_tail_blocked`).
 #[allow(clippy::too_many_arguments)]
 fn dispatch_tail_apart(
     gpu: &Gpu,

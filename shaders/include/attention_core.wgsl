@@ -773,6 +773,73 @@ fn grad_scores(s: mat2x4<f32>, dp: mat2x4<f32>, row_lse: f32, row_delta: f32, ok
     return mat2x4<f32>(p_lo * (dp[0] - row_delta), p_hi * (dp[1] - row_delta));
 }
 
+// The query rows split `split` of a dk/dv pass covers for kv batch kb: rows begin..end,
+// flattened over the batch from batch first_b (every batch's rows when the keys are shared,
+// else its own).
+struct QueryRange {
+    first_b: u32,
+    begin: u32,
+    end: u32,
+}
+
+fn query_range(kb: u32, split: u32) -> QueryRange {
+    var total = p.q_len;
+    var first_b = kb;
+    if (p.kv_batch == 1u) {
+        total = p.batch * p.q_len;
+        first_b = 0u;
+    }
+    let begin = min(split * p.split_rows, total);
+    return QueryRange(first_b, begin, min(begin + p.split_rows, total));
+}
+
+// The eight query rows of a dk/dv step from r0 (clamped at the range's end): their positions
+// and batches, and whether the causal mask hides every key from tile_first_key on from all
+// of them (rows before the workgroup's first key see none of its keys): the step is skipped.
+struct StepRows {
+    i_lo: vec4<u32>,
+    i_hi: vec4<u32>,
+    b_lo: vec4<u32>,
+    b_hi: vec4<u32>,
+    hidden: bool,
+}
+
+fn step_rows(r0: u32, range: QueryRange, tile_first_key: u32) -> StepRows {
+    let lastr = vec4<u32>(range.end - 1u);
+    let ra_lo = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), lastr);
+    let ra_hi = min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), lastr);
+    let nq = vec4<u32>(p.q_len);
+    let i_lo = ra_lo % nq;
+    let i_hi = ra_hi % nq;
+    let latest = max(max(max(i_lo.x, i_lo.y), max(i_lo.z, i_lo.w)), max(max(i_hi.x, i_hi.y), max(i_hi.z, i_hi.w)));
+    let first = vec4<u32>(range.first_b);
+    return StepRows(i_lo, i_hi, ra_lo / nq + first, ra_hi / nq + first, p.causal == 1u && latest < tile_first_key);
+}
+
+// Those rows' bases in q and dout (head h), their lse and delta, and which of them count (in
+// the range, and not fully masked).
+struct StepStats {
+    r: Rows8,
+    lse8: mat2x4<f32>,
+    delta8: mat2x4<f32>,
+    ok_lo: vec4<bool>,
+    ok_hi: vec4<bool>,
+}
+
+fn step_stats(q8r: StepRows, r0: u32, end: u32, h: u32) -> StepStats {
+    let nq = vec4<u32>(p.q_len);
+    let rows = vec4<u32>(p.batch * p.heads * p.q_len);
+    let r = Rows8(row_base4(q8r.b_lo * nq + q8r.i_lo, h), row_base4(q8r.b_hi * nq + q8r.i_hi, h));
+    let st_lo = (q8r.b_lo * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + q8r.i_lo;
+    let st_hi = (q8r.b_hi * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + q8r.i_hi;
+    let lse8 = stats8(Rows8(st_lo, st_hi));
+    let delta8 = stats8(Rows8(st_lo + rows, st_hi + rows));
+    let end4 = vec4<u32>(end);
+    let ok_lo = (vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) < end4) & (lse8[0] > vec4<f32>(NO_KEY));
+    let ok_hi = (vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u) < end4) & (lse8[1] > vec4<f32>(NO_KEY));
+    return StepStats(r, lse8, delta8, ok_lo, ok_hi);
+}
+
 // dk, dv: four key rows of one head per invocation, summing over one range of query rows,
 // eight per step (the same rows for the whole workgroup). The query rows are flattened over
 // the batch when Bk = 1 (row r = b*Nq + i). A masked key contributes nothing (its
@@ -795,15 +862,7 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let last = p.head_dim / 4u - 1u;
     let kr = row_base4(vec4<u32>(kb * p.kv_len) + j4, h);
     let rows = p.batch * p.heads * p.q_len;
-    // Query rows this kv batch serves: every batch's when shared, else its own.
-    var total = p.q_len;
-    var first_b = kb;
-    if (p.kv_batch == 1u) {
-        total = p.batch * p.q_len;
-        first_b = 0u;
-    }
-    let r_begin = min(split * p.split_rows, total);
-    let r_end = min(r_begin + p.split_rows, total);
+    let range = query_range(kb, split);
     let mk = 2u * rows + kb * p.kv_len;
     let key_ok = vec4<f32>(stats[mk + j4.x], stats[mk + j4.y], stats[mk + j4.z], stats[mk + j4.w]) != vec4<f32>(0.0);
 
@@ -830,28 +889,13 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     var dv4 = Chunk4(); var dv5 = Chunk4(); var dv6 = Chunk4(); var dv7 = Chunk4();
 
     let tile_first_key = tile * TILE;
-    for (var r0 = r_begin; r0 < r_end; r0 += 8u) {
-        // Eight query rows (flattened over the batch), clamped at the end and masked.
-        let lastr = vec4<u32>(r_end - 1u);
-        let ra_lo = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), lastr);
-        let ra_hi = min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), lastr);
-        let nq = vec4<u32>(p.q_len);
-        let i_lo = ra_lo % nq;
-        let i_hi = ra_hi % nq;
-        let b_lo = ra_lo / nq + vec4<u32>(first_b);
-        let b_hi = ra_hi / nq + vec4<u32>(first_b);
-        // When causal, rows before the workgroup's first key see none of its keys.
-        if (p.causal == 1u && max(max(max(i_lo.x, i_lo.y), max(i_lo.z, i_lo.w)), max(max(i_hi.x, i_hi.y), max(i_hi.z, i_hi.w))) < tile_first_key) {
+    for (var r0 = range.begin; r0 < range.end; r0 += 8u) {
+        let q8r = step_rows(r0, range, tile_first_key);
+        if (q8r.hidden) {
             continue;
         }
-        let r = Rows8(row_base4(b_lo * nq + i_lo, h), row_base4(b_hi * nq + i_hi, h));
-        let st_lo = (b_lo * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_lo;
-        let st_hi = (b_hi * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_hi;
-        let lse8 = stats8(Rows8(st_lo, st_hi));
-        let delta8 = stats8(Rows8(st_lo + vec4<u32>(rows), st_hi + vec4<u32>(rows)));
-        let r_end4 = vec4<u32>(r_end);
-        let ok_lo = (vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) < r_end4) & (lse8[0] > vec4<f32>(NO_KEY));
-        let ok_hi = (vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u) < r_end4) & (lse8[1] > vec4<f32>(NO_KEY));
+        let st = step_stats(q8r, r0, range.end, h);
+        let r = st.r;
         var s = dots4_q(k0, r, 0u, last);
         var dp = dots4_d_out(v0, r, 0u, last);
         if (ch > 1u) { s = add_scores(s, dots4_q(k1, r, 4u, last)); dp = add_scores(dp, dots4_d_out(v1, r, 4u, last)); }
@@ -865,10 +909,10 @@ fn dkdv_body(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
             dp = add_scores(add_scores(dp, dots4_d_out(v4, r, 16u, last)), dots4_d_out(v5, r, 20u, last));
             dp = add_scores(add_scores(dp, dots4_d_out(v6, r, 24u, last)), dots4_d_out(v7, r, 28u, last));
         }
-        let g0 = key_grads(s.r0, dp.r0, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.x, key_ok.x);
-        let g1 = key_grads(s.r1, dp.r1, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.y, key_ok.y);
-        let g2 = key_grads(s.r2, dp.r2, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.z, key_ok.z);
-        let g3 = key_grads(s.r3, dp.r3, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j4.w, key_ok.w);
+        let g0 = key_grads(s.r0, dp.r0, st.lse8, st.delta8, st.ok_lo, st.ok_hi, q8r.i_lo, q8r.i_hi, j4.x, key_ok.x);
+        let g1 = key_grads(s.r1, dp.r1, st.lse8, st.delta8, st.ok_lo, st.ok_hi, q8r.i_lo, q8r.i_hi, j4.y, key_ok.y);
+        let g2 = key_grads(s.r2, dp.r2, st.lse8, st.delta8, st.ok_lo, st.ok_hi, q8r.i_lo, q8r.i_hi, j4.z, key_ok.z);
+        let g3 = key_grads(s.r3, dp.r3, st.lse8, st.delta8, st.ok_lo, st.ok_hi, q8r.i_lo, q8r.i_hi, j4.w, key_ok.w);
         let pr = Scores4(g0.p, g1.p, g2.p, g3.p);
         let ds = Scores4(g0.ds, g1.ds, g2.ds, g3.ds);
         dv0 = mix4_d_out(dv0, pr, r, 0u, last);
@@ -922,14 +966,7 @@ fn dkdv_tail(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     let last = p.head_dim / 4u - 1u;
     let kr = row_base(kb * p.kv_len + j, h);
     let rows = p.batch * p.heads * p.q_len;
-    var total = p.q_len;
-    var first_b = kb;
-    if (p.kv_batch == 1u) {
-        total = p.batch * p.q_len;
-        first_b = 0u;
-    }
-    let r_begin = min(split * p.split_rows, total);
-    let r_end = min(r_begin + p.split_rows, total);
+    let range = query_range(kb, split);
     let key_ok = stats[2u * rows + kb * p.kv_len + j] != 0.0;
 
     let k0 = chunk_k(kr, 0u, last) * p.scale;
@@ -955,27 +992,13 @@ fn dkdv_tail(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
     var dv4 = mat4x4<f32>(); var dv5 = mat4x4<f32>(); var dv6 = mat4x4<f32>(); var dv7 = mat4x4<f32>();
 
     let tile_first_key = tile * TILE;
-    for (var r0 = r_begin; r0 < r_end; r0 += 8u) {
-        // As in dkdv_body: eight query rows (flattened over the batch), clamped and masked.
-        let lastr = vec4<u32>(r_end - 1u);
-        let ra_lo = min(vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u), lastr);
-        let ra_hi = min(vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u), lastr);
-        let nq = vec4<u32>(p.q_len);
-        let i_lo = ra_lo % nq;
-        let i_hi = ra_hi % nq;
-        let b_lo = ra_lo / nq + vec4<u32>(first_b);
-        let b_hi = ra_hi / nq + vec4<u32>(first_b);
-        if (p.causal == 1u && max(max(max(i_lo.x, i_lo.y), max(i_lo.z, i_lo.w)), max(max(i_hi.x, i_hi.y), max(i_hi.z, i_hi.w))) < tile_first_key) {
+    for (var r0 = range.begin; r0 < range.end; r0 += 8u) {
+        let q8r = step_rows(r0, range, tile_first_key);
+        if (q8r.hidden) {
             continue;
         }
-        let r = Rows8(row_base4(b_lo * nq + i_lo, h), row_base4(b_hi * nq + i_hi, h));
-        let st_lo = (b_lo * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_lo;
-        let st_hi = (b_hi * vec4<u32>(p.heads) + vec4<u32>(h)) * nq + i_hi;
-        let lse8 = stats8(Rows8(st_lo, st_hi));
-        let delta8 = stats8(Rows8(st_lo + vec4<u32>(rows), st_hi + vec4<u32>(rows)));
-        let r_end4 = vec4<u32>(r_end);
-        let ok_lo = (vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) < r_end4) & (lse8[0] > vec4<f32>(NO_KEY));
-        let ok_hi = (vec4<u32>(r0) + vec4<u32>(4u, 5u, 6u, 7u) < r_end4) & (lse8[1] > vec4<f32>(NO_KEY));
+        let st = step_stats(q8r, r0, range.end, h);
+        let r = st.r;
         var s = dots_q(k0, r, 0u, last);
         var dp = dots_d_out(v0, r, 0u, last);
         if (ch > 1u) { s += dots_q(k1, r, 4u, last); dp += dots_d_out(v1, r, 4u, last); }
@@ -989,7 +1012,7 @@ fn dkdv_tail(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, ch: u32) {
             dp = dp + dots_d_out(v4, r, 16u, last) + dots_d_out(v5, r, 20u, last);
             dp = dp + dots_d_out(v6, r, 24u, last) + dots_d_out(v7, r, 28u, last);
         }
-        let g = key_grads(s, dp, lse8, delta8, ok_lo, ok_hi, i_lo, i_hi, j, key_ok);
+        let g = key_grads(s, dp, st.lse8, st.delta8, st.ok_lo, st.ok_hi, q8r.i_lo, q8r.i_hi, j, key_ok);
         dv0 = mix_d_out(dv0, g.p, r, 0u, last);
         dk0 = mix_q(dk0, g.ds, r, 0u, last);
         if (ch > 1u) { dv1 = mix_d_out(dv1, g.p, r, 4u, last); dk1 = mix_q(dk1, g.ds, r, 4u, last); }
