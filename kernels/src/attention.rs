@@ -776,7 +776,7 @@ pub fn backward_path(
         })?),
         // Where it is the faster method (README, "Attention and patch embedding"): the
         // subgroup kernels, and only when the key pass would not split the query rows.
-        BackwardPath::Auto if path == KernelPath::Subgroup && gpu.info().runs_subgroup_kernels() && splits == 1 => {
+        BackwardPath::Auto if subgroup_kernels(gpu, path) && splits == 1 => {
             scores_len(gpu, s, path)
         }
         _ => None,

@@ -773,9 +773,9 @@ fn grad_scores(s: mat2x4<f32>, dp: mat2x4<f32>, row_lse: f32, row_delta: f32, ok
     return mat2x4<f32>(p_lo * (dp[0] - row_delta), p_hi * (dp[1] - row_delta));
 }
 
-// The query rows split `split` of a dk/dv pass covers for kv batch kb: rows begin..end,
-// flattened over the batch from batch first_b (every batch's rows when the keys are shared,
-// else its own).
+// The query rows split `split` of a dk/dv pass (or of the few-keys backward) covers for kv
+// batch kb: rows begin..end, flattened over the batch from batch first_b (every batch's rows
+// when the keys are shared, else its own).
 struct QueryRange {
     first_b: u32,
     begin: u32,
@@ -1251,16 +1251,9 @@ fn few_range(unit: u32) -> FewRange {
     let split = unit % p.splits;
     let kbh = unit / p.splits;
     let kb = kbh / p.heads;
-    var total = p.q_len;
-    var first_b = kb;
-    if (p.kv_batch == 1u) {
-        total = p.batch * p.q_len;
-        first_b = 0u;
-    }
-    let r_begin = min(split * p.split_rows, total);
-    let r_end = min(r_begin + p.split_rows, total);
-    return FewRange(kbh < p.kv_batch * p.heads, kb, kbh % p.heads, split, r_begin, r_end,
-                    first_b + r_begin / p.q_len, r_begin % p.q_len);
+    let range = query_range(kb, split);
+    return FewRange(kbh < p.kv_batch * p.heads, kb, kbh % p.heads, split, range.begin, range.end,
+                    range.first_b + range.begin / p.q_len, range.begin % p.q_len);
 }
 
 // The k and v rows of keys 0..4 of (kv batch kb, head h); keys past Nk repeat key Nk - 1 (in
