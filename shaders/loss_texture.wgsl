@@ -16,8 +16,8 @@
 @group(0) @binding(10) var stats_tex: texture_storage_2d<rgba32float, read>;
 
 fn load_logit(j: u32) -> f32 {
-    return flat_float(logits_tex, j);
+    return textureLoad(logits_tex, flat(j / 4u))[j % 4u];
 }
 fn load_stat(i: u32) -> f32 {
-    return flat_float(stats_tex, i);
+    return textureLoad(stats_tex, flat(i / 4u))[i % 4u];
 }

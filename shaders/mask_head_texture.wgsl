@@ -31,8 +31,8 @@ fn load_text_hat4(i: u32) -> vec4<f32> {
     return textureLoad(text_hat_tex, flat(i));
 }
 fn load_d_out(i: u32) -> f32 {
-    return flat_float(d_out_tex, i);
+    return textureLoad(d_out_tex, flat(i / 4u))[i % 4u];
 }
 fn load_row_inv(row: u32) -> f32 {
-    return flat_float(row_inv_tex, row);
+    return textureLoad(row_inv_tex, flat(row / 4u))[row % 4u];
 }

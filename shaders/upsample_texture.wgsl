@@ -14,5 +14,5 @@
 @group(0) @binding(6) var src_tex: texture_storage_2d<rgba32float, read>;
 
 fn load_src(j: u32) -> f32 {
-    return flat_float(src_tex, j);
+    return textureLoad(src_tex, flat(j / 4u))[j % 4u];
 }

@@ -22,8 +22,8 @@ fn flat(i: u32) -> vec2<u32> {
     return vec2<u32>(i & ((1u << FLAT_SHIFT) - 1u), i >> FLAT_SHIFT);
 }
 
-// Float i of a flat operand texture: component i % 4 of the texel holding vec4 i / 4 (the
-// kernels that read single floats: losses, resize, the mask head's d_out and 1/a).
-fn flat_float(t: texture_storage_2d<rgba32float, read>, i: u32) -> f32 {
-    return textureLoad(t, flat(i / 4u))[i % 4u];
-}
+// Float i of a flat operand texture is component i % 4 of texel flat(i / 4u): the kernels that
+// read single floats (losses, resize, the mask head's d_out and 1/a) write
+// `textureLoad(t, flat(i / 4u))[i % 4u]` in their own load functions, since a helper taking
+// the texture as a parameter does not compile for OpenGL (GLSL allows no storage image as a
+// function parameter with its access qualifier).
