@@ -5,7 +5,7 @@
 // Why: include/flat_texture.wgsl (a texel load is a gather on lavapipe, a storage load a loop
 // over the lanes, even where every lane reads one address, as the statistics here are). The
 // launcher (kernels/src/loss.rs; Gpu::texture_operands) copies the logits, and for
-// dice_backward the statistics (their buffer padded to whole vec4s: dice_stats_len), into
+// dice_backward the statistics (rounded up to whole texels: OperandTexture::flat), into
 // flat rgba32float textures (OperandTexture::flat) and binds the ones the entry point reads, in
 // binding order. Same indices as the storage loads, so the results are bit-identical.
 

@@ -252,11 +252,11 @@ fn argmax_picks_the_first_largest_class() {
 #[test]
 fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
     // Where texture operands are on (lavapipe's default), every loss kernel and argmax fetches
-    // the logits from a flat texture, and dice_backward the statistics where their buffer has
-    // dice_stats_len's padding: the same values in the same order as the storage loads, so
-    // every output equals the storage module's bit for bit (the reference checks above run
-    // whichever is the default, and take storage where the logits are no whole vec4s). A
-    // context of its own, so that switching textures off changes no other test.
+    // the logits from a flat texture, and dice_backward the statistics too (3 (K - 1) of them,
+    // copied rounded up to whole texels): the same values in the same order as the storage
+    // loads, so every output equals the storage module's bit for bit (the reference checks
+    // above run whichever is the default). A context of its own, so that switching textures
+    // off changes no other test.
     let gpu = vlsa_kernels::Gpu::new().unwrap();
     let mut rng = Rng::new(17);
     for s in [
@@ -274,34 +274,34 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
             gpu.set_profiling(true).unwrap();
             let shape = s.shape();
             let (ce, dice) = (gpu.alloc(1).unwrap(), gpu.alloc(1).unwrap());
-            // Padded statistics, and a buffer of exactly 3 (K - 1) (read from storage).
+            // Statistics in a buffer of 3 (K - 1) and in a larger one.
             let stats = gpu.alloc(loss::dice_stats_len(s.classes)).unwrap();
-            let tight = gpu.alloc(3 * (s.classes - 1)).unwrap();
+            let wide = gpu.alloc(loss::dice_stats_len(s.classes) + 5).unwrap();
             loss::cross_entropy(&gpu, &zb, &tb, &ce, &shape).unwrap();
             loss::dice(&gpu, &zb, &tb, &stats, &dice, &shape).unwrap();
-            loss::dice(&gpu, &zb, &tb, &tight, &dice, &shape).unwrap();
-            let (dce, ddice, dtight) =
+            loss::dice(&gpu, &zb, &tb, &wide, &dice, &shape).unwrap();
+            let (dce, ddice, dwide) =
                 (gpu.alloc(z.len()).unwrap(), gpu.alloc(z.len()).unwrap(), gpu.alloc(z.len()).unwrap());
             loss::cross_entropy_backward(&gpu, &zb, &tb, &g, &dce, &shape).unwrap();
             loss::dice_backward(&gpu, &zb, &tb, &stats, &g, &ddice, &shape).unwrap();
-            loss::dice_backward(&gpu, &zb, &tb, &tight, &g, &dtight, &shape).unwrap();
+            loss::dice_backward(&gpu, &zb, &tb, &wide, &g, &dwide, &shape).unwrap();
             let labels = gpu.alloc(s.n()).unwrap();
             loss::argmax(&gpu, &zb, &labels, &shape).unwrap();
             let profile = gpu.take_profile().unwrap().expect("profiling is on");
             gpu.set_profiling(false).unwrap();
             let copies =
                 profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
-            // The logits once (every later launch finds them in their texture), the padded
-            // statistics once.
-            let want = if textures && gpu.texture_operands() { 2 } else { 0 };
+            // The logits once (every later launch finds them in their texture), each statistics
+            // buffer once.
+            let want = if textures && gpu.texture_operands() { 3 } else { 0 };
             assert_eq!(copies, want, "{s:?}, textures {textures}: texture copies");
             let mut got: Vec<Vec<f32>> =
-                [&ce, &dice, &stats, &dce, &ddice, &dtight].iter().map(|b| gpu.download(b).unwrap()).collect();
+                [&ce, &dice, &stats, &dce, &ddice, &dwide].iter().map(|b| gpu.download(b).unwrap()).collect();
             got.push(gpu.download_pod::<u32>(&labels).unwrap().iter().map(|&l| l as f32).collect());
             runs.push(got);
         }
         assert_eq!(runs[0], runs[1], "{s:?}: textures and storage differ");
-        assert_eq!(runs[0][4], runs[0][5], "{s:?}: padded and tight statistics differ");
+        assert_eq!(runs[0][4], runs[0][5], "{s:?}: statistics in the larger buffer differ");
         let (zd, td): (Vec<f64>, Vec<f64>) =
             (z.iter().map(|&v| v as f64).collect(), t.iter().map(|&v| v as f64).collect());
         common::assert_close(

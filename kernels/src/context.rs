@@ -142,8 +142,14 @@ impl<'a> OperandTexture<'a> {
         OperandTexture { src, row_floats, rows, len: rows * row_floats }
     }
 
-    /// The first `len` elements of `src` wrapped at [`OperandTexture::FLAT_ROW_FLOATS`].
+    /// The first `len` elements of `src` wrapped at [`OperandTexture::FLAT_ROW_FLOATS`]. A
+    /// texel holds four floats, so a `len` that is no multiple of 4 is rounded up to whole
+    /// texels where the buffer's allocation holds them (pooled buffers are whole multiples of
+    /// 64 bytes, so all but a buffer at the adapter's size limit); the floats past `len` are
+    /// copied but never read. Otherwise the operand is not [`valid`](OperandTexture::valid).
     pub fn flat(src: &'a GpuBuffer, len: usize) -> Self {
+        let whole = len.next_multiple_of(4);
+        let len = if (whole as u64) * 4 <= src.capacity_bytes() { whole } else { len };
         OperandTexture { src, row_floats: Self::FLAT_ROW_FLOATS, rows: len.div_ceil(Self::FLAT_ROW_FLOATS), len }
     }
 
@@ -636,7 +642,8 @@ impl Gpu {
                 "an operand texture of {len} elements in {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats, both sides within {side} texels, and only the last row partial (whole texels)"
             )));
         }
-        if src.len() < len {
+        // Up to the whole texel past the data that OperandTexture::flat rounds to.
+        if src.len() < len && (len > src.len().next_multiple_of(4) || (len as u64) * 4 > src.capacity_bytes()) {
             return Err(Error::Shape(format!(
                 "an operand texture of {len} elements from a buffer of {} elements",
                 src.len()

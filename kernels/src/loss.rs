@@ -211,15 +211,14 @@ pub fn cross_entropy_backward(
     )
 }
 
-/// Elements to allocate for the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per
-/// foreground class, padded to whole vec4s, so that `dice_backward` can read it from a flat
-/// texture (a buffer of only the 3 (K - 1) statistics is accepted, read from storage).
+/// Elements of the Dice statistics buffer: (sum p_k, sum y_k, sum p_k y_k) per foreground
+/// class.
 pub fn dice_stats_len(classes: usize) -> usize {
-    (3 * classes.saturating_sub(1)).next_multiple_of(4)
+    3 * classes.saturating_sub(1)
 }
 
-/// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least 3 (K - 1)
-/// elements, [`dice_stats_len`] to allocate; may be 1 when K = 1) receives the per-class sums that
+/// Dice loss over the foreground classes k >= 1 into `loss` [1]; `stats` (at least
+/// [`dice_stats_len`] = 3 (K - 1) elements; may be 1 when K = 1) receives the per-class sums that
 /// [`dice_backward`] needs. With K = 1 the loss is 0.
 pub fn dice(
     gpu: &Gpu,
@@ -274,11 +273,10 @@ pub fn dice_backward(
     s.check("the loss gradient", d_loss, 1, "a scalar")?;
     s.check("the logits gradient", d_logits, s.n() * classes, &s.logits_desc())?;
     let used = [(1, logits), (2, target), (6, stats), (7, d_loss), (8, d_logits)];
-    // The statistics from a texture too where their buffer has the padding dice_stats_len asks
-    // for (a flat texture holds whole vec4s); else both from storage.
-    let padded = dice_stats_len(classes);
+    // The statistics from a texture too, beside the logits (none with K = 1: nothing to read).
+    let stats_len = dice_stats_len(classes);
     let textures: &[(&GpuBuffer, usize)] =
-        if stats.len() >= padded && padded > 0 { &[(logits, s.logits_len()), (stats, padded)] } else { &[] };
+        if stats_len > 0 { &[(logits, s.logits_len()), (stats, stats_len)] } else { &[] };
     let label = s.label("dice_backward", 8 + 2 * classes);
     launch_textured(gpu, "dice_backward", &s.params(gpu), &used, textures, per_pixel(s), label)
 }
