@@ -13,7 +13,7 @@ import sys
 root = sys.argv[1] if len(sys.argv) > 1 else "docs/ablations/seeds"
 runs = {}
 for path in sorted(glob.glob(os.path.join(root, "*.eval.json"))):
-    m = re.match(r"(\w+)-(full|no-em|no-text|plain)-(on|off)-s(\d+)\.eval\.json$", os.path.basename(path))
+    m = re.match(r"(\w+)-(full|no-em|no-text|plain|sub2)-(on|off)-s(\d+)\.eval\.json$", os.path.basename(path))
     if not m:
         continue
     task, variant, rand, seed = m.groups()
@@ -29,7 +29,7 @@ def cell(values):
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-names = {"full": "full", "no-em": "no EM", "no-text": "no text cross-attn", "plain": "plain ViT"}
+names = {"full": "full", "no-em": "no EM", "no-text": "no text cross-attn", "plain": "plain ViT", "sub2": "full, 2 x 2 sub-tokens"}
 summary = []
 for task in sorted({k[0] for k in runs}):
     print(f"\n{task} (mean Dice over the foreground classes; mean ± std over seeds)\n")

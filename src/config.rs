@@ -102,6 +102,12 @@ pub struct DecoderConfig {
     /// Left out of the JSON when true, so full models' metadata is unchanged.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub cross_attn: bool,
+    /// Sub-token logits (docs/DESIGN.md step 10): with r > 1, a Linear `head.decoder.upsample`
+    /// turns each decoder token into r x r sub-tokens (pixel shuffle) before the mask head, so
+    /// the logits come on a grid r times finer than the patches. Left out of the JSON when 1
+    /// (the paper's head), so other models' metadata is unchanged.
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub upsample: usize,
 }
 
 /// EM Aggregation settings.
@@ -158,6 +164,12 @@ fn default_mlp_ratio() -> usize {
 fn default_act() -> Activation {
     Activation::QuickGelu
 }
+fn default_one() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
 fn default_true() -> bool {
     true
 }
@@ -181,6 +193,7 @@ const MAX_LAYERS: usize = 256;
 const MAX_CLASSES: usize = 256;
 const MAX_MLP_RATIO: usize = 16;
 const MAX_EM_ITERS: usize = 100;
+const MAX_UPSAMPLE: usize = 8;
 const MAX_PARAMETERS: usize = 1 << 30;
 /// The storage-buffer binding size every WebGPU adapter offers (128 MiB): a model must fit one
 /// image's largest tensor in it, so that it runs on any GPU at batch size 1.
@@ -240,6 +253,12 @@ impl Config {
             if ratio == 0 || ratio > MAX_MLP_RATIO {
                 return bad(format!("{key} {ratio} is not between 1 and {MAX_MLP_RATIO}"));
             }
+        }
+        let r = self.decoder.upsample;
+        if r == 0 || r > MAX_UPSAMPLE || !p.is_multiple_of(r) {
+            return bad(format!(
+                "decoder.upsample {r} must be between 1 and {MAX_UPSAMPLE} and divide patch_size {p} (sub-tokens per patch side)"
+            ));
         }
         if self.text_dim == 0 || self.text_dim > MAX_WIDTH {
             return bad(format!("text_dim {} is not between 1 and {MAX_WIDTH}", self.text_dim));
@@ -356,6 +375,11 @@ impl Config {
                 shape: vec![batch, n, c * self.decoder.mlp_ratio],
                 keys: "image_size or decoder.mlp_ratio",
             },
+            TensorSize {
+                name: "the decoder's sub-tokens".into(),
+                shape: vec![batch, n, c * self.decoder.upsample * self.decoder.upsample],
+                keys: "image_size or decoder.upsample",
+            },
             TensorSize { name: "the EM responsibilities".into(), shape: vec![batch, n, self.em.bases], keys: tokens },
             TensorSize {
                 name: "the upsampled logits".into(),
@@ -374,6 +398,11 @@ impl Config {
     /// Patches per side, h = w = S / p.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
+    }
+
+    /// Logits per side: the grid times `decoder.upsample`.
+    pub fn logit_grid(&self) -> usize {
+        self.grid() * self.decoder.upsample
     }
 
     /// Patch tokens N = h * w.

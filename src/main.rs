@@ -245,6 +245,11 @@ enum Command {
         /// model.safetensors); the config's vision settings must match it.
         #[arg(long, value_name = "DIR")]
         clip: Option<PathBuf>,
+        /// Start from this trained model or checkpoint: every tensor the config expects takes
+        /// the file's tensor of the same name and shape, the others are initialised afresh
+        /// (listed), e.g. to add `decoder.upsample` to a trained model before training on.
+        #[arg(long, value_name = "MODEL.safetensors", conflicts_with = "clip")]
+        from: Option<PathBuf>,
         /// Fill the class embeddings with this text encoder's embeddings of the config's
         /// prompts (a Hugging Face BERT folder, e.g. from scripts/fetch-minilm.sh).
         #[arg(long, value_name = "DIR")]
@@ -711,17 +716,27 @@ fn write_trace(path: &Path, trace: &str) -> CliResult {
     Ok(())
 }
 
+/// What `vlsa init` starts from besides its seed.
+enum Start {
+    Fresh,
+    /// A CLIP checkpoint folder for the vision encoder (`--clip`).
+    Clip(PathBuf),
+    /// A trained model or checkpoint whose matching tensors are kept (`--from`).
+    From(PathBuf),
+}
+
 fn init(
     config: &Path,
     out: &Path,
     seed: u64,
-    clip: Option<&Path>,
+    start: &Start,
     text_encoder: Option<&Path>,
     shifts: Option<usize>,
 ) -> CliResult {
     check_output("--out", out)?;
-    if let Some(dir) = clip {
-        check_input_dir("--clip", "the CLIP checkpoint folder", dir)?;
+    match start {
+        Start::Clip(dir) => check_input_dir("--clip", "the CLIP checkpoint folder", dir)?,
+        Start::From(_) | Start::Fresh => {}
     }
     if let Some(dir) = text_encoder {
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
@@ -732,12 +747,21 @@ fn init(
         config.shifts = Some(k);
     }
     let gpu = open_gpu()?;
-    let mut model = match clip {
-        Some(dir) => {
+    let mut model = match start {
+        Start::Clip(dir) => {
             let clip = vlsa::clip::ClipVision::load(dir)?;
             Model::init_with_clip(&gpu, config, &clip, seed)?
         }
-        None => Model::init(&gpu, config, seed)?,
+        Start::From(file) => {
+            let (model, fresh) = Model::init_from(&gpu, config, seed, file)?;
+            let kept = vlsa::config::expected_tensors(&model.config).len() - fresh.len();
+            outln!("started from {}: {kept} tensors kept, {} initialised afresh", file.display(), fresh.len());
+            for name in &fresh {
+                outln!("  new: {name}");
+            }
+            model
+        }
+        Start::Fresh => Model::init(&gpu, config, seed)?,
     };
     if let Some(dir) = text_encoder {
         let prompts = model.config.prompt_texts();
@@ -1085,8 +1109,13 @@ fn main() -> ExitCode {
     ADAPTER.set(cli.adapter).expect("set once, before any GPU is opened");
     let result = match cli.command {
         Command::Info => info(),
-        Command::Init { config, out, seed, clip, text_encoder, shifts } => {
-            init(&config, &out, seed, clip.as_deref(), text_encoder.as_deref(), shifts)
+        Command::Init { config, out, seed, clip, from, text_encoder, shifts } => {
+            let start = match (clip, from) {
+                (Some(dir), _) => Start::Clip(dir),
+                (None, Some(file)) => Start::From(file),
+                (None, None) => Start::Fresh,
+            };
+            init(&config, &out, seed, &start, text_encoder.as_deref(), shifts)
         }
         Command::Segment { model, images, out, prompts, text_encoder, shifts } => {
             segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref(), shifts)

@@ -48,7 +48,7 @@ pub struct ForwardOutputs {
     pub aggregated: Tensor,
     /// `decoder.out` [B,N,C]
     pub decoder_out: Tensor,
-    /// `logits` [B,K,h,w]
+    /// `logits` [B,K,h,w]: the token grid, or r times finer with `decoder.upsample` r
     pub logits: Tensor,
     /// `logits_up` [B,K,S,S]
     pub logits_up: Tensor,
@@ -157,10 +157,40 @@ impl Model {
     /// A freshly initialised model: weights N(0, 1/fan_in) scaled down for residual outputs,
     /// zero biases, unit norms, L2-normalised bases and class embeddings, logit scale ln(1/0.07).
     pub fn init(gpu: &Gpu, config: Config, seed: u64) -> Result<Model> {
+        let host = Model::init_host(&config, seed)?;
+        Model::from_host(gpu, config, host, "init")
+    }
+
+    /// A model of `config` that starts from the trained model or checkpoint at `path`: every
+    /// tensor the configuration expects takes that file's tensor of the same name and shape,
+    /// the rest are initialised as [`Model::init`] does (e.g. `decoder.upsample` added to a
+    /// trained model). Returns the model and the names of the tensors initialised afresh.
+    /// Refuses a file that shares no tensor with the configuration.
+    pub fn init_from(gpu: &Gpu, config: Config, seed: u64, path: &Path) -> Result<(Model, Vec<String>)> {
+        let mut host = Model::init_host(&config, seed)?;
+        let mut file = TensorFile::read(path)?;
+        let mut fresh = Vec::new();
+        for (name, t) in host.iter_mut() {
+            match file.tensors.remove(name) {
+                Some(from) if from.shape == t.shape => *t = from,
+                _ => fresh.push(name.clone()),
+            }
+        }
+        if fresh.len() == host.len() {
+            return Err(Error::Weights(format!(
+                "{}: no tensor matches the configuration in name and shape, so there is nothing to start from",
+                path.display()
+            )));
+        }
+        Ok((Model::from_host(gpu, config, host, &path.display().to_string())?, fresh))
+    }
+
+    /// The host tensors of [`Model::init`].
+    fn init_host(config: &Config, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
         config.validate()?;
         let mut rng = Normal::new(seed);
         let mut host = BTreeMap::new();
-        for (name, shape) in expected_tensors(&config) {
+        for (name, shape) in expected_tensors(config) {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("logit_scale") {
                 vec![(1.0f32 / 0.07).ln()]
@@ -175,6 +205,11 @@ impl Model {
                     row.iter_mut().for_each(|x| *x /= norm);
                 }
                 v
+            } else if name == "head.decoder.upsample.weight" {
+                // r * r identities stacked: every sub-token starts as its token, so the model
+                // starts as the one without sub-tokens, its logits on the finer grid.
+                let w = shape[1];
+                (0..n).map(|i| f32::from(i / w % w == i % w)).collect()
             } else if name.ends_with("class_embedding") || name.contains("position_embedding") {
                 (0..n).map(|_| 0.02 * rng.sample()).collect()
             } else {
@@ -184,7 +219,7 @@ impl Model {
             };
             host.insert(name, HostTensor::new(&shape, data));
         }
-        Model::from_host(gpu, config, host, "init")
+        Ok(host)
     }
 
     /// The tensor named `name`.
@@ -311,9 +346,17 @@ impl Model {
             x = self.linear_residual(&h, &format!("{l}.mlp.fc2"), &x)?;
         }
         let decoder_out = self.norm(&x, "head.decoder.norm")?;
-        // 10: cosine mask head, then bilinear upsampling to the input size.
-        let g = c.grid();
-        let logits = decoder_out.mask_head(&text, self.get("head.logit_scale")?)?.reshape(&[b, k, g, g])?;
+        // 10: with decoder.upsample r > 1, each token's r x r sub-tokens (pixel shuffle: a
+        // Linear to r * r * width, then sub-token (i, j) of token (y, x) at (y r + i, x r + j));
+        // the cosine mask head, then bilinear upsampling to the input size.
+        let (g, r) = (c.grid(), c.decoder.upsample);
+        let pixels = if r > 1 {
+            self.linear(&decoder_out, "head.decoder.upsample")?.pixel_shuffle(g, r)?
+        } else {
+            decoder_out.clone()
+        };
+        let gl = c.logit_grid();
+        let logits = pixels.mask_head(&text, self.get("head.logit_scale")?)?.reshape(&[b, k, gl, gl])?;
         let logits_up = logits.resize_bilinear(c.image_size, c.image_size)?;
         Ok(ForwardOutputs { vision_features, visual, text, em_z, em_mu, aggregated, decoder_out, logits, logits_up })
     }

@@ -330,6 +330,15 @@ fn model_ops_wire_gradients() {
         },
         16,
     );
+    check_graph(
+        "sub-token mask head (Linear, pixel shuffle, cosine head)",
+        &[&[2, 4, 6], &[24, 6], &[24], &[3, 6], &[1]],
+        &|p| {
+            let l = p[0].linear(&p[1], Some(&p[2]))?.pixel_shuffle(2, 2)?.mask_head(&p[3], &p[4])?;
+            l.mul(&l)?.mean()
+        },
+        18,
+    );
     let target: Vec<u32> = (0..2 * 16).map(|i| (i * 7 % 3) as u32).collect();
     let target = Arc::new(gpu.upload(&target).unwrap());
     check_graph(

@@ -127,6 +127,32 @@ fn segment_writes_masks_at_original_size_and_overlays() {
     assert_eq!(ensemble.segment(&[&img]).unwrap().remove(0), lib);
     let e = fails(&["init", "--config", &dir.path("cfg.json"), "--out", &dir.path("x.safetensors"), "--shifts", "5"]);
     assert!(e.contains("--shifts 5 must divide the patch size"), "{e}");
+    // `init --from` adds sub-tokens to a trained model: its tensors kept, the new ones listed,
+    // and the result segments (its logits on a grid twice as fine).
+    std::fs::write(
+        dir.0.join("up.json"),
+        CONFIG.replace("\"heads\": 2}, \"em\"", "\"heads\": 2, \"upsample\": 2}, \"em\""),
+    )
+    .unwrap();
+    let up = dir.path("up.safetensors");
+    let said = ok(&["init", "--config", &dir.path("up.json"), "--from", &m, "--out", &up]);
+    assert!(said.contains("2 initialised afresh") && said.contains("new: head.decoder.upsample.weight"), "{said}");
+    let grown = vlsa::model::Model::load(&gpu, Path::new(&up)).unwrap();
+    assert_eq!(grown.config.decoder.upsample, 2);
+    for (name, t) in &model.tensors {
+        assert_eq!(grown.get(name).unwrap().to_vec().unwrap(), t.to_vec().unwrap(), "{name}");
+    }
+    ok(&["segment", "--model", &up, "--image", &a_png, "--out", &out]);
+    let e = fails(&[
+        "init",
+        "--config",
+        &dir.path("up.json"),
+        "--from",
+        &dir.path("up.json"),
+        "--out",
+        &dir.path("x.safetensors"),
+    ]);
+    assert!(e.contains("up.json") && e.contains("not a safetensors file"), "{e}");
 }
 
 #[test]

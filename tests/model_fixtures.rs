@@ -1,6 +1,6 @@
 //! The whole model against the independent PyTorch reference (tests/reference/vlsa_ref.py):
 //! forward intermediates, loss, every parameter gradient and the bases update, in both EM
-//! gradient modes, at atol 1e-4 / rtol 1e-3.
+//! gradient modes and with sub-token logits (`decoder.upsample`), at atol 1e-4 / rtol 1e-3.
 
 mod common;
 
@@ -20,7 +20,7 @@ fn compare(what: &str, got: &[f32], want: &[f32]) {
     common::assert_close(what, got, &want, RTOL, ATOL);
 }
 
-fn check_fixture(file: &str) {
+fn check_fixture(file: &str, trainable: usize) {
     let gpu = common::gpu();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
     let mut fixture = TensorFile::read(&path).unwrap();
@@ -54,7 +54,7 @@ fn check_fixture(file: &str) {
         compare(&format!("{file} grad.{name}"), &got, &want.data);
         checked += 1;
     }
-    assert_eq!(checked, 104, "every trainable parameter's gradient is compared");
+    assert_eq!(checked, trainable, "every trainable parameter's gradient is compared");
     model.update_bases(out.em_mu.as_ref().unwrap()).unwrap();
     compare(
         &format!("{file} em.bases_next"),
@@ -65,10 +65,16 @@ fn check_fixture(file: &str) {
 
 #[test]
 fn detached_model_matches_pytorch_reference() {
-    check_fixture("vlsa_tiny_detached.safetensors");
+    check_fixture("vlsa_tiny_detached.safetensors", 104);
 }
 
 #[test]
 fn unrolled_model_matches_pytorch_reference() {
-    check_fixture("vlsa_tiny_unrolled.safetensors");
+    check_fixture("vlsa_tiny_unrolled.safetensors", 104);
+}
+
+#[test]
+fn sub_token_model_matches_pytorch_reference() {
+    // decoder.upsample 2: the Linear to 2 x 2 sub-tokens and the pixel shuffle before the head.
+    check_fixture("vlsa_tiny_upsample.safetensors", 106);
 }

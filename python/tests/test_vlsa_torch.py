@@ -66,7 +66,7 @@ class FixtureTest(unittest.TestCase):
             grad = torch.zeros_like(p) if p.grad is None else p.grad
             self.assertLessEqual(ratio(grad, tensors["grad." + name], 1e-4, 1e-3), 1.0, f"{mode}: grad of {name}")
         in_proj = model.head.em.in_proj.weight.grad
-        if mode == "detached":
+        if mode in ("detached", "upsample"):
             self.assertIsNone(in_proj, "detached mode: the EM input projection gets no gradient")
         else:
             self.assertGreater(in_proj.abs().max().item(), 0.0)
@@ -78,6 +78,9 @@ class FixtureTest(unittest.TestCase):
 
     def test_unrolled_matches_the_reference(self):
         self.check("unrolled")
+
+    def test_sub_token_logits_match_the_reference(self):
+        self.check("upsample")
 
     def test_model_file_round_trip_and_bad_files(self):
         model = init_model(parse_config(TINY), seed=3)

@@ -14,9 +14,10 @@ _TOP = {
     "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent",
 }
 MAX_SHIFTS = 8
+MAX_UPSAMPLE = 8
 _SECTIONS = {
     "vision": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "act": "quick_gelu"},
-    "decoder": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "cross_attn": True},
+    "decoder": {"width": None, "layers": None, "heads": None, "mlp_ratio": 4, "cross_attn": True, "upsample": 1},
     "em": {"bases": None, "iters": 3, "lambda": 1.0, "momentum": 0.9, "grad": "detached"},
 }
 
@@ -89,6 +90,11 @@ def _validate(c):
         raise ConfigError("em.iters must be at least 1")
     if "refine" in c and not (isinstance(c["refine"]["crop"], (int, float)) and 0 < c["refine"]["crop"] <= 1):
         raise ConfigError(f"refine.crop {c['refine']['crop']} must be a fraction of the image side in (0, 1]")
+    r = c["decoder"]["upsample"]
+    if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= MAX_UPSAMPLE and p % r == 0):
+        raise ConfigError(
+            f"decoder.upsample {r} must be between 1 and {MAX_UPSAMPLE} and divide patch_size {p} (sub-tokens per patch side)"
+        )
     if "shifts" in c:
         k = c["shifts"]
         if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_SHIFTS):
@@ -98,10 +104,13 @@ def _validate(c):
 
 
 def config_json(c):
-    """The JSON text vlsa stores (`decoder.cross_attn` written only when false, as vlsa does)."""
+    """The JSON text vlsa stores (`decoder.cross_attn` written only when false and
+    `decoder.upsample` only when above 1, as vlsa does)."""
     out = copy.deepcopy(c)
     if out["decoder"].get("cross_attn", True):
         out["decoder"].pop("cross_attn", None)
+    if out["decoder"].get("upsample", 1) == 1:
+        out["decoder"].pop("upsample", None)
     return json.dumps(out, separators=(",", ":"))
 
 

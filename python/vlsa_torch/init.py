@@ -89,6 +89,9 @@ def tensor_order(c):
         linear(f"{l}.mlp.fc1", wm, w)
         linear(f"{l}.mlp.fc2", w, wm)
     norm("head.decoder.norm", w)
+    r = c["decoder"].get("upsample", 1)
+    if r > 1:
+        linear("head.decoder.upsample", r * r * w, w)
     push("head.logit_scale", (1,))
     return out
 
@@ -110,6 +113,9 @@ def init_model(config, seed):
             rows = rng.samples(n).reshape(-1, shape[-1])
             norms = np.maximum(np.sqrt((rows * rows).sum(axis=1, dtype=np.float32)), np.float32(1e-6))
             data = (rows / norms[:, None]).astype(np.float32)
+        elif name == "head.decoder.upsample.weight":
+            # r * r stacked identities: each sub-token starts as its token (draws nothing).
+            data = np.tile(np.eye(shape[1], dtype=np.float32), (shape[0] // shape[1], 1)).reshape(-1)
         elif name.endswith("class_embedding") or "position_embedding" in name:
             data = np.float32(0.02) * rng.samples(n)
         else:

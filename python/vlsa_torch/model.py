@@ -180,6 +180,9 @@ class Decoder(nn.Module):
         d = c["decoder"]
         self.layers = nn.ModuleList(DecoderLayer(d, c["ln_eps"]) for _ in range(d["layers"]))
         self.norm = nn.LayerNorm(d["width"], eps=c["ln_eps"])
+        # Sub-token logits (decoder.upsample r > 1): each token to r x r sub-tokens.
+        r = d.get("upsample", 1)
+        self.upsample = nn.Linear(d["width"], r * r * d["width"]) if r > 1 else None
 
 
 class Head(nn.Module):
@@ -225,6 +228,11 @@ class VLSA(nn.Module):
             x_ = layer(x_, text_kv)
         x_ = h.decoder.norm(x_)
         out["decoder.out"] = x_
+        if h.decoder.upsample is not None:
+            # Sub-token (i, j) of token (y, x), channels (i*r + j)*C..., goes to (y*r + i, x*r + j).
+            r, w = c["decoder"]["upsample"], x_.shape[-1]
+            x_ = h.decoder.upsample(x_).reshape(b, g, g, r, r, w).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, w)
+            g = g * r
         # Step 10: cosine mask head, exp(logit_scale) clamped to 100.
         scale = torch.clamp(torch.exp(h.logit_scale), max=MAX_SCALE)
         xn = x_ / torch.clamp(x_.norm(dim=-1, keepdim=True), min=EPS_COS)

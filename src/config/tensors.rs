@@ -66,6 +66,10 @@ pub fn expected_tensors(c: &Config) -> Vec<(String, Vec<usize>)> {
         linear(&mut push, format!("{l}.mlp.fc2"), w, wm);
     }
     norm(&mut push, "head.decoder.norm".into(), w);
+    let r = c.decoder.upsample;
+    if r > 1 {
+        linear(&mut push, "head.decoder.upsample".into(), w * r * r, w);
+    }
     push("head.logit_scale".into(), &[1]);
     v
 }

@@ -165,6 +165,23 @@ impl Tensor {
         Ok(record(out, vec![s[0], s[1], out_h, out_w], || Op::Bilinear { spec }, &[self]))
     }
 
+    /// Pixel shuffle of tokens: `self` [B, g*g, r*r*C], the row-major g x g grid with each
+    /// token's r x r sub-tokens of C channels in row-major order, to [B, (g*r)^2, C], the
+    /// row-major (g*r) x (g*r) grid: sub-token (i, j) of token (y, x) lands at (y*r + i,
+    /// x*r + j). A reshape, a permutation of axes and a reshape, so it is differentiable.
+    pub fn pixel_shuffle(&self, g: usize, r: usize) -> Result<Tensor> {
+        expect_shape("the tokens to shuffle", self, 3)?;
+        let (b, n, rrc) = (self.shape()[0], self.shape()[1], self.shape()[2]);
+        if r == 0 || n != g * g || !rrc.is_multiple_of(r * r) {
+            return Err(Error::Shape(format!(
+                "pixel shuffle of {r} x {r} sub-tokens needs [B, {g}*{g}, {r}*{r}*C], not {:?}",
+                self.shape()
+            )));
+        }
+        let c = rrc / (r * r);
+        self.reshape(&[b, g, g, r, r, c])?.permute(&[0, 1, 3, 2, 4, 5])?.reshape(&[b, g * r * g * r, c])
+    }
+
     /// Cosine mask head: `s * cos(x[b,n], text[k])` with s = min(exp(logit_scale), 100);
     /// `self` = x [B,N,C], text [K,C], logit_scale [1]; output [B,K,N].
     pub fn mask_head(&self, text: &Tensor, logit_scale: &Tensor) -> Result<Tensor> {

@@ -114,6 +114,10 @@ def param_shapes(cfg):
         s[d + "mlp.fc2.bias"] = (C,)
     s["head.decoder.norm.weight"] = (C,)
     s["head.decoder.norm.bias"] = (C,)
+    r = cfg["decoder"].get("upsample", 1)
+    if r > 1:
+        s["head.decoder.upsample.weight"] = (r * r * C, C)
+        s["head.decoder.upsample.bias"] = (r * r * C,)
     s["head.logit_scale"] = (1,)
     return s
 
@@ -273,6 +277,18 @@ def forward(P, cfg, x, target, mode, frozen_em=None):
     X = layer_norm(P, "head.decoder.norm", X, eps)
     out["decoder.out"] = X
 
+    # Step 10, sub-token logits (decoder.upsample r > 1): token (y, x)'s projection holds its r x r
+    # sub-tokens, sub-token (i, j) in channels (i*r + j)*C ... ; it lands at pixel (y*r + i, x*r + j).
+    r = cfg["decoder"].get("upsample", 1)
+    if r > 1:
+        Cw = X.shape[-1]
+        Y = linear(P, "head.decoder.upsample", X).reshape(B, h, h, r, r, Cw)
+        grid = torch.zeros(B, h * r, h * r, Cw, dtype=X.dtype)
+        for i in range(r):
+            for j in range(r):
+                grid[:, i::r, j::r, :] = Y[:, :, :, i, j, :]
+        X = grid.reshape(B, h * r * h * r, Cw)
+        h = h * r
     # Step 10: cosine mask head.
     scale = torch.clamp(torch.exp(P["head.logit_scale"]), max=MAX_SCALE)
     xn = X / torch.clamp(X.norm(dim=-1, keepdim=True), min=EPS_COS)
@@ -338,7 +354,7 @@ def run_with_grads(P32, cfg, x32, target, mode):
     return P, out, g
 
 
-def write_fixture(path, cfg, mode, P32, x32, target, out, grads, bases_next):
+def write_fixture(path, cfg, mode, P32, x32, target, out, grads, bases_next, seed=SEED):
     from safetensors.torch import save_file
     c = json.loads(json.dumps(cfg))
     c["em"]["grad"] = mode
@@ -358,7 +374,7 @@ def write_fixture(path, cfg, mode, P32, x32, target, out, grads, bases_next):
     meta = {
         "vlsa.config": json.dumps(c),
         "vlsa.reference": json.dumps({
-            "generator": "tests/reference/vlsa_ref.py", "seed": SEED, "batch": BATCH,
+            "generator": "tests/reference/vlsa_ref.py", "seed": seed, "batch": BATCH,
             "grad_mode": mode, "compute_dtype": "float64", "stored_dtype": "float32",
             "torch": torch.__version__,
         }),
@@ -512,6 +528,41 @@ def check_em_against_em_ref(gen):
 
 # ----------------------------------------------------------------------------------------------
 
+def emit(path, cfg, mode, P32, x32, target, gen, no_check, cross_checks, seed=SEED):
+    """Writes one fixture and runs its self-checks; returns True when a check failed."""
+    failed = False
+    P, out, grads = run_with_grads(P32, cfg, x32, target, mode)
+    bases_next = update_bases(P["head.em.bases"].detach(), out["em.mu"].detach(),
+                              cfg["em"]["momentum"])
+    write_fixture(path, cfg, mode, P32, x32, target, out, grads, bases_next, seed)
+    nz = [n for n, g in grads.items() if g.abs().max().item() == 0.0]
+    gmax = max(g.abs().max().item() for g in grads.values())
+    name = os.path.basename(path)
+    print(f"[{name}] wrote {os.path.normpath(path)} ({os.path.getsize(path)} bytes)")
+    print(f"  loss {out['loss'].item():.9f}; largest |grad| {gmax:.3e}; "
+          f"all-zero gradients: {', '.join(nz) or 'none'}")
+    if no_check:
+        return False
+    if cross_checks:
+        print(f"  vision encoder vs transformers.CLIPVisionModel (float64): "
+              f"{check_vision_against_transformers(P32, cfg, x32, out['vision.features'])}")
+        print(f"  EM loop vs tests/reference/em_ref.py: {check_em_against_em_ref(gen)}")
+    count, wabs, wrel, where = fd_check(P32, cfg, x32, target, mode, grads, out, gen)
+    ok = wrel < 1e-5 and wabs < 1e-8
+    failed |= not ok
+    print(f"  central differences (float64, h=1e-6), {count} entries (2 per trainable tensor"
+          f"{', Z and mu frozen' if mode == 'detached' else ''}): worst abs error {wabs:.2e}, "
+          f"worst rel error {wrel:.2e} (entries with |grad| > 1e-5) "
+          f"{'ok' if ok else 'FAILED'} [{where}]")
+    for n, ok in gradcheck_small(P32, cfg, x32, target, mode):
+        failed |= not ok
+        print(f"  torch.autograd.gradcheck {n}: {'ok' if ok else 'FAILED'}")
+    r, where = check_f32_within_tolerance(P32, cfg, x32, target, mode, out, grads)
+    print(f"  the same reference in float32 vs the fixture, atol 1e-4 / rtol 1e-3: worst "
+          f"|a-b|/(atol+rtol|b|) = {r:.3f} at {where} {'ok' if r <= 1 else 'FAILED'}")
+    return failed or r > 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures", help="output folder")
@@ -526,39 +577,18 @@ def main():
     P32 = init_params(cfg, gen)
     raw, x32, target = make_inputs(cfg, gen)
     failed = False
-
     for mode in MODES:
-        P, out, grads = run_with_grads(P32, cfg, x32, target, mode)
-        bases_next = update_bases(P["head.em.bases"].detach(), out["em.mu"].detach(),
-                                  cfg["em"]["momentum"])
         path = os.path.join(args.out, f"vlsa_tiny_{mode}.safetensors")
-        write_fixture(path, cfg, mode, P32, x32, target, out, grads, bases_next)
-        nz = [n for n, g in grads.items() if g.abs().max().item() == 0.0]
-        gmax = max(g.abs().max().item() for g in grads.values())
-        print(f"[{mode}] wrote {os.path.normpath(path)} ({os.path.getsize(path)} bytes)")
-        print(f"  loss {out['loss'].item():.9f}; largest |grad| {gmax:.3e}; "
-              f"all-zero gradients: {', '.join(nz) or 'none'}")
+        failed |= emit(path, cfg, mode, P32, x32, target, gen, args.no_check, mode == MODES[0])
 
-        if args.no_check:
-            continue
-        if mode == MODES[0]:
-            print(f"  vision encoder vs transformers.CLIPVisionModel (float64): "
-                  f"{check_vision_against_transformers(P32, cfg, x32, out['vision.features'])}")
-            print(f"  EM loop vs tests/reference/em_ref.py: {check_em_against_em_ref(gen)}")
-        count, wabs, wrel, where = fd_check(P32, cfg, x32, target, mode, grads, out, gen)
-        ok = wrel < 1e-5 and wabs < 1e-8
-        failed |= not ok
-        print(f"  central differences (float64, h=1e-6), {count} entries (2 per trainable tensor"
-              f"{', Z and mu frozen' if mode == 'detached' else ''}): worst abs error {wabs:.2e}, "
-              f"worst rel error {wrel:.2e} (entries with |grad| > 1e-5) "
-              f"{'ok' if ok else 'FAILED'} [{where}]")
-        for n, ok in gradcheck_small(P32, cfg, x32, target, mode):
-            failed |= not ok
-            print(f"  torch.autograd.gradcheck {n}: {'ok' if ok else 'FAILED'}")
-        r, where = check_f32_within_tolerance(P32, cfg, x32, target, mode, out, grads)
-        print(f"  the same reference in float32 vs the fixture, atol 1e-4 / rtol 1e-3: worst "
-              f"|a-b|/(atol+rtol|b|) = {r:.3f} at {where} {'ok' if r <= 1 else 'FAILED'}")
-        failed |= r > 1
+    # Sub-token logits (decoder.upsample 2), detached EM: its own seeded parameters and inputs.
+    cfg_up = json.loads(json.dumps(TINY_CONFIG), object_pairs_hook=OrderedDict)
+    cfg_up["decoder"]["upsample"] = 2
+    gen_up = torch.Generator().manual_seed(SEED + 1)
+    P32_up = init_params(cfg_up, gen_up)
+    _, x32_up, target_up = make_inputs(cfg_up, gen_up)
+    path = os.path.join(args.out, "vlsa_tiny_upsample.safetensors")
+    failed |= emit(path, cfg_up, "detached", P32_up, x32_up, target_up, gen_up, args.no_check, False, SEED + 1)
     if failed:
         sys.exit("self-check FAILED")
 
