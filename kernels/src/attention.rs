@@ -498,23 +498,53 @@ fn tail_rows(gpu: &Gpu, len: usize, path: KernelPath) -> Option<usize> {
     (subgroup_kernels(gpu, path) && rest <= 8).then_some(rest)
 }
 
-/// `label` split between a launch's tiles and its last tile of `rows` rows of `len`, run apart
-/// (FLOPs and bytes in proportion; the tail's shape names `which`).
-fn tail_labels(label: KernelLabel, rows: usize, len: usize, which: &str) -> (KernelLabel, KernelLabel) {
-    let share = |x: u64| x * rows as u64 / len as u64;
+/// The last tile of a `_blocked` launch, run as a launch of its own: its entry point, its
+/// `rows` of the `len` rows the launch tiles, what those rows are (`which`: "query", "key")
+/// and its workgroups.
+struct LastTile {
+    entry: &'static str,
+    rows: usize,
+    len: usize,
+    which: &'static str,
+    workgroups: usize,
+}
+
+/// Launches `entry` over `workgroups` of `tiles` tiles each; with `last`, that tile first as
+/// its own launch, then the other tiles (if any) compiled with TAIL_APART, which skips it. The
+/// label's FLOPs and bytes are shared in proportion to the rows.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_with_last_tile(
+    gpu: &Gpu,
+    entry: &'static str,
+    path: KernelPath,
+    s: &Attention,
+    p: &Params,
+    buffers: &[&GpuBuffer],
+    (workgroups, tiles): (usize, usize),
+    label: KernelLabel,
+    last: Option<LastTile>,
+) -> Result<()> {
+    let Some(t) = last else {
+        return dispatch(gpu, entry, path, s, p, buffers, workgroups, label);
+    };
+    let share = |x: u64| x * t.rows as u64 / t.len as u64;
     let tail = KernelLabel {
         kernel: label.kernel,
-        shape: format!("{} (last {which} tile)", label.shape),
+        shape: format!("{} (last {} tile)", label.shape, t.which),
         flops: share(label.flops),
         bytes: share(label.bytes),
     };
     let main = KernelLabel { flops: label.flops - tail.flops, bytes: label.bytes - tail.bytes, ..label };
-    (main, tail)
+    dispatch(gpu, t.entry, path, s, p, buffers, t.workgroups, tail)?;
+    if tiles > 1 {
+        dispatch_tail_apart(gpu, entry, path, s, p, buffers, workgroups, main, true)?;
+    }
+    Ok(())
 }
 
 /// dk/dv's launch over `p.tiles` key tiles and `p.splits` query-row ranges; where the subgroup
 /// path runs it apart, the last key tile as a launch of its own (`backward_dkdv_tail_blocked`,
-/// one key per invocation), which the main launch (compiled with TAIL_APART) skips.
+/// one key per invocation).
 fn dispatch_dkdv(
     gpu: &Gpu,
     entry: &'static str,
@@ -525,17 +555,16 @@ fn dispatch_dkdv(
     label: KernelLabel,
 ) -> Result<()> {
     let (tiles, splits) = (p.tiles as usize, p.splits as usize);
+    let rows = if entry == "backward_dkdv_blocked" { tail_rows(gpu, s.kv_len, path) } else { None };
+    let last = rows.map(|rows| LastTile {
+        entry: "backward_dkdv_tail_blocked",
+        rows,
+        len: s.kv_len,
+        which: "key",
+        workgroups: s.kv_batch * s.heads * splits,
+    });
     let workgroups = s.kv_batch * s.heads * splits * tiles;
-    let tail = if entry == "backward_dkdv_blocked" { tail_rows(gpu, s.kv_len, path) } else { None };
-    let Some(rows) = tail else {
-        return dispatch(gpu, entry, path, s, p, buffers, workgroups, label);
-    };
-    let (main, tail) = tail_labels(label, rows, s.kv_len, "key");
-    dispatch(gpu, "backward_dkdv_tail_blocked", path, s, p, buffers, s.kv_batch * s.heads * splits, tail)?;
-    if tiles == 1 {
-        return Ok(());
-    }
-    dispatch_tail_apart(gpu, entry, path, s, p, buffers, workgroups, main, true)
+    dispatch_with_last_tile(gpu, entry, path, s, p, buffers, (workgroups, tiles), label, last)
 }
 
 /// The buffers an attention kernel loads per lane, as flat operand textures in the order of
@@ -665,19 +694,18 @@ pub fn forward_path(
         bytes,
     };
     let buffers = [q, k, v, mask, out, lse];
-    let workgroups = s.batch * s.heads * tiles;
     // The last query tile apart at head widths above 32 (forward_tail_blocked walks four keys
     // per step, as forward_blocked does at those widths).
-    let tail = if entry == "forward_blocked" && s.head_dim > 32 { tail_rows(gpu, s.q_len, path) } else { None };
-    let Some(rows) = tail else {
-        dispatch(gpu, entry, path, s, &p, &buffers, workgroups, label)?;
-        return Ok(None);
-    };
-    let (main, tail) = tail_labels(label, rows, s.q_len, "query");
-    dispatch(gpu, "forward_tail_blocked", path, s, &p, &buffers, s.batch * s.heads, tail)?;
-    if tiles > 1 {
-        dispatch_tail_apart(gpu, entry, path, s, &p, &buffers, workgroups, main, true)?;
-    }
+    let rows = if entry == "forward_blocked" && s.head_dim > 32 { tail_rows(gpu, s.q_len, path) } else { None };
+    let last = rows.map(|rows| LastTile {
+        entry: "forward_tail_blocked",
+        rows,
+        len: s.q_len,
+        which: "query",
+        workgroups: s.batch * s.heads,
+    });
+    let workgroups = s.batch * s.heads * tiles;
+    dispatch_with_last_tile(gpu, entry, path, s, &p, &buffers, (workgroups, tiles), label, last)?;
     Ok(None)
 }
 
