@@ -148,9 +148,19 @@ impl<'a> OperandTexture<'a> {
     /// 64 bytes, so all but a buffer at the adapter's size limit); the floats past `len` are
     /// copied but never read. Otherwise the operand is not [`valid`](OperandTexture::valid).
     pub fn flat(src: &'a GpuBuffer, len: usize) -> Self {
-        let whole = len.next_multiple_of(4);
-        let len = if (whole as u64) * 4 <= src.capacity_bytes() { whole } else { len };
+        let len = Self::whole_texels(src, len);
         OperandTexture { src, row_floats: Self::FLAT_ROW_FLOATS, rows: len.div_ceil(Self::FLAT_ROW_FLOATS), len }
+    }
+
+    /// `len` rounded up to whole texels (4 floats) where `src`'s allocation holds them, else
+    /// `len`: the most of `src` a flat operand texture copies for its first `len` elements.
+    fn whole_texels(src: &GpuBuffer, len: usize) -> usize {
+        let whole = len.next_multiple_of(4);
+        if (whole as u64) * 4 <= src.capacity_bytes() {
+            whole
+        } else {
+            len
+        }
     }
 
     /// True when `rows` rows of `row_floats` floats can be an operand texture under `limits`.
@@ -642,8 +652,8 @@ impl Gpu {
                 "an operand texture of {len} elements in {rows} rows of {row_floats} floats: rows must be a positive multiple of 64 floats, both sides within {side} texels, and only the last row partial (whole texels)"
             )));
         }
-        // Up to the whole texel past the data that OperandTexture::flat rounds to.
-        if src.len() < len && (len > src.len().next_multiple_of(4) || (len as u64) * 4 > src.capacity_bytes()) {
+        // The data and, as OperandTexture::flat copies it, the rest of its last texel.
+        if len > OperandTexture::whole_texels(src, src.len()) {
             return Err(Error::Shape(format!(
                 "an operand texture of {len} elements from a buffer of {} elements",
                 src.len()
