@@ -8,7 +8,7 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlsa_kernels::matmul::{matmul, Matmul};
+use vlsa_kernels::matmul::{matmul, matmul_row_sums, Matmul};
 
 /// (batch, M, N, K, trans_a, trans_b) of the shapes benchmarked.
 fn shapes() -> Vec<(usize, usize, usize, usize, bool, bool)> {
@@ -64,5 +64,25 @@ fn bench_matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_matmul);
+/// A Linear's weight gradient with its bias gradient in the same launch (`matmul_row_sums`), at
+/// the default model's batch-8 weight-gradient shapes: the product's FLOPs plus the sums' adds,
+/// to read against the plain product above.
+fn bench_matmul_row_sums(c: &mut Criterion) {
+    let gpu = common::gpu();
+    let mut group = c.benchmark_group("matmul_row_sums");
+    common::configure(&mut group);
+    for (m, n, k) in [(576, 192, 2056), (768, 192, 2056), (192, 768, 2056), (512, 128, 2048)] {
+        let op = Matmul::new(1, m, n, k).trans_a(true);
+        let a = gpu.upload(&common::data(op.a_len(), 1)).unwrap();
+        let b = gpu.upload(&common::data(op.b_len(), 2)).unwrap();
+        let (out, sums) = (gpu.alloc(op.out_len()).unwrap(), gpu.alloc(m).unwrap());
+        let flops = op.flops() + (m * k) as u64;
+        common::bench_gpu(&mut group, &format!("{m}x{n}x{k}/tn"), &gpu, Throughput::Elements(flops), || {
+            matmul_row_sums(&gpu, &a, &b, &out, &sums, &op).unwrap();
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_matmul, bench_matmul_row_sums);
 criterion_main!(benches);

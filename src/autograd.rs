@@ -43,11 +43,11 @@ pub(crate) enum Op {
     BiasAdd { rows: usize, c: usize },
     /// f(x) elementwise.
     Unary { op: UnaryOp, x: Tensor },
-    /// f(x[rows, c] + bias[c]); saved product and bias (the pre-activation is recomputed).
-    BiasAct { op: UnaryOp, x: Tensor, bias: Tensor, rows: usize, c: usize },
     /// Batched matmul of a and b; with `bias`, plus a Linear's bias (input 2) added in its
-    /// epilogue; with `residual` as well, plus a residual (input 3) it accumulated onto.
-    Matmul { a: Tensor, b: Tensor, spec: Matmul, bias: bool, residual: bool },
+    /// epilogue; with `residual` as well, plus a residual (input 3) it accumulated onto; with
+    /// `act` (and `bias`), the output is f(product + bias), and the bare product is saved (the
+    /// pre-activation is recomputed from it).
+    Matmul { a: Tensor, b: Tensor, spec: Matmul, bias: bool, residual: bool, act: Option<(UnaryOp, Arc<GpuBuffer>)> },
     /// Same data, new shape.
     Reshape { from: Vec<usize> },
     /// Axis permutation; `perm[i]` is the input axis of output axis i.
@@ -320,16 +320,21 @@ fn backward_rule(
             elementwise::unary_backward(gpu, *op, x.buffer(), g.buffer(), &dx, x.numel())?;
             vec![Some(constant(g, dx, x.shape()))]
         }
-        Op::BiasAct { op, x, bias, rows, c } => {
-            // z = x + bias, y = f(z):  dz = g f'(z);  dx = dz;  dbias = sum over rows of dz
-            let dz = gpu.alloc(x.numel())?;
-            let shape = elementwise::BiasAct { op: *op, rows: *rows, c: *c };
-            elementwise::bias_act_backward(gpu, x.buffer(), bias.buffer(), g.buffer(), &dz, &shape)?;
-            let dz = constant(g, dz, x.shape());
-            let db = if wants(1) { Some(sum_rows(&dz, *rows, *c)?) } else { None };
-            vec![Some(dz), db]
-        }
-        Op::Matmul { a, b, spec, bias, residual } => {
+        Op::Matmul { a, b, spec, bias, residual, act } => {
+            // With an activation, y = f(z) with z = product + bias: first dz = g f'(z) (z
+            // recomputed from the saved product), then everything below as for a Linear whose
+            // output gradient is dz, the bias's gradient (the sum of dz over the rows) included.
+            let dz;
+            let g = match act {
+                Some((f, product)) => {
+                    let out = gpu.alloc(g.numel())?;
+                    let shape = elementwise::BiasAct { op: *f, rows: spec.batch * spec.m, c: spec.n };
+                    elementwise::bias_act_backward(gpu, product, inputs[2].buffer(), g.buffer(), &out, &shape)?;
+                    dz = constant(g, out, g.shape());
+                    &dz
+                }
+                None => g,
+            };
             // C = A B  =>  dA = dC B^T,  dB = A^T dC  (with the stored transposes folded in).
             let da = if wants(0) {
                 // A stored [M,K] (or [K,M] when trans_a): dA = dC B^T (or its transpose B dC^T).
@@ -387,6 +392,8 @@ fn backward_rule(
             } else {
                 None
             };
+            // A Linear's bias gradient where the weight gradient's product computes it.
+            let mut dbias = None;
             let db = if wants(1) {
                 let s = if spec.trans_b {
                     // B stored [N,K]: dB = dC^T A  ([N,M] x [M,K])
@@ -417,22 +424,31 @@ fn backward_rule(
                 };
                 let (l, r) = if spec.trans_b { (g, a) } else { (a, g) };
                 let per = spec.k * spec.n;
+                // The product, and for a Linear (a bias in the epilogue, the weight stored
+                // [N, K], one product) the bias gradient with it: the sum of g over the rows is
+                // the row sums of this product's A operand, gᵀ (matmul_row_sums: no reduction
+                // launch of its own on the subgroup path).
+                if *bias && wants(2) && spec.trans_b && spec.batch == 1 {
+                    dbias = Some(gpu.alloc(spec.n)?);
+                }
+                let product = |out: &GpuBuffer, s: &Matmul| match &dbias {
+                    Some(sums) => crate::kernels::matmul::matmul_row_sums(gpu, l.buffer(), r.buffer(), out, sums, s),
+                    None => crate::kernels::matmul::matmul(gpu, l.buffer(), r.buffer(), out, s),
+                };
                 let mut folded = None;
                 if !spec.broadcast_b {
                     if let Some(prev) = earlier[1].take_if(|p| sole_owner(p)) {
-                        crate::kernels::matmul::matmul(
-                            gpu,
-                            l.buffer(),
-                            r.buffer(),
-                            prev.buffer(),
-                            &Matmul { accumulate: true, ..s },
-                        )?;
+                        product(prev.buffer(), &Matmul { accumulate: true, ..s })?;
                         folded = Some(prev);
                     }
                 }
                 let d = match folded {
                     Some(sum) => sum,
-                    None => matmul_raw(l, r, s, &[spec.batch, per])?,
+                    None => {
+                        let out = gpu.alloc(spec.batch * per)?;
+                        product(&out, &s)?;
+                        constant(l, out, &[spec.batch, per])
+                    }
                 };
                 Some(if spec.broadcast_b {
                     sum_batches(&d, spec.batch, per, b.shape())?
@@ -445,7 +461,11 @@ fn backward_rule(
             if *bias {
                 // A Linear's bias added in the product's epilogue: its gradient is the sum of
                 // g over the rows (the product is a single [M, N] matrix then).
-                let dbias = if wants(2) { Some(sum_rows(g, spec.batch * spec.m, spec.n)?) } else { None };
+                let dbias = match dbias {
+                    Some(sums) => Some(constant(g, sums, &[spec.n])),
+                    None if wants(2) => Some(sum_rows(g, spec.batch * spec.m, spec.n)?),
+                    None => None,
+                };
                 if *residual {
                     // out = residual + product + bias: the residual's gradient is g itself.
                     return Ok(vec![da, db, dbias, Some(reshape_raw(g, inputs[3].shape()))]);

@@ -8,8 +8,8 @@ mod common;
 use common::{check, Case, Input, Rng};
 use vlsa_kernels::elementwise::UnaryOp;
 use vlsa_kernels::matmul::{
-    matmul, matmul_act_only_with, matmul_bias, matmul_bias_act, matmul_bias_act_with, matmul_bias_with, matmul_with,
-    plan, BiasActOut, Matmul,
+    matmul, matmul_act_only_with, matmul_bias, matmul_bias_act, matmul_bias_act_with, matmul_bias_with,
+    matmul_row_sums, matmul_row_sums_with, matmul_with, plan, BiasActOut, Matmul,
 };
 use vlsa_kernels::{Gpu, GpuBuffer, KernelPath, Result};
 
@@ -381,6 +381,102 @@ fn plans_name_the_entry_points() {
     } else {
         assert_eq!((sub.path, sub.entry), (KernelPath::Registers, "registers_tn"));
     }
+}
+
+/// Σₖ A[b, i, k] of A as the product reads it ([M, K] per batch), in f64.
+fn reference_row_sums(op: &Matmul, a: &[f64]) -> Vec<f64> {
+    let mut sums = vec![0.0; op.batch * op.m];
+    for bi in 0..op.batch {
+        let ab = if op.broadcast_a { 0 } else { bi * op.m * op.k };
+        for i in 0..op.m {
+            sums[bi * op.m + i] =
+                (0..op.k).map(|kk| if op.trans_a { a[ab + kk * op.m + i] } else { a[ab + i * op.k + kk] }).sum();
+        }
+    }
+    sums
+}
+
+#[test]
+fn row_sums_come_with_the_product() {
+    // matmul_row_sums: the product as matmul gives it (bit for bit, accumulating too) and the
+    // sums of A's rows against the f64 reference, on every path, with texture operands on and
+    // off; the subgroup blocks compute the sums in the product's own launch (no sum_axis
+    // launch), the other paths and the general kernels after it. Shapes: a Linear's weight
+    // gradient (tn, K = the rows, with a K tail), the one-row tail block with 4 and 8 rows,
+    // several column blocks (only the first computes the sums), the 64-column kernels, batches,
+    // a shared A, M no multiple of 4 (65, 7: the sums after the product), an unaligned shape
+    // and K = 0. With subgroups a context of its own, as texture operands
+    // are switched here; without (llvmpipe GL, where a second context would contend for the one
+    // GL context under parallel tests) the shared one.
+    let subgroups = common::gpu().info().subgroups && common::gpu().info().subgroup_size.0 >= 8;
+    let own = subgroups.then(|| Gpu::new().unwrap());
+    let gpu = own.as_ref().unwrap_or(common::gpu());
+    let mut rng = Rng::new(12);
+    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
+    let cases = [
+        (1, 192, 64, 257, true, false, false),
+        (1, 128, 192, 516, true, false, false),
+        (1, 65, 36, 12, false, false, false),
+        (1, 68, 36, 12, false, false, false),
+        (2, 72, 100, 9, true, false, false),
+        (3, 68, 228, 12, false, true, false),
+        (2, 64, 64, 64, false, false, true),
+        (2, 68, 96, 36, true, true, true),
+        (1, 7, 33, 130, false, false, false),
+        (1, 64, 16, 20, true, false, false),
+        (2, 5, 8, 0, true, false, false),
+    ];
+    // Texture operands change only the subgroup path's kernels.
+    let mut runs: Vec<(KernelPath, bool)> = gpu.kernel_paths().into_iter().map(|path| (path, true)).collect();
+    if subgroups {
+        runs.push((KernelPath::Subgroup, false));
+    }
+    for (path, textures) in runs {
+        if subgroups {
+            gpu.set_texture_operands(textures);
+        }
+        for &(batch, m, n, k, ta, tb, ba) in &cases {
+            for accumulate in [false, true] {
+                let op = Matmul::new(batch, m, n, k).trans_a(ta).trans_b(tb).broadcast_a(ba).accumulate(accumulate);
+                let name = format!("{path:?}, textures {textures}: {}", op.describe());
+                let (av, bv, prev) = (random(op.a_len()), random(op.b_len()), random(op.out_len()));
+                let (a, b) = (gpu.upload(&av).unwrap(), gpu.upload(&bv).unwrap());
+                let (out, want_out) = (gpu.upload(&prev).unwrap(), gpu.upload(&prev).unwrap());
+                let sums = gpu.upload(&random(batch * m + 3)).unwrap();
+                gpu.set_profiling(true).unwrap();
+                matmul_row_sums_with(gpu, &a, &b, &out, &sums, &op, path).unwrap();
+                let profile = gpu.take_profile().unwrap().expect("profiling is on");
+                gpu.set_profiling(false).unwrap();
+                matmul_with(gpu, &a, &b, &want_out, &op, path).unwrap();
+                assert_eq!(gpu.download(&out).unwrap(), gpu.download(&want_out).unwrap(), "{name}: the product");
+                let got = gpu.download(&sums).unwrap();
+                let wide: Vec<f64> = av.iter().map(|&x| x as f64).collect();
+                common::assert_close(
+                    &format!("{name}: row sums"),
+                    &got[..batch * m],
+                    &reference_row_sums(&op, &wide),
+                    1e-5,
+                    1e-5,
+                );
+                let entry = plan(gpu, &op, path).entry;
+                // K = 0: zeros, no sums to take.
+                let in_launch = subgroups && path == KernelPath::Subgroup && entry != "subgroup_general" && m % 4 == 0;
+                let reductions = profile.records.iter().filter(|r| r.label.kernel == "sum_axis").count();
+                assert_eq!(reductions == 0, in_launch || k == 0, "{name}: {entry} with {reductions} sum_axis launches");
+            }
+        }
+    }
+}
+
+#[test]
+fn row_sums_refuse_a_short_or_shared_buffer() {
+    let gpu = common::gpu();
+    let op = Matmul::new(2, 4, 6, 3);
+    let (a, b, out) = (gpu.alloc(24).unwrap(), gpu.alloc(36).unwrap(), gpu.alloc(48).unwrap());
+    let err = matmul_row_sums(gpu, &a, &b, &out, &gpu.alloc(7).unwrap(), &op).unwrap_err().to_string();
+    assert!(err.contains("row sums have 7 elements") && err.contains("needs 8"), "{err}");
+    let err = matmul_row_sums(gpu, &a, &b, &out, &out, &op).unwrap_err().to_string();
+    assert!(err.contains("a buffer of their own"), "{err}");
 }
 
 #[test]

@@ -329,7 +329,8 @@ pub fn matmul_bias_act_with(
             op.describe()
         )));
     }
-    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: true };
+    let epilogue =
+        Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: true, row_sums: None };
     launch(gpu, a, b, out, op, epilogue, path)
 }
 
@@ -363,8 +364,89 @@ pub fn matmul_act_only_with(
 ) -> Result<()> {
     refuse_accumulating_activation(op)?;
     // The activation's buffer stands in for the product's (never written: keep_product is off).
-    let epilogue = Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: false };
+    let epilogue =
+        Epilogue { bias: Some(epi.bias), act: Some((epi.act_out, epi.act)), keep_product: false, row_sums: None };
     launch(gpu, a, b, epi.act_out, op, epilogue, path)
+}
+
+/// A product and the sums of its A operand's rows in one launch: `out` = A·B exactly as
+/// [`matmul`] (accumulating when `op.accumulate`), and `sums[b·M + i]` = Σₖ A[b, i, k] for every
+/// batch b and row i, A read as the product reads it ([M, K], whatever its storage); `sums` is
+/// overwritten, never added onto. A Linear's weight gradient dW = dYᵀ·X reads dYᵀ as A, so the
+/// sums are its bias gradient, the sum of dY over its rows, without a reduction launch of its
+/// own. The subgroup path's blocks compute them in the product's launch where M is a multiple
+/// of 4 (ROW_SUMS in shaders/include/matmul_subgroup_blocks.wgsl, which stores them by vec4);
+/// on the other paths, for other M and for shapes only the general kernels take, the product is
+/// followed by a `reduce::sum_axis` over A. The two ways
+/// sum in different orders, so they agree to rounding, not bit for bit.
+pub fn matmul_row_sums(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+    sums: &GpuBuffer,
+    op: &Matmul,
+) -> Result<()> {
+    matmul_row_sums_with(gpu, a, b, out, sums, op, gpu.kernel_path())
+}
+
+/// [`matmul_row_sums`] on an explicitly chosen implementation.
+pub fn matmul_row_sums_with(
+    gpu: &Gpu,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    out: &GpuBuffer,
+    sums: &GpuBuffer,
+    op: &Matmul,
+    path: KernelPath,
+) -> Result<()> {
+    let need = op.batch * op.m;
+    if sums.len() < need {
+        return Err(Error::Shape(format!(
+            "matmul {}: the row sums have {} elements but [{}, {}] needs {need}",
+            op.describe(),
+            sums.len(),
+            op.batch,
+            op.m
+        )));
+    }
+    if std::ptr::eq(sums, out) || std::ptr::eq(sums, a) || std::ptr::eq(sums, b) {
+        return Err(Error::Shape(format!(
+            "matmul {}: the row sums need a buffer of their own, not an operand's or the output's",
+            op.describe()
+        )));
+    }
+    if row_sums_in_launch(&plan(gpu, op, path)) && op.k > 0 && op.m.is_multiple_of(4) {
+        return launch(gpu, a, b, out, op, Epilogue { row_sums: Some(sums), ..Epilogue::default() }, path);
+    }
+    launch(gpu, a, b, out, op, Epilogue::default(), path)?;
+    if need == 0 {
+        return Ok(());
+    }
+    if op.k == 0 {
+        return gpu.copy_region(&gpu.zeros(need)?, 0, sums, 0, need);
+    }
+    // A stored [M, K] per batch: each row's K elements are contiguous; stored [K, M]: sum the K
+    // rows of each batch.
+    let sum_a = |batches: usize, into: &GpuBuffer| match op.trans_a {
+        true => crate::reduce::sum_axis(gpu, a, batches, op.k, op.m, into),
+        false => crate::reduce::sum_axis(gpu, a, batches * op.m, op.k, 1, into),
+    };
+    if !op.broadcast_a {
+        return sum_a(op.batch, sums);
+    }
+    // A shared by every batch: one set of sums, copied to each.
+    let one = gpu.alloc(op.m)?;
+    sum_a(1, &one)?;
+    (0..op.batch).try_for_each(|z| gpu.copy_region(&one, 0, sums, z * op.m, op.m))
+}
+
+/// Whether a plan's entry point computes [`matmul_row_sums`]'s sums in its own launch: the
+/// subgroup blocks (include/matmul_subgroup_blocks.wgsl), not `subgroup_general`.
+fn row_sums_in_launch(plan: &MatmulPlan) -> bool {
+    plan.splits <= 1
+        && (plan.entry.starts_with("texture_") || plan.entry.starts_with("subgroup_"))
+        && plan.entry != "subgroup_general"
 }
 
 /// What a launch adds in its store: a per-column bias, and an activation with its output.
@@ -375,6 +457,9 @@ struct Epilogue<'a> {
     /// With `act`: also store the bare product in `out` (what a backward needs). Without it
     /// only f(product + bias) is stored, and `out` may be the activation's buffer.
     keep_product: bool,
+    /// [`matmul_row_sums`]'s sums, stored by the subgroup blocks in the activation's bindings
+    /// (never with an activation).
+    row_sums: Option<&'a GpuBuffer>,
 }
 
 fn launch(
@@ -386,7 +471,7 @@ fn launch(
     epilogue: Epilogue,
     path: KernelPath,
 ) -> Result<()> {
-    let Epilogue { bias, act, keep_product } = epilogue;
+    let Epilogue { bias, act, keep_product, row_sums } = epilogue;
     if let Some(bias) = bias {
         if bias.len() < op.n {
             return Err(Error::Shape(format!(
@@ -447,17 +532,21 @@ fn launch(
         k_split: op.k as u32,
         keep_product: keep_product as u32,
     };
-    // The activation is a pipeline constant (ACT in matmul_core.wgsl): 1 + its code, or none.
-    let act_constant = act.map(|(_, f)| [("ACT", f64::from(1 + f as u32))]);
-    let constants: &[(&str, f64)] = act_constant.as_ref().map_or(&[], |c| c.as_slice());
-    // Bindings 8 and 9: the activation output, or `out` standing in (never written then).
-    let act_out = act.map_or(out, |(buf, _)| buf);
+    // The activation is a pipeline constant (ACT in matmul_core.wgsl): 1 + its code, or none;
+    // so are the row sums (ROW_SUMS in matmul_subgroup_blocks.wgsl).
+    let act_constant = act.map(|(_, f)| ("ACT", f64::from(1 + f as u32)));
+    let sums_constant = row_sums.map(|_| ("ROW_SUMS", 1.0));
+    let constants: Vec<(&'static str, f64)> = act_constant.into_iter().chain(sums_constant).collect();
+    // Bindings 8 and 9: the activation output or the row sums, else `out` standing in (never
+    // written then).
+    let act_out = act.map(|(buf, _)| buf).or(row_sums).unwrap_or(out);
     let plan = plan(gpu, op, path);
     let label = KernelLabel {
         kernel: "matmul",
         shape: match (bias.is_some(), act) {
             (_, Some((_, f))) => format!("{} + bias, {}", op.describe(), f.name()),
             (true, None) => format!("{} + bias", op.describe()),
+            (false, None) if row_sums.is_some() => format!("{} + A's row sums", op.describe()),
             (false, None) => op.describe(),
         },
         flops: op.flops(),
@@ -475,7 +564,7 @@ fn launch(
         // product's old output from a flat one (slot 2; unread otherwise), and bind the rest as
         // the storage kernels do.
         let layout = if textured { op.texture_layout(gpu) } else { None };
-        let mut constants = constants.to_vec();
+        let mut constants = constants;
         let mut operands = Vec::new();
         if let Some(flat_rows) = layout {
             for ((src, (row, rows)), (flat_row, name)) in [a, b]
@@ -533,7 +622,7 @@ fn launch(
             bytes: 4 * ((plan.splits + 1 + op.accumulate as usize) * op.out_len()) as u64,
         },
     };
-    gpu.dispatch_specialized(d, constants)
+    gpu.dispatch_specialized(d, &constants)
 }
 
 /// Which kernel a product runs: the entry point, the output block one workgroup covers, and

@@ -92,6 +92,71 @@ fn rows_left(wid: vec3<u32>) -> u32 {
     return p.m - wid.y * 64u;
 }
 
+// ----- row sums: a Linear's bias gradient in its weight gradient's launch -----
+//
+// With ROW_SUMS (a pipeline constant; kernels/src/matmul.rs, `matmul_row_sums`) the workgroups
+// of the first column block also store
+//     sums[b * M + i] = sum over k of A[b, i, k]      (A as the product reads it, [M, K])
+// for their rows, into the activation's vec4 binding (no activation's output then; the vec4
+// view, because a scalar one would be one storage binding more than Metal's 7). The launcher
+// asks for them only when M is a multiple of 4, so each group of four rows is whole or wholly
+// past M and starts a vec4. A Linear's weight gradient dW = dYᵀ · X reads dYᵀ as A, so these
+// sums are its bias gradient, the sum of dY over its rows: no reduction launch of its own
+// (there were 91 bias-gradient launches in a default-model training step). The sums walk this
+// lane's A rows a second time, after the product's loop, rather than inside it: the loop's
+// accumulators already spill on lavapipe, and eight more live vectors there would cost every
+// workgroup, where the second walk costs only the first column block's (A's loads without B's,
+// broadcasts or multiply-adds). Summation order: four running sums by k mod 4, then their
+// components; the same on every run.
+override ROW_SUMS: bool = false;
+
+// This lane's 8 rows (row0 .., a multiple of 8) of a 64-row block.
+fn row_sums8(wid: vec3<u32>, ta: bool, row0: u32) {
+    if (!ROW_SUMS || wid.x != 0u) {
+        return;
+    }
+    let abase = wid.z * p.a_batch;
+    var a: LaneA;
+    var s: LaneA;
+    for (var k = 0u; k < p.k; k += 4u) {
+        sg_load_a(&a, ta, abase, row0, k);
+        s[0] += a[0]; s[1] += a[1]; s[2] += a[2]; s[3] += a[3];
+        s[4] += a[4]; s[5] += a[5]; s[6] += a[6]; s[7] += a[7];
+    }
+    let one = vec4<f32>(1.0);
+    let o = (wid.z * p.m + row0) / 4u;
+    if (row0 < p.m) {
+        act_out4[o] = vec4<f32>(dot(s[0], one), dot(s[1], one), dot(s[2], one), dot(s[3], one));
+    }
+    if (row0 + 4u < p.m) {
+        act_out4[o + 1u] = vec4<f32>(dot(s[4], one), dot(s[5], one), dot(s[6], one), dot(s[7], one));
+    }
+}
+
+// A thin block's rows (subgroup_thin: one per lane, `row` = the block's first row + lane):
+// lanes 0 and 1 store the eight sums, gathered by broadcasts.
+fn row_sums1(wid: vec3<u32>, ta: bool, row: u32, lane: u32) {
+    if (!ROW_SUMS || wid.x != 0u) {
+        return;
+    }
+    let abase = wid.z * p.a_batch;
+    var s = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k; k += 4u) {
+        s += sg_load_a1(ta, abase, row, k);
+    }
+    let t = dot(s, vec4<f32>(1.0));
+    let lo = vec4<f32>(subgroupBroadcast(t, 0u), subgroupBroadcast(t, 1u), subgroupBroadcast(t, 2u), subgroupBroadcast(t, 3u));
+    let hi = vec4<f32>(subgroupBroadcast(t, 4u), subgroupBroadcast(t, 5u), subgroupBroadcast(t, 6u), subgroupBroadcast(t, 7u));
+    let first = row - lane;
+    let o = (wid.z * p.m + first) / 4u;
+    if (lane == 0u && first < p.m) {
+        act_out4[o] = lo;
+    }
+    if (lane == 1u && first + 4u < p.m) {
+        act_out4[o + 1u] = hi;
+    }
+}
+
 // `halves` 32-column halves from column wid.x * 32 * halves: 1 for the 32-column kernels, 2 for
 // the 64-column ones (a loop, so the block's code is compiled once).
 fn subgroup_thin(wid: vec3<u32>, halves: u32, lane: u32, ta: bool, tb: bool) {
@@ -113,6 +178,7 @@ fn subgroup_thin(wid: vec3<u32>, halves: u32, lane: u32, ta: bool, tb: bool) {
         var bv = bias_row(col0);
         store_row(&c, &bv, obase, row, col0);
     }
+    row_sums1(wid, ta, row, lane);
 }
 
 fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
@@ -144,6 +210,7 @@ fn subgroup_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&c5, &bv, obase, row0 + 5u, col0);
     store_row(&c6, &bv, obase, row0 + 6u, col0);
     store_row(&c7, &bv, obase, row0 + 7u, col0);
+    row_sums8(wid, ta, row0);
 }
 
 // ----- subgroup path, 64-column blocks -----
@@ -199,4 +266,5 @@ fn subgroup_wide_block(wid: vec3<u32>, lane: u32, ta: bool, tb: bool) {
     store_row(&l5, &bl_bias, obase, row0 + 5u, col0); store_row(&r5, &br_bias, obase, row0 + 5u, col0 + 32u);
     store_row(&l6, &bl_bias, obase, row0 + 6u, col0); store_row(&r6, &br_bias, obase, row0 + 6u, col0 + 32u);
     store_row(&l7, &bl_bias, obase, row0 + 7u, col0); store_row(&r7, &br_bias, obase, row0 + 7u, col0 + 32u);
+    row_sums8(wid, ta, row0);
 }

@@ -157,7 +157,7 @@ impl Tensor {
         Ok(record(
             out,
             shape,
-            || Op::Matmul { a: self.clone(), b: other.clone(), spec, bias: false, residual: false },
+            || Op::Matmul { a: self.clone(), b: other.clone(), spec, bias: false, residual: false, act: None },
             &[self, other],
         ))
     }
@@ -186,9 +186,11 @@ impl Tensor {
         let (product, out) = (self.gpu().alloc(spec.out_len())?, self.gpu().alloc(spec.out_len())?);
         let epi = matmul::BiasActOut { bias: bias.buffer(), act, act_out: &out };
         matmul::matmul_bias_act(self.gpu(), self.buffer(), weight.buffer(), &product, &spec, &epi)?;
-        let y = self.record_product(weight, None, product, spec);
-        let saved = (y.clone(), bias.clone());
-        Ok(record(out, shape, || Op::BiasAct { op: act, x: saved.0, bias: saved.1, rows, c }, &[&y, bias]))
+        // One node for the product, its bias and its activation, recorded on `self` itself (see
+        // record_product): its backward takes the bias's gradient with the weight's.
+        let product = Some((act, Arc::new(product)));
+        let op = || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: false, act: product };
+        Ok(record(out, shape, op, &[self, weight, bias]))
     }
 
     /// `residual + self · weightᵀ + bias`: a Linear and the residual add after it (a
@@ -209,7 +211,7 @@ impl Tensor {
         gpu.copy_region(residual.buffer(), 0, &out, 0, spec.out_len())?;
         let acc = Matmul { accumulate: true, ..spec };
         matmul::matmul_bias(gpu, self.buffer(), weight.buffer(), bias.buffer(), &out, &acc)?;
-        let op = || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: true };
+        let op = || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: true, act: None };
         Ok(record(out, shape, op, &[self, weight, bias, residual]))
     }
 
@@ -267,13 +269,13 @@ impl Tensor {
             Some(b) => record(
                 out,
                 shape,
-                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: false },
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: true, residual: false, act: None },
                 &[self, weight, b],
             ),
             None => record(
                 out,
                 shape,
-                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false, residual: false },
+                || Op::Matmul { a: self.clone(), b: weight.clone(), spec, bias: false, residual: false, act: None },
                 &[self, weight],
             ),
         }
