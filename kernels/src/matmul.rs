@@ -8,7 +8,8 @@
 //! explicitly, so tests exercise every path on whatever adapter is present, and [`plan`] says
 //! which entry point a product runs. [`matmul_bias`] adds a per-column bias in the same
 //! dispatch. Backward passes are the same kernel with transpose flags (dA = dC·Bᵀ,
-//! dB = Aᵀ·dC); there is no separate backward entry point.
+//! dB = Aᵀ·dC); there is no separate backward entry point. [`matmul_row_sums`] also stores the
+//! sums of A's rows: a Linear's bias gradient with its weight gradient.
 
 use crate::context::{Dispatch, Gpu, OperandTexture};
 use crate::elementwise::UnaryOp;
@@ -377,8 +378,8 @@ pub fn matmul_act_only_with(
 /// own. The subgroup path's blocks compute them in the product's launch where M is a multiple
 /// of 4 (ROW_SUMS in shaders/include/matmul_subgroup_blocks.wgsl, which stores them by vec4);
 /// on the other paths, for other M and for shapes only the general kernels take, the product is
-/// followed by a `reduce::sum_axis` over A. The two ways
-/// sum in different orders, so they agree to rounding, not bit for bit.
+/// followed by a `reduce::sum_axis` over A. The two ways sum in different orders, so they agree
+/// to rounding, not bit for bit.
 pub fn matmul_row_sums(
     gpu: &Gpu,
     a: &GpuBuffer,
