@@ -863,7 +863,7 @@ fn texture_operands_give_the_storage_kernels_results_bit_for_bit() {
             let copies =
                 profile.records.iter().filter(|r| r.label.kernel == vlsa_kernels::OperandTexture::COPY_KERNEL).count();
             // The logits product reads textures only where the subgroup matmul runs.
-            let matmul_textures = gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8;
+            let matmul_textures = gpu.info().runs_subgroup_kernels();
             let want = if textures && m % 4 == 0 { 2 + 2 * usize::from(matmul_textures) } else { 0 };
             assert_eq!(copies, want, "{s}, textures {textures}: texture copies");
         }

@@ -359,7 +359,7 @@ fn plans_name_the_entry_points() {
         assert_eq!((grad.entry, grad.splits), ("tiled_64", 5), "{}", grad.describe());
     }
     let sub = plan(gpu, &aligned.trans_a(true), KernelPath::Subgroup);
-    if gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8 {
+    if gpu.info().runs_subgroup_kernels() {
         // From storage: 64-column blocks where they pad N no more than 32-column ones: 1024 and
         // 192 (none), 100 (to 128 either way); 32-column blocks for N = 32 and the 260 keys (288,
         // not 320). From textures, where the operands fit them (64 keys per row here): 32-column
@@ -408,7 +408,7 @@ fn row_sums_come_with_the_product() {
     // and K = 0. With subgroups a context of its own, as texture operands
     // are switched here; without (llvmpipe GL, where a second context would contend for the one
     // GL context under parallel tests) the shared one.
-    let subgroups = common::gpu().info().subgroups && common::gpu().info().subgroup_size.0 >= 8;
+    let subgroups = common::gpu().info().runs_subgroup_kernels();
     let own = subgroups.then(|| Gpu::new().unwrap());
     let gpu = own.as_ref().unwrap_or(common::gpu());
     let mut rng = Rng::new(12);
@@ -594,7 +594,7 @@ fn texture_operands_give_the_storage_kernels_products_bit_for_bit() {
     // column edge, a K tail, and the bias, accumulate and activation epilogues. A context of
     // its own, so that switching textures off here changes no other test's plans.
     let gpu = Gpu::new().unwrap();
-    if !(gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8) {
+    if !gpu.info().runs_subgroup_kernels() {
         // No subgroups (llvmpipe GL): the texture kernels are never chosen.
         assert!(!gpu.texture_operands(), "texture operands on without subgroups");
         gpu.set_texture_operands(true);
@@ -687,7 +687,7 @@ fn texture_operands_are_safe_across_threads() {
     // product. (Copies and launches recorded apart let one thread's copy overwrite another's
     // operand before its launch: the text encoder's tests caught that.)
     let gpu = Gpu::new().unwrap();
-    if !(gpu.info().subgroups && gpu.info().subgroup_size.0 >= 8) {
+    if !gpu.info().runs_subgroup_kernels() {
         return; // no texture kernels without subgroups (texture_operands_give_... checks that)
     }
     gpu.set_texture_operands(true);
