@@ -6,7 +6,8 @@
 //! runs one step. [`run`] is the loop of `vlsa train`: progress, validation, checkpoints, the
 //! log and the curve. The data order and the augmentation are pure functions of the seed and the
 //! step ([`augment`]), so a checkpoint holds all the state a run has: the model (with the EM
-//! bases), the optimizer moments, the step, the options and the log.
+//! bases), the optimizer moments, the step, the options and the log. Being pure, the next
+//! step's batch is made on another thread while the GPU runs the current step.
 //!
 //! A checkpoint is a model file (loadable by [`Model::load`]) plus `optim.m.<name>` and
 //! `optim.v.<name>` for each trainable tensor, with the training state as JSON under the
@@ -219,13 +220,31 @@ pub struct Trainer {
     pub log: Vec<LogEntry>,
     /// The step of the last checkpoint written or resumed from, if any.
     pub saved_step: Option<usize>,
-    data: Dataset,
+    data: Arc<Dataset>,
     fingerprint: DataFingerprint,
     /// AdamW first and second moments of each trainable tensor.
     moments: BTreeMap<String, (GpuBuffer, GpuBuffer)>,
-    /// The order of the current epoch (epoch number, sample indices).
-    order: (u64, Vec<usize>),
-    augmentation: Augmentation,
+    /// The next step's batch, being made on another thread while this step runs.
+    next_batch: Option<NextBatch>,
+}
+
+/// What a step's batch depends on: the data, the run's options, and the model's input size and
+/// normalisation. A batch is a pure function of these and the step, so the next one can be made
+/// on another thread while the GPU runs the current step.
+#[derive(Clone)]
+struct BatchMaker {
+    data: Arc<Dataset>,
+    options: TrainOptions,
+    size: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+/// A batch under way on another thread: its step, what it was made from, and the thread.
+struct NextBatch {
+    step: usize,
+    options: TrainOptions,
+    thread: std::thread::JoinHandle<(Vec<f32>, Vec<u32>)>,
 }
 
 impl Trainer {
@@ -237,7 +256,6 @@ impl Trainer {
         for (name, t) in model.parameters() {
             moments.insert(name.clone(), (gpu.zeros(t.numel())?, gpu.zeros(t.numel())?));
         }
-        let order = (0, epoch_order(options.seed, 0, data.len()));
         let fingerprint = DataFingerprint::of(&data);
         Ok(Trainer {
             model,
@@ -245,11 +263,10 @@ impl Trainer {
             step: 0,
             log: Vec::new(),
             saved_step: None,
-            data,
+            data: Arc::new(data),
             fingerprint,
             moments,
-            order,
-            augmentation: Augmentation::default(),
+            next_batch: None,
         })
     }
 
@@ -316,19 +333,16 @@ impl Trainer {
         if let Some(extra) = rest.tensors.keys().next() {
             return Err(Error::Weights(format!("{source}: unexpected optimizer tensor {extra}")));
         }
-        let epoch = (state.step * state.options.batch / data.len()) as u64;
-        let order = (epoch, epoch_order(state.options.seed, epoch, data.len()));
         Ok(Trainer {
             model,
             options: state.options,
             step: state.step,
             log: state.log,
             saved_step: Some(state.step),
-            data,
+            data: Arc::new(data),
             fingerprint,
             moments,
-            order,
-            augmentation: Augmentation::default(),
+            next_batch: None,
         })
     }
 
@@ -337,50 +351,34 @@ impl Trainer {
         &self.data
     }
 
-    /// Sample indices and augmentation of step `step` (from 1): item i is the sample at stream
-    /// position (step - 1) * batch + i of the concatenated per-epoch orders.
-    fn batch(&mut self, step: usize) -> (Vec<f32>, Vec<u32>) {
-        let (b, len, c) = (self.options.batch, self.data.len(), &self.model.config);
-        let size = c.image_size;
-        let (mean, std) = (c.pixel_mean, c.pixel_std);
-        let mut images: Vec<Image> = Vec::with_capacity(b);
-        let mut target: Vec<u32> = Vec::with_capacity(b * size * size);
-        for item in 0..b {
-            let position = (step - 1) * b + item;
-            let epoch = (position / len) as u64;
-            if self.order.0 != epoch {
-                self.order = (epoch, epoch_order(self.options.seed, epoch, len));
-            }
-            let sample = &self.data.samples[self.order.1[position % len]];
-            let (seed, step, item) = (self.options.seed, step as u64, item as u64);
-            let randomize = |image: &mut Image| {
-                if self.options.randomize {
-                    Randomization::default().apply(image, &mut randomize_rng(seed, step, item));
-                }
-            };
-            let mut focus = focus_rng(seed, step, item);
-            let (image, mask) = if self.options.augment && self.options.focus > 0.0 && focus.chance(self.options.focus)
-            {
-                // A focus crop is a closer look at a photo already taken, as in the second pass
-                // of refinement: the acquisition is drawn on the whole image, then it is cropped.
-                let mut whole = sample.image.clone();
-                randomize(&mut whole);
-                let mut rng = augment_rng(seed, step, item);
-                self.augmentation.apply_focused(&whole, &sample.mask, &mut focus, &mut rng)
-            } else {
-                let (mut image, mask) = if self.options.augment {
-                    self.augmentation.apply(&sample.image, &sample.mask, &mut augment_rng(seed, step, item))
-                } else {
-                    (sample.image.clone(), sample.mask.clone())
-                };
-                randomize(&mut image);
-                (image, mask)
-            };
-            target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
-            images.push(image);
+    fn batch_maker(&self) -> BatchMaker {
+        let c = &self.model.config;
+        BatchMaker {
+            data: self.data.clone(),
+            options: self.options.clone(),
+            size: c.image_size,
+            mean: c.pixel_mean,
+            std: c.pixel_std,
         }
-        let refs: Vec<&Image> = images.iter().collect();
-        (preprocess(&refs, size, mean, std), target)
+    }
+
+    /// The batch of step `step`: the one made ahead on another thread when it was made for this
+    /// step with the options of now, else made here. Then the next step's batch is started.
+    fn batch(&mut self, step: usize) -> (Vec<f32>, Vec<u32>) {
+        let ahead = match self.next_batch.take() {
+            Some(next) if next.step == step && next.options == self.options => {
+                Some(next.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            }
+            _ => None,
+        };
+        let batch = ahead.unwrap_or_else(|| self.batch_maker().make(step));
+        if step < self.options.steps {
+            let maker = self.batch_maker();
+            let options = self.options.clone();
+            let thread = std::thread::spawn(move || maker.make(step + 1));
+            self.next_batch = Some(NextBatch { step: step + 1, options, thread });
+        }
+        batch
     }
 
     /// Runs the next step: forward, loss, backward, AdamW, EM bases update. Returns its log
@@ -474,6 +472,55 @@ impl Trainer {
         file.write(path, false)?;
         self.saved_step = Some(self.step);
         Ok(())
+    }
+}
+
+impl BatchMaker {
+    /// Sample indices and augmentation of step `step` (from 1): item i is the sample at stream
+    /// position (step - 1) * batch + i of the concatenated per-epoch orders. Returns the
+    /// preprocessed images [batch, 3, size, size] and the class of every pixel.
+    fn make(&self, step: usize) -> (Vec<f32>, Vec<u32>) {
+        let (o, len, size) = (&self.options, self.data.len(), self.size);
+        let augmentation = Augmentation::default();
+        let mut order: Option<(u64, Vec<usize>)> = None;
+        let mut images: Vec<Image> = Vec::with_capacity(o.batch);
+        let mut target: Vec<u32> = Vec::with_capacity(o.batch * size * size);
+        for item in 0..o.batch {
+            let position = (step - 1) * o.batch + item;
+            let epoch = (position / len) as u64;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((epoch, epoch_order(o.seed, epoch, len)));
+            }
+            let index = order.as_ref().map_or(0, |(_, order)| order[position % len]);
+            let sample = &self.data.samples[index];
+            let (seed, step, item) = (o.seed, step as u64, item as u64);
+            let randomize = |image: &mut Image| {
+                if o.randomize {
+                    Randomization::default().apply(image, &mut randomize_rng(seed, step, item));
+                }
+            };
+            let mut focus = focus_rng(seed, step, item);
+            let (image, mask) = if o.augment && o.focus > 0.0 && focus.chance(o.focus) {
+                // A focus crop is a closer look at a photo already taken, as in the second pass
+                // of refinement: the acquisition is drawn on the whole image, then it is cropped.
+                let mut whole = sample.image.clone();
+                randomize(&mut whole);
+                let mut rng = augment_rng(seed, step, item);
+                augmentation.apply_focused(&whole, &sample.mask, &mut focus, &mut rng)
+            } else {
+                let (mut image, mask) = if o.augment {
+                    augmentation.apply(&sample.image, &sample.mask, &mut augment_rng(seed, step, item))
+                } else {
+                    (sample.image.clone(), sample.mask.clone())
+                };
+                randomize(&mut image);
+                (image, mask)
+            };
+            target.extend(mask.resize_nearest(size, size).labels.into_iter().map(u32::from));
+            images.push(image);
+        }
+        let refs: Vec<&Image> = images.iter().collect();
+        (preprocess(&refs, size, self.mean, self.std), target)
     }
 }
 
