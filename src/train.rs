@@ -375,8 +375,9 @@ impl Trainer {
         if step < self.options.steps {
             let maker = self.batch_maker();
             let options = self.options.clone();
-            let thread = std::thread::spawn(move || maker.make(step + 1));
-            self.next_batch = Some(NextBatch { step: step + 1, options, thread });
+            // Where no thread can be started, the next step makes its batch itself.
+            let thread = std::thread::Builder::new().name("vlsa-batch".into()).spawn(move || maker.make(step + 1));
+            self.next_batch = thread.ok().map(|thread| NextBatch { step: step + 1, options, thread });
         }
         batch
     }
@@ -482,17 +483,16 @@ impl BatchMaker {
     fn make(&self, step: usize) -> (Vec<f32>, Vec<u32>) {
         let (o, len, size) = (&self.options, self.data.len(), self.size);
         let augmentation = Augmentation::default();
-        let mut order: Option<(u64, Vec<usize>)> = None;
+        let mut order: (u64, Vec<usize>) = (u64::MAX, Vec::new());
         let mut images: Vec<Image> = Vec::with_capacity(o.batch);
         let mut target: Vec<u32> = Vec::with_capacity(o.batch * size * size);
         for item in 0..o.batch {
             let position = (step - 1) * o.batch + item;
             let epoch = (position / len) as u64;
-            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                order = Some((epoch, epoch_order(o.seed, epoch, len)));
+            if order.0 != epoch {
+                order = (epoch, epoch_order(o.seed, epoch, len));
             }
-            let index = order.as_ref().map_or(0, |(_, order)| order[position % len]);
-            let sample = &self.data.samples[index];
+            let sample = &self.data.samples[order.1[position % len]];
             let (seed, step, item) = (o.seed, step as u64, item as u64);
             let randomize = |image: &mut Image| {
                 if o.randomize {
