@@ -220,41 +220,89 @@ pub(crate) fn run_busy<T>(
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
+    use std::sync::{mpsc, Arc, Barrier};
     use std::time::{Duration, Instant};
 
-    /// A thread that sends its id, spins for `spin` (none when zero), then sleeps a while
-    /// (a finished thread has no CPU time left to read).
-    fn worker(spin: Duration, ids: mpsc::Sender<i32>) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            ids.send(unsafe { libc::gettid() }).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-            let start = Instant::now();
-            let mut x = 1u64;
-            while start.elapsed() < spin {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    /// Test threads standing in for a driver's workers. Each reports its id, waits until the
+    /// caller has read every thread's CPU time, runs its own share of CPU time (none when
+    /// zero; CPU time, not wall time, so that a loaded machine only stretches the window),
+    /// reports that it is done and stays alive until [`Threads::finish`] (a finished thread
+    /// has no CPU time left to read).
+    struct Threads {
+        /// Thread ids in the order of the spins asked for (not the order they started in).
+        tids: Vec<i32>,
+        go: Arc<Barrier>,
+        done: mpsc::Receiver<()>,
+        release: Arc<Barrier>,
+        handles: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Threads {
+        fn start(spins: &[Duration]) -> Threads {
+            let (id_send, ids) = mpsc::channel();
+            let (done_send, done) = mpsc::channel();
+            let go = Arc::new(Barrier::new(spins.len() + 1));
+            let release = Arc::new(Barrier::new(spins.len() + 1));
+            let handles = spins
+                .iter()
+                .enumerate()
+                .map(|(i, &spin)| {
+                    let (id_send, done_send) = (id_send.clone(), done_send.clone());
+                    let (go, release) = (go.clone(), release.clone());
+                    std::thread::spawn(move || {
+                        // SAFETY: gettid has no preconditions.
+                        let tid = unsafe { libc::gettid() };
+                        id_send.send((i, tid)).unwrap();
+                        go.wait();
+                        let t0 = cpu_ns(tid).unwrap();
+                        let mut x = 1u64;
+                        while cpu_ns(tid).unwrap() - t0 < spin.as_nanos() as u64 {
+                            for _ in 0..10_000 {
+                                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            }
+                        }
+                        std::hint::black_box(x);
+                        done_send.send(()).unwrap();
+                        release.wait();
+                    })
+                })
+                .collect();
+            let mut tids = vec![0; spins.len()];
+            for _ in spins {
+                let (i, tid) = ids.recv().unwrap();
+                tids[i] = tid;
             }
-            std::hint::black_box(x);
-            std::thread::sleep(Duration::from_millis(300));
-        })
+            Threads { tids, go, done, release, handles }
+        }
+
+        /// Reads every thread's CPU time, lets them run, and returns the readings with the
+        /// wall time until all are done and at least `window` has passed.
+        fn run(&self, window: Duration) -> (Vec<(i32, u64)>, u64) {
+            let cpu: Vec<(i32, u64)> = self.tids.iter().map(|&t| (t, cpu_ns(t).unwrap())).collect();
+            let start = Instant::now();
+            self.go.wait();
+            for _ in &self.tids {
+                self.done.recv().unwrap();
+            }
+            std::thread::sleep(window.saturating_sub(start.elapsed()));
+            (cpu, start.elapsed().as_nanos() as u64)
+        }
+
+        fn finish(self) {
+            self.release.wait();
+            self.handles.into_iter().for_each(|h| h.join().unwrap());
+        }
     }
 
     #[test]
     fn a_thread_that_ran_is_told_from_one_that_slept() {
         let before = tasks();
-        let (send, ids) = mpsc::channel();
-        let spinning = worker(Duration::from_millis(150), send.clone());
-        let spinner = ids.recv().unwrap();
-        let sleeping = worker(Duration::ZERO, send);
-        let started = [spinner, ids.recv().unwrap()];
+        let threads = Threads::start(&[Duration::from_millis(150), Duration::ZERO]);
+        let started = threads.tids.clone();
         assert!(started.iter().all(|t| !before.contains(t) && tasks().contains(t)));
-        let cpu: Vec<(i32, u64)> = started.iter().map(|&t| (t, cpu_ns(t).unwrap())).collect();
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_millis(200));
-        let found = busy(&cpu, start.elapsed().as_nanos() as u64, 0.3);
-        spinning.join().unwrap();
-        sleeping.join().unwrap();
+        let (cpu, wall) = threads.run(Duration::from_millis(200));
+        let found = busy(&cpu, wall, 0.3);
+        threads.finish();
         assert_eq!(
             found,
             vec![started[0]],
@@ -269,25 +317,21 @@ mod tests {
         // Two threads spinning 40 ms of a 200 ms window (as workers sharing their cores with
         // other processes would) are both found at a 5 % floor; a sleeping one is not; with
         // the floor above what the busiest ran, none is.
-        let (send, ids) = mpsc::channel();
-        let handles: Vec<_> = [40, 40, 0].map(|ms| worker(Duration::from_millis(ms), send.clone())).into();
-        let tids: Vec<i32> = (0..3).map(|_| ids.recv().unwrap()).collect();
-        let cpu: Vec<(i32, u64)> = tids.iter().map(|&t| (t, cpu_ns(t).unwrap())).collect();
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_millis(200));
-        let wall = start.elapsed().as_nanos() as u64;
+        let threads = Threads::start(&[40, 40, 0].map(Duration::from_millis));
+        let tids = threads.tids.clone();
+        let (cpu, wall) = threads.run(Duration::from_millis(200));
+        let (low, high) = (busy(&cpu, wall, 0.05), busy(&cpu, wall, 0.9));
+        threads.finish();
         let mut spinners = tids[..2].to_vec();
         spinners.sort_unstable();
-        assert_eq!(busy(&cpu, wall, 0.05), spinners, "the sleeping thread is {}", tids[2]);
-        assert!(busy(&cpu, wall, 0.9).is_empty());
-        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(low, spinners, "the sleeping thread is {}", tids[2]);
+        assert!(high.is_empty());
     }
 
     #[test]
     fn pinning_sets_one_core_per_worker_and_unpinning_restores_them_all() {
-        let (send, ids) = mpsc::channel();
-        let handles: Vec<_> = (0..3).map(|_| worker(Duration::ZERO, send.clone())).collect();
-        let mut tids: Vec<i32> = (0..3).map(|_| ids.recv().unwrap()).collect();
+        let threads = Threads::start(&[Duration::ZERO; 3]);
+        let mut tids = threads.tids.clone();
         tids.sort_unstable();
         let mut w = Workers::new(tids.clone());
         assert!(!w.allowed.is_empty());
@@ -305,9 +349,8 @@ mod tests {
         assert_eq!(distinct.len(), 3.min(w.allowed.len()));
         w.pin(false).unwrap();
         assert_eq!(tids.iter().map(|&t| allowed_list(t)).collect::<Vec<_>>(), everything);
-        for h in handles {
-            h.join().unwrap();
-        }
+        threads.run(Duration::ZERO);
+        threads.finish();
         // A worker that has exited is no error.
         w.pin(true).unwrap();
     }
