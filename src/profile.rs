@@ -181,13 +181,13 @@ impl fmt::Display for EmProfileReport {
         for r in &self.steps {
             writeln!(
                 f,
-                "{:<18} {:<22} {:>5} {:>11.1} {:>9.2} {:>9.2}",
+                "{:<18} {:<22} {:>5} {:>11.1} {:>9} {:>9}",
                 r.scope,
                 r.kernel,
                 r.count,
                 r.time_ns / 1e3,
-                r.gflops(),
-                r.gbytes_per_s()
+                rate(r.gflops()),
+                rate(r.gbytes_per_s())
             )?;
         }
         writeln!(f, "per scope:")?;
@@ -204,6 +204,17 @@ impl fmt::Display for EmProfileReport {
 }
 
 /// Deterministic values in [-1, 1) from an xorshift64* stream.
+/// A rate (GFLOP/s, GB/s) with two decimals, or three significant digits below 1, so that a
+/// small product timed on a slow adapter reads 0.00290 rather than 0.00.
+fn rate(x: f64) -> String {
+    if x > 0.0 && x < 1.0 && x.is_finite() {
+        let decimals = (2 - x.log10().floor() as i32).clamp(2, 9) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
 fn random(n: usize, seed: u64) -> Vec<f32> {
     crate::random::Rng::new(seed).vec(n)
 }
@@ -319,6 +330,15 @@ fn bases_shift(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_keep_three_significant_digits_below_one() {
+        let cases = [(0.0, "0.00"), (1234.567, "1234.57"), (1.0, "1.00"), (0.5, "0.500"), (0.0029012, "0.00290")];
+        for (x, text) in cases {
+            assert_eq!(rate(x), text, "{x}");
+        }
+        assert_eq!(rate(1e-12), "0.000000000", "at most nine decimals");
+    }
 
     #[test]
     fn tiny_profile_reports_every_kernel_per_iteration() {
@@ -649,11 +669,11 @@ impl fmt::Display for MatmulProfileReport {
                 if p.plan.path != p.path { format!(" (falls back to {} here)", p.plan.path) } else { String::new() };
             writeln!(
                 f,
-                "{:<10} {:<40} {:>10.3} ms {:>9.2} GFLOP/s  ({:.3}-{:.3} ms){fallback}",
+                "{:<10} {:<40} {:>10.3} ms {:>9} GFLOP/s  ({:.3}-{:.3} ms){fallback}",
                 p.path.name(),
                 p.plan.describe(),
                 p.time_ns / 1e6,
-                self.op.flops() as f64 / p.time_ns,
+                rate(self.op.flops() as f64 / p.time_ns),
                 p.range_ns.0 / 1e6,
                 p.range_ns.1 / 1e6,
             )?;
