@@ -25,6 +25,7 @@ use std::fmt;
 
 use crate::kernels::em::{self, Em, EmOutputGrads, EmShape, GradMode};
 use crate::kernels::matmul::{matmul_with, plan, Matmul, MatmulPlan};
+use crate::kernels::profiler::rate;
 use crate::kernels::{Gpu, KernelPath, Profile, Result, Timing};
 
 /// What to profile: the sizes of `vlsa profile em --tokens N --width C --bases M --iters T
@@ -204,17 +205,6 @@ impl fmt::Display for EmProfileReport {
 }
 
 /// Deterministic values in [-1, 1) from an xorshift64* stream.
-/// A rate (GFLOP/s, GB/s) with two decimals, or three significant digits below 1, so that a
-/// small product timed on a slow adapter reads 0.00290 rather than 0.00.
-fn rate(x: f64) -> String {
-    if x > 0.0 && x < 1.0 && x.is_finite() {
-        let decimals = (2 - x.log10().floor() as i32).clamp(2, 9) as usize;
-        format!("{x:.decimals$}")
-    } else {
-        format!("{x:.2}")
-    }
-}
-
 fn random(n: usize, seed: u64) -> Vec<f32> {
     crate::random::Rng::new(seed).vec(n)
 }
@@ -330,15 +320,6 @@ fn bases_shift(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_keep_three_significant_digits_below_one() {
-        let cases = [(0.0, "0.00"), (1234.567, "1234.57"), (1.0, "1.00"), (0.5, "0.500"), (0.0029012, "0.00290")];
-        for (x, text) in cases {
-            assert_eq!(rate(x), text, "{x}");
-        }
-        assert_eq!(rate(1e-12), "0.000000000", "at most nine decimals");
-    }
 
     #[test]
     fn tiny_profile_reports_every_kernel_per_iteration() {

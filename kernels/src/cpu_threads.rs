@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(distinct.len(), 3.min(w.allowed.len()));
         w.pin(false).unwrap();
         assert_eq!(tids.iter().map(|&t| allowed_list(t)).collect::<Vec<_>>(), everything);
-        threads.run(Duration::ZERO);
+        threads.run(Duration::ZERO); // let the idle threads through to their end
         threads.finish();
         // A worker that has exited is no error.
         w.pin(true).unwrap();

@@ -143,13 +143,13 @@ impl Profile {
         for (name, s) in &rows {
             let _ = writeln!(
                 out,
-                "{:<28} {:>7} {:>11.3} {:>11.1} {:>9.2} {:>9.2}",
+                "{:<28} {:>7} {:>11.3} {:>11.1} {:>9} {:>9}",
                 name,
                 s.count,
                 s.total_ns / 1e6,
                 s.mean_ns() / 1e3,
-                s.gflops(),
-                s.gbytes_per_s()
+                rate(s.gflops()),
+                rate(s.gbytes_per_s())
             );
         }
         let _ = writeln!(out, "{:<28} {:>7} {:>11.3}", "total", self.records.len(), self.total_ns() / 1e6);
@@ -199,9 +199,29 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
+/// A rate (GFLOP/s, GB/s) as the profile tables print it: two decimals, or three significant
+/// digits below 1, so that a small kernel timed on a slow adapter reads 0.00290 rather than 0.00.
+pub fn rate(x: f64) -> String {
+    if x > 0.0 && x < 1.0 && x.is_finite() {
+        let decimals = (2 - x.log10().floor() as i32).clamp(2, 9) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_keep_three_significant_digits_below_one() {
+        let cases = [(0.0, "0.00"), (1234.567, "1234.57"), (1.0, "1.00"), (0.5, "0.500"), (0.0029012, "0.00290")];
+        for (x, text) in cases {
+            assert_eq!(rate(x), text, "{x}");
+        }
+        assert_eq!(rate(1e-12), "0.000000000", "at most nine decimals");
+    }
 
     fn record(kernel: &'static str, dur: f64, flops: u64) -> DispatchRecord {
         DispatchRecord {
