@@ -4,6 +4,13 @@
 # --text-encoder), training on domain A (vlsa train) and evaluation on domains A-D (vlsa eval).
 #
 #   scripts/train-models.sh data      # synthetic train/val/test sets under $DATA (default data/)
+#   scripts/train-models.sh zoom-data # fundus close-up views (scripts/zoom-sets.py): the scale
+#                                     # check $DATA/fundus-{A,B,C,D}-zoom{30,50} (24 each, the disc
+#                                     # a fifth to a half of the view; A from seed 21, B-D seed 22),
+#                                     # and $DATA/retina{,-zoom50,-zoom35,-zoom25}: samples/retina.jpg
+#                                     # with its drawn mask, whole and as three disc-centred views
+#   scripts/train-models.sh zoom-eval MODEL OUT.json
+#                                     # vlsa eval of MODEL on those sets (the close-up check)
 #   scripts/train-models.sh ship [cardiac|fundus]
 #                                     # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
 #   scripts/train-models.sh ablate [cardiac|fundus]
@@ -84,6 +91,32 @@ case "${1:-}" in
         "$V" synth --task $task --domain $d --count 48 --size 128 --seed 3 --out "$DATA/$task-$d-test"
       done
     done ;;
+  zoom-data)
+    # Rendered at 512 px and cropped, so a view is as sharp as a real close-up, not an
+    # upsampled corner of a 128 px image. Needs python3 with numpy and PIL.
+    tmp=$(mktemp -d)
+    for d in A B C D; do
+      if [ $d = A ]; then seed=21; else seed=22; fi
+      "$V" synth --task fundus --domain $d --count 24 --size 512 --seed $seed --out "$tmp/$d"
+      for f in 30 50; do
+        python3 scripts/zoom-sets.py "$tmp/$d" "$DATA/fundus-$d-zoom$f" --fraction 0.$f --seed 7
+      done
+    done
+    rm -rf "$tmp"
+    mkdir -p "$DATA/retina/images" "$DATA/retina/masks"
+    cp samples/retina.jpg "$DATA/retina/images/retina.jpg"
+    cp samples/retina_mask.png "$DATA/retina/masks/retina.png"
+    for f in 50 35 25; do
+      python3 scripts/zoom-sets.py "$DATA/retina" "$DATA/retina-zoom$f" --fraction 0.$f --jitter 0
+    done ;;
+  zoom-eval)
+    [ $# -eq 3 ] || { echo "usage: $0 zoom-eval MODEL OUT.json" >&2; exit 1; }
+    sets=()
+    for s in fundus-A-zoom30 fundus-A-zoom50 fundus-B-zoom30 fundus-B-zoom50 fundus-C-zoom30 fundus-C-zoom50 \
+      fundus-D-zoom30 fundus-D-zoom50 retina retina-zoom50 retina-zoom35 retina-zoom25; do
+      sets+=(--data "$DATA/$s")
+    done
+    "$V" eval --model "$2" "${sets[@]}" $(regions_of fundus) --json "$3" ;;
   ship)
     for task in ${2:-cardiac fundus}; do
       case $task in
@@ -130,5 +163,5 @@ case "${1:-}" in
       done
     done
     wait ;;
-  *) echo "usage: $0 data|ship|ablate|ablate-seeds" >&2; exit 1 ;;
+  *) echo "usage: $0 data|zoom-data|zoom-eval|ship|ablate|ablate-seeds" >&2; exit 1 ;;
 esac

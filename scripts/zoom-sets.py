@@ -1,0 +1,72 @@
+"""Disc-centred views of a fundus data set: the scale check of weights/vlsa-fundus-tiny.md.
+
+Many fundus photographs of the optic disc are not macula-centred fields but closer views in
+which the disc fills a fifth to a half of the image (disc-centred fields of view, crops around
+the disc). This writes, for each image of a data set (`images/NAME.*`, `masks/NAME.png`), a
+square window of side FRACTION x the image's shorter side (or drawn uniformly from FRACTION to
+--fraction-max per image) around the middle of the mask's foreground, moved by up to --jitter
+(default 0.15) of the side along each axis (seeded) and kept inside the image, as a new data
+set (`OUT/images/NAME.png`, `OUT/masks/NAME.png`). The crop is stored losslessly (PNG) at the source's resolution: render the
+source large (`vlsa synth --size 512`) so the view is as sharp as a real close-up.
+
+Usage: python3 scripts/zoom-sets.py SRC OUT --fraction 0.3 [--fraction-max 0.5] [--jitter 0.15] [--seed 0]   (needs numpy, PIL)
+"""
+import argparse
+import glob
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src")
+    ap.add_argument("out")
+    ap.add_argument("--fraction", type=float, required=True)
+    ap.add_argument("--fraction-max", type=float)
+    ap.add_argument("--jitter", type=float, default=0.15)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if not 0.0 < a.fraction <= 1.0:
+        raise SystemExit(f"--fraction {a.fraction} must be in (0, 1]")
+    top = a.fraction if a.fraction_max is None else a.fraction_max
+    if not a.fraction <= top <= 1.0:
+        raise SystemExit(f"--fraction-max {top} must be in [--fraction, 1]")
+    rng = np.random.default_rng(a.seed)
+    masks = sorted(glob.glob(a.src + "/masks/*.png"))
+    if not masks:
+        raise SystemExit(f"{a.src} has no masks/*.png")
+    os.makedirs(a.out + "/images", exist_ok=True)
+    os.makedirs(a.out + "/masks", exist_ok=True)
+    for path in masks:
+        name = os.path.basename(path)
+        stem = os.path.splitext(name)[0]
+        found = sorted(glob.glob(glob.escape(a.src + "/images/" + stem) + ".*"))
+        if len(found) != 1:
+            raise SystemExit(f"{path}: expected one image named {stem}.* in {a.src}/images, found {len(found)}")
+        try:
+            mask = np.array(Image.open(path))
+            image = Image.open(found[0]).convert("RGB")
+        except OSError as e:
+            raise SystemExit(f"{path} or {found[0]} could not be read as an image: {e}")
+        if mask.ndim != 2 or mask.shape != (image.height, image.width):
+            raise SystemExit(f"{path}: a mask must be one grey channel of its image's size {image.width}x{image.height}")
+        h, w = mask.shape
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            raise SystemExit(f"{path} has no foreground to centre on")
+        fraction = rng.uniform(a.fraction, top) if top > a.fraction else a.fraction
+        side = max(1, min(w, h, round(fraction * min(w, h))))
+        cx = (xs.min() + xs.max() + 1) / 2 + rng.uniform(-a.jitter, a.jitter) * side
+        cy = (ys.min() + ys.max() + 1) / 2 + rng.uniform(-a.jitter, a.jitter) * side
+        x0 = int(min(max(round(cx - side / 2), 0), w - side))
+        y0 = int(min(max(round(cy - side / 2), 0), h - side))
+        box = (x0, y0, x0 + side, y0 + side)
+        image.crop(box).save(a.out + "/images/" + name)
+        Image.fromarray(mask[y0 : y0 + side, x0 : x0 + side]).save(a.out + "/masks/" + name)
+    print(f"{len(masks)} views written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
