@@ -59,6 +59,11 @@ RANDOMIZE=${RANDOMIZE:-on off}
 # ablate-seeds: where the eval JSON goes (a run whose JSON is there is skipped).
 SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
 
+# zoom-data, zoom-eval: the close-up views' sides, in hundredths of the image side (synthetic
+# views around the disc, and the real photo's disc-centred crops).
+ZOOM_SYNTH="30 50"
+ZOOM_PHOTO="50 35 25"
+
 config_of() { # task variant -> config path
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
   if [ "$2" = full ]; then echo "$base"; else echo "configs/ablations/$1-$2.json"; fi
@@ -98,7 +103,7 @@ case "${1:-}" in
     for d in A B C D; do
       if [ $d = A ]; then seed=21; else seed=22; fi
       "$V" synth --task fundus --domain $d --count 24 --size 512 --seed $seed --out "$tmp/$d"
-      for f in 30 50; do
+      for f in $ZOOM_SYNTH; do
         python3 scripts/zoom-sets.py "$tmp/$d" "$DATA/fundus-$d-zoom$f" --fraction 0.$f --seed 7
       done
     done
@@ -106,16 +111,17 @@ case "${1:-}" in
     mkdir -p "$DATA/retina/images" "$DATA/retina/masks"
     cp samples/retina.jpg "$DATA/retina/images/retina.jpg"
     cp samples/retina_mask.png "$DATA/retina/masks/retina.png"
-    for f in 50 35 25; do
+    for f in $ZOOM_PHOTO; do
       python3 scripts/zoom-sets.py "$DATA/retina" "$DATA/retina-zoom$f" --fraction 0.$f --jitter 0
     done ;;
   zoom-eval)
     [ $# -eq 3 ] || { echo "usage: $0 zoom-eval MODEL OUT.json" >&2; exit 1; }
     sets=()
-    for s in fundus-A-zoom30 fundus-A-zoom50 fundus-B-zoom30 fundus-B-zoom50 fundus-C-zoom30 fundus-C-zoom50 \
-      fundus-D-zoom30 fundus-D-zoom50 retina retina-zoom50 retina-zoom35 retina-zoom25; do
-      sets+=(--data "$DATA/$s")
+    for d in A B C D; do
+      for f in $ZOOM_SYNTH; do sets+=(--data "$DATA/fundus-$d-zoom$f"); done
     done
+    sets+=(--data "$DATA/retina")
+    for f in $ZOOM_PHOTO; do sets+=(--data "$DATA/retina-zoom$f"); done
     "$V" eval --model "$2" "${sets[@]}" $(regions_of fundus) --json "$3" ;;
   ship)
     for task in ${2:-cardiac fundus}; do

@@ -6,10 +6,14 @@ the disc). This writes, for each image of a data set (`images/NAME.*`, `masks/NA
 square window of side FRACTION x the image's shorter side (or drawn uniformly from FRACTION to
 --fraction-max per image) around the middle of the mask's foreground, moved by up to --jitter
 (default 0.15) of the side along each axis (seeded) and kept inside the image, as a new data
-set (`OUT/images/NAME.png`, `OUT/masks/NAME.png`). The crop is stored losslessly (PNG) at the source's resolution: render the
-source large (`vlsa synth --size 512`) so the view is as sharp as a real close-up.
+set (`OUT/images/NAME.png`, `OUT/masks/NAME.png`). The crop is stored losslessly (PNG) at the
+source's resolution: render the source large (`vlsa synth --size 512`) so the view is as sharp
+as a real close-up. The window is the one `vlsa train --focus-crops` draws (src/train/augment.rs,
+`focus_window`: side from the shorter side, centre on the middle of the foreground's bounding
+box, jitter 0.15 of the side), but with any side and without upsampling a small image.
 
-Usage: python3 scripts/zoom-sets.py SRC OUT --fraction 0.3 [--fraction-max 0.5] [--jitter 0.15] [--seed 0]   (needs numpy, PIL)
+Usage: python3 scripts/zoom-sets.py SRC OUT --fraction 0.3 [--fraction-max 0.5] [--jitter 0.15]
+       [--seed 0]   (needs numpy, PIL)
 """
 import argparse
 import glob
