@@ -50,6 +50,13 @@ pub struct Config {
     /// predicts (`vlsa segment`, `vlsa eval`), not of its forward pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shifts: Option<usize>,
+    /// Crop each image to its field of view before step 1 where a dark surround leaves more
+    /// than a tenth of a side empty (docs/DESIGN.md, "Field of view";
+    /// [`crate::image_io::field_of_view`]), e.g. a round fundus field in a wide frame; the
+    /// mask is background outside it. In `vlsa segment`, `vlsa eval` and training; absent or
+    /// false: the whole image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub field_of_view: bool,
 }
 
 /// Most shifts per axis of a shift ensemble (64 forwards per image).
@@ -536,6 +543,18 @@ mod tests {
         assert_eq!(c.ln_eps, 1e-5);
         assert!(c.decoder.cross_attn);
         assert!(!c.to_json().contains("cross_attn"), "the default is not written");
+    }
+
+    #[test]
+    fn the_field_of_view_crop_is_off_unless_asked_for_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert!(!c.field_of_view && !c.to_json().contains("field_of_view"), "absent unless on");
+        let on = DESIGN.replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"field_of_view\": true");
+        let c = Config::from_json(&on, "on").unwrap();
+        assert!(c.field_of_view);
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+        let bad = DESIGN.replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"field_of_view\": 1");
+        assert!(Config::from_json(&bad, "cfg.json").unwrap_err().to_string().contains("cfg.json"));
     }
 
     #[test]

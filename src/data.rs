@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::image_io::{preprocess, Image, Mask};
+use crate::image_io::{field_of_view, preprocess, Image, Mask};
 
 /// One image and its mask, at the image's own size.
 #[derive(Debug, Clone)]
@@ -97,6 +97,18 @@ impl Dataset {
             samples.push(Sample { name, image, mask });
         }
         Ok(Dataset { root: dir.to_path_buf(), samples })
+    }
+
+    /// Each sample cropped to its image's field of view ([`field_of_view`]; image and mask
+    /// alike): the training data of a model with `field_of_view`, which predicts on that crop.
+    pub fn cropped_to_field_of_view(mut self) -> Dataset {
+        for s in &mut self.samples {
+            if let Some((x, y, w, h)) = field_of_view(&s.image) {
+                s.image = s.image.crop(x, y, w, h);
+                s.mask = s.mask.crop(x, y, w, h);
+            }
+        }
+        self
     }
 
     /// Number of samples.

@@ -181,6 +181,66 @@ pub fn resize_bilinear(src: &[f32], sw: usize, sh: usize, channels: usize, dw: u
     out
 }
 
+/// Class per pixel of planar logits [K, sh, sw] bilinearly resized to `dw` x `dh` (PyTorch
+/// semantics, align_corners = false): the argmax over K (the first on ties) of each output
+/// pixel's interpolated logits, row by row, without holding the resized logits. At the logits'
+/// own size it is their argmax.
+pub fn argmax_resized(logits: &[f32], classes: usize, sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    assert!(classes <= 256 && logits.len() == classes * sw * sh, "logits [{classes}, {sh}, {sw}]");
+    let plane = sw * sh;
+    let cols: Vec<_> = (0..dw).map(|x| bilinear_taps(x, dw, sw)).collect();
+    let mut out = Vec::with_capacity(dw * dh);
+    for y in 0..dh {
+        let (y0, y1, fy) = bilinear_taps(y, dh, sh);
+        for &(x0, x1, fx) in &cols {
+            let mut best = (0u8, f32::NEG_INFINITY);
+            for k in 0..classes {
+                let at = |yy: usize, xx: usize| logits[k * plane + yy * sw + xx];
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                let v = top * (1.0 - fy) + bottom * fy;
+                if v > best.1 {
+                    best = (k as u8, v);
+                }
+            }
+            out.push(best.0);
+        }
+    }
+    out
+}
+
+/// A pixel whose brightest channel exceeds this is content, not the dark surround of a field of
+/// view.
+pub const FIELD_OF_VIEW_LEVEL: f32 = 0.1;
+
+/// The field of view of an image whose content sits in a dark surround, such as the round field
+/// of a fundus camera in a wider frame (docs/DESIGN.md, "Field of view"): the box (x0, y0, width,
+/// height) of the rows and columns in which more than 5 % of the pixels are content (brightest
+/// channel above [`FIELD_OF_VIEW_LEVEL`]). `None`, meaning the whole image, where that box
+/// spans at least 90 % of both sides (a field that fills the frame stays as it is) or less
+/// than a quarter of either (too little content to trust the box, e.g. a dark image).
+pub fn field_of_view(image: &Image) -> Option<(usize, usize, usize, usize)> {
+    let (w, h) = (image.width, image.height);
+    let mut rows = vec![0usize; h];
+    let mut cols = vec![0usize; w];
+    for (i, px) in image.rgb.chunks_exact(3).enumerate() {
+        if px.iter().any(|&v| v > FIELD_OF_VIEW_LEVEL) {
+            rows[i / w] += 1;
+            cols[i % w] += 1;
+        }
+    }
+    let span = |counts: &[usize], across: usize| {
+        let content = |&n: &usize| n * 20 > across;
+        let first = counts.iter().position(content)?;
+        let last = counts.iter().rposition(content)?;
+        Some((first, last + 1 - first))
+    };
+    let ((x0, bw), (y0, bh)) = (span(&cols, h)?, span(&rows, w)?);
+    let fills = bw * 10 >= w * 9 && bh * 10 >= h * 9;
+    let scant = bw * 4 < w || bh * 4 < h;
+    (!fills && !scant).then_some((x0, y0, bw, bh))
+}
+
 /// A segmentation mask: one class index per pixel, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mask {
@@ -243,6 +303,25 @@ impl Mask {
             ));
         }
         Ok(Mask { width, height, labels: values.into_iter().map(|v| v as u8).collect() })
+    }
+
+    /// The window of `width` x `height` at (`x0`, `y0`).
+    pub fn crop(&self, x0: usize, y0: usize, width: usize, height: usize) -> Mask {
+        assert!(x0 + width <= self.width && y0 + height <= self.height, "crop window outside the mask");
+        let labels =
+            (y0..y0 + height).flat_map(|y| self.labels[y * self.width + x0..][..width].iter().copied()).collect();
+        Mask { width, height, labels }
+    }
+
+    /// This mask placed at (`x0`, `y0`) in a frame of `width` x `height`, background (0)
+    /// elsewhere: how a prediction made in a window of an image becomes the image's mask.
+    pub fn placed(&self, x0: usize, y0: usize, width: usize, height: usize) -> Mask {
+        assert!(x0 + self.width <= width && y0 + self.height <= height, "window outside the frame");
+        let mut labels = vec![0u8; width * height];
+        for (y, row) in self.labels.chunks(self.width).enumerate() {
+            labels[(y0 + y) * width + x0..][..self.width].copy_from_slice(row);
+        }
+        Mask { width, height, labels }
     }
 
     /// Nearest-neighbour resize (PyTorch `mode="nearest"`: source index floor(dst * in / out)).
@@ -309,6 +388,87 @@ pub fn save_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_resized_is_the_argmax_of_the_bilinearly_resized_logits() {
+        // Two classes on two pixels, doubled: the boundary falls between the middle pixels.
+        assert_eq!(argmax_resized(&[1.0, 0.0, 0.0, 1.0], 2, 2, 1, 4, 1), vec![0, 0, 1, 1]);
+        // Ties go to the first class; a NaN never wins.
+        assert_eq!(argmax_resized(&[0.5, 0.5, 0.5, f32::NAN], 2, 2, 1, 2, 1), vec![0, 0]);
+        // Against resize_bilinear per class then the argmax, up and down, odd sizes.
+        let mut rng = crate::random::Rng::new(5);
+        for (k, sw, sh, dw, dh) in [(3, 7, 5, 13, 9), (2, 11, 3, 4, 2), (4, 6, 6, 6, 6), (1, 3, 3, 5, 7)] {
+            let logits: Vec<f32> = (0..k * sw * sh).map(|_| rng.uniform() * 4.0 - 2.0).collect();
+            let planes: Vec<Vec<f32>> = logits.chunks(sw * sh).map(|p| resize_bilinear(p, sw, sh, 1, dw, dh)).collect();
+            let want: Vec<u8> = (0..dw * dh)
+                .map(|i| (0..k).fold(0, |best, c| if planes[c][i] > planes[best][i] { c } else { best }) as u8)
+                .collect();
+            assert_eq!(argmax_resized(&logits, k, sw, sh, dw, dh), want, "[{k}, {sh}, {sw}] -> {dh} x {dw}");
+        }
+    }
+
+    /// `w` x `h` of black with `fill` over the box (x0, y0, bw, bh).
+    fn framed(w: usize, h: usize, (x0, y0, bw, bh): (usize, usize, usize, usize), fill: f32) -> Image {
+        let mut rgb = vec![0.0; w * h * 3];
+        for y in y0..y0 + bh {
+            for x in x0..x0 + bw {
+                rgb[(y * w + x) * 3..][..3].copy_from_slice(&[fill, fill * 0.5, 0.0]);
+            }
+        }
+        Image { width: w, height: h, rgb }
+    }
+
+    #[test]
+    fn the_field_of_view_is_the_box_of_the_content_in_a_dark_surround() {
+        // A wide frame: the content's box exactly, odd sizes.
+        assert_eq!(field_of_view(&framed(61, 37, (13, 2, 33, 31), 0.6)), Some((13, 2, 33, 31)));
+        // A round field in a frame half as wide again: the circle's box, less the rows and
+        // columns where its chord is under 5 % of the frame.
+        let (w, h, r) = (150usize, 100usize, 50.0f32);
+        let mut disc = framed(w, h, (0, 0, 0, 0), 0.0);
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as f32 + 0.5 - 75.0, y as f32 + 0.5 - 50.0);
+                if dx * dx + dy * dy < r * r {
+                    disc.rgb[(y * w + x) * 3] = 0.7;
+                }
+            }
+        }
+        let (x0, y0, bw, bh) = field_of_view(&disc).unwrap();
+        assert!((25..=27).contains(&x0) && (96..=100).contains(&bw), "{x0} {bw}");
+        assert!(y0 <= 2 && bh >= 96, "{y0} {bh}");
+        // A few bright pixels in the surround (a label) and dim noise do not widen it.
+        let mut labelled = framed(80, 40, (20, 0, 40, 40), 0.5);
+        for (x, y) in [(2, 37), (3, 37), (4, 38)] {
+            labelled.rgb[(y * 80 + x) * 3] = 1.0;
+        }
+        for (i, v) in labelled.rgb.iter_mut().enumerate() {
+            if *v == 0.0 {
+                *v = (i % 7) as f32 * 0.014; // up to 0.084, under the level
+            }
+        }
+        assert_eq!(field_of_view(&labelled), Some((20, 0, 40, 40)));
+        // A field that fills the frame, an all-dark image and too little content: the whole image.
+        assert_eq!(field_of_view(&framed(40, 40, (2, 1, 37, 38), 0.5)), None);
+        assert_eq!(field_of_view(&framed(40, 40, (0, 0, 0, 0), 0.0)), None);
+        assert_eq!(field_of_view(&framed(40, 40, (10, 10, 8, 30), 0.5)), None);
+        // Content darker than the level is not a field of view.
+        assert_eq!(field_of_view(&framed(60, 40, (10, 0, 40, 40), 0.09)), None);
+    }
+
+    #[test]
+    fn a_mask_cropped_and_placed_back_keeps_its_window() {
+        let mask = Mask { width: 5, height: 3, labels: (0..15).map(|i| (i % 4) as u8).collect() };
+        let part = mask.crop(1, 1, 3, 2);
+        assert_eq!(part.labels, vec![2, 3, 0, 3, 0, 1]);
+        let back = part.placed(1, 1, 5, 3);
+        for y in 0..3 {
+            for x in 0..5 {
+                let inside = (1..4).contains(&x) && (1..3).contains(&y);
+                assert_eq!(back.labels[y * 5 + x], if inside { mask.labels[y * 5 + x] } else { 0 }, "({x}, {y})");
+            }
+        }
+    }
 
     fn png(img: DynamicImage) -> Vec<u8> {
         let mut bytes = Vec::new();

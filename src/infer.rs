@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::font;
-use crate::image_io::{preprocess, resize_nearest, Image, Mask};
+use crate::image_io::{argmax_resized, field_of_view, preprocess, Image, Mask};
 use crate::kernels::loss;
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -36,11 +36,40 @@ impl Model {
         Ok(all.chunks(pixels).map(|c| c.to_vec()).collect())
     }
 
-    /// Segments images of any size: a mask per image at its own size (argmax at S x S, then
-    /// nearest-resized back), in batches of [`SEGMENT_BATCH`]. A model with `refine` segments
+    /// Segments images of any size: a mask per image at its own size (the S x S logits
+    /// bilinearly resized to the image's size, then the argmax: [`argmax_resized`]), in batches
+    /// of [`SEGMENT_BATCH`]. A model with `refine` segments
     /// each image twice ([`refine_window`]): the mask is then the second pass's prediction of a
     /// window around the first pass's foreground, background elsewhere.
+    ///
+    /// A model with `field_of_view` first crops each image to its field of view
+    /// ([`field_of_view`]) and segments that; the mask is background outside it.
     pub fn segment(&self, images: &[&Image]) -> Result<Vec<Mask>> {
+        if !self.config.field_of_view {
+            return self.segment_view(images);
+        }
+        let boxes: Vec<_> = images.iter().map(|img| field_of_view(img)).collect();
+        let crops: Vec<Image> =
+            images.iter().zip(&boxes).filter_map(|(img, b)| b.map(|(x, y, w, h)| img.crop(x, y, w, h))).collect();
+        let mut cropped = crops.iter();
+        let views: Vec<&Image> = images
+            .iter()
+            .zip(&boxes)
+            .map(|(&img, b)| if b.is_some() { cropped.next().unwrap() } else { img })
+            .collect();
+        let masks = self.segment_view(&views)?;
+        Ok(masks
+            .into_iter()
+            .zip(images.iter().zip(&boxes))
+            .map(|(m, (img, b))| match *b {
+                Some((x, y, _, _)) => m.placed(x, y, img.width, img.height),
+                None => m,
+            })
+            .collect())
+    }
+
+    /// [`Model::segment`] of images already cropped to their field of view (or without one).
+    fn segment_view(&self, images: &[&Image]) -> Result<Vec<Mask>> {
         let first = self.segment_once(images)?;
         let Some(refine) = &self.config.refine else {
             return Ok(first);
@@ -59,12 +88,7 @@ impl Model {
                 continue;
             };
             let part = second.next().expect("one second-pass mask per window");
-            let mut labels = vec![0u8; mask.width * mask.height];
-            for (y, row) in part.labels.chunks(w.side).enumerate() {
-                let at = (w.y0 + y) * mask.width + w.x0;
-                labels[at..at + w.side].copy_from_slice(row);
-            }
-            masks.push(Mask { width: mask.width, height: mask.height, labels });
+            masks.push(part.placed(w.x0, w.y0, mask.width, mask.height));
         }
         Ok(masks)
     }
@@ -94,19 +118,15 @@ impl Model {
             let base = preprocess(chunk, s, c.pixel_mean, c.pixel_std);
             let input = Tensor::from_vec(self.gpu(), &base, &[chunk.len(), 3, s, s])?;
             self.prepare_forward(&input)?;
-            let predicted = if c.shifts() > 1 {
-                self.predict_logits(&self.logits_shifted_batch(&base, chunk.len(), Some(&input))?, chunk.len())?
+            let logits = if c.shifts() > 1 {
+                self.logits_shifted_batch(&base, chunk.len(), Some(&input))?
             } else {
-                let out = crate::no_grad(|| self.forward(&input))?;
-                self.predict(&out.logits_up)?
+                crate::no_grad(|| self.forward(&input))?.logits_up.to_vec()?
             };
-            for (img, labels) in chunk.iter().zip(predicted) {
-                let labels: Vec<u8> = labels.into_iter().map(|l| l as u8).collect();
-                masks.push(Mask {
-                    width: img.width,
-                    height: img.height,
-                    labels: resize_nearest(&labels, s, s, img.width, img.height),
-                });
+            let k = c.num_classes();
+            for (img, logits) in chunk.iter().zip(logits.chunks(k * s * s)) {
+                let labels = argmax_resized(logits, k, s, s, img.width, img.height);
+                masks.push(Mask { width: img.width, height: img.height, labels });
             }
         }
         Ok(masks)

@@ -294,7 +294,7 @@ impl Trainer {
                 ),
             });
         }
-        let data = Dataset::load(data_dir, model.config.num_classes())?;
+        let data = training_data(data_dir, &model.config)?;
         let fingerprint = DataFingerprint::of(&data);
         if fingerprint != state.data {
             return Err(Error::Invalid(format!(
@@ -850,7 +850,7 @@ pub fn prepare(gpu: &Gpu, setup: &Setup) -> Result<(Trainer, Begun)> {
         None => return Err(Error::Invalid("a new run needs --config or --model".into())),
     };
     let options = setup.choices.new_run(pretrained)?;
-    let data = Dataset::load(setup.data, model.config.num_classes())?;
+    let data = training_data(setup.data, &model.config)?;
     if options.batch > data.len() {
         return Err(Error::Invalid(format!(
             "--batch {} is larger than the {} images of {}; give at most {}",
@@ -868,6 +868,13 @@ pub fn prepare(gpu: &Gpu, setup: &Setup) -> Result<(Trainer, Begun)> {
 pub fn read_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Config::from_json(&text, &path.display().to_string())
+}
+
+/// The training set under `dir` for a model of `config`: cropped to each image's field of view
+/// where the configuration asks for it, as the model predicts ([`Model::segment`]).
+fn training_data(dir: &Path, config: &Config) -> Result<Dataset> {
+    let data = Dataset::load(dir, config.num_classes())?;
+    Ok(if config.field_of_view { data.cropped_to_field_of_view() } else { data })
 }
 
 #[cfg(test)]

@@ -71,3 +71,24 @@ fn broken_folders_are_one_clear_error() {
             std::fs::remove_dir_all(std::env::temp_dir().join(format!("vlsa-dataset-{name}-{}", std::process::id())));
     }
 }
+
+#[test]
+fn training_data_is_cropped_to_each_field_of_view_image_and_mask_alike() {
+    let dir = folder("fov");
+    // A bright 10 x 8 field at (7, 0) in a 24 x 8 black frame, and a frame it fills.
+    let (w, h) = (24usize, 8usize);
+    let rgb: Vec<u8> =
+        (0..w * h).flat_map(|i| if (7..17).contains(&(i % w)) { [200, 90, 40] } else { [0; 3] }).collect();
+    Image::from_rgb8(w, h, &rgb).unwrap().save_png(&dir.join("images/framed.png")).unwrap();
+    let labels: Vec<u8> = (0..w * h).map(|i| (i % w % 3) as u8).collect();
+    Mask { width: w, height: h, labels: labels.clone() }.save_png(&dir.join("masks/framed.png")).unwrap();
+    write_pair(&dir, "full", 6, 4, 6, 1);
+    let ds = Dataset::load(&dir, 3).unwrap().cropped_to_field_of_view();
+    let (framed, full) = (&ds.samples[0], &ds.samples[1]);
+    assert_eq!((framed.image.width, framed.image.height, framed.mask.width, framed.mask.height), (10, 8, 10, 8));
+    assert!(framed.image.rgb.iter().step_by(3).all(|&v| (v - 200.0 / 255.0).abs() < 1e-6), "only the field");
+    let want: Vec<u8> = (0..10 * h).map(|i| labels[(i / 10) * w + 7 + i % 10]).collect();
+    assert_eq!(framed.mask.labels, want);
+    assert_eq!((full.image.width, full.image.height), (6, 4), "a full frame stays whole");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,7 +11,7 @@ use vlsa::data::Dataset;
 use vlsa::eval::{
     evaluate, evaluate_predictions, evaluate_predictions_with_regions, overlaps, predict, EvalReport, Overlap, Region,
 };
-use vlsa::image_io::{preprocess, resize_nearest, Image, Mask};
+use vlsa::image_io::{argmax_resized, preprocess, resize_bilinear, Image, Mask};
 use vlsa::model::Model;
 use vlsa::synth::{write_dataset, Domain, SynthOptions, Task};
 
@@ -178,15 +178,41 @@ fn predictions_are_the_argmax_resized_to_each_image() {
         vlsa::Tensor::from_vec(gpu, &preprocess(&refs, 16, c.pixel_mean, c.pixel_std), &[2, 3, 16, 16]).unwrap();
     let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
     for (b, img) in images.iter().enumerate() {
-        let labels: Vec<u8> = (0..256)
-            .map(|p| {
-                let v: Vec<f32> = (0..3).map(|k| logits[(b * 3 + k) * 256 + p]).collect();
-                (0..3).fold(0, |best, k| if v[k] > v[best] { k } else { best }) as u8
-            })
+        // Each class's logits resized to the image (bilinear), then the argmax (first on ties).
+        let (w, h) = (img.width, img.height);
+        let planes: Vec<Vec<f32>> =
+            (0..3).map(|k| resize_bilinear(&logits[(b * 3 + k) * 256..][..256], 16, 16, 1, w, h)).collect();
+        let labels: Vec<u8> = (0..w * h)
+            .map(|p| (0..3).fold(0, |best, k| if planes[k][p] > planes[best][p] { k } else { best }) as u8)
             .collect();
-        assert_eq!((got[b].width, got[b].height), (img.width, img.height));
-        assert_eq!(got[b].labels, resize_nearest(&labels, 16, 16, img.width, img.height));
+        assert_eq!((got[b].width, got[b].height), (w, h));
+        assert_eq!(got[b].labels, labels);
     }
+}
+
+#[test]
+fn a_model_with_a_field_of_view_segments_inside_it_and_marks_background_around_it() {
+    let gpu = common::gpu();
+    let mut model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 5).unwrap();
+    let content = &random_images(8, &[(21, 27)])[0];
+    let bright = |v: f32| 0.2 + 0.8 * v; // every pixel content
+    let content = Image { rgb: content.rgb.iter().map(|&v| bright(v)).collect(), ..content.clone() };
+    // The same content in a black frame 17 pixels wider on the left and 9 on the right.
+    let (w, x0) = (21 + 17 + 9, 17);
+    let mut framed = Image { width: w, height: 27, rgb: vec![0.0; w * 27 * 3] };
+    for y in 0..27 {
+        framed.rgb[(y * w + x0) * 3..][..21 * 3].copy_from_slice(&content.rgb[y * 21 * 3..][..21 * 3]);
+    }
+    model.config.field_of_view = true;
+    let got = predict(&model, &[&framed, &content]).unwrap();
+    model.config.field_of_view = false;
+    let inside = predict(&model, &[&content]).unwrap().remove(0);
+    let classes: std::collections::BTreeSet<u8> = inside.labels.iter().copied().collect();
+    assert!(classes.len() > 1, "the content's mask is all {classes:?}: the test shows nothing");
+    assert_eq!(got[0], inside.placed(x0, 0, w, 27), "the framed image's mask is the content's, placed");
+    assert_eq!(got[1], inside, "a field that fills the frame is segmented whole");
+    let whole = predict(&model, &[&framed]).unwrap().remove(0);
+    assert_ne!(whole, got[0], "without field_of_view the frame is part of the input");
 }
 
 #[test]
@@ -405,11 +431,11 @@ fn the_shift_ensemble_averages_the_logits_of_shifted_copies() {
                 .collect();
             assert_eq!(labels, &argmax);
         }
-        // segment (what vlsa segment and eval use) takes the ensemble and resizes it back.
+        // segment (what vlsa segment and eval use) takes the ensemble's logits to each image's size.
         let masks = predict(&model, &refs).unwrap();
         for (b, img) in images.iter().enumerate() {
-            let labels: Vec<u8> = got[b].iter().map(|&l| l as u8).collect();
-            assert_eq!(masks[b].labels, resize_nearest(&labels, 24, 24, img.width, img.height));
+            let want = argmax_resized(&logits[b * plane..][..plane], 3, 24, 24, img.width, img.height);
+            assert_eq!(masks[b].labels, want);
             changed |= masks[b] != plain[b];
         }
     }

@@ -21,8 +21,8 @@ PACKAGE_ROOT = os.path.dirname(HERE)
 REPO = os.path.dirname(PACKAGE_ROOT)
 sys.path.insert(0, PACKAGE_ROOT)
 
-from vlsa_torch.config import parse_config  # noqa: E402
-from vlsa_torch.data import load_image, preprocess  # noqa: E402
+from vlsa_torch.config import config_json, parse_config  # noqa: E402
+from vlsa_torch.data import field_of_view, load_image, preprocess  # noqa: E402
 from vlsa_torch.init import init_model  # noqa: E402
 from vlsa_torch.model import VLSA, loss  # noqa: E402
 from vlsa_torch.weights import load_model, load_state, read_file, save_model  # noqa: E402
@@ -118,6 +118,33 @@ class FixtureTest(unittest.TestCase):
         for k, why in ((0, "between 1 and 8"), (3, "must divide the patch size")):
             with self.assertRaisesRegex(ValueError, f"shifts {k} .*{why}"):
                 parse_config(dict(TINY, shifts=k))
+        # `field_of_view` too: written only when true.
+        self.assertFalse(parse_config(TINY)["field_of_view"])
+        self.assertNotIn("field_of_view", json.loads(config_json(parse_config(TINY))))
+        on = parse_config(dict(TINY, field_of_view=True))
+        self.assertEqual(parse_config(config_json(on)), on)
+        with self.assertRaisesRegex(ValueError, "field_of_view 1 must be true or false"):
+            parse_config(dict(TINY, field_of_view=1))
+
+    def test_field_of_view_is_vlsas(self):
+        """The cases of vlsa's own test (src/image_io.rs), on the package's copy."""
+        import numpy as np
+
+        def framed(w, h, box, fill):
+            a = np.zeros((h, w, 3), dtype=np.float32)
+            x0, y0, bw, bh = box
+            a[y0:y0 + bh, x0:x0 + bw] = [fill, fill * 0.5, 0.0]
+            return a
+
+        self.assertEqual(field_of_view(framed(61, 37, (13, 2, 33, 31), 0.6)), (13, 2, 33, 31))
+        labelled = framed(80, 40, (20, 0, 40, 40), 0.5)
+        labelled[37, 2:4, 0] = 1.0
+        labelled[38, 4, 0] = 1.0
+        self.assertEqual(field_of_view(labelled), (20, 0, 40, 40))
+        self.assertIsNone(field_of_view(framed(40, 40, (2, 1, 37, 38), 0.5)))
+        self.assertIsNone(field_of_view(framed(40, 40, (0, 0, 0, 0), 0.0)))
+        self.assertIsNone(field_of_view(framed(40, 40, (10, 10, 8, 30), 0.5)))
+        self.assertIsNone(field_of_view(framed(60, 40, (10, 0, 40, 40), 0.09)))
 
 
 def run(cmd, **kw):

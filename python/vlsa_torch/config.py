@@ -11,7 +11,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _TOP = {
     "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
     "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
-    "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent",
+    "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent", "field_of_view": False,
 }
 MAX_SHIFTS = 8
 MAX_UPSAMPLE = 8
@@ -95,6 +95,8 @@ def _validate(c):
         raise ConfigError(
             f"decoder.upsample {r} must be between 1 and {MAX_UPSAMPLE} and divide patch_size {p} (sub-tokens per patch side)"
         )
+    if not isinstance(c["field_of_view"], bool):
+        raise ConfigError(f"field_of_view {c['field_of_view']!r} must be true or false")
     if "shifts" in c:
         k = c["shifts"]
         if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_SHIFTS):
@@ -111,6 +113,8 @@ def config_json(c):
         out["decoder"].pop("cross_attn", None)
     if out["decoder"].get("upsample", 1) == 1:
         out["decoder"].pop("upsample", None)
+    if not out.get("field_of_view", False):
+        out.pop("field_of_view", None)
     return json.dumps(out, separators=(",", ":"))
 
 

@@ -175,6 +175,17 @@ class Dataset:
     def __len__(self):
         return len(self.names)
 
+    def crop_to_field_of_view(self):
+        """Crops each image and its mask to the image's field of view (a model with
+        `field_of_view` trains and predicts on that crop), as vlsa does."""
+        for i, image in enumerate(self.images):
+            box = field_of_view(image)
+            if box is not None:
+                x0, y0, w, h = box
+                self.images[i] = np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w])
+                self.masks[i] = np.ascontiguousarray(self.masks[i][y0:y0 + h, x0:x0 + w])
+        return self
+
     def fingerprint(self):
         """vlsa's data fingerprint: the count and an FNV-1a hash of the names and image sizes."""
         h = 0xCBF29CE484222325
@@ -183,6 +194,27 @@ class Dataset:
             for byte in data:
                 h = ((h ^ byte) * 0x100000001B3) & MASK64
         return {"count": len(self), "hash": h}
+
+
+FIELD_OF_VIEW_LEVEL = 0.1
+
+
+def field_of_view(image):
+    """vlsa's field of view of an image [H,W,3] in [0,1] (docs/DESIGN.md, "Field of view"): the
+    box (x0, y0, width, height) of the rows and columns in which more than 5 % of the pixels
+    have a channel above FIELD_OF_VIEW_LEVEL; None (the whole image) where the box spans at
+    least 90 % of both sides or less than a quarter of either."""
+    h, w = image.shape[:2]
+    content = (image > F32(FIELD_OF_VIEW_LEVEL)).any(axis=2)
+    rows = np.flatnonzero(content.sum(axis=1) * 20 > w)
+    cols = np.flatnonzero(content.sum(axis=0) * 20 > h)
+    if len(rows) == 0 or len(cols) == 0:
+        return None
+    x0, y0 = int(cols[0]), int(rows[0])
+    bw, bh = int(cols[-1]) + 1 - x0, int(rows[-1]) + 1 - y0
+    fills = bw * 10 >= w * 9 and bh * 10 >= h * 9
+    scant = bw * 4 < w or bh * 4 < h
+    return None if fills or scant else (x0, y0, bw, bh)
 
 
 def resize_nearest(mask, size):

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .config import ConfigError, num_classes, parse_config
-from .data import BatchStream, DataError, Dataset, preprocess, resize_nearest
+from .data import BatchStream, DataError, Dataset, field_of_view, preprocess, resize_nearest
 from .init import init_model
 from .model import dice_loss, loss_terms
 from .weights import CHECKPOINT_KEY, OPTIMIZER_PREFIX, WeightsError, load_model, save_checkpoint, write_file
@@ -66,22 +66,26 @@ def lr_multiplier(name, o):
 
 
 def foreground_dice(model, data, device, batch=8):
-    """`vlsa eval`'s mean foreground Dice: argmax of the upsampled logits, resized (nearest) to
-    each image's size; per class the mean over images where it occurs in the prediction or the
-    truth; then the mean over classes."""
+    """`vlsa eval`'s mean foreground Dice: each image cropped to its field of view where the
+    configuration has `field_of_view`, the upsampled logits resized (bilinear) to that image's
+    size, their argmax, background outside the crop; per class the mean over images where it
+    occurs in the prediction or the truth; then the mean over classes."""
     c = model.config
     k = num_classes(c)
     sums, counted = np.zeros(k - 1), np.zeros(k - 1)
     with torch.no_grad():
         for start in range(0, len(data), batch):
             images = data.images[start:start + batch]
-            x = preprocess(images, c["image_size"], c["pixel_mean"], c["pixel_std"]).to(device)
-            pred = model(x)["logits_up"].argmax(dim=1).to("cpu", torch.uint8).numpy()
-            for p, img, truth in zip(pred, images, data.masks[start:start + batch]):
-                h, w = img.shape[:2]
-                ys = np.minimum(np.floor(np.arange(h) * p.shape[0] / h).astype(np.int64), p.shape[0] - 1)
-                xs = np.minimum(np.floor(np.arange(w) * p.shape[1] / w).astype(np.int64), p.shape[1] - 1)
-                p = p[ys][:, xs]
+            boxes = [field_of_view(img) if c.get("field_of_view") else None for img in images]
+            views = [img if b is None else img[b[1]:b[1] + b[3], b[0]:b[0] + b[2]] for img, b in zip(images, boxes)]
+            x = preprocess(views, c["image_size"], c["pixel_mean"], c["pixel_std"]).to(device)
+            logits = model(x)["logits_up"].to("cpu", torch.float32)
+            for logit, img, view, b, truth in zip(logits, images, views, boxes, data.masks[start:start + batch]):
+                h, w = view.shape[:2]
+                sized = F.interpolate(logit[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                p = np.zeros(img.shape[:2], dtype=np.uint8)
+                x0, y0 = (0, 0) if b is None else b[:2]
+                p[y0:y0 + h, x0:x0 + w] = sized.argmax(dim=0).numpy().astype(np.uint8)
                 for cls in range(1, k):
                     pp, tt = p == cls, truth == cls
                     total = pp.sum() + tt.sum()
@@ -215,6 +219,8 @@ def train(argv=None):
     model, o, step, log, moments, fingerprint = start(args, device)
     c = model.config
     data = Dataset(args.data, num_classes(c))
+    if c["field_of_view"]:
+        data.crop_to_field_of_view()
     if fingerprint is not None and data.fingerprint() != fingerprint:
         raise TrainError(f"{args.data} is not the data set {args.out} was trained on; resuming exactly needs the same data")
     val = Dataset(args.val, num_classes(c)) if args.val else None
