@@ -57,6 +57,23 @@ pub struct Config {
     /// false: the whole image.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub field_of_view: bool,
+    /// Zoom-out (docs/DESIGN.md, "Zoom-out"): each view is shrunk to 1/zoom_out of the model
+    /// input's side in the middle of a black input, for close-ups of an object the model knows
+    /// smaller (`vlsa segment --zoom-out`, `vlsa eval --zoom-out`). Absent or 1: the view fills
+    /// the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom_out: Option<usize>,
+}
+
+/// The largest zoom-out factor.
+pub const MAX_ZOOM_OUT: usize = 8;
+
+/// Why `k` is not a zoom-out factor (the text follows "zoom_out" or "--zoom-out").
+pub fn check_zoom_out(k: usize) -> std::result::Result<(), String> {
+    if !(1..=MAX_ZOOM_OUT).contains(&k) {
+        return Err(format!("{k} must be between 1 and {MAX_ZOOM_OUT} (1: the image fills the model input)"));
+    }
+    Ok(())
 }
 
 /// Most shifts per axis of a shift ensemble (64 forwards per image).
@@ -304,6 +321,14 @@ impl Config {
                 return bad(format!("refine.crop {} must be a fraction of the image side in (0, 1]", r.crop));
             }
         }
+        if let Some(k) = self.zoom_out {
+            if let Err(why) = check_zoom_out(k) {
+                return bad(format!("zoom_out {why}"));
+            }
+            if k > 1 && self.refine.is_some() {
+                return bad("zoom_out and refine do not combine; give one of them".into());
+            }
+        }
         if let Some(k) = self.shifts {
             if let Err(why) = check_shifts(k, self.patch_size) {
                 return bad(format!("shifts {why}"));
@@ -420,6 +445,11 @@ impl Config {
     /// Number of classes K.
     pub fn num_classes(&self) -> usize {
         self.classes.len()
+    }
+
+    /// The zoom-out factor (1: the view fills the model input).
+    pub fn zoom_out(&self) -> usize {
+        self.zoom_out.unwrap_or(1)
     }
 
     /// Shifts per axis of the shift ensemble (1: one forward).
@@ -555,6 +585,28 @@ mod tests {
         assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
         let bad = DESIGN.replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"field_of_view\": 1");
         assert!(Config::from_json(&bad, "cfg.json").unwrap_err().to_string().contains("cfg.json"));
+    }
+
+    #[test]
+    fn zoom_out_is_optional_checked_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert_eq!((c.zoom_out, c.zoom_out()), (None, 1));
+        assert!(!c.to_json().contains("zoom_out"), "absent unless given");
+        let with = |k: &str| DESIGN.replace("\"ln_eps\": 1e-5", &format!("\"ln_eps\": 1e-5, \"zoom_out\": {k}"));
+        let c = Config::from_json(&with("3"), "on").unwrap();
+        assert_eq!(c.zoom_out(), 3);
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+        for k in ["0", "9"] {
+            let e = Config::from_json(&with(k), "cfg.json").unwrap_err().to_string();
+            assert!(e.contains(&format!("zoom_out {k} must be between 1 and 8")) && e.contains("cfg.json"), "{e}");
+        }
+        let both = with("2").replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"refine\": {\"crop\": 0.4}");
+        assert!(Config::from_json(&both, "cfg.json").unwrap_err().to_string().contains("do not combine"));
+        assert!(Config::from_json(
+            &with("1").replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"refine\": {\"crop\": 0.4}"),
+            "ok"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -300,6 +300,8 @@ pub struct EvalReport {
     pub region_mean: Option<f64>,
     /// Shifts per axis of the shift ensemble that predicted (1: one forward per image).
     pub shifts: usize,
+    /// The zoom-out factor images were predicted at (1: filling the model input).
+    pub zoom_out: usize,
 }
 
 impl EvalReport {
@@ -318,6 +320,7 @@ impl EvalReport {
         let region_mean = mean(results.iter().map(|r| r.region_mean));
         EvalReport {
             shifts: 1,
+            zoom_out: 1,
             model: model.to_string(),
             classes: classes.to_vec(),
             results,
@@ -343,11 +346,14 @@ impl EvalReport {
         let widths: Vec<usize> = self.classes[1..].iter().map(|c| width(c)).collect();
         let region_widths: Vec<usize> = self.regions.iter().map(|r| width(&r.name)).collect();
         let regions = !self.regions.is_empty();
-        let ensemble = if self.shifts > 1 {
+        let mut ensemble = if self.shifts > 1 {
             format!("; predicted by a shift ensemble of {0} x {0} forwards", self.shifts)
         } else {
             String::new()
         };
+        if self.zoom_out > 1 {
+            ensemble += &format!("; each image zoomed out to 1/{} of the input", self.zoom_out);
+        }
         let mut out = format!(
             "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped{ensemble})\n",
             self.model
@@ -419,6 +425,9 @@ impl EvalReport {
         if self.shifts > 1 {
             // Only with a shift ensemble, so that one-forward reports keep their exact form.
             json["shifts"] = serde_json::json!(self.shifts);
+        }
+        if self.zoom_out > 1 {
+            json["zoom_out"] = serde_json::json!(self.zoom_out);
         }
         if !self.regions.is_empty() {
             // Only with --region, so that reports without regions keep their exact form.

@@ -68,7 +68,8 @@ impl Model {
             .collect())
     }
 
-    /// [`Model::segment`] of images already cropped to their field of view (or without one).
+    /// [`Model::segment`] of images already cropped to their field of view (or without one):
+    /// steps 1-13, one pass or two with `refine`.
     fn segment_view(&self, images: &[&Image]) -> Result<Vec<Mask>> {
         let first = self.segment_once(images)?;
         let Some(refine) = &self.config.refine else {
@@ -109,13 +110,17 @@ impl Model {
         Ok(())
     }
 
-    /// One pass of [`Model::segment`].
+    /// One pass of [`Model::segment`]: each image's logits (of its place in the input where
+    /// `zoom_out` shrinks it there: [`zoom_out_canvas`]) resized to its size, then the argmax.
     fn segment_once(&self, images: &[&Image]) -> Result<Vec<Mask>> {
         let c = &self.config;
-        let s = c.image_size;
+        let (s, k, zoom) = (c.image_size, c.num_classes(), c.zoom_out());
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
-            let base = preprocess(chunk, s, c.pixel_mean, c.pixel_std);
+            let canvases: Vec<(Image, Place)> =
+                if zoom > 1 { chunk.iter().map(|img| zoom_out_canvas(img, zoom, s)).collect() } else { Vec::new() };
+            let inputs: Vec<&Image> = if zoom > 1 { canvases.iter().map(|(c, _)| c).collect() } else { chunk.to_vec() };
+            let base = preprocess(&inputs, s, c.pixel_mean, c.pixel_std);
             let input = Tensor::from_vec(self.gpu(), &base, &[chunk.len(), 3, s, s])?;
             self.prepare_forward(&input)?;
             let logits = if c.shifts() > 1 {
@@ -123,9 +128,20 @@ impl Model {
             } else {
                 crate::no_grad(|| self.forward(&input))?.logits_up.to_vec()?
             };
-            let k = c.num_classes();
-            for (img, logits) in chunk.iter().zip(logits.chunks(k * s * s)) {
-                let labels = argmax_resized(logits, k, s, s, img.width, img.height);
+            for (i, (img, logits)) in chunk.iter().zip(logits.chunks(k * s * s)).enumerate() {
+                let labels = match canvases.get(i) {
+                    None => argmax_resized(logits, k, s, s, img.width, img.height),
+                    Some((_, p)) => {
+                        let window: Vec<f32> = logits
+                            .chunks(s * s)
+                            .flat_map(|plane| {
+                                (p.y0..p.y0 + p.height).flat_map(move |y| &plane[y * s + p.x0..][..p.width])
+                            })
+                            .copied()
+                            .collect();
+                        argmax_resized(&window, k, p.width, p.height, img.width, img.height)
+                    }
+                };
                 masks.push(Mask { width: img.width, height: img.height, labels });
             }
         }
@@ -281,6 +297,31 @@ impl Model {
         file.metadata.insert(CONFIG_KEY.into(), self.config.to_json());
         file
     }
+}
+
+/// Where an image sits in a zoom-out canvas: the box of its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub x0: usize,
+    pub y0: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The S x S model input of `image` zoomed out by `zoom`: the image resized (bilinear, its
+/// aspect kept) so that its longer side is S / `zoom` (at least 1 pixel), in the middle of a
+/// black canvas; and its place there.
+pub fn zoom_out_canvas(image: &Image, zoom: usize, s: usize) -> (Image, Place) {
+    let long = image.width.max(image.height) as f64;
+    let side = |n: usize| ((n as f64 * s as f64 / (zoom as f64 * long)).round() as usize).clamp(1, s);
+    let (width, height) = (side(image.width), side(image.height));
+    let (x0, y0) = ((s - width) / 2, (s - height) / 2);
+    let small = image.resize(width, height);
+    let mut rgb = vec![0.0f32; s * s * 3];
+    for (y, row) in small.rgb.chunks(width * 3).enumerate() {
+        rgb[((y0 + y) * s + x0) * 3..][..width * 3].copy_from_slice(row);
+    }
+    (Image { width: s, height: s, rgb }, Place { x0, y0, width, height })
 }
 
 /// A square window of a mask: its top-left corner and side, in pixels.
@@ -485,6 +526,34 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zoom_out_canvas_holds_the_image_shrunk_in_its_middle_and_black_around_it() {
+        let image =
+            Image { width: 30, height: 18, rgb: (0..30 * 18 * 3).map(|i| 0.2 + (i % 7) as f32 * 0.1).collect() };
+        for (zoom, want) in
+            [(1, Place { x0: 0, y0: 3, width: 16, height: 10 }), (3, Place { x0: 5, y0: 6, width: 5, height: 3 })]
+        {
+            let (canvas, place) = zoom_out_canvas(&image, zoom, 16);
+            assert_eq!((canvas.width, canvas.height, place), (16, 16, want), "zoom {zoom}");
+            let small = image.resize(place.width, place.height);
+            for y in 0..16 {
+                for x in 0..16 {
+                    let px = &canvas.rgb[(y * 16 + x) * 3..][..3];
+                    let inside = (place.x0..place.x0 + place.width).contains(&x)
+                        && (place.y0..place.y0 + place.height).contains(&y);
+                    if inside {
+                        let at = ((y - place.y0) * place.width + x - place.x0) * 3;
+                        assert_eq!(px, &small.rgb[at..at + 3], "({x}, {y})");
+                    } else {
+                        assert_eq!(px, &[0.0; 3], "({x}, {y})");
+                    }
+                }
+            }
+        }
+        // However far out, the image keeps at least a pixel.
+        assert_eq!(zoom_out_canvas(&image, 8, 4).1, Place { x0: 1, y0: 1, width: 1, height: 1 });
+    }
 
     #[test]
     fn refine_window_centres_on_the_largest_foreground_and_ignores_strays() {

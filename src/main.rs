@@ -285,6 +285,12 @@ enum Command {
         /// the model's own `shifts`, else 1.
         #[arg(long, value_name = "K")]
         shifts: Option<usize>,
+        /// Zoom out: shrink each image to 1/K of the model's input side in a black input, for
+        /// close-ups in which the object fills K times more of the image than in the model's
+        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input. Default:
+        /// the model's own `zoom_out`, else 1.
+        #[arg(long, value_name = "K")]
+        zoom_out: Option<usize>,
     },
     /// Run the model on images and dump the input and every intermediate tensor (docs/DESIGN.md names).
     Forward {
@@ -362,6 +368,12 @@ enum Command {
         /// the model's own `shifts`, else 1.
         #[arg(long, value_name = "K")]
         shifts: Option<usize>,
+        /// Zoom out: shrink each image to 1/K of the model's input side in a black input, for
+        /// close-ups in which the object fills K times more of the image than in the model's
+        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input. Default:
+        /// the model's own `zoom_out`, else 1.
+        #[arg(long, value_name = "K")]
+        zoom_out: Option<usize>,
     },
     /// Embed texts with a sentence encoder (all-MiniLM-L6-v2): print a summary or dump them.
     Embed {
@@ -814,7 +826,7 @@ fn segment(
     out: Option<&Path>,
     prompts: &[String],
     text_encoder: Option<&Path>,
-    shifts: Option<usize>,
+    prediction: Prediction,
 ) -> CliResult {
     let images = expand_images("--image", images)?;
     // Where each image's files go; two images that would write the same files are refused
@@ -844,7 +856,7 @@ fn segment(
         check_input_dir("--text-encoder", "the text encoder folder", dir)?;
     }
     let (_gpu, mut model) = load_model(model)?;
-    set_shifts(&mut model, shifts)?;
+    set_prediction(&mut model, prediction)?;
     if let Some(dir) = text_encoder {
         let k = model.config.num_classes();
         if prompts.is_empty() {
@@ -951,10 +963,25 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &Path, seed: 
 }
 
 /// `--shifts K` of segment and eval: the model predicts by a K x K shift ensemble.
-fn set_shifts(model: &mut Model, shifts: Option<usize>) -> CliResult {
+/// `--shifts` and `--zoom-out` of `vlsa segment` and `vlsa eval`.
+#[derive(Debug, Clone, Copy)]
+struct Prediction {
+    shifts: Option<usize>,
+    zoom_out: Option<usize>,
+}
+
+/// Applies `--shifts` and `--zoom-out` over the model's own settings.
+fn set_prediction(model: &mut Model, Prediction { shifts, zoom_out }: Prediction) -> CliResult {
     if let Some(k) = shifts {
         vlsa::config::check_shifts(k, model.config.patch_size).map_err(|why| format!("--shifts {why}"))?;
         model.config.shifts = Some(k);
+    }
+    if let Some(k) = zoom_out {
+        vlsa::config::check_zoom_out(k).map_err(|why| format!("--zoom-out {why}"))?;
+        if k > 1 && model.config.refine.is_some() {
+            return Err("--zoom-out does not combine with the model's refine (two-pass refinement)".to_string().into());
+        }
+        model.config.zoom_out = Some(k);
     }
     Ok(())
 }
@@ -966,7 +993,7 @@ fn eval(
     batch: usize,
     regions: &[String],
     quiet: bool,
-    shifts: Option<usize>,
+    prediction: Prediction,
 ) -> CliResult {
     if let Some(path) = json {
         check_output("--json", path)?;
@@ -978,7 +1005,7 @@ fn eval(
         }
     }
     let (_gpu, mut loaded) = load_model(model)?;
-    set_shifts(&mut loaded, shifts)?;
+    set_prediction(&mut loaded, prediction)?;
     let regions = vlsa::eval::Region::parse_all(regions, &loaded.config.classes)?;
     // A progress line on a terminal only: a log or a pipe gets the table alone.
     let terminal = !quiet && std::io::stderr().is_terminal();
@@ -996,6 +1023,7 @@ fn eval(
     let mut report = result?;
     report.model = model.display().to_string();
     report.shifts = loaded.config.shifts();
+    report.zoom_out = loaded.config.zoom_out();
     write_stdout(format_args!("{}", report.table()));
     if let Some(path) = json {
         let text =
@@ -1117,15 +1145,15 @@ fn main() -> ExitCode {
             };
             init(&config, &out, seed, &start, text_encoder.as_deref(), shifts)
         }
-        Command::Segment { model, images, out, prompts, text_encoder, shifts } => {
-            segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref(), shifts)
+        Command::Segment { model, images, out, prompts, text_encoder, shifts, zoom_out } => {
+            segment(&model, &images, out.as_deref(), &prompts, text_encoder.as_deref(), Prediction { shifts, zoom_out })
         }
         Command::Forward { model, images, dump } => forward(&model, &images, &dump),
         Command::Grad { model, images, masks, dump } => grad(&model, &images, &masks, &dump),
         Command::Train(args) => train(*args),
         Command::Synth { task, domain, count, size, out, seed } => synth(&task, &domain, count, size, &out, seed),
-        Command::Eval { model, data, json, batch, region, quiet, shifts } => {
-            eval(&model, &data, json.as_deref(), batch as usize, &region, quiet, shifts)
+        Command::Eval { model, data, json, batch, region, quiet, shifts, zoom_out } => {
+            eval(&model, &data, json.as_deref(), batch as usize, &region, quiet, Prediction { shifts, zoom_out })
         }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
         Command::Profile(ProfileCommand::Em {

@@ -12,6 +12,7 @@ use vlsa::eval::{
     evaluate, evaluate_predictions, evaluate_predictions_with_regions, overlaps, predict, EvalReport, Overlap, Region,
 };
 use vlsa::image_io::{argmax_resized, preprocess, resize_bilinear, Image, Mask};
+use vlsa::infer::zoom_out_canvas;
 use vlsa::model::Model;
 use vlsa::synth::{write_dataset, Domain, SynthOptions, Task};
 
@@ -191,6 +192,41 @@ fn predictions_are_the_argmax_resized_to_each_image() {
 }
 
 #[test]
+fn zoom_out_segments_each_image_shrunk_into_a_black_input() {
+    let gpu = common::gpu();
+    let mut model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 5).unwrap();
+    let images = random_images(9, &[(23, 17), (16, 16)]);
+    let refs: Vec<&Image> = images.iter().collect();
+    let plain = predict(&model, &refs).unwrap();
+    model.config.zoom_out = Some(1);
+    assert_eq!(predict(&model, &refs).unwrap(), plain, "zoom-out 1 is the image as it is");
+    for zoom in [2, 3] {
+        model.config.zoom_out = Some(zoom);
+        let got = predict(&model, &refs).unwrap();
+        // By hand: the canvas, one forward, the logits of the image's place, resized, argmax.
+        for (img, mask) in images.iter().zip(&got) {
+            let (canvas, place) = zoom_out_canvas(img, zoom, 16);
+            let c = &model.config;
+            let input =
+                vlsa::Tensor::from_vec(gpu, &preprocess(&[&canvas], 16, c.pixel_mean, c.pixel_std), &[1, 3, 16, 16])
+                    .unwrap();
+            let logits = vlsa::no_grad(|| model.forward(&input)).unwrap().logits_up.to_vec().unwrap();
+            let window: Vec<f32> = (0..3)
+                .flat_map(|k| {
+                    let logits = &logits;
+                    (place.y0..place.y0 + place.height).flat_map(move |y| {
+                        (place.x0..place.x0 + place.width).map(move |x| logits[k * 256 + y * 16 + x])
+                    })
+                })
+                .collect();
+            let want = argmax_resized(&window, 3, place.width, place.height, img.width, img.height);
+            assert_eq!(mask.labels, want, "zoom {zoom}, {} x {}", img.width, img.height);
+        }
+        assert_ne!(got, plain, "zoom {zoom} predicted what the plain model did: the test shows nothing");
+    }
+}
+
+#[test]
 fn a_model_with_a_field_of_view_segments_inside_it_and_marks_background_around_it() {
     let gpu = common::gpu();
     let mut model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 5).unwrap();
@@ -292,11 +328,15 @@ fn eval_command_end_to_end_and_class_mismatches() {
         let got = with["datasets"][0]["region_dice"][&r.name].as_f64();
         assert!(got.zip(lib.region_dice[i]).is_some_and(|(x, y)| (x - y).abs() < 1e-12), "{}: {got:?}", r.name);
     }
+    // `vlsa eval` with one more flag: its table says `said`; its JSON.
+    let eval_with = |flag: &str, value: &str, said: &str| -> serde_json::Value {
+        let out = run(&["eval", "--model", m, "--data", a_s, "--json", j, flag, value]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(said), "{flag} {value}");
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap()
+    };
     // --shifts: the shift ensemble, said in the table and the JSON, the library's numbers.
-    let out = run(&["eval", "--model", m, "--data", a_s, "--json", j, "--shifts", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("predicted by a shift ensemble of 2 x 2 forwards"));
-    let shifted: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let shifted = eval_with("--shifts", "2", "predicted by a shift ensemble of 2 x 2 forwards");
     assert_eq!(shifted["shifts"], 2);
     assert!(json.get("shifts").is_none(), "one-forward reports keep their form");
     let mut ensemble = Model::load(gpu, &model_path).unwrap();
@@ -319,6 +359,26 @@ fn eval_command_end_to_end_and_class_mismatches() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(stderr.starts_with(&format!("vlsa: {why}")), "{args:?}: {stderr}");
         }
+    }
+    // --zoom-out: said in the table and the JSON, the library's numbers; bad factors refused.
+    let zoomed = eval_with("--zoom-out", "3", "each image zoomed out to 1/3 of the input");
+    assert_eq!(zoomed["zoom_out"], 3);
+    assert!(json.get("zoom_out").is_none(), "reports without zoom-out keep their form");
+    let mut small = Model::load(gpu, &model_path).unwrap();
+    small.config.zoom_out = Some(3);
+    let lib = evaluate(&small, &dataset, 3).unwrap();
+    assert!((zoomed["datasets"][0]["mean"].as_f64().unwrap() - lib.mean.unwrap()).abs() < 1e-12);
+    for args in [
+        &["eval", "--model", m, "--data", a_s, "--zoom-out", "9"][..],
+        &["segment", "--model", m, "--image", images, "--out", out_dir, "--zoom-out", "0"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("vlsa: --zoom-out") && stderr.contains("must be between 1 and 8"),
+            "{args:?}: {stderr}"
+        );
     }
     let out = run(&["eval", "--model", m, "--data", a_s, "--region", "rim=9"]);
     assert_eq!(out.status.code(), Some(1));

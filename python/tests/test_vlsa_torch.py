@@ -125,6 +125,13 @@ class FixtureTest(unittest.TestCase):
         self.assertEqual(parse_config(config_json(on)), on)
         with self.assertRaisesRegex(ValueError, "field_of_view 1 must be true or false"):
             parse_config(dict(TINY, field_of_view=1))
+        # `zoom_out` too.
+        self.assertNotIn("zoom_out", parse_config(TINY))
+        self.assertEqual(parse_config(config_json(parse_config(dict(TINY, zoom_out=3))))["zoom_out"], 3)
+        with self.assertRaisesRegex(ValueError, "zoom_out 9 must be between 1 and 8"):
+            parse_config(dict(TINY, zoom_out=9))
+        with self.assertRaisesRegex(ValueError, "do not combine"):
+            parse_config(dict(TINY, zoom_out=2, refine={"crop": 0.4}))
 
     def test_field_of_view_is_vlsas(self):
         """The cases of vlsa's own test (src/image_io.rs), on the package's copy."""

@@ -12,7 +12,9 @@ _TOP = {
     "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
     "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
     "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent", "field_of_view": False,
+    "zoom_out": "absent",
 }
+MAX_ZOOM_OUT = 8
 MAX_SHIFTS = 8
 MAX_UPSAMPLE = 8
 _SECTIONS = {
@@ -62,6 +64,9 @@ def parse_config(value, source="config"):
         # `shifts` (the shift ensemble, docs/DESIGN.md "Shift ensemble") likewise.
         if c["shifts"] == "absent":
             del c["shifts"]
+        # `zoom_out` (docs/DESIGN.md "Zoom-out") likewise.
+        if c["zoom_out"] == "absent":
+            del c["zoom_out"]
         if c["prompts"] == "classes" or c["prompts"] is None:
             c["prompts"] = list(c["classes"])
         _validate(c)
@@ -95,6 +100,12 @@ def _validate(c):
         raise ConfigError(
             f"decoder.upsample {r} must be between 1 and {MAX_UPSAMPLE} and divide patch_size {p} (sub-tokens per patch side)"
         )
+    if "zoom_out" in c:
+        k = c["zoom_out"]
+        if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_ZOOM_OUT):
+            raise ConfigError(f"zoom_out {k} must be between 1 and {MAX_ZOOM_OUT} (1: the image fills the model input)")
+        if k > 1 and "refine" in c:
+            raise ConfigError("zoom_out and refine do not combine; give one of them")
     if not isinstance(c["field_of_view"], bool):
         raise ConfigError(f"field_of_view {c['field_of_view']!r} must be true or false")
     if "shifts" in c:
