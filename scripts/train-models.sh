@@ -8,9 +8,11 @@
 #                                     # check $DATA/fundus-{A,B,C,D}-zoom{30,50} (24 each, the disc
 #                                     # a fifth to a half of the view; A from seed 21, B-D seed 22),
 #                                     # and $DATA/retina{,-zoom50,-zoom35,-zoom25}: samples/retina.jpg
-#                                     # with its drawn mask, whole and as three disc-centred views
+#                                     # with its drawn mask, whole and as three disc-centred views;
+#                                     # the frame check: the 512 px renders $DATA/fundus-X-512 and
+#                                     # those and the photo in wider frames (-wide, -wideclip)
 #   scripts/train-models.sh zoom-eval MODEL OUT.json
-#                                     # vlsa eval of MODEL on those sets (the close-up check)
+#                                     # vlsa eval of MODEL on those sets (close-up and frame checks)
 #   scripts/train-models.sh ship [cardiac|fundus]
 #                                     # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
 #   scripts/train-models.sh ablate [cardiac|fundus]
@@ -63,6 +65,10 @@ SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
 # views around the disc, and the real photo's disc-centred crops).
 ZOOM_SYNTH="30 50"
 ZOOM_PHOTO="50 35 25"
+# zoom-data, zoom-eval: the frame check's views, NAME:ASPECT:CLIP (scripts/zoom-sets.py --frame):
+# the whole field in a frame 1.5 times as wide as high, and the field cut to 0.85 of its height
+# in such a frame.
+FRAMES="wide:1.5:1 wideclip:1.5:0.85"
 
 config_of() { # task variant -> config path
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
@@ -99,20 +105,26 @@ case "${1:-}" in
   zoom-data)
     # Rendered at 512 px and cropped, so a view is as sharp as a real close-up, not an
     # upsampled corner of a 128 px image. Needs python3 with numpy and PIL.
-    tmp=$(mktemp -d)
+    # The 512 px renders are kept: the whole view at that size ($DATA/fundus-X-512).
     for d in A B C D; do
       if [ $d = A ]; then seed=21; else seed=22; fi
-      "$V" synth --task fundus --domain $d --count 24 --size 512 --seed $seed --out "$tmp/$d"
+      "$V" synth --task fundus --domain $d --count 24 --size 512 --seed $seed --out "$DATA/fundus-$d-512"
       for f in $ZOOM_SYNTH; do
-        python3 scripts/zoom-sets.py "$tmp/$d" "$DATA/fundus-$d-zoom$f" --fraction 0.$f --seed 7
+        python3 scripts/zoom-sets.py "$DATA/fundus-$d-512" "$DATA/fundus-$d-zoom$f" --fraction 0.$f --seed 7
       done
     done
-    rm -rf "$tmp"
     mkdir -p "$DATA/retina/images" "$DATA/retina/masks"
     cp samples/retina.jpg "$DATA/retina/images/retina.jpg"
     cp samples/retina_mask.png "$DATA/retina/masks/retina.png"
     for f in $ZOOM_PHOTO; do
       python3 scripts/zoom-sets.py "$DATA/retina" "$DATA/retina-zoom$f" --fraction 0.$f --jitter 0
+    done
+    for frame in $FRAMES; do
+      IFS=: read -r name aspect clip <<< "$frame"
+      for d in A B C D; do
+        python3 scripts/zoom-sets.py "$DATA/fundus-$d-512" "$DATA/fundus-$d-$name" --frame "$aspect" --clip "$clip"
+      done
+      python3 scripts/zoom-sets.py "$DATA/retina" "$DATA/retina-$name" --frame "$aspect" --clip "$clip"
     done ;;
   zoom-eval)
     [ $# -eq 3 ] || { echo "usage: $0 zoom-eval MODEL OUT.json" >&2; exit 1; }
@@ -122,6 +134,12 @@ case "${1:-}" in
     done
     sets+=(--data "$DATA/retina")
     for f in $ZOOM_PHOTO; do sets+=(--data "$DATA/retina-zoom$f"); done
+    for d in A B C D; do sets+=(--data "$DATA/fundus-$d-512"); done
+    for frame in $FRAMES; do
+      name=${frame%%:*}
+      for d in A B C D; do sets+=(--data "$DATA/fundus-$d-$name"); done
+      sets+=(--data "$DATA/retina-$name")
+    done
     "$V" eval --model "$2" "${sets[@]}" $(regions_of fundus) --json "$3" ;;
   ship)
     for task in ${2:-cardiac fundus}; do

@@ -12,8 +12,13 @@ as a real close-up. The window is the one `vlsa train --focus-crops` draws (src/
 `focus_window`: side from the shorter side, centre on the middle of the foreground's bounding
 box, jitter 0.15 of the side), but with any side and without upsampling a small image.
 
+With --frame ASPECT instead of --fraction it writes the frame check's views: each whole image,
+cut to the middle --clip of its height (default 1: none), centred in a black frame ASPECT times
+as wide as it is then high, as many cameras frame a round field wider than it is high.
+
 Usage: python3 scripts/zoom-sets.py SRC OUT --fraction 0.3 [--fraction-max 0.5] [--jitter 0.15]
-       [--seed 0]   (needs numpy, PIL)
+       [--seed 0]
+       python3 scripts/zoom-sets.py SRC OUT --frame 1.5 [--clip 0.85]   (needs numpy, PIL)
 """
 import argparse
 import glob
@@ -27,11 +32,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src")
     ap.add_argument("out")
-    ap.add_argument("--fraction", type=float, required=True)
+    ap.add_argument("--fraction", type=float)
+    ap.add_argument("--frame", type=float)
+    ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--fraction-max", type=float)
     ap.add_argument("--jitter", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if (a.fraction is None) == (a.frame is None):
+        raise SystemExit("give one of --fraction (a close-up view) and --frame (a wider frame)")
+    if a.frame is not None:
+        if not 1.0 <= a.frame <= 4.0:
+            raise SystemExit(f"--frame {a.frame} must be in [1, 4] (the frame's width over its height)")
+        if not 0.0 < a.clip <= 1.0:
+            raise SystemExit(f"--clip {a.clip} must be in (0, 1]")
+        a.fraction = 1.0
     if not 0.0 < a.fraction <= 1.0:
         raise SystemExit(f"--fraction {a.fraction} must be in (0, 1]")
     top = a.fraction if a.fraction_max is None else a.fraction_max
@@ -57,6 +72,18 @@ def main():
         if mask.ndim != 2 or mask.shape != (image.height, image.width):
             raise SystemExit(f"{path}: a mask must be one grey channel of its image's size {image.width}x{image.height}")
         h, w = mask.shape
+        if a.frame is not None:
+            rows = max(1, round(a.clip * h))
+            top_row = (h - rows) // 2
+            width = max(w, round(a.frame * rows))
+            x0 = (width - w) // 2
+            view = Image.new("RGB", (width, rows))
+            view.paste(image.crop((0, top_row, w, top_row + rows)), (x0, 0))
+            view.save(a.out + "/images/" + name)
+            framed = np.zeros((rows, width), dtype=mask.dtype)
+            framed[:, x0 : x0 + w] = mask[top_row : top_row + rows]
+            Image.fromarray(framed).save(a.out + "/masks/" + name)
+            continue
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
             raise SystemExit(f"{path} has no foreground to centre on")
