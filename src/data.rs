@@ -103,9 +103,9 @@ impl Dataset {
     /// alike): the training data of a model with `field_of_view`, which predicts on that crop.
     pub fn cropped_to_field_of_view(mut self) -> Dataset {
         for s in &mut self.samples {
-            if let Some((x, y, w, h)) = field_of_view(&s.image) {
-                s.image = s.image.crop(x, y, w, h);
-                s.mask = s.mask.crop(x, y, w, h);
+            if let Some(r) = field_of_view(&s.image) {
+                s.image = s.image.crop(r.x0, r.y0, r.width, r.height);
+                s.mask = s.mask.crop(r.x0, r.y0, r.width, r.height);
             }
         }
         self

@@ -209,17 +209,26 @@ pub fn argmax_resized(logits: &[f32], classes: usize, sw: usize, sh: usize, dw: 
     out
 }
 
+/// A box of pixels inside an image or mask: its top-left corner and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x0: usize,
+    pub y0: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
 /// A pixel whose brightest channel exceeds this is content, not the dark surround of a field of
 /// view.
 pub const FIELD_OF_VIEW_LEVEL: f32 = 0.1;
 
 /// The field of view of an image whose content sits in a dark surround, such as the round field
-/// of a fundus camera in a wider frame (docs/DESIGN.md, "Field of view"): the box (x0, y0, width,
-/// height) of the rows and columns in which more than 5 % of the pixels are content (brightest
+/// of a fundus camera in a wider frame (docs/DESIGN.md, "Field of view"): the box of the rows
+/// and columns in which more than 5 % of the pixels are content (brightest
 /// channel above [`FIELD_OF_VIEW_LEVEL`]). `None`, meaning the whole image, where that box
 /// spans at least 90 % of both sides (a field that fills the frame stays as it is) or less
 /// than a quarter of either (too little content to trust the box, e.g. a dark image).
-pub fn field_of_view(image: &Image) -> Option<(usize, usize, usize, usize)> {
+pub fn field_of_view(image: &Image) -> Option<Rect> {
     let (w, h) = (image.width, image.height);
     let mut rows = vec![0usize; h];
     let mut cols = vec![0usize; w];
@@ -238,7 +247,7 @@ pub fn field_of_view(image: &Image) -> Option<(usize, usize, usize, usize)> {
     let ((x0, bw), (y0, bh)) = (span(&cols, h)?, span(&rows, w)?);
     let fills = bw * 10 >= w * 9 && bh * 10 >= h * 9;
     let scant = bw * 4 < w || bh * 4 < h;
-    (!fills && !scant).then_some((x0, y0, bw, bh))
+    (!fills && !scant).then_some(Rect { x0, y0, width: bw, height: bh })
 }
 
 /// A segmentation mask: one class index per pixel, row-major.
@@ -421,7 +430,10 @@ mod tests {
     #[test]
     fn the_field_of_view_is_the_box_of_the_content_in_a_dark_surround() {
         // A wide frame: the content's box exactly, odd sizes.
-        assert_eq!(field_of_view(&framed(61, 37, (13, 2, 33, 31), 0.6)), Some((13, 2, 33, 31)));
+        assert_eq!(
+            field_of_view(&framed(61, 37, (13, 2, 33, 31), 0.6)),
+            Some(Rect { x0: 13, y0: 2, width: 33, height: 31 })
+        );
         // A round field in a frame half as wide again: the circle's box, less the rows and
         // columns where its chord is under 5 % of the frame.
         let (w, h, r) = (150usize, 100usize, 50.0f32);
@@ -434,7 +446,7 @@ mod tests {
                 }
             }
         }
-        let (x0, y0, bw, bh) = field_of_view(&disc).unwrap();
+        let Rect { x0, y0, width: bw, height: bh } = field_of_view(&disc).unwrap();
         assert!((25..=27).contains(&x0) && (96..=100).contains(&bw), "{x0} {bw}");
         assert!(y0 <= 2 && bh >= 96, "{y0} {bh}");
         // A few bright pixels in the surround (a label) and dim noise do not widen it.
@@ -447,7 +459,7 @@ mod tests {
                 *v = (i % 7) as f32 * 0.014; // up to 0.084, under the level
             }
         }
-        assert_eq!(field_of_view(&labelled), Some((20, 0, 40, 40)));
+        assert_eq!(field_of_view(&labelled), Some(Rect { x0: 20, y0: 0, width: 40, height: 40 }));
         // A field that fills the frame, an all-dark image and too little content: the whole image.
         assert_eq!(field_of_view(&framed(40, 40, (2, 1, 37, 38), 0.5)), None);
         assert_eq!(field_of_view(&framed(40, 40, (0, 0, 0, 0), 0.0)), None);

@@ -1,11 +1,12 @@
 //! Inference on images: segmentation masks at the original size (docs/DESIGN.md step 12), tinted
 //! overlays with a legend, and the `forward --dump` / `grad --dump` tensor files.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::font;
-use crate::image_io::{argmax_resized, field_of_view, preprocess, Image, Mask};
+use crate::image_io::{argmax_resized, field_of_view, preprocess, Image, Mask, Rect};
 use crate::kernels::loss;
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -48,21 +49,21 @@ impl Model {
         if !self.config.field_of_view {
             return self.segment_view(images);
         }
-        let boxes: Vec<_> = images.iter().map(|img| field_of_view(img)).collect();
-        let crops: Vec<Image> =
-            images.iter().zip(&boxes).filter_map(|(img, b)| b.map(|(x, y, w, h)| img.crop(x, y, w, h))).collect();
-        let mut cropped = crops.iter();
-        let views: Vec<&Image> = images
+        let boxes: Vec<Option<Rect>> = images.iter().map(|img| field_of_view(img)).collect();
+        let views: Vec<Cow<Image>> = images
             .iter()
             .zip(&boxes)
-            .map(|(&img, b)| if b.is_some() { cropped.next().unwrap() } else { img })
+            .map(|(&img, b)| match b {
+                Some(r) => Cow::Owned(img.crop(r.x0, r.y0, r.width, r.height)),
+                None => Cow::Borrowed(img),
+            })
             .collect();
-        let masks = self.segment_view(&views)?;
+        let masks = self.segment_view(&views.iter().map(|v| v.as_ref()).collect::<Vec<_>>())?;
         Ok(masks
             .into_iter()
             .zip(images.iter().zip(&boxes))
-            .map(|(m, (img, b))| match *b {
-                Some((x, y, _, _)) => m.placed(x, y, img.width, img.height),
+            .map(|(m, (img, b))| match b {
+                Some(r) => m.placed(r.x0, r.y0, img.width, img.height),
                 None => m,
             })
             .collect())
@@ -117,7 +118,7 @@ impl Model {
         let (s, k, zoom) = (c.image_size, c.num_classes(), c.zoom_out());
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
-            let canvases: Vec<(Image, Place)> =
+            let canvases: Vec<(Image, Rect)> =
                 if zoom > 1 { chunk.iter().map(|img| zoom_out_canvas(img, zoom, s)).collect() } else { Vec::new() };
             let inputs: Vec<&Image> = if zoom > 1 { canvases.iter().map(|(c, _)| c).collect() } else { chunk.to_vec() };
             let base = preprocess(&inputs, s, c.pixel_mean, c.pixel_std);
@@ -299,19 +300,10 @@ impl Model {
     }
 }
 
-/// Where an image sits in a zoom-out canvas: the box of its pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
-    pub x0: usize,
-    pub y0: usize,
-    pub width: usize,
-    pub height: usize,
-}
-
 /// The S x S model input of `image` zoomed out by `zoom`: the image resized (bilinear, its
 /// aspect kept) so that its longer side is S / `zoom` (at least 1 pixel), in the middle of a
 /// black canvas; and its place there.
-pub fn zoom_out_canvas(image: &Image, zoom: usize, s: usize) -> (Image, Place) {
+pub fn zoom_out_canvas(image: &Image, zoom: usize, s: usize) -> (Image, Rect) {
     let long = image.width.max(image.height) as f64;
     let side = |n: usize| ((n as f64 * s as f64 / (zoom as f64 * long)).round() as usize).clamp(1, s);
     let (width, height) = (side(image.width), side(image.height));
@@ -321,7 +313,7 @@ pub fn zoom_out_canvas(image: &Image, zoom: usize, s: usize) -> (Image, Place) {
     for (y, row) in small.rgb.chunks(width * 3).enumerate() {
         rgb[((y0 + y) * s + x0) * 3..][..width * 3].copy_from_slice(row);
     }
-    (Image { width: s, height: s, rgb }, Place { x0, y0, width, height })
+    (Image { width: s, height: s, rgb }, Rect { x0, y0, width, height })
 }
 
 /// A square window of a mask: its top-left corner and side, in pixels.
@@ -532,7 +524,7 @@ mod tests {
         let image =
             Image { width: 30, height: 18, rgb: (0..30 * 18 * 3).map(|i| 0.2 + (i % 7) as f32 * 0.1).collect() };
         for (zoom, want) in
-            [(1, Place { x0: 0, y0: 3, width: 16, height: 10 }), (3, Place { x0: 5, y0: 6, width: 5, height: 3 })]
+            [(1, Rect { x0: 0, y0: 3, width: 16, height: 10 }), (3, Rect { x0: 5, y0: 6, width: 5, height: 3 })]
         {
             let (canvas, place) = zoom_out_canvas(&image, zoom, 16);
             assert_eq!((canvas.width, canvas.height, place), (16, 16, want), "zoom {zoom}");
@@ -552,7 +544,7 @@ mod tests {
             }
         }
         // However far out, the image keeps at least a pixel.
-        assert_eq!(zoom_out_canvas(&image, 8, 4).1, Place { x0: 1, y0: 1, width: 1, height: 1 });
+        assert_eq!(zoom_out_canvas(&image, 8, 4).1, Rect { x0: 1, y0: 1, width: 1, height: 1 });
     }
 
     #[test]
