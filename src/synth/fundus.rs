@@ -3,11 +3,14 @@
 //! Image coordinates are [0, 1]², x to the right, y down. A circular field of view (black outside)
 //! shows the reddish-orange retina with choroidal texture, the darker macula with the fovea at its
 //! centre, the yellowish optic disc to one side (left or right eye) with a brighter cup inside it
-//! (cup-to-disc ratio 0.3–0.8, always leaving a rim of disc), a pale peripapillary halo on some
-//! eyes, and vessels: arcades that leave the disc, bend around the macula and branch, drawn over
-//! everything. Half of the photos show the camera's orientation notch: a small square tab of the
-//! field of view beyond its circle, at a random angle. The cup class is the cup region intersected with the disc shrunk by the narrowest
-//! rim, so cup pixels are always surrounded by disc pixels.
+//! (cup-to-disc ratio 0.3–0.8, always leaving a rim of disc), a pale peripapillary zone around
+//! the disc on half of the eyes (uneven in width, as strong as on the real photo in samples/), a
+//! dark pigment crescent at part of the disc's edge on some, and vessels: arcades that leave the
+//! disc, bend around the macula and branch, drawn over everything. Half of the photos show the
+//! camera's orientation notch: a small square tab of the field of view beyond its circle, at a
+//! random angle. The cup class is the cup region intersected with the disc shrunk by the
+//! narrowest rim, so cup pixels are always surrounded by disc pixels; the pale zone and the
+//! crescent lie outside the disc and are background.
 
 use std::f32::consts::{FRAC_PI_2, PI};
 
@@ -50,6 +53,50 @@ impl Notch {
     }
 }
 
+/// The pale peripapillary zone around the disc: `strength` (0: none) is its blend toward the pale
+/// colour at the disc's edge, `width` its mean reach beyond the edge as a fraction of the disc's
+/// radius, wider by the factor `1 + lean.0` toward direction `lean.1` and narrower opposite.
+/// On the real photo in samples/ the zone nasal to the disc reaches about 0.4 of the disc's
+/// radius with the full pale colour (0.97, 0.54, 0.38), wider on one side than the other.
+struct Halo {
+    strength: f32,
+    width: f32,
+    lean: (f32, f32),
+}
+
+impl Halo {
+    /// Blend weight toward the pale colour at signed distance `disc_depth` from the disc's edge
+    /// (negative outside), in direction `phi` from the disc's centre, with disc radius
+    /// `disc_radius`: full over the inner half of the zone, fading to nothing over the outer half.
+    fn alpha(&self, disc_depth: f32, phi: f32, disc_radius: f32, pixel: f32) -> f32 {
+        if self.strength == 0.0 {
+            return 0.0;
+        }
+        let width = self.width * disc_radius * (1.0 + self.lean.0 * (phi - self.lean.1).cos());
+        self.strength * coverage(-disc_depth, pixel) * (2.0 * (1.0 + disc_depth / width)).clamp(0.0, 1.0)
+    }
+}
+
+/// Pigment at part of the disc's edge (as at the temporal edge on the real photo in samples/):
+/// a band just outside the disc, `width` of its radius wide, over the angles within `spread` of
+/// `angle`, darkening by `strength` at its middle.
+struct Crescent {
+    angle: f32,
+    spread: f32,
+    width: f32,
+    strength: f32,
+}
+
+impl Crescent {
+    /// Blend weight toward the pigment's colour (arguments as for [`Halo::alpha`]).
+    fn alpha(&self, disc_depth: f32, phi: f32, disc_radius: f32, pixel: f32) -> f32 {
+        let off = (phi - self.angle + PI).rem_euclid(2.0 * PI) - PI;
+        let along = (1.0 - (off / self.spread).powi(2)).max(0.0);
+        let width = (self.width * disc_radius).max(pixel);
+        self.strength * along * coverage(-disc_depth, pixel) * coverage(width + disc_depth, pixel)
+    }
+}
+
 /// One straight piece of a vessel's centre line.
 struct Segment {
     from: (f32, f32),
@@ -67,7 +114,8 @@ pub(super) struct Eye {
     fovea: (f32, f32),
     macula_radius: f32,
     macula_darkening: f32,
-    halo: f32,
+    halo: Halo,
+    crescent: Option<Crescent>,
     vessels: Vec<Segment>,
     retina: [f32; 3],
     choroid: Texture,
@@ -209,7 +257,13 @@ impl Eye {
             fovea,
             macula_radius: rng.range(0.05, 0.07),
             macula_darkening: rng.range(0.3, 0.5),
-            halo: if rng.chance(0.5) { rng.range(0.1, 0.5) } else { 0.0 },
+            // The zone's strength; its shape is drawn after the notch, below.
+            halo: Halo {
+                strength: if rng.chance(0.5) { rng.range(0.2, 1.0) } else { 0.0 },
+                width: 0.0,
+                lean: (0.0, 0.0),
+            },
+            crescent: None,
             vessels,
             // Bright orange-red, as a well-exposed photo (the real photo's retina averages
             // 0.81, 0.32, 0.23 after vignetting).
@@ -218,8 +272,18 @@ impl Eye {
             fine: Texture::new(rng, 24, 1),
             notch: None,
         };
-        // Drawn last, so that the rest of the eye is what the same seed drew before notches.
-        Eye { notch: Notch::sample(rng), ..eye }
+        // Drawn last, so that the rest of the eye is what the same seed drew before notches, and
+        // the notch what it drew before the halo's shape and the crescent.
+        let notch = Notch::sample(rng);
+        let halo = Halo { width: rng.range(0.2, 0.6), lean: (rng.range(0.0, 0.8), rng.range(-PI, PI)), ..eye.halo };
+        // The crescent lies toward the macula (temporal), as on the real photo.
+        let crescent = rng.chance(0.3).then(|| Crescent {
+            angle: to_fovea + rng.range(-0.6, 0.6),
+            spread: rng.range(0.4, 1.2),
+            width: rng.range(0.05, 0.15),
+            strength: rng.range(0.3, 0.7),
+        });
+        Eye { notch, halo, crescent, ..eye }
     }
 
     /// The mask at `size` × `size`: labels at pixel centres.
@@ -283,6 +347,8 @@ impl Eye {
         let disc_colour = [1.0, 0.66, 0.45];
         let cup_colour = [1.0, 0.82, 0.6];
         let halo_colour = [0.97, 0.55, 0.38];
+        // The crescent on the real photo darkens the pale zone to about 0.82, 0.41, 0.25.
+        let crescent_colour = [0.55, 0.3, 0.2];
         let artery_colour = [0.82, 0.22, 0.16];
         let vein_colour = [0.68, 0.15, 0.12];
         for py in 0..size {
@@ -308,15 +374,14 @@ impl Eye {
                     }
                 };
                 let disc_depth = self.disc.depth(x, y);
-                let halo_width = 0.35 * self.disc.radius_at(0.0);
-                blend(
-                    &mut c,
-                    halo_colour,
-                    self.halo
-                        * coverage(-disc_depth, pixel)
-                        * coverage(halo_width + disc_depth, pixel)
-                        * (1.0 + disc_depth / halo_width).max(0.0),
-                );
+                let disc_radius = self.disc.radius_at(0.0);
+                if disc_depth > -2.0 * disc_radius {
+                    let phi = (y - self.disc.cy).atan2(x - self.disc.cx);
+                    blend(&mut c, halo_colour, self.halo.alpha(disc_depth, phi, disc_radius, pixel));
+                    if let Some(crescent) = &self.crescent {
+                        blend(&mut c, crescent_colour, crescent.alpha(disc_depth, phi, disc_radius, pixel));
+                    }
+                }
                 // The disc brightens toward its centre; the cup's pale edge is soft (about 15% of
                 // its radius), as the cup margin is in real photos.
                 let disc_alpha = coverage(disc_depth, pixel);
@@ -336,5 +401,43 @@ impl Eye {
             }
         }
         (rgb, fov)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIXEL: f32 = 1e-4;
+
+    #[test]
+    fn the_pale_zone_is_full_at_the_disc_leans_one_way_and_ends() {
+        let halo = Halo { strength: 0.8, width: 0.4, lean: (0.5, 0.0) };
+        let r = 0.05;
+        // Inside the disc: none (the disc is drawn there); at the edge's outside: full strength.
+        assert_eq!(halo.alpha(0.01, 0.0, r, PIXEL), 0.0);
+        assert!((halo.alpha(-0.001, 1.0, r, PIXEL) - 0.8).abs() < 1e-6);
+        // Reach toward the lean: 0.4 * 1.5 * r = 0.03; opposite: 0.4 * 0.5 * r = 0.01.
+        assert!(halo.alpha(-0.02, 0.0, r, PIXEL) > 0.0);
+        assert_eq!(halo.alpha(-0.02, PI, r, PIXEL), 0.0);
+        assert_eq!(halo.alpha(-0.031, 0.0, r, PIXEL), 0.0);
+        // Full over the inner half of its reach, then fading.
+        assert!((halo.alpha(-0.014, 0.0, r, PIXEL) - 0.8).abs() < 1e-6);
+        assert!(halo.alpha(-0.025, 0.0, r, PIXEL) < halo.alpha(-0.02, 0.0, r, PIXEL));
+        let none = Halo { strength: 0.0, ..halo };
+        assert_eq!(none.alpha(-0.001, 0.0, r, PIXEL), 0.0);
+    }
+
+    #[test]
+    fn the_crescent_hugs_part_of_the_disc_edge() {
+        let crescent = Crescent { angle: 3.0, spread: 0.5, width: 0.1, strength: 0.6 };
+        let r = 0.05;
+        // At its middle, just outside the edge: full; across the angle -pi/pi seam too.
+        assert!((crescent.alpha(-0.001, 3.0, r, PIXEL) - 0.6).abs() < 1e-6);
+        assert!(crescent.alpha(-0.001, -3.0, r, PIXEL) > 0.3);
+        // Beyond its arc, inside the disc, or farther out than its width (0.005): none.
+        assert_eq!(crescent.alpha(-0.001, 2.0, r, PIXEL), 0.0);
+        assert_eq!(crescent.alpha(0.002, 3.0, r, PIXEL), 0.0);
+        assert_eq!(crescent.alpha(-0.006, 3.0, r, PIXEL), 0.0);
     }
 }
