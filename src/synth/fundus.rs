@@ -250,32 +250,22 @@ impl Eye {
             );
         }
         let tint = rng.range(0.85, 1.1);
-        let eye = Eye {
-            disc,
-            cup,
-            rim: 0.15 * disc_radius,
-            fovea,
-            macula_radius: rng.range(0.05, 0.07),
-            macula_darkening: rng.range(0.3, 0.5),
-            // The zone's strength; its shape is drawn after the notch, below.
-            halo: Halo {
-                strength: if rng.chance(0.5) { rng.range(0.2, 1.0) } else { 0.0 },
-                width: 0.0,
-                lean: (0.0, 0.0),
-            },
-            crescent: None,
-            vessels,
-            // Bright orange-red, as a well-exposed photo (the real photo's retina averages
-            // 0.81, 0.32, 0.23 after vignetting).
-            retina: [0.93 * tint, 0.37 * rng.range(0.85, 1.15), 0.27 * rng.range(0.8, 1.2)],
-            choroid: Texture::new(rng, 5, 3),
-            fine: Texture::new(rng, 24, 1),
-            notch: None,
-        };
-        // Drawn last, so that the rest of the eye is what the same seed drew before notches, and
-        // the notch what it drew before the halo's shape and the crescent.
+        let macula_radius = rng.range(0.05, 0.07);
+        let macula_darkening = rng.range(0.3, 0.5);
+        let halo_strength = if rng.chance(0.5) { rng.range(0.2, 1.0) } else { 0.0 };
+        // Bright orange-red, as a well-exposed photo (the real photo's retina averages
+        // 0.81, 0.32, 0.23 after vignetting).
+        let retina = [0.93 * tint, 0.37 * rng.range(0.85, 1.15), 0.27 * rng.range(0.8, 1.2)];
+        let choroid = Texture::new(rng, 5, 3);
+        let fine = Texture::new(rng, 24, 1);
+        // Drawn last, so that a seed keeps the eye it drew before notches, and the notch it drew
+        // before the pale zone's shape and the crescent.
         let notch = Notch::sample(rng);
-        let halo = Halo { width: rng.range(0.2, 0.6), lean: (rng.range(0.0, 0.8), rng.range(-PI, PI)), ..eye.halo };
+        let halo = Halo {
+            strength: halo_strength,
+            width: rng.range(0.2, 0.6),
+            lean: (rng.range(0.0, 0.8), rng.range(-PI, PI)),
+        };
         // The crescent lies toward the macula (temporal), as on the real photo.
         let crescent = rng.chance(0.3).then(|| Crescent {
             angle: to_fovea + rng.range(-0.6, 0.6),
@@ -283,7 +273,21 @@ impl Eye {
             width: rng.range(0.05, 0.15),
             strength: rng.range(0.3, 0.7),
         });
-        Eye { notch, halo, crescent, ..eye }
+        Eye {
+            disc,
+            cup,
+            rim: 0.15 * disc_radius,
+            fovea,
+            macula_radius,
+            macula_darkening,
+            halo,
+            crescent,
+            vessels,
+            retina,
+            choroid,
+            fine,
+            notch,
+        }
     }
 
     /// The mask at `size` × `size`: labels at pixel centres.
@@ -351,6 +355,8 @@ impl Eye {
         let crescent_colour = [0.55, 0.3, 0.2];
         let artery_colour = [0.82, 0.22, 0.16];
         let vein_colour = [0.68, 0.15, 0.12];
+        // The pale zone and the crescent scale with the disc's horizontal radius.
+        let disc_radius = self.disc.radius_at(0.0);
         for py in 0..size {
             for px in 0..size {
                 let (x, y) = ((px as f32 + 0.5) * pixel, (py as f32 + 0.5) * pixel);
@@ -374,7 +380,6 @@ impl Eye {
                     }
                 };
                 let disc_depth = self.disc.depth(x, y);
-                let disc_radius = self.disc.radius_at(0.0);
                 if disc_depth > -2.0 * disc_radius {
                     let phi = (y - self.disc.cy).atan2(x - self.disc.cx);
                     blend(&mut c, halo_colour, self.halo.alpha(disc_depth, phi, disc_radius, pixel));
