@@ -188,3 +188,51 @@ fn the_ranges_span_the_documented_extremes() {
     let (lo, hi) = means.iter().fold((1.0f32, 0.0f32), |(l, h), &m| (l.min(m), h.max(m)));
     assert!(lo < 0.3 && hi > 0.7, "mean brightness spans only {lo}..{hi}");
 }
+
+#[test]
+fn a_coarse_sensor_records_its_noise_at_its_own_resolution() {
+    // With resolution loss on, noise (and the camera's processing and JPEG) happen at the
+    // sensor's resolution and the image is resized up last: the noise grains span several output
+    // pixels, so neighbours are correlated. Noise added after the resize would leave them
+    // independent (correlation near 0). Optics, colour and curve are neutral here.
+    let flat = Image { width: 64, height: 64, rgb: vec![0.5; 64 * 64 * 3] };
+    let r = Randomization {
+        p: 1.0,
+        bias: 0.0,
+        vignette: 0.0,
+        blur: 0.0,
+        min_resolution: 0.25,
+        cast: 1.0,
+        gamma: 1.0,
+        contrast: 1.0,
+        brightness: 0.0,
+        ..Randomization::default()
+    };
+    let neighbour_correlation = |i: &Image| {
+        let m = mean(i);
+        let (mut cov, mut var) = (0.0f32, 0.0f32);
+        for y in 0..i.height {
+            for x in 1..i.width {
+                let (a, b) = (i.rgb[(y * i.width + x) * 3 + 1] - m, i.rgb[(y * i.width + x - 1) * 3 + 1] - m);
+                cov += a * b;
+                var += a * a;
+            }
+        }
+        cov / var
+    };
+    let correlations: Vec<f32> = (0..16)
+        .map(|s| {
+            let mut a = flat.clone();
+            r.apply(&mut a, &mut randomize_rng(9, s, 0));
+            assert_eq!((a.width, a.height), (64, 64));
+            neighbour_correlation(&a)
+        })
+        .collect();
+    let mean_corr = correlations.iter().sum::<f32>() / correlations.len() as f32;
+    assert!(mean_corr > 0.4, "neighbouring noise correlation {mean_corr} ({correlations:?})");
+    // Without resolution loss the same noise is independent pixel to pixel.
+    let fine = Randomization { min_resolution: 1.0, ..r };
+    let mut a = flat.clone();
+    fine.apply(&mut a, &mut randomize_rng(9, 0, 0));
+    assert!(neighbour_correlation(&a).abs() < 0.15, "full-resolution noise correlation {}", neighbour_correlation(&a));
+}

@@ -6,7 +6,7 @@
 //! `i` of step `s` are pure functions of (seed, e) and (seed, s, i). A resumed run therefore needs
 //! only the seed and the step count to draw exactly the batches an uninterrupted run would.
 
-use crate::image_io::{resize_bilinear, Image, Mask};
+use crate::image_io::{Image, Mask};
 use crate::random::SplitMix64;
 
 /// Every stream here is SplitMix64 (see [`crate::random`]).
@@ -159,7 +159,9 @@ pub fn randomize_rng(seed: u64, step: u64, item: u64) -> Rng {
 ///   `vignette` at the corners;
 /// - blur: optics and motion, a Gaussian point spread of up to `blur` of the image side;
 /// - resolution loss: acquisition matrices and sensors from `min_resolution` of the side up to
-///   full, sampled down (area average) then up (bilinear);
+///   full, sampled down (area average); everything after it (noise, the camera's colour and
+///   intensity processing, its JPEG) happens at that resolution, as it does in a coarse device,
+///   and the image is resized back up (bilinear) last, as it is for the model's input;
 /// - noise: one of Gaussian read noise (sigma up to `noise`), Rician magnitude noise (MRI: the
 ///   magnitude of a complex signal with Gaussian noise of the same sigma in both channels) or
 ///   Poisson shot noise (photos: `min_photons` to 20 000 photons at full white);
@@ -246,8 +248,13 @@ impl Randomization {
         if on[1] {
             blur(image, sigma * image.width.max(image.height) as f32);
         }
+        // Shading and blur are optics, on the scene; the sensor records the result at its own
+        // resolution, and noise, processing and storage happen there (until 2026-12-06 they
+        // happened after the image was back at full size: a coarse camera's 8 x 8 JPEG blocks
+        // and its noise grains were never coarser than the model's pixels).
+        let size = (image.width, image.height);
         if on[2] {
-            resolution_loss(image, resolution);
+            *image = area_downsample(image, resolution);
         }
         if on[3] {
             match kind {
@@ -271,6 +278,9 @@ impl Randomization {
         let (jpeg, quality) = (rng.chance(self.p), rng.range(self.min_jpeg_quality, 100.0).round() as u32);
         if jpeg && !grey {
             jpeg_storage(image, quality);
+        }
+        if (image.width, image.height) != size {
+            *image = image.resize(size.0, size.1);
         }
     }
 }
@@ -338,9 +348,20 @@ pub fn blur(image: &mut Image, sigma: f32) {
 /// matrix records), then back up bilinearly. `factor >= 1` is the identity.
 pub fn resolution_loss(image: &mut Image, factor: f32) {
     let (w, h) = (image.width, image.height);
+    let low = area_downsample(image, factor);
+    if (low.width, low.height) != (w, h) {
+        *image = low.resize(w, h);
+    }
+}
+
+/// What a coarser sensor or acquisition matrix records of `image`: each of its pixels the area
+/// average of the full-size pixels it covers, `factor` of the size (at least 2 x 2). A copy when
+/// `factor >= 1`.
+pub fn area_downsample(image: &Image, factor: f32) -> Image {
+    let (w, h) = (image.width, image.height);
     let (lw, lh) = (((w as f32 * factor).round() as usize).max(2), ((h as f32 * factor).round() as usize).max(2));
     if lw >= w && lh >= h {
-        return;
+        return image.clone();
     }
     let mut low = vec![0.0f32; lw * lh * 3];
     for y in 0..lh {
@@ -359,7 +380,7 @@ pub fn resolution_loss(image: &mut Image, factor: f32) {
             }
         }
     }
-    image.rgb = resize_bilinear(&low, lw, lh, 3, w, h);
+    Image { width: lw, height: lh, rgb: low }
 }
 
 /// Additive Gaussian read noise of standard deviation `sigma`.
