@@ -254,7 +254,9 @@ impl Randomization {
         // and its noise grains were never coarser than the model's pixels).
         let size = (image.width, image.height);
         if on[2] {
-            *image = area_downsample(image, resolution);
+            if let Some(low) = area_downsample(image, resolution) {
+                *image = low;
+            }
         }
         if on[3] {
             match kind {
@@ -347,21 +349,19 @@ pub fn blur(image: &mut Image, sigma: f32) {
 /// Down-sampling to `factor` of the size by area averaging (what a coarser sensor or acquisition
 /// matrix records), then back up bilinearly. `factor >= 1` is the identity.
 pub fn resolution_loss(image: &mut Image, factor: f32) {
-    let (w, h) = (image.width, image.height);
-    let low = area_downsample(image, factor);
-    if (low.width, low.height) != (w, h) {
-        *image = low.resize(w, h);
+    if let Some(low) = area_downsample(image, factor) {
+        *image = low.resize(image.width, image.height);
     }
 }
 
 /// What a coarser sensor or acquisition matrix records of `image`: each of its pixels the area
-/// average of the full-size pixels it covers, `factor` of the size (at least 2 x 2). A copy when
-/// `factor >= 1`.
-pub fn area_downsample(image: &Image, factor: f32) -> Image {
+/// average of the full-size pixels it covers, `factor` of the size (at least 2 x 2). `None` when
+/// that is not smaller (`factor >= 1`).
+pub fn area_downsample(image: &Image, factor: f32) -> Option<Image> {
     let (w, h) = (image.width, image.height);
     let (lw, lh) = (((w as f32 * factor).round() as usize).max(2), ((h as f32 * factor).round() as usize).max(2));
     if lw >= w && lh >= h {
-        return image.clone();
+        return None;
     }
     let mut low = vec![0.0f32; lw * lh * 3];
     for y in 0..lh {
@@ -380,7 +380,7 @@ pub fn area_downsample(image: &Image, factor: f32) -> Image {
             }
         }
     }
-    Image { width: lw, height: lh, rgb: low }
+    Some(Image { width: lw, height: lh, rgb: low })
 }
 
 /// Additive Gaussian read noise of standard deviation `sigma`.
