@@ -78,13 +78,20 @@ config_of() { # task variant -> config path
 }
 
 train_one() { # task variant steps out-model [train flags] [config, else the variant's]
-  local task=$1 variant=$2 steps=$3 out=$4 flags=${5:-} config=${6:-} dir="$RUNS/$1-$2"
+  # INIT_FLAGS: extra `vlsa init` flags; SHIPPED_SHIFTS: after training, the model file is given
+  # this shift ensemble (`init --from`, the same tensors) before it is evaluated.
+  local task=$1 variant=$2 steps=$3 out=$4 flags=${5:-} dir="$RUNS/$1-$2"
+  local config=${6:-$(config_of "$1" "$2")}
   mkdir -p "$dir" "$(dirname "$out")"
-  "$V" init --config "${config:-$(config_of "$task" "$variant")}" --text-encoder "$ENC" --seed 0 --out "$dir/init.safetensors" ${INIT_FLAGS:-}
+  "$V" init --config "$config" --text-encoder "$ENC" --seed 0 --out "$dir/init.safetensors" ${INIT_FLAGS:-}
   "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 --seed 0 $flags \
     --data "$DATA/$task-A-train" --val "$DATA/$task-A-val" --steps "$steps" \
     --val-every 50 --checkpoint-every 50 --log-every 25 \
     --out "$dir/checkpoint.safetensors" --export "$out"
+  if [ -n "${SHIPPED_SHIFTS:-}" ]; then
+    "$V" init --config "$config" --from "$out" --shifts "$SHIPPED_SHIFTS" --out "$dir/shipped.safetensors"
+    mv "$dir/shipped.safetensors" "$out"
+  fi
   "$V" eval --model "$out" --data "$DATA/$task-A-test" --data "$DATA/$task-B-test" \
     --data "$DATA/$task-C-test" --data "$DATA/$task-D-test" --json "$dir/eval.json" $(regions_of "$task")
 }
@@ -146,20 +153,13 @@ case "${1:-}" in
   ship)
     for task in ${2:-cardiac fundus}; do
       case $task in
-        cardiac) set_shifts=$SHIP_SHIFTS_CARDIAC config=$SHIP_CONFIG_CARDIAC
-          INIT_FLAGS="--shifts $SHIP_SHIFTS_TRAIN" train_one cardiac full "$SHIP_STEPS_CARDIAC" weights/vlsa-cardiac-tiny.safetensors "$SHIP_FLAGS_CARDIAC" "$config" ;;
-        fundus) set_shifts=$SHIP_SHIFTS_FUNDUS config=$SHIP_CONFIG_FUNDUS
-          INIT_FLAGS="--shifts $SHIP_SHIFTS_TRAIN" train_one fundus full "$SHIP_STEPS_FUNDUS" weights/vlsa-fundus-tiny.safetensors "$SHIP_FLAGS_FUNDUS" "$config" ;;
+        cardiac) steps=$SHIP_STEPS_CARDIAC flags=$SHIP_FLAGS_CARDIAC config=$SHIP_CONFIG_CARDIAC shifts=$SHIP_SHIFTS_CARDIAC ;;
+        fundus) steps=$SHIP_STEPS_FUNDUS flags=$SHIP_FLAGS_FUNDUS config=$SHIP_CONFIG_FUNDUS shifts=$SHIP_SHIFTS_FUNDUS ;;
         *) echo "unknown task '$task'; the tasks are cardiac and fundus" >&2; exit 1 ;;
       esac
-      if [ "$set_shifts" != "$SHIP_SHIFTS_TRAIN" ]; then
-        # The same tensors with the shipped ensemble in the configuration, then evaluated again.
-        model=weights/vlsa-$task-tiny.safetensors
-        "$V" init --config "$config" --from "$model" --shifts "$set_shifts" --out "$RUNS/$task-full/shipped.safetensors"
-        mv "$RUNS/$task-full/shipped.safetensors" "$model"
-        "$V" eval --model "$model" --data "$DATA/$task-A-test" --data "$DATA/$task-B-test" \
-          --data "$DATA/$task-C-test" --data "$DATA/$task-D-test" --json "$RUNS/$task-full/eval.json" $(regions_of "$task")
-      fi
+      [ "$shifts" = "$SHIP_SHIFTS_TRAIN" ] && shifts=""
+      INIT_FLAGS="--shifts $SHIP_SHIFTS_TRAIN" SHIPPED_SHIFTS=$shifts \
+        train_one "$task" full "$steps" "weights/vlsa-$task-tiny.safetensors" "$flags" "$config"
     done ;;
   ablate)
     for task in ${2:-cardiac fundus}; do
