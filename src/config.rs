@@ -63,7 +63,32 @@ pub struct Config {
     /// the input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zoom_out: Option<usize>,
+    /// Automatic zoom-out (docs/DESIGN.md, "Zoom-out"): when enabled (`enabled`, or
+    /// `--zoom-out auto`) and `zoom_out` is not given, a view that is not a whole round field
+    /// ([`crate::image_io::whole_field`]) is segmented at each zoom-out
+    /// 1..=[`AUTO_ZOOM_OUT_MAX`] and keeps the one whose predicted object has the extent the
+    /// model predicts on its training images. Absent: no search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_zoom_out: Option<AutoZoomOut>,
 }
+
+/// The reference of the automatic zoom-out: the object the search measures and its usual size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoZoomOut {
+    /// The classes whose union is the object (e.g. rim and cup: the whole optic disc).
+    pub classes: Vec<u32>,
+    /// The object's extent on the model's training images: the side of a square of its
+    /// predicted area as a fraction of the model input's side, in (0, 1).
+    pub extent: f32,
+    /// Whether `vlsa segment` and `vlsa eval` search without being asked (`--zoom-out auto`
+    /// enables it for one command). Left out of the JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+}
+
+/// The zoom-out factors the automatic zoom-out tries: 1 to this.
+pub const AUTO_ZOOM_OUT_MAX: usize = 4;
 
 /// The largest zoom-out factor.
 pub const MAX_ZOOM_OUT: usize = 8;
@@ -329,6 +354,25 @@ impl Config {
                 return bad("zoom_out and refine do not combine; give one of them".into());
             }
         }
+        if let Some(a) = &self.auto_zoom_out {
+            let k = self.classes.len();
+            if a.classes.is_empty() || a.classes.iter().any(|&c| c == 0 || c as usize >= k) {
+                return bad(format!(
+                    "auto_zoom_out.classes {:?} must name foreground classes, 1 to {} (class 0 is the background)",
+                    a.classes,
+                    k - 1
+                ));
+            }
+            if !(a.extent > 0.0 && a.extent < 1.0) {
+                return bad(format!(
+                    "auto_zoom_out.extent {} must be a fraction of the input's side in (0, 1)",
+                    a.extent
+                ));
+            }
+            if self.refine.is_some() {
+                return bad("auto_zoom_out and refine do not combine; give one of them".into());
+            }
+        }
         if let Some(k) = self.shifts {
             if let Err(why) = check_shifts(k, self.patch_size) {
                 return bad(format!("shifts {why}"));
@@ -450,6 +494,12 @@ impl Config {
     /// The zoom-out factor (1: the view fills the model input).
     pub fn zoom_out(&self) -> usize {
         self.zoom_out.unwrap_or(1)
+    }
+
+    /// The automatic zoom-out's reference where it chooses the zoom-out: with `auto_zoom_out`
+    /// enabled and no fixed `zoom_out`.
+    pub fn auto_zoom(&self) -> Option<&AutoZoomOut> {
+        self.auto_zoom_out.as_ref().filter(|a| a.enabled && self.zoom_out.is_none())
     }
 
     /// Shifts per axis of the shift ensemble (1: one forward).
@@ -607,6 +657,39 @@ mod tests {
             "ok"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_automatic_zoom_out_is_optional_checked_off_unless_enabled_and_round_trips() {
+        let c = Config::from_json(DESIGN, "design").unwrap();
+        assert!(c.auto_zoom_out.is_none() && c.auto_zoom().is_none() && !c.to_json().contains("auto_zoom_out"));
+        let with = |a: &str| DESIGN.replace("\"ln_eps\": 1e-5", &format!("\"ln_eps\": 1e-5, \"auto_zoom_out\": {a}"));
+        let c = Config::from_json(&with(r#"{"classes": [1], "extent": 0.12}"#), "on").unwrap();
+        let a = c.auto_zoom_out.clone().unwrap();
+        assert_eq!((a.classes, a.extent, a.enabled), (vec![1], 0.12, false));
+        assert!(c.auto_zoom().is_none(), "a reference alone does not search");
+        assert!(!c.to_json().contains("enabled"), "enabled is absent unless true");
+        assert_eq!(Config::from_json(&c.to_json(), "again").unwrap(), c);
+        let mut on = Config::from_json(&with(r#"{"classes": [1], "extent": 0.12, "enabled": true}"#), "on").unwrap();
+        assert_eq!(on.auto_zoom().map(|a| a.extent), Some(0.12));
+        assert_eq!(Config::from_json(&on.to_json(), "again").unwrap(), on);
+        on.zoom_out = Some(1);
+        assert!(on.auto_zoom().is_none(), "a fixed zoom-out overrides the search");
+        let k = 3; // DESIGN's class count: one past the last class
+        for (bad, why) in [
+            (r#"{"classes": [0], "extent": 0.1}"#.to_string(), "must name foreground classes"),
+            (format!(r#"{{"classes": [{k}], "extent": 0.1}}"#), "must name foreground classes"),
+            (r#"{"classes": [], "extent": 0.1}"#.to_string(), "must name foreground classes"),
+            (r#"{"classes": [1], "extent": 0}"#.to_string(), "auto_zoom_out.extent 0 must be a fraction"),
+            (r#"{"classes": [1], "extent": 1.5}"#.to_string(), "auto_zoom_out.extent 1.5 must be a fraction"),
+            (r#"{"classes": [1], "size": 0.1}"#.to_string(), "size"),
+        ] {
+            let e = Config::from_json(&with(&bad), "cfg.json").unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("cfg.json"), "{bad}: {e}");
+        }
+        let both = with(r#"{"classes": [1], "extent": 0.1}"#)
+            .replace("\"ln_eps\": 1e-5", "\"ln_eps\": 1e-5, \"refine\": {\"crop\": 0.4}");
+        assert!(Config::from_json(&both, "cfg.json").unwrap_err().to_string().contains("do not combine"));
     }
 
     #[test]

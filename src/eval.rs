@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::AUTO_ZOOM_OUT_MAX;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::image_io::{Image, Mask};
@@ -155,6 +156,9 @@ pub struct EvalResult {
     pub region_counted: Vec<usize>,
     /// Mean of the regions' Dice (those defined); None without regions.
     pub region_mean: Option<f64>,
+    /// With the automatic zoom-out, the images predicted at each zoom-out (index z - 1 for
+    /// zoom-out z); empty otherwise.
+    pub zoom_counts: Vec<usize>,
 }
 
 fn mean(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
@@ -218,6 +222,7 @@ pub fn evaluate_predictions_with_regions(
         region_mean: mean(region_dice.iter().copied()),
         region_dice,
         region_counted,
+        zoom_counts: Vec::new(),
     })
 }
 
@@ -264,19 +269,29 @@ pub fn evaluate_regions_with_progress(
         }
     }
     let mut predicted = Vec::with_capacity(dataset.len());
+    let mut zoom_counts = vec![0usize; AUTO_ZOOM_OUT_MAX];
     for chunk in dataset.samples.chunks(batch) {
         let images: Vec<&Image> = chunk.iter().map(|s| &s.image).collect();
-        predicted.extend(predict(model, &images)?);
+        for (mask, zoom) in model.segment_zoomed(&images)? {
+            predicted.push(mask);
+            if let Some(n) = zoom_counts.get_mut(zoom - 1) {
+                *n += 1;
+            }
+        }
         progress(predicted.len());
     }
     let truth: Vec<Mask> = dataset.samples.iter().map(|s| s.mask.clone()).collect();
-    evaluate_predictions_with_regions(
+    let mut result = evaluate_predictions_with_regions(
         &dataset.root.display().to_string(),
         &model.config.classes,
         regions,
         &predicted,
         &truth,
-    )
+    )?;
+    if model.config.auto_zoom().is_some() {
+        result.zoom_counts = zoom_counts;
+    }
+    Ok(result)
 }
 
 /// Dice on several data sets (domains) and the mean over them.
@@ -302,6 +317,9 @@ pub struct EvalReport {
     pub shifts: usize,
     /// The zoom-out factor images were predicted at (1: filling the model input).
     pub zoom_out: usize,
+    /// Whether the automatic zoom-out chose each image's zoom-out (each result's
+    /// `zoom_counts`).
+    pub auto_zoom_out: bool,
 }
 
 impl EvalReport {
@@ -321,6 +339,7 @@ impl EvalReport {
         EvalReport {
             shifts: 1,
             zoom_out: 1,
+            auto_zoom_out: false,
             model: model.to_string(),
             classes: classes.to_vec(),
             results,
@@ -353,6 +372,9 @@ impl EvalReport {
         };
         if self.zoom_out > 1 {
             ensemble += &format!("; each image zoomed out to 1/{} of the input", self.zoom_out);
+        }
+        if self.auto_zoom_out {
+            ensemble += "; zoom-out chosen per image by the automatic zoom-out";
         }
         let mut out = format!(
             "Dice of {} (per image, then averaged; classes absent in both prediction and truth skipped{ensemble})\n",
@@ -401,6 +423,16 @@ impl EvalReport {
             let name = format!("mean over {} data sets", self.results.len());
             row(&name, String::new(), &self.mean_dice, self.mean, &self.mean_region_dice, self.region_mean);
         }
+        for r in self.results.iter().filter(|r| !r.zoom_counts.is_empty()) {
+            let counts: Vec<String> = r
+                .zoom_counts
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(z, n)| format!("{n} at {}", z + 1))
+                .collect();
+            out += &format!("zoom-out chosen, {}: {}\n", r.name, counts.join(", "));
+        }
         out
     }
 
@@ -428,6 +460,20 @@ impl EvalReport {
         }
         if self.zoom_out > 1 {
             json["zoom_out"] = serde_json::json!(self.zoom_out);
+        }
+        if self.auto_zoom_out {
+            // Only with the automatic zoom-out, so that other reports keep their exact form.
+            json["zoom_out"] = serde_json::json!("auto");
+            for (set, r) in json["datasets"].as_array_mut().expect("datasets is an array").iter_mut().zip(&self.results)
+            {
+                let counts: serde_json::Map<String, serde_json::Value> = r
+                    .zoom_counts
+                    .iter()
+                    .enumerate()
+                    .map(|(z, n)| ((z + 1).to_string(), serde_json::json!(n)))
+                    .collect();
+                set["zoom_out_chosen"] = serde_json::Value::Object(counts);
+            }
         }
         if !self.regions.is_empty() {
             // Only with --region, so that reports without regions keep their exact form.

@@ -250,6 +250,25 @@ pub fn field_of_view(image: &Image) -> Option<Rect> {
     (!fills && !scant).then_some(Rect { x0, y0, width: bw, height: bh })
 }
 
+/// Whether `image` shows a whole round field of view (docs/DESIGN.md, "Zoom-out"): each of
+/// its four corner squares, of side an eighth of its shorter side, has at least 90 % of its
+/// pixels dark (no channel above [`FIELD_OF_VIEW_LEVEL`]). A round field in a rectangular
+/// frame (or in the box [`field_of_view`] crops to) leaves every corner outside the circle: a
+/// circle inscribed in a square misses the corner squares of an eighth of the side entirely. A
+/// close-up, a crop inside the field or across its edge, has a corner inside the field.
+pub fn whole_field(image: &Image) -> bool {
+    let (w, h) = (image.width, image.height);
+    let c = (w.min(h) / 8).max(1);
+    let dark_corner = |x0: usize, y0: usize| {
+        let dark = (y0..y0 + c)
+            .flat_map(|y| (x0..x0 + c).map(move |x| y * w + x))
+            .filter(|&i| image.rgb[i * 3..i * 3 + 3].iter().all(|&v| v <= FIELD_OF_VIEW_LEVEL))
+            .count();
+        dark * 10 >= c * c * 9
+    };
+    [(0, 0), (w - c, 0), (0, h - c), (w - c, h - c)].into_iter().all(|(x, y)| dark_corner(x, y))
+}
+
 /// A segmentation mask: one class index per pixel, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mask {
@@ -466,6 +485,51 @@ mod tests {
         assert_eq!(field_of_view(&framed(40, 40, (10, 10, 8, 30), 0.5)), None);
         // Content darker than the level is not a field of view.
         assert_eq!(field_of_view(&framed(60, 40, (10, 0, 40, 40), 0.09)), None);
+    }
+
+    /// A `w` x `h` image with a bright round field of radius `r` about (`cx`, `cy`).
+    fn round_field(w: usize, h: usize, (cx, cy, r): (f32, f32, f32)) -> Image {
+        let mut image = framed(w, h, (0, 0, 0, 0), 0.0);
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                if dx * dx + dy * dy < r * r {
+                    image.rgb[(y * w + x) * 3..][..3].copy_from_slice(&[0.6, 0.3, 0.1]);
+                }
+            }
+        }
+        image
+    }
+
+    #[test]
+    fn a_whole_field_is_one_whose_four_corners_are_dark() {
+        // Inscribed in its frame, odd and even sides; clipped top and bottom (a wide field's box).
+        assert!(whole_field(&round_field(128, 128, (64.0, 64.0, 64.0))));
+        assert!(whole_field(&round_field(37, 37, (18.5, 18.5, 18.5))));
+        assert!(whole_field(&round_field(101, 83, (50.5, 41.5, 50.5))));
+        // Dim noise in the surround stays dark.
+        let mut noisy = round_field(64, 64, (32.0, 32.0, 32.0));
+        for (i, v) in noisy.rgb.iter_mut().enumerate() {
+            if *v == 0.0 {
+                *v = (i % 11) as f32 * 0.009; // up to 0.09
+            }
+        }
+        assert!(whole_field(&noisy));
+        // Close-ups: inside the field (no dark corner), across its edge (two), near a corner (three).
+        assert!(!whole_field(&round_field(64, 64, (32.0, 32.0, 200.0))));
+        assert!(!whole_field(&round_field(64, 64, (120.0, 32.0, 100.0))));
+        let mut three = round_field(64, 64, (32.0, 32.0, 32.0));
+        three.rgb[..3].copy_from_slice(&[0.5, 0.5, 0.5]); // still dark: 63 of 64 pixels
+        assert!(whole_field(&three));
+        for y in 0..8 {
+            for x in 56..64 {
+                three.rgb[(y * 64 + x) * 3] = 0.5;
+            }
+        }
+        assert!(!whole_field(&three), "one bright corner");
+        // Tiny and all-dark images.
+        assert!(whole_field(&framed(1, 1, (0, 0, 0, 0), 0.0)));
+        assert!(!whole_field(&framed(3, 5, (0, 0, 3, 5), 0.4)));
     }
 
     #[test]

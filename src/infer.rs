@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::config::{AutoZoomOut, AUTO_ZOOM_OUT_MAX};
 use crate::error::{Error, Result};
 use crate::font;
-use crate::image_io::{argmax_resized, field_of_view, preprocess, Image, Mask, Rect};
+use crate::image_io::{argmax_resized, field_of_view, preprocess, whole_field, Image, Mask, Rect};
 use crate::kernels::loss;
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -46,6 +47,14 @@ impl Model {
     /// A model with `field_of_view` first crops each image to its field of view
     /// ([`field_of_view`]) and segments that; the mask is background outside it.
     pub fn segment(&self, images: &[&Image]) -> Result<Vec<Mask>> {
+        Ok(self.segment_zoomed(images)?.into_iter().map(|(mask, _)| mask).collect())
+    }
+
+    /// [`Model::segment`], with the zoom-out each mask was predicted at: the model's
+    /// `zoom_out` (1 when absent), or, with the automatic zoom-out enabled
+    /// ([`crate::config::Config::auto_zoom`]), the one it chose for the image
+    /// (docs/DESIGN.md step 15).
+    pub fn segment_zoomed(&self, images: &[&Image]) -> Result<Vec<(Mask, usize)>> {
         if !self.config.field_of_view {
             return self.segment_view(images);
         }
@@ -62,19 +71,24 @@ impl Model {
         Ok(masks
             .into_iter()
             .zip(images.iter().zip(&boxes))
-            .map(|(m, (img, b))| match b {
-                Some(r) => m.placed(r.x0, r.y0, img.width, img.height),
-                None => m,
+            .map(|((m, zoom), (img, b))| match b {
+                Some(r) => (m.placed(r.x0, r.y0, img.width, img.height), zoom),
+                None => (m, zoom),
             })
             .collect())
     }
 
-    /// [`Model::segment`] of images already cropped to their field of view (or without one):
-    /// steps 1-13, one pass or two with `refine`.
-    fn segment_view(&self, images: &[&Image]) -> Result<Vec<Mask>> {
-        let first = self.segment_once(images)?;
+    /// [`Model::segment_zoomed`] of images already cropped to their field of view (or without
+    /// one): steps 1-13, one pass or two with `refine`, or the automatic zoom-out's search.
+    fn segment_view(&self, images: &[&Image]) -> Result<Vec<(Mask, usize)>> {
+        let c = &self.config;
+        if let Some(auto) = c.auto_zoom() {
+            return self.segment_auto_zoom_out(images, auto);
+        }
+        let zoom = c.zoom_out();
+        let first = self.segment_once(images, zoom)?;
         let Some(refine) = &self.config.refine else {
-            return Ok(first);
+            return Ok(first.into_iter().map(|m| (m, zoom)).collect());
         };
         let windows: Vec<Option<Window>> = first.iter().map(|m| refine_window(m, refine.crop)).collect();
         let crops: Vec<Image> = images
@@ -82,17 +96,47 @@ impl Model {
             .zip(&windows)
             .filter_map(|(img, w)| w.map(|w| img.crop(w.x0, w.y0, w.side, w.side)))
             .collect();
-        let mut second = self.segment_once(&crops.iter().collect::<Vec<_>>())?.into_iter();
+        let mut second = self.segment_once(&crops.iter().collect::<Vec<_>>(), zoom)?.into_iter();
         let mut masks = Vec::with_capacity(images.len());
         for (mask, window) in first.into_iter().zip(windows) {
             let Some(w) = window else {
-                masks.push(mask); // nothing found: all background already
+                masks.push((mask, zoom)); // nothing found: all background already
                 continue;
             };
             let part = second.next().expect("one second-pass mask per window");
-            masks.push(part.placed(w.x0, w.y0, mask.width, mask.height));
+            masks.push((part.placed(w.x0, w.y0, mask.width, mask.height), zoom));
         }
         Ok(masks)
+    }
+
+    /// The automatic zoom-out: whole fields at zoom-out 1; every other view at each zoom-out
+    /// 1..=[`AUTO_ZOOM_OUT_MAX`], keeping the lowest [`auto_zoom_out_score`] (the smaller
+    /// zoom-out on a tie; 1 where no zoom-out finds the object).
+    fn segment_auto_zoom_out(&self, images: &[&Image], auto: &AutoZoomOut) -> Result<Vec<(Mask, usize)>> {
+        let (fields, close): (Vec<usize>, Vec<usize>) = (0..images.len()).partition(|&i| whole_field(images[i]));
+        let mut out: Vec<Option<(Mask, usize)>> = vec![None; images.len()];
+        let pick = |list: &[usize]| list.iter().map(|&i| images[i]).collect::<Vec<_>>();
+        for (&i, mask) in fields.iter().zip(self.segment_once(&pick(&fields), 1)?) {
+            out[i] = Some((mask, 1));
+        }
+        let mut best: Vec<Option<(f64, Mask, usize)>> = vec![None; close.len()];
+        let mut unzoomed = Vec::new();
+        for zoom in 1..=AUTO_ZOOM_OUT_MAX {
+            let masks = self.segment_once(&pick(&close), zoom)?;
+            for (slot, mask) in best.iter_mut().zip(&masks) {
+                let Some(score) = auto_zoom_out_score(mask, zoom, auto) else { continue };
+                if slot.as_ref().is_none_or(|(s, ..)| score < *s) {
+                    *slot = Some((score, mask.clone(), zoom));
+                }
+            }
+            if zoom == 1 {
+                unzoomed = masks;
+            }
+        }
+        for ((&i, found), plain) in close.iter().zip(best).zip(unzoomed) {
+            out[i] = Some(found.map_or((plain, 1), |(_, mask, zoom)| (mask, zoom)));
+        }
+        Ok(out.into_iter().map(|m| m.expect("every image is a whole field or a close-up")).collect())
     }
 
     /// Builds the pipelines of an inference forward on `input` several at once, before it
@@ -112,10 +156,10 @@ impl Model {
     }
 
     /// One pass of [`Model::segment`]: each image's logits (of its place in the input where
-    /// `zoom_out` shrinks it there: [`zoom_out_canvas`]) resized to its size, then the argmax.
-    fn segment_once(&self, images: &[&Image]) -> Result<Vec<Mask>> {
+    /// `zoom` > 1 shrinks it there: [`zoom_out_canvas`]) resized to its size, then the argmax.
+    fn segment_once(&self, images: &[&Image], zoom: usize) -> Result<Vec<Mask>> {
         let c = &self.config;
-        let (s, k, zoom) = (c.image_size, c.num_classes(), c.zoom_out());
+        let (s, k) = (c.image_size, c.num_classes());
         let mut masks = Vec::with_capacity(images.len());
         for chunk in images.chunks(SEGMENT_BATCH) {
             let canvases: Vec<(Image, Rect)> =
@@ -314,6 +358,19 @@ pub fn zoom_out_canvas(image: &Image, zoom: usize, s: usize) -> (Image, Rect) {
         rgb[((y0 + y) * s + x0) * 3..][..width * 3].copy_from_slice(row);
     }
     (Image { width: s, height: s, rgb }, Rect { x0, y0, width, height })
+}
+
+/// How far `mask`, predicted at zoom-out `zoom`, is from the automatic zoom-out's reference:
+/// |ln(extent / auto.extent)|, where the extent is sqrt(pixels of `auto.classes`) / (zoom x
+/// the mask's longer side), the side of a square of the object's area as a fraction of the
+/// model input it was predicted in. `None` where the mask has none of those classes.
+pub fn auto_zoom_out_score(mask: &Mask, zoom: usize, auto: &AutoZoomOut) -> Option<f64> {
+    let area = mask.labels.iter().filter(|&&v| auto.classes.contains(&u32::from(v))).count();
+    if area == 0 {
+        return None;
+    }
+    let extent = (area as f64).sqrt() / (zoom * mask.width.max(mask.height)) as f64;
+    Some((extent / f64::from(auto.extent)).ln().abs())
 }
 
 /// A square window of a mask: its top-left corner and side, in pixels.
@@ -518,6 +575,25 @@ pub fn overlay(image: &Image, mask: &Mask, classes: &[String]) -> Result<Image> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_auto_zoom_out_score_is_the_log_distance_of_the_objects_extent() {
+        // 20 x 10: nine pixels of class 1 and one of class 2 (the object), seven of class 3.
+        let mut labels = vec![0u8; 200];
+        labels[..9].fill(1);
+        labels[9] = 2;
+        labels[50..57].fill(3);
+        let mask = Mask { width: 20, height: 10, labels };
+        let auto = |extent: f32| AutoZoomOut { classes: vec![1, 2], extent, enabled: true };
+        // sqrt(10) / (2 * 20): the longer side, times the zoom-out.
+        let extent = 10f64.sqrt() / 40.0;
+        let at = |reference: f64| auto_zoom_out_score(&mask, 2, &auto(reference as f32)).unwrap();
+        assert!(at(extent).abs() < 1e-6);
+        assert!((at(extent * 2.0) - 2f64.ln()).abs() < 1e-6 && (at(extent / 2.0) - 2f64.ln()).abs() < 1e-6);
+        assert!((auto_zoom_out_score(&mask, 1, &auto(extent as f32)).unwrap() - 2f64.ln()).abs() < 1e-6);
+        let none = AutoZoomOut { classes: vec![4], extent: 0.1, enabled: true };
+        assert_eq!(auto_zoom_out_score(&mask, 1, &none), None, "no pixel of the object");
+    }
 
     #[test]
     fn a_zoom_out_canvas_holds_the_image_shrunk_in_its_middle_and_black_around_it() {

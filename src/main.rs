@@ -287,10 +287,11 @@ enum Command {
         shifts: Option<usize>,
         /// Zoom out: shrink each image to 1/K of the model's input side in a black input, for
         /// close-ups in which the object fills K times more of the image than in the model's
-        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input. Default:
-        /// the model's own `zoom_out`, else 1.
-        #[arg(long, value_name = "K")]
-        zoom_out: Option<usize>,
+        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input; `auto`:
+        /// the model's automatic zoom-out (its `auto_zoom_out`). Default: the model's own
+        /// `zoom_out`, else its automatic zoom-out where enabled, else 1.
+        #[arg(long, value_name = "K|auto", value_parser = parse_zoom_out)]
+        zoom_out: Option<ZoomOut>,
     },
     /// Run the model on images and dump the input and every intermediate tensor (docs/DESIGN.md names).
     Forward {
@@ -370,10 +371,11 @@ enum Command {
         shifts: Option<usize>,
         /// Zoom out: shrink each image to 1/K of the model's input side in a black input, for
         /// close-ups in which the object fills K times more of the image than in the model's
-        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input. Default:
-        /// the model's own `zoom_out`, else 1.
-        #[arg(long, value_name = "K")]
-        zoom_out: Option<usize>,
+        /// training images (docs/DESIGN.md, "Zoom-out"); 1: the image fills the input; `auto`:
+        /// the model's automatic zoom-out (its `auto_zoom_out`). Default: the model's own
+        /// `zoom_out`, else its automatic zoom-out where enabled, else 1.
+        #[arg(long, value_name = "K|auto", value_parser = parse_zoom_out)]
+        zoom_out: Option<ZoomOut>,
     },
     /// Embed texts with a sentence encoder (all-MiniLM-L6-v2): print a summary or dump them.
     Embed {
@@ -874,12 +876,15 @@ fn segment(
         outln!("class embeddings: {} prompts embedded by {}", prompts.len(), dir.display());
     }
     let classes = model.config.classes.clone();
+    let auto = model.config.auto_zoom().is_some();
     // One image at a time from disk, batched on the GPU.
     for (chunk, targets) in images.chunks(vlsa::infer::SEGMENT_BATCH).zip(targets.chunks(vlsa::infer::SEGMENT_BATCH)) {
         let loaded = load_images(chunk)?;
         let refs: Vec<&Image> = loaded.iter().collect();
-        let masks = model.segment(&refs)?;
-        for (((path, image), mask), (mask_path, overlay_path)) in chunk.iter().zip(&loaded).zip(&masks).zip(targets) {
+        let masks = model.segment_zoomed(&refs)?;
+        for (((path, image), (mask, zoom)), (mask_path, overlay_path)) in
+            chunk.iter().zip(&loaded).zip(&masks).zip(targets)
+        {
             mask.save_png(mask_path)?;
             vlsa::infer::overlay(image, mask, &classes)?.save_png(overlay_path)?;
             let total = mask.labels.len() as f64;
@@ -892,8 +897,10 @@ fn segment(
                     )
                 })
                 .collect();
+            // Said where the automatic zoom-out chose it, so a close-up's zoom-out is seen.
+            let zoomed = if auto { format!(" (zoom-out {zoom}, chosen)") } else { String::new() };
             outln!(
-                "{}: {}x{}, {} -> {}, {}",
+                "{}: {}x{}{zoomed}, {} -> {}, {}",
                 path.display(),
                 image.width,
                 image.height,
@@ -962,12 +969,26 @@ fn synth(task: &str, domain: &str, count: usize, size: usize, out: &Path, seed: 
     Ok(())
 }
 
-/// `--shifts K` of segment and eval: the model predicts by a K x K shift ensemble.
 /// `--shifts` and `--zoom-out` of `vlsa segment` and `vlsa eval`.
 #[derive(Debug, Clone, Copy)]
 struct Prediction {
     shifts: Option<usize>,
-    zoom_out: Option<usize>,
+    zoom_out: Option<ZoomOut>,
+}
+
+/// `--zoom-out K` or `--zoom-out auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ZoomOut {
+    Fixed(usize),
+    Auto,
+}
+
+/// Parses `--zoom-out`: a whole number or `auto` (its range is checked with the model).
+fn parse_zoom_out(text: &str) -> Result<ZoomOut, String> {
+    if text == "auto" {
+        return Ok(ZoomOut::Auto);
+    }
+    text.parse().map(ZoomOut::Fixed).map_err(|_| format!("{text:?} is neither a whole number nor auto"))
 }
 
 /// Applies `--shifts` and `--zoom-out` over the model's own settings.
@@ -976,12 +997,27 @@ fn set_prediction(model: &mut Model, Prediction { shifts, zoom_out }: Prediction
         vlsa::config::check_shifts(k, model.config.patch_size).map_err(|why| format!("--shifts {why}"))?;
         model.config.shifts = Some(k);
     }
-    if let Some(k) = zoom_out {
-        vlsa::config::check_zoom_out(k).map_err(|why| format!("--zoom-out {why}"))?;
-        if k > 1 && model.config.refine.is_some() {
-            return Err("--zoom-out does not combine with the model's refine (two-pass refinement)".to_string().into());
+    match zoom_out {
+        Some(ZoomOut::Fixed(k)) => {
+            vlsa::config::check_zoom_out(k).map_err(|why| format!("--zoom-out {why}"))?;
+            if k > 1 && model.config.refine.is_some() {
+                return Err("--zoom-out does not combine with the model's refine (two-pass refinement)"
+                    .to_string()
+                    .into());
+            }
+            model.config.zoom_out = Some(k);
         }
-        model.config.zoom_out = Some(k);
+        Some(ZoomOut::Auto) => {
+            let Some(auto) = model.config.auto_zoom_out.as_mut() else {
+                return Err("--zoom-out auto needs a model with an automatic zoom-out (`auto_zoom_out` in its \
+                    configuration: `vlsa init --config CFG.json --from MODEL` with it in CFG.json); give a factor instead"
+                    .to_string()
+                    .into());
+            };
+            auto.enabled = true;
+            model.config.zoom_out = None;
+        }
+        None => {}
     }
     Ok(())
 }
@@ -1024,6 +1060,7 @@ fn eval(
     report.model = model.display().to_string();
     report.shifts = loaded.config.shifts();
     report.zoom_out = loaded.config.zoom_out();
+    report.auto_zoom_out = loaded.config.auto_zoom().is_some();
     write_stdout(format_args!("{}", report.table()));
     if let Some(path) = json {
         let text =

@@ -227,6 +227,70 @@ fn zoom_out_segments_each_image_shrunk_into_a_black_input() {
 }
 
 #[test]
+fn the_automatic_zoom_out_keeps_whole_fields_and_picks_each_close_ups_nearest_extent() {
+    let gpu = common::gpu();
+    let mut model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 5).unwrap();
+    // Close-ups (random content to the corners) and round fields (dark corners), mixed.
+    let close = random_images(21, &[(23, 19), (16, 16), (40, 33)]);
+    let mut fields = random_images(22, &[(24, 24), (31, 22)]);
+    for f in &mut fields {
+        let (w, h) = (f.width as f32, f.height as f32);
+        for y in 0..f.height {
+            for x in 0..f.width {
+                let (dx, dy) = ((x as f32 + 0.5 - w / 2.0) / (w / 2.0), (y as f32 + 0.5 - h / 2.0) / (w / 2.0));
+                if dx * dx + dy * dy >= 1.0 {
+                    f.rgb[(y * f.width + x) * 3..][..3].fill(0.0);
+                }
+            }
+        }
+    }
+    assert!(fields.iter().all(vlsa::image_io::whole_field) && !close.iter().any(vlsa::image_io::whole_field));
+    let mixed: Vec<&Image> = vec![&close[0], &fields[0], &close[1], &fields[1], &close[2]];
+    let at = |model: &mut Model, zoom: usize, images: &[&Image]| {
+        model.config.zoom_out = Some(zoom);
+        let masks = predict(model, images).unwrap();
+        model.config.zoom_out = None;
+        masks
+    };
+    let by_zoom: Vec<Vec<Mask>> = (1..=4).map(|z| at(&mut model, z, &mixed)).collect();
+    // The reference: the first close-up's extent at zoom-out 3, so that zoom-out 3 wins there.
+    let classes = [1u32, 2];
+    let area = |m: &Mask| m.labels.iter().filter(|&&v| classes.contains(&u32::from(v))).count();
+    let first = &by_zoom[2][0];
+    assert!(area(first) > 0, "the first close-up has no disc at zoom-out 3: the test shows nothing");
+    let extent = (area(first) as f64).sqrt() / (3 * first.width.max(first.height)) as f64;
+    let auto = vlsa::config::AutoZoomOut { classes: classes.to_vec(), extent: extent as f32, enabled: false };
+    model.config.auto_zoom_out = Some(auto.clone());
+    assert_eq!(
+        model.segment_zoomed(&mixed).unwrap(),
+        by_zoom[0].iter().cloned().map(|m| (m, 1)).collect::<Vec<_>>(),
+        "not enabled: no search"
+    );
+    model.config.auto_zoom_out.as_mut().unwrap().enabled = true;
+    let got = model.segment_zoomed(&mixed).unwrap();
+    // By hand: whole fields at 1; a close-up at the zoom-out of the lowest score (the smaller
+    // on a tie), 1 where no zoom-out finds the disc.
+    for (i, image) in mixed.iter().enumerate() {
+        let want = if vlsa::image_io::whole_field(image) {
+            1
+        } else {
+            (1..=4)
+                .filter_map(|z| vlsa::infer::auto_zoom_out_score(&by_zoom[z - 1][i], z, &auto).map(|s| (s, z)))
+                .fold(None, |best: Option<(f64, usize)>, (s, z)| match best {
+                    Some((b, _)) if b <= s => best,
+                    _ => Some((s, z)),
+                })
+                .map_or(1, |(_, z)| z)
+        };
+        assert_eq!(got[i], (by_zoom[want - 1][i].clone(), want), "image {i}");
+    }
+    assert_eq!(got[0].1, 3, "the close-up whose extent is the reference at zoom-out 3");
+    // A fixed zoom-out overrides the search.
+    model.config.zoom_out = Some(2);
+    assert_eq!(model.segment(&mixed).unwrap(), by_zoom[1]);
+}
+
+#[test]
 fn a_model_with_a_field_of_view_segments_inside_it_and_marks_background_around_it() {
     let gpu = common::gpu();
     let mut model = Model::init(gpu, tiny(&["background", "optic disc", "optic cup"]), 5).unwrap();
@@ -380,6 +444,42 @@ fn eval_command_end_to_end_and_class_mismatches() {
             "{args:?}: {stderr}"
         );
     }
+    // --zoom-out auto: refused without the model's reference, and a word that is neither.
+    let out = run(&["eval", "--model", m, "--data", a_s, "--zoom-out", "auto"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("vlsa: --zoom-out auto needs a model with an automatic zoom-out"), "{stderr}");
+    let out = run(&["segment", "--model", m, "--image", images, "--out", out_dir, "--zoom-out", "most"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"most\" is neither a whole number nor auto"));
+    // With the reference: the table and the JSON say so and count each zoom-out chosen; the
+    // library's numbers; segment names the zoom-out chosen.
+    let mut auto = Model::load(gpu, &model_path).unwrap();
+    auto.config.auto_zoom_out = Some(vlsa::config::AutoZoomOut { classes: vec![1, 2], extent: 0.3, enabled: false });
+    let auto_path = root.join("auto.safetensors");
+    auto.save(&auto_path, false).unwrap();
+    let am = auto_path.to_str().unwrap();
+    let out = run(&["eval", "--model", am, "--data", a_s, "--json", j, "--zoom-out", "auto"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("zoom-out chosen per image by the automatic zoom-out"), "{stdout}");
+    assert!(stdout.contains(&format!("zoom-out chosen, {}: ", a.display())), "{stdout}");
+    let chosen: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(chosen["zoom_out"], "auto");
+    let counts = chosen["datasets"][0]["zoom_out_chosen"].as_object().unwrap();
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["1", "2", "3", "4"]);
+    assert_eq!(counts.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 3);
+    auto.config.auto_zoom_out.as_mut().unwrap().enabled = true;
+    let lib = evaluate(&auto, &dataset, 3).unwrap();
+    assert_eq!(lib.zoom_counts.iter().sum::<usize>(), 3);
+    for (z, n) in lib.zoom_counts.iter().enumerate() {
+        assert_eq!(counts[&(z + 1).to_string()], *n as u64);
+    }
+    assert!((chosen["datasets"][0]["mean"].as_f64().unwrap() - lib.mean.unwrap()).abs() < 1e-12);
+    let out = run(&["segment", "--model", am, "--image", images, "--out", out_dir, "--zoom-out", "auto"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.matches(", chosen)").count(), 3, "{said}");
     let out = run(&["eval", "--model", m, "--data", a_s, "--region", "rim=9"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -132,6 +132,18 @@ class FixtureTest(unittest.TestCase):
             parse_config(dict(TINY, zoom_out=9))
         with self.assertRaisesRegex(ValueError, "do not combine"):
             parse_config(dict(TINY, zoom_out=2, refine={"crop": 0.4}))
+        # `auto_zoom_out`: absent unless given, `enabled` written only when true, checked.
+        self.assertNotIn("auto_zoom_out", parse_config(TINY))
+        auto = parse_config(dict(TINY, auto_zoom_out={"classes": [1], "extent": 0.08}))
+        self.assertEqual(auto["auto_zoom_out"], {"classes": [1], "extent": 0.08, "enabled": False})
+        self.assertNotIn("enabled", config_json(auto))
+        self.assertEqual(parse_config(config_json(auto)), auto)
+        with self.assertRaisesRegex(ValueError, "auto_zoom_out.classes \\[0\\] must name foreground classes"):
+            parse_config(dict(TINY, auto_zoom_out={"classes": [0], "extent": 0.08}))
+        with self.assertRaisesRegex(ValueError, "auto_zoom_out.extent 1.5 must be a fraction"):
+            parse_config(dict(TINY, auto_zoom_out={"classes": [1], "extent": 1.5}))
+        with self.assertRaisesRegex(ValueError, "unknown key `auto_zoom_out.size`"):
+            parse_config(dict(TINY, auto_zoom_out={"classes": [1], "extent": 0.1, "size": 2}))
 
     def test_field_of_view_is_vlsas(self):
         """The cases of vlsa's own test (src/image_io.rs), on the package's copy."""

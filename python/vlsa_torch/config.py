@@ -12,7 +12,7 @@ _TOP = {
     "image_size": None, "patch_size": None, "pixel_mean": CLIP_MEAN, "pixel_std": CLIP_STD,
     "vision": None, "text_dim": None, "classes": None, "prompts": "classes", "decoder": None,
     "em": None, "ln_eps": 1e-5, "refine": "absent", "shifts": "absent", "field_of_view": False,
-    "zoom_out": "absent",
+    "zoom_out": "absent", "auto_zoom_out": "absent",
 }
 MAX_ZOOM_OUT = 8
 MAX_SHIFTS = 8
@@ -67,6 +67,12 @@ def parse_config(value, source="config"):
         # `zoom_out` (docs/DESIGN.md "Zoom-out") likewise.
         if c["zoom_out"] == "absent":
             del c["zoom_out"]
+        # `auto_zoom_out` (docs/DESIGN.md "Zoom-out") likewise; `enabled` defaults to false.
+        if c["auto_zoom_out"] == "absent":
+            del c["auto_zoom_out"]
+        else:
+            schema = {"classes": None, "extent": None, "enabled": False}
+            c["auto_zoom_out"] = _fill(c["auto_zoom_out"], schema, "auto_zoom_out.")
         if c["prompts"] == "classes" or c["prompts"] is None:
             c["prompts"] = list(c["classes"])
         _validate(c)
@@ -106,6 +112,20 @@ def _validate(c):
             raise ConfigError(f"zoom_out {k} must be between 1 and {MAX_ZOOM_OUT} (1: the image fills the model input)")
         if k > 1 and "refine" in c:
             raise ConfigError("zoom_out and refine do not combine; give one of them")
+    if "auto_zoom_out" in c:
+        a, k = c["auto_zoom_out"], len(c["classes"])
+        if not (isinstance(a["classes"], list) and a["classes"]
+                and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < k for x in a["classes"])):
+            raise ConfigError(
+                f"auto_zoom_out.classes {a['classes']} must name foreground classes, 1 to {k - 1} (class 0 is the background)"
+            )
+        e = a["extent"]
+        if not (isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e < 1):
+            raise ConfigError(f"auto_zoom_out.extent {e} must be a fraction of the input's side in (0, 1)")
+        if not isinstance(a["enabled"], bool):
+            raise ConfigError(f"auto_zoom_out.enabled {a['enabled']!r} must be true or false")
+        if "refine" in c:
+            raise ConfigError("auto_zoom_out and refine do not combine; give one of them")
     if not isinstance(c["field_of_view"], bool):
         raise ConfigError(f"field_of_view {c['field_of_view']!r} must be true or false")
     if "shifts" in c:
@@ -117,8 +137,9 @@ def _validate(c):
 
 
 def config_json(c):
-    """The JSON text vlsa stores (`decoder.cross_attn` written only when false and
-    `decoder.upsample` only when above 1, as vlsa does)."""
+    """The JSON text vlsa stores (`decoder.cross_attn` written only when false,
+    `decoder.upsample` only when above 1 and `auto_zoom_out.enabled` only when true, as vlsa
+    does)."""
     out = copy.deepcopy(c)
     if out["decoder"].get("cross_attn", True):
         out["decoder"].pop("cross_attn", None)
@@ -126,6 +147,8 @@ def config_json(c):
         out["decoder"].pop("upsample", None)
     if not out.get("field_of_view", False):
         out.pop("field_of_view", None)
+    if "auto_zoom_out" in out and not out["auto_zoom_out"].get("enabled", False):
+        out["auto_zoom_out"].pop("enabled", None)
     return json.dumps(out, separators=(",", ":"))
 
 
