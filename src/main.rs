@@ -898,7 +898,7 @@ fn segment(
                 })
                 .collect();
             // Said where the automatic zoom-out chose it, so a close-up's zoom-out is seen.
-            let zoomed = if auto { format!(" (zoom-out {zoom}, chosen)") } else { String::new() };
+            let zoomed = if auto { format!(" (automatic zoom-out: {zoom})") } else { String::new() };
             outln!(
                 "{}: {}x{}{zoomed}, {} -> {}, {}",
                 path.display(),

@@ -479,7 +479,7 @@ fn eval_command_end_to_end_and_class_mismatches() {
     let out = run(&["segment", "--model", am, "--image", images, "--out", out_dir, "--zoom-out", "auto"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(said.matches(", chosen)").count(), 3, "{said}");
+    assert_eq!(said.matches(" (automatic zoom-out: ").count(), 3, "{said}");
     let out = run(&["eval", "--model", m, "--data", a_s, "--region", "rim=9"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
