@@ -317,9 +317,6 @@ pub struct EvalReport {
     pub shifts: usize,
     /// The zoom-out factor images were predicted at (1: filling the model input).
     pub zoom_out: usize,
-    /// Whether the automatic zoom-out chose each image's zoom-out (each result's
-    /// `zoom_counts`).
-    pub auto_zoom_out: bool,
 }
 
 impl EvalReport {
@@ -339,7 +336,6 @@ impl EvalReport {
         EvalReport {
             shifts: 1,
             zoom_out: 1,
-            auto_zoom_out: false,
             model: model.to_string(),
             classes: classes.to_vec(),
             results,
@@ -349,6 +345,11 @@ impl EvalReport {
             mean_region_dice,
             region_mean,
         }
+    }
+
+    /// Whether the automatic zoom-out chose each image's zoom-out (the results' `zoom_counts`).
+    fn auto_zoom_out(&self) -> bool {
+        self.results.iter().any(|r| !r.zoom_counts.is_empty())
     }
 
     /// The names of the classes a region joins.
@@ -373,7 +374,7 @@ impl EvalReport {
         if self.zoom_out > 1 {
             ensemble += &format!("; each image zoomed out to 1/{} of the input", self.zoom_out);
         }
-        if self.auto_zoom_out {
+        if self.auto_zoom_out() {
             ensemble += "; zoom-out chosen per image by the automatic zoom-out";
         }
         let mut out = format!(
@@ -461,7 +462,7 @@ impl EvalReport {
         if self.zoom_out > 1 {
             json["zoom_out"] = serde_json::json!(self.zoom_out);
         }
-        if self.auto_zoom_out {
+        if self.auto_zoom_out() {
             // Only with the automatic zoom-out, so that other reports keep their exact form.
             json["zoom_out"] = serde_json::json!("auto");
             for (set, r) in json["datasets"].as_array_mut().expect("datasets is an array").iter_mut().zip(&self.results)

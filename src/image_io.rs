@@ -222,6 +222,12 @@ pub struct Rect {
 /// view.
 pub const FIELD_OF_VIEW_LEVEL: f32 = 0.1;
 
+/// Whether an RGB pixel is content, not the dark surround of a field of view: its brightest
+/// channel above [`FIELD_OF_VIEW_LEVEL`].
+fn content(px: &[f32]) -> bool {
+    px.iter().any(|&v| v > FIELD_OF_VIEW_LEVEL)
+}
+
 /// The field of view of an image whose content sits in a dark surround, such as the round field
 /// of a fundus camera in a wider frame (docs/DESIGN.md, "Field of view"): the box of the rows
 /// and columns in which more than 5 % of the pixels are content (brightest
@@ -233,7 +239,7 @@ pub fn field_of_view(image: &Image) -> Option<Rect> {
     let mut rows = vec![0usize; h];
     let mut cols = vec![0usize; w];
     for (i, px) in image.rgb.chunks_exact(3).enumerate() {
-        if px.iter().any(|&v| v > FIELD_OF_VIEW_LEVEL) {
+        if content(px) {
             rows[i / w] += 1;
             cols[i % w] += 1;
         }
@@ -262,7 +268,7 @@ pub fn whole_field(image: &Image) -> bool {
     let dark_corner = |x0: usize, y0: usize| {
         let dark = (y0..y0 + c)
             .flat_map(|y| (x0..x0 + c).map(move |x| y * w + x))
-            .filter(|&i| image.rgb[i * 3..i * 3 + 3].iter().all(|&v| v <= FIELD_OF_VIEW_LEVEL))
+            .filter(|&i| !content(&image.rgb[i * 3..i * 3 + 3]))
             .count();
         dark * 10 >= c * c * 9
     };

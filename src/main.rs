@@ -1060,7 +1060,6 @@ fn eval(
     report.model = model.display().to_string();
     report.shifts = loaded.config.shifts();
     report.zoom_out = loaded.config.zoom_out();
-    report.auto_zoom_out = loaded.config.auto_zoom().is_some();
     write_stdout(format_args!("{}", report.table()));
     if let Some(path) = json {
         let text =
