@@ -64,6 +64,10 @@ SEED_STEPS=${SEED_STEPS:-60}
 RANDOMIZE=${RANDOMIZE:-on off}
 # ablate-seeds: where the eval JSON goes (a run whose JSON is there is skipped).
 SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
+# ablate-seeds: "small" (configs/cardiac-64-small.json, configs/fundus-128-small.json and their
+# variants in configs/ablations/) or "ship" (the shipped fundus size, 2.5 M parameters:
+# configs/ablations/fundus-ship-*.json, the shipped configuration without its zoom-out reference).
+SEED_CONFIG=${SEED_CONFIG:-small}
 
 # zoom-data, zoom-eval: the close-up views' sides, in hundredths of the image side (synthetic
 # views around the disc, and the real photo's disc-centred crops).
@@ -74,7 +78,8 @@ ZOOM_PHOTO="50 35 25"
 # in such a frame.
 FRAMES="wide:1.5:1 wideclip:1.5:0.85"
 
-config_of() { # task variant -> config path
+config_of() { # task variant -> config path (SEED_CONFIG=ship: the shipped size, fundus only)
+  if [ "${SEED_CONFIG:-small}" = ship ]; then echo "configs/ablations/$1-ship-$2.json"; return; fi
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
   if [ "$2" = full ]; then echo "$base"; else echo "configs/ablations/$1-$2.json"; fi
 }
