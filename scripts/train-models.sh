@@ -22,7 +22,8 @@
 #                                     # $SEEDS, evaluated on fresh domains A-D (seed 12345); JSON in
 #                                     # $SEED_OUT (default docs/ablations/seeds/), table by
 #                                     # scripts/ablation-table.py [that folder]; RANDOMIZE="on"
-#                                     # (or "off") runs one setting only
+#                                     # (or "off") runs one setting only; SEED_CONFIG=ship: the
+#                                     # shipped fundus size; SEED_SHIFTS=K: also a K x K ensemble
 #
 # Needs a release build (cargo build --release) and the MiniLM folder (scripts/fetch-minilm.sh).
 set -euo pipefail
@@ -68,6 +69,9 @@ SEED_OUT=${SEED_OUT:-docs/ablations/seeds}
 # variants in configs/ablations/) or "ship" (the shipped fundus size, 2.5 M parameters:
 # configs/ablations/fundus-ship-*.json, the shipped configuration without its zoom-out reference).
 SEED_CONFIG=${SEED_CONFIG:-small}
+# ablate-seeds: a shift ensemble to evaluate each model with as well (e.g. 4: `vlsa eval --shifts 4`),
+# its JSON in "$SEED_OUT-shiftsK"; empty: one forward only.
+SEED_SHIFTS=${SEED_SHIFTS:-}
 
 # zoom-data, zoom-eval: the close-up views' sides, in hundredths of the image side (synthetic
 # views around the disc, and the real photo's disc-centred crops).
@@ -79,7 +83,7 @@ ZOOM_PHOTO="50 35 25"
 FRAMES="wide:1.5:1 wideclip:1.5:0.85"
 
 config_of() { # task variant -> config path (SEED_CONFIG=ship: the shipped size, fundus only)
-  if [ "${SEED_CONFIG:-small}" = ship ]; then echo "configs/ablations/$1-ship-$2.json"; return; fi
+  if [ "$SEED_CONFIG" = ship ]; then echo "configs/ablations/$1-ship-$2.json"; return; fi
   local base; if [ "$1" = cardiac ]; then base=configs/cardiac-64-small.json; else base=configs/fundus-128-small.json; fi
   if [ "$2" = full ]; then echo "$base"; else echo "configs/ablations/$1-$2.json"; fi
 }
@@ -182,6 +186,12 @@ case "${1:-}" in
         "$V" synth --task $task --domain $d --count 24 --size 128 --seed 12345 --out "$DATA/$task-$d-fresh"
     done
     mkdir -p "$SEED_OUT"
+    [ -z "$SEED_SHIFTS" ] || mkdir -p "$SEED_OUT-shifts$SEED_SHIFTS"
+    fresh_eval() { # model json [eval flags]: the fresh sets A-D
+      local model=$1 json=$2; shift 2
+      "$V" eval --model "$model" --data "$DATA/$task-A-fresh" --data "$DATA/$task-B-fresh" \
+        --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "$json" $(regions_of "$task") "$@"
+    }
     one() { # variant randomize(on|off) seed
       local name="$task-$1-$2-s$3" dir="$RUNS/seeds/$task-$1-$2-s$3" flag=""
       [ "$2" = off ] && flag=--no-randomize
@@ -192,8 +202,9 @@ case "${1:-}" in
         /usr/bin/time -f "train wall %e s, cpu %U s" "$V" train --model "$dir/init.safetensors" --vision-lr-mult 1 \
           --seed "$3" $flag --data "$DATA/$task-A-train" --steps "$SEED_STEPS" --val-every 100000 \
           --checkpoint-every 100000 --log-every 10 --out "$dir/checkpoint.safetensors" --export "$dir/model.safetensors" &&
-        "$V" eval --model "$dir/model.safetensors" --data "$DATA/$task-A-fresh" --data "$DATA/$task-B-fresh" \
-          --data "$DATA/$task-C-fresh" --data "$DATA/$task-D-fresh" --json "$SEED_OUT/$name.eval.json" $(regions_of "$task")
+        fresh_eval "$dir/model.safetensors" "$SEED_OUT/$name.eval.json" &&
+        { [ -z "$SEED_SHIFTS" ] ||
+          fresh_eval "$dir/model.safetensors" "$SEED_OUT-shifts$SEED_SHIFTS/$name.eval.json" --shifts "$SEED_SHIFTS"; }
       } > "$dir/log.txt" 2>&1
     }
     # Seed-major order: an interrupted set still has whole seeds of every variant.
