@@ -454,6 +454,11 @@ struct TrainArgs {
     /// [default: 0].
     #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
     focus_crops: Option<f32>,
+    /// Fraction of the samples acquired by a low-end camera or scanner, whose degradations come
+    /// together: coarse, noisy, soft, vignetted and hard-compressed at one shared severity
+    /// (uniform in 0-1) instead of each drawn on its own [default: 0].
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    low_end: Option<f32>,
     /// At the start of a new run, replace the class embeddings by this text encoder's embeddings
     /// of the configuration's prompts (as `init --text-encoder` does; a Hugging Face BERT folder).
     /// A resumed run keeps the checkpoint's.
@@ -507,6 +512,7 @@ fn train(a: TrainArgs) -> CliResult {
         augment: a.no_augment.then_some(false),
         randomize: a.no_randomize.then_some(false),
         focus: a.focus_crops,
+        low_end: a.low_end,
     };
     let setup = Setup { out: &a.out, data: &a.data, start, resume: a.resume, force: a.force, choices: &choices };
     let (mut trainer, begun) = prepare(&gpu, &setup)?;

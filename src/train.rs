@@ -32,7 +32,9 @@ use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
-use augment::{augment_rng, epoch_order, focus_rng, randomize_rng, Augmentation, Randomization};
+use augment::{
+    augment_rng, epoch_order, focus_rng, low_end_device, low_end_rng, randomize_rng, Augmentation, Randomization,
+};
 pub use report::LogEntry;
 
 /// The options that decide a run's trajectory: a resumed run must use the same ones.
@@ -72,6 +74,11 @@ pub struct TrainOptions {
     /// existed.
     #[serde(default)]
     pub focus: f32,
+    /// Fraction of the randomized samples acquired by a low-end device, whose degradations come
+    /// together ([`augment::Randomization::apply_device`]); 0 in checkpoints written before it
+    /// existed.
+    #[serde(default)]
+    pub low_end: f32,
 }
 
 impl TrainOptions {
@@ -94,6 +101,7 @@ impl TrainOptions {
             augment: true,
             randomize: true,
             focus: 0.0,
+            low_end: 0.0,
         }
     }
 
@@ -123,6 +131,12 @@ impl TrainOptions {
         }
         if !(0.0..=1.0).contains(&self.focus) {
             return bad(format!("--focus-crops {} must be a fraction between 0 and 1", self.focus));
+        }
+        if !(0.0..=1.0).contains(&self.low_end) {
+            return bad(format!("--low-end {} must be a fraction between 0 and 1", self.low_end));
+        }
+        if self.low_end > 0.0 && !self.randomize {
+            return bad("--low-end is part of the domain randomization and cannot be used with --no-randomize".into());
         }
         if self.focus > 0.0 && !self.augment {
             return bad("--focus-crops is part of the augmentation and cannot be used with --no-augment".into());
@@ -496,7 +510,8 @@ impl BatchMaker {
             let (seed, step, item) = (o.seed, step as u64, item as u64);
             let randomize = |image: &mut Image| {
                 if o.randomize {
-                    Randomization::default().apply(image, &mut randomize_rng(seed, step, item));
+                    let device = low_end_device(o.low_end, &mut low_end_rng(seed, step, item));
+                    Randomization::default().apply_device(image, &mut randomize_rng(seed, step, item), device);
                 }
             };
             let mut focus = focus_rng(seed, step, item);
@@ -705,6 +720,8 @@ pub struct OptionChoices {
     pub randomize: Option<bool>,
     /// `--focus-crops`.
     pub focus: Option<f32>,
+    /// `--low-end`.
+    pub low_end: Option<f32>,
 }
 
 impl OptionChoices {
@@ -723,6 +740,7 @@ impl OptionChoices {
             augment: self.augment.unwrap_or(defaults.augment),
             randomize: self.randomize.unwrap_or(defaults.randomize),
             focus: self.focus.unwrap_or(defaults.focus),
+            low_end: self.low_end.unwrap_or(defaults.low_end),
             ..defaults
         };
         options.validate()?;
@@ -745,6 +763,7 @@ impl OptionChoices {
             .or_else(|| differs("--vision-lr-mult", self.vision_lr_mult, o.vision_lr_mult))
             .or_else(|| differs("--seed", self.seed, o.seed))
             .or_else(|| differs("--focus-crops", self.focus, o.focus))
+            .or_else(|| differs("--low-end", self.low_end, o.low_end))
             .or_else(|| {
                 self.augment
                     .filter(|a| *a != o.augment)

@@ -136,6 +136,7 @@ pub fn focus_window(mask: &Mask, rng: &mut Rng) -> Option<(usize, usize, usize, 
 
 const RANDOMIZE: u64 = 3;
 const FOCUS: u64 = 4;
+const LOW_END: u64 = 5;
 
 /// The generator of the focus crop of item `item` of step `step`: whether the item gets one,
 /// and where (a stream of its own, so a run without focus crops draws what it drew before).
@@ -147,6 +148,19 @@ pub fn focus_rng(seed: u64, step: u64, item: u64) -> Rng {
 /// so a run without randomization draws exactly the crops and flips it drew before).
 pub fn randomize_rng(seed: u64, step: u64, item: u64) -> Rng {
     stream(seed, RANDOMIZE, step, item)
+}
+
+/// The generator of the low-end device draw of item `item` of step `step` (a stream of its own,
+/// so a run without low-end devices draws exactly the acquisitions it drew before).
+pub fn low_end_rng(seed: u64, step: u64, item: u64) -> Rng {
+    stream(seed, LOW_END, step, item)
+}
+
+/// Whether item `item`'s acquisition is by a low-end device (with probability `fraction`), and
+/// if so its severity, uniform in [0, 1]: see [`Randomization::apply_device`].
+pub fn low_end_device(fraction: f32, rng: &mut Rng) -> Option<f32> {
+    let (low, severity) = (rng.chance(fraction), rng.range(0.0, 1.0));
+    (fraction > 0.0 && low).then_some(severity)
 }
 
 /// Domain randomization: a random acquisition (scanner or camera) per training sample, drawn
@@ -229,15 +243,39 @@ impl Randomization {
     /// aligned). The draws are made in a fixed order whether or not a transform is applied, so
     /// each transform's parameters depend only on the stream.
     pub fn apply(&self, image: &mut Image, rng: &mut Rng) {
+        self.apply_device(image, rng, None)
+    }
+
+    /// [`apply`](Self::apply), or with `low_end = Some(severity)` (severity in [0, 1]) the
+    /// acquisition of a low-end device. In a real camera or scanner the sensor and storage
+    /// degradations are not independent: one cheap part brings the others (a small sensor is
+    /// coarse, noisy and behind cheap optics, and its maker compresses hard to save storage), so
+    /// a device that is coarse is also noisy, soft, vignetted and hard-compressed. Drawn
+    /// independently with probability `p` each, all five together at their bad ends are rare; a
+    /// low-end device has all five on, each at the same `severity` of its range (vignette
+    /// `severity * vignette`, blur `severity * blur`, resolution `1 - severity * (1 -
+    /// min_resolution)`, noise sigma `severity * noise` or photons from 20 000 down to
+    /// `min_photons` log-linearly, JPEG quality from 100 down to `min_jpeg_quality`). Colour cast,
+    /// intensity curve and contrast are the device's processing, not its quality, and stay as
+    /// drawn. The draws from `rng` are the same either way.
+    pub fn apply_device(&self, image: &mut Image, rng: &mut Rng, low_end: Option<f32>) {
         let grey = is_grey(image);
         let mut on = [false; 7];
         on.iter_mut().for_each(|o| *o = rng.chance(self.p));
         let ramp = (rng.range(-self.bias, self.bias), rng.range(0.0, std::f32::consts::TAU));
-        let vignette = rng.range(0.0, self.vignette);
-        let sigma = rng.range(0.0, self.blur);
-        let resolution = rng.range(self.min_resolution, 1.0);
-        let (kind, noise) = (rng.below(3), rng.range(0.0, self.noise));
-        let photons = rng.log_range(self.min_photons, 20_000.0);
+        let mut vignette = rng.range(0.0, self.vignette);
+        let mut sigma = rng.range(0.0, self.blur);
+        let mut resolution = rng.range(self.min_resolution, 1.0);
+        let (kind, mut noise) = (rng.below(3), rng.range(0.0, self.noise));
+        let mut photons = rng.log_range(self.min_photons, 20_000.0);
+        if let Some(s) = low_end {
+            on[..4].iter_mut().for_each(|o| *o = true);
+            vignette = s * self.vignette;
+            sigma = s * self.blur;
+            resolution = 1.0 - s * (1.0 - self.min_resolution);
+            noise = s * self.noise;
+            photons = 20_000.0 * (self.min_photons / 20_000.0).powf(s);
+        }
         let cast = [0; 3].map(|_| rng.log_range(1.0 / self.cast, self.cast));
         let gamma = rng.log_range(1.0 / self.gamma, self.gamma);
         let contrast = rng.log_range(1.0 / self.contrast, self.contrast);
@@ -277,7 +315,11 @@ impl Randomization {
         image.rgb.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
         // Drawn after the others (which were seven before it came), so that every other
         // transform draws what it drew then.
-        let (jpeg, quality) = (rng.chance(self.p), rng.range(self.min_jpeg_quality, 100.0).round() as u32);
+        let (mut jpeg, mut quality) = (rng.chance(self.p), rng.range(self.min_jpeg_quality, 100.0).round() as u32);
+        if let Some(s) = low_end {
+            jpeg = true;
+            quality = (100.0 - s * (100.0 - self.min_jpeg_quality)).round() as u32;
+        }
         if jpeg && !grey {
             jpeg_storage(image, quality);
         }
