@@ -4,7 +4,7 @@
 use vlsa::image_io::Image;
 use vlsa::train::augment::{
     bias_field, blur, colour_cast, contrast_brightness, gamma_curve, gaussian_noise, is_grey, jpeg_storage,
-    randomize_rng, resolution_loss, rician_noise, shot_noise, Randomization, Rng,
+    low_end_device, low_end_rng, randomize_rng, resolution_loss, rician_noise, shot_noise, LowEnd, Randomization, Rng,
 };
 
 /// A colour test card: smooth gradients, a bright disc and fine stripes (odd size on purpose).
@@ -235,4 +235,104 @@ fn a_coarse_sensor_records_its_noise_at_its_own_resolution() {
     let mut a = flat.clone();
     fine.apply(&mut a, &mut randomize_rng(9, 0, 0));
     assert!(neighbour_correlation(&a).abs() < 0.15, "full-resolution noise correlation {}", neighbour_correlation(&a));
+}
+
+#[test]
+fn a_low_end_device_has_every_degradation_at_one_severity() {
+    let r = Randomization::default();
+    let none = LowEnd { vignette: 0.0, blur: 0.0, resolution: 1.0, noise: 0.0, photons: 20_000.0, jpeg_quality: 100 };
+    assert_eq!(LowEnd::at(&r, 0.0), none, "severity 0 is a good device");
+    let worst = LowEnd::at(&r, 1.0);
+    assert_eq!(worst.jpeg_quality, 30);
+    let close = |a: f32, b: f32| (a - b).abs() < 1e-3 * b.abs().max(1.0);
+    assert!(
+        close(worst.vignette, 0.7)
+            && close(worst.blur, 0.015)
+            && close(worst.resolution, 0.35)
+            && close(worst.noise, 0.08)
+            && close(worst.photons, 100.0),
+        "severity 1 is every range's worst end: {worst:?}"
+    );
+    let half = LowEnd::at(&r, 0.5);
+    assert!(close(half.resolution, 0.675) && close(half.photons, (20_000.0f32 * 100.0).sqrt()), "{half:?}");
+    assert_eq!(half.jpeg_quality, 65);
+    assert_eq!(LowEnd::at(&r, 7.0), worst, "severity is clamped to [0, 1]");
+}
+
+#[test]
+fn low_end_devices_are_drawn_at_their_fraction_from_a_stream_of_their_own() {
+    let draw = |fraction: f32, seed: u64| -> Vec<Option<f32>> {
+        (0..4000).map(|step| low_end_device(fraction, &mut low_end_rng(seed, step, 1))).collect()
+    };
+    assert!(draw(0.0, 3).iter().all(Option::is_none), "fraction 0: never");
+    let some: Vec<f32> = draw(0.4, 3).into_iter().flatten().collect();
+    let share = some.len() as f32 / 4000.0;
+    assert!((0.37..0.43).contains(&share), "fraction 0.4 drew {share}");
+    assert!(some.iter().all(|s| (0.0..1.0).contains(s)));
+    let mean = some.iter().sum::<f32>() / some.len() as f32;
+    assert!((0.45..0.55).contains(&mean), "severity uniform in [0, 1]: mean {mean}");
+    assert_eq!(draw(0.4, 3), draw(0.4, 3), "fixed by the stream");
+    assert_ne!(draw(0.4, 3), draw(0.4, 4));
+    // Without a device the acquisition is the independent one, draw for draw.
+    let (r, img) = (Randomization::default(), card(31, 23));
+    for step in 0..10 {
+        let (mut a, mut b) = (img.clone(), img.clone());
+        r.apply(&mut a, &mut randomize_rng(2, step, 0));
+        r.apply_device(&mut b, &mut randomize_rng(2, step, 0), None);
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn a_low_end_device_loses_fine_detail_and_a_good_one_keeps_it() {
+    // The card's green channel has stripes one pixel wide (0.1 on even columns). Processing
+    // (colour, curve, contrast) and shading are neutral, so only the device's quality acts: the
+    // worst device (35 % resolution, blur, noise, JPEG 30) averages the stripes away; the best
+    // (severity 0) keeps their luminance (green's 0.587 share of it: JPEG halves the chroma
+    // resolution even at quality 100) up to its faint shot noise.
+    let img = card(61, 47);
+    let r = Randomization {
+        p: 1.0,
+        bias: 0.0,
+        cast: 1.0,
+        gamma: 1.0,
+        contrast: 1.0,
+        brightness: 0.0,
+        ..Randomization::default()
+    };
+    let stripes = |i: &Image| {
+        let (mut even, mut odd) = (0.0f32, 0.0f32);
+        for y in 0..i.height {
+            for x in 1..i.width - 1 {
+                let g = |x: usize| i.rgb[(y * i.width + x) * 3 + 1];
+                let local = g(x) - (g(x - 1) + g(x + 1)) / 2.0;
+                if x % 2 == 0 {
+                    even += local
+                } else {
+                    odd += local
+                }
+            }
+        }
+        (even - odd) / (i.height * (i.width - 2)) as f32
+    };
+    let mut stored = img.clone();
+    jpeg_storage(&mut stored, 100);
+    let before = stripes(&img);
+    assert!((before - 0.1).abs() < 0.01, "the card's stripes: {before}");
+    for step in 0..8 {
+        let (mut worst, mut best) = (img.clone(), img.clone());
+        r.apply_device(&mut worst, &mut randomize_rng(4, step, 0), Some(1.0));
+        r.apply_device(&mut best, &mut randomize_rng(4, step, 0), Some(0.0));
+        assert_eq!((worst.width, worst.height), (61, 47), "size is kept");
+        assert!(worst.rgb.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(stripes(&worst).abs() < 0.02, "step {step}: the worst device kept stripes of {}", stripes(&worst));
+        // Its degradations are on whatever the independent draws say (here: nothing on).
+        let mut forced = img.clone();
+        Randomization { p: 0.0, ..r }.apply_device(&mut forced, &mut randomize_rng(4, step, 0), Some(1.0));
+        assert!(stripes(&forced).abs() < 0.02, "step {step}: with p = 0 the worst device kept {}", stripes(&forced));
+        assert!(stripes(&best) > 0.045, "step {step}: the best device lost its stripes ({})", stripes(&best));
+        // Beyond its JPEG 100, the best device adds only faint shot noise.
+        let err = best.rgb.iter().zip(&stored.rgb).map(|(a, b)| (a - b).abs()).sum::<f32>() / img.rgb.len() as f32;
+        assert!(err < 0.01, "step {step}: the best device changed the card by {err} on average beyond JPEG 100");
+    }
 }

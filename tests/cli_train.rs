@@ -68,12 +68,19 @@ fn an_existing_run_is_replaced_only_with_force() {
     assert!(e.contains("--no-augment differs from the augmentation"), "{e}");
     let e = fails(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--focus-crops", "0.5"]].concat());
     assert!(e.contains("--focus-crops 0.5 differs from the 0"), "{e}");
+    let e = fails(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--low-end", "0.4"]].concat());
+    assert!(e.contains("--low-end 0.4 differs from the 0"), "{e}");
     // Focus crops are a fraction, and part of the augmentation.
     let other = dir.path("f.safetensors");
     let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--focus-crops", "1.5"]].concat());
     assert!(e.contains("--focus-crops 1.5"), "{e}");
     let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--focus-crops", "0.5", "--no-augment"]].concat());
     assert!(e.contains("--focus-crops") && e.contains("--no-augment"), "{e}");
+    // So is the share of low-end devices, part of the domain randomization.
+    let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--low-end", "-0.1"]].concat());
+    assert!(e.contains("--low-end -0.1 must be a fraction"), "{e}");
+    let e = fails(&[train_args(&cfg, &data, &other, "2"), vec!["--low-end", "0.4", "--no-randomize"]].concat());
+    assert!(e.contains("--low-end") && e.contains("--no-randomize"), "{e}");
     // --resume and --force together are a usage error (exit 2).
     let both = run(&[train_args(&cfg, &data, &out, "2"), vec!["--resume", "--force"]].concat());
     assert_eq!(both.status.code(), Some(2));

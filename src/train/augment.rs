@@ -249,15 +249,12 @@ impl Randomization {
     /// [`apply`](Self::apply), or with `low_end = Some(severity)` (severity in [0, 1]) the
     /// acquisition of a low-end device. In a real camera or scanner the sensor and storage
     /// degradations are not independent: one cheap part brings the others (a small sensor is
-    /// coarse, noisy and behind cheap optics, and its maker compresses hard to save storage), so
-    /// a device that is coarse is also noisy, soft, vignetted and hard-compressed. Drawn
-    /// independently with probability `p` each, all five together at their bad ends are rare; a
-    /// low-end device has all five on, each at the same `severity` of its range (vignette
-    /// `severity * vignette`, blur `severity * blur`, resolution `1 - severity * (1 -
-    /// min_resolution)`, noise sigma `severity * noise` or photons from 20 000 down to
-    /// `min_photons` log-linearly, JPEG quality from 100 down to `min_jpeg_quality`). Colour cast,
-    /// intensity curve and contrast are the device's processing, not its quality, and stay as
-    /// drawn. The draws from `rng` are the same either way.
+    /// coarse, noisy and behind cheap optics, and its maker compresses hard to save storage).
+    /// Drawn independently with probability `p` each, all five at their bad ends together are
+    /// rare; a low-end device has shading, blur, resolution loss, noise and JPEG storage all on,
+    /// each at the same `severity` of its range ([`LowEnd::at`]). Colour cast, intensity curve
+    /// and contrast are the device's processing, not its quality, and stay as drawn. With `None`
+    /// the draws and the result are exactly [`apply`](Self::apply)'s.
     pub fn apply_device(&self, image: &mut Image, rng: &mut Rng, low_end: Option<f32>) {
         let grey = is_grey(image);
         let mut on = [false; 7];
@@ -268,13 +265,10 @@ impl Randomization {
         let mut resolution = rng.range(self.min_resolution, 1.0);
         let (kind, mut noise) = (rng.below(3), rng.range(0.0, self.noise));
         let mut photons = rng.log_range(self.min_photons, 20_000.0);
-        if let Some(s) = low_end {
+        let device = low_end.map(|s| LowEnd::at(self, s));
+        if let Some(d) = device {
             on[..4].iter_mut().for_each(|o| *o = true);
-            vignette = s * self.vignette;
-            sigma = s * self.blur;
-            resolution = 1.0 - s * (1.0 - self.min_resolution);
-            noise = s * self.noise;
-            photons = 20_000.0 * (self.min_photons / 20_000.0).powf(s);
+            (vignette, sigma, resolution, noise, photons) = (d.vignette, d.blur, d.resolution, d.noise, d.photons);
         }
         let cast = [0; 3].map(|_| rng.log_range(1.0 / self.cast, self.cast));
         let gamma = rng.log_range(1.0 / self.gamma, self.gamma);
@@ -316,15 +310,47 @@ impl Randomization {
         // Drawn after the others (which were seven before it came), so that every other
         // transform draws what it drew then.
         let (mut jpeg, mut quality) = (rng.chance(self.p), rng.range(self.min_jpeg_quality, 100.0).round() as u32);
-        if let Some(s) = low_end {
-            jpeg = true;
-            quality = (100.0 - s * (100.0 - self.min_jpeg_quality)).round() as u32;
+        if let Some(d) = device {
+            (jpeg, quality) = (true, d.jpeg_quality);
         }
         if jpeg && !grey {
             jpeg_storage(image, quality);
         }
         if (image.width, image.height) != size {
             *image = image.resize(size.0, size.1);
+        }
+    }
+}
+
+/// The degradations of a low-end device ([`Randomization::apply_device`]): each at one shared
+/// severity of its range, from none (severity 0) to the range's worst (severity 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowEnd {
+    /// Light lost at the corners: `severity * vignette`.
+    pub vignette: f32,
+    /// Blur sigma as a fraction of the side: `severity * blur`.
+    pub blur: f32,
+    /// Acquisition resolution as a fraction of the side: `1 - severity * (1 - min_resolution)`.
+    pub resolution: f32,
+    /// Gaussian / Rician noise sigma: `severity * noise`.
+    pub noise: f32,
+    /// Shot-noise photons at full white, 20 000 down to `min_photons` log-linearly.
+    pub photons: f32,
+    /// JPEG quality, 100 down to `min_jpeg_quality`.
+    pub jpeg_quality: u32,
+}
+
+impl LowEnd {
+    /// The degradations of a device of `severity` (clamped to [0, 1]) within `r`'s ranges.
+    pub fn at(r: &Randomization, severity: f32) -> LowEnd {
+        let s = severity.clamp(0.0, 1.0);
+        LowEnd {
+            vignette: s * r.vignette,
+            blur: s * r.blur,
+            resolution: 1.0 - s * (1.0 - r.min_resolution),
+            noise: s * r.noise,
+            photons: 20_000.0 * (r.min_photons / 20_000.0).powf(s),
+            jpeg_quality: (100.0 - s * (100.0 - r.min_jpeg_quality)).round() as u32,
         }
     }
 }
