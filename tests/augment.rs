@@ -34,6 +34,20 @@ fn mean(img: &Image) -> f32 {
     img.rgb.iter().sum::<f32>() / img.rgb.len() as f32
 }
 
+/// Every transform on (p = 1), with the colour and intensity processing and the bias ramp
+/// neutral: only the device's optics, sensor and storage act.
+fn device_only() -> Randomization {
+    Randomization {
+        p: 1.0,
+        bias: 0.0,
+        cast: 1.0,
+        gamma: 1.0,
+        contrast: 1.0,
+        brightness: 0.0,
+        ..Randomization::default()
+    }
+}
+
 fn rng(n: u64) -> Rng {
     randomize_rng(7, n, 0)
 }
@@ -196,18 +210,7 @@ fn a_coarse_sensor_records_its_noise_at_its_own_resolution() {
     // pixels, so neighbours are correlated. Noise added after the resize would leave them
     // independent (correlation near 0). Optics, colour and curve are neutral here.
     let flat = Image { width: 64, height: 64, rgb: vec![0.5; 64 * 64 * 3] };
-    let r = Randomization {
-        p: 1.0,
-        bias: 0.0,
-        vignette: 0.0,
-        blur: 0.0,
-        min_resolution: 0.25,
-        cast: 1.0,
-        gamma: 1.0,
-        contrast: 1.0,
-        brightness: 0.0,
-        ..Randomization::default()
-    };
+    let r = Randomization { vignette: 0.0, blur: 0.0, min_resolution: 0.25, ..device_only() };
     let neighbour_correlation = |i: &Image| {
         let m = mean(i);
         let (mut cov, mut var) = (0.0f32, 0.0f32);
@@ -291,15 +294,7 @@ fn a_low_end_device_loses_fine_detail_and_a_good_one_keeps_it() {
     // (severity 0) keeps their luminance (green's 0.587 share of it: JPEG halves the chroma
     // resolution even at quality 100) up to its faint shot noise.
     let img = card(61, 47);
-    let r = Randomization {
-        p: 1.0,
-        bias: 0.0,
-        cast: 1.0,
-        gamma: 1.0,
-        contrast: 1.0,
-        brightness: 0.0,
-        ..Randomization::default()
-    };
+    let r = device_only();
     let stripes = |i: &Image| {
         let (mut even, mut odd) = (0.0f32, 0.0f32);
         for y in 0..i.height {
