@@ -138,6 +138,9 @@ const RANDOMIZE: u64 = 3;
 const FOCUS: u64 = 4;
 const LOW_END: u64 = 5;
 
+/// Photons at full white of the cleanest shot noise the randomization draws (a good sensor).
+const MAX_PHOTONS: f32 = 20_000.0;
+
 /// The generator of the focus crop of item `item` of step `step`: whether the item gets one,
 /// and where (a stream of its own, so a run without focus crops draws what it drew before).
 pub fn focus_rng(seed: u64, step: u64, item: u64) -> Rng {
@@ -160,7 +163,7 @@ pub fn low_end_rng(seed: u64, step: u64, item: u64) -> Rng {
 /// if so its severity, uniform in [0, 1]: see [`Randomization::apply_device`].
 pub fn low_end_device(fraction: f32, rng: &mut Rng) -> Option<f32> {
     let (low, severity) = (rng.chance(fraction), rng.range(0.0, 1.0));
-    (fraction > 0.0 && low).then_some(severity)
+    low.then_some(severity)
 }
 
 /// Domain randomization: a random acquisition (scanner or camera) per training sample, drawn
@@ -264,7 +267,7 @@ impl Randomization {
         let mut sigma = rng.range(0.0, self.blur);
         let mut resolution = rng.range(self.min_resolution, 1.0);
         let (kind, mut noise) = (rng.below(3), rng.range(0.0, self.noise));
-        let mut photons = rng.log_range(self.min_photons, 20_000.0);
+        let mut photons = rng.log_range(self.min_photons, MAX_PHOTONS);
         let device = low_end.map(|s| LowEnd::at(self, s));
         if let Some(d) = device {
             on[..4].iter_mut().for_each(|o| *o = true);
@@ -349,7 +352,7 @@ impl LowEnd {
             blur: s * r.blur,
             resolution: 1.0 - s * (1.0 - r.min_resolution),
             noise: s * r.noise,
-            photons: 20_000.0 * (r.min_photons / 20_000.0).powf(s),
+            photons: MAX_PHOTONS * (r.min_photons / MAX_PHOTONS).powf(s),
             jpeg_quality: (100.0 - s * (100.0 - r.min_jpeg_quality)).round() as u32,
         }
     }
