@@ -43,7 +43,8 @@ SHIP_STEPS_CARDIAC=${SHIP_STEPS_CARDIAC:-4500}
 SHIP_STEPS_FUNDUS=${SHIP_STEPS_FUNDUS:-6000}
 SHIP_CONFIG_CARDIAC=${SHIP_CONFIG_CARDIAC:-configs/cardiac-tiny.json}
 # configs/fundus-tiny.json carries the automatic zoom-out's reference chosen for the shipped
-# weights (docs/ablations/fundus-autozoom/); a retrained model needs it chosen again.
+# weights (docs/ablations/fundus-autozoom/); a retrained model needs it chosen again, by the
+# rule scripts/zoom-reference.py applies (0.7 x its median disc extent on A-validation fields).
 SHIP_CONFIG_FUNDUS=${SHIP_CONFIG_FUNDUS:-configs/fundus-tiny.json}
 # The shipped models' shift ensembles (`vlsa init --shifts`, README "Evaluation"). Both train
 # with 2 x 2 (their validation curves); the files are then given 4 x 4, chosen on 2026-12-06 on
