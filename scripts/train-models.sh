@@ -13,6 +13,16 @@
 #                                     # those and the photo in wider frames (-wide, -wideclip)
 #   scripts/train-models.sh zoom-eval MODEL OUT.json
 #                                     # vlsa eval of MODEL on those sets (close-up and frame checks)
+#   scripts/train-models.sh score-fundus MODEL CONFIG OUT_DIR
+#                                     # a retrained fundus model scored as every retraining since
+#                                     # 2026-12-07 was (docs/ablations/fundus-lowend/): its zoom-out
+#                                     # reference by scripts/zoom-reference.py on A-validation, the
+#                                     # 4 x 4 candidate, then A-val + B held out (seeds 3-5) + the
+#                                     # photo + A's close-ups (select.json), seed-3 and fresh A-D
+#                                     # (test.json, fresh.json; 2 x 2 and one forward too), the
+#                                     # photo's crops and zoom-eval; needs data, zoom-data and the
+#                                     # fresh sets (ablate-seeds makes them); the scored model files
+#                                     # go to $RUNS/score/<OUT_DIR's name>
 #   scripts/train-models.sh ship [cardiac|fundus]
 #                                     # weights/vlsa-{cardiac,fundus}-tiny.safetensors + eval JSON
 #   scripts/train-models.sh ablate [cardiac|fundus]
@@ -165,6 +175,36 @@ case "${1:-}" in
       sets+=(--data "$DATA/retina-$name")
     done
     "$V" eval --model "$2" "${sets[@]}" $(regions_of fundus) --json "$3" ;;
+  score-fundus)
+    [ $# -eq 4 ] || { echo "usage: $0 score-fundus MODEL CONFIG OUT_DIR" >&2; exit 1; }
+    model=$2 config=$3 out=$4 work="$RUNS/score/$(basename "$4")"
+    for s in 4 5; do
+      [ -d "$DATA/fundus-B-test-s$s" ] ||
+        "$V" synth --task fundus --domain B --count 48 --size 128 --seed $s --out "$DATA/fundus-B-test-s$s"
+    done
+    mkdir -p "$work"
+    # The reference is measured with the zoom-out off, on the model's own A-validation masks.
+    "$V" init --config "$config" --from "$model" --shifts 4 --out "$work/k4.safetensors"
+    rm -rf "$work/seg-aval"
+    "$V" segment --model "$work/k4.safetensors" --zoom-out 1 --out "$work/seg-aval" \
+      --image "$DATA/fundus-A-val/images" > "$work/seg-aval.log"
+    python3 scripts/zoom-reference.py "$work/seg-aval" "$config" "$out/config.json" | tee "$out/extent.txt"
+    "$V" init --config "$out/config.json" --from "$model" --shifts 4 --out "$work/candidate.safetensors"
+    m="$work/candidate.safetensors" r=$(regions_of fundus)
+    test_sets=() fresh_sets=()
+    for d in A B C D; do test_sets+=(--data "$DATA/fundus-$d-test"); fresh_sets+=(--data "$DATA/fundus-$d-fresh"); done
+    "$V" eval --model "$m" $r --data "$DATA/fundus-A-val" --data "$DATA/fundus-B-test" \
+      --data "$DATA/fundus-B-test-s4" --data "$DATA/fundus-B-test-s5" --data "$DATA/retina" \
+      --data "$DATA/fundus-A-zoom30" --data "$DATA/fundus-A-zoom50" --json "$out/select.json"
+    "$V" eval --model "$m" $r "${test_sets[@]}" --json "$out/test.json"
+    "$V" eval --model "$m" $r "${fresh_sets[@]}" --json "$out/fresh.json"
+    photo_crops=(); for f in $ZOOM_PHOTO; do photo_crops+=(--data "$DATA/retina-zoom$f"); done
+    "$V" eval --model "$m" $r "${photo_crops[@]}" --json "$out/photo-crops.json"
+    for k in 2 1; do
+      "$V" eval --model "$m" $r "${test_sets[@]}" --shifts $k --json "$out/seed3.k$k.eval.json"
+      "$V" eval --model "$m" $r "${fresh_sets[@]}" --shifts $k --json "$out/fresh.k$k.eval.json"
+    done
+    VLSA="$V" DATA="$DATA" "$0" zoom-eval "$m" "$out/zoom.json" ;;
   ship)
     for task in ${2:-cardiac fundus}; do
       case $task in
@@ -221,5 +261,5 @@ case "${1:-}" in
       done
     done
     wait ;;
-  *) echo "usage: $0 data|zoom-data|zoom-eval|ship|ablate|ablate-seeds" >&2; exit 1 ;;
+  *) echo "usage: $0 data|zoom-data|zoom-eval|score-fundus|ship|ablate|ablate-seeds" >&2; exit 1 ;;
 esac

@@ -1,6 +1,6 @@
 """The automatic zoom-out's reference for a newly trained model, by the rule every fundus
-retraining used (docs/ablations/fundus-autozoom/, fundus-data1200/, fundus-lowend/, and
-fundus-lowend-seed1/): FACTOR (0.7) times the median extent of the object the model itself
+retraining used (docs/ablations/fundus-autozoom/, fundus-data1200/, fundus-lowend/,
+fundus-lowend-seed1/ and fundus-plain-6000/; `scripts/train-models.sh score-fundus` runs it): FACTOR (0.7) times the median extent of the object the model itself
 predicts on its training domain's validation fields.
 
 The extent of one mask is sqrt(area of the config's `auto_zoom_out.classes`) / the mask's longer
