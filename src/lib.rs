@@ -4,6 +4,7 @@
 pub use vlsa_kernels as kernels;
 
 pub mod autograd;
+pub mod average;
 pub mod clip;
 pub mod compression;
 pub mod config;

@@ -389,6 +389,17 @@ enum Command {
         #[arg(long, value_name = "OUT.safetensors")]
         dump: Option<std::path::PathBuf>,
     },
+    /// Average model files of one configuration, tensor by tensor (e.g. snapshots of one run:
+    /// stochastic weight averaging). Checkpoints may be given; their optimizer state is left out.
+    Average {
+        /// The model files or checkpoints to average (at least two), several after one flag or
+        /// the flag repeated.
+        #[arg(long = "model", value_name = "MODEL.safetensors", required = true, num_args = 1..)]
+        models: Vec<PathBuf>,
+        /// Where to write the averaged model.
+        #[arg(long, value_name = "OUT.safetensors")]
+        out: PathBuf,
+    },
     /// Profile kernels on the GPU, per dispatch.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -791,6 +802,21 @@ fn init(
     model.save(out, false)?;
     let params: usize = model.parameters().map(|(_, t)| t.numel()).sum();
     outln!("wrote {} ({params} trainable parameters)", out.display());
+    Ok(())
+}
+
+/// `vlsa average`: reads every file before writing, so a bad one costs nothing and `--out`
+/// (which may be one of the inputs) is replaced only by a complete average.
+fn average(models: &[PathBuf], out: &Path) -> CliResult {
+    check_output("--out", out)?;
+    let files = models
+        .iter()
+        .map(|p| Ok((p.display().to_string(), vlsa::weights::TensorFile::read(p)?)))
+        .collect::<vlsa::Result<Vec<_>>>()?;
+    let mean = vlsa::average::average(&files)?;
+    mean.write(out, false)?;
+    let params: usize = mean.tensors.values().map(|t| t.data.len()).sum();
+    outln!("wrote {} (the mean of {} files, {params} values)", out.display(), files.len());
     Ok(())
 }
 
@@ -1198,6 +1224,7 @@ fn main() -> ExitCode {
             eval(&model, &data, json.as_deref(), batch as usize, &region, quiet, Prediction { shifts, zoom_out })
         }
         Command::Embed { text_encoder, text, dump } => embed(&text_encoder, &text, dump.as_deref()),
+        Command::Average { models, out } => average(&models, &out),
         Command::Profile(ProfileCommand::Em {
             tokens,
             width,

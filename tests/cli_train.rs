@@ -1,7 +1,7 @@
 //! `vlsa train` from the command line: outputs checked before the first step, no silent
 //! replacement of a run, Ctrl-C (SIGINT, SIGTERM) writing a checkpoint that resumes, values that
 //! make no sense refused, `--text-encoder` re-embedding the prompts, a validation set without
-//! foreground refused, and the curve's legend.
+//! foreground refused, the curve's legend, and `vlsa average` of a run's snapshots.
 
 mod cli_support;
 
@@ -229,4 +229,56 @@ fn text_encoder_re_embeds_the_configuration_prompts() {
     assert_eq!(trained.shape, vec![3, 384]);
     assert_eq!(trained.data, read(&dir.path("embedded.safetensors")).tensors[name].data, "as init embeds them");
     assert_ne!(trained.data, read(&dir.path("m.safetensors")).tensors[name].data, "not the random ones");
+}
+
+#[test]
+fn snapshots_of_one_run_average_to_a_model() {
+    let dir = Dir::new("train-average");
+    model(&dir);
+    let data = synth(&dir, "data", 4, 1);
+    let cfg = dir.path("cfg.json");
+    let out = dir.path("s.safetensors");
+    // Two snapshots of one run, taken in sittings (the second a checkpoint with optimizer state).
+    ok(&[train_args(&cfg, &data, &out, "3"), vec!["--stop-at", "1"]].concat());
+    std::fs::copy(&out, dir.join("step1.safetensors")).unwrap();
+    ok(&[train_args(&cfg, &data, &out, "3"), vec!["--resume"]].concat());
+    let (step1, step3, avg) = (dir.path("step1.safetensors"), out.clone(), dir.path("avg.safetensors"));
+    let said = ok(&["average", "--model", &step1, &step3, "--out", &avg]);
+    assert!(said.contains("the mean of 2 files"), "{said}");
+
+    let read = |p: &str| vlsa::weights::TensorFile::read(std::path::Path::new(p)).unwrap();
+    let (a, b, m) = (read(&step1), read(&step3), read(&avg));
+    assert!(m.tensors.keys().all(|n| !n.starts_with("optim.")), "the optimizer state is left out");
+    assert!(!m.metadata.contains_key("vlsa.checkpoint"), "a model, not a checkpoint");
+    let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    assert_ne!(a.tensors[name].data, b.tensors[name].data, "the snapshots differ");
+    for ((x, y), z) in a.tensors[name].data.iter().zip(&b.tensors[name].data).zip(&m.tensors[name].data) {
+        assert!((z - (x + y) / 2.0).abs() <= 1e-7 * (1.0 + z.abs()), "{z} is not the mean of {x} and {y}");
+    }
+    let bases = &m.tensors["head.em.bases"];
+    for row in bases.data.chunks(bases.shape[1]) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "bases rows stay unit length: {norm}");
+    }
+    // The average is a model every command loads.
+    let eval = ok(&["eval", "--model", &avg, "--data", &data, "--quiet"]);
+    assert!(eval.contains("mean"), "{eval}");
+
+    // One file, or files of two configurations: one sentence, nothing written.
+    let e = fails(&["average", "--model", &step1, "--out", &dir.path("one.safetensors")]);
+    assert!(e.contains("give at least two"), "{e}");
+    let other = dir.path("other.safetensors");
+    ok(&["init", "--config", &cfg, "--out", &other, "--shifts", "2"]);
+    let e = fails(&["average", "--model", &step1, &other, "--out", &dir.path("two.safetensors")]);
+    assert!(e.contains("has a different configuration from"), "{e}");
+    let e = fails(&[
+        "average",
+        "--model",
+        &step1,
+        &dir.path("missing.safetensors"),
+        "--out",
+        &dir.path("three.safetensors"),
+    ]);
+    assert!(e.contains("missing.safetensors"), "{e}");
+    assert!(!dir.join("one.safetensors").exists() && !dir.join("two.safetensors").exists());
 }
