@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::expected_tensors;
+use crate::config::{expected_tensors, Config};
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
 
@@ -24,47 +24,114 @@ const BASES: &str = "head.em.bases";
 /// The frozen class embeddings, which must agree across the files.
 const CLASS_EMBEDDINGS: &str = "text.class_embeddings";
 
-/// The mean of `files` (source name, contents), as a model file: the first file's
-/// configuration and the mean of every tensor the configuration expects. At least two files.
+/// A running mean over model files, one file at a time, so averaging many checkpoints holds one
+/// file and the sums in memory, never all of them.
+pub struct Average {
+    config: Config,
+    /// Name and shape of every tensor the configuration expects, in its order.
+    expected: Vec<(String, Vec<usize>)>,
+    /// Per tensor, the sum so far (f64, so the mean does not depend on the files' order beyond
+    /// the last bit of f32); the class embeddings are kept as the first file has them.
+    sums: BTreeMap<String, Vec<f64>>,
+    class_embeddings: Option<Vec<f32>>,
+    sources: Vec<String>,
+}
+
+impl Average {
+    /// Starts from the first file, whose configuration every later file must have.
+    pub fn new(source: &str, file: &TensorFile) -> Result<Average> {
+        let config = file.config(source)?;
+        let expected = expected_tensors(&config);
+        let mut average =
+            Average { config, expected, sums: BTreeMap::new(), class_embeddings: None, sources: Vec::new() };
+        average.add(source, file)?;
+        Ok(average)
+    }
+
+    /// Adds a file: same configuration, every expected tensor present, of its shape, finite.
+    pub fn add(&mut self, source: &str, file: &TensorFile) -> Result<()> {
+        if let Some(first) = self.sources.first() {
+            if file.config(source)? != self.config {
+                return Err(Error::Invalid(format!(
+                    "{source} has a different configuration from {first}; average files of one configuration \
+                     (snapshots of one run)"
+                )));
+            }
+        }
+        // Every tensor is checked before any is added, so a refused file leaves the sums as they were.
+        let values = self
+            .expected
+            .iter()
+            .map(|(name, shape)| tensor_of(file, source, name, shape))
+            .collect::<Result<Vec<&[f32]>>>()?;
+        for ((name, _), v) in self.expected.iter().zip(&values) {
+            if name != CLASS_EMBEDDINGS {
+                continue;
+            }
+            match &self.class_embeddings {
+                None => self.class_embeddings = Some(v.to_vec()),
+                Some(first) if first.as_slice() != *v => {
+                    return Err(Error::Invalid(format!(
+                        "{name} differs between {} and {source}: their classes were embedded from different \
+                         prompts, so they are not snapshots of one model",
+                        self.sources[0]
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        for ((name, _), v) in self.expected.iter().zip(values) {
+            if name == CLASS_EMBEDDINGS {
+                continue;
+            }
+            let sum = self.sums.entry(name.clone()).or_insert_with(|| vec![0.0; v.len()]);
+            sum.iter_mut().zip(v).for_each(|(s, &x)| *s += x as f64);
+        }
+        self.sources.push(source.to_string());
+        Ok(())
+    }
+
+    /// The mean as a model file: the configuration, the mean of every tensor (the bases' rows
+    /// scaled to unit length), and under [`AVERAGE_KEY`] the sources. At least two files.
+    pub fn finish(self) -> Result<TensorFile> {
+        if self.sources.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "only one model file ({}); give at least two to average",
+                self.sources.join(", ")
+            )));
+        }
+        let n = self.sources.len() as f64;
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in &self.expected {
+            let data = if name == CLASS_EMBEDDINGS {
+                self.class_embeddings.clone().expect("set by the first file")
+            } else {
+                let mut mean: Vec<f32> = self.sums[name].iter().map(|s| (s / n) as f32).collect();
+                if name == BASES {
+                    unit_rows(&mut mean, shape[1], name)?;
+                }
+                mean
+            };
+            tensors.insert(name.clone(), HostTensor::new(shape, data));
+        }
+        let metadata = HashMap::from([
+            (CONFIG_KEY.to_string(), self.config.to_json()),
+            (AVERAGE_KEY.to_string(), format!("mean of {} files: {}", self.sources.len(), self.sources.join(", "))),
+        ]);
+        Ok(TensorFile { tensors, metadata })
+    }
+}
+
+/// The mean of `files` (source name, contents), as a model file; see [`Average`].
 pub fn average(files: &[(String, TensorFile)]) -> Result<TensorFile> {
     let Some(((first_name, first), rest)) = files.split_first() else {
         return Err(Error::Invalid("nothing to average; give at least two model files".into()));
     };
-    if rest.is_empty() {
-        return Err(Error::Invalid(format!("only one model file ({first_name}); give at least two to average")));
-    }
-    let config = first.config(first_name)?;
+    let mut average = Average::new(first_name, first)?;
     for (name, file) in rest {
-        if file.config(name)? != config {
-            return Err(Error::Invalid(format!(
-                "{name} has a different configuration from {first_name}; average files of one configuration \
-                 (snapshots of one run)"
-            )));
-        }
+        average.add(name, file)?;
     }
-    let mut tensors = BTreeMap::new();
-    for (tensor, shape) in expected_tensors(&config) {
-        let values = files
-            .iter()
-            .map(|(source, file)| tensor_of(file, source, &tensor, &shape))
-            .collect::<Result<Vec<&[f32]>>>()?;
-        let data = if tensor == CLASS_EMBEDDINGS {
-            same_everywhere(files, &values, &tensor)?
-        } else {
-            let mut mean = mean_of(&values);
-            if tensor == BASES {
-                unit_rows(&mut mean, shape[1], &tensor)?;
-            }
-            mean
-        };
-        tensors.insert(tensor, HostTensor::new(&shape, data));
-    }
-    let sources: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-    let metadata = HashMap::from([
-        (CONFIG_KEY.to_string(), config.to_json()),
-        (AVERAGE_KEY.to_string(), format!("mean of {} files: {}", files.len(), sources.join(", "))),
-    ]);
-    Ok(TensorFile { tensors, metadata })
+    average.finish()
 }
 
 /// The values of `name` in `file`, checked for presence, shape and finiteness.
@@ -88,27 +155,6 @@ fn tensor_of<'a>(file: &'a TensorFile, source: &str, name: &str, shape: &[usize]
     Ok(&t.data)
 }
 
-/// The element-wise mean, summed in f64 so the result does not depend on the files' order
-/// beyond the last bit of f32.
-fn mean_of(values: &[&[f32]]) -> Vec<f32> {
-    let n = values.len() as f64;
-    (0..values[0].len()).map(|i| (values.iter().map(|v| v[i] as f64).sum::<f64>() / n) as f32).collect()
-}
-
-/// The one value a frozen tensor has in every file, or an error naming the first file that differs.
-fn same_everywhere(files: &[(String, TensorFile)], values: &[&[f32]], name: &str) -> Result<Vec<f32>> {
-    for ((source, _), v) in files.iter().zip(values).skip(1) {
-        if *v != values[0] {
-            return Err(Error::Invalid(format!(
-                "{name} differs between {} and {source}: their classes were embedded from different prompts, \
-                 so they are not snapshots of one model",
-                files[0].0
-            )));
-        }
-    }
-    Ok(values[0].to_vec())
-}
-
 /// Scales each row of `width` values to unit length; a row that averages to zero is an error.
 fn unit_rows(data: &mut [f32], width: usize, name: &str) -> Result<()> {
     for (r, row) in data.chunks_mut(width).enumerate() {
@@ -127,7 +173,6 @@ fn unit_rows(data: &mut [f32], width: usize, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     /// A small configuration (fundus-small) and a file of it whose every value is `value`,
     /// with bases rows along one axis scaled by `value`.
@@ -178,6 +223,18 @@ mod tests {
         for (i, v) in out.tensors[name].data.iter().enumerate() {
             assert_eq!(*v, i as f32 + 1.0, "{name}[{i}]");
         }
+    }
+
+    #[test]
+    fn a_refused_file_leaves_the_running_mean_as_it_was() {
+        let mut mean = Average::new("a", &file(1.0).1).unwrap();
+        let (_, mut bad) = file(100.0);
+        bad.tensors.get_mut("vision_model.embeddings.class_embedding").unwrap().data[0] = f32::INFINITY;
+        assert!(mean.add("bad", &bad).is_err());
+        mean.add("c", &file(3.0).1).unwrap();
+        let out = mean.finish().unwrap();
+        assert!(out.metadata[AVERAGE_KEY].ends_with("2 files: a, c"));
+        assert!(out.tensors["vision_model.embeddings.class_embedding"].data.iter().all(|&v| v == 2.0));
     }
 
     #[test]

@@ -805,18 +805,22 @@ fn init(
     Ok(())
 }
 
-/// `vlsa average`: reads every file before writing, so a bad one costs nothing and `--out`
-/// (which may be one of the inputs) is replaced only by a complete average.
+/// `vlsa average`: reads the files one at a time into a running mean, and writes `--out` only
+/// once every file has been read, so a bad one costs nothing and `--out` may be one of the inputs.
 fn average(models: &[PathBuf], out: &Path) -> CliResult {
     check_output("--out", out)?;
-    let files = models
-        .iter()
-        .map(|p| Ok((p.display().to_string(), vlsa::weights::TensorFile::read(p)?)))
-        .collect::<vlsa::Result<Vec<_>>>()?;
-    let mean = vlsa::average::average(&files)?;
+    let read = |p: &PathBuf| vlsa::weights::TensorFile::read(p).map(|f| (p.display().to_string(), f));
+    let (first, file) = read(&models[0])?;
+    let mut mean = vlsa::average::Average::new(&first, &file)?;
+    drop(file);
+    for path in &models[1..] {
+        let (name, file) = read(path)?;
+        mean.add(&name, &file)?;
+    }
+    let mean = mean.finish()?;
     mean.write(out, false)?;
-    let params: usize = mean.tensors.values().map(|t| t.data.len()).sum();
-    outln!("wrote {} (the mean of {} files, {params} values)", out.display(), files.len());
+    let values: usize = mean.tensors.values().map(|t| t.data.len()).sum();
+    outln!("wrote {} (the mean of {} files, {values} values)", out.display(), models.len());
     Ok(())
 }
 
