@@ -484,6 +484,10 @@ struct TrainArgs {
     /// When stderr is not a terminal, print a progress line every N steps.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     log_every: u64,
+    /// Also keep the model (no optimizer state) every N steps as <out>.step-<N>.safetensors,
+    /// e.g. to average a run's last snapshots with `vlsa average`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_every: Option<u64>,
     /// Stop after this step (writing a checkpoint) without changing the schedule; --resume continues.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stop_at: Option<u64>,
@@ -561,6 +565,7 @@ fn train(a: TrainArgs) -> CliResult {
         val_every: a.val_every as usize,
         checkpoint_every: a.checkpoint_every as usize,
         log_every: a.log_every as usize,
+        keep_every: a.keep_every.map(|k| k as usize),
         stop_at: a.stop_at.map(|s| s as usize),
         quiet: a.quiet,
         interrupt: Some(&interrupt::REQUESTED),
@@ -576,6 +581,17 @@ fn train(a: TrainArgs) -> CliResult {
         );
     }
     let stop = opts.stop_at.unwrap_or(steps).min(steps);
+    if a.force {
+        // The replaced run's snapshots go now, after every check, so none is mixed with this run's.
+        let old = vlsa::train::report::existing_snapshots(&a.out);
+        for path in &old {
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove the old snapshot {}: {e}", path.display()))?;
+        }
+        if !old.is_empty() && !a.quiet {
+            eprintln!("vlsa: removed {} snapshots of the run --force replaces", old.len());
+        }
+    }
     if trainer.step >= stop {
         outln!("nothing to do: {} is at step {} and the run stops at step {stop}", a.out.display(), trainer.step);
     } else {

@@ -584,6 +584,9 @@ pub struct RunOptions {
     pub checkpoint_every: usize,
     /// Without a terminal, print a progress line every this many steps.
     pub log_every: usize,
+    /// Keep the model (without optimizer state) of every this many steps as a snapshot,
+    /// [`report::snapshot_path`], e.g. for `vlsa average`; None keeps none.
+    pub keep_every: Option<usize>,
     /// Stop after this step (checkpointing) without changing the schedule; None runs to the end.
     pub stop_at: Option<usize>,
     /// No progress output.
@@ -672,6 +675,12 @@ pub fn run(trainer: &mut Trainer, val: Option<&Dataset>, opts: &RunOptions) -> R
                 stopped(trainer, e, step)
             })?;
             report::write_side_files(&opts.out, &trainer.log)?;
+        }
+        if opts.keep_every.is_some_and(|k| step % k.max(1) == 0) {
+            trainer.model.save(&report::snapshot_path(&opts.out, step, total), false).map_err(|e| {
+                progress.finish();
+                stopped(trainer, e, step)
+            })?;
         }
     }
     if was_interrupted {
@@ -853,12 +862,15 @@ pub fn prepare(gpu: &Gpu, setup: &Setup) -> Result<(Trainer, Begun)> {
         setup.choices.check_resume(&trainer.options, out)?;
         return Ok((trainer, Begun::Resumed));
     }
+    let snapshots = report::existing_snapshots(out);
     if !setup.resume && !setup.force {
         let (log, curve) = report::side_paths(out);
-        let existing = [out, log.as_path(), curve.as_path()].into_iter().find(|p| p.exists());
-        if let Some(existing) = existing {
+        let mut existing =
+            [out, log.as_path(), curve.as_path()].into_iter().chain(snapshots.iter().map(|p| p.as_path()));
+        if let Some(existing) = existing.find(|p| p.exists()) {
             return Err(Error::Invalid(format!(
-                "{} already exists; add --resume to continue that run or --force to replace it and its log and curve",
+                "{} already exists; add --resume to continue that run or --force to replace it and its log, curve \
+                 and snapshots",
                 existing.display()
             )));
         }

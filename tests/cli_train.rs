@@ -238,20 +238,30 @@ fn snapshots_of_one_run_average_to_a_model() {
     let data = synth(&dir, "data", 4, 1);
     let cfg = dir.path("cfg.json");
     let out = dir.path("s.safetensors");
-    // Two snapshots of one run, taken in sittings (the second a checkpoint with optimizer state).
-    ok(&[train_args(&cfg, &data, &out, "3"), vec!["--stop-at", "1"]].concat());
-    std::fs::copy(&out, dir.join("step1.safetensors")).unwrap();
-    ok(&[train_args(&cfg, &data, &out, "3"), vec!["--resume"]].concat());
-    let (step1, step3, avg) = (dir.path("step1.safetensors"), out.clone(), dir.path("avg.safetensors"));
-    let said = ok(&["average", "--model", &step1, &step3, "--out", &avg]);
-    assert!(said.contains("the mean of 2 files"), "{said}");
-
+    // One run keeps the model of every second step; the checkpoint holds optimizer state too.
+    ok(&[train_args(&cfg, &data, &out, "4"), vec!["--keep-every", "2"]].concat());
+    let (step2, step4) = (dir.path("s.safetensors.step-2.safetensors"), dir.path("s.safetensors.step-4.safetensors"));
+    assert!(
+        !dir.join("s.safetensors.step-1.safetensors").exists()
+            && !dir.join("s.safetensors.step-3.safetensors").exists()
+    );
     let read = |p: &str| vlsa::weights::TensorFile::read(std::path::Path::new(p)).unwrap();
-    let (a, b, m) = (read(&step1), read(&step3), read(&avg));
+    let (a, b) = (read(&step2), read(&step4));
+    assert!(a.tensors.keys().all(|n| !n.starts_with("optim.")) && !a.metadata.contains_key("vlsa.checkpoint"));
+    // A snapshot is the run's weights at its step: those of the same run stopped there.
+    let stopped = dir.path("stopped.safetensors");
+    ok(&[train_args(&cfg, &data, &stopped, "4"), vec!["--stop-at", "2"]].concat());
+    let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    assert_eq!(read(&stopped).tensors[name].data, a.tensors[name].data);
+    assert_ne!(a.tensors[name].data, b.tensors[name].data, "the snapshots differ");
+
+    // Their average, from a snapshot and a checkpoint (whose optimizer state is left out).
+    let avg = dir.path("avg.safetensors");
+    let said = ok(&["average", "--model", &step2, &out, "--out", &avg]);
+    assert!(said.contains("the mean of 2 files"), "{said}");
+    let m = read(&avg);
     assert!(m.tensors.keys().all(|n| !n.starts_with("optim.")), "the optimizer state is left out");
     assert!(!m.metadata.contains_key("vlsa.checkpoint"), "a model, not a checkpoint");
-    let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
-    assert_ne!(a.tensors[name].data, b.tensors[name].data, "the snapshots differ");
     for ((x, y), z) in a.tensors[name].data.iter().zip(&b.tensors[name].data).zip(&m.tensors[name].data) {
         assert!((z - (x + y) / 2.0).abs() <= 1e-7 * (1.0 + z.abs()), "{z} is not the mean of {x} and {y}");
     }
@@ -264,21 +274,36 @@ fn snapshots_of_one_run_average_to_a_model() {
     let eval = ok(&["eval", "--model", &avg, "--data", &data, "--quiet"]);
     assert!(eval.contains("mean"), "{eval}");
 
-    // One file, or files of two configurations: one sentence, nothing written.
-    let e = fails(&["average", "--model", &step1, "--out", &dir.path("one.safetensors")]);
+    // One file, files of two configurations, a missing file: one sentence, nothing written.
+    let e = fails(&["average", "--model", &step2, "--out", &dir.path("one.safetensors")]);
     assert!(e.contains("give at least two"), "{e}");
     let other = dir.path("other.safetensors");
     ok(&["init", "--config", &cfg, "--out", &other, "--shifts", "2"]);
-    let e = fails(&["average", "--model", &step1, &other, "--out", &dir.path("two.safetensors")]);
+    let e = fails(&["average", "--model", &step2, &other, "--out", &dir.path("two.safetensors")]);
     assert!(e.contains("has a different configuration from"), "{e}");
     let e = fails(&[
         "average",
         "--model",
-        &step1,
+        &step2,
         &dir.path("missing.safetensors"),
         "--out",
         &dir.path("three.safetensors"),
     ]);
     assert!(e.contains("missing.safetensors"), "{e}");
     assert!(!dir.join("one.safetensors").exists() && !dir.join("two.safetensors").exists());
+
+    // A new run never mixes with an old run's snapshots: refused while they exist, and --force
+    // removes them before its first step.
+    for f in ["s.safetensors", "s.safetensors.log.csv", "s.safetensors.curve.svg"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let e = fails(&train_args(&cfg, &data, &out, "1"));
+    assert!(e.contains("s.safetensors.step-2.safetensors already exists") && e.contains("snapshots"), "{e}");
+    let forced = run(&[train_args(&cfg, &data, &out, "1"), vec!["--force"]].concat());
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert!(text(&forced.stderr).contains("removed 2 snapshots"), "{}", text(&forced.stderr));
+    assert!(
+        !dir.join("s.safetensors.step-2.safetensors").exists()
+            && !dir.join("s.safetensors.step-4.safetensors").exists()
+    );
 }

@@ -37,6 +37,7 @@ fn run_options(out: &Path, checkpoint_every: usize, stop_at: Option<usize>) -> R
         val_every: 1000,
         checkpoint_every,
         log_every: 1000,
+        keep_every: None,
         stop_at,
         quiet: true,
         interrupt: None,

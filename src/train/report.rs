@@ -33,6 +33,40 @@ pub fn side_paths(out: &Path) -> (PathBuf, PathBuf) {
     (with(".log.csv"), with(".curve.svg"))
 }
 
+/// The snapshot of step `step` of a run of `total` steps that writes `out`:
+/// `<out>.step-<step>.safetensors`, the step zero-padded to the digits of `total` so that the
+/// snapshots of one run sort by step.
+pub fn snapshot_path(out: &Path, step: usize, total: usize) -> PathBuf {
+    let width = total.to_string().len();
+    let mut name = out.as_os_str().to_owned();
+    name.push(format!(".step-{step:0width$}.safetensors"));
+    PathBuf::from(name)
+}
+
+/// The snapshots (`--keep-every`) of runs that wrote `out`, sorted by name.
+pub fn existing_snapshots(out: &Path) -> Vec<PathBuf> {
+    let Some(file) = out.file_name().and_then(|f| f.to_str()) else { return Vec::new() };
+    let prefix = format!("{file}.step-");
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(".safetensors"))
+                    .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|e| out.with_file_name(e.file_name()))
+        .collect();
+    found.sort();
+    found
+}
+
 /// The log as CSV: `step,loss,lr,val_dice` (val_dice empty where not measured).
 pub fn log_csv(log: &[LogEntry]) -> String {
     let mut s = String::from("step,loss,lr,val_dice\n");
@@ -319,6 +353,33 @@ fn format_duration(seconds: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn snapshots_are_named_beside_the_checkpoint_and_sort_by_step() {
+        let out = Path::new("runs/x/ckpt.safetensors");
+        assert_eq!(snapshot_path(out, 5, 1500), Path::new("runs/x/ckpt.safetensors.step-0005.safetensors"));
+        assert_eq!(snapshot_path(out, 1500, 1500), Path::new("runs/x/ckpt.safetensors.step-1500.safetensors"));
+        assert_eq!(snapshot_path(Path::new("c"), 3, 9), Path::new("c.step-3.safetensors"));
+        let dir = std::env::temp_dir().join(format!("vlsa-snapshots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("c.safetensors");
+        for name in [
+            "c.safetensors.step-20.safetensors",
+            "c.safetensors.step-10.safetensors",
+            "c.safetensors.step-.safetensors",
+            "c.safetensors.step-1x.safetensors",
+            "d.safetensors.step-10.safetensors",
+            "c.safetensors.log.csv",
+        ] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let found = existing_snapshots(&out);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            found,
+            vec![dir.join("c.safetensors.step-10.safetensors"), dir.join("c.safetensors.step-20.safetensors")]
+        );
+    }
+
     use super::*;
 
     #[test]
