@@ -484,8 +484,8 @@ struct TrainArgs {
     /// When stderr is not a terminal, print a progress line every N steps.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     log_every: u64,
-    /// Also keep the model (no optimizer state) every N steps as <out>.step-<N>.safetensors,
-    /// e.g. to average a run's last snapshots with `vlsa average`.
+    /// Also keep the model (no optimizer state) after every N-th step K as
+    /// <out>.step-<K>.safetensors, e.g. to average a run's last snapshots with `vlsa average`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep_every: Option<u64>,
     /// Stop after this step (writing a checkpoint) without changing the schedule; --resume continues.

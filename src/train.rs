@@ -862,9 +862,9 @@ pub fn prepare(gpu: &Gpu, setup: &Setup) -> Result<(Trainer, Begun)> {
         setup.choices.check_resume(&trainer.options, out)?;
         return Ok((trainer, Begun::Resumed));
     }
-    let snapshots = report::existing_snapshots(out);
     if !setup.resume && !setup.force {
         let (log, curve) = report::side_paths(out);
+        let snapshots = report::existing_snapshots(out);
         let mut existing =
             [out, log.as_path(), curve.as_path()].into_iter().chain(snapshots.iter().map(|p| p.as_path()));
         if let Some(existing) = existing.find(|p| p.exists()) {
