@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{expected_tensors, Config};
 use crate::error::{Error, Result};
-use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+use crate::weights::{checked_tensor, HostTensor, TensorFile, CONFIG_KEY};
 
 /// Metadata key of an averaged model: how many files, and which.
 pub const AVERAGE_KEY: &str = "vlsa.average";
@@ -30,10 +30,9 @@ pub struct Average {
     config: Config,
     /// Name and shape of every tensor the configuration expects, in its order.
     expected: Vec<(String, Vec<usize>)>,
-    /// Per tensor, the sum so far (f64, so the mean does not depend on the files' order beyond
-    /// the last bit of f32); the class embeddings are kept as the first file has them.
-    sums: BTreeMap<String, Vec<f64>>,
-    class_embeddings: Option<Vec<f32>>,
+    /// Per expected tensor, the sum so far (f64, so the mean does not depend on the files' order
+    /// beyond the last bit of f32); for the class embeddings, the first file's values.
+    sums: Vec<Vec<f64>>,
     sources: Vec<String>,
 }
 
@@ -42,13 +41,15 @@ impl Average {
     pub fn new(source: &str, file: &TensorFile) -> Result<Average> {
         let config = file.config(source)?;
         let expected = expected_tensors(&config);
-        let mut average =
-            Average { config, expected, sums: BTreeMap::new(), class_embeddings: None, sources: Vec::new() };
+        let sums = expected.iter().map(|(_, shape)| vec![0.0; shape.iter().product()]).collect();
+        let mut average = Average { config, expected, sums, sources: Vec::new() };
         average.add(source, file)?;
         Ok(average)
     }
 
-    /// Adds a file: same configuration, every expected tensor present, of its shape, finite.
+    /// Adds a file: same configuration, every expected tensor present, of its shape, finite
+    /// (`weights::checked_tensor`, as a model loads), and the first file's class embeddings.
+    /// A refused file leaves the sums as they were.
     pub fn add(&mut self, source: &str, file: &TensorFile) -> Result<()> {
         if let Some(first) = self.sources.first() {
             if file.config(source)? != self.config {
@@ -58,41 +59,33 @@ impl Average {
                 )));
             }
         }
-        // Every tensor is checked before any is added, so a refused file leaves the sums as they were.
         let values = self
             .expected
             .iter()
-            .map(|(name, shape)| tensor_of(file, source, name, shape))
-            .collect::<Result<Vec<&[f32]>>>()?;
-        for ((name, _), v) in self.expected.iter().zip(&values) {
-            if name != CLASS_EMBEDDINGS {
-                continue;
-            }
-            match &self.class_embeddings {
-                None => self.class_embeddings = Some(v.to_vec()),
-                Some(first) if first.as_slice() != *v => {
-                    return Err(Error::Invalid(format!(
-                        "{name} differs between {} and {source}: their classes were embedded from different \
-                         prompts, so they are not snapshots of one model",
-                        self.sources[0]
-                    )))
-                }
-                Some(_) => {}
+            .map(|(name, shape)| checked_tensor(&file.tensors, name, shape, "tensor", source).map(|t| &t.data))
+            .collect::<Result<Vec<_>>>()?;
+        let first_file = self.sources.is_empty();
+        for (((name, _), sum), v) in self.expected.iter().zip(&self.sums).zip(&values) {
+            if name == CLASS_EMBEDDINGS && !first_file && sum.iter().zip(v.iter()).any(|(&s, &x)| s != x as f64) {
+                return Err(Error::Invalid(format!(
+                    "{name} differs between {} and {source}: their classes were embedded from different \
+                     prompts, so they are not snapshots of one model",
+                    self.sources[0]
+                )));
             }
         }
-        for ((name, _), v) in self.expected.iter().zip(values) {
-            if name == CLASS_EMBEDDINGS {
-                continue;
+        for (((name, _), sum), v) in self.expected.iter().zip(&mut self.sums).zip(values) {
+            if name != CLASS_EMBEDDINGS || first_file {
+                sum.iter_mut().zip(v).for_each(|(s, &x)| *s += x as f64);
             }
-            let sum = self.sums.entry(name.clone()).or_insert_with(|| vec![0.0; v.len()]);
-            sum.iter_mut().zip(v).for_each(|(s, &x)| *s += x as f64);
         }
         self.sources.push(source.to_string());
         Ok(())
     }
 
     /// The mean as a model file: the configuration, the mean of every tensor (the bases' rows
-    /// scaled to unit length), and under [`AVERAGE_KEY`] the sources. At least two files.
+    /// scaled to unit length, the class embeddings as every file has them), and under
+    /// [`AVERAGE_KEY`] the sources. At least two files.
     pub fn finish(self) -> Result<TensorFile> {
         if self.sources.len() < 2 {
             return Err(Error::Invalid(format!(
@@ -102,17 +95,17 @@ impl Average {
         }
         let n = self.sources.len() as f64;
         let mut tensors = BTreeMap::new();
-        for (name, shape) in &self.expected {
-            let data = if name == CLASS_EMBEDDINGS {
-                self.class_embeddings.clone().expect("set by the first file")
+        for ((name, shape), sum) in self.expected.into_iter().zip(self.sums) {
+            let data: Vec<f32> = if name == CLASS_EMBEDDINGS {
+                sum.iter().map(|&s| s as f32).collect()
             } else {
-                let mut mean: Vec<f32> = self.sums[name].iter().map(|s| (s / n) as f32).collect();
+                let mut mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
                 if name == BASES {
-                    unit_rows(&mut mean, shape[1], name)?;
+                    unit_rows(&mut mean, shape[1], &name)?;
                 }
                 mean
             };
-            tensors.insert(name.clone(), HostTensor::new(shape, data));
+            tensors.insert(name, HostTensor::new(&shape, data));
         }
         let metadata = HashMap::from([
             (CONFIG_KEY.to_string(), self.config.to_json()),
@@ -132,27 +125,6 @@ pub fn average(files: &[(String, TensorFile)]) -> Result<TensorFile> {
         average.add(name, file)?;
     }
     average.finish()
-}
-
-/// The values of `name` in `file`, checked for presence, shape and finiteness.
-fn tensor_of<'a>(file: &'a TensorFile, source: &str, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
-    let t = file
-        .tensors
-        .get(name)
-        .ok_or_else(|| Error::Weights(format!("{source} has no tensor {name}, which its configuration expects")))?;
-    if t.shape != shape {
-        return Err(Error::Weights(format!(
-            "{source}: tensor {name} has shape {:?}, its configuration expects {shape:?}",
-            t.shape
-        )));
-    }
-    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Weights(format!(
-            "{source}: tensor {name} holds a non-finite value ({}) at index {i}",
-            t.data[i]
-        )));
-    }
-    Ok(&t.data)
 }
 
 /// Scales each row of `width` values to unit length; a row that averages to zero is an error.
@@ -246,7 +218,7 @@ mod tests {
         let (_, mut b) = file(1.0);
         b.tensors.remove("vision_model.embeddings.class_embedding");
         let e = err(vec![("a".into(), file(1.0).1), ("b".into(), b)]);
-        assert!(e.contains("b has no tensor vision_model.embeddings.class_embedding"), "{e}");
+        assert!(e.contains("b: tensor vision_model.embeddings.class_embedding [96] is missing"), "{e}");
 
         let (_, mut b) = file(1.0);
         b.tensors.get_mut("vision_model.embeddings.class_embedding").unwrap().shape.push(1);
@@ -256,7 +228,10 @@ mod tests {
         let (_, mut b) = file(1.0);
         b.tensors.get_mut("vision_model.embeddings.class_embedding").unwrap().data[3] = f32::NAN;
         let e = err(vec![("a".into(), file(1.0).1), ("b".into(), b)]);
-        assert!(e.contains("non-finite value (NaN) at index 3"), "{e}");
+        assert!(
+            e.contains("b: tensor vision_model.embeddings.class_embedding holds a non-finite value at element 3"),
+            "{e}"
+        );
 
         let (mut config, mut b) = file(1.0);
         config.shifts = Some(2);

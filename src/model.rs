@@ -16,7 +16,7 @@ use crate::kernels::em::{Em, EmShape, GradMode};
 use crate::kernels::{Gpu, GpuBuffer};
 use crate::random::{Rng, XorShift64Star};
 use crate::tensor::Tensor;
-use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+use crate::weights::{checked_tensor, HostTensor, TensorFile, CONFIG_KEY};
 
 /// Metadata key that marks a training checkpoint (its value is the training state as JSON).
 /// Only files carrying it may hold [`OPTIMIZER_PREFIX`] tensors.
@@ -86,25 +86,12 @@ pub struct Model {
 
 impl Model {
     /// Builds a model from host tensors, checking names, shapes and the config.
-    pub fn from_host(gpu: &Gpu, config: Config, mut host: BTreeMap<String, HostTensor>, source: &str) -> Result<Model> {
+    pub fn from_host(gpu: &Gpu, config: Config, host: BTreeMap<String, HostTensor>, source: &str) -> Result<Model> {
         config.validate()?;
         let expected = expected_tensors(&config);
         let mut tensors = BTreeMap::new();
         for (name, shape) in &expected {
-            let t = host
-                .remove(name)
-                .ok_or_else(|| Error::Weights(format!("{source}: tensor {name} {shape:?} is missing")))?;
-            if &t.shape != shape {
-                return Err(Error::Weights(format!(
-                    "{source}: tensor {name} has shape {:?} but the config needs {shape:?}",
-                    t.shape
-                )));
-            }
-            if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Weights(format!(
-                    "{source}: tensor {name} holds a non-finite value at element {bad}"
-                )));
-            }
+            let t = checked_tensor(&host, name, shape, "tensor", source)?;
             let tensor = if FROZEN.contains(&name.as_str()) {
                 Tensor::from_vec(gpu, &t.data, shape)?
             } else {
@@ -112,7 +99,7 @@ impl Model {
             };
             tensors.insert(name.clone(), tensor);
         }
-        if let Some(extra) = host.keys().next() {
+        if let Some(extra) = host.keys().find(|k| !tensors.contains_key(*k)) {
             return Err(Error::Weights(format!(
                 "{source}: unexpected tensor {extra} (not part of a model with this config)"
             )));

@@ -31,7 +31,7 @@ use crate::kernels::adamw::{self, AdamW, AdamWTensor};
 use crate::kernels::{Gpu, GpuBuffer};
 use crate::model::{Model, CHECKPOINT_KEY, OPTIMIZER_PREFIX};
 use crate::tensor::Tensor;
-use crate::weights::{HostTensor, TensorFile, CONFIG_KEY};
+use crate::weights::{checked_tensor, HostTensor, TensorFile, CONFIG_KEY};
 use augment::{
     augment_rng, epoch_order, focus_rng, low_end_device, low_end_rng, randomize_rng, Augmentation, Randomization,
 };
@@ -322,23 +322,10 @@ impl Trainer {
         for (name, t) in model.parameters() {
             let mut take = |which: &str| -> Result<GpuBuffer> {
                 let key = format!("{OPTIMIZER_PREFIX}{which}.{name}");
-                let host = rest
-                    .tensors
-                    .remove(&key)
-                    .ok_or_else(|| Error::Weights(format!("{source}: optimizer tensor {key} is missing")))?;
-                if host.shape != t.shape() {
-                    return Err(Error::Weights(format!(
-                        "{source}: optimizer tensor {key} has shape {:?} but {name} has {:?}",
-                        host.shape,
-                        t.shape()
-                    )));
-                }
-                if let Some(bad) = host.data.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::Weights(format!(
-                        "{source}: optimizer tensor {key} holds a non-finite value at element {bad}"
-                    )));
-                }
-                Ok(gpu.upload(&host.data)?)
+                let host = checked_tensor(&rest.tensors, &key, t.shape(), "optimizer tensor", &source)?;
+                let buffer = gpu.upload(&host.data)?;
+                rest.tensors.remove(&key);
+                Ok(buffer)
             };
             let m = take("m")?;
             let v = take("v")?;

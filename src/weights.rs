@@ -120,6 +120,26 @@ impl TensorFile {
     }
 }
 
+/// The tensor `name` of `tensors`, checked as every loader of model and optimizer tensors checks
+/// it: present, of `shape`, every value finite. `what` names the kind in the error ("tensor",
+/// "optimizer tensor"), `source` the file.
+pub fn checked_tensor<'a>(
+    tensors: &'a BTreeMap<String, HostTensor>,
+    name: &str,
+    shape: &[usize],
+    what: &str,
+    source: &str,
+) -> Result<&'a HostTensor> {
+    let t = tensors.get(name).ok_or_else(|| Error::Weights(format!("{source}: {what} {name} {shape:?} is missing")))?;
+    if t.shape != shape {
+        return Err(Error::Weights(format!("{source}: {what} {name} has shape {:?} but {shape:?} is needed", t.shape)));
+    }
+    if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Weights(format!("{source}: {what} {name} holds a non-finite value at element {bad}")));
+    }
+    Ok(t)
+}
+
 /// Bytes of the little-endian u64 header length that opens a safetensors file.
 const LENGTH_BYTES: usize = 8;
 /// The largest JSON header the safetensors format allows (100 MB).

@@ -25,12 +25,14 @@ pub struct LogEntry {
 
 /// The files written beside a checkpoint `out`: `<out>.log.csv` and `<out>.curve.svg`.
 pub fn side_paths(out: &Path) -> (PathBuf, PathBuf) {
-    let with = |suffix: &str| {
-        let mut name = out.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    (with(".log.csv"), with(".curve.svg"))
+    (beside(out, ".log.csv"), beside(out, ".curve.svg"))
+}
+
+/// `out` with `suffix` appended to its file name (a file written beside the checkpoint).
+fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// The snapshot of step `step` of a run of `total` steps that writes `out`:
@@ -38,9 +40,7 @@ pub fn side_paths(out: &Path) -> (PathBuf, PathBuf) {
 /// snapshots of one run sort by step.
 pub fn snapshot_path(out: &Path, step: usize, total: usize) -> PathBuf {
     let width = total.to_string().len();
-    let mut name = out.as_os_str().to_owned();
-    name.push(format!(".step-{step:0width$}.safetensors"));
-    PathBuf::from(name)
+    beside(out, &format!(".step-{step:0width$}.safetensors"))
 }
 
 /// The snapshots (`--keep-every`) of runs that wrote `out`, sorted by name.
@@ -353,6 +353,8 @@ fn format_duration(seconds: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn snapshots_are_named_beside_the_checkpoint_and_sort_by_step() {
         let out = Path::new("runs/x/ckpt.safetensors");
@@ -379,8 +381,6 @@ mod tests {
             vec![dir.join("c.safetensors.step-10.safetensors"), dir.join("c.safetensors.step-20.safetensors")]
         );
     }
-
-    use super::*;
 
     #[test]
     fn the_first_steps_spike_clips_the_loss_axis() {
