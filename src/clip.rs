@@ -159,7 +159,8 @@ impl ClipVision {
     }
 
     /// The encoder tensors for a model of `config` (position embeddings resized to its image
-    /// size when it differs), checked against the names and shapes the model expects.
+    /// size when it differs), checked against the names and shapes the model expects (and every
+    /// value finite); any other tensor is refused.
     pub fn tensors_for(&self, config: &Config) -> Result<BTreeMap<String, HostTensor>> {
         self.check(config)?;
         let mut out = self.tensors.clone();
@@ -185,16 +186,7 @@ impl ClipVision {
             out.insert(pos_name, resized);
         }
         for (name, shape) in expected_tensors(config).into_iter().filter(|(n, _)| n.starts_with(PREFIX)) {
-            match out.get(&name) {
-                None => return Err(Error::Weights(format!("{}: tensor {name} {shape:?} is missing", self.source))),
-                Some(t) if t.shape != shape => {
-                    return Err(Error::Weights(format!(
-                        "{}: tensor {name} has shape {:?} but the config needs {shape:?}",
-                        self.source, t.shape
-                    )))
-                }
-                Some(_) => {}
-            }
+            crate::weights::checked_tensor(&out, &name, &shape, "tensor", &self.source)?;
         }
         if let Some(extra) = out.keys().find(|n| !expected_tensors(config).iter().any(|(e, _)| e == *n)) {
             return Err(Error::Weights(format!("{}: unexpected vision tensor {extra}", self.source)));
@@ -209,13 +201,8 @@ impl Model {
     pub fn init_with_clip(gpu: &Gpu, config: Config, clip: &ClipVision, seed: u64) -> Result<Model> {
         let vision = clip.tensors_for(&config)?;
         let model = Model::init(gpu, config, seed)?;
+        // tensors_for checked every tensor (present, shaped, finite) and refused any other.
         for (name, t) in vision {
-            if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::Weights(format!(
-                    "{}: tensor {name} holds a non-finite value at element {bad}",
-                    clip.source
-                )));
-            }
             model.get(&name)?.write(&t.data)?;
         }
         Ok(model)

@@ -583,13 +583,9 @@ fn train(a: TrainArgs) -> CliResult {
     let stop = opts.stop_at.unwrap_or(steps).min(steps);
     if a.force {
         // The replaced run's snapshots go now, after every check, so none is mixed with this run's.
-        let old = vlsa::train::report::existing_snapshots(&a.out);
-        for path in &old {
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the old snapshot {}: {e}", path.display()))?;
-        }
-        if !old.is_empty() && !a.quiet {
-            eprintln!("vlsa: removed {} snapshots of the run --force replaces", old.len());
+        let removed = vlsa::train::report::remove_snapshots(&a.out)?;
+        if removed > 0 && !a.quiet {
+            eprintln!("vlsa: removed {removed} snapshots of the run --force replaces");
         }
     }
     if trainer.step >= stop {

@@ -131,13 +131,25 @@ pub fn checked_tensor<'a>(
     source: &str,
 ) -> Result<&'a HostTensor> {
     let t = tensors.get(name).ok_or_else(|| Error::Weights(format!("{source}: {what} {name} {shape:?} is missing")))?;
-    if t.shape != shape {
-        return Err(Error::Weights(format!("{source}: {what} {name} has shape {:?} but {shape:?} is needed", t.shape)));
+    check_shape(&t.shape, name, shape, what, source)?;
+    check_finite(&t.data, name, what, source)?;
+    Ok(t)
+}
+
+/// The shape check of [`checked_tensor`], for loaders that see a tensor's shape before its values.
+pub fn check_shape(found: &[usize], name: &str, shape: &[usize], what: &str, source: &str) -> Result<()> {
+    if found != shape {
+        return Err(Error::Weights(format!("{source}: {what} {name} has shape {found:?} but {shape:?} is needed")));
     }
-    if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
+    Ok(())
+}
+
+/// The value check of [`checked_tensor`]: every value finite.
+pub fn check_finite(data: &[f32], name: &str, what: &str, source: &str) -> Result<()> {
+    if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::Weights(format!("{source}: {what} {name} holds a non-finite value at element {bad}")));
     }
-    Ok(t)
+    Ok(())
 }
 
 /// Bytes of the little-endian u64 header length that opens a safetensors file.

@@ -81,3 +81,26 @@ fn unprefixed_names_and_mismatches() {
     assert!(e.contains("missing/config.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_missing_misshaped_or_non_finite_tensor_is_refused() {
+    let name = "vision_model.encoder.layers.1.mlp.fc1.weight";
+    let check = |change: &dyn Fn(&mut ClipVision)| {
+        let mut clip = ClipVision::load(&fixture()).unwrap();
+        change(&mut clip);
+        clip.tensors_for(&config(32)).unwrap_err().to_string()
+    };
+    let e = check(&|c| {
+        c.tensors.remove(name);
+    });
+    assert!(e.contains(name) && e.contains("is missing"), "{e}");
+    let e = check(&|c| c.tensors.get_mut(name).unwrap().shape.reverse());
+    assert!(e.contains(name) && e.contains("has shape [32, 128] but [128, 32] is needed"), "{e}");
+    let e = check(&|c| c.tensors.get_mut(name).unwrap().data[5] = f32::NAN);
+    assert!(e.contains(name) && e.contains("non-finite value at element 5"), "{e}");
+    // At 48 px the position embeddings are resized first; a NaN in them is still refused.
+    let mut clip = ClipVision::load(&fixture()).unwrap();
+    clip.tensors.get_mut("vision_model.embeddings.position_embedding.weight").unwrap().data[0] = f32::INFINITY;
+    let e = clip.tensors_for(&config(48)).unwrap_err().to_string();
+    assert!(e.contains("position_embedding") && e.contains("non-finite"), "{e}");
+}

@@ -138,13 +138,7 @@ impl Weights<'_> {
             .file
             .tensor(&full)
             .map_err(|_| Error::Weights(format!("{}: tensor {full} {shape:?} is missing", self.source)))?;
-        if view.shape() != shape {
-            return Err(Error::Weights(format!(
-                "{}: tensor {full} has shape {:?} but config.json needs {shape:?}",
-                self.source,
-                view.shape()
-            )));
-        }
+        crate::weights::check_shape(view.shape(), &full, shape, "tensor", &self.source)?;
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -157,12 +151,7 @@ impl Weights<'_> {
                 )))
             }
         };
-        if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Weights(format!(
-                "{}: tensor {full} holds a non-finite value at element {bad}",
-                self.source
-            )));
-        }
+        crate::weights::check_finite(&data, &full, "tensor", &self.source)?;
         Ok(Tensor::from_vec(&self.gpu, &data, shape)?)
     }
 

@@ -67,6 +67,20 @@ pub fn existing_snapshots(out: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Removes the snapshots of the run a `--force` run replaces ([`existing_snapshots`]) and says
+/// how many went. Call it after every check of the new run, just before its first step, so a
+/// refused run leaves the old run whole and no old snapshot is mixed with the new run's.
+pub fn remove_snapshots(out: &Path) -> crate::Result<usize> {
+    let old = existing_snapshots(out);
+    for path in &old {
+        std::fs::remove_file(path).map_err(|e| crate::Error::Io {
+            path: path.display().to_string(),
+            message: format!("cannot remove this snapshot of the run --force replaces ({e})"),
+        })?;
+    }
+    Ok(old.len())
+}
+
 /// The log as CSV: `step,loss,lr,val_dice` (val_dice empty where not measured).
 pub fn log_csv(log: &[LogEntry]) -> String {
     let mut s = String::from("step,loss,lr,val_dice\n");
