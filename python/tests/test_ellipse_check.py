@@ -10,6 +10,8 @@ import unittest
 import numpy as np
 from PIL import Image
 
+from tests.masks import write_mask_sets
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "ellipse-check.py")
 
@@ -38,12 +40,7 @@ def scores(out):
 class EllipseCheck(unittest.TestCase):
     def run_on(self, truths, preds):
         with tempfile.TemporaryDirectory() as root:
-            seg, data = os.path.join(root, "seg"), os.path.join(root, "data")
-            os.makedirs(seg)
-            os.makedirs(os.path.join(data, "masks"))
-            for i, (t, p) in enumerate(zip(truths, preds)):
-                Image.fromarray(t).save(os.path.join(data, "masks", f"img{i}.png"))
-                Image.fromarray(p).save(os.path.join(seg, f"img{i}_mask.png"))
+            seg, data = write_mask_sets(root, truths, preds)
             r = subprocess.run([sys.executable, SCRIPT, seg, data], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn(f"{len(truths)} images", r.stdout)

@@ -10,6 +10,8 @@ import unittest
 import numpy as np
 from PIL import Image
 
+from tests.masks import write_mask_sets
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "size-agreement.py")
 
@@ -32,22 +34,13 @@ class SizeAgreement(unittest.TestCase):
             [sys.executable, SCRIPT, seg, data, *extra], capture_output=True, text=True
         )
 
-    def write(self, root, truths, preds):
-        seg, data = os.path.join(root, "seg"), os.path.join(root, "data")
-        os.makedirs(seg)
-        os.makedirs(os.path.join(data, "masks"))
-        for i, (t, p) in enumerate(zip(truths, preds)):
-            Image.fromarray(t).save(os.path.join(data, "masks", f"img{i}.png"))
-            Image.fromarray(p).save(os.path.join(seg, f"img{i}_mask.png"))
-        return seg, data
-
     def cup_line(self, out):
         return next(line for line in out.splitlines() if line.strip().startswith("cup"))
 
     def test_a_following_prediction_correlates_and_a_contrary_one_anticorrelates(self):
         truths = [disc_mask(48, 12, c) for c in (4, 6, 8, 10)]
         with tempfile.TemporaryDirectory() as root:
-            seg, data = self.write(root, truths, truths)
+            seg, data = write_mask_sets(root, truths, truths)
             r = self.run_script(seg, data)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("4 images", r.stdout)
@@ -58,7 +51,7 @@ class SizeAgreement(unittest.TestCase):
         # Predicted cup sizes running against the truth: a negative correlation.
         with tempfile.TemporaryDirectory() as root:
             preds = [disc_mask(48, 12, c) for c in (10, 8, 6, 4)]
-            seg, data = self.write(root, truths, preds)
+            seg, data = write_mask_sets(root, truths, preds)
             r = self.run_script(seg, data, "--region", "cup=2")
             self.assertEqual(r.returncode, 0, r.stderr)
             r_cup = float(self.cup_line(r.stdout).split("correlation")[1].split()[0])
@@ -68,7 +61,7 @@ class SizeAgreement(unittest.TestCase):
     def test_refusals_name_what_is_wrong(self):
         truths = [disc_mask(32, 8, 4), disc_mask(32, 8, 6)]
         with tempfile.TemporaryDirectory() as root:
-            seg, data = self.write(root, truths, truths)
+            seg, data = write_mask_sets(root, truths, truths)
             os.remove(os.path.join(data, "masks", "img1.png"))
             r = self.run_script(seg, data)
             self.assertNotEqual(r.returncode, 0)
