@@ -18,12 +18,13 @@ came from (`DATA/masks/NAME.png`).
 Usage: python3 scripts/ellipse-check.py SEG DATA
 """
 
-import glob
 import os
 import sys
 
 import numpy as np
-from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mask_pairs import mask_pairs  # noqa: E402
 
 
 def ellipse(mask, scale=1.0):
@@ -61,26 +62,17 @@ def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__.split("Usage: ")[1])
     seg, data = sys.argv[1], sys.argv[2]
-    preds = sorted(glob.glob(os.path.join(seg, "*_mask.png")))
-    if not preds:
-        sys.exit(f"error: no *_mask.png in {seg} (run vlsa segment --out {seg} first)")
+    pairs = mask_pairs(seg, data)
     ways = {"as predicted": lambda p: p, "moments": lambda p: refit(p, ellipse), "area": lambda p: refit(p, area_ellipse)}
     scores = {w: {1: [], 2: []} for w in ways}
-    for f in preds:
-        stem = os.path.basename(f)[: -len("_mask.png")]
-        truth = os.path.join(data, "masks", stem + ".png")
-        if not os.path.exists(truth):
-            sys.exit(f"error: {f} has no true mask {truth}")
-        pm, tm = np.array(Image.open(f)), np.array(Image.open(truth))
-        if pm.shape != tm.shape:
-            sys.exit(f"error: {f} is {pm.shape} but {truth} is {tm.shape}")
+    for pm, tm in pairs:
         for w, way in ways.items():
             p = way(pm)
             for k in (1, 2):
                 total = (p == k).sum() + (tm == k).sum()
                 if total:
                     scores[w][k].append(2 * ((p == k) & (tm == k)).sum() / total)
-    print(f"{data}: {len(preds)} images; Dice rim / cup / mean")
+    print(f"{data}: {len(pairs)} images; Dice rim / cup / mean")
     for w, s in scores.items():
         rim, cup = np.mean(s[1]), np.mean(s[2])
         print(f"  {w:13s} {rim:.4f} / {cup:.4f} / {(rim + cup) / 2:.4f}")

@@ -14,12 +14,13 @@ Usage: python3 scripts/size-agreement.py SEG DATA [--region NAME=CLASSES ...]
 """
 
 import argparse
-import glob
 import os
 import sys
 
 import numpy as np
-from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mask_pairs import mask_pairs  # noqa: E402
 
 
 def region(text):
@@ -40,22 +41,13 @@ def main():
     p.add_argument("--region", type=region, action="append", help="NAME=CLASSES, repeatable")
     a = p.parse_args()
     regions = a.region or [("whole-disc", [1, 2]), ("cup", [2])]
-    preds = sorted(glob.glob(os.path.join(a.seg, "*_mask.png")))
-    if not preds:
-        sys.exit(f"error: no *_mask.png in {a.seg} (run vlsa segment --out {a.seg} first)")
+    pairs = mask_pairs(a.seg, a.data)
     areas = {name: ([], []) for name, _ in regions}
-    for f in preds:
-        stem = os.path.basename(f)[: -len("_mask.png")]
-        truth = os.path.join(a.data, "masks", stem + ".png")
-        if not os.path.exists(truth):
-            sys.exit(f"error: {f} has no true mask {truth}")
-        pm, tm = np.array(Image.open(f)), np.array(Image.open(truth))
-        if pm.shape != tm.shape:
-            sys.exit(f"error: {f} is {pm.shape} but {truth} is {tm.shape}")
+    for pm, tm in pairs:
         for name, ids in regions:
             areas[name][0].append(np.isin(pm, ids).sum())
             areas[name][1].append(np.isin(tm, ids).sum())
-    print(f"{a.data}: {len(preds)} images; area in pixels, predicted against true")
+    print(f"{a.data}: {len(pairs)} images; area in pixels, predicted against true")
     for name, (pa, ta) in areas.items():
         pa, ta = np.array(pa, float), np.array(ta, float)
         r = np.corrcoef(pa, ta)[0, 1] if pa.std() > 0 and ta.std() > 0 else float("nan")
