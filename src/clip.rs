@@ -17,7 +17,7 @@ use crate::config::expected_tensors;
 use crate::config::{Activation, Config};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::weights::{HostTensor, TensorFile};
+use crate::weights::{self, HostTensor, TensorFile};
 use crate::Gpu;
 
 const PREFIX: &str = "vision_model.";
@@ -168,9 +168,9 @@ impl ClipVision {
         let from = self.image_size / self.patch_size;
         let to = config.grid();
         if from != to {
-            let pos = out
-                .get(&pos_name)
-                .ok_or_else(|| Error::Weights(format!("{}: tensor {pos_name} is missing", self.source)))?;
+            let pos = out.get(&pos_name).ok_or_else(|| {
+                weights::missing_tensor(&pos_name, &[1 + from * from, self.width], "tensor", &self.source)
+            })?;
             if pos.shape != [1 + from * from, self.width] {
                 return Err(Error::Weights(format!(
                     "{}: tensor {pos_name} has shape {:?} but image_size {} and patch_size {} need [{}, {}]",
@@ -186,7 +186,7 @@ impl ClipVision {
             out.insert(pos_name, resized);
         }
         for (name, shape) in expected_tensors(config).into_iter().filter(|(n, _)| n.starts_with(PREFIX)) {
-            crate::weights::checked_tensor(&out, &name, &shape, "tensor", &self.source)?;
+            weights::checked_tensor(&out, &name, &shape, "tensor", &self.source)?;
         }
         if let Some(extra) = out.keys().find(|n| !expected_tensors(config).iter().any(|(e, _)| e == *n)) {
             return Err(Error::Weights(format!("{}: unexpected vision tensor {extra}", self.source)));

@@ -130,7 +130,7 @@ pub fn checked_tensor<'a>(
     what: &str,
     source: &str,
 ) -> Result<&'a HostTensor> {
-    let t = tensors.get(name).ok_or_else(|| Error::Weights(format!("{source}: {what} {name} {shape:?} is missing")))?;
+    let t = tensors.get(name).ok_or_else(|| missing_tensor(name, shape, what, source))?;
     check_shape(&t.shape, name, shape, what, source)?;
     check_finite(&t.data, name, what, source)?;
     Ok(t)
@@ -142,6 +142,12 @@ pub fn check_shape(found: &[usize], name: &str, shape: &[usize], what: &str, sou
         return Err(Error::Weights(format!("{source}: {what} {name} has shape {found:?} but {shape:?} is needed")));
     }
     Ok(())
+}
+
+/// The error of [`checked_tensor`] for a tensor the file does not hold, for loaders that look
+/// tensors up elsewhere (a safetensors view).
+pub fn missing_tensor(name: &str, shape: &[usize], what: &str, source: &str) -> Error {
+    Error::Weights(format!("{source}: {what} {name} {shape:?} is missing"))
 }
 
 /// The value check of [`checked_tensor`]: every value finite.

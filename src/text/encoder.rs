@@ -137,7 +137,7 @@ impl Weights<'_> {
         let view = self
             .file
             .tensor(&full)
-            .map_err(|_| Error::Weights(format!("{}: tensor {full} {shape:?} is missing", self.source)))?;
+            .map_err(|_| crate::weights::missing_tensor(&full, shape, "tensor", &self.source))?;
         crate::weights::check_shape(view.shape(), &full, shape, "tensor", &self.source)?;
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
