@@ -168,18 +168,13 @@ impl ClipVision {
         let from = self.image_size / self.patch_size;
         let to = config.grid();
         if from != to {
-            let pos = out.get(&pos_name).ok_or_else(|| {
-                weights::missing_tensor(&pos_name, &[1 + from * from, self.width], "tensor", &self.source)
-            })?;
-            if pos.shape != [1 + from * from, self.width] {
+            let need = [1 + from * from, self.width];
+            let pos =
+                out.get(&pos_name).ok_or_else(|| weights::missing_tensor(&pos_name, &need, "tensor", &self.source))?;
+            if pos.shape != need {
                 return Err(Error::Weights(format!(
-                    "{}: tensor {pos_name} has shape {:?} but image_size {} and patch_size {} need [{}, {}]",
-                    self.source,
-                    pos.shape,
-                    self.image_size,
-                    self.patch_size,
-                    1 + from * from,
-                    self.width
+                    "{}: tensor {pos_name} has shape {:?} but image_size {} and patch_size {} need {need:?}",
+                    self.source, pos.shape, self.image_size, self.patch_size
                 )));
             }
             let resized = interpolate_position_embedding(pos, from, to);
