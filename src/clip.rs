@@ -180,10 +180,11 @@ impl ClipVision {
             let resized = interpolate_position_embedding(pos, from, to);
             out.insert(pos_name, resized);
         }
-        for (name, shape) in expected_tensors(config).into_iter().filter(|(n, _)| n.starts_with(PREFIX)) {
-            weights::checked_tensor(&out, &name, &shape, "tensor", &self.source)?;
+        let expected = expected_tensors(config);
+        for (name, shape) in expected.iter().filter(|(n, _)| n.starts_with(PREFIX)) {
+            weights::checked_tensor(&out, name, shape, "tensor", &self.source)?;
         }
-        if let Some(extra) = out.keys().find(|n| !expected_tensors(config).iter().any(|(e, _)| e == *n)) {
+        if let Some(extra) = out.keys().find(|n| !expected.iter().any(|(e, _)| e == *n)) {
             return Err(Error::Weights(format!("{}: unexpected vision tensor {extra}", self.source)));
         }
         Ok(out)
