@@ -13,13 +13,16 @@ the wider range and the read. Measures: unseen B-D (the mean over domains B, C a
 disc/cup mean) on the fresh and seed-3 sets with 4 x 4, 2 x 2 and one forward, A-validation,
 domain B held out (seeds 3-5), each domain, domain C's cup, the photo and A's close-ups.
 Standard library only."""
+import functools
 import json
 import os
 import statistics
 import sys
 
 
+@functools.lru_cache(maxsize=None)
 def datasets(folder, name):
+    """The data sets of one eval file by name; each file is read once (measures share files)."""
     path = os.path.join(folder, name)
     try:
         with open(path) as f:
